@@ -1,0 +1,3 @@
+//! Orchestration, one module per job.
+
+pub mod ingest;

@@ -1,0 +1,77 @@
+//! A tokenizer loaded from a Hugging Face `tokenizer.json`.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tokenizers::PostProcessor;
+
+use crate::error::{EngineError, Result};
+
+/// A text tokenizer. Thread-safe; share it behind an `Arc`.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    specials: usize,
+    sha256: String,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json`. Truncation and padding configured in the file are switched off:
+    /// callers decide how to cut text.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let raw = std::fs::read(path).map_err(|source| EngineError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(&raw).map_err(|detail| EngineError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        })
+    }
+
+    fn from_bytes(raw: &[u8]) -> std::result::Result<Self, String> {
+        let mut inner = tokenizers::Tokenizer::from_bytes(raw).map_err(|e| e.to_string())?;
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| e.to_string())?;
+        let specials = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        Ok(Self {
+            inner,
+            specials,
+            sha256: hex::encode(Sha256::digest(raw)),
+        })
+    }
+
+    /// SHA-256 of the tokenizer file, hex; identifies the tokenizer in collection settings.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// How many special tokens (e.g. `[CLS]` and `[SEP]`) wrap a single sequence.
+    pub fn special_tokens_per_sequence(&self) -> usize {
+        self.specials
+    }
+
+    /// Tokenizes `text` without special tokens and returns the end byte offset of each token in
+    /// `text`, in order. The number of tokens in `text[a..b]` is the number of ends in `(a, b]`.
+    pub fn token_ends(&self, text: &str) -> Result<Vec<usize>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::InvalidInput(format!("tokenizing: {e}")))?;
+        Ok(enc.get_offsets().iter().map(|&(_, end)| end).collect())
+    }
+
+    /// Number of tokens in `text`, special tokens included (what the model sees).
+    pub fn count(&self, text: &str) -> Result<usize> {
+        Ok(self.token_ends(text)?.len() + self.specials)
+    }
+}

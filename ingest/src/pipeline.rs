@@ -1,0 +1,270 @@
+//! The ingestion pipeline: submit (sniff, dedupe, store) and process (extract, normalise, chunk,
+//! write). Every step is idempotent, so a document interrupted anywhere is simply processed
+//! again: its chunk file is rewritten whole, under the same key, with the same content.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hearth_index::{
+    BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, encode_chunks, keys,
+};
+
+use crate::chunk::{ChunkParams, TokenCounter, chunk};
+use crate::config::IngestConfig;
+use crate::error::{IngestError, Rejection, Result};
+use crate::extract::{ExtractorCommand, ExtractorPool, Limits};
+use crate::normalize::normalize;
+use crate::registry::{DocRecord, DocState, Metadata, Registry, validate_metadata};
+use crate::sniff::sniff;
+
+/// Extraction is retried on restart at most this many times before the document fails.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Everything the pipeline needs.
+pub struct PipelineParts {
+    /// The object store.
+    pub store: BlobStore,
+    /// The embedding model's tokenizer.
+    pub tokenizer: Arc<dyn TokenCounter>,
+    /// SHA-256 of the tokenizer file (recorded in collection settings).
+    pub tokenizer_sha256: String,
+    /// Width of the embedding column.
+    pub embedding_dim: usize,
+    /// How to start extraction processes.
+    pub extractor: ExtractorCommand,
+    /// Settings.
+    pub config: IngestConfig,
+}
+
+/// A document offered for ingestion.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// External name: a file path or upload name (also the hint between Markdown and text).
+    pub source: String,
+    /// The original bytes.
+    pub bytes: Bytes,
+    /// User metadata.
+    pub metadata: Metadata,
+}
+
+/// The outcome of a submission.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// Stored and queued.
+    Accepted(DocId),
+    /// The same bytes are already in the collection; nothing was written.
+    Duplicate(Box<DocRecord>),
+}
+
+/// The ingestion pipeline. Share it behind an `Arc`; all methods take `&self`.
+pub struct Pipeline {
+    store: BlobStore,
+    registry: Registry,
+    tokenizer: Arc<dyn TokenCounter>,
+    settings: CollectionSettings,
+    extractor: ExtractorPool,
+    config: IngestConfig,
+}
+
+impl Pipeline {
+    /// Builds a pipeline; validates the configuration.
+    pub fn new(parts: PipelineParts) -> Result<Self> {
+        parts.config.validate()?;
+        let c = &parts.config;
+        let limits = Limits {
+            timeout: Duration::from_secs(c.extract_timeout_secs),
+            memory_mib: c.extract_memory_mib,
+            max_text_bytes: c.max_text_bytes,
+        };
+        let settings = CollectionSettings {
+            format_version: FORMAT_VERSION,
+            chunk_tokens: c.chunk_tokens,
+            chunk_overlap: c.chunk_overlap,
+            tokenizer_sha256: parts.tokenizer_sha256,
+            embedding_dim: u32::try_from(parts.embedding_dim)
+                .map_err(|_| IngestError::InvalidInput("embedding dim too large".into()))?,
+        };
+        Ok(Self {
+            registry: Registry::new(parts.store.clone()),
+            store: parts.store,
+            tokenizer: parts.tokenizer,
+            settings,
+            extractor: ExtractorPool::new(parts.extractor, limits, c.effective_workers()),
+            config: parts.config,
+        })
+    }
+
+    /// The registry of document records.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// How many documents to process at once.
+    pub fn workers(&self) -> usize {
+        self.config.effective_workers()
+    }
+
+    /// Creates the collection, or checks that its stored settings match this pipeline's.
+    pub async fn open_collection(&self, c: &CollectionName) -> Result<()> {
+        Ok(self.settings.open_or_create(&self.store, c).await?)
+    }
+
+    /// Refuses a document of `size` bytes before it is read, if it is over the limit or empty.
+    pub fn check_size(&self, size: u64) -> Result<(), Rejection> {
+        if size == 0 {
+            Err(Rejection::Empty)
+        } else if size > self.config.max_document_bytes {
+            Err(Rejection::TooLarge {
+                size,
+                limit: self.config.max_document_bytes,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Accepts a document: checks it, stores the original bytes, then records it as `queued`.
+    /// When this returns `Accepted`, the document survives a crash. The collection must have been
+    /// opened with [`Pipeline::open_collection`].
+    pub async fn submit(&self, c: &CollectionName, sub: Submission) -> Result<Submitted> {
+        validate_metadata(&sub.metadata)?;
+        self.check_size(sub.bytes.len() as u64)
+            .map_err(IngestError::Rejected)?;
+        let kind = sniff(&sub.bytes, &sub.source).map_err(IngestError::Rejected)?;
+        let doc_id = DocId::of_bytes(&sub.bytes);
+        if let Some(existing) = self.registry.get(c, &doc_id).await? {
+            return Ok(Submitted::Duplicate(Box::new(existing)));
+        }
+        let size = sub.bytes.len() as u64;
+        // Raw bytes first: a record never points at bytes that are not there.
+        self.store.put(&keys::raw(c, &doc_id), sub.bytes).await?;
+        let mut rec =
+            DocRecord::new_queued(doc_id, c.clone(), sub.source, kind, size, sub.metadata);
+        self.registry.put(&mut rec).await?;
+        Ok(Submitted::Accepted(doc_id))
+    }
+
+    /// The documents of a collection that still need processing (after a crash, say).
+    pub async fn pending(&self, c: &CollectionName) -> Result<Vec<DocId>> {
+        Ok(self
+            .registry
+            .list(c)
+            .await?
+            .into_iter()
+            .filter(|r| r.state.is_pending())
+            .map(|r| r.doc_id)
+            .collect())
+    }
+
+    /// Runs extraction and chunking for one document and returns its final record. A document
+    /// already past these stages is returned as it is. A document that cannot be read ends in
+    /// state `failed` with a reason; that is not an error of this function.
+    pub async fn process(&self, c: &CollectionName, doc_id: DocId) -> Result<DocRecord> {
+        let mut rec =
+            self.registry.get(c, &doc_id).await?.ok_or_else(|| {
+                IngestError::NotFound(format!("document {doc_id} in collection {c}"))
+            })?;
+        if !rec.state.is_pending() {
+            return Ok(rec);
+        }
+        if rec.attempts >= MAX_ATTEMPTS {
+            rec.fail(format!(
+                "extraction was interrupted {} times (the service stopped while extracting); giving up",
+                rec.attempts
+            ));
+            self.registry.put(&mut rec).await?;
+            return Ok(rec);
+        }
+        rec.state = DocState::Extracting;
+        rec.attempts += 1;
+        self.registry.put(&mut rec).await?;
+
+        match self.extract_and_chunk(c, &rec).await? {
+            Ok(done) => {
+                rec.title = done.title;
+                rec.pages = done.pages;
+                rec.warnings = done.warnings;
+                rec.chunks = Some(done.chunks);
+                rec.state = DocState::Chunked;
+                rec.reason = None;
+            }
+            Err(reason) => rec.fail(reason),
+        }
+        self.registry.put(&mut rec).await?;
+        Ok(rec)
+    }
+
+    /// The outer error is the system's (storage); the inner one is the document's fate.
+    async fn extract_and_chunk(
+        &self,
+        c: &CollectionName,
+        rec: &DocRecord,
+    ) -> Result<Fate<Chunked>> {
+        let Some(raw) = self.store.get_opt(&keys::raw(c, &rec.doc_id)).await? else {
+            return Ok(Err(
+                "the original bytes are missing from the object store".into()
+            ));
+        };
+        let extracted = match self.extractor.extract(rec.kind, &raw).await {
+            Ok(x) => x,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        drop(raw);
+        let mut done = Chunked {
+            chunks: 0,
+            title: extracted.title.clone(),
+            pages: extracted.pages,
+            warnings: extracted.warnings.clone(),
+        };
+        let tokenizer = self.tokenizer.clone();
+        let params = ChunkParams {
+            max_tokens: self.settings.chunk_tokens as usize,
+            overlap: self.settings.chunk_overlap as usize,
+        };
+        let doc_id = rec.doc_id;
+        let dim = self.settings.embedding_dim as usize;
+        let chunked = tokio::task::spawn_blocking(move || -> Result<Fate<(u32, Bytes)>> {
+            let doc = normalize(&extracted);
+            if doc.text.is_empty() {
+                return Ok(Err(no_text_reason(&extracted)));
+            }
+            let chunks = match chunk(doc_id, &doc, tokenizer.as_ref(), params) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(format!("chunking failed: {e}"))),
+            };
+            let n = u32::try_from(chunks.len())
+                .map_err(|_| IngestError::Internal("chunk count".into()))?;
+            Ok(Ok((n, encode_chunks(&chunks, dim)?)))
+        })
+        .await
+        .map_err(|e| IngestError::Internal(format!("chunking task: {e}")))?;
+        let (n, bytes) = match chunked? {
+            Ok(x) => x,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        self.store.put(&keys::chunks(c, &rec.doc_id), bytes).await?;
+        done.chunks = n;
+        Ok(Ok(done))
+    }
+}
+
+/// What happened to a document: a value, or the reason it failed.
+type Fate<T> = std::result::Result<T, String>;
+
+/// Facts about a successfully chunked document.
+struct Chunked {
+    chunks: u32,
+    title: Option<String>,
+    pages: Option<u32>,
+    warnings: Vec<String>,
+}
+
+fn no_text_reason(ex: &crate::parse::Extracted) -> String {
+    match ex.pages {
+        Some(p) => format!(
+            "no extractable text in {p} page(s): the PDF is probably scanned or holds only images (OCR is not supported)"
+        ),
+        None => "the document holds no text".to_owned(),
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Enforces the crate dependency rules of DESIGN.md on the normal (non-dev) dependency graph.
+# (The object store client brings an HTTP client stack into hearth-index; what is forbidden below
+# hearth-api is the HTTP *server* side: axum and utoipa.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fail=0
+# crate | forbidden dependencies (regex on `cargo tree` package names)
+rules=(
+  "hearth-index|^(hearth-ingest|hearth-engine|hearth-api|candle-.*|cudarc|tokenizers|axum|axum-core|utoipa)$"
+  "hearth-engine|^(hearth-index|hearth-ingest|hearth-api|object_store|arrow-.*|axum|axum-core|utoipa|tantivy|hnsw_rs)$"
+  "hearth-ingest|^(hearth-engine|hearth-api|candle-.*|cudarc|tokenizers|axum|axum-core|utoipa)$"
+  "hearth-api|^(hearth)$"
+)
+for rule in "${rules[@]}"; do
+  crate=${rule%%|*}; forbidden=${rule#*|}
+  found=$(cargo tree -e normal -p "$crate" --prefix none --format '{p}' --locked 2>/dev/null \
+    | awk '{print $1}' | sort -u | grep -E "$forbidden" || true)
+  if [ -n "$found" ]; then
+    echo "forbidden dependency of $crate: $(echo $found)" >&2; fail=1
+  fi
+done
+[ $fail -eq 0 ] && echo "dependency rules hold" >&2
+exit $fail

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quickstart on the embedded defaults: fetch the default models if missing, build hearth, and
+# ingest the sample corpus in testdata/ into the collection "demo" under ./hearth-data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-models.sh
+echo "building hearth (release)..." >&2
+cargo build --release --locked --quiet
+./target/release/hearth ingest testdata/corpus --collection demo
+echo
+echo "documents and their state:  ./target/release/hearth docs --collection demo"

@@ -1,0 +1,51 @@
+//! `hearth docs`: the registry of a collection.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hearth_index::{BlobStore, CollectionName};
+use hearth_ingest::Registry;
+
+use crate::config::AppConfig;
+
+#[derive(clap::Args)]
+pub struct DocsArgs {
+    /// Collection to list.
+    #[arg(long, short)]
+    collection: String,
+    /// Only documents in this state (queued, extracting, chunked, embedded, indexed, failed).
+    #[arg(long)]
+    state: Option<String>,
+    /// Print JSON (one array of document records).
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cfg: AppConfig, args: DocsArgs) -> anyhow::Result<ExitCode> {
+    let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+    let c = CollectionName::new(&args.collection)?;
+    let mut records = Registry::new(store).list(&c).await?;
+    if let Some(s) = &args.state {
+        records.retain(|r| r.state.as_str() == s);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &records {
+        let detail = match (&r.reason, r.chunks) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(n)) => format!("{n} chunks"),
+            (None, None) => String::new(),
+        };
+        println!(
+            "{}  {:<10} {}  {}",
+            &r.doc_id.to_hex()[..12],
+            r.state.as_str(),
+            r.source,
+            detail
+        );
+    }
+    println!("{} documents", records.len());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,287 @@
+//! `hearth ingest`: walk paths, submit every file, process up to `workers` documents at once,
+//! resume documents an earlier run left unfinished, and print a summary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::StreamExt;
+use hearth_index::{CollectionName, DocId};
+use hearth_ingest::{DocState, IngestError, MetaValue, Metadata, Pipeline, Submission, Submitted};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::AppConfig;
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Files and directories to ingest (directories are walked; hidden files are skipped).
+    /// With none, only unfinished documents are resumed.
+    paths: Vec<PathBuf>,
+    /// Target collection (created on first use).
+    #[arg(long, short)]
+    collection: String,
+    /// Metadata for every document, as key=value (numbers stay numbers). Repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+enum Job {
+    Resume(DocId),
+    File(PathBuf),
+}
+
+#[derive(Serialize)]
+struct Outcome {
+    source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    doc_id: Option<String>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip)]
+    bytes: u64,
+    #[serde(skip)]
+    system_error: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    collection: String,
+    seconds: f64,
+    ok: usize,
+    duplicate: usize,
+    failed: usize,
+    chunks: u64,
+    documents: Vec<Outcome>,
+}
+
+pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let collection = CollectionName::new(&args.collection)?;
+    let metadata = parse_meta(&args.meta)?;
+    hearth_ingest::validate_metadata(&metadata)?;
+    let files = walk(&args.paths)?;
+    let service = super::ingest_service(&cfg)?;
+    let pipeline = service.pipeline().clone();
+    pipeline.open_collection(&collection).await?;
+    let pending = pipeline.pending(&collection).await?;
+
+    let jobs: Vec<Job> = pending
+        .into_iter()
+        .map(Job::Resume)
+        .chain(files.into_iter().map(Job::File))
+        .collect();
+    let bar = progress_bar(jobs.len() as u64);
+    let started = Instant::now();
+    let mut outcomes = futures::stream::iter(jobs)
+        .map(|job| run_job(&pipeline, &collection, &metadata, job))
+        .buffer_unordered(pipeline.workers());
+    let mut documents = Vec::new();
+    let mut failed = 0;
+    while let Some(o) = outcomes.next().await {
+        failed += usize::from(o.status == "failed");
+        bar.inc(1);
+        bar.set_message(format!("{failed} failed"));
+        documents.push(o);
+    }
+    bar.finish_and_clear();
+    documents.sort_by(|a, b| a.source.cmp(&b.source));
+    let secs = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        collection: collection.to_string(),
+        seconds: secs,
+        ok: documents.iter().filter(|o| o.status == "ok").count(),
+        duplicate: documents.iter().filter(|o| o.status == "duplicate").count(),
+        failed,
+        chunks: documents
+            .iter()
+            .filter_map(|o| o.chunks)
+            .map(u64::from)
+            .sum(),
+        documents,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    let system_errors = summary.documents.iter().any(|o| o.system_error);
+    Ok(if system_errors {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run_job(p: &Pipeline, c: &CollectionName, meta: &Metadata, job: Job) -> Outcome {
+    let (source, id, bytes) = match job {
+        Job::Resume(id) => (format!("(resumed) {}", id.to_hex()), id, 0),
+        Job::File(path) => {
+            let source = path.display().to_string();
+            match submit_file(p, c, meta, &path).await {
+                Ok((Submitted::Accepted(id), n)) => (source, id, n),
+                Ok((Submitted::Duplicate(rec), _)) => {
+                    return Outcome {
+                        doc_id: Some(rec.doc_id.to_hex()),
+                        status: "duplicate",
+                        ..outcome(source)
+                    };
+                }
+                Err(e) => {
+                    let system_error =
+                        !matches!(e, IngestError::Rejected(_) | IngestError::InvalidInput(_));
+                    return Outcome {
+                        status: "failed",
+                        reason: Some(format!("{e:#}")),
+                        system_error,
+                        ..outcome(source)
+                    };
+                }
+            }
+        }
+    };
+    match p.process(c, id).await {
+        Ok(rec) => {
+            let source = if bytes == 0 {
+                format!("{} (resumed)", rec.source)
+            } else {
+                source
+            };
+            let failed = rec.state == DocState::Failed;
+            Outcome {
+                doc_id: Some(rec.doc_id.to_hex()),
+                status: if failed { "failed" } else { "ok" },
+                chunks: rec.chunks,
+                reason: rec.reason,
+                bytes: if bytes == 0 { rec.size } else { bytes },
+                ..outcome(source)
+            }
+        }
+        Err(e) => Outcome {
+            status: "failed",
+            reason: Some(format!("{e:#}")),
+            system_error: true,
+            ..outcome(source)
+        },
+    }
+}
+
+fn outcome(source: String) -> Outcome {
+    Outcome {
+        source,
+        doc_id: None,
+        status: "ok",
+        chunks: None,
+        reason: None,
+        bytes: 0,
+        system_error: false,
+    }
+}
+
+async fn submit_file(
+    p: &Pipeline,
+    c: &CollectionName,
+    meta: &Metadata,
+    path: &Path,
+) -> Result<(Submitted, u64), IngestError> {
+    let io = |e: std::io::Error| {
+        IngestError::InvalidInput(format!("cannot read {}: {e}", path.display()))
+    };
+    let size = tokio::fs::metadata(path).await.map_err(io)?.len();
+    p.check_size(size).map_err(IngestError::Rejected)?;
+    let bytes = tokio::fs::read(path).await.map_err(io)?;
+    let sub = Submission {
+        source: path.display().to_string(),
+        bytes: Bytes::from(bytes),
+        metadata: meta.clone(),
+    };
+    Ok((p.submit(c, sub).await?, size))
+}
+
+fn walk(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for root in paths {
+        if !root.exists() {
+            bail!("{} does not exist", root.display());
+        }
+        let entries = walkdir::WalkDir::new(root)
+            .follow_links(true)
+            .sort_by_file_name();
+        let entries = entries
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+        for entry in entries {
+            let entry = entry.with_context(|| format!("walking {}", root.display()))?;
+            if entry.file_type().is_file() {
+                out.push(entry.into_path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_meta(pairs: &[String]) -> anyhow::Result<Metadata> {
+    let mut meta = Metadata::new();
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("--meta {pair:?} is not KEY=VALUE")
+        };
+        let value = match v.parse::<f64>() {
+            Ok(n) if n.is_finite() => MetaValue::Number(n),
+            _ => MetaValue::Text(v.to_owned()),
+        };
+        meta.insert(k.to_owned(), value);
+    }
+    Ok(meta)
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    // invariant: the template is a valid literal.
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} docs  {per_sec}  {msg}",
+    )
+    .expect("valid template");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn print_summary(s: &Summary) {
+    let bytes: u64 = s.documents.iter().map(|o| o.bytes).sum();
+    let n = s.documents.len() as f64;
+    println!(
+        "ingested {} documents into {:?} in {:.1} s ({:.1} docs/s, {:.2} MB/s): {} ok ({} chunks), {} duplicate, {} failed",
+        s.documents.len(),
+        s.collection,
+        s.seconds,
+        n / s.seconds.max(1e-9),
+        bytes as f64 / 1e6 / s.seconds.max(1e-9),
+        s.ok,
+        s.chunks,
+        s.duplicate,
+        s.failed
+    );
+    let failures: Vec<_> = s
+        .documents
+        .iter()
+        .filter(|o| o.status == "failed")
+        .collect();
+    if !failures.is_empty() {
+        println!("failed:");
+        for o in failures {
+            println!(
+                "  {}: {}",
+                o.source,
+                o.reason.as_deref().unwrap_or("unknown reason")
+            );
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `hearth`: the command-line entry point. Parses flags, loads the configuration and hands off
+//! to a command; all real work lives in the library crates.
+
+mod commands;
+mod config;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{AppConfig, ConfigError, Overrides};
+
+/// hearth: a residency-bound RAG appliance — object store, hybrid index and local inference in
+/// one service.
+#[derive(Parser)]
+#[command(name = "hearth", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (default: ./hearth.toml when present).
+    #[arg(long, env = "HEARTH_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides storage.data_dir).
+    #[arg(long, env = "HEARTH_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Models directory (overrides engine.models_dir).
+    #[arg(long, env = "HEARTH_MODELS", global = true)]
+    models: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest files and directories into a collection (and resume interrupted work).
+    Ingest(commands::ingest::IngestArgs),
+    /// List the documents of a collection with their state.
+    Docs(commands::docs::DocsArgs),
+    /// Print the effective configuration (secrets redacted).
+    Config,
+    /// Internal: serve extraction requests on stdin/stdout (started by hearth itself).
+    #[command(hide = true, name = "extract-worker")]
+    ExtractWorker,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::ExtractWorker) {
+        let code = hearth_ingest::extract_worker_main();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    telemetry::init(cli.log_json);
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        models_dir: cli.models.clone(),
+    };
+    let cfg = match AppConfig::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.into()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e.into()),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Ingest(args) => commands::ingest::run(cfg, args).await,
+            Command::Docs(args) => commands::docs::run(cfg, args).await,
+            Command::Config => {
+                println!("{cfg:#?}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::ExtractWorker => Ok(ExitCode::SUCCESS),
+        }
+    });
+    result.unwrap_or_else(|e| fail(&e))
+}
+
+/// Prints an error chain; configuration errors exit with 2, everything else with 1.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    if e.downcast_ref::<ConfigError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,184 @@
+//! Ingesting the committed corpus: idempotence, determinism, and bad input, on both backends.
+
+use std::path::Path;
+
+use hearth_index::decode_chunks;
+
+use crate::common::{Backend, Node, by_status, file_name, objects, root};
+
+fn corpus() -> std::path::PathBuf {
+    root().join("testdata/corpus")
+}
+
+fn corpus_files() -> usize {
+    walk_count(&corpus())
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .count()
+}
+
+async fn ingest_twice(backend: Backend) {
+    let node = Node::new(backend);
+    let first = node.ingest("corpus", &[&corpus()]);
+    let n = corpus_files();
+    assert_eq!(first["failed"], 0, "{first:#}");
+    assert_eq!(first["ok"], n, "{first:#}");
+    let store = node.store();
+    let chunks_before = objects(&store, "chunks/corpus/").await;
+    let records_before = objects(&store, "docs/corpus/").await;
+    assert_eq!(chunks_before.len(), n);
+
+    let second = node.ingest("corpus", &[&corpus()]);
+    assert_eq!(second["duplicate"], n, "{second:#}");
+    assert_eq!(second["ok"], 0);
+    assert_eq!(
+        objects(&store, "chunks/corpus/").await,
+        chunks_before,
+        "chunks changed on re-ingest"
+    );
+    assert_eq!(
+        objects(&store, "docs/corpus/").await,
+        records_before,
+        "records changed on re-ingest"
+    );
+
+    // What the chunks hold: every chunk fits the embedder, PDFs carry pages, HTML and Markdown
+    // carry headings, and the text is NFC without ligature loss.
+    let mut pages = 0;
+    let mut headings = 0;
+    for (key, bytes) in &chunks_before {
+        let chunks = decode_chunks(key, bytes).unwrap();
+        assert!(!chunks.is_empty(), "{key} has no chunks");
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c.ordinal as usize, i);
+            assert!(
+                c.token_count <= 256 && c.token_count > 2,
+                "{key}#{i}: {} tokens",
+                c.token_count
+            );
+            assert!(!c.text.trim().is_empty());
+            assert!(c.span_end > c.span_start);
+            assert!(c.embedding.is_none());
+            pages += usize::from(c.page_start.is_some());
+            headings += usize::from(!c.heading.is_empty());
+        }
+    }
+    assert!(
+        pages > 0 && headings > 0,
+        "pages {pages}, headings {headings}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingesting_twice_yields_identical_chunks_local() {
+    ingest_twice(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingesting_twice_yields_identical_chunks_s3() {
+    ingest_twice(Backend::s3()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunking_is_deterministic_across_nodes() {
+    let a = Node::new(Backend::Local);
+    let b = Node::new(Backend::Local).env("HEARTH__INGEST__WORKERS", "1");
+    a.ingest("c", &[&corpus()]);
+    b.ingest("c", &[&corpus()]);
+    assert_eq!(
+        objects(&a.store(), "chunks/c/").await,
+        objects(&b.store(), "chunks/c/").await
+    );
+}
+
+/// Each broken file, and a word its failure reason must contain.
+const BROKEN: &[(&str, &str)] = &[
+    ("empty.txt", "empty"),
+    ("junk.pdf", "binary"),
+    ("random.bin", "binary"),
+    ("truncated.pdf", "PDF"),
+    ("encrypted.pdf", "password"),
+    ("bomb.pdf", "limit"),
+    ("compressed.txt", "gzip"),
+    ("image.md", "PNG"),
+    ("huge.txt", "too large"),
+];
+
+async fn good_and_broken(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    for src in [corpus(), root().join("testdata/broken")] {
+        for e in std::fs::read_dir(src).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() && p.extension().is_none_or(|x| x != "py") {
+                std::fs::copy(&p, mixed.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    // A 1 GiB file (sparse, so the test costs no disk) is refused before it is read.
+    std::fs::File::create(mixed.join("huge.txt"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+
+    let node = Node::new(backend)
+        .env("HEARTH__INGEST__EXTRACT_MEMORY_MIB", "512")
+        .env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "60");
+    let summary = node.ingest("mixed", &[&mixed]);
+    let failed: Vec<(String, String)> = by_status(&summary, "failed")
+        .iter()
+        .map(|d| (file_name(d), d["reason"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    for (name, word) in BROKEN {
+        let reason = failed
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.as_str());
+        let reason = reason.unwrap_or_else(|| panic!("{name} did not fail; failures: {failed:#?}"));
+        assert!(
+            reason.contains(word),
+            "{name}: reason {reason:?} lacks {word:?}"
+        );
+    }
+    assert_eq!(
+        failed.len(),
+        BROKEN.len(),
+        "unexpected failures: {failed:#?}"
+    );
+    // Every good file made it, including UTF-16 text.
+    let ok: Vec<String> = by_status(&summary, "ok")
+        .iter()
+        .map(|d| file_name(d))
+        .collect();
+    assert_eq!(ok.len(), corpus_files() + 1, "{ok:?}");
+    assert!(ok.contains(&"utf16.txt".to_owned()));
+
+    // Documents refused at the door left nothing behind; those that failed later are recorded
+    // with their reason.
+    let recorded_failures: Vec<_> = node
+        .docs("mixed")
+        .into_iter()
+        .filter(|r| r["state"] == "failed")
+        .collect();
+    for r in &recorded_failures {
+        assert!(!r["reason"].as_str().unwrap().is_empty());
+    }
+    let raw = node.store().list("raw/mixed/").await.unwrap();
+    assert_eq!(raw.len(), ok.len() + recorded_failures.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn good_files_survive_broken_ones_local() {
+    good_and_broken(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn good_files_survive_broken_ones_s3() {
+    good_and_broken(Backend::s3()).await;
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, dependency rules, unit and integration tests (real
-# models, real child processes, a real SeaweedFS S3 server), and docs. Benchmarks are type-checked by clippy --all-targets; build them with cargo bench.
-# benchmarks. Installs its own dependencies first.
+# models, real child processes, a real SeaweedFS S3 server) and docs. Benchmarks are type-checked
+# by clippy --all-targets; `cargo bench` builds and runs them. Installs its own dependencies first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh

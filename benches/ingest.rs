@@ -1,7 +1,7 @@
 //! End-to-end ingestion benchmark: the release `hearth ingest` on (1) the committed corpus in
 //! `testdata/corpus` and (2) 1,000 generated HTML pages. Reports documents/s, MB/s, chunks/s,
 //! CPU time and peak RSS (the hearth process, and the whole process tree including extraction
-//! processes, sampled every 10 ms). Writes `target/bench-ingest.json`.
+//! processes, sampled every 10 ms). Writes `bench-ingest.json` in the cargo target directory.
 //!
 //!     cargo bench --bench ingest
 //!
@@ -46,7 +46,10 @@ fn main() {
             }));
         }
     }
-    let out = root.join("target/bench-ingest.json");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    std::fs::create_dir_all(&target).unwrap();
+    let out = target.join("bench-ingest.json");
     std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
     println!("wrote {}", out.display());
 }
@@ -76,6 +79,13 @@ fn run(models: &Path, corpus: &Path, workers: &str) -> RunResult {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // Drain stdout while the run goes on: the JSON summary can exceed a pipe's buffer.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).unwrap();
+        buf
+    });
     let (mut main_peak, mut tree_peak, mut cpu_ticks) = (0u64, 0u64, 0u64);
     while child.try_wait().unwrap().is_none() {
         let tree = process_tree(pid);
@@ -86,9 +96,8 @@ fn run(models: &Path, corpus: &Path, workers: &str) -> RunResult {
         std::thread::sleep(Duration::from_millis(10));
     }
     let secs = started.elapsed().as_secs_f64();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "hearth ingest failed");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(child.wait().unwrap().success(), "hearth ingest failed");
+    let summary: serde_json::Value = serde_json::from_slice(&reader.join().unwrap()).unwrap();
     let docs = summary["ok"].as_u64().unwrap() + summary["failed"].as_u64().unwrap();
     let ticks = nix_ticks();
     RunResult {

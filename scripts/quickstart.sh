@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 echo "building hearth (release)..." >&2
 cargo build --release --locked --quiet
-./target/release/hearth ingest testdata/corpus --collection demo
+hearth() { cargo run --release --locked --quiet -- "$@"; }
+hearth ingest testdata/corpus --collection demo
 echo
-echo "documents and their state:  ./target/release/hearth docs --collection demo"
+echo "documents and their state:  cargo run --release -- docs --collection demo"

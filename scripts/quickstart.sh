@@ -5,8 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 echo "building hearth (release)..." >&2
-cargo build --release --locked --quiet
-hearth() { cargo run --release --locked --quiet -- "$@"; }
-hearth ingest testdata/corpus --collection demo
+cargo run --release --locked --quiet -- ingest testdata/corpus --collection demo
 echo
 echo "documents and their state:  cargo run --release -- docs --collection demo"

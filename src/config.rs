@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use hearth_engine::EngineConfig;
-use hearth_index::StorageConfig;
+use hearth_index::{IndexConfig, StorageConfig};
 use hearth_ingest::IngestConfig;
 use serde::Deserialize;
 
@@ -16,8 +16,10 @@ pub struct AppConfig {
     pub storage: StorageConfig,
     /// Ingestion.
     pub ingest: IngestConfig,
-    /// Models.
+    /// Models and the embedder.
     pub engine: EngineConfig,
+    /// The per-collection indexes.
+    pub index: IndexConfig,
 }
 
 /// A configuration problem: reported as one line, exit code 2.
@@ -75,6 +77,9 @@ impl AppConfig {
             .validate()
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         cfg.engine
+            .validate()
+            .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
+        cfg.index
             .validate()
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         Ok(cfg)
@@ -140,6 +145,17 @@ mod tests {
         assert_eq!(c.storage.data_dir, PathBuf::from("./hearth-data"));
         assert_eq!(c.ingest.chunk_tokens, 256);
         assert_eq!(c.ingest.chunk_overlap, 32);
+    }
+
+    #[test]
+    fn the_example_file_lists_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hearth.toml.example");
+        let c = AppConfig::load(Some(&path), std::iter::empty(), &Overrides::default()).unwrap();
+        let d = AppConfig::default();
+        assert_eq!(c.storage, d.storage);
+        assert_eq!(c.ingest, d.ingest);
+        assert_eq!(c.engine, d.engine);
+        assert_eq!(c.index, d.index);
     }
 
     #[test]

@@ -39,6 +39,12 @@ enum Command {
     Ingest(commands::ingest::IngestArgs),
     /// List the documents of a collection with their state.
     Docs(commands::docs::DocsArgs),
+    /// Search a collection: dense, BM25 or hybrid, with metadata filters.
+    Search(commands::search::SearchArgs),
+    /// Delete documents: their bytes, chunks and vectors, from the store and the index.
+    Delete(commands::manage::DeleteArgs),
+    /// Reclaim the space of deleted documents in the index and the store.
+    Compact(commands::manage::CompactArgs),
     /// Print the effective configuration (secrets redacted).
     Config,
     /// Internal: serve extraction requests on stdin/stdout (started by hearth itself).
@@ -72,6 +78,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ingest(args) => commands::ingest::run(cfg, args).await,
             Command::Docs(args) => commands::docs::run(cfg, args).await,
+            Command::Search(args) => commands::search::run(cfg, args).await,
+            Command::Delete(args) => commands::manage::delete(cfg, args).await,
+            Command::Compact(args) => commands::manage::compact(cfg, args).await,
             Command::Config => {
                 println!("{cfg:#?}");
                 Ok(ExitCode::SUCCESS)

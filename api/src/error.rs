@@ -7,15 +7,21 @@ use hearth_ingest::IngestError;
 /// An error from any layer below the API, kept with its origin.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The caller passed something malformed.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// From ingestion.
     #[error(transparent)]
     Ingest(#[from] IngestError),
-    /// From storage.
+    /// From storage and the indexes.
     #[error(transparent)]
     Index(#[from] IndexError),
-    /// From the engine (models, tokenizers).
+    /// From the engine (models, tokenizers, the embedder).
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A bug or broken invariant.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// The result type of the service layer.

@@ -1,13 +1,17 @@
 //! # hearth-api: the service layer
 //!
-//! Transport-neutral orchestration of the other crates: ingestion (bytes → stored chunks, with
-//! the embedding model's tokenizer cutting the chunks), and later retrieval and generation. The
-//! CLI calls it directly; the HTTP routes will call the same functions. Nothing depends on this
-//! crate but the `hearth` binary.
+//! Transport-neutral orchestration of the other crates ([`Service`]): ingestion (bytes →
+//! stored chunks, cut with the embedding model's tokenizer), embedding (vectors written back
+//! into the chunk files), indexing (a hybrid dense + BM25 index per collection, kept in line
+//! with the object store) and search. The CLI calls it directly; the HTTP routes will call the
+//! same methods. Nothing depends on this crate but the `hearth` binary.
 #![warn(missing_docs)]
 
 mod error;
 mod service;
 
 pub use error::{Result, ServiceError};
-pub use service::ingest::{IngestService, IngestServiceParts};
+pub use service::{
+    Collection, CompactReport, Processed, SearchQuery, SearchResults, Service, ServiceParts,
+    SyncReport,
+};

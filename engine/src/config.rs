@@ -4,9 +4,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::device::DeviceRequest;
 use crate::error::{EngineError, Result};
 
-const FETCH_HINT: &str = "run scripts/fetch-models.sh, or point [engine] at your own files";
+const MAX_BATCH_SIZE: usize = 1024;
+const MAX_BATCH_WAIT_MS: u64 = 1000;
+
+pub(crate) const FETCH_HINT: &str = "run scripts/fetch-models.sh, or point [engine] at your own files";
 
 /// Which models the engine loads and where they are.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -20,6 +24,22 @@ pub struct EngineConfig {
     pub embedding_model: PathBuf,
     /// The GGUF file of the generator. Default: `SmolLM2-135M-Instruct.Q4_1.gguf`.
     pub generator_model: PathBuf,
+    /// Where models run: `"auto"` (CUDA device 0 when this build has CUDA and a device opens,
+    /// else the CPU), `"cpu"`, `"cuda"` (device 0) or `"cuda:N"`. Asking for CUDA in a build
+    /// without the `cuda` feature is a startup error. Default: `"auto"`.
+    pub device: String,
+    /// Threads for the embedder's forward pass on the CPU (a dedicated rayon pool); 0 means one
+    /// per available core. Default: 0.
+    pub embed_threads: usize,
+    /// Most texts the embedder runs through the model at once, 1..=1024. Default: 32.
+    pub embed_batch_size: usize,
+    /// Milliseconds the embedder waits for more requests to fill a batch before running a
+    /// partial one, at most 1000. Default: 2.
+    pub embed_batch_wait_ms: u64,
+    /// Most texts waiting in the embedder's queue per priority class (queries and bulk
+    /// indexing each get this many); past it, requests fail with `Overloaded`. A single request
+    /// may not hold more texts than this. At least 1. Default: 4096.
+    pub embed_queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -28,6 +48,11 @@ impl Default for EngineConfig {
             models_dir: PathBuf::from("./models"),
             embedding_model: PathBuf::from("all-MiniLM-L6-v2"),
             generator_model: PathBuf::from("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            device: "auto".to_owned(),
+            embed_threads: 0,
+            embed_batch_size: 32,
+            embed_batch_wait_ms: 2,
+            embed_queue: 4096,
         }
     }
 }
@@ -60,7 +85,34 @@ impl EngineConfig {
                 )));
             }
         }
+        DeviceRequest::parse(&self.device)?;
+        if !(1..=MAX_BATCH_SIZE).contains(&self.embed_batch_size) {
+            return Err(EngineError::InvalidInput(format!(
+                "engine.embed_batch_size must be in 1..={MAX_BATCH_SIZE}, not {}",
+                self.embed_batch_size
+            )));
+        }
+        if self.embed_batch_wait_ms > MAX_BATCH_WAIT_MS {
+            return Err(EngineError::InvalidInput(format!(
+                "engine.embed_batch_wait_ms must be at most {MAX_BATCH_WAIT_MS}, not {}",
+                self.embed_batch_wait_ms
+            )));
+        }
+        if self.embed_queue == 0 {
+            return Err(EngineError::InvalidInput(
+                "engine.embed_queue must be at least 1".to_owned(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The number of embedder threads: `embed_threads`, or one per available core when it is 0.
+    pub(crate) fn resolved_embed_threads(&self) -> usize {
+        if self.embed_threads > 0 {
+            self.embed_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {
@@ -107,5 +159,103 @@ impl EngineConfig {
             dim: head.hidden_size,
             tokenizer,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(cfg: &EngineConfig) -> String {
+        match cfg.validate() {
+            Err(EngineError::InvalidInput(msg)) => msg,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = EngineConfig::default();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.device, "auto");
+        assert_eq!(cfg.embed_threads, 0);
+        assert_eq!(cfg.embed_batch_size, 32);
+        assert_eq!(cfg.embed_batch_wait_ms, 2);
+        assert_eq!(cfg.embed_queue, 4096);
+        assert!(cfg.resolved_embed_threads() >= 1);
+    }
+
+    #[test]
+    fn rejects_out_of_range_settings() {
+        let base = EngineConfig::default();
+        let cases = [
+            (
+                EngineConfig {
+                    device: "tpu".into(),
+                    ..base.clone()
+                },
+                "engine.device",
+            ),
+            (
+                EngineConfig {
+                    embed_batch_size: 0,
+                    ..base.clone()
+                },
+                "engine.embed_batch_size",
+            ),
+            (
+                EngineConfig {
+                    embed_batch_size: 1025,
+                    ..base.clone()
+                },
+                "engine.embed_batch_size",
+            ),
+            (
+                EngineConfig {
+                    embed_batch_wait_ms: 1001,
+                    ..base.clone()
+                },
+                "engine.embed_batch_wait_ms",
+            ),
+            (
+                EngineConfig {
+                    embed_queue: 0,
+                    ..base.clone()
+                },
+                "engine.embed_queue",
+            ),
+            (
+                EngineConfig {
+                    models_dir: PathBuf::new(),
+                    ..base.clone()
+                },
+                "engine.models_dir",
+            ),
+        ];
+        for (cfg, key) in cases {
+            let msg = invalid(&cfg);
+            assert!(msg.contains(key), "{key}: {msg}");
+        }
+        let edge = EngineConfig {
+            device: "cuda:1".into(),
+            embed_threads: 3,
+            embed_batch_size: 1024,
+            embed_batch_wait_ms: 1000,
+            embed_queue: 1,
+            ..base
+        };
+        edge.validate().unwrap();
+        assert_eq!(edge.resolved_embed_threads(), 3);
+    }
+
+    #[test]
+    fn deserializes_partial_and_rejects_unknown_keys() {
+        let cfg: EngineConfig =
+            serde_json::from_str(r#"{"device": "cpu", "embed_batch_size": 8}"#).unwrap();
+        assert_eq!(cfg.device, "cpu");
+        assert_eq!(cfg.embed_batch_size, 8);
+        assert_eq!(cfg.embed_queue, 4096);
+        let err = serde_json::from_str::<EngineConfig>(r#"{"embed_batch": 8}"#).unwrap_err();
+        assert!(err.to_string().contains("embed_batch"), "{err}");
     }
 }

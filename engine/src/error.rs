@@ -25,6 +25,13 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The embedder's queue is full; retry later. Capacity, not a fault in the request.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// A bug or an unexpected failure inside the engine (a model error or panic, a worker that
+    /// stopped). The request may be retried; the engine keeps serving others.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A model or tokenizer file is malformed.
     #[error("corrupt model file {path}: {detail}")]
     Corrupt {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use tokenizers::PostProcessor;
+use tokenizers::{PostProcessor, TruncationDirection};
 
 use crate::error::{EngineError, Result};
 
@@ -73,5 +73,32 @@ impl Tokenizer {
     /// Number of tokens in `text`, special tokens included (what the model sees).
     pub fn count(&self, text: &str) -> Result<usize> {
         Ok(self.token_ends(text)?.len() + self.specials)
+    }
+
+    /// The token ids the model sees for `text`: special tokens included (`[CLS] … [SEP]` for
+    /// BERT), at most `max_tokens` of them. Longer text keeps its first
+    /// `max_tokens - special_tokens_per_sequence()` tokens and still ends with its closing
+    /// special token, as Hugging Face's `truncation=True, max_length=max_tokens` does.
+    ///
+    /// Fails with `InvalidInput` when `max_tokens` cannot hold the special tokens.
+    pub fn encode_ids(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>> {
+        let budget = max_tokens.checked_sub(self.specials).ok_or_else(|| {
+            EngineError::InvalidInput(format!(
+                "max_tokens {max_tokens} cannot hold the {} special tokens",
+                self.specials
+            ))
+        })?;
+        let mut enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::InvalidInput(format!("tokenizing: {e}")))?;
+        if enc.len() > budget {
+            enc.truncate(budget, 0, TruncationDirection::Right);
+        }
+        let enc = self
+            .inner
+            .post_process(enc, None, true)
+            .map_err(|e| EngineError::InvalidInput(format!("tokenizing: {e}")))?;
+        Ok(enc.get_ids().to_vec())
     }
 }

@@ -1,10 +1,13 @@
-//! Storage configuration.
+//! Storage and retrieval-index configuration.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use crate::error::{IndexError, Result};
+use crate::hybrid::Fusion;
+use crate::lexical::Analyzer;
+use crate::retrieval::IndexParams;
 
 /// Where hearth keeps its data.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -98,5 +101,148 @@ impl StorageConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Settings of the per-collection retrieval index (`[index]`).
+///
+/// `hnsw_m`, `ef_construction` and `analyzer` are format-affecting: they apply to collections
+/// created afterwards and are checked against each existing collection's manifest on open.
+/// `ef_search` and the fusion settings may change freely.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// HNSW neighbours per node (`M`), 2–256. Default: 16.
+    pub hnsw_m: usize,
+    /// HNSW candidate list size while building, 1–10 000. Default: 200.
+    pub ef_construction: usize,
+    /// HNSW candidate list size while searching, 1–10 000. Default: 64.
+    pub ef_search: usize,
+    /// Text analyzer for BM25. Default: `english_stem`.
+    pub analyzer: Analyzer,
+    /// Hybrid fusion method, `rrf` or `weighted`. Default: `rrf`.
+    pub fusion: FusionKind,
+    /// RRF rank constant `k`, finite and >= 0. Default: 60.
+    pub rrf_k: f32,
+    /// Dense weight for `weighted` fusion, in [0, 1]. Default: 0.5.
+    pub dense_weight: f32,
+}
+
+/// The fusion methods, as named in configuration.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionKind {
+    /// Reciprocal rank fusion.
+    #[default]
+    Rrf,
+    /// Weighted sum of min-max normalised scores.
+    Weighted,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            hnsw_m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            analyzer: Analyzer::EnglishStem,
+            fusion: FusionKind::Rrf,
+            rrf_k: 60.0,
+            dense_weight: 0.5,
+        }
+    }
+}
+
+impl IndexConfig {
+    /// Checks the settings; errors name the offending key.
+    pub fn validate(&self) -> Result<()> {
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(IndexError::InvalidInput(format!(
+                    "index.{key} must be between {lo} and {hi}, got {v}"
+                )))
+            }
+        };
+        range("hnsw_m", self.hnsw_m, 2, 256)?;
+        range("ef_construction", self.ef_construction, 1, 10_000)?;
+        range("ef_search", self.ef_search, 1, 10_000)?;
+        if !(self.rrf_k.is_finite() && self.rrf_k >= 0.0) {
+            return Err(IndexError::InvalidInput(format!(
+                "index.rrf_k must be finite and >= 0, got {}",
+                self.rrf_k
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.dense_weight) {
+            return Err(IndexError::InvalidInput(format!(
+                "index.dense_weight must be between 0 and 1, got {}",
+                self.dense_weight
+            )));
+        }
+        Ok(())
+    }
+
+    /// The index parameters for a collection whose embeddings have width `dim`.
+    pub fn params(&self, dim: usize) -> IndexParams {
+        IndexParams {
+            dim,
+            hnsw_m: self.hnsw_m,
+            ef_construction: self.ef_construction,
+            ef_search: self.ef_search,
+            analyzer: self.analyzer,
+        }
+    }
+
+    /// The configured fusion with its parameter.
+    pub fn fusion(&self) -> Fusion {
+        match self.fusion {
+            FusionKind::Rrf => Fusion::Rrf { k: self.rrf_k },
+            FusionKind::Weighted => Fusion::Weighted {
+                dense_weight: self.dense_weight,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_config_defaults_parse_and_validate() {
+        let c: IndexConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, IndexConfig::default());
+        c.validate().unwrap();
+        assert_eq!(c.fusion(), Fusion::Rrf { k: 60.0 });
+        let p = c.params(384);
+        assert_eq!(
+            (p.dim, p.hnsw_m, p.analyzer),
+            (384, 16, Analyzer::EnglishStem)
+        );
+
+        let w: IndexConfig =
+            serde_json::from_str(r#"{"fusion":"weighted","dense_weight":0.7,"analyzer":"simple"}"#)
+                .unwrap();
+        assert_eq!(w.fusion(), Fusion::Weighted { dense_weight: 0.7 });
+        assert_eq!(w.analyzer, Analyzer::Simple);
+
+        assert!(serde_json::from_str::<IndexConfig>(r#"{"hnsw_mm":3}"#).is_err());
+        let bad = IndexConfig {
+            hnsw_m: 1000,
+            ..IndexConfig::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("index.hnsw_m"), "{err}");
+        let bad = IndexConfig {
+            dense_weight: 2.0,
+            ..IndexConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("index.dense_weight")
+        );
     }
 }

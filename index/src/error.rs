@@ -3,7 +3,7 @@
 /// Everything that can go wrong in persistence and retrieval.
 ///
 /// Variants say who is at fault: the caller (`InvalidInput`, `NotFound`, `Conflict`) or the
-/// system (`Store`, `Corrupt`, `Internal`).
+/// system (`Store`, `Io`, `Corrupt`, `Internal`).
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     /// The caller passed something malformed (a bad name, an out-of-range setting).
@@ -23,6 +23,15 @@ pub enum IndexError {
         /// The underlying error, kept opaque.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A local file operation failed (the retrieval index's cache directory).
+    #[error("I/O error at `{}`: {source}", path.display())]
+    Io {
+        /// The file or directory being accessed.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
     },
     /// Stored data could not be decoded.
     #[error("corrupt data at `{key}`: {detail}")]

@@ -1,8 +1,8 @@
 //! # hearth-index: everything persisted, plus retrieval
 //!
-//! This crate owns hearth's durable state. The object store (local directory or an
-//! S3-compatible store inside the jurisdiction) is the source of truth; everything on local
-//! disk is a cache that can be rebuilt from it.
+//! This crate owns hearth's durable state and the retrieval built on it. The object store
+//! (local directory or an S3-compatible store inside the jurisdiction) is the source of truth;
+//! everything on local disk is a cache that can be rebuilt from it.
 //!
 //! What lives here:
 //! - [`BlobStore`]: our narrow view of the `object_store` crate (local and S3 backends), with
@@ -12,6 +12,22 @@
 //!   document, with an embedding column that the embedding stage fills in.
 //! - [`CollectionSettings`]: the format-affecting settings of a collection, written once at
 //!   creation and checked on every open.
+//! - Retrieval: a [`CollectionIndex`] per collection holds the chunks and their normalised
+//!   vectors in memory, an HNSW graph ([`HnswIndex`], wrapping `hnsw_rs`) and a tantivy BM25
+//!   index, and answers dense, BM25 and hybrid searches ([`SearchRequest`], [`SearchMode`],
+//!   fused by [`Fusion`]: reciprocal rank fusion by default). Metadata [`Filter`]s and deletions
+//!   are applied *inside* both retrievers, so a selective filter still fills `top_k`; small
+//!   allowed sets are scanned exactly ([`FlatIndex`], also the recall oracle in tests).
+//!   Its directory is a cache with a crash-safe commit protocol (manifest written last, tantivy
+//!   commit payload = manifest generation); a damaged part is rebuilt, an unreadable manifest
+//!   makes the index start empty so the layer above can refill it from the object store.
+//! - [`IndexConfig`]: the `[index]` settings; HNSW `M`, `ef_construction` and the text
+//!   [`Analyzer`] are format-affecting and checked against each collection's manifest.
+//!
+//! Invariants: point ids (`u32`) are dense and only reassigned by compaction; hits carry the
+//! chunk as stored (NFC text) while BM25 sees NFKC-normalised text; scores are sorted
+//! descending with ties broken by chunk id. No `hnsw_rs` or tantivy type appears in a public
+//! signature.
 //!
 //! What must not live here: model code (that is `hearth-engine`), document parsing (that is
 //! `hearth-ingest`) and anything HTTP. This crate depends on no other workspace crate.
@@ -22,9 +38,16 @@ mod chunks;
 mod collection;
 mod config;
 mod error;
+mod filter;
 mod format;
+mod hybrid;
 mod ids;
 pub mod keys;
+mod lexical;
+mod meta;
+mod pidset;
+mod retrieval;
+mod vector;
 
 #[cfg(feature = "testing")]
 pub mod fixtures;
@@ -32,7 +55,16 @@ pub mod fixtures;
 pub use blob::BlobStore;
 pub use chunks::{Chunk, decode_chunks, encode_chunks};
 pub use collection::CollectionSettings;
-pub use config::{S3Config, StorageBackend, StorageConfig};
+pub use config::{FusionKind, IndexConfig, S3Config, StorageBackend, StorageConfig};
 pub use error::{IndexError, Result};
+pub use filter::{Condition, Filter};
 pub use format::{FORMAT_VERSION, OLDEST_SUPPORTED_FORMAT};
+pub use hybrid::{Fusion, SearchMode};
 pub use ids::{ChunkId, CollectionName, DocId};
+pub use lexical::Analyzer;
+pub use meta::{MetaValue, Metadata};
+pub use retrieval::{
+    CollectionIndex, CompactStats, Hit, IndexParams, IndexStats, IndexedDoc, MAX_TOP_K,
+    SearchParams, SearchRequest,
+};
+pub use vector::{FlatIndex, HnswIndex, HnswParams, VectorIndex};

@@ -9,7 +9,6 @@
 //! Every transition is a whole-object put, so a crash leaves each record in its last
 //! acknowledged state; `queued` and `extracting` records are picked up again on restart.
 
-use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
@@ -38,8 +37,8 @@ pub enum DocState {
 }
 
 impl DocState {
-    /// Whether the pipeline still has work to do on a document in this state (before the
-    /// embedding stage exists, `chunked` is the last stage).
+    /// Whether extraction still has to run for a document in this state. (Chunked and embedded
+    /// documents still have later stages ahead; those run in the service layer.)
     pub fn is_pending(self) -> bool {
         matches!(self, DocState::Queued | DocState::Extracting)
     }
@@ -57,18 +56,7 @@ impl DocState {
     }
 }
 
-/// A metadata value: user metadata is string or number key-values.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum MetaValue {
-    /// A number.
-    Number(f64),
-    /// A string.
-    Text(String),
-}
-
-/// User metadata of a document.
-pub type Metadata = BTreeMap<String, MetaValue>;
+pub use hearth_index::{MetaValue, Metadata};
 
 const MAX_META_KEYS: usize = 64;
 const MAX_META_VALUE_CHARS: usize = 1024;

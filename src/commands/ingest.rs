@@ -1,15 +1,18 @@
-//! `hearth ingest`: walk paths, submit every file, process up to `workers` documents at once,
-//! resume documents an earlier run left unfinished, and print a summary.
+//! `hearth ingest`: walk paths, submit every file, process up to `workers` documents at once
+//! (extract, chunk, embed, index), resume documents an earlier run left unfinished, commit the
+//! index, and print a summary.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::StreamExt;
+use hearth_api::{Collection, Service};
 use hearth_index::{CollectionName, DocId};
-use hearth_ingest::{DocState, IngestError, MetaValue, Metadata, Pipeline, Submission, Submitted};
+use hearth_ingest::{DocState, IngestError, MetaValue, Metadata, Submission, Submitted};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -50,6 +53,8 @@ struct Outcome {
     bytes: u64,
     #[serde(skip)]
     system_error: bool,
+    #[serde(skip)]
+    embedded: u32,
 }
 
 #[derive(Serialize)]
@@ -68,10 +73,9 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let metadata = parse_meta(&args.meta)?;
     hearth_ingest::validate_metadata(&metadata)?;
     let files = walk(&args.paths)?;
-    let service = super::ingest_service(&cfg)?;
-    let pipeline = service.pipeline().clone();
-    pipeline.open_collection(&collection).await?;
-    let pending = pipeline.pending(&collection).await?;
+    let service = super::service(&cfg)?;
+    let col = service.open(&collection).await?;
+    let pending = service.pending(&col).await?;
 
     let jobs: Vec<Job> = pending
         .into_iter()
@@ -81,17 +85,26 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let bar = progress_bar(jobs.len() as u64);
     let started = Instant::now();
     let mut outcomes = futures::stream::iter(jobs)
-        .map(|job| run_job(&pipeline, &collection, &metadata, job))
-        .buffer_unordered(pipeline.workers());
+        .map(|job| run_job(&service, &col, &metadata, job))
+        .buffer_unordered(service.pipeline().workers());
     let mut documents = Vec::new();
     let mut failed = 0;
+    let mut embedded = 0u64;
     while let Some(o) = outcomes.next().await {
         failed += usize::from(o.status == "failed");
+        embedded += u64::from(o.embedded);
         bar.inc(1);
-        bar.set_message(format!("{failed} failed"));
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!(
+            "{embedded} chunks embedded ({:.0} chunks/s), {failed} failed",
+            embedded as f64 / secs
+        ));
         documents.push(o);
     }
+    bar.set_message("committing the index");
+    let committed = service.commit(&col).await;
     bar.finish_and_clear();
+    committed?;
     documents.sort_by(|a, b| a.source.cmp(&b.source));
     let secs = started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -120,7 +133,9 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run_job(p: &Pipeline, c: &CollectionName, meta: &Metadata, job: Job) -> Outcome {
+async fn run_job(s: &Service, col: &Arc<Collection>, meta: &Metadata, job: Job) -> Outcome {
+    let p = s.pipeline();
+    let c = col.name();
     let (source, id, bytes) = match job {
         Job::Resume(id) => (format!("(resumed) {}", id.to_hex()), id, 0),
         Job::File(path) => {
@@ -147,8 +162,9 @@ async fn run_job(p: &Pipeline, c: &CollectionName, meta: &Metadata, job: Job) ->
             }
         }
     };
-    match p.process(c, id).await {
-        Ok(rec) => {
+    match s.process(col, id).await {
+        Ok(done) => {
+            let rec = done.record;
             let source = if bytes == 0 {
                 format!("{} (resumed)", rec.source)
             } else {
@@ -161,6 +177,7 @@ async fn run_job(p: &Pipeline, c: &CollectionName, meta: &Metadata, job: Job) ->
                 chunks: rec.chunks,
                 reason: rec.reason,
                 bytes: if bytes == 0 { rec.size } else { bytes },
+                embedded: done.embedded,
                 ..outcome(source)
             }
         }
@@ -182,11 +199,12 @@ fn outcome(source: String) -> Outcome {
         reason: None,
         bytes: 0,
         system_error: false,
+        embedded: 0,
     }
 }
 
 async fn submit_file(
-    p: &Pipeline,
+    p: &hearth_ingest::Pipeline,
     c: &CollectionName,
     meta: &Metadata,
     path: &Path,

@@ -2,23 +2,27 @@
 
 pub mod docs;
 pub mod ingest;
+pub mod manage;
+pub mod search;
 
 use anyhow::Context;
-use hearth_api::{IngestService, IngestServiceParts};
+use hearth_api::{Service, ServiceParts};
 use hearth_index::BlobStore;
 use hearth_ingest::ExtractorCommand;
 
 use crate::config::AppConfig;
 
-/// Opens the object store and builds the ingestion service, with this very binary as the
-/// extraction process.
-pub fn ingest_service(cfg: &AppConfig) -> anyhow::Result<IngestService> {
+/// Opens the object store, loads the models and builds the service, with this very binary as
+/// the extraction process.
+pub fn service(cfg: &AppConfig) -> anyhow::Result<Service> {
     let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
     let program = std::env::current_exe().context("locating the hearth executable")?;
-    let service = IngestService::new(IngestServiceParts {
+    let service = Service::new(ServiceParts {
         store,
+        data_dir: cfg.storage.data_dir.clone(),
         engine: cfg.engine.clone(),
         ingest: cfg.ingest.clone(),
+        index: cfg.index.clone(),
         extractor: ExtractorCommand {
             program,
             args: vec!["extract-worker".into()],

@@ -113,6 +113,24 @@ impl Node {
         serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
     }
 
+    /// Runs `hearth search --json QUERY -c COLLECTION EXTRA...` and returns the output; panics
+    /// on a non-zero exit.
+    pub fn search(&self, collection: &str, query: &str, extra: &[&str]) -> Value {
+        let out = self
+            .command()
+            .args(["search", "--json", "-c", collection, query])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hearth search failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// The node's object store, opened directly.
     pub fn store(&self) -> BlobStore {
         let cfg = match &self.backend {
@@ -158,4 +176,20 @@ pub fn file_name(doc: &Value) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// The file names of a search output's hits, in rank order.
+pub fn hit_files(search: &Value) -> Vec<String> {
+    search["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            Path::new(h["source"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
 }

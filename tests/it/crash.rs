@@ -107,7 +107,7 @@ async fn kill_9_while_ingesting_loses_and_duplicates_nothing() {
     assert_eq!(chunks.len(), N);
     let mut sources = BTreeSet::new();
     for r in &records {
-        assert_eq!(r["state"], "chunked", "{r:#}");
+        assert_eq!(r["state"], "indexed", "{r:#}");
         assert!(
             sources.insert(r["source"].as_str().unwrap().to_owned()),
             "duplicate record {r:#}"
@@ -118,4 +118,24 @@ async fn kill_9_while_ingesting_loses_and_duplicates_nothing() {
         let ordinals: Vec<u32> = decoded.iter().map(|c| c.ordinal).collect();
         assert_eq!(ordinals, (0..decoded.len() as u32).collect::<Vec<_>>());
     }
+
+    // Every chunk is searchable exactly once: "paragraph" is in every chunk.
+    let total: u64 = records.iter().map(|r| r["chunks"].as_u64().unwrap()).sum();
+    let hits = node.search("crash", "paragraph", &["--mode", "bm25", "--top-k", "1000"]);
+    let ids: Vec<&str> = hits["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["chunk_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len() as u64,
+        total,
+        "searchable chunks vs stored chunks"
+    );
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        ids.len(),
+        "a chunk is indexed twice"
+    );
 }

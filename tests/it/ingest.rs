@@ -48,7 +48,7 @@ async fn ingest_twice(backend: Backend) {
     );
 
     // What the chunks hold: every chunk fits the embedder, PDFs carry pages, HTML and Markdown
-    // carry headings, and the text is NFC without ligature loss.
+    // carry headings, every chunk carries a unit-length embedding.
     let mut pages = 0;
     let mut headings = 0;
     for (key, bytes) in &chunks_before {
@@ -63,7 +63,9 @@ async fn ingest_twice(backend: Backend) {
             );
             assert!(!c.text.trim().is_empty());
             assert!(c.span_end > c.span_start);
-            assert!(c.embedding.is_none());
+            let v = c.embedding.as_ref().expect("every chunk is embedded");
+            let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-3, "{key}#{i}: norm {norm}");
             pages += usize::from(c.page_start.is_some());
             headings += usize::from(!c.heading.is_empty());
         }

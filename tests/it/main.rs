@@ -5,3 +5,5 @@ mod common;
 mod config;
 mod crash;
 mod ingest;
+mod quality;
+mod search;

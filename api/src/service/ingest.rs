@@ -1,64 +1,117 @@
-//! Ingestion: the pipeline from `hearth-ingest`, fed with the embedding model's tokenizer from
-//! `hearth-engine`, over the object store from `hearth-index`.
+//! The stages after chunking: embedding (vectors written back into the chunk file) and adding
+//! to the collection's index.
 
 use std::sync::Arc;
 
-use hearth_engine::{EngineConfig, Tokenizer};
-use hearth_index::BlobStore;
-use hearth_ingest::{ExtractorCommand, IngestConfig, Pipeline, PipelineParts, TokenCounter};
+use hearth_engine::Priority;
+use hearth_index::{Chunk, DocId, encode_chunks, keys};
+use hearth_ingest::{DocRecord, DocState};
+use unicode_normalization::UnicodeNormalization;
 
-use crate::error::Result;
+use super::collection::read;
+use super::{Collection, Service};
+use crate::error::{Result, ServiceError};
 
-/// What the ingestion service is built from.
-pub struct IngestServiceParts {
-    /// The object store.
-    pub store: BlobStore,
-    /// Which models to use (the embedding model's tokenizer cuts chunks).
-    pub engine: EngineConfig,
-    /// Ingestion settings.
-    pub ingest: IngestConfig,
-    /// How to start extraction processes.
-    pub extractor: ExtractorCommand,
+/// Most texts sent to the embedder in one request; a long document is embedded in several.
+const EMBED_REQUEST_TEXTS: usize = 256;
+
+/// A document after [`Service::process`].
+#[derive(Clone, Debug)]
+pub struct Processed {
+    /// Its record, in its final state for this run (`embedded`, `indexed` or `failed`).
+    pub record: DocRecord,
+    /// Chunks embedded by this call (0 when they already had vectors).
+    pub embedded: u32,
 }
 
-/// Ingestion, ready to use.
-pub struct IngestService {
-    pipeline: Arc<Pipeline>,
-}
-
-struct ModelTokens(Tokenizer);
-
-impl TokenCounter for ModelTokens {
-    fn token_ends(&self, text: &str) -> std::result::Result<Vec<usize>, String> {
-        self.0.token_ends(text).map_err(|e| e.to_string())
+impl Service {
+    /// The documents of a collection that a previous run left unfinished: not yet extracted,
+    /// or chunked but not embedded.
+    pub async fn pending(&self, col: &Collection) -> Result<Vec<DocId>> {
+        Ok(self
+            .registry
+            .list(col.name())
+            .await?
+            .into_iter()
+            .filter(|r| r.state.is_pending() || r.state == DocState::Chunked)
+            .map(|r| r.doc_id)
+            .collect())
     }
 
-    fn special_tokens(&self) -> usize {
-        self.0.special_tokens_per_sequence()
-    }
-}
-
-impl IngestService {
-    /// Loads the tokenizer and builds the pipeline.
-    pub fn new(parts: IngestServiceParts) -> Result<Self> {
-        let info = parts.engine.embedding_model_info()?;
-        let tokenizer = Tokenizer::from_file(&info.tokenizer)?;
-        let tokenizer_sha256 = tokenizer.sha256().to_owned();
-        let pipeline = Pipeline::new(PipelineParts {
-            store: parts.store,
-            tokenizer: Arc::new(ModelTokens(tokenizer)),
-            tokenizer_sha256,
-            embedding_dim: info.dim,
-            extractor: parts.extractor,
-            config: parts.ingest,
-        })?;
-        Ok(Self {
-            pipeline: Arc::new(pipeline),
+    /// Runs every remaining stage for one document: extraction and chunking (in an isolated
+    /// process), embedding, and adding to the index. The document becomes searchable for a
+    /// fresh process, and its record says `indexed`, after the next [`Service::commit`]. A
+    /// document that cannot be read ends in `failed` with a reason; that is not an error.
+    pub async fn process(&self, col: &Arc<Collection>, doc: DocId) -> Result<Processed> {
+        let mut rec = self.pipeline.process(col.name(), doc).await?;
+        let mut embedded = 0;
+        if rec.state == DocState::Chunked {
+            match self.embed_document(&mut rec).await? {
+                Some(chunks) => {
+                    embedded = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+                    self.add_to_index(col, &rec, chunks).await?;
+                    col.push_pending(rec.clone());
+                }
+                None => {
+                    return Ok(Processed {
+                        record: rec,
+                        embedded,
+                    });
+                }
+            }
+        } else if rec.state == DocState::Embedded && !read(&col.index).contains(&rec.doc_id) {
+            match self.load_chunks(&rec).await? {
+                Ok(chunks) if chunks.iter().all(|c| c.embedding.is_some()) => {
+                    self.add_to_index(col, &rec, chunks).await?;
+                    col.push_pending(rec.clone());
+                }
+                Ok(_) | Err(_) => {
+                    // Vectors missing or unreadable: embed again from the chunk file.
+                    rec.state = DocState::Chunked;
+                    return Box::pin(self.process(col, doc)).await;
+                }
+            }
+        }
+        Ok(Processed {
+            record: rec,
+            embedded,
         })
     }
 
-    /// The pipeline.
-    pub fn pipeline(&self) -> &Arc<Pipeline> {
-        &self.pipeline
+    /// Embeds a chunked document and writes the vectors into its chunk file, then records it as
+    /// `embedded`. Returns the chunks, or `None` when the document failed (its record says why).
+    pub(super) async fn embed_document(&self, rec: &mut DocRecord) -> Result<Option<Vec<Chunk>>> {
+        let mut chunks = match self.load_chunks(rec).await? {
+            Ok(c) => c,
+            Err(reason) => {
+                self.fail(rec, reason).await?;
+                return Ok(None);
+            }
+        };
+        for batch in chunks.chunks_mut(EMBED_REQUEST_TEXTS) {
+            let texts: Vec<String> = batch.iter().map(|c| embedding_text(&c.text)).collect();
+            let vectors = self.embedder.embed(texts, Priority::Bulk).await?;
+            for (c, v) in batch.iter_mut().zip(vectors.iter()) {
+                c.embedding = Some(v.to_vec());
+            }
+        }
+        let dim = self.dim;
+        let (bytes, chunks) =
+            tokio::task::spawn_blocking(move || (encode_chunks(&chunks, dim), chunks))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("encoding task: {e}")))?;
+        let bytes = bytes?;
+        self.store
+            .put(&keys::chunks(&rec.collection, &rec.doc_id), bytes)
+            .await?;
+        rec.state = DocState::Embedded;
+        self.registry.put(rec).await?;
+        Ok(Some(chunks))
     }
+}
+
+/// What the embedder and the lexical index see of a chunk: its text with compatibility
+/// characters folded (NFKC), so that "ﬁrst" from a PDF matches "first" in a question.
+pub(crate) fn embedding_text(text: &str) -> String {
+    text.nfkc().collect()
 }

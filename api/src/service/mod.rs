@@ -1,3 +1,117 @@
-//! Orchestration, one module per job.
+//! Orchestration: one [`Service`] ties the ingestion pipeline (`hearth-ingest`), the embedder
+//! (`hearth-engine`) and the per-collection indexes (`hearth-index`) together. The CLI calls it
+//! directly; the HTTP routes will call the same methods.
+//!
+//! A document moves through `queued → extracting → chunked` inside the pipeline, then here:
+//! its chunks are embedded and written back into their Arrow file (`embedded`), added to the
+//! collection's local index, and once that index is committed the record says `indexed`.
+//!
+//! The object store is the source of truth. The local index of a collection is a cache that is
+//! brought in line with the store's records whenever a collection is opened ([`Service::open`]):
+//! documents the store has and the index lacks are added from their chunk files (no
+//! re-embedding), documents the index has and the store no longer has are removed. Wiping the
+//! local cache therefore only costs a rebuild.
 
-pub mod ingest;
+mod collection;
+mod ingest;
+mod search;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hearth_engine::{Embedder, EngineConfig, Tokenizer};
+use hearth_index::{BlobStore, CollectionName, IndexConfig};
+use hearth_ingest::{
+    ExtractorCommand, IngestConfig, Pipeline, PipelineParts, Registry, TokenCounter,
+};
+
+pub use collection::{Collection, CompactReport, SyncReport};
+pub use ingest::Processed;
+pub use search::{SearchQuery, SearchResults};
+
+use crate::error::Result;
+
+/// What the service is built from.
+pub struct ServiceParts {
+    /// The object store.
+    pub store: BlobStore,
+    /// Local data directory; the collection indexes live under `{data_dir}/index/`.
+    pub data_dir: PathBuf,
+    /// Models and the embedder's settings.
+    pub engine: EngineConfig,
+    /// Ingestion settings.
+    pub ingest: IngestConfig,
+    /// Index settings.
+    pub index: IndexConfig,
+    /// How to start extraction processes.
+    pub extractor: ExtractorCommand,
+}
+
+/// Ingestion, embedding, indexing and search, ready to use. Share it behind an `Arc`.
+pub struct Service {
+    store: BlobStore,
+    registry: Registry,
+    pipeline: Arc<Pipeline>,
+    embedder: Embedder,
+    index: IndexConfig,
+    data_dir: PathBuf,
+    dim: usize,
+    open: tokio::sync::Mutex<HashMap<CollectionName, Arc<Collection>>>,
+}
+
+struct ModelTokens(Tokenizer);
+
+impl TokenCounter for ModelTokens {
+    fn token_ends(&self, text: &str) -> std::result::Result<Vec<usize>, String> {
+        self.0.token_ends(text).map_err(|e| e.to_string())
+    }
+
+    fn special_tokens(&self) -> usize {
+        self.0.special_tokens_per_sequence()
+    }
+}
+
+impl Service {
+    /// Loads the tokenizer and the embedding model and builds the pipeline.
+    pub fn new(parts: ServiceParts) -> Result<Self> {
+        parts.index.validate()?;
+        let info = parts.engine.embedding_model_info()?;
+        let tokenizer = Tokenizer::from_file(&info.tokenizer)?;
+        let tokenizer_sha256 = tokenizer.sha256().to_owned();
+        let pipeline = Pipeline::new(PipelineParts {
+            store: parts.store.clone(),
+            tokenizer: Arc::new(ModelTokens(tokenizer)),
+            tokenizer_sha256,
+            embedding_dim: info.dim,
+            extractor: parts.extractor,
+            config: parts.ingest,
+        })?;
+        let embedder = Embedder::load(&parts.engine)?;
+        Ok(Self {
+            registry: Registry::new(parts.store.clone()),
+            store: parts.store,
+            pipeline: Arc::new(pipeline),
+            embedder,
+            index: parts.index,
+            data_dir: parts.data_dir,
+            dim: info.dim,
+            open: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The ingestion pipeline (submission, extraction, chunking).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// The document registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Width of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+}

@@ -1,0 +1,333 @@
+//! Opening a collection, keeping its local index in line with the object store, committing,
+//! deleting and compacting.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::{StreamExt, TryStreamExt};
+use hearth_index::{
+    Chunk, CollectionIndex, CollectionName, DocId, IndexError, IndexStats, IndexedDoc, keys,
+};
+use hearth_ingest::{DocRecord, DocState};
+
+use super::Service;
+use crate::error::{Result, ServiceError};
+
+/// An open collection: its local index and what the service remembers about its documents.
+pub struct Collection {
+    name: CollectionName,
+    pub(super) index: RwLock<CollectionIndex>,
+    /// Records added to the index since the last commit, to be marked `indexed` by it.
+    pending: Mutex<Vec<DocRecord>>,
+    /// Live documents by external name (source), oldest first: a newer upload of the same name
+    /// replaces the older ones at the next commit.
+    sources: Mutex<HashMap<String, Vec<(u64, DocId)>>>,
+}
+
+impl std::fmt::Debug for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collection")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collection {
+    /// The collection's name.
+    pub fn name(&self) -> &CollectionName {
+        &self.name
+    }
+
+    /// Sizes of the local index.
+    pub fn stats(&self) -> IndexStats {
+        read(&self.index).stats()
+    }
+
+    pub(super) fn note_source(&self, rec: &DocRecord) {
+        let mut sources = lock(&self.sources);
+        let docs = sources.entry(rec.source.clone()).or_default();
+        if !docs.iter().any(|(_, d)| *d == rec.doc_id) {
+            docs.push((rec.created_ms, rec.doc_id));
+            docs.sort_unstable();
+        }
+    }
+
+    pub(super) fn push_pending(&self, rec: DocRecord) {
+        lock(&self.pending).push(rec);
+    }
+
+    fn forget(&self, doc: &DocId) {
+        let mut sources = lock(&self.sources);
+        sources.retain(|_, docs| {
+            docs.retain(|(_, d)| d != doc);
+            !docs.is_empty()
+        });
+    }
+}
+
+/// What [`Service::open`] had to do to bring the local index in line with the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Documents added to the index from their stored chunk files.
+    pub added: usize,
+    /// Documents removed from the index because the store no longer has them.
+    pub removed: usize,
+}
+
+/// What [`Service::compact`] reclaimed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Chunks dropped from the local index (deleted or replaced documents).
+    pub chunks_dropped: u64,
+    /// Objects removed from the store that no document record pointed at any more.
+    pub orphans_removed: usize,
+}
+
+pub(super) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // invariant: index operations do not panic while holding the lock; if one did, the data
+    // is still consistent (each operation validates before it mutates), so recover it.
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(super) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs blocking index work off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, IndexError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("index task: {e}")))?
+        .map_err(ServiceError::from)
+}
+
+impl Service {
+    /// Opens a collection (creating it on first use), loads its local index and brings it in
+    /// line with the object store. Later calls return the same handle.
+    pub async fn open(&self, c: &CollectionName) -> Result<Arc<Collection>> {
+        let mut open = self.open.lock().await;
+        if let Some(col) = open.get(c) {
+            return Ok(col.clone());
+        }
+        self.pipeline.open_collection(c).await?;
+        let dir = self.data_dir.join("index").join(c.as_str());
+        let params = self.index.params(self.dim);
+        let index = blocking(move || CollectionIndex::open(&dir, params)).await?;
+        let col = Arc::new(Collection {
+            name: c.clone(),
+            index: RwLock::new(index),
+            pending: Mutex::new(Vec::new()),
+            sources: Mutex::new(HashMap::new()),
+        });
+        let report = self.sync(&col).await?;
+        if report != SyncReport::default() {
+            tracing::info!(collection = %c, added = report.added, removed = report.removed, "index brought in line with the object store");
+        }
+        open.insert(c.clone(), col.clone());
+        Ok(col)
+    }
+
+    /// Brings the local index in line with the store's records, then commits.
+    async fn sync(&self, col: &Arc<Collection>) -> Result<SyncReport> {
+        let records = self.registry.list(&col.name).await?;
+        let live: HashMap<DocId, &DocRecord> = records
+            .iter()
+            .filter(|r| is_searchable(r.state))
+            .map(|r| (r.doc_id, r))
+            .collect();
+        for r in live.values() {
+            col.note_source(r);
+        }
+        let indexed: HashSet<DocId> = read(&col.index).doc_ids().into_iter().collect();
+        let stale: Vec<DocId> = indexed
+            .iter()
+            .filter(|d| !live.contains_key(d))
+            .copied()
+            .collect();
+        let missing: Vec<DocRecord> = live
+            .values()
+            .filter(|r| !indexed.contains(&r.doc_id))
+            .map(|r| (*r).clone())
+            .collect();
+        let report = SyncReport {
+            added: missing.len(),
+            removed: stale.len(),
+        };
+        let mut loads = futures::stream::iter(missing)
+            .map(|rec| async move {
+                let chunks = self.load_chunks(&rec).await;
+                (rec, chunks)
+            })
+            .buffer_unordered(8);
+        while let Some((mut rec, chunks)) = loads.next().await {
+            let chunks = match chunks? {
+                Ok(c) if c.iter().all(|c| c.embedding.is_some()) => c,
+                // Chunks without vectors (written by an interrupted run): embed them again.
+                Ok(_) => match self.embed_document(&mut rec).await? {
+                    Some(c) => c,
+                    None => continue,
+                },
+                Err(reason) => {
+                    self.fail(&mut rec, reason).await?;
+                    continue;
+                }
+            };
+            self.add_to_index(col, &rec, chunks).await?;
+            col.push_pending(rec);
+        }
+        if !stale.is_empty() {
+            let col2 = col.clone();
+            blocking(move || {
+                let mut index = write(&col2.index);
+                for d in &stale {
+                    index.delete(d)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        // Records that say `embedded` but are already in the index (a commit happened, the
+        // record update did not): finish them too.
+        for r in live.values() {
+            if r.state == DocState::Embedded && indexed.contains(&r.doc_id) {
+                col.push_pending((*r).clone());
+            }
+        }
+        self.commit(col).await?;
+        Ok(report)
+    }
+
+    /// Reads a document's chunks from the store. The error is the document's fate (a reason).
+    pub(super) async fn load_chunks(
+        &self,
+        rec: &DocRecord,
+    ) -> Result<std::result::Result<Vec<Chunk>, String>> {
+        let key = keys::chunks(&rec.collection, &rec.doc_id);
+        let Some(bytes) = self.store.get_opt(&key).await? else {
+            return Ok(Err("the chunk file is missing from the object store".into()));
+        };
+        Ok(hearth_index::decode_chunks(&key, &bytes).map_err(|e| e.to_string()))
+    }
+
+    pub(super) async fn add_to_index(
+        &self,
+        col: &Arc<Collection>,
+        rec: &DocRecord,
+        chunks: Vec<Chunk>,
+    ) -> Result<()> {
+        let doc = IndexedDoc {
+            doc_id: rec.doc_id,
+            source: rec.source.clone(),
+            title: rec.title.clone(),
+            metadata: rec.metadata.clone(),
+        };
+        col.note_source(rec);
+        let col2 = col.clone();
+        blocking(move || write(&col2.index).add(doc, &chunks)).await
+    }
+
+    /// Makes everything added since the last commit durable and searchable by a fresh process:
+    /// replaces older documents of the same external name, commits the index, and marks the
+    /// added documents `indexed`.
+    pub async fn commit(&self, col: &Arc<Collection>) -> Result<()> {
+        let replaced: Vec<DocId> = {
+            let sources = lock(&col.sources);
+            sources
+                .values()
+                .filter(|docs| docs.len() > 1)
+                .flat_map(|docs| docs[..docs.len() - 1].iter().map(|(_, d)| *d))
+                .collect()
+        };
+        for d in &replaced {
+            self.erase(col, d).await?;
+        }
+        let col2 = col.clone();
+        blocking(move || write(&col2.index).commit()).await?;
+        let pending = std::mem::take(&mut *lock(&col.pending));
+        for mut rec in pending {
+            if replaced.contains(&rec.doc_id) {
+                continue;
+            }
+            rec.state = DocState::Indexed;
+            self.registry.put(&mut rec).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a document: its record, original bytes and chunks leave the store, and its
+    /// chunks leave every search result at once. Returns whether the document existed.
+    pub async fn delete_document(&self, col: &Arc<Collection>, doc: &DocId) -> Result<bool> {
+        let existed = self.registry.get(&col.name, doc).await?.is_some();
+        self.erase(col, doc).await?;
+        let col2 = col.clone();
+        blocking(move || write(&col2.index).commit()).await?;
+        Ok(existed)
+    }
+
+    /// Removes one document everywhere (record first: once it is gone the document is gone,
+    /// whatever happens next), without committing the index.
+    async fn erase(&self, col: &Arc<Collection>, doc: &DocId) -> Result<()> {
+        let c = &col.name;
+        self.store.delete(&keys::doc_record(c, doc)).await?;
+        self.store.delete(&keys::raw(c, doc)).await?;
+        self.store.delete(&keys::chunks(c, doc)).await?;
+        col.forget(doc);
+        lock(&col.pending).retain(|r| r.doc_id != *doc);
+        let col2 = col.clone();
+        let doc = *doc;
+        blocking(move || write(&col2.index).delete(&doc).map(|_| ())).await
+    }
+
+    /// Reclaims space: rewrites the local index without deleted chunks, and removes objects
+    /// from the store that no document record points at (left behind by an interrupted delete).
+    pub async fn compact(&self, col: &Arc<Collection>) -> Result<CompactReport> {
+        let col2 = col.clone();
+        let stats = blocking(move || write(&col2.index).compact()).await?;
+        let c = &col.name;
+        let records: HashSet<DocId> = self
+            .registry
+            .list(c)
+            .await?
+            .into_iter()
+            .map(|r| r.doc_id)
+            .collect();
+        let mut orphans = Vec::new();
+        for prefix in [format!("raw/{c}/"), format!("chunks/{c}/")] {
+            for key in self.store.list(&prefix).await? {
+                let id = key
+                    .strip_prefix(&prefix)
+                    .map(|k| k.trim_end_matches(".arrow"))
+                    .and_then(|k| k.parse::<DocId>().ok());
+                if id.is_some_and(|d| !records.contains(&d)) {
+                    orphans.push(key);
+                }
+            }
+        }
+        futures::stream::iter(orphans.iter())
+            .map(|k| self.store.delete(k))
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(CompactReport {
+            chunks_dropped: stats.removed_chunks as u64,
+            orphans_removed: orphans.len(),
+        })
+    }
+
+    pub(super) async fn fail(&self, rec: &mut DocRecord, reason: String) -> Result<()> {
+        rec.state = DocState::Failed;
+        rec.reason = Some(reason);
+        self.registry.put(rec).await?;
+        Ok(())
+    }
+}
+
+fn is_searchable(s: DocState) -> bool {
+    matches!(s, DocState::Embedded | DocState::Indexed)
+}

@@ -1,0 +1,526 @@
+//! Shared code of the root end-to-end benches (`embed`, `hnsw`): synthetic vectors, raw files,
+//! exact ground truth, process statistics, peer discovery and JSON results.
+//!
+//! Each bench includes this with `mod common;` and uses only part of it.
+#![allow(dead_code)]
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The repository root (the root package's manifest directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `cargo bench --no-run`, `cargo test --benches` and `--list` probes: nothing to run.
+pub fn is_probe() -> bool {
+    std::env::args().any(|a| a == "--list" || a == "--test")
+}
+
+/// `HEARTH_BENCH_QUICK=1`: a small run that only proves the harness end to end.
+pub fn quick() -> bool {
+    env_flag("HEARTH_BENCH_QUICK")
+}
+
+/// True when the variable is set to anything but "", "0" or "false".
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// `$HEARTH_MODELS`, else `<root>/models`.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("HEARTH_MODELS").map_or_else(|| root().join("models"), PathBuf::from)
+}
+
+/// The cargo target directory (`$CARGO_TARGET_DIR`, else `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random numbers and synthetic vectors
+
+/// SplitMix64: tiny, fast, and good enough for benchmark data. Deterministic per seed.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+    spare: Option<f64>,
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed,
+            spare: None,
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in 0..n (n > 0); the modulo bias is irrelevant for n far below 2^64.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Standard normal, Box-Muller (the second value of each pair is kept for the next call).
+    pub fn gaussian(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let u1 = 1.0 - self.next_f64(); // (0, 1]: ln is finite
+        let u2 = self.next_f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        self.spare = Some(r * s);
+        r * c
+    }
+}
+
+/// A seeded Gaussian mixture of unit-norm `dim`-dimensional vectors, a stand-in for sentence
+/// embeddings: `clusters` random unit centres; a point is its centre plus Gaussian noise, then
+/// normalised. The noise on coordinate j has standard deviation `noise / sqrt(1 + j)` scaled so
+/// that its expected squared norm is `noise²`: a decaying spectrum (effective dimension ≈ 25 of
+/// 384, like real embeddings, rather than isotropic noise, whose near neighbours are no nearer
+/// than any other point of the cluster).
+#[derive(Clone, Debug)]
+pub struct Mixture {
+    pub dim: usize,
+    centres: Vec<f32>,
+    sigma: Vec<f64>,
+}
+
+/// Bump when the generator changes, so that cached data files are not reused.
+pub const MIXTURE_VERSION: u32 = 1;
+
+impl Mixture {
+    pub fn new(dim: usize, clusters: usize, noise: f64, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut centres = Vec::with_capacity(clusters * dim);
+        for _ in 0..clusters {
+            let mut c: Vec<f64> = (0..dim).map(|_| rng.gaussian()).collect();
+            normalise(&mut c);
+            centres.extend(c.iter().map(|&x| x as f32));
+        }
+        let raw: Vec<f64> = (0..dim).map(|j| 1.0 / ((1 + j) as f64).sqrt()).collect();
+        let norm = raw.iter().map(|s| s * s).sum::<f64>().sqrt();
+        let sigma = raw.iter().map(|s| noise * s / norm).collect();
+        Self {
+            dim,
+            centres,
+            sigma,
+        }
+    }
+
+    pub fn clusters(&self) -> usize {
+        self.centres.len() / self.dim
+    }
+
+    /// `n` points, row-major `n × dim`, from the stream seeded with `seed` (use different seeds
+    /// for the base set and the queries). Generated on 2 threads; deterministic.
+    pub fn sample(&self, n: usize, seed: u64) -> Vec<f32> {
+        let dim = self.dim;
+        let mut out = vec![0f32; n * dim];
+        const BLOCK: usize = 4096;
+        let blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(BLOCK * dim).enumerate().collect();
+        let mut halves: [Vec<(usize, &mut [f32])>; 2] = [Vec::new(), Vec::new()];
+        for (i, b) in blocks {
+            halves[i % 2].push((i, b));
+        }
+        std::thread::scope(|s| {
+            for half in halves {
+                s.spawn(move || {
+                    for (block, rows) in half {
+                        // One stream per block, so the result does not depend on the split.
+                        let mut rng =
+                            Rng::new(seed ^ (block as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+                        let mut v = vec![0f64; dim];
+                        for row in rows.chunks_exact_mut(dim) {
+                            let c = rng.below(self.clusters() as u64) as usize;
+                            let centre = &self.centres[c * dim..(c + 1) * dim];
+                            for ((x, &m), &sd) in v.iter_mut().zip(centre).zip(&self.sigma) {
+                                *x = f64::from(m) + sd * rng.gaussian();
+                            }
+                            normalise(&mut v);
+                            for (o, &x) in row.iter_mut().zip(&v) {
+                                *o = x as f32;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        out
+    }
+}
+
+fn normalise(v: &mut [f64]) {
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw files
+
+/// Writes `data` as raw little-endian f32 (no header).
+pub fn write_f32(path: &Path, data: &[f32]) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    for x in data {
+        w.write_all(&x.to_le_bytes())?;
+    }
+    w.flush()
+}
+
+/// Writes `data` as raw little-endian u32 (no header).
+pub fn write_u32(path: &Path, data: &[u32]) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    for x in data {
+        w.write_all(&x.to_le_bytes())?;
+    }
+    w.flush()
+}
+
+/// Reads a raw little-endian f32 file.
+pub fn read_f32(path: &Path) -> std::io::Result<Vec<f32>> {
+    let raw = std::fs::read(path)?;
+    Ok(raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Reads a raw little-endian u32 file.
+pub fn read_u32(path: &Path) -> std::io::Result<Vec<u32>> {
+    let raw = std::fs::read(path)?;
+    Ok(raw
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact ground truth
+
+/// Dot product with 16 independent accumulators (lets the compiler vectorise it).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Exact top-`k` base rows by inner product for every query (best first; ties by lower id), by
+/// brute force on `threads` threads. Returns `queries × k` ids, row-major.
+pub fn ground_truth(
+    base: &[f32],
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    threads: usize,
+) -> Vec<u32> {
+    let nq = queries.len() / dim;
+    let mut out = vec![0u32; nq * k];
+    let per = nq.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        for (qs, os) in queries.chunks(per * dim).zip(out.chunks_mut(per * k)) {
+            s.spawn(move || {
+                // Queries in groups of 8 share each pass over the base (cache reuse).
+                const G: usize = 8;
+                for (qg, og) in qs.chunks(G * dim).zip(os.chunks_mut(G * k)) {
+                    let g = qg.len() / dim;
+                    let mut tops: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(k + 1); g];
+                    for (id, row) in base.chunks_exact(dim).enumerate() {
+                        for (qi, top) in tops.iter_mut().enumerate() {
+                            let score = dot(&qg[qi * dim..(qi + 1) * dim], row);
+                            if top.len() == k && score <= top[k - 1].0 {
+                                continue;
+                            }
+                            let pos = top.partition_point(|&(s, _)| s >= score);
+                            top.insert(pos, (score, id as u32));
+                            top.truncate(k);
+                        }
+                    }
+                    for (top, o) in tops.iter().zip(og.chunks_mut(k)) {
+                        for (slot, &(_, id)) in o.iter_mut().zip(top) {
+                            *slot = id;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
+/// Recall@k: the fraction of the true top-k found in `found` (each query's first k ids).
+pub fn recall(found: &[Vec<u32>], truth: &[u32], k: usize) -> f64 {
+    let hits: usize = found
+        .iter()
+        .zip(truth.chunks_exact(k))
+        .map(|(f, t)| f.iter().take(k).filter(|id| t.contains(id)).count())
+        .sum();
+    hits as f64 / (found.len() * k) as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process statistics
+
+/// Resident set size and its peak (VmRSS, VmHWM) of this process, in KiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rss {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+pub fn rss() -> Rss {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Rss {
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+    }
+}
+
+/// Resets the peak RSS (VmHWM) to the current RSS (Linux ≥ 4.0). False where not permitted,
+/// in which case a later peak may predate the measured section.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// User + system CPU time of this process, all threads.
+pub fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Wall and CPU time plus RSS growth of a measured section.
+#[derive(Clone, Copy, Debug)]
+pub struct Section {
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    /// RSS after minus RSS before.
+    pub rss_growth_mib: f64,
+    /// Peak RSS during the section minus RSS before.
+    pub peak_rss_growth_mib: f64,
+}
+
+/// Runs `f`, measuring wall and CPU time (the whole process) and RSS growth.
+pub fn measure<T>(f: impl FnOnce() -> T) -> (T, Section) {
+    reset_peak_rss();
+    let before = rss();
+    let cpu0 = cpu_time();
+    let t0 = std::time::Instant::now();
+    let out = f();
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_s = (cpu_time() - cpu0).as_secs_f64();
+    let after = rss();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    (
+        out,
+        Section {
+            wall_s,
+            cpu_s,
+            rss_growth_mib: mib(after.rss_kib) - mib(before.rss_kib),
+            peak_rss_growth_mib: mib(after.hwm_kib) - mib(before.rss_kib),
+        },
+    )
+}
+
+/// Nearest-rank percentile (`p` in 0..=100) of an ascending slice.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine, peers and results
+
+/// What the results were measured on: commit, CPU, cores, load. Prints a warning when the
+/// machine is not quiet (peers and hearth suffer differently from competing load).
+pub fn machine() -> serde_json::Value {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_default();
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    println!(
+        "machine: {cpu}, {cores} cores, load average (1 min) {load:.2}, commit {commit}{}",
+        if dirty { " (dirty)" } else { "" }
+    );
+    if load > 0.5 {
+        println!(
+            "warning: the machine is not quiet (load {load:.2}); figures will be noisy and ratios skewed"
+        );
+    }
+    serde_json::json!({
+        "commit": commit, "dirty": dirty, "device": "cpu", "cpu": cpu, "cores": cores,
+        "load_avg_1m": load, "quick": quick(),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    })
+}
+
+/// The Python interpreter of the peers' venv: `$HEARTH_BENCH_PYTHON` if set, else whatever
+/// `scripts/bench-peers.sh` prints (it creates the venv on first use; its progress shows on
+/// stderr). `HEARTH_BENCH_NO_PEERS=1` skips peers. Errors say why the peers are missing.
+pub fn peer_python() -> Result<PathBuf, String> {
+    if env_flag("HEARTH_BENCH_NO_PEERS") {
+        return Err("HEARTH_BENCH_NO_PEERS is set".into());
+    }
+    if let Some(p) = std::env::var_os("HEARTH_BENCH_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    let script = root().join("scripts/bench-peers.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed ({})", script.display(), out.status));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let py = stdout.lines().last().unwrap_or("").trim();
+    if py.is_empty() || !Path::new(py).exists() {
+        return Err(format!(
+            "{} printed no usable python path",
+            script.display()
+        ));
+    }
+    Ok(PathBuf::from(py))
+}
+
+/// Runs `python benches/peers/<script> args…` and parses the JSON it prints on stdout (its
+/// stderr shows as progress). Errors describe the failure; they do not panic the bench.
+pub fn run_peer(
+    python: &Path,
+    script: &str,
+    args: &[std::ffi::OsString],
+) -> Result<serde_json::Value, String> {
+    let path = root().join("benches/peers").join(script);
+    let out = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!("{script} failed ({})", out.status));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(last).map_err(|e| format!("{script} printed no JSON result: {e}"))
+}
+
+/// Finds the peer (see [`peer_python`]) and runs it; a missing peer is printed and returned as
+/// `{"missing": why}`.
+pub fn peer_or_missing(script: &str, args: &[std::ffi::OsString]) -> serde_json::Value {
+    match peer_python().and_then(|py| run_peer(&py, script, args)) {
+        Ok(v) => v,
+        Err(why) => {
+            println!("peer {script}: missing: {why}");
+            serde_json::json!({ "missing": why })
+        }
+    }
+}
+
+/// Writes `value` to `<target dir>/bench-<name>.json` and says so.
+pub fn write_results(name: &str, value: &serde_json::Value) {
+    let dir = target_dir();
+    let path = dir.join(format!("bench-{name}.json"));
+    let res = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(value).unwrap_or_default(),
+        )
+    });
+    match res {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => println!("could not write {}: {e}", path.display()),
+    }
+}
+
+/// `a / b` formatted for a table, or "-" when either side is missing.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// A number for a table, or "-".
+pub fn num(v: Option<f64>, decimals: usize) -> String {
+    v.filter(|x| x.is_finite())
+        .map_or_else(|| "-".into(), |x| format!("{x:.decimals$}"))
+}

@@ -1,0 +1,365 @@
+//! Dense-index benchmark: hearth's HNSW index against hnswlib on the same vectors, in the same
+//! run.
+//!
+//!     cargo bench --bench hnsw                        # 100k vectors
+//!     HEARTH_BENCH_1M=1 cargo bench --bench hnsw      # also 1M (the builds take long)
+//!     HEARTH_BENCH_QUICK=1 cargo bench --bench hnsw   # 10k, proves the harness
+//!
+//! Data: a seeded Gaussian mixture of unit-norm 384-d vectors (100 clusters; see
+//! `common::Mixture`), 1,000 queries from the same mixture, exact top-10 by inner product
+//! (brute force on 2 threads). The vectors, queries and ground truth are written as raw files to
+//! `<target dir>/bench-data/` (and reused by later runs).
+//!
+//! For each size: hearth's `HnswIndex` is built (M=16, ef_construction=200) with wall and CPU
+//! time and resident-memory growth measured, then searched with one thread at ef in
+//! {16, 32, 64, 128, 256}: recall@10 and queries/s. Then `benches/peers/hnsw_peer.py` does the
+//! same with hnswlib (venv from `scripts/bench-peers.sh`; `HEARTH_BENCH_NO_PEERS=1` skips it).
+//! Prints a table and the target check — recall@10 ≥ 0.95 at a query rate ≥ hnswlib's at that
+//! recall: the smallest ef reaching 0.95 for each and the ratio of their query rates. Writes
+//! `bench-hnsw.json` in the cargo target directory.
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use hearth_index::{HnswIndex, HnswParams};
+use serde_json::{Value, json};
+
+const DIM: usize = 384;
+const QUERIES: usize = 1000;
+const K: usize = 10;
+const M: usize = 16;
+const EF_CONSTRUCTION: usize = 200;
+const EFS: [usize; 5] = [16, 32, 64, 128, 256];
+const TARGET_RECALL: f64 = 0.95;
+const CLUSTERS: usize = 100;
+const NOISE: f64 = 1.0;
+const SEED: u64 = 0x6865_6172_7468; // "hearth"
+const BUILD_THREADS: usize = 2;
+const SEARCH_REPS: usize = 3;
+
+fn main() {
+    if common::is_probe() {
+        return;
+    }
+    let sizes: Vec<usize> = if common::quick() {
+        vec![10_000]
+    } else if common::env_flag("HEARTH_BENCH_1M") {
+        vec![100_000, 1_000_000]
+    } else {
+        vec![100_000]
+    };
+    let machine = common::machine();
+    let mut runs = Vec::new();
+    for n in sizes {
+        runs.push(run(n));
+    }
+    common::write_results(
+        "hnsw",
+        &json!({
+            "bench": "hnsw",
+            "machine": machine,
+            "config": {"dim": DIM, "queries": QUERIES, "k": K, "M": M, "ef_construction": EF_CONSTRUCTION,
+                       "efs": EFS, "clusters": CLUSTERS, "noise": NOISE, "seed": SEED,
+                       "generator_version": common::MIXTURE_VERSION, "build_threads": BUILD_THREADS,
+                       "search_threads": 1, "target_recall": TARGET_RECALL},
+            "runs": runs,
+        }),
+    );
+}
+
+struct Data {
+    base: Vec<f32>,
+    queries: Vec<f32>,
+    truth: Vec<u32>,
+    base_path: PathBuf,
+    queries_path: PathBuf,
+    truth_path: PathBuf,
+}
+
+/// Generates (or reuses from an earlier run) the vectors, queries and ground truth for `n`.
+fn data(n: usize) -> Data {
+    let dir = common::target_dir().join("bench-data").join(format!(
+        "mixture-v{}-n{n}-d{DIM}-q{QUERIES}-k{K}-c{CLUSTERS}-s{SEED:x}",
+        common::MIXTURE_VERSION
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (base_path, queries_path, truth_path) = (
+        dir.join("base.f32"),
+        dir.join("queries.f32"),
+        dir.join("groundtruth.u32"),
+    );
+    let done = dir.join("complete");
+    if done.exists() {
+        let t = Instant::now();
+        let base = common::read_f32(&base_path).unwrap_or_default();
+        let queries = common::read_f32(&queries_path).unwrap_or_default();
+        let truth = common::read_u32(&truth_path).unwrap_or_default();
+        if base.len() == n * DIM && queries.len() == QUERIES * DIM && truth.len() == QUERIES * K {
+            println!(
+                "data: reused {} ({:.1} s)",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
+            return Data {
+                base,
+                queries,
+                truth,
+                base_path,
+                queries_path,
+                truth_path,
+            };
+        }
+        println!("data: {} is inconsistent, regenerating", dir.display());
+    }
+    let t = Instant::now();
+    let mixture = common::Mixture::new(DIM, CLUSTERS, NOISE, SEED);
+    let base = mixture.sample(n, SEED.wrapping_add(1));
+    let queries = mixture.sample(QUERIES, SEED.wrapping_add(2));
+    println!(
+        "data: generated {n} + {QUERIES} vectors in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let truth = common::ground_truth(&base, &queries, DIM, K, 2);
+    println!(
+        "data: exact top-{K} for {QUERIES} queries in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    common::write_f32(&base_path, &base).unwrap();
+    common::write_f32(&queries_path, &queries).unwrap();
+    common::write_u32(&truth_path, &truth).unwrap();
+    std::fs::write(&done, "").unwrap();
+    Data {
+        base,
+        queries,
+        truth,
+        base_path,
+        queries_path,
+        truth_path,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    ef: usize,
+    recall: f64,
+    qps: f64,
+}
+
+fn run(n: usize) -> Value {
+    println!(
+        "\n=== {n} vectors, {DIM}-d, {QUERIES} queries, M={M}, ef_construction={EF_CONSTRUCTION} ==="
+    );
+    let data = data(n);
+
+    // hearth
+    let (index, build) = common::measure(|| build_hearth(&data.base));
+    println!(
+        "hearth: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
+        build.wall_s, build.cpu_s, build.rss_growth_mib, build.peak_rss_growth_mib
+    );
+    let hearth: Vec<Point> = EFS
+        .iter()
+        .map(|&ef| search_hearth(&index, &data, ef))
+        .collect();
+    drop(index); // give the memory back before the peer runs
+
+    // peer
+    let arg = |s: &str| OsString::from(s);
+    let args = vec![
+        arg("--base"),
+        data.base_path.clone().into(),
+        arg("--queries"),
+        data.queries_path.clone().into(),
+        arg("--groundtruth"),
+        data.truth_path.clone().into(),
+        arg("--dim"),
+        arg(&DIM.to_string()),
+        arg("--k"),
+        arg(&K.to_string()),
+        arg("--M"),
+        arg(&M.to_string()),
+        arg("--ef-construction"),
+        arg(&EF_CONSTRUCTION.to_string()),
+        arg("--ef"),
+        arg(&EFS.map(|e| e.to_string()).join(",")),
+        arg("--build-threads"),
+        arg(&BUILD_THREADS.to_string()),
+        arg("--search-reps"),
+        arg(&SEARCH_REPS.to_string()),
+    ];
+    println!("peer: hnswlib (hnsw_peer.py)");
+    let peer = common::peer_or_missing("hnsw_peer.py", &args);
+    let peer_points: Vec<Point> = peer["search"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(Point {
+                ef: p["ef"].as_u64()? as usize,
+                recall: p["recall"].as_f64()?,
+                qps: p["qps"].as_f64()?,
+            })
+        })
+        .collect();
+
+    // table
+    let pf = |k: &str| peer[k].as_f64();
+    println!();
+    println!(
+        "{n} vectors                 {:>12} {:>12} {:>12}",
+        "hearth", "hnswlib", "hearth/peer"
+    );
+    let line = |label: &str, h: f64, p: Option<f64>, d: usize, ratio: String| {
+        println!(
+            "{label:<26} {:>12} {:>12} {:>12}",
+            common::num(Some(h), d),
+            common::num(p, d),
+            ratio
+        );
+    };
+    line(
+        "build wall s",
+        build.wall_s,
+        pf("build_wall_s"),
+        1,
+        common::ratio(Some(build.wall_s), pf("build_wall_s")),
+    );
+    line(
+        "build CPU s",
+        build.cpu_s,
+        pf("build_cpu_s"),
+        1,
+        common::ratio(Some(build.cpu_s), pf("build_cpu_s")),
+    );
+    line(
+        "build RSS growth MiB",
+        build.rss_growth_mib,
+        pf("rss_growth_mib"),
+        0,
+        common::ratio(Some(build.rss_growth_mib), pf("rss_growth_mib")),
+    );
+    line(
+        "build peak RSS growth MiB",
+        build.peak_rss_growth_mib,
+        pf("peak_rss_growth_mib"),
+        0,
+        common::ratio(Some(build.peak_rss_growth_mib), pf("peak_rss_growth_mib")),
+    );
+    println!();
+    println!(
+        "{:>5} {:>14} {:>10} {:>14} {:>10} {:>12}",
+        "ef", "hearth recall", "q/s", "hnswlib recall", "q/s", "hearth/peer"
+    );
+    for h in &hearth {
+        let p = peer_points.iter().find(|p| p.ef == h.ef);
+        println!(
+            "{:>5} {:>14.4} {:>10.0} {:>14} {:>10} {:>12}",
+            h.ef,
+            h.recall,
+            h.qps,
+            common::num(p.map(|p| p.recall), 4),
+            common::num(p.map(|p| p.qps), 0),
+            common::ratio(Some(h.qps), p.map(|p| p.qps))
+        );
+    }
+    println!(
+        "(hearth/peer = hearth ÷ hnswlib: above 1 is better for q/s, below 1 for build time and memory)"
+    );
+    let first = |pts: &[Point]| pts.iter().copied().find(|p| p.recall >= TARGET_RECALL);
+    let (ht, pt) = (first(&hearth), first(&peer_points));
+    let describe = |p: Option<Point>| {
+        p.map_or_else(
+            || "not reached".to_owned(),
+            |p| format!("ef {} (recall {:.4}, {:.0} q/s)", p.ef, p.recall, p.qps),
+        )
+    };
+    println!(
+        "recall@{K} ≥ {TARGET_RECALL}: hearth at {}; hnswlib at {}",
+        describe(ht),
+        describe(pt)
+    );
+    let verdict = match (ht, pt) {
+        (Some(h), Some(p)) => {
+            let r = h.qps / p.qps;
+            let ok = if r >= 1.0 { "met" } else { "NOT met" };
+            println!(
+                "target (recall ≥ {TARGET_RECALL} at ≥ hnswlib's q/s): {ok}, hearth/hnswlib q/s = {r:.2}x"
+            );
+            json!({"met": r >= 1.0, "qps_ratio": r, "hearth_ef": h.ef, "hnswlib_ef": p.ef})
+        }
+        (None, _) => {
+            println!("target: NOT met (hearth never reaches recall {TARGET_RECALL})");
+            json!({"met": false, "qps_ratio": null})
+        }
+        (Some(_), None) => {
+            println!("target: unknown (no hnswlib figure reaching recall {TARGET_RECALL})");
+            json!({"met": null, "qps_ratio": null})
+        }
+    };
+    let points = |pts: &[Point]| -> Value {
+        pts.iter()
+            .map(|p| json!({"ef": p.ef, "recall": p.recall, "qps": p.qps}))
+            .collect()
+    };
+    json!({
+        "n": n,
+        "hearth": {"build_wall_s": build.wall_s, "build_cpu_s": build.cpu_s,
+                   "rss_growth_mib": build.rss_growth_mib, "peak_rss_growth_mib": build.peak_rss_growth_mib,
+                   "search": points(&hearth)},
+        "peer": peer,
+        "target": verdict,
+    })
+}
+
+/// Builds on a rayon pool of `BUILD_THREADS` threads (hnswlib gets as many).
+fn build_hearth(base: &[f32]) -> HnswIndex {
+    let params = HnswParams {
+        m: M,
+        ef_construction: EF_CONSTRUCTION,
+        ..HnswParams::default()
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(BUILD_THREADS)
+        .build()
+        .expect("a rayon pool")
+        .install(|| HnswIndex::build(base, DIM, params))
+        .expect("building hearth's HNSW index")
+}
+
+fn search_hearth(index: &HnswIndex, data: &Data, ef: usize) -> Point {
+    let queries: Vec<&[f32]> = data.queries.chunks_exact(DIM).collect();
+    for q in queries.iter().take(50) {
+        std::hint::black_box(index.search(q, K, ef).expect("search")); // warm-up
+    }
+    let mut best = f64::INFINITY;
+    let mut found: Vec<Vec<u32>> = Vec::new();
+    for _ in 0..SEARCH_REPS {
+        let t = Instant::now();
+        found = queries
+            .iter()
+            .map(|q| {
+                index
+                    .search(q, K, ef)
+                    .expect("search")
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .collect();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let p = Point {
+        ef,
+        recall: common::recall(&found, &data.truth, K),
+        qps: queries.len() as f64 / best,
+    };
+    println!(
+        "hearth: ef={ef} recall@{K}={:.4} {:.0} q/s",
+        p.recall, p.qps
+    );
+    p
+}

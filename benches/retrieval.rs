@@ -1,0 +1,281 @@
+//! End-to-end retrieval at scale: a collection of 100,000 chunks (1,000 documents of 100
+//! chunks) with real-word text and synthetic 384-d vectors (the seeded Gaussian mixture of
+//! `common`), indexed by hearth's `CollectionIndex`. Measures
+//! - building the index from stored vectors (what a rebuild from the object store costs, minus
+//!   reading the files) and committing it;
+//! - cold start: opening the committed index in a fresh `CollectionIndex` (segments, HNSW dump,
+//!   tantivy), and opening it when the HNSW dump is gone (graph rebuilt from the segments);
+//! - query latency end to end as a search sees it: embedding the question with the real
+//!   MiniLM embedder (query priority) + HNSW + BM25 + fusion + filter, p50/p99, for each mode,
+//!   unfiltered and with filters keeping 10% and 1% of the documents.
+//!
+//!     scripts/fetch-models.sh && cargo bench --bench retrieval
+//!
+//! `HEARTH_BENCH_CHUNKS=N` changes the size; `HEARTH_BENCH_QUICK=1` runs 10,000 chunks.
+//! Results go to `bench-retrieval.json` in the cargo target directory.
+
+mod common;
+
+use std::time::Instant;
+
+use hearth_engine::{Embedder, EngineConfig, Priority};
+use hearth_index::{
+    Analyzer, Chunk, CollectionIndex, Condition, DocId, Filter, Fusion, IndexParams, IndexedDoc,
+    MetaValue, Metadata, SearchMode, SearchRequest,
+};
+use serde_json::json;
+
+const DIM: usize = 384;
+const CHUNKS_PER_DOC: usize = 100;
+const WORDS_PER_CHUNK: usize = 120;
+
+fn main() {
+    if common::is_probe() {
+        return;
+    }
+    let n: usize = if common::quick() {
+        10_000
+    } else {
+        std::env::var("HEARTH_BENCH_CHUNKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000)
+    };
+    let docs = n.div_ceil(CHUNKS_PER_DOC);
+    let machine = common::machine();
+    println!("retrieval bench: {n} chunks in {docs} documents, {DIM}-d");
+
+    let words = vocabulary();
+    let mixture = common::Mixture::new(DIM, 100, 0.5, 7);
+    let vectors = mixture.sample(n, 11);
+    let mut rng = common::Rng::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let params = IndexParams {
+        dim: DIM,
+        hnsw_m: 16,
+        ef_construction: 200,
+        ef_search: 64,
+        analyzer: Analyzer::EnglishStem,
+    };
+
+    // Build from stored vectors, in documents of 100 chunks, then commit.
+    let (_, build) = common::measure(|| {
+        let mut index = CollectionIndex::open(dir.path(), params).unwrap();
+        for d in 0..docs {
+            let doc_id = DocId::of_bytes(format!("bench document {d}").as_bytes());
+            let lo = d * CHUNKS_PER_DOC;
+            let hi = (lo + CHUNKS_PER_DOC).min(n);
+            let chunks: Vec<Chunk> = (lo..hi)
+                .map(|i| {
+                    let text = sentence(&words, &mut rng, WORDS_PER_CHUNK);
+                    Chunk {
+                        doc_id,
+                        ordinal: (i - lo) as u32,
+                        span_start: 0,
+                        span_end: text.chars().count() as u64,
+                        text,
+                        page_start: None,
+                        page_end: None,
+                        heading: Vec::new(),
+                        token_count: 160,
+                        embedding: Some(vectors[i * DIM..(i + 1) * DIM].to_vec()),
+                    }
+                })
+                .collect();
+            index.add(doc(d, doc_id), &chunks).unwrap();
+        }
+        index.commit().unwrap();
+    });
+    println!(
+        "build + commit: {:.1} s wall, {:.1} s CPU ({:.0} chunks/s), RSS +{:.0} MiB",
+        build.wall_s,
+        build.cpu_s,
+        n as f64 / build.wall_s,
+        build.peak_rss_growth_mib
+    );
+
+    // Cold start from the local cache.
+    let (index, cold) = common::measure(|| CollectionIndex::open(dir.path(), params).unwrap());
+    let stats = index.stats();
+    assert_eq!(stats.live_chunks, n);
+    println!(
+        "cold start: {:.2} s wall, {:.2} s CPU, RSS +{:.0} MiB, {:.0} MiB on disk",
+        cold.wall_s,
+        cold.cpu_s,
+        cold.rss_growth_mib,
+        stats.disk_bytes as f64 / 1048576.0
+    );
+    drop(index);
+    // Cold start when the HNSW dump is lost: the graph is rebuilt from the segments.
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .is_some_and(|f| f.to_string_lossy().contains("hnsw"))
+        {
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+    let (index, rebuild) = common::measure(|| CollectionIndex::open(dir.path(), params).unwrap());
+    println!(
+        "cold start without the HNSW dump (graph rebuilt): {:.1} s wall, {:.1} s CPU",
+        rebuild.wall_s, rebuild.cpu_s
+    );
+
+    // Queries: the labelled questions, embedded for real at query priority.
+    let embedder = Embedder::load(&EngineConfig {
+        models_dir: common::models_dir(),
+        embed_threads: 2,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let questions = questions();
+    let passes = if common::quick() { 1 } else { 3 };
+    let filters: [(&str, Option<Filter>); 3] = [
+        ("none", None),
+        ("10% (team)", Some(eq("team", MetaValue::Text("t3".into())))),
+        ("1% (shard)", Some(eq("shard", MetaValue::Number(7.0)))),
+    ];
+    let mut rows = Vec::new();
+    println!(
+        "{:<8} {:<11} {:>9} {:>9} {:>11} {:>11} {:>7}",
+        "mode", "filter", "p50 ms", "p99 ms", "embed p50", "index p50", "hits"
+    );
+    for mode in [SearchMode::Dense, SearchMode::Bm25, SearchMode::Hybrid] {
+        for (fname, filter) in &filters {
+            let mut total = Vec::new();
+            let mut embed_ms = Vec::new();
+            let mut index_ms = Vec::new();
+            let mut short = 0usize;
+            for _ in 0..passes {
+                for q in &questions {
+                    let t0 = Instant::now();
+                    let v = (mode != SearchMode::Bm25).then(|| {
+                        embedder
+                            .embed_blocking(vec![q.clone()], Priority::Query)
+                            .unwrap()
+                            .row(0)
+                            .to_vec()
+                    });
+                    let t1 = Instant::now();
+                    let hits = index
+                        .search(&SearchRequest {
+                            text: q,
+                            vector: v.as_deref(),
+                            mode,
+                            top_k: 10,
+                            filter: filter.as_ref(),
+                            fusion: Fusion::Rrf { k: 60.0 },
+                        })
+                        .unwrap();
+                    let t2 = Instant::now();
+                    if hits.len() < 10 && mode != SearchMode::Bm25 {
+                        short += 1;
+                    }
+                    total.push((t2 - t0).as_secs_f64() * 1e3);
+                    embed_ms.push((t1 - t0).as_secs_f64() * 1e3);
+                    index_ms.push((t2 - t1).as_secs_f64() * 1e3);
+                }
+            }
+            total.sort_by(f64::total_cmp);
+            let p50 = common::percentile(&total, 50.0);
+            let p99 = common::percentile(&total, 99.0);
+            println!(
+                "{:<8} {:<11} {:>9.2} {:>9.2} {:>11.2} {:>11.2} {:>7}",
+                format!("{mode:?}").to_lowercase(),
+                fname,
+                p50,
+                p99,
+                common::median(&embed_ms),
+                common::median(&index_ms),
+                if short == 0 {
+                    "full".to_owned()
+                } else {
+                    format!("{short} short")
+                }
+            );
+            rows.push(json!({
+                "mode": format!("{mode:?}").to_lowercase(), "filter": fname, "queries": total.len(),
+                "p50_ms": p50, "p99_ms": p99, "embed_p50_ms": common::median(&embed_ms),
+                "index_p50_ms": common::median(&index_ms), "short_results": short,
+            }));
+        }
+    }
+    common::write_results(
+        "retrieval",
+        &json!({
+            "machine": machine, "chunks": n, "documents": docs, "dim": DIM,
+            "build": {"wall_s": build.wall_s, "cpu_s": build.cpu_s, "peak_rss_growth_mib": build.peak_rss_growth_mib},
+            "cold_start": {"wall_s": cold.wall_s, "cpu_s": cold.cpu_s, "rss_growth_mib": cold.rss_growth_mib,
+                           "disk_mib": stats.disk_bytes as f64 / 1048576.0},
+            "cold_start_rebuilding_hnsw": {"wall_s": rebuild.wall_s, "cpu_s": rebuild.cpu_s},
+            "queries": rows,
+        }),
+    );
+}
+
+fn doc(d: usize, doc_id: DocId) -> IndexedDoc {
+    let mut metadata = Metadata::new();
+    metadata.insert("team".into(), MetaValue::Text(format!("t{}", d % 10)));
+    metadata.insert("shard".into(), MetaValue::Number((d % 100) as f64));
+    metadata.insert("year".into(), MetaValue::Number(2000.0 + (d % 25) as f64));
+    IndexedDoc {
+        doc_id,
+        source: format!("bench/doc-{d:05}.txt"),
+        title: None,
+        metadata,
+    }
+}
+
+fn eq(key: &str, value: MetaValue) -> Filter {
+    Filter {
+        conditions: vec![Condition::Eq {
+            key: key.into(),
+            value,
+        }],
+    }
+}
+
+/// Words of the committed corpus with their natural frequencies (a word occurs in the list as
+/// often as in the text), so BM25 posting lists have realistic lengths.
+fn vocabulary() -> Vec<String> {
+    let mut words = Vec::new();
+    for e in std::fs::read_dir(common::root().join("testdata/corpus")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "pdf") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+        words.extend(
+            text.split(|c: char| !c.is_alphabetic())
+                .filter(|w| (2..20).contains(&w.len()))
+                .map(str::to_lowercase),
+        );
+    }
+    words
+}
+
+fn sentence(words: &[String], rng: &mut common::Rng, n: usize) -> String {
+    let mut s = String::with_capacity(n * 7);
+    for i in 0..n {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&words[rng.below(words.len() as u64) as usize]);
+    }
+    s
+}
+
+fn questions() -> Vec<String> {
+    let raw = std::fs::read(common::root().join("testdata/retrieval/questions.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    v["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["question"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,792 @@
+//! A BERT encoder (post-LN, absolute positions, GELU) written directly over candle ops.
+//!
+//! Only what sentence embedding needs: no pooler, no token-type input beyond segment 0, no
+//! dropout. Weights are rearranged once at load time so the forward pass does as little as
+//! possible: Q, K and V are fused into one matrix (one matmul per layer instead of three), the
+//! attention scale `1/sqrt(head_dim)` is folded into the query weights, and the segment-0
+//! token-type embedding is folded into the position table.
+
+use std::path::Path;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::ops::{layer_norm, softmax_last_dim};
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use super::kernels;
+use crate::config::FETCH_HINT;
+use crate::error::{EngineError, Result};
+
+/// The fields of a Hugging Face BERT `config.json` that the encoder uses.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub(crate) struct BertConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub layer_norm_eps: f64,
+    pub hidden_act: String,
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+}
+
+fn absolute() -> String {
+    "absolute".to_owned()
+}
+
+impl BertConfig {
+    /// Reads and checks `config.json`.
+    pub(crate) fn from_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(EngineError::ModelMissing {
+                path: path.to_owned(),
+                hint: FETCH_HINT,
+            });
+        }
+        let raw = std::fs::read(path).map_err(|source| EngineError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let corrupt = |detail: String| EngineError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        };
+        let cfg: Self = serde_json::from_slice(&raw).map_err(|e| corrupt(e.to_string()))?;
+        cfg.check().map_err(corrupt)?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.hidden_act != "gelu" {
+            return Err(format!(
+                "unsupported hidden_act {:?}: the embedder implements only \"gelu\" (erf)",
+                self.hidden_act
+            ));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "unsupported position_embedding_type {:?}: the embedder implements only \
+                 \"absolute\"",
+                self.position_embedding_type
+            ));
+        }
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must not be 0"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!("bad layer_norm_eps {}", self.layer_norm_eps));
+        }
+        Ok(())
+    }
+
+    fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// A dense layer stored ready for `x.matmul(&w)`: `w` is `(in, out)`. The bias is kept on the
+/// device and, for the fused CPU kernels, as a host copy.
+struct Linear {
+    w: Tensor,
+    b: Tensor,
+    b_host: Vec<f32>,
+}
+
+impl Linear {
+    fn new(w: Tensor, b: Tensor) -> candle_core::Result<Self> {
+        let b_host = b.to_vec1()?;
+        Ok(Self { w, b, b_host })
+    }
+
+    /// `x`: `(rows, in)` → `(rows, out)`, bias not yet added.
+    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.w)
+    }
+}
+
+struct Norm {
+    w: Tensor,
+    b: Tensor,
+    w_host: Vec<f32>,
+    b_host: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm(x, &self.w, &self.b, self.eps)
+    }
+}
+
+/// How a batch's sequences lie in the `(tokens, hidden)` activations.
+pub(crate) enum SeqLayout<'a> {
+    /// Back to back, no padding: one attention per sequence. Best on the CPU, where no work is
+    /// spent on padding at all.
+    Packed {
+        /// Length of each sequence, in order.
+        lens: &'a [usize],
+    },
+    /// `batch` sequences, each padded on the right to `seq` tokens, with one batched attention.
+    /// Best on GPUs, which want few large kernels.
+    Padded {
+        /// Number of sequences.
+        batch: usize,
+        /// Padded length.
+        seq: usize,
+        /// `(batch, 1, 1, seq)`: 0 for real tokens, [`MASKED`] for padding; added to the
+        /// attention scores so no token attends to padding.
+        mask_bias: &'a Tensor,
+    },
+}
+
+struct Layer {
+    /// Q, K and V fused: `(hidden, 3 * hidden)`, the query part pre-scaled.
+    qkv: Linear,
+    out: Linear,
+    attn_norm: Norm,
+    up: Linear,
+    down: Linear,
+    ffn_norm: Norm,
+}
+
+/// A loaded BERT encoder.
+pub(crate) struct Bert {
+    cfg: BertConfig,
+    /// Use the fused in-place CPU kernels (`kernels.rs`) instead of generic candle ops.
+    fused: bool,
+    word: Tensor,
+    /// Position embeddings plus the token-type-0 embedding: `(max_positions, hidden)`.
+    position: Tensor,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+/// Reads tensors by their Hugging Face names, with or without a `bert.` prefix, as f32.
+struct Weights<'a> {
+    st: &'a MmapedSafetensors,
+    prefix: &'static str,
+    device: &'a Device,
+    path: &'a Path,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        let corrupt = |detail: String| EngineError::Corrupt {
+            path: self.path.to_owned(),
+            detail,
+        };
+        let t = self
+            .st
+            .load(&full, self.device)
+            .map_err(|e| corrupt(format!("tensor {full}: {e}")))?;
+        if t.dims() != shape {
+            return Err(corrupt(format!(
+                "tensor {full} has shape {:?}, expected {shape:?}",
+                t.dims()
+            )));
+        }
+        t.to_dtype(DType::F32)
+            .map_err(|e| corrupt(format!("tensor {full}: {e}")))
+    }
+
+    /// A LayerNorm, under either `weight`/`bias` or the older `gamma`/`beta` names.
+    fn norm(&self, name: &str, dim: usize, eps: f64) -> Result<Norm> {
+        let gamma = format!("{}{name}.gamma", self.prefix);
+        let (w, b) = if self.st.get(&gamma).is_ok() {
+            ("gamma", "beta")
+        } else {
+            ("weight", "bias")
+        };
+        let w = self.get(&format!("{name}.{w}"), &[dim])?;
+        let b = self.get(&format!("{name}.{b}"), &[dim])?;
+        Ok(Norm {
+            w_host: model_op(w.to_vec1())?,
+            b_host: model_op(b.to_vec1())?,
+            w,
+            b,
+            // Narrowing is what candle's layer norm takes; 1e-12 stays representable.
+            eps: eps as f32,
+        })
+    }
+
+    /// A `torch.nn.Linear` (`weight` is `(out, in)`), transposed to `(in, out)`.
+    fn linear(&self, name: &str, input: usize, output: usize) -> Result<Linear> {
+        let w = self.get(&format!("{name}.weight"), &[output, input])?;
+        let b = self.get(&format!("{name}.bias"), &[output])?;
+        model_op(w.t().and_then(|t| t.contiguous()).and_then(|w| Linear::new(w, b)))
+    }
+}
+
+/// Opens the safetensors file without reading it all into memory first; tensors are copied
+/// out of the mapping into owned buffers, and the mapping is dropped once loading is done.
+#[allow(unsafe_code)]
+fn mmap_safetensors(path: &Path) -> Result<MmapedSafetensors> {
+    // SAFETY: the mapping is read-only and lives only while the weights are copied out of it
+    // (inside `Bert::load`). hearth never writes model files, and they are installed once by
+    // scripts/fetch-models.sh, so the file is not modified or truncated while it is mapped.
+    unsafe { MmapedSafetensors::new(path) }.map_err(|e| EngineError::Corrupt {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Maps a candle error inside the engine to [`EngineError::Internal`].
+pub(crate) fn model_op<T>(r: candle_core::Result<T>) -> Result<T> {
+    r.map_err(|e| EngineError::Internal(format!("embedding model: {e}")))
+}
+
+impl Bert {
+    /// Loads `model.safetensors` from `path` onto `device`.
+    pub(crate) fn load(cfg: BertConfig, path: &Path, device: &Device) -> Result<Self> {
+        if !path.is_file() {
+            return Err(EngineError::ModelMissing {
+                path: path.to_owned(),
+                hint: FETCH_HINT,
+            });
+        }
+        let st = mmap_safetensors(path)?;
+        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() {
+            "bert."
+        } else {
+            ""
+        };
+        let w = Weights {
+            st: &st,
+            prefix,
+            device,
+            path,
+        };
+        let h = cfg.hidden_size;
+        let corrupt = |detail: String| EngineError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        };
+        let word = {
+            let name = format!("{prefix}embeddings.word_embeddings.weight");
+            let t = st
+                .load(&name, device)
+                .map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+            match t.dims() {
+                [_, d] if *d == h => model_op(t.to_dtype(DType::F32))?,
+                dims => return Err(corrupt(format!("tensor {name} has shape {dims:?}"))),
+            }
+        };
+        let position = w.get(
+            "embeddings.position_embeddings.weight",
+            &[cfg.max_position_embeddings, h],
+        )?;
+        let token_type = {
+            let name = format!("{prefix}embeddings.token_type_embeddings.weight");
+            let t = st
+                .load(&name, device)
+                .map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+            match t.dims() {
+                [n, d] if *n >= 1 && *d == h => model_op(t.to_dtype(DType::F32))?,
+                dims => return Err(corrupt(format!("tensor {name} has shape {dims:?}"))),
+            }
+        };
+        let position = model_op(position.broadcast_add(&model_op(token_type.get(0))?))?;
+        let emb_norm = w.norm("embeddings.LayerNorm", h, cfg.layer_norm_eps)?;
+
+        let scale = 1.0 / (cfg.head_dim() as f64).sqrt();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
+            let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
+            let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+            let qkv = model_op((|| {
+                Linear::new(
+                    Tensor::cat(&[(q.w * scale)?, k.w, v.w], 1)?,
+                    Tensor::cat(&[(q.b * scale)?, k.b, v.b], 0)?,
+                )
+            })())?;
+            layers.push(Layer {
+                qkv,
+                out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: w.norm(
+                    &format!("{p}.attention.output.LayerNorm"),
+                    h,
+                    cfg.layer_norm_eps,
+                )?,
+                up: w.linear(
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    cfg.intermediate_size,
+                )?,
+                down: w.linear(&format!("{p}.output.dense"), cfg.intermediate_size, h)?,
+                ffn_norm: w.norm(&format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?,
+            });
+        }
+        Ok(Self {
+            cfg,
+            fused: device.is_cpu(),
+            word,
+            position,
+            emb_norm,
+            layers,
+        })
+    }
+
+    /// Width of the hidden states.
+    pub(crate) fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// Most positions the model can embed.
+    pub(crate) fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    /// The layout this encoder runs best with on its device: packed on the CPU, padded
+    /// elsewhere.
+    pub(crate) fn prefers_packed(&self) -> bool {
+        self.fused
+    }
+
+    /// Embeds token sequences (each non-empty) in one forward pass: mean-pooled, L2-normalised
+    /// rows, flat, in order. `packed` picks the layout (see [`SeqLayout`]).
+    pub(crate) fn embed(&self, seqs: &[&[u32]], packed: bool) -> candle_core::Result<Vec<f32>> {
+        let dev = self.word.device();
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let (tokens, starts) = if packed {
+            let starts: Vec<usize> = lens
+                .iter()
+                .scan(0, |at, &len| {
+                    let start = *at;
+                    *at += len;
+                    Some(start)
+                })
+                .collect();
+            (lens.iter().sum(), starts)
+        } else {
+            (seqs.len() * longest, (0..seqs.len()).map(|b| b * longest).collect())
+        };
+        // Padding ids are 0 ([PAD] in BERT vocabularies); they never reach a real token.
+        let mut ids = vec![0u32; tokens];
+        let mut positions = vec![0u32; tokens];
+        for (s, &start) in seqs.iter().zip(&starts) {
+            ids[start..start + s.len()].copy_from_slice(s);
+        }
+        if packed {
+            for (&len, &start) in lens.iter().zip(&starts) {
+                for (p, i) in positions[start..start + len].iter_mut().zip(0u32..) {
+                    *p = i;
+                }
+            }
+        } else {
+            for (p, i) in positions.iter_mut().zip(0u32..) {
+                // Positions restart in every padded row.
+                *p = i % longest.max(1) as u32;
+            }
+        }
+        let weights = pooling_weights(&lens, &starts, tokens);
+        let ids = Tensor::from_vec(ids, tokens, dev)?;
+        let positions = Tensor::from_vec(positions, tokens, dev)?;
+        let weights = Tensor::from_vec(weights, (seqs.len(), tokens), dev)?;
+        let hidden = if packed {
+            self.forward(&ids, &positions, &SeqLayout::Packed { lens: &lens })?
+        } else {
+            let mut bias = vec![MASKED; tokens];
+            for (&len, &start) in lens.iter().zip(&starts) {
+                bias[start..start + len].fill(0.0);
+            }
+            let mask_bias = Tensor::from_vec(bias, (seqs.len(), 1, 1, longest), dev)?;
+            let layout = SeqLayout::Padded {
+                batch: seqs.len(),
+                seq: longest,
+                mask_bias: &mask_bias,
+            };
+            self.forward(&ids, &positions, &layout)?
+        };
+        mean_pool_normalize(&hidden, &weights)?
+            .flatten_all()?
+            .to_vec1()
+    }
+
+    /// Runs the encoder over a batch laid out as `layout` says.
+    ///
+    /// - `ids`: `(tokens,)` u32 token ids, padding included for [`SeqLayout::Padded`].
+    /// - `positions`: `(tokens,)` u32 position of each token within its sequence.
+    ///
+    /// Returns the last hidden states, `(tokens, hidden)`. Rows at padded positions are
+    /// computed but meaningless; pooling must leave them out.
+    pub(crate) fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        layout: &SeqLayout<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let max_pos = match layout {
+            SeqLayout::Packed { lens } => lens.iter().copied().max().unwrap_or(0),
+            SeqLayout::Padded { seq, .. } => *seq,
+        };
+        if max_pos > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {max_pos} tokens exceeds max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let x = (self.word.index_select(ids, 0)? + self.position.index_select(positions, 0)?)?;
+        let mut x = self.emb_norm.forward(&x)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, layout)?;
+        }
+        Ok(x)
+    }
+
+    /// One encoder layer over `x`: `(tokens, hidden)`.
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        layout: &SeqLayout<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let qkv = self.add_bias(layer.qkv.matmul(x)?, &layer.qkv)?;
+        let ctx = match layout {
+            SeqLayout::Packed { lens } => self.packed_attention(&qkv, lens)?,
+            SeqLayout::Padded {
+                batch,
+                seq,
+                mask_bias,
+            } => self.padded_attention(&qkv, *batch, *seq, mask_bias)?,
+        };
+        let x = self.residual_norm(layer.out.matmul(&ctx)?, &layer.out, x, &layer.attn_norm)?;
+        let up = self.bias_gelu(layer.up.matmul(&x)?, &layer.up)?;
+        self.residual_norm(layer.down.matmul(&up)?, &layer.down, &x, &layer.ffn_norm)
+    }
+
+    fn add_bias(&self, y: Tensor, lin: &Linear) -> candle_core::Result<Tensor> {
+        if self.fused {
+            kernels::add_bias_(&y, &lin.b_host)?;
+            Ok(y)
+        } else {
+            y.broadcast_add(&lin.b)
+        }
+    }
+
+    fn bias_gelu(&self, y: Tensor, lin: &Linear) -> candle_core::Result<Tensor> {
+        if self.fused {
+            kernels::bias_gelu_(&y, &lin.b_host)?;
+            Ok(y)
+        } else {
+            y.broadcast_add(&lin.b)?.gelu_erf()
+        }
+    }
+
+    /// `norm(y + bias + residual)`.
+    fn residual_norm(
+        &self,
+        y: Tensor,
+        lin: &Linear,
+        residual: &Tensor,
+        norm: &Norm,
+    ) -> candle_core::Result<Tensor> {
+        if self.fused {
+            kernels::bias_residual_norm_(
+                &y,
+                residual,
+                &lin.b_host,
+                &norm.w_host,
+                &norm.b_host,
+                norm.eps,
+            )?;
+            Ok(y)
+        } else {
+            norm.forward(&(y.broadcast_add(&lin.b)? + residual)?)
+        }
+    }
+
+    fn softmax(&self, scores: Tensor) -> candle_core::Result<Tensor> {
+        if self.fused {
+            kernels::softmax_(&scores)?;
+            Ok(scores)
+        } else {
+            softmax_last_dim(&scores)
+        }
+    }
+
+    /// Self-attention over packed sequences, one sequence per rayon task: no padding, no
+    /// mask. `qkv`: `(tokens, 3 * hidden)`; returns `(tokens, hidden)`.
+    fn packed_attention(&self, qkv: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+        let heads = self.cfg.num_attention_heads;
+        let hd = self.cfg.head_dim();
+        let offsets: Vec<usize> = lens
+            .iter()
+            .scan(0, |at, &len| {
+                let start = *at;
+                *at += len;
+                Some(start)
+            })
+            .collect();
+        let parts = lens
+            .par_iter()
+            .zip(offsets.par_iter())
+            .map(|(&len, &start)| {
+                // (len, 3h) → (3, heads, len, hd)
+                let s = qkv
+                    .narrow(0, start, len)?
+                    .reshape((len, 3, heads, hd))?
+                    .permute((1, 2, 0, 3))?
+                    .contiguous()?;
+                let (q, k, v) = (s.get(0)?, s.get(1)?, s.get(2)?);
+                // Scores (heads, len, len); the scale is already in the query weights.
+                let probs = self.softmax(q.matmul(&k.t()?)?)?;
+                probs
+                    .matmul(&v)?
+                    .transpose(0, 1)?
+                    .reshape((len, heads * hd))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Batched self-attention over padded sequences. `qkv`: `(batch * seq, 3 * hidden)`;
+    /// returns `(batch * seq, hidden)`.
+    fn padded_attention(
+        &self,
+        qkv: &Tensor,
+        b: usize,
+        l: usize,
+        mask_bias: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let heads = self.cfg.num_attention_heads;
+        let hd = self.cfg.head_dim();
+        // (b*l, 3h) → (3, b, heads, l, hd): one copy gives all three operands a layout the
+        // batched matmul can take as is.
+        let qkv = qkv
+            .reshape((b, l, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?;
+        let probs = self.softmax(scores)?;
+        probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b * l, heads * hd))
+    }
+}
+
+/// The value added to attention scores at padded positions: exp() of it is exactly 0.
+pub(crate) const MASKED: f32 = f32::MIN;
+
+/// Mean of each sequence's token vectors, then L2-normalised: what sentence-transformers'
+/// `Pooling(mean)` + `Normalize` compute.
+///
+/// - `hidden`: `(tokens, dim)`.
+/// - `weights`: `(batch, tokens)`, row `b` holding `1 / len_b` at the real tokens of sequence
+///   `b` and 0 elsewhere (see [`pooling_weights`]).
+///
+/// Returns `(batch, dim)`. As in sentence-transformers the norm is clamped to 1e-12, so an
+/// all-zero row comes out as zeros, not NaN.
+pub(crate) fn mean_pool_normalize(hidden: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+    let mean = weights.matmul(hidden)?;
+    let norm = mean
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?;
+    mean.broadcast_div(&norm)
+}
+
+/// The `(batch, tokens)` weights for [`mean_pool_normalize`], flat: sequence `b` has `lens[b]`
+/// real tokens starting at token `starts[b]`. A zero length gives an all-zero row.
+pub(crate) fn pooling_weights(lens: &[usize], starts: &[usize], tokens: usize) -> Vec<f32> {
+    let mut w = vec![0f32; lens.len() * tokens];
+    for (b, (&len, &start)) in lens.iter().zip(starts).enumerate() {
+        if len > 0 {
+            w[b * tokens + start..b * tokens + start + len].fill(1.0 / len as f32);
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+    }
+
+    fn pool(hidden: Vec<f32>, dim: usize, lens: &[usize], starts: &[usize]) -> Vec<Vec<f32>> {
+        let dev = Device::Cpu;
+        let tokens = hidden.len() / dim;
+        let hidden = Tensor::from_vec(hidden, (tokens, dim), &dev).unwrap();
+        let w = pooling_weights(lens, starts, tokens);
+        let w = Tensor::from_vec(w, (lens.len(), tokens), &dev).unwrap();
+        mean_pool_normalize(&hidden, &w).unwrap().to_vec2().unwrap()
+    }
+
+    #[test]
+    fn mean_pooling_ignores_padding_and_normalises() {
+        // Two sequences padded to 3 tokens of dim 2; the second has one padded position
+        // holding junk.
+        let hidden = vec![
+            1.0f32, 0.0, 3.0, 0.0, 5.0, 0.0, //
+            0.0, 2.0, 0.0, 4.0, 100.0, 100.0,
+        ];
+        let out = pool(hidden, 2, &[3, 2], &[0, 3]);
+        // Means (3, 0) and (0, 3), normalised to unit length.
+        assert!(close(&out[0], &[1.0, 0.0]), "{out:?}");
+        assert!(close(&out[1], &[0.0, 1.0]), "{out:?}");
+    }
+
+    #[test]
+    fn mean_pooling_of_packed_sequences_matches_hand_computation() {
+        // Sequences of 2 and 1 tokens back to back.
+        let out = pool(vec![1.0f32, 2.0, 3.0, 4.0, -7.0, 9.0], 2, &[2, 1], &[0, 2]);
+        let (mx, my) = (2.0f32, 3.0f32);
+        let n = (mx * mx + my * my).sqrt();
+        assert!(close(&out[0], &[mx / n, my / n]), "{out:?}");
+        let n = (49.0f32 + 81.0).sqrt();
+        assert!(close(&out[1], &[-7.0 / n, 9.0 / n]), "{out:?}");
+    }
+
+    #[test]
+    fn empty_or_zero_rows_give_zeros_not_nan() {
+        let out = pool(vec![0.0f32, 0.0, 5.0, 5.0], 2, &[1, 0], &[0, 1]);
+        assert_eq!(out, vec![vec![0.0, 0.0], vec![0.0, 0.0]]);
+    }
+
+    fn tiny_config() -> BertConfig {
+        BertConfig {
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            max_position_embeddings: 16,
+            layer_norm_eps: 1e-12,
+            hidden_act: "gelu".into(),
+            position_embedding_type: absolute(),
+        }
+    }
+
+    /// Writes a randomly initialised tiny BERT (with the `bert.` prefix and old-style
+    /// `gamma`/`beta` norm names in the embeddings) and loads it back.
+    fn tiny_bert() -> Bert {
+        let cfg = tiny_config();
+        let dev = Device::Cpu;
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![20, h]),
+            ("embeddings.position_embeddings.weight".into(), vec![16, h]),
+            ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+            ("embeddings.LayerNorm.gamma".into(), vec![h]),
+            ("embeddings.LayerNorm.beta".into(), vec![h]),
+        ];
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            for (name, out, inp) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", i, h),
+                ("output.dense", h, i),
+            ] {
+                shapes.push((format!("{p}.{name}.weight"), vec![out, inp]));
+                shapes.push((format!("{p}.{name}.bias"), vec![out]));
+            }
+            for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                shapes.push((format!("{p}.{name}.weight"), vec![h]));
+                shapes.push((format!("{p}.{name}.bias"), vec![h]));
+            }
+        }
+        let tensors: std::collections::HashMap<String, Tensor> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = Tensor::randn(0f32, 0.5, shape, &dev).unwrap();
+                (format!("bert.{name}"), t)
+            })
+            .collect();
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "hearth-engine-tiny-bert-{}-{seq}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let bert = Bert::load(cfg, &path, &dev).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        bert
+    }
+
+    fn rows(flat: Vec<f32>) -> Vec<Vec<f32>> {
+        flat.chunks(8).map(<[f32]>::to_vec).collect()
+    }
+
+    #[test]
+    fn tiny_bert_results_do_not_depend_on_layout_kernels_or_batch_mates() {
+        let mut bert = tiny_bert();
+        let a: &[u32] = &[1, 5, 7, 2];
+        let b: &[u32] = &[1, 3, 4, 9, 10, 11, 19, 2];
+        let c: &[u32] = &[1, 2];
+        let alone: Vec<Vec<f32>> = [a, b, c]
+            .iter()
+            .map(|s| bert.embed(&[s], true).unwrap())
+            .collect();
+        let mut variants = Vec::new();
+        for fused in [true, false] {
+            bert.fused = fused;
+            for packed in [true, false] {
+                variants.push(((fused, packed), rows(bert.embed(&[a, b, c], packed).unwrap())));
+            }
+        }
+        for (which, together) in &variants {
+            for (x, y) in alone.iter().zip(together) {
+                let ok = x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-5);
+                assert!(ok, "(fused, packed) = {which:?}: {x:?} vs {y:?}");
+            }
+        }
+        for x in &alone {
+            let norm: f32 = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5);
+        }
+        assert_ne!(alone[0], alone[1]);
+    }
+
+    #[test]
+    fn tiny_bert_rejects_sequences_longer_than_its_positions() {
+        let bert = tiny_bert();
+        let long: Vec<u32> = vec![1; 17];
+        for packed in [true, false] {
+            assert!(bert.embed(&[&long], packed).is_err());
+        }
+    }
+
+    #[test]
+    fn config_rejects_unsupported_activation_by_name() {
+        let mut cfg = tiny_config();
+        cfg.check().unwrap();
+        cfg.hidden_act = "relu".into();
+        assert!(cfg.check().unwrap_err().contains("hidden_act \"relu\""));
+        cfg.hidden_act = "gelu".into();
+        cfg.num_attention_heads = 3;
+        assert!(cfg.check().unwrap_err().contains("num_attention_heads"));
+        cfg.num_attention_heads = 2;
+        cfg.position_embedding_type = "relative_key".into();
+        assert!(cfg.check().unwrap_err().contains("relative_key"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Token ids in, sentence vectors out: length-sorted sub-batches through the BERT encoder,
+//! mean pooling and normalisation.
+
+use std::path::Path;
+
+use candle_core::Device;
+use rayon::prelude::*;
+
+use super::batcher::BatchModel;
+use super::bert::{Bert, BertConfig, model_op};
+use crate::config::FETCH_HINT;
+use crate::error::{EngineError, Result};
+use crate::tokenizer::Tokenizer;
+
+/// Padding waste (token slots) a sub-batch may always absorb; below this, merging sequences is
+/// cheaper than running another forward pass.
+const PAD_SLACK_TOKENS: usize = 32;
+/// Padding waste a sub-batch may absorb as a fraction of its real tokens: 1/8.
+const PAD_SLACK_SHIFT: u32 = 3;
+/// Most token slots (sequences × padded length) in one forward pass; bounds the memory of the
+/// attention scores and keeps activations closer to cache.
+const MAX_GROUP_SLOTS: usize = 8192;
+
+/// The tokenizer, the encoder and the device they run on. Not thread-affine: the batcher's
+/// worker calls it from inside its rayon pool.
+pub(crate) struct SentenceEncoder {
+    tokenizer: Tokenizer,
+    bert: Bert,
+    device: Device,
+    max_tokens: usize,
+}
+
+impl SentenceEncoder {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    pub(crate) fn load(dir: &Path, device: Device, max_tokens: usize) -> Result<Self> {
+        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(EngineError::ModelMissing {
+                    path,
+                    hint: FETCH_HINT,
+                });
+            }
+        }
+        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let bert = Bert::load(cfg, &dir.join("model.safetensors"), &device)?;
+        let max_tokens = max_tokens.min(bert.max_positions());
+        Ok(Self {
+            tokenizer,
+            bert,
+            device,
+            max_tokens,
+        })
+    }
+
+    /// Most tokens of a text the model sees, special tokens included.
+    pub(crate) fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The device the model runs on.
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Embeds token sequences (each non-empty, at most `max_tokens` long); returns the rows,
+    /// flat, in input order.
+    fn embed_ids(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let dim = self.bert.hidden_size();
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| seqs[i].len());
+        let lens: Vec<usize> = order.iter().map(|&i| seqs[i].len()).collect();
+        let mut out = vec![0f32; seqs.len() * dim];
+        let mut start = 0;
+        for end in plan_groups(&lens, self.bert.prefers_packed()) {
+            let group: Vec<&[u32]> = order[start..end]
+                .iter()
+                .map(|&i| seqs[i].as_slice())
+                .collect();
+            let rows = self.embed_group(&group)?;
+            for (k, &i) in order[start..end].iter().enumerate() {
+                out[i * dim..(i + 1) * dim].copy_from_slice(&rows[k * dim..(k + 1) * dim]);
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over sequences of similar length.
+    fn embed_group(&self, group: &[&[u32]]) -> Result<Vec<f32>> {
+        model_op(self.bert.embed(group, self.bert.prefers_packed()))
+    }
+}
+
+impl BatchModel for SentenceEncoder {
+    type Prepared = Vec<u32>;
+
+    fn dim(&self) -> usize {
+        self.bert.hidden_size()
+    }
+
+    /// Tokenizes `texts` in parallel (on the current rayon pool), truncating each.
+    fn prepare(&self, texts: &[String]) -> Vec<Result<Vec<u32>>> {
+        texts
+            .par_iter()
+            .map(|t| self.tokenizer.encode_ids(t, self.max_tokens))
+            .collect()
+    }
+
+    fn run(&self, items: &[Vec<u32>]) -> Result<Vec<f32>> {
+        self.embed_ids(items)
+    }
+}
+
+/// Splits ascending sequence lengths into sub-batches `[.., end)`, returned as their ends.
+/// A sub-batch holds at most `MAX_GROUP_SLOTS` token slots. Padded (`!packed`), a sequence
+/// joins the current sub-batch only while the padding that adds stays within
+/// `max(PAD_SLACK_TOKENS, real tokens / 8)`; packed sequences carry no padding.
+fn plan_groups(lens: &[usize], packed: bool) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let (mut start, mut real) = (0usize, 0usize);
+    for (i, &len) in lens.iter().enumerate() {
+        let new_real = real + len;
+        let slots = if packed { new_real } else { (i - start + 1) * len };
+        let slack = PAD_SLACK_TOKENS.max(new_real >> PAD_SLACK_SHIFT);
+        if i > start && (slots - new_real > slack || slots > MAX_GROUP_SLOTS) {
+            ends.push(i);
+            start = i;
+            real = len;
+        } else {
+            real = new_real;
+        }
+    }
+    if start < lens.len() {
+        ends.push(lens.len());
+    }
+    ends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_cover_everything_in_order() {
+        for packed in [true, false] {
+            assert!(plan_groups(&[], packed).is_empty());
+            assert_eq!(plan_groups(&[5], packed), vec![1]);
+            // Equal lengths: one group until the slot cap.
+            let same = vec![64; 200];
+            let ends = plan_groups(&same, packed);
+            assert_eq!(*ends.last().unwrap(), 200);
+            assert!(ends.windows(2).all(|w| w[0] < w[1]));
+            assert_eq!(ends[0], MAX_GROUP_SLOTS / 64);
+        }
+    }
+
+    #[test]
+    fn padded_groups_split_on_large_length_jumps() {
+        // Short queries and long passages never share a padded batch.
+        let mut lens = vec![10; 8];
+        lens.extend(vec![250; 8]);
+        assert_eq!(plan_groups(&lens, false), vec![8, 16]);
+        // Small differences are absorbed.
+        assert_eq!(plan_groups(&[60, 61, 62, 63, 64], false), vec![5]);
+        // Packed sequences carry no padding: only the size cap splits them.
+        assert_eq!(plan_groups(&lens, true), vec![16]);
+    }
+}

@@ -1,0 +1,187 @@
+//! Commit and compaction. The file layout and the ordering that makes them crash-safe are
+//! described in `persist.rs`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use tracing::warn;
+
+use super::persist::{self, HnswRef, SegmentRef};
+use super::{CollectionIndex, CompactStats, DocEntry};
+use crate::chunks::Chunk;
+use crate::error::Result;
+use crate::ids::DocId;
+use crate::pidset::PidSet;
+use crate::vector::{FlatIndex, HnswIndex, VectorIndex};
+
+/// Dump the HNSW graph once this many points were inserted since the last dump...
+const DUMP_EVERY_POINTS: usize = 10_000;
+/// ...or once they are at least 1/`DUMP_EVERY_FRACTION` of the graph. Points not in the dump
+/// are re-inserted from the segments on open.
+const DUMP_EVERY_FRACTION: usize = 20;
+
+impl CollectionIndex {
+    /// Makes every change so far durable and searchable: after it returns, a new
+    /// [`CollectionIndex::open`] sees exactly this state, even after `kill -9`. A no-op when
+    /// nothing changed.
+    pub fn commit(&mut self) -> Result<()> {
+        self.commit_with(false)
+    }
+
+    /// Commits; with `force`, even when nothing changed (used to save a rebuilt graph).
+    pub(super) fn commit_with(&mut self, force: bool) -> Result<()> {
+        let next_pid = self.next_pid();
+        let pending = self.committed_pids..next_pid;
+        if !(force || self.dirty || !pending.is_empty()) {
+            return Ok(());
+        }
+        // A failed attempt burns its generation, so file names are never reused.
+        self.generation += 1;
+        let generation = self.generation;
+
+        let mut segments = self.segments.clone();
+        if !pending.is_empty() {
+            let file = persist::segment_name(generation);
+            let chunks = with_vectors(&self.chunks, &self.vectors, pending.clone());
+            persist::write_segment(&self.dir, &file, &chunks, self.params.dim)?;
+            segments.push(SegmentRef {
+                file,
+                first_pid: pending.start,
+                count: pending.end - pending.start,
+            });
+        }
+        let hnsw_dump = if self.dump_due() {
+            let dump = self.hnsw.dump(&self.dir, &persist::dump_name(generation))?;
+            Some(HnswRef {
+                dump,
+                covers_pids: next_pid,
+            })
+        } else {
+            self.hnsw_dump.clone()
+        };
+        self.lexical.commit(&generation.to_string())?;
+
+        // Tantivy has published the new state: memory now describes this commit, even if the
+        // manifest write below fails (`dirty` makes the next commit retry it).
+        self.segments = segments;
+        self.committed_pids = next_pid;
+        self.hnsw_dump = hnsw_dump;
+        self.dirty = true;
+        persist::write_manifest(&self.dir, &self.manifest(generation))?;
+        self.dirty = false;
+        self.gc();
+        Ok(())
+    }
+
+    fn dump_due(&self) -> bool {
+        let points = self.hnsw.len();
+        let dumped = self.hnsw_dump.as_ref().map_or(0, |r| r.dump.points);
+        let undumped = points.saturating_sub(dumped);
+        undumped > 0 && (undumped >= DUMP_EVERY_POINTS || undumped * DUMP_EVERY_FRACTION >= points)
+    }
+
+    /// Rewrites the index without its tombstoned chunks: live chunks get new dense pids, the
+    /// HNSW graph and the tantivy index are rebuilt, one segment replaces the old ones, and
+    /// disk and memory are reclaimed. Commits pending changes first; results for live
+    /// documents are unchanged. A no-op when nothing is tombstoned.
+    pub fn compact(&mut self) -> Result<CompactStats> {
+        self.commit()?;
+        let before = persist::disk_bytes(&self.dir);
+        let removed = self.tombstones.len();
+        if removed == 0 {
+            return Ok(CompactStats {
+                removed_chunks: 0,
+                live_chunks: self.chunks.len(),
+                disk_bytes_before: before,
+                disk_bytes_after: before,
+            });
+        }
+
+        let mut order: Vec<(DocId, DocEntry)> =
+            self.docs.iter().map(|(k, v)| (*k, v.clone())).collect();
+        order.sort_by_key(|(_, d)| d.pids.start);
+        let live: usize = order.iter().map(|(_, d)| d.pids.len()).sum();
+        let mut chunks = Vec::with_capacity(live);
+        let mut chunk_ids = Vec::with_capacity(live);
+        let mut vectors = FlatIndex::new(self.params.dim);
+        let mut docs = HashMap::with_capacity(order.len());
+        for (id, mut entry) in order {
+            let start = chunks.len() as u32;
+            for pid in entry.pids.clone() {
+                chunks.push(self.chunks[pid as usize].clone());
+                chunk_ids.push(self.chunk_ids[pid as usize]);
+                vectors.push_normalized(self.vectors.vector(pid));
+            }
+            entry.pids = start..chunks.len() as u32;
+            docs.insert(id, entry);
+        }
+        let n = chunks.len() as u32;
+        let mut hnsw = HnswIndex::new(self.params.dim, self.params.hnsw(), live)?;
+        hnsw.set_ef(self.search.ef_search);
+        let items: Vec<(u32, &[f32])> = (0..n).map(|p| (p, vectors.vector(p))).collect();
+        hnsw.insert_normalized(&items);
+        drop(items);
+
+        self.generation += 1;
+        let generation = self.generation;
+        let mut segments = Vec::new();
+        let mut hnsw_dump = None;
+        if n > 0 {
+            let file = persist::segment_name(generation);
+            let with = with_vectors(&chunks, &vectors, 0..n);
+            persist::write_segment(&self.dir, &file, &with, self.params.dim)?;
+            segments.push(SegmentRef {
+                file,
+                first_pid: 0,
+                count: n,
+            });
+            hnsw_dump = Some(HnswRef {
+                dump: hnsw.dump(&self.dir, &persist::dump_name(generation))?,
+                covers_pids: n,
+            });
+        }
+        let rewrite = (|| {
+            self.lexical.delete_all()?;
+            for (pid, c) in (0..n).zip(&chunks) {
+                self.lexical.add(pid, &c.text)?;
+            }
+            self.lexical.commit(&generation.to_string())
+        })();
+        if let Err(e) = rewrite {
+            if let Err(r) = self.lexical.rollback() {
+                warn!(dir = %self.dir.display(), error = %r, "rolling back tantivy after a failed compaction");
+            }
+            return Err(e);
+        }
+
+        self.chunks = chunks;
+        self.chunk_ids = chunk_ids;
+        self.vectors = vectors;
+        self.docs = docs;
+        self.tombstones = PidSet::new(n);
+        self.hnsw = hnsw;
+        self.segments = segments;
+        self.committed_pids = n;
+        self.hnsw_dump = hnsw_dump;
+        self.dirty = true;
+        persist::write_manifest(&self.dir, &self.manifest(generation))?;
+        self.dirty = false;
+        self.gc();
+        Ok(CompactStats {
+            removed_chunks: removed,
+            live_chunks: live,
+            disk_bytes_before: before,
+            disk_bytes_after: persist::disk_bytes(&self.dir),
+        })
+    }
+}
+
+/// Copies of `chunks[range]` carrying their vectors, for writing a segment.
+fn with_vectors(chunks: &[Chunk], vectors: &FlatIndex, range: Range<u32>) -> Vec<Chunk> {
+    range
+        .map(|pid| Chunk {
+            embedding: Some(vectors.vector(pid).to_vec()),
+            ..chunks[pid as usize].clone()
+        })
+        .collect()
+}

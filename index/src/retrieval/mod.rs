@@ -1,0 +1,425 @@
+//! The per-collection retrieval index: chunks, vectors, HNSW, BM25 and their persistence.
+//!
+//! A [`CollectionIndex`] owns, for one collection:
+//! - every chunk (text, pages, headings) and its normalised vector, addressed by a dense `u32`
+//!   point id (*pid*) assigned in insertion order; hits are built from this memory;
+//! - an [`HnswIndex`] over the vectors (ids = pids) and a tantivy BM25 index (a `pid` field);
+//! - the live documents with their pid ranges and user metadata (for filters and hits);
+//! - a tombstone set: the pids of deleted or replaced documents.
+//!
+//! Visibility: a deletion hides a document from every result at once; added chunks become
+//! searchable at the next [`CollectionIndex::commit`] (when tantivy publishes them, so dense and
+//! BM25 always see the same chunks). [`CollectionIndex::contains`] and
+//! [`CollectionIndex::doc_ids`] include uncommitted additions.
+//!
+//! The directory is a cache: the object store is the source of truth, and the layer above
+//! re-adds documents when the cache is missing or stale. The on-disk layout and recovery rules
+//! are in `persist.rs`.
+//!
+//! Threading: `search` takes `&self` and may run concurrently; mutations take `&mut self`
+//! (callers wrap the index in a `RwLock`). HNSW batch inserts use the rayon global pool.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::chunks::Chunk;
+use crate::error::{IndexError, Result};
+use crate::filter::Filter;
+use crate::hybrid::{Fusion, SearchMode};
+use crate::ids::{ChunkId, DocId};
+use crate::lexical::{Analyzer, TantivyIndex};
+use crate::meta::Metadata;
+use crate::pidset::PidSet;
+use crate::vector::{FlatIndex, HnswIndex, HnswParams, VectorIndex, normalized};
+
+mod commit;
+mod open;
+mod persist;
+mod search;
+
+use persist::HnswRef;
+pub(crate) use persist::SegmentRef;
+
+/// Largest `top_k` a search accepts.
+pub const MAX_TOP_K: usize = 1000;
+
+/// Parameters of a collection index. `dim`, `hnsw_m`, `ef_construction` and `analyzer` are
+/// written to the manifest at creation and must match on every open; `ef_search` may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexParams {
+    /// Embedding width, 1–65 536.
+    pub dim: usize,
+    /// HNSW neighbours per node, 2–256.
+    pub hnsw_m: usize,
+    /// HNSW candidate list size while building, 1–10 000.
+    pub ef_construction: usize,
+    /// HNSW candidate list size while searching, 1–10 000.
+    pub ef_search: usize,
+    /// BM25 text analyzer.
+    pub analyzer: Analyzer,
+}
+
+impl IndexParams {
+    /// Checks the ranges documented on the fields.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=65_536).contains(&self.dim) {
+            return Err(IndexError::InvalidInput(format!(
+                "dim must be between 1 and 65536, got {}",
+                self.dim
+            )));
+        }
+        self.hnsw().validate()
+    }
+
+    pub(crate) fn hnsw(&self) -> HnswParams {
+        HnswParams {
+            m: self.hnsw_m,
+            ef_construction: self.ef_construction,
+            ef_search: self.ef_search,
+        }
+    }
+}
+
+/// Runtime search tuning; none of it affects the stored format.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SearchParams {
+    /// HNSW candidate list size for an unfiltered search (raised for selective filters).
+    pub ef_search: usize,
+    /// A dense search over at most this many allowed chunks is an exact scan. Default 20 000.
+    pub exact_max_points: usize,
+    /// A dense search whose allowed chunks are at most this fraction of the graph is an exact
+    /// scan. Default 0.1.
+    pub exact_max_fraction: f64,
+}
+
+/// A document as the index records it, next to its chunks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexedDoc {
+    /// The document.
+    pub doc_id: DocId,
+    /// Source name (file name or URL) shown with hits.
+    pub source: String,
+    /// Title, when the document has one.
+    pub title: Option<String>,
+    /// User metadata, used by filters and returned with hits.
+    pub metadata: Metadata,
+}
+
+/// One search.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchRequest<'a> {
+    /// Query text for BM25 (ignored in dense mode).
+    pub text: &'a str,
+    /// Query embedding, required in dense and hybrid mode; any norm (it is normalised).
+    pub vector: Option<&'a [f32]>,
+    /// Which retrieval runs.
+    pub mode: SearchMode,
+    /// Number of hits wanted, 1–1000.
+    pub top_k: usize,
+    /// Only chunks of documents passing this filter are returned.
+    pub filter: Option<&'a Filter>,
+    /// How hybrid mode fuses the two rankings.
+    pub fusion: Fusion,
+}
+
+/// One retrieved chunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// The chunk (its `embedding` is `None`).
+    pub chunk: Chunk,
+    /// The document's source name.
+    pub source: String,
+    /// The document's title.
+    pub title: Option<String>,
+    /// The document's user metadata.
+    pub metadata: Metadata,
+    /// The score the hits are sorted by: cosine (dense), BM25 (bm25) or the fused score.
+    pub score: f32,
+    /// Rank (from 1) and cosine similarity in the dense ranking, when the chunk was in it.
+    pub dense: Option<(u32, f32)>,
+    /// Rank (from 1) and BM25 score in the lexical ranking, when the chunk was in it.
+    pub bm25: Option<(u32, f32)>,
+}
+
+/// Counts describing an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Live documents (uncommitted additions included).
+    pub docs: usize,
+    /// Chunks of live documents.
+    pub live_chunks: usize,
+    /// Chunks of deleted or replaced documents still held until compaction.
+    pub tombstoned_chunks: usize,
+    /// Chunks added since the last commit (not yet searchable).
+    pub pending_chunks: usize,
+    /// Bytes the index directory takes on disk.
+    pub disk_bytes: u64,
+    /// Generation of the last commit.
+    pub generation: u64,
+}
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactStats {
+    /// Tombstoned chunks dropped.
+    pub removed_chunks: usize,
+    /// Chunks kept.
+    pub live_chunks: usize,
+    /// Disk bytes before.
+    pub disk_bytes_before: u64,
+    /// Disk bytes after.
+    pub disk_bytes_after: u64,
+}
+
+/// A live document's record.
+#[derive(Clone, Debug)]
+pub(crate) struct DocEntry {
+    pub(crate) source: String,
+    pub(crate) title: Option<String>,
+    pub(crate) metadata: Metadata,
+    pub(crate) pids: Range<u32>,
+}
+
+/// The retrieval index of one collection. See the module documentation.
+pub struct CollectionIndex {
+    dir: PathBuf,
+    params: IndexParams,
+    search: SearchParams,
+    /// Held for the lifetime of the index: one `CollectionIndex` per directory.
+    _lock: File,
+    /// By pid; embeddings are `None` (the vectors live in `vectors`).
+    chunks: Vec<Chunk>,
+    /// By pid, parallel to `chunks`.
+    chunk_ids: Vec<ChunkId>,
+    /// Normalised vectors by pid.
+    vectors: FlatIndex,
+    docs: HashMap<DocId, DocEntry>,
+    tombstones: PidSet,
+    hnsw: HnswIndex,
+    lexical: TantivyIndex,
+    /// Last generation used by a commit attempt; the manifest holds the last successful one.
+    generation: u64,
+    /// Committed chunk files, in pid order.
+    segments: Vec<SegmentRef>,
+    /// Pids below this are committed (in segments and tantivy) and searchable.
+    committed_pids: u32,
+    /// The HNSW dump the manifest points to.
+    hnsw_dump: Option<HnswRef>,
+    /// Deletions (or a failed manifest write) since the last successful commit.
+    dirty: bool,
+}
+
+impl std::fmt::Debug for CollectionIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectionIndex")
+            .field("dir", &self.dir)
+            .field("params", &self.params)
+            .field("docs", &self.docs.len())
+            .field("points", &self.chunks.len())
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl CollectionIndex {
+    /// Opens the index in `dir`, creating it if missing. See `persist.rs` for recovery.
+    ///
+    /// Fails with [`IndexError::Conflict`] when the stored format-affecting parameters differ
+    /// from `params` (each difference is named) or another `CollectionIndex` holds the
+    /// directory, and with [`IndexError::InvalidInput`] for out-of-range parameters.
+    pub fn open(dir: &Path, params: IndexParams) -> Result<Self> {
+        params.validate()?;
+        open::open(dir, params)
+    }
+
+    /// The directory the index lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The parameters the index was opened with.
+    pub fn params(&self) -> &IndexParams {
+        &self.params
+    }
+
+    /// Whether the document is live in the index (uncommitted additions included).
+    pub fn contains(&self, doc: &DocId) -> bool {
+        self.docs.contains_key(doc)
+    }
+
+    /// The live documents (uncommitted additions included), sorted.
+    pub fn doc_ids(&self) -> Vec<DocId> {
+        let mut ids: Vec<DocId> = self.docs.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Adds a document's chunks; they become searchable at the next commit. Re-adding a
+    /// document replaces it (its old chunks are tombstoned at once).
+    ///
+    /// Every chunk must belong to `doc` and carry a finite, non-zero embedding of width `dim`
+    /// ([`IndexError::InvalidInput`] otherwise, with nothing changed).
+    pub fn add(&mut self, doc: IndexedDoc, chunks: &[Chunk]) -> Result<()> {
+        let dim = self.params.dim;
+        let start = self.next_pid();
+        let end = u32::try_from(chunks.len())
+            .ok()
+            .and_then(|n| start.checked_add(n))
+            .filter(|&end| end < u32::MAX)
+            .ok_or_else(|| {
+                IndexError::InvalidInput(
+                    "the collection index has run out of point ids; compact it".into(),
+                )
+            })?;
+        let mut vectors = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            if c.doc_id != doc.doc_id {
+                return Err(IndexError::InvalidInput(format!(
+                    "chunk {} belongs to document {}, not {}",
+                    c.ordinal, c.doc_id, doc.doc_id
+                )));
+            }
+            let v = match &c.embedding {
+                Some(v) if v.len() == dim => normalized(v).map_err(|_| {
+                    IndexError::InvalidInput(format!(
+                        "chunk {} has a zero or non-finite embedding",
+                        c.ordinal
+                    ))
+                })?,
+                Some(v) => {
+                    return Err(IndexError::InvalidInput(format!(
+                        "chunk {} has an embedding of width {}, the index uses {dim}",
+                        c.ordinal,
+                        v.len()
+                    )));
+                }
+                None => {
+                    return Err(IndexError::InvalidInput(format!(
+                        "chunk {} has no embedding",
+                        c.ordinal
+                    )));
+                }
+            };
+            vectors.push(v);
+        }
+
+        self.delete(&doc.doc_id)?;
+        for (c, v) in chunks.iter().zip(&vectors) {
+            self.chunks.push(Chunk {
+                embedding: None,
+                ..c.clone()
+            });
+            self.chunk_ids.push(c.id());
+            self.vectors.push_normalized(v);
+        }
+        self.tombstones.grow(end);
+        let doc_id = doc.doc_id;
+        self.docs.insert(
+            doc_id,
+            DocEntry {
+                source: doc.source,
+                title: doc.title,
+                metadata: doc.metadata,
+                pids: start..end,
+            },
+        );
+        let items: Vec<(u32, &[f32])> = (start..end)
+            .zip(&vectors)
+            .map(|(pid, v)| (pid, v.as_slice()))
+            .collect();
+        self.hnsw.insert_normalized(&items);
+        for (pid, c) in (start..end).zip(chunks) {
+            if let Err(e) = self.lexical.add(pid, &c.text) {
+                // Keep memory and tantivy consistent: the document is dropped as a whole.
+                let _ = self.delete(&doc_id);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a document: its chunks disappear from every result at once and are durably
+    /// gone after the next commit. Returns whether it was present.
+    pub fn delete(&mut self, doc: &DocId) -> Result<bool> {
+        let Some(entry) = self.docs.remove(doc) else {
+            return Ok(false);
+        };
+        self.tombstones.insert_range(entry.pids.clone());
+        self.dirty = true;
+        // The text is no longer needed: free it now rather than at compaction.
+        let range = entry.pids.start as usize..entry.pids.end as usize;
+        for chunk in self.chunks.get_mut(range).into_iter().flatten() {
+            chunk.text = String::new();
+            chunk.heading = Vec::new();
+        }
+        self.lexical.delete(entry.pids)?;
+        Ok(true)
+    }
+
+    /// The current search tuning.
+    pub fn search_params(&self) -> SearchParams {
+        self.search
+    }
+
+    /// Changes the search tuning (nothing on disk changes).
+    pub fn set_search_params(&mut self, params: SearchParams) -> Result<()> {
+        if !(1..=10_000).contains(&params.ef_search) {
+            return Err(IndexError::InvalidInput(format!(
+                "ef_search must be between 1 and 10000, got {}",
+                params.ef_search
+            )));
+        }
+        if !(0.0..=1.0).contains(&params.exact_max_fraction) {
+            return Err(IndexError::InvalidInput(format!(
+                "exact_max_fraction must be between 0 and 1, got {}",
+                params.exact_max_fraction
+            )));
+        }
+        self.search = params;
+        self.params.ef_search = params.ef_search;
+        self.hnsw.set_ef(params.ef_search);
+        Ok(())
+    }
+
+    /// Counts of documents and chunks, and the directory's size on disk.
+    pub fn stats(&self) -> IndexStats {
+        let live_chunks: usize = self.docs.values().map(|d| d.pids.len()).sum();
+        let points = self.chunks.len();
+        IndexStats {
+            docs: self.docs.len(),
+            live_chunks,
+            tombstoned_chunks: points - live_chunks,
+            pending_chunks: points - self.committed_pids as usize,
+            disk_bytes: persist::disk_bytes(&self.dir),
+            generation: self.generation,
+        }
+    }
+
+    fn next_pid(&self) -> u32 {
+        // invariant: `add` keeps the number of points below u32::MAX.
+        u32::try_from(self.chunks.len()).expect("pids fit in u32")
+    }
+
+    /// Approximate heap bytes held by vectors (for diagnostics).
+    pub fn vector_bytes(&self) -> usize {
+        self.vectors.heap_bytes()
+    }
+
+    /// Number of points in the HNSW graph (live and tombstoned).
+    pub fn graph_points(&self) -> usize {
+        self.hnsw.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_index_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<CollectionIndex>();
+    }
+}

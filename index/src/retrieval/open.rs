@@ -1,0 +1,391 @@
+//! Opening a collection index: loading, recovery and creation (rules in `persist.rs`).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::ops::Range;
+use std::path::Path;
+
+use tracing::{info, warn};
+
+use super::persist::{
+    HnswRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, io_err, move_aside, read_manifest,
+    write_manifest,
+};
+use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
+use crate::chunks::{Chunk, decode_chunks};
+use crate::error::{IndexError, Result};
+use crate::ids::DocId;
+use crate::lexical::{Analyzer, TantivyIndex};
+use crate::pidset::PidSet;
+use crate::vector::{FlatIndex, HnswIndex, VectorIndex, normalized};
+
+const LOCK: &str = "LOCK";
+const TANTIVY: &str = "tantivy";
+
+/// Why loading an existing directory did not produce an index.
+enum Failure {
+    /// Refuse to open (parameter conflict, I/O we cannot work around); nothing is touched.
+    Refuse(IndexError),
+    /// The cache is unusable: move it aside and start empty.
+    Broken(String),
+}
+
+pub(super) fn open(dir: &Path, params: IndexParams) -> Result<CollectionIndex> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let lock = acquire_lock(dir)?;
+    let held = lock.try_clone().map_err(io_err(dir))?;
+    match load(dir, params, held) {
+        Ok(Some(index)) => Ok(index),
+        Ok(None) => create(dir, params, lock),
+        Err(Failure::Refuse(e)) => Err(e),
+        Err(Failure::Broken(reason)) => {
+            let aside = move_aside(dir)?;
+            warn!(
+                dir = %dir.display(),
+                moved_to = %aside.display(),
+                %reason,
+                "retrieval index cache is unreadable; starting empty (it is refilled from the object store)"
+            );
+            drop(lock);
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            create(dir, params, acquire_lock(dir)?)
+        }
+    }
+}
+
+fn acquire_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(IndexError::Conflict(format!(
+            "the retrieval index at {} is already open",
+            dir.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Creates an empty index in `dir` (removing leftovers of ours) and writes its manifest.
+fn create(dir: &Path, params: IndexParams, lock: File) -> Result<CollectionIndex> {
+    let lexical = TantivyIndex::create(&dir.join(TANTIVY), params.analyzer)?;
+    let index = CollectionIndex::assemble(
+        dir,
+        params,
+        lock,
+        Parts {
+            chunks: Vec::new(),
+            vectors: FlatIndex::new(params.dim),
+            docs: HashMap::new(),
+            tombstones: PidSet::default(),
+            hnsw: HnswIndex::new(params.dim, params.hnsw(), 1024)?,
+            lexical,
+            generation: 0,
+            segments: Vec::new(),
+            hnsw_dump: None,
+        },
+    );
+    write_manifest(dir, &index.manifest(0))?;
+    index.gc();
+    Ok(index)
+}
+
+/// Everything `load` reads, before it becomes a `CollectionIndex`.
+pub(super) struct Parts {
+    pub chunks: Vec<Chunk>,
+    pub vectors: FlatIndex,
+    pub docs: HashMap<DocId, DocEntry>,
+    pub tombstones: PidSet,
+    pub hnsw: HnswIndex,
+    pub lexical: TantivyIndex,
+    pub generation: u64,
+    pub segments: Vec<SegmentRef>,
+    pub hnsw_dump: Option<HnswRef>,
+}
+
+fn load(
+    dir: &Path,
+    params: IndexParams,
+    lock: File,
+) -> std::result::Result<Option<CollectionIndex>, Failure> {
+    let broken = |e: IndexError| Failure::Broken(e.to_string());
+    let Some(m) = read_manifest(dir).map_err(broken)? else {
+        return Ok(None);
+    };
+    if m.format_version != LAYOUT_VERSION {
+        return Err(Failure::Broken(format!(
+            "unsupported layout version {}",
+            m.format_version
+        )));
+    }
+    check_params(dir, &m.params, &params).map_err(Failure::Refuse)?;
+
+    let (chunks, vectors) = read_segments(dir, &m, params.dim).map_err(Failure::Broken)?;
+    let (docs, tombstones) = read_documents(&m, &chunks).map_err(Failure::Broken)?;
+    let mut chunks = chunks;
+    for pid in tombstones.iter() {
+        let chunk = &mut chunks[pid as usize];
+        chunk.text = String::new();
+        chunk.heading = Vec::new();
+    }
+
+    let lexical = open_lexical(dir, params.analyzer, m.generation, &chunks, &docs)
+        .map_err(Failure::Refuse)?;
+    let (hnsw, hnsw_dump) =
+        open_hnsw(dir, &params, &m, &vectors, &tombstones).map_err(Failure::Refuse)?;
+    let rebuilt_graph = hnsw_dump.is_none() && hnsw.len() > 0;
+
+    let mut index = CollectionIndex::assemble(
+        dir,
+        params,
+        lock,
+        Parts {
+            chunks,
+            vectors,
+            docs,
+            tombstones,
+            hnsw,
+            lexical,
+            generation: m.generation,
+            segments: m.segments,
+            hnsw_dump,
+        },
+    );
+    if rebuilt_graph {
+        // Dump the rebuilt graph so the next open does not rebuild it again.
+        if let Err(e) = index.commit_with(true) {
+            warn!(dir = %dir.display(), error = %e, "could not save the rebuilt HNSW graph");
+        }
+    } else {
+        index.gc();
+    }
+    Ok(Some(index))
+}
+
+fn check_params(dir: &Path, stored: &StoredParams, wanted: &IndexParams) -> Result<()> {
+    let mut diffs = Vec::new();
+    let mut diff = |name: &str, s: String, w: String| {
+        if s != w {
+            diffs.push(format!("{name}: stored {s}, requested {w}"));
+        }
+    };
+    diff("dim", stored.dim.to_string(), wanted.dim.to_string());
+    diff(
+        "hnsw_m",
+        stored.hnsw_m.to_string(),
+        wanted.hnsw_m.to_string(),
+    );
+    diff(
+        "ef_construction",
+        stored.ef_construction.to_string(),
+        wanted.ef_construction.to_string(),
+    );
+    diff(
+        "analyzer",
+        stored.analyzer.to_string(),
+        wanted.analyzer.to_string(),
+    );
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(IndexError::Conflict(format!(
+            "the retrieval index at {} was created with other settings ({}); delete the directory to rebuild it",
+            dir.display(),
+            diffs.join("; ")
+        )))
+    }
+}
+
+fn read_segments(
+    dir: &Path,
+    m: &Manifest,
+    dim: usize,
+) -> std::result::Result<(Vec<Chunk>, FlatIndex), String> {
+    let mut chunks = Vec::with_capacity(m.next_pid as usize);
+    let mut vectors = FlatIndex::new(dim);
+    for seg in &m.segments {
+        if seg.first_pid as usize != chunks.len() {
+            return Err(format!(
+                "segment {} does not start at pid {}",
+                seg.file,
+                chunks.len()
+            ));
+        }
+        let path = dir.join(&seg.file);
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let decoded =
+            decode_chunks(&path.display().to_string(), &bytes).map_err(|e| e.to_string())?;
+        if decoded.len() != seg.count as usize {
+            return Err(format!(
+                "segment {} holds {} chunks, expected {}",
+                seg.file,
+                decoded.len(),
+                seg.count
+            ));
+        }
+        for mut c in decoded {
+            let v = c
+                .embedding
+                .take()
+                .filter(|v| v.len() == dim)
+                .and_then(|v| normalized(&v).ok())
+                .ok_or_else(|| {
+                    format!("segment {} has a missing or invalid embedding", seg.file)
+                })?;
+            vectors.push_normalized(&v);
+            chunks.push(c);
+        }
+    }
+    if chunks.len() != m.next_pid as usize {
+        return Err(format!(
+            "segments hold {} chunks, the manifest says {}",
+            chunks.len(),
+            m.next_pid
+        ));
+    }
+    Ok((chunks, vectors))
+}
+
+/// The live documents and the tombstones: every pid not in a live document's range.
+fn read_documents(
+    m: &Manifest,
+    chunks: &[Chunk],
+) -> std::result::Result<(HashMap<DocId, DocEntry>, PidSet), String> {
+    let mut live = PidSet::new(m.next_pid);
+    let mut docs = HashMap::with_capacity(m.documents.len());
+    for d in &m.documents {
+        let r = d.pids.clone();
+        if r.start > r.end || r.end > m.next_pid {
+            return Err(format!("document {} has an invalid pid range", d.doc_id));
+        }
+        for pid in r.clone() {
+            if live.contains(pid) || chunks[pid as usize].doc_id != d.doc_id {
+                return Err(format!("document {} has inconsistent pids", d.doc_id));
+            }
+        }
+        live.insert_range(r.clone());
+        let entry = DocEntry {
+            source: d.source.clone(),
+            title: d.title.clone(),
+            metadata: d.metadata.clone(),
+            pids: r,
+        };
+        if docs.insert(d.doc_id, entry).is_some() {
+            return Err(format!("document {} is listed twice", d.doc_id));
+        }
+    }
+    let mut tombstones = PidSet::new(m.next_pid);
+    for pid in 0..m.next_pid {
+        if !live.contains(pid) {
+            tombstones.insert(pid);
+        }
+    }
+    Ok((docs, tombstones))
+}
+
+fn open_lexical(
+    dir: &Path,
+    analyzer: Analyzer,
+    generation: u64,
+    chunks: &[Chunk],
+    docs: &HashMap<DocId, DocEntry>,
+) -> Result<TantivyIndex> {
+    let path = dir.join(TANTIVY);
+    let want = generation.to_string();
+    match TantivyIndex::open(&path, analyzer) {
+        Ok((index, payload)) if payload.as_deref().unwrap_or("0") == want => return Ok(index),
+        Ok((_, payload)) => warn!(
+            dir = %dir.display(),
+            ?payload,
+            generation,
+            "tantivy index is from another commit; rebuilding it"
+        ),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "tantivy index unreadable; rebuilding it")
+        }
+    }
+    let mut index = TantivyIndex::create(&path, analyzer)?;
+    let mut ranges: Vec<Range<u32>> = docs.values().map(|d| d.pids.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    for pid in ranges.into_iter().flatten() {
+        index.add(pid, &chunks[pid as usize].text)?;
+    }
+    index.commit(&want)?;
+    Ok(index)
+}
+
+fn open_hnsw(
+    dir: &Path,
+    params: &IndexParams,
+    m: &Manifest,
+    vectors: &FlatIndex,
+    tombstones: &PidSet,
+) -> Result<(HnswIndex, Option<HnswRef>)> {
+    let live_from = |from: u32| (from..m.next_pid).filter(|&pid| !tombstones.contains(pid));
+    if let Some(r) = &m.hnsw {
+        let loaded = if r.covers_pids > m.next_pid {
+            Err(IndexError::Corrupt {
+                key: r.dump.basename.clone(),
+                detail: "dump covers pids beyond the manifest".into(),
+            })
+        } else {
+            HnswIndex::load(dir, &r.dump, params.dim, params.hnsw())
+        };
+        match loaded {
+            Ok(mut hnsw) => {
+                let tail: Vec<u32> = live_from(r.covers_pids).collect();
+                insert(&mut hnsw, vectors, &tail);
+                return Ok((hnsw, Some(r.clone())));
+            }
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "HNSW dump unusable; rebuilding the graph")
+            }
+        }
+    }
+    let live: Vec<u32> = live_from(0).collect();
+    if !live.is_empty() {
+        info!(dir = %dir.display(), points = live.len(), "building the HNSW graph");
+    }
+    let mut hnsw = HnswIndex::new(params.dim, params.hnsw(), live.len())?;
+    insert(&mut hnsw, vectors, &live);
+    Ok((hnsw, None))
+}
+
+fn insert(hnsw: &mut HnswIndex, vectors: &FlatIndex, pids: &[u32]) {
+    let items: Vec<(u32, &[f32])> = pids.iter().map(|&p| (p, vectors.vector(p))).collect();
+    hnsw.insert_normalized(&items);
+}
+
+impl CollectionIndex {
+    pub(super) fn assemble(dir: &Path, params: IndexParams, lock: File, p: Parts) -> Self {
+        let committed_pids = p.chunks.len() as u32;
+        let chunk_ids = p.chunks.iter().map(Chunk::id).collect();
+        Self {
+            dir: dir.to_path_buf(),
+            params,
+            search: SearchParams {
+                ef_search: params.ef_search,
+                exact_max_points: 20_000,
+                exact_max_fraction: 0.1,
+            },
+            _lock: lock,
+            chunks: p.chunks,
+            chunk_ids,
+            vectors: p.vectors,
+            docs: p.docs,
+            tombstones: p.tombstones,
+            hnsw: p.hnsw,
+            lexical: p.lexical,
+            generation: p.generation,
+            segments: p.segments,
+            committed_pids,
+            hnsw_dump: p.hnsw_dump,
+            dirty: false,
+        }
+    }
+}

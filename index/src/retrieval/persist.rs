@@ -1,0 +1,253 @@
+//! On-disk layout of a collection index, and how it is opened and recovered.
+//!
+//! ```text
+//! {dir}/LOCK                         advisory lock (flock): one CollectionIndex per directory
+//! {dir}/manifest.json                the commit point, replaced atomically (see below)
+//! {dir}/seg-{gen:010}.arrow          chunks added by commit `gen`: Arrow IPC with the chunk
+//!                                    schema (`encode_chunks`), normalised embeddings; immutable
+//! {dir}/hnsw-{gen:010}.hnsw.graph    HNSW dump written by commit `gen` (hnsw_rs `file_dump`)
+//! {dir}/hnsw-{gen:010}.hnsw.data
+//! {dir}/tantivy/                     the tantivy index; its commit payload is the generation
+//! ```
+//!
+//! `manifest.json` holds: `format_version`; the format-affecting `params` (dim, hnsw_m,
+//! ef_construction, analyzer); `generation`; `next_pid`; the `segments` (file, first pid,
+//! count; together they cover pids `0..next_pid` in order); the live `documents` (id, source,
+//! title, metadata, pid range); the `tombstones` (pid ranges of deleted chunks); and `hnsw`,
+//! the current dump (basename, point count, SHA-256 of both files, and `covers_pids`: the
+//! dump holds every live pid below it).
+//!
+//! **Commit** (`commit.rs`): write the new segment (fsync), dump the HNSW if enough points
+//! were added since the last dump (fsync, checksums), commit tantivy with the new generation
+//! as payload, then write the manifest last (temp file, fsync, rename, directory fsync).
+//! Files no manifest references any more (older dumps, segments replaced by a compaction,
+//! leftovers of an interrupted commit) are removed after the manifest is in place. A kill at
+//! any point leaves the previous manifest, which still describes a complete state.
+//!
+//! **Open**: read the manifest and the segments (chunks and vectors go to memory). Then:
+//! - tantivy unreadable, or its payload differs from the manifest generation (a crash between
+//!   the two commits) → rebuild it from the segments;
+//! - HNSW dump missing, failing its checksums or unloadable → rebuild the graph from the
+//!   vectors and dump it (a repair commit); live pids at or above `covers_pids` are inserted
+//!   into a loaded graph;
+//! - manifest unreadable or inconsistent, or a segment missing or corrupt → log a warning, move
+//!   the directory aside to `{dir}.broken` (replacing an older one) and start empty: the layer
+//!   above refills the index from the object store. Never a panic.
+//! - stored params differ from the requested ones → [`IndexError::Conflict`], nothing touched.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::CollectionIndex;
+use crate::chunks::{Chunk, encode_chunks};
+use crate::error::{IndexError, Result};
+use crate::ids::DocId;
+use crate::lexical::Analyzer;
+use crate::meta::Metadata;
+use crate::vector::HnswDump;
+
+/// Version of this directory layout.
+pub(super) const LAYOUT_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Manifest {
+    pub format_version: u32,
+    pub params: StoredParams,
+    pub generation: u64,
+    pub next_pid: u32,
+    pub segments: Vec<SegmentRef>,
+    pub documents: Vec<DocRecord>,
+    pub tombstones: Vec<Range<u32>>,
+    pub hnsw: Option<HnswRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StoredParams {
+    pub dim: usize,
+    pub hnsw_m: usize,
+    pub ef_construction: usize,
+    pub analyzer: Analyzer,
+}
+
+/// A committed chunk file and the pids it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SegmentRef {
+    pub file: String,
+    pub first_pid: u32,
+    pub count: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DocRecord {
+    pub doc_id: DocId,
+    pub source: String,
+    pub title: Option<String>,
+    pub metadata: Metadata,
+    pub pids: Range<u32>,
+}
+
+/// The HNSW dump a manifest points to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HnswRef {
+    pub dump: HnswDump,
+    pub covers_pids: u32,
+}
+
+/// Maps an I/O error to [`IndexError::Io`] with the path.
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(super) fn segment_name(generation: u64) -> String {
+    format!("seg-{generation:010}.arrow")
+}
+
+pub(super) fn dump_name(generation: u64) -> String {
+    format!("hnsw-{generation:010}")
+}
+
+impl CollectionIndex {
+    /// The manifest describing the in-memory state as commit `generation`.
+    pub(super) fn manifest(&self, generation: u64) -> Manifest {
+        let mut documents: Vec<DocRecord> = self
+            .docs
+            .iter()
+            .map(|(id, d)| DocRecord {
+                doc_id: *id,
+                source: d.source.clone(),
+                title: d.title.clone(),
+                metadata: d.metadata.clone(),
+                pids: d.pids.clone(),
+            })
+            .collect();
+        documents.sort_by_key(|d| (d.pids.start, d.doc_id));
+        Manifest {
+            format_version: LAYOUT_VERSION,
+            params: StoredParams {
+                dim: self.params.dim,
+                hnsw_m: self.params.hnsw_m,
+                ef_construction: self.params.ef_construction,
+                analyzer: self.params.analyzer,
+            },
+            generation,
+            next_pid: self.next_pid(),
+            segments: self.segments.clone(),
+            documents,
+            tombstones: self.tombstones.ranges(),
+            hnsw: self.hnsw_dump.clone(),
+        }
+    }
+
+    /// Removes our files that the current state does not reference. Failures are logged.
+    pub(super) fn gc(&self) {
+        let mut keep: HashSet<String> = self.segments.iter().map(|s| s.file.clone()).collect();
+        if let Some(r) = &self.hnsw_dump {
+            keep.extend(HnswDump::file_names(&r.dump.basename));
+        }
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = (name.starts_with("seg-") && name.ends_with(".arrow"))
+                || (name.starts_with("hnsw-")
+                    && (name.ends_with(".hnsw.graph") || name.ends_with(".hnsw.data")))
+                || name.ends_with(".tmp");
+            if ours
+                && !keep.contains(&name)
+                && let Err(e) = fs::remove_file(entry.path())
+            {
+                warn!(file = %entry.path().display(), error = %e, "could not remove an obsolete index file");
+            }
+        }
+    }
+}
+
+pub(super) fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
+    let path = dir.join(MANIFEST);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| IndexError::Corrupt {
+            key: path.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
+pub(super) fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let bytes = serde_json::to_vec(manifest)
+        .map_err(|e| IndexError::Internal(format!("serialising the manifest: {e}")))?;
+    write_durable(dir, MANIFEST, &bytes)
+}
+
+/// Writes chunks (with their embeddings) as an immutable segment file.
+pub(super) fn write_segment(dir: &Path, name: &str, chunks: &[Chunk], dim: usize) -> Result<()> {
+    let bytes = encode_chunks(chunks, dim)?;
+    write_durable(dir, name, &bytes)
+}
+
+/// Writes `{dir}/{name}` atomically and durably: temp file, fsync, rename, directory fsync.
+fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Moves a broken directory to `{dir}.broken`, replacing an older one; if it cannot be moved,
+/// empties it instead. Returns where it went.
+pub(super) fn move_aside(dir: &Path) -> Result<PathBuf> {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".broken");
+    let aside = dir.with_file_name(name);
+    match fs::remove_dir_all(&aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&aside)(e)),
+    }
+    if fs::rename(dir, &aside).is_ok() {
+        return Ok(aside);
+    }
+    fs::remove_dir_all(dir).map_err(io_err(dir))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Bytes taken by the files under `dir` (best effort).
+pub(super) fn disk_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,189 @@
+//! Searching a collection index: the allowed-pid set, the dense planner, fusion and hits.
+//!
+//! Every search first computes the *allowed* pids: committed, not tombstoned, and in a
+//! document passing the filter. Both retrievers only ever collect allowed pids.
+//!
+//! Dense planner: when the allowed set is small (at most `exact_max_points`, default 20 000,
+//! or at most `exact_max_fraction`, default 10 %, of the graph) it is scanned exactly, which
+//! is cheap over the contiguous vectors and has perfect recall. Otherwise the HNSW graph is
+//! searched with the filter applied inside the graph walk and `ef` raised as the selectivity
+//! drops (capped at [`MAX_FILTERED_EF`]); if that finds fewer than `min(k, allowed)` hits the
+//! exact scan runs instead. So a filter keeping 1 % of a corpus still returns `top_k` hits when
+//! that many exist. HNSW candidates are rescored exactly from the stored vectors.
+
+use std::sync::Arc;
+
+use super::{CollectionIndex, Hit, MAX_TOP_K, SearchRequest};
+use crate::error::{IndexError, Result};
+use crate::filter::Filter;
+use crate::hybrid::{Fused, SearchMode, fuse, hybrid_candidates};
+use crate::pidset::PidSet;
+use crate::vector::{VectorIndex, dot, prepare_query};
+
+/// Upper bound of the HNSW candidate list in a filtered search (unless `k` is larger).
+pub const MAX_FILTERED_EF: usize = 1024;
+
+/// The pids a search may return.
+struct Allowed {
+    set: Arc<PidSet>,
+    count: usize,
+}
+
+impl CollectionIndex {
+    /// Runs one search; hits are sorted by score, descending, ties by chunk id.
+    ///
+    /// Dense and hybrid mode need `vector` ([`IndexError::InvalidInput`] otherwise); BM25 mode
+    /// with text that has no terms returns no hits; hybrid mode then uses the dense ranking
+    /// only. `top_k` must be 1–1000.
+    pub fn search(&self, req: &SearchRequest<'_>) -> Result<Vec<Hit>> {
+        if !(1..=MAX_TOP_K).contains(&req.top_k) {
+            return Err(IndexError::InvalidInput(format!(
+                "top_k must be between 1 and {MAX_TOP_K}, got {}",
+                req.top_k
+            )));
+        }
+        req.fusion.validate()?;
+        if let Some(f) = req.filter {
+            f.validate()?;
+        }
+        let query = match (req.mode, req.vector) {
+            (SearchMode::Bm25, _) => None,
+            (SearchMode::Dense | SearchMode::Hybrid, Some(v)) => {
+                Some(prepare_query(v, self.params.dim)?)
+            }
+            (mode @ (SearchMode::Dense | SearchMode::Hybrid), None) => {
+                return Err(IndexError::InvalidInput(format!(
+                    "{mode} search needs a query vector"
+                )));
+            }
+        };
+        let terms = match req.mode {
+            SearchMode::Dense => Vec::new(),
+            SearchMode::Bm25 | SearchMode::Hybrid => self.lexical.analyzer().terms(req.text),
+        };
+        if req.mode == SearchMode::Bm25 && terms.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let allowed = self.allowed(req.filter);
+        let k = match req.mode {
+            SearchMode::Hybrid => hybrid_candidates(req.top_k),
+            SearchMode::Dense | SearchMode::Bm25 => req.top_k,
+        };
+        let dense = match &query {
+            Some(q) => self.dense(q, k, &allowed),
+            None => Vec::new(),
+        };
+        let bm25 = self.bm25(&terms, k, &allowed)?;
+        let fused: Vec<Fused> = match req.mode {
+            SearchMode::Dense => single(&dense, true),
+            SearchMode::Bm25 => single(&bm25, false),
+            SearchMode::Hybrid => fuse(&dense, &bm25, req.fusion),
+        };
+
+        let mut ranked: Vec<_> = fused
+            .into_iter()
+            .filter(|f| allowed.set.contains(f.id))
+            .map(|f| (self.chunk_ids[f.id as usize], f))
+            .collect();
+        ranked.sort_by(|(ia, a), (ib, b)| b.score.total_cmp(&a.score).then(ia.cmp(ib)));
+        ranked.truncate(req.top_k);
+        Ok(ranked
+            .into_iter()
+            .filter_map(|(_, f)| self.hit(f))
+            .collect())
+    }
+
+    /// Committed pids of live documents passing the filter.
+    fn allowed(&self, filter: Option<&Filter>) -> Allowed {
+        let limit = self.committed_pids;
+        let mut set = PidSet::new(limit);
+        for (id, doc) in &self.docs {
+            if doc.pids.end <= limit && filter.is_none_or(|f| f.matches(id, &doc.metadata)) {
+                set.insert_range(doc.pids.clone());
+            }
+        }
+        Allowed {
+            count: set.len(),
+            set: Arc::new(set),
+        }
+    }
+
+    /// The `k` allowed chunks most similar to the normalised query, best first.
+    fn dense(&self, query: &[f32], k: usize, allowed: &Allowed) -> Vec<(u32, f32)> {
+        if allowed.count == 0 {
+            return Vec::new();
+        }
+        let exact = || self.vectors.scan(query, k, allowed.set.iter());
+        let points = self.hnsw.len();
+        if allowed.count <= self.search.exact_max_points
+            || (allowed.count as f64) <= self.search.exact_max_fraction * points as f64
+        {
+            return exact();
+        }
+        let selectivity = (allowed.count as f64 / points.max(1) as f64).min(1.0);
+        let base = self.search.ef_search.max(k);
+        let ef = ((base as f64 / selectivity).ceil() as usize).clamp(base, MAX_FILTERED_EF.max(k));
+        let set = &allowed.set;
+        let keep = |pid: u32| set.contains(pid);
+        // Every graph point is allowed: search without a filter (it stops earlier).
+        let filter: Option<&(dyn Fn(u32) -> bool + Sync)> = if allowed.count == points {
+            None
+        } else {
+            Some(&keep)
+        };
+        let found = self.hnsw.search_normalized(query, k, ef, filter);
+        let n = self.vectors.len() as u32;
+        let mut hits: Vec<(u32, f32)> = found
+            .into_iter()
+            .filter(|&(pid, _)| pid < n && set.contains(pid))
+            .map(|(pid, _)| (pid, dot(query, self.vectors.vector(pid))))
+            .collect();
+        if hits.len() < k.min(allowed.count) {
+            return exact();
+        }
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits
+    }
+
+    /// The `k` best allowed chunks for the analysed terms by BM25, best first.
+    fn bm25(&self, terms: &[String], k: usize, allowed: &Allowed) -> Result<Vec<(u32, f32)>> {
+        if terms.is_empty() || allowed.count == 0 {
+            return Ok(Vec::new());
+        }
+        // Tantivy's live documents are a superset of the allowed pids (deletions are hidden
+        // at once, but tantivy drops them at commit); equal counts mean equal sets.
+        let filter = (allowed.count as u64 != self.lexical.num_docs()).then(|| allowed.set.clone());
+        self.lexical.search(terms, k, filter)
+    }
+
+    fn hit(&self, f: Fused) -> Option<Hit> {
+        let chunk = self.chunks.get(f.id as usize)?;
+        let doc = self.docs.get(&chunk.doc_id)?;
+        Some(Hit {
+            chunk: chunk.clone(),
+            source: doc.source.clone(),
+            title: doc.title.clone(),
+            metadata: doc.metadata.clone(),
+            score: f.score,
+            dense: f.dense,
+            bm25: f.bm25,
+        })
+    }
+}
+
+/// One ranking as fused candidates: the score is the list's own score.
+fn single(list: &[(u32, f32)], dense: bool) -> Vec<Fused> {
+    list.iter()
+        .enumerate()
+        .map(|(i, &(id, score))| {
+            let entry = Some((i as u32 + 1, score));
+            Fused {
+                id,
+                score,
+                dense: if dense { entry } else { None },
+                bm25: if dense { None } else { entry },
+            }
+        })
+        .collect()
+}

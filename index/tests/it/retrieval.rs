@@ -1,0 +1,845 @@
+//! The retrieval index: HNSW recall against exact search, filters, deletions, persistence,
+//! recovery and compaction, on seeded random vectors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hearth_index::{
+    Analyzer, Chunk, ChunkId, CollectionIndex, Condition, DocId, Filter, FlatIndex, Fusion, Hit,
+    HnswIndex, HnswParams, IndexError, IndexParams, IndexedDoc, MetaValue, SearchMode,
+    SearchParams, SearchRequest, VectorIndex,
+};
+
+const DIM: usize = 32;
+
+/// xorshift64*: a tiny seeded generator, enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Roughly normal (sum of four uniforms).
+    fn normal(&mut self) -> f32 {
+        (0..4).map(|_| self.uniform()).sum::<f32>() * 0.866
+    }
+
+    fn unit(&mut self, dim: usize) -> Vec<f32> {
+        normalise((0..dim).map(|_| self.normal()).collect())
+    }
+
+    /// A unit vector near one of `centers` (clustered, like real embeddings).
+    fn clustered(&mut self, centers: &[Vec<f32>]) -> Vec<f32> {
+        let c = &centers[(self.next_u64() % centers.len() as u64) as usize];
+        let spread = 1.2 / (c.len() as f32).sqrt();
+        normalise(c.iter().map(|x| x + spread * self.normal()).collect())
+    }
+}
+
+fn normalise(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn params(dim: usize) -> IndexParams {
+    IndexParams {
+        dim,
+        hnsw_m: 16,
+        ef_construction: 100,
+        ef_search: 64,
+        analyzer: Analyzer::EnglishStem,
+    }
+}
+
+fn doc_id(i: usize) -> DocId {
+    DocId::of_bytes(format!("document {i}").as_bytes())
+}
+
+/// Document `i` with `n` chunks; chunk `j` has text `text(i, j)` and a random vector.
+fn make_doc(
+    i: usize,
+    n: usize,
+    rng: &mut Rng,
+    text: impl Fn(usize, usize) -> String,
+) -> (IndexedDoc, Vec<Chunk>) {
+    let id = doc_id(i);
+    let mut metadata = BTreeMap::new();
+    metadata.insert("n".to_owned(), MetaValue::Number(i as f64));
+    metadata.insert("group".to_owned(), MetaValue::Text(format!("g{}", i % 100)));
+    let doc = IndexedDoc {
+        doc_id: id,
+        source: format!("doc{i}.txt"),
+        title: Some(format!("Document {i}")),
+        metadata,
+    };
+    let chunks = (0..n)
+        .map(|j| Chunk {
+            doc_id: id,
+            ordinal: j as u32,
+            text: text(i, j),
+            page_start: Some(j as u32 + 1),
+            page_end: Some(j as u32 + 1),
+            heading: vec![format!("Section {j}")],
+            span_start: (j * 100) as u64,
+            span_end: (j * 100 + 99) as u64,
+            token_count: 8,
+            embedding: Some(rng.unit(DIM)),
+        })
+        .collect();
+    (doc, chunks)
+}
+
+/// Equal-length texts (8 tokens): `apple` appears (i + j) % 3 + 1 times in documents with
+/// i % 5 == 0, so a one-term BM25 ranking depends only on term frequency.
+fn text(i: usize, j: usize) -> String {
+    let apples = if i.is_multiple_of(5) {
+        (i + j) % 3 + 1
+    } else {
+        0
+    };
+    let mut words: Vec<String> = vec!["apple".to_owned(); apples];
+    words.push(format!("topic{i}"));
+    while words.len() < 8 {
+        words.push(format!("filler{}x{}", i, words.len()));
+    }
+    words.join(" ")
+}
+
+/// A committed index of `docs` documents with 3 chunks each; returns the chunk vectors too.
+fn build(dir: &Path, docs: usize, seed: u64) -> (CollectionIndex, Vec<(IndexedDoc, Vec<Chunk>)>) {
+    let mut rng = Rng::new(seed);
+    let mut index = CollectionIndex::open(dir, params(DIM)).unwrap();
+    let mut all = Vec::new();
+    for i in 0..docs {
+        let (doc, chunks) = make_doc(i, 3, &mut rng, text);
+        index.add(doc.clone(), &chunks).unwrap();
+        all.push((doc, chunks));
+    }
+    index.commit().unwrap();
+    (index, all)
+}
+
+fn request<'a>(
+    mode: SearchMode,
+    text: &'a str,
+    vector: Option<&'a [f32]>,
+    top_k: usize,
+    filter: Option<&'a Filter>,
+) -> SearchRequest<'a> {
+    SearchRequest {
+        text,
+        vector,
+        mode,
+        top_k,
+        filter,
+        fusion: Fusion::default(),
+    }
+}
+
+fn ids(hits: &[Hit]) -> Vec<ChunkId> {
+    hits.iter().map(|h| h.chunk.id()).collect()
+}
+
+fn docs_of(hits: &[Hit]) -> Vec<DocId> {
+    hits.iter().map(|h| h.chunk.doc_id).collect()
+}
+
+/// A fixed set of searches covering every mode, with and without a filter.
+fn probe(index: &CollectionIndex, seed: u64) -> Vec<(SearchMode, Vec<Hit>)> {
+    let mut rng = Rng::new(seed);
+    let filter = Filter::new(vec![Condition::Range {
+        key: "n".into(),
+        gt: None,
+        gte: Some(10.0),
+        lt: None,
+        lte: None,
+    }]);
+    let mut out = Vec::new();
+    for q in 0..4 {
+        let v = rng.unit(DIM);
+        let f = (q % 2 == 1).then_some(&filter);
+        for mode in [SearchMode::Dense, SearchMode::Bm25, SearchMode::Hybrid] {
+            let hits = index
+                .search(&request(mode, "apple", Some(&v), 50, f))
+                .unwrap();
+            out.push((mode, hits));
+        }
+        let hits = index
+            .search(&request(SearchMode::Bm25, "topic7 topic12", None, 5, f))
+            .unwrap();
+        out.push((SearchMode::Bm25, hits));
+    }
+    out
+}
+
+/// Same hits in the same order with the same scores.
+fn assert_same(a: &[(SearchMode, Vec<Hit>)], b: &[(SearchMode, Vec<Hit>)]) {
+    assert_same_ranking(a, b, true);
+}
+
+/// Same hits in the same order, same dense scores and ranks, same BM25 ranks; BM25 scores
+/// too when `bm25_scores`.
+fn assert_same_ranking(
+    a: &[(SearchMode, Vec<Hit>)],
+    b: &[(SearchMode, Vec<Hit>)],
+    bm25_scores: bool,
+) {
+    assert_eq!(a.len(), b.len());
+    for ((mode, x), (_, y)) in a.iter().zip(b) {
+        assert_eq!(ids(x), ids(y), "{mode}");
+        for (h, g) in x.iter().zip(y) {
+            let close = |p: f32, q: f32| (p - q).abs() <= 1e-5 * p.abs().max(1.0);
+            if bm25_scores || *mode != SearchMode::Bm25 {
+                assert!(close(h.score, g.score), "{mode}: {h:?} vs {g:?}");
+            }
+            assert_eq!(h.dense.map(|d| d.0), g.dense.map(|d| d.0));
+            assert!(h.dense.zip(g.dense).is_none_or(|(p, q)| close(p.1, q.1)));
+            assert_eq!(h.bm25.map(|d| d.0), g.bm25.map(|d| d.0));
+            if bm25_scores {
+                assert!(h.bm25.zip(g.bm25).is_none_or(|(p, q)| close(p.1, q.1)));
+            }
+            assert_eq!(h.chunk, g.chunk);
+            assert_eq!(
+                (&h.source, &h.title, &h.metadata),
+                (&g.source, &g.title, &g.metadata)
+            );
+        }
+    }
+}
+
+fn recall(found: &[(u32, f32)], truth: &[(u32, f32)]) -> f64 {
+    let hits = truth
+        .iter()
+        .filter(|t| found.iter().any(|f| f.0 == t.0))
+        .count();
+    hits as f64 / truth.len().max(1) as f64
+}
+
+#[test]
+fn hnsw_recall_at_10_matches_exact_search() {
+    let (n, dim) = (5_000, 64);
+    let mut rng = Rng::new(7);
+    let centers: Vec<Vec<f32>> = (0..40).map(|_| rng.unit(dim)).collect();
+    let data: Vec<f32> = (0..n).flat_map(|_| rng.clustered(&centers)).collect();
+    let hnsw = HnswIndex::build(
+        &data,
+        dim,
+        HnswParams {
+            m: 16,
+            ef_construction: 100,
+            ef_search: 64,
+        },
+    )
+    .unwrap();
+    let flat = FlatIndex::build(&data, dim).unwrap();
+    assert_eq!((hnsw.len(), flat.len()), (n, n));
+    let mut total = 0.0;
+    let queries = 200;
+    for _ in 0..queries {
+        let q = rng.clustered(&centers);
+        let truth = flat.search(&q, 10).unwrap();
+        let found = hnsw.search(&q, 10, 64).unwrap();
+        total += recall(&found, &truth);
+    }
+    let r = total / queries as f64;
+    eprintln!("hnsw recall@10 on {n} clustered {dim}-d vectors: {r:.4}");
+    assert!(r >= 0.95, "recall@10 = {r}");
+}
+
+#[test]
+fn duplicates_and_stored_vectors_as_queries_do_not_panic() {
+    let mut rng = Rng::new(3);
+    let base = rng.unit(384);
+    let mut data = Vec::new();
+    for i in 0..300 {
+        // 100 exact copies of one vector (boilerplate chunks), the rest random.
+        let v = if i % 3 == 0 {
+            base.clone()
+        } else {
+            rng.unit(384)
+        };
+        data.extend(v);
+    }
+    let hnsw = HnswIndex::build(&data, 384, HnswParams::default()).unwrap();
+    for i in 0..300 {
+        let hits = hnsw.search(&data[i * 384..(i + 1) * 384], 10, 64).unwrap();
+        assert!(!hits.is_empty());
+        assert!((hits[0].1 - 1.0).abs() < 1e-3, "{:?}", hits[0]);
+    }
+    // The same through the collection index, where duplicates are whole chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    let v = rng.unit(DIM);
+    for i in 0..20 {
+        let (doc, mut chunks) = make_doc(i, 2, &mut rng, |_, _| "same licence header".into());
+        for c in &mut chunks {
+            c.embedding = Some(v.clone());
+        }
+        index.add(doc, &chunks).unwrap();
+    }
+    index.commit().unwrap();
+    force_hnsw(&mut index);
+    let hits = index
+        .search(&request(SearchMode::Hybrid, "licence", Some(&v), 10, None))
+        .unwrap();
+    assert_eq!(hits.len(), 10);
+    assert!((hits[0].dense.unwrap().1 - 1.0).abs() < 1e-5);
+}
+
+/// Makes every dense search go through the HNSW graph (no exact-scan shortcut).
+fn force_hnsw(index: &mut CollectionIndex) {
+    let p = index.search_params();
+    index
+        .set_search_params(SearchParams {
+            exact_max_points: 0,
+            exact_max_fraction: 0.0,
+            ..p
+        })
+        .unwrap();
+}
+
+#[test]
+fn selective_filters_still_fill_top_k_with_the_exact_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, all) = build(dir.path(), 1000, 11);
+    // group g7 keeps 10 of 1000 documents: 1 %.
+    let filter = Filter::new(vec![Condition::Eq {
+        key: "group".into(),
+        value: MetaValue::Text("g7".into()),
+    }]);
+    let kept: Vec<&Chunk> = all
+        .iter()
+        .filter(|(d, _)| d.metadata["group"] == MetaValue::Text("g7".into()))
+        .flat_map(|(_, c)| c)
+        .collect();
+    assert_eq!(kept.len(), 30);
+    let matrix: Vec<f32> = kept
+        .iter()
+        .flat_map(|c| c.embedding.clone().unwrap())
+        .collect();
+    let oracle = FlatIndex::build(&matrix, DIM).unwrap();
+
+    let mut rng = Rng::new(99);
+    for forced in [false, true] {
+        if forced {
+            force_hnsw(&mut index);
+        }
+        for _ in 0..5 {
+            let q = rng.unit(DIM);
+            let hits = index
+                .search(&request(SearchMode::Dense, "", Some(&q), 10, Some(&filter)))
+                .unwrap();
+            let expected: Vec<ChunkId> = oracle
+                .search(&q, 10)
+                .unwrap()
+                .iter()
+                .map(|(i, _)| kept[*i as usize].id())
+                .collect();
+            assert_eq!(ids(&hits), expected, "forced hnsw: {forced}");
+            assert!(
+                hits.iter()
+                    .all(|h| h.metadata["group"] == MetaValue::Text("g7".into()))
+            );
+        }
+        let bm25 = index
+            .search(&request(
+                SearchMode::Bm25,
+                "topic7 topic107 topic207 topic307 topic407 topic8",
+                None,
+                10,
+                Some(&filter),
+            ))
+            .unwrap();
+        assert_eq!(bm25.len(), 10);
+        assert!(
+            bm25.iter()
+                .all(|h| h.metadata["group"] == MetaValue::Text("g7".into()))
+        );
+    }
+}
+
+#[test]
+fn forced_hnsw_with_a_broad_filter_keeps_high_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 800, 5);
+    let filter = Filter::new(vec![Condition::Range {
+        key: "n".into(),
+        gt: None,
+        gte: None,
+        lt: Some(400.0),
+        lte: None,
+    }]);
+    let mut rng = Rng::new(8);
+    let queries: Vec<Vec<f32>> = (0..30).map(|_| rng.unit(DIM)).collect();
+    let exact: Vec<Vec<Hit>> = queries
+        .iter()
+        .map(|q| {
+            index
+                .search(&request(SearchMode::Dense, "", Some(q), 10, Some(&filter)))
+                .unwrap()
+        })
+        .collect();
+    force_hnsw(&mut index);
+    let mut total = 0.0;
+    for (q, truth) in queries.iter().zip(&exact) {
+        let hits = index
+            .search(&request(SearchMode::Dense, "", Some(q), 10, Some(&filter)))
+            .unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(
+            hits.iter()
+                .all(|h| matches!(h.metadata["n"], MetaValue::Number(n) if n < 400.0))
+        );
+        let t = ids(truth);
+        total += ids(&hits).iter().filter(|id| t.contains(id)).count() as f64 / 10.0;
+    }
+    let r = total / queries.len() as f64;
+    assert!(r >= 0.9, "filtered recall@10 = {r}");
+}
+
+#[test]
+fn delete_hides_a_document_everywhere_at_once_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, all) = build(dir.path(), 60, 21);
+    let victim = doc_id(10);
+    let v = all[10].1[1].embedding.clone().unwrap();
+    let search_all = |index: &CollectionIndex| {
+        [SearchMode::Dense, SearchMode::Bm25, SearchMode::Hybrid].map(|mode| {
+            index
+                .search(&request(mode, "apple topic10", Some(&v), 30, None))
+                .unwrap()
+        })
+    };
+    for hits in search_all(&index) {
+        assert!(docs_of(&hits).contains(&victim));
+    }
+    assert!(index.delete(&victim).unwrap());
+    assert!(!index.delete(&victim).unwrap());
+    assert!(!index.contains(&victim));
+    for hits in search_all(&index) {
+        assert!(!hits.is_empty());
+        assert!(!docs_of(&hits).contains(&victim));
+    }
+    let filter = Filter::new(vec![Condition::DocIds(vec![victim])]);
+    assert!(
+        index
+            .search(&request(
+                SearchMode::Hybrid,
+                "topic10",
+                Some(&v),
+                5,
+                Some(&filter)
+            ))
+            .unwrap()
+            .is_empty()
+    );
+    index.commit().unwrap();
+    drop(index);
+    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert!(!index.contains(&victim));
+    for hits in search_all(&index) {
+        assert!(!docs_of(&hits).contains(&victim));
+    }
+    let stats = index.stats();
+    assert_eq!(
+        (stats.docs, stats.live_chunks, stats.tombstoned_chunks),
+        (59, 177, 3)
+    );
+}
+
+#[test]
+fn re_adding_a_document_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 20, 31);
+    let mut rng = Rng::new(1);
+    let (doc, chunks) = make_doc(4, 2, &mut rng, |_, j| format!("zebra crossing {j}"));
+    index.add(doc, &chunks).unwrap();
+    // The old version is gone at once; the new one is searchable after the commit.
+    let old = index
+        .search(&request(SearchMode::Bm25, "topic4", None, 10, None))
+        .unwrap();
+    assert!(old.is_empty(), "{old:?}");
+    index.commit().unwrap();
+    let new = index
+        .search(&request(SearchMode::Bm25, "zebra", None, 10, None))
+        .unwrap();
+    assert_eq!(ids(&new).len(), 2);
+    assert!(new.iter().all(|h| h.chunk.doc_id == doc_id(4)));
+    let v = chunks[0].embedding.clone().unwrap();
+    let dense = index
+        .search(&request(SearchMode::Dense, "", Some(&v), 1, None))
+        .unwrap();
+    assert_eq!(dense[0].chunk.id(), chunks[0].id());
+    assert_eq!(dense[0].chunk.text, "zebra crossing 0");
+    let stats = index.stats();
+    assert_eq!(
+        (stats.docs, stats.live_chunks, stats.tombstoned_chunks),
+        (20, 59, 3)
+    );
+    assert_eq!(index.doc_ids().len(), 20);
+}
+
+#[test]
+fn additions_become_visible_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 5, 41);
+    let mut rng = Rng::new(2);
+    let (doc, chunks) = make_doc(100, 1, &mut rng, |_, _| "quokka".into());
+    index.add(doc, &chunks).unwrap();
+    assert!(index.contains(&doc_id(100)));
+    assert_eq!(index.stats().pending_chunks, 1);
+    let v = chunks[0].embedding.clone().unwrap();
+    let q = request(SearchMode::Hybrid, "quokka", Some(&v), 5, None);
+    assert!(!docs_of(&index.search(&q).unwrap()).contains(&doc_id(100)));
+    index.commit().unwrap();
+    assert_eq!(index.search(&q).unwrap()[0].chunk.doc_id, doc_id(100));
+    assert_eq!(index.stats().pending_chunks, 0);
+}
+
+#[test]
+fn commit_and_reopen_return_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 200, 51);
+    index.delete(&doc_id(3)).unwrap();
+    index.commit().unwrap();
+    let before = probe(&index, 5);
+    force_hnsw(&mut index);
+    let before_hnsw = probe(&index, 6);
+    let generation = index.stats().generation;
+    drop(index);
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert_eq!(index.stats().generation, generation);
+    assert_same(&before, &probe(&index, 5));
+    force_hnsw(&mut index);
+    assert_same(&before_hnsw, &probe(&index, 6));
+    // A commit with nothing to do changes nothing.
+    index.commit().unwrap();
+    assert_eq!(index.stats().generation, generation);
+}
+
+#[test]
+fn lost_hnsw_dump_or_tantivy_index_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, _) = build(dir.path(), 150, 61);
+    let before = probe(&index, 9);
+    drop(index);
+
+    let dumps: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("hnsw-"))
+        .collect();
+    assert_eq!(dumps.len(), 2, "one dump is two files");
+    std::fs::remove_file(dumps[0].path()).unwrap();
+    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert_same(&before, &probe(&index, 9));
+    assert_eq!(index.graph_points(), 450);
+    drop(index);
+
+    std::fs::remove_dir_all(dir.path().join("tantivy")).unwrap();
+    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert_same(&before, &probe(&index, 9));
+    drop(index);
+
+    // Garbage instead of a tantivy index.
+    std::fs::remove_dir_all(dir.path().join("tantivy")).unwrap();
+    std::fs::create_dir(dir.path().join("tantivy")).unwrap();
+    std::fs::write(dir.path().join("tantivy/meta.json"), b"{not json").unwrap();
+    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert_same(&before, &probe(&index, 9));
+}
+
+#[test]
+fn tantivy_ahead_of_the_manifest_is_rebuilt_to_the_manifest_state() {
+    // A crash between tantivy's commit and the manifest rename leaves tantivy one commit ahead.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 30, 71);
+    let before = probe(&index, 4);
+    let manifest = std::fs::read(dir.path().join("manifest.json")).unwrap();
+    let mut rng = Rng::new(5);
+    let (doc, chunks) = make_doc(500, 2, &mut rng, |_, _| "apple apple apple apple".into());
+    index.add(doc, &chunks).unwrap();
+    index.delete(&doc_id(0)).unwrap();
+    index.commit().unwrap();
+    drop(index);
+    std::fs::write(dir.path().join("manifest.json"), manifest).unwrap();
+    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert!(!index.contains(&doc_id(500)) && index.contains(&doc_id(0)));
+    assert_same(&before, &probe(&index, 4));
+}
+
+#[test]
+fn unreadable_manifest_starts_empty_and_moves_the_old_directory_aside() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("coll");
+    let (index, _) = build(&dir, 10, 81);
+    drop(index);
+    std::fs::write(dir.join("manifest.json"), b"{\"format_version\": 1, trunc").unwrap();
+    let mut index = CollectionIndex::open(&dir, params(DIM)).unwrap();
+    assert_eq!(index.stats().docs, 0);
+    assert!(root.path().join("coll.broken/manifest.json").exists());
+    let hits = index
+        .search(&request(SearchMode::Bm25, "apple", None, 5, None))
+        .unwrap();
+    assert!(hits.is_empty());
+    // It works normally afterwards.
+    let mut rng = Rng::new(1);
+    let (doc, chunks) = make_doc(1, 2, &mut rng, text);
+    index.add(doc, &chunks).unwrap();
+    index.commit().unwrap();
+    drop(index);
+    let index = CollectionIndex::open(&dir, params(DIM)).unwrap();
+    assert_eq!(index.stats().docs, 1);
+    drop(index);
+
+    // A missing segment is as bad as a broken manifest.
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("seg-") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let index = CollectionIndex::open(&dir, params(DIM)).unwrap();
+    assert_eq!(index.stats().docs, 0);
+}
+
+#[test]
+fn compaction_drops_tombstones_and_keeps_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 120, 91);
+    for i in (0..120).filter(|i| i % 3 == 1) {
+        index.delete(&doc_id(i)).unwrap();
+    }
+    // Replace one too.
+    let mut rng = Rng::new(3);
+    let (doc, chunks) = make_doc(2, 3, &mut rng, text);
+    index.add(doc, &chunks).unwrap();
+    index.commit().unwrap();
+    // And an uncommitted deletion (hidden at once): compaction commits it first.
+    index.delete(&doc_id(5)).unwrap();
+    let before = probe(&index, 13);
+    let stats = index.stats();
+    assert_eq!(stats.tombstoned_chunks, 41 * 3 + 3);
+    let compacted = index.compact().unwrap();
+    assert_eq!(compacted.removed_chunks, 126);
+    assert_eq!(compacted.live_chunks, 237);
+    let stats = index.stats();
+    assert_eq!(
+        (stats.tombstoned_chunks, stats.live_chunks, stats.docs),
+        (0, 237, 79)
+    );
+    assert_eq!(index.graph_points(), 237);
+    // BM25 scores move a little: tantivy's document frequencies and average length counted
+    // the deleted chunks until now. The rankings (and so the RRF scores) do not.
+    let after = probe(&index, 13);
+    assert_same_ranking(&before, &after, false);
+    drop(index);
+    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert_eq!(index.stats().tombstoned_chunks, 0);
+    assert_same(&after, &probe(&index, 13));
+    let segments = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .count();
+    assert_eq!(segments, 1);
+}
+
+#[test]
+fn format_affecting_parameters_are_checked_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, _) = build(dir.path(), 3, 1);
+    drop(index);
+    let err = CollectionIndex::open(dir.path(), params(DIM + 1)).unwrap_err();
+    assert!(
+        matches!(&err, IndexError::Conflict(m) if m.contains("dim")),
+        "{err}"
+    );
+    let err = CollectionIndex::open(
+        dir.path(),
+        IndexParams {
+            analyzer: Analyzer::Simple,
+            hnsw_m: 32,
+            ..params(DIM)
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, IndexError::Conflict(m) if m.contains("analyzer") && m.contains("hnsw_m")),
+        "{err}"
+    );
+    // ef_search is not format-affecting; the refused opens left the index intact.
+    let index = CollectionIndex::open(
+        dir.path(),
+        IndexParams {
+            ef_search: 200,
+            ..params(DIM)
+        },
+    )
+    .unwrap();
+    assert_eq!(index.stats().docs, 3);
+    // One CollectionIndex per directory.
+    let err = CollectionIndex::open(dir.path(), params(DIM)).unwrap_err();
+    assert!(matches!(err, IndexError::Conflict(_)), "{err}");
+}
+
+#[test]
+fn bad_requests_and_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 5, 2);
+    let v = vec![0.5; DIM];
+    for top_k in [0, 1001] {
+        let err = index
+            .search(&request(SearchMode::Dense, "", Some(&v), top_k, None))
+            .unwrap_err();
+        assert!(matches!(err, IndexError::InvalidInput(_)));
+    }
+    for mode in [SearchMode::Dense, SearchMode::Hybrid] {
+        let err = index
+            .search(&request(mode, "apple", None, 5, None))
+            .unwrap_err();
+        assert!(matches!(err, IndexError::InvalidInput(_)));
+    }
+    let short = vec![1.0; DIM - 1];
+    assert!(
+        index
+            .search(&request(SearchMode::Dense, "", Some(&short), 5, None))
+            .is_err()
+    );
+    assert!(
+        index
+            .search(&request(SearchMode::Bm25, "what?!", None, 5, None))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        index
+            .search(&request(SearchMode::Bm25, "", None, 5, None))
+            .unwrap()
+            .is_empty()
+    );
+    let hybrid = index
+        .search(&request(SearchMode::Hybrid, "?!", Some(&v), 5, None))
+        .unwrap();
+    assert_eq!(hybrid.len(), 5);
+    assert!(hybrid.iter().all(|h| h.bm25.is_none() && h.dense.is_some()));
+
+    let mut rng = Rng::new(4);
+    let (doc, mut chunks) = make_doc(50, 2, &mut rng, text);
+    chunks[1].embedding = Some(vec![1.0; DIM + 3]);
+    assert!(matches!(
+        index.add(doc.clone(), &chunks),
+        Err(IndexError::InvalidInput(_))
+    ));
+    chunks[1].embedding = None;
+    assert!(matches!(
+        index.add(doc.clone(), &chunks),
+        Err(IndexError::InvalidInput(_))
+    ));
+    chunks[1].embedding = Some(vec![0.0; DIM]);
+    assert!(matches!(
+        index.add(doc.clone(), &chunks),
+        Err(IndexError::InvalidInput(_))
+    ));
+    chunks[1].doc_id = doc_id(51);
+    assert!(matches!(
+        index.add(doc, &chunks),
+        Err(IndexError::InvalidInput(_))
+    ));
+    assert!(!index.contains(&doc_id(50)));
+    assert_eq!(index.stats().pending_chunks, 0);
+}
+
+#[test]
+fn hits_carry_chunk_and_document_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, all) = build(dir.path(), 10, 17);
+    let (doc, chunks) = &all[5];
+    let v = chunks[2].embedding.clone().unwrap();
+    let hits = index
+        .search(&request(SearchMode::Hybrid, "topic5", Some(&v), 3, None))
+        .unwrap();
+    let top = &hits[0];
+    assert_eq!(top.chunk.id(), chunks[2].id());
+    assert_eq!(top.chunk.embedding, None);
+    assert_eq!(top.chunk.text, chunks[2].text);
+    assert_eq!(top.chunk.heading, chunks[2].heading);
+    assert_eq!((top.chunk.page_start, top.chunk.span_end), (Some(3), 299));
+    assert_eq!(
+        (&top.source, &top.title, &top.metadata),
+        (&doc.source, &doc.title, &doc.metadata)
+    );
+    assert_eq!(top.dense.unwrap().0, 1);
+    assert!(top.bm25.is_some());
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    let weighted = index
+        .search(&SearchRequest {
+            fusion: Fusion::Weighted { dense_weight: 1.0 },
+            ..request(SearchMode::Hybrid, "topic5", Some(&v), 3, None)
+        })
+        .unwrap();
+    assert_eq!(weighted[0].chunk.id(), chunks[2].id());
+    assert!((weighted[0].score - 1.0).abs() < 1e-6);
+}
+
+/// Run in a child process by `kill_after_commit_keeps_exactly_the_committed_state`.
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os("HEARTH_INDEX_CRASH_DIR") else {
+        return;
+    };
+    let (mut index, _) = build(Path::new(&dir), 40, 101);
+    index.delete(&doc_id(7)).unwrap();
+    index.commit().unwrap();
+    // Uncommitted work, then an abrupt end: no destructors, no flush.
+    let mut rng = Rng::new(9);
+    let (doc, chunks) = make_doc(900, 3, &mut rng, |_, _| "uncommitted apple".into());
+    index.add(doc, &chunks).unwrap();
+    index.delete(&doc_id(8)).unwrap();
+    std::process::abort();
+}
+
+#[test]
+fn kill_after_commit_keeps_exactly_the_committed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "retrieval::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HEARTH_INDEX_CRASH_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must die abruptly");
+    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    let (expected, _) = {
+        let other = tempfile::tempdir().unwrap();
+        let (mut twin, _) = build(other.path(), 40, 101);
+        twin.delete(&doc_id(7)).unwrap();
+        twin.commit().unwrap();
+        (probe(&twin, 3), other)
+    };
+    assert!(!index.contains(&doc_id(7)));
+    assert!(index.contains(&doc_id(8)));
+    assert!(!index.contains(&doc_id(900)));
+    assert_eq!(index.stats().docs, 39);
+    assert_same(&expected, &probe(&index, 3));
+}

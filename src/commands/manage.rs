@@ -1,0 +1,78 @@
+//! `hearth delete` and `hearth compact`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use hearth_index::{CollectionName, DocId};
+
+use crate::config::AppConfig;
+
+#[derive(clap::Args)]
+pub struct DeleteArgs {
+    /// Collection the documents belong to.
+    #[arg(long, short)]
+    collection: String,
+    /// Document ids (64 hex characters, as `hearth docs` shows them).
+    #[arg(value_name = "DOC_ID")]
+    ids: Vec<String>,
+    /// Delete the documents ingested under this external name (file path) instead.
+    #[arg(long)]
+    source: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct CompactArgs {
+    /// Collection to compact.
+    #[arg(long, short)]
+    collection: String,
+}
+
+pub async fn delete(cfg: AppConfig, args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let c = CollectionName::new(&args.collection)?;
+    let mut ids = args
+        .ids
+        .iter()
+        .map(|s| s.parse::<DocId>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let service = super::service(&cfg)?;
+    if let Some(source) = &args.source {
+        let records = service.registry().list(&c).await?;
+        ids.extend(
+            records
+                .iter()
+                .filter(|r| &r.source == source)
+                .map(|r| r.doc_id),
+        );
+    }
+    if ids.is_empty() {
+        bail!("nothing to delete: give document ids or a --source that exists");
+    }
+    let col = service.open(&c).await?;
+    let mut missing = 0;
+    for id in &ids {
+        if service.delete_document(&col, id).await? {
+            println!("deleted {id}");
+        } else {
+            println!("not found: {id}");
+            missing += 1;
+        }
+    }
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn compact(cfg: AppConfig, args: CompactArgs) -> anyhow::Result<ExitCode> {
+    let c = CollectionName::new(&args.collection)?;
+    let service = super::service(&cfg)?;
+    let col = service.open(&c).await?;
+    let report = service.compact(&col).await?;
+    let stats = col.stats();
+    println!(
+        "compacted {c:?}: dropped {} deleted chunks, removed {} orphaned objects; {} documents, {} chunks",
+        report.chunks_dropped, report.orphans_removed, stats.docs, stats.live_chunks
+    );
+    Ok(ExitCode::SUCCESS)
+}

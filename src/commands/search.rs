@@ -1,0 +1,263 @@
+//! `hearth search`: ranked chunks for a question, with their document, page or heading, and
+//! score; `--json` for scripts.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use hearth_api::SearchQuery;
+use hearth_index::{CollectionName, Condition, DocId, Filter, Hit, MetaValue, SearchMode};
+use serde::Serialize;
+
+use crate::config::AppConfig;
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// What to look for, in your own words.
+    query: String,
+    /// Collection to search.
+    #[arg(long, short)]
+    collection: String,
+    /// dense (meaning), bm25 (words) or hybrid (both, fused).
+    #[arg(long, default_value = "hybrid")]
+    mode: String,
+    /// Keep only documents whose metadata matches: key=value, key=a|b|c (any of), key>=n,
+    /// key<=n, key>n, key<n, or doc=<document id>. Repeatable; all must hold.
+    #[arg(long = "filter", value_name = "CONDITION")]
+    filters: Vec<String>,
+    /// Number of chunks to return (1-1000).
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    query: &'a str,
+    collection: &'a str,
+    mode: &'a str,
+    embed_ms: f64,
+    search_ms: f64,
+    hits: Vec<HitOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct HitOut<'a> {
+    rank: usize,
+    score: f32,
+    doc_id: String,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    chunk_id: String,
+    ordinal: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_start: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_end: Option<u32>,
+    heading: &'a [String],
+    span: [u64; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dense_rank: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bm25_rank: Option<u32>,
+    metadata: &'a hearth_index::Metadata,
+    text: &'a str,
+}
+
+pub async fn run(cfg: AppConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let collection = CollectionName::new(&args.collection)?;
+    let mode: SearchMode = args.mode.parse().map_err(|_| {
+        anyhow::anyhow!("--mode must be dense, bm25 or hybrid, got {:?}", args.mode)
+    })?;
+    let filter = parse_filters(&args.filters)?;
+    let service = super::service(&cfg)?;
+    let col = service.open(&collection).await?;
+    let results = service
+        .search(
+            &col,
+            SearchQuery {
+                text: args.query.clone(),
+                mode,
+                top_k: args.top_k,
+                filter,
+                fusion: None,
+            },
+        )
+        .await
+        .context("searching")?;
+    if args.json {
+        let out = Output {
+            query: &args.query,
+            collection: collection.as_str(),
+            mode: &args.mode,
+            embed_ms: results.embed_ms,
+            search_ms: results.search_ms,
+            hits: results.hits.iter().enumerate().map(hit_out).collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if results.hits.is_empty() {
+        println!("no matching chunks in {collection:?}");
+    }
+    for (i, h) in results.hits.iter().enumerate() {
+        println!(
+            "{:>2}. {:.4}  {}{}",
+            i + 1,
+            h.score,
+            display_source(&h.source),
+            location(h)
+        );
+        println!("    {}", snippet(&h.chunk.text, 280));
+    }
+    println!(
+        "{} hits in {:.1} ms (query embedding {:.1} ms, index {:.1} ms)",
+        results.hits.len(),
+        results.embed_ms + results.search_ms,
+        results.embed_ms,
+        results.search_ms
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hit_out((i, h): (usize, &Hit)) -> HitOut<'_> {
+    HitOut {
+        rank: i + 1,
+        score: h.score,
+        doc_id: h.chunk.doc_id.to_hex(),
+        source: &h.source,
+        title: h.title.as_deref(),
+        chunk_id: h.chunk.id().to_string(),
+        ordinal: h.chunk.ordinal,
+        page_start: h.chunk.page_start,
+        page_end: h.chunk.page_end,
+        heading: &h.chunk.heading,
+        span: [h.chunk.span_start, h.chunk.span_end],
+        dense_rank: h.dense.map(|(r, _)| r),
+        bm25_rank: h.bm25.map(|(r, _)| r),
+        metadata: &h.metadata,
+        text: &h.chunk.text,
+    }
+}
+
+/// The file name of a source path (the full path is in `--json`).
+fn display_source(source: &str) -> &str {
+    source.rsplit(['/', '\\']).next().unwrap_or(source)
+}
+
+fn location(h: &Hit) -> String {
+    match (h.chunk.page_start, h.chunk.page_end) {
+        (Some(a), Some(b)) if a != b => return format!("  p. {a}-{b}"),
+        (Some(a), _) => return format!("  p. {a}"),
+        _ => {}
+    }
+    if h.chunk.heading.is_empty() {
+        String::new()
+    } else {
+        format!("  § {}", h.chunk.heading.join(" › "))
+    }
+}
+
+fn snippet(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().take(max_chars).collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses `--filter` conditions (see [`SearchArgs::filters`]).
+pub fn parse_filters(raw: &[String]) -> anyhow::Result<Option<Filter>> {
+    let mut conditions = Vec::new();
+    for f in raw {
+        conditions.push(parse_condition(f).with_context(|| format!("--filter {f:?}"))?);
+    }
+    Ok((!conditions.is_empty()).then_some(Filter { conditions }))
+}
+
+fn parse_condition(f: &str) -> anyhow::Result<Condition> {
+    for op in [">=", "<=", ">", "<"] {
+        if let Some((key, value)) = f.split_once(op) {
+            let key = key.trim().to_owned();
+            let n: f64 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n: &f64| n.is_finite())
+                .with_context(|| format!("{value:?} is not a number"))?;
+            let (mut gt, mut gte, mut lt, mut lte) = (None, None, None, None);
+            match op {
+                ">=" => gte = Some(n),
+                "<=" => lte = Some(n),
+                ">" => gt = Some(n),
+                _ => lt = Some(n),
+            }
+            return Ok(Condition::Range {
+                key,
+                gt,
+                gte,
+                lt,
+                lte,
+            });
+        }
+    }
+    let Some((key, value)) = f.split_once('=') else {
+        bail!("expected key=value, key=a|b, key>=n, key<=n, key>n or key<n");
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        bail!("the key is empty");
+    }
+    let values: Vec<&str> = value.split('|').collect();
+    if key == "doc" || key == "doc_id" {
+        let ids = values
+            .iter()
+            .map(|v| v.trim().parse::<DocId>())
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Condition::DocIds(ids));
+    }
+    let parse = |v: &str| match v.parse::<f64>() {
+        Ok(n) if n.is_finite() => MetaValue::Number(n),
+        _ => MetaValue::Text(v.to_owned()),
+    };
+    Ok(if values.len() == 1 {
+        Condition::Eq {
+            key: key.to_owned(),
+            value: parse(value),
+        }
+    } else {
+        Condition::In {
+            key: key.to_owned(),
+            values: values.into_iter().map(parse).collect(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_syntax() {
+        let f = parse_filters(&["team=ops".into(), "year>=2020".into(), "lang=en|de".into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            f.conditions[0],
+            Condition::Eq {
+                key: "team".into(),
+                value: MetaValue::Text("ops".into())
+            }
+        );
+        assert!(
+            matches!(&f.conditions[1], Condition::Range { key, gte: Some(n), .. } if key == "year" && *n == 2020.0)
+        );
+        assert!(matches!(&f.conditions[2], Condition::In { values, .. } if values.len() == 2));
+        assert!(parse_filters(&["year>=soon".into()]).is_err());
+        assert!(parse_filters(&["nokey".into()]).is_err());
+        assert!(parse_filters(&["doc=xyz".into()]).is_err());
+        assert!(parse_filters(&[]).unwrap().is_none());
+    }
+}

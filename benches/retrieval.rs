@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use hearth_engine::{Embedder, EngineConfig, Priority};
 use hearth_index::{
-    Analyzer, Chunk, CollectionIndex, Condition, DocId, Filter, Fusion, IndexParams, IndexedDoc,
-    MetaValue, Metadata, SearchMode, SearchRequest,
+    Analyzer, Chunk, CollectionIndex, Condition, DocId, Filter, IndexConfig, IndexParams,
+    IndexedDoc, MetaValue, Metadata, SearchMode, SearchRequest,
 };
 use serde_json::json;
 
@@ -139,6 +139,7 @@ fn main() {
         ("10% (team)", Some(eq("team", MetaValue::Text("t3".into())))),
         ("1% (shard)", Some(eq("shard", MetaValue::Number(7.0)))),
     ];
+    let fusion = IndexConfig::default().fusion();
     let mut rows = Vec::new();
     println!(
         "{:<8} {:<11} {:>9} {:>9} {:>11} {:>11} {:>7}",
@@ -168,7 +169,7 @@ fn main() {
                             mode,
                             top_k: 10,
                             filter: filter.as_ref(),
-                            fusion: Fusion::Rrf { k: 60.0 },
+                            fusion,
                         })
                         .unwrap();
                     let t2 = Instant::now();

@@ -10,7 +10,8 @@ use crate::error::{EngineError, Result};
 const MAX_BATCH_SIZE: usize = 1024;
 const MAX_BATCH_WAIT_MS: u64 = 1000;
 
-pub(crate) const FETCH_HINT: &str = "run scripts/fetch-models.sh, or point [engine] at your own files";
+pub(crate) const FETCH_HINT: &str =
+    "run scripts/fetch-models.sh, or point [engine] at your own files";
 
 /// Which models the engine loads and where they are.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -98,8 +98,14 @@ mod tests {
     fn parses_device_names() {
         assert_eq!(DeviceRequest::parse("auto").unwrap(), DeviceRequest::Auto);
         assert_eq!(DeviceRequest::parse(" CPU ").unwrap(), DeviceRequest::Cpu);
-        assert_eq!(DeviceRequest::parse("cuda").unwrap(), DeviceRequest::Cuda(0));
-        assert_eq!(DeviceRequest::parse("cuda:3").unwrap(), DeviceRequest::Cuda(3));
+        assert_eq!(
+            DeviceRequest::parse("cuda").unwrap(),
+            DeviceRequest::Cuda(0)
+        );
+        assert_eq!(
+            DeviceRequest::parse("cuda:3").unwrap(),
+            DeviceRequest::Cuda(3)
+        );
         for bad in ["", "gpu", "cuda:", "cuda:x", "cuda:-1", "metal"] {
             let err = DeviceRequest::parse(bad).unwrap_err().to_string();
             assert!(err.contains("engine.device"), "{bad:?}: {err}");

@@ -1,8 +1,10 @@
 //! Fusing the dense and BM25 rankings.
 //!
-//! - [`Fusion::Rrf`] (reciprocal rank fusion, the default): `score = Σ 1 / (k + rank)` over the
-//!   lists a chunk appears in, ranks from 1. Needs no score calibration, which dense cosines and
-//!   BM25 scores do not share.
+//! - [`Fusion::Rrf`] (reciprocal rank fusion, the default):
+//!   `score = 2 · (w / (k + rank_dense) + (1 − w) / (k + rank_bm25))` over the lists a chunk
+//!   appears in, ranks from 1; `w = 0.5` is classic RRF (`Σ 1 / (k + rank)`). Needs no score
+//!   calibration, which dense cosines and BM25 scores do not share; `w` lets the stronger
+//!   ranker lead.
 //! - [`Fusion::Weighted`]: each list's scores are min-max normalised to `[0, 1]` (a list whose
 //!   scores are all equal normalises to 1), then
 //!   `score = w · dense + (1 − w) · bm25`; a list a chunk is missing from contributes 0.
@@ -67,10 +69,13 @@ impl FromStr for SearchMode {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fusion {
-    /// Reciprocal rank fusion with constant `k` (default 60).
+    /// Reciprocal rank fusion with constant `k` (default 60), the lists weighted `w` (dense)
+    /// and `1 − w` (BM25).
     Rrf {
         /// The rank offset; larger values flatten the head of each list. Finite, ≥ 0.
         k: f32,
+        /// Weight of the dense list, in `[0, 1]`; 0.5 weighs both lists alike.
+        dense_weight: f32,
     },
     /// Weighted sum of min-max normalised scores.
     Weighted {
@@ -81,7 +86,10 @@ pub enum Fusion {
 
 impl Default for Fusion {
     fn default() -> Self {
-        Fusion::Rrf { k: 60.0 }
+        Fusion::Rrf {
+            k: 60.0,
+            dense_weight: 0.5,
+        }
     }
 }
 
@@ -89,10 +97,12 @@ impl Fusion {
     /// Checks the parameter ranges.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Fusion::Rrf { k } if !(k.is_finite() && k >= 0.0) => Err(IndexError::InvalidInput(
+            Fusion::Rrf { k, .. } if !(k.is_finite() && k >= 0.0) => Err(IndexError::InvalidInput(
                 format!("rrf k must be finite and >= 0, got {k}"),
             )),
-            Fusion::Weighted { dense_weight } if !(0.0..=1.0).contains(&dense_weight) => {
+            Fusion::Rrf { dense_weight, .. } | Fusion::Weighted { dense_weight }
+                if !(0.0..=1.0).contains(&dense_weight) =>
+            {
                 Err(IndexError::InvalidInput(format!(
                     "dense_weight must be between 0 and 1, got {dense_weight}"
                 )))
@@ -133,11 +143,11 @@ pub(crate) fn fuse(dense: &[(u32, f32)], bm25: &[(u32, f32)], fusion: Fusion) ->
     let mut out: Vec<Fused> = by_id.into_values().collect();
     for f in &mut out {
         f.score = match fusion {
-            Fusion::Rrf { k } => {
+            Fusion::Rrf { k, dense_weight } => {
                 let rrf = |entry: Option<(u32, f32)>| {
                     entry.map_or(0.0, |(rank, _)| 1.0 / (k + rank as f32))
                 };
-                rrf(f.dense) + rrf(f.bm25)
+                2.0 * (dense_weight * rrf(f.dense) + (1.0 - dense_weight) * rrf(f.bm25))
             }
             Fusion::Weighted { dense_weight } => {
                 let norm = |entry: Option<(u32, f32)>, (lo, hi): (f32, f32)| {
@@ -182,7 +192,11 @@ mod tests {
     fn rrf_sums_reciprocal_ranks() {
         let dense = [(1, 0.9), (2, 0.8), (3, 0.7)];
         let bm25 = [(3, 12.0), (4, 3.0)];
-        let fused = fuse(&dense, &bm25, Fusion::Rrf { k: 60.0 });
+        let classic = Fusion::Rrf {
+            k: 60.0,
+            dense_weight: 0.5,
+        };
+        let fused = fuse(&dense, &bm25, classic);
         assert_eq!(fused.len(), 4);
         let f3 = by_id(&fused, 3);
         assert!((f3.score - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-7);
@@ -193,8 +207,28 @@ mod tests {
         assert_eq!(by_id(&fused, 4).dense, None);
         // Being in both lists beats topping one.
         assert!(f3.score > by_id(&fused, 1).score);
-        let k0 = fuse(&dense, &[], Fusion::Rrf { k: 0.0 });
+        let k0 = fuse(
+            &dense,
+            &[],
+            Fusion::Rrf {
+                k: 0.0,
+                dense_weight: 0.5,
+            },
+        );
         assert!((by_id(&k0, 2).score - 0.5).abs() < 1e-7);
+        // Weighting the dense list: equal ranks no longer tie.
+        let leaning = fuse(
+            &dense,
+            &bm25,
+            Fusion::Rrf {
+                k: 60.0,
+                dense_weight: 0.9,
+            },
+        );
+        assert!((by_id(&leaning, 1).score - 1.8 / 61.0).abs() < 1e-7);
+        assert!((by_id(&fused, 2).score - by_id(&fused, 4).score).abs() < 1e-9);
+        assert!((by_id(&leaning, 4).score - 0.2 / 62.0).abs() < 1e-7);
+        assert!(by_id(&leaning, 2).score > by_id(&leaning, 4).score);
     }
 
     #[test]
@@ -223,7 +257,22 @@ mod tests {
             SearchMode::Dense
         );
         assert!("BM25".parse::<SearchMode>().is_err());
-        assert!(Fusion::Rrf { k: -1.0 }.validate().is_err());
+        assert!(
+            Fusion::Rrf {
+                k: -1.0,
+                dense_weight: 0.5
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Fusion::Rrf {
+                k: 60.0,
+                dense_weight: -0.1
+            }
+            .validate()
+            .is_err()
+        );
         assert!(Fusion::Weighted { dense_weight: 1.5 }.validate().is_err());
         assert!(Fusion::default().validate().is_ok());
         let f: Fusion =

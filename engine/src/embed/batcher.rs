@@ -121,7 +121,12 @@ impl Queue {
 
     /// Queues `texts` (non-empty). Fails with `Overloaded` when the class's queue is full and
     /// with `InvalidInput` when one request holds more texts than the queue can.
-    pub(crate) fn submit(&self, texts: Vec<String>, priority: Priority, reply: Reply) -> Result<()> {
+    pub(crate) fn submit(
+        &self,
+        texts: Vec<String>,
+        priority: Priority,
+        reply: Reply,
+    ) -> Result<()> {
         let n = texts.len();
         let cap = self.params.capacity;
         if n > cap {
@@ -132,7 +137,9 @@ impl Queue {
         }
         let mut s = self.lock();
         if s.closed {
-            return Err(EngineError::Internal("the embedder has shut down".to_owned()));
+            return Err(EngineError::Internal(
+                "the embedder has shut down".to_owned(),
+            ));
         }
         let queued = &mut s.queued[priority as usize];
         if *queued + n > cap {
@@ -492,7 +499,11 @@ mod tests {
             }
         }
 
-        fn submit(&self, texts: &[&str], p: Priority) -> Result<mpsc::Receiver<Result<Embeddings>>> {
+        fn submit(
+            &self,
+            texts: &[&str],
+            p: Priority,
+        ) -> Result<mpsc::Receiver<Result<Embeddings>>> {
             let (tx, rx) = mpsc::sync_channel(1);
             let texts = texts.iter().map(|t| (*t).to_owned()).collect();
             self.queue.submit(texts, p, Reply::Blocking(tx))?;
@@ -522,7 +533,12 @@ mod tests {
         let h = Harness::start(3, 0, 100, 0);
         let texts = numbers(1..11);
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let e = h.submit(&refs, Priority::Bulk).unwrap().recv().unwrap().unwrap();
+        let e = h
+            .submit(&refs, Priority::Bulk)
+            .unwrap()
+            .recv()
+            .unwrap()
+            .unwrap();
         assert_eq!(e.len(), 10);
         for (i, row) in e.iter().enumerate() {
             let n = (i + 1) as f32;
@@ -537,8 +553,13 @@ mod tests {
         let h = Harness::start(8, 200, 100, 0);
         let a = h.submit(&["1", "2"], Priority::Bulk).unwrap();
         let b = h.submit(&["3"], Priority::Bulk).unwrap();
-        let c = h.submit(&["4", "5", "6", "7", "8"], Priority::Bulk).unwrap();
-        assert_eq!(a.recv().unwrap().unwrap().into_vec(), vec![1., -1., 2., -2.]);
+        let c = h
+            .submit(&["4", "5", "6", "7", "8"], Priority::Bulk)
+            .unwrap();
+        assert_eq!(
+            a.recv().unwrap().unwrap().into_vec(),
+            vec![1., -1., 2., -2.]
+        );
         assert_eq!(b.recv().unwrap().unwrap().into_vec(), vec![3., -3.]);
         assert_eq!(c.recv().unwrap().unwrap().len(), 5);
         // Eight texts filled the batch: it ran at once, as one.
@@ -551,7 +572,10 @@ mod tests {
         // A tokenizer-style failure fails only its own request.
         let a = h.submit(&["1", "bad", "2"], Priority::Bulk).unwrap();
         let b = h.submit(&["3"], Priority::Bulk).unwrap();
-        assert!(matches!(a.recv().unwrap(), Err(EngineError::InvalidInput(_))));
+        assert!(matches!(
+            a.recv().unwrap(),
+            Err(EngineError::InvalidInput(_))
+        ));
         assert_eq!(b.recv().unwrap().unwrap().into_vec(), vec![3., -3.]);
         // A panic fails the batch it was in, nothing else.
         let p = h.submit(&["panic"], Priority::Query).unwrap();

@@ -3,18 +3,30 @@
 //! Only what sentence embedding needs: no pooler, no token-type input beyond segment 0, no
 //! dropout. Weights are rearranged once at load time so the forward pass does as little as
 //! possible: Q, K and V are fused into one matrix (one matmul per layer instead of three), the
-//! attention scale `1/sqrt(head_dim)` is folded into the query weights, and the segment-0
-//! token-type embedding is folded into the position table.
+//! attention scale `1/sqrt(head_dim)` is folded into the query weights, the segment-0
+//! token-type embedding is folded into the position table, and weight matrices are stored
+//! `(in, out)` so every linear layer is one plain matmul over `(tokens, hidden)` activations.
+//!
+//! Two layouts of a batch ([`SeqLayout`]), chosen by device:
+//! - CPU: sequences **packed** back to back with no padding at all; the linear layers run
+//!   over all tokens at once and attention runs per sequence (batched over heads), sequences
+//!   in parallel on the rayon pool. Element-wise work goes through the fused in-place kernels
+//!   of `kernels.rs`.
+//! - Other devices: sequences **padded** to the longest of the sub-batch, one batched
+//!   attention with an additive mask, generic candle ops (few, large kernels suit a GPU).
+//!
+//! Both give the same vectors (a unit test checks it on a tiny random model).
 
 use std::path::Path;
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::{layer_norm, softmax_last_dim};
 use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::kernels;
+use super::pooling::{mean_pool_normalize, pooling_weights};
 use crate::config::FETCH_HINT;
 use crate::error::{EngineError, Result};
 
@@ -83,7 +95,7 @@ impl BertConfig {
                 return Err(format!("{name} must not be 0"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -230,7 +242,11 @@ impl Weights<'_> {
     fn linear(&self, name: &str, input: usize, output: usize) -> Result<Linear> {
         let w = self.get(&format!("{name}.weight"), &[output, input])?;
         let b = self.get(&format!("{name}.bias"), &[output])?;
-        model_op(w.t().and_then(|t| t.contiguous()).and_then(|w| Linear::new(w, b)))
+        model_op(
+            w.t()
+                .and_then(|t| t.contiguous())
+                .and_then(|w| Linear::new(w, b)),
+        )
     }
 }
 
@@ -326,11 +342,7 @@ impl Bert {
                     h,
                     cfg.layer_norm_eps,
                 )?,
-                up: w.linear(
-                    &format!("{p}.intermediate.dense"),
-                    h,
-                    cfg.intermediate_size,
-                )?,
+                up: w.linear(&format!("{p}.intermediate.dense"), h, cfg.intermediate_size)?,
                 down: w.linear(&format!("{p}.output.dense"), cfg.intermediate_size, h)?,
                 ffn_norm: w.norm(&format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?,
             });
@@ -378,7 +390,10 @@ impl Bert {
                 .collect();
             (lens.iter().sum(), starts)
         } else {
-            (seqs.len() * longest, (0..seqs.len()).map(|b| b * longest).collect())
+            (
+                seqs.len() * longest,
+                (0..seqs.len()).map(|b| b * longest).collect(),
+            )
         };
         // Padding ids are 0 ([PAD] in BERT vocabularies); they never reach a real token.
         let mut ids = vec![0u32; tokens];
@@ -589,84 +604,9 @@ impl Bert {
 /// The value added to attention scores at padded positions: exp() of it is exactly 0.
 pub(crate) const MASKED: f32 = f32::MIN;
 
-/// Mean of each sequence's token vectors, then L2-normalised: what sentence-transformers'
-/// `Pooling(mean)` + `Normalize` compute.
-///
-/// - `hidden`: `(tokens, dim)`.
-/// - `weights`: `(batch, tokens)`, row `b` holding `1 / len_b` at the real tokens of sequence
-///   `b` and 0 elsewhere (see [`pooling_weights`]).
-///
-/// Returns `(batch, dim)`. As in sentence-transformers the norm is clamped to 1e-12, so an
-/// all-zero row comes out as zeros, not NaN.
-pub(crate) fn mean_pool_normalize(hidden: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
-    let mean = weights.matmul(hidden)?;
-    let norm = mean
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12f32, f32::MAX)?;
-    mean.broadcast_div(&norm)
-}
-
-/// The `(batch, tokens)` weights for [`mean_pool_normalize`], flat: sequence `b` has `lens[b]`
-/// real tokens starting at token `starts[b]`. A zero length gives an all-zero row.
-pub(crate) fn pooling_weights(lens: &[usize], starts: &[usize], tokens: usize) -> Vec<f32> {
-    let mut w = vec![0f32; lens.len() * tokens];
-    for (b, (&len, &start)) in lens.iter().zip(starts).enumerate() {
-        if len > 0 {
-            w[b * tokens + start..b * tokens + start + len].fill(1.0 / len as f32);
-        }
-    }
-    w
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn close(a: &[f32], b: &[f32]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
-    }
-
-    fn pool(hidden: Vec<f32>, dim: usize, lens: &[usize], starts: &[usize]) -> Vec<Vec<f32>> {
-        let dev = Device::Cpu;
-        let tokens = hidden.len() / dim;
-        let hidden = Tensor::from_vec(hidden, (tokens, dim), &dev).unwrap();
-        let w = pooling_weights(lens, starts, tokens);
-        let w = Tensor::from_vec(w, (lens.len(), tokens), &dev).unwrap();
-        mean_pool_normalize(&hidden, &w).unwrap().to_vec2().unwrap()
-    }
-
-    #[test]
-    fn mean_pooling_ignores_padding_and_normalises() {
-        // Two sequences padded to 3 tokens of dim 2; the second has one padded position
-        // holding junk.
-        let hidden = vec![
-            1.0f32, 0.0, 3.0, 0.0, 5.0, 0.0, //
-            0.0, 2.0, 0.0, 4.0, 100.0, 100.0,
-        ];
-        let out = pool(hidden, 2, &[3, 2], &[0, 3]);
-        // Means (3, 0) and (0, 3), normalised to unit length.
-        assert!(close(&out[0], &[1.0, 0.0]), "{out:?}");
-        assert!(close(&out[1], &[0.0, 1.0]), "{out:?}");
-    }
-
-    #[test]
-    fn mean_pooling_of_packed_sequences_matches_hand_computation() {
-        // Sequences of 2 and 1 tokens back to back.
-        let out = pool(vec![1.0f32, 2.0, 3.0, 4.0, -7.0, 9.0], 2, &[2, 1], &[0, 2]);
-        let (mx, my) = (2.0f32, 3.0f32);
-        let n = (mx * mx + my * my).sqrt();
-        assert!(close(&out[0], &[mx / n, my / n]), "{out:?}");
-        let n = (49.0f32 + 81.0).sqrt();
-        assert!(close(&out[1], &[-7.0 / n, 9.0 / n]), "{out:?}");
-    }
-
-    #[test]
-    fn empty_or_zero_rows_give_zeros_not_nan() {
-        let out = pool(vec![0.0f32, 0.0, 5.0, 5.0], 2, &[1, 0], &[0, 1]);
-        assert_eq!(out, vec![vec![0.0, 0.0], vec![0.0, 0.0]]);
-    }
 
     fn tiny_config() -> BertConfig {
         BertConfig {
@@ -751,7 +691,10 @@ mod tests {
         for fused in [true, false] {
             bert.fused = fused;
             for packed in [true, false] {
-                variants.push(((fused, packed), rows(bert.embed(&[a, b, c], packed).unwrap())));
+                variants.push((
+                    (fused, packed),
+                    rows(bert.embed(&[a, b, c], packed).unwrap()),
+                ));
             }
         }
         for (which, together) in &variants {

@@ -38,7 +38,7 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
 }
 
 fn rows_of(len: usize, width: usize, name: &str) -> candle_core::Result<()> {
-    if width == 0 || len % width != 0 {
+    if width == 0 || !len.is_multiple_of(width) {
         candle_core::bail!("{name}: {len} elements are not rows of {width}");
     }
     Ok(())
@@ -115,18 +115,14 @@ impl InplaceOp2 for BiasResidualNorm<'_> {
         x.par_chunks_mut(h)
             .zip(residual.par_chunks(h))
             .for_each(|(row, res)| {
-                let mut sum = 0.0f32;
                 for ((v, r), b) in row.iter_mut().zip(res).zip(self.bias) {
                     *v += r + b;
-                    sum += *v;
                 }
-                let mean = sum * inv_h;
-                let mut var = 0.0f32;
+                let mean = sum(row) * inv_h;
                 for v in row.iter_mut() {
                     *v -= mean;
-                    var += *v * *v;
                 }
-                let inv_std = 1.0 / (var * inv_h + self.eps).sqrt();
+                let inv_std = 1.0 / (sum_sq(row) * inv_h + self.eps).sqrt();
                 for ((v, g), b) in row.iter_mut().zip(self.gamma).zip(self.beta) {
                     *v = *v * inv_std * g + b;
                 }
@@ -148,13 +144,11 @@ impl InplaceOp1 for Softmax {
         let x = slice_mut(s, l)?;
         rows_of(x.len(), width, self.name())?;
         x.par_chunks_mut(width).for_each(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
+            let max = max(row);
             for v in row.iter_mut() {
                 *v = exp(*v - max);
-                sum += *v;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sum(row);
             for v in row.iter_mut() {
                 *v *= inv;
             }
@@ -198,8 +192,53 @@ pub(crate) fn softmax_(x: &Tensor) -> candle_core::Result<()> {
     x.inplace_op1(&Softmax)
 }
 
-/// 1.5 × 2²³: adding and subtracting it rounds an f32 of magnitude < 2²² to the nearest
-/// integer without a call to `round` (which would stop vectorisation on baseline x86-64).
+/// Lanes of the reductions below: independent accumulators let them vectorise (a single
+/// float accumulator must add in order).
+const LANES: usize = 8;
+
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn sum_sq(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
+}
+
+/// 1.5 × 2²³. For |v| < 2²², `v + ROUNDING` rounds `v` to the nearest integer `n` and holds
+/// it in the low mantissa bits (its bit pattern is `0x4B40_0000 + n`): rounding without a
+/// call to `round` and a float-to-int conversion without saturation checks, both of which
+/// would stop vectorisation on baseline x86-64.
 const ROUNDING: f32 = 12_582_912.0;
 
 /// `e^x`, relative error about 2e-7 on the normal range; inputs are clamped to
@@ -208,7 +247,8 @@ const ROUNDING: f32 = 12_582_912.0;
 pub(crate) fn exp(x: f32) -> f32 {
     // Cephes expf: e^x = 2^n · e^r with r = x - n·ln2, |r| ≤ ln2/2.
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * std::f32::consts::LOG2_E + ROUNDING) - ROUNDING;
+    let z = x * std::f32::consts::LOG2_E + ROUNDING;
+    let n = z - ROUNDING;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -217,8 +257,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    // n is in [-126, 128): 2^n is built directly from its exponent bits.
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from its exponent bits: n + 127 lands in [1, 255], and the shift drops the
+    // constant high bits of z's pattern.
+    y * f32::from_bits(z.to_bits().wrapping_add(127) << 23)
 }
 
 /// `erf(x)`, absolute error below 2e-7 (Abramowitz & Stegun 7.1.26).
@@ -245,9 +286,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reductions_match_sequential_ones() {
+        for n in [0usize, 1, 7, 8, 9, 31, 384] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
+                .collect();
+            let want_sum: f32 = xs.iter().sum();
+            let want_sq: f32 = xs.iter().map(|v| v * v).sum();
+            let want_max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert!((sum(&xs) - want_sum).abs() < 1e-4, "{n}");
+            assert!((sum_sq(&xs) - want_sq).abs() < 1e-3, "{n}");
+            assert_eq!(max(&xs), want_max, "{n}");
+        }
+    }
+
+    #[test]
     fn exp_is_accurate() {
         let mut worst = 0.0f64;
-        for i in -8000..=8000 {
+        for i in -8700..=8800 {
             let x = i as f32 / 100.0;
             let want = (x as f64).exp();
             let rel = ((exp(x) as f64 - want) / want).abs();
@@ -271,7 +327,11 @@ mod tests {
             (-1.0, -0.842_700_8),
         ];
         for (x, want) in known {
-            assert!((erf(x) - want).abs() < 2e-7, "erf({x}) = {} not {want}", erf(x));
+            assert!(
+                (erf(x) - want).abs() < 2e-7,
+                "erf({x}) = {} not {want}",
+                erf(x)
+            );
         }
         assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
         assert!((gelu(-1.0) + 0.158_655_3).abs() < 1e-6);

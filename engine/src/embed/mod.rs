@@ -11,6 +11,7 @@ mod batcher;
 mod bert;
 mod encoder;
 mod kernels;
+mod pooling;
 
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -49,7 +50,7 @@ pub struct Embeddings {
 impl Embeddings {
     /// `data` holds whole rows of `dim` (> 0) values.
     pub(crate) fn new(dim: usize, data: Vec<f32>) -> Self {
-        debug_assert!(dim > 0 && data.len() % dim == 0);
+        debug_assert!(dim > 0 && data.len().is_multiple_of(dim));
         Self { dim, data }
     }
 
@@ -201,9 +202,7 @@ impl Embedder {
             return Ok(Embeddings::new(self.dim(), Vec::new()));
         }
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .queue
-            .submit(texts, priority, Reply::Async(tx))?;
+        self.inner.queue.submit(texts, priority, Reply::Async(tx))?;
         rx.await.map_err(|_| worker_gone())?
     }
 

@@ -85,7 +85,11 @@ fn check_against_reference(label: &str, rows: &[Vec<f32>]) -> f32 {
         assert_eq!(row.len(), r.dim);
         let c = cosine(row, &item.embedding);
         let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4, "{label}: norm {norm} for {:?}", item.text);
+        assert!(
+            (norm - 1.0).abs() < 1e-4,
+            "{label}: norm {norm} for {:?}",
+            item.text
+        );
         assert!(c >= 0.9999, "{label}: cosine {c} for {:?}", item.text);
         min = min.min(c);
     }
@@ -132,14 +136,22 @@ fn tokenizer_matches_reference_ids_and_truncates_long_text() {
     let mut checked = 0;
     for item in &r.items {
         let ids = tok.encode_ids(&item.text, r.max_seq_length).unwrap();
-        assert_eq!(ids.len(), item.tokens.min(r.max_seq_length), "{:?}", item.text);
+        assert_eq!(
+            ids.len(),
+            item.tokens.min(r.max_seq_length),
+            "{:?}",
+            item.text
+        );
         assert_eq!((ids[0], ids[ids.len() - 1]), (101, 102), "[CLS] … [SEP]");
         if let Some(want) = &item.input_ids {
             assert_eq!(&ids, want, "{:?}", item.text);
             checked += 1;
         }
     }
-    assert!(checked >= 2, "the reference carries input_ids for a few items");
+    assert!(
+        checked >= 2,
+        "the reference carries input_ids for a few items"
+    );
     let long = r.items.iter().find(|i| i.tokens > r.max_seq_length);
     let long = long.expect("the reference has a text longer than max_seq_length");
     assert_eq!(tok.encode_ids(&long.text, 256).unwrap().len(), 256);
@@ -152,9 +164,16 @@ fn tokenizer_matches_reference_ids_and_truncates_long_text() {
 #[test]
 fn text_past_the_token_limit_is_ignored() {
     let r = reference();
-    let long = r.items.iter().find(|i| i.tokens > r.max_seq_length).unwrap();
+    let long = r
+        .items
+        .iter()
+        .find(|i| i.tokens > r.max_seq_length)
+        .unwrap();
     let e = load(&config());
-    let longer = format!("{} And then a great deal more that the model never sees.", long.text);
+    let longer = format!(
+        "{} And then a great deal more that the model never sees.",
+        long.text
+    );
     let out = e
         .embed_blocking(vec![long.text.clone(), longer], Priority::Bulk)
         .unwrap();
@@ -212,7 +231,10 @@ fn concurrent_callers_with_mixed_priorities_get_their_own_rows() {
                     assert_eq!(out.len(), k);
                     for (row, &i) in out.iter().zip(&idx) {
                         let c = cosine(row, &r.items[i].embedding);
-                        assert!(c >= 0.9999, "thread {t} call {call}: cosine {c} for item {i}");
+                        assert!(
+                            c >= 0.9999,
+                            "thread {t} call {call}: cosine {c} for item {i}"
+                        );
                     }
                 }
             })
@@ -232,7 +254,11 @@ fn a_query_completes_before_a_bulk_backlog() {
     let e = load(&cfg);
     let r = reference();
     // ~85-token passages: 96 of them are 12 batches of 8.
-    let passage = r.items.iter().find(|i| (64..=128).contains(&i.tokens)).unwrap();
+    let passage = r
+        .items
+        .iter()
+        .find(|i| (64..=128).contains(&i.tokens))
+        .unwrap();
     let backlog: Vec<String> = (0..96).map(|i| format!("{i} {}", passage.text)).collect();
     let bulk_done = Arc::new(AtomicBool::new(false));
     let bulk = {
@@ -272,7 +298,9 @@ fn full_queue_is_overloaded_and_handles_share_one_worker() {
     let e = load(&cfg);
     let waiting = {
         let e = e.clone();
-        std::thread::spawn(move || e.embed_blocking(vec!["a".into(), "b".into(), "c".into()], Priority::Bulk))
+        std::thread::spawn(move || {
+            e.embed_blocking(vec!["a".into(), "b".into(), "c".into()], Priority::Bulk)
+        })
     };
     std::thread::sleep(Duration::from_millis(100));
     // The worker is still waiting to fill its batch: three of four bulk slots are taken.
@@ -280,13 +308,21 @@ fn full_queue_is_overloaded_and_handles_share_one_worker() {
         .embed_blocking(vec!["d".into(), "e".into()], Priority::Bulk)
         .unwrap_err();
     assert!(matches!(err, EngineError::Overloaded(_)), "{err}");
-    let err = e.embed_blocking(vec!["x".into(); 5], Priority::Query).unwrap_err();
+    let err = e
+        .embed_blocking(vec!["x".into(); 5], Priority::Query)
+        .unwrap_err();
     assert!(matches!(err, EngineError::InvalidInput(_)), "{err}");
     assert_eq!(waiting.join().unwrap().unwrap().len(), 3);
     // Dropping a clone leaves the worker running; dropping the last handle joins it.
     let other = e.clone();
     drop(e);
-    assert_eq!(other.embed_blocking(vec!["f".into()], Priority::Query).unwrap().len(), 1);
+    assert_eq!(
+        other
+            .embed_blocking(vec!["f".into()], Priority::Query)
+            .unwrap()
+            .len(),
+        1
+    );
     drop(other);
 }
 

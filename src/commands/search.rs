@@ -21,7 +21,7 @@ pub struct SearchArgs {
     #[arg(long, default_value = "hybrid")]
     mode: String,
     /// Keep only documents whose metadata matches: key=value, key=a|b|c (any of), key>=n,
-    /// key<=n, key>n, key<n, or doc=<document id>. Repeatable; all must hold.
+    /// key<=n, key>n, key<n, or doc=DOC_ID. Repeatable; all must hold.
     #[arg(long = "filter", value_name = "CONDITION")]
     filters: Vec<String>,
     /// Number of chunks to return (1-1000).

@@ -25,19 +25,20 @@
 //! thread**, which runs every forward pass inside a dedicated rayon pool of
 //! `engine.embed_threads` threads (candle's CPU matmul runs on the current rayon pool). Requests
 //! reach the worker through a bounded queue (`engine.embed_queue` texts per priority class): a
-//! full queue fails fast with [`EngineError::Overloaded`] instead of blocking. The worker is a dynamic batcher: it gathers
-//! queued texts up to `engine.embed_batch_size` (or until `engine.embed_batch_wait_ms` has
-//! passed), sorts them by token length, runs them in sub-batches (on the CPU packed back to back
-//! with no padding at all, elsewhere padded only to the longest member), and sends each caller
-//! its rows. On the CPU the element-wise work between matmuls runs in fused, in-place kernels.
+//! full queue fails fast with [`EngineError::Overloaded`] instead of blocking. The worker is a
+//! dynamic batcher: it gathers queued texts up to `engine.embed_batch_size` (or until
+//! `engine.embed_batch_wait_ms` has passed), sorts them by token length, runs them in
+//! sub-batches (on the CPU packed back to back with no padding at all, elsewhere padded only to
+//! the longest member), and sends each caller its rows. On the CPU the element-wise work
+//! between matmuls runs in fused, in-place kernels.
 //! [`Priority::Query`] requests always go before [`Priority::Bulk`] ones and never share a
 //! batch with them, so a search never waits behind indexing for more than the one batch
 //! already running. A model error or panic fails only the requests of that batch, on their
 //! own reply channels; the worker carries on. Dropping the last handle stops the worker.
 //!
-//! Invariants: the batch composition never changes a text's vector beyond float noise (padding
-//! is masked out of attention and pooling); rows come back in input order; every accepted
-//! request gets exactly one answer.
+//! Invariants: the batch composition never changes a text's vector beyond float noise (packed
+//! sequences never see each other; padding, where there is any, is masked out of attention and
+//! pooling); rows come back in input order; every accepted request gets exactly one answer.
 //!
 //! ## Devices
 //!

@@ -550,7 +550,8 @@ mod tests {
 
     #[test]
     fn concurrent_requests_share_a_batch() {
-        let h = Harness::start(8, 200, 100, 0);
+        // The batch fills (8 texts), so the long wait only guards against a slow submitter.
+        let h = Harness::start(8, 5000, 100, 0);
         let a = h.submit(&["1", "2"], Priority::Bulk).unwrap();
         let b = h.submit(&["3"], Priority::Bulk).unwrap();
         let c = h
@@ -568,7 +569,9 @@ mod tests {
 
     #[test]
     fn failures_stay_with_their_requests_and_the_worker_survives() {
-        let h = Harness::start(8, 100, 100, 0);
+        // Every step fills a batch of 4 exactly, so the long wait never runs out and batch
+        // composition is deterministic.
+        let h = Harness::start(4, 5000, 100, 0);
         // A tokenizer-style failure fails only its own request.
         let a = h.submit(&["1", "bad", "2"], Priority::Bulk).unwrap();
         let b = h.submit(&["3"], Priority::Bulk).unwrap();
@@ -578,21 +581,31 @@ mod tests {
         ));
         assert_eq!(b.recv().unwrap().unwrap().into_vec(), vec![3., -3.]);
         // A panic fails the batch it was in, nothing else.
-        let p = h.submit(&["panic"], Priority::Query).unwrap();
+        let p = h
+            .submit(&["panic", "9", "9", "9"], Priority::Query)
+            .unwrap();
         match p.recv().unwrap() {
             Err(EngineError::Internal(m)) => assert!(m.contains("panicked: boom"), "{m}"),
             other => panic!("expected Internal, got {other:?}"),
         }
-        let ok = h.submit(&["4"], Priority::Query).unwrap();
-        assert_eq!(ok.recv().unwrap().unwrap().into_vec(), vec![4., -4.]);
-        // A model error fails every request in its batch, and the rest of a request that
-        // spans batches is dropped rather than computed.
-        let e = h.submit(&["error", "5"], Priority::Bulk).unwrap();
+        let ok = h.submit(&["4", "4", "4", "4"], Priority::Query).unwrap();
+        assert_eq!(ok.recv().unwrap().unwrap().row(0), &[4., -4.]);
+        // A model error fails every request in its batch.
+        let e = h.submit(&["5", "error", "5"], Priority::Bulk).unwrap();
         let f = h.submit(&["6"], Priority::Bulk).unwrap();
         assert!(matches!(e.recv().unwrap(), Err(EngineError::Internal(_))));
         assert!(matches!(f.recv().unwrap(), Err(EngineError::Internal(_))));
-        let g = h.submit(&["7"], Priority::Bulk).unwrap();
-        assert_eq!(g.recv().unwrap().unwrap().into_vec(), vec![7., -7.]);
+        // The rest of a failed request that spans batches is dropped, not computed.
+        let r = h.submit(&["error", "1", "1", "1", "1", "1"], Priority::Bulk);
+        assert!(matches!(
+            r.unwrap().recv().unwrap(),
+            Err(EngineError::Internal(_))
+        ));
+        let g = h.submit(&["7", "7", "7", "7"], Priority::Bulk).unwrap();
+        assert_eq!(g.recv().unwrap().unwrap().len(), 4);
+        let log = h.log();
+        assert_eq!(log.len(), 6, "{log:?}");
+        assert_eq!(log[5], vec!["7"; 4]);
     }
 
     #[test]

@@ -292,7 +292,7 @@ fn full_queue_is_overloaded_and_handles_share_one_worker() {
     let cfg = EngineConfig {
         embed_queue: 4,
         embed_batch_size: 1024,
-        embed_batch_wait_ms: 500,
+        embed_batch_wait_ms: 1000,
         ..config()
     };
     let e = load(&cfg);
@@ -302,7 +302,7 @@ fn full_queue_is_overloaded_and_handles_share_one_worker() {
             e.embed_blocking(vec!["a".into(), "b".into(), "c".into()], Priority::Bulk)
         })
     };
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     // The worker is still waiting to fill its batch: three of four bulk slots are taken.
     let err = e
         .embed_blocking(vec!["d".into(), "e".into()], Priority::Bulk)

@@ -45,7 +45,7 @@ impl SeaweedFs {
             .keep();
         let ports = free_ports(4)?;
         let server = format!(
-            "{weed} server -dir={dir} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -volume.max=8 -master.volumeSizeLimitMB=64",
+            "{weed} server -dir={dir} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -volume.max=64 -master.volumeSizeLimitMB=64",
             ports[0],
             ports[1],
             ports[2],

@@ -66,9 +66,13 @@ impl Service {
                     col.push_pending(rec.clone());
                 }
                 Ok(_) | Err(_) => {
-                    // Vectors missing or unreadable: embed again from the chunk file.
-                    rec.state = DocState::Chunked;
-                    return Box::pin(self.process(col, doc)).await;
+                    // Vectors missing or unreadable: embed again from the chunk file (a chunk
+                    // file that cannot be read at all fails the document there).
+                    if let Some(chunks) = self.embed_document(&mut rec).await? {
+                        embedded = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+                        self.add_to_index(col, &rec, chunks).await?;
+                        col.push_pending(rec.clone());
+                    }
                 }
             }
         }

@@ -7,6 +7,7 @@
 //!                                    schema (`encode_chunks`), normalised embeddings; immutable
 //! {dir}/hnsw-{gen:010}.hnsw.graph    HNSW dump written by commit `gen` (hnsw_rs `file_dump`)
 //! {dir}/hnsw-{gen:010}.hnsw.data
+//! {dir}/hnsw-{gen:010}.hnsw.alias    ids whose vector duplicates a graph node (when any)
 //! {dir}/tantivy/                     the tantivy index; its commit payload is the generation
 //! ```
 //!
@@ -14,7 +15,7 @@
 //! ef_construction, analyzer); `generation`; `next_pid`; the `segments` (file, first pid,
 //! count; together they cover pids `0..next_pid` in order); the live `documents` (id, source,
 //! title, metadata, pid range); the `tombstones` (pid ranges of deleted chunks); and `hnsw`,
-//! the current dump (basename, point count, SHA-256 of both files, and `covers_pids`: the
+//! the current dump (basename, point count, SHA-256 of its files, and `covers_pids`: the
 //! dump holds every live pid below it).
 //!
 //! **Commit** (`commit.rs`): write the new segment (fsync), dump the HNSW if enough points
@@ -157,7 +158,7 @@ impl CollectionIndex {
     pub(super) fn gc(&self) {
         let mut keep: HashSet<String> = self.segments.iter().map(|s| s.file.clone()).collect();
         if let Some(r) = &self.hnsw_dump {
-            keep.extend(HnswDump::file_names(&r.dump.basename));
+            keep.extend(r.dump.files());
         }
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
@@ -166,7 +167,9 @@ impl CollectionIndex {
             let name = entry.file_name().to_string_lossy().into_owned();
             let ours = (name.starts_with("seg-") && name.ends_with(".arrow"))
                 || (name.starts_with("hnsw-")
-                    && (name.ends_with(".hnsw.graph") || name.ends_with(".hnsw.data")))
+                    && [".hnsw.graph", ".hnsw.data", ".hnsw.alias"]
+                        .iter()
+                        .any(|ext| name.ends_with(ext)))
                 || name.ends_with(".tmp");
             if ours
                 && !keep.contains(&name)

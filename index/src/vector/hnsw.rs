@@ -10,6 +10,8 @@
 //!   it: results are filtered again here, and one extra neighbour is requested.
 //! - Loading a dump asserts on malformed files: the caller verifies checksums first, and the
 //!   load also runs under `catch_unwind`.
+//! - Bit-identical vectors (boilerplate chunks) share one graph node; the other ids are
+//!   aliases expanded into results (`dedup.rs` explains why).
 //! - `HnswIo::load_hnsw` returns a graph that borrows the `HnswIo`. Each load leaks one small
 //!   `HnswIo` (`Box::leak`, a path and a few counters, no vector data since mmap is off) so the
 //!   graph can be `'static`. Loads happen once per collection open, so the leak is bounded by
@@ -24,6 +26,7 @@ use hnsw_rs::prelude::{DataId, DistDot, FilterT, Hnsw, HnswIo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::dedup::Duplicates;
 use super::flat::check_matrix;
 use super::{VectorIndex, normalized, prepare_query};
 use crate::error::{IndexError, Result};
@@ -83,21 +86,38 @@ impl HnswParams {
 pub(crate) struct HnswDump {
     /// Basename: the files are `{basename}.hnsw.graph` and `{basename}.hnsw.data`.
     pub basename: String,
-    /// Points in the graph.
+    /// Ids covered: graph nodes plus aliases.
     pub points: usize,
     /// Lowercase hex SHA-256 of the graph file.
     pub graph_sha256: String,
     /// Lowercase hex SHA-256 of the data file.
     pub data_sha256: String,
+    /// Lowercase hex SHA-256 of `{basename}.hnsw.alias`, present when some ids are aliases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aliases_sha256: Option<String>,
 }
 
 impl HnswDump {
-    /// The two file names of the dump.
+    /// The graph and data file names of a dump.
     pub(crate) fn file_names(basename: &str) -> [String; 2] {
         [
             format!("{basename}.hnsw.graph"),
             format!("{basename}.hnsw.data"),
         ]
+    }
+
+    /// The alias table's file name.
+    pub(crate) fn alias_file_name(basename: &str) -> String {
+        format!("{basename}.hnsw.alias")
+    }
+
+    /// Every file this dump consists of.
+    pub(crate) fn files(&self) -> Vec<String> {
+        let mut files = Self::file_names(&self.basename).to_vec();
+        if self.aliases_sha256.is_some() {
+            files.push(Self::alias_file_name(&self.basename));
+        }
+        files
     }
 }
 
@@ -108,13 +128,15 @@ pub struct HnswIndex {
     hnsw: Hnsw<'static, f32, DistDot>,
     dim: usize,
     ef_search: usize,
+    dups: Duplicates,
 }
 
 impl std::fmt::Debug for HnswIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HnswIndex")
             .field("dim", &self.dim)
-            .field("points", &self.hnsw.get_nb_point())
+            .field("nodes", &self.hnsw.get_nb_point())
+            .field("aliases", &self.dups.len())
             .field("m", &self.hnsw.get_max_nb_connection())
             .field("ef_construction", &self.hnsw.get_ef_construction())
             .field("ef_search", &self.ef_search)
@@ -140,6 +162,7 @@ impl HnswIndex {
             hnsw,
             dim,
             ef_search: params.ef_search,
+            dups: Duplicates::default(),
         })
     }
 
@@ -162,20 +185,24 @@ impl HnswIndex {
     }
 
     /// Inserts already normalised vectors under the given ids (in parallel for large batches).
+    /// A vector identical to one already present becomes an alias of its node.
     pub(crate) fn insert_normalized(&mut self, items: &[(u32, &[f32])]) {
-        if items.is_empty() {
+        let mut scaled = Vec::with_capacity(items.len() * self.dim);
+        let mut ids = Vec::with_capacity(items.len());
+        let mut row = Vec::with_capacity(self.dim);
+        for (id, v) in items {
+            debug_assert_eq!(v.len(), self.dim);
+            row.clear();
+            row.extend(v.iter().map(|x| x * SCALE));
+            if self.dups.admit(*id, &row) {
+                scaled.extend_from_slice(&row);
+                ids.push(*id as usize);
+            }
+        }
+        if ids.is_empty() {
             return;
         }
-        let mut scaled = Vec::with_capacity(items.len() * self.dim);
-        for (_, v) in items {
-            debug_assert_eq!(v.len(), self.dim);
-            scaled.extend(v.iter().map(|x| x * SCALE));
-        }
-        let batch: Vec<(&[f32], usize)> = scaled
-            .chunks_exact(self.dim)
-            .zip(items)
-            .map(|(v, (id, _))| (v, *id as usize))
-            .collect();
+        let batch: Vec<(&[f32], usize)> = scaled.chunks_exact(self.dim).zip(ids).collect();
         if batch.len() < PARALLEL_INSERT_MIN {
             for item in batch {
                 self.hnsw.insert_slice(item);
@@ -212,20 +239,29 @@ impl HnswIndex {
         let found = match keep {
             None => self.hnsw.search_filter(&q, k, ef, None),
             Some(keep) => {
-                let filter = |id: &DataId| u32::try_from(*id).is_ok_and(keep);
+                // A node passes when it or one of its aliases is kept.
+                let filter = |id: &DataId| {
+                    u32::try_from(*id).is_ok_and(|node| self.dups.accepts(node, keep))
+                };
                 self.hnsw
                     .search_filter(&q, k + 1, ef, Some(&filter as &dyn FilterT))
             }
         };
-        found
-            .into_iter()
-            .filter_map(|n| {
-                let id = u32::try_from(n.d_id).ok()?;
-                keep.is_none_or(|keep| keep(id))
-                    .then(|| (id, to_cosine(n.distance)))
-            })
-            .take(k)
-            .collect()
+        let kept = |id: &u32| keep.is_none_or(|keep| keep(*id));
+        let mut out = Vec::with_capacity(k);
+        for n in found {
+            let Ok(node) = u32::try_from(n.d_id) else {
+                continue;
+            };
+            let score = to_cosine(n.distance);
+            let ids = std::iter::once(node).chain(self.dups.of(node).iter().copied());
+            out.extend(ids.filter(kept).map(|id| (id, score)));
+            if out.len() >= k {
+                break;
+            }
+        }
+        out.truncate(k);
+        out
     }
 
     /// Sets the default candidate list size used by [`VectorIndex::nearest`].
@@ -269,11 +305,19 @@ impl HnswIndex {
         }
         let data_sha256 = sums.pop().unwrap_or_default();
         let graph_sha256 = sums.pop().unwrap_or_default();
+        let aliases_sha256 = if self.dups.is_empty() {
+            None
+        } else {
+            let path = dir.join(HnswDump::alias_file_name(basename));
+            self.dups.write(&path)?;
+            Some(sha256_file(&path)?)
+        };
         Ok(HnswDump {
             basename: basename.to_owned(),
-            points: self.hnsw.get_nb_point(),
+            points: self.len(),
             graph_sha256,
             data_sha256,
+            aliases_sha256,
         })
     }
 
@@ -291,9 +335,15 @@ impl HnswIndex {
             detail,
         };
         let [graph, data] = HnswDump::file_names(&dump.basename);
-        for (name, want) in [(&graph, &dump.graph_sha256), (&data, &dump.data_sha256)] {
+        let alias = HnswDump::alias_file_name(&dump.basename);
+        let checks = [
+            (&graph, Some(&dump.graph_sha256)),
+            (&data, Some(&dump.data_sha256)),
+        ];
+        let alias_check = dump.aliases_sha256.as_ref().map(|sum| (&alias, Some(sum)));
+        for (name, want) in checks.into_iter().chain(alias_check) {
             let got = sha256_file(&dir.join(name))?;
-            if &got != want {
+            if Some(&got) != want {
                 return Err(corrupt(format!("checksum mismatch in {name}")));
             }
         }
@@ -304,10 +354,26 @@ impl HnswIndex {
         }))
         .map_err(|_| corrupt("hnsw_rs panicked while loading".into()))?
         .map_err(|e| corrupt(format!("hnsw_rs could not load: {e}")))?;
-        if hnsw.get_nb_point() != dump.points {
+        let nodes = hnsw.get_nb_point();
+        let points = hnsw.get_point_indexation();
+        let graph = (nodes > 0)
+            .then(|| points.into_iter())
+            .into_iter()
+            .flatten()
+            .map(|p| (p.get_origin_id(), p));
+        let graph: Vec<_> = graph.collect();
+        let alias_path = dump.aliases_sha256.as_ref().map(|_| dir.join(&alias));
+        let dups = Duplicates::read(
+            alias_path.as_deref(),
+            graph
+                .iter()
+                .filter_map(|(id, p)| Some((u32::try_from(*id).ok()?, p.get_v()))),
+        )?;
+        drop(graph);
+        if nodes + dups.len() != dump.points {
             return Err(corrupt(format!(
                 "dump holds {} points, expected {}",
-                hnsw.get_nb_point(),
+                nodes + dups.len(),
                 dump.points
             )));
         }
@@ -323,6 +389,7 @@ impl HnswIndex {
             hnsw,
             dim,
             ef_search: params.ef_search,
+            dups,
         })
     }
 }
@@ -333,7 +400,7 @@ impl VectorIndex for HnswIndex {
     }
 
     fn len(&self) -> usize {
-        self.hnsw.get_nb_point()
+        self.hnsw.get_nb_point() + self.dups.len()
     }
 
     fn nearest(

@@ -14,6 +14,7 @@ use std::collections::BinaryHeap;
 
 use crate::error::{IndexError, Result};
 
+mod dedup;
 mod flat;
 mod hnsw;
 

@@ -262,38 +262,89 @@ fn hnsw_recall_at_10_matches_exact_search() {
 }
 
 #[test]
-fn duplicates_and_stored_vectors_as_queries_do_not_panic() {
-    let mut rng = Rng::new(3);
-    let base = rng.unit(384);
-    let mut data = Vec::new();
-    for i in 0..300 {
-        // 100 exact copies of one vector (boilerplate chunks), the rest random.
-        let v = if i % 3 == 0 {
-            base.clone()
-        } else {
-            rng.unit(384)
-        };
-        data.extend(v);
+fn duplicate_vectors_share_a_node_and_all_come_back() {
+    // 100 exact copies of one vector (boilerplate chunks) among 200 random ones. As separate
+    // graph nodes such copies form a clique that traps searches for the other vectors.
+    for seed in 0..4 {
+        let mut rng = Rng::new(seed);
+        let base = rng.unit(384);
+        let mut data = Vec::new();
+        for i in 0..300 {
+            data.extend(if i % 3 == 0 {
+                base.clone()
+            } else {
+                rng.unit(384)
+            });
+        }
+        let hnsw = HnswIndex::build(&data, 384, HnswParams::default()).unwrap();
+        assert_eq!(hnsw.len(), 300);
+        for i in 0..300 {
+            let hits = hnsw.search(&data[i * 384..(i + 1) * 384], 10, 64).unwrap();
+            assert!(
+                (hits[0].1 - 1.0).abs() < 1e-3,
+                "seed {seed}, row {i}: {:?}",
+                hits[0]
+            );
+            if i % 3 != 0 {
+                assert_eq!(hits[0].0, i as u32, "seed {seed}");
+            }
+        }
+        let copies = hnsw.search(&base, 100, 64).unwrap();
+        let mut ids: Vec<u32> = copies.iter().map(|h| h.0).collect();
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            (0..300).step_by(3).collect::<Vec<u32>>(),
+            "seed {seed}"
+        );
     }
-    let hnsw = HnswIndex::build(&data, 384, HnswParams::default()).unwrap();
-    for i in 0..300 {
-        let hits = hnsw.search(&data[i * 384..(i + 1) * 384], 10, 64).unwrap();
-        assert!(!hits.is_empty());
-        assert!((hits[0].1 - 1.0).abs() < 1e-3, "{:?}", hits[0]);
-    }
-    // The same through the collection index, where duplicates are whole chunks.
+
+    // Through the collection index: 20 documents of 2 identical chunks among 40 others.
     let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(3);
     let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
     let v = rng.unit(DIM);
-    for i in 0..20 {
+    for i in 0..60 {
         let (doc, mut chunks) = make_doc(i, 2, &mut rng, |_, _| "same licence header".into());
-        for c in &mut chunks {
-            c.embedding = Some(v.clone());
+        if i < 20 {
+            for c in &mut chunks {
+                c.embedding = Some(v.clone());
+            }
         }
         index.add(doc, &chunks).unwrap();
     }
     index.commit().unwrap();
     force_hnsw(&mut index);
+    let copies = |index: &CollectionIndex, filter: Option<&Filter>| {
+        let hits = index
+            .search(&request(SearchMode::Dense, "", Some(&v), 60, filter))
+            .unwrap();
+        let mut docs: Vec<DocId> = hits
+            .iter()
+            .filter(|h| (h.score - 1.0).abs() < 1e-5)
+            .map(|h| h.chunk.doc_id)
+            .collect();
+        docs.sort_unstable();
+        docs.dedup();
+        docs
+    };
+    let mut want: Vec<DocId> = (0..20).map(doc_id).collect();
+    want.sort_unstable();
+    assert_eq!(copies(&index, None), want);
+    // A filter that keeps only aliases (not the document holding the graph node) finds them.
+    let only_5 = Filter::new(vec![Condition::DocIds(vec![doc_id(5)])]);
+    assert_eq!(copies(&index, Some(&only_5)), vec![doc_id(5)]);
+
+    // Deleting the document whose chunk is the graph node keeps its copies findable, also
+    // after a commit and a reopen (the alias table is part of the HNSW dump).
+    assert!(index.delete(&doc_id(0)).unwrap());
+    want.retain(|d| *d != doc_id(0));
+    assert_eq!(copies(&index, None), want);
+    index.commit().unwrap();
+    drop(index);
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    force_hnsw(&mut index);
+    assert_eq!(copies(&index, None), want);
     let hits = index
         .search(&request(SearchMode::Hybrid, "licence", Some(&v), 10, None))
         .unwrap();

@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    );
     let models =
         std::env::var_os("HEARTH_MODELS").map_or_else(|| root.join("models"), PathBuf::from);
     if std::env::args().any(|a| a == "--list" || a == "--test") {

@@ -149,7 +149,11 @@ mod tests {
 
     #[test]
     fn the_example_file_lists_exactly_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hearth.toml.example");
+        let path = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("hearth.toml.example");
         let c = AppConfig::load(Some(&path), std::iter::empty(), &Overrides::default()).unwrap();
         let d = AppConfig::default();
         assert_eq!(c.storage, d.storage);

@@ -34,8 +34,9 @@ pub struct EngineConfig {
     pub embed_threads: usize,
     /// Most texts the embedder runs through the model at once, 1..=1024. Default: 32.
     pub embed_batch_size: usize,
-    /// Milliseconds the embedder waits for more requests to fill a batch before running a
-    /// partial one, at most 1000. Default: 2.
+    /// Milliseconds a partial bulk (ingestion) batch waits for more texts before it runs, at
+    /// most 1000. Query batches never wait: they run as soon as the model is free, together
+    /// with whatever queries queued meanwhile. Default: 2.
     pub embed_batch_wait_ms: u64,
     /// Most texts waiting in the embedder's queue per priority class (queries and bulk
     /// indexing each get this many); past it, requests fail with `Overloaded`. A single request

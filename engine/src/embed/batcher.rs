@@ -9,8 +9,10 @@
 //! Scheduling rules:
 //! - Query texts always go first. A batch holds query texts only or bulk texts only, so a
 //!   query waits for at most the one bulk batch already running, and its own batch is small.
-//! - A batch that is not full waits until `batch_wait` after its oldest request arrived for
-//!   company, then runs anyway.
+//! - A bulk batch that is not full waits until `batch_wait` after its oldest request arrived
+//!   for company, then runs anyway. A query batch never waits: it runs as soon as the model is
+//!   free, with every query that queued up while the previous batch ran (under load queries
+//!   batch by themselves; alone, a query pays no deadline).
 //! - A request whose caller has gone away (its future was dropped) is skipped.
 //! - A failure (tokenizer error, model error, panic) fails the requests of that batch, each on
 //!   its own reply channel; the worker carries on.
@@ -280,7 +282,7 @@ impl<M: BatchModel> Worker<'_, M> {
                 s = queue.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
                 continue;
             };
-            if left[class] >= params.batch_size {
+            if left[class] >= params.batch_size || class == Priority::Query as usize {
                 break class;
             }
             let oldest = self.waiting[class]
@@ -624,6 +626,30 @@ mod tests {
         let at = log.iter().position(|b| b == &["q99"]).unwrap();
         assert!(at <= 3, "query ran as batch {at} of {}", log.len());
         assert!(at < log.len() - 1);
+    }
+
+    #[test]
+    fn queries_never_wait_for_company_but_batch_while_the_model_is_busy() {
+        // A 10 s batch wait would hold a bulk text; a lone query runs at once.
+        let h = Harness::start(8, 10_000, 100, 300);
+        let q1 = h.submit(&["q1"], Priority::Query).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // q1 is running (300 ms): these two queue up and then run together.
+        let q2 = h.submit(&["q2"], Priority::Query).unwrap();
+        let q3 = h.submit(&["q3"], Priority::Query).unwrap();
+        let answer = |rx: mpsc::Receiver<Result<Embeddings>>| {
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("a query waited for the batch deadline")
+                .unwrap()
+                .into_vec()
+        };
+        assert_eq!(answer(q1), vec![1., -1.]);
+        assert_eq!(answer(q2), vec![2., -2.]);
+        assert_eq!(answer(q3), vec![3., -3.]);
+        assert_eq!(h.log(), vec![vec!["q1"], vec!["q2", "q3"]]);
+        // A bulk text still waits for company (or the deadline).
+        let b = h.submit(&["4"], Priority::Bulk).unwrap();
+        assert!(b.recv_timeout(Duration::from_millis(500)).is_err());
     }
 
     #[test]

@@ -25,8 +25,8 @@ use candle_nn::ops::{layer_norm, softmax_last_dim};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::kernels;
 use super::pooling::{mean_pool_normalize, pooling_weights};
+use super::{attention, kernels, panels};
 use crate::config::FETCH_HINT;
 use crate::error::{EngineError, Result};
 
@@ -112,23 +112,49 @@ impl BertConfig {
     }
 }
 
-/// A dense layer stored ready for `x.matmul(&w)`: `w` is `(in, out)`. The bias is kept on the
-/// device and, for the fused CPU kernels, as a host copy.
+/// A dense layer. On the CPU the weights are packed into panels for our own matmul
+/// (`panels.rs`); elsewhere they are a device tensor stored `(in, out)`, ready for
+/// `x.matmul(&w)`. The bias is kept on the device and, for the fused CPU kernels, as a host
+/// copy.
 struct Linear {
-    w: Tensor,
+    w: Weight,
     b: Tensor,
     b_host: Vec<f32>,
 }
 
+enum Weight {
+    Packed(panels::Packed),
+    Device(Tensor),
+}
+
 impl Linear {
+    /// `w`: `(in, out)`.
     fn new(w: Tensor, b: Tensor) -> candle_core::Result<Self> {
         let b_host = b.to_vec1()?;
+        let w = if w.device().is_cpu() {
+            let (k, n) = w.dims2()?;
+            Weight::Packed(panels::Packed::new(&w.flatten_all()?.to_vec1()?, k, n))
+        } else {
+            Weight::Device(w)
+        };
         Ok(Self { w, b, b_host })
     }
 
     /// `x`: `(rows, in)` → `(rows, out)`, bias not yet added.
     fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.w)
+        match &self.w {
+            Weight::Device(w) => x.matmul(w),
+            Weight::Packed(w) => {
+                let (m, k) = x.dims2()?;
+                if k != w.rows() {
+                    candle_core::bail!("linear: input width {k}, weights take {}", w.rows());
+                }
+                let x = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut y = vec![0.0f32; m * w.cols()];
+                panels::matmul(&x, w, &mut y, m);
+                Tensor::from_vec(y, (m, w.cols()), &Device::Cpu)
+            }
+        }
     }
 }
 
@@ -239,14 +265,16 @@ impl Weights<'_> {
     }
 
     /// A `torch.nn.Linear` (`weight` is `(out, in)`), transposed to `(in, out)`.
-    fn linear(&self, name: &str, input: usize, output: usize) -> Result<Linear> {
+    /// A dense layer's weights as `(in, out)` and its bias.
+    fn dense(&self, name: &str, input: usize, output: usize) -> Result<(Tensor, Tensor)> {
         let w = self.get(&format!("{name}.weight"), &[output, input])?;
         let b = self.get(&format!("{name}.bias"), &[output])?;
-        model_op(
-            w.t()
-                .and_then(|t| t.contiguous())
-                .and_then(|w| Linear::new(w, b)),
-        )
+        Ok((model_op(w.t().and_then(|t| t.contiguous()))?, b))
+    }
+
+    fn linear(&self, name: &str, input: usize, output: usize) -> Result<Linear> {
+        let (w, b) = self.dense(name, input, output)?;
+        model_op(Linear::new(w, b))
     }
 }
 
@@ -325,13 +353,13 @@ impl Bert {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
-            let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
-            let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+            let (qw, qb) = w.dense(&format!("{p}.attention.self.query"), h, h)?;
+            let (kw, kb) = w.dense(&format!("{p}.attention.self.key"), h, h)?;
+            let (vw, vb) = w.dense(&format!("{p}.attention.self.value"), h, h)?;
             let qkv = model_op((|| {
                 Linear::new(
-                    Tensor::cat(&[(q.w * scale)?, k.w, v.w], 1)?,
-                    Tensor::cat(&[(q.b * scale)?, k.b, v.b], 0)?,
+                    Tensor::cat(&[(qw * scale)?, kw, vw], 1)?,
+                    Tensor::cat(&[(qb * scale)?, kb, vb], 0)?,
                 )
             })())?;
             layers.push(Layer {
@@ -413,12 +441,19 @@ impl Bert {
                 *p = i % longest.max(1) as u32;
             }
         }
-        let weights = pooling_weights(&lens, &starts, tokens);
         let ids = Tensor::from_vec(ids, tokens, dev)?;
         let positions = Tensor::from_vec(positions, tokens, dev)?;
-        let weights = Tensor::from_vec(weights, (seqs.len(), tokens), dev)?;
         let hidden = if packed {
-            self.forward(&ids, &positions, &SeqLayout::Packed { lens: &lens })?
+            let hidden = self.forward(&ids, &positions, &SeqLayout::Packed { lens: &lens })?;
+            if self.fused {
+                let hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
+                return Ok(attention::packed_mean_normalize(
+                    &hidden,
+                    &lens,
+                    self.hidden_size(),
+                ));
+            }
+            hidden
         } else {
             let mut bias = vec![MASKED; tokens];
             for (&len, &start) in lens.iter().zip(&starts) {
@@ -432,6 +467,8 @@ impl Bert {
             };
             self.forward(&ids, &positions, &layout)?
         };
+        let weights = pooling_weights(&lens, &starts, tokens);
+        let weights = Tensor::from_vec(weights, (seqs.len(), tokens), dev)?;
         mean_pool_normalize(&hidden, &weights)?
             .flatten_all()?
             .to_vec1()
@@ -477,6 +514,12 @@ impl Bert {
     ) -> candle_core::Result<Tensor> {
         let qkv = self.add_bias(layer.qkv.matmul(x)?, &layer.qkv)?;
         let ctx = match layout {
+            SeqLayout::Packed { lens } if self.fused => {
+                let data = qkv.flatten_all()?.to_vec1::<f32>()?;
+                let (heads, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
+                let ctx = attention::packed_attention(&data, lens, heads, hd);
+                Tensor::from_vec(ctx, (x.dim(0)?, heads * hd), x.device())?
+            }
             SeqLayout::Packed { lens } => self.packed_attention(&qkv, lens)?,
             SeqLayout::Padded {
                 batch,

@@ -7,10 +7,12 @@
 //! [`Embedder::max_tokens`] word pieces (`[CLS]` and `[SEP]` included) through BERT, mean-pooled
 //! over the real tokens and L2-normalised.
 
+mod attention;
 mod batcher;
 mod bert;
 mod encoder;
 mod kernels;
+mod panels;
 mod pooling;
 
 use std::sync::{Arc, mpsc};

@@ -9,7 +9,10 @@ use hearth_engine::{Embedder, EngineConfig, EngineError, Priority, Tokenizer};
 use serde::Deserialize;
 
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("..")
 }
 
 fn models_dir() -> PathBuf {

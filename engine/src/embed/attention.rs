@@ -1,0 +1,182 @@
+//! CPU self-attention and mean pooling over packed sequences, straight on the activations.
+//!
+//! Through candle, attention over packed sequences costs a narrow, a permute + copy, two
+//! batched matmuls, a transpose + copy and a concatenation per sequence and layer, and every
+//! candle matmul also asks the OS for the CPU count (a read of `/proc/cpuinfo`, 13 per forward
+//! pass). For MiniLM-sized heads (32 wide) the arithmetic is small, so here it runs directly:
+//! one rayon task per sequence reads Q, K and V from the fused `(tokens, 3 × hidden)` rows and
+//! writes its own rows of the `(tokens, hidden)` output. The query scale is already folded
+//! into the weights.
+
+use rayon::prelude::*;
+
+use super::kernels;
+
+/// Self-attention for back-to-back sequences of `lens` tokens. `qkv` is `(tokens, 3 × hidden)`
+/// (Q, K, V side by side, heads `head_dim` wide), the result `(tokens, hidden)`.
+///
+/// # Panics
+/// When the slice lengths do not match `lens`, `heads` and `head_dim` (a caller bug).
+pub(crate) fn packed_attention(
+    qkv: &[f32],
+    lens: &[usize],
+    heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    let tokens: usize = lens.iter().sum();
+    assert_eq!(
+        qkv.len(),
+        tokens * 3 * hidden,
+        "attention: qkv has the wrong size"
+    );
+    let mut out = vec![0.0f32; tokens * hidden];
+    // Split both buffers at sequence boundaries so each task owns its rows.
+    let mut parts = Vec::with_capacity(lens.len());
+    let (mut rest_in, mut rest_out) = (qkv, out.as_mut_slice());
+    for &len in lens {
+        let (a, b) = rest_in.split_at(len * 3 * hidden);
+        let (c, d) = rest_out.split_at_mut(len * hidden);
+        parts.push((a, c, len));
+        (rest_in, rest_out) = (b, d);
+    }
+    parts.into_par_iter().for_each(|(rows, out, len)| {
+        let mut scores = vec![0.0f32; len];
+        for h in 0..heads {
+            let (q0, k0, v0) = (
+                h * head_dim,
+                hidden + h * head_dim,
+                2 * hidden + h * head_dim,
+            );
+            for t in 0..len {
+                let q = &rows[t * 3 * hidden + q0..][..head_dim];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(q, &rows[j * 3 * hidden + k0..][..head_dim]);
+                }
+                softmax(&mut scores);
+                let ctx = &mut out[t * hidden + h * head_dim..][..head_dim];
+                for (j, &p) in scores.iter().enumerate() {
+                    let v = &rows[j * 3 * hidden + v0..][..head_dim];
+                    for (c, &x) in ctx.iter_mut().zip(v) {
+                        *c += p * x;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Mean of each sequence's rows of `hidden` (`(tokens, dim)`, sequences back to back),
+/// L2-normalised (a zero mean stays zero), flat.
+pub(crate) fn packed_mean_normalize(hidden: &[f32], lens: &[usize], dim: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; lens.len() * dim];
+    let mut at = 0;
+    for (&len, mean) in lens.iter().zip(out.chunks_exact_mut(dim)) {
+        for row in hidden[at * dim..(at + len) * dim].chunks_exact(dim) {
+            for (m, &x) in mean.iter_mut().zip(row) {
+                *m += x;
+            }
+        }
+        at += len;
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt() / len.max(1) as f32;
+        // The same clamp sentence-transformers applies (F.normalize's eps).
+        let scale = 1.0 / (len.max(1) as f32 * norm.max(1e-12));
+        for m in mean.iter_mut() {
+            *m *= scale;
+        }
+    }
+    out
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn softmax(xs: &mut [f32]) {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in xs.iter_mut() {
+        *x = kernels::exp(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in xs.iter_mut() {
+        *x *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{D, Device, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn matches_candle_attention_per_sequence() {
+        let dev = Device::Cpu;
+        let (heads, hd) = (3, 8);
+        let h = heads * hd;
+        let lens = [5usize, 1, 9];
+        let tokens: usize = lens.iter().sum();
+        let qkv = Tensor::randn(0f32, 1.0, (tokens, 3 * h), &dev).unwrap();
+        let got = packed_attention(
+            &qkv.flatten_all().unwrap().to_vec1().unwrap(),
+            &lens,
+            heads,
+            hd,
+        );
+        let mut at = 0;
+        for &len in &lens {
+            let s = qkv
+                .narrow(0, at, len)
+                .unwrap()
+                .reshape((len, 3, heads, hd))
+                .unwrap()
+                .permute((1, 2, 0, 3))
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let (q, k, v) = (s.get(0).unwrap(), s.get(1).unwrap(), s.get(2).unwrap());
+            let p =
+                candle_nn::ops::softmax(&q.matmul(&k.t().unwrap()).unwrap(), D::Minus1).unwrap();
+            let want: Vec<f32> = p
+                .matmul(&v)
+                .unwrap()
+                .transpose(0, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (i, (a, b)) in got[at * h..(at + len) * h].iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "sequence at {at}, element {i}: {a} vs {b}"
+                );
+            }
+            at += len;
+        }
+    }
+
+    #[test]
+    fn mean_pooling_normalises_each_sequence() {
+        let hidden = [1.0f32, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 0.0];
+        let out = packed_mean_normalize(&hidden, &[2, 1, 1], 2);
+        assert_eq!(out, vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+}

@@ -3,14 +3,15 @@
 //! Through candle, attention over packed sequences costs a narrow, a permute + copy, two
 //! batched matmuls, a transpose + copy and a concatenation per sequence and layer, and every
 //! candle matmul also asks the OS for the CPU count (a read of `/proc/cpuinfo`, 13 per forward
-//! pass). For MiniLM-sized heads (32 wide) the arithmetic is small, so here it runs directly:
-//! one rayon task per sequence reads Q, K and V from the fused `(tokens, 3 × hidden)` rows and
-//! writes its own rows of the `(tokens, hidden)` output. The query scale is already folded
-//! into the weights.
+//! pass). Here one rayon task per sequence reads Q, K and V from the fused
+//! `(tokens, 3 × hidden)` rows, runs both products of each head through the panel matmul of
+//! `panels.rs` (packing Kᵀ and V as it goes) and writes its own rows of the `(tokens, hidden)`
+//! output. The query scale is already folded into the weights.
 
 use rayon::prelude::*;
 
 use super::kernels;
+use super::panels::{self, Packed};
 
 /// Self-attention for back-to-back sequences of `lens` tokens. `qkv` is `(tokens, 3 × hidden)`
 /// (Q, K, V side by side, heads `head_dim` wide), the result `(tokens, hidden)`.
@@ -40,27 +41,28 @@ pub(crate) fn packed_attention(
         parts.push((a, c, len));
         (rest_in, rest_out) = (b, d);
     }
+    let row = 3 * hidden;
     parts.into_par_iter().for_each(|(rows, out, len)| {
-        let mut scores = vec![0.0f32; len];
+        let mut q = vec![0.0f32; len * head_dim];
+        let mut scores = vec![0.0f32; len * len];
+        let mut ctx = vec![0.0f32; len * head_dim];
         for h in 0..heads {
             let (q0, k0, v0) = (
                 h * head_dim,
                 hidden + h * head_dim,
                 2 * hidden + h * head_dim,
             );
-            for t in 0..len {
-                let q = &rows[t * 3 * hidden + q0..][..head_dim];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = dot(q, &rows[j * 3 * hidden + k0..][..head_dim]);
-                }
-                softmax(&mut scores);
-                let ctx = &mut out[t * hidden + h * head_dim..][..head_dim];
-                for (j, &p) in scores.iter().enumerate() {
-                    let v = &rows[j * 3 * hidden + v0..][..head_dim];
-                    for (c, &x) in ctx.iter_mut().zip(v) {
-                        *c += p * x;
-                    }
-                }
+            for (t, dst) in q.chunks_exact_mut(head_dim).enumerate() {
+                dst.copy_from_slice(&rows[t * row + q0..][..head_dim]);
+            }
+            // scores = Q · Kᵀ, (len, len); then row-wise softmax; then ctx = P · V.
+            let kt = Packed::from_fn(head_dim, len, |d, j| rows[j * row + k0 + d]);
+            panels::matmul(&q, &kt, &mut scores, len);
+            panels::vectorized(|| scores.chunks_exact_mut(len).for_each(kernels::softmax_row));
+            let v = Packed::from_fn(len, head_dim, |j, d| rows[j * row + v0 + d]);
+            panels::matmul(&scores, &v, &mut ctx, len);
+            for (t, src) in ctx.chunks_exact(head_dim).enumerate() {
+                out[t * hidden + h * head_dim..][..head_dim].copy_from_slice(src);
             }
         }
     });
@@ -87,37 +89,6 @@ pub(crate) fn packed_mean_normalize(hidden: &[f32], lens: &[usize], dim: usize) 
         }
     }
     out
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-fn softmax(xs: &mut [f32]) {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in xs.iter_mut() {
-        *x = kernels::exp(*x - max);
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in xs.iter_mut() {
-        *x *= inv;
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 use std::path::Path;
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use candle_nn::ops::{layer_norm, softmax_last_dim};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -149,13 +149,26 @@ impl Linear {
                 if k != w.rows() {
                     candle_core::bail!("linear: input width {k}, weights take {}", w.rows());
                 }
-                let x = x.flatten_all()?.to_vec1::<f32>()?;
                 let mut y = vec![0.0f32; m * w.cols()];
-                panels::matmul(&x, w, &mut y, m);
+                with_cpu_rows(x, |x| panels::matmul(x, w, &mut y, m))?;
                 Tensor::from_vec(y, (m, w.cols()), &Device::Cpu)
             }
         }
     }
+}
+
+/// Runs `f` on the f32 elements of a CPU tensor, in place when it is contiguous (a copy
+/// otherwise).
+fn with_cpu_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[a..b]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 struct Norm {
@@ -515,9 +528,8 @@ impl Bert {
         let qkv = self.add_bias(layer.qkv.matmul(x)?, &layer.qkv)?;
         let ctx = match layout {
             SeqLayout::Packed { lens } if self.fused => {
-                let data = qkv.flatten_all()?.to_vec1::<f32>()?;
                 let (heads, hd) = (self.cfg.num_attention_heads, self.cfg.head_dim());
-                let ctx = attention::packed_attention(&data, lens, heads, hd);
+                let ctx = with_cpu_rows(&qkv, |q| attention::packed_attention(q, lens, heads, hd))?;
                 Tensor::from_vec(ctx, (x.dim(0)?, heads * hd), x.device())?
             }
             SeqLayout::Packed { lens } => self.packed_attention(&qkv, lens)?,

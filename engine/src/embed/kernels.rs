@@ -14,6 +14,8 @@
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor};
 use rayon::prelude::*;
 
+use super::panels::vectorized;
+
 /// The contiguous f32 elements of a CPU tensor's storage.
 fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -56,9 +58,11 @@ impl InplaceOp1 for AddBias<'_> {
         let x = slice_mut(s, l)?;
         rows_of(x.len(), self.0.len(), self.name())?;
         x.par_chunks_mut(self.0.len()).for_each(|row| {
-            for (v, b) in row.iter_mut().zip(self.0) {
-                *v += b;
-            }
+            vectorized(|| {
+                for (v, b) in row.iter_mut().zip(self.0) {
+                    *v += b;
+                }
+            })
         });
         Ok(())
     }
@@ -76,9 +80,11 @@ impl InplaceOp1 for BiasGelu<'_> {
         let x = slice_mut(s, l)?;
         rows_of(x.len(), self.0.len(), self.name())?;
         x.par_chunks_mut(self.0.len()).for_each(|row| {
-            for (v, b) in row.iter_mut().zip(self.0) {
-                *v = gelu(*v + b);
-            }
+            vectorized(|| {
+                for (v, b) in row.iter_mut().zip(self.0) {
+                    *v = gelu(*v + b);
+                }
+            })
         });
         Ok(())
     }
@@ -115,17 +121,19 @@ impl InplaceOp2 for BiasResidualNorm<'_> {
         x.par_chunks_mut(h)
             .zip(residual.par_chunks(h))
             .for_each(|(row, res)| {
-                for ((v, r), b) in row.iter_mut().zip(res).zip(self.bias) {
-                    *v += r + b;
-                }
-                let mean = sum(row) * inv_h;
-                for v in row.iter_mut() {
-                    *v -= mean;
-                }
-                let inv_std = 1.0 / (sum_sq(row) * inv_h + self.eps).sqrt();
-                for ((v, g), b) in row.iter_mut().zip(self.gamma).zip(self.beta) {
-                    *v = *v * inv_std * g + b;
-                }
+                vectorized(|| {
+                    for ((v, r), b) in row.iter_mut().zip(res).zip(self.bias) {
+                        *v += r + b;
+                    }
+                    let mean = sum(row) * inv_h;
+                    for v in row.iter_mut() {
+                        *v -= mean;
+                    }
+                    let inv_std = 1.0 / (sum_sq(row) * inv_h + self.eps).sqrt();
+                    for ((v, g), b) in row.iter_mut().zip(self.gamma).zip(self.beta) {
+                        *v = *v * inv_std * g + b;
+                    }
+                })
             });
         Ok(())
     }
@@ -143,17 +151,22 @@ impl InplaceOp1 for Softmax {
         let width = l.dims().last().copied().unwrap_or(0);
         let x = slice_mut(s, l)?;
         rows_of(x.len(), width, self.name())?;
-        x.par_chunks_mut(width).for_each(|row| {
-            let max = max(row);
-            for v in row.iter_mut() {
-                *v = exp(*v - max);
-            }
-            let inv = 1.0 / sum(row);
-            for v in row.iter_mut() {
-                *v *= inv;
-            }
-        });
+        x.par_chunks_mut(width)
+            .for_each(|row| vectorized(|| softmax_row(row)));
         Ok(())
+    }
+}
+
+/// Softmax of one row, in place.
+#[inline(always)]
+pub(crate) fn softmax_row(row: &mut [f32]) {
+    let max = max(row);
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
     }
 }
 

@@ -70,11 +70,15 @@ impl CollectionIndex {
             SearchMode::Hybrid => hybrid_candidates(req.top_k),
             SearchMode::Dense | SearchMode::Bm25 => req.top_k,
         };
-        let dense = match &query {
-            Some(q) => self.dense(q, k, &allowed),
-            None => Vec::new(),
-        };
-        let bm25 = self.bm25(&terms, k, &allowed)?;
+        // The two retrievers are independent: in hybrid mode they run side by side.
+        let (dense, bm25) = rayon::join(
+            || match &query {
+                Some(q) => self.dense(q, k, &allowed),
+                None => Vec::new(),
+            },
+            || self.bm25(&terms, k, &allowed),
+        );
+        let bm25 = bm25?;
         let fused: Vec<Fused> = match req.mode {
             SearchMode::Dense => single(&dense, true),
             SearchMode::Bm25 => single(&bm25, false),

@@ -65,6 +65,9 @@ struct Summary {
     duplicate: usize,
     failed: usize,
     chunks: u64,
+    /// Chunks embedded by this run, and their rate over the whole run.
+    embedded: u64,
+    chunks_per_s: f64,
     documents: Vec<Outcome>,
 }
 
@@ -118,6 +121,8 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
             .filter_map(|o| o.chunks)
             .map(u64::from)
             .sum(),
+        embedded,
+        chunks_per_s: embedded as f64 / secs.max(1e-9),
         documents,
     };
     if args.json {
@@ -276,7 +281,7 @@ fn print_summary(s: &Summary) {
     let bytes: u64 = s.documents.iter().map(|o| o.bytes).sum();
     let n = s.documents.len() as f64;
     println!(
-        "ingested {} documents into {:?} in {:.1} s ({:.1} docs/s, {:.2} MB/s): {} ok ({} chunks), {} duplicate, {} failed",
+        "ingested {} documents into {:?} in {:.1} s ({:.1} docs/s, {:.2} MB/s): {} ok ({} chunks; {} embedded, {:.0} chunks/s), {} duplicate, {} failed",
         s.documents.len(),
         s.collection,
         s.seconds,
@@ -284,6 +289,8 @@ fn print_summary(s: &Summary) {
         bytes as f64 / 1e6 / s.seconds.max(1e-9),
         s.ok,
         s.chunks,
+        s.embedded,
+        s.chunks_per_s,
         s.duplicate,
         s.failed
     );

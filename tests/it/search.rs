@@ -29,7 +29,12 @@ fn ranking(v: &Value) -> Vec<(String, String)> {
 #[test]
 fn every_mode_finds_the_right_document_and_reports_where() {
     let node = Node::new(Backend::Local);
-    node.ingest("docs", &[&root().join("testdata/corpus")]);
+    let summary = node.ingest("docs", &[&root().join("testdata/corpus")]);
+    // Every chunk of a fresh collection is embedded, and the rate is reported.
+    let chunks = summary["chunks"].as_u64().unwrap();
+    assert!(chunks > 100, "{summary:#}");
+    assert_eq!(summary["embedded"].as_u64(), Some(chunks), "{summary:#}");
+    assert!(summary["chunks_per_s"].as_f64().is_some_and(|r| r > 0.0), "{summary:#}");
     for mode in ["dense", "bm25", "hybrid"] {
         let out = node.search(
             "docs",
@@ -142,8 +147,15 @@ fn filters_apply_inside_retrieval() {
         );
         let files = hit_files(&only);
         if mode == "bm25" {
-            // No query word occurs in the note: BM25 has nothing to return.
-            assert!(files.iter().all(|f| f == "retention-note.md"), "{files:?}");
+            // No query word occurs in the note: under the filter BM25 has nothing to return.
+            assert!(files.is_empty(), "{files:?}");
+            // One shared word ("invoices") is enough, and nothing else passes the filter.
+            let mixed = node.search(
+                "f",
+                "deflate compression invoices",
+                &["--mode", mode, "--top-k", "10", "--filter", "team=legal"],
+            );
+            assert_eq!(hit_files(&mixed), vec!["retention-note.md"]);
         } else {
             assert_eq!(files, vec!["retention-note.md"], "{mode}");
         }

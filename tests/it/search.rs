@@ -34,7 +34,10 @@ fn every_mode_finds_the_right_document_and_reports_where() {
     let chunks = summary["chunks"].as_u64().unwrap();
     assert!(chunks > 100, "{summary:#}");
     assert_eq!(summary["embedded"].as_u64(), Some(chunks), "{summary:#}");
-    assert!(summary["chunks_per_s"].as_f64().is_some_and(|r| r > 0.0), "{summary:#}");
+    assert!(
+        summary["chunks_per_s"].as_f64().is_some_and(|r| r > 0.0),
+        "{summary:#}"
+    );
     for mode in ["dense", "bm25", "hybrid"] {
         let out = node.search(
             "docs",

@@ -43,6 +43,9 @@ pub(crate) fn packed_attention(
     }
     let row = 3 * hidden;
     parts.into_par_iter().for_each(|(rows, out, len)| {
+        if len == 0 {
+            return;
+        }
         let mut q = vec![0.0f32; len * head_dim];
         let mut scores = vec![0.0f32; len * len];
         let mut ctx = vec![0.0f32; len * head_dim];
@@ -102,7 +105,7 @@ mod tests {
         let dev = Device::Cpu;
         let (heads, hd) = (3, 8);
         let h = heads * hd;
-        let lens = [5usize, 1, 9];
+        let lens = [5usize, 1, 0, 9];
         let tokens: usize = lens.iter().sum();
         let qkv = Tensor::randn(0f32, 1.0, (tokens, 3 * h), &dev).unwrap();
         let got = packed_attention(
@@ -113,6 +116,9 @@ mod tests {
         );
         let mut at = 0;
         for &len in &lens {
+            if len == 0 {
+                continue; // an empty sequence owns no rows
+            }
             let s = qkv
                 .narrow(0, at, len)
                 .unwrap()

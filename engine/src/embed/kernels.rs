@@ -46,43 +46,26 @@ fn rows_of(len: usize, width: usize, name: &str) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// `x += bias` on each row of a `(rows, bias.len())` tensor.
-struct AddBias<'a>(&'a [f32]);
-
-impl InplaceOp1 for AddBias<'_> {
-    fn name(&self) -> &'static str {
-        "hearth-add-bias"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let x = slice_mut(s, l)?;
-        rows_of(x.len(), self.0.len(), self.name())?;
-        x.par_chunks_mut(self.0.len()).for_each(|row| {
-            vectorized(|| {
-                for (v, b) in row.iter_mut().zip(self.0) {
-                    *v += b;
-                }
-            })
-        });
-        Ok(())
-    }
+/// `x = f(x + bias)` on each row of a `(rows, bias.len())` tensor. `f` is a generic
+/// parameter, not a function pointer, so it is inlined and the loop vectorises.
+struct BiasMap<'a, F> {
+    name: &'static str,
+    bias: &'a [f32],
+    f: F,
 }
 
-/// `x = gelu(x + bias)` (the erf form) on each row.
-struct BiasGelu<'a>(&'a [f32]);
-
-impl InplaceOp1 for BiasGelu<'_> {
+impl<F: Fn(f32) -> f32 + Sync> InplaceOp1 for BiasMap<'_, F> {
     fn name(&self) -> &'static str {
-        "hearth-bias-gelu"
+        self.name
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let x = slice_mut(s, l)?;
-        rows_of(x.len(), self.0.len(), self.name())?;
-        x.par_chunks_mut(self.0.len()).for_each(|row| {
+        rows_of(x.len(), self.bias.len(), self.name)?;
+        x.par_chunks_mut(self.bias.len()).for_each(|row| {
             vectorized(|| {
-                for (v, b) in row.iter_mut().zip(self.0) {
-                    *v = gelu(*v + b);
+                for (v, b) in row.iter_mut().zip(self.bias) {
+                    *v = (self.f)(*v + b);
                 }
             })
         });
@@ -172,12 +155,20 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
 
 /// `x += bias` per row, in place (CPU, contiguous f32).
 pub(crate) fn add_bias_(x: &Tensor, bias: &[f32]) -> candle_core::Result<()> {
-    x.inplace_op1(&AddBias(bias))
+    x.inplace_op1(&BiasMap {
+        name: "hearth-add-bias",
+        bias,
+        f: |v| v,
+    })
 }
 
 /// `x = gelu(x + bias)` per row, in place (CPU, contiguous f32).
 pub(crate) fn bias_gelu_(x: &Tensor, bias: &[f32]) -> candle_core::Result<()> {
-    x.inplace_op1(&BiasGelu(bias))
+    x.inplace_op1(&BiasMap {
+        name: "hearth-bias-gelu",
+        bias,
+        f: gelu,
+    })
 }
 
 /// `x = layer_norm(x + bias + residual)` per row, in place (CPU, contiguous f32).

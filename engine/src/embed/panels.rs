@@ -48,16 +48,7 @@ impl Packed {
             k * n,
             "packing: the slice does not hold k × n floats"
         );
-        let panels = n.div_ceil(TILE_COLS);
-        let mut data = vec![0.0f32; panels * k * TILE_COLS];
-        for (p, panel) in data.chunks_exact_mut(k * TILE_COLS).enumerate() {
-            let c0 = p * TILE_COLS;
-            let cols = TILE_COLS.min(n - c0);
-            for (i, dst) in panel.chunks_exact_mut(TILE_COLS).enumerate() {
-                dst[..cols].copy_from_slice(&w[i * n + c0..i * n + c0 + cols]);
-            }
-        }
-        Self { k, n, data }
+        Self::from_fn(k, n, |i, c| w[i * n + c])
     }
 
     /// Packs the `(k, n)` matrix whose element `(i, c)` is `at(i, c)`.

@@ -356,18 +356,18 @@ impl HnswIndex {
         .map_err(|e| corrupt(format!("hnsw_rs could not load: {e}")))?;
         let nodes = hnsw.get_nb_point();
         let points = hnsw.get_point_indexation();
-        let graph = (nodes > 0)
-            .then(|| points.into_iter())
-            .into_iter()
-            .flatten()
-            .map(|p| (p.get_origin_id(), p));
-        let graph: Vec<_> = graph.collect();
+        // The iterator panics on an empty graph (no entry point), hence the guard.
+        let graph: Vec<_> = if nodes > 0 {
+            points.into_iter().collect()
+        } else {
+            Vec::new()
+        };
         let alias_path = dump.aliases_sha256.as_ref().map(|_| dir.join(&alias));
         let dups = Duplicates::read(
             alias_path.as_deref(),
             graph
                 .iter()
-                .filter_map(|(id, p)| Some((u32::try_from(*id).ok()?, p.get_v()))),
+                .filter_map(|p| Some((u32::try_from(p.get_origin_id()).ok()?, p.get_v()))),
         )?;
         drop(graph);
         if nodes + dups.len() != dump.points {

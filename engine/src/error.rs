@@ -32,6 +32,10 @@ pub enum EngineError {
     /// stopped). The request may be retried; the engine keeps serving others.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A model uses something this engine does not implement (an architecture, a tensor
+    /// type, a tokenizer model, an adapter option); the message names it.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// A model or tokenizer file is malformed.
     #[error("corrupt model file {path}: {detail}")]
     Corrupt {

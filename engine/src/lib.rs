@@ -51,9 +51,11 @@ mod config;
 mod device;
 mod embed;
 mod error;
+mod generate;
 mod tokenizer;
 
 pub use config::{EmbeddingModelInfo, EngineConfig};
 pub use embed::{Embedder, Embeddings, Priority};
 pub use error::{EngineError, Result};
+pub use generate::{ChatMessage, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -406,6 +406,7 @@ fn clone_error(e: &EngineError) -> EngineError {
         EngineError::InvalidInput(m) => EngineError::InvalidInput(m.clone()),
         EngineError::Overloaded(m) => EngineError::Overloaded(m.clone()),
         EngineError::Internal(m) => EngineError::Internal(m.clone()),
+        EngineError::Unsupported(m) => EngineError::Unsupported(m.clone()),
         EngineError::ModelMissing { .. } | EngineError::Io { .. } | EngineError::Corrupt { .. } => {
             EngineError::Internal(e.to_string())
         }

@@ -42,6 +42,29 @@ pub struct EngineConfig {
     /// indexing each get this many); past it, requests fail with `Overloaded`. A single request
     /// may not hold more texts than this. At least 1. Default: 4096.
     pub embed_queue: usize,
+    /// A `tokenizer.json` for the generator instead of the GGUF file's own vocabulary.
+    pub generator_tokenizer: Option<PathBuf>,
+    /// A Jinja chat template file for the generator instead of the GGUF file's own (or the
+    /// built-in one for its family).
+    pub chat_template: Option<PathBuf>,
+    /// Threads for the generator's forward pass (a dedicated rayon pool); 0 means one per
+    /// available core. Default: 0.
+    pub gen_threads: usize,
+    /// Memory for the generator's KV cache, in MiB (f32 keys and values). Default: 512.
+    pub kv_cache_mb: usize,
+    /// Tokens per KV cache block, 1..=256. Default: 16.
+    pub kv_block_size: usize,
+    /// Most tokens one scheduler step feeds through the model (decodes plus prefill chunks),
+    /// 1..=65536: the prefill chunk size under load. Default: 512.
+    pub max_batch_tokens: usize,
+    /// Most sequences in the running batch, 1..=1024. Default: 32.
+    pub max_running: usize,
+    /// Most generation requests waiting for a place in the batch; past it, submissions fail
+    /// with `Overloaded`. At least 1. Default: 256.
+    pub gen_queue: usize,
+    /// Most tokens (prompt + output) per request; 0 means the model's own context length.
+    /// Default: 8192 (capped by the model's).
+    pub max_context: usize,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +78,15 @@ impl Default for EngineConfig {
             embed_batch_size: 32,
             embed_batch_wait_ms: 2,
             embed_queue: 4096,
+            generator_tokenizer: None,
+            chat_template: None,
+            gen_threads: 0,
+            kv_cache_mb: 512,
+            kv_block_size: 16,
+            max_batch_tokens: 512,
+            max_running: 32,
+            gen_queue: 256,
+            max_context: 8192,
         }
     }
 }
@@ -105,6 +137,21 @@ impl EngineConfig {
                 "engine.embed_queue must be at least 1".to_owned(),
             ));
         }
+        for (key, value, range) in [
+            ("engine.kv_cache_mb", self.kv_cache_mb, 1..=1 << 20),
+            ("engine.kv_block_size", self.kv_block_size, 1..=256),
+            ("engine.max_batch_tokens", self.max_batch_tokens, 1..=65536),
+            ("engine.max_running", self.max_running, 1..=1024),
+            ("engine.gen_queue", self.gen_queue, 1..=1 << 20),
+        ] {
+            if !range.contains(&value) {
+                return Err(EngineError::InvalidInput(format!(
+                    "{key} must be in {}..={}, not {value}",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -115,6 +162,20 @@ impl EngineConfig {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
+    }
+
+    /// The number of generator threads: `gen_threads`, or one per available core when 0.
+    pub(crate) fn resolved_gen_threads(&self) -> usize {
+        if self.gen_threads > 0 {
+            self.gen_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// A model-relative path resolved against `models_dir`.
+    pub(crate) fn resolve_path(&self, p: &Path) -> PathBuf {
+        self.resolve(p)
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {
@@ -225,6 +286,27 @@ mod tests {
                     ..base.clone()
                 },
                 "engine.embed_queue",
+            ),
+            (
+                EngineConfig {
+                    kv_block_size: 0,
+                    ..base.clone()
+                },
+                "engine.kv_block_size",
+            ),
+            (
+                EngineConfig {
+                    max_running: 0,
+                    ..base.clone()
+                },
+                "engine.max_running",
+            ),
+            (
+                EngineConfig {
+                    max_batch_tokens: 70000,
+                    ..base.clone()
+                },
+                "engine.max_batch_tokens",
             ),
             (
                 EngineConfig {

@@ -57,5 +57,8 @@ mod tokenizer;
 pub use config::{EmbeddingModelInfo, EngineConfig};
 pub use embed::{Embedder, Embeddings, Priority};
 pub use error::{EngineError, Result};
-pub use generate::{ChatMessage, SamplingParams};
+pub use generate::{
+    ChatMessage, Completion, FinishReason, Generation, GenerationEvent, Generator, GeneratorInfo,
+    GeneratorStats, Prompt, SamplingParams, Timings, Usage,
+};
 pub use tokenizer::Tokenizer;

@@ -1,10 +1,389 @@
 //! Text generation: a GGUF decoder served by one scheduler loop with continuous batching, a
-//! paged KV cache, chunked prefill, prefix caching and per-request LoRA adapters.
+//! paged KV cache, chunked prefill and prefix caching.
+//!
+//! [`Generator`] is a cheap-to-clone handle. [`Generator::submit`] tokenises and validates a
+//! request on the caller's thread, then hands it to the scheduler thread over a channel and
+//! returns a [`Generation`]: a stream of [`GenerationEvent`]s (text pieces as they are
+//! decoded, then one final `Done` with usage and timings, or `Failed`). Submitting never
+//! blocks: a full queue is [`EngineError::Overloaded`]. Dropping a `Generation` cancels the
+//! request; its KV blocks are freed before the next step.
 
+mod arch;
+mod attention;
+mod gguf;
+mod kv;
+mod model;
 mod sampling;
+mod scheduler;
 mod stop;
 mod template;
 mod tokenizer;
 
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::Stream;
+use futures::channel::mpsc::{UnboundedReceiver, unbounded};
+
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+
 pub use sampling::SamplingParams;
 pub use template::ChatMessage;
+
+use gguf::GgufFile;
+use kv::KvStore;
+use model::Model;
+use scheduler::{Counters, Request, Scheduler, SchedulerConfig};
+use template::ChatTemplate;
+use tokenizer::GenTokenizer;
+
+/// What the caller wants generated from.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// A conversation, rendered with the model's chat template (the assistant's turn is
+    /// opened for the answer).
+    Chat(Vec<ChatMessage>),
+    /// Raw text, tokenised as is (BOS added when the model wants one).
+    Text(String),
+}
+
+/// One item of a [`Generation`] stream.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// The next piece of text (whole characters; stop strings already removed).
+    Text(String),
+    /// The request finished; always the last event of a successful generation.
+    Done(Completion),
+    /// The request failed; the last event.
+    Failed(EngineError),
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence or stop token, or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+}
+
+/// Token counts of a finished request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated (including a final end token).
+    pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_prompt_tokens: usize,
+}
+
+/// Where a finished request's time went, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timings {
+    /// From submission to the first step that worked on it.
+    pub queue_ms: f64,
+    /// From that step to the first token (prompt processing).
+    pub prefill_ms: f64,
+    /// From submission to the first token.
+    pub ttft_ms: f64,
+    /// From the first token to the last.
+    pub decode_ms: f64,
+    /// Tokens after the first, per second of `decode_ms`.
+    pub decode_tokens_per_s: f64,
+    /// From submission to the end.
+    pub total_ms: f64,
+}
+
+/// The final event of a generation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Completion {
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Token counts.
+    pub usage: Usage,
+    /// Timings.
+    pub timings: Timings,
+}
+
+/// What is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratorInfo {
+    /// The model's name from its metadata.
+    pub name: String,
+    /// Its architecture (`llama`, `gemma3`, ...).
+    pub architecture: String,
+    /// The most tokens (prompt + output) one request may span.
+    pub context: usize,
+    /// Token ids the model knows.
+    pub vocab: usize,
+    /// KV cache blocks and their size in tokens.
+    pub kv_blocks: usize,
+    /// Tokens per KV block.
+    pub kv_block_size: usize,
+}
+
+/// A snapshot of the scheduler's load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeneratorStats {
+    /// Requests accepted but not yet running.
+    pub waiting: usize,
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// KV blocks holding live sequences' rows.
+    pub kv_blocks_used: usize,
+    /// Forward passes run so far.
+    pub steps: usize,
+    /// Sequences preempted for lack of KV blocks so far.
+    pub preemptions: usize,
+}
+
+struct Shared {
+    inbox: Mutex<std::sync::mpsc::Sender<Request>>,
+    tokenizer: Arc<GenTokenizer>,
+    template: ChatTemplate,
+    counters: Arc<Counters>,
+    info: GeneratorInfo,
+    queue_limit: usize,
+}
+
+/// Handle to the generator; clones share one model and one scheduler thread, which stops
+/// when the last handle is dropped and its work is done.
+#[derive(Clone)]
+pub struct Generator {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("info", &self.shared.info)
+            .finish()
+    }
+}
+
+impl Generator {
+    /// Loads `engine.generator_model` (a GGUF file) with its tokenizer and chat template and
+    /// starts the scheduler thread.
+    pub fn load(config: &EngineConfig) -> Result<Self> {
+        config.validate()?;
+        let path = config.generator_model_path();
+        let started = Instant::now();
+        let device = crate::device::select(&config.device)?;
+        let file = GgufFile::open(&path)?;
+        let model = Model::load(&file, &device)?;
+        let spec = model.spec.clone();
+        let tokenizer = match &config.generator_tokenizer {
+            Some(p) => GenTokenizer::from_tokenizer_json(&config.resolve_path(p), file.content())?,
+            None => GenTokenizer::from_gguf(file.content(), file.path())?,
+        };
+        if tokenizer.vocab_size() > spec.vocab {
+            return Err(EngineError::Corrupt {
+                path: path.clone(),
+                detail: format!(
+                    "the tokenizer has {} tokens but the model only {}",
+                    tokenizer.vocab_size(),
+                    spec.vocab
+                ),
+            });
+        }
+        let template = match &config.chat_template {
+            Some(p) => {
+                let p = config.resolve_path(p);
+                let src = std::fs::read_to_string(&p).map_err(|e| EngineError::Io {
+                    path: p.clone(),
+                    source: e,
+                })?;
+                ChatTemplate::from_source(src, &tokenizer)?
+            }
+            None => ChatTemplate::from_gguf(file.content(), &spec.architecture, &tokenizer)?,
+        };
+        drop(file);
+
+        let bs = config.kv_block_size;
+        let block_bytes = KvStore::block_bytes(spec.layers, bs, spec.kv_heads, spec.head_dim);
+        let blocks = (config.kv_cache_mb << 20) / block_bytes;
+        let context = match config.max_context {
+            0 => spec.context,
+            n => n.min(spec.context),
+        };
+        if blocks * bs < context.min(4096) && blocks < 2 {
+            return Err(EngineError::InvalidInput(format!(
+                "engine.kv_cache_mb = {} holds {blocks} blocks of {bs} tokens: too small for {}",
+                config.kv_cache_mb, spec.name
+            )));
+        }
+        // A request must fit in the cache alone.
+        let context = context.min(blocks * bs);
+        let info = GeneratorInfo {
+            name: spec.name.clone(),
+            architecture: spec.architecture.clone(),
+            context,
+            vocab: spec.vocab,
+            kv_blocks: blocks,
+            kv_block_size: bs,
+        };
+        let tokenizer = Arc::new(tokenizer);
+        let counters = Arc::new(Counters::default());
+        let sched = Scheduler::new(
+            model,
+            tokenizer.clone(),
+            SchedulerConfig {
+                block_size: bs,
+                blocks,
+                max_batch_tokens: config.max_batch_tokens,
+                max_running: config.max_running,
+            },
+            counters.clone(),
+            context,
+        );
+        let threads = config.resolved_gen_threads();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hearth-gen-{i}"))
+            .build()
+            .map_err(|e| EngineError::Internal(format!("generator thread pool: {e}")))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("hearth-scheduler".into())
+            .spawn(move || pool.install(|| sched.run(rx)))
+            .map_err(|e| EngineError::Internal(format!("generator thread: {e}")))?;
+        tracing::info!(
+            model = %info.name,
+            architecture = %info.architecture,
+            device = %crate::device::label(&device),
+            kv_blocks = blocks,
+            context,
+            threads,
+            load_ms = started.elapsed().as_millis() as u64,
+            "generator ready"
+        );
+        Ok(Self {
+            shared: Arc::new(Shared {
+                inbox: Mutex::new(tx),
+                tokenizer,
+                template,
+                counters,
+                info,
+                queue_limit: config.gen_queue,
+            }),
+        })
+    }
+
+    /// What is loaded.
+    pub fn info(&self) -> &GeneratorInfo {
+        &self.shared.info
+    }
+
+    /// The scheduler's current load.
+    pub fn stats(&self) -> GeneratorStats {
+        let c = &self.shared.counters;
+        GeneratorStats {
+            waiting: c.waiting.load(Ordering::Relaxed),
+            running: c.running.load(Ordering::Relaxed),
+            kv_blocks_used: c.blocks_used.load(Ordering::Relaxed),
+            steps: c.steps.load(Ordering::Relaxed),
+            preemptions: c.preemptions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The prompt text a conversation renders to.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.shared.template.render(messages, true)
+    }
+
+    /// Token ids of a prompt, as the model will see it.
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let text = match prompt {
+            Prompt::Chat(m) => self.render_chat(m)?,
+            Prompt::Text(t) => t.clone(),
+        };
+        self.shared.tokenizer.encode(&text)
+    }
+
+    /// Starts generating. Fails at once, with nothing queued, on invalid parameters, a prompt
+    /// that does not fit the context, or a full queue.
+    pub fn submit(&self, prompt: &Prompt, params: SamplingParams) -> Result<Generation> {
+        let submitted = Instant::now();
+        let info = &self.shared.info;
+        params.validate(info.vocab)?;
+        let tokens = self.tokenize(prompt)?;
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("the prompt is empty".into()));
+        }
+        if tokens.len() + params.max_tokens > info.context {
+            return Err(EngineError::InvalidInput(format!(
+                "the prompt ({} tokens) plus max_tokens ({}) exceeds the context of {} tokens",
+                tokens.len(),
+                params.max_tokens,
+                info.context
+            )));
+        }
+        let counters = &self.shared.counters;
+        if counters.waiting.fetch_add(1, Ordering::Relaxed) >= self.shared.queue_limit {
+            counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded(format!(
+                "{} generation requests are already waiting",
+                self.shared.queue_limit
+            )));
+        }
+        let (tx, rx) = unbounded();
+        let request = Request {
+            prompt: tokens,
+            params,
+            events: tx,
+            submitted,
+        };
+        let sent = self
+            .shared
+            .inbox
+            .lock()
+            .map_err(|_| EngineError::Internal("generator handle poisoned".into()))?
+            .send(request);
+        if sent.is_err() {
+            counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Internal(
+                "the generator thread has stopped".into(),
+            ));
+        }
+        Ok(Generation { events: rx })
+    }
+}
+
+/// A running request: a stream of [`GenerationEvent`]s. Dropping it cancels the request.
+pub struct Generation {
+    events: UnboundedReceiver<GenerationEvent>,
+}
+
+impl Stream for Generation {
+    type Item = GenerationEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.events).poll_next(cx)
+    }
+}
+
+impl Generation {
+    /// Waits for the whole answer on the current thread (for the CLI and tests; async callers
+    /// poll the stream instead).
+    pub fn wait(self) -> Result<(String, Completion)> {
+        let mut text = String::new();
+        for event in futures::executor::block_on_stream(self) {
+            match event {
+                GenerationEvent::Text(t) => text.push_str(&t),
+                GenerationEvent::Done(c) => return Ok((text, c)),
+                GenerationEvent::Failed(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Internal(
+            "the generator stopped before finishing the request".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod reference_tests;

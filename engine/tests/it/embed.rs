@@ -1,43 +1,13 @@
 //! The embedder against sentence-transformers' reference vectors, and its batcher under load.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hearth_engine::{Embedder, EngineConfig, EngineError, Priority, Tokenizer};
+
+use crate::{config, workspace};
 use serde::Deserialize;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("..")
-}
-
-fn models_dir() -> PathBuf {
-    match std::env::var_os("HEARTH_MODELS") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let dir = workspace().join("models");
-            assert!(
-                dir.is_dir(),
-                "no models at {}: run scripts/fetch-models.sh (or set HEARTH_MODELS)",
-                dir.display()
-            );
-            dir
-        }
-    }
-}
-
-fn config() -> EngineConfig {
-    EngineConfig {
-        models_dir: models_dir(),
-        device: "cpu".into(),
-        embed_threads: 2,
-        ..EngineConfig::default()
-    }
-}
 
 fn load(cfg: &EngineConfig) -> Embedder {
     Embedder::load(cfg).unwrap_or_else(|e| panic!("loading the embedder: {e}"))

@@ -1,0 +1,411 @@
+//! The decoder's weights and its forward pass over one scheduler step.
+//!
+//! A step is a flat list of token rows from several sequences (prefill chunks and single
+//! decode tokens side by side). Matmuls run once over all rows through candle's quantized
+//! kernels (`QMatMul`, any GGUF block type); norms, rotary embeddings, activations and the
+//! paged attention run in place on host buffers. Every row's arithmetic is independent of the
+//! other rows in the step, so a sequence gets the same logits alone or in a full batch.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::error::{EngineError, Result};
+
+use super::arch::{Activation, ModelSpec};
+use super::attention::{AttentionShape, SeqRows, paged_attention};
+use super::gguf::GgufFile;
+use super::kv::KvStore;
+
+struct Linear {
+    w: QMatMul,
+    out: usize,
+}
+
+impl Linear {
+    fn load(file: &GgufFile, name: &str, inp: usize, out: usize, device: &Device) -> Result<Self> {
+        let t = file.tensor(name, device)?;
+        let dims = t.shape().dims().to_vec();
+        if dims != [out, inp] {
+            return Err(EngineError::Corrupt {
+                path: file.path().to_owned(),
+                detail: format!("tensor {name} has shape {dims:?}, expected [{out}, {inp}]"),
+            });
+        }
+        let w = QMatMul::from_arc(t).map_err(internal)?;
+        Ok(Self { w, out })
+    }
+
+    /// `x (rows × in) → rows × out`.
+    fn forward(&self, x: &[f32], rows: usize, device: &Device) -> Result<Vec<f32>> {
+        let inp = x.len() / rows.max(1);
+        let xt = Tensor::from_slice(x, (rows, inp), device).map_err(internal)?;
+        let y = candle_core::Module::forward(&self.w, &xt).map_err(internal)?;
+        let y = y
+            .flatten_all()
+            .and_then(|y| y.to_vec1::<f32>())
+            .map_err(internal)?;
+        debug_assert_eq!(y.len(), rows * self.out);
+        Ok(y)
+    }
+}
+
+fn internal(e: candle_core::Error) -> EngineError {
+    EngineError::Internal(format!("generator forward: {e}"))
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// The loaded decoder.
+pub(crate) struct Model {
+    pub(crate) spec: ModelSpec,
+    device: Device,
+    embeddings: Arc<QTensor>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    output: Linear,
+}
+
+/// One sequence's part of a step.
+pub(crate) struct StepSeq<'a> {
+    /// Its tokens in this step (a prefill chunk, or one decode token).
+    pub(crate) tokens: &'a [u32],
+    /// Position of the first of them.
+    pub(crate) start_pos: usize,
+    /// Its KV blocks, covering at least `start_pos + tokens.len()` positions.
+    pub(crate) blocks: &'a [u32],
+    /// Whether the step should return logits for its last token.
+    pub(crate) logits: bool,
+}
+
+impl Model {
+    pub(crate) fn load(file: &GgufFile, device: &Device) -> Result<Self> {
+        let spec = ModelSpec::from_gguf(file)?;
+        let (h, qd, kvd, f) = (spec.hidden, spec.q_dim(), spec.kv_dim(), spec.ffn);
+        let opt = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+            if file.has_tensor(name) {
+                file.vector(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut layers = Vec::with_capacity(spec.layers);
+        for l in 0..spec.layers {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let need = |name: String, len: usize| file.vector(&name, len);
+            let layer = Layer {
+                attn_norm: need(n("attn_norm.weight"), h)?,
+                q: Linear::load(file, &n("attn_q.weight"), h, qd, device)?,
+                k: Linear::load(file, &n("attn_k.weight"), h, kvd, device)?,
+                v: Linear::load(file, &n("attn_v.weight"), h, kvd, device)?,
+                o: Linear::load(file, &n("attn_output.weight"), qd, h, device)?,
+                q_bias: if spec.qkv_bias {
+                    opt(&n("attn_q.bias"), qd)?
+                } else {
+                    None
+                },
+                k_bias: if spec.qkv_bias {
+                    opt(&n("attn_k.bias"), kvd)?
+                } else {
+                    None
+                },
+                v_bias: if spec.qkv_bias {
+                    opt(&n("attn_v.bias"), kvd)?
+                } else {
+                    None
+                },
+                q_norm: if spec.qk_norm {
+                    Some(need(n("attn_q_norm.weight"), spec.head_dim)?)
+                } else {
+                    None
+                },
+                k_norm: if spec.qk_norm {
+                    Some(need(n("attn_k_norm.weight"), spec.head_dim)?)
+                } else {
+                    None
+                },
+                post_attn_norm: if spec.post_norms {
+                    Some(need(n("post_attention_norm.weight"), h)?)
+                } else {
+                    None
+                },
+                ffn_norm: need(n("ffn_norm.weight"), h)?,
+                gate: Linear::load(file, &n("ffn_gate.weight"), h, f, device)?,
+                up: Linear::load(file, &n("ffn_up.weight"), h, f, device)?,
+                down: Linear::load(file, &n("ffn_down.weight"), f, h, device)?,
+                post_ffn_norm: if spec.post_norms {
+                    Some(need(n("post_ffw_norm.weight"), h)?)
+                } else {
+                    None
+                },
+            };
+            layers.push(layer);
+        }
+        let embeddings = file.tensor("token_embd.weight", device)?;
+        let output_name = if file.has_tensor("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        let output = Linear::load(file, output_name, h, spec.vocab, device)?;
+        let norm = file.vector("output_norm.weight", h)?;
+        Ok(Self {
+            spec,
+            device: device.clone(),
+            embeddings,
+            layers,
+            norm,
+            output,
+        })
+    }
+
+    /// Runs one step: writes every row's keys and values into `kv` and returns the logits of
+    /// the sequences that asked for them, `vocab` floats each, in sequence order.
+    pub(crate) fn forward(&self, seqs: &[StepSeq<'_>], kv: &mut KvStore) -> Result<Vec<f32>> {
+        let spec = &self.spec;
+        let (h, hd) = (spec.hidden, spec.head_dim);
+        let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tokens = Vec::with_capacity(rows);
+        let mut positions = Vec::with_capacity(rows);
+        let mut spans = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let start = tokens.len();
+            tokens.extend_from_slice(s.tokens);
+            positions.extend(s.start_pos..s.start_pos + s.tokens.len());
+            spans.push(SeqRows {
+                rows: start..tokens.len(),
+                start_pos: s.start_pos,
+                blocks: s.blocks,
+            });
+        }
+
+        let mut x = self.embed(&tokens)?;
+        if spec.embed_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= spec.embed_scale);
+        }
+
+        let mut normed = vec![0f32; rows * h];
+        let mut attn = vec![0f32; rows * spec.q_dim()];
+        let mut rope = Rope::default();
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(&x, &layer.attn_norm, spec.rms_eps, &mut normed);
+            let mut q = layer.q.forward(&normed, rows, &self.device)?;
+            let mut k = layer.k.forward(&normed, rows, &self.device)?;
+            let mut v = layer.v.forward(&normed, rows, &self.device)?;
+            for (t, b) in [
+                (&mut q, &layer.q_bias),
+                (&mut k, &layer.k_bias),
+                (&mut v, &layer.v_bias),
+            ] {
+                if let Some(b) = b {
+                    add_rows(t, b);
+                }
+            }
+            if let Some(w) = &layer.q_norm {
+                rms_norm_in_place(&mut q, w, spec.rms_eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                rms_norm_in_place(&mut k, w, spec.rms_eps);
+            }
+            rope.prepare(spec.rope_base[l], spec.rope_dims, &positions);
+            rope.apply(&mut q, hd, spec.rope_neox);
+            rope.apply(&mut k, hd, spec.rope_neox);
+
+            let kvd = spec.kv_dim();
+            for s in &spans {
+                for (i, r) in s.rows.clone().enumerate() {
+                    let p = s.start_pos + i;
+                    let (b, slot) = (s.blocks[p / kv.block_size], p % kv.block_size);
+                    kv.write(
+                        l,
+                        b,
+                        slot,
+                        &k[r * kvd..(r + 1) * kvd],
+                        &v[r * kvd..(r + 1) * kvd],
+                    );
+                }
+            }
+            let shape = AttentionShape {
+                heads: spec.heads,
+                kv_heads: spec.kv_heads,
+                head_dim: hd,
+                block_size: kv.block_size,
+                scale: spec.attn_scale,
+                window: spec.window[l],
+            };
+            paged_attention(&shape, kv.layer(l), &spans, &q, &mut attn);
+            let mut o = layer.o.forward(&attn, rows, &self.device)?;
+            if let Some(w) = &layer.post_attn_norm {
+                rms_norm_in_place(&mut o, w, spec.rms_eps);
+            }
+            add_in_place(&mut x, &o);
+
+            rms_norm_rows(&x, &layer.ffn_norm, spec.rms_eps, &mut normed);
+            let mut g = layer.gate.forward(&normed, rows, &self.device)?;
+            let u = layer.up.forward(&normed, rows, &self.device)?;
+            match spec.activation {
+                Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = silu(*g) * u),
+                Activation::GeluTanh => g
+                    .iter_mut()
+                    .zip(&u)
+                    .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+            }
+            let mut d = layer.down.forward(&g, rows, &self.device)?;
+            if let Some(w) = &layer.post_ffn_norm {
+                rms_norm_in_place(&mut d, w, spec.rms_eps);
+            }
+            add_in_place(&mut x, &d);
+        }
+
+        // Logits only for the rows that need them.
+        let wanted: Vec<usize> = spans
+            .iter()
+            .zip(seqs)
+            .filter(|(_, s)| s.logits)
+            .map(|(sp, _)| sp.rows.end - 1)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut last = vec![0f32; wanted.len() * h];
+        for (i, &r) in wanted.iter().enumerate() {
+            rms_norm_row(
+                &x[r * h..(r + 1) * h],
+                &self.norm,
+                spec.rms_eps,
+                &mut last[i * h..(i + 1) * h],
+            );
+        }
+        self.output.forward(&last, wanted.len(), &self.device)
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(internal)?;
+        let e = self.embeddings.embedding(&ids).map_err(internal)?;
+        e.flatten_all()
+            .and_then(|e| e.to_vec1::<f32>())
+            .map_err(internal)
+    }
+}
+
+/// Rotary tables for one step's positions at one base.
+#[derive(Default)]
+struct Rope {
+    base: f32,
+    dims: usize,
+    positions: Vec<usize>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    fn prepare(&mut self, base: f32, dims: usize, positions: &[usize]) {
+        if self.base == base && self.dims == dims && self.positions == positions {
+            return;
+        }
+        self.base = base;
+        self.dims = dims;
+        self.positions.clear();
+        self.positions.extend_from_slice(positions);
+        let half = dims / 2;
+        self.cos.clear();
+        self.sin.clear();
+        for &p in positions {
+            for i in 0..half {
+                let theta = 1f32 / base.powf((2 * i) as f32 / dims as f32);
+                let a = p as f32 * theta;
+                self.cos.push(a.cos());
+                self.sin.push(a.sin());
+            }
+        }
+    }
+
+    /// Rotates the first `dims` dimensions of every head of every row.
+    fn apply(&self, x: &mut [f32], head_dim: usize, neox: bool) {
+        let half = self.dims / 2;
+        let width = x.len() / self.positions.len();
+        for (r, row) in x.chunks_mut(width).enumerate() {
+            let cos = &self.cos[r * half..(r + 1) * half];
+            let sin = &self.sin[r * half..(r + 1) * half];
+            for head in row.chunks_mut(head_dim) {
+                for i in 0..half {
+                    let (a, b) = if neox {
+                        (i, i + half)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum();
+    let m = (ss / x.len() as f32 + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+        *o = v / m * w;
+    }
+}
+
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks(n).zip(out.chunks_mut(n)) {
+        rms_norm_row(xr, w, eps, or);
+    }
+}
+
+/// Norms every `w.len()`-wide piece of `x` (every row, or every head of every row).
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for piece in x.chunks_mut(n) {
+        let ss: f32 = piece.iter().map(|v| v * v).sum();
+        let m = (ss / n as f32 + eps).sqrt();
+        for (v, w) in piece.iter_mut().zip(w) {
+            *v = *v / m * w;
+        }
+    }
+}
+
+fn add_rows(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_mut(b.len()) {
+        add_in_place(row, b);
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/π)
+    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+}

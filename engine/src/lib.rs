@@ -1,9 +1,9 @@
 //! # hearth-engine: inference
 //!
-//! Owns model loading, tokenizers, the embedder and (later) the generator, and device
-//! selection. It is the only crate that touches candle or CUDA, and it depends on no other
-//! workspace crate: callers hand it text and get back tokens or vectors (later, generated
-//! text). No candle type appears in its public API.
+//! Owns model loading, tokenizers, the embedder, the generator and device selection. It is
+//! the only crate that touches candle or CUDA, and it depends on no other workspace crate:
+//! callers hand it text and get back vectors or streamed, generated text. No candle type
+//! appears in its public API.
 //!
 //! ## What is here
 //!
@@ -16,6 +16,13 @@
 //!   its vectors match sentence-transformers' for the same model (cosine ≥ 0.9999, checked
 //!   against committed reference vectors). Texts are cut to [`Embedder::max_tokens`] word
 //!   pieces (256).
+//! - [`Generator`]: a GGUF decoder (llama family; qwen2/qwen3 and gemma3 by the same code,
+//!   driven by the file's metadata) behind one scheduler thread with iteration-level continuous
+//!   batching, chunked prefill, a paged KV cache with prefix sharing, admission control and
+//!   preemption by recompute. [`Generator::submit`] takes a [`Prompt`] (a chat rendered with
+//!   the model's own Jinja template, or raw text) and [`SamplingParams`] and returns a
+//!   [`Generation`] stream of text pieces ending in a [`Completion`] with usage and timings.
+//!   The tokenizer is built from the GGUF file's own vocabulary. See `generate/mod.rs`.
 //! - [`EngineConfig`]: where the models are, which device runs them, and the embedder's
 //!   threads, batch size, batch wait and queue bound; `validate()` checks them all.
 //!

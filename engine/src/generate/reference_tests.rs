@@ -276,6 +276,11 @@ fn smollm2_greedy_matches_candle_transformers() {
     assert!(n >= 60, "only {n} tokens compared equal");
 }
 
+/// As [`NEAR_TIE`], against llama.cpp: its kernels share less with ours than candle's do
+/// (other activation quantisation for k-quants, its own attention), and the measured noise is
+/// about twice as large.
+const LLAMA_CPP_NEAR_TIE: f32 = 0.5;
+
 /// Gemma 3 as it really is (GELU) against llama.cpp's greedy continuations
 /// (testdata/generate/gemma3_llamacpp.json, made by testdata/sources/make_generation_reference.py).
 #[test]
@@ -320,7 +325,7 @@ fn gemma3_greedy_matches_llama_cpp() {
             let top = &case.top2[agreed];
             let margin = top[0].1 - top.get(1).map_or(f32::NEG_INFINITY, |t| t.1);
             assert!(
-                top.get(1).map(|t| t.0) == Some(got[agreed]) && margin < NEAR_TIE,
+                top.get(1).map(|t| t.0) == Some(got[agreed]) && margin < LLAMA_CPP_NEAR_TIE,
                 "{:?}: diverged at token {agreed} (llama.cpp margin {margin}): {got:?} vs {:?}",
                 case.prompt,
                 case.output_ids

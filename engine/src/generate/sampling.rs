@@ -343,8 +343,7 @@ impl Sampler {
         let skip = self.survival_floor(logits, total, top_k);
         collect_at_least(logits, skip, &mut self.cand);
 
-        let top_k_on = top_k < self.cand.len();
-        if top_k_on {
+        if top_k < self.cand.len() {
             // Whole buckets by count, then a selection inside the boundary bucket only.
             let sure = self.narrow_to_boundary_bucket(|_| 1.0, top_k as f64);
             if self.cand.len() > top_k {
@@ -352,11 +351,15 @@ impl Sampler {
                 self.cand.truncate(top_k);
             }
         }
-        if top_p_on && top_k_on {
-            let mass: f64 = self.cand.iter().map(|&(w, _)| f64::from(w)).sum();
-            keep_nucleus(&mut self.cand, 0, f64::from(self.top_p) * mass);
-        } else if top_p_on {
-            let target = f64::from(self.top_p) * total;
+        if top_p_on {
+            // Top-p measures against what top-k left. With top-k on, that is exactly the
+            // candidates now: the floor let through only the top-k set, or everything.
+            let mass = if top_k < logits.len() {
+                self.cand.iter().map(|&(w, _)| f64::from(w)).sum()
+            } else {
+                total
+            };
+            let target = f64::from(self.top_p) * mass;
             let sure = self.narrow_to_boundary_bucket(f64::from, target);
             keep_nucleus(&mut self.cand, sure, target);
         }
@@ -1142,6 +1145,24 @@ mod tests {
         s.weigh_and_filter(&mut flat.clone());
         let mut ids: Vec<u32> = s.cand.iter().map(|&(_, t)| t).collect();
         ids.sort_unstable();
+        assert_eq!(ids, [0, 1]);
+    }
+
+    #[test]
+    fn top_p_after_top_k_ignores_the_tail_when_top_k_is_exact() {
+        // Three equal tokens and a light tail: top_k = 3 keeps the three (mass 3), and 0.66 of
+        // that is reached by two; over the whole row (mass 3.045) it would take all three.
+        let mut logits = vec![-10.0f32; 1003];
+        logits[..3].fill(0.0);
+        let p = params(|p| {
+            p.top_k = 3;
+            p.top_p = 0.66;
+        });
+        let mut s = Sampler::new(&p, &[], logits.len());
+        s.weigh_and_filter(&mut logits.clone());
+        let mut ids: Vec<u32> = s.cand.iter().map(|&(_, t)| t).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, reference_survivors(&logits, &p));
         assert_eq!(ids, [0, 1]);
     }
 

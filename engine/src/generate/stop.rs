@@ -389,6 +389,11 @@ mod tests {
         assert!(m.push("<|end|>").stopped);
         assert_eq!(m.flush(), "");
         assert_eq!(m.push("x <|").emit, "x ");
+        // Text handed out by the last push is not returned again.
+        let mut m = matcher(&["<|end|>"]);
+        assert_eq!(m.push("a<").emit, "a");
+        assert_eq!(m.push("b <|").emit, "<b ");
+        assert_eq!(m.flush(), "<|");
     }
 
     #[test]

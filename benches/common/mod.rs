@@ -1,5 +1,6 @@
-//! Shared code of the root end-to-end benches (`embed`, `hnsw`): synthetic vectors, raw files,
-//! exact ground truth, process statistics, peer discovery and JSON results.
+//! Shared code of the root end-to-end benches (`embed`, `hnsw`, `generate`, ...): synthetic
+//! vectors, raw files, exact ground truth, corpus text, process statistics (this process and
+//! others), a minimal loopback HTTP client, peer discovery and JSON results.
 //!
 //! Each bench includes this with `mod common;` and uses only part of it.
 #![allow(dead_code)]
@@ -525,4 +526,284 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 pub fn num(v: Option<f64>, decimals: usize) -> String {
     v.filter(|x| x.is_finite())
         .map_or_else(|| "-".into(), |x| format!("{x:.decimals$}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Corpus text
+
+/// The whitespace-separated words of the text files of a corpus directory (.md, .txt, .html
+/// with tags stripped crudely, and extension-less plain-text files; PDFs are skipped), in
+/// file-name order.
+pub fn corpus_words(dir: &Path) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut words = Vec::new();
+    for f in files {
+        let ext = f
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let text = match ext.as_str() {
+            "md" | "txt" | "" => std::fs::read_to_string(&f).unwrap_or_default(),
+            "html" | "htm" => strip_html(&std::fs::read_to_string(&f).unwrap_or_default()),
+            _ => continue,
+        };
+        words.extend(text.split_whitespace().map(str::to_owned));
+    }
+    words
+}
+
+/// Crude HTML to text: drops `<script>`/`<style>` contents and all tags, decodes a few entities.
+pub fn strip_html(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let lower = html.to_ascii_lowercase();
+    let mut i = 0;
+    while i < html.len() {
+        if html.as_bytes()[i] == b'<' {
+            let skip_to = ["script", "style"].iter().find_map(|t| {
+                lower[i + 1..].starts_with(t).then(|| {
+                    lower[i..]
+                        .find(&format!("</{t}"))
+                        .map_or(html.len(), |p| i + p + 2 + t.len())
+                })
+            });
+            let from = skip_to.unwrap_or(i);
+            i = lower[from..].find('>').map_or(html.len(), |p| from + p + 1);
+            out.push(' ');
+        } else {
+            let next = html[i..].find('<').map_or(html.len(), |p| i + p);
+            out.push_str(&html[i..next]);
+            i = next;
+        }
+    }
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other processes
+
+/// CPU time and memory of another process, from `/proc/<pid>/{stat,status}`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcStats {
+    /// User + system CPU seconds of all its threads so far (clock-tick resolution, 10 ms).
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+    /// Peak resident set size (VmHWM).
+    pub hwm_kib: u64,
+}
+
+/// `None` once the process is gone (or on a system without `/proc`).
+pub fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), counting from field 3 (state):
+    // utime is field 14 and stime field 15, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let cpu_ticks = ticks(11)? + ticks(12)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(ProcStats {
+        cpu_s: cpu_ticks as f64 / clock_ticks_per_s(),
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+    })
+}
+
+/// `getconf CLK_TCK`, else 100 (Linux's USER_HZ on every mainstream architecture).
+fn clock_ticks_per_s() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t: &f64| t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// The 1-minute load average, NaN where unknown.
+pub fn load_avg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A loopback port that was free a moment ago (bound, read, released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client for loopback peers (no HTTP client crate in the dev-dependencies)
+
+/// One request on a fresh connection (`Connection: close`). The response body, decoded from
+/// `Transfer-Encoding: chunked`, `Content-Length` or read to EOF, is handed to `on_body` piece
+/// by piece as it arrives, so that streamed responses can be timed. Returns the status code.
+/// `timeout` bounds each read and write, not the whole exchange.
+pub fn http_exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+    on_body: &mut dyn FnMut(&[u8]),
+) -> std::io::Result<u16> {
+    use std::io::{BufRead, BufReader, Read};
+
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n");
+    if let Some(b) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&request)?;
+    stream.flush()?;
+
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(format!("bad status line {line:?}")))?;
+    let (mut chunked, mut length) = (false, None::<usize>);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(invalid("connection closed in the headers".into()));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "transfer-encoding" && value.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            } else if name == "content-length" {
+                length = value.parse().ok();
+            }
+        }
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size_hex = line.trim().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size_hex, 16)
+                .map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                // Trailers, up to the blank line (or EOF).
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0u8; size];
+            r.read_exact(&mut chunk)?;
+            on_body(&chunk);
+            line.clear();
+            r.read_line(&mut line)?; // the CRLF after the chunk
+        }
+    } else if let Some(mut left) = length {
+        while left > 0 {
+            let n = r.read(&mut buf[..left.min(16 * 1024)])?;
+            if n == 0 {
+                return Err(invalid("connection closed in the body".into()));
+            }
+            on_body(&buf[..n]);
+            left -= n;
+        }
+    } else {
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            on_body(&buf[..n]);
+        }
+    }
+    Ok(status)
+}
+
+/// A whole request: status and body.
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let status = http_exchange(addr, method, path, body, timeout, &mut |b| {
+        out.extend_from_slice(b)
+    })?;
+    Ok((status, out))
+}
+
+/// A request answered with server-sent events: `on_event` gets the payload of each `data:`
+/// line as soon as its line is complete (multi-line events are not joined; the servers we
+/// talk to send one line per event). Returns the status code.
+pub fn http_sse(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+    on_event: &mut dyn FnMut(&str),
+) -> std::io::Result<u16> {
+    let mut pending: Vec<u8> = Vec::new();
+    let status = http_exchange(addr, "POST", path, Some(body), timeout, &mut |piece| {
+        pending.extend_from_slice(piece);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            if let Some(data) = line.trim_end().strip_prefix("data:") {
+                on_event(data.trim_start());
+            }
+        }
+    })?;
+    if let Some(data) = String::from_utf8_lossy(&pending)
+        .trim_end()
+        .strip_prefix("data:")
+    {
+        on_event(data.trim_start());
+    }
+    Ok(status)
 }

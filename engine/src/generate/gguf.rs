@@ -1,6 +1,7 @@
 //! A GGUF file, memory-mapped: its metadata and its tensors.
 //!
-//! The file is mapped read-only; tensors are read out of the map into candle's block storage
+//! The file is mapped read-only. On the CPU, Q4_0, Q4_1 and Q8_0 weights are used in place
+//! ([`GgufFile::mapped`]); other tensors are read out of the map into candle's block storage
 //! when the model is built, and metadata lookups name the missing or ill-typed key.
 
 use std::io::Cursor;
@@ -14,6 +15,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use memmap2::Mmap;
 
 use crate::error::{EngineError, Result};
+
+use super::qmatmul::{BlockType, MappedMatrix};
 
 /// Tensor types the generator multiplies through candle's quantized kernels.
 const SUPPORTED: &[GgmlDType] = &[
@@ -34,7 +37,7 @@ const SUPPORTED: &[GgmlDType] = &[
 
 pub(crate) struct GgufFile {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
     content: Content,
 }
 
@@ -71,7 +74,7 @@ impl GgufFile {
         })?;
         let file = Self {
             path: path.to_owned(),
-            map,
+            map: Arc::new(map),
             content,
         };
         file.check_tensor_types()?;
@@ -173,8 +176,8 @@ impl GgufFile {
             .ok_or_else(|| self.corrupt(format!("tensor {name} is missing")))
     }
 
-    /// Reads one tensor out of the map onto `device`.
-    pub(crate) fn tensor(&self, name: &str, device: &Device) -> Result<Arc<QTensor>> {
+    /// The bytes of a tensor in the map, its type and its dims (candle order).
+    fn raw(&self, name: &str) -> Result<(std::ops::Range<usize>, GgmlDType, Vec<usize>)> {
         let info = self
             .content
             .tensor_infos
@@ -184,18 +187,48 @@ impl GgufFile {
         let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         let start = usize::try_from(self.content.tensor_data_offset.saturating_add(info.offset))
             .unwrap_or(usize::MAX);
-        let raw = start
-            .checked_add(bytes)
-            .and_then(|end| self.map.get(start..end))
-            .ok_or_else(|| {
-                self.corrupt(format!(
-                    "tensor {name} needs {bytes} bytes at offset {start}, past the end of the file"
-                ))
-            })?;
+        match start.checked_add(bytes) {
+            Some(end) if end <= self.map.len() => {
+                Ok((start..end, info.ggml_dtype, info.shape.dims().to_vec()))
+            }
+            _ => Err(self.corrupt(format!(
+                "tensor {name} needs {bytes} bytes at offset {start}, past the end of the file"
+            ))),
+        }
+    }
+
+    /// A 2-D weight our own CPU kernels can use in place, or `None` for other block types.
+    pub(crate) fn mapped(&self, name: &str) -> Result<Option<MappedMatrix>> {
+        let (range, dtype, dims) = self.raw(name)?;
+        let kind = match dtype {
+            GgmlDType::Q4_0 => BlockType::Q4_0,
+            GgmlDType::Q4_1 => BlockType::Q4_1,
+            GgmlDType::Q8_0 => BlockType::Q8_0,
+            GgmlDType::F32
+            | GgmlDType::F16
+            | GgmlDType::BF16
+            | GgmlDType::Q5_0
+            | GgmlDType::Q5_1
+            | GgmlDType::Q8_1
+            | GgmlDType::Q2K
+            | GgmlDType::Q3K
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+            | GgmlDType::Q8K => return Ok(None),
+        };
+        let [rows, cols] = dims[..] else {
+            return Ok(None);
+        };
+        Ok(MappedMatrix::new(self.map.clone(), range, kind, rows, cols))
+    }
+
+    /// Reads one tensor out of the map onto `device`.
+    pub(crate) fn tensor(&self, name: &str, device: &Device) -> Result<Arc<QTensor>> {
+        let (range, dtype, dims) = self.raw(name)?;
         // One copy, straight from the map into candle's block storage.
-        let t =
-            ggml_file::qtensor_from_ggml(info.ggml_dtype, raw, info.shape.dims().to_vec(), device)
-                .map_err(|e| self.corrupt(format!("tensor {name}: {e}")))?;
+        let t = ggml_file::qtensor_from_ggml(dtype, &self.map[range], dims, device)
+            .map_err(|e| self.corrupt(format!("tensor {name}: {e}")))?;
         Ok(Arc::new(t))
     }
 

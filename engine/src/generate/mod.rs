@@ -13,6 +13,7 @@ mod attention;
 mod gguf;
 mod kv;
 mod model;
+mod qmatmul;
 mod sampling;
 mod scheduler;
 mod stop;

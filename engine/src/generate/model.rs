@@ -17,38 +17,90 @@ use super::arch::{Activation, ModelSpec};
 use super::attention::{AttentionShape, SeqRows, paged_attention};
 use super::gguf::GgufFile;
 use super::kv::KvStore;
+use super::qmatmul::{MappedMatrix, QuantRows};
 
-struct Linear {
-    w: QMatMul,
-    out: usize,
+/// A weight matrix: used in place from the mapped file by our own kernels on the CPU for the
+/// block types they cover, else through candle's `QMatMul`.
+enum Linear {
+    Mapped(MappedMatrix),
+    Candle { w: QMatMul, out: usize },
 }
 
 impl Linear {
     fn load(file: &GgufFile, name: &str, inp: usize, out: usize, device: &Device) -> Result<Self> {
-        let t = file.tensor(name, device)?;
-        let dims = t.shape().dims().to_vec();
+        let dims = file.shape(name)?;
         if dims != [out, inp] {
             return Err(EngineError::Corrupt {
                 path: file.path().to_owned(),
                 detail: format!("tensor {name} has shape {dims:?}, expected [{out}, {inp}]"),
             });
         }
-        let w = QMatMul::from_arc(t).map_err(internal)?;
-        Ok(Self { w, out })
+        if device.is_cpu()
+            && let Some(m) = file.mapped(name)?
+        {
+            return Ok(Self::Mapped(m));
+        }
+        let w = QMatMul::from_arc(file.tensor(name, device)?).map_err(internal)?;
+        Ok(Self::Candle { w, out })
     }
 
-    /// `x (rows × in) → rows × out`.
-    fn forward(&self, x: &[f32], rows: usize, device: &Device) -> Result<Vec<f32>> {
-        let inp = x.len() / rows.max(1);
-        let xt = Tensor::from_slice(x, (rows, inp), device).map_err(internal)?;
-        let y = candle_core::Module::forward(&self.w, &xt).map_err(internal)?;
-        let y = y
-            .flatten_all()
-            .and_then(|y| y.to_vec1::<f32>())
-            .map_err(internal)?;
-        debug_assert_eq!(y.len(), rows * self.out);
-        Ok(y)
+    fn is_mapped(&self) -> bool {
+        matches!(self, Self::Mapped(_))
     }
+
+    /// `x (rows × in) → rows × out`; `scratch.quant` must hold `x` quantised when the
+    /// weight is mapped.
+    fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        device: &Device,
+        scratch: &mut Scratch,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Self::Mapped(m) => {
+                let mut out = Vec::new();
+                m.matmul(&scratch.quant, &mut out, &mut scratch.transposed);
+                Ok(out)
+            }
+            Self::Candle { w, out } => {
+                let inp = x.len() / rows.max(1);
+                let xt = Tensor::from_slice(x, (rows, inp), device).map_err(internal)?;
+                let y = candle_core::Module::forward(w, &xt).map_err(internal)?;
+                let y = y
+                    .flatten_all()
+                    .and_then(|y| y.to_vec1::<f32>())
+                    .map_err(internal)?;
+                debug_assert_eq!(y.len(), rows * out);
+                Ok(y)
+            }
+        }
+    }
+}
+
+/// Buffers reused by every matmul of a step.
+#[derive(Default)]
+struct Scratch {
+    quant: QuantRows,
+    transposed: Vec<f32>,
+}
+
+/// Runs `x` through every linear in `ws` (they share their input), quantising `x` once.
+fn project<const N: usize>(
+    ws: [&Linear; N],
+    x: &[f32],
+    rows: usize,
+    device: &Device,
+    scratch: &mut Scratch,
+) -> Result<[Vec<f32>; N]> {
+    if ws.iter().any(|w| w.is_mapped()) {
+        scratch.quant.quantize(x, x.len() / rows.max(1));
+    }
+    let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+    for (o, w) in out.iter_mut().zip(ws) {
+        *o = w.forward(x, rows, device, scratch)?;
+    }
+    Ok(out)
 }
 
 fn internal(e: candle_core::Error) -> EngineError {
@@ -74,11 +126,16 @@ struct Layer {
     post_ffn_norm: Option<Vec<f32>>,
 }
 
+enum Embeddings {
+    Mapped(MappedMatrix),
+    Candle(Arc<QTensor>),
+}
+
 /// The loaded decoder.
 pub(crate) struct Model {
     pub(crate) spec: ModelSpec,
     device: Device,
-    embeddings: Arc<QTensor>,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     output: Linear,
@@ -159,7 +216,10 @@ impl Model {
             };
             layers.push(layer);
         }
-        let embeddings = file.tensor("token_embd.weight", device)?;
+        let embeddings = match file.mapped("token_embd.weight")? {
+            Some(m) if device.is_cpu() => Embeddings::Mapped(m),
+            _ => Embeddings::Candle(file.tensor("token_embd.weight", device)?),
+        };
         let output_name = if file.has_tensor("output.weight") {
             "output.weight"
         } else {
@@ -208,11 +268,16 @@ impl Model {
         let mut normed = vec![0f32; rows * h];
         let mut attn = vec![0f32; rows * spec.q_dim()];
         let mut rope = Rope::default();
+        let mut scratch = Scratch::default();
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, spec.rms_eps, &mut normed);
-            let mut q = layer.q.forward(&normed, rows, &self.device)?;
-            let mut k = layer.k.forward(&normed, rows, &self.device)?;
-            let mut v = layer.v.forward(&normed, rows, &self.device)?;
+            let [mut q, mut k, mut v] = project(
+                [&layer.q, &layer.k, &layer.v],
+                &normed,
+                rows,
+                &self.device,
+                &mut scratch,
+            )?;
             for (t, b) in [
                 (&mut q, &layer.q_bias),
                 (&mut k, &layer.k_bias),
@@ -255,15 +320,20 @@ impl Model {
                 window: spec.window[l],
             };
             paged_attention(&shape, kv.layer(l), &spans, &q, &mut attn);
-            let mut o = layer.o.forward(&attn, rows, &self.device)?;
+            let [mut o] = project([&layer.o], &attn, rows, &self.device, &mut scratch)?;
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut o, w, spec.rms_eps);
             }
             add_in_place(&mut x, &o);
 
             rms_norm_rows(&x, &layer.ffn_norm, spec.rms_eps, &mut normed);
-            let mut g = layer.gate.forward(&normed, rows, &self.device)?;
-            let u = layer.up.forward(&normed, rows, &self.device)?;
+            let [mut g, u] = project(
+                [&layer.gate, &layer.up],
+                &normed,
+                rows,
+                &self.device,
+                &mut scratch,
+            )?;
             match spec.activation {
                 Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = silu(*g) * u),
                 Activation::GeluTanh => g
@@ -271,7 +341,7 @@ impl Model {
                     .zip(&u)
                     .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
-            let mut d = layer.down.forward(&g, rows, &self.device)?;
+            let [mut d] = project([&layer.down], &g, rows, &self.device, &mut scratch)?;
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(&mut d, w, spec.rms_eps);
             }
@@ -297,15 +367,41 @@ impl Model {
                 &mut last[i * h..(i + 1) * h],
             );
         }
-        self.output.forward(&last, wanted.len(), &self.device)
+        let [logits] = project(
+            [&self.output],
+            &last,
+            wanted.len(),
+            &self.device,
+            &mut scratch,
+        )?;
+        Ok(logits)
     }
 
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(internal)?;
-        let e = self.embeddings.embedding(&ids).map_err(internal)?;
-        e.flatten_all()
-            .and_then(|e| e.to_vec1::<f32>())
-            .map_err(internal)
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
+            return Err(EngineError::InvalidInput(format!(
+                "token id {t} is outside the vocabulary of {}",
+                self.spec.vocab
+            )));
+        }
+        match &self.embeddings {
+            Embeddings::Mapped(m) => {
+                let h = self.spec.hidden;
+                let mut x = vec![0f32; tokens.len() * h];
+                for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
+                    m.dequantize_row(t as usize, row);
+                }
+                Ok(x)
+            }
+            Embeddings::Candle(q) => {
+                let ids =
+                    Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(internal)?;
+                let e = q.embedding(&ids).map_err(internal)?;
+                e.flatten_all()
+                    .and_then(|e| e.to_vec1::<f32>())
+                    .map_err(internal)
+            }
+        }
     }
 }
 

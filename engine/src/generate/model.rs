@@ -17,7 +17,7 @@ use super::arch::{Activation, ModelSpec};
 use super::attention::{AttentionShape, SeqRows, paged_attention};
 use super::gguf::GgufFile;
 use super::kv::KvStore;
-use super::qmatmul::{MappedMatrix, QuantRows};
+use super::qmatmul::{MappedMatrix, QuantRows, matmul_many};
 
 /// A weight matrix: used in place from the mapped file by our own kernels on the CPU for the
 /// block types they cover, else through candle's `QMatMul`.
@@ -59,8 +59,9 @@ impl Linear {
     ) -> Result<Vec<f32>> {
         match self {
             Self::Mapped(m) => {
-                let mut out = Vec::new();
-                m.matmul(&scratch.quant, &mut out, &mut scratch.transposed);
+                let mut out = [Vec::new()];
+                matmul_many(&[m], &scratch.quant, &mut out, &mut scratch.transposed);
+                let [out] = out;
                 Ok(out)
             }
             Self::Candle { w, out } => {
@@ -97,6 +98,18 @@ fn project<const N: usize>(
         scratch.quant.quantize(x, x.len() / rows.max(1));
     }
     let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+    let mapped: Vec<&MappedMatrix> = ws
+        .iter()
+        .filter_map(|w| match w {
+            Linear::Mapped(m) => Some(m),
+            Linear::Candle { .. } => None,
+        })
+        .collect();
+    if mapped.len() == N {
+        // All in one parallel pass.
+        matmul_many(&mapped, &scratch.quant, &mut out, &mut scratch.transposed);
+        return Ok(out);
+    }
     for (o, w) in out.iter_mut().zip(ws) {
         *o = w.forward(x, rows, device, scratch)?;
     }

@@ -147,40 +147,73 @@ impl MappedMatrix {
         }
     }
 
-    /// `out (x.rows × self.rows) = x · selfᵀ`, in parallel over output columns. `scratch`
-    /// holds the transposed result between calls.
+    /// `out (x.rows × self.rows) = x · selfᵀ`.
+    #[cfg(test)]
     pub(crate) fn matmul(&self, x: &QuantRows, out: &mut Vec<f32>, scratch: &mut Vec<f32>) {
-        let m = x.rows();
-        let n = self.rows;
-        debug_assert_eq!(x.cols, self.cols);
-        let row_bytes = self.cols / QK * self.kind.bytes();
-        let w = self.bytes();
-        // Transposed (n × m) so each task writes one contiguous run.
-        scratch.clear();
-        scratch.resize(n * m, 0.0);
-        const COLS_PER_TASK: usize = 16;
-        scratch
-            .par_chunks_mut(COLS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(t, dst)| {
-                let first = t * COLS_PER_TASK;
-                for (c, dst_col) in dst.chunks_mut(m).enumerate() {
-                    let j = first + c;
-                    let wrow = &w[j * row_bytes..(j + 1) * row_bytes];
-                    dot_rows(self.kind, wrow, x, dst_col);
-                }
-            });
+        matmul_many(&[self], x, std::slice::from_mut(out), scratch);
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / QK * self.kind.bytes()
+    }
+}
+
+/// `outs[i] (x.rows × ws[i].rows) = x · ws[i]ᵀ` for matrices sharing their input (q, k, v; or
+/// gate, up), all in one parallel pass over output columns: one fork-join per projection
+/// group instead of one per matrix, which matters at one row per step (decode). `scratch`
+/// holds the transposed results between calls.
+pub(crate) fn matmul_many(
+    ws: &[&MappedMatrix],
+    x: &QuantRows,
+    outs: &mut [Vec<f32>],
+    scratch: &mut Vec<f32>,
+) {
+    const COLS_PER_TASK: usize = 16;
+    let m = x.rows();
+    let total: usize = ws.iter().map(|w| w.rows).sum();
+    scratch.clear();
+    scratch.resize(total * m, 0.0);
+    // Tasks of up to 16 columns of one matrix, each with its own run of the (column-major)
+    // scratch.
+    let mut tasks: Vec<(usize, usize, &mut [f32])> =
+        Vec::with_capacity(total / COLS_PER_TASK + ws.len());
+    let mut rest: &mut [f32] = scratch;
+    for (i, w) in ws.iter().enumerate() {
+        debug_assert_eq!(x.cols, w.cols);
+        let mut first = 0;
+        while first < w.rows {
+            let n = COLS_PER_TASK.min(w.rows - first);
+            let (run, tail) = std::mem::take(&mut rest).split_at_mut(n * m);
+            tasks.push((i, first, run));
+            rest = tail;
+            first += n;
+        }
+    }
+    tasks.into_par_iter().for_each(|(i, first, run)| {
+        let w = ws[i];
+        let rb = w.row_bytes();
+        let bytes = w.bytes();
+        for (c, dst) in run.chunks_mut(m).enumerate() {
+            let j = first + c;
+            dot_rows(w.kind, &bytes[j * rb..(j + 1) * rb], x, dst);
+        }
+    });
+    let mut offset = 0;
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        let n = w.rows;
+        let block = &scratch[offset * m..(offset + n) * m];
         out.clear();
-        out.resize(m * n, 0.0);
         if m == 1 {
-            out.copy_from_slice(scratch);
+            out.extend_from_slice(block);
         } else {
-            for (j, col) in scratch.chunks_exact(m).enumerate() {
+            out.resize(m * n, 0.0);
+            for (j, col) in block.chunks_exact(m).enumerate() {
                 for (r, v) in col.iter().enumerate() {
                     out[r * n + j] = *v;
                 }
             }
         }
+        offset += n;
     }
 }
 

@@ -339,90 +339,119 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    use super::{BlockType, QK, QuantRows, f16_to_f32};
+    use super::{BlockType, QK, QuantRows};
 
     pub(super) fn available() -> bool {
         static YES: OnceLock<bool> = OnceLock::new();
         *YES.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
         })
     }
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
 
     pub(super) fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
         let nb = x.cols / QK;
         assert!(wrow.len() >= nb * kind.bytes() && x.q.len() >= out.len() * x.cols);
         assert!(x.d.len() >= out.len() * nb && x.s.len() >= out.len() * nb);
-        // SAFETY: AVX2 and FMA are present (checked by `available`, the only way here), and
-        // every load below stays inside `wrow` and `x`'s buffers, whose lengths the asserts
+        // SAFETY: AVX2, FMA and F16C are present (checked by `available`, the only way here),
+        // and every load below stays inside `wrow` and `x`'s buffers, whose lengths the asserts
         // above check against the loop bounds.
-        unsafe { dot_rows_avx2(kind, wrow, x, out, nb) }
+        unsafe {
+            match kind {
+                BlockType::Q4_0 => rows::<Q4_0>(wrow, x, out, nb),
+                BlockType::Q4_1 => rows::<Q4_1>(wrow, x, out, nb),
+                BlockType::Q8_0 => rows::<Q8_0>(wrow, x, out, nb),
+            }
+        }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_rows_avx2(
-        kind: BlockType,
+    /// Up to four activation rows at a time share each unpacked weight block; the row count
+    /// and the block type are constants so the accumulators stay in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows<const K: u8>(wrow: &[u8], x: &QuantRows, out: &mut [f32], nb: usize) {
+        let mut r0 = 0;
+        // SAFETY: as in `dot_rows`.
+        unsafe {
+            while out.len() - r0 >= 4 {
+                tile::<4, K>(wrow, x, r0, nb, &mut out[r0..r0 + 4]);
+                r0 += 4;
+            }
+            match out.len() - r0 {
+                3 => tile::<3, K>(wrow, x, r0, nb, &mut out[r0..]),
+                2 => tile::<2, K>(wrow, x, r0, nb, &mut out[r0..]),
+                1 => tile::<1, K>(wrow, x, r0, nb, &mut out[r0..]),
+                _ => {}
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile<const R: usize, const K: u8>(
         wrow: &[u8],
         x: &QuantRows,
-        out: &mut [f32],
+        r0: usize,
         nb: usize,
+        out: &mut [f32],
     ) {
-        // SAFETY: the caller checked AVX2/FMA and the buffer lengths (see `dot_rows`).
+        // SAFETY: as in `dot_rows`: `wrow` holds `nb` blocks, `x` holds rows `r0..r0 + R`.
         unsafe {
-            let bb = kind.bytes();
+            let bb = match K {
+                Q4_0 => 18,
+                Q4_1 => 20,
+                _ => 34,
+            };
             let ones = _mm256_set1_epi16(1);
             let low = _mm256_set1_epi8(0x0f);
             let eight = _mm256_set1_epi8(8);
-            // Up to four activation rows share each unpacked weight block.
-            let mut r0 = 0;
-            while r0 < out.len() {
-                let rows = (out.len() - r0).min(4);
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut macc = [0f32; 4];
-                for b in 0..nb {
-                    let blk = wrow.as_ptr().add(b * bb);
-                    let d = f16_to_f32(u16::from_le_bytes([*blk, *blk.add(1)]));
-                    // The weight block as 32 bytes: unsigned nibbles (Q4_1), or signed values.
-                    let (w, signed) = match kind {
-                        BlockType::Q4_1 | BlockType::Q4_0 => {
-                            let qs = _mm_loadu_si128(
-                                blk.add(if kind == BlockType::Q4_1 { 4 } else { 2 }).cast(),
-                            );
-                            let both = _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs);
-                            let nib = _mm256_and_si256(both, low);
-                            if kind == BlockType::Q4_0 {
-                                (_mm256_sub_epi8(nib, eight), true)
-                            } else {
-                                (nib, false)
-                            }
-                        }
-                        BlockType::Q8_0 => (_mm256_loadu_si256(blk.add(2).cast()), true),
-                    };
-                    let m = if kind == BlockType::Q4_1 {
-                        f16_to_f32(u16::from_le_bytes([*blk.add(2), *blk.add(3)]))
-                    } else {
-                        0.0
-                    };
-                    for r in 0..rows {
-                        let xi = (r0 + r) * nb + b;
-                        let xq = _mm256_loadu_si256(x.q.as_ptr().add(xi * QK).cast());
-                        // maddubs multiplies unsigned by signed bytes: move the weight's sign onto
-                        // the activation when the weight is signed.
-                        let prod = if signed {
-                            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w))
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut macc = [0f32; R];
+            let xq = x.q.as_ptr();
+            let xd = x.d.as_ptr();
+            let xs = x.s.as_ptr();
+            for b in 0..nb {
+                let blk = wrow.as_ptr().add(b * bb);
+                // d (and, for Q4_1, m right after it) converted by F16C.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                    blk.cast::<i32>(),
+                )));
+                let d = _mm_cvtss_f32(dm);
+                // The weight block as 32 bytes: unsigned nibbles (Q4_1), else signed values.
+                let w = match K {
+                    Q8_0 => _mm256_loadu_si256(blk.add(2).cast()),
+                    _ => {
+                        let qs = _mm_loadu_si128(blk.add(if K == Q4_1 { 4 } else { 2 }).cast());
+                        let nib =
+                            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
+                        if K == Q4_0 {
+                            _mm256_sub_epi8(nib, eight)
                         } else {
-                            _mm256_maddubs_epi16(w, xq)
-                        };
-                        let sum32 = _mm256_madd_epi16(prod, ones);
-                        let scale = _mm256_set1_ps(d * *x.d.get_unchecked(xi));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc[r]);
-                        macc[r] += m * *x.s.get_unchecked(xi);
+                            nib
+                        }
+                    }
+                };
+                // maddubs multiplies unsigned by signed bytes: a signed weight lends its sign to
+                // the activation.
+                let wabs = if K == Q4_1 { w } else { _mm256_sign_epi8(w, w) };
+                for r in 0..R {
+                    let xi = (r0 + r) * nb + b;
+                    let a = _mm256_loadu_si256(xq.add(xi * QK).cast());
+                    let a = if K == Q4_1 { a } else { _mm256_sign_epi8(a, w) };
+                    let sum32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, a), ones);
+                    let scale = _mm256_set1_ps(d * *xd.add(xi));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc[r]);
+                    if K == Q4_1 {
+                        macc[r] += _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)) * *xs.add(xi);
                     }
                 }
-                for r in 0..rows {
-                    out[r0 + r] = hsum(acc[r]) + macc[r];
-                }
-                r0 += rows;
+            }
+            for r in 0..R {
+                out[r] = hsum(acc[r]) + macc[r];
             }
         }
     }

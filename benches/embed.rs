@@ -55,7 +55,13 @@ fn main() {
             model_dir.display()
         )
     });
-    let words = corpus_words(&root.join("testdata/corpus"));
+    let corpus = root.join("testdata/corpus");
+    let words = common::corpus_words(&corpus);
+    assert!(
+        words.len() > 10_000,
+        "too little text in {}",
+        corpus.display()
+    );
     let passages_64 = passages(&tokenizer, &words, 0, n_passages, 64);
     let passages_256 = passages(&tokenizer, &words, words.len() / 3, n_passages, 256);
     let queries = queries(&root, n_queries);
@@ -323,64 +329,6 @@ fn bench_queries(embedder: &Embedder, queries: &[String]) -> Latency {
         l.n, l.p50_ms, l.p99_ms, l.cpu_s
     );
     l
-}
-
-/// The whitespace-separated words of the corpus' text files (.md, .txt, .html and the
-/// extension-less plain-text files; PDFs are skipped), in file-name order.
-fn corpus_words(dir: &Path) -> Vec<String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    let mut words = Vec::new();
-    for f in files {
-        let ext = f
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let text = match ext.as_str() {
-            "md" | "txt" | "" => std::fs::read_to_string(&f).unwrap_or_default(),
-            "html" | "htm" => strip_html(&std::fs::read_to_string(&f).unwrap_or_default()),
-            _ => continue,
-        };
-        words.extend(text.split_whitespace().map(str::to_owned));
-    }
-    assert!(words.len() > 10_000, "too little text in {}", dir.display());
-    words
-}
-
-/// Crude HTML to text: drops `<script>`/`<style>` contents and all tags, decodes a few entities.
-fn strip_html(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let lower = html.to_ascii_lowercase();
-    let mut i = 0;
-    while i < html.len() {
-        if html.as_bytes()[i] == b'<' {
-            let skip_to = ["script", "style"].iter().find_map(|t| {
-                lower[i + 1..].starts_with(t).then(|| {
-                    lower[i..]
-                        .find(&format!("</{t}"))
-                        .map_or(html.len(), |p| i + p + 2 + t.len())
-                })
-            });
-            let from = skip_to.unwrap_or(i);
-            i = lower[from..].find('>').map_or(html.len(), |p| from + p + 1);
-            out.push(' ');
-        } else {
-            let next = html[i..].find('<').map_or(html.len(), |p| i + p);
-            out.push_str(&html[i..next]);
-            i = next;
-        }
-    }
-    out.replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
 }
 
 /// `n` passages of at most `target` tokens (special tokens included, as close to `target` as a

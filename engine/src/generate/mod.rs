@@ -212,7 +212,7 @@ impl Generator {
             0 => spec.context,
             n => n.min(spec.context),
         };
-        if blocks * bs < context.min(4096) && blocks < 2 {
+        if blocks < 2 {
             return Err(EngineError::InvalidInput(format!(
                 "engine.kv_cache_mb = {} holds {blocks} blocks of {bs} tokens: too small for {}",
                 config.kv_cache_mb, spec.name

@@ -83,40 +83,41 @@ fn ours(model: &Model, prompt: &[u32], steps: usize, chunk: usize) -> (Vec<u32>,
     (tokens[prompt.len()..].to_vec(), first_logits)
 }
 
+/// Greedy decoding with a candle-transformers model: the prompt in one forward pass, then one
+/// token at a time. Returns the tokens and every step's logits.
+fn reference_greedy(
+    mut forward: impl FnMut(&Tensor, usize) -> candle_core::Result<Tensor>,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut run = |ids: &[u32], pos: usize| {
+        let input = Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        forward(&input, pos)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut all = vec![run(prompt, 0)];
+    let mut out = vec![argmax(&all[0])];
+    for i in 1..steps {
+        let l = run(&[out[i - 1]], prompt.len() + i - 1);
+        out.push(argmax(&l));
+        all.push(l);
+    }
+    (out, all)
+}
+
 fn reference_llama(path: &PathBuf, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
     use candle_transformers::models::quantized_llama::ModelWeights;
     let mut f = std::fs::File::open(path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let mut m = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
-    let input = Tensor::new(prompt, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = m
-        .forward(&input, 0)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let mut out = vec![argmax(&logits)];
-    let mut all = vec![logits];
-    for i in 1..steps {
-        let input = Tensor::new(&[out[i - 1]], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let l = m
-            .forward(&input, prompt.len() + i - 1)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        out.push(argmax(&l));
-        all.push(l);
-    }
-    (out, all)
+    reference_greedy(|x, pos| m.forward(x, pos), prompt, steps)
 }
 
 fn reference_gemma3(path: &PathBuf, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
@@ -124,35 +125,7 @@ fn reference_gemma3(path: &PathBuf, prompt: &[u32], steps: usize) -> (Vec<u32>, 
     let mut f = std::fs::File::open(path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let mut m = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
-    let input = Tensor::new(prompt, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = m
-        .forward(&input, 0)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let mut out = vec![argmax(&logits)];
-    let mut all = vec![logits];
-    for i in 1..steps {
-        let input = Tensor::new(&[out[i - 1]], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let l = m
-            .forward(&input, prompt.len() + i - 1)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        out.push(argmax(&l));
-        all.push(l);
-    }
-    (out, all)
+    reference_greedy(|x, pos| m.forward(x, pos), prompt, steps)
 }
 
 /// Logit gap under which two candidate tokens count as tied. Both implementations

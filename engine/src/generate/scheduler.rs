@@ -209,6 +209,18 @@ impl Scheduler {
         }
     }
 
+    /// Puts `seq` back at the front of the queue without any KV blocks: whatever it had
+    /// computed is recomputed when it is admitted again (through the prefix cache where its
+    /// blocks survive).
+    fn requeue(&mut self, mut seq: Seq) {
+        for b in seq.blocks.drain(..) {
+            self.pool.release(b);
+        }
+        seq.keys.clear();
+        seq.computed = 0;
+        self.waiting.push_front(seq);
+    }
+
     fn publish_counters(&self) {
         self.counters
             .running
@@ -236,14 +248,8 @@ impl Scheduler {
         let Some(victim) = (0..self.running.len()).rev().find(|&i| i != keep) else {
             return false;
         };
-        let mut seq = self.running.remove(victim);
-        for &b in &seq.blocks {
-            self.pool.release(b);
-        }
-        seq.blocks.clear();
-        seq.keys.clear();
-        seq.computed = 0;
-        self.waiting.push_front(seq);
+        let seq = self.running.remove(victim);
+        self.requeue(seq);
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         self.counters.preemptions.fetch_add(1, Ordering::Relaxed);
         true
@@ -328,25 +334,13 @@ impl Scheduler {
             let needed = seq.tokens.len().div_ceil(bs) - seq.blocks.len();
             // One spare block so that admitted decodes are not immediately preempted.
             if self.pool.free() < needed + 1 && !self.running.is_empty() {
-                for &b in &seq.blocks {
-                    self.pool.release(b);
-                }
-                seq.blocks.clear();
-                seq.keys.clear();
-                seq.computed = 0;
-                self.waiting.push_front(seq);
+                self.requeue(seq);
                 break;
             }
             let n = seq.pending().min(budget);
             let upto = seq.computed + n;
             if !Self::grow(&mut self.pool, &mut seq, upto, bs) {
-                for &b in &seq.blocks {
-                    self.pool.release(b);
-                }
-                seq.blocks.clear();
-                seq.keys.clear();
-                seq.computed = 0;
-                self.waiting.push_front(seq);
+                self.requeue(seq);
                 break;
             }
             self.counters.waiting.fetch_sub(1, Ordering::Relaxed);

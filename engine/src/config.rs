@@ -65,6 +65,10 @@ pub struct EngineConfig {
     /// Most tokens (prompt + output) per request; 0 means the model's own context length.
     /// Default: 8192 (capped by the model's).
     pub max_context: usize,
+    /// Most LoRA adapters kept loaded in memory, 1..=1024; the least recently used beyond it
+    /// are unloaded (and loaded again, off the scheduler thread, when next asked for).
+    /// Default: 8.
+    pub lora_resident: usize,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +91,7 @@ impl Default for EngineConfig {
             max_running: 32,
             gen_queue: 256,
             max_context: 8192,
+            lora_resident: 8,
         }
     }
 }
@@ -143,6 +148,7 @@ impl EngineConfig {
             ("engine.max_batch_tokens", self.max_batch_tokens, 1..=65536),
             ("engine.max_running", self.max_running, 1..=1024),
             ("engine.gen_queue", self.gen_queue, 1..=1 << 20),
+            ("engine.lora_resident", self.lora_resident, 1..=1024),
         ] {
             if !range.contains(&value) {
                 return Err(EngineError::InvalidInput(format!(

@@ -36,6 +36,17 @@ pub enum EngineError {
     /// type, a tokenizer model, an adapter option); the message names it.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A LoRA adapter does not fit the base model or is malformed; nothing was registered.
+    #[error("invalid adapter {name:?}: {detail}")]
+    InvalidAdapter {
+        /// The name it was to be registered under.
+        name: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A request named an adapter that is not registered.
+    #[error("no adapter named {0:?} is registered")]
+    UnknownAdapter(String),
     /// A model or tokenizer file is malformed.
     #[error("corrupt model file {path}: {detail}")]
     Corrupt {

@@ -65,7 +65,7 @@ pub use config::{EmbeddingModelInfo, EngineConfig};
 pub use embed::{Embedder, Embeddings, Priority};
 pub use error::{EngineError, Result};
 pub use generate::{
-    ChatMessage, Completion, FinishReason, Generation, GenerationEvent, Generator, GeneratorInfo,
-    GeneratorStats, Prompt, SamplingParams, Timings, Usage,
+    AdapterInfo, ChatMessage, Completion, FinishReason, Generation, GenerationEvent, Generator,
+    GeneratorInfo, GeneratorStats, Prompt, SamplingParams, Timings, Usage,
 };
 pub use tokenizer::Tokenizer;

@@ -407,6 +407,11 @@ fn clone_error(e: &EngineError) -> EngineError {
         EngineError::Overloaded(m) => EngineError::Overloaded(m.clone()),
         EngineError::Internal(m) => EngineError::Internal(m.clone()),
         EngineError::Unsupported(m) => EngineError::Unsupported(m.clone()),
+        EngineError::UnknownAdapter(m) => EngineError::UnknownAdapter(m.clone()),
+        EngineError::InvalidAdapter { name, detail } => EngineError::InvalidAdapter {
+            name: name.clone(),
+            detail: detail.clone(),
+        },
         EngineError::ModelMissing { .. } | EngineError::Io { .. } | EngineError::Corrupt { .. } => {
             EngineError::Internal(e.to_string())
         }

@@ -7,11 +7,16 @@
 //! decoded, then one final `Done` with usage and timings, or `Failed`). Submitting never
 //! blocks: a full queue is [`EngineError::Overloaded`]. Dropping a `Generation` cancels the
 //! request; its KV blocks are freed before the next step.
+//!
+//! LoRA adapters ([`Generator::register_adapter`]) are applied as a side path on the shared
+//! base weights, so one batch mixes sequences with different adapters or none.
 
+mod adapters;
 mod arch;
 mod attention;
 mod gguf;
 mod kv;
+mod lora;
 mod model;
 mod qmatmul;
 mod sampling;
@@ -20,6 +25,7 @@ mod stop;
 mod template;
 mod tokenizer;
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -32,9 +38,11 @@ use futures::channel::mpsc::{UnboundedReceiver, unbounded};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 
+pub use lora::AdapterInfo;
 pub use sampling::SamplingParams;
 pub use template::ChatMessage;
 
+use adapters::Registry;
 use gguf::GgufFile;
 use kv::KvStore;
 use model::Model;
@@ -145,6 +153,9 @@ pub struct GeneratorStats {
 
 struct Shared {
     inbox: Mutex<std::sync::mpsc::Sender<Request>>,
+    /// Requests whose adapter must be loaded again first, with its name.
+    loader: Mutex<std::sync::mpsc::Sender<(String, Request)>>,
+    adapters: Arc<Registry>,
     tokenizer: Arc<GenTokenizer>,
     template: ChatTemplate,
     counters: Arc<Counters>,
@@ -230,6 +241,7 @@ impl Generator {
         };
         let tokenizer = Arc::new(tokenizer);
         let counters = Arc::new(Counters::default());
+        let adapters = Arc::new(Registry::new(spec.clone(), config.lora_resident));
         let sched = Scheduler::new(
             model,
             tokenizer.clone(),
@@ -253,6 +265,7 @@ impl Generator {
             .name("hearth-scheduler".into())
             .spawn(move || pool.install(|| sched.run(rx)))
             .map_err(|e| EngineError::Internal(format!("generator thread: {e}")))?;
+        let loader = spawn_loader(adapters.clone(), tx.clone(), counters.clone())?;
         tracing::info!(
             model = %info.name,
             architecture = %info.architecture,
@@ -266,6 +279,8 @@ impl Generator {
         Ok(Self {
             shared: Arc::new(Shared {
                 inbox: Mutex::new(tx),
+                loader: Mutex::new(loader),
+                adapters,
                 tokenizer,
                 template,
                 counters,
@@ -306,12 +321,28 @@ impl Generator {
         self.shared.tokenizer.encode(&text)
     }
 
-    /// Starts generating. Fails at once, with nothing queued, on invalid parameters, a prompt
-    /// that does not fit the context, or a full queue.
+    /// Starts generating with the base model. Fails at once, with nothing queued, on invalid
+    /// parameters, a prompt that does not fit the context, or a full queue.
     pub fn submit(&self, prompt: &Prompt, params: SamplingParams) -> Result<Generation> {
+        self.submit_with_adapter(prompt, params, None)
+    }
+
+    /// Starts generating, through the registered LoRA adapter `adapter` when one is named
+    /// ([`EngineError::UnknownAdapter`] if there is none of that name). An adapter that was
+    /// unloaded is loaded again on the loader thread before the request joins the batch.
+    pub fn submit_with_adapter(
+        &self,
+        prompt: &Prompt,
+        params: SamplingParams,
+        adapter: Option<&str>,
+    ) -> Result<Generation> {
         let submitted = Instant::now();
         let info = &self.shared.info;
         params.validate(info.vocab)?;
+        let loaded = match adapter {
+            Some(name) => Some(self.shared.adapters.get(name)?),
+            None => None,
+        };
         let tokens = self.tokenize(prompt)?;
         if tokens.is_empty() {
             return Err(EngineError::InvalidInput("the prompt is empty".into()));
@@ -333,19 +364,33 @@ impl Generator {
             )));
         }
         let (tx, rx) = unbounded();
-        let request = Request {
+        let mut request = Request {
             prompt: tokens,
             params,
+            adapter: None,
             events: tx,
             submitted,
         };
-        let sent = self
-            .shared
-            .inbox
-            .lock()
-            .map_err(|_| EngineError::Internal("generator handle poisoned".into()))?
-            .send(request);
-        if sent.is_err() {
+        let poisoned = || EngineError::Internal("generator handle poisoned".into());
+        let sent = match (adapter, loaded) {
+            (Some(name), Some(None)) => self
+                .shared
+                .loader
+                .lock()
+                .map_err(|_| poisoned())?
+                .send((name.to_owned(), request))
+                .is_ok(),
+            (_, loaded) => {
+                request.adapter = loaded.flatten();
+                self.shared
+                    .inbox
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .send(request)
+                    .is_ok()
+            }
+        };
+        if !sent {
             counters.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::Internal(
                 "the generator thread has stopped".into(),
@@ -353,6 +398,65 @@ impl Generator {
         }
         Ok(Generation { events: rx })
     }
+
+    /// Loads the PEFT LoRA adapter in `dir` (`adapter_config.json` and
+    /// `adapter_model.safetensors`), checks it against the model and registers it as `name`,
+    /// replacing an adapter of that name (requests already running keep the old one). The
+    /// files must stay in `dir` while it is registered: an adapter unloaded to respect
+    /// `engine.lora_resident` is read from there again. This reads files: call it from a
+    /// blocking context, not from async code.
+    pub fn register_adapter(&self, name: &str, dir: &Path) -> Result<AdapterInfo> {
+        self.shared.adapters.register(name, dir)
+    }
+
+    /// Unregisters an adapter; requests already running with it finish with it. False when no
+    /// adapter had that name.
+    pub fn remove_adapter(&self, name: &str) -> bool {
+        self.shared.adapters.remove(name)
+    }
+
+    /// The registered adapters, by name.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        self.shared.adapters.list()
+    }
+}
+
+/// Starts the thread that loads unloaded adapters again and then passes their requests on to
+/// the scheduler.
+fn spawn_loader(
+    adapters: Arc<Registry>,
+    scheduler: std::sync::mpsc::Sender<Request>,
+    counters: Arc<Counters>,
+) -> Result<std::sync::mpsc::Sender<(String, Request)>> {
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Request)>();
+    std::thread::Builder::new()
+        .name("hearth-lora-loader".into())
+        .spawn(move || {
+            for (name, mut request) in rx {
+                if request.events.is_closed() {
+                    counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+                match adapters.reload(&name) {
+                    Ok(a) => {
+                        request.adapter = Some(a);
+                        if let Err(lost) = scheduler.send(request) {
+                            counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                            let _ = lost.0.events.unbounded_send(GenerationEvent::Failed(
+                                EngineError::Internal("the generator thread has stopped".into()),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(adapter = %name, error = %e, "adapter failed to load");
+                        counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                        let _ = request.events.unbounded_send(GenerationEvent::Failed(e));
+                    }
+                }
+            }
+        })
+        .map_err(|e| EngineError::Internal(format!("adapter loader thread: {e}")))?;
+    Ok(tx)
 }
 
 /// A running request: a stream of [`GenerationEvent`]s. Dropping it cancels the request.
@@ -386,5 +490,7 @@ impl Generation {
     }
 }
 
+#[cfg(test)]
+mod lora_tests;
 #[cfg(test)]
 mod reference_tests;

@@ -17,6 +17,7 @@ use super::arch::{Activation, ModelSpec};
 use super::attention::{AttentionShape, SeqRows, paged_attention};
 use super::gguf::GgufFile;
 use super::kv::KvStore;
+use super::lora::{self, Adapter, Module};
 use super::qmatmul::{MappedMatrix, QuantRows, matmul_many};
 
 /// A weight matrix: used in place from the mapped file by our own kernels on the CPU for the
@@ -164,6 +165,8 @@ pub(crate) struct StepSeq<'a> {
     pub(crate) blocks: &'a [u32],
     /// Whether the step should return logits for its last token.
     pub(crate) logits: bool,
+    /// Its LoRA adapter, if any.
+    pub(crate) adapter: Option<&'a Adapter>,
 }
 
 impl Model {
@@ -262,8 +265,12 @@ impl Model {
         let mut tokens = Vec::with_capacity(rows);
         let mut positions = Vec::with_capacity(rows);
         let mut spans = Vec::with_capacity(seqs.len());
+        let mut adapters = Vec::new();
         for s in seqs {
             let start = tokens.len();
+            if let Some(a) = s.adapter {
+                adapters.push((start..start + s.tokens.len(), a));
+            }
             tokens.extend_from_slice(s.tokens);
             positions.extend(s.start_pos..s.start_pos + s.tokens.len());
             spans.push(SeqRows {
@@ -291,6 +298,9 @@ impl Model {
                 &self.device,
                 &mut scratch,
             )?;
+            lora::apply(Module::Q, l, &normed, &mut q, &adapters);
+            lora::apply(Module::K, l, &normed, &mut k, &adapters);
+            lora::apply(Module::V, l, &normed, &mut v, &adapters);
             for (t, b) in [
                 (&mut q, &layer.q_bias),
                 (&mut k, &layer.k_bias),
@@ -334,19 +344,22 @@ impl Model {
             };
             paged_attention(&shape, kv.layer(l), &spans, &q, &mut attn);
             let [mut o] = project([&layer.o], &attn, rows, &self.device, &mut scratch)?;
+            lora::apply(Module::O, l, &attn, &mut o, &adapters);
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut o, w, spec.rms_eps);
             }
             add_in_place(&mut x, &o);
 
             rms_norm_rows(&x, &layer.ffn_norm, spec.rms_eps, &mut normed);
-            let [mut g, u] = project(
+            let [mut g, mut u] = project(
                 [&layer.gate, &layer.up],
                 &normed,
                 rows,
                 &self.device,
                 &mut scratch,
             )?;
+            lora::apply(Module::Gate, l, &normed, &mut g, &adapters);
+            lora::apply(Module::Up, l, &normed, &mut u, &adapters);
             match spec.activation {
                 Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = silu(*g) * u),
                 Activation::GeluTanh => g
@@ -355,6 +368,7 @@ impl Model {
                     .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
             let [mut d] = project([&layer.down], &g, rows, &self.device, &mut scratch)?;
+            lora::apply(Module::Down, l, &g, &mut d, &adapters);
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(&mut d, w, spec.rms_eps);
             }
@@ -517,4 +531,101 @@ fn silu(x: f32) -> f32 {
 fn gelu_tanh(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2/π)
     0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+#[cfg(test)]
+impl Linear {
+    /// The weight as a dense `out × in` f32 matrix.
+    fn dense(&self) -> (Vec<f32>, usize, usize) {
+        match self {
+            Self::Mapped(m) => {
+                let mut w = vec![0f32; m.rows * m.cols];
+                for (j, row) in w.chunks_exact_mut(m.cols).enumerate() {
+                    m.dequantize_row(j, row);
+                }
+                (w, m.rows, m.cols)
+            }
+            Self::Candle { w, .. } => {
+                let t = match w {
+                    QMatMul::QTensor(q) => q.dequantize(&Device::Cpu).unwrap(),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                        t.to_dtype(candle_core::DType::F32).unwrap()
+                    }
+                };
+                let (o, i) = t.dims2().unwrap();
+                (t.flatten_all().unwrap().to_vec1().unwrap(), o, i)
+            }
+        }
+    }
+
+    fn from_dense(w: Vec<f32>, out: usize, inp: usize) -> Self {
+        let t = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
+        Self::Candle {
+            w: QMatMul::Tensor(t),
+            out,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Model {
+    /// A reference copy on the CPU with every weight dequantised to dense f32 and `adapter`
+    /// merged into its projections (`W + scale·B·A`).
+    pub(crate) fn dense_merged(&self, adapter: Option<&Adapter>) -> Self {
+        let merge = |lin: &Linear, l: usize, m: Module| {
+            let (mut w, out, inp) = lin.dense();
+            if let Some(pair) = adapter.and_then(|a| a.pair(l, m)) {
+                let (r, a, b) = pair.delta();
+                for (o, wrow) in w.chunks_exact_mut(inp).enumerate() {
+                    for j in 0..r {
+                        let bo = b[o * r + j];
+                        for (wi, ai) in wrow.iter_mut().zip(&a[j * inp..(j + 1) * inp]) {
+                            *wi += bo * ai;
+                        }
+                    }
+                }
+            }
+            Linear::from_dense(w, out, inp)
+        };
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, x)| Layer {
+                attn_norm: x.attn_norm.clone(),
+                q: merge(&x.q, l, Module::Q),
+                k: merge(&x.k, l, Module::K),
+                v: merge(&x.v, l, Module::V),
+                o: merge(&x.o, l, Module::O),
+                q_bias: x.q_bias.clone(),
+                k_bias: x.k_bias.clone(),
+                v_bias: x.v_bias.clone(),
+                q_norm: x.q_norm.clone(),
+                k_norm: x.k_norm.clone(),
+                post_attn_norm: x.post_attn_norm.clone(),
+                ffn_norm: x.ffn_norm.clone(),
+                gate: merge(&x.gate, l, Module::Gate),
+                up: merge(&x.up, l, Module::Up),
+                down: merge(&x.down, l, Module::Down),
+                post_ffn_norm: x.post_ffn_norm.clone(),
+            })
+            .collect();
+        let all: Vec<u32> = (0..self.spec.vocab as u32).collect();
+        let table = Tensor::from_vec(
+            self.embed(&all).unwrap(),
+            (self.spec.vocab, self.spec.hidden),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let table = QTensor::quantize(&table, candle_core::quantized::GgmlDType::F32).unwrap();
+        let (w, out, inp) = self.output.dense();
+        Self {
+            spec: self.spec.clone(),
+            device: Device::Cpu,
+            embeddings: Embeddings::Candle(Arc::new(table)),
+            layers,
+            norm: self.norm.clone(),
+            output: Linear::from_dense(w, out, inp),
+        }
+    }
 }

@@ -8,7 +8,7 @@ use super::gguf::GgufFile;
 use super::kv::KvStore;
 use super::model::{Model, StepSeq};
 
-fn model_path(name: &str) -> PathBuf {
+pub(super) fn model_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("HEARTH_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -55,6 +55,7 @@ fn ours(model: &Model, prompt: &[u32], steps: usize, chunk: usize) -> (Vec<u32>,
                     start_pos: pos,
                     blocks: &blocks,
                     logits: end == prompt.len(),
+                    adapter: None,
                 }],
                 &mut kv,
             )
@@ -74,6 +75,7 @@ fn ours(model: &Model, prompt: &[u32], steps: usize, chunk: usize) -> (Vec<u32>,
                     start_pos: tokens.len() - 1,
                     blocks: &blocks,
                     logits: true,
+                    adapter: None,
                 }],
                 &mut kv,
             )

@@ -25,6 +25,7 @@ use futures::channel::mpsc::UnboundedSender;
 use crate::error::EngineError;
 
 use super::kv::{BlockKey, BlockPool, KvStore, block_key};
+use super::lora::Adapter;
 use super::model::{Model, StepSeq};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
@@ -35,6 +36,8 @@ use super::{Completion, FinishReason, GenerationEvent, Timings, Usage};
 pub(crate) struct Request {
     pub(crate) prompt: Vec<u32>,
     pub(crate) params: SamplingParams,
+    /// Its LoRA adapter, loaded.
+    pub(crate) adapter: Option<Arc<Adapter>>,
     pub(crate) events: UnboundedSender<GenerationEvent>,
     pub(crate) submitted: Instant,
 }
@@ -71,6 +74,7 @@ struct Seq {
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     params: SamplingParams,
+    adapter: Option<Arc<Adapter>>,
     events: UnboundedSender<GenerationEvent>,
     submitted: Instant,
     first_scheduled: Option<Instant>,
@@ -86,6 +90,12 @@ impl Seq {
     /// Tokens still to feed through the model.
     fn pending(&self) -> usize {
         self.tokens.len() - self.computed
+    }
+
+    /// What its cached KV blocks are keyed by besides the tokens: keys and values computed
+    /// through an adapter are that adapter's.
+    fn cache_salt(&self) -> u32 {
+        self.adapter.as_ref().map_or(0, |a| a.id)
     }
 }
 
@@ -177,6 +187,7 @@ impl Scheduler {
             decoder: IncrementalDecoder::new(),
             stop,
             params: r.params,
+            adapter: r.adapter,
             events: r.events,
             submitted: r.submitted,
             first_scheduled: None,
@@ -262,8 +273,9 @@ impl Scheduler {
         let bs = self.config.block_size;
         let reusable = (seq.tokens.len() - 1) / bs;
         let mut prev = None;
+        let salt = seq.cache_salt();
         for i in 0..reusable {
-            let key = block_key(prev, &seq.tokens[i * bs..(i + 1) * bs], 0);
+            let key = block_key(prev, &seq.tokens[i * bs..(i + 1) * bs], salt);
             match self.pool.share(key) {
                 Some(b) => {
                     seq.blocks.push(b);
@@ -363,6 +375,7 @@ impl Scheduler {
                     start_pos: s.computed,
                     blocks: &s.blocks,
                     logits: s.computed + n == s.tokens.len(),
+                    adapter: s.adapter.as_deref(),
                 }
             })
             .collect();
@@ -398,7 +411,7 @@ impl Scheduler {
                 let key = block_key(
                     seq.keys.last().copied(),
                     &seq.tokens[i * bs..(i + 1) * bs],
-                    0,
+                    seq.cache_salt(),
                 );
                 self.pool.publish(seq.blocks[i], key);
                 seq.keys.push(key);

@@ -13,7 +13,7 @@ use hearth_engine::{
 
 use crate::config;
 
-fn gen_config() -> EngineConfig {
+pub(crate) fn gen_config() -> EngineConfig {
     EngineConfig {
         gen_threads: 2,
         kv_cache_mb: 64,
@@ -26,21 +26,21 @@ fn shared() -> &'static Generator {
     G.get_or_init(|| Generator::load(&gen_config()).expect("load SmolLM2"))
 }
 
-fn ask(q: &str) -> Prompt {
+pub(crate) fn ask(q: &str) -> Prompt {
     Prompt::Chat(vec![ChatMessage {
         role: "user".into(),
         content: q.into(),
     }])
 }
 
-fn greedy(max_tokens: usize) -> SamplingParams {
+pub(crate) fn greedy(max_tokens: usize) -> SamplingParams {
     SamplingParams {
         max_tokens,
         ..SamplingParams::default()
     }
 }
 
-const QUESTIONS: [&str; 6] = [
+pub(crate) const QUESTIONS: [&str; 6] = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
     "List three uses of copper.",
@@ -50,7 +50,7 @@ const QUESTIONS: [&str; 6] = [
 ];
 
 /// Waits until the scheduler is idle and holds no KV blocks; fails the test otherwise.
-fn assert_no_leak(g: &Generator) {
+pub(crate) fn assert_no_leak(g: &Generator) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = g.stats();

@@ -5,6 +5,7 @@
 
 mod embed;
 mod generate;
+mod lora;
 
 use std::path::PathBuf;
 

@@ -92,6 +92,8 @@ user's question using only the numbered context passages below. Cite the passage
 anything up. Write complete sentences and explain your reasoning step by step.";
 
 const SHORT_PROMPT: &str = "Say hello.";
+/// PEFT adapters of testdata/lora the child registers: (name, directory).
+const ADAPTERS: [(&str, &str); 2] = [("all", "all-r4"), ("qv", "qv-r2-rslora")];
 
 const ESSAY_TOPICS: [&str; 4] = [
     "the history of data compression, from Morse code to modern archive formats",
@@ -159,7 +161,10 @@ fn main() {
         .collect();
     let decode_ids = hearth.tokenize(&decode);
     let rag_base = s.prefill_reps * 2 * s.prefill_tokens;
-    let total_rag: usize = s.levels.iter().map(|&n| s.requests(n)).sum();
+    // Every serving level, then fresh prompts for the LoRA run (at the level nearest 8).
+    let lora_level = s.levels.iter().copied().min_by_key(|n| n.abs_diff(8));
+    let total_rag: usize = s.levels.iter().map(|&n| s.requests(n)).sum::<usize>()
+        + lora_level.map_or(0, |n| s.requests(n));
     let rag = fit_prompts(&mut hearth, total_rag, s.rag_tokens, |i, w| {
         rag_prompt(
             &words,
@@ -276,6 +281,10 @@ fn main() {
         });
     }
 
+    // -- LoRA: the side path's cost ----------------------------------------------------------
+    phase("LoRA adapters");
+    let lora = lora_phase(&mut hearth, &s, &decode, &single, &levels, &rag[next..]);
+
     // -- memory, CPU totals, shutdown ---------------------------------------------------------
     let hearth_stats = hearth.stats();
     let peer_final = peer.as_ref().and_then(|p| common::proc_stats(p.pid));
@@ -340,9 +349,60 @@ fn main() {
             }),
         },
         "llama_bench": bench,
+        "lora": lora,
         "ratios_hearth_over_peer": ratios_json(&table),
     });
     common::write_results("generate", &results);
+}
+
+/// Decode with a rank-4 adapter on every projection against the same prompts without, and a
+/// serving run where every request uses one of two adapters against the base model's run at
+/// the same concurrency. Returns the figures as JSON.
+fn lora_phase(
+    hearth: &mut HearthChild,
+    s: &Settings,
+    decode: &[PromptSpec],
+    single: &SingleStream,
+    levels: &[Level],
+    fresh: &[(PromptSpec, Vec<u32>)],
+) -> Value {
+    let mut decode_ratio = Vec::new();
+    for (spec, (base, _)) in decode.iter().zip(&single.decode) {
+        let n = base.results[0].tokens_or(s.decode_tokens);
+        let with = hearth.run(1, &[adapter_job(spec, n, "all")]);
+        let (b, a) = (
+            base.results[0].client_decode_tok_s(),
+            with.results[0].client_decode_tok_s(),
+        );
+        println!(
+            "decode with adapter \"all\" (rank 4, 7 projections): {a:.1} tok/s vs {b:.1} without"
+        );
+        decode_ratio.push(a / b);
+    }
+    // The serving level closest to 8, on prompts not seen before (no prefix-cache help).
+    let Some(level) = levels.iter().min_by_key(|l| l.concurrency.abs_diff(8)) else {
+        return json!({ "decode_ratio": decode_ratio });
+    };
+    let n = level.concurrency;
+    let count = s.requests(n).min(fresh.len());
+    let jobs: Vec<Job> = fresh[..count]
+        .iter()
+        .enumerate()
+        .map(|(i, (spec, _))| adapter_job(spec, s.serve_tokens, ADAPTERS[i % 2].0))
+        .collect();
+    let r = hearth.run(n, &jobs);
+    let mixed = LevelSummary::new(&r);
+    mixed.print("hearth, every request on an adapter", n);
+    let ratio = mixed.out_tok_s / level.hearth.1.out_tok_s;
+    println!(
+        "LoRA serving c{n}: {:.1} vs {:.1} out tok/s without adapters ({ratio:.2}x)",
+        mixed.out_tok_s, level.hearth.1.out_tok_s
+    );
+    json!({
+        "decode_ratio": decode_ratio,
+        "serving": mixed.json(n, common::load_avg(), &r),
+        "serving_ratio": ratio,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,12 +593,23 @@ fn fit_prompts(
 struct Job {
     prompt: PromptSpec,
     max_tokens: usize,
+    /// A LoRA adapter the child registered (see `ADAPTERS`).
+    #[serde(default)]
+    adapter: Option<String>,
 }
 
 fn job(prompt: &PromptSpec, max_tokens: usize) -> Job {
     Job {
         prompt: prompt.clone(),
         max_tokens,
+        adapter: None,
+    }
+}
+
+fn adapter_job(prompt: &PromptSpec, max_tokens: usize, adapter: &str) -> Job {
+    Job {
+        adapter: Some(adapter.to_owned()),
+        ..job(prompt, max_tokens)
     }
 }
 
@@ -702,6 +773,13 @@ mod child {
             }
         };
         let load_s = t0.elapsed().as_secs_f64();
+        for (name, dir) in ADAPTERS {
+            let dir = common::root().join("testdata/lora").join(dir);
+            if let Err(e) = generator.register_adapter(name, &dir) {
+                reply(&json!({"error": format!("adapter {}: {e}", dir.display())}));
+                return;
+            }
+        }
         let first = one(
             &generator,
             &job(&PromptSpec::Chat(vec![user(SHORT_PROMPT)]), 1),
@@ -766,7 +844,11 @@ mod child {
             temperature: 0.0,
             ..Default::default()
         };
-        let stream = match generator.submit(&job.prompt.to_prompt(), params) {
+        let stream = match generator.submit_with_adapter(
+            &job.prompt.to_prompt(),
+            params,
+            job.adapter.as_deref(),
+        ) {
             Ok(s) => s,
             Err(e) => return ReqResult::failed(start_s, e.to_string()),
         };

@@ -21,6 +21,7 @@ use serde_json::Value;
 use crate::error::{EngineError, Result};
 
 use super::arch::ModelSpec;
+use super::attention::dot;
 
 /// The largest rank accepted.
 pub(crate) const MAX_RANK: usize = 64;
@@ -85,8 +86,8 @@ pub(crate) struct LoraPair {
     rank: usize,
     /// `rank × in`, row-major.
     a: Vec<f32>,
-    /// `out × rank`, row-major, already multiplied by the scale.
-    b: Vec<f32>,
+    /// `rank × out` (Bᵀ), row-major, already multiplied by the scale.
+    bt: Vec<f32>,
 }
 
 impl LoraPair {
@@ -97,29 +98,19 @@ impl LoraPair {
         for (tj, a) in t.iter_mut().zip(self.a.chunks_exact(x.len())) {
             *tj = dot(a, x);
         }
-        for (o, b) in out.iter_mut().zip(self.b.chunks_exact(self.rank)) {
-            *o += dot(b, t);
+        // out += Σ_j t_j · Bᵀ_j: rank passes that vectorise over the outputs.
+        for (tj, bt) in t.iter().zip(self.bt.chunks_exact(out.len())) {
+            for (o, b) in out.iter_mut().zip(bt) {
+                *o += tj * b;
+            }
         }
     }
 
+    /// `(rank, A, scale·Bᵀ)`, both row-major.
     #[cfg(test)]
     pub(crate) fn delta(&self) -> (usize, &[f32], &[f32]) {
-        (self.rank, &self.a, &self.b)
+        (self.rank, &self.a, &self.bt)
     }
-}
-
-/// Eight independent accumulators so the compiler can keep them in one vector register.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// One layer's pairs, by [`Module`].
@@ -247,14 +238,20 @@ impl Adapter {
             };
             let a = to_vec(a)?;
             let scale = config.scale(rank);
-            let b: Vec<f32> = to_vec(b)?.into_iter().map(|v| v * scale).collect();
-            if a.iter().chain(&b).any(|v| !v.is_finite()) {
+            let b = to_vec(b)?;
+            let mut bt = vec![0f32; b.len()];
+            for (o, row) in b.chunks_exact(rank).enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    bt[j * out + o] = v * scale;
+                }
+            }
+            if a.iter().chain(&bt).any(|v| !v.is_finite()) {
                 return Err(bad(format!("{what} holds NaN or infinite values")));
             }
-            parameters += a.len() + b.len();
+            parameters += a.len() + bt.len();
             max_rank = max_rank.max(rank);
             modules.insert(module as usize);
-            layers[layer][module as usize] = Some(LoraPair { rank, a, b });
+            layers[layer][module as usize] = Some(LoraPair { rank, a, bt });
         }
         Ok(Self {
             id,
@@ -454,7 +451,7 @@ pub(crate) fn apply(
     let Some((_, first)) = pairs.peek() else {
         return;
     };
-    let (in_dim, out_dim) = (first.a.len() / first.rank, first.b.len() / first.rank);
+    let (in_dim, out_dim) = (first.a.len() / first.rank, first.bt.len() / first.rank);
     // One job per row with a delta here; the rows of one step never overlap.
     let mut outs: Vec<Option<&mut [f32]>> = out.chunks_mut(out_dim).map(Some).collect();
     let mut jobs: Vec<(&[f32], &mut [f32], &LoraPair)> = Vec::new();
@@ -544,7 +541,7 @@ mod tests {
         let pair = LoraPair {
             rank: 2,
             a: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            b: vec![1.0, 2.0, 3.0, 4.0],
+            bt: vec![1.0, 3.0, 2.0, 4.0],
         };
         let mut out = [10.0, 20.0];
         pair.add_row(&[1.0, 2.0, 5.0], &mut out);

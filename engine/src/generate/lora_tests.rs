@@ -88,11 +88,12 @@ fn scaling_matches_peft() {
             other => panic!("fixture probes {other}"),
         };
         let (inp, _) = module.dims(&model().spec);
-        let (r, la, lb) = a.pair(layer, module).unwrap().delta();
+        let (r, la, lbt) = a.pair(layer, module).unwrap().delta();
+        let out = lbt.len() / r;
         for (o, row) in json["delta"].as_array().unwrap().iter().enumerate() {
             for (i, want) in row.as_array().unwrap().iter().enumerate() {
                 let want = want.as_f64().unwrap() as f32;
-                let got: f32 = (0..r).map(|j| lb[o * r + j] * la[j * inp + i]).sum();
+                let got: f32 = (0..r).map(|j| lbt[j * out + o] * la[j * inp + i]).sum();
                 // PEFT computed in f16.
                 assert!(
                     (got - want).abs() <= 2e-3 * want.abs() + 2e-5,

@@ -575,10 +575,10 @@ impl Model {
         let merge = |lin: &Linear, l: usize, m: Module| {
             let (mut w, out, inp) = lin.dense();
             if let Some(pair) = adapter.and_then(|a| a.pair(l, m)) {
-                let (r, a, b) = pair.delta();
+                let (r, a, bt) = pair.delta();
                 for (o, wrow) in w.chunks_exact_mut(inp).enumerate() {
                     for j in 0..r {
-                        let bo = b[o * r + j];
+                        let bo = bt[j * out + o];
                         for (wi, ai) in wrow.iter_mut().zip(&a[j * inp..(j + 1) * inp]) {
                             *wi += bo * ai;
                         }

@@ -193,9 +193,22 @@ pub(crate) fn matmul_many(
         let w = ws[i];
         let rb = w.row_bytes();
         let bytes = w.bytes();
-        for (c, dst) in run.chunks_mut(m).enumerate() {
-            let j = first + c;
-            dot_rows(w.kind, &bytes[j * rb..(j + 1) * rb], x, dst);
+        // With several activation rows, two weight rows at a time share every activation
+        // load (one row, a decode step, is faster one weight row at a time).
+        let mut cols = run.chunks_mut(m);
+        let mut j = first;
+        while let Some(d0) = cols.next() {
+            let w0 = &bytes[j * rb..(j + 1) * rb];
+            match if m > 1 { cols.next() } else { None } {
+                Some(d1) => {
+                    dot_rows2(w.kind, [w0, &bytes[(j + 1) * rb..(j + 2) * rb]], x, d0, d1);
+                    j += 2;
+                }
+                None => {
+                    dot_rows(w.kind, w0, x, d0);
+                    j += 1;
+                }
+            }
         }
     });
     let mut offset = 0;
@@ -224,6 +237,16 @@ fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
         return avx2::dot_rows(kind, wrow, x, out);
     }
     portable_dot_rows(kind, wrow, x, out);
+}
+
+/// Two weight rows against every activation row.
+fn dot_rows2(kind: BlockType, w: [&[u8]; 2], x: &QuantRows, out0: &mut [f32], out1: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        return avx2::dot_rows2(kind, w, x, out0, out1);
+    }
+    portable_dot_rows(kind, w[0], x, out0);
+    portable_dot_rows(kind, w[1], x, out1);
 }
 
 fn portable_dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
@@ -355,51 +378,91 @@ mod avx2 {
     const Q8_0: u8 = 2;
 
     pub(super) fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
-        let nb = x.cols / QK;
-        assert!(wrow.len() >= nb * kind.bytes() && x.q.len() >= out.len() * x.cols);
-        assert!(x.d.len() >= out.len() * nb && x.s.len() >= out.len() * nb);
+        check(kind, wrow, x, out.len());
         // SAFETY: AVX2, FMA and F16C are present (checked by `available`, the only way here),
-        // and every load below stays inside `wrow` and `x`'s buffers, whose lengths the asserts
-        // above check against the loop bounds.
+        // and every load below stays inside `wrow` and `x`'s buffers, whose lengths `check`
+        // compares with the loop bounds.
         unsafe {
             match kind {
-                BlockType::Q4_0 => rows::<Q4_0>(wrow, x, out, nb),
-                BlockType::Q4_1 => rows::<Q4_1>(wrow, x, out, nb),
-                BlockType::Q8_0 => rows::<Q8_0>(wrow, x, out, nb),
+                BlockType::Q4_0 => rows::<1, Q4_0>([wrow], x, [out]),
+                BlockType::Q4_1 => rows::<1, Q4_1>([wrow], x, [out]),
+                BlockType::Q8_0 => rows::<1, Q8_0>([wrow], x, [out]),
             }
         }
     }
 
-    /// Up to four activation rows at a time share each unpacked weight block; the row count
-    /// and the block type are constants so the accumulators stay in registers.
+    pub(super) fn dot_rows2(
+        kind: BlockType,
+        w: [&[u8]; 2],
+        x: &QuantRows,
+        out0: &mut [f32],
+        out1: &mut [f32],
+    ) {
+        assert_eq!(out0.len(), out1.len());
+        check(kind, w[0], x, out0.len());
+        check(kind, w[1], x, out1.len());
+        // SAFETY: as in `dot_rows`.
+        unsafe {
+            match kind {
+                BlockType::Q4_0 => rows::<2, Q4_0>(w, x, [out0, out1]),
+                BlockType::Q4_1 => rows::<2, Q4_1>(w, x, [out0, out1]),
+                BlockType::Q8_0 => rows::<2, Q8_0>(w, x, [out0, out1]),
+            }
+        }
+    }
+
+    /// The bounds every kernel below relies on.
+    fn check(kind: BlockType, wrow: &[u8], x: &QuantRows, rows: usize) {
+        let nb = x.cols / QK;
+        assert!(wrow.len() >= nb * kind.bytes() && x.q.len() >= rows * x.cols);
+        assert!(x.d.len() >= rows * nb && x.s.len() >= rows * nb);
+    }
+
+    /// `C` weight rows against every activation row, up to four activation rows at a time:
+    /// each unpacked weight block serves four rows, each activation block `C` weight rows.
+    /// Row counts and the block type are constants so the accumulators stay in registers.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows<const K: u8>(wrow: &[u8], x: &QuantRows, out: &mut [f32], nb: usize) {
+    unsafe fn rows<const C: usize, const K: u8>(
+        w: [&[u8]; C],
+        x: &QuantRows,
+        mut out: [&mut [f32]; C],
+    ) {
+        let nb = x.cols / QK;
+        let n = out[0].len();
+        let ptrs = w.map(<[u8]>::as_ptr);
         let mut r0 = 0;
         // SAFETY: as in `dot_rows`.
         unsafe {
-            while out.len() - r0 >= 4 {
-                tile::<4, K>(wrow, x, r0, nb, &mut out[r0..r0 + 4]);
-                r0 += 4;
-            }
-            match out.len() - r0 {
-                3 => tile::<3, K>(wrow, x, r0, nb, &mut out[r0..]),
-                2 => tile::<2, K>(wrow, x, r0, nb, &mut out[r0..]),
-                1 => tile::<1, K>(wrow, x, r0, nb, &mut out[r0..]),
-                _ => {}
+            while r0 < n {
+                let left = n - r0;
+                let mut put = |res: &[[f32; 4]; C], k: usize| {
+                    for (o, v) in out.iter_mut().zip(res) {
+                        o[r0..r0 + k].copy_from_slice(&v[..k]);
+                    }
+                };
+                match left {
+                    4.. => put(&tile::<C, 4, K>(ptrs, x, r0, nb), 4),
+                    3 => put(&tile::<C, 3, K>(ptrs, x, r0, nb), 3),
+                    2 => put(&tile::<C, 2, K>(ptrs, x, r0, nb), 2),
+                    _ => put(&tile::<C, 1, K>(ptrs, x, r0, nb), 1),
+                }
+                r0 += left.min(4);
             }
         }
     }
 
+    /// Dot products of `C` weight rows with activation rows `r0..r0 + R`; results in the first
+    /// `R` places of each returned row.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn tile<const R: usize, const K: u8>(
-        wrow: &[u8],
+    unsafe fn tile<const C: usize, const R: usize, const K: u8>(
+        w: [*const u8; C],
         x: &QuantRows,
         r0: usize,
         nb: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY: as in `dot_rows`: `wrow` holds `nb` blocks, `x` holds rows `r0..r0 + R`.
+    ) -> [[f32; 4]; C] {
+        // SAFETY: as in `dot_rows`: each `w` row holds `nb` blocks, `x` holds rows
+        // `r0..r0 + R`.
         unsafe {
             let bb = match K {
                 Q4_0 => 18,
@@ -409,50 +472,72 @@ mod avx2 {
             let ones = _mm256_set1_epi16(1);
             let low = _mm256_set1_epi8(0x0f);
             let eight = _mm256_set1_epi8(8);
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut macc = [0f32; R];
+            let mut acc = [[_mm256_setzero_ps(); R]; C];
+            let mut macc = [[0f32; R]; C];
             let xq = x.q.as_ptr();
             let xd = x.d.as_ptr();
             let xs = x.s.as_ptr();
             for b in 0..nb {
-                let blk = wrow.as_ptr().add(b * bb);
-                // d (and, for Q4_1, m right after it) converted by F16C.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
-                    blk.cast::<i32>(),
-                )));
-                let d = _mm_cvtss_f32(dm);
-                // The weight block as 32 bytes: unsigned nibbles (Q4_1), else signed values.
-                let w = match K {
-                    Q8_0 => _mm256_loadu_si256(blk.add(2).cast()),
-                    _ => {
-                        let qs = _mm_loadu_si128(blk.add(if K == Q4_1 { 4 } else { 2 }).cast());
-                        let nib =
-                            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
-                        if K == Q4_0 {
-                            _mm256_sub_epi8(nib, eight)
-                        } else {
-                            nib
+                let mut wv = [_mm256_setzero_si256(); C];
+                let mut wabs = [_mm256_setzero_si256(); C];
+                let mut d = [0f32; C];
+                let mut m = [0f32; C];
+                for c in 0..C {
+                    let blk = w[c].add(b * bb);
+                    // d (and, for Q4_1, m right after it) converted by F16C.
+                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                        blk.cast::<i32>(),
+                    )));
+                    d[c] = _mm_cvtss_f32(dm);
+                    m[c] = _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1));
+                    // The weight block as 32 bytes: unsigned nibbles (Q4_1), else signed.
+                    wv[c] = match K {
+                        Q8_0 => _mm256_loadu_si256(blk.add(2).cast()),
+                        _ => {
+                            let qs = _mm_loadu_si128(blk.add(if K == Q4_1 { 4 } else { 2 }).cast());
+                            let nib =
+                                _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
+                            if K == Q4_0 {
+                                _mm256_sub_epi8(nib, eight)
+                            } else {
+                                nib
+                            }
                         }
-                    }
-                };
-                // maddubs multiplies unsigned by signed bytes: a signed weight lends its sign to
-                // the activation.
-                let wabs = if K == Q4_1 { w } else { _mm256_sign_epi8(w, w) };
+                    };
+                    // maddubs multiplies unsigned by signed bytes: a signed weight lends its
+                    // sign to the activation.
+                    wabs[c] = if K == Q4_1 {
+                        wv[c]
+                    } else {
+                        _mm256_sign_epi8(wv[c], wv[c])
+                    };
+                }
                 for r in 0..R {
                     let xi = (r0 + r) * nb + b;
                     let a = _mm256_loadu_si256(xq.add(xi * QK).cast());
-                    let a = if K == Q4_1 { a } else { _mm256_sign_epi8(a, w) };
-                    let sum32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, a), ones);
-                    let scale = _mm256_set1_ps(d * *xd.add(xi));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc[r]);
-                    if K == Q4_1 {
-                        macc[r] += _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)) * *xs.add(xi);
+                    let ad = *xd.add(xi);
+                    for c in 0..C {
+                        let a = if K == Q4_1 {
+                            a
+                        } else {
+                            _mm256_sign_epi8(a, wv[c])
+                        };
+                        let sum32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[c], a), ones);
+                        let scale = _mm256_set1_ps(d[c] * ad);
+                        acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc[c][r]);
+                        if K == Q4_1 {
+                            macc[c][r] += m[c] * *xs.add(xi);
+                        }
                     }
                 }
             }
-            for r in 0..R {
-                out[r] = hsum(acc[r]) + macc[r];
+            let mut out = [[0f32; 4]; C];
+            for c in 0..C {
+                for r in 0..R {
+                    out[c][r] = hsum(acc[c][r]) + macc[c][r];
+                }
             }
+            out
         }
     }
 
@@ -516,32 +601,54 @@ mod tests {
         };
         let cols = 256;
         for kind in [BlockType::Q4_0, BlockType::Q4_1, BlockType::Q8_0] {
-            let mut row = Vec::new();
-            for _ in 0..cols / QK {
-                // Scales between 2^-8 and 2^-5 as f16, then random payload bytes.
-                let d: u16 = 0x1c00 + (next() % 0x0c00) as u16;
-                row.extend_from_slice(&d.to_le_bytes());
-                if kind == BlockType::Q4_1 {
-                    let m: u16 = 0x9c00 + (next() % 0x0c00) as u16;
-                    row.extend_from_slice(&m.to_le_bytes());
+            let mut random_row = || {
+                let mut row = Vec::new();
+                for _ in 0..cols / QK {
+                    // Scales between 2^-8 and 2^-5 as f16, then random payload bytes.
+                    let d: u16 = 0x1c00 + (next() % 0x0c00) as u16;
+                    row.extend_from_slice(&d.to_le_bytes());
+                    if kind == BlockType::Q4_1 {
+                        let m: u16 = 0x9c00 + (next() % 0x0c00) as u16;
+                        row.extend_from_slice(&m.to_le_bytes());
+                    }
+                    let payload = kind.bytes() - row.len() % kind.bytes();
+                    row.extend((0..payload).map(|_| next() as u8));
                 }
-                let payload = kind.bytes() - row.len() % kind.bytes();
-                row.extend((0..payload).map(|_| next() as u8));
-            }
-            assert_eq!(row.len(), cols / QK * kind.bytes());
-            let x: Vec<f32> = (0..5 * cols)
+                assert_eq!(row.len(), cols / QK * kind.bytes());
+                row
+            };
+            let (w0, w1) = (random_row(), random_row());
+            let x: Vec<f32> = (0..7 * cols)
                 .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
             let mut q = QuantRows::default();
             q.quantize(&x, cols);
-            let (mut a, mut b) = (vec![0f32; 5], vec![0f32; 5]);
-            dot_rows(kind, &row, &q, &mut a);
-            portable_dot_rows(kind, &row, &q, &mut b);
-            for (x, y) in a.iter().zip(&b) {
-                assert!(
-                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                    "{kind:?}: {a:?} vs {b:?}"
-                );
+            let run = |f: &dyn Fn(&mut [f32], &mut [f32])| {
+                let (mut a, mut b) = (vec![0f32; 7], vec![0f32; 7]);
+                f(&mut a, &mut b);
+                (a, b)
+            };
+            let portable = run(&|a, b| {
+                portable_dot_rows(kind, &w0, &q, a);
+                portable_dot_rows(kind, &w1, &q, b);
+            });
+            let one_by_one = run(&|a, b| {
+                dot_rows(kind, &w0, &q, a);
+                dot_rows(kind, &w1, &q, b);
+            });
+            let paired = run(&|a, b| dot_rows2(kind, [&w0, &w1], &q, a, b));
+            for got in [&one_by_one, &paired] {
+                for (x, y) in got
+                    .0
+                    .iter()
+                    .chain(&got.1)
+                    .zip(portable.0.iter().chain(&portable.1))
+                {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{kind:?}: {got:?} vs {portable:?}"
+                    );
+                }
             }
         }
     }

@@ -103,12 +103,18 @@ fn attend_dispatch(
     attend(shape, kv, blocks, pos, q, out, scores);
 }
 
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *YES.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    })
+/// Whether the CPU has AVX2 and FMA (always false off x86-64).
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *YES.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -91,7 +91,15 @@ pub(crate) struct LoraPair {
 }
 
 impl LoraPair {
+    /// [`Self::add_row`] compiled for AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn add_row_avx2(&self, x: &[f32], out: &mut [f32]) {
+        self.add_row(x, out);
+    }
+
     /// `out += B (A x)` for one row.
+    #[inline(always)]
     fn add_row(&self, x: &[f32], out: &mut [f32]) {
         let mut t = [0f32; MAX_RANK];
         let t = &mut t[..self.rank];
@@ -462,9 +470,20 @@ pub(crate) fn apply(
             }
         }
     }
+    let simd = super::attention::avx2_fma();
     jobs.par_iter_mut()
         .with_min_len(4)
-        .for_each(|(x, o, pair)| pair.add_row(x, o));
+        .for_each(|(x, o, pair)| {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU supports AVX2 and FMA (`avx2_fma`).
+                unsafe {
+                    return pair.add_row_avx2(x, o);
+                }
+            }
+            pair.add_row(x, o);
+        });
 }
 
 #[cfg(test)]

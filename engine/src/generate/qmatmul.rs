@@ -76,8 +76,7 @@ impl QuantRows {
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, v) in self.q[b * QK..(b + 1) * QK].iter_mut().zip(xb) {
-                let r = (v * inv).round() as i32;
-                *q = r.clamp(-127, 127) as i8;
+                *q = round_away(v * inv).clamp(-127, 127) as i8;
                 sum += i32::from(*q);
             }
             // Scales rounded through f16 as ggml's Q8_0/Q8_1 blocks store them, so results match
@@ -171,8 +170,11 @@ pub(crate) fn matmul_many(
     const COLS_PER_TASK: usize = 16;
     let m = x.rows();
     let total: usize = ws.iter().map(|w| w.rows).sum();
-    scratch.clear();
-    scratch.resize(total * m, 0.0);
+    // Every element is written below: grow without clearing.
+    if scratch.len() < total * m {
+        scratch.resize(total * m, 0.0);
+    }
+    let scratch = &mut scratch[..total * m];
     // Tasks of up to 16 columns of one matrix, each with its own run of the (column-major)
     // scratch.
     let mut tasks: Vec<(usize, usize, &mut [f32])> =
@@ -219,10 +221,17 @@ pub(crate) fn matmul_many(
         if m == 1 {
             out.extend_from_slice(block);
         } else {
+            // Column-major to row-major in 8 × 8 tiles, so neither side is walked with a
+            // cache-missing stride for long.
             out.resize(m * n, 0.0);
-            for (j, col) in block.chunks_exact(m).enumerate() {
-                for (r, v) in col.iter().enumerate() {
-                    out[r * n + j] = *v;
+            const T: usize = 8;
+            for j0 in (0..n).step_by(T) {
+                for r0 in (0..m).step_by(T) {
+                    for j in j0..(j0 + T).min(n) {
+                        for r in r0..(r0 + T).min(m) {
+                            out[r * n + j] = block[j * m + r];
+                        }
+                    }
                 }
             }
         }
@@ -289,6 +298,22 @@ fn portable_dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32
             }
         }
         *o = acc;
+    }
+}
+
+/// `x.round() as i32` (halves away from zero) without a libm call: the truncating conversion
+/// is one instruction, and `x - trunc(x)` is exact for the magnitudes quantisation sees
+/// (below 2^23; beyond that every float is an integer and the fraction is 0). NaN gives 0.
+#[inline(always)]
+fn round_away(x: f32) -> i32 {
+    let t = x as i32;
+    let frac = x - t as f32;
+    if frac >= 0.5 {
+        t.saturating_add(1)
+    } else if frac <= -0.5 {
+        t.saturating_sub(1)
+    } else {
+        t
     }
 }
 
@@ -649,6 +674,27 @@ mod tests {
                         "{kind:?}: {got:?} vs {portable:?}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_takes_halves_away_from_zero() {
+        for x in [
+            0.0f32, 0.49999997, 0.5, 1.5, 2.5, -0.5, -1.5, -2.4999998, 126.5, -127.49, 3e9, -3e9,
+            1e-30,
+        ] {
+            assert_eq!(round_away(x), x.round() as i32, "{x}");
+        }
+        assert_eq!(round_away(f32::NAN), 0);
+        let mut state = 0x1234_5678_9abc_def1u64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = f32::from_bits(state as u32 & 0x7fff_ffff) % 256.0 - 128.0;
+            if x.is_finite() {
+                assert_eq!(round_away(x), x.round() as i32, "{x}");
             }
         }
     }

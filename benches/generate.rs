@@ -22,7 +22,9 @@
 //! harness's. llama-server is started on a free loopback port with `-t 2 --parallel 16
 //! -c 11200 --no-warmup` (16 slots of 700 tokens) and driven over HTTP/1.1 (a minimal client
 //! in `common`): `POST /completion` with the prompt as **token ids from hearth's tokenizer**,
-//! `"stream": true` (the first SSE event times the first token), `"cache_prompt": false`,
+//! `"stream": true` (the first SSE event times the first token), `"cache_prompt": true` (its
+//! per-slot prompt cache, the counterpart of hearth's prefix cache: both skip a shared
+//! system prompt they have already computed),
 //! `"temperature": 0` and `"ignore_eos": true`. hearth has no ignore-EOS option, so hearth
 //! runs each measurement first and llama-server is then asked for exactly as many tokens as
 //! hearth produced for the same prompt (`n_predict` = hearth's completion tokens, end token
@@ -1133,7 +1135,7 @@ impl LlamaServer {
 fn peer_one(addr: SocketAddr, job: &PeerJob, t0: Instant) -> ReqResult {
     let body = json!({
         "prompt": job.ids, "n_predict": job.n_predict, "temperature": 0.0,
-        "ignore_eos": true, "cache_prompt": false, "stream": true,
+        "ignore_eos": true, "cache_prompt": true, "stream": true,
     })
     .to_string();
     let start = Instant::now();

@@ -8,16 +8,7 @@
 use rayon::prelude::*;
 
 use super::kv::LayerKv;
-
-/// Where one sequence's rows lie in the step and where its cache lives.
-pub(crate) struct SeqRows<'a> {
-    /// The sequence's rows in the step's activations.
-    pub(crate) rows: std::ops::Range<usize>,
-    /// Position of the first of those rows.
-    pub(crate) start_pos: usize,
-    /// The sequence's blocks, in position order.
-    pub(crate) blocks: &'a [u32],
-}
+use super::model::StepSeq;
 
 pub(crate) struct AttentionShape {
     pub(crate) heads: usize,
@@ -31,53 +22,49 @@ pub(crate) struct AttentionShape {
 /// Query rows of one sequence at consecutive positions that share each read of the cache.
 const TILE: usize = 4;
 
-/// `out[r] = softmax(q[r]·Kᵀ·scale) V` per head, for every row of every sequence.
+thread_local! {
+    /// Each worker thread's score buffer, grown once and reused by every call.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out[r] = softmax(q[r]·Kᵀ·scale) V` per head, for every row of every sequence (rows in
+/// `seqs` order, as the step lays them out).
 pub(crate) fn paged_attention(
     shape: &AttentionShape,
     kv: LayerKv<'_>,
-    seqs: &[SeqRows<'_>],
+    seqs: &[StepSeq<'_>],
     q: &[f32],
     out: &mut [f32],
 ) {
     let width = shape.heads * shape.head_dim;
     debug_assert_eq!(q.len(), out.len());
-    // Tiles of up to TILE consecutive rows of one sequence, each with its output rows, so
-    // tiles can be split across threads. A sequence's rows are contiguous in the step.
-    let mut tiles: Vec<(usize, usize, &mut [f32])> = Vec::new();
-    let mut rest = out;
-    let mut next_row = 0;
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&s| seqs[s].rows.start);
-    for s in order {
-        let rows = seqs[s].rows.clone();
-        // Rows no sequence owns (none today) are skipped.
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut((rows.start - next_row) * width);
-        rest = tail;
-        let mut r = rows.start;
-        while r < rows.end {
-            let n = TILE.min(rows.end - r);
-            let (tile, tail) = std::mem::take(&mut rest).split_at_mut(n * width);
-            tiles.push((s, r, tile));
-            rest = tail;
-            r += n;
-        }
-        next_row = rows.end;
-    }
-    tiles
-        .par_iter_mut()
-        .for_each_init(Vec::new, |scores, (s, r, tile)| {
-            let seq = &seqs[*s];
-            let n = tile.len() / width;
-            let pos = seq.start_pos + (*r - seq.rows.start);
-            attend_dispatch(
-                shape,
-                kv,
-                seq.blocks,
-                pos,
-                &q[*r * width..(*r + n) * width],
-                tile,
-                scores,
-            );
+    // Tiles of TILE rows of the step, split where a tile spans two sequences.
+    out.par_chunks_mut(TILE * width)
+        .enumerate()
+        .for_each(|(t, tile)| {
+            let (lo, hi) = (t * TILE, t * TILE + tile.len() / width);
+            let mut start = 0;
+            for s in seqs {
+                let end = start + s.tokens.len();
+                let (a, b) = (lo.max(start), hi.min(end));
+                if a < b {
+                    SCORES.with_borrow_mut(|scores| {
+                        attend_dispatch(
+                            shape,
+                            kv,
+                            s.blocks,
+                            s.start_pos + (a - start),
+                            &q[a * width..b * width],
+                            &mut tile[(a - lo) * width..(b - lo) * width],
+                            scores,
+                        );
+                    });
+                }
+                if end >= hi {
+                    break;
+                }
+                start = end;
+            }
         });
 }
 
@@ -299,22 +286,25 @@ mod tests {
                 scale: 0.25,
                 window,
             };
-            let mut tiled = vec![0f32; rows * width];
-            let one = [SeqRows {
-                rows: 0..rows,
-                start_pos: start,
+            let step = |tokens: &'static [u32], start_pos: usize| StepSeq {
+                tokens,
+                start_pos,
                 blocks: &blocks,
-            }];
-            paged_attention(&shape, kv.layer(0), &one, &q, &mut tiled);
-            let singles: Vec<SeqRows<'_>> = (0..rows)
-                .map(|r| SeqRows {
-                    rows: r..r + 1,
-                    start_pos: start + r,
-                    blocks: &blocks,
-                })
-                .collect();
+                logits: false,
+                adapter: None,
+            };
+            const TOKENS: [u32; 9] = [0; 9];
+            let mut tiled = vec![0f32; rows * width];
+            paged_attention(&shape, kv.layer(0), &[step(&TOKENS, start)], &q, &mut tiled);
+            // One sequence per row; and the rows split 3 + 6, so tiles start off the grid.
+            let singles: Vec<StepSeq<'_>> =
+                (0..rows).map(|r| step(&TOKENS[..1], start + r)).collect();
             let mut single = vec![0f32; rows * width];
             paged_attention(&shape, kv.layer(0), &singles, &q, &mut single);
+            let split = [step(&TOKENS[..3], start), step(&TOKENS[..6], start + 3)];
+            let mut offset = vec![0f32; rows * width];
+            paged_attention(&shape, kv.layer(0), &split, &q, &mut offset);
+            assert_eq!(tiled, offset, "window {window:?}");
             assert_eq!(tiled, single, "window {window:?}");
             assert!(tiled.iter().any(|v| *v != 0.0));
         }

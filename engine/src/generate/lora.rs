@@ -11,7 +11,6 @@
 //! copies with the scale folded into B.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -22,6 +21,7 @@ use crate::error::{EngineError, Result};
 
 use super::arch::ModelSpec;
 use super::attention::dot;
+use super::model::StepSeq;
 
 /// The largest rank accepted.
 pub(crate) const MAX_RANK: usize = 64;
@@ -440,40 +440,39 @@ impl LoraConfig {
     }
 }
 
-/// The adapters of one step's rows: `(rows, adapter)` for every sequence that has one.
-pub(crate) type RowAdapters<'a> = [(Range<usize>, &'a Adapter)];
-
 /// Adds every row's adapter delta for `module` of `layer` to `out` (`rows × out`), whose
-/// input was `x` (`rows × in`).
+/// input was `x` (`rows × in`); rows are those of `seqs`, in order.
 pub(crate) fn apply(
     module: Module,
     layer: usize,
     x: &[f32],
     out: &mut [f32],
-    rows: &RowAdapters<'_>,
+    seqs: &[StepSeq<'_>],
 ) {
-    let mut pairs = rows
+    let Some(first) = seqs
         .iter()
-        .filter_map(|(r, a)| Some((r.clone(), a.pair(layer, module)?)))
-        .peekable();
-    let Some((_, first)) = pairs.peek() else {
+        .find_map(|s| s.adapter.and_then(|a| a.pair(layer, module)))
+    else {
         return;
     };
     let (in_dim, out_dim) = (first.a.len() / first.rank, first.bt.len() / first.rank);
-    // One job per row with a delta here; the rows of one step never overlap.
-    let mut outs: Vec<Option<&mut [f32]>> = out.chunks_mut(out_dim).map(Some).collect();
-    let mut jobs: Vec<(&[f32], &mut [f32], &LoraPair)> = Vec::new();
-    for (range, pair) in pairs {
-        for r in range {
-            if let Some(o) = outs[r].take() {
-                jobs.push((&x[r * in_dim..(r + 1) * in_dim], o, pair));
-            }
-        }
-    }
     let simd = super::attention::avx2_fma();
-    jobs.par_iter_mut()
+    out.par_chunks_mut(out_dim)
+        .zip(x.par_chunks(in_dim))
+        .enumerate()
         .with_min_len(4)
-        .for_each(|(x, o, pair)| {
+        .for_each(|(r, (o, x))| {
+            // The sequence this row belongs to.
+            let mut end = 0;
+            let Some(seq) = seqs.iter().find(|s| {
+                end += s.tokens.len();
+                r < end
+            }) else {
+                return;
+            };
+            let Some(pair) = seq.adapter.and_then(|a| a.pair(layer, module)) else {
+                return;
+            };
             #[cfg(target_arch = "x86_64")]
             if simd {
                 #[allow(unsafe_code)]

@@ -14,7 +14,7 @@ use super::arch::ModelSpec;
 use super::gguf::GgufFile;
 use super::kv::KvStore;
 use super::lora::{Adapter, Module};
-use super::model::{Model, StepSeq};
+use super::model::{Model, StepSeq, Workspace};
 use super::reference_tests::model_path;
 
 fn fixture(name: &str) -> PathBuf {
@@ -44,6 +44,7 @@ fn prompt() -> Vec<u32> {
 fn logits(model: &Model, adapter: Option<&Adapter>) -> Vec<f32> {
     let spec = &model.spec;
     let mut kv = KvStore::new(spec.layers, 8, 16, spec.kv_heads, spec.head_dim);
+    let mut ws = Workspace::default();
     let blocks: Vec<u32> = (0..8).collect();
     let p = prompt();
     let mut out = Vec::new();
@@ -59,8 +60,10 @@ fn logits(model: &Model, adapter: Option<&Adapter>) -> Vec<f32> {
                     adapter,
                 }],
                 &mut kv,
+                &mut ws,
             )
-            .unwrap();
+            .unwrap()
+            .to_vec();
     }
     out
 }
@@ -159,7 +162,10 @@ fn batch_mixes_adapters_per_row() {
             adapter: choice[s],
         })
         .collect();
-    let all = m.forward(&steps, &mut kv).unwrap();
+    let all = m
+        .forward(&steps, &mut kv, &mut Workspace::default())
+        .unwrap()
+        .to_vec();
     let v = spec.vocab;
     for (s, choice) in choice.iter().enumerate() {
         let alone = {
@@ -174,8 +180,10 @@ fn batch_mixes_adapters_per_row() {
                     adapter: *choice,
                 }],
                 &mut kv,
+                &mut Workspace::default(),
             )
             .unwrap()
+            .to_vec()
         };
         assert_eq!(&all[s * v..(s + 1) * v], &alone[..], "sequence {s}");
     }

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{EngineError, Result};
 
 use super::arch::{Activation, ModelSpec};
-use super::attention::{AttentionShape, SeqRows, paged_attention};
+use super::attention::{AttentionShape, paged_attention};
 use super::gguf::GgufFile;
 use super::kv::KvStore;
 use super::lora::{self, Adapter, Module};
@@ -49,7 +49,7 @@ impl Linear {
         matches!(self, Self::Mapped(_))
     }
 
-    /// `x (rows × in) → rows × out`; `scratch.quant` must hold `x` quantised when the
+    /// `x (rows × in) → out (rows × out)`; `scratch.quant` must hold `x` quantised when the
     /// weight is mapped.
     fn forward(
         &self,
@@ -57,26 +57,29 @@ impl Linear {
         rows: usize,
         device: &Device,
         scratch: &mut Scratch,
-    ) -> Result<Vec<f32>> {
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         match self {
             Self::Mapped(m) => {
-                let mut out = [Vec::new()];
-                matmul_many(&[m], &scratch.quant, &mut out, &mut scratch.transposed);
-                let [out] = out;
-                Ok(out)
+                matmul_many(
+                    &[m],
+                    &scratch.quant,
+                    std::slice::from_mut(out),
+                    &mut scratch.transposed,
+                );
             }
-            Self::Candle { w, out } => {
+            Self::Candle { w, out: width } => {
                 let inp = x.len() / rows.max(1);
                 let xt = Tensor::from_slice(x, (rows, inp), device).map_err(internal)?;
                 let y = candle_core::Module::forward(w, &xt).map_err(internal)?;
-                let y = y
+                *out = y
                     .flatten_all()
                     .and_then(|y| y.to_vec1::<f32>())
                     .map_err(internal)?;
-                debug_assert_eq!(y.len(), rows * out);
-                Ok(y)
+                debug_assert_eq!(out.len(), rows * width);
             }
         }
+        Ok(())
     }
 }
 
@@ -87,34 +90,58 @@ struct Scratch {
     transposed: Vec<f32>,
 }
 
-/// Runs `x` through every linear in `ws` (they share their input), quantising `x` once.
+/// Everything a step needs besides the weights and the cache, kept between steps so that the
+/// forward pass allocates nothing once its buffers have grown to the largest step seen (the
+/// candle path for non-mapped weight types aside).
+#[derive(Default)]
+pub(crate) struct Workspace {
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    attn: Vec<f32>,
+    /// q, k, v.
+    qkv: [Vec<f32>; 3],
+    o: [Vec<f32>; 1],
+    /// gate, up.
+    gu: [Vec<f32>; 2],
+    down: [Vec<f32>; 1],
+    last: Vec<f32>,
+    logits: [Vec<f32>; 1],
+    rope: Rope,
+    scratch: Scratch,
+}
+
+/// Runs `x` through every linear in `ws` (they share their input), quantising `x` once; the
+/// results go to `outs`.
 fn project<const N: usize>(
     ws: [&Linear; N],
     x: &[f32],
     rows: usize,
     device: &Device,
     scratch: &mut Scratch,
-) -> Result<[Vec<f32>; N]> {
+    outs: &mut [Vec<f32>; N],
+) -> Result<()> {
     if ws.iter().any(|w| w.is_mapped()) {
         scratch.quant.quantize(x, x.len() / rows.max(1));
     }
-    let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
-    let mapped: Vec<&MappedMatrix> = ws
-        .iter()
-        .filter_map(|w| match w {
-            Linear::Mapped(m) => Some(m),
-            Linear::Candle { .. } => None,
-        })
-        .collect();
-    if mapped.len() == N {
-        // All in one parallel pass.
-        matmul_many(&mapped, &scratch.quant, &mut out, &mut scratch.transposed);
-        return Ok(out);
+    let mapped = ws.map(|w| match w {
+        Linear::Mapped(m) => Some(m),
+        Linear::Candle { .. } => None,
+    });
+    // All mapped: one parallel pass.
+    let (q, t) = (&scratch.quant, &mut scratch.transposed);
+    match mapped.as_slice() {
+        [Some(a)] => matmul_many(&[*a], q, outs, t),
+        [Some(a), Some(b)] => matmul_many(&[*a, *b], q, outs, t),
+        [Some(a), Some(b), Some(c)] => matmul_many(&[*a, *b, *c], q, outs, t),
+        _ => {
+            for (o, w) in outs.iter_mut().zip(ws) {
+                w.forward(x, rows, device, scratch, o)?;
+            }
+        }
     }
-    for (o, w) in out.iter_mut().zip(ws) {
-        *o = w.forward(x, rows, device, scratch)?;
-    }
-    Ok(out)
+    Ok(())
 }
 
 fn internal(e: candle_core::Error) -> EngineError {
@@ -254,76 +281,80 @@ impl Model {
     }
 
     /// Runs one step: writes every row's keys and values into `kv` and returns the logits of
-    /// the sequences that asked for them, `vocab` floats each, in sequence order.
-    pub(crate) fn forward(&self, seqs: &[StepSeq<'_>], kv: &mut KvStore) -> Result<Vec<f32>> {
+    /// the sequences that asked for them, `vocab` floats each, in sequence order (in `ws`).
+    pub(crate) fn forward<'w>(
+        &self,
+        seqs: &[StepSeq<'_>],
+        kv: &mut KvStore,
+        ws: &'w mut Workspace,
+    ) -> Result<&'w mut [f32]> {
         let spec = &self.spec;
         let (h, hd) = (spec.hidden, spec.head_dim);
         let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(&mut []);
         }
-        let mut tokens = Vec::with_capacity(rows);
-        let mut positions = Vec::with_capacity(rows);
-        let mut spans = Vec::with_capacity(seqs.len());
-        let mut adapters = Vec::new();
+        ws.tokens.clear();
+        ws.positions.clear();
         for s in seqs {
-            let start = tokens.len();
-            if let Some(a) = s.adapter {
-                adapters.push((start..start + s.tokens.len(), a));
-            }
-            tokens.extend_from_slice(s.tokens);
-            positions.extend(s.start_pos..s.start_pos + s.tokens.len());
-            spans.push(SeqRows {
-                rows: start..tokens.len(),
-                start_pos: s.start_pos,
-                blocks: s.blocks,
-            });
+            ws.tokens.extend_from_slice(s.tokens);
+            ws.positions
+                .extend(s.start_pos..s.start_pos + s.tokens.len());
         }
-
-        let mut x = self.embed(&tokens)?;
+        self.embed(&ws.tokens, &mut ws.x)?;
+        let x = &mut ws.x;
         if spec.embed_scale != 1.0 {
             x.iter_mut().for_each(|v| *v *= spec.embed_scale);
         }
+        let adapters = seqs.iter().any(|s| s.adapter.is_some());
+        let lora = |m: Module, l: usize, x: &[f32], out: &mut [f32]| {
+            if adapters {
+                lora::apply(m, l, x, out, seqs);
+            }
+        };
 
-        let mut normed = vec![0f32; rows * h];
-        let mut attn = vec![0f32; rows * spec.q_dim()];
-        let mut rope = Rope::default();
-        let mut scratch = Scratch::default();
+        ws.normed.resize(rows * h, 0.0);
+        ws.attn.resize(rows * spec.q_dim(), 0.0);
+        let (normed, attn, scratch) = (&mut ws.normed, &mut ws.attn, &mut ws.scratch);
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&x, &layer.attn_norm, spec.rms_eps, &mut normed);
-            let [mut q, mut k, mut v] = project(
+            rms_norm_rows(x, &layer.attn_norm, spec.rms_eps, normed);
+            let qkv = &mut ws.qkv;
+            project(
                 [&layer.q, &layer.k, &layer.v],
-                &normed,
+                normed,
                 rows,
                 &self.device,
-                &mut scratch,
+                scratch,
+                qkv,
             )?;
-            lora::apply(Module::Q, l, &normed, &mut q, &adapters);
-            lora::apply(Module::K, l, &normed, &mut k, &adapters);
-            lora::apply(Module::V, l, &normed, &mut v, &adapters);
+            let [q, k, v] = qkv;
+            lora(Module::Q, l, normed, q);
+            lora(Module::K, l, normed, k);
+            lora(Module::V, l, normed, v);
             for (t, b) in [
-                (&mut q, &layer.q_bias),
-                (&mut k, &layer.k_bias),
-                (&mut v, &layer.v_bias),
+                (&mut *q, &layer.q_bias),
+                (&mut *k, &layer.k_bias),
+                (&mut *v, &layer.v_bias),
             ] {
                 if let Some(b) = b {
                     add_rows(t, b);
                 }
             }
             if let Some(w) = &layer.q_norm {
-                rms_norm_in_place(&mut q, w, spec.rms_eps);
+                rms_norm_in_place(q, w, spec.rms_eps);
             }
             if let Some(w) = &layer.k_norm {
-                rms_norm_in_place(&mut k, w, spec.rms_eps);
+                rms_norm_in_place(k, w, spec.rms_eps);
             }
-            rope.prepare(spec.rope_base[l], spec.rope_dims, &positions);
-            rope.apply(&mut q, hd, spec.rope_neox);
-            rope.apply(&mut k, hd, spec.rope_neox);
+            ws.rope
+                .prepare(spec.rope_base[l], spec.rope_dims, &ws.positions);
+            ws.rope.apply(q, hd, spec.rope_neox);
+            ws.rope.apply(k, hd, spec.rope_neox);
 
             let kvd = spec.kv_dim();
-            for s in &spans {
-                for (i, r) in s.rows.clone().enumerate() {
-                    let p = s.start_pos + i;
+            let mut r = 0;
+            for s in seqs {
+                for p in s.start_pos..s.start_pos + s.tokens.len() {
                     let (b, slot) = (s.blocks[p / kv.block_size], p % kv.block_size);
                     kv.write(
                         l,
@@ -332,6 +363,7 @@ impl Model {
                         &k[r * kvd..(r + 1) * kvd],
                         &v[r * kvd..(r + 1) * kvd],
                     );
+                    r += 1;
                 }
             }
             let shape = AttentionShape {
@@ -342,69 +374,77 @@ impl Model {
                 scale: spec.attn_scale,
                 window: spec.window[l],
             };
-            paged_attention(&shape, kv.layer(l), &spans, &q, &mut attn);
-            let [mut o] = project([&layer.o], &attn, rows, &self.device, &mut scratch)?;
-            lora::apply(Module::O, l, &attn, &mut o, &adapters);
+            paged_attention(&shape, kv.layer(l), seqs, q, attn);
+            project([&layer.o], attn, rows, &self.device, scratch, &mut ws.o)?;
+            let [o] = &mut ws.o;
+            lora(Module::O, l, attn, o);
             if let Some(w) = &layer.post_attn_norm {
-                rms_norm_in_place(&mut o, w, spec.rms_eps);
+                rms_norm_in_place(o, w, spec.rms_eps);
             }
-            add_in_place(&mut x, &o);
+            add_in_place(x, o);
 
-            rms_norm_rows(&x, &layer.ffn_norm, spec.rms_eps, &mut normed);
-            let [mut g, mut u] = project(
+            rms_norm_rows(x, &layer.ffn_norm, spec.rms_eps, normed);
+            project(
                 [&layer.gate, &layer.up],
-                &normed,
+                normed,
                 rows,
                 &self.device,
-                &mut scratch,
+                scratch,
+                &mut ws.gu,
             )?;
-            lora::apply(Module::Gate, l, &normed, &mut g, &adapters);
-            lora::apply(Module::Up, l, &normed, &mut u, &adapters);
+            let [g, u] = &mut ws.gu;
+            lora(Module::Gate, l, normed, g);
+            lora(Module::Up, l, normed, u);
             match spec.activation {
-                Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = silu(*g) * u),
+                Activation::Silu => g.iter_mut().zip(&*u).for_each(|(g, u)| *g = silu(*g) * u),
                 Activation::GeluTanh => g
                     .iter_mut()
-                    .zip(&u)
+                    .zip(&*u)
                     .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
-            let [mut d] = project([&layer.down], &g, rows, &self.device, &mut scratch)?;
-            lora::apply(Module::Down, l, &g, &mut d, &adapters);
+            project([&layer.down], g, rows, &self.device, scratch, &mut ws.down)?;
+            let [d] = &mut ws.down;
+            lora(Module::Down, l, g, d);
             if let Some(w) = &layer.post_ffn_norm {
-                rms_norm_in_place(&mut d, w, spec.rms_eps);
+                rms_norm_in_place(d, w, spec.rms_eps);
             }
-            add_in_place(&mut x, &d);
+            add_in_place(x, d);
         }
 
-        // Logits only for the rows that need them.
-        let wanted: Vec<usize> = spans
-            .iter()
-            .zip(seqs)
-            .filter(|(_, s)| s.logits)
-            .map(|(sp, _)| sp.rows.end - 1)
-            .collect();
-        if wanted.is_empty() {
-            return Ok(Vec::new());
+        // Logits only for the last row of the sequences that need them.
+        ws.last.clear();
+        let mut end = 0;
+        for s in seqs {
+            end += s.tokens.len();
+            if s.logits {
+                let r = end - 1;
+                let at = ws.last.len();
+                ws.last.resize(at + h, 0.0);
+                rms_norm_row(
+                    &x[r * h..(r + 1) * h],
+                    &self.norm,
+                    spec.rms_eps,
+                    &mut ws.last[at..],
+                );
+            }
         }
-        let mut last = vec![0f32; wanted.len() * h];
-        for (i, &r) in wanted.iter().enumerate() {
-            rms_norm_row(
-                &x[r * h..(r + 1) * h],
-                &self.norm,
-                spec.rms_eps,
-                &mut last[i * h..(i + 1) * h],
-            );
+        let wanted = ws.last.len() / h;
+        if wanted == 0 {
+            return Ok(&mut []);
         }
-        let [logits] = project(
+        project(
             [&self.output],
-            &last,
-            wanted.len(),
+            &ws.last,
+            wanted,
             &self.device,
-            &mut scratch,
+            scratch,
+            &mut ws.logits,
         )?;
-        Ok(logits)
+        Ok(&mut ws.logits[0])
     }
 
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+    /// The embeddings of `tokens`, into `x`.
+    fn embed(&self, tokens: &[u32], x: &mut Vec<f32>) -> Result<()> {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
             return Err(EngineError::InvalidInput(format!(
                 "token id {t} is outside the vocabulary of {}",
@@ -414,21 +454,22 @@ impl Model {
         match &self.embeddings {
             Embeddings::Mapped(m) => {
                 let h = self.spec.hidden;
-                let mut x = vec![0f32; tokens.len() * h];
+                x.resize(tokens.len() * h, 0.0);
                 for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
                     m.dequantize_row(t as usize, row);
                 }
-                Ok(x)
             }
             Embeddings::Candle(q) => {
                 let ids =
                     Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(internal)?;
                 let e = q.embedding(&ids).map_err(internal)?;
-                e.flatten_all()
+                *x = e
+                    .flatten_all()
                     .and_then(|e| e.to_vec1::<f32>())
-                    .map_err(internal)
+                    .map_err(internal)?;
             }
         }
+        Ok(())
     }
 }
 
@@ -611,12 +652,10 @@ impl Model {
             })
             .collect();
         let all: Vec<u32> = (0..self.spec.vocab as u32).collect();
-        let table = Tensor::from_vec(
-            self.embed(&all).unwrap(),
-            (self.spec.vocab, self.spec.hidden),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let mut rows = Vec::new();
+        self.embed(&all, &mut rows).unwrap();
+        let table =
+            Tensor::from_vec(rows, (self.spec.vocab, self.spec.hidden), &Device::Cpu).unwrap();
         let table = QTensor::quantize(&table, candle_core::quantized::GgmlDType::F32).unwrap();
         let (w, out, inp) = self.output.dense();
         Self {

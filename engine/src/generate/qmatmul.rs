@@ -170,49 +170,48 @@ pub(crate) fn matmul_many(
     const COLS_PER_TASK: usize = 16;
     let m = x.rows();
     let total: usize = ws.iter().map(|w| w.rows).sum();
+    if m == 0 {
+        outs.iter_mut().for_each(Vec::clear);
+        return;
+    }
     // Every element is written below: grow without clearing.
     if scratch.len() < total * m {
         scratch.resize(total * m, 0.0);
     }
     let scratch = &mut scratch[..total * m];
-    // Tasks of up to 16 columns of one matrix, each with its own run of the (column-major)
-    // scratch.
-    let mut tasks: Vec<(usize, usize, &mut [f32])> =
-        Vec::with_capacity(total / COLS_PER_TASK + ws.len());
-    let mut rest: &mut [f32] = scratch;
-    for (i, w) in ws.iter().enumerate() {
-        debug_assert_eq!(x.cols, w.cols);
-        let mut first = 0;
-        while first < w.rows {
-            let n = COLS_PER_TASK.min(w.rows - first);
-            let (run, tail) = std::mem::take(&mut rest).split_at_mut(n * m);
-            tasks.push((i, first, run));
-            rest = tail;
-            first += n;
-        }
-    }
-    tasks.into_par_iter().for_each(|(i, first, run)| {
-        let w = ws[i];
-        let rb = w.row_bytes();
-        let bytes = w.bytes();
-        // With several activation rows, two weight rows at a time share every activation
-        // load (one row, a decode step, is faster one weight row at a time).
-        let mut cols = run.chunks_mut(m);
-        let mut j = first;
-        while let Some(d0) = cols.next() {
-            let w0 = &bytes[j * rb..(j + 1) * rb];
-            match if m > 1 { cols.next() } else { None } {
-                Some(d1) => {
-                    dot_rows2(w.kind, [w0, &bytes[(j + 1) * rb..(j + 2) * rb]], x, d0, d1);
-                    j += 2;
+    // Tasks of 16 columns of the matrices' concatenated columns, each with its own run of the
+    // (column-major) scratch.
+    scratch
+        .par_chunks_mut(COLS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(t, run)| {
+            let mut cols = run.chunks_mut(m);
+            let mut g = t * COLS_PER_TASK;
+            while let Some(d0) = cols.next() {
+                // The matrix and local column of global column g.
+                let (mut i, mut base) = (0, 0);
+                while g >= base + ws[i].rows {
+                    base += ws[i].rows;
+                    i += 1;
                 }
-                None => {
+                let (w, j) = (ws[i], g - base);
+                let rb = w.row_bytes();
+                let bytes = w.bytes();
+                let w0 = &bytes[j * rb..(j + 1) * rb];
+                // With several activation rows, two weight rows at a time share every
+                // activation load (one row, a decode step, is faster one weight row at a time).
+                if m > 1
+                    && j + 1 < w.rows
+                    && let Some(d1) = cols.next()
+                {
+                    dot_rows2(w.kind, [w0, &bytes[(j + 1) * rb..(j + 2) * rb]], x, d0, d1);
+                    g += 2;
+                } else {
                     dot_rows(w.kind, w0, x, d0);
-                    j += 1;
+                    g += 1;
                 }
             }
-        }
-    });
+        });
     let mut offset = 0;
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
         let n = w.rows;

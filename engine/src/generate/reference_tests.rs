@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 
 use super::gguf::GgufFile;
 use super::kv::KvStore;
-use super::model::{Model, StepSeq};
+use super::model::{Model, StepSeq, Workspace};
 
 pub(super) fn model_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("HEARTH_MODELS")
@@ -42,6 +42,8 @@ fn ours(model: &Model, prompt: &[u32], steps: usize, chunk: usize) -> (Vec<u32>,
     let bs = 16;
     let spec = &model.spec;
     let mut kv = KvStore::new(spec.layers, 64, bs, spec.kv_heads, spec.head_dim);
+    // One workspace for every step, as the scheduler uses it.
+    let mut ws = Workspace::default();
     let blocks: Vec<u32> = (0..64).collect();
     let mut tokens = prompt.to_vec();
     let mut pos = 0;
@@ -58,8 +60,10 @@ fn ours(model: &Model, prompt: &[u32], steps: usize, chunk: usize) -> (Vec<u32>,
                     adapter: None,
                 }],
                 &mut kv,
+                &mut ws,
             )
-            .unwrap();
+            .unwrap()
+            .to_vec();
         if end == prompt.len() {
             first_logits = logits.clone();
             tokens.push(argmax(&logits));
@@ -78,8 +82,10 @@ fn ours(model: &Model, prompt: &[u32], steps: usize, chunk: usize) -> (Vec<u32>,
                     adapter: None,
                 }],
                 &mut kv,
+                &mut ws,
             )
-            .unwrap();
+            .unwrap()
+            .to_vec();
         tokens.push(argmax(&logits));
     }
     (tokens[prompt.len()..].to_vec(), first_logits)

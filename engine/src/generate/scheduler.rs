@@ -26,7 +26,7 @@ use crate::error::EngineError;
 
 use super::kv::{BlockKey, BlockPool, KvStore, block_key};
 use super::lora::Adapter;
-use super::model::{Model, StepSeq};
+use super::model::{Model, StepSeq, Workspace};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
 use super::tokenizer::{GenTokenizer, IncrementalDecoder};
@@ -101,6 +101,8 @@ impl Seq {
 
 pub(crate) struct Scheduler {
     model: Model,
+    /// The forward pass's buffers, reused every step.
+    ws: Workspace,
     tokenizer: Arc<GenTokenizer>,
     kv: KvStore,
     pool: BlockPool,
@@ -131,6 +133,7 @@ impl Scheduler {
         let pool = BlockPool::new(config.blocks);
         Self {
             model,
+            ws: Workspace::default(),
             tokenizer,
             kv,
             pool,
@@ -379,13 +382,16 @@ impl Scheduler {
                 }
             })
             .collect();
-        let model = &self.model;
-        let kv = &mut self.kv;
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&steps, kv)));
+        let (model, kv, ws, rows) = (&self.model, &mut self.kv, &mut self.ws, &steps);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            // Moved out of the capture: the closure is FnOnce, so the logits it returns may
+            // borrow the workspace.
+            let ws = ws;
+            model.forward(rows, kv, ws)
+        }));
         drop(steps);
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
-        let mut logits = match result {
+        let logits = match result {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => return self.fail_planned(&plan, &e.to_string()),
             Err(p) => {

@@ -99,8 +99,20 @@ impl Seq {
     }
 }
 
+/// The step plan's lists, reused every step.
+#[derive(Default)]
+struct StepBuffers {
+    /// (index in `running`, tokens this step).
+    plan: Vec<(usize, usize)>,
+    /// `running` indices, decodes first.
+    order: Vec<usize>,
+    /// Sequences that finished this step.
+    finished: Vec<usize>,
+}
+
 pub(crate) struct Scheduler {
     model: Model,
+    bufs: StepBuffers,
     /// The forward pass's buffers, reused every step.
     ws: Workspace,
     tokenizer: Arc<GenTokenizer>,
@@ -133,6 +145,7 @@ impl Scheduler {
         let pool = BlockPool::new(config.blocks);
         Self {
             model,
+            bufs: StepBuffers::default(),
             ws: Workspace::default(),
             tokenizer,
             kv,
@@ -292,15 +305,27 @@ impl Scheduler {
         seq.cached_tokens = seq.cached_tokens.max(seq.computed.min(seq.prompt_len));
     }
 
-    /// Plans and runs one step.
+    /// Plans and runs one step, with the plan's buffers kept from step to step.
     fn step(&mut self) {
+        let mut bufs = std::mem::take(&mut self.bufs);
+        self.plan_and_run(&mut bufs);
+        self.bufs = bufs;
+    }
+
+    fn plan_and_run(&mut self, bufs: &mut StepBuffers) {
         let bs = self.config.block_size;
         let mut budget = self.config.max_batch_tokens;
-        // (seq index in `running`, tokens this step)
-        let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len() + 4);
+        let StepBuffers {
+            plan,
+            order,
+            finished,
+        } = bufs;
+        plan.clear();
+        finished.clear();
 
         // (2a) Decodes first (one token each), then prefill chunks, in admission order.
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.clear();
+        order.extend(0..self.running.len());
         order.sort_by_key(|&i| usize::from(self.running[i].pending() > 1));
         let mut i = 0;
         while i < order.len() && budget > 0 {
@@ -318,7 +343,8 @@ impl Scheduler {
                     // Indices after the removed one shifted; replan from scratch.
                     plan.clear();
                     budget = self.config.max_batch_tokens;
-                    order = (0..self.running.len()).collect();
+                    order.clear();
+                    order.extend(0..self.running.len());
                     order.sort_by_key(|&i| usize::from(self.running[i].pending() > 1));
                     i = 0;
                     continue;
@@ -393,22 +419,21 @@ impl Scheduler {
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
         let logits = match result {
             Ok(Ok(l)) => l,
-            Ok(Err(e)) => return self.fail_planned(&plan, &e.to_string()),
+            Ok(Err(e)) => return self.fail_planned(plan, &e.to_string()),
             Err(p) => {
                 let msg = p
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "panic".to_owned());
-                return self.fail_planned(&plan, &format!("panic in the forward pass: {msg}"));
+                return self.fail_planned(plan, &format!("panic in the forward pass: {msg}"));
             }
         };
 
         // (4) Advance, sample, stream; finished sequences leave.
         let vocab = self.model.spec.vocab;
         let mut row = 0;
-        let mut finished: Vec<usize> = Vec::new();
-        for &(idx, n) in &plan {
+        for &(idx, n) in plan.iter() {
             let seq = &mut self.running[idx];
             seq.computed += n;
             // Publish the blocks this step completed, for prefix sharing.
@@ -432,7 +457,7 @@ impl Scheduler {
             }
         }
         finished.sort_unstable();
-        for idx in finished.into_iter().rev() {
+        for &idx in finished.iter().rev() {
             let seq = self.running.remove(idx);
             self.release(seq);
         }

@@ -157,3 +157,54 @@ fn bad_registrations_change_nothing() {
     assert_eq!(names, ["ok"]);
     answer(&g, QUESTIONS[1], Some("ok"));
 }
+
+#[test]
+fn a_slow_adapter_load_holds_up_no_running_decode() {
+    // The adapter's weights file becomes a named pipe: reading it blocks until the test writes
+    // the bytes. Meanwhile a base-model request must run to the end.
+    let dir = std::env::temp_dir().join(format!("hearth-lora-slow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("all-r4").join(f), dir.join(f)).unwrap();
+    }
+    let g = generator(1);
+    g.register_adapter("slow", &dir).unwrap();
+    let q = QUESTIONS[4];
+    let want = answer(&g, q, Some("slow")).0;
+    g.register_adapter("qv", &fixture("qv-r2-rslora")).unwrap(); // unloads "slow"
+
+    let weights = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&weights)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+
+    let mut slow = g
+        .submit_with_adapter(&ask(q), greedy(24), Some("slow"))
+        .unwrap();
+    // A base request runs start to finish while the loader waits on the pipe (bounded: a
+    // blocked scheduler fails the test instead of hanging it).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let g2 = g.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(g2.submit(&ask(QUESTIONS[1]), greedy(16)).unwrap().wait());
+    });
+    let base = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("a base-model request stalled while an adapter was loading");
+    assert!(!base.unwrap().0.is_empty());
+    assert!(
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut slow)).is_none(),
+        "the adapter request produced output before its adapter was read"
+    );
+
+    let feeder = std::thread::spawn(move || std::fs::write(&weights, bytes).unwrap());
+    assert_eq!(slow.wait().unwrap().0, want);
+    feeder.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_no_leak(&g);
+}

@@ -456,6 +456,7 @@ pub(crate) fn apply(
         return;
     };
     let (in_dim, out_dim) = (first.a.len() / first.rank, first.bt.len() / first.rank);
+    #[cfg(target_arch = "x86_64")]
     let simd = super::attention::avx2_fma();
     out.par_chunks_mut(out_dim)
         .zip(x.par_chunks(in_dim))

@@ -300,7 +300,11 @@ pub struct Rss {
 }
 
 pub fn rss() -> Rss {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_rss(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+/// VmRSS and VmHWM from the text of a `/proc/<pid>/status` file (0 where missing).
+fn status_rss(status: &str) -> Rss {
     let field = |name: &str| {
         status
             .lines()
@@ -612,17 +616,11 @@ pub fn proc_stats(pid: u32) -> Option<ProcStats> {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
     let cpu_ticks = ticks(11)? + ticks(12)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let Rss { rss_kib, hwm_kib } = status_rss(&status);
     Some(ProcStats {
         cpu_s: cpu_ticks as f64 / clock_ticks_per_s(),
-        rss_kib: field("VmRSS:"),
-        hwm_kib: field("VmHWM:"),
+        rss_kib,
+        hwm_kib,
     })
 }
 

@@ -185,10 +185,9 @@ pub(crate) fn matmul_many(
         .par_chunks_mut(COLS_PER_TASK * m)
         .enumerate()
         .for_each(|(t, run)| {
-            let mut cols = run.chunks_mut(m);
-            let mut g = t * COLS_PER_TASK;
-            while let Some(d0) = cols.next() {
+            for (c, dst) in run.chunks_mut(m).enumerate() {
                 // The matrix and local column of global column g.
+                let g = t * COLS_PER_TASK + c;
                 let (mut i, mut base) = (0, 0);
                 while g >= base + ws[i].rows {
                     base += ws[i].rows;
@@ -196,20 +195,7 @@ pub(crate) fn matmul_many(
                 }
                 let (w, j) = (ws[i], g - base);
                 let rb = w.row_bytes();
-                let bytes = w.bytes();
-                let w0 = &bytes[j * rb..(j + 1) * rb];
-                // With several activation rows, two weight rows at a time share every
-                // activation load (one row, a decode step, is faster one weight row at a time).
-                if m > 1
-                    && j + 1 < w.rows
-                    && let Some(d1) = cols.next()
-                {
-                    dot_rows2(w.kind, [w0, &bytes[(j + 1) * rb..(j + 2) * rb]], x, d0, d1);
-                    g += 2;
-                } else {
-                    dot_rows(w.kind, w0, x, d0);
-                    g += 1;
-                }
+                dot_rows(w.kind, &w.bytes()[j * rb..(j + 1) * rb], x, dst);
             }
         });
     let mut offset = 0;
@@ -245,16 +231,6 @@ fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
         return avx2::dot_rows(kind, wrow, x, out);
     }
     portable_dot_rows(kind, wrow, x, out);
-}
-
-/// Two weight rows against every activation row.
-fn dot_rows2(kind: BlockType, w: [&[u8]; 2], x: &QuantRows, out0: &mut [f32], out1: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        return avx2::dot_rows2(kind, w, x, out0, out1);
-    }
-    portable_dot_rows(kind, w[0], x, out0);
-    portable_dot_rows(kind, w[1], x, out1);
 }
 
 fn portable_dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
@@ -402,91 +378,51 @@ mod avx2 {
     const Q8_0: u8 = 2;
 
     pub(super) fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
-        check(kind, wrow, x, out.len());
+        let nb = x.cols / QK;
+        assert!(wrow.len() >= nb * kind.bytes() && x.q.len() >= out.len() * x.cols);
+        assert!(x.d.len() >= out.len() * nb && x.s.len() >= out.len() * nb);
         // SAFETY: AVX2, FMA and F16C are present (checked by `available`, the only way here),
-        // and every load below stays inside `wrow` and `x`'s buffers, whose lengths `check`
-        // compares with the loop bounds.
+        // and every load below stays inside `wrow` and `x`'s buffers, whose lengths the asserts
+        // above check against the loop bounds.
         unsafe {
             match kind {
-                BlockType::Q4_0 => rows::<1, Q4_0>([wrow], x, [out]),
-                BlockType::Q4_1 => rows::<1, Q4_1>([wrow], x, [out]),
-                BlockType::Q8_0 => rows::<1, Q8_0>([wrow], x, [out]),
+                BlockType::Q4_0 => rows::<Q4_0>(wrow, x, out, nb),
+                BlockType::Q4_1 => rows::<Q4_1>(wrow, x, out, nb),
+                BlockType::Q8_0 => rows::<Q8_0>(wrow, x, out, nb),
             }
         }
     }
 
-    pub(super) fn dot_rows2(
-        kind: BlockType,
-        w: [&[u8]; 2],
-        x: &QuantRows,
-        out0: &mut [f32],
-        out1: &mut [f32],
-    ) {
-        assert_eq!(out0.len(), out1.len());
-        check(kind, w[0], x, out0.len());
-        check(kind, w[1], x, out1.len());
-        // SAFETY: as in `dot_rows`.
-        unsafe {
-            match kind {
-                BlockType::Q4_0 => rows::<2, Q4_0>(w, x, [out0, out1]),
-                BlockType::Q4_1 => rows::<2, Q4_1>(w, x, [out0, out1]),
-                BlockType::Q8_0 => rows::<2, Q8_0>(w, x, [out0, out1]),
-            }
-        }
-    }
-
-    /// The bounds every kernel below relies on.
-    fn check(kind: BlockType, wrow: &[u8], x: &QuantRows, rows: usize) {
-        let nb = x.cols / QK;
-        assert!(wrow.len() >= nb * kind.bytes() && x.q.len() >= rows * x.cols);
-        assert!(x.d.len() >= rows * nb && x.s.len() >= rows * nb);
-    }
-
-    /// `C` weight rows against every activation row, up to four activation rows at a time:
-    /// each unpacked weight block serves four rows, each activation block `C` weight rows.
-    /// Row counts and the block type are constants so the accumulators stay in registers.
+    /// Up to four activation rows at a time share each unpacked weight block; the row count
+    /// and the block type are constants so the accumulators stay in registers.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows<const C: usize, const K: u8>(
-        w: [&[u8]; C],
-        x: &QuantRows,
-        mut out: [&mut [f32]; C],
-    ) {
-        let nb = x.cols / QK;
-        let n = out[0].len();
-        let ptrs = w.map(<[u8]>::as_ptr);
+    unsafe fn rows<const K: u8>(wrow: &[u8], x: &QuantRows, out: &mut [f32], nb: usize) {
         let mut r0 = 0;
         // SAFETY: as in `dot_rows`.
         unsafe {
-            while r0 < n {
-                let left = n - r0;
-                let mut put = |res: &[[f32; 4]; C], k: usize| {
-                    for (o, v) in out.iter_mut().zip(res) {
-                        o[r0..r0 + k].copy_from_slice(&v[..k]);
-                    }
-                };
-                match left {
-                    4.. => put(&tile::<C, 4, K>(ptrs, x, r0, nb), 4),
-                    3 => put(&tile::<C, 3, K>(ptrs, x, r0, nb), 3),
-                    2 => put(&tile::<C, 2, K>(ptrs, x, r0, nb), 2),
-                    _ => put(&tile::<C, 1, K>(ptrs, x, r0, nb), 1),
-                }
-                r0 += left.min(4);
+            while out.len() - r0 >= 4 {
+                tile::<4, K>(wrow, x, r0, nb, &mut out[r0..r0 + 4]);
+                r0 += 4;
+            }
+            match out.len() - r0 {
+                3 => tile::<3, K>(wrow, x, r0, nb, &mut out[r0..]),
+                2 => tile::<2, K>(wrow, x, r0, nb, &mut out[r0..]),
+                1 => tile::<1, K>(wrow, x, r0, nb, &mut out[r0..]),
+                _ => {}
             }
         }
     }
 
-    /// Dot products of `C` weight rows with activation rows `r0..r0 + R`; results in the first
-    /// `R` places of each returned row.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn tile<const C: usize, const R: usize, const K: u8>(
-        w: [*const u8; C],
+    unsafe fn tile<const R: usize, const K: u8>(
+        wrow: &[u8],
         x: &QuantRows,
         r0: usize,
         nb: usize,
-    ) -> [[f32; 4]; C] {
-        // SAFETY: as in `dot_rows`: each `w` row holds `nb` blocks, `x` holds rows
-        // `r0..r0 + R`.
+        out: &mut [f32],
+    ) {
+        // SAFETY: as in `dot_rows`: `wrow` holds `nb` blocks, `x` holds rows `r0..r0 + R`.
         unsafe {
             let bb = match K {
                 Q4_0 => 18,
@@ -496,72 +432,50 @@ mod avx2 {
             let ones = _mm256_set1_epi16(1);
             let low = _mm256_set1_epi8(0x0f);
             let eight = _mm256_set1_epi8(8);
-            let mut acc = [[_mm256_setzero_ps(); R]; C];
-            let mut macc = [[0f32; R]; C];
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut macc = [0f32; R];
             let xq = x.q.as_ptr();
             let xd = x.d.as_ptr();
             let xs = x.s.as_ptr();
             for b in 0..nb {
-                let mut wv = [_mm256_setzero_si256(); C];
-                let mut wabs = [_mm256_setzero_si256(); C];
-                let mut d = [0f32; C];
-                let mut m = [0f32; C];
-                for c in 0..C {
-                    let blk = w[c].add(b * bb);
-                    // d (and, for Q4_1, m right after it) converted by F16C.
-                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
-                        blk.cast::<i32>(),
-                    )));
-                    d[c] = _mm_cvtss_f32(dm);
-                    m[c] = _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1));
-                    // The weight block as 32 bytes: unsigned nibbles (Q4_1), else signed.
-                    wv[c] = match K {
-                        Q8_0 => _mm256_loadu_si256(blk.add(2).cast()),
-                        _ => {
-                            let qs = _mm_loadu_si128(blk.add(if K == Q4_1 { 4 } else { 2 }).cast());
-                            let nib =
-                                _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
-                            if K == Q4_0 {
-                                _mm256_sub_epi8(nib, eight)
-                            } else {
-                                nib
-                            }
+                let blk = wrow.as_ptr().add(b * bb);
+                // d (and, for Q4_1, m right after it) converted by F16C.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                    blk.cast::<i32>(),
+                )));
+                let d = _mm_cvtss_f32(dm);
+                // The weight block as 32 bytes: unsigned nibbles (Q4_1), else signed values.
+                let w = match K {
+                    Q8_0 => _mm256_loadu_si256(blk.add(2).cast()),
+                    _ => {
+                        let qs = _mm_loadu_si128(blk.add(if K == Q4_1 { 4 } else { 2 }).cast());
+                        let nib =
+                            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low);
+                        if K == Q4_0 {
+                            _mm256_sub_epi8(nib, eight)
+                        } else {
+                            nib
                         }
-                    };
-                    // maddubs multiplies unsigned by signed bytes: a signed weight lends its
-                    // sign to the activation.
-                    wabs[c] = if K == Q4_1 {
-                        wv[c]
-                    } else {
-                        _mm256_sign_epi8(wv[c], wv[c])
-                    };
-                }
+                    }
+                };
+                // maddubs multiplies unsigned by signed bytes: a signed weight lends its sign to
+                // the activation.
+                let wabs = if K == Q4_1 { w } else { _mm256_sign_epi8(w, w) };
                 for r in 0..R {
                     let xi = (r0 + r) * nb + b;
                     let a = _mm256_loadu_si256(xq.add(xi * QK).cast());
-                    let ad = *xd.add(xi);
-                    for c in 0..C {
-                        let a = if K == Q4_1 {
-                            a
-                        } else {
-                            _mm256_sign_epi8(a, wv[c])
-                        };
-                        let sum32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[c], a), ones);
-                        let scale = _mm256_set1_ps(d[c] * ad);
-                        acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc[c][r]);
-                        if K == Q4_1 {
-                            macc[c][r] += m[c] * *xs.add(xi);
-                        }
+                    let a = if K == Q4_1 { a } else { _mm256_sign_epi8(a, w) };
+                    let sum32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, a), ones);
+                    let scale = _mm256_set1_ps(d * *xd.add(xi));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc[r]);
+                    if K == Q4_1 {
+                        macc[r] += _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)) * *xs.add(xi);
                     }
                 }
             }
-            let mut out = [[0f32; 4]; C];
-            for c in 0..C {
-                for r in 0..R {
-                    out[c][r] = hsum(acc[c][r]) + macc[c][r];
-                }
+            for r in 0..R {
+                out[r] = hsum(acc[r]) + macc[r];
             }
-            out
         }
     }
 
@@ -660,19 +574,17 @@ mod tests {
                 dot_rows(kind, &w0, &q, a);
                 dot_rows(kind, &w1, &q, b);
             });
-            let paired = run(&|a, b| dot_rows2(kind, [&w0, &w1], &q, a, b));
-            for got in [&one_by_one, &paired] {
-                for (x, y) in got
-                    .0
-                    .iter()
-                    .chain(&got.1)
-                    .zip(portable.0.iter().chain(&portable.1))
-                {
-                    assert!(
-                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                        "{kind:?}: {got:?} vs {portable:?}"
-                    );
-                }
+            let got = &one_by_one;
+            for (x, y) in got
+                .0
+                .iter()
+                .chain(&got.1)
+                .zip(portable.0.iter().chain(&portable.1))
+            {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{kind:?}: {got:?} vs {portable:?}"
+                );
             }
         }
     }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use hearth_api::AskConfig;
+use hearth_api::http::ServerConfig;
 use hearth_engine::EngineConfig;
 use hearth_index::{IndexConfig, StorageConfig};
 use hearth_ingest::IngestConfig;
@@ -20,6 +22,10 @@ pub struct AppConfig {
     pub engine: EngineConfig,
     /// The per-collection indexes.
     pub index: IndexConfig,
+    /// `hearth serve`.
+    pub server: ServerConfig,
+    /// Grounded answers.
+    pub ask: AskConfig,
 }
 
 /// A configuration problem: reported as one line, exit code 2.
@@ -80,6 +86,12 @@ impl AppConfig {
             .validate()
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         cfg.index
+            .validate()
+            .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
+        cfg.server
+            .validate()
+            .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
+        cfg.ask
             .validate()
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         Ok(cfg)
@@ -160,6 +172,8 @@ mod tests {
         assert_eq!(c.ingest, d.ingest);
         assert_eq!(c.engine, d.engine);
         assert_eq!(c.index, d.index);
+        assert_eq!(c.server, d.server);
+        assert_eq!(c.ask, d.ask);
     }
 
     #[test]

@@ -41,6 +41,10 @@ enum Command {
     Docs(commands::docs::DocsArgs),
     /// Search a collection: dense, BM25 or hybrid, with metadata filters.
     Search(commands::search::SearchArgs),
+    /// Answer a question from a collection, with its sources (embedded or via --server).
+    Ask(commands::ask::AskArgs),
+    /// Run the HTTP API (REST, OpenAI-compatible endpoints) with background ingestion.
+    Serve(commands::serve::ServeArgs),
     /// Delete documents: their bytes, chunks and vectors, from the store and the index.
     Delete(commands::manage::DeleteArgs),
     /// Reclaim the space of deleted documents in the index and the store.
@@ -79,6 +83,8 @@ fn main() -> ExitCode {
             Command::Ingest(args) => commands::ingest::run(cfg, args).await,
             Command::Docs(args) => commands::docs::run(cfg, args).await,
             Command::Search(args) => commands::search::run(cfg, args).await,
+            Command::Ask(args) => commands::ask::run(cfg, args).await,
+            Command::Serve(args) => commands::serve::run(cfg, args).await,
             Command::Delete(args) => commands::manage::delete(cfg, args).await,
             Command::Compact(args) => commands::manage::compact(cfg, args).await,
             Command::Config => {

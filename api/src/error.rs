@@ -10,6 +10,15 @@ pub enum ServiceError {
     /// The caller passed something malformed.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The named collection, document or adapter does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Too much work is already waiting; try again later.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// This process cannot serve the request (a model it did not load).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// From ingestion.
     #[error(transparent)]
     Ingest(#[from] IngestError),

@@ -8,10 +8,12 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod http;
 mod service;
 
 pub use error::{Result, ServiceError};
 pub use service::{
-    Collection, CompactReport, Processed, SearchQuery, SearchResults, Service, ServiceParts,
-    SyncReport,
+    AnswerSource, Answering, AskConfig, AskRequest, Collection, CompactReport, MAX_HISTORY,
+    MAX_TOP_K, NOTHING_RELEVANT, Processed, SearchQuery, SearchResults, Service, ServiceParts,
+    SyncReport, cited,
 };

@@ -228,7 +228,7 @@ async fn submit_file(
     Ok((p.submit(c, sub).await?, size))
 }
 
-fn walk(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn walk(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for root in paths {
         if !root.exists() {

@@ -1,9 +1,11 @@
 //! One module per subcommand.
 
+pub mod ask;
 pub mod docs;
 pub mod ingest;
 pub mod manage;
 pub mod search;
+pub mod serve;
 
 use anyhow::Context;
 use hearth_api::{Service, ServiceParts};
@@ -15,6 +17,15 @@ use crate::config::AppConfig;
 /// Opens the object store, loads the models and builds the service, with this very binary as
 /// the extraction process.
 pub fn service(cfg: &AppConfig) -> anyhow::Result<Service> {
+    build_service(cfg, false)
+}
+
+/// [`service`] with the generator loaded too (for answering questions).
+pub fn service_with_generator(cfg: &AppConfig) -> anyhow::Result<Service> {
+    build_service(cfg, true)
+}
+
+fn build_service(cfg: &AppConfig, generator: bool) -> anyhow::Result<Service> {
     let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
     let program = std::env::current_exe().context("locating the hearth executable")?;
     let service = Service::new(ServiceParts {
@@ -27,6 +38,9 @@ pub fn service(cfg: &AppConfig) -> anyhow::Result<Service> {
             program,
             args: vec!["extract-worker".into()],
         },
+        generator,
+        ask: cfg.ask.clone(),
+        backlog_limit: cfg.server.ingest_backlog,
     })?;
     Ok(service)
 }

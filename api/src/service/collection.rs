@@ -2,11 +2,13 @@
 //! deleting and compacting.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{StreamExt, TryStreamExt};
 use hearth_index::{
-    Chunk, CollectionIndex, CollectionName, DocId, IndexError, IndexStats, IndexedDoc, keys,
+    Chunk, CollectionIndex, CollectionName, CollectionSettings, DocId, IndexError, IndexStats,
+    IndexedDoc, keys,
 };
 use hearth_ingest::{DocRecord, DocState};
 
@@ -22,6 +24,11 @@ pub struct Collection {
     /// Live documents by external name (source), oldest first: a newer upload of the same name
     /// replaces the older ones at the next commit.
     sources: Mutex<HashMap<String, Vec<(u64, DocId)>>>,
+    /// Documents deleted while this handle was open: work still under way on one of them
+    /// (ingestion, a commit) erases what it wrote again, so a delete is never undone.
+    erased: Mutex<HashSet<DocId>>,
+    /// The whole collection was deleted.
+    deleted: AtomicBool,
 }
 
 impl std::fmt::Debug for Collection {
@@ -54,6 +61,21 @@ impl Collection {
 
     pub(super) fn push_pending(&self, rec: DocRecord) {
         lock(&self.pending).push(rec);
+    }
+
+    /// Whether the document (or the whole collection) was deleted through this handle.
+    pub(super) fn is_erased(&self, doc: &DocId) -> bool {
+        self.deleted.load(Ordering::Acquire) || lock(&self.erased).contains(doc)
+    }
+
+    /// Whether the collection was deleted.
+    pub(super) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// A document of this id was submitted again: it is no longer deleted.
+    pub fn revive(&self, doc: &DocId) {
+        lock(&self.erased).remove(doc);
     }
 
     fn forget(&self, doc: &DocId) {
@@ -124,6 +146,8 @@ impl Service {
             index: RwLock::new(index),
             pending: Mutex::new(Vec::new()),
             sources: Mutex::new(HashMap::new()),
+            erased: Mutex::new(HashSet::new()),
+            deleted: AtomicBool::new(false),
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {
@@ -256,6 +280,16 @@ impl Service {
             }
             rec.state = DocState::Indexed;
             self.registry.put(&mut rec).await?;
+            self.erase_if_deleted(col, &rec.doc_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Erases a document again if it was deleted while work on it was under way (that work
+    /// may have written its record or chunks after the delete).
+    pub(super) async fn erase_if_deleted(&self, col: &Arc<Collection>, doc: &DocId) -> Result<()> {
+        if col.is_erased(doc) {
+            self.erase_keys(&col.name, doc).await?;
         }
         Ok(())
     }
@@ -264,6 +298,7 @@ impl Service {
     /// chunks leave every search result at once. Returns whether the document existed.
     pub async fn delete_document(&self, col: &Arc<Collection>, doc: &DocId) -> Result<bool> {
         let existed = self.registry.get(&col.name, doc).await?.is_some();
+        lock(&col.erased).insert(*doc);
         self.erase(col, doc).await?;
         let col2 = col.clone();
         blocking(move || write(&col2.index).commit()).await?;
@@ -273,15 +308,76 @@ impl Service {
     /// Removes one document everywhere (record first: once it is gone the document is gone,
     /// whatever happens next), without committing the index.
     async fn erase(&self, col: &Arc<Collection>, doc: &DocId) -> Result<()> {
-        let c = &col.name;
-        self.store.delete(&keys::doc_record(c, doc)).await?;
-        self.store.delete(&keys::raw(c, doc)).await?;
-        self.store.delete(&keys::chunks(c, doc)).await?;
+        self.erase_keys(&col.name, doc).await?;
         col.forget(doc);
         lock(&col.pending).retain(|r| r.doc_id != *doc);
         let col2 = col.clone();
         let doc = *doc;
         blocking(move || write(&col2.index).delete(&doc).map(|_| ())).await
+    }
+
+    async fn erase_keys(&self, c: &CollectionName, doc: &DocId) -> Result<()> {
+        self.store.delete(&keys::doc_record(c, doc)).await?;
+        self.store.delete(&keys::raw(c, doc)).await?;
+        self.store.delete(&keys::chunks(c, doc)).await?;
+        Ok(())
+    }
+
+    /// The collections in the store, by name.
+    pub async fn collections(&self) -> Result<Vec<CollectionName>> {
+        let mut names = CollectionSettings::list(&self.store).await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens a collection that exists, or fails with `NotFound`; never creates one.
+    pub async fn open_existing(&self, c: &CollectionName) -> Result<Arc<Collection>> {
+        if let Some(col) = self.open.lock().await.get(c) {
+            return Ok(col.clone());
+        }
+        if !self.store.exists(&keys::collection(c)).await? {
+            return Err(ServiceError::NotFound(format!("collection {c}")));
+        }
+        self.open(c).await
+    }
+
+    /// Deletes a collection and everything under it: document records, original bytes, chunk
+    /// files, its settings and its local index. Returns whether it existed. Ingestion still
+    /// under way for one of its documents erases what it writes.
+    pub async fn delete_collection(&self, c: &CollectionName) -> Result<bool> {
+        let mut open = self.open.lock().await;
+        let existed = self.store.exists(&keys::collection(c)).await?;
+        if let Some(col) = open.remove(c) {
+            col.deleted.store(true, Ordering::Release);
+        }
+        // Settings last but one: a half-deleted collection still lists, so a retry finishes it.
+        for prefix in [
+            keys::doc_records_prefix(c),
+            format!("raw/{c}/"),
+            format!("chunks/{c}/"),
+        ] {
+            let keys = self.store.list(&prefix).await?;
+            let store = &self.store;
+            futures::stream::iter(keys)
+                .map(|k| async move { store.delete(&k).await })
+                .buffer_unordered(8)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        self.store.delete(&keys::collection(c)).await?;
+        let dir = self.data_dir.join("index").join(c.as_str());
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ServiceError::Internal(format!(
+                "removing the index directory {}: {e}",
+                dir.display()
+            ))),
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("index removal task: {e}")))??;
+        drop(open);
+        Ok(existed)
     }
 
     /// Reclaims space: rewrites the local index without deleted chunks, and removes objects

@@ -12,23 +12,28 @@
 //! re-embedding), documents the index has and the store no longer has are removed. Wiping the
 //! local cache therefore only costs a rebuild.
 
+mod ask;
 mod collection;
 mod ingest;
 mod search;
+mod worker;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hearth_engine::{Embedder, EngineConfig, Tokenizer};
+use hearth_engine::{Embedder, EngineConfig, Generator, Tokenizer};
 use hearth_index::{BlobStore, CollectionName, IndexConfig};
 use hearth_ingest::{
     ExtractorCommand, IngestConfig, Pipeline, PipelineParts, Registry, TokenCounter,
 };
 
+pub use ask::{
+    AnswerSource, Answering, AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT, cited,
+};
 pub use collection::{Collection, CompactReport, SyncReport};
 pub use ingest::Processed;
-pub use search::{SearchQuery, SearchResults};
+pub use search::{MAX_TOP_K, SearchQuery, SearchResults};
 
 use crate::error::Result;
 
@@ -46,6 +51,12 @@ pub struct ServiceParts {
     pub index: IndexConfig,
     /// How to start extraction processes.
     pub extractor: ExtractorCommand,
+    /// Whether to load the generator (needed by [`Service::ask`]).
+    pub generator: bool,
+    /// Grounded-answer settings.
+    pub ask: AskConfig,
+    /// Most documents that may wait for background ingestion ([`Service::enqueue`]).
+    pub backlog_limit: usize,
 }
 
 /// Ingestion, embedding, indexing and search, ready to use. Share it behind an `Arc`.
@@ -54,13 +65,17 @@ pub struct Service {
     registry: Registry,
     pipeline: Arc<Pipeline>,
     embedder: Embedder,
+    generator: Option<Generator>,
+    embed_tokenizer: Arc<Tokenizer>,
+    ask: AskConfig,
+    backlog: worker::Backlog,
     index: IndexConfig,
     data_dir: PathBuf,
     dim: usize,
     open: tokio::sync::Mutex<HashMap<CollectionName, Arc<Collection>>>,
 }
 
-struct ModelTokens(Tokenizer);
+struct ModelTokens(Arc<Tokenizer>);
 
 impl TokenCounter for ModelTokens {
     fn token_ends(&self, text: &str) -> std::result::Result<Vec<usize>, String> {
@@ -76,19 +91,29 @@ impl Service {
     /// Loads the tokenizer and the embedding model and builds the pipeline.
     pub fn new(parts: ServiceParts) -> Result<Self> {
         parts.index.validate()?;
+        parts.ask.validate()?;
         let info = parts.engine.embedding_model_info()?;
-        let tokenizer = Tokenizer::from_file(&info.tokenizer)?;
+        let tokenizer = Arc::new(Tokenizer::from_file(&info.tokenizer)?);
         let tokenizer_sha256 = tokenizer.sha256().to_owned();
         let pipeline = Pipeline::new(PipelineParts {
             store: parts.store.clone(),
-            tokenizer: Arc::new(ModelTokens(tokenizer)),
+            tokenizer: Arc::new(ModelTokens(tokenizer.clone())),
             tokenizer_sha256,
             embedding_dim: info.dim,
             extractor: parts.extractor,
             config: parts.ingest,
         })?;
         let embedder = Embedder::load(&parts.engine)?;
+        let generator = if parts.generator {
+            Some(Generator::load(&parts.engine)?)
+        } else {
+            None
+        };
         Ok(Self {
+            generator,
+            embed_tokenizer: tokenizer,
+            ask: parts.ask,
+            backlog: worker::Backlog::new(parts.backlog_limit),
             registry: Registry::new(parts.store.clone()),
             store: parts.store,
             pipeline: Arc::new(pipeline),
@@ -108,6 +133,21 @@ impl Service {
     /// The document registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    /// The embedder.
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    /// The embedding model's tokenizer.
+    pub fn embed_tokenizer(&self) -> &Tokenizer {
+        &self.embed_tokenizer
     }
 
     /// Width of the embeddings.

@@ -157,6 +157,8 @@ struct Shared {
     loader: Mutex<std::sync::mpsc::Sender<(String, Request)>>,
     adapters: Arc<Registry>,
     tokenizer: Arc<GenTokenizer>,
+    /// Control-token spellings matched in raw text, longest first.
+    markers: Vec<String>,
     template: ChatTemplate,
     counters: Arc<Counters>,
     info: GeneratorInfo,
@@ -281,6 +283,7 @@ impl Generator {
                 inbox: Mutex::new(tx),
                 loader: Mutex::new(loader),
                 adapters,
+                markers: tokenizer.control_markers(),
                 tokenizer,
                 template,
                 counters,
@@ -310,6 +313,22 @@ impl Generator {
     /// The prompt text a conversation renders to.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         self.shared.template.render(messages, true)
+    }
+
+    /// `text` with every control-token marker of the vocabulary (`<|im_start|>`,
+    /// `<end_of_turn>`, ...) broken by a word joiner (U+2060) after its first character, so
+    /// that text from documents or users is tokenised as the characters it shows and can never
+    /// open or close a turn of the chat template.
+    pub fn escape_markers(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for m in &self.shared.markers {
+            if out.contains(m.as_str()) {
+                let split = m.chars().next().map_or(0, char::len_utf8);
+                let broken = format!("{}\u{2060}{}", &m[..split], &m[split..]);
+                out = out.replace(m.as_str(), &broken);
+            }
+        }
+        out
     }
 
     /// Token ids of a prompt, as the model will see it.

@@ -630,6 +630,28 @@ impl GenTokenizer {
         self.table.spelling(id)
     }
 
+    /// The spellings of the control tokens that [`encode`](Self::encode) matches whole in
+    /// raw text (`<|im_start|>`, `<start_of_turn>`, ...), longest first.
+    pub(crate) fn control_markers(&self) -> Vec<String> {
+        let mut out: Vec<String> = (0..self.table.len())
+            .filter_map(|i| u32::try_from(i).ok())
+            .filter(|&id| {
+                matches!(
+                    self.table.kind(id),
+                    Some(TokenKind::Control | TokenKind::Unknown)
+                )
+            })
+            .filter_map(|id| {
+                let text = self.table.spelling(id)?;
+                (!text.is_empty() && self.inner.token_to_id(text) == Some(id))
+                    .then(|| text.to_owned())
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        out.dedup();
+        out
+    }
+
     /// The id of the token spelled `text` in the vocabulary (or added as a marker).
     pub(crate) fn token_id(&self, text: &str) -> Option<u32> {
         self.inner.token_to_id(text)

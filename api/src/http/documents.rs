@@ -1,0 +1,391 @@
+//! `/v1/collections/{c}/documents`: upload (multipart or a raw body), list, status, download,
+//! delete.
+//!
+//! An upload is stored and recorded before the response (202): from then on it survives a
+//! crash. Extraction, chunking, embedding and indexing run in the background; the status URL
+//! tells where the document is.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hearth_index::{CollectionName, DocId, keys};
+use hearth_ingest::{DocRecord, DocState, Metadata, Submission, Submitted};
+use serde::{Deserialize, Serialize};
+
+use super::State;
+use super::collections::name;
+use super::error::{ApiError, json, parse_json};
+
+/// Longest accepted source name, in bytes.
+const MAX_SOURCE_BYTES: usize = 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UploadQuery {
+    /// The document's name (raw uploads; multipart takes the file name).
+    source: Option<String>,
+    /// User metadata as a JSON object (raw uploads; multipart has a `metadata` field).
+    metadata: Option<String>,
+}
+
+/// A document as the API shows it.
+#[derive(Serialize)]
+pub(super) struct DocOut<'a> {
+    id: String,
+    collection: &'a str,
+    source: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    kind: &'static str,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pages: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunks: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    metadata: &'a Metadata,
+    created_ms: u64,
+    updated_ms: u64,
+    status_url: String,
+}
+
+fn status_url(c: &CollectionName, d: &DocId) -> String {
+    format!("/v1/collections/{c}/documents/{d}")
+}
+
+fn doc_out(r: &DocRecord) -> DocOut<'_> {
+    DocOut {
+        id: r.doc_id.to_hex(),
+        collection: r.collection.as_str(),
+        source: &r.source,
+        status: r.state.as_str(),
+        reason: r.reason.as_deref(),
+        kind: kind_name(r),
+        size: r.size,
+        title: r.title.as_deref(),
+        pages: r.pages,
+        chunks: r.chunks,
+        warnings: &r.warnings,
+        metadata: &r.metadata,
+        created_ms: r.created_ms,
+        updated_ms: r.updated_ms,
+        status_url: status_url(&r.collection, &r.doc_id),
+    }
+}
+
+fn kind_name(r: &DocRecord) -> &'static str {
+    match r.kind.media_type() {
+        "application/pdf" => "pdf",
+        "text/html" => "html",
+        "text/markdown" => "markdown",
+        _ => "text",
+    }
+}
+
+fn doc_id(raw: &str) -> Result<DocId, ApiError> {
+    raw.parse::<DocId>()
+        .map_err(|_| ApiError::invalid(format!("{raw:?} is not a document id (64 hex digits)")))
+}
+
+fn metadata(raw: &[u8]) -> Result<Metadata, ApiError> {
+    parse_json::<Metadata>(raw)
+        .map_err(|e| ApiError::invalid(format!("metadata: {}", e.message)))
+}
+
+fn source_name(raw: &str) -> Result<String, ApiError> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(ApiError::invalid("the document name is empty"));
+    }
+    if s.len() > MAX_SOURCE_BYTES || s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "the document name must be at most {MAX_SOURCE_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(s.to_owned())
+}
+
+pub(super) async fn upload(
+    s: State,
+    Path(c): Path<String>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let c = name(&c)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    if let Some(len) = content_length(req.headers())
+        && len > s.max_document_bytes.saturating_add(1 << 20)
+    {
+        return Err(ApiError::too_large(format!(
+            "the upload is {len} bytes; documents may be at most {} bytes",
+            s.max_document_bytes
+        )));
+    }
+    let col = s.service.open_existing(&c).await?;
+    if s.service.ingest_backlog() >= s.config.ingest_backlog {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "{} documents are already waiting for ingestion",
+                s.config.ingest_backlog
+            ),
+        )
+        .retry_after(5));
+    }
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let sub = if multipart {
+        let mp = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        read_multipart(mp, query).await?
+    } else {
+        let source = query
+            .source
+            .as_deref()
+            .map(source_name)
+            .transpose()?
+            .ok_or_else(|| {
+                ApiError::invalid("a raw upload needs ?source=<document name> (or use multipart)")
+            })?;
+        let meta = match &query.metadata {
+            Some(m) => metadata(m.as_bytes())?,
+            None => Metadata::default(),
+        };
+        let bytes = Bytes::from_request(req, &())
+            .await
+            .map_err(super::error::body_error)?;
+        Submission {
+            source,
+            bytes,
+            metadata: meta,
+        }
+    };
+    let submitted = s.service.pipeline().submit(&c, sub).await?;
+    match submitted {
+        Submitted::Accepted(id) => {
+            col.revive(&id);
+            if let Err(e) = s.service.enqueue(&c, id) {
+                // Stored and recorded as queued: the next start picks it up.
+                tracing::warn!(collection = %c, doc = %id, error = %e, "upload stored but not queued");
+            }
+            let url = status_url(&c, &id);
+            let mut resp = json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({
+                    "id": id.to_hex(),
+                    "collection": c.as_str(),
+                    "status": DocState::Queued.as_str(),
+                    "status_url": url,
+                    "duplicate": false,
+                }),
+            );
+            if let Ok(v) = HeaderValue::from_str(&url) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+        Submitted::Duplicate(rec) => {
+            let mut out = serde_json::to_value(doc_out(&rec))
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            out["duplicate"] = serde_json::Value::Bool(true);
+            Ok(json(StatusCode::OK, &out))
+        }
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Reads a multipart upload: one `file` part (its file name is the document name unless a
+/// `source` part says otherwise) and an optional `metadata` part holding a JSON object.
+async fn read_multipart(mut mp: Multipart, query: UploadQuery) -> Result<Submission, ApiError> {
+    let mut file: Option<(Option<String>, Bytes)> = None;
+    let mut source = query.source;
+    let mut meta = query.metadata.map(String::into_bytes);
+    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                if file.is_some() {
+                    return Err(ApiError::invalid(
+                        "one document per upload: the form has two file parts",
+                    ));
+                }
+                let fname = field.file_name().map(str::to_owned);
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                file = Some((fname, bytes));
+            }
+            Some("metadata") => {
+                meta = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
+            }
+            Some("source") => {
+                source = Some(field.text().await.map_err(multipart_error)?);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unexpected form field {:?}: expected file, metadata or source",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+    }
+    let (fname, bytes) =
+        file.ok_or_else(|| ApiError::invalid("the form has no \"file\" part"))?;
+    let source = source
+        .or(fname)
+        .ok_or_else(|| ApiError::invalid("the file part has no file name and no source was given"))?;
+    let metadata = match meta {
+        Some(m) => metadata(&m)?,
+        None => Metadata::default(),
+    };
+    Ok(Submission {
+        source: source_name(&source)?,
+        bytes,
+        metadata,
+    })
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!("the upload is too large: {}", e.body_text()))
+    } else {
+        ApiError::invalid(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    /// The id of the last document of the previous page.
+    after: Option<String>,
+}
+
+pub(super) async fn list(
+    s: State,
+    Path(c): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let c = name(&c)?;
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(raw) => Some(parse_state(raw)?),
+    };
+    let after = q.after.as_deref().map(doc_id).transpose()?;
+    let col = s.service.open_existing(&c).await?;
+    let records = s.service.registry().list(col.name()).await?;
+    let mut page: Vec<&DocRecord> = records
+        .iter()
+        .filter(|r| after.is_none_or(|a| r.doc_id > a))
+        .filter(|r| status.is_none_or(|st| r.state == st))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more
+        .then(|| page.last().map(|r| r.doc_id.to_hex()))
+        .flatten();
+    let docs: Vec<DocOut<'_>> = page.into_iter().map(doc_out).collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"documents": docs, "next_after": next}),
+    ))
+}
+
+fn parse_state(raw: &str) -> Result<DocState, ApiError> {
+    [
+        DocState::Queued,
+        DocState::Extracting,
+        DocState::Chunked,
+        DocState::Embedded,
+        DocState::Indexed,
+        DocState::Failed,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == raw)
+    .ok_or_else(|| {
+        ApiError::invalid(format!(
+            "status must be queued, extracting, chunked, embedded, indexed or failed, got {raw:?}"
+        ))
+    })
+}
+
+async fn record(s: &State, c: &str, id: &str) -> Result<DocRecord, ApiError> {
+    let c = name(c)?;
+    let id = doc_id(id)?;
+    let col = s.service.open_existing(&c).await?;
+    s.service
+        .registry()
+        .get(col.name(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("document {id} does not exist in {c}")))
+}
+
+pub(super) async fn get(s: State, Path((c, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let rec = record(&s, &c, &id).await?;
+    Ok(json(StatusCode::OK, &doc_out(&rec)))
+}
+
+pub(super) async fn raw(s: State, Path((c, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let rec = record(&s, &c, &id).await?;
+    let bytes = s
+        .service
+        .store()
+        .get_opt(&keys::raw(&rec.collection, &rec.doc_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("the bytes of document {id} are gone")))?;
+    let file = rec.source.rsplit(['/', '\\']).next().unwrap_or("document");
+    let ascii: String = file
+        .chars()
+        .map(|ch| if ch.is_ascii_graphic() && ch != '"' && ch != '\\' || ch == ' ' { ch } else { '_' })
+        .collect();
+    let mut resp = Body::from(bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(rec.kind.media_type()),
+    );
+    h.insert(
+        header::HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+pub(super) async fn delete(
+    s: State,
+    Path((c, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let c = name(&c)?;
+    let id = doc_id(&id)?;
+    let col = s.service.open_existing(&c).await?;
+    if s.service.delete_document(&col, &id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!(
+            "document {id} does not exist in {c}"
+        )))
+    }
+}

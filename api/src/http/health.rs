@@ -1,0 +1,34 @@
+//! `/healthz` (the process answers) and `/readyz` (models loaded, object store reachable).
+
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::State;
+use super::error::{ApiError, json};
+
+pub(super) async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+pub(super) async fn readyz(s: State) -> Result<Response, ApiError> {
+    let generator = s.service.generator().map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+    })?;
+    let collections = s.service.collections().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the object store is not reachable: {e}"),
+        )
+    })?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "ready",
+            "generator": generator.info().name,
+            "embedding_model": s.embedding_model_id,
+            "collections": collections.len(),
+            "ingest_backlog": s.service.ingest_backlog(),
+        }),
+    ))
+}

@@ -1,0 +1,212 @@
+//! The HTTP API: an axum router over the same [`Service`] methods the CLI calls.
+//!
+//! Every error is `{"error": {"code", "message"}}` with the matching status (see [`ApiError`]).
+//! JSON bodies are capped at `server.max_json_bytes`, uploads at the document limit; requests
+//! that do not stream are cut off after `server.request_timeout_secs` (504).
+
+mod collections;
+mod documents;
+mod error;
+mod health;
+mod openai;
+mod qa;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+use crate::Service;
+use crate::error::{Result, ServiceError};
+
+/// Settings of `hearth serve` (`[server]`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: String,
+    /// Largest JSON request body, in bytes.
+    pub max_json_bytes: usize,
+    /// Requests that do not stream fail with 504 after this many seconds.
+    pub request_timeout_secs: u64,
+    /// Most uploaded documents that may wait for ingestion; more get 503.
+    pub ingest_backlog: usize,
+    /// Seconds that shutdown waits for requests in flight before it stops anyway.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            max_json_bytes: 1 << 20,
+            request_timeout_secs: 300,
+            ingest_backlog: 10_000,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        self.bind.parse::<SocketAddr>().map_err(|e| {
+            ServiceError::InvalidInput(format!(
+                "server.bind {:?} is not an address like 127.0.0.1:8080: {e}",
+                self.bind
+            ))
+        })?;
+        let bad = |m: &str| Err(ServiceError::InvalidInput(m.into()));
+        if self.max_json_bytes < 1024 {
+            return bad("server.max_json_bytes must be at least 1024");
+        }
+        if self.request_timeout_secs == 0 {
+            return bad("server.request_timeout_secs must be at least 1");
+        }
+        if self.ingest_backlog == 0 {
+            return bad("server.ingest_backlog must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub service: Arc<Service>,
+    pub config: ServerConfig,
+    /// Largest accepted document, in bytes.
+    pub max_document_bytes: u64,
+    /// The name `/v1/models` lists for the generator.
+    pub model_id: String,
+    /// The name `/v1/models` lists for the embedding model.
+    pub embedding_model_id: String,
+}
+
+type State = axum::extract::State<Arc<AppState>>;
+
+/// What the router is built from.
+pub struct ServerParts {
+    /// The service.
+    pub service: Arc<Service>,
+    /// Settings.
+    pub config: ServerConfig,
+    /// Largest accepted document, in bytes (`ingest.max_document_bytes`).
+    pub max_document_bytes: u64,
+    /// Model names for the OpenAI-compatible endpoints.
+    pub model_id: String,
+    /// Embedding model name for the OpenAI-compatible endpoints.
+    pub embedding_model_id: String,
+}
+
+/// The whole API as a router.
+pub fn router(parts: ServerParts) -> Router {
+    let upload_limit = usize::try_from(parts.max_document_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
+    let json_limit = parts.config.max_json_bytes;
+    let timeout = Duration::from_secs(parts.config.request_timeout_secs);
+    let state = Arc::new(AppState {
+        service: parts.service,
+        config: parts.config,
+        max_document_bytes: parts.max_document_bytes,
+        model_id: parts.model_id,
+        embedding_model_id: parts.embedding_model_id,
+    });
+    let uploads = Router::new()
+        .route(
+            "/v1/collections/{c}/documents",
+            post(documents::upload).get(documents::list),
+        )
+        .layer(DefaultBodyLimit::max(upload_limit));
+    let api = Router::new()
+        .route(
+            "/v1/collections",
+            post(collections::create).get(collections::list),
+        )
+        .route(
+            "/v1/collections/{c}",
+            get(collections::get).delete(collections::delete),
+        )
+        .route(
+            "/v1/collections/{c}/documents/{id}",
+            get(documents::get).delete(documents::delete),
+        )
+        .route("/v1/collections/{c}/documents/{id}/raw", get(documents::raw))
+        .route("/v1/collections/{c}/search", post(qa::search))
+        .route("/v1/collections/{c}/ask", post(qa::ask))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .layer(DefaultBodyLimit::max(json_limit));
+    api.merge(uploads)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            deadline(timeout, req, next)
+        }))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Cuts off a request whose response has not started within `limit` (504). Streams that have
+/// started are not affected: only producing the response head is timed.
+async fn deadline(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("the request took longer than {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then waits up to `grace` for the
+/// requests in flight (streams included) to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => r,
+        () = async {
+            let _ = rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after the grace period; stopping");
+            Ok(())
+        }
+    }
+}

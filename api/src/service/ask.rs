@@ -1,0 +1,401 @@
+//! Grounded answers: the question is searched, the relevant hits become numbered passages in
+//! a prompt that fits the model's context, the generator answers from them, and the `[n]`
+//! markers of the answer are mapped back to the passages.
+//!
+//! Text from documents and from the user is escaped before it enters the prompt, so that a
+//! document cannot open or close a turn of the chat template (see
+//! [`hearth_engine::Generator::escape_markers`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hearth_engine::{ChatMessage, Generation, Generator, Prompt, SamplingParams};
+use hearth_index::{Filter, Hit, SearchMode};
+use serde::Deserialize;
+
+use super::search::{MAX_TOP_K, SearchQuery};
+use super::{Collection, Service};
+use crate::error::{Result, ServiceError};
+
+/// The answer given, without calling the model, when retrieval finds nothing relevant.
+pub const NOTHING_RELEVANT: &str =
+    "I could not find anything about this in the documents of this collection.";
+
+/// Most earlier turns an ask request may carry.
+pub const MAX_HISTORY: usize = 32;
+
+/// Settings of grounded answering (`[ask]`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AskConfig {
+    /// Passages retrieved for a question when the request does not say.
+    pub top_k: usize,
+    /// Lowest cosine similarity between question and passage for the passage to count as
+    /// relevant (dense and hybrid modes). With none left, the answer says nothing was found.
+    pub min_similarity: f32,
+    /// Tokens the answer may take when the request does not say.
+    pub max_tokens: usize,
+}
+
+impl Default for AskConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 4,
+            min_similarity: 0.25,
+            max_tokens: 256,
+        }
+    }
+}
+
+impl AskConfig {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.top_k) {
+            return Err(ServiceError::InvalidInput(format!(
+                "ask.top_k must be between 1 and 64, got {}",
+                self.top_k
+            )));
+        }
+        if !(-1.0..=1.0).contains(&self.min_similarity) {
+            return Err(ServiceError::InvalidInput(format!(
+                "ask.min_similarity must be between -1 and 1, got {}",
+                self.min_similarity
+            )));
+        }
+        if self.max_tokens == 0 {
+            return Err(ServiceError::InvalidInput(
+                "ask.max_tokens must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A question to answer from a collection.
+#[derive(Clone, Debug, Default)]
+pub struct AskRequest {
+    /// The question.
+    pub question: String,
+    /// Earlier turns (`user` / `assistant`), oldest first; dropped from the oldest when the
+    /// prompt would not fit.
+    pub history: Vec<ChatMessage>,
+    /// Retrieval mode.
+    pub mode: SearchMode,
+    /// Passages to retrieve (default `ask.top_k`).
+    pub top_k: Option<usize>,
+    /// Only documents that match.
+    pub filter: Option<Filter>,
+    /// Lowest similarity of a relevant passage (default `ask.min_similarity`).
+    pub min_similarity: Option<f32>,
+    /// A registered LoRA adapter to answer with.
+    pub adapter: Option<String>,
+    /// Sampling; `None` is greedy with `ask.max_tokens`.
+    pub sampling: Option<SamplingParams>,
+}
+
+/// A question under way: the passages the model was shown, and the answer's events.
+pub struct Answering {
+    /// The passages, numbered from 1 in this order.
+    pub passages: Vec<Hit>,
+    /// Query embedding and index time, in milliseconds.
+    pub retrieval_ms: f64,
+    /// The answer.
+    pub answer: AnswerSource,
+}
+
+/// Where the answer's text comes from.
+pub enum AnswerSource {
+    /// Nothing relevant was retrieved: this fixed text, the model was not called.
+    Fixed(&'static str),
+    /// The model's stream.
+    Generated(Generation),
+}
+
+impl Service {
+    /// The generator, or an error saying that this process did not load one.
+    pub fn generator(&self) -> Result<&Generator> {
+        self.generator.as_ref().ok_or_else(|| {
+            ServiceError::Unavailable("this process has not loaded a generator".into())
+        })
+    }
+
+    /// Retrieves passages for a question and starts the answer. Fails before anything is
+    /// generated on bad input, an unknown adapter or a full generation queue.
+    pub async fn ask(&self, col: &Arc<Collection>, req: AskRequest) -> Result<Answering> {
+        let generator = self.generator()?;
+        let cfg = &self.ask;
+        let top_k = req.top_k.unwrap_or(cfg.top_k);
+        if !(1..=MAX_TOP_K.min(64)).contains(&top_k) {
+            return Err(ServiceError::InvalidInput(format!(
+                "top_k must be between 1 and 64, got {top_k}"
+            )));
+        }
+        if req.history.len() > MAX_HISTORY {
+            return Err(ServiceError::InvalidInput(format!(
+                "at most {MAX_HISTORY} history messages are allowed, got {}",
+                req.history.len()
+            )));
+        }
+        if let Some(m) = req.history.iter().find(|m| !matches!(m.role.as_str(), "user" | "assistant")) {
+            return Err(ServiceError::InvalidInput(format!(
+                "history roles must be \"user\" or \"assistant\", got {:?}",
+                m.role
+            )));
+        }
+        let min_similarity = req.min_similarity.unwrap_or(cfg.min_similarity);
+        if !min_similarity.is_finite() {
+            return Err(ServiceError::InvalidInput(
+                "min_similarity must be a finite number".into(),
+            ));
+        }
+        let sampling = req.sampling.clone().unwrap_or_else(|| SamplingParams {
+            max_tokens: cfg.max_tokens,
+            ..SamplingParams::default()
+        });
+        sampling.validate(generator.info().vocab)?;
+        if let Some(a) = &req.adapter {
+            // Fails now, before retrieval, for a name that is not registered.
+            if !generator.adapters().iter().any(|i| &i.name == a) {
+                return Err(ServiceError::Engine(
+                    hearth_engine::EngineError::UnknownAdapter(a.clone()),
+                ));
+            }
+        }
+        let found = self
+            .search(
+                col,
+                SearchQuery {
+                    text: req.question.clone(),
+                    mode: req.mode,
+                    top_k,
+                    filter: req.filter.clone(),
+                    fusion: None,
+                },
+            )
+            .await?;
+        let retrieval_ms = found.embed_ms + found.search_ms;
+        let relevant: Vec<Hit> = found
+            .hits
+            .into_iter()
+            .filter(|h| match req.mode {
+                SearchMode::Bm25 => true,
+                SearchMode::Dense | SearchMode::Hybrid => {
+                    h.dense.is_some_and(|(_, cos)| cos >= min_similarity)
+                }
+            })
+            .collect();
+        if relevant.is_empty() {
+            return Ok(Answering {
+                passages: Vec::new(),
+                retrieval_ms,
+                answer: AnswerSource::Fixed(NOTHING_RELEVANT),
+            });
+        }
+        let started = Instant::now();
+        let budget = generator
+            .info()
+            .context
+            .checked_sub(sampling.max_tokens)
+            .ok_or_else(|| {
+                ServiceError::InvalidInput(format!(
+                    "max_tokens ({}) exceeds the model's context of {} tokens",
+                    sampling.max_tokens,
+                    generator.info().context
+                ))
+            })?;
+        let (prompt, passages) = build_prompt(generator, &req, relevant, budget)?;
+        tracing::debug!(
+            passages = passages.len(),
+            prompt_ms = started.elapsed().as_secs_f64() * 1e3,
+            "ask prompt built"
+        );
+        let generation =
+            generator.submit_with_adapter(&prompt, sampling, req.adapter.as_deref())?;
+        Ok(Answering {
+            passages,
+            retrieval_ms,
+            answer: AnswerSource::Generated(generation),
+        })
+    }
+}
+
+const INSTRUCTIONS: &str = "You answer questions using only the numbered passages from the \
+user's documents below. Cite the passage each fact comes from by its number in square \
+brackets, like [1]. If the passages do not answer the question, say that the documents do not \
+say. Answer briefly.";
+
+/// One passage as the model sees it: its number, where it comes from, its text.
+fn passage_block(g: &Generator, n: usize, h: &Hit) -> String {
+    let mut label = h
+        .title
+        .clone()
+        .unwrap_or_else(|| h.source.rsplit(['/', '\\']).next().unwrap_or(&h.source).to_owned());
+    match (h.chunk.page_start, h.chunk.page_end) {
+        (Some(a), Some(b)) if a != b => label.push_str(&format!(", pages {a}-{b}")),
+        (Some(a), _) => label.push_str(&format!(", page {a}")),
+        _ if !h.chunk.heading.is_empty() => {
+            label.push_str(", section ");
+            label.push_str(&h.chunk.heading.join(" > "));
+        }
+        _ => {}
+    }
+    g.escape_markers(&format!("[{n}] ({label})\n{}\n\n", h.chunk.text))
+}
+
+fn messages(system: String, history: &[ChatMessage], question: &str) -> Vec<ChatMessage> {
+    let mut out = Vec::with_capacity(history.len() + 2);
+    out.push(ChatMessage {
+        role: "system".into(),
+        content: system,
+    });
+    out.extend(history.iter().cloned());
+    out.push(ChatMessage {
+        role: "user".into(),
+        content: question.to_owned(),
+    });
+    out
+}
+
+/// The chat prompt with as many passages (best first) as fit in `budget` tokens, after the
+/// oldest history turns are dropped if even the question alone would not fit.
+fn build_prompt(
+    g: &Generator,
+    req: &AskRequest,
+    hits: Vec<Hit>,
+    budget: usize,
+) -> Result<(Prompt, Vec<Hit>)> {
+    let question = g.escape_markers(req.question.trim());
+    let history: Vec<ChatMessage> = req
+        .history
+        .iter()
+        .map(|m| ChatMessage {
+            role: m.role.clone(),
+            content: g.escape_markers(&m.content),
+        })
+        .collect();
+    let count = |system: &str, history: &[ChatMessage]| -> Result<usize> {
+        Ok(g
+            .tokenize(&Prompt::Chat(messages(
+                system.to_owned(),
+                history,
+                &question,
+            )))?
+            .len())
+    };
+    let header = format!("{INSTRUCTIONS}\n\nPassages:\n\n");
+    let mut keep_from = 0;
+    let mut base = count(&header, &history)?;
+    while base > budget && keep_from < history.len() {
+        keep_from += 1;
+        base = count(&header, &history[keep_from..])?;
+    }
+    if base > budget {
+        return Err(ServiceError::InvalidInput(format!(
+            "the question alone takes {base} tokens; the model's context leaves {budget} for the prompt"
+        )));
+    }
+    let history = &history[keep_from..];
+    // Passages are measured one by one (a block's tokens barely depend on its neighbours),
+    // with a small margin each; the whole prompt is measured again at the end.
+    let mut system = header;
+    let mut used = base;
+    let mut passages = Vec::new();
+    for h in hits {
+        let block = passage_block(g, passages.len() + 1, &h);
+        let cost = g.tokenize(&Prompt::Text(block.clone()))?.len() + 2;
+        if used + cost > budget {
+            break;
+        }
+        used += cost;
+        system.push_str(&block);
+        passages.push(h);
+    }
+    loop {
+        let prompt = Prompt::Chat(messages(system.trim_end().to_owned(), history, &question));
+        if passages.is_empty() || g.tokenize(&prompt)?.len() <= budget {
+            return Ok((prompt, passages));
+        }
+        passages.pop();
+        system = format!("{INSTRUCTIONS}\n\nPassages:\n\n");
+        for (i, h) in passages.iter().enumerate() {
+            system.push_str(&passage_block(g, i + 1, h));
+        }
+    }
+}
+
+/// The passage numbers an answer cites, in order of first citation, each once: `[2]`,
+/// `[1, 3]`, `[1][2]` and `[1-3]` forms; numbers outside `1..=passages` are ignored.
+pub fn cited(answer: &str, passages: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = answer;
+    while let Some(open) = rest.find('[') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(']') else { break };
+        let inner = &rest[..close];
+        if inner.len() <= 32
+            && !inner.is_empty()
+            && inner
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, ',' | ' ' | '-' | '–'))
+        {
+            for part in inner.split(',') {
+                let part = part.trim();
+                let range = part
+                    .split_once(['-', '–'])
+                    .map(|(a, b)| (a.trim().parse::<usize>(), b.trim().parse::<usize>()));
+                let (a, b) = match range {
+                    Some((Ok(a), Ok(b))) if a <= b && b - a < 64 => (a, b),
+                    Some(_) => continue,
+                    None => match part.parse::<usize>() {
+                        Ok(n) => (n, n),
+                        Err(_) => continue,
+                    },
+                };
+                for n in a..=b {
+                    if (1..=passages).contains(&n) && !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        rest = &rest[close..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn citation_markers() {
+        assert_eq!(cited("Paris [2]. Also [1, 3] and [1][4].", 4), [2, 1, 3, 4]);
+        assert_eq!(cited("see [2-4]", 5), [2, 3, 4]);
+        assert_eq!(cited("[0] [7] [x] [1 2] [", 3), Vec::<usize>::new());
+        assert_eq!(cited("a[1]b[1]c", 1), [1]);
+        assert_eq!(cited("[[2]]", 2), [2]);
+        assert_eq!(cited("[3-1] [1-999999]", 3), Vec::<usize>::new());
+        assert!(cited("", 3).is_empty());
+    }
+
+    #[test]
+    fn config_ranges() {
+        assert!(AskConfig::default().validate().is_ok());
+        for bad in [
+            AskConfig {
+                top_k: 0,
+                ..AskConfig::default()
+            },
+            AskConfig {
+                min_similarity: 2.0,
+                ..AskConfig::default()
+            },
+            AskConfig {
+                max_tokens: 0,
+                ..AskConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `hearth serve`: the HTTP API, with background ingestion, until SIGTERM or Ctrl-C; then the
+//! requests in flight and the ingestion batch under way are finished before the process exits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hearth_api::http::{ServerParts, router, serve};
+use hearth_index::CollectionName;
+use hearth_ingest::Submitted;
+
+use crate::config::AppConfig;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides server.bind); port 0 picks a free port.
+    #[arg(long)]
+    bind: Option<String>,
+    /// Files or directories to ingest into --collection at start-up (already stored documents
+    /// are skipped); they are processed in the background like uploads.
+    #[arg(long = "ingest", value_name = "PATH")]
+    ingest: Vec<PathBuf>,
+    /// Collection for --ingest (created if missing).
+    #[arg(long, short, default_value = "demo")]
+    collection: String,
+}
+
+pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(b) = args.bind {
+        cfg.server.bind = b;
+        cfg.server
+            .validate()
+            .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.server.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.bind))?;
+    let addr = listener.local_addr()?;
+    let service = Arc::new(super::service_with_generator(&cfg)?);
+    let resumed = service.resume_all().await?;
+    if resumed > 0 {
+        tracing::info!(documents = resumed, "resuming unfinished ingestion");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(service.clone().run_worker(stop_rx));
+    let mut queued = 0;
+    if !args.ingest.is_empty() {
+        let c = CollectionName::new(&args.collection)?;
+        let col = service.open(&c).await?;
+        for path in super::ingest::walk(&args.ingest)? {
+            let bytes = tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            let sub = hearth_ingest::Submission {
+                source: path.display().to_string(),
+                bytes: bytes.into(),
+                metadata: Default::default(),
+            };
+            match service.pipeline().submit(&c, sub).await {
+                Ok(Submitted::Accepted(id)) => {
+                    col.revive(&id);
+                    service.enqueue(&c, id)?;
+                    queued += 1;
+                }
+                Ok(Submitted::Duplicate(_)) => {}
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "not ingested"),
+            }
+        }
+    }
+    let model_id = cfg
+        .engine
+        .generator_model
+        .file_stem()
+        .map_or_else(|| "generator".into(), |s| s.to_string_lossy().into_owned());
+    let embedding_model_id = cfg
+        .engine
+        .embedding_model
+        .file_name()
+        .map_or_else(|| "embedding".into(), |s| s.to_string_lossy().into_owned());
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let app = router(ServerParts {
+        service: service.clone(),
+        config: cfg.server.clone(),
+        max_document_bytes: cfg.ingest.max_document_bytes,
+        model_id,
+        embedding_model_id,
+    });
+    println!("hearth is listening on http://{addr}");
+    if !args.ingest.is_empty() {
+        println!(
+            "ingesting {queued} new documents into \"{}\" in the background",
+            args.collection
+        );
+        println!(
+            "ask:  curl -s http://{addr}/v1/collections/{}/ask -H 'Content-Type: application/json' -d '{{\"question\": \"How do I convert a disk image to qcow2?\"}}'",
+            args.collection
+        );
+    }
+    println!("Ctrl-C stops the server");
+    serve(listener, app, shutdown_signal(), grace).await?;
+    tracing::info!("shutting down: finishing the ingestion batch under way");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(grace, worker).await.is_err() {
+        tracing::warn!("the ingestion batch did not finish in time; it resumes at the next start");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -13,7 +13,7 @@ mod service;
 
 pub use error::{Result, ServiceError};
 pub use service::{
-    AnswerSource, Answering, AskConfig, AskRequest, Collection, CompactReport, MAX_HISTORY,
-    MAX_TOP_K, NOTHING_RELEVANT, Processed, SearchQuery, SearchResults, Service, ServiceParts,
-    SyncReport, cited,
+    AnswerSource, Answering, AskConfig, AskRequest, Citation, Collection, CompactReport,
+    MAX_HISTORY, MAX_TOP_K, NOTHING_RELEVANT, Processed, SearchQuery, SearchResults, Service,
+    ServiceParts, SyncReport, cite, cited,
 };

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use hearth_api::{AnswerSource, AskRequest, cited};
+use hearth_api::{AnswerSource, AskRequest, cite};
 use hearth_engine::GenerationEvent;
 use hearth_index::{CollectionName, Hit, SearchMode};
 use serde_json::Value;
@@ -119,14 +119,19 @@ async fn embedded(
             }
         }
     }
-    let cites = cited(&answer, a.passages.len());
+    let (marked, citations) = cite(&answer, &a.passages);
+    let cites: Vec<usize> = citations.iter().map(|c| c.n).collect();
     if args.json {
-        let citations: Vec<Value> = cites
+        let citations: Vec<Value> = citations
             .iter()
-            .map(|&n| hit_json(n, &a.passages[n - 1]))
+            .map(|c| {
+                let mut v = hit_json(c.n, &a.passages[c.n - 1]);
+                v["attributed"] = c.attributed.into();
+                v
+            })
             .collect();
         let v = serde_json::json!({
-            "answer": answer,
+            "answer": marked,
             "grounded": usage.is_some(),
             "citations": citations,
             "passages": a.passages.iter().enumerate().map(|(i, h)| hit_json(i + 1, h)).collect::<Vec<_>>(),

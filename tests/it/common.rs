@@ -195,3 +195,241 @@ pub fn hit_files(search: &Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// A running `hearth serve` on a free loopback port; killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+    /// What the server printed on stdout before it was ready.
+    pub banner: String,
+    pub client: reqwest::Client,
+}
+
+impl Node {
+    /// Starts `hearth serve --bind 127.0.0.1:0 EXTRA...` and waits (bounded) until `/readyz`
+    /// answers 200.
+    pub async fn serve(&self, extra: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = self
+            .command()
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        // Keep draining stderr so the server never blocks on a full pipe; echo it for failures.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[server] {line}");
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = String::new();
+        let url = loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("hearth serve printed no address within 120 s");
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.strip_prefix("hearth is listening on ") {
+                break rest.trim().to_owned();
+            }
+        };
+        // The rest of the banner comes right after the address line.
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(300)) {
+            banner.push_str(&line);
+            banner.push('\n');
+        }
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server was not ready within 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Server {
+            child,
+            url,
+            banner,
+            client,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response: status, headers and body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}), status {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Asserts an error response with this status and code; returns its message.
+    pub fn error(&self, status: u16, code: &str) -> String {
+        let v = self.json();
+        assert_eq!(self.status, status, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        v["error"]["message"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Server {
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let r = req.send().await.unwrap();
+        Reply {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(format!("{}{path}", self.url)))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.client.delete(format!("{}{path}", self.url)))
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.url))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// Uploads `bytes` as a multipart form with a `file` part named `name` and optional
+    /// metadata.
+    pub async fn upload(&self, c: &str, name: &str, bytes: &[u8], meta: Option<&Value>) -> Reply {
+        let boundary = "hearth-test-boundary-7d1f";
+        let mut body = Vec::new();
+        if let Some(m) = meta {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n{m}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        self.send(
+            self.client
+                .post(format!("{}/v1/collections/{c}/documents", self.url))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(body),
+        )
+        .await
+    }
+
+    /// Polls a document until it reaches `indexed` or `failed` (bounded); returns its JSON.
+    pub async fn wait_done(&self, c: &str, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            let r = self
+                .get(&format!("/v1/collections/{c}/documents/{id}"))
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let v = r.json();
+            if v["status"] == "indexed" || v["status"] == "failed" {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "document {id} still {} after 180 s",
+                v["status"]
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Reads a Server-Sent Events response to its end: `(event, data)` pairs in order.
+    pub async fn sse(&self, path: &str, body: &Value) -> Vec<(String, Value)> {
+        let mut r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let mut buf = String::new();
+        let mut out = Vec::new();
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let mut name = "message".to_owned();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                let v = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                out.push((name, v));
+            }
+        }
+        out
+    }
+}

@@ -7,3 +7,4 @@ mod crash;
 mod ingest;
 mod quality;
 mod search;
+mod serve;

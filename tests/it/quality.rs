@@ -90,6 +90,9 @@ async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
             program: env!("CARGO_BIN_EXE_hearth").into(),
             args: vec!["extract-worker".into()],
         },
+        generator: false,
+        ask: Default::default(),
+        backlog_limit: 1,
     })
     .unwrap();
     let col = service

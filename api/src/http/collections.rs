@@ -54,7 +54,10 @@ pub(super) async fn list(s: State) -> Result<Response, ApiError> {
         .iter()
         .map(|n| serde_json::json!({"name": n.as_str()}))
         .collect();
-    Ok(json(StatusCode::OK, &serde_json::json!({"collections": out})))
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"collections": out}),
+    ))
 }
 
 pub(super) async fn get(s: State, Path(c): Path<String>) -> Result<Response, ApiError> {
@@ -79,6 +82,8 @@ pub(super) async fn delete(s: State, Path(c): Path<String>) -> Result<Response, 
             &serde_json::json!({"deleted": c.as_str()}),
         ))
     } else {
-        Err(ApiError::not_found(format!("collection {c} does not exist")))
+        Err(ApiError::not_found(format!(
+            "collection {c} does not exist"
+        )))
     }
 }

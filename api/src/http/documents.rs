@@ -94,8 +94,7 @@ fn doc_id(raw: &str) -> Result<DocId, ApiError> {
 }
 
 fn metadata(raw: &[u8]) -> Result<Metadata, ApiError> {
-    parse_json::<Metadata>(raw)
-        .map_err(|e| ApiError::invalid(format!("metadata: {}", e.message)))
+    parse_json::<Metadata>(raw).map_err(|e| ApiError::invalid(format!("metadata: {}", e.message)))
 }
 
 fn source_name(raw: &str) -> Result<String, ApiError> {
@@ -240,11 +239,10 @@ async fn read_multipart(mut mp: Multipart, query: UploadQuery) -> Result<Submiss
             }
         }
     }
-    let (fname, bytes) =
-        file.ok_or_else(|| ApiError::invalid("the form has no \"file\" part"))?;
-    let source = source
-        .or(fname)
-        .ok_or_else(|| ApiError::invalid("the file part has no file name and no source was given"))?;
+    let (fname, bytes) = file.ok_or_else(|| ApiError::invalid("the form has no \"file\" part"))?;
+    let source = source.or(fname).ok_or_else(|| {
+        ApiError::invalid("the file part has no file name and no source was given")
+    })?;
     let metadata = match meta {
         Some(m) => metadata(&m)?,
         None => Metadata::default(),
@@ -340,12 +338,18 @@ async fn record(s: &State, c: &str, id: &str) -> Result<DocRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("document {id} does not exist in {c}")))
 }
 
-pub(super) async fn get(s: State, Path((c, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub(super) async fn get(
+    s: State,
+    Path((c, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let rec = record(&s, &c, &id).await?;
     Ok(json(StatusCode::OK, &doc_out(&rec)))
 }
 
-pub(super) async fn raw(s: State, Path((c, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub(super) async fn raw(
+    s: State,
+    Path((c, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let rec = record(&s, &c, &id).await?;
     let bytes = s
         .service
@@ -356,7 +360,13 @@ pub(super) async fn raw(s: State, Path((c, id)): Path<(String, String)>) -> Resu
     let file = rec.source.rsplit(['/', '\\']).next().unwrap_or("document");
     let ascii: String = file
         .chars()
-        .map(|ch| if ch.is_ascii_graphic() && ch != '"' && ch != '\\' || ch == ' ' { ch } else { '_' })
+        .map(|ch| {
+            if ch.is_ascii_graphic() && ch != '"' && ch != '\\' || ch == ' ' {
+                ch
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut resp = Body::from(bytes).into_response();
     let h = resp.headers_mut();

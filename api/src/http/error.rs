@@ -146,12 +146,14 @@ impl From<EngineError> for ApiError {
                 e.to_string(),
             ),
             EngineError::Unsupported(m) => Self::new(StatusCode::BAD_REQUEST, "unsupported", m),
-            e @ EngineError::ModelMissing { .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
-            }
-            e @ (EngineError::Io { .. } | EngineError::Internal(_) | EngineError::Corrupt { .. }) => {
-                internal(e.to_string())
-            }
+            e @ EngineError::ModelMissing { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+            e @ (EngineError::Io { .. }
+            | EngineError::Internal(_)
+            | EngineError::Corrupt { .. }) => internal(e.to_string()),
         }
     }
 }
@@ -207,7 +209,10 @@ pub fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large(format!("the request body is too large: {}", e.body_text()))
     } else {
-        ApiError::invalid(format!("could not read the request body: {}", e.body_text()))
+        ApiError::invalid(format!(
+            "could not read the request body: {}",
+            e.body_text()
+        ))
     }
 }
 

@@ -11,9 +11,10 @@ pub(super) async fn healthz() -> Response {
 }
 
 pub(super) async fn readyz(s: State) -> Result<Response, ApiError> {
-    let generator = s.service.generator().map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
-    })?;
+    let generator = s
+        .service
+        .generator()
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()))?;
     let collections = s.service.collections().await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

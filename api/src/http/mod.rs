@@ -141,7 +141,10 @@ pub fn router(parts: ServerParts) -> Router {
             "/v1/collections/{c}/documents/{id}",
             get(documents::get).delete(documents::delete),
         )
-        .route("/v1/collections/{c}/documents/{id}/raw", get(documents::raw))
+        .route(
+            "/v1/collections/{c}/documents/{id}/raw",
+            get(documents::raw),
+        )
         .route("/v1/collections/{c}/search", post(qa::search))
         .route("/v1/collections/{c}/ask", post(qa::ask))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -160,7 +163,11 @@ pub fn router(parts: ServerParts) -> Router {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {

@@ -44,9 +44,7 @@ fn model_not_found(model: &str) -> ApiError {
 
 pub(super) async fn models(s: State) -> Response {
     let created = now_secs();
-    let entry = |id: &str| {
-        serde_json::json!({"id": id, "object": "model", "created": created, "owned_by": "hearth"})
-    };
+    let entry = |id: &str| serde_json::json!({"id": id, "object": "model", "created": created, "owned_by": "hearth"});
     let mut data = Vec::new();
     if let Ok(g) = s.service.generator() {
         data.push(entry(&s.model_id));
@@ -161,7 +159,9 @@ fn message(g: &hearth_engine::Generator, m: MessageIn, i: usize) -> Result<ChatM
 impl ChatBody {
     fn sampling(&self) -> Result<SamplingParams, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid("n: only 1 choice per request is supported"));
+            return Err(ApiError::invalid(
+                "n: only 1 choice per request is supported",
+            ));
         }
         if self.logprobs == Some(true) {
             return Err(ApiError::invalid("logprobs are not supported"));
@@ -207,7 +207,10 @@ pub(super) async fn chat_completions(
         return Err(ApiError::invalid("messages must not be empty"));
     }
     let params = body.sampling()?;
-    let include_usage = body.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let (stream, model) = (body.stream, body.model.clone());
     let messages = body
         .messages
@@ -226,7 +229,10 @@ pub(super) async fn chat_completions(
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
             })
         };
-        let first = chunk(serde_json::json!({"role": "assistant", "content": ""}), None);
+        let first = chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+        );
         let events = futures::stream::unfold(
             (generation, Some(first), false),
             move |(mut g, first, ended)| {
@@ -406,8 +412,7 @@ pub(super) async fn embeddings(
 
 /// Standard base64 with padding.
 fn encode_base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for group in bytes.chunks(3) {
         let b = [

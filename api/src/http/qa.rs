@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::State;
 use super::collections::name;
 use super::error::{ApiError, ApiJson, json};
-use crate::{AnswerSource, Answering, AskRequest, SearchQuery, cited};
+use crate::{AnswerSource, Answering, AskRequest, SearchQuery, cite};
 
 /// A filter as the API takes it: metadata key → value, `{"in": [...]}` or a range.
 #[derive(Deserialize, Default)]
@@ -239,7 +239,8 @@ pub(super) struct AskBody {
 /// The end of an answer: its citations, the passages shown, usage and timings.
 #[derive(Serialize)]
 struct Finished<'a> {
-    answer: &'a str,
+    /// The answer, with `[n]` markers (including any that hearth attributed).
+    answer: String,
     /// Whether the answer came from the model over retrieved passages (false: nothing
     /// relevant was found and the fixed answer was given).
     grounded: bool,
@@ -257,11 +258,13 @@ fn finished<'a>(
     retrieval_ms: f64,
     done: Option<&Completion>,
 ) -> Finished<'a> {
-    let citations = cited(answer, passages.len())
+    let (answer, cites) = cite(answer, passages);
+    let citations = cites
         .into_iter()
-        .map(|n| {
-            let mut v = serde_json::to_value(hit_out(&passages[n - 1])).unwrap_or_default();
-            v["n"] = n.into();
+        .map(|c| {
+            let mut v = serde_json::to_value(hit_out(&passages[c.n - 1])).unwrap_or_default();
+            v["n"] = c.n.into();
+            v["attributed"] = c.attributed.into();
             v
         })
         .collect();
@@ -398,32 +401,38 @@ fn ask_events(a: Answering) -> impl Stream<Item = Result<Event, Infallible>> + S
         }
         AnswerSource::Generated(g) => {
             let state = (g, String::new(), passages, false);
-            futures::stream::unfold(state, move |(mut g, mut text, passages, ended)| async move {
-                if ended {
-                    return None;
-                }
-                let ev = match g.next().await {
-                    Some(GenerationEvent::Text(t)) => {
-                        let e = event("token", &serde_json::json!({"text": t}));
-                        text.push_str(&t);
-                        return Some((e, (g, text, passages, false)));
+            futures::stream::unfold(
+                state,
+                move |(mut g, mut text, passages, ended)| async move {
+                    if ended {
+                        return None;
                     }
-                    Some(GenerationEvent::Done(done)) => {
-                        event("done", &finished(&text, &passages, retrieval_ms, Some(&done)))
-                    }
-                    Some(GenerationEvent::Failed(e)) => event("error", &ApiError::from(e).body()),
-                    None => event(
-                        "error",
-                        &ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal",
-                            "the generator stopped without finishing the answer",
-                        )
-                        .body(),
-                    ),
-                };
-                Some((ev, (g, text, passages, true)))
-            })
+                    let ev = match g.next().await {
+                        Some(GenerationEvent::Text(t)) => {
+                            let e = event("token", &serde_json::json!({"text": t}));
+                            text.push_str(&t);
+                            return Some((e, (g, text, passages, false)));
+                        }
+                        Some(GenerationEvent::Done(done)) => event(
+                            "done",
+                            &finished(&text, &passages, retrieval_ms, Some(&done)),
+                        ),
+                        Some(GenerationEvent::Failed(e)) => {
+                            event("error", &ApiError::from(e).body())
+                        }
+                        None => event(
+                            "error",
+                            &ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal",
+                                "the generator stopped without finishing the answer",
+                            )
+                            .body(),
+                        ),
+                    };
+                    Some((ev, (g, text, passages, true)))
+                },
+            )
             .boxed()
         }
     };

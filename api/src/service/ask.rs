@@ -35,14 +35,17 @@ pub struct AskConfig {
     pub min_similarity: f32,
     /// Tokens the answer may take when the request does not say.
     pub max_tokens: usize,
+    /// Repetition penalty of the default (greedy) sampling: small models loop without one.
+    pub repetition_penalty: f32,
 }
 
 impl Default for AskConfig {
     fn default() -> Self {
         Self {
             top_k: 4,
-            min_similarity: 0.25,
+            min_similarity: 0.2,
             max_tokens: 256,
+            repetition_penalty: 1.1,
         }
     }
 }
@@ -60,6 +63,12 @@ impl AskConfig {
             return Err(ServiceError::InvalidInput(format!(
                 "ask.min_similarity must be between -1 and 1, got {}",
                 self.min_similarity
+            )));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(ServiceError::InvalidInput(format!(
+                "ask.repetition_penalty must be a positive number, got {}",
+                self.repetition_penalty
             )));
         }
         if self.max_tokens == 0 {
@@ -136,7 +145,11 @@ impl Service {
                 req.history.len()
             )));
         }
-        if let Some(m) = req.history.iter().find(|m| !matches!(m.role.as_str(), "user" | "assistant")) {
+        if let Some(m) = req
+            .history
+            .iter()
+            .find(|m| !matches!(m.role.as_str(), "user" | "assistant"))
+        {
             return Err(ServiceError::InvalidInput(format!(
                 "history roles must be \"user\" or \"assistant\", got {:?}",
                 m.role
@@ -150,6 +163,7 @@ impl Service {
         }
         let sampling = req.sampling.clone().unwrap_or_else(|| SamplingParams {
             max_tokens: cfg.max_tokens,
+            repetition_penalty: cfg.repetition_penalty,
             ..SamplingParams::default()
         });
         sampling.validate(generator.info().vocab)?;
@@ -226,10 +240,13 @@ say. Answer briefly.";
 
 /// One passage as the model sees it: its number, where it comes from, its text.
 fn passage_block(g: &Generator, n: usize, h: &Hit) -> String {
-    let mut label = h
-        .title
-        .clone()
-        .unwrap_or_else(|| h.source.rsplit(['/', '\\']).next().unwrap_or(&h.source).to_owned());
+    let mut label = h.title.clone().unwrap_or_else(|| {
+        h.source
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or(&h.source)
+            .to_owned()
+    });
     match (h.chunk.page_start, h.chunk.page_end) {
         (Some(a), Some(b)) if a != b => label.push_str(&format!(", pages {a}-{b}")),
         (Some(a), _) => label.push_str(&format!(", page {a}")),
@@ -274,13 +291,12 @@ fn build_prompt(
         })
         .collect();
     let count = |system: &str, history: &[ChatMessage]| -> Result<usize> {
-        Ok(g
-            .tokenize(&Prompt::Chat(messages(
-                system.to_owned(),
-                history,
-                &question,
-            )))?
-            .len())
+        Ok(g.tokenize(&Prompt::Chat(messages(
+            system.to_owned(),
+            history,
+            &question,
+        )))?
+        .len())
     };
     let header = format!("{INSTRUCTIONS}\n\nPassages:\n\n");
     let mut keep_from = 0;
@@ -363,6 +379,171 @@ pub fn cited(answer: &str, passages: usize) -> Vec<usize> {
     out
 }
 
+/// A citation of an answer: passage `n` (from 1), and whether the model wrote the marker or
+/// hearth attributed a sentence to the passage ([`cite`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Citation {
+    /// The passage number.
+    pub n: usize,
+    /// True when hearth matched an unmarked sentence to the passage.
+    pub attributed: bool,
+}
+
+/// The answer's citations. The markers the model wrote count first ([`cited`]); when it wrote
+/// none, each sentence of the answer that shares enough distinctive words with a passage is
+/// attributed to the best such passage and gets its marker appended, so the answer still
+/// carries `[n]` markers that lead to sources. Returns the answer (with any added markers) and
+/// the citations in order of first appearance.
+pub fn cite(answer: &str, passages: &[Hit]) -> (String, Vec<Citation>) {
+    let marked = cited(answer, passages.len());
+    if !marked.is_empty() {
+        let c = marked
+            .into_iter()
+            .map(|n| Citation {
+                n,
+                attributed: false,
+            })
+            .collect();
+        return (answer.to_owned(), c);
+    }
+    let vocab: Vec<std::collections::HashSet<String>> = passages
+        .iter()
+        .map(|h| content_words(&h.chunk.text))
+        .collect();
+    let mut out = String::with_capacity(answer.len() + 16);
+    let mut citations: Vec<Citation> = Vec::new();
+    for sentence in sentences(answer) {
+        let words = content_words(sentence);
+        let best = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (words.iter().filter(|w| v.contains(*w)).count(), i))
+            .max_by_key(|&(shared, i)| (shared, std::cmp::Reverse(i)));
+        let trimmed = sentence.trim_end();
+        match best {
+            Some((shared, i)) if shared >= 3 || (shared >= 2 && shared * 2 >= words.len()) => {
+                let n = i + 1;
+                // The marker goes before the sentence's closing punctuation and whitespace.
+                let body = trimmed.trim_end_matches(['.', '!', '?', ':', ';', ',']);
+                out.push_str(body);
+                out.push_str(&format!(" [{n}]"));
+                out.push_str(&trimmed[body.len()..]);
+                out.push_str(&sentence[trimmed.len()..]);
+                if !citations.iter().any(|c| c.n == n) {
+                    citations.push(Citation {
+                        n,
+                        attributed: true,
+                    });
+                }
+            }
+            _ => out.push_str(sentence),
+        }
+    }
+    (out, citations)
+}
+
+/// Splits text after sentence ends (`.`, `!`, `?` followed by whitespace) and line breaks,
+/// keeping every character.
+fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next_ws = chars.peek().is_none_or(|(_, n)| n.is_whitespace());
+        if c == '\n' || (matches!(c, '.' | '!' | '?') && next_ws) {
+            // Swallow the whitespace that follows into this sentence.
+            let mut end = i + c.len_utf8();
+            while let Some(&(j, n)) = chars.peek() {
+                if !n.is_whitespace() {
+                    break;
+                }
+                end = j + n.len_utf8();
+                chars.next();
+            }
+            out.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+/// Lower-cased words of at least four characters (or containing a digit) that are not common
+/// function words: the words that make two texts about the same thing.
+fn content_words(text: &str) -> std::collections::HashSet<String> {
+    const COMMON: &[&str] = &[
+        "about",
+        "after",
+        "also",
+        "been",
+        "before",
+        "being",
+        "between",
+        "both",
+        "could",
+        "does",
+        "each",
+        "from",
+        "have",
+        "here",
+        "into",
+        "just",
+        "like",
+        "make",
+        "many",
+        "more",
+        "most",
+        "much",
+        "must",
+        "only",
+        "other",
+        "over",
+        "same",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "under",
+        "very",
+        "want",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "will",
+        "with",
+        "would",
+        "your",
+        "following",
+        "example",
+        "using",
+        "used",
+        "use",
+        "can",
+    ];
+    text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+        .map(|w| w.trim_matches('-').to_lowercase())
+        .filter(|w| {
+            (w.chars().count() >= 4 || (w.len() >= 2 && w.chars().any(|c| c.is_ascii_digit())))
+                && !COMMON.contains(&w.as_str())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +557,71 @@ mod tests {
         assert_eq!(cited("[[2]]", 2), [2]);
         assert_eq!(cited("[3-1] [1-999999]", 3), Vec::<usize>::new());
         assert!(cited("", 3).is_empty());
+    }
+
+    fn hit(text: &str) -> Hit {
+        Hit {
+            chunk: hearth_index::Chunk {
+                doc_id: hearth_index::DocId::of_bytes(text.as_bytes()),
+                ordinal: 0,
+                text: text.into(),
+                page_start: None,
+                page_end: None,
+                heading: Vec::new(),
+                span_start: 0,
+                span_end: 0,
+                token_count: 0,
+                embedding: None,
+            },
+            source: "s".into(),
+            title: None,
+            metadata: Default::default(),
+            score: 0.0,
+            dense: None,
+            bm25: None,
+        }
+    }
+
+    #[test]
+    fn unmarked_sentences_are_attributed_to_the_passage_they_draw_on() {
+        let passages = [
+            hit("The kitchen closes at six in the evening on weekdays."),
+            hit("qemu-img convert -O qcow2 input.raw output.qcow2 converts a disk image."),
+        ];
+        let answer = "Run qemu-img convert with -O qcow2 to convert the disk image. \
+                      Bananas are yellow.\nThe kitchen closes at six!";
+        let (text, c) = cite(answer, &passages);
+        assert_eq!(
+            text,
+            "Run qemu-img convert with -O qcow2 to convert the disk image [2]. \
+             Bananas are yellow.\nThe kitchen closes at six [1]!"
+        );
+        assert_eq!(
+            c,
+            [
+                Citation {
+                    n: 2,
+                    attributed: true
+                },
+                Citation {
+                    n: 1,
+                    attributed: true
+                }
+            ]
+        );
+        // Markers written by the model win, and nothing is added then.
+        let (text, c) = cite("It converts images [2].", &passages);
+        assert_eq!(text, "It converts images [2].");
+        assert_eq!(
+            c,
+            [Citation {
+                n: 2,
+                attributed: false
+            }]
+        );
+        // Nothing in common: no citation.
+        assert_eq!(cite("Bananas are yellow.", &passages).1, []);
+        assert_eq!(sentences("a. b\n\nc"), ["a. ", "b\n\n", "c"]);
     }
 
     #[test]

@@ -29,7 +29,8 @@ use hearth_ingest::{
 };
 
 pub use ask::{
-    AnswerSource, Answering, AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT, cited,
+    AnswerSource, Answering, AskConfig, AskRequest, Citation, MAX_HISTORY, NOTHING_RELEVANT, cite,
+    cited,
 };
 pub use collection::{Collection, CompactReport, SyncReport};
 pub use ingest::Processed;

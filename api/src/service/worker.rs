@@ -117,12 +117,16 @@ impl Service {
                     Ok(col) => {
                         cols.insert(c.clone(), col);
                     }
-                    Err(e) => tracing::warn!(collection = %c, error = %e, "skipping queued documents"),
+                    Err(e) => {
+                        tracing::warn!(collection = %c, error = %e, "skipping queued documents")
+                    }
                 }
             }
         }
         let n = batch.len();
-        let work = batch.into_iter().filter_map(|(c, d)| Some((cols.get(&c)?.clone(), d)));
+        let work = batch
+            .into_iter()
+            .filter_map(|(c, d)| Some((cols.get(&c)?.clone(), d)));
         let mut done = futures::stream::iter(work)
             .map(|(col, doc)| async move {
                 let r = self.process(&col, doc).await;

@@ -43,6 +43,9 @@ enum Command {
     Search(commands::search::SearchArgs),
     /// Answer a question from a collection, with its sources (embedded or via --server).
     Ask(commands::ask::AskArgs),
+    /// Manage API keys: create, list, revoke.
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
     /// Run the HTTP API (REST, OpenAI-compatible endpoints) with background ingestion.
     Serve(commands::serve::ServeArgs),
     /// Delete documents: their bytes, chunks and vectors, from the store and the index.
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::Docs(args) => commands::docs::run(cfg, args).await,
             Command::Search(args) => commands::search::run(cfg, args).await,
             Command::Ask(args) => commands::ask::run(cfg, args).await,
+            Command::Keys(cmd) => commands::keys::run(cfg, cmd).await,
             Command::Serve(args) => commands::serve::run(cfg, args).await,
             Command::Delete(args) => commands::manage::delete(cfg, args).await,
             Command::Compact(args) => commands::manage::compact(cfg, args).await,

@@ -9,6 +9,7 @@
 
 mod error;
 pub mod http;
+pub mod keys;
 mod service;
 
 pub use error::{Result, ServiceError};

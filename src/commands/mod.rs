@@ -3,6 +3,7 @@
 pub mod ask;
 pub mod docs;
 pub mod ingest;
+pub mod keys;
 pub mod manage;
 pub mod search;
 pub mod serve;

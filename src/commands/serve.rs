@@ -25,15 +25,19 @@ pub struct ServeArgs {
     /// Collection for --ingest (created if missing).
     #[arg(long, short, default_value = "demo")]
     collection: String,
+    /// Serve without API keys, every caller an admin (server.open); loopback addresses only.
+    #[arg(long)]
+    open: bool,
 }
 
 pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = args.bind {
         cfg.server.bind = b;
-        cfg.server
-            .validate()
-            .map_err(|e| crate::config::ConfigError(e.to_string()))?;
     }
+    cfg.server.open |= args.open;
+    cfg.server
+        .validate()
+        .map_err(|e| crate::config::ConfigError(strip_kind(&e.to_string())))?;
     let listener = tokio::net::TcpListener::bind(&cfg.server.bind)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.bind))?;
@@ -106,6 +110,10 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         tracing::warn!("the ingestion batch did not finish in time; it resumes at the next start");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn strip_kind(s: &str) -> String {
+    s.strip_prefix("invalid input: ").unwrap_or(s).to_owned()
 }
 
 async fn shutdown_signal() {

@@ -33,7 +33,7 @@ async fn upload_ok(s: &Server, c: &str, name: &str, bytes: &[u8], meta: Option<&
 #[tokio::test(flavor = "multi_thread")]
 async fn collections_and_documents_over_http() {
     let node = Node::new(Backend::Local);
-    let s = node.serve(&[]).await;
+    let s = node.serve(&["--open"]).await;
 
     // Collections: create (201, then 200 for an existing one), list, get, bad names.
     let r = s
@@ -249,7 +249,7 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
     let node = Node::new(Backend::Local)
         .env("HEARTH__SERVER__MAX_JSON_BYTES", "4096")
         .env("HEARTH__INGEST__MAX_DOCUMENT_BYTES", "20000");
-    let s = node.serve(&[]).await;
+    let s = node.serve(&["--open"]).await;
     s.post_json("/v1/collections", &json!({"name": "c"})).await;
     let search = "/v1/collections/c/search";
 
@@ -406,6 +406,7 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
     let node = Node::new(Backend::Local);
     let s = node
         .serve(&[
+            "--open",
             "--ingest",
             &corpus("qemu-img.html").display().to_string(),
             "--ingest",
@@ -605,7 +606,7 @@ async fn full_queues_answer_503_with_retry_after() {
         .env("HEARTH__ENGINE__MAX_RUNNING", "1")
         .env("HEARTH__SERVER__INGEST_BACKLOG", "1")
         .env("HEARTH__INGEST__WORKERS", "1");
-    let s = node.serve(&[]).await;
+    let s = node.serve(&["--open"]).await;
     s.post_json("/v1/collections", &json!({"name": "c"})).await;
     // Generation: one running, one waiting, the rest refused at once.
     let chat = json!({
@@ -642,7 +643,7 @@ async fn full_queues_answer_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_answer_in_flight() {
     let node = Node::new(Backend::Local);
-    let mut s = node.serve(&[]).await;
+    let mut s = node.serve(&["--open"]).await;
     let chat = json!({
         "model": "SmolLM2-135M-Instruct.Q4_1",
         "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
@@ -688,7 +689,7 @@ async fn sigterm_finishes_the_answer_in_flight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_acknowledged_upload_survives_kill_9() {
     let node = Node::new(Backend::Local).env("HEARTH__INGEST__WORKERS", "1");
-    let s = node.serve(&[]).await;
+    let s = node.serve(&["--open"]).await;
     s.post_json("/v1/collections", &json!({"name": "c"})).await;
     let mut ids = Vec::new();
     for i in 0..4 {
@@ -699,7 +700,7 @@ async fn an_acknowledged_upload_survives_kill_9() {
         ids.push(upload_ok(&s, "c", &format!("memo{i}.md"), body.as_bytes(), None).await);
     }
     drop(s); // kill -9, whatever the worker was doing
-    let s = node.serve(&[]).await;
+    let s = node.serve(&["--open"]).await;
     for id in &ids {
         assert_eq!(s.wait_done("c", id).await["status"], "indexed");
     }

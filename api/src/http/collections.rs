@@ -7,7 +7,9 @@ use hearth_index::CollectionName;
 use serde::{Deserialize, Serialize};
 
 use super::State;
+use super::auth::Caller;
 use super::error::{ApiError, ApiJson, json};
+use crate::keys::Role;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,9 +31,11 @@ pub(super) fn name(raw: &str) -> Result<CollectionName, ApiError> {
 
 pub(super) async fn create(
     s: State,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
     let c = name(&body.name)?;
+    caller.require_on(Role::Writer, &c)?;
     let existed = s.service.collections().await?.contains(&c);
     let col = s.service.open(&c).await?;
     let st = col.stats();
@@ -48,10 +52,11 @@ pub(super) async fn create(
     Ok(json(status, &out))
 }
 
-pub(super) async fn list(s: State) -> Result<Response, ApiError> {
+pub(super) async fn list(s: State, caller: Caller) -> Result<Response, ApiError> {
     let names = s.service.collections().await?;
     let out: Vec<serde_json::Value> = names
         .iter()
+        .filter(|n| caller.sees(n))
         .map(|n| serde_json::json!({"name": n.as_str()}))
         .collect();
     Ok(json(
@@ -60,8 +65,13 @@ pub(super) async fn list(s: State) -> Result<Response, ApiError> {
     ))
 }
 
-pub(super) async fn get(s: State, Path(c): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn get(
+    s: State,
+    caller: Caller,
+    Path(c): Path<String>,
+) -> Result<Response, ApiError> {
     let c = name(&c)?;
+    caller.require_on(Role::Reader, &c)?;
     let col = s.service.open_existing(&c).await?;
     let st = col.stats();
     Ok(json(
@@ -74,8 +84,13 @@ pub(super) async fn get(s: State, Path(c): Path<String>) -> Result<Response, Api
     ))
 }
 
-pub(super) async fn delete(s: State, Path(c): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn delete(
+    s: State,
+    caller: Caller,
+    Path(c): Path<String>,
+) -> Result<Response, ApiError> {
     let c = name(&c)?;
+    caller.require_on(Role::Admin, &c)?;
     if s.service.delete_collection(&c).await? {
         Ok(json(
             StatusCode::OK,

@@ -15,8 +15,10 @@ use hearth_ingest::{DocRecord, DocState, Metadata, Submission, Submitted};
 use serde::{Deserialize, Serialize};
 
 use super::State;
+use super::auth::Caller;
 use super::collections::name;
 use super::error::{ApiError, json, parse_json};
+use crate::keys::Role;
 
 /// Longest accepted source name, in bytes.
 const MAX_SOURCE_BYTES: usize = 1024;
@@ -112,11 +114,13 @@ fn source_name(raw: &str) -> Result<String, ApiError> {
 
 pub(super) async fn upload(
     s: State,
+    caller: Caller,
     Path(c): Path<String>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let c = name(&c)?;
+    caller.require_on(Role::Writer, &c)?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     if let Some(len) = content_length(req.headers())
         && len > s.max_document_bytes.saturating_add(1 << 20)
@@ -273,10 +277,12 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list(
     s: State,
+    caller: Caller,
     Path(c): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let c = name(&c)?;
+    caller.require_on(Role::Reader, &c)?;
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -327,8 +333,9 @@ fn parse_state(raw: &str) -> Result<DocState, ApiError> {
     })
 }
 
-async fn record(s: &State, c: &str, id: &str) -> Result<DocRecord, ApiError> {
+async fn record(s: &State, caller: &Caller, c: &str, id: &str) -> Result<DocRecord, ApiError> {
     let c = name(c)?;
+    caller.require_on(Role::Reader, &c)?;
     let id = doc_id(id)?;
     let col = s.service.open_existing(&c).await?;
     s.service
@@ -340,17 +347,19 @@ async fn record(s: &State, c: &str, id: &str) -> Result<DocRecord, ApiError> {
 
 pub(super) async fn get(
     s: State,
+    caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let rec = record(&s, &c, &id).await?;
+    let rec = record(&s, &caller, &c, &id).await?;
     Ok(json(StatusCode::OK, &doc_out(&rec)))
 }
 
 pub(super) async fn raw(
     s: State,
+    caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let rec = record(&s, &c, &id).await?;
+    let rec = record(&s, &caller, &c, &id).await?;
     let bytes = s
         .service
         .store()
@@ -386,9 +395,11 @@ pub(super) async fn raw(
 
 pub(super) async fn delete(
     s: State,
+    caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let c = name(&c)?;
+    caller.require_on(Role::Writer, &c)?;
     let id = doc_id(&id)?;
     let col = s.service.open_existing(&c).await?;
     if s.service.delete_document(&col, &id).await? {

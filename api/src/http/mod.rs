@@ -4,6 +4,7 @@
 //! JSON bodies are capped at `server.max_json_bytes`, uploads at the document limit; requests
 //! that do not stream are cut off after `server.request_timeout_secs` (504).
 
+mod auth;
 mod collections;
 mod documents;
 mod error;
@@ -28,6 +29,7 @@ pub use error::ApiError;
 
 use crate::Service;
 use crate::error::{Result, ServiceError};
+use crate::keys::KeyStore;
 
 /// Settings of `hearth serve` (`[server]`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -43,6 +45,12 @@ pub struct ServerConfig {
     pub ingest_backlog: usize,
     /// Seconds that shutdown waits for requests in flight before it stops anyway.
     pub shutdown_grace_secs: u64,
+    /// Serve without API keys, every caller an admin. Only allowed on a loopback address.
+    pub open: bool,
+    /// Requests per minute per key (a key's own limit overrides it).
+    pub rate_per_minute: u32,
+    /// Requests in flight at once per key, streams included (a key's own limit overrides it).
+    pub concurrency_per_key: u32,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +61,9 @@ impl Default for ServerConfig {
             request_timeout_secs: 300,
             ingest_backlog: 10_000,
             shutdown_grace_secs: 30,
+            open: false,
+            rate_per_minute: 600,
+            concurrency_per_key: 32,
         }
     }
 }
@@ -60,13 +71,22 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        self.bind.parse::<SocketAddr>().map_err(|e| {
+        let addr = self.bind.parse::<SocketAddr>().map_err(|e| {
             ServiceError::InvalidInput(format!(
                 "server.bind {:?} is not an address like 127.0.0.1:8080: {e}",
                 self.bind
             ))
         })?;
         let bad = |m: &str| Err(ServiceError::InvalidInput(m.into()));
+        if self.open && !addr.ip().is_loopback() {
+            return Err(ServiceError::InvalidInput(format!(
+                "server.open (no API keys) is only allowed on a loopback address, not {}",
+                self.bind
+            )));
+        }
+        if self.rate_per_minute == 0 || self.concurrency_per_key == 0 {
+            return bad("server.rate_per_minute and server.concurrency_per_key must be at least 1");
+        }
         if self.max_json_bytes < 1024 {
             return bad("server.max_json_bytes must be at least 1024");
         }
@@ -83,6 +103,8 @@ impl ServerConfig {
 /// What every handler shares.
 pub(crate) struct AppState {
     pub service: Arc<Service>,
+    pub keys: KeyStore,
+    pub limits: auth::Limits,
     pub config: ServerConfig,
     /// Largest accepted document, in bytes.
     pub max_document_bytes: u64,
@@ -116,6 +138,11 @@ pub fn router(parts: ServerParts) -> Router {
     let json_limit = parts.config.max_json_bytes;
     let timeout = Duration::from_secs(parts.config.request_timeout_secs);
     let state = Arc::new(AppState {
+        keys: KeyStore::new(parts.service.store().clone()),
+        limits: auth::Limits::new(
+            parts.config.rate_per_minute,
+            parts.config.concurrency_per_key,
+        ),
         service: parts.service,
         config: parts.config,
         max_document_bytes: parts.max_document_bytes,
@@ -150,10 +177,18 @@ pub fn router(parts: ServerParts) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(json_limit));
-    api.merge(uploads)
+    let protected = api
+        .merge(uploads)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    let public = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    protected
+        .merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(move |req, next| {

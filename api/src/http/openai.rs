@@ -223,6 +223,7 @@ pub(super) async fn chat_completions(
     let id = completion_id();
     let created = now_secs();
     if stream {
+        let state = s.0.clone();
         let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
             serde_json::json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -237,6 +238,7 @@ pub(super) async fn chat_completions(
             (generation, Some(first), false),
             move |(mut g, first, ended)| {
                 let chunk = chunk.clone();
+                let state = state.clone();
                 async move {
                     if let Some(f) = first {
                         return Some((vec![data(&f)], (g, None, false)));
@@ -250,6 +252,7 @@ pub(super) async fn chat_completions(
                             (g, None, false),
                         )),
                         Some(GenerationEvent::Done(c)) => {
+                            state.metrics.generation("chat", &c);
                             let mut out = vec![data(&chunk(
                                 serde_json::json!({}),
                                 Some(finish_name(c.finish_reason)),
@@ -281,6 +284,7 @@ pub(super) async fn chat_completions(
         match ev {
             GenerationEvent::Text(t) => text.push_str(&t),
             GenerationEvent::Done(c) => {
+                s.metrics.generation("chat", &c);
                 return Ok(json(
                     StatusCode::OK,
                     &serde_json::json!({

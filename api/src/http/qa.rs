@@ -340,7 +340,7 @@ pub(super) async fn ask(
         )
         .await?;
     if body.stream {
-        return Ok(Sse::new(ask_events(answering))
+        return Ok(Sse::new(ask_events(s.0.clone(), answering))
             .keep_alive(KeepAlive::default())
             .into_response());
     }
@@ -360,6 +360,7 @@ pub(super) async fn ask(
                 match ev {
                     GenerationEvent::Text(t) => text.push_str(&t),
                     GenerationEvent::Done(done) => {
+                        s.metrics.generation("ask", &done);
                         return Ok(json(
                             StatusCode::OK,
                             &finished(&text, &passages, retrieval_ms, Some(&done)),
@@ -385,7 +386,10 @@ fn event(name: &str, data: &impl Serialize) -> Result<Event, Infallible> {
 
 /// The SSE stream of an answer: `passages` first, then `token` events with text as it comes,
 /// then `done` (answer, citations, usage, timings) or `error`.
-fn ask_events(a: Answering) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+fn ask_events(
+    state: Arc<super::AppState>,
+    a: Answering,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let Answering {
         passages,
         retrieval_ms,
@@ -406,10 +410,10 @@ fn ask_events(a: Answering) -> impl Stream<Item = Result<Event, Infallible>> + S
                 .boxed()
         }
         AnswerSource::Generated(g) => {
-            let state = (g, String::new(), passages, false);
-            futures::stream::unfold(
-                state,
-                move |(mut g, mut text, passages, ended)| async move {
+            let state0 = (g, String::new(), passages, false);
+            futures::stream::unfold(state0, move |(mut g, mut text, passages, ended)| {
+                let state = state.clone();
+                async move {
                     if ended {
                         return None;
                     }
@@ -419,10 +423,13 @@ fn ask_events(a: Answering) -> impl Stream<Item = Result<Event, Infallible>> + S
                             text.push_str(&t);
                             return Some((e, (g, text, passages, false)));
                         }
-                        Some(GenerationEvent::Done(done)) => event(
-                            "done",
-                            &finished(&text, &passages, retrieval_ms, Some(&done)),
-                        ),
+                        Some(GenerationEvent::Done(done)) => {
+                            state.metrics.generation("ask", &done);
+                            event(
+                                "done",
+                                &finished(&text, &passages, retrieval_ms, Some(&done)),
+                            )
+                        }
                         Some(GenerationEvent::Failed(e)) => {
                             event("error", &ApiError::from(e).body())
                         }
@@ -437,8 +444,8 @@ fn ask_events(a: Answering) -> impl Stream<Item = Result<Event, Infallible>> + S
                         ),
                     };
                     Some((ev, (g, text, passages, true)))
-                },
-            )
+                }
+            })
             .boxed()
         }
     };

@@ -14,7 +14,7 @@ mod service;
 
 pub use error::{Result, ServiceError};
 pub use service::{
-    AnswerSource, Answering, AskConfig, AskRequest, Citation, Collection, CompactReport,
-    MAX_HISTORY, MAX_TOP_K, NOTHING_RELEVANT, Processed, SearchQuery, SearchResults, Service,
-    ServiceParts, SyncReport, cite, cited,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, AnswerSource, Answering, AskConfig, AskRequest, Citation,
+    Collection, CompactReport, MAX_HISTORY, MAX_TOP_K, NOTHING_RELEVANT, Processed, SearchQuery,
+    SearchResults, Service, ServiceParts, SyncReport, check_adapter_name, cite, cited,
 };

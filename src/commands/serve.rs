@@ -43,6 +43,10 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         .with_context(|| format!("cannot listen on {}", cfg.server.bind))?;
     let addr = listener.local_addr()?;
     let service = Arc::new(super::service_with_generator(&cfg)?);
+    let adapters = service.restore_adapters().await?;
+    if adapters > 0 {
+        tracing::info!(adapters, "LoRA adapters registered from the object store");
+    }
     let resumed = service.resume_all().await?;
     if resumed > 0 {
         tracing::info!(documents = resumed, "resuming unfinished ingestion");

@@ -6,8 +6,9 @@
 //   node tests/browser/ask.mjs BASE_URL FILE QUESTION EXPECTED_SOURCE_SUBSTRING
 //
 // Environment: HEARTH_TEST_COLLECTION (default "browser"), HEARTH_TEST_ARTIFACTS (a folder for
-// ask.png), HEARTH_TEST_TIMEOUT_S (whole run, default 300), HEARTH_API_KEY (typed into the
-// page's API key field when set), CHROMIUM (default /usr/bin/chromium).
+// ask.png), HEARTH_TEST_TIMEOUT_S (whole run, default 300), HEARTH_API_KEY (stored as the page's
+// API key when set; the key must be allowed to create collections and upload), CHROMIUM
+// (default /usr/bin/chromium).
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -53,16 +54,22 @@ async function closeBrowser() {
   if (b) await Promise.race([b.close().catch(() => {}), new Promise((r) => setTimeout(r, 10_000))]);
 }
 
+let finishing = false;
 async function finish(code, msg) {
+  if (finishing) return;  // the global timeout and the failing run must not both report
+  finishing = true;
   if (msg) (code ? console.error : console.log)(msg);
   await closeBrowser();
   process.exit(code);
 }
 
 const killer = setTimeout(async () => {
-  console.error(`FAIL: the test did not finish within ${totalMs / 1000} s`);
+  if (finishing) return;
+  finishing = true;
   await screenshot();
-  await finish(1);
+  console.error(`FAIL: the test did not finish within ${totalMs / 1000} s`);
+  await closeBrowser();
+  process.exit(1);
 }, totalMs);
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => finish(1, `FAIL: interrupted (${sig})`));
 
@@ -76,6 +83,9 @@ async function run() {
   });
   log(`browser: Chromium ${browser.version()}`);
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  // The page keeps its API key in localStorage: store it before the page's first request,
+  // which would otherwise be answered 401 (and logged as a console error).
+  if (apiKey) await context.addInitScript((k) => localStorage.setItem('hearth.apiKey', k), apiKey);
   page = await context.newPage();
   page.on('console', (m) => {
     if (m.type() === 'error') problems.push(`console error: ${m.text()} (${m.location().url || 'page'})`);
@@ -87,10 +97,7 @@ async function run() {
   if (!res || !res.ok()) fail(`GET / answered ${res ? res.status() : 'nothing'}`);
   log(`opened ${page.url()}`);
 
-  if (apiKey) {
-    await page.fill('#api-key', apiKey);
-    await page.dispatchEvent('#api-key', 'change');
-  }
+  if (apiKey && (await page.inputValue('#api-key')) !== apiKey) fail('the API key field does not show the stored key');
 
   // Create (or select, when it exists) the test collection.
   await page.waitForFunction(() => document.querySelector('#collection').options.length > 0);
@@ -186,7 +193,7 @@ try {
   await finish(0, `PASS: ${source} indexed, answer streamed with sources (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 } catch (e) {
   clearTimeout(killer);
-  await screenshot();
+  if (!finishing) await screenshot();
   const extra = problems.length && !(e instanceof Failure && e.message.includes('reported errors'))
     ? `\n  page errors:\n  ${problems.join('\n  ')}` : '';
   await finish(1, `FAIL: ${e instanceof Failure ? e.message : e.stack || e}${extra}`);

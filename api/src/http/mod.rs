@@ -4,6 +4,7 @@
 //! JSON bodies are capped at `server.max_json_bytes`, uploads at the document limit; requests
 //! that do not stream are cut off after `server.request_timeout_secs` (504).
 
+mod adapters;
 mod auth;
 mod collections;
 mod documents;
@@ -157,6 +158,10 @@ pub fn router(parts: ServerParts) -> Router {
             "/v1/collections/{c}/documents",
             post(documents::upload).get(documents::list),
         )
+        .route(
+            "/v1/adapters/{name}",
+            axum::routing::put(adapters::upload).delete(adapters::delete),
+        )
         .layer(DefaultBodyLimit::max(upload_limit));
     let api = Router::new()
         .route(
@@ -180,6 +185,7 @@ pub fn router(parts: ServerParts) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/v1/adapters", get(adapters::list))
         .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(json_limit));
     let protected = api

@@ -12,6 +12,7 @@
 //! re-embedding), documents the index has and the store no longer has are removed. Wiping the
 //! local cache therefore only costs a rebuild.
 
+mod adapters;
 mod ask;
 mod collection;
 mod ingest;
@@ -28,6 +29,7 @@ use hearth_ingest::{
     ExtractorCommand, IngestConfig, Pipeline, PipelineParts, Registry, TokenCounter,
 };
 
+pub use adapters::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_name};
 pub use ask::{
     AnswerSource, Answering, AskConfig, AskRequest, Citation, MAX_HISTORY, NOTHING_RELEVANT, cite,
     cited,
@@ -70,6 +72,10 @@ pub struct Service {
     embed_tokenizer: Arc<Tokenizer>,
     ask: AskConfig,
     backlog: worker::Backlog,
+    /// Serialises adapter installs and deletes.
+    adapter_lock: tokio::sync::Mutex<()>,
+    /// Local copies of the registered adapters' files, by name.
+    adapter_dirs: tokio::sync::Mutex<HashMap<String, PathBuf>>,
     index: IndexConfig,
     data_dir: PathBuf,
     dim: usize,
@@ -115,6 +121,8 @@ impl Service {
             embed_tokenizer: tokenizer,
             ask: parts.ask,
             backlog: worker::Backlog::new(parts.backlog_limit),
+            adapter_lock: tokio::sync::Mutex::new(()),
+            adapter_dirs: tokio::sync::Mutex::new(HashMap::new()),
             registry: Registry::new(parts.store.clone()),
             store: parts.store,
             pipeline: Arc::new(pipeline),

@@ -1,0 +1,101 @@
+//! `/v1/adapters`: upload (PEFT files, multipart), list, delete LoRA adapters. An adapter is
+//! used with `"adapter": NAME` in an ask, or `"model": "BASE:NAME"` in a chat completion.
+
+use axum::extract::{Multipart, Path};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hearth_engine::AdapterInfo;
+
+use super::State;
+use super::auth::Caller;
+use super::error::{ApiError, json};
+use crate::keys::Role;
+use crate::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+
+fn info_json(model: &str, a: &AdapterInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": a.name,
+        "model": format!("{model}:{}", a.name),
+        "rank": a.rank,
+        "alpha": a.alpha,
+        "modules": a.modules,
+        "parameters": a.parameters,
+        "base_model": a.base_model,
+        "resident": a.resident,
+    })
+}
+
+pub(super) async fn list(s: State) -> Result<Response, ApiError> {
+    let mut list = s.service.adapters()?;
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let out: Vec<_> = list.iter().map(|a| info_json(&s.model_id, a)).collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"adapters": out})))
+}
+
+/// Multipart with two file parts, `adapter_config.json` and `adapter_model.safetensors` (the
+/// part names or their file names say which is which).
+pub(super) async fn upload(
+    s: State,
+    caller: Caller,
+    Path(name): Path<String>,
+    mut mp: Multipart,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let mut config: Option<Bytes> = None;
+    let mut weights: Option<Bytes> = None;
+    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
+        let label = field.file_name().or(field.name()).unwrap_or("").to_owned();
+        let slot = match label.as_str() {
+            ADAPTER_CONFIG | "config" => &mut config,
+            ADAPTER_WEIGHTS | "weights" => &mut weights,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unexpected part {other:?}: send {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+                )));
+            }
+        };
+        *slot = Some(field.bytes().await.map_err(multipart_error)?);
+    }
+    // Checked after the body is read, so that the client gets this answer rather than a
+    // connection closed under its upload.
+    crate::check_adapter_name(&name)?;
+    let (Some(config), Some(weights)) = (config, weights) else {
+        return Err(ApiError::invalid(format!(
+            "an adapter upload needs both {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+        )));
+    };
+    let existed = s.service.adapters()?.iter().any(|a| a.name == name);
+    let info = s.service.install_adapter(&name, config, weights).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json(status, &info_json(&s.model_id, &info)))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!("the upload is too large: {}", e.body_text()))
+    } else {
+        ApiError::invalid(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+pub(super) async fn delete(
+    s: State,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    if s.service.delete_adapter(&name).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "adapter_not_found",
+            format!("no adapter named {name:?}"),
+        ))
+    }
+}

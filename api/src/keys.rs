@@ -320,7 +320,7 @@ mod tests {
             assert_eq!(keys.verify(junk).await.unwrap(), None, "{junk}");
         }
         assert!(rec.allows("docs") && !rec.allows("other"));
-        assert_eq!(keys.list().await.unwrap(), [rec.clone()]);
+        assert_eq!(keys.list().await.unwrap(), std::slice::from_ref(&rec));
         assert!(keys.revoke(&rec.id).await.unwrap());
         assert_eq!(keys.verify(&token).await.unwrap(), None);
         assert!(!keys.revoke(&rec.id).await.unwrap());

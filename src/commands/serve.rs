@@ -107,6 +107,17 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         );
     }
     println!("Ctrl-C stops the server");
+    if queued > 0 {
+        let service = service.clone();
+        tokio::spawn(async move {
+            while service.ingest_backlog() > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            println!(
+                "ingestion done: the documents are searchable; the curl line above answers from them"
+            );
+        });
+    }
     serve(listener, app, shutdown_signal(), grace).await?;
     tracing::info!("shutting down: finishing the ingestion batch under way");
     let _ = stop_tx.send(true);

@@ -3,6 +3,7 @@
 
 mod adapters;
 mod auth;
+mod browser;
 mod common;
 mod config;
 mod crash;

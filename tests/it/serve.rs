@@ -524,6 +524,39 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
             .any(|p| p["source"] == "hostile.md")
     );
 
+    // Metrics: per-route counts and latency, generation histograms, engine and ingestion
+    // gauges, documents by status; Prometheus text format.
+    let r = s.get("/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let m = String::from_utf8(r.body).unwrap();
+    for needle in [
+        "hearth_http_requests_total{route=\"/v1/collections/{c}/ask\",method=\"POST\",status=\"200\"} ",
+        "hearth_http_request_duration_seconds_bucket{route=\"/v1/collections/{c}/ask\",le=\"+Inf\"} ",
+        "hearth_ttft_seconds_count{endpoint=\"ask\"} ",
+        "hearth_generation_tokens_per_second_count{endpoint=\"ask\"} ",
+        "hearth_generation_queue_depth 0",
+        "hearth_kv_blocks_used ",
+        "hearth_kv_blocks_total ",
+        "hearth_ingest_backlog 0",
+        "hearth_documents{collection=\"docs\",status=\"indexed\"} 3",
+    ] {
+        assert!(m.contains(needle), "{needle} missing from\n{m}");
+    }
+    let asks: u64 = m
+        .lines()
+        .find(|l| l.starts_with("hearth_ttft_seconds_count{endpoint=\"ask\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(asks, 3, "two answers plus the injection probe: {m}");
+
     // The CLI, against this server.
     let out = node
         .command()

@@ -68,10 +68,13 @@ impl Histogram {
 }
 
 /// What the server counts.
+/// Documents by (collection, status).
+type DocCounts = BTreeMap<(String, &'static str), u64>;
+
 #[derive(Default)]
 pub(crate) struct Metrics {
     inner: Mutex<Inner>,
-    doc_counts: tokio::sync::Mutex<Option<(Instant, BTreeMap<(String, &'static str), u64>)>>,
+    doc_counts: tokio::sync::Mutex<Option<(Instant, DocCounts)>>,
 }
 
 #[derive(Default)]
@@ -227,7 +230,7 @@ pub(super) async fn metrics(s: State) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
-async fn doc_counts(s: &State) -> Result<BTreeMap<(String, &'static str), u64>, ApiError> {
+async fn doc_counts(s: &State) -> Result<DocCounts, ApiError> {
     let mut cache = s.metrics.doc_counts.lock().await;
     if let Some((at, counts)) = cache.as_ref()
         && at.elapsed() < DOC_COUNTS_TTL

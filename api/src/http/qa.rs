@@ -52,7 +52,10 @@ fn meta_value(key: &str, v: &serde_json::Value) -> Result<MetaValue, ApiError> {
             .as_f64()
             .map(MetaValue::Number)
             .ok_or_else(|| ApiError::invalid(format!("filter {key:?}: number out of range"))),
-        other => Err(ApiError::invalid(format!(
+        other @ (serde_json::Value::Null
+        | serde_json::Value::Bool(_)
+        | serde_json::Value::Array(_)
+        | serde_json::Value::Object(_)) => Err(ApiError::invalid(format!(
             "filter {key:?}: values are strings or numbers, got {other}"
         ))),
     }
@@ -67,7 +70,12 @@ fn condition(key: String, v: serde_json::Value) -> Result<Condition, ApiError> {
                 .map(|x| x.as_str().map(str::to_owned))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| ApiError::invalid("filter doc_id: a list of document ids"))?,
-            _ => return Err(ApiError::invalid("filter doc_id: a list of document ids")),
+            serde_json::Value::Null
+            | serde_json::Value::Bool(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::Object(_) => {
+                return Err(ApiError::invalid("filter doc_id: a list of document ids"));
+            }
         };
         let ids = ids
             .iter()

@@ -754,3 +754,112 @@ async fn an_acknowledged_upload_survives_kill_9() {
     found.dedup();
     assert_eq!(found.len(), 4, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_matches_the_routes() {
+    let node = Node::new(Backend::Local);
+    let s = node.serve(&[]).await;
+    // Public, like the docs page and the web page.
+    let r = s.get("/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["scheme"],
+        "bearer"
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    let mut ops = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_some() {
+                ops.push((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    for expected in [
+        ("post", "/v1/collections"),
+        ("delete", "/v1/collections/{c}"),
+        ("post", "/v1/collections/{c}/documents"),
+        ("get", "/v1/collections/{c}/documents/{id}/raw"),
+        ("post", "/v1/collections/{c}/ask"),
+        ("post", "/v1/chat/completions"),
+        ("post", "/v1/embeddings"),
+        ("put", "/v1/adapters/{name}"),
+        ("get", "/metrics"),
+        ("get", "/readyz"),
+    ] {
+        assert!(
+            ops.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} missing from {ops:?}"
+        );
+    }
+    assert_eq!(ops.len(), 20, "{ops:?}");
+    let ask = &paths["/v1/collections/{c}/ask"]["post"];
+    let schema = ask["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .unwrap();
+    let name = schema.rsplit('/').next().unwrap();
+    let props = &doc["components"]["schemas"][name]["properties"];
+    for field in [
+        "question", "history", "top_k", "filter", "adapter", "sampling", "stream",
+    ] {
+        assert!(props.get(field).is_some(), "{field} missing from {props}");
+    }
+    // Every documented operation is routed: without a key it is refused by authentication
+    // (or answered, for the public ones), never "no route" or "method not allowed".
+    let id = "ab".repeat(32);
+    for (method, path) in &ops {
+        let url = format!(
+            "{}{}",
+            s.url,
+            path.replace("{c}", "c")
+                .replace("{id}", &id)
+                .replace("{name}", "a")
+        );
+        let req = match method.as_str() {
+            "get" => s.client.get(url),
+            "post" => s.client.post(url),
+            "put" => s.client.put(url),
+            _ => s.client.delete(url),
+        };
+        let r = s.send(req).await;
+        let public = path == "/healthz" || path == "/readyz";
+        if public {
+            assert_eq!(r.status, 200, "{method} {path}");
+        } else {
+            r.error(401, "unauthorized");
+        }
+        let op = &paths[path][method.as_str()];
+        let open = op["security"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x.as_object().unwrap().is_empty()));
+        assert_eq!(open, public, "{method} {path}: documented security");
+    }
+    let page = s.get("/docs").await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("/openapi.json"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_over_its_time_limit_gets_504_and_frees_the_engine() {
+    let node = Node::new(Backend::Local).env("HEARTH__SERVER__REQUEST_TIMEOUT_SECS", "1");
+    let s = node.serve(&["--open"]).await;
+    let chat = json!({
+        "model": "SmolLM2-135M-Instruct.Q4_1", "max_tokens": 2000, "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a very long essay about the history of bridges."}],
+    });
+    let r = s.post_json("/v1/chat/completions", &chat).await;
+    let m = r.error(504, "timeout");
+    assert!(m.contains("1 s"), "{m}");
+    // The abandoned generation was cancelled: the engine drains to idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = String::from_utf8(s.get("/metrics").await.body).unwrap();
+        if m.contains("hearth_generation_running 0\n") && m.contains("hearth_kv_blocks_used 0\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

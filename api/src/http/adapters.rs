@@ -9,7 +9,7 @@ use hearth_engine::AdapterInfo;
 
 use super::State;
 use super::auth::Caller;
-use super::error::{ApiError, json};
+use super::error::{ApiError, ErrorBody, json};
 use crate::keys::Role;
 use crate::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
@@ -26,6 +26,9 @@ fn info_json(model: &str, a: &AdapterInfo) -> serde_json::Value {
     })
 }
 
+/// The registered LoRA adapters.
+#[utoipa::path(get, path = "/v1/adapters", tag = "adapters",
+    responses((status = 200, description = "`{adapters: [{name, model, rank, alpha, modules, parameters, base_model, resident}]}`", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn list(s: State) -> Result<Response, ApiError> {
     let mut list = s.service.adapters()?;
     list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -33,8 +36,26 @@ pub(super) async fn list(s: State) -> Result<Response, ApiError> {
     Ok(json(StatusCode::OK, &serde_json::json!({"adapters": out})))
 }
 
+/// The two PEFT files of an adapter.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct AdapterForm {
+    /// `adapter_config.json`.
+    #[schema(value_type = String, format = Binary)]
+    adapter_config: Vec<u8>,
+    /// `adapter_model.safetensors`.
+    #[schema(value_type = String, format = Binary)]
+    adapter_model: Vec<u8>,
+}
+
 /// Multipart with two file parts, `adapter_config.json` and `adapter_model.safetensors` (the
 /// part names or their file names say which is which).
+#[utoipa::path(put, path = "/v1/adapters/{name}", tag = "adapters",
+    params(("name" = String, Path, description = "1-64 of A-Z a-z 0-9 . _ -, not starting with .")),
+    request_body(content = AdapterForm, content_type = "multipart/form-data"),
+    responses((status = 201, description = "registered", body = Object),
+        (status = 200, description = "replaced", body = Object),
+        (status = 422, description = "does not fit the model", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn upload(
     s: State,
     caller: Caller,
@@ -83,6 +104,11 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
+/// Unregisters an adapter and deletes its files (admin).
+#[utoipa::path(delete, path = "/v1/adapters/{name}", tag = "adapters",
+    params(("name" = String, Path, description = "adapter name")),
+    responses((status = 204, description = "deleted"),
+        (status = 404, description = "no such adapter", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn delete(
     s: State,
     caller: Caller,

@@ -8,17 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use super::State;
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, json};
+use super::error::{ApiError, ApiJson, ErrorBody, json};
 use crate::keys::Role;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     name: String,
 }
 
-#[derive(Serialize)]
-struct CollectionOut {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct CollectionOut {
     name: String,
     documents: usize,
     chunks: usize,
@@ -29,6 +29,10 @@ pub(super) fn name(raw: &str) -> Result<CollectionName, ApiError> {
     CollectionName::new(raw).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
+/// Creates a collection (200 when it already exists).
+#[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateBody,
+    responses((status = 201, description = "created", body = CollectionOut),
+        (status = 200, description = "already there", body = CollectionOut), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn create(
     s: State,
     caller: Caller,
@@ -52,6 +56,9 @@ pub(super) async fn create(
     Ok(json(status, &out))
 }
 
+/// Lists the collections this key may see.
+#[utoipa::path(get, path = "/v1/collections", tag = "collections",
+    responses((status = 200, description = "`{\"collections\": [{\"name\"}]}`", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn list(s: State, caller: Caller) -> Result<Response, ApiError> {
     let names = s.service.collections().await?;
     let out: Vec<serde_json::Value> = names
@@ -65,6 +72,10 @@ pub(super) async fn list(s: State, caller: Caller) -> Result<Response, ApiError>
     ))
 }
 
+/// A collection's document and chunk counts.
+#[utoipa::path(get, path = "/v1/collections/{c}", tag = "collections", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
+    responses((status = 200, description = "the collection", body = CollectionOut),
+        (status = 404, description = "no such collection", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn get(
     s: State,
     caller: Caller,
@@ -84,6 +95,10 @@ pub(super) async fn get(
     ))
 }
 
+/// Deletes a collection and everything under it (admin).
+#[utoipa::path(delete, path = "/v1/collections/{c}", tag = "collections", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
+    responses((status = 200, description = "deleted", body = Object),
+        (status = 404, description = "no such collection", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn delete(
     s: State,
     caller: Caller,

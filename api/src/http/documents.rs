@@ -17,13 +17,14 @@ use serde::{Deserialize, Serialize};
 use super::State;
 use super::auth::Caller;
 use super::collections::name;
-use super::error::{ApiError, json, parse_json};
+use super::error::{ApiError, ErrorBody, json, parse_json};
 use crate::keys::Role;
 
 /// Longest accepted source name, in bytes.
 const MAX_SOURCE_BYTES: usize = 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UploadQuery {
     /// The document's name (raw uploads; multipart takes the file name).
@@ -33,7 +34,7 @@ pub(super) struct UploadQuery {
 }
 
 /// A document as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct DocOut<'a> {
     id: String,
     collection: &'a str,
@@ -51,6 +52,7 @@ pub(super) struct DocOut<'a> {
     chunks: Option<u32>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
+    #[schema(value_type = Object)]
     metadata: &'a Metadata,
     created_ms: u64,
     updated_ms: u64,
@@ -112,6 +114,29 @@ fn source_name(raw: &str) -> Result<String, ApiError> {
     Ok(s.to_owned())
 }
 
+/// A multipart document upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct UploadForm {
+    /// The document; its file name is the document name.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// User metadata, a JSON object of strings and numbers.
+    metadata: Option<String>,
+    /// A document name other than the file name.
+    source: Option<String>,
+}
+
+/// Uploads a document (multipart, or a raw body with `?source=`); it is stored before the 202
+/// and processed in the background.
+#[utoipa::path(post, path = "/v1/collections/{c}/documents", tag = "documents",
+    params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), UploadQuery),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 202, description = "stored and queued: `{id, status_url, ...}`", body = Object),
+        (status = 200, description = "the same bytes are already there", body = DocOut),
+        (status = 413, description = "too large", body = ErrorBody),
+        (status = 415, description = "unsupported format", body = ErrorBody),
+        (status = 503, description = "ingestion backlog full", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn upload(
     s: State,
     caller: Caller,
@@ -266,15 +291,22 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// Only documents in this state: queued, extracting, chunked, embedded, indexed, failed.
     status: Option<String>,
+    /// Page size, 1-1000 (default 100).
     limit: Option<usize>,
     /// The id of the last document of the previous page.
     after: Option<String>,
 }
 
+/// Lists documents by id, 1-1000 per page (`after` = the last id of the previous page).
+#[utoipa::path(get, path = "/v1/collections/{c}/documents", tag = "documents",
+    params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), ListQuery),
+    responses((status = 200, description = "`{documents: [...], next_after}`", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn list(
     s: State,
     caller: Caller,
@@ -345,6 +377,11 @@ async fn record(s: &State, caller: &Caller, c: &str, id: &str) -> Result<DocReco
         .ok_or_else(|| ApiError::not_found(format!("document {id} does not exist in {c}")))
 }
 
+/// A document's status (with the reason when it failed) and details.
+#[utoipa::path(get, path = "/v1/collections/{c}/documents/{id}", tag = "documents",
+    params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), ("id" = String, Path, description = "document id: SHA-256 of its bytes, 64 hex digits")),
+    responses((status = 200, description = "the document", body = DocOut),
+        (status = 404, description = "no such document", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn get(
     s: State,
     caller: Caller,
@@ -354,6 +391,11 @@ pub(super) async fn get(
     Ok(json(StatusCode::OK, &doc_out(&rec)))
 }
 
+/// Downloads a document's original bytes.
+#[utoipa::path(get, path = "/v1/collections/{c}/documents/{id}/raw", tag = "documents",
+    params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), ("id" = String, Path, description = "document id: SHA-256 of its bytes, 64 hex digits")),
+    responses((status = 200, description = "the bytes, with the detected media type", content_type = "application/octet-stream"),
+        (status = 404, description = "no such document", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn raw(
     s: State,
     caller: Caller,
@@ -393,6 +435,11 @@ pub(super) async fn raw(
     Ok(resp)
 }
 
+/// Deletes a document: its bytes, chunks and vectors.
+#[utoipa::path(delete, path = "/v1/collections/{c}/documents/{id}", tag = "documents",
+    params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), ("id" = String, Path, description = "document id: SHA-256 of its bytes, 64 hex digits")),
+    responses((status = 204, description = "deleted"),
+        (status = 404, description = "no such document", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn delete(
     s: State,
     caller: Caller,

@@ -162,6 +162,23 @@ fn internal(m: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
 }
 
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
+    /// payload_too_large, unsupported_media_type, rate_limited, overloaded, ...
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
 /// A JSON body: `Content-Type: application/json` required (415 otherwise), the size limit of
 /// the route applies (413), and a body that does not parse names the offending field (400).
 pub struct ApiJson<T>(pub T);

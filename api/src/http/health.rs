@@ -4,12 +4,19 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::State;
-use super::error::{ApiError, json};
+use super::error::{ApiError, ErrorBody, json};
 
+/// The process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
 pub(super) async fn healthz() -> Response {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
+/// Models loaded and the object store reachable.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "ready", body = Object),
+        (status = 503, description = "not ready", body = ErrorBody)))]
 pub(super) async fn readyz(s: State) -> Result<Response, ApiError> {
     let generator = s
         .service

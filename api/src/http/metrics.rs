@@ -134,6 +134,9 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "metrics", content_type = "text/plain")))]
 pub(super) async fn metrics(s: State) -> Result<Response, ApiError> {
     let docs = doc_counts(&s).await?;
     let mut out = String::with_capacity(8192);

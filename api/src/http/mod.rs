@@ -23,9 +23,12 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -153,40 +156,22 @@ pub fn router(parts: ServerParts) -> Router {
         model_id: parts.model_id,
         embedding_model_id: parts.embedding_model_id,
     });
-    let uploads = Router::new()
-        .route(
-            "/v1/collections/{c}/documents",
-            post(documents::upload).get(documents::list),
-        )
-        .route(
-            "/v1/adapters/{name}",
-            axum::routing::put(adapters::upload).delete(adapters::delete),
-        )
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(documents::upload, documents::list))
+        .routes(routes!(adapters::upload, adapters::delete))
         .layer(DefaultBodyLimit::max(upload_limit));
-    let api = Router::new()
-        .route(
-            "/v1/collections",
-            post(collections::create).get(collections::list),
-        )
-        .route(
-            "/v1/collections/{c}",
-            get(collections::get).delete(collections::delete),
-        )
-        .route(
-            "/v1/collections/{c}/documents/{id}",
-            get(documents::get).delete(documents::delete),
-        )
-        .route(
-            "/v1/collections/{c}/documents/{id}/raw",
-            get(documents::raw),
-        )
-        .route("/v1/collections/{c}/search", post(qa::search))
-        .route("/v1/collections/{c}/ask", post(qa::ask))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/models", get(openai::models))
-        .route("/v1/adapters", get(adapters::list))
-        .route("/metrics", get(metrics::metrics))
+    let api = OpenApiRouter::new()
+        .routes(routes!(collections::create, collections::list))
+        .routes(routes!(collections::get, collections::delete))
+        .routes(routes!(documents::get, documents::delete))
+        .routes(routes!(documents::raw))
+        .routes(routes!(qa::search))
+        .routes(routes!(qa::ask))
+        .routes(routes!(openai::chat_completions))
+        .routes(routes!(openai::embeddings))
+        .routes(routes!(openai::models))
+        .routes(routes!(adapters::list))
+        .routes(routes!(metrics::metrics))
         .layer(DefaultBodyLimit::max(json_limit));
     let protected = api
         .merge(uploads)
@@ -194,12 +179,29 @@ pub fn router(parts: ServerParts) -> Router {
             state.clone(),
             auth::authenticate,
         ));
-    let public = Router::new()
-        .route("/", get(web_page))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
-    protected
+    let public = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz));
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(protected)
         .merge(public)
+        .split_for_parts();
+    let doc: Arc<str> = doc.to_pretty_json().unwrap_or_default().into();
+    router
+        .route("/", get(web_page))
+        .route("/docs", get(docs_page))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -210,6 +212,61 @@ pub fn router(parts: ServerParts) -> Router {
             deadline(timeout, req, next)
         }))
         .with_state(state)
+}
+
+/// The OpenAPI document's frame; the paths come from the handlers' annotations, collected by
+/// the same router that serves them.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "hearth",
+        description = "A residency-bound RAG appliance: documents, hybrid search, grounded answers with citations, OpenAI-compatible endpoints. Every error is `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "collections"), (name = "documents"), (name = "search", description = "search and grounded answers"),
+        (name = "openai", description = "OpenAI-compatible endpoints"), (name = "adapters", description = "LoRA adapters"),
+        (name = "operations"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the bearer-key scheme and requires it everywhere (health checks opt out).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        doc.security = Some(vec![SecurityRequirement::new(
+            "api_key",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// A page that renders `/openapi.json` (no external resources).
+async fn docs_page() -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/html; charset=utf-8",
+            ),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("web/docs.html"),
+    )
+        .into_response()
 }
 
 /// The web page: one self-contained HTML file compiled into the binary.

@@ -14,7 +14,7 @@ use hearth_engine::{ChatMessage, GenerationEvent, Priority, Prompt, SamplingPara
 use serde::Deserialize;
 
 use super::State;
-use super::error::{ApiError, ApiJson, json};
+use super::error::{ApiError, ApiJson, ErrorBody, json};
 use super::qa::finish_name;
 
 /// Most texts one embeddings request may carry.
@@ -42,6 +42,9 @@ fn model_not_found(model: &str) -> ApiError {
     )
 }
 
+/// The generator, each `generator:adapter`, and the embedding model.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "OpenAI model list", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn models(s: State) -> Response {
     let created = now_secs();
     let entry = |id: &str| serde_json::json!({"id": id, "object": "model", "created": created, "owned_by": "hearth"});
@@ -95,13 +98,17 @@ struct StreamOptions {
 
 /// The request body. Fields OpenAI defines that hearth has no use for (`user`, `logprobs`
 /// set to false, ...) are ignored; ones it cannot honour are refused by name.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ChatBody {
+    /// The generator's id, or `generator:adapter`.
     model: String,
+    /// `[{"role": "system"|"developer"|"user"|"assistant", "content": text or text parts}]`.
+    #[schema(value_type = Vec<Object>)]
     messages: Vec<MessageIn>,
     #[serde(default)]
     stream: bool,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     stream_options: Option<StreamOptions>,
     max_tokens: Option<usize>,
     max_completion_tokens: Option<usize>,
@@ -113,11 +120,13 @@ pub(super) struct ChatBody {
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
     seed: Option<u64>,
+    #[schema(value_type = Option<Object>)]
     stop: Option<Stop>,
     n: Option<u32>,
     #[serde(default)]
     logprobs: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     tools: Option<serde_json::Value>,
 }
 
@@ -193,6 +202,11 @@ impl ChatBody {
     }
 }
 
+/// OpenAI chat completions, streamed (`stream: true`) or not.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatBody,
+    responses((status = 200, description = "`chat.completion`, or `chat.completion.chunk` events then `[DONE]`", body = Object),
+        (status = 404, description = "unknown model or adapter", body = ErrorBody),
+        (status = 503, description = "generation queue full", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn chat_completions(
     s: State,
     ApiJson(body): ApiJson<ChatBody>,
@@ -330,9 +344,12 @@ enum EmbedInput {
     Many(Vec<String>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct EmbedBody {
+    /// The embedding model's id.
     model: String,
+    /// A text or a list of up to 2048 texts.
+    #[schema(value_type = Object)]
     input: EmbedInput,
     #[serde(default)]
     encoding_format: Option<String>,
@@ -340,6 +357,10 @@ pub(super) struct EmbedBody {
     dimensions: Option<usize>,
 }
 
+/// OpenAI embeddings (`float` or `base64`).
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbedBody,
+    responses((status = 200, description = "OpenAI embedding list", body = Object),
+        (status = 404, description = "unknown model", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn embeddings(
     s: State,
     ApiJson(body): ApiJson<EmbedBody>,

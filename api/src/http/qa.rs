@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::State;
 use super::auth::Caller;
 use super::collections::name;
-use super::error::{ApiError, ApiJson, json};
+use super::error::{ApiError, ApiJson, ErrorBody, json};
 use crate::keys::Role;
 use crate::{AnswerSource, Answering, AskRequest, SearchQuery, cite};
 
@@ -135,20 +135,26 @@ fn default_top_k() -> usize {
     10
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SearchBody {
+    /// What to look for, in the user's words.
     query: String,
+    /// Hits wanted, 1-1000 (default 10).
     #[serde(default = "default_top_k")]
     top_k: usize,
+    /// `dense`, `bm25` or `hybrid` (default).
     #[serde(default)]
+    #[schema(value_type = String)]
     mode: SearchMode,
+    /// Metadata conditions, all required: `{"key": value, "key": {"in": [..]}, "key": {"gte": n}, "doc_id": [..]}`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     filter: FilterIn,
 }
 
 /// A chunk as search and citations show it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct HitOut<'a> {
     doc_id: String,
     chunk_id: String,
@@ -163,6 +169,7 @@ pub(super) struct HitOut<'a> {
     /// Start and end of the passage in the document's text, in characters.
     span: [u64; 2],
     text: &'a str,
+    #[schema(value_type = Object)]
     metadata: &'a hearth_index::Metadata,
 }
 
@@ -181,6 +188,11 @@ fn hit_out(h: &Hit) -> HitOut<'_> {
     }
 }
 
+/// Ranked chunks for a query: hybrid (default), dense or BM25, with metadata filters.
+#[utoipa::path(post, path = "/v1/collections/{c}/search", tag = "search", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
+    request_body = SearchBody,
+    responses((status = 200, description = "`{hits: [chunk + rank, score, dense, bm25], timings}`", body = Object),
+        (status = 404, description = "no such collection", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn search(
     s: State,
     caller: Caller,
@@ -230,20 +242,34 @@ pub(super) async fn search(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AskBody {
+    /// The question.
     question: String,
+    /// Earlier turns, `[{"role": "user"|"assistant", "content"}]`, oldest first.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     history: Vec<ChatMessage>,
+    /// Passages to retrieve (default `ask.top_k`), 1-64.
     top_k: Option<usize>,
+    /// `dense`, `bm25` or `hybrid` (default).
     #[serde(default)]
+    #[schema(value_type = String)]
     mode: SearchMode,
+    /// Metadata conditions, as in search.
     #[serde(default)]
+    #[schema(value_type = Object)]
     filter: FilterIn,
+    /// Lowest question-passage cosine of a relevant passage (default `ask.min_similarity`).
     min_similarity: Option<f32>,
+    /// A registered LoRA adapter to answer with.
     adapter: Option<String>,
+    /// temperature, top_k, top_p, min_p, repetition/presence/frequency penalties, seed,
+    /// max_tokens, stop, stop_token_ids (default: greedy, `ask.max_tokens`).
+    #[schema(value_type = Option<Object>)]
     sampling: Option<SamplingParams>,
+    /// Server-Sent Events: `passages`, `token`..., then `done` or `error`.
     #[serde(default)]
     stream: bool,
 }
@@ -321,6 +347,12 @@ pub(super) fn finish_name(r: FinishReason) -> &'static str {
     }
 }
 
+/// A grounded answer with `[n]` citations mapped to the passages it was given.
+#[utoipa::path(post, path = "/v1/collections/{c}/ask", tag = "search", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
+    request_body = AskBody,
+    responses((status = 200, description = "`{answer, grounded, citations, passages, finish_reason, usage, timings}`, or with `stream: true` an event stream", body = Object),
+        (status = 404, description = "no such collection or adapter", body = ErrorBody),
+        (status = 503, description = "generation queue full", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn ask(
     s: State,
     caller: Caller,

@@ -193,9 +193,7 @@ impl Service {
             .into_iter()
             .filter(|h| match req.mode {
                 SearchMode::Bm25 => true,
-                SearchMode::Dense | SearchMode::Hybrid => {
-                    h.dense.is_some_and(|(_, cos)| cos >= min_similarity)
-                }
+                SearchMode::Dense | SearchMode::Hybrid => relevant(h, min_similarity),
             })
             .collect();
         if relevant.is_empty() {
@@ -230,6 +228,20 @@ impl Service {
             retrieval_ms,
             answer: AnswerSource::Generated(generation),
         })
+    }
+}
+
+/// Whether a hit is relevant enough to be shown to the model: its question cosine reaches
+/// `min_similarity`, or both retrievers rank it among their best three and its cosine reaches
+/// half of `min_similarity` (a passage that says the same thing in other words than the
+/// question, found by its words, scores lower with a small embedding model).
+fn relevant(h: &Hit, min_similarity: f32) -> bool {
+    match (h.dense, h.bm25) {
+        (Some((_, cos)), _) if cos >= min_similarity => true,
+        (Some((dense_rank, cos)), Some((bm25_rank, _))) => {
+            dense_rank <= 3 && bm25_rank <= 3 && cos >= min_similarity / 2.0
+        }
+        _ => false,
     }
 }
 
@@ -344,37 +356,41 @@ fn build_prompt(
 pub fn cited(answer: &str, passages: usize) -> Vec<usize> {
     let mut out = Vec::new();
     let mut rest = answer;
-    while let Some(open) = rest.find('[') {
-        rest = &rest[open + 1..];
-        let Some(close) = rest.find(']') else { break };
-        let inner = &rest[..close];
-        if inner.len() <= 32
-            && !inner.is_empty()
-            && inner
+    // Each `]` closes the nearest `[` before it, so `[[2]]` is a citation of 2.
+    while let Some(close) = rest.find(']') {
+        let head = &rest[..close];
+        rest = &rest[close + 1..];
+        let Some(open) = head.rfind('[') else {
+            continue;
+        };
+        let inner = &head[open + 1..];
+        if inner.is_empty()
+            || inner.len() > 32
+            || !inner
                 .chars()
                 .all(|c| c.is_ascii_digit() || matches!(c, ',' | ' ' | '-' | '–'))
         {
-            for part in inner.split(',') {
-                let part = part.trim();
-                let range = part
-                    .split_once(['-', '–'])
-                    .map(|(a, b)| (a.trim().parse::<usize>(), b.trim().parse::<usize>()));
-                let (a, b) = match range {
-                    Some((Ok(a), Ok(b))) if a <= b && b - a < 64 => (a, b),
-                    Some(_) => continue,
-                    None => match part.parse::<usize>() {
-                        Ok(n) => (n, n),
-                        Err(_) => continue,
-                    },
-                };
-                for n in a..=b {
-                    if (1..=passages).contains(&n) && !out.contains(&n) {
-                        out.push(n);
-                    }
+            continue;
+        }
+        for part in inner.split(',') {
+            let part = part.trim();
+            let range = part
+                .split_once(['-', '–'])
+                .map(|(a, b)| (a.trim().parse::<usize>(), b.trim().parse::<usize>()));
+            let (a, b) = match range {
+                Some((Ok(a), Ok(b))) if a <= b && b - a < 64 => (a, b),
+                Some(_) => continue,
+                None => match part.parse::<usize>() {
+                    Ok(n) => (n, n),
+                    Err(_) => continue,
+                },
+            };
+            for n in a..=b {
+                if (1..=passages).contains(&n) && !out.contains(&n) {
+                    out.push(n);
                 }
             }
         }
-        rest = &rest[close..];
     }
     out
 }
@@ -622,6 +638,21 @@ mod tests {
         // Nothing in common: no citation.
         assert_eq!(cite("Bananas are yellow.", &passages).1, []);
         assert_eq!(sentences("a. b\n\nc"), ["a. ", "b\n\n", "c"]);
+    }
+
+    #[test]
+    fn relevance_needs_similarity_or_agreement() {
+        let with = |dense: Option<(u32, f32)>, bm25: Option<(u32, f32)>| Hit {
+            dense,
+            bm25,
+            ..hit("x")
+        };
+        assert!(relevant(&with(Some((1, 0.3)), None), 0.2));
+        assert!(!relevant(&with(Some((1, 0.15)), None), 0.2));
+        assert!(relevant(&with(Some((3, 0.15)), Some((1, 9.0))), 0.2));
+        assert!(!relevant(&with(Some((4, 0.15)), Some((1, 9.0))), 0.2));
+        assert!(!relevant(&with(Some((2, 0.05)), Some((1, 9.0))), 0.2));
+        assert!(!relevant(&with(None, Some((1, 9.0))), 0.2));
     }
 
     #[test]

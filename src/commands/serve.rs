@@ -106,6 +106,15 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
             args.collection
         );
     }
+    if !cfg.server.open
+        && !hearth_api::keys::KeyStore::new(service.store().clone())
+            .any()
+            .await?
+    {
+        println!(
+            "no API keys yet: /v1 requests get 401 until you create one (hearth keys create --name NAME --role admin), or serve with --open on loopback"
+        );
+    }
     println!("Ctrl-C stops the server");
     if queued > 0 {
         let service = service.clone();

@@ -67,6 +67,7 @@ async fn upload(s: &Server, key: &str, c: &str, text: &str) -> Reply {
 async fn roles_and_collections_decide_what_a_key_may_do() {
     let node = Node::new(Backend::Local);
     let s = node.serve(&[]).await;
+    assert!(s.banner.contains("no API keys yet"), "{}", s.banner);
 
     // No key, a malformed header, an unknown key: 401 with a challenge.
     let r = call(&s, None, "GET", "/v1/collections", None).await;

@@ -43,6 +43,9 @@ enum Command {
     Search(commands::search::SearchArgs),
     /// Answer a question from a collection, with its sources (embedded or via --server).
     Ask(commands::ask::AskArgs),
+    /// Check the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
     /// Manage API keys: create, list, revoke.
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Docs(args) => commands::docs::run(cfg, args).await,
             Command::Search(args) => commands::search::run(cfg, args).await,
             Command::Ask(args) => commands::ask::run(cfg, args).await,
+            Command::Audit(cmd) => commands::audit::run(cfg, cmd).await,
             Command::Keys(cmd) => commands::keys::run(cfg, cmd).await,
             Command::Serve(args) => commands::serve::run(cfg, args).await,
             Command::Delete(args) => commands::manage::delete(cfg, args).await,

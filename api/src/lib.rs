@@ -7,6 +7,7 @@
 //! same methods. Nothing depends on this crate but the `hearth` binary.
 #![warn(missing_docs)]
 
+pub mod audit;
 mod error;
 pub mod http;
 pub mod keys;

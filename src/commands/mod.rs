@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod ask;
+pub mod audit;
 pub mod docs;
 pub mod ingest;
 pub mod keys;

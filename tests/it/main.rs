@@ -2,6 +2,7 @@
 //! stores (a local directory and a SeaweedFS S3 server).
 
 mod adapters;
+mod audit;
 mod auth;
 mod browser;
 mod common;

@@ -202,8 +202,10 @@ pub(crate) async fn authenticate(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    req.extensions_mut().insert(caller);
-    let resp = next.run(req).await;
+    req.extensions_mut().insert(caller.clone());
+    let mut resp = next.run(req).await;
+    // For the audit log, which sees the response.
+    resp.extensions_mut().insert(caller);
     resp.map(|body| {
         Body::new(Guarded {
             inner: body,

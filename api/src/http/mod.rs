@@ -5,6 +5,7 @@
 //! that do not stream are cut off after `server.request_timeout_secs` (504).
 
 mod adapters;
+mod audit;
 mod auth;
 mod collections;
 mod documents;
@@ -33,6 +34,7 @@ use utoipa_axum::routes;
 pub use error::ApiError;
 
 use crate::Service;
+use crate::audit::AuditLog;
 use crate::error::{Result, ServiceError};
 use crate::keys::KeyStore;
 
@@ -56,6 +58,8 @@ pub struct ServerConfig {
     pub rate_per_minute: u32,
     /// Requests in flight at once per key, streams included (a key's own limit overrides it).
     pub concurrency_per_key: u32,
+    /// Record the query text of searches and questions in the audit log.
+    pub audit_queries: bool,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             open: false,
             rate_per_minute: 600,
             concurrency_per_key: 32,
+            audit_queries: false,
         }
     }
 }
@@ -110,6 +115,7 @@ pub(crate) struct AppState {
     pub service: Arc<Service>,
     pub keys: KeyStore,
     pub metrics: metrics::Metrics,
+    pub audit: AuditLog,
     pub limits: auth::Limits,
     pub config: ServerConfig,
     /// Largest accepted document, in bytes.
@@ -146,6 +152,7 @@ pub fn router(parts: ServerParts) -> Router {
     let state = Arc::new(AppState {
         keys: KeyStore::new(parts.service.store().clone()),
         metrics: metrics::Metrics::default(),
+        audit: AuditLog::new(parts.service.store().clone()),
         limits: auth::Limits::new(
             parts.config.rate_per_minute,
             parts.config.concurrency_per_key,
@@ -178,6 +185,10 @@ pub fn router(parts: ServerParts) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
         ));
     let public = OpenApiRouter::new()
         .routes(routes!(health::healthz))

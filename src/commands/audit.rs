@@ -1,0 +1,35 @@
+//! `hearth audit verify`: walks the audit chain in the object store and reports the first
+//! edited, removed, inserted or reordered entry (exit 1), or that it is intact.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hearth_api::audit::AuditLog;
+use hearth_index::BlobStore;
+
+use crate::config::AppConfig;
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole chain.
+    Verify,
+}
+
+pub async fn run(cfg: AppConfig, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify => {
+            let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+            let v = AuditLog::new(store).verify().await?;
+            match v.problem {
+                None => {
+                    println!("audit log intact: {} entries", v.entries);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(p) => {
+                    println!("audit log BROKEN after {} good entries: {p}", v.entries);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

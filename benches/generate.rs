@@ -428,24 +428,8 @@ struct Settings {
 impl Settings {
     fn from_env() -> Self {
         let quick = common::quick();
-        let levels = std::env::var("HEARTH_BENCH_CONCURRENCY")
-            .ok()
-            .map(|v| {
-                v.split(',')
-                    .filter_map(|x| x.trim().parse().ok())
-                    .filter(|&n| (1..=SLOTS).contains(&n))
-                    .collect::<Vec<usize>>()
-            })
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| if quick { vec![1, 4] } else { vec![1, 4, 8, 16] });
-        let requests = match std::env::var("HEARTH_BENCH_REQUESTS") {
-            Ok(v) => match v.trim().strip_suffix('x') {
-                Some(k) => (k.trim().parse().unwrap_or(2).max(1), None),
-                None => (2, v.trim().parse().ok().filter(|&n: &usize| n > 0)),
-            },
-            Err(_) if quick => (1, None),
-            Err(_) => (2, None),
-        };
+        let levels = common::env_levels(SLOTS, if quick { &[1, 4] } else { &[1, 4, 8, 16] });
+        let requests = common::env_requests(if quick { 1 } else { 2 });
         Self {
             quick,
             prefill_reps: if quick { 1 } else { 3 },

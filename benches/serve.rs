@@ -242,23 +242,8 @@ struct Settings {
 impl Settings {
     fn from_env() -> Self {
         let quick = common::quick();
-        let levels = std::env::var("HEARTH_BENCH_CONCURRENCY")
-            .ok()
-            .map(|v| {
-                v.split(',')
-                    .filter_map(|x| x.trim().parse().ok())
-                    .filter(|&n: &usize| (1..=256).contains(&n))
-                    .collect::<Vec<usize>>()
-            })
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| if quick { vec![1, 2] } else { vec![1, 8, 32] });
-        let requests = match std::env::var("HEARTH_BENCH_REQUESTS") {
-            Ok(v) => match v.trim().strip_suffix('x') {
-                Some(k) => (k.trim().parse().unwrap_or(2).max(1), None),
-                None => (2, v.trim().parse().ok().filter(|&n: &usize| n > 0)),
-            },
-            Err(_) => (2, None),
-        };
+        let levels = common::env_levels(256, if quick { &[1, 2] } else { &[1, 8, 32] });
+        let requests = common::env_requests(2);
         let docs = std::env::var("HEARTH_BENCH_DOCS")
             .ok()
             .and_then(|v| v.trim().parse().ok())

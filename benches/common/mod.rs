@@ -805,3 +805,29 @@ pub fn http_sse(
     }
     Ok(status)
 }
+
+/// `HEARTH_BENCH_CONCURRENCY`: comma-separated concurrency levels in `1..=max`, else `default`.
+pub fn env_levels(max: usize, default: &[usize]) -> Vec<usize> {
+    std::env::var("HEARTH_BENCH_CONCURRENCY")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .filter(|&n: &usize| (1..=max).contains(&n))
+                .collect::<Vec<usize>>()
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// `HEARTH_BENCH_REQUESTS`: `Kx` (K requests per client) or a fixed count, as
+/// `(per_client, fixed)`; unset gives `(unset_per_client, None)`.
+pub fn env_requests(unset_per_client: usize) -> (usize, Option<usize>) {
+    match std::env::var("HEARTH_BENCH_REQUESTS") {
+        Ok(v) => match v.trim().strip_suffix('x') {
+            Some(k) => (k.trim().parse().unwrap_or(2).max(1), None),
+            None => (2, v.trim().parse().ok().filter(|&n: &usize| n > 0)),
+        },
+        Err(_) => (unset_per_client, None),
+    }
+}

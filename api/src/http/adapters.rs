@@ -9,7 +9,7 @@ use hearth_engine::AdapterInfo;
 
 use super::State;
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody, json};
+use super::error::{ApiError, ErrorBody, json, multipart_error};
 use crate::keys::Role;
 use crate::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
@@ -94,14 +94,6 @@ pub(super) async fn upload(
         StatusCode::CREATED
     };
     Ok(json(status, &info_json(&s.model_id, &info)))
-}
-
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(format!("the upload is too large: {}", e.body_text()))
-    } else {
-        ApiError::invalid(format!("malformed multipart body: {}", e.body_text()))
-    }
 }
 
 /// Unregisters an adapter and deletes its files (admin).

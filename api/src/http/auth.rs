@@ -66,6 +66,14 @@ impl Caller {
         }
     }
 
+    /// Parses a collection name from the request (400 when invalid) and requires at least
+    /// `role` on it (403).
+    pub fn collection(&self, raw: &str, role: Role) -> Result<CollectionName, ApiError> {
+        let c = super::collections::name(raw)?;
+        self.require_on(role, &c)?;
+        Ok(c)
+    }
+
     /// Whether the caller may see collection `c` at all.
     pub fn sees(&self, c: &CollectionName) -> bool {
         self.key.as_ref().is_none_or(|k| k.allows(c.as_str()))

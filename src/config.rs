@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hearth_api::AskConfig;
 use hearth_api::http::ServerConfig;
+use hearth_api::residency::ResidencyConfig;
 use hearth_engine::EngineConfig;
 use hearth_index::{IndexConfig, StorageConfig};
 use hearth_ingest::IngestConfig;
@@ -26,6 +27,8 @@ pub struct AppConfig {
     pub server: ServerConfig,
     /// Grounded answers.
     pub ask: AskConfig,
+    /// The node's jurisdiction.
+    pub residency: ResidencyConfig,
 }
 
 /// A configuration problem: reported as one line, exit code 2.
@@ -93,6 +96,9 @@ impl AppConfig {
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         cfg.ask
             .validate()
+            .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
+        cfg.residency
+            .validate(&cfg.storage)
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         Ok(cfg)
     }

@@ -49,6 +49,8 @@ enum Command {
     /// Manage API keys: create, list, revoke.
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
+    /// Report jurisdiction, storage, egress, model digests, encryption and build.
+    Residency(commands::residency::ResidencyArgs),
     /// Run the HTTP API (REST, OpenAI-compatible endpoints) with background ingestion.
     Serve(commands::serve::ServeArgs),
     /// Delete documents: their bytes, chunks and vectors, from the store and the index.
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
             Command::Ask(args) => commands::ask::run(cfg, args).await,
             Command::Audit(cmd) => commands::audit::run(cfg, cmd).await,
             Command::Keys(cmd) => commands::keys::run(cfg, cmd).await,
+            Command::Residency(args) => commands::residency::run(cfg, args).await,
             Command::Serve(args) => commands::serve::run(cfg, args).await,
             Command::Delete(args) => commands::manage::delete(cfg, args).await,
             Command::Compact(args) => commands::manage::compact(cfg, args).await,

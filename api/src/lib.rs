@@ -11,6 +11,7 @@ pub mod audit;
 mod error;
 pub mod http;
 pub mod keys;
+pub mod residency;
 mod service;
 
 pub use error::{Result, ServiceError};

@@ -202,6 +202,27 @@ impl EngineConfig {
         self.resolve(&self.generator_model)
     }
 
+    /// The model files hearth reads, as (role, path): the embedding model's three files, and
+    /// with `generator` the GGUF plus any separate tokenizer or chat template.
+    pub fn model_files(&self, generator: bool) -> Vec<(String, PathBuf)> {
+        let dir = self.embedding_model_dir();
+        let mut out = vec![
+            ("embedding model".to_owned(), dir.join("model.safetensors")),
+            ("embedding config".to_owned(), dir.join("config.json")),
+            ("embedding tokenizer".to_owned(), dir.join("tokenizer.json")),
+        ];
+        if generator {
+            out.push(("generator".to_owned(), self.generator_model_path()));
+            if let Some(p) = &self.generator_tokenizer {
+                out.push(("generator tokenizer".to_owned(), self.resolve_path(p)));
+            }
+            if let Some(p) = &self.chat_template {
+                out.push(("chat template".to_owned(), self.resolve_path(p)));
+            }
+        }
+        out
+    }
+
     /// Reads the embedding model's `config.json` and locates its tokenizer.
     pub fn embedding_model_info(&self) -> Result<EmbeddingModelInfo> {
         let dir = self.embedding_model_dir();

@@ -16,6 +16,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::config::{S3Config, StorageBackend, StorageConfig};
+use crate::egress::{AllowlistConnector, Origin};
 use crate::error::{IndexError, Result};
 
 /// A handle on the object store. Cheap to clone; safe to share across tasks.
@@ -58,7 +59,8 @@ impl BlobStore {
     }
 
     /// A store in an S3-compatible bucket. Plain `http://` endpoints are allowed (a store on the
-    /// same host or a private network inside the jurisdiction).
+    /// same host or a private network inside the jurisdiction). Its HTTP client can reach the
+    /// endpoint's origin and nothing else (see `egress`).
     pub fn s3(cfg: &S3Config) -> Result<Self> {
         let region = if cfg.region.is_empty() {
             "us-east-1"
@@ -70,7 +72,10 @@ impl BlobStore {
             .with_bucket_name(&cfg.bucket)
             .with_region(region)
             .with_allow_http(cfg.endpoint.starts_with("http://"))
-            .with_virtual_hosted_style_request(false);
+            .with_virtual_hosted_style_request(false)
+            .with_http_connector(AllowlistConnector::new(vec![Origin::of_url(
+                &cfg.endpoint,
+            )?]));
         if cfg.access_key_id.is_empty() {
             builder = builder.with_skip_signature(true);
         } else {

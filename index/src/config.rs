@@ -58,6 +58,9 @@ pub struct S3Config {
     pub secret_access_key: String,
     /// Key prefix inside the bucket, so several deployments can share one bucket.
     pub prefix: String,
+    /// The jurisdiction the store's data stays in (any label, e.g. `eu`); must equal
+    /// `residency.jurisdiction` when that is set, or start-up is refused.
+    pub jurisdiction: String,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -69,6 +72,7 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
             .field("prefix", &self.prefix)
+            .field("jurisdiction", &self.jurisdiction)
             .finish()
     }
 }
@@ -101,6 +105,63 @@ impl StorageConfig {
             }
         }
         Ok(())
+    }
+
+    /// Checks the store against the node's jurisdiction: an S3 store must declare the same
+    /// label. The local backend is the node's own disk, inside the node's jurisdiction.
+    pub fn check_jurisdiction(&self, jurisdiction: &str) -> Result<()> {
+        if self.backend == StorageBackend::Local {
+            return Ok(());
+        }
+        let declared = self.s3.jurisdiction.trim();
+        if declared.is_empty() {
+            return Err(IndexError::InvalidInput(format!(
+                "storage.s3.jurisdiction is not declared for {}; residency.jurisdiction = {jurisdiction:?} requires every store to declare it",
+                self.s3.endpoint
+            )));
+        }
+        if declared != jurisdiction {
+            return Err(IndexError::InvalidInput(format!(
+                "storage.s3 at {} is in jurisdiction {declared:?}, but residency.jurisdiction = {jurisdiction:?}; refusing to store data there",
+                self.s3.endpoint
+            )));
+        }
+        Ok(())
+    }
+
+    /// The storage endpoints this configuration sends data to: `(backend, location,
+    /// declared jurisdiction)`; the local backend declares none of its own.
+    pub fn endpoints(&self) -> Vec<(&'static str, String, Option<String>)> {
+        match self.backend {
+            StorageBackend::Local => vec![(
+                "local",
+                self.data_dir.join("store").display().to_string(),
+                None,
+            )],
+            StorageBackend::S3 => {
+                let s3 = &self.s3;
+                let mut location = format!("{}/{}", s3.endpoint.trim_end_matches('/'), s3.bucket);
+                let prefix = s3.prefix.trim_matches('/');
+                if !prefix.is_empty() {
+                    location = format!("{location}/{prefix}");
+                }
+                let j = s3.jurisdiction.trim();
+                vec![("s3", location, (!j.is_empty()).then(|| j.to_owned()))]
+            }
+        }
+    }
+
+    /// The origins (`scheme://host:port`) hearth may open connections to: the S3 endpoint, or
+    /// none for the local backend.
+    pub fn egress_allowlist(&self) -> Result<Vec<String>> {
+        match self.backend {
+            StorageBackend::Local => Ok(Vec::new()),
+            StorageBackend::S3 => Ok(vec![
+                crate::egress::Origin::of_url(&self.s3.endpoint)?
+                    .as_str()
+                    .to_owned(),
+            ]),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Test fixtures (feature `testing`): a real SeaweedFS S3 server on loopback.
+//! Test fixtures (feature `testing`): a real SeaweedFS S3 server, on loopback by default.
 //!
 //! The server is found as `$HEARTH_WEED`, `weed` on `PATH`, or the project's test environment
 //! (`~/.cache/hearth/venv/bin/weed`, installed by `scripts/test-deps.sh`). It binds 127.0.0.1 on
@@ -17,9 +17,10 @@ use crate::config::S3Config;
 
 /// A running SeaweedFS server with its S3 gateway.
 pub struct SeaweedFs {
-    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    /// The S3 endpoint, `http://IP:PORT`.
     pub endpoint: String,
     pgid: i32,
+    dir: PathBuf,
 }
 
 static SHARED: OnceLock<SeaweedFs> = OnceLock::new();
@@ -35,17 +36,23 @@ impl SeaweedFs {
             .get_or_init(|| Self::start().unwrap_or_else(|e| panic!("cannot start SeaweedFS: {e}")))
     }
 
-    /// Starts a new server and waits (at most 60 s) until its S3 gateway answers.
+    /// Starts a new server on loopback and waits (at most 60 s) until its S3 gateway answers.
     pub fn start() -> Result<Self, String> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Starts a new server bound to `ip` (an address of this host, e.g. one end of a veth
+    /// pair) and waits (at most 60 s) until its S3 gateway answers.
+    pub fn start_on(ip: &str) -> Result<Self, String> {
         let weed = find_weed()?;
         let dir = tempfile::Builder::new()
             .prefix("hearth-weed-")
             .tempdir()
             .map_err(|e| e.to_string())?
             .keep();
-        let ports = free_ports(4)?;
+        let ports = free_ports(ip, 4)?;
         let server = format!(
-            "{weed} server -dir={dir} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -volume.max=64 -master.volumeSizeLimitMB=64",
+            "{weed} server -dir={dir} -ip={ip} -ip.bind={ip} -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=64 -master.volumeSizeLimitMB=64",
             ports[0],
             ports[1],
             ports[2],
@@ -72,8 +79,9 @@ impl SeaweedFs {
             .spawn()
             .map_err(|e| format!("spawning sh: {e}"))?;
         let me = Self {
-            endpoint: format!("http://127.0.0.1:{}", ports[3]),
+            endpoint: format!("http://{ip}:{}", ports[3]),
             pgid: i32::try_from(child.id()).map_err(|e| e.to_string())?,
+            dir: dir.clone(),
         };
         for _ in 0..120 {
             if me.create_bucket("hearth-probe").is_ok() {
@@ -133,11 +141,20 @@ impl SeaweedFs {
 }
 
 impl Drop for SeaweedFs {
+    /// Stops the server: SIGTERM, then SIGKILL when it has not exited within 3 s (a server
+    /// whose address went away can hang in its graceful shutdown).
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.pgid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        use nix::sys::signal::{Signal, killpg};
+        let group = nix::unistd::Pid::from_raw(self.pgid);
+        let _ = killpg(group, Signal::SIGTERM);
+        for _ in 0..30 {
+            if killpg(group, None).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -158,16 +175,16 @@ fn find_weed() -> Result<PathBuf, String> {
 }
 
 /// Free ports below 55000 (SeaweedFS also binds port+10000 for gRPC).
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+fn free_ports(ip: &str, n: usize) -> Result<Vec<u16>, String> {
     let mut out = Vec::new();
     let mut held = Vec::new();
     for _ in 0..200 {
         if out.len() == n {
             break;
         }
-        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let l = TcpListener::bind((ip, 0)).map_err(|e| e.to_string())?;
         let port = l.local_addr().map_err(|e| e.to_string())?.port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port < 55_000 && TcpListener::bind((ip, port + 10_000)).is_ok() {
             out.push(port);
         }
         held.push(l);

@@ -37,6 +37,7 @@ mod blob;
 mod chunks;
 mod collection;
 mod config;
+mod egress;
 mod error;
 mod filter;
 mod format;

@@ -6,6 +6,7 @@ pub mod docs;
 pub mod ingest;
 pub mod keys;
 pub mod manage;
+pub mod residency;
 pub mod search;
 pub mod serve;
 

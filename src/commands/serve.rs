@@ -42,6 +42,7 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.bind))?;
     let addr = listener.local_addr()?;
+    let residency = Arc::new(super::residency::residency(&cfg, true)?);
     let service = Arc::new(super::service_with_generator(&cfg)?);
     let adapters = service.restore_adapters().await?;
     if adapters > 0 {
@@ -94,6 +95,7 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         max_document_bytes: cfg.ingest.max_document_bytes,
         model_id,
         embedding_model_id,
+        residency,
     });
     println!("hearth is listening on http://{addr}");
     if !args.ingest.is_empty() {
@@ -114,6 +116,14 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         println!(
             "no API keys yet: /v1 requests get 401 until you create one (hearth keys create --name NAME --role admin), or serve with --open on loopback"
         );
+    }
+    match &cfg.residency.jurisdiction {
+        Some(j) => {
+            tracing::info!(jurisdiction = %j, store = %service.store().describe(), "residency policy enforced")
+        }
+        None => tracing::warn!(
+            "no residency.jurisdiction configured: stores are not checked against one"
+        ),
     }
     println!("Ctrl-C stops the server");
     if queued > 0 {

@@ -11,5 +11,6 @@ mod crash;
 mod ingest;
 mod openai;
 mod quality;
+mod residency;
 mod search;
 mod serve;

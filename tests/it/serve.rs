@@ -787,6 +787,7 @@ async fn the_openapi_document_matches_the_routes() {
         ("post", "/v1/embeddings"),
         ("put", "/v1/adapters/{name}"),
         ("get", "/metrics"),
+        ("get", "/v1/residency"),
         ("get", "/readyz"),
     ] {
         assert!(
@@ -794,7 +795,7 @@ async fn the_openapi_document_matches_the_routes() {
             "{expected:?} missing from {ops:?}"
         );
     }
-    assert_eq!(ops.len(), 20, "{ops:?}");
+    assert_eq!(ops.len(), 21, "{ops:?}");
     let ask = &paths["/v1/collections/{c}/ask"]["post"];
     let schema = ask["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         .as_str()

@@ -14,6 +14,7 @@ mod health;
 mod metrics;
 mod openai;
 mod qa;
+mod residency;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::Service;
 use crate::audit::AuditLog;
 use crate::error::{Result, ServiceError};
 use crate::keys::KeyStore;
+use crate::residency::Residency;
 
 /// Settings of `hearth serve` (`[server]`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -124,6 +126,8 @@ pub(crate) struct AppState {
     pub model_id: String,
     /// The name `/v1/models` lists for the embedding model.
     pub embedding_model_id: String,
+    /// The residency report's static part.
+    pub residency: Arc<Residency>,
 }
 
 type State = axum::extract::State<Arc<AppState>>;
@@ -140,6 +144,8 @@ pub struct ServerParts {
     pub model_id: String,
     /// Embedding model name for the OpenAI-compatible endpoints.
     pub embedding_model_id: String,
+    /// Jurisdiction, storage, models, encryption, build: for `/v1/residency`.
+    pub residency: Arc<Residency>,
 }
 
 /// The whole API as a router.
@@ -162,6 +168,7 @@ pub fn router(parts: ServerParts) -> Router {
         max_document_bytes: parts.max_document_bytes,
         model_id: parts.model_id,
         embedding_model_id: parts.embedding_model_id,
+        residency: parts.residency,
     });
     let uploads = OpenApiRouter::new()
         .routes(routes!(documents::upload, documents::list))
@@ -179,6 +186,7 @@ pub fn router(parts: ServerParts) -> Router {
         .routes(routes!(openai::models))
         .routes(routes!(adapters::list))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(residency::residency))
         .layer(DefaultBodyLimit::max(json_limit));
     let protected = api
         .merge(uploads)

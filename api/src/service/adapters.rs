@@ -124,6 +124,19 @@ impl Service {
         Ok(registered || stored)
     }
 
+    /// The local files of every registered adapter, by name (what the generator reads).
+    pub async fn adapter_files(&self) -> Vec<(String, Vec<PathBuf>)> {
+        self.adapter_dirs
+            .lock()
+            .await
+            .iter()
+            .map(|(name, dir)| {
+                let files = [ADAPTER_CONFIG, ADAPTER_WEIGHTS].map(|f| dir.join(f));
+                (name.clone(), files.to_vec())
+            })
+            .collect()
+    }
+
     /// The registered adapters.
     pub fn adapters(&self) -> Result<Vec<AdapterInfo>> {
         Ok(self.generator()?.adapters())

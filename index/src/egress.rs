@@ -1,0 +1,227 @@
+//! The process's one outbound HTTP client: the object store's, limited to an allowlist.
+//!
+//! hearth sends no telemetry and downloads nothing at run time; the only connections it opens
+//! are to the configured S3-compatible store. This module makes that a property of the code
+//! rather than of the configuration: the `object_store` S3 client is given an HTTP service that
+//! refuses any request whose origin (scheme, host, port) is not on the list, before a socket is
+//! opened. The underlying `reqwest` client ignores `HTTP(S)_PROXY` (a proxy would be a second
+//! destination) and never follows redirects (a redirect could name any host).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::client::{
+    ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
+    HttpService,
+};
+
+use crate::error::{IndexError, Result};
+
+/// `scheme://host:port`, lowercase, with the scheme's default port filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Origin(String);
+
+impl Origin {
+    /// The origin of an `http://` or `https://` URL.
+    pub(crate) fn of_url(url: &str) -> Result<Self> {
+        let bad = |why: &str| IndexError::InvalidInput(format!("invalid endpoint {url:?}: {why}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(bad("credentials in the URL are not supported"));
+        }
+        let (host, port) = split_host_port(authority).ok_or_else(|| bad("bad host or port"))?;
+        Ok(Self::new(&scheme, host, port.unwrap_or(default_port)))
+    }
+
+    fn new(scheme: &str, host: &str, port: u16) -> Self {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if host.contains(':') {
+            Self(format!("{scheme}://[{host}]:{port}"))
+        } else {
+            Self(format!("{scheme}://{host}:{port}"))
+        }
+    }
+
+    fn of_request(req: &HttpRequest) -> Option<Self> {
+        let uri = req.uri();
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let port = uri.port_u16().or(match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        })?;
+        Some(Self::new(&scheme, uri.host()?, port))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `host[:port]`, with bracketed IPv6 hosts.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if after.is_empty() => (h, None),
+            None => return None,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    Some((host, port))
+}
+
+/// Builds the allowlisted client for `object_store`.
+#[derive(Debug)]
+pub(crate) struct AllowlistConnector {
+    allowed: Arc<[Origin]>,
+}
+
+impl AllowlistConnector {
+    pub(crate) fn new(allowed: Vec<Origin>) -> Self {
+        Self {
+            allowed: allowed.into(),
+        }
+    }
+}
+
+impl HttpConnector for AllowlistConnector {
+    fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
+        Ok(HttpClient::new(Allowlisted {
+            allowed: self.allowed.clone(),
+            client,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct Allowlisted {
+    allowed: Arc<[Origin]>,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("outbound connection to {0} refused: not the configured object store (residency policy)")]
+struct Refused(String);
+
+#[async_trait::async_trait]
+impl HttpService for Allowlisted {
+    async fn call(&self, req: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
+        match Origin::of_request(&req) {
+            Some(o) if self.allowed.contains(&o) => HttpService::call(&self.client, req).await,
+            other => {
+                let target = other.map_or_else(|| req.uri().to_string(), |o| o.0);
+                tracing::error!(target = %target, "outbound connection refused by the allowlist");
+                // `Unknown` is not retried by object_store.
+                Err(HttpError::new(HttpErrorKind::Unknown, Refused(target)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_normalised() {
+        let o = |u: &str| Origin::of_url(u).map(|o| o.0);
+        assert_eq!(o("http://127.0.0.1:8333").unwrap(), "http://127.0.0.1:8333");
+        assert_eq!(
+            o("HTTPS://S3.EU.Example.com/bucket").unwrap(),
+            "https://s3.eu.example.com:443"
+        );
+        assert_eq!(
+            o("http://[FD00::1]:9000/").unwrap(),
+            "http://[fd00::1]:9000"
+        );
+        assert_eq!(o("http://store").unwrap(), "http://store:80");
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:8333",
+            "http://",
+            "http://h:99999",
+            "http://u:p@h",
+        ] {
+            assert!(o(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_origins_match_configured_ones() {
+        for (configured, requested) in [
+            ("http://[fd00::1]:9000", "http://[fd00::1]:9000/b/k"),
+            ("https://s3.example.com", "https://S3.example.com/b/k?x=1"),
+            ("http://10.0.0.1:8333", "http://10.0.0.1:8333/"),
+        ] {
+            let req = http::Request::builder()
+                .uri(requested)
+                .body(object_store::client::HttpRequestBody::empty())
+                .unwrap();
+            assert_eq!(
+                Origin::of_request(&req),
+                Some(Origin::of_url(configured).unwrap())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_off_the_list_opens_no_connection() {
+        use std::io::ErrorKind;
+        // Two listeners on loopback: one allowed, one not.
+        let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        other.set_nonblocking(true).unwrap();
+        let ok = Origin::of_url(&format!("http://{}", allowed.local_addr().unwrap())).unwrap();
+        let client = AllowlistConnector::new(vec![ok])
+            .connect(&ClientOptions::default())
+            .unwrap();
+        let url = format!("http://{}/bucket/key", other.local_addr().unwrap());
+        let req = http::Request::builder()
+            .uri(&url)
+            .body(object_store::client::HttpRequestBody::empty())
+            .unwrap();
+        let err = client.execute(req).await.unwrap_err();
+        assert_eq!(err.kind(), HttpErrorKind::Unknown);
+        let msg = err.to_string();
+        let port = other.local_addr().unwrap().port().to_string();
+        assert!(msg.contains("refused") && msg.contains(&port), "{msg}");
+        match other.accept() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            r => panic!("the refused origin saw a connection: {r:?}"),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `hearth residency`: the residency report from this node's configuration, as
+//! `GET /v1/residency` gives it: jurisdiction, storage endpoints, egress allowlist, SHA-256 of
+//! the model files and of the adapters kept in the object store, encryption, build.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hearth_api::residency::{
+    AdapterDigest, BuildInfo, EncryptionStatus, FileDigest, Residency, ResidencyParts,
+    ResidencyReport,
+};
+use hearth_index::BlobStore;
+use sha2::{Digest, Sha256};
+
+use crate::config::AppConfig;
+
+#[derive(clap::Args)]
+pub struct ResidencyArgs {
+    /// Print the report as JSON (the same document as GET /v1/residency).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The static part of the report for this configuration (`generator`: whether the generator's
+/// files are in use).
+pub fn residency(cfg: &AppConfig, generator: bool) -> anyhow::Result<Residency> {
+    Ok(Residency::new(ResidencyParts {
+        config: &cfg.residency,
+        storage: &cfg.storage,
+        models: cfg.engine.model_files(generator),
+        encryption: EncryptionStatus::off(),
+        build: build_info(),
+    })?)
+}
+
+fn build_info() -> BuildInfo {
+    let mut features = Vec::new();
+    if cfg!(feature = "cuda") {
+        features.push("cuda".to_owned());
+    }
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("HEARTH_COMMIT").to_owned(),
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_owned(),
+        features,
+    }
+}
+
+pub async fn run(cfg: AppConfig, args: ResidencyArgs) -> anyhow::Result<ExitCode> {
+    let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+    let res = residency(&cfg, true)?;
+    let mut report = tokio::task::spawn_blocking(move || res.report(Vec::new())).await??;
+    report.adapters = stored_adapters(&store).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Digests of the adapter files in the object store (what `hearth serve` registers).
+async fn stored_adapters(store: &BlobStore) -> anyhow::Result<Vec<AdapterDigest>> {
+    let mut out: Vec<AdapterDigest> = Vec::new();
+    for key in store.list("adapters/").await? {
+        let Some((name, file)) = key
+            .strip_prefix("adapters/")
+            .and_then(|k| k.split_once('/'))
+        else {
+            continue;
+        };
+        let bytes = store.get(&key).await?;
+        let digest = FileDigest {
+            role: file.to_owned(),
+            path: key.clone(),
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        };
+        match out.last_mut() {
+            Some(a) if a.name == name => a.files.push(digest),
+            _ => out.push(AdapterDigest {
+                name: name.to_owned(),
+                files: vec![digest],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn print_report(r: &ResidencyReport) {
+    match &r.jurisdiction {
+        Some(j) => println!("jurisdiction: {j} (enforced at start-up)"),
+        None => {
+            println!("jurisdiction: none configured (set residency.jurisdiction to enforce one)")
+        }
+    }
+    println!("storage:");
+    for s in &r.storage {
+        println!(
+            "  {} {} (jurisdiction: {})",
+            s.backend,
+            s.location,
+            s.jurisdiction.as_deref().unwrap_or("undeclared")
+        );
+    }
+    if r.egress_allowlist.is_empty() {
+        println!("outbound connections: none allowed");
+    } else {
+        println!(
+            "outbound connections: only to {}",
+            r.egress_allowlist.join(", ")
+        );
+    }
+    println!("telemetry: none");
+    println!("models (local files, never downloaded at run time):");
+    for m in &r.models {
+        println!(
+            "  {:<20} {}  {} ({} bytes)",
+            m.role, m.sha256, m.path, m.bytes
+        );
+    }
+    if r.adapters.is_empty() {
+        println!("adapters: none");
+    }
+    for a in &r.adapters {
+        println!("adapter {}:", a.name);
+        for f in &a.files {
+            println!("  {:<26} {}  ({} bytes)", f.role, f.sha256, f.bytes);
+        }
+    }
+    match &r.encryption {
+        e if e.at_rest => println!(
+            "encryption at rest: {} (key-encryption key from {})",
+            e.algorithm.as_deref().unwrap_or("?"),
+            e.key_source.as_deref().unwrap_or("?")
+        ),
+        _ => println!("encryption at rest: off"),
+    }
+    let b = &r.build;
+    println!(
+        "build: hearth {} ({}, {}{})",
+        b.version,
+        b.commit,
+        b.profile,
+        if b.features.is_empty() {
+            String::new()
+        } else {
+            format!(", features: {}", b.features.join(" "))
+        }
+    );
+}

@@ -1469,6 +1469,7 @@ fn run_direct(
             data_dir: data.clone(),
             ..StorageConfig::default()
         })
+        .await
         .expect("open the object store");
         let service = Arc::new(
             Service::new(ServiceParts {

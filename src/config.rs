@@ -180,6 +180,7 @@ mod tests {
         assert_eq!(c.index, d.index);
         assert_eq!(c.server, d.server);
         assert_eq!(c.ask, d.ask);
+        assert_eq!(c.residency, d.residency);
     }
 
     #[test]

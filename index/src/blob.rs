@@ -4,6 +4,9 @@
 //! guarantees hearth relies on: a `put` replaces the whole object atomically (readers see the old
 //! or the new bytes, never a mix), and an acknowledged `put` survives a crash of this process.
 //! (The local backend writes to a staging file and renames it into place.)
+//!
+//! With `[storage.encryption]` configured, every object but the keyring is sealed on `put` and
+//! opened on `get` (see `crypto`); callers never see ciphertext.
 
 use std::sync::Arc;
 
@@ -13,9 +16,10 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::config::{S3Config, StorageBackend, StorageConfig};
+use crate::crypto::{KEYRING_KEY, Kek, Sealer};
 use crate::egress::{AllowlistConnector, Origin};
 use crate::error::{IndexError, Result};
 
@@ -24,6 +28,7 @@ use crate::error::{IndexError, Result};
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     describe: Arc<str>,
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -33,14 +38,93 @@ impl std::fmt::Debug for BlobStore {
 }
 
 impl BlobStore {
-    /// Opens the store the configuration names. For the local backend the directory
-    /// `{data_dir}/store` is created if missing.
-    pub fn open(config: &StorageConfig) -> Result<Self> {
+    /// Opens the store the configuration names, with encryption at rest when it is configured.
+    /// For the local backend the directory `{data_dir}/store` is created if missing.
+    ///
+    /// An encrypted store (one with a keyring) cannot be opened without its key-encryption key,
+    /// nor with a wrong one; encryption can be turned on only for an empty store, whose keyring
+    /// is then created.
+    pub async fn open(config: &StorageConfig) -> Result<Self> {
+        let plain = Self::open_plain(config)?;
+        let kek = config.encryption.load()?;
+        plain.with_encryption(kek).await
+    }
+
+    fn open_plain(config: &StorageConfig) -> Result<Self> {
         config.validate()?;
         match config.backend {
             StorageBackend::Local => Self::local(&config.data_dir.join("store")),
             StorageBackend::S3 => Self::s3(&config.s3),
         }
+    }
+
+    async fn with_encryption(mut self, kek: Option<Kek>) -> Result<Self> {
+        let ring = self.get_opt(KEYRING_KEY).await?;
+        let sealer = match (kek, ring) {
+            (None, None) => return Ok(self),
+            (None, Some(_)) => {
+                return Err(IndexError::InvalidInput(format!(
+                    "the store {} is encrypted ({KEYRING_KEY} exists): set storage.encryption.kek_file or kek_env to its key-encryption key",
+                    self.describe
+                )));
+            }
+            (Some(kek), Some(ring)) => Sealer::open(&kek, &ring)?,
+            (Some(kek), None) => {
+                if !self.list("").await?.is_empty() {
+                    return Err(IndexError::InvalidInput(format!(
+                        "storage.encryption is configured, but the store {} already holds unencrypted objects; encryption can only be turned on for an empty store",
+                        self.describe
+                    )));
+                }
+                let (sealer, bytes) = Sealer::create(&kek)?;
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                match self
+                    .inner
+                    .put_opts(&path(KEYRING_KEY)?, PutPayload::from_bytes(bytes), opts)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(store = %self.describe, "created the encryption keyring");
+                        sealer
+                    }
+                    // Another process created it first: use theirs.
+                    Err(object_store::Error::AlreadyExists { .. }) => {
+                        Sealer::open(&kek, &self.get(KEYRING_KEY).await?)?
+                    }
+                    Err(e) => return Err(store_error(KEYRING_KEY, e)),
+                }
+            }
+        };
+        self.sealer = Some(Arc::new(sealer));
+        Ok(self)
+    }
+
+    /// Whether objects are encrypted at rest.
+    pub fn encrypted(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    /// Re-wraps the data keys of the encrypted store `config` names from its configured
+    /// key-encryption key to `new` (one atomic put of the keyring; content is not re-encrypted).
+    /// Afterwards only `new` opens the store.
+    pub async fn rotate_kek(config: &StorageConfig, new: &Kek) -> Result<()> {
+        let store = Self::open_plain(config)?;
+        let old = config.encryption.load()?.ok_or_else(|| {
+            IndexError::InvalidInput(
+                "rotating needs the current key: set storage.encryption.kek_file or kek_env".into(),
+            )
+        })?;
+        let ring = store.get_opt(KEYRING_KEY).await?.ok_or_else(|| {
+            IndexError::InvalidInput(format!(
+                "the store {} is not encrypted (no {KEYRING_KEY})",
+                store.describe
+            ))
+        })?;
+        let rotated = crate::crypto::rewrap(&ring, &old, new)?;
+        store.put(KEYRING_KEY, rotated).await
     }
 
     /// A store rooted at a local directory (created if missing).
@@ -55,6 +139,7 @@ impl BlobStore {
         Ok(Self {
             inner: Arc::new(fs),
             describe: format!("local:{}", dir.display()).into(),
+            sealer: None,
         })
     }
 
@@ -96,6 +181,7 @@ impl BlobStore {
         Ok(Self {
             inner,
             describe: describe.into(),
+            sealer: None,
         })
     }
 
@@ -106,6 +192,10 @@ impl BlobStore {
 
     /// Writes `bytes` at `key`, replacing any previous object atomically.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let bytes = match &self.sealer {
+            Some(s) => s.seal(key, &bytes)?,
+            None => bytes,
+        };
         self.inner
             .put(&path(key)?, PutPayload::from_bytes(bytes))
             .await
@@ -123,7 +213,13 @@ impl BlobStore {
     /// Reads the whole object at `key`, or `None` if it does not exist.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
         match self.inner.get(&path(key)?).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| store_error(key, e))?)),
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| store_error(key, e))?;
+                match &self.sealer {
+                    Some(s) => s.open_object(key, &bytes).map(Some),
+                    None => Ok(Some(bytes)),
+                }
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_error(key, e)),
         }

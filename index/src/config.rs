@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::crypto::EncryptionConfig;
 use crate::error::{IndexError, Result};
 use crate::hybrid::Fusion;
 use crate::lexical::Analyzer;
@@ -20,6 +21,8 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// Settings of the S3-compatible store, used when `backend = "s3"`.
     pub s3: S3Config,
+    /// Encryption at rest of everything in the object store.
+    pub encryption: EncryptionConfig,
 }
 
 impl Default for StorageConfig {
@@ -28,6 +31,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./hearth-data"),
             backend: StorageBackend::Local,
             s3: S3Config::default(),
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl std::fmt::Debug for S3Config {
 impl StorageConfig {
     /// Checks the settings; errors name the offending key.
     pub fn validate(&self) -> Result<()> {
+        self.encryption.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(IndexError::InvalidInput(
                 "storage.data_dir must not be empty".into(),

@@ -77,7 +77,7 @@ async fn embedded(
     mode: SearchMode,
     args: &AskArgs,
 ) -> anyhow::Result<ExitCode> {
-    let service = super::service_with_generator(cfg)?;
+    let service = super::service_with_generator(cfg).await?;
     let col = service.open_existing(c).await?;
     let a = service
         .ask(

@@ -3,9 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use hearth_api::audit::AuditLog;
-use hearth_index::BlobStore;
 
 use crate::config::AppConfig;
 
@@ -18,7 +16,7 @@ pub enum AuditCommand {
 pub async fn run(cfg: AppConfig, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Verify => {
-            let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+            let store = super::open_store(&cfg).await?;
             let v = AuditLog::new(store).verify().await?;
             match v.problem {
                 None => {

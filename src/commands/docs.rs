@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use hearth_index::{BlobStore, CollectionName};
+use hearth_index::CollectionName;
 use hearth_ingest::Registry;
 
 use crate::config::AppConfig;
@@ -22,7 +21,7 @@ pub struct DocsArgs {
 }
 
 pub async fn run(cfg: AppConfig, args: DocsArgs) -> anyhow::Result<ExitCode> {
-    let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+    let store = super::open_store(&cfg).await?;
     let c = CollectionName::new(&args.collection)?;
     let mut records = Registry::new(store).list(&c).await?;
     if let Some(s) = &args.state {

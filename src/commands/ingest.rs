@@ -76,7 +76,7 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let metadata = parse_meta(&args.meta)?;
     hearth_ingest::validate_metadata(&metadata)?;
     let files = walk(&args.paths)?;
-    let service = super::service(&cfg)?;
+    let service = super::service(&cfg).await?;
     let col = service.open(&collection).await?;
     let pending = service.pending(&col).await?;
 

@@ -1,11 +1,10 @@
 //! `hearth keys create|list|revoke`: API keys for `hearth serve`, written straight to the
 //! object store (a running server sees a new key at once and a revoked one within seconds).
+//! `hearth keys rotate-kek`: re-wraps the store's data keys under a new key-encryption key.
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use hearth_api::keys::{KeyStore, NewKey, Role};
-use hearth_index::BlobStore;
 
 use crate::config::AppConfig;
 
@@ -43,10 +42,24 @@ pub enum KeysCommand {
         /// The key id, as `hearth keys list` shows it.
         id: String,
     },
+    /// Re-wrap the store's data keys under a new key-encryption key (content is not
+    /// re-encrypted); the configured key is the current one. Afterwards configure the new key.
+    RotateKek {
+        /// File holding the new key (64 hex characters).
+        #[arg(
+            long,
+            conflicts_with = "new_kek_env",
+            required_unless_present = "new_kek_env"
+        )]
+        new_kek_file: Option<std::path::PathBuf>,
+        /// Environment variable holding the new key (64 hex characters).
+        #[arg(long)]
+        new_kek_env: Option<String>,
+    },
 }
 
 pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
-    let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+    let store = super::open_store(&cfg).await?;
     let keys = KeyStore::new(store);
     match cmd {
         KeysCommand::Create {
@@ -107,6 +120,22 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("no key {id}");
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        KeysCommand::RotateKek {
+            new_kek_file,
+            new_kek_env,
+        } => {
+            let new = hearth_index::EncryptionConfig {
+                kek_file: new_kek_file,
+                kek_env: new_kek_env,
+            }
+            .load()?
+            .ok_or_else(|| anyhow::anyhow!("give --new-kek-file or --new-kek-env"))?;
+            // Opening the store above checked the current key.
+            hearth_index::BlobStore::rotate_kek(&cfg.storage, &new).await?;
+            println!(
+                "data keys re-wrapped under the new key-encryption key; configure it (storage.encryption) before the next start: the old key no longer opens the store"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

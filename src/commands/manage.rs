@@ -34,7 +34,7 @@ pub async fn delete(cfg: AppConfig, args: DeleteArgs) -> anyhow::Result<ExitCode
         .iter()
         .map(|s| s.parse::<DocId>())
         .collect::<Result<Vec<_>, _>>()?;
-    let service = super::service(&cfg)?;
+    let service = super::service(&cfg).await?;
     if let Some(source) = &args.source {
         let records = service.registry().list(&c).await?;
         ids.extend(
@@ -66,7 +66,7 @@ pub async fn delete(cfg: AppConfig, args: DeleteArgs) -> anyhow::Result<ExitCode
 
 pub async fn compact(cfg: AppConfig, args: CompactArgs) -> anyhow::Result<ExitCode> {
     let c = CollectionName::new(&args.collection)?;
-    let service = super::service(&cfg)?;
+    let service = super::service(&cfg).await?;
     let col = service.open(&c).await?;
     let report = service.compact(&col).await?;
     let stats = col.stats();

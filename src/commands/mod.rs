@@ -19,17 +19,24 @@ use crate::config::AppConfig;
 
 /// Opens the object store, loads the models and builds the service, with this very binary as
 /// the extraction process.
-pub fn service(cfg: &AppConfig) -> anyhow::Result<Service> {
-    build_service(cfg, false)
+pub async fn service(cfg: &AppConfig) -> anyhow::Result<Service> {
+    build_service(cfg, false).await
 }
 
 /// [`service`] with the generator loaded too (for answering questions).
-pub fn service_with_generator(cfg: &AppConfig) -> anyhow::Result<Service> {
-    build_service(cfg, true)
+pub async fn service_with_generator(cfg: &AppConfig) -> anyhow::Result<Service> {
+    build_service(cfg, true).await
 }
 
-fn build_service(cfg: &AppConfig, generator: bool) -> anyhow::Result<Service> {
-    let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
+/// Opens the object store (with encryption at rest when configured).
+pub async fn open_store(cfg: &AppConfig) -> anyhow::Result<BlobStore> {
+    BlobStore::open(&cfg.storage)
+        .await
+        .context("opening the object store")
+}
+
+async fn build_service(cfg: &AppConfig, generator: bool) -> anyhow::Result<Service> {
+    let store = open_store(cfg).await?;
     let program = std::env::current_exe().context("locating the hearth executable")?;
     let service = Service::new(ServiceParts {
         store,

@@ -4,12 +4,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use hearth_api::residency::{
     AdapterDigest, BuildInfo, EncryptionStatus, FileDigest, Residency, ResidencyParts,
     ResidencyReport,
 };
-use hearth_index::BlobStore;
+use hearth_index::{BlobStore, CIPHER};
 use sha2::{Digest, Sha256};
 
 use crate::config::AppConfig;
@@ -21,14 +20,25 @@ pub struct ResidencyArgs {
     json: bool,
 }
 
-/// The static part of the report for this configuration (`generator`: whether the generator's
-/// files are in use).
-pub fn residency(cfg: &AppConfig, generator: bool) -> anyhow::Result<Residency> {
+/// The static part of the report for this configuration and the store as opened
+/// (`generator`: whether the generator's files are in use).
+pub fn residency(cfg: &AppConfig, store: &BlobStore, generator: bool) -> anyhow::Result<Residency> {
+    let encryption = if store.encrypted() {
+        EncryptionStatus {
+            at_rest: true,
+            algorithm: Some(format!(
+                "{CIPHER} per object, data keys wrapped by the key-encryption key"
+            )),
+            key_source: cfg.storage.encryption.source(),
+        }
+    } else {
+        EncryptionStatus::off()
+    };
     Ok(Residency::new(ResidencyParts {
         config: &cfg.residency,
         storage: &cfg.storage,
         models: cfg.engine.model_files(generator),
-        encryption: EncryptionStatus::off(),
+        encryption,
         build: build_info(),
     })?)
 }
@@ -52,8 +62,8 @@ fn build_info() -> BuildInfo {
 }
 
 pub async fn run(cfg: AppConfig, args: ResidencyArgs) -> anyhow::Result<ExitCode> {
-    let store = BlobStore::open(&cfg.storage).context("opening the object store")?;
-    let res = residency(&cfg, true)?;
+    let store = super::open_store(&cfg).await?;
+    let res = residency(&cfg, &store, true)?;
     let mut report = tokio::task::spawn_blocking(move || res.report(Vec::new())).await??;
     report.adapters = stored_adapters(&store).await?;
     if args.json {

@@ -72,7 +72,7 @@ pub async fn run(cfg: AppConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
         anyhow::anyhow!("--mode must be dense, bm25 or hybrid, got {:?}", args.mode)
     })?;
     let filter = parse_filters(&args.filters)?;
-    let service = super::service(&cfg)?;
+    let service = super::service(&cfg).await?;
     let col = service.open(&collection).await?;
     let results = service
         .search(

@@ -42,8 +42,8 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.bind))?;
     let addr = listener.local_addr()?;
-    let residency = Arc::new(super::residency::residency(&cfg, true)?);
-    let service = Arc::new(super::service_with_generator(&cfg)?);
+    let service = Arc::new(super::service_with_generator(&cfg).await?);
+    let residency = Arc::new(super::residency::residency(&cfg, service.store(), true)?);
     let adapters = service.restore_adapters().await?;
     if adapters > 0 {
         tracing::info!(adapters, "LoRA adapters registered from the object store");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use hearth_index::fixtures::SeaweedFs;
-use hearth_index::{BlobStore, S3Config, StorageConfig};
+use hearth_index::{BlobStore, S3Config};
 use serde_json::Value;
 
 /// The workspace root.
@@ -135,18 +135,10 @@ impl Node {
 
     /// The node's object store, opened directly.
     pub fn store(&self) -> BlobStore {
-        let cfg = match &self.backend {
-            Backend::Local => StorageConfig {
-                data_dir: self.dir.path().join("data"),
-                ..StorageConfig::default()
-            },
-            Backend::S3(s3) => StorageConfig {
-                backend: hearth_index::StorageBackend::S3,
-                s3: s3.clone(),
-                ..StorageConfig::default()
-            },
-        };
-        BlobStore::open(&cfg).unwrap()
+        match &self.backend {
+            Backend::Local => BlobStore::local(&self.dir.path().join("data/store")).unwrap(),
+            Backend::S3(s3) => BlobStore::s3(s3).unwrap(),
+        }
     }
 }
 

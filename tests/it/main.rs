@@ -8,6 +8,7 @@ mod browser;
 mod common;
 mod config;
 mod crash;
+mod encryption;
 mod ingest;
 mod openai;
 mod quality;

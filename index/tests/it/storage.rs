@@ -130,6 +130,49 @@ async fn local_backend_meets_the_storage_contract() {
 }
 
 #[tokio::test]
+async fn encrypted_stores_meet_the_storage_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, "11".repeat(32)).unwrap();
+    let encryption = hearth_index::EncryptionConfig {
+        kek_file: Some(kek),
+        kek_env: None,
+    };
+    let local = hearth_index::StorageConfig {
+        data_dir: dir.path().join("data"),
+        encryption: encryption.clone(),
+        ..Default::default()
+    };
+    let store = BlobStore::open(&local).await.unwrap();
+    assert!(store.encrypted());
+    contract(store).await;
+    let s3 = hearth_index::StorageConfig {
+        backend: hearth_index::StorageBackend::S3,
+        s3: SeaweedFs::shared().fresh_bucket(),
+        encryption,
+        ..Default::default()
+    };
+    let store = BlobStore::open(&s3).await.unwrap();
+    assert!(store.encrypted());
+    contract(store).await;
+    // Opened again: the same keyring, the same data.
+    let again = BlobStore::open(&s3).await.unwrap();
+    again
+        .put("raw/c/z", Bytes::from_static(b"zz"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &BlobStore::open(&s3)
+            .await
+            .unwrap()
+            .get("raw/c/z")
+            .await
+            .unwrap()[..],
+        b"zz"
+    );
+}
+
+#[tokio::test]
 async fn s3_backend_meets_the_storage_contract() {
     let cfg = SeaweedFs::shared().fresh_bucket();
     contract(BlobStore::s3(&cfg).unwrap()).await;

@@ -1,0 +1,232 @@
+//! Encryption at rest: with a key-encryption key configured, nothing in the object store holds
+//! the plaintext of an ingested document (scanned byte by byte, local files and S3 objects as
+//! the server stores them), everything still works through hearth, a wrong or missing key is a
+//! clear error, and rotating the key re-wraps the data keys without touching any content.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hearth_index::BlobStore;
+use hearth_index::fixtures::SeaweedFs;
+use serde_json::Value;
+
+use crate::common::{Backend, Node, objects, root};
+
+const KEK_A: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
+const KEK_B: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9f";
+
+fn corpus(name: &str) -> PathBuf {
+    root().join("testdata/corpus").join(name)
+}
+
+fn files() -> Vec<PathBuf> {
+    [
+        "incident-runbook.md",
+        "libffi-basics.txt",
+        "qemu-img.html",
+        "gzip-manual.pdf",
+    ]
+    .iter()
+    .map(|f| corpus(f))
+    .collect()
+}
+
+/// Needles: 32-byte windows of every document's bytes and the start of every chunk's text.
+fn needles(node: &Node) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for f in files() {
+        let bytes = std::fs::read(&f).unwrap();
+        for start in (0..bytes.len().saturating_sub(32)).step_by(bytes.len() / 16 + 1) {
+            out.push(bytes[start..start + 32].to_vec());
+        }
+    }
+    for q in [
+        "storage incident severity",
+        "convert disk image",
+        "compression",
+        "closure",
+    ] {
+        let hits = node.search("docs", q, &["--top-k", "5"]);
+        for h in hits["hits"].as_array().unwrap() {
+            let text = h["text"].as_str().unwrap();
+            let t: String = text.chars().take(40).collect();
+            if t.len() >= 24 {
+                out.push(t.into_bytes());
+            }
+        }
+    }
+    assert!(out.len() > 64, "too few needles: {}", out.len());
+    out
+}
+
+/// (object key, needle) pairs where the needle occurs in the object.
+fn found(objects: &BTreeMap<String, Vec<u8>>, needles: &[Vec<u8>]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (key, bytes) in objects {
+        for n in needles {
+            if bytes.windows(n.len()).any(|w| w == n.as_slice()) {
+                out.push((key.clone(), String::from_utf8_lossy(n).into_owned()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_plaintext(objects: &BTreeMap<String, Vec<u8>>, needles: &[Vec<u8>]) {
+    assert!(objects.len() > 8, "{:?}", objects.keys());
+    let hits = found(objects, needles);
+    assert!(hits.is_empty(), "plaintext in the store: {hits:?}");
+}
+
+/// Every file under `dir`, by path.
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.path().display().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ingest_all(node: &Node) {
+    let paths = files();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let summary = node.ingest("docs", &refs);
+    assert_eq!(summary["ok"], 4, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_store_holds_no_plaintext_and_rotation_rewraps_only_the_keyring() {
+    let node = Node::new(Backend::Local);
+    let kek_a = node.dir.path().join("kek-a");
+    let kek_b = node.dir.path().join("kek-b");
+    std::fs::write(&kek_a, format!("{KEK_A}\n")).unwrap();
+    std::fs::write(&kek_b, KEK_B).unwrap();
+    let with = |kek: &Path| {
+        Node::new(Backend::Local)
+            .env(
+                "HEARTH_DATA_DIR",
+                &node.dir.path().join("data").display().to_string(),
+            )
+            .env(
+                "HEARTH__STORAGE__ENCRYPTION__KEK_FILE",
+                &kek.display().to_string(),
+            )
+    };
+    let a = with(&kek_a);
+    ingest_all(&a);
+    let needles = needles(&a);
+    let store_dir = node.dir.path().join("data/store");
+    let before = files_under(&store_dir);
+    assert!(before.keys().any(|k| k.ends_with("crypto/keyring.json")));
+    assert_no_plaintext(&before, &needles);
+
+    // The report says so.
+    let out = a.run(&["residency", "--json"]);
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["encryption"]["at_rest"], true, "{rep}");
+    assert_eq!(
+        rep["encryption"]["key_source"],
+        format!("file:{}", kek_a.display())
+    );
+
+    // Without a key, or with a wrong one: a clear error, nothing read or written.
+    let plain = Node::new(Backend::Local).env(
+        "HEARTH_DATA_DIR",
+        &node.dir.path().join("data").display().to_string(),
+    );
+    let out = plain.run(&["search", "-c", "docs", "severity"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is encrypted") && err.contains("kek_file"),
+        "{err}"
+    );
+    let b = with(&kek_b);
+    let out = b.run(&["search", "-c", "docs", "severity"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not open this store's data keys"),
+        "{err}"
+    );
+    assert_eq!(
+        files_under(&store_dir),
+        before,
+        "a refused open wrote nothing"
+    );
+
+    // Rotation: only the keyring changes; the new key opens everything, the old one nothing.
+    let ids = |v: Value| -> Vec<Value> {
+        v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["chunk_id"].clone())
+            .collect()
+    };
+    let hits_a = ids(a.search("docs", "storage incident severity", &[]));
+    assert!(!hits_a.is_empty());
+    let out = a.run(&[
+        "keys",
+        "rotate-kek",
+        "--new-kek-file",
+        &kek_b.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = files_under(&store_dir);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].ends_with("crypto/keyring.json"), "{changed:?}");
+    assert_eq!(
+        ids(b.search("docs", "storage incident severity", &[])),
+        hits_a
+    );
+    let out = a.run(&["docs", "-c", "docs"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not open"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_s3_store_holds_no_plaintext() {
+    let s3 = SeaweedFs::shared().fresh_bucket();
+    let node = Node::new(Backend::S3(s3.clone()))
+        .env("HEARTH_TEST_KEK", KEK_A)
+        .env("HEARTH__STORAGE__ENCRYPTION__KEK_ENV", "HEARTH_TEST_KEK");
+    ingest_all(&node);
+    let needles = needles(&node);
+    // The objects as the S3 server holds them (read without hearth's key).
+    let raw = objects(&BlobStore::s3(&s3).unwrap(), "").await;
+    assert!(raw.contains_key("crypto/keyring.json"));
+    assert_no_plaintext(&raw, &needles);
+    // Turning encryption on for a store that already holds plaintext is refused.
+    let plain_bucket = SeaweedFs::shared().fresh_bucket();
+    let plain = Node::new(Backend::S3(plain_bucket.clone()));
+    plain.ingest("docs", &[&corpus("libffi-basics.txt")]);
+    // The scan's own check: an unencrypted store shows the document's bytes to it.
+    let plain_raw = objects(&BlobStore::s3(&plain_bucket).unwrap(), "").await;
+    assert!(
+        !found(&plain_raw, &needles).is_empty(),
+        "the scan cannot see plaintext"
+    );
+    let late = Node::new(Backend::S3(plain_bucket))
+        .env("HEARTH_TEST_KEK", KEK_A)
+        .env("HEARTH__STORAGE__ENCRYPTION__KEK_ENV", "HEARTH_TEST_KEK");
+    let out = late.run(&["docs", "-c", "docs"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already holds unencrypted objects"), "{err}");
+}

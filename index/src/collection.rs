@@ -23,30 +23,78 @@ pub struct CollectionSettings {
     pub tokenizer_sha256: String,
     /// Width of the embedding column.
     pub embedding_dim: u32,
+    /// PII redaction applied to this collection's documents before chunking (off by default).
+    #[serde(default, skip_serializing_if = "Redaction::is_off")]
+    pub redaction: Redaction,
+}
+
+/// What a collection redacts: built-in PII kinds and named patterns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redaction {
+    /// Built-in kinds: `email`, `phone`, `iban`, `card`, `ip`.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// The collection's own patterns.
+    #[serde(default)]
+    pub patterns: Vec<RedactionPattern>,
+}
+
+impl Redaction {
+    /// Whether nothing is redacted.
+    pub fn is_off(&self) -> bool {
+        self.kinds.is_empty() && self.patterns.is_empty()
+    }
+}
+
+/// A named regular expression whose matches are redacted as `[REDACTED:NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionPattern {
+    /// 1-32 of `A-Z a-z 0-9 _ -`.
+    pub name: String,
+    /// The expression (Rust `regex` syntax).
+    pub regex: String,
 }
 
 impl CollectionSettings {
-    /// Opens the collection with these settings, creating it if it does not exist yet.
+    /// Opens the collection with these settings, creating it if it does not exist yet, and
+    /// returns the settings it has. An existing collection keeps its redaction rules when
+    /// `self` asks for none; when `self` asks for some, they must be the stored ones.
     ///
     /// Fails with [`IndexError::Conflict`] when the collection exists with different settings,
     /// naming each difference, and with [`IndexError::Corrupt`] when its settings cannot be read.
-    pub async fn open_or_create(&self, store: &BlobStore, name: &CollectionName) -> Result<()> {
-        let key = keys::collection(name);
-        match store.get_opt(&key).await? {
+    pub async fn open_or_create(
+        &self,
+        store: &BlobStore,
+        name: &CollectionName,
+    ) -> Result<CollectionSettings> {
+        match Self::read(store, name).await? {
             None => {
                 // invariant: a plain struct of integers and strings always serialises.
                 let json = serde_json::to_vec_pretty(self).expect("settings serialise");
-                store.put(&key, json.into()).await
+                store.put(&keys::collection(name), json.into()).await?;
+                Ok(self.clone())
             }
-            Some(bytes) => {
-                let stored: CollectionSettings =
-                    serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt {
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    })?;
-                stored.check_compatible(self, name)
+            Some(stored) => {
+                stored.check_compatible(self, name)?;
+                Ok(stored)
             }
         }
+    }
+
+    /// The stored settings of a collection, or `None` if it does not exist.
+    pub async fn read(store: &BlobStore, name: &CollectionName) -> Result<Option<Self>> {
+        let key = keys::collection(name);
+        let Some(bytes) = store.get_opt(&key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| IndexError::Corrupt {
+                key,
+                detail: e.to_string(),
+            })
     }
 
     /// Lists the collections in the store.
@@ -96,6 +144,13 @@ impl CollectionSettings {
                 self.embedding_dim, wanted.embedding_dim
             ));
         }
+        if !wanted.redaction.is_off() && self.redaction != wanted.redaction {
+            diffs.push(format!(
+                "redaction {} (asked: {})",
+                describe(&self.redaction),
+                describe(&wanted.redaction)
+            ));
+        }
         if diffs.is_empty() {
             Ok(())
         } else {
@@ -105,6 +160,15 @@ impl CollectionSettings {
             )))
         }
     }
+}
+
+fn describe(r: &Redaction) -> String {
+    if r.is_off() {
+        return "off".into();
+    }
+    let mut parts = r.kinds.clone();
+    parts.extend(r.patterns.iter().map(|p| format!("{}={}", p.name, p.regex)));
+    parts.join(",")
 }
 
 fn short(s: &str) -> &str {

@@ -56,7 +56,7 @@ pub mod fixtures;
 
 pub use blob::BlobStore;
 pub use chunks::{Chunk, decode_chunks, encode_chunks};
-pub use collection::CollectionSettings;
+pub use collection::{CollectionSettings, Redaction, RedactionPattern};
 pub use config::{FusionKind, IndexConfig, S3Config, StorageBackend, StorageConfig};
 pub use crypto::{CIPHER, EncryptionConfig, Kek};
 pub use error::{IndexError, Result};

@@ -21,6 +21,7 @@ mod extract;
 mod normalize;
 mod parse;
 mod pipeline;
+mod redact;
 mod registry;
 mod sniff;
 
@@ -29,5 +30,6 @@ pub use config::IngestConfig;
 pub use error::{IngestError, Rejection, Result};
 pub use extract::{ExtractorCommand, extract_worker_main};
 pub use pipeline::{Pipeline, PipelineParts, Submission, Submitted};
+pub use redact::KINDS as REDACTION_KINDS;
 pub use registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};
 pub use sniff::{DocKind, sniff};

@@ -2,12 +2,14 @@
 //! write). Every step is idempotent, so a document interrupted anywhere is simply processed
 //! again: its chunk file is rewritten whole, under the same key, with the same content.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hearth_index::{
-    BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, encode_chunks, keys,
+    BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, Redaction, encode_chunks,
+    keys,
 };
 
 use crate::chunk::{ChunkParams, TokenCounter, chunk};
@@ -15,6 +17,7 @@ use crate::config::IngestConfig;
 use crate::error::{IngestError, Rejection, Result};
 use crate::extract::{ExtractorCommand, ExtractorPool, Limits};
 use crate::normalize::normalize;
+use crate::redact::Redactor;
 use crate::registry::{DocRecord, DocState, Metadata, Registry, validate_metadata};
 use crate::sniff::sniff;
 
@@ -65,6 +68,8 @@ pub struct Pipeline {
     settings: CollectionSettings,
     extractor: ExtractorPool,
     config: IngestConfig,
+    /// Each opened collection's compiled redaction rules (`None`: it redacts nothing).
+    redactors: Mutex<HashMap<CollectionName, Option<Arc<Redactor>>>>,
 }
 
 impl Pipeline {
@@ -84,6 +89,7 @@ impl Pipeline {
             tokenizer_sha256: parts.tokenizer_sha256,
             embedding_dim: u32::try_from(parts.embedding_dim)
                 .map_err(|_| IngestError::InvalidInput("embedding dim too large".into()))?,
+            redaction: Redaction::default(),
         };
         Ok(Self {
             registry: Registry::new(parts.store.clone()),
@@ -92,6 +98,7 @@ impl Pipeline {
             settings,
             extractor: ExtractorPool::new(parts.extractor, limits, c.effective_workers()),
             config: parts.config,
+            redactors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -107,7 +114,54 @@ impl Pipeline {
 
     /// Creates the collection, or checks that its stored settings match this pipeline's.
     pub async fn open_collection(&self, c: &CollectionName) -> Result<()> {
-        Ok(self.settings.open_or_create(&self.store, c).await?)
+        self.create_collection(c, &Redaction::default()).await
+    }
+
+    /// Creates the collection with these redaction rules, or checks that it exists with the
+    /// same settings (rules left empty accept whatever the collection has).
+    pub async fn create_collection(&self, c: &CollectionName, redaction: &Redaction) -> Result<()> {
+        Redactor::new(redaction)?;
+        let wanted = CollectionSettings {
+            redaction: redaction.clone(),
+            ..self.settings.clone()
+        };
+        let stored = wanted.open_or_create(&self.store, c).await?;
+        let redactor = Redactor::new(&stored.redaction)?.map(Arc::new);
+        self.redactors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(c.clone(), redactor);
+        Ok(())
+    }
+
+    /// Forgets what was cached about a collection (after it was deleted).
+    pub fn forget(&self, c: &CollectionName) {
+        self.redactors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(c);
+    }
+
+    /// The collection's redaction rules, compiled (read from its settings on first use).
+    async fn redactor(&self, c: &CollectionName) -> Result<Option<Arc<Redactor>>> {
+        if let Some(r) = self
+            .redactors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(c)
+        {
+            return Ok(r.clone());
+        }
+        let spec = CollectionSettings::read(&self.store, c)
+            .await?
+            .map(|s| s.redaction)
+            .unwrap_or_default();
+        let r = Redactor::new(&spec)?.map(Arc::new);
+        self.redactors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(c.clone(), r.clone());
+        Ok(r)
     }
 
     /// Refuses a document of `size` bytes before it is read, if it is over the limit or empty.
@@ -186,12 +240,19 @@ impl Pipeline {
                 rec.pages = done.pages;
                 rec.warnings = done.warnings;
                 rec.chunks = Some(done.chunks);
+                rec.redactions = done.redactions;
+                rec.original_discarded = done.redacting;
                 rec.state = DocState::Chunked;
                 rec.reason = None;
             }
             Err(reason) => rec.fail(reason),
         }
         self.registry.put(&mut rec).await?;
+        if rec.original_discarded {
+            // Only now, with the record saying `chunked`: a crash before this point
+            // re-extracts from the original; after it, nothing needs the original again.
+            self.store.delete(&keys::raw(c, &rec.doc_id)).await?;
+        }
         Ok(rec)
     }
 
@@ -206,16 +267,21 @@ impl Pipeline {
                 "the original bytes are missing from the object store".into()
             ));
         };
-        let extracted = match self.extractor.extract(rec.kind, &raw).await {
+        let redactor = self.redactor(c).await?;
+        let mut extracted = match self.extractor.extract(rec.kind, &raw).await {
             Ok(x) => x,
             Err(reason) => return Ok(Err(reason)),
         };
         drop(raw);
+        // Redaction comes before anything is normalised, chunked, embedded or stored.
+        let redactions = redactor.as_ref().map_or(0, |r| r.apply(&mut extracted));
         let mut done = Chunked {
             chunks: 0,
             title: extracted.title.clone(),
             pages: extracted.pages,
             warnings: extracted.warnings.clone(),
+            redactions,
+            redacting: redactor.is_some(),
         };
         let tokenizer = self.tokenizer.clone();
         let params = ChunkParams {
@@ -258,6 +324,8 @@ struct Chunked {
     title: Option<String>,
     pages: Option<u32>,
     warnings: Vec<String>,
+    redactions: u32,
+    redacting: bool,
 }
 
 fn no_text_reason(ex: &crate::parse::Extracted) -> String {

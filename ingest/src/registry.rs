@@ -131,12 +131,23 @@ pub struct DocRecord {
     /// Non-fatal extraction problems (e.g. unreadable pages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// PII matches redacted from the text (collections with redaction).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redactions: u32,
+    /// The original bytes were deleted once chunked (collections with redaction keep no
+    /// unredacted copy).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub original_discarded: bool,
     /// How many times extraction was started.
     pub attempts: u32,
     /// When the document was accepted (ms since the Unix epoch).
     pub created_ms: u64,
     /// When the record last changed (ms since the Unix epoch).
     pub updated_ms: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DocRecord {
@@ -163,6 +174,8 @@ impl DocRecord {
             pages: None,
             chunks: None,
             warnings: Vec::new(),
+            redactions: 0,
+            original_discarded: false,
             attempts: 0,
             created_ms: now,
             updated_ms: now,

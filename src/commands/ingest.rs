@@ -29,9 +29,48 @@ pub struct IngestArgs {
     /// Metadata for every document, as key=value (numbers stay numbers). Repeatable.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     meta: Vec<String>,
+    /// Redact PII when creating the collection: a comma-separated list of email, phone, iban,
+    /// card, ip (or `all`). Fixed at creation; an existing collection must have the same rules.
+    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    redact: Vec<String>,
+    /// Also redact matches of a named regular expression, as NAME=REGEX (repeatable); they
+    /// become [REDACTED:NAME].
+    #[arg(long = "redact-pattern", value_name = "NAME=REGEX")]
+    redact_patterns: Vec<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// The redaction rules the flags ask for.
+fn redaction(args: &IngestArgs) -> anyhow::Result<hearth_index::Redaction> {
+    let mut kinds = Vec::new();
+    for k in &args.redact {
+        if k == "all" {
+            kinds.extend(
+                hearth_ingest::REDACTION_KINDS
+                    .iter()
+                    .map(|k| (*k).to_owned()),
+            );
+        } else {
+            kinds.push(k.clone());
+        }
+    }
+    kinds.dedup();
+    let patterns = args
+        .redact_patterns
+        .iter()
+        .map(|p| {
+            let (name, regex) = p
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--redact-pattern {p:?}: expected NAME=REGEX"))?;
+            Ok(hearth_index::RedactionPattern {
+                name: name.to_owned(),
+                regex: regex.to_owned(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(hearth_index::Redaction { kinds, patterns })
 }
 
 enum Job {
@@ -77,7 +116,7 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     hearth_ingest::validate_metadata(&metadata)?;
     let files = walk(&args.paths)?;
     let service = super::service(&cfg).await?;
-    let col = service.open(&collection).await?;
+    let col = service.create(&collection, &redaction(&args)?).await?;
     let pending = service.pending(&col).await?;
 
     let jobs: Vec<Job> = pending

@@ -3,7 +3,7 @@
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
-use hearth_index::CollectionName;
+use hearth_index::{CollectionName, CollectionSettings, Redaction, RedactionPattern};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -15,6 +15,60 @@ use crate::keys::Role;
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     name: String,
+    /// PII redaction for the collection's documents, fixed at creation (off when absent).
+    #[serde(default)]
+    redaction: Option<RedactionBody>,
+}
+
+/// What a collection redacts before its text is chunked, embedded or stored.
+#[derive(Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedactionBody {
+    /// Built-in kinds: email, phone, iban, card, ip.
+    #[serde(default)]
+    kinds: Vec<String>,
+    /// Named regular expressions; matches become `[REDACTED:NAME]`.
+    #[serde(default)]
+    patterns: Vec<PatternBody>,
+}
+
+#[derive(Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatternBody {
+    name: String,
+    regex: String,
+}
+
+impl From<RedactionBody> for Redaction {
+    fn from(b: RedactionBody) -> Self {
+        Redaction {
+            kinds: b.kinds,
+            patterns: b
+                .patterns
+                .into_iter()
+                .map(|p| RedactionPattern {
+                    name: p.name,
+                    regex: p.regex,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Redaction> for RedactionBody {
+    fn from(r: Redaction) -> Self {
+        RedactionBody {
+            kinds: r.kinds,
+            patterns: r
+                .patterns
+                .into_iter()
+                .map(|p| PatternBody {
+                    name: p.name,
+                    regex: p.regex,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -22,16 +76,25 @@ pub(super) struct CollectionOut {
     name: String,
     documents: usize,
     chunks: usize,
+    /// Present when the collection redacts PII.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redaction: Option<RedactionBody>,
 }
 
 impl CollectionOut {
-    fn of(col: &crate::Collection) -> Self {
+    async fn of(s: &State, col: &crate::Collection) -> Result<Self, ApiError> {
         let st = col.stats();
-        Self {
+        let redaction = CollectionSettings::read(s.service.store(), col.name())
+            .await?
+            .map(|c| c.redaction)
+            .filter(|r| !r.is_off())
+            .map(RedactionBody::from);
+        Ok(Self {
             name: col.name().to_string(),
             documents: st.docs,
             chunks: st.live_chunks,
-        }
+            redaction,
+        })
     }
 }
 
@@ -55,8 +118,9 @@ pub(super) async fn create(
         .store()
         .exists(&hearth_index::keys::collection(&c))
         .await?;
-    let col = s.service.open(&c).await?;
-    let out = CollectionOut::of(&col);
+    let redaction: Redaction = body.redaction.unwrap_or_default().into();
+    let col = s.service.create(&c, &redaction).await?;
+    let out = CollectionOut::of(&s, &col).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -92,7 +156,7 @@ pub(super) async fn get(
 ) -> Result<Response, ApiError> {
     let c = caller.collection(&c, Role::Reader)?;
     let col = s.service.open_existing(&c).await?;
-    Ok(json(StatusCode::OK, &CollectionOut::of(&col)))
+    Ok(json(StatusCode::OK, &CollectionOut::of(&s, &col).await?))
 }
 
 /// Deletes a collection and everything under it (admin).

@@ -51,6 +51,12 @@ pub(super) struct DocOut<'a> {
     chunks: Option<u32>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
+    /// PII matches redacted (collections with redaction).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redactions: Option<u32>,
+    /// The original bytes are not kept (collections with redaction).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    original_discarded: bool,
     #[schema(value_type = Object)]
     metadata: &'a Metadata,
     created_ms: u64,
@@ -75,6 +81,8 @@ fn doc_out(r: &DocRecord) -> DocOut<'_> {
         pages: r.pages,
         chunks: r.chunks,
         warnings: &r.warnings,
+        redactions: r.original_discarded.then_some(r.redactions),
+        original_discarded: r.original_discarded,
         metadata: &r.metadata,
         created_ms: r.created_ms,
         updated_ms: r.updated_ms,
@@ -390,6 +398,16 @@ pub(super) async fn raw(
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let rec = record(&s, &caller, &c, &id).await?;
+    if rec.original_discarded {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "original_discarded",
+            format!(
+                "collection {} redacts PII and keeps no unredacted original of document {id}; its redacted text is searchable",
+                rec.collection
+            ),
+        ));
+    }
     let bytes = s
         .service
         .store()

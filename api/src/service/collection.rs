@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::{StreamExt, TryStreamExt};
 use hearth_index::{
     Chunk, CollectionIndex, CollectionName, CollectionSettings, DocId, IndexError, IndexStats,
-    IndexedDoc, keys,
+    IndexedDoc, Redaction, keys,
 };
 use hearth_ingest::{DocRecord, DocState};
 
@@ -130,6 +130,17 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 impl Service {
+    /// Creates a collection with PII redaction rules (or opens it when it exists with the same
+    /// rules; a conflict otherwise), like [`Service::open`].
+    pub async fn create(
+        &self,
+        c: &CollectionName,
+        redaction: &Redaction,
+    ) -> Result<Arc<Collection>> {
+        self.pipeline.create_collection(c, redaction).await?;
+        self.open(c).await
+    }
+
     /// Opens a collection (creating it on first use), loads its local index and brings it in
     /// line with the object store. Later calls return the same handle.
     pub async fn open(&self, c: &CollectionName) -> Result<Arc<Collection>> {
@@ -346,6 +357,7 @@ impl Service {
     /// under way for one of its documents erases what it writes.
     pub async fn delete_collection(&self, c: &CollectionName) -> Result<bool> {
         let mut open = self.open.lock().await;
+        self.pipeline.forget(c);
         let existed = self.store.exists(&keys::collection(c)).await?;
         if let Some(col) = open.remove(c) {
             col.deleted.store(true, Ordering::Release);
@@ -386,14 +398,17 @@ impl Service {
         let col2 = col.clone();
         let stats = blocking(move || write(&col2.index).compact()).await?;
         let c = &col.name;
-        let records: HashSet<DocId> = self
-            .registry
-            .list(c)
-            .await?
-            .into_iter()
-            .map(|r| r.doc_id)
-            .collect();
+        let all = self.registry.list(c).await?;
+        let records: HashSet<DocId> = all.iter().map(|r| r.doc_id).collect();
+        // Originals a redacting collection discarded, if a crash came between the record and
+        // the delete.
         let mut orphans = Vec::new();
+        for r in all.iter().filter(|r| r.original_discarded) {
+            let key = keys::raw(c, &r.doc_id);
+            if self.store.exists(&key).await? {
+                orphans.push(key);
+            }
+        }
         for prefix in [format!("raw/{c}/"), format!("chunks/{c}/")] {
             for key in self.store.list(&prefix).await? {
                 let id = key

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, dependency rules, unit and integration tests (real
 # models, real child processes, a real SeaweedFS S3 server) and docs. Benchmarks are type-checked
-# by clippy --all-targets; `cargo bench` builds and runs them. Installs its own dependencies first.
+# by clippy --all-targets; `cargo bench` builds and runs them. Ends with a 15 s pass of every
+# fuzz target (scripts/fuzz.sh). Installs its own dependencies first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
@@ -13,3 +14,4 @@ step "cargo clippy";       cargo clippy --workspace --all-targets --locked -- -D
 step "dependency rules";   scripts/check-deps.sh
 step "cargo doc";          RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test";         cargo test --workspace --locked
+step "fuzz (short pass)";  scripts/fuzz.sh 15

@@ -18,6 +18,9 @@ mod chunk;
 mod config;
 mod error;
 mod extract;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod normalize;
 mod parse;
 mod pipeline;

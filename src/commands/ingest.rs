@@ -34,7 +34,7 @@ pub struct IngestArgs {
     #[arg(long, value_name = "KINDS", value_delimiter = ',')]
     redact: Vec<String>,
     /// Also redact matches of a named regular expression, as NAME=REGEX (repeatable); they
-    /// become [REDACTED:NAME].
+    /// become `[REDACTED:NAME]`.
     #[arg(long = "redact-pattern", value_name = "NAME=REGEX")]
     redact_patterns: Vec<String>,
     /// Print the summary as JSON on stdout.

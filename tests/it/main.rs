@@ -17,3 +17,4 @@ mod redaction;
 mod residency;
 mod search;
 mod serve;
+mod soak;

@@ -10,6 +10,9 @@ mod auth;
 mod collections;
 mod documents;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod health;
 mod metrics;
 mod openai;

@@ -166,7 +166,7 @@ fn message(g: &hearth_engine::Generator, m: MessageIn, i: usize) -> Result<ChatM
 }
 
 impl ChatBody {
-    fn sampling(&self) -> Result<SamplingParams, ApiError> {
+    pub(super) fn sampling(&self) -> Result<SamplingParams, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(
                 "n: only 1 choice per request is supported",

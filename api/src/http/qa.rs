@@ -149,7 +149,7 @@ pub(super) struct SearchBody {
     /// Metadata conditions, all required: `{"key": value, "key": {"in": [..]}, "key": {"gte": n}, "doc_id": [..]}`.
     #[serde(default)]
     #[schema(value_type = Object)]
-    filter: FilterIn,
+    pub(super) filter: FilterIn,
 }
 
 /// A chunk as search and citations show it.
@@ -258,7 +258,7 @@ pub(super) struct AskBody {
     /// Metadata conditions, as in search.
     #[serde(default)]
     #[schema(value_type = Object)]
-    filter: FilterIn,
+    pub(super) filter: FilterIn,
     /// Lowest question-passage cosine of a relevant passage (default `ask.min_similarity`).
     min_similarity: Option<f32>,
     /// A registered LoRA adapter to answer with.
@@ -266,7 +266,7 @@ pub(super) struct AskBody {
     /// temperature, top_k, top_p, min_p, repetition/presence/frequency penalties, seed,
     /// max_tokens, stop, stop_token_ids (default: greedy, `ask.max_tokens`).
     #[schema(value_type = Option<Object>)]
-    sampling: Option<SamplingParams>,
+    pub(super) sampling: Option<SamplingParams>,
     /// Server-Sent Events: `passages`, `token`..., then `done` or `error`.
     #[serde(default)]
     stream: bool,

@@ -205,7 +205,14 @@ impl AuditLog {
                     "entry {i} is missing (found {key} in its place): entries were removed or inserted"
                 )));
             }
-            let bytes = self.store.get(key).await?;
+            let bytes = match self.store.get(key).await {
+                Ok(b) => b,
+                // An encrypted store refuses an altered object outright.
+                Err(hearth_index::IndexError::Corrupt { detail, .. }) => {
+                    return Ok(fail(format!("entry {i} was edited: {detail}")));
+                }
+                Err(e) => return Err(e.into()),
+            };
             let e: AuditEntry = match serde_json::from_slice(&bytes) {
                 Ok(e) => e,
                 Err(err) => return Ok(fail(format!("entry {i} does not parse: {err}"))),
@@ -303,6 +310,35 @@ mod tests {
                 problem: None
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_in_an_encrypted_store_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = dir.path().join("kek");
+        std::fs::write(&kek, "42".repeat(32)).unwrap();
+        let cfg = hearth_index::StorageConfig {
+            data_dir: dir.path().join("data"),
+            encryption: hearth_index::EncryptionConfig {
+                kek_file: Some(kek),
+                kek_env: None,
+            },
+            ..Default::default()
+        };
+        let store = BlobStore::open(&cfg).await.unwrap();
+        let log = AuditLog::new(store.clone());
+        for i in 0..3 {
+            log.append(event(i)).await.unwrap();
+        }
+        assert_eq!(verify(&store).await.problem, None);
+        let file = dir.path().join("data/store").join(entry_key(1));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        let v = verify(&store).await;
+        assert_eq!(v.entries, 1);
+        assert!(v.problem.unwrap().contains("entry 1 was edited"));
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ pub struct CollectionSettings {
 }
 
 /// What a collection redacts: built-in PII kinds and named patterns.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redaction {
     /// Built-in kinds: `email`, `phone`, `iban`, `card`, `ip`.
@@ -48,7 +48,7 @@ impl Redaction {
 }
 
 /// A named regular expression whose matches are redacted as `[REDACTED:NAME]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedactionPattern {
     /// 1-32 of `A-Z a-z 0-9 _ -`.

@@ -68,8 +68,9 @@ pub struct Pipeline {
     settings: CollectionSettings,
     extractor: ExtractorPool,
     config: IngestConfig,
-    /// Each opened collection's compiled redaction rules (`None`: it redacts nothing).
-    redactors: Mutex<HashMap<CollectionName, Option<Arc<Redactor>>>>,
+    /// Compiled redaction rules, by rules (a collection's rules are read from its settings for
+    /// every document, so a collection deleted and created again elsewhere is never stale).
+    redactors: Mutex<HashMap<Redaction, Arc<Redactor>>>,
 }
 
 impl Pipeline {
@@ -125,43 +126,36 @@ impl Pipeline {
             redaction: redaction.clone(),
             ..self.settings.clone()
         };
-        let stored = wanted.open_or_create(&self.store, c).await?;
-        let redactor = Redactor::new(&stored.redaction)?.map(Arc::new);
-        self.redactors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(c.clone(), redactor);
+        wanted.open_or_create(&self.store, c).await?;
         Ok(())
     }
 
-    /// Forgets what was cached about a collection (after it was deleted).
-    pub fn forget(&self, c: &CollectionName) {
-        self.redactors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(c);
-    }
-
-    /// The collection's redaction rules, compiled (read from its settings on first use).
+    /// The collection's redaction rules as its settings say now, compiled once per process.
     async fn redactor(&self, c: &CollectionName) -> Result<Option<Arc<Redactor>>> {
-        if let Some(r) = self
-            .redactors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(c)
-        {
-            return Ok(r.clone());
-        }
         let spec = CollectionSettings::read(&self.store, c)
             .await?
             .map(|s| s.redaction)
             .unwrap_or_default();
-        let r = Redactor::new(&spec)?.map(Arc::new);
+        if spec.is_off() {
+            return Ok(None);
+        }
+        if let Some(r) = self
+            .redactors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&spec)
+        {
+            return Ok(Some(r.clone()));
+        }
+        let Some(r) = Redactor::new(&spec)? else {
+            return Ok(None);
+        };
+        let r = Arc::new(r);
         self.redactors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(c.clone(), r.clone());
-        Ok(r)
+            .insert(spec, r.clone());
+        Ok(Some(r))
     }
 
     /// Refuses a document of `size` bytes before it is read, if it is over the limit or empty.

@@ -152,6 +152,21 @@ pub async fn objects(store: &BlobStore, prefix: &str) -> BTreeMap<String, Vec<u8
     out
 }
 
+/// Every file under `dir` (recursively), by path, with its bytes.
+pub fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.path().display().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Documents of an ingest summary by status.
 pub fn by_status<'a>(summary: &'a Value, status: &str) -> Vec<&'a Value> {
     summary["documents"]

@@ -10,7 +10,7 @@ use hearth_index::BlobStore;
 use hearth_index::fixtures::SeaweedFs;
 use serde_json::Value;
 
-use crate::common::{Backend, Node, objects, root};
+use crate::common::{Backend, Node, files_under, objects, root};
 
 const KEK_A: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 const KEK_B: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9f";
@@ -76,21 +76,6 @@ fn assert_no_plaintext(objects: &BTreeMap<String, Vec<u8>>, needles: &[Vec<u8>])
     assert!(objects.len() > 8, "{:?}", objects.keys());
     let hits = found(objects, needles);
     assert!(hits.is_empty(), "plaintext in the store: {hits:?}");
-}
-
-/// Every file under `dir`, by path.
-fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            (
-                e.path().display().to_string(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn ingest_all(node: &Node) {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hearth_index::{BlobStore, CollectionName, DocId, decode_chunks, keys};
 
-use crate::common::{Backend, Node, objects, root};
+use crate::common::{Backend, Node, files_under, objects, root};
 
 /// Needles for one document: 32-byte windows of its bytes, 40-byte pieces of its chunk texts
 /// and the first 8 components (32 bytes, little-endian f32) of each chunk's vector.
@@ -30,20 +30,6 @@ async fn needles(store: &BlobStore, c: &CollectionName, id: &DocId, file: &Path)
         out.push(v[..8].iter().flat_map(|x| x.to_le_bytes()).collect());
     }
     out
-}
-
-fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            (
-                e.path().display().to_string(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// How many needles occur somewhere in `files`, and one example.

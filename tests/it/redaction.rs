@@ -3,11 +3,10 @@
 //! local caches or the logs; collections without redaction are untouched.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::json;
 
-use crate::common::{Backend, Node};
+use crate::common::{Backend, Node, files_under};
 
 const PII: [&str; 7] = [
     "jane.doe@kestrel.example",
@@ -26,20 +25,6 @@ fn document() -> String {
          The payroll lead is employee {}.\n\nPayroll runs on the last working day of the month.\n",
         PII[0], PII[1], PII[2], PII[3], PII[4], PII[5], PII[6]
     )
-}
-
-fn files_under(dir: &Path, part: &str) -> BTreeMap<String, Vec<u8>> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.path().display().to_string().contains(part))
-        .map(|e| {
-            (
-                e.path().display().to_string(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn holding(files: &BTreeMap<String, Vec<u8>>, needle: &str) -> Vec<String> {
@@ -89,8 +74,13 @@ async fn pii_is_redacted_before_anything_is_stored() {
     assert_eq!(rec["redactions"], 7, "{rec}");
     assert_eq!(rec["original_discarded"], true, "{rec}");
 
-    let hr = files_under(&data, "/hr");
-    let plain = files_under(&data, "/plain");
+    let part = |p: &str| -> BTreeMap<String, Vec<u8>> {
+        files_under(&data)
+            .into_iter()
+            .filter(|(k, _)| k.contains(p))
+            .collect()
+    };
+    let (hr, plain) = (part("/hr"), part("/plain"));
     assert!(hr.len() >= 3 && plain.len() >= 3, "{:?}", hr.keys());
     for pii in PII {
         assert!(

@@ -357,7 +357,6 @@ impl Service {
     /// under way for one of its documents erases what it writes.
     pub async fn delete_collection(&self, c: &CollectionName) -> Result<bool> {
         let mut open = self.open.lock().await;
-        self.pipeline.forget(c);
         let existed = self.store.exists(&keys::collection(c)).await?;
         if let Some(col) = open.remove(c) {
             col.deleted.store(true, Ordering::Release);

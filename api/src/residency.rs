@@ -13,7 +13,6 @@ use std::time::SystemTime;
 
 use hearth_index::StorageConfig;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, ServiceError};
 
@@ -247,7 +246,7 @@ impl Residency {
         let sha256 = match cached {
             Some(sha) => sha,
             None => {
-                let sha = sha256_file(path).map_err(io)?;
+                let sha = hearth_index::sha256_file(path)?;
                 self.cache
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -269,21 +268,6 @@ impl Residency {
             sha256,
         })
     }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub use error::{IndexError, Result};
 pub use filter::{Condition, Filter};
 pub use format::{FORMAT_VERSION, OLDEST_SUPPORTED_FORMAT};
 pub use hybrid::{Fusion, SearchMode};
-pub use ids::{ChunkId, CollectionName, DocId};
+pub use ids::{ChunkId, CollectionName, DocId, sha256_file};
 pub use lexical::Analyzer;
 pub use meta::{MetaValue, Metadata};
 pub use retrieval::{

@@ -149,6 +149,20 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     let r = call(&s, Some(&writer_a), "GET", "/v1/collections", None).await;
     assert_eq!(r.json()["collections"], json!([{"name": "a"}]));
 
+    // The residency report is for admins.
+    call(&s, Some(&reader_a), "GET", "/v1/residency", None)
+        .await
+        .error(403, "forbidden");
+    call(&s, Some(&writer_a), "GET", "/v1/residency", None)
+        .await
+        .error(403, "forbidden");
+    assert_eq!(
+        call(&s, Some(&admin), "GET", "/v1/residency", None)
+            .await
+            .status,
+        200
+    );
+
     // A reader scoped to "a": reads a, writes nothing, sees nothing of b.
     upload(&s, &reader_a, "a", "# X\n\nReaders cannot upload.")
         .await

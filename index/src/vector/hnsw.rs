@@ -17,19 +17,18 @@
 //!   graph can be `'static`. Loads happen once per collection open, so the leak is bounded by
 //!   the number of opens.
 
-use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use hnsw_rs::api::AnnT;
 use hnsw_rs::prelude::{DataId, DistDot, FilterT, Hnsw, HnswIo};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::dedup::Duplicates;
 use super::flat::check_matrix;
 use super::{VectorIndex, normalized, prepare_query};
 use crate::error::{IndexError, Result};
+use crate::ids::sha256_file;
 
 /// Factor applied to every vector given to `hnsw_rs`, so that no dot product reaches the
 /// `1.000002` its distance asserts on.
@@ -412,25 +411,6 @@ impl VectorIndex for HnswIndex {
         let q = prepare_query(query, self.dim)?;
         Ok(self.search_normalized(&q, k, self.ef_search, keep))
     }
-}
-
-/// Lowercase hex SHA-256 of a file's contents.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let io = |source| IndexError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

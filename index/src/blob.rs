@@ -216,7 +216,7 @@ impl BlobStore {
             Ok(r) => {
                 let bytes = r.bytes().await.map_err(|e| store_error(key, e))?;
                 match &self.sealer {
-                    Some(s) => s.open_object(key, &bytes).map(Some),
+                    Some(s) => s.open_object(key, bytes).map(Some),
                     None => Ok(Some(bytes)),
                 }
             }

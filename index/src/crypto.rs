@@ -12,9 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use bytes::Bytes;
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
@@ -26,6 +26,7 @@ const MAGIC: &[u8; 4] = b"HTHE";
 const VERSION: u8 = 1;
 const NONCE: usize = 12;
 const HEADER: usize = MAGIC.len() + 1 + 4 + NONCE;
+const TAG: usize = 16;
 /// The cipher, as reports name it.
 pub const CIPHER: &str = "AES-256-GCM";
 
@@ -215,31 +216,32 @@ impl Sealer {
             .cipher(self.active)
             .ok_or_else(|| IndexError::Internal("the active data key is not loaded".into()))?;
         let nonce: [u8; NONCE] = random()?;
-        let sealed = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: key.as_bytes(),
-                },
-            )
-            .map_err(|_| IndexError::Internal(format!("encrypting {key} failed")))?;
-        let mut out = Vec::with_capacity(HEADER + sealed.len());
+        // One buffer, encrypted in place: header, then the plaintext turned ciphertext, then
+        // the tag.
+        let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&self.active.to_le_bytes());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(plain);
+        let tag = cipher
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                key.as_bytes(),
+                &mut out[HEADER..],
+            )
+            .map_err(|_| IndexError::Internal(format!("encrypting {key} failed")))?;
+        out.extend_from_slice(&tag);
         Ok(out.into())
     }
 
-    /// Opens the object stored at `key`.
-    pub(crate) fn open_object(&self, key: &str, stored: &[u8]) -> Result<Bytes> {
+    /// Opens the object stored at `key`, decrypting in place when `stored` is not shared.
+    pub(crate) fn open_object(&self, key: &str, stored: Bytes) -> Result<Bytes> {
         let damaged = |why: &str| IndexError::Corrupt {
             key: key.to_owned(),
             detail: format!("encrypted object {why}"),
         };
-        if stored.len() < HEADER + 16 || &stored[..4] != MAGIC {
+        if stored.len() < HEADER + TAG || &stored[..4] != MAGIC {
             return Err(damaged(
                 "expected, found unencrypted or truncated bytes (written without encryption?)",
             ));
@@ -256,18 +258,19 @@ impl Sealer {
         let cipher = self
             .cipher(id)
             .ok_or_else(|| damaged(&format!("names data key {id}, which the keyring lacks")))?;
-        let plain = cipher
-            .decrypt(
-                Nonce::from_slice(&stored[9..HEADER]),
-                Payload {
-                    msg: &stored[HEADER..],
-                    aad: key.as_bytes(),
-                },
-            )
+        let mut buf = stored
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let end = buf.len() - TAG;
+        let tag = Tag::clone_from_slice(&buf[end..]);
+        let nonce = Nonce::clone_from_slice(&buf[9..HEADER]);
+        cipher
+            .decrypt_in_place_detached(&nonce, key.as_bytes(), &mut buf[HEADER..end], &tag)
             .map_err(|_| {
                 damaged("failed its integrity check (altered, or moved from another key)")
             })?;
-        Ok(plain.into())
+        buf.truncate(end);
+        Ok(buf.split_off(HEADER).freeze())
     }
 
     fn cipher(&self, id: u32) -> Option<&Aes256Gcm> {
@@ -362,26 +365,32 @@ mod tests {
         let sealed = s.seal("raw/c/a", b"secret text").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
         assert_eq!(
-            &s.open_object("raw/c/a", &sealed).unwrap()[..],
+            &s.open_object("raw/c/a", sealed.clone()).unwrap()[..],
             b"secret text"
         );
         // Moved to another key: refused.
-        assert!(s.open_object("raw/c/b", &sealed).is_err());
+        assert!(s.open_object("raw/c/b", sealed.clone()).is_err());
         // One flipped bit anywhere: refused.
         for i in [0, 5, 10, HEADER, sealed.len() - 1] {
             let mut bad = sealed.to_vec();
             bad[i] ^= 1;
-            let e = s.open_object("raw/c/a", &bad).unwrap_err().to_string();
+            let e = s
+                .open_object("raw/c/a", bad.into())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("raw/c/a"), "{e}");
         }
         assert!(
-            s.open_object("raw/c/a", b"plain bytes, never encrypted")
-                .is_err()
+            s.open_object(
+                "raw/c/a",
+                Bytes::from_static(b"plain bytes, never encrypted")
+            )
+            .is_err()
         );
         // The same keyring opened again reads it.
         let again = Sealer::open(&kek(1), &ring).unwrap();
         assert_eq!(
-            &again.open_object("raw/c/a", &sealed).unwrap()[..],
+            &again.open_object("raw/c/a", sealed.clone()).unwrap()[..],
             b"secret text"
         );
     }
@@ -403,7 +412,7 @@ mod tests {
             "the old KEK no longer opens it"
         );
         let s3 = Sealer::open(&kek(3), &rotated).unwrap();
-        assert_eq!(&s3.open_object("k", &sealed).unwrap()[..], b"content");
+        assert_eq!(&s3.open_object("k", sealed).unwrap()[..], b"content");
         assert!(
             rewrap(&ring, &kek(9), &kek(3)).is_err(),
             "rotation needs the current KEK"

@@ -71,10 +71,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hearth_api::{AnswerSource, AskRequest, Service, ServiceParts};
-use hearth_engine::{EngineConfig, GenerationEvent, SamplingParams};
-use hearth_index::{BlobStore, CollectionName, IndexConfig, StorageConfig};
-use hearth_ingest::{ExtractorCommand, IngestConfig};
+use hearth_api::config::{EngineConfig, IndexConfig, IngestConfig, StorageConfig};
+use hearth_api::{
+    AnswerEvent, AskRequest, CollectionName, ExtractorCommand, SamplingParams, Service,
+    ServiceParts, Store,
+};
 use serde_json::{Value, json};
 
 /// Bump when the corpus generator changes, so that a cached data directory is not reused.
@@ -1465,7 +1466,7 @@ fn run_direct(
         serde_json::from_value(ask_body("")["sampling"].clone()).expect("sampling parameters");
     rt.block_on(async {
         let t0 = Instant::now();
-        let store = BlobStore::open(&StorageConfig {
+        let store = Store::open(&StorageConfig {
             data_dir: data.clone(),
             ..StorageConfig::default()
         })
@@ -1578,7 +1579,7 @@ async fn direct_ask(
 ) -> Outcome {
     let mut o = Outcome::new(q);
     let t0 = Instant::now();
-    let answering = match service
+    let mut answering = match service
         .ask(
             col,
             AskRequest {
@@ -1596,42 +1597,35 @@ async fn direct_ask(
             return o;
         }
     };
-    o.retrieval_ms = answering.retrieval_ms;
-    o.passages = answering.passages.len();
-    match answering.answer {
-        AnswerSource::Fixed(_) => {
-            o.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
-            o.latency_ms = o.ttft_ms;
-            o.pieces = 1;
-        }
-        AnswerSource::Generated(mut g) => {
-            while let Some(ev) = g.next().await {
-                match ev {
-                    GenerationEvent::Text(_) => {
-                        if o.pieces == 0 {
-                            o.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
-                        }
-                        o.pieces += 1;
-                    }
-                    GenerationEvent::Done(c) => {
-                        o.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
-                        o.grounded = true;
-                        o.engine_ttft_ms = c.timings.ttft_ms;
-                        o.queue_ms = c.timings.queue_ms;
-                        o.prompt_tokens = c.usage.prompt_tokens;
-                        o.completion_tokens = c.usage.completion_tokens;
-                        o.cached_prompt_tokens = c.usage.cached_prompt_tokens;
-                        return o;
-                    }
-                    GenerationEvent::Failed(e) => {
-                        o.error = Some(format!("generation: {e}"));
-                        return o;
-                    }
-                }
+    while let Some(ev) = answering.next().await {
+        match ev {
+            Ok(AnswerEvent::Passages(p)) => {
+                o.retrieval_ms = p.retrieval_ms;
+                o.passages = p.passages.len();
             }
-            o.error = Some("the generation stream ended without Done".into());
+            Ok(AnswerEvent::Token(_)) => {
+                if o.pieces == 0 {
+                    o.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+                }
+                o.pieces += 1;
+            }
+            Ok(AnswerEvent::Done(a)) => {
+                o.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+                o.grounded = a.grounded;
+                o.engine_ttft_ms = a.timings.ttft_ms.unwrap_or(0.0);
+                o.queue_ms = a.timings.queue_ms.unwrap_or(0.0);
+                o.prompt_tokens = a.usage.prompt_tokens;
+                o.completion_tokens = a.usage.completion_tokens;
+                o.cached_prompt_tokens = a.usage.cached_prompt_tokens;
+                return o;
+            }
+            Err(e) => {
+                o.error = Some(format!("generation: {e}"));
+                return o;
+            }
         }
     }
+    o.error = Some("the answer stream ended without Done".into());
     o
 }
 

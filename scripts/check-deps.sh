@@ -21,5 +21,15 @@ for rule in "${rules[@]}"; do
     echo "forbidden dependency of $crate: $(echo $found)" >&2; fail=1
   fi
 done
+# The binary's one door: `hearth` depends on hearth-api and on no other workspace crate, and its
+# source names no other (a re-export through hearth-api is the way in).
+direct=$(cargo tree -e normal -p hearth --depth 1 --prefix none --format '{p}' --locked 2>/dev/null \
+  | awk '{print $1}' | sort -u | grep -E '^hearth-(index|ingest|engine)$' || true)
+if [ -n "$direct" ]; then
+  echo "forbidden dependency of hearth (the binary): $(echo $direct) (use hearth-api)" >&2; fail=1
+fi
+if grep -rnE '\bhearth_(index|ingest|engine)\b' src/; then
+  echo "src/ names a workspace crate other than hearth_api (above)" >&2; fail=1
+fi
 [ $fail -eq 0 ] && echo "dependency rules hold" >&2
 exit $fail

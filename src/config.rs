@@ -3,12 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use hearth_api::AskConfig;
-use hearth_api::http::ServerConfig;
-use hearth_api::residency::ResidencyConfig;
-use hearth_engine::EngineConfig;
-use hearth_index::{IndexConfig, StorageConfig};
-use hearth_ingest::IngestConfig;
+use hearth_api::config::{
+    AskConfig, EngineConfig, IndexConfig, IngestConfig, ResidencyConfig, ServerConfig,
+    StorageConfig,
+};
 use serde::Deserialize;
 
 /// The whole configuration.

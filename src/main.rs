@@ -67,7 +67,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::ExtractWorker) {
-        let code = hearth_ingest::extract_worker_main();
+        let code = hearth_api::extract_worker_main();
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     telemetry::init(cli.log_json);

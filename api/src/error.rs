@@ -35,3 +35,15 @@ pub enum ServiceError {
 
 /// The result type of the service layer.
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+impl ServiceError {
+    /// Whether the caller's input caused the error (a malformed request, a document that is
+    /// empty, too large or unreadable), rather than the node.
+    pub fn is_users_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidInput(_)
+                | Self::Ingest(IngestError::Rejected(_) | IngestError::InvalidInput(_))
+        )
+    }
+}

@@ -1,10 +1,22 @@
-//! # hearth-api: the service layer
+//! # hearth-api: the one door into hearth
 //!
-//! Transport-neutral orchestration of the other crates ([`Service`]): ingestion (bytes →
-//! stored chunks, cut with the embedding model's tokenizer), embedding (vectors written back
-//! into the chunk files), indexing (a hybrid dense + BM25 index per collection, kept in line
-//! with the object store) and search. The CLI calls it directly; the HTTP routes will call the
-//! same methods. Nothing depends on this crate but the `hearth` binary.
+//! Everything the `hearth` binary does goes through this crate; it depends on no other
+//! workspace crate (`scripts/check-deps.sh` enforces it).
+//!
+//! - [`Service`]: the transport-neutral orchestration of the other crates. Ingestion
+//!   ([`Service::submit`], [`Service::process`]: bytes → stored chunks cut with the embedding
+//!   model's tokenizer → vectors → a hybrid dense + BM25 index per collection, kept in line
+//!   with the object store), search ([`Service::search`] → [`SearchResults`] of
+//!   [`SearchHit`]s) and grounded answers ([`Service::ask`] → an [`AnswerStream`] of
+//!   [`AnswerEvent`]s ending with a finished [`Answer`] and its [`Citation`]s). The HTTP
+//!   routes ([`http`]) and the CLI call the same methods and render the same types.
+//! - [`Store`]: the object store alone, for what needs no model: document records, API keys
+//!   ([`keys`]), the audit log ([`audit`]), the residency report ([`residency`]), key rotation.
+//! - [`config`]: every section of the configuration file, and the domain types a caller
+//!   names in requests ([`CollectionName`], [`DocId`], [`Filter`], [`SearchMode`], ...),
+//!   re-exported from the crates that own them.
+//!
+//! Nothing depends on this crate but the `hearth` binary.
 #![warn(missing_docs)]
 
 pub mod audit;
@@ -13,10 +25,35 @@ pub mod http;
 pub mod keys;
 pub mod residency;
 mod service;
+mod store;
 
 pub use error::{Result, ServiceError};
 pub use service::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, AnswerSource, Answering, AskConfig, AskRequest, Citation,
-    Collection, CompactReport, MAX_HISTORY, MAX_TOP_K, NOTHING_RELEVANT, Processed, SearchQuery,
-    SearchResults, Service, ServiceParts, SyncReport, check_adapter_name, cite, cited,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, Answer, AnswerEnd, AnswerEvent, AnswerStream, AnswerTimings,
+    AnswerUsage, AskConfig, AskRequest, Bm25Match, Citation, Collection, CompactReport, DenseMatch,
+    Embedded, MAX_HISTORY, NOTHING_RELEVANT, PassagesShown, Processed, SearchHit, SearchQuery,
+    SearchResults, SearchTimings, Service, ServiceParts, SyncReport, TextPiece, check_adapter_name,
 };
+pub use store::Store;
+
+// The domain types of requests and records, owned by the crates below.
+pub use hearth_engine::{ChatMessage, SamplingParams};
+pub use hearth_index::{
+    CollectionName, Condition, DocId, Filter, MAX_TOP_K, MetaValue, Metadata, Redaction,
+    RedactionPattern, SearchMode,
+};
+pub use hearth_ingest::{
+    DocRecord, DocState, ExtractorCommand, REDACTION_KINDS, Submission, Submitted,
+    extract_worker_main, validate_metadata,
+};
+
+/// The sections of the configuration, owned by the crates that read them.
+pub mod config {
+    pub use hearth_engine::EngineConfig;
+    pub use hearth_index::{EncryptionConfig, IndexConfig, StorageConfig};
+    pub use hearth_ingest::IngestConfig;
+
+    pub use crate::AskConfig;
+    pub use crate::http::ServerConfig;
+    pub use crate::residency::ResidencyConfig;
+}

@@ -54,6 +54,31 @@ impl DocState {
             DocState::Failed => "failed",
         }
     }
+
+    /// Every state, in pipeline order.
+    pub const ALL: [DocState; 6] = [
+        DocState::Queued,
+        DocState::Extracting,
+        DocState::Chunked,
+        DocState::Embedded,
+        DocState::Indexed,
+        DocState::Failed,
+    ];
+}
+
+impl std::str::FromStr for DocState {
+    type Err = IngestError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                IngestError::InvalidInput(format!(
+                    "a document state is queued, extracting, chunked, embedded, indexed or failed, got {s:?}"
+                ))
+            })
+    }
 }
 
 pub use hearth_index::{MetaValue, Metadata};

@@ -5,10 +5,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
-use hearth_api::{AnswerSource, AskRequest, cite};
-use hearth_engine::GenerationEvent;
-use hearth_index::{CollectionName, Hit, SearchMode};
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use hearth_api::{Answer, AnswerEvent, AskRequest, CollectionName, SamplingParams, SearchMode};
 use serde_json::Value;
 
 use crate::config::AppConfig;
@@ -44,177 +43,114 @@ pub struct AskArgs {
     json: bool,
 }
 
-/// A source as printed after the answer.
-struct Source {
-    n: usize,
-    source: String,
-    title: Option<String>,
-    page: Option<(u32, u32)>,
-    heading: Vec<String>,
-}
-
 pub async fn run(cfg: AppConfig, args: AskArgs) -> anyhow::Result<ExitCode> {
     let collection = CollectionName::new(&args.collection)?;
     let mode: SearchMode = args.mode.parse().map_err(|_| {
         anyhow::anyhow!("--mode must be dense, bm25 or hybrid, got {:?}", args.mode)
     })?;
     match args.server.clone() {
-        Some(url) => remote(&url, &collection, mode, &args).await,
-        None => embedded(&cfg, &collection, mode, &args).await,
+        Some(url) => {
+            let events = remote(&url, &collection, mode, &args).await?;
+            render(events, args.json).await
+        }
+        None => {
+            let service = super::service_with_generator(&cfg).await?;
+            let col = service.open_existing(&collection).await?;
+            let answer = service
+                .ask(
+                    &col,
+                    AskRequest {
+                        question: args.question.clone(),
+                        mode,
+                        top_k: args.top_k,
+                        adapter: args.adapter.clone(),
+                        sampling: sampling(&args),
+                        ..AskRequest::default()
+                    },
+                )
+                .await
+                .context("asking")?;
+            render(answer.map(|ev| ev.context("generating")), args.json).await
+        }
     }
 }
 
-fn sampling(args: &AskArgs) -> Option<hearth_engine::SamplingParams> {
-    args.max_tokens.map(|m| hearth_engine::SamplingParams {
+fn sampling(args: &AskArgs) -> Option<SamplingParams> {
+    args.max_tokens.map(|m| SamplingParams {
         max_tokens: m,
         ..Default::default()
     })
 }
 
-async fn embedded(
-    cfg: &AppConfig,
-    c: &CollectionName,
-    mode: SearchMode,
-    args: &AskArgs,
+/// Prints an answer as it arrives (or, with `json`, the finished answer as JSON), then its
+/// sources.
+async fn render(
+    events: impl Stream<Item = anyhow::Result<AnswerEvent>>,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let service = super::service_with_generator(cfg).await?;
-    let col = service.open_existing(c).await?;
-    let a = service
-        .ask(
-            &col,
-            AskRequest {
-                question: args.question.clone(),
-                mode,
-                top_k: args.top_k,
-                adapter: args.adapter.clone(),
-                sampling: sampling(args),
-                ..AskRequest::default()
-            },
-        )
-        .await
-        .context("asking")?;
-    let mut answer = String::new();
+    let mut events = std::pin::pin!(events);
     let mut out = std::io::stdout();
-    let mut usage = None;
-    match a.answer {
-        AnswerSource::Fixed(t) => {
-            answer.push_str(t);
-            if !args.json {
-                write!(out, "{t}")?;
-            }
-        }
-        AnswerSource::Generated(mut g) => {
-            while let Some(ev) = g.next().await {
-                match ev {
-                    GenerationEvent::Text(t) => {
-                        if !args.json {
-                            write!(out, "{t}")?;
-                            out.flush()?;
-                        }
-                        answer.push_str(&t);
-                    }
-                    GenerationEvent::Done(c) => usage = Some(c),
-                    GenerationEvent::Failed(e) => return Err(e).context("generating"),
+    while let Some(ev) = events.next().await {
+        match ev? {
+            AnswerEvent::Passages(_) => {}
+            AnswerEvent::Token(t) => {
+                if !json {
+                    write!(out, "{}", t.text)?;
+                    out.flush()?;
                 }
             }
+            AnswerEvent::Done(a) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&a)?);
+                } else {
+                    print_sources(&a);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     }
-    let (marked, citations) = cite(&answer, &a.passages);
-    let cites: Vec<usize> = citations.iter().map(|c| c.n).collect();
-    if args.json {
-        let citations: Vec<Value> = citations
-            .iter()
-            .map(|c| {
-                let mut v = hit_json(c.n, &a.passages[c.n - 1]);
-                v["attributed"] = c.attributed.into();
-                v
-            })
-            .collect();
-        let v = serde_json::json!({
-            "answer": marked,
-            "grounded": usage.is_some(),
-            "citations": citations,
-            "passages": a.passages.iter().enumerate().map(|(i, h)| hit_json(i + 1, h)).collect::<Vec<_>>(),
-            "usage": usage.map(|c| serde_json::json!({
-                "prompt_tokens": c.usage.prompt_tokens,
-                "completion_tokens": c.usage.completion_tokens,
-            })),
-            "timings": {
-                "retrieval_ms": a.retrieval_ms,
-                "ttft_ms": usage.map(|c| c.timings.ttft_ms),
-                "tokens_per_s": usage.map(|c| c.timings.decode_tokens_per_s),
-            },
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let sources: Vec<Source> = a
-        .passages
-        .iter()
-        .enumerate()
-        .map(|(i, h)| Source {
-            n: i + 1,
-            source: h.source.clone(),
-            title: h.title.clone(),
-            page: h.chunk.page_start.zip(h.chunk.page_end),
-            heading: h.chunk.heading.clone(),
-        })
-        .collect();
-    print_sources(&sources, &cites);
-    Ok(ExitCode::SUCCESS)
+    bail!("the answer ended before it was complete")
 }
 
-fn hit_json(n: usize, h: &Hit) -> Value {
-    serde_json::json!({
-        "n": n,
-        "doc_id": h.chunk.doc_id.to_hex(),
-        "source": h.source,
-        "title": h.title,
-        "page_start": h.chunk.page_start,
-        "page_end": h.chunk.page_end,
-        "heading": h.chunk.heading,
-        "span": [h.chunk.span_start, h.chunk.span_end],
-        "text": h.chunk.text,
-    })
-}
-
-fn print_sources(sources: &[Source], cites: &[usize]) {
+fn print_sources(a: &Answer) {
     println!();
-    if sources.is_empty() {
+    if a.passages.is_empty() {
         return;
     }
     println!();
-    let heading = if cites.is_empty() {
+    let heading = if a.citations.is_empty() {
         "Passages given to the model (none cited):"
     } else {
         "Sources:"
     };
     println!("{heading}");
-    for s in sources {
-        let mark = if cites.contains(&s.n) { "*" } else { " " };
-        let name = s.source.rsplit(['/', '\\']).next().unwrap_or(&s.source);
-        let mut line = format!("{mark}[{}] {name}", s.n);
-        if let Some(t) = &s.title {
+    for p in &a.passages {
+        let cited = a.citations.iter().any(|c| c.n == p.rank);
+        let mark = if cited { "*" } else { " " };
+        let mut line = format!("{mark}[{}] {}", p.rank, p.file_name());
+        if let Some(t) = &p.title {
             line.push_str(&format!(" — {t}"));
         }
-        match s.page {
-            Some((a, b)) if a != b => line.push_str(&format!(", pp. {a}-{b}")),
-            Some((a, _)) => line.push_str(&format!(", p. {a}")),
-            None if !s.heading.is_empty() => {
-                line.push_str(&format!(", § {}", s.heading.join(" › ")));
+        match (p.page_start, p.page_end) {
+            (Some(a), Some(b)) if a != b => line.push_str(&format!(", pp. {a}-{b}")),
+            (Some(a), _) => line.push_str(&format!(", p. {a}")),
+            _ if !p.heading.is_empty() => {
+                line.push_str(&format!(", § {}", p.heading.join(" › ")));
             }
-            None => {}
+            _ => {}
         }
         println!("{line}");
     }
 }
 
+/// Asks a running server for a streamed answer; its Server-Sent Events read back as the
+/// service's own answer events.
 async fn remote(
     url: &str,
     c: &CollectionName,
     mode: SearchMode,
     args: &AskArgs,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<impl Stream<Item = anyhow::Result<AnswerEvent>>> {
     let mut body = serde_json::json!({
         "question": args.question,
         "mode": mode.as_str(),
@@ -238,7 +174,7 @@ async fn remote(
     if let Some(k) = &args.api_key {
         req = req.bearer_auth(k);
     }
-    let mut resp = req
+    let resp = req
         .send()
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
@@ -251,82 +187,54 @@ async fn remote(
             .unwrap_or(text);
         bail!("the server answered {status}: {msg}");
     }
-    let mut buf = String::new();
-    let mut out = std::io::stdout();
-    let mut sources = Vec::new();
-    while let Some(bytes) = resp.chunk().await.context("reading the answer")? {
-        buf.push_str(&String::from_utf8_lossy(&bytes));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let (name, data) = parse_event(&block);
-            let v: Value = match serde_json::from_str(&data) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            match name.as_str() {
-                "passages" => sources = v["passages"].as_array().cloned().unwrap_or_default(),
-                "token" if !args.json => {
-                    write!(out, "{}", v["text"].as_str().unwrap_or(""))?;
-                    out.flush()?;
-                }
-                "done" => {
-                    if args.json {
-                        println!("{}", serde_json::to_string_pretty(&v)?);
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    let cites: Vec<usize> = v["citations"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|c| c["n"].as_u64().map(|n| n as usize))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let list: Vec<Source> = sources
-                        .iter()
-                        .enumerate()
-                        .map(|(i, p)| Source {
-                            n: i + 1,
-                            source: p["source"].as_str().unwrap_or("").to_owned(),
-                            title: p["title"].as_str().map(str::to_owned),
-                            page: p["page_start"]
-                                .as_u64()
-                                .zip(p["page_end"].as_u64())
-                                .map(|(a, b)| (a as u32, b as u32)),
-                            heading: p["heading"]
-                                .as_array()
-                                .map(|h| {
-                                    h.iter()
-                                        .filter_map(|x| x.as_str().map(str::to_owned))
-                                        .collect()
-                                })
-                                .unwrap_or_default(),
-                        })
-                        .collect();
-                    print_sources(&list, &cites);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                "error" => bail!(
-                    "the server failed while answering: {}",
-                    v["error"]["message"].as_str().unwrap_or("unknown error")
-                ),
-                _ => {}
-            }
-        }
-    }
-    bail!("the server closed the stream before the answer was complete")
+    Ok(answer_events(resp.bytes_stream()))
 }
 
-/// The event name and data of one SSE block.
-fn parse_event(block: &str) -> (String, String) {
-    let mut name = String::from("message");
-    let mut data = Vec::new();
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim().to_owned();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push(v.strip_prefix(' ').unwrap_or(v));
+/// The answer events of a Server-Sent Events body. The event parser buffers bytes until whole
+/// lines arrive, so a character split across network reads is decoded whole.
+fn answer_events<B: AsRef<[u8]>, E: std::fmt::Display>(
+    body: impl Stream<Item = Result<B, E>>,
+) -> impl Stream<Item = anyhow::Result<AnswerEvent>> {
+    body.eventsource().filter_map(|ev| async move {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => return Some(Err(anyhow::anyhow!("reading the answer: {e}"))),
+        };
+        if ev.event == "error" {
+            let v: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+            return Some(Err(anyhow::anyhow!(
+                "the server failed while answering: {}",
+                v["error"]["message"].as_str().unwrap_or("unknown error")
+            )));
+        }
+        AnswerEvent::from_sse(&ev.event, &ev.data)
+            .with_context(|| format!("reading the server's {:?} event", ev.event))
+            .transpose()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A character cut in two by the network arrives whole (the hand-written reader this
+    /// replaced turned each half into U+FFFD).
+    #[tokio::test]
+    async fn characters_split_across_reads_arrive_whole() {
+        let body = "event: token\ndata: {\"text\":\"Grüße, 東京\"}\n\nevent: error\ndata: {\"error\":{\"code\":\"x\",\"message\":\"boom\"}}\n\n";
+        let bytes = body.as_bytes();
+        // Every cut point, including inside each multi-byte character.
+        for cut in 1..bytes.len() {
+            let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+                vec![Ok(bytes[..cut].to_vec()), Ok(bytes[cut..].to_vec())];
+            let events: Vec<_> = answer_events(futures::stream::iter(parts)).collect().await;
+            assert_eq!(events.len(), 2, "cut at {cut}");
+            match &events[0] {
+                Ok(AnswerEvent::Token(t)) => assert_eq!(t.text, "Grüße, 東京", "cut at {cut}"),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+            let e = events[1].as_ref().unwrap_err().to_string();
+            assert!(e.contains("boom"), "{e}");
         }
     }
-    (name, data.join("\n"))
 }

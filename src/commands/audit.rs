@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use hearth_api::audit::AuditLog;
-
 use crate::config::AppConfig;
 
 #[derive(clap::Subcommand)]
@@ -16,8 +14,7 @@ pub enum AuditCommand {
 pub async fn run(cfg: AppConfig, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Verify => {
-            let store = super::open_store(&cfg).await?;
-            let v = AuditLog::new(store).verify().await?;
+            let v = super::open_store(&cfg).await?.audit().verify().await?;
             match v.problem {
                 None => {
                     println!("audit log intact: {} entries", v.entries);

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use hearth_index::CollectionName;
-use hearth_ingest::Registry;
+use anyhow::Context;
+use hearth_api::{CollectionName, DocState};
 
 use crate::config::AppConfig;
 
@@ -21,12 +21,15 @@ pub struct DocsArgs {
 }
 
 pub async fn run(cfg: AppConfig, args: DocsArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(&cfg).await?;
     let c = CollectionName::new(&args.collection)?;
-    let mut records = Registry::new(store).list(&c).await?;
-    if let Some(s) = &args.state {
-        records.retain(|r| r.state.as_str() == s);
-    }
+    let state = args
+        .state
+        .as_deref()
+        .map(str::parse::<DocState>)
+        .transpose()
+        .context("--state")?;
+    let store = super::open_store(&cfg).await?;
+    let records = store.documents(&c, state).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);

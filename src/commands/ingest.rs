@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::StreamExt;
-use hearth_api::{Collection, Service};
-use hearth_index::{CollectionName, DocId};
-use hearth_ingest::{DocState, IngestError, MetaValue, Metadata, Submission, Submitted};
+use hearth_api::{
+    Collection, CollectionName, DocId, DocState, MetaValue, Metadata, REDACTION_KINDS, Redaction,
+    RedactionPattern, Service, Submission, Submitted,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -43,15 +44,11 @@ pub struct IngestArgs {
 }
 
 /// The redaction rules the flags ask for.
-fn redaction(args: &IngestArgs) -> anyhow::Result<hearth_index::Redaction> {
+fn redaction(args: &IngestArgs) -> anyhow::Result<Redaction> {
     let mut kinds = Vec::new();
     for k in &args.redact {
         if k == "all" {
-            kinds.extend(
-                hearth_ingest::REDACTION_KINDS
-                    .iter()
-                    .map(|k| (*k).to_owned()),
-            );
+            kinds.extend(REDACTION_KINDS.iter().map(|k| (*k).to_owned()));
         } else {
             kinds.push(k.clone());
         }
@@ -64,13 +61,13 @@ fn redaction(args: &IngestArgs) -> anyhow::Result<hearth_index::Redaction> {
             let (name, regex) = p
                 .split_once('=')
                 .ok_or_else(|| anyhow::anyhow!("--redact-pattern {p:?}: expected NAME=REGEX"))?;
-            Ok(hearth_index::RedactionPattern {
+            Ok(RedactionPattern {
                 name: name.to_owned(),
                 regex: regex.to_owned(),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(hearth_index::Redaction { kinds, patterns })
+    Ok(Redaction { kinds, patterns })
 }
 
 enum Job {
@@ -113,7 +110,7 @@ struct Summary {
 pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let collection = CollectionName::new(&args.collection)?;
     let metadata = parse_meta(&args.meta)?;
-    hearth_ingest::validate_metadata(&metadata)?;
+    hearth_api::validate_metadata(&metadata)?;
     let files = walk(&args.paths)?;
     let service = super::service(&cfg).await?;
     let col = service.create(&collection, &redaction(&args)?).await?;
@@ -128,7 +125,7 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut outcomes = futures::stream::iter(jobs)
         .map(|job| run_job(&service, &col, &metadata, job))
-        .buffer_unordered(service.pipeline().workers());
+        .buffer_unordered(service.ingest_workers());
     let mut documents = Vec::new();
     let mut failed = 0;
     let mut embedded = 0u64;
@@ -178,13 +175,11 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_job(s: &Service, col: &Arc<Collection>, meta: &Metadata, job: Job) -> Outcome {
-    let p = s.pipeline();
-    let c = col.name();
     let (source, id, bytes) = match job {
         Job::Resume(id) => (format!("(resumed) {}", id.to_hex()), id, 0),
         Job::File(path) => {
             let source = path.display().to_string();
-            match submit_file(p, c, meta, &path).await {
+            match submit_file(s, col, meta, &path).await {
                 Ok((Submitted::Accepted(id), n)) => (source, id, n),
                 Ok((Submitted::Duplicate(rec), _)) => {
                     return Outcome {
@@ -194,8 +189,7 @@ async fn run_job(s: &Service, col: &Arc<Collection>, meta: &Metadata, job: Job) 
                     };
                 }
                 Err(e) => {
-                    let system_error =
-                        !matches!(e, IngestError::Rejected(_) | IngestError::InvalidInput(_));
+                    let system_error = !e.is_users_fault();
                     return Outcome {
                         status: "failed",
                         reason: Some(format!("{e:#}")),
@@ -248,23 +242,23 @@ fn outcome(source: String) -> Outcome {
 }
 
 async fn submit_file(
-    p: &hearth_ingest::Pipeline,
-    c: &CollectionName,
+    s: &Service,
+    col: &Collection,
     meta: &Metadata,
     path: &Path,
-) -> Result<(Submitted, u64), IngestError> {
+) -> Result<(Submitted, u64), hearth_api::ServiceError> {
     let io = |e: std::io::Error| {
-        IngestError::InvalidInput(format!("cannot read {}: {e}", path.display()))
+        hearth_api::ServiceError::InvalidInput(format!("cannot read {}: {e}", path.display()))
     };
     let size = tokio::fs::metadata(path).await.map_err(io)?.len();
-    p.check_size(size).map_err(IngestError::Rejected)?;
+    s.check_size(size)?;
     let bytes = tokio::fs::read(path).await.map_err(io)?;
     let sub = Submission {
         source: path.display().to_string(),
         bytes: Bytes::from(bytes),
         metadata: meta.clone(),
     };
-    Ok((p.submit(c, sub).await?, size))
+    Ok((s.submit(col, sub).await?, size))
 }
 
 pub(crate) fn walk(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {

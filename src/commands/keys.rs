@@ -4,7 +4,9 @@
 
 use std::process::ExitCode;
 
-use hearth_api::keys::{KeyStore, NewKey, Role};
+use hearth_api::Store;
+use hearth_api::config::EncryptionConfig;
+use hearth_api::keys::{NewKey, Role};
 
 use crate::config::AppConfig;
 
@@ -59,8 +61,7 @@ pub enum KeysCommand {
 }
 
 pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(&cfg).await?;
-    let keys = KeyStore::new(store);
+    let keys = super::open_store(&cfg).await?.keys();
     match cmd {
         KeysCommand::Create {
             name,
@@ -125,14 +126,12 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             new_kek_file,
             new_kek_env,
         } => {
-            let new = hearth_index::EncryptionConfig {
+            let new = EncryptionConfig {
                 kek_file: new_kek_file,
                 kek_env: new_kek_env,
-            }
-            .load()?
-            .ok_or_else(|| anyhow::anyhow!("give --new-kek-file or --new-kek-env"))?;
+            };
             // Opening the store above checked the current key.
-            hearth_index::BlobStore::rotate_kek(&cfg.storage, &new).await?;
+            Store::rotate_kek(&cfg.storage, &new).await?;
             println!(
                 "data keys re-wrapped under the new key-encryption key; configure it (storage.encryption) before the next start: the old key no longer opens the store"
             );

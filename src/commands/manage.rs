@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use hearth_index::{CollectionName, DocId};
+use hearth_api::{CollectionName, DocId};
 
 use crate::config::AppConfig;
 
@@ -35,8 +35,9 @@ pub async fn delete(cfg: AppConfig, args: DeleteArgs) -> anyhow::Result<ExitCode
         .map(|s| s.parse::<DocId>())
         .collect::<Result<Vec<_>, _>>()?;
     let service = super::service(&cfg).await?;
+    let col = service.open(&c).await?;
     if let Some(source) = &args.source {
-        let records = service.registry().list(&c).await?;
+        let records = service.documents(&col).await?;
         ids.extend(
             records
                 .iter()
@@ -47,7 +48,6 @@ pub async fn delete(cfg: AppConfig, args: DeleteArgs) -> anyhow::Result<ExitCode
     if ids.is_empty() {
         bail!("nothing to delete: give document ids or a --source that exists");
     }
-    let col = service.open(&c).await?;
     let mut missing = 0;
     for id in &ids {
         if service.delete_document(&col, id).await? {

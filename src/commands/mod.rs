@@ -11,9 +11,7 @@ pub mod search;
 pub mod serve;
 
 use anyhow::Context;
-use hearth_api::{Service, ServiceParts};
-use hearth_index::BlobStore;
-use hearth_ingest::ExtractorCommand;
+use hearth_api::{ExtractorCommand, Service, ServiceParts, Store};
 
 use crate::config::AppConfig;
 
@@ -29,8 +27,8 @@ pub async fn service_with_generator(cfg: &AppConfig) -> anyhow::Result<Service> 
 }
 
 /// Opens the object store (with encryption at rest when configured).
-pub async fn open_store(cfg: &AppConfig) -> anyhow::Result<BlobStore> {
-    BlobStore::open(&cfg.storage)
+pub async fn open_store(cfg: &AppConfig) -> anyhow::Result<Store> {
+    Store::open(&cfg.storage)
         .await
         .context("opening the object store")
 }

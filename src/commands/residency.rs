@@ -4,12 +4,8 @@
 
 use std::process::ExitCode;
 
-use hearth_api::residency::{
-    AdapterDigest, BuildInfo, EncryptionStatus, FileDigest, Residency, ResidencyParts,
-    ResidencyReport,
-};
-use hearth_index::{BlobStore, CIPHER};
-use sha2::{Digest, Sha256};
+use hearth_api::Store;
+use hearth_api::residency::{BuildInfo, Residency, ResidencyParts, ResidencyReport};
 
 use crate::config::AppConfig;
 
@@ -22,23 +18,12 @@ pub struct ResidencyArgs {
 
 /// The static part of the report for this configuration and the store as opened
 /// (`generator`: whether the generator's files are in use).
-pub fn residency(cfg: &AppConfig, store: &BlobStore, generator: bool) -> anyhow::Result<Residency> {
-    let encryption = if store.encrypted() {
-        EncryptionStatus {
-            at_rest: true,
-            algorithm: Some(format!(
-                "{CIPHER} per object, data keys wrapped by the key-encryption key"
-            )),
-            key_source: cfg.storage.encryption.source(),
-        }
-    } else {
-        EncryptionStatus::off()
-    };
+pub fn residency(cfg: &AppConfig, store: &Store, generator: bool) -> anyhow::Result<Residency> {
     Ok(Residency::new(ResidencyParts {
         config: &cfg.residency,
         storage: &cfg.storage,
         models: cfg.engine.model_files(generator),
-        encryption,
+        encryption: store.encryption(&cfg.storage),
         build: build_info(),
     })?)
 }
@@ -65,41 +50,13 @@ pub async fn run(cfg: AppConfig, args: ResidencyArgs) -> anyhow::Result<ExitCode
     let store = super::open_store(&cfg).await?;
     let res = residency(&cfg, &store, true)?;
     let mut report = tokio::task::spawn_blocking(move || res.report(Vec::new())).await??;
-    report.adapters = stored_adapters(&store).await?;
+    report.adapters = store.adapter_digests().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Digests of the adapter files in the object store (what `hearth serve` registers).
-async fn stored_adapters(store: &BlobStore) -> anyhow::Result<Vec<AdapterDigest>> {
-    let mut out: Vec<AdapterDigest> = Vec::new();
-    for key in store.list("adapters/").await? {
-        let Some((name, file)) = key
-            .strip_prefix("adapters/")
-            .and_then(|k| k.split_once('/'))
-        else {
-            continue;
-        };
-        let bytes = store.get(&key).await?;
-        let digest = FileDigest {
-            role: file.to_owned(),
-            path: key.clone(),
-            bytes: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-        };
-        match out.last_mut() {
-            Some(a) if a.name == name => a.files.push(digest),
-            _ => out.push(AdapterDigest {
-                name: name.to_owned(),
-                files: vec![digest],
-            }),
-        }
-    }
-    Ok(out)
 }
 
 fn print_report(r: &ResidencyReport) {

@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use hearth_api::SearchQuery;
-use hearth_index::{CollectionName, Condition, DocId, Filter, Hit, MetaValue, SearchMode};
-use serde::Serialize;
+use hearth_api::{
+    CollectionName, Condition, DocId, Filter, MetaValue, SearchHit, SearchMode, SearchQuery,
+};
 
 use crate::config::AppConfig;
 
@@ -32,40 +32,6 @@ pub struct SearchArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct Output<'a> {
-    query: &'a str,
-    collection: &'a str,
-    mode: &'a str,
-    embed_ms: f64,
-    search_ms: f64,
-    hits: Vec<HitOut<'a>>,
-}
-
-#[derive(Serialize)]
-struct HitOut<'a> {
-    rank: usize,
-    score: f32,
-    doc_id: String,
-    source: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-    chunk_id: String,
-    ordinal: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    page_start: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    page_end: Option<u32>,
-    heading: &'a [String],
-    span: [u64; 2],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dense_rank: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bm25_rank: Option<u32>,
-    metadata: &'a hearth_index::Metadata,
-    text: &'a str,
-}
-
 pub async fn run(cfg: AppConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
     let collection = CollectionName::new(&args.collection)?;
     let mode: SearchMode = args.mode.parse().map_err(|_| {
@@ -88,75 +54,43 @@ pub async fn run(cfg: AppConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("searching")?;
     if args.json {
-        let out = Output {
-            query: &args.query,
-            collection: collection.as_str(),
-            mode: &args.mode,
-            embed_ms: results.embed_ms,
-            search_ms: results.search_ms,
-            hits: results.hits.iter().enumerate().map(hit_out).collect(),
-        };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(ExitCode::SUCCESS);
     }
     if results.hits.is_empty() {
         println!("no matching chunks in {collection:?}");
     }
-    for (i, h) in results.hits.iter().enumerate() {
+    for h in &results.hits {
         println!(
             "{:>2}. {:.4}  {}{}",
-            i + 1,
+            h.rank,
             h.score,
-            display_source(&h.source),
+            h.file_name(),
             location(h)
         );
-        println!("    {}", snippet(&h.chunk.text, 280));
+        println!("    {}", snippet(&h.text, 280));
     }
+    let t = results.timings;
     println!(
         "{} hits in {:.1} ms (query embedding {:.1} ms, index {:.1} ms)",
         results.hits.len(),
-        results.embed_ms + results.search_ms,
-        results.embed_ms,
-        results.search_ms
+        t.embed_ms + t.search_ms,
+        t.embed_ms,
+        t.search_ms
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn hit_out((i, h): (usize, &Hit)) -> HitOut<'_> {
-    HitOut {
-        rank: i + 1,
-        score: h.score,
-        doc_id: h.chunk.doc_id.to_hex(),
-        source: &h.source,
-        title: h.title.as_deref(),
-        chunk_id: h.chunk.id().to_string(),
-        ordinal: h.chunk.ordinal,
-        page_start: h.chunk.page_start,
-        page_end: h.chunk.page_end,
-        heading: &h.chunk.heading,
-        span: [h.chunk.span_start, h.chunk.span_end],
-        dense_rank: h.dense.map(|(r, _)| r),
-        bm25_rank: h.bm25.map(|(r, _)| r),
-        metadata: &h.metadata,
-        text: &h.chunk.text,
-    }
-}
-
-/// The file name of a source path (the full path is in `--json`).
-fn display_source(source: &str) -> &str {
-    source.rsplit(['/', '\\']).next().unwrap_or(source)
-}
-
-fn location(h: &Hit) -> String {
-    match (h.chunk.page_start, h.chunk.page_end) {
+fn location(h: &SearchHit) -> String {
+    match (h.page_start, h.page_end) {
         (Some(a), Some(b)) if a != b => return format!("  p. {a}-{b}"),
         (Some(a), _) => return format!("  p. {a}"),
         _ => {}
     }
-    if h.chunk.heading.is_empty() {
+    if h.heading.is_empty() {
         String::new()
     } else {
-        format!("  § {}", h.chunk.heading.join(" › "))
+        format!("  § {}", h.heading.join(" › "))
     }
 }
 

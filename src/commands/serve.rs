@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hearth_api::http::{ServerParts, router, serve};
-use hearth_index::CollectionName;
-use hearth_ingest::Submitted;
+use hearth_api::{CollectionName, Submission, Submitted};
 
 use crate::config::AppConfig;
 
@@ -43,7 +42,8 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         .with_context(|| format!("cannot listen on {}", cfg.server.bind))?;
     let addr = listener.local_addr()?;
     let service = Arc::new(super::service_with_generator(&cfg).await?);
-    let residency = Arc::new(super::residency::residency(&cfg, service.store(), true)?);
+    let store = service.storage();
+    let residency = Arc::new(super::residency::residency(&cfg, &store, true)?);
     let adapters = service.restore_adapters().await?;
     if adapters > 0 {
         tracing::info!(adapters, "LoRA adapters registered from the object store");
@@ -62,14 +62,13 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
             let bytes = tokio::fs::read(&path)
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
-            let sub = hearth_ingest::Submission {
+            let sub = Submission {
                 source: path.display().to_string(),
                 bytes: bytes.into(),
                 metadata: Default::default(),
             };
-            match service.pipeline().submit(&c, sub).await {
+            match service.submit(&col, sub).await {
                 Ok(Submitted::Accepted(id)) => {
-                    col.revive(&id);
                     service.enqueue(&c, id)?;
                     queued += 1;
                 }
@@ -108,18 +107,14 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
             args.collection
         );
     }
-    if !cfg.server.open
-        && !hearth_api::keys::KeyStore::new(service.store().clone())
-            .any()
-            .await?
-    {
+    if !cfg.server.open && !store.keys().any().await? {
         println!(
             "no API keys yet: /v1 requests get 401 until you create one (hearth keys create --name NAME --role admin), or serve with --open on loopback"
         );
     }
     match &cfg.residency.jurisdiction {
         Some(j) => {
-            tracing::info!(jurisdiction = %j, store = %service.store().describe(), "residency policy enforced")
+            tracing::info!(jurisdiction = %j, store = %store.describe(), "residency policy enforced")
         }
         None => tracing::warn!(
             "no residency.jurisdiction configured: stores are not checked against one"

@@ -78,7 +78,7 @@ async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
     assert!(set.questions.len() >= 50);
 
     let service = Service::new(ServiceParts {
-        store: node.store(),
+        store: node.store().into(),
         data_dir: node.dir.path().join("data"),
         engine: EngineConfig {
             models_dir: models(),

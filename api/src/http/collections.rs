@@ -3,7 +3,7 @@
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
-use hearth_index::{CollectionName, CollectionSettings, Redaction, RedactionPattern};
+use hearth_index::{CollectionName, Redaction, RedactionPattern};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -84,9 +84,7 @@ pub(super) struct CollectionOut {
 impl CollectionOut {
     async fn of(s: &State, col: &crate::Collection) -> Result<Self, ApiError> {
         let st = col.stats();
-        let redaction = CollectionSettings::read(s.service.store(), col.name())
-            .await?
-            .map(|c| c.redaction)
+        let redaction = Some(s.service.redaction(col).await?)
             .filter(|r| !r.is_off())
             .map(RedactionBody::from);
         Ok(Self {
@@ -113,11 +111,7 @@ pub(super) async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
     let c = caller.collection(&body.name, Role::Writer)?;
-    let existed = s
-        .service
-        .store()
-        .exists(&hearth_index::keys::collection(&c))
-        .await?;
+    let existed = s.service.exists(&c).await?;
     let redaction: Redaction = body.redaction.unwrap_or_default().into();
     let col = s.service.create(&c, &redaction).await?;
     let out = CollectionOut::of(&s, &col).await?;

@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hearth_index::{CollectionName, DocId, keys};
+use hearth_index::{CollectionName, DocId};
 use hearth_ingest::{DocRecord, DocState, Metadata, Submission, Submitted};
 use serde::{Deserialize, Serialize};
 
@@ -205,10 +205,9 @@ pub(super) async fn upload(
             metadata: meta,
         }
     };
-    let submitted = s.service.pipeline().submit(&c, sub).await?;
+    let submitted = s.service.submit(&col, sub).await?;
     match submitted {
         Submitted::Accepted(id) => {
-            col.revive(&id);
             if let Err(e) = s.service.enqueue(&c, id) {
                 // Stored and recorded as queued: the next start picks it up.
                 tracing::warn!(collection = %c, doc = %id, error = %e, "upload stored but not queued");
@@ -325,7 +324,7 @@ pub(super) async fn list(
     };
     let after = q.after.as_deref().map(doc_id).transpose()?;
     let col = s.service.open_existing(&c).await?;
-    let records = s.service.registry().list(col.name()).await?;
+    let records = s.service.documents(&col).await?;
     let mut page: Vec<&DocRecord> = records
         .iter()
         .filter(|r| after.is_none_or(|a| r.doc_id > a))
@@ -345,17 +344,7 @@ pub(super) async fn list(
 }
 
 fn parse_state(raw: &str) -> Result<DocState, ApiError> {
-    [
-        DocState::Queued,
-        DocState::Extracting,
-        DocState::Chunked,
-        DocState::Embedded,
-        DocState::Indexed,
-        DocState::Failed,
-    ]
-    .into_iter()
-    .find(|s| s.as_str() == raw)
-    .ok_or_else(|| {
+    raw.parse().map_err(|_| {
         ApiError::invalid(format!(
             "status must be queued, extracting, chunked, embedded, indexed or failed, got {raw:?}"
         ))
@@ -367,8 +356,7 @@ async fn record(s: &State, caller: &Caller, c: &str, id: &str) -> Result<DocReco
     let id = doc_id(id)?;
     let col = s.service.open_existing(&c).await?;
     s.service
-        .registry()
-        .get(col.name(), &id)
+        .document(&col, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("document {id} does not exist in {c}")))
 }
@@ -410,8 +398,7 @@ pub(super) async fn raw(
     }
     let bytes = s
         .service
-        .store()
-        .get_opt(&keys::raw(&rec.collection, &rec.doc_id))
+        .original(&rec)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("the bytes of document {id} are gone")))?;
     let file = rec.source.rsplit(['/', '\\']).next().unwrap_or("document");

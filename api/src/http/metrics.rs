@@ -242,7 +242,7 @@ async fn doc_counts(s: &State) -> Result<DocCounts, ApiError> {
     }
     let mut counts = BTreeMap::new();
     for c in s.service.collections().await? {
-        for r in s.service.registry().list(&c).await? {
+        for r in s.service.storage().documents(&c, None).await? {
             *counts
                 .entry((c.as_str().to_owned(), r.state.as_str()))
                 .or_default() += 1;

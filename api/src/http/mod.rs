@@ -159,9 +159,9 @@ pub fn router(parts: ServerParts) -> Router {
     let json_limit = parts.config.max_json_bytes;
     let timeout = Duration::from_secs(parts.config.request_timeout_secs);
     let state = Arc::new(AppState {
-        keys: KeyStore::new(parts.service.store().clone()),
+        keys: parts.service.storage().keys(),
         metrics: metrics::Metrics::default(),
-        audit: AuditLog::new(parts.service.store().clone()),
+        audit: parts.service.storage().audit(),
         limits: auth::Limits::new(
             parts.config.rate_per_minute,
             parts.config.concurrency_per_key,

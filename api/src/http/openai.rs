@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use hearth_engine::{ChatMessage, GenerationEvent, Priority, Prompt, SamplingParams};
+use hearth_engine::{ChatMessage, GenerationEvent, Prompt, SamplingParams};
 use serde::Deserialize;
 
 use super::State;
@@ -401,16 +401,7 @@ pub(super) async fn embeddings(
             "input[{i}] must be 1 to {MAX_EMBED_CHARS} characters"
         )));
     }
-    let tokens: usize = texts
-        .iter()
-        .map(|t| s.service.embed_tokenizer().count(t).unwrap_or(0))
-        .sum();
-    let vectors = s
-        .service
-        .embedder()
-        .embed(texts, Priority::Query)
-        .await
-        .map_err(ApiError::from)?;
+    let crate::Embedded { vectors, tokens } = s.service.embed(texts).await?;
     let data: Vec<serde_json::Value> = vectors
         .iter()
         .enumerate()

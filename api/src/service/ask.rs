@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hearth_engine::{ChatMessage, Generation, Generator, Prompt, SamplingParams};
+use hearth_engine::{ChatMessage, Generator, Prompt, SamplingParams};
 use hearth_index::{Filter, Hit, SearchMode};
 use serde::Deserialize;
 
+use super::answer::{AnswerStream, Source};
 use super::search::SearchQuery;
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
@@ -105,35 +106,18 @@ pub struct AskRequest {
     pub sampling: Option<SamplingParams>,
 }
 
-/// A question under way: the passages the model was shown, and the answer's events.
-pub struct Answering {
-    /// The passages, numbered from 1 in this order.
-    pub passages: Vec<Hit>,
-    /// Query embedding and index time, in milliseconds.
-    pub retrieval_ms: f64,
-    /// The answer.
-    pub answer: AnswerSource,
-}
-
-/// Where the answer's text comes from.
-pub enum AnswerSource {
-    /// Nothing relevant was retrieved: this fixed text, the model was not called.
-    Fixed(&'static str),
-    /// The model's stream.
-    Generated(Generation),
-}
-
 impl Service {
     /// The generator, or an error saying that this process did not load one.
-    pub fn generator(&self) -> Result<&Generator> {
+    pub(crate) fn generator(&self) -> Result<&Generator> {
         self.generator.as_ref().ok_or_else(|| {
             ServiceError::Unavailable("this process has not loaded a generator".into())
         })
     }
 
-    /// Retrieves passages for a question and starts the answer. Fails before anything is
-    /// generated on bad input, an unknown adapter or a full generation queue.
-    pub async fn ask(&self, col: &Arc<Collection>, req: AskRequest) -> Result<Answering> {
+    /// Retrieves passages for a question and starts the answer: the stream gives the passages,
+    /// the text as it is generated, and the finished answer with its citations. Fails before
+    /// anything is generated on bad input, an unknown adapter or a full generation queue.
+    pub async fn ask(&self, col: &Arc<Collection>, req: AskRequest) -> Result<AnswerStream> {
         let generator = self.generator()?;
         let cfg = &self.ask;
         let top_k = req.top_k.unwrap_or(cfg.top_k);
@@ -179,7 +163,7 @@ impl Service {
             }
         }
         let found = self
-            .search(
+            .retrieve(
                 col,
                 SearchQuery {
                     text: req.question.clone(),
@@ -200,11 +184,11 @@ impl Service {
             })
             .collect();
         if relevant.is_empty() {
-            return Ok(Answering {
-                passages: Vec::new(),
+            return Ok(AnswerStream::new(
+                Vec::new(),
                 retrieval_ms,
-                answer: AnswerSource::Fixed(NOTHING_RELEVANT),
-            });
+                Source::Fixed(NOTHING_RELEVANT),
+            ));
         }
         let started = Instant::now();
         let budget = generator
@@ -226,11 +210,11 @@ impl Service {
         );
         let generation =
             generator.submit_with_adapter(&prompt, sampling, req.adapter.as_deref())?;
-        Ok(Answering {
+        Ok(AnswerStream::new(
             passages,
             retrieval_ms,
-            answer: AnswerSource::Generated(generation),
-        })
+            Source::Generated(generation),
+        ))
     }
 }
 
@@ -354,294 +338,10 @@ fn build_prompt(
     }
 }
 
-/// The passage numbers an answer cites, in order of first citation, each once: `[2]`,
-/// `[1, 3]`, `[1][2]` and `[1-3]` forms; numbers outside `1..=passages` are ignored.
-pub fn cited(answer: &str, passages: usize) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut rest = answer;
-    // Each `]` closes the nearest `[` before it, so `[[2]]` is a citation of 2.
-    while let Some(close) = rest.find(']') {
-        let head = &rest[..close];
-        rest = &rest[close + 1..];
-        let Some(open) = head.rfind('[') else {
-            continue;
-        };
-        let inner = &head[open + 1..];
-        if inner.is_empty()
-            || inner.len() > 32
-            || !inner
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, ',' | ' ' | '-' | '–'))
-        {
-            continue;
-        }
-        for part in inner.split(',') {
-            let part = part.trim();
-            let range = part
-                .split_once(['-', '–'])
-                .map(|(a, b)| (a.trim().parse::<usize>(), b.trim().parse::<usize>()));
-            let (a, b) = match range {
-                Some((Ok(a), Ok(b))) if a <= b && b - a < 64 => (a, b),
-                Some(_) => continue,
-                None => match part.parse::<usize>() {
-                    Ok(n) => (n, n),
-                    Err(_) => continue,
-                },
-            };
-            for n in a..=b {
-                if (1..=passages).contains(&n) && !out.contains(&n) {
-                    out.push(n);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A citation of an answer: passage `n` (from 1), and whether the model wrote the marker or
-/// hearth attributed a sentence to the passage ([`cite`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Citation {
-    /// The passage number.
-    pub n: usize,
-    /// True when hearth matched an unmarked sentence to the passage.
-    pub attributed: bool,
-}
-
-/// The answer's citations. The markers the model wrote count first ([`cited`]); when it wrote
-/// none, each sentence of the answer that shares enough distinctive words with a passage is
-/// attributed to the best such passage and gets its marker appended, so the answer still
-/// carries `[n]` markers that lead to sources. Returns the answer (with any added markers) and
-/// the citations in order of first appearance.
-pub fn cite(answer: &str, passages: &[Hit]) -> (String, Vec<Citation>) {
-    let marked = cited(answer, passages.len());
-    if !marked.is_empty() {
-        let c = marked
-            .into_iter()
-            .map(|n| Citation {
-                n,
-                attributed: false,
-            })
-            .collect();
-        return (answer.to_owned(), c);
-    }
-    let vocab: Vec<std::collections::HashSet<String>> = passages
-        .iter()
-        .map(|h| content_words(&h.chunk.text))
-        .collect();
-    let mut out = String::with_capacity(answer.len() + 16);
-    let mut citations: Vec<Citation> = Vec::new();
-    for sentence in sentences(answer) {
-        let words = content_words(sentence);
-        let best = vocab
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (words.iter().filter(|w| v.contains(*w)).count(), i))
-            .max_by_key(|&(shared, i)| (shared, std::cmp::Reverse(i)));
-        let trimmed = sentence.trim_end();
-        match best {
-            Some((shared, i)) if shared >= 3 || (shared >= 2 && shared * 2 >= words.len()) => {
-                let n = i + 1;
-                // The marker goes before the sentence's closing punctuation and whitespace.
-                let body = trimmed.trim_end_matches(['.', '!', '?', ':', ';', ',']);
-                out.push_str(body);
-                out.push_str(&format!(" [{n}]"));
-                out.push_str(&trimmed[body.len()..]);
-                out.push_str(&sentence[trimmed.len()..]);
-                if !citations.iter().any(|c| c.n == n) {
-                    citations.push(Citation {
-                        n,
-                        attributed: true,
-                    });
-                }
-            }
-            _ => out.push_str(sentence),
-        }
-    }
-    (out, citations)
-}
-
-/// Splits text after sentence ends (`.`, `!`, `?` followed by whitespace) and line breaks,
-/// keeping every character.
-fn sentences(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        let next_ws = chars.peek().is_none_or(|(_, n)| n.is_whitespace());
-        if c == '\n' || (matches!(c, '.' | '!' | '?') && next_ws) {
-            // Swallow the whitespace that follows into this sentence.
-            let mut end = i + c.len_utf8();
-            while let Some(&(j, n)) = chars.peek() {
-                if !n.is_whitespace() {
-                    break;
-                }
-                end = j + n.len_utf8();
-                chars.next();
-            }
-            out.push(&text[start..end]);
-            start = end;
-        }
-    }
-    if start < text.len() {
-        out.push(&text[start..]);
-    }
-    out
-}
-
-/// Lower-cased words of at least four characters (or containing a digit) that are not common
-/// function words: the words that make two texts about the same thing.
-fn content_words(text: &str) -> std::collections::HashSet<String> {
-    const COMMON: &[&str] = &[
-        "about",
-        "after",
-        "also",
-        "been",
-        "before",
-        "being",
-        "between",
-        "both",
-        "could",
-        "does",
-        "each",
-        "from",
-        "have",
-        "here",
-        "into",
-        "just",
-        "like",
-        "make",
-        "many",
-        "more",
-        "most",
-        "much",
-        "must",
-        "only",
-        "other",
-        "over",
-        "same",
-        "should",
-        "some",
-        "such",
-        "than",
-        "that",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "under",
-        "very",
-        "want",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "will",
-        "with",
-        "would",
-        "your",
-        "following",
-        "example",
-        "using",
-        "used",
-        "use",
-        "can",
-    ];
-    text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
-        .map(|w| w.trim_matches('-').to_lowercase())
-        .filter(|w| {
-            (w.chars().count() >= 4 || (w.len() >= 2 && w.chars().any(|c| c.is_ascii_digit())))
-                && !COMMON.contains(&w.as_str())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn citation_markers() {
-        assert_eq!(cited("Paris [2]. Also [1, 3] and [1][4].", 4), [2, 1, 3, 4]);
-        assert_eq!(cited("see [2-4]", 5), [2, 3, 4]);
-        assert_eq!(cited("[0] [7] [x] [1 2] [", 3), Vec::<usize>::new());
-        assert_eq!(cited("a[1]b[1]c", 1), [1]);
-        assert_eq!(cited("[[2]]", 2), [2]);
-        assert_eq!(cited("[3-1] [1-999999]", 3), Vec::<usize>::new());
-        assert!(cited("", 3).is_empty());
-    }
-
-    fn hit(text: &str) -> Hit {
-        Hit {
-            chunk: hearth_index::Chunk {
-                doc_id: hearth_index::DocId::of_bytes(text.as_bytes()),
-                ordinal: 0,
-                text: text.into(),
-                page_start: None,
-                page_end: None,
-                heading: Vec::new(),
-                span_start: 0,
-                span_end: 0,
-                token_count: 0,
-                embedding: None,
-            },
-            source: "s".into(),
-            title: None,
-            metadata: Default::default(),
-            score: 0.0,
-            dense: None,
-            bm25: None,
-        }
-    }
-
-    #[test]
-    fn unmarked_sentences_are_attributed_to_the_passage_they_draw_on() {
-        let passages = [
-            hit("The kitchen closes at six in the evening on weekdays."),
-            hit("qemu-img convert -O qcow2 input.raw output.qcow2 converts a disk image."),
-        ];
-        let answer = "Run qemu-img convert with -O qcow2 to convert the disk image. \
-                      Bananas are yellow.\nThe kitchen closes at six!";
-        let (text, c) = cite(answer, &passages);
-        assert_eq!(
-            text,
-            "Run qemu-img convert with -O qcow2 to convert the disk image [2]. \
-             Bananas are yellow.\nThe kitchen closes at six [1]!"
-        );
-        assert_eq!(
-            c,
-            [
-                Citation {
-                    n: 2,
-                    attributed: true
-                },
-                Citation {
-                    n: 1,
-                    attributed: true
-                }
-            ]
-        );
-        // Markers written by the model win, and nothing is added then.
-        let (text, c) = cite("It converts images [2].", &passages);
-        assert_eq!(text, "It converts images [2].");
-        assert_eq!(
-            c,
-            [Citation {
-                n: 2,
-                attributed: false
-            }]
-        );
-        // Nothing in common: no citation.
-        assert_eq!(cite("Bananas are yellow.", &passages).1, []);
-        assert_eq!(sentences("a. b\n\nc"), ["a. ", "b\n\n", "c"]);
-    }
+    use crate::service::cite::tests::hit;
 
     #[test]
     fn relevance_needs_similarity_or_agreement() {

@@ -74,7 +74,7 @@ impl Collection {
     }
 
     /// A document of this id was submitted again: it is no longer deleted.
-    pub fn revive(&self, doc: &DocId) {
+    pub(crate) fn revive(&self, doc: &DocId) {
         lock(&self.erased).remove(doc);
     }
 
@@ -339,6 +339,19 @@ impl Service {
         let mut names = CollectionSettings::list(&self.store).await?;
         names.sort();
         Ok(names)
+    }
+
+    /// Whether a collection exists in the store.
+    pub async fn exists(&self, c: &CollectionName) -> Result<bool> {
+        Ok(self.store.exists(&keys::collection(c)).await?)
+    }
+
+    /// A collection's PII redaction rules (off when it has none).
+    pub async fn redaction(&self, col: &Collection) -> Result<Redaction> {
+        Ok(CollectionSettings::read(&self.store, col.name())
+            .await?
+            .map(|s| s.redaction)
+            .unwrap_or_default())
     }
 
     /// Opens a collection that exists, or fails with `NotFound`; never creates one.

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hearth_engine::Priority;
 use hearth_index::{Chunk, DocId, encode_chunks, keys};
-use hearth_ingest::{DocRecord, DocState};
+use hearth_ingest::{DocRecord, DocState, Submission, Submitted};
 use unicode_normalization::UnicodeNormalization;
 
 use super::collection::read;
@@ -25,6 +26,43 @@ pub struct Processed {
 }
 
 impl Service {
+    /// Stores a document's bytes and records it as queued (a document already there is
+    /// reported as a duplicate). It is processed by [`Service::process`] or, on a server, by
+    /// the background worker after [`Service::enqueue`].
+    pub async fn submit(&self, col: &Collection, doc: Submission) -> Result<Submitted> {
+        let submitted = self.pipeline.submit(col.name(), doc).await?;
+        if let Submitted::Accepted(id) = &submitted {
+            col.revive(id);
+        }
+        Ok(submitted)
+    }
+
+    /// Refuses a document of `bytes` bytes when it is over `ingest.max_document_bytes`, before
+    /// anything is read.
+    pub fn check_size(&self, bytes: u64) -> Result<()> {
+        self.pipeline
+            .check_size(bytes)
+            .map_err(|reason| ServiceError::Ingest(hearth_ingest::IngestError::Rejected(reason)))
+    }
+
+    /// The records of a collection's documents, in id order.
+    pub async fn documents(&self, col: &Collection) -> Result<Vec<DocRecord>> {
+        Ok(self.registry.list(col.name()).await?)
+    }
+
+    /// The record of one document, if the collection has it.
+    pub async fn document(&self, col: &Collection, doc: &DocId) -> Result<Option<DocRecord>> {
+        Ok(self.registry.get(col.name(), doc).await?)
+    }
+
+    /// The original bytes of a document, if they are still kept.
+    pub async fn original(&self, rec: &DocRecord) -> Result<Option<Bytes>> {
+        Ok(self
+            .store
+            .get_opt(&keys::raw(&rec.collection, &rec.doc_id))
+            .await?)
+    }
+
     /// The documents of a collection that a previous run left unfinished: not yet extracted,
     /// or chunked but not embedded.
     pub async fn pending(&self, col: &Collection) -> Result<Vec<DocId>> {

@@ -13,7 +13,9 @@
 //! local cache therefore only costs a rebuild.
 
 mod adapters;
+mod answer;
 mod ask;
+mod cite;
 mod collection;
 mod ingest;
 mod search;
@@ -29,21 +31,24 @@ use hearth_ingest::{
     ExtractorCommand, IngestConfig, Pipeline, PipelineParts, Registry, TokenCounter,
 };
 
+use crate::store::Store;
+
 pub use adapters::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_name};
-pub use ask::{
-    AnswerSource, Answering, AskConfig, AskRequest, Citation, MAX_HISTORY, NOTHING_RELEVANT, cite,
-    cited,
+pub use answer::{
+    Answer, AnswerEnd, AnswerEvent, AnswerStream, AnswerTimings, AnswerUsage, Bm25Match, Citation,
+    DenseMatch, PassagesShown, SearchHit, TextPiece,
 };
+pub use ask::{AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT};
 pub use collection::{Collection, CompactReport, SyncReport};
 pub use ingest::Processed;
-pub use search::{MAX_TOP_K, SearchQuery, SearchResults};
+pub use search::{Embedded, SearchQuery, SearchResults, SearchTimings};
 
 use crate::error::Result;
 
 /// What the service is built from.
 pub struct ServiceParts {
     /// The object store.
-    pub store: BlobStore,
+    pub store: Store,
     /// Local data directory; the collection indexes live under `{data_dir}/index/`.
     pub data_dir: PathBuf,
     /// Models and the embedder's settings.
@@ -102,8 +107,9 @@ impl Service {
         let info = parts.engine.embedding_model_info()?;
         let tokenizer = Arc::new(Tokenizer::from_file(&info.tokenizer)?);
         let tokenizer_sha256 = tokenizer.sha256().to_owned();
+        let store = parts.store.blob;
         let pipeline = Pipeline::new(PipelineParts {
-            store: parts.store.clone(),
+            store: store.clone(),
             tokenizer: Arc::new(ModelTokens(tokenizer.clone())),
             tokenizer_sha256,
             embedding_dim: info.dim,
@@ -123,8 +129,8 @@ impl Service {
             backlog: worker::Backlog::new(parts.backlog_limit),
             adapter_lock: tokio::sync::Mutex::new(()),
             adapter_dirs: tokio::sync::Mutex::new(HashMap::new()),
-            registry: Registry::new(parts.store.clone()),
-            store: parts.store,
+            registry: Registry::new(store.clone()),
+            store,
             pipeline: Arc::new(pipeline),
             embedder,
             index: parts.index,
@@ -134,29 +140,14 @@ impl Service {
         })
     }
 
-    /// The ingestion pipeline (submission, extraction, chunking).
-    pub fn pipeline(&self) -> &Arc<Pipeline> {
-        &self.pipeline
+    /// The object store, for what needs no model (keys, audit log, document records).
+    pub fn storage(&self) -> Store {
+        Store::from(self.store.clone())
     }
 
-    /// The document registry.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// The object store.
-    pub fn store(&self) -> &BlobStore {
-        &self.store
-    }
-
-    /// The embedder.
-    pub fn embedder(&self) -> &Embedder {
-        &self.embedder
-    }
-
-    /// The embedding model's tokenizer.
-    pub fn embed_tokenizer(&self) -> &Tokenizer {
-        &self.embed_tokenizer
+    /// How many documents ingestion processes at once (`ingest.workers`).
+    pub fn ingest_workers(&self) -> usize {
+        self.pipeline.workers()
     }
 
     /// Width of the embeddings.

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hearth_engine::Priority;
-use hearth_index::{Filter, Fusion, Hit, SearchMode, SearchRequest};
+use hearth_index::{Filter, Fusion, Hit, MAX_TOP_K, SearchMode, SearchRequest};
+use serde::{Deserialize, Serialize};
 
+use super::answer::SearchHit;
 use super::collection::{blocking, read};
 use super::ingest::embedding_text;
 use super::{Collection, Service};
@@ -14,8 +16,6 @@ use crate::error::{Result, ServiceError};
 
 /// Longest accepted query, in characters (the embedder sees at most 256 word pieces anyway).
 const MAX_QUERY_CHARS: usize = 4096;
-/// Most hits one search may return.
-pub const MAX_TOP_K: usize = 1000;
 
 /// A search request.
 #[derive(Clone, Debug)]
@@ -32,20 +32,50 @@ pub struct SearchQuery {
     pub fusion: Option<Fusion>,
 }
 
-/// Hits and where the time went.
-#[derive(Clone, Debug)]
+/// Hits and where the time went, as every surface shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResults {
-    /// Best first.
-    pub hits: Vec<Hit>,
-    /// Time spent embedding the query, in milliseconds.
+    /// Best first, ranked from 1.
+    pub hits: Vec<SearchHit>,
+    /// Where the time went.
+    pub timings: SearchTimings,
+}
+
+/// Where a search's time went, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SearchTimings {
+    /// Embedding the query.
     pub embed_ms: f64,
-    /// Time spent in the indexes (search, filter, fusion), in milliseconds.
+    /// In the indexes (search, filter, fusion).
     pub search_ms: f64,
+}
+
+/// Hits as the index returns them, for the service's own use.
+pub(crate) struct Retrieved {
+    pub(crate) hits: Vec<Hit>,
+    pub(crate) embed_ms: f64,
+    pub(crate) search_ms: f64,
 }
 
 impl Service {
     /// Searches a collection.
     pub async fn search(&self, col: &Arc<Collection>, q: SearchQuery) -> Result<SearchResults> {
+        let r = self.retrieve(col, q).await?;
+        Ok(SearchResults {
+            hits: SearchHit::ranked(&r.hits),
+            timings: SearchTimings {
+                embed_ms: r.embed_ms,
+                search_ms: r.search_ms,
+            },
+        })
+    }
+
+    /// Embeds the query and runs it against the collection's indexes.
+    pub(crate) async fn retrieve(
+        &self,
+        col: &Arc<Collection>,
+        q: SearchQuery,
+    ) -> Result<Retrieved> {
         if q.text.trim().is_empty() {
             return Err(ServiceError::InvalidInput("the query is empty".into()));
         }
@@ -86,10 +116,35 @@ impl Service {
             })
         })
         .await?;
-        Ok(SearchResults {
+        Ok(Retrieved {
             hits,
             embed_ms,
             search_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+/// Vectors of texts (`/v1/embeddings`), and the tokens they took.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    /// One L2-normalised vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Word pieces of all the texts together (what the model was given, before truncation).
+    pub tokens: usize,
+}
+
+impl Service {
+    /// Embeds texts at query priority (ahead of bulk ingestion). Texts are taken as they are
+    /// (no normalisation), as an embeddings endpoint promises.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Embedded> {
+        let tokens = texts
+            .iter()
+            .map(|t| self.embed_tokenizer.count(t).unwrap_or(0))
+            .sum();
+        let v = self.embedder.embed(texts, Priority::Query).await?;
+        Ok(Embedded {
+            vectors: v.iter().map(<[f32]>::to_vec).collect(),
+            tokens,
         })
     }
 }

@@ -1,0 +1,430 @@
+//! The types every surface shows: one search hit, one answer, one stream of answer events.
+//! The HTTP API serialises them as they are (JSON bodies and Server-Sent Events), the CLI
+//! prints or serialises the same values, and `hearth ask --server` reads them back with
+//! [`AnswerEvent::from_sse`]; so the three cannot drift apart.
+//!
+//! An answer is a stream: [`AnswerEvent::Passages`] first (what the model is shown), then
+//! [`AnswerEvent::Token`]s as text arrives, then one [`AnswerEvent::Done`] holding the finished
+//! [`Answer`] with its citations. [`AnswerStream::finish`] drains it for callers that want the
+//! whole answer at once.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt};
+use hearth_engine::{Completion, FinishReason, Generation, GenerationEvent};
+use hearth_index::{Hit, Metadata};
+use serde::{Deserialize, Serialize};
+
+use super::cite::{Marker, attribute};
+use crate::error::{Result, ServiceError};
+
+/// A chunk as search results, passages and citations show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SearchHit {
+    /// Position in the results (for passages: the passage number), from 1.
+    pub rank: usize,
+    /// The fused (or single-retriever) score; higher is better.
+    pub score: f32,
+    /// The document's id (64 hex digits).
+    pub doc_id: String,
+    /// The chunk's id.
+    pub chunk_id: String,
+    /// The chunk's position in its document, from 0.
+    pub ordinal: u32,
+    /// The document's external name (file path or upload name).
+    pub source: String,
+    /// The document's title, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// First page of the chunk (paged formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_start: Option<u32>,
+    /// Last page of the chunk (paged formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_end: Option<u32>,
+    /// Headings above the chunk, outermost first.
+    #[serde(default)]
+    pub heading: Vec<String>,
+    /// Start and end of the passage in the document's text, in characters.
+    pub span: [u64; 2],
+    /// The chunk's text.
+    pub text: String,
+    /// The document's metadata.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Metadata,
+    /// Where the dense retriever ranked it, and the question-passage cosine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<DenseMatch>,
+    /// Where BM25 ranked it, and its BM25 score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bm25: Option<Bm25Match>,
+}
+
+/// The dense retriever's view of a hit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DenseMatch {
+    /// Rank among the dense candidates, from 1.
+    pub rank: u32,
+    /// Cosine similarity between question and chunk.
+    pub similarity: f32,
+}
+
+/// BM25's view of a hit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Bm25Match {
+    /// Rank among the BM25 candidates, from 1.
+    pub rank: u32,
+    /// BM25 score.
+    pub score: f32,
+}
+
+impl SearchHit {
+    /// The hit at position `rank` (from 1).
+    pub(crate) fn new(rank: usize, h: &Hit) -> Self {
+        Self {
+            rank,
+            score: h.score,
+            doc_id: h.chunk.doc_id.to_hex(),
+            chunk_id: h.chunk.id().to_string(),
+            ordinal: h.chunk.ordinal,
+            source: h.source.clone(),
+            title: h.title.clone(),
+            page_start: h.chunk.page_start,
+            page_end: h.chunk.page_end,
+            heading: h.chunk.heading.clone(),
+            span: [h.chunk.span_start, h.chunk.span_end],
+            text: h.chunk.text.clone(),
+            metadata: h.metadata.clone(),
+            dense: h
+                .dense
+                .map(|(rank, similarity)| DenseMatch { rank, similarity }),
+            bm25: h.bm25.map(|(rank, score)| Bm25Match { rank, score }),
+        }
+    }
+
+    /// The hits of a ranking, numbered from 1.
+    pub(crate) fn ranked(hits: &[Hit]) -> Vec<Self> {
+        hits.iter()
+            .enumerate()
+            .map(|(i, h)| Self::new(i + 1, h))
+            .collect()
+    }
+
+    /// The file name of the source (its last path component).
+    pub fn file_name(&self) -> &str {
+        self.source
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or(&self.source)
+    }
+}
+
+/// A citation of an answer: the passage, and whether the model wrote the marker or hearth
+/// attributed a sentence to the passage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Citation {
+    /// The passage number, from 1 (the `[n]` of the answer).
+    pub n: usize,
+    /// True when hearth matched an unmarked sentence to the passage.
+    pub attributed: bool,
+    /// The passage.
+    #[serde(flatten)]
+    pub passage: SearchHit,
+}
+
+/// Token counts of an answer (zero when the model was not called).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AnswerUsage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_prompt_tokens: usize,
+}
+
+/// Where an answer's time went, in milliseconds (generation fields absent when the model was
+/// not called).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AnswerTimings {
+    /// Query embedding and index time.
+    pub retrieval_ms: f64,
+    /// Waiting for the generator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<f64>,
+    /// From submission to the first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// From the first token to the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_ms: Option<f64>,
+    /// Tokens after the first, per second of decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// From submission to the end of generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_ms: Option<f64>,
+}
+
+/// Why the model stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerEnd {
+    /// An end token or a stop string.
+    Stop,
+    /// The token limit.
+    Length,
+}
+
+impl From<FinishReason> for AnswerEnd {
+    fn from(r: FinishReason) -> Self {
+        match r {
+            FinishReason::Stop => Self::Stop,
+            FinishReason::Length => Self::Length,
+        }
+    }
+}
+
+/// A finished answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Answer {
+    /// The answer, with `[n]` markers (including any that hearth attributed).
+    pub answer: String,
+    /// Whether the answer came from the model over retrieved passages (false: nothing
+    /// relevant was found and the fixed answer was given).
+    pub grounded: bool,
+    /// The passages the answer cites, in order of first citation.
+    pub citations: Vec<Citation>,
+    /// The passages the model was shown, numbered from 1.
+    pub passages: Vec<SearchHit>,
+    /// Why generation ended (absent when the model was not called).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<AnswerEnd>,
+    /// Token counts.
+    pub usage: AnswerUsage,
+    /// Timings.
+    pub timings: AnswerTimings,
+}
+
+/// The passages shown to the model, before any text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PassagesShown {
+    /// Numbered from 1.
+    pub passages: Vec<SearchHit>,
+    /// Query embedding and index time, in milliseconds.
+    pub retrieval_ms: f64,
+}
+
+/// A piece of the answer's text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TextPiece {
+    /// The text, whole characters.
+    pub text: String,
+}
+
+/// One event of an answer under way.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnswerEvent {
+    /// First: the passages.
+    Passages(PassagesShown),
+    /// Text as it is generated.
+    Token(TextPiece),
+    /// Last: the finished answer.
+    Done(Box<Answer>),
+}
+
+impl AnswerEvent {
+    /// The Server-Sent Events name of this event.
+    pub fn sse_name(&self) -> &'static str {
+        match self {
+            Self::Passages(_) => "passages",
+            Self::Token(_) => "token",
+            Self::Done(_) => "done",
+        }
+    }
+
+    /// The Server-Sent Events data of this event (JSON).
+    pub fn sse_data(&self) -> String {
+        let json = match self {
+            Self::Passages(p) => serde_json::to_string(p),
+            Self::Token(t) => serde_json::to_string(t),
+            Self::Done(a) => serde_json::to_string(a),
+        };
+        // invariant: these types hold only strings, numbers and maps with string keys.
+        json.expect("answer events serialise")
+    }
+
+    /// Reads an event back from its Server-Sent Events name and data. `Ok(None)` for a name
+    /// that is not an answer event (such as `error`, which the caller handles).
+    pub fn from_sse(name: &str, data: &str) -> serde_json::Result<Option<Self>> {
+        Ok(Some(match name {
+            "passages" => Self::Passages(serde_json::from_str(data)?),
+            "token" => Self::Token(serde_json::from_str(data)?),
+            "done" => Self::Done(Box::new(serde_json::from_str(data)?)),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// Where the answer's text comes from.
+pub(crate) enum Source {
+    /// Nothing relevant was retrieved: this fixed text, the model was not called.
+    Fixed(&'static str),
+    /// The model's stream.
+    Generated(Generation),
+}
+
+type Observer = Box<dyn FnOnce(&Completion) + Send>;
+
+/// An answer under way: a stream of [`AnswerEvent`]s ending with [`AnswerEvent::Done`] or an
+/// error. Dropping it cancels the generation.
+pub struct AnswerStream {
+    head: Option<PassagesShown>,
+    hits: Vec<Hit>,
+    retrieval_ms: f64,
+    source: Source,
+    fixed_sent: bool,
+    text: String,
+    ended: bool,
+    observer: Option<Observer>,
+}
+
+impl AnswerStream {
+    pub(crate) fn new(hits: Vec<Hit>, retrieval_ms: f64, source: Source) -> Self {
+        Self {
+            head: Some(PassagesShown {
+                passages: SearchHit::ranked(&hits),
+                retrieval_ms,
+            }),
+            hits,
+            retrieval_ms,
+            source,
+            fixed_sent: false,
+            text: String::new(),
+            ended: false,
+            observer: None,
+        }
+    }
+
+    /// Calls `f` with the engine's account of the generation when it finishes (for metrics).
+    pub fn on_completion(mut self, f: impl FnOnce(&Completion) + Send + 'static) -> Self {
+        self.observer = Some(Box::new(f));
+        self
+    }
+
+    /// Waits for the whole answer.
+    pub async fn finish(mut self) -> Result<Answer> {
+        while let Some(ev) = self.next().await {
+            if let AnswerEvent::Done(a) = ev? {
+                return Ok(*a);
+            }
+        }
+        Err(stopped_early())
+    }
+
+    fn done(&mut self, c: Option<&Completion>) -> AnswerEvent {
+        self.ended = true;
+        let text = match self.source {
+            Source::Fixed(t) => t,
+            Source::Generated(_) => &self.text,
+        };
+        AnswerEvent::Done(Box::new(finished(text, &self.hits, self.retrieval_ms, c)))
+    }
+}
+
+fn stopped_early() -> ServiceError {
+    ServiceError::Internal("the generator stopped without finishing the answer".into())
+}
+
+impl Stream for AnswerStream {
+    type Item = Result<AnswerEvent>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(p) = this.head.take() {
+            return Poll::Ready(Some(Ok(AnswerEvent::Passages(p))));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let ev = match &mut this.source {
+            Source::Fixed(t) if !this.fixed_sent => {
+                this.fixed_sent = true;
+                AnswerEvent::Token(TextPiece {
+                    text: (*t).to_owned(),
+                })
+            }
+            Source::Fixed(_) => this.done(None),
+            Source::Generated(g) => match g.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(GenerationEvent::Text(t))) => {
+                    this.text.push_str(&t);
+                    AnswerEvent::Token(TextPiece { text: t })
+                }
+                Poll::Ready(Some(GenerationEvent::Done(c))) => {
+                    if let Some(f) = this.observer.take() {
+                        f(&c);
+                    }
+                    this.done(Some(&c))
+                }
+                Poll::Ready(Some(GenerationEvent::Failed(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(stopped_early())));
+                }
+            },
+        };
+        Poll::Ready(Some(Ok(ev)))
+    }
+}
+
+/// The finished answer: citations mapped to passages, usage and timings.
+fn finished(text: &str, hits: &[Hit], retrieval_ms: f64, done: Option<&Completion>) -> Answer {
+    let (answer, markers) = attribute(text, hits);
+    let citations = markers
+        .into_iter()
+        .map(|Marker { n, attributed }| Citation {
+            n,
+            attributed,
+            passage: SearchHit::new(n, &hits[n - 1]),
+        })
+        .collect();
+    let (usage, timings) = match done {
+        Some(c) => (
+            AnswerUsage {
+                prompt_tokens: c.usage.prompt_tokens,
+                completion_tokens: c.usage.completion_tokens,
+                cached_prompt_tokens: c.usage.cached_prompt_tokens,
+            },
+            AnswerTimings {
+                retrieval_ms,
+                queue_ms: Some(c.timings.queue_ms),
+                ttft_ms: Some(c.timings.ttft_ms),
+                decode_ms: Some(c.timings.decode_ms),
+                tokens_per_s: Some(c.timings.decode_tokens_per_s),
+                generation_ms: Some(c.timings.total_ms),
+            },
+        ),
+        None => (
+            AnswerUsage::default(),
+            AnswerTimings {
+                retrieval_ms,
+                ..AnswerTimings::default()
+            },
+        ),
+    };
+    Answer {
+        answer,
+        grounded: done.is_some(),
+        citations,
+        passages: SearchHit::ranked(hits),
+        finish_reason: done.map(|c| c.finish_reason.into()),
+        usage,
+        timings,
+    }
+}

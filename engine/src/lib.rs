@@ -59,6 +59,7 @@ mod device;
 mod embed;
 mod error;
 mod generate;
+mod simd;
 mod tokenizer;
 
 pub use config::{EmbeddingModelInfo, EngineConfig};

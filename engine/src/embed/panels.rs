@@ -162,7 +162,7 @@ fn all_panels(x: &[f32], w: &Packed, y: &mut [f32], m: usize) {
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if crate::simd::avx2_fma() {
         return avx2::run(f);
     }
     f()
@@ -179,7 +179,7 @@ fn panel_product(
     oc: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if crate::simd::avx2_fma() {
         avx2::panel_product(x, panel, out, m, k, ow, oc);
         return;
     }
@@ -221,17 +221,8 @@ mod avx2 {
         __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
         _mm256_storeu_ps,
     };
-    use std::sync::OnceLock;
 
     use super::{TILE_COLS, TILE_ROWS};
-
-    pub(super) fn available() -> bool {
-        static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
 
     /// Runs `f` inside a function compiled for AVX2 + FMA (it is inlined there).
     #[inline(always)]
@@ -241,11 +232,12 @@ mod avx2 {
         unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        // SAFETY: the caller checked `available()`: the CPU has AVX2 and FMA.
+        // SAFETY: the caller checked `crate::simd::avx2_fma()`: the CPU has AVX2 and FMA.
         unsafe { with_avx2(f) }
     }
 
-    /// Same contract as `portable_panel_product`; the caller has checked [`available`].
+    /// Same contract as `portable_panel_product`; the caller has checked
+    /// [`crate::simd::avx2_fma`].
     pub(super) fn panel_product(
         x: &[f32],
         panel: &[f32],
@@ -259,7 +251,7 @@ mod avx2 {
         assert!(x.len() >= m * k && panel.len() >= k * TILE_COLS);
         assert!(oc + TILE_COLS <= ow && out.len() >= m * ow);
         for r0 in (0..m).step_by(TILE_ROWS) {
-            // SAFETY: AVX2 and FMA are present (`available`). The tile reads x rows
+            // SAFETY: AVX2 and FMA are present (`crate::simd::avx2_fma`). The tile reads x rows
             // r0..r0+R (R ≤ m - r0) at columns 0..k, panel rows 0..k (16 floats each), and
             // writes out rows r0..r0+R at columns oc..oc+16 ≤ ow: inside the slices checked
             // above.

@@ -7,8 +7,10 @@
 
 use rayon::prelude::*;
 
+use crate::simd::dot;
+
 use super::kv::LayerKv;
-use super::model::StepSeq;
+use super::step::StepSeq;
 
 pub(crate) struct AttentionShape {
     pub(crate) heads: usize,
@@ -80,7 +82,7 @@ fn attend_dispatch(
     scores: &mut Vec<f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
+    if crate::simd::avx2_fma() {
         #[allow(unsafe_code)]
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
         unsafe {
@@ -88,20 +90,6 @@ fn attend_dispatch(
         }
     }
     attend(shape, kv, blocks, pos, q, out, scores);
-}
-
-/// Whether the CPU has AVX2 and FMA (always false off x86-64).
-pub(crate) fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *YES.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -215,42 +203,10 @@ fn attend(
     }
 }
 
-/// Eight independent lanes (fixed-size arrays, so the compiler sees one vector register and no
-/// bounds checks), summed at the end.
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        let x: &[f32; 8] = x.try_into().unwrap_or(&[0.0; 8]);
-        let y: &[f32; 8] = y.try_into().unwrap_or(&[0.0; 8]);
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::generate::kv::KvStore;
-
-    #[test]
-    fn dot_covers_lanes_and_tail() {
-        let long: Vec<f32> = (0..37).map(|i| i as f32).collect();
-        assert_eq!(
-            dot(&long, &long),
-            (0..37).map(|i| (i * i) as f32).sum::<f32>()
-        );
-        assert_eq!(dot(&[], &[]), 0.0);
-    }
 
     /// A sequence's rows give bit-identical results whether they are attended in tiles or one
     /// row at a time, with full and sliding-window attention.

@@ -14,14 +14,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::error::{EngineError, Result};
+use crate::simd::dot;
 
 use super::arch::ModelSpec;
-use super::attention::dot;
-use super::model::StepSeq;
 
 /// The largest rank accepted.
 pub(crate) const MAX_RANK: usize = 64;
@@ -91,6 +89,25 @@ pub(crate) struct LoraPair {
 }
 
 impl LoraPair {
+    /// `(in, out)`: the widths of the rows it reads and adds to.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.a.len() / self.rank, self.bt.len() / self.rank)
+    }
+
+    /// `out += B (A x)` for one row, through [`Self::add_row_avx2`] when the CPU has AVX2 and
+    /// FMA.
+    pub(crate) fn add_to_row(&self, x: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx2_fma() {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe {
+                return self.add_row_avx2(x, out);
+            }
+        }
+        self.add_row(x, out);
+    }
+
     /// [`Self::add_row`] compiled for AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
@@ -440,52 +457,6 @@ impl LoraConfig {
     }
 }
 
-/// Adds every row's adapter delta for `module` of `layer` to `out` (`rows × out`), whose
-/// input was `x` (`rows × in`); rows are those of `seqs`, in order.
-pub(crate) fn apply(
-    module: Module,
-    layer: usize,
-    x: &[f32],
-    out: &mut [f32],
-    seqs: &[StepSeq<'_>],
-) {
-    let Some(first) = seqs
-        .iter()
-        .find_map(|s| s.adapter.and_then(|a| a.pair(layer, module)))
-    else {
-        return;
-    };
-    let (in_dim, out_dim) = (first.a.len() / first.rank, first.bt.len() / first.rank);
-    #[cfg(target_arch = "x86_64")]
-    let simd = super::attention::avx2_fma();
-    out.par_chunks_mut(out_dim)
-        .zip(x.par_chunks(in_dim))
-        .enumerate()
-        .with_min_len(4)
-        .for_each(|(r, (o, x))| {
-            // The sequence this row belongs to.
-            let mut end = 0;
-            let Some(seq) = seqs.iter().find(|s| {
-                end += s.tokens.len();
-                r < end
-            }) else {
-                return;
-            };
-            let Some(pair) = seq.adapter.and_then(|a| a.pair(layer, module)) else {
-                return;
-            };
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                #[allow(unsafe_code)]
-                // SAFETY: the CPU supports AVX2 and FMA (`avx2_fma`).
-                unsafe {
-                    return pair.add_row_avx2(x, o);
-                }
-            }
-            pair.add_row(x, o);
-        });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,10 +536,9 @@ mod tests {
         let mut out = [10.0, 20.0];
         pair.add_row(&[1.0, 2.0, 5.0], &mut out);
         assert_eq!(out, [10.0 + 1.0 + 4.0, 20.0 + 3.0 + 8.0]);
-        let long: Vec<f32> = (0..37).map(|i| i as f32).collect();
-        assert_eq!(
-            dot(&long, &long),
-            (0..37).map(|i| (i * i) as f32).sum::<f32>()
-        );
+        let mut dispatched = [10.0, 20.0];
+        pair.add_to_row(&[1.0, 2.0, 5.0], &mut dispatched);
+        assert_eq!(dispatched, out);
+        assert_eq!(pair.dims(), (3, 2));
     }
 }

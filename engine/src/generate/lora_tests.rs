@@ -14,8 +14,9 @@ use super::arch::ModelSpec;
 use super::gguf::GgufFile;
 use super::kv::KvStore;
 use super::lora::{Adapter, Module};
-use super::model::{Model, StepSeq, Workspace};
+use super::model::{Model, Workspace};
 use super::reference_tests::model_path;
+use super::step::StepSeq;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

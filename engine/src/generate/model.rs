@@ -17,8 +17,9 @@ use super::arch::{Activation, ModelSpec};
 use super::attention::{AttentionShape, paged_attention};
 use super::gguf::GgufFile;
 use super::kv::KvStore;
-use super::lora::{self, Adapter, Module};
+use super::lora::Module;
 use super::qmatmul::{MappedMatrix, QuantRows, matmul_many};
+use super::step::{StepSeq, add_adapter_deltas};
 
 /// A weight matrix: used in place from the mapped file by our own kernels on the CPU for the
 /// block types they cover, else through candle's `QMatMul`.
@@ -61,12 +62,7 @@ impl Linear {
     ) -> Result<()> {
         match self {
             Self::Mapped(m) => {
-                matmul_many(
-                    &[m],
-                    &scratch.quant,
-                    std::slice::from_mut(out),
-                    &mut scratch.transposed,
-                );
+                matmul_many(&[m], &scratch.quant, &mut [out], &mut scratch.transposed);
             }
             Self::Candle { w, out: width } => {
                 let inp = x.len() / rows.max(1);
@@ -100,27 +96,28 @@ pub(crate) struct Workspace {
     x: Vec<f32>,
     normed: Vec<f32>,
     attn: Vec<f32>,
-    /// q, k, v.
-    qkv: [Vec<f32>; 3],
-    o: [Vec<f32>; 1],
-    /// gate, up.
-    gu: [Vec<f32>; 2],
-    down: [Vec<f32>; 1],
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
     last: Vec<f32>,
-    logits: [Vec<f32>; 1],
+    logits: Vec<f32>,
     rope: Rope,
     scratch: Scratch,
 }
 
 /// Runs `x` through every linear in `ws` (they share their input), quantising `x` once; the
-/// results go to `outs`.
+/// result of `ws[i]` goes to `outs[i]`.
 fn project<const N: usize>(
     ws: [&Linear; N],
     x: &[f32],
     rows: usize,
     device: &Device,
     scratch: &mut Scratch,
-    outs: &mut [Vec<f32>; N],
+    mut outs: [&mut Vec<f32>; N],
 ) -> Result<()> {
     if ws.iter().any(|w| w.is_mapped()) {
         scratch.quant.quantize(x, x.len() / rows.max(1));
@@ -132,11 +129,11 @@ fn project<const N: usize>(
     // All mapped: one parallel pass.
     let (q, t) = (&scratch.quant, &mut scratch.transposed);
     match mapped.as_slice() {
-        [Some(a)] => matmul_many(&[*a], q, outs, t),
-        [Some(a), Some(b)] => matmul_many(&[*a, *b], q, outs, t),
-        [Some(a), Some(b), Some(c)] => matmul_many(&[*a, *b, *c], q, outs, t),
+        [Some(a)] => matmul_many(&[*a], q, &mut outs, t),
+        [Some(a), Some(b)] => matmul_many(&[*a, *b], q, &mut outs, t),
+        [Some(a), Some(b), Some(c)] => matmul_many(&[*a, *b, *c], q, &mut outs, t),
         _ => {
-            for (o, w) in outs.iter_mut().zip(ws) {
+            for (o, w) in outs.into_iter().zip(ws) {
                 w.forward(x, rows, device, scratch, o)?;
             }
         }
@@ -180,20 +177,6 @@ pub(crate) struct Model {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     output: Linear,
-}
-
-/// One sequence's part of a step.
-pub(crate) struct StepSeq<'a> {
-    /// Its tokens in this step (a prefill chunk, or one decode token).
-    pub(crate) tokens: &'a [u32],
-    /// Position of the first of them.
-    pub(crate) start_pos: usize,
-    /// Its KV blocks, covering at least `start_pos + tokens.len()` positions.
-    pub(crate) blocks: &'a [u32],
-    /// Whether the step should return logits for its last token.
-    pub(crate) logits: bool,
-    /// Its LoRA adapter, if any.
-    pub(crate) adapter: Option<&'a Adapter>,
 }
 
 impl Model {
@@ -309,7 +292,7 @@ impl Model {
         let adapters = seqs.iter().any(|s| s.adapter.is_some());
         let lora = |m: Module, l: usize, x: &[f32], out: &mut [f32]| {
             if adapters {
-                lora::apply(m, l, x, out, seqs);
+                add_adapter_deltas(m, l, x, out, seqs);
             }
         };
 
@@ -318,16 +301,15 @@ impl Model {
         let (normed, attn, scratch) = (&mut ws.normed, &mut ws.attn, &mut ws.scratch);
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(x, &layer.attn_norm, spec.rms_eps, normed);
-            let qkv = &mut ws.qkv;
+            let (q, k, v) = (&mut ws.q, &mut ws.k, &mut ws.v);
             project(
                 [&layer.q, &layer.k, &layer.v],
                 normed,
                 rows,
                 &self.device,
                 scratch,
-                qkv,
+                [&mut *q, &mut *k, &mut *v],
             )?;
-            let [q, k, v] = qkv;
             lora(Module::Q, l, normed, q);
             lora(Module::K, l, normed, k);
             lora(Module::V, l, normed, v);
@@ -375,8 +357,8 @@ impl Model {
                 window: spec.window[l],
             };
             paged_attention(&shape, kv.layer(l), seqs, q, attn);
-            project([&layer.o], attn, rows, &self.device, scratch, &mut ws.o)?;
-            let [o] = &mut ws.o;
+            let o = &mut ws.o;
+            project([&layer.o], attn, rows, &self.device, scratch, [&mut *o])?;
             lora(Module::O, l, attn, o);
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(o, w, spec.rms_eps);
@@ -384,15 +366,15 @@ impl Model {
             add_in_place(x, o);
 
             rms_norm_rows(x, &layer.ffn_norm, spec.rms_eps, normed);
+            let (g, u) = (&mut ws.gate, &mut ws.up);
             project(
                 [&layer.gate, &layer.up],
                 normed,
                 rows,
                 &self.device,
                 scratch,
-                &mut ws.gu,
+                [&mut *g, &mut *u],
             )?;
-            let [g, u] = &mut ws.gu;
             lora(Module::Gate, l, normed, g);
             lora(Module::Up, l, normed, u);
             match spec.activation {
@@ -402,8 +384,8 @@ impl Model {
                     .zip(&*u)
                     .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
-            project([&layer.down], g, rows, &self.device, scratch, &mut ws.down)?;
-            let [d] = &mut ws.down;
+            let d = &mut ws.down;
+            project([&layer.down], g, rows, &self.device, scratch, [&mut *d])?;
             lora(Module::Down, l, g, d);
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(d, w, spec.rms_eps);
@@ -438,9 +420,9 @@ impl Model {
             wanted,
             &self.device,
             scratch,
-            &mut ws.logits,
+            [&mut ws.logits],
         )?;
-        Ok(&mut ws.logits[0])
+        Ok(&mut ws.logits)
     }
 
     /// The embeddings of `tokens`, into `x`.
@@ -612,7 +594,7 @@ impl Linear {
 impl Model {
     /// A reference copy on the CPU with every weight dequantised to dense f32 and `adapter`
     /// merged into its projections (`W + scale·B·A`).
-    pub(crate) fn dense_merged(&self, adapter: Option<&Adapter>) -> Self {
+    pub(crate) fn dense_merged(&self, adapter: Option<&super::lora::Adapter>) -> Self {
         let merge = |lin: &Linear, l: usize, m: Module| {
             let (mut w, out, inp) = lin.dense();
             if let Some(pair) = adapter.and_then(|a| a.pair(l, m)) {

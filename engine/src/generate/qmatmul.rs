@@ -149,7 +149,7 @@ impl MappedMatrix {
     /// `out (x.rows × self.rows) = x · selfᵀ`.
     #[cfg(test)]
     pub(crate) fn matmul(&self, x: &QuantRows, out: &mut Vec<f32>, scratch: &mut Vec<f32>) {
-        matmul_many(&[self], x, std::slice::from_mut(out), scratch);
+        matmul_many(&[self], x, &mut [out], scratch);
     }
 
     fn row_bytes(&self) -> usize {
@@ -164,14 +164,14 @@ impl MappedMatrix {
 pub(crate) fn matmul_many(
     ws: &[&MappedMatrix],
     x: &QuantRows,
-    outs: &mut [Vec<f32>],
+    outs: &mut [&mut Vec<f32>],
     scratch: &mut Vec<f32>,
 ) {
     const COLS_PER_TASK: usize = 16;
     let m = x.rows();
     let total: usize = ws.iter().map(|w| w.rows).sum();
     if m == 0 {
-        outs.iter_mut().for_each(Vec::clear);
+        outs.iter_mut().for_each(|o| o.clear());
         return;
     }
     // Every element is written below: grow without clearing.
@@ -227,7 +227,7 @@ pub(crate) fn matmul_many(
 /// One weight row against every activation row.
 fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+    if crate::simd::avx2_fma_f16c() {
         return avx2::dot_rows(kind, wrow, x, out);
     }
     portable_dot_rows(kind, wrow, x, out);
@@ -360,28 +360,20 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
 #[allow(unsafe_code)]
 mod avx2 {
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
 
     use super::{BlockType, QK, QuantRows};
-
-    pub(super) fn available() -> bool {
-        static YES: OnceLock<bool> = OnceLock::new();
-        *YES.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-        })
-    }
 
     const Q4_0: u8 = 0;
     const Q4_1: u8 = 1;
     const Q8_0: u8 = 2;
 
+    /// Same contract as `portable_dot_rows`; the caller has checked
+    /// [`crate::simd::avx2_fma_f16c`].
     pub(super) fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
         let nb = x.cols / QK;
         assert!(wrow.len() >= nb * kind.bytes() && x.q.len() >= out.len() * x.cols);
         assert!(x.d.len() >= out.len() * nb && x.s.len() >= out.len() * nb);
-        // SAFETY: AVX2, FMA and F16C are present (checked by `available`, the only way here),
+        // SAFETY: AVX2, FMA and F16C are present (checked by the one caller, `super::dot_rows`),
         // and every load below stays inside `wrow` and `x`'s buffers, whose lengths the asserts
         // above check against the loop bounds.
         unsafe {

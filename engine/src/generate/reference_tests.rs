@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor};
 
 use super::gguf::GgufFile;
 use super::kv::KvStore;
-use super::model::{Model, StepSeq, Workspace};
+use super::model::{Model, Workspace};
+use super::step::StepSeq;
 
 pub(super) fn model_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("HEARTH_MODELS")

@@ -48,9 +48,9 @@
 //!
 //! ## Determinism
 //!
-//! The random stream is xoshiro256** seeded through splitmix64 from [`SamplingParams::seed`]
-//! (or, when it is `None`, from the OS-seeded keys of `std`'s `RandomState` mixed with the
-//! clock, once per sequence). A non-greedy [`Sampler::sample`] takes exactly one `u64` from it;
+//! The random stream is xoshiro256** (`rand_xoshiro`), seeded through splitmix64 from
+//! [`SamplingParams::seed`] (or, when it is `None`, from the OS-seeded keys of `std`'s
+//! `RandomState` mixed with the clock, once per sequence). A non-greedy [`Sampler::sample`] takes exactly one `u64` from it;
 //! greedy takes none. So the same seed, parameters and logits give the same tokens, and
 //! [`Sampler::reset`] leaves the stream where it is.
 
@@ -59,6 +59,8 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::hash::BuildHasher;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rand_xoshiro::Xoshiro256StarStar;
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -206,7 +208,7 @@ pub(crate) struct Sampler {
     frequency_penalty: f32,
     /// Token ids at or above this are ignored by the penalty state.
     vocab_size: usize,
-    rng: Xoshiro256,
+    rng: Xoshiro256StarStar,
     penalties: PenaltyState,
     /// Scratch: `(weight, token)` candidates, then the survivors. Reused across calls: it
     /// grows to the most candidates a row has needed and stays.
@@ -241,7 +243,7 @@ impl Sampler {
             presence_penalty: params.presence_penalty,
             frequency_penalty: params.frequency_penalty,
             vocab_size,
-            rng: Xoshiro256::from_seed(seed),
+            rng: Xoshiro256StarStar::seed_from_u64(seed),
             penalties: PenaltyState::default(),
             cand: Vec::new(),
             hist: Vec::new(),
@@ -283,10 +285,10 @@ impl Sampler {
         }
         match self.weigh_and_filter(logits) {
             Pool::Token(token) => token,
-            Pool::Row { total } => draw_row(logits, self.rng.next_f64() * total),
+            Pool::Row { total } => draw_row(logits, next_f64(&mut self.rng) * total),
             Pool::Candidates => {
                 let total: f64 = self.cand.iter().map(|&(w, _)| f64::from(w)).sum();
-                let target = self.rng.next_f64() * total;
+                let target = next_f64(&mut self.rng) * total;
                 draw(self.cand.iter().map(|&(w, t)| (t as usize, w)), target)
             }
         }
@@ -764,46 +766,10 @@ fn fresh_seed() -> u64 {
     RandomState::new().hash_one(nanos)
 }
 
-/// xoshiro256** (Blackman and Vigna, 2018): 256 bits of state, period 2^256 - 1, fast and
-/// statistically strong; not cryptographic. Seeded by four outputs of splitmix64, which
-/// never gives the all-zero state in practice.
-#[derive(Clone, Debug)]
-struct Xoshiro256 {
-    s: [u64; 4],
-}
-
-impl Xoshiro256 {
-    fn from_seed(seed: u64) -> Self {
-        let mut sm = seed;
-        let mut next = || {
-            sm = sm.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = sm;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Self {
-            s: [next(), next(), next(), next()],
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let s = &mut self.s;
-        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        out
-    }
-
-    /// Uniform in [0, 1), from the top 53 bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
+/// Uniform in [0, 1) from the top 53 bits of one `u64` of `rng`: every value is a multiple
+/// of 2^-53, so the conversion is exact.
+fn next_f64(rng: &mut Xoshiro256StarStar) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 #[cfg(test)]
@@ -861,16 +827,16 @@ mod tests {
 
     /// Realistic-looking random logits: a broad bump plus a few strong candidates.
     fn random_logits(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = Xoshiro256::from_seed(seed);
+        let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
         let mut row: Vec<f32> = (0..n)
             .map(|_| {
-                let s: f64 = (0..4).map(|_| rng.next_f64()).sum();
+                let s: f64 = (0..4).map(|_| next_f64(&mut rng)).sum();
                 (3.0 * (s - 2.0)) as f32
             })
             .collect();
         for _ in 0..20 {
             let at = (rng.next_u64() % n as u64) as usize;
-            row[at] += 8.0 + 4.0 * rng.next_f64() as f32;
+            row[at] += 8.0 + 4.0 * next_f64(&mut rng) as f32;
         }
         row
     }
@@ -1350,13 +1316,49 @@ mod tests {
         assert_ne!(run(None), run(None));
     }
 
+    /// The stream `rand_xoshiro` gives for a seed is the one the engine has always drawn
+    /// (xoshiro256** seeded by four splitmix64 outputs), so seeded requests sample the same
+    /// tokens across versions. Pinned values from the reference algorithm.
+    #[test]
+    fn the_stream_is_pinned() {
+        for (seed, want) in [
+            (
+                0,
+                [
+                    0x99ec_5f36_cb75_f2b4,
+                    0xbf6e_1f78_4956_452a,
+                    0x1a5f_849d_4933_e6e0,
+                    0x6aa5_94f1_262d_2d2c,
+                ],
+            ),
+            (
+                1234,
+                [
+                    0x0bab_45d9_a0e3_ae53,
+                    0xd7c6_4066_0c19_433e,
+                    0xb0de_daa0_d09a_6691,
+                    0xdec9_f41b_58ec_86eb,
+                ],
+            ),
+        ] {
+            let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
+            let got: Vec<u64> = (0..4).map(|_| rng.next_u64()).collect();
+            assert_eq!(got, want, "seed {seed}");
+        }
+        let mut rng = Xoshiro256StarStar::seed_from_u64(0);
+        assert_eq!(
+            next_f64(&mut rng),
+            (0x99ec_5f36_cb75_f2b4u64 >> 11) as f64 / 2f64.powi(53)
+        );
+    }
+
     #[test]
     fn the_stream_is_uniform() {
-        let mut rng = Xoshiro256::from_seed(0);
+        let mut rng = Xoshiro256StarStar::seed_from_u64(0);
         let n = 100_000;
         let mut bins = [0usize; 10];
         for _ in 0..n {
-            let u = rng.next_f64();
+            let u = next_f64(&mut rng);
             assert!((0.0..1.0).contains(&u));
             bins[(u * 10.0) as usize] += 1;
         }

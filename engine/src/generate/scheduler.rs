@@ -24,13 +24,14 @@ use futures::channel::mpsc::UnboundedSender;
 
 use crate::error::EngineError;
 
+use super::events::{Completion, FinishReason, GenerationEvent, Timings, Usage};
 use super::kv::{BlockKey, BlockPool, KvStore, block_key};
 use super::lora::Adapter;
-use super::model::{Model, StepSeq, Workspace};
+use super::model::{Model, Workspace};
 use super::sampling::{Sampler, SamplingParams};
+use super::step::StepSeq;
 use super::stop::StopMatcher;
 use super::tokenizer::{GenTokenizer, IncrementalDecoder};
-use super::{Completion, FinishReason, GenerationEvent, Timings, Usage};
 
 /// A request as the scheduler receives it: already tokenised and validated.
 pub(crate) struct Request {

@@ -294,118 +294,37 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out
     }
 }
 
-/// `strftime_now(fmt)`: the current UTC time formatted with the common `strftime` codes
-/// (`%Y %m %d %H %M %S %y %b %B %a %A %j %p %I %e %%`); others are kept literally.
-fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
+/// `strftime_now(fmt)`: the current UTC time formatted with chrono's `strftime` codes (`%Y
+/// %m %d %H %M %S %y %b %B %a %A %j %p %I %e %%` and the rest of its set).
+///
+/// A template must never bring the engine down, and chrono's own `to_string()` panics on a
+/// code it does not know. So the format is read leniently: an unknown or cut-off code (`%Q`,
+/// a trailing `%`) is written as the text it is, the way C's `strftime` leaves it, and the
+/// rest formats as usual. Writing still goes through `write!`; if chrono were to refuse
+/// anyway, the template fails to render with an error naming the format, never a panic.
+fn strftime_now(format: String) -> std::result::Result<String, JinjaError> {
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format_utc(secs, &format)
+        .unwrap_or_default();
+    let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    format_utc(secs, now.subsec_nanos(), &format).ok_or_else(|| {
+        JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: the time cannot be formatted with {format:?}"),
+        )
+    })
 }
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const WEEKDAYS: [&str; 7] = [
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-];
+/// Formats the instant `secs` + `nanos` after the Unix epoch (UTC) with `format`, unknown codes
+/// kept as text; `None` when chrono cannot write it (an instant beyond its range).
+fn format_utc(secs: i64, nanos: u32, format: &str) -> Option<String> {
+    use std::fmt::Write;
 
-/// Formats `secs` since the Unix epoch (UTC).
-fn format_utc(secs: u64, format: &str) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let (year, month, day) = civil_date(days);
-    let weekday = ((days + 4) % 7) as usize; // 1970-01-01 was a Thursday
-    let yday = days - days_before_year(year) + 1;
-    let month_name = MONTHS[(month - 1) as usize];
-    let day_name = WEEKDAYS[weekday];
+    let time = chrono::DateTime::from_timestamp(secs, nanos)?;
+    let items = chrono::format::StrftimeItems::new_lenient(format);
     let mut out = String::with_capacity(format.len() + 16);
-    let mut chars = format.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let Some(code) = chars.next() else {
-            out.push('%');
-            break;
-        };
-        let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
-        let piece = match code {
-            'Y' => year.to_string(),
-            'y' => format!("{:02}", year % 100),
-            'm' => format!("{month:02}"),
-            'd' => format!("{day:02}"),
-            'e' => format!("{day:>2}"),
-            'H' => format!("{hour:02}"),
-            'I' => format!("{hour12:02}"),
-            'M' => format!("{minute:02}"),
-            'S' => format!("{second:02}"),
-            'p' => (if hour < 12 { "AM" } else { "PM" }).to_owned(),
-            'j' => format!("{yday:03}"),
-            'B' => month_name.to_owned(),
-            'b' | 'h' => month_name[..3].to_owned(),
-            'A' => day_name.to_owned(),
-            'a' => day_name[..3].to_owned(),
-            '%' => "%".to_owned(),
-            other => format!("%{other}"),
-        };
-        out.push_str(&piece);
-    }
-    out
-}
-
-fn is_leap(y: u64) -> bool {
-    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
-}
-
-/// Days from 1970-01-01 to January 1st of `year` (≥ 1970).
-fn days_before_year(year: u64) -> u64 {
-    (1970..year)
-        .map(|y| if is_leap(y) { 366 } else { 365 })
-        .sum()
-}
-
-/// (year, month 1-12, day 1-31) of the day `days` after 1970-01-01.
-fn civil_date(mut days: u64) -> (u64, u64, u64) {
-    let mut year = 1970;
-    loop {
-        let len = if is_leap(year) { 366 } else { 365 };
-        if days < len {
-            break;
-        }
-        days -= len;
-        year += 1;
-    }
-    let feb = if is_leap(year) { 29 } else { 28 };
-    let lengths = [31, feb, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    let mut month = 1;
-    for len in lengths {
-        if days < len {
-            break;
-        }
-        days -= len;
-        month += 1;
-    }
-    (year, month, days + 1)
+    write!(out, "{}", time.format_with_items(items)).ok()?;
+    Some(out)
 }
 
 #[cfg(test)]
@@ -588,16 +507,42 @@ mod tests {
 
     #[test]
     fn utc_formatting() {
+        let f = |secs, format| format_utc(secs, 0, format).expect("formats");
         assert_eq!(
-            format_utc(0, "%Y-%m-%d %H:%M:%S %a %j"),
+            f(0, "%Y-%m-%d %H:%M:%S %a %j"),
             "1970-01-01 00:00:00 Thu 001"
         );
         // 2024-02-29 23:59:59 UTC, a leap day.
         assert_eq!(
-            format_utc(1_709_251_199, "%d %B %Y %I:%M %p %A %j %y %e %b %%"),
-            "29 February 2024 11:59 PM Thursday 060 24 29 Feb %"
+            f(1_709_251_199, "%d %B %Y %I:%M %p %A %j %y %e %b %h %%"),
+            "29 February 2024 11:59 PM Thursday 060 24 29 Feb Feb %"
         );
-        assert_eq!(format_utc(1_709_251_200, "%d %b %Y %Q"), "01 Mar 2024 %Q");
-        assert_eq!(format_utc(951_782_400, "%Y-%m-%d"), "2000-02-29");
+        assert_eq!(f(951_782_400, "%Y-%m-%d"), "2000-02-29");
+        assert_eq!(f(1_709_337_600, "%e|%I %p"), " 2|12 AM");
+        assert_eq!(
+            f(1_709_251_200, "plain text, no codes"),
+            "plain text, no codes"
+        );
+        assert_eq!(f(1_709_251_200, ""), "");
+    }
+
+    /// Codes chrono does not know stay as text, as C's `strftime` leaves them; nothing panics.
+    #[test]
+    fn unknown_strftime_codes_stay_as_text() {
+        let f = |format| format_utc(1_709_251_200, 0, format).expect("formats");
+        assert_eq!(f("%d %b %Y %Q"), "01 Mar 2024 %Q");
+        assert_eq!(f("%Y%"), "2024%");
+        assert_eq!(f("%"), "%");
+        assert_eq!(f("%:x %Y"), "%:x 2024");
+        assert_eq!(f("%é%Y"), "%é2024");
+        // An instant chrono cannot represent is an error, not a panic.
+        assert_eq!(format_utc(i64::MAX, 0, "%Y"), None);
+        // Through a template: rendering succeeds and keeps the bad code.
+        let t = ChatTemplate::from_source(
+            "{{ strftime_now('%Q|%Y')[:3] }}|{{ strftime_now('%') }}".to_owned(),
+            &gemma().tok,
+        )
+        .expect("compile");
+        assert_eq!(t.render(&[], false).expect("render"), "%Q||%");
     }
 }

@@ -7,10 +7,10 @@
 //! limits.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request};
@@ -18,6 +18,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hearth_index::CollectionName;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -69,7 +71,7 @@ impl Caller {
     /// Parses a collection name from the request (400 when invalid) and requires at least
     /// `role` on it (403).
     pub fn collection(&self, raw: &str, role: Role) -> Result<CollectionName, ApiError> {
-        let c = super::collections::name(raw)?;
+        let c = CollectionName::new(raw).map_err(|e| ApiError::invalid(e.to_string()))?;
         self.require_on(role, &c)?;
         Ok(c)
     }
@@ -98,18 +100,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Per-key request rate (a token bucket) and concurrency.
+/// Per-key request rate and concurrency.
 pub(crate) struct Limits {
     default_rate: u32,
     default_concurrency: u32,
     keys: Mutex<HashMap<String, Limiter>>,
 }
 
+/// One key's limits. The rate is a GCRA limiter that allows `rate` requests in a burst and
+/// then one every `60 / rate` seconds: a bucket of `rate` tokens refilled over a minute.
 struct Limiter {
-    rate: u32,
-    tokens: f64,
-    last: Instant,
+    rate: NonZeroU32,
+    bucket: DefaultDirectRateLimiter,
     concurrency: Arc<Semaphore>,
+}
+
+impl Limiter {
+    fn new(rate: NonZeroU32, concurrency: u32) -> Self {
+        Self {
+            rate,
+            bucket: RateLimiter::direct(Quota::per_minute(rate)),
+            concurrency: Arc::new(Semaphore::new(concurrency as usize)),
+        }
+    }
 }
 
 impl Limits {
@@ -121,13 +134,16 @@ impl Limits {
         }
     }
 
-    /// Takes one request's worth of rate and a concurrency slot, or says how long to wait.
+    /// Takes a concurrency slot and one request's worth of rate, or says how long to wait.
+    /// A request refused for its concurrency does not use up rate.
     fn admit(&self, caller: &Caller) -> Result<OwnedSemaphorePermit, ApiError> {
         let rate = caller
             .key
             .as_ref()
             .and_then(|k| k.rate_per_minute)
             .unwrap_or(self.default_rate);
+        // Configuration and key creation refuse 0; treat one that slips through as 1.
+        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
         let conc = caller
             .key
             .as_ref()
@@ -137,31 +153,13 @@ impl Limits {
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
         let l = keys
             .entry(caller.id().to_owned())
-            .or_insert_with(|| Limiter {
-                rate,
-                tokens: f64::from(rate),
-                last: now,
-                concurrency: Arc::new(Semaphore::new(conc as usize)),
-            });
+            .or_insert_with(|| Limiter::new(rate, conc));
         if l.rate != rate {
+            // The key's record changed: a fresh bucket at the new rate, the same slots.
             l.rate = rate;
-            l.tokens = l.tokens.min(f64::from(rate));
-        }
-        let per_s = f64::from(l.rate) / 60.0;
-        l.tokens =
-            (l.tokens + now.duration_since(l.last).as_secs_f64() * per_s).min(f64::from(l.rate));
-        l.last = now;
-        if l.tokens < 1.0 {
-            let wait = ((1.0 - l.tokens) / per_s).ceil().max(1.0) as u64;
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("this key may make {} requests per minute", l.rate),
-            )
-            .retry_after(wait));
+            l.bucket = RateLimiter::direct(Quota::per_minute(rate));
         }
         let permit = l.concurrency.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
@@ -171,7 +169,15 @@ impl Limits {
             )
             .retry_after(1)
         })?;
-        l.tokens -= 1.0;
+        if let Err(not_until) = l.bucket.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("this key may make {rate} requests per minute"),
+            )
+            .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
+        }
         Ok(permit)
     }
 }
@@ -252,5 +258,35 @@ impl http_body::Body for Guarded {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_concurrency_refusals_say_when_to_retry() {
+        let limits = Limits::new(3, 1);
+        let open = Caller { key: None };
+        // The slot is held: refused for concurrency, which costs no rate.
+        let held = limits.admit(&open).unwrap();
+        let e = limits.admit(&open).unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.message.contains("in flight"), "{}", e.message);
+        assert_eq!(e.retry_after, Some(1));
+        drop(held);
+        for _ in 0..2 {
+            drop(limits.admit(&open).unwrap());
+        }
+        // Three a minute: the fourth waits about 20 s for its token.
+        let e = limits.admit(&open).unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.message.contains("3 requests per minute"), "{}", e.message);
+        assert!(
+            matches!(e.retry_after, Some(19..=20)),
+            "{:?}",
+            e.retry_after
+        );
     }
 }

@@ -3,7 +3,7 @@
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
-use hearth_index::{CollectionName, Redaction, RedactionPattern};
+use hearth_index::{Redaction, RedactionPattern};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -94,11 +94,6 @@ impl CollectionOut {
             redaction,
         })
     }
-}
-
-/// Parses a collection name from a path or body (400 when invalid).
-pub(super) fn name(raw: &str) -> Result<CollectionName, ApiError> {
-    CollectionName::new(raw).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// Creates a collection (200 when it already exists).

@@ -26,11 +26,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -230,9 +230,13 @@ pub fn router(parts: ServerParts) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(move |req, next| {
-            deadline(timeout, req, next)
-        }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            timeout,
+        ))
+        .layer(axum::middleware::map_response(
+            move |r: Response| async move { timed_out(timeout, r) },
+        ))
         .with_state(state)
 }
 
@@ -326,18 +330,22 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-/// Cuts off a request whose response has not started within `limit` (504). Streams that have
-/// started are not affected: only producing the response head is timed.
-async fn deadline(limit: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(
+/// Gives the timeout layer's bare 504 the API's error body. The layer cuts off a request whose
+/// response has not started within `limit`, dropping (and so cancelling) its handler; streams
+/// that have started are not affected, as only producing the response head is timed. Every
+/// response the handlers make has a content type, the layer's has none.
+fn timed_out(limit: Duration, r: Response) -> Response {
+    if r.status() == StatusCode::GATEWAY_TIMEOUT
+        && !r.headers().contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             format!("the request took longer than {} s", limit.as_secs()),
         )
-        .into_response(),
+        .into_response();
     }
+    r
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits up to `grace` for the

@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use hearth_engine::{ChatMessage, GenerationEvent, Prompt, SamplingParams};
 use serde::Deserialize;
@@ -407,8 +409,7 @@ pub(super) async fn embeddings(
         .enumerate()
         .map(|(i, v)| {
             let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                serde_json::Value::String(encode_base64(&bytes))
+                serde_json::Value::String(embedding_base64(v))
             } else {
                 serde_json::json!(v)
             };
@@ -426,39 +427,29 @@ pub(super) async fn embeddings(
     ))
 }
 
-/// Standard base64 with padding.
-fn encode_base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let b = [
-            group[0],
-            group.get(1).copied().unwrap_or(0),
-            group.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= group.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// An embedding as OpenAI's `base64` format has it: the little-endian `f32`s, in standard
+/// base64 with padding.
+fn embedding_base64(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    BASE64.encode(bytes)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::encode_base64;
+    use super::*;
 
     #[test]
-    fn base64_matches_the_standard_alphabet_and_padding() {
-        assert_eq!(encode_base64(b""), "");
-        assert_eq!(encode_base64(b"f"), "Zg==");
-        assert_eq!(encode_base64(b"fo"), "Zm8=");
-        assert_eq!(encode_base64(b"foo"), "Zm9v");
-        assert_eq!(encode_base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(encode_base64(&[0xff, 0xfe, 0x00]), "//4A");
+    fn base64_embeddings_are_little_endian_f32() {
+        assert_eq!(embedding_base64(&[]), "");
+        // 1.0 is 00 00 80 3f; -2.0 is 00 00 00 c0.
+        assert_eq!(embedding_base64(&[1.0]), "AACAPw==");
+        assert_eq!(embedding_base64(&[1.0, -2.0]), "AACAPwAAAMA=");
+        let v = [0.25f32, -0.5, 3.0e-5];
+        let bytes = BASE64.decode(embedding_base64(&v)).unwrap();
+        let back: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(back, v);
     }
 }

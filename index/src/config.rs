@@ -198,26 +198,39 @@ pub struct IndexConfig {
 }
 
 /// The fusion methods, as named in configuration.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FusionKind {
     /// Reciprocal rank fusion.
     Rrf,
     /// Weighted sum of min-max normalised scores.
-    #[default]
     Weighted,
+}
+
+/// The method of [`Fusion::default`].
+impl Default for FusionKind {
+    fn default() -> Self {
+        IndexConfig::default().fusion
+    }
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
+        // The fusion settings are `Fusion::default()` taken apart, so that there is one default.
+        let (fusion, rrf_k, dense_weight) = match Fusion::default() {
+            Fusion::Rrf { k, dense_weight } => (FusionKind::Rrf, k, dense_weight),
+            Fusion::Weighted { dense_weight } => {
+                (FusionKind::Weighted, Fusion::DEFAULT_RRF_K, dense_weight)
+            }
+        };
         Self {
             hnsw_m: 16,
             ef_construction: 200,
             ef_search: 64,
             analyzer: Analyzer::EnglishStem,
-            fusion: FusionKind::Weighted,
-            rrf_k: 60.0,
-            dense_weight: 0.6,
+            fusion,
+            rrf_k,
+            dense_weight,
         }
     }
 }
@@ -287,6 +300,8 @@ mod tests {
         assert_eq!(c, IndexConfig::default());
         c.validate().unwrap();
         assert_eq!(c.fusion(), Fusion::Weighted { dense_weight: 0.6 });
+        assert_eq!(c.fusion(), Fusion::default());
+        assert_eq!((c.fusion, c.rrf_k), (FusionKind::default(), 60.0));
         let r = IndexConfig {
             fusion: FusionKind::Rrf,
             ..IndexConfig::default()

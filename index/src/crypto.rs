@@ -9,13 +9,24 @@
 //! Rotating the KEK re-wraps the data keys and rewrites the keyring (one atomic put); no
 //! content is re-encrypted. A wrong KEK fails at start-up with a clear error; a damaged object
 //! fails its tag check and is reported, never returned as garbage.
+//!
+//! Key material is wiped from memory when dropped (`zeroize`): the KEK, the text it was read
+//! from (the key file's contents, the environment variable's value as read), every unwrapped
+//! data key, and the AES key schedules inside the ciphers (the `aes` crate's "zeroize"
+//! feature), so a core dump or a later read of freed memory does not find them. Not covered:
+//! the environment variable itself, which stays in the process's environment (prefer
+//! `kek_file`); the GHASH subkey each AES-GCM cipher derives from its key (it could forge tags,
+//! not decrypt); copies the compiler leaves in registers or on the stack; the key file in the
+//! kernel's page cache; and memory swapped out before it was wiped. None of this stops a
+//! process that can read hearth's memory while it runs.
 
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::error::{IndexError, Result};
 
@@ -77,11 +88,11 @@ impl EncryptionConfig {
         match (&self.kek_file, &self.kek_env) {
             (Some(p), _) => Kek::from_file(p).map(Some),
             (None, Some(n)) => {
-                let v = std::env::var(n).map_err(|_| {
+                let v = Zeroizing::new(std::env::var(n).map_err(|_| {
                     IndexError::InvalidInput(format!(
                         "storage.encryption.kek_env names {n}, which is not set"
                     ))
-                })?;
+                })?);
                 Kek::from_hex(&v, &format!("environment variable {n}")).map(Some)
             }
             (None, None) => Ok(None),
@@ -89,9 +100,9 @@ impl EncryptionConfig {
     }
 }
 
-/// A 256-bit key-encryption key.
+/// A 256-bit key-encryption key, wiped from memory when dropped.
 #[derive(Clone)]
-pub struct Kek([u8; 32]);
+pub struct Kek(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,8 +114,8 @@ impl Kek {
     /// Parses 64 hex characters (surrounding whitespace ignored); `what` names the source in
     /// errors.
     pub fn from_hex(text: &str, what: &str) -> Result<Self> {
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut key).map_err(|_| {
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), &mut key[..]).map_err(|_| {
             IndexError::InvalidInput(format!(
                 "{what} must hold a 256-bit key as 64 hex characters (e.g. from `openssl rand -hex 32`)"
             ))
@@ -114,12 +125,12 @@ impl Kek {
 
     /// Reads a key file (64 hex characters).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             IndexError::InvalidInput(format!(
                 "cannot read the key-encryption key {}: {e}",
                 path.display()
             ))
-        })?;
+        })?);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -133,7 +144,8 @@ impl Kek {
     }
 
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&self.0.into())
+        // By reference: converting the array would leave a copy of the key on the stack.
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&self.0[..]))
     }
 }
 
@@ -161,9 +173,19 @@ fn wrap_aad(id: u32) -> Vec<u8> {
 
 fn random<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
-    getrandom::fill(&mut b)
-        .map_err(|e| IndexError::Internal(format!("no randomness from the OS: {e}")))?;
+    fill_random(&mut b)?;
     Ok(b)
+}
+
+fn fill_random(b: &mut [u8]) -> Result<()> {
+    getrandom::fill(b).map_err(|e| IndexError::Internal(format!("no randomness from the OS: {e}")))
+}
+
+/// A fresh data key, generated where it stays until it is wiped.
+fn random_key() -> Result<Zeroizing<[u8; 32]>> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    fill_random(&mut key[..])?;
+    Ok(key)
 }
 
 /// The unwrapped data keys of a store: seals and opens objects.
@@ -175,7 +197,7 @@ pub(crate) struct Sealer {
 impl Sealer {
     /// A new keyring with one random data key, wrapped by `kek`: (sealer, keyring bytes).
     pub(crate) fn create(kek: &Kek) -> Result<(Self, Bytes)> {
-        let dek: [u8; 32] = random()?;
+        let dek = random_key()?;
         let file = KeyringFile {
             format: 1,
             cipher: CIPHER.into(),
@@ -199,7 +221,10 @@ impl Sealer {
         let keys = file
             .keys
             .iter()
-            .map(|k| Ok((k.id, Aes256Gcm::new(&unwrap(kek, k)?.into()))))
+            .map(|k| {
+                let dek = unwrap(kek, k)?;
+                Ok((k.id, Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&dek[..]))))
+            })
             .collect::<Result<Vec<_>>>()?;
         if !keys.iter().any(|(id, _)| *id == file.active) {
             return Err(corrupt_keyring("the active data key is missing"));
@@ -314,7 +339,7 @@ fn wrap(kek: &Kek, id: u32, dek: &[u8; 32]) -> Result<String> {
     Ok(hex::encode(out))
 }
 
-fn unwrap(kek: &Kek, k: &WrappedKey) -> Result<[u8; 32]> {
+fn unwrap(kek: &Kek, k: &WrappedKey) -> Result<Zeroizing<[u8; 32]>> {
     let raw = hex::decode(&k.wrapped)
         .ok()
         .filter(|r| r.len() == NONCE + 32 + 16)
@@ -333,7 +358,8 @@ fn unwrap(kek: &Kek, k: &WrappedKey) -> Result<[u8; 32]> {
                 "the key-encryption key does not open this store's data keys ({KEYRING_KEY}): wrong key, or the keyring was altered"
             ))
         })?;
-    let mut dek = [0u8; 32];
+    let plain = Zeroizing::new(plain);
+    let mut dek = Zeroizing::new([0u8; 32]);
     dek.copy_from_slice(&plain);
     Ok(dek)
 }
@@ -356,7 +382,7 @@ mod tests {
     use super::*;
 
     fn kek(b: u8) -> Kek {
-        Kek([b; 32])
+        Kek(Zeroizing::new([b; 32]))
     }
 
     #[test]
@@ -417,6 +443,16 @@ mod tests {
             rewrap(&ring, &kek(9), &kek(3)).is_err(),
             "rotation needs the current KEK"
         );
+    }
+
+    #[test]
+    fn key_material_is_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        // The KEK and unwrapped data keys.
+        wiped::<Zeroizing<[u8; 32]>>();
+        // The key schedule inside every AES-256-GCM cipher: only with the `aes` crate's
+        // "zeroize" feature, which this fails to compile without.
+        wiped::<aes::Aes256>();
     }
 
     #[test]

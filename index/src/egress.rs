@@ -14,10 +14,13 @@ use object_store::client::{
     ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
     HttpService,
 };
+use url::Url;
 
 use crate::error::{IndexError, Result};
 
-/// `scheme://host:port`, lowercase, with the scheme's default port filled in.
+/// `scheme://host:port` as the WHATWG URL standard normalises it (lowercase scheme and host,
+/// IDNA hosts in punycode, IPv4 and IPv6 addresses in canonical form), with the scheme's default
+/// port filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Origin(String);
 
@@ -25,72 +28,38 @@ impl Origin {
     /// The origin of an `http://` or `https://` URL.
     pub(crate) fn of_url(url: &str) -> Result<Self> {
         let bad = |why: &str| IndexError::InvalidInput(format!("invalid endpoint {url:?}: {why}"));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-        let scheme = scheme.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "http" => 80,
-            "https" => 443,
-            _ => return Err(bad("the scheme must be http or https")),
-        };
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        if authority.contains('@') {
+        let parsed = Url::parse(url).map_err(|e| {
+            if e == url::ParseError::RelativeUrlWithoutBase {
+                bad("no scheme")
+            } else {
+                bad(&e.to_string())
+            }
+        })?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(bad("credentials in the URL are not supported"));
         }
-        let (host, port) = split_host_port(authority).ok_or_else(|| bad("bad host or port"))?;
-        Ok(Self::new(&scheme, host, port.unwrap_or(default_port)))
+        Self::of_parsed(&parsed).ok_or_else(|| bad("the scheme must be http or https"))
     }
 
-    fn new(scheme: &str, host: &str, port: u16) -> Self {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if host.contains(':') {
-            Self(format!("{scheme}://[{host}]:{port}"))
-        } else {
-            Self(format!("{scheme}://{host}:{port}"))
+    /// `None` unless `url` is an `http` or `https` URL with a host.
+    fn of_parsed(url: &Url) -> Option<Self> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return None;
         }
+        // `Host` displays IPv6 addresses in brackets; `port_or_known_default` fills in 80/443.
+        let host = url.host()?;
+        let port = url.port_or_known_default()?;
+        Some(Self(format!("{}://{host}:{port}", url.scheme())))
     }
 
+    /// The origin a request is for, normalised exactly as configured origins are.
     fn of_request(req: &HttpRequest) -> Option<Self> {
-        let uri = req.uri();
-        let scheme = uri.scheme_str()?.to_ascii_lowercase();
-        let port = uri.port_u16().or(match scheme.as_str() {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        })?;
-        Some(Self::new(&scheme, uri.host()?, port))
+        Self::of_parsed(&Url::parse(&req.uri().to_string()).ok()?)
     }
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// `host[:port]`, with bracketed IPv6 hosts.
-fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (h, after) = rest.split_once(']')?;
-        match after.strip_prefix(':') {
-            Some(p) => (h, Some(p)),
-            None if after.is_empty() => (h, None),
-            None => return None,
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let port = match port {
-        Some(p) => Some(p.parse::<u16>().ok()?),
-        None => None,
-    };
-    Some((host, port))
 }
 
 /// Builds the allowlisted client for `object_store`.
@@ -181,11 +150,51 @@ mod tests {
     }
 
     #[test]
+    fn origins_of_tricky_urls() {
+        let o = |u: &str| Origin::of_url(u).map(|o| o.0);
+        // The default port, written out or not, and a host in capitals.
+        assert_eq!(
+            o("https://S3.Example.COM:443").unwrap(),
+            "https://s3.example.com:443"
+        );
+        assert_eq!(o("HTTP://Store:80/").unwrap(), "http://store:80");
+        assert_eq!(o("http://store:443").unwrap(), "http://store:443");
+        // IPv6 literals in any spelling come out in one canonical form.
+        assert_eq!(
+            o("http://[0:0:0:0:0:0:0:1]:9000").unwrap(),
+            o("http://[::1]:9000").unwrap()
+        );
+        assert_eq!(o("https://[FD00:0::AB]").unwrap(), "https://[fd00::ab]:443");
+        // Userinfo, even empty or user-only, is refused, not silently dropped; an `@` past the
+        // authority is only part of the path.
+        for bad in [
+            "http://user@store",
+            "http://:secret@store",
+            "https://u:p@[::1]:9000",
+        ] {
+            let e = o(bad).unwrap_err().to_string();
+            assert!(e.contains("credentials"), "{bad}: {e}");
+        }
+        assert_eq!(o("http://store/a@b").unwrap(), "http://store:80");
+        // Not a host hearth could be allowed to reach.
+        for bad in [
+            "http://[::1",
+            "http://[fd00::1]x:9000",
+            "https://:443",
+            "file:///etc",
+        ] {
+            assert!(o(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn request_origins_match_configured_ones() {
         for (configured, requested) in [
             ("http://[fd00::1]:9000", "http://[fd00::1]:9000/b/k"),
             ("https://s3.example.com", "https://S3.example.com/b/k?x=1"),
             ("http://10.0.0.1:8333", "http://10.0.0.1:8333/"),
+            ("http://[::1]:80", "http://[0::1]/b/k"),
+            ("https://store.example:443", "https://STORE.example/b/k"),
         ] {
             let req = http::Request::builder()
                 .uri(requested)

@@ -1,13 +1,13 @@
 //! Fusing the dense and BM25 rankings.
 //!
-//! - [`Fusion::Rrf`] (reciprocal rank fusion, the default):
+//! - [`Fusion::Weighted`] (the default, with `w = 0.6`): each list's scores are min-max
+//!   normalised to `[0, 1]` (a list whose scores are all equal normalises to 1), then
+//!   `score = w · dense + (1 − w) · bm25`; a list a chunk is missing from contributes 0.
+//! - [`Fusion::Rrf`] (reciprocal rank fusion):
 //!   `score = 2 · (w / (k + rank_dense) + (1 − w) / (k + rank_bm25))` over the lists a chunk
 //!   appears in, ranks from 1; `w = 0.5` is classic RRF (`Σ 1 / (k + rank)`). Needs no score
 //!   calibration, which dense cosines and BM25 scores do not share; `w` lets the stronger
 //!   ranker lead.
-//! - [`Fusion::Weighted`]: each list's scores are min-max normalised to `[0, 1]` (a list whose
-//!   scores are all equal normalises to 1), then
-//!   `score = w · dense + (1 − w) · bm25`; a list a chunk is missing from contributes 0.
 //!
 //! In hybrid mode each side contributes `max(4 · top_k, 50)` candidates
 //! ([`hybrid_candidates`]).
@@ -69,8 +69,8 @@ impl FromStr for SearchMode {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fusion {
-    /// Reciprocal rank fusion with constant `k` (default 60), the lists weighted `w` (dense)
-    /// and `1 − w` (BM25).
+    /// Reciprocal rank fusion with constant `k` (by default [`Fusion::DEFAULT_RRF_K`]), the
+    /// lists weighted `w` (dense) and `1 − w` (BM25).
     Rrf {
         /// The rank offset; larger values flatten the head of each list. Finite, ≥ 0.
         k: f32,
@@ -84,16 +84,19 @@ pub enum Fusion {
     },
 }
 
+/// The fusion hearth runs when nothing else is asked for: weighted, 0.6 dense / 0.4 BM25. On
+/// hearth's labelled retrieval set it beats both sides alone, where RRF trails dense
+/// (BENCHMARKS.md). `IndexConfig`'s defaults are this value, so there is one default.
 impl Default for Fusion {
     fn default() -> Self {
-        Fusion::Rrf {
-            k: 60.0,
-            dense_weight: 0.5,
-        }
+        Fusion::Weighted { dense_weight: 0.6 }
     }
 }
 
 impl Fusion {
+    /// RRF's rank constant when none is configured: the usual 60.
+    pub const DEFAULT_RRF_K: f32 = 60.0;
+
     /// Checks the parameter ranges.
     pub fn validate(&self) -> Result<()> {
         match *self {
@@ -275,6 +278,7 @@ mod tests {
         );
         assert!(Fusion::Weighted { dense_weight: 1.5 }.validate().is_err());
         assert!(Fusion::default().validate().is_ok());
+        assert_eq!(Fusion::default(), Fusion::Weighted { dense_weight: 0.6 });
         let f: Fusion =
             serde_json::from_str(r#"{"method":"weighted","dense_weight":0.7}"#).unwrap();
         assert_eq!(f, Fusion::Weighted { dense_weight: 0.7 });

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hearth_index::{
-    BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, Redaction, encode_chunks,
-    keys,
+    BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, IndexError, Redaction,
+    encode_chunks, keys,
 };
 
 use crate::chunk::{ChunkParams, TokenCounter, chunk};
@@ -228,7 +228,7 @@ impl Pipeline {
         rec.attempts += 1;
         self.registry.put(&mut rec).await?;
 
-        match self.extract_and_chunk(c, &rec).await? {
+        match self.extract_and_chunk(c, &rec).await {
             Ok(done) => {
                 rec.title = done.title;
                 rec.pages = done.pages;
@@ -239,7 +239,8 @@ impl Pipeline {
                 rec.state = DocState::Chunked;
                 rec.reason = None;
             }
-            Err(reason) => rec.fail(reason),
+            Err(Stopped::Failed(why)) => rec.fail(why.to_string()),
+            Err(Stopped::Error(e)) => return Err(e),
         }
         self.registry.put(&mut rec).await?;
         if rec.original_discarded {
@@ -250,22 +251,21 @@ impl Pipeline {
         Ok(rec)
     }
 
-    /// The outer error is the system's (storage); the inner one is the document's fate.
+    /// Extracts, chunks and stores the chunks of a queued document.
     async fn extract_and_chunk(
         &self,
         c: &CollectionName,
         rec: &DocRecord,
-    ) -> Result<Fate<Chunked>> {
+    ) -> Result<Chunked, Stopped> {
         let Some(raw) = self.store.get_opt(&keys::raw(c, &rec.doc_id)).await? else {
-            return Ok(Err(
-                "the original bytes are missing from the object store".into()
-            ));
+            return Err(Failure::Missing.into());
         };
         let redactor = self.redactor(c).await?;
-        let mut extracted = match self.extractor.extract(rec.kind, &raw).await {
-            Ok(x) => x,
-            Err(reason) => return Ok(Err(reason)),
-        };
+        let mut extracted = self
+            .extractor
+            .extract(rec.kind, &raw)
+            .await
+            .map_err(Failure::Extraction)?;
         drop(raw);
         // Redaction comes before anything is normalised, chunked, embedded or stored.
         let redactions = redactor.as_ref().map_or(0, |r| r.apply(&mut extracted));
@@ -284,33 +284,80 @@ impl Pipeline {
         };
         let doc_id = rec.doc_id;
         let dim = self.settings.embedding_dim as usize;
-        let chunked = tokio::task::spawn_blocking(move || -> Result<Fate<(u32, Bytes)>> {
+        let (n, bytes) = tokio::task::spawn_blocking(move || -> Result<_, Stopped> {
             let doc = normalize(&extracted);
             if doc.text.is_empty() {
-                return Ok(Err(no_text_reason(&extracted)));
+                return Err(match extracted.pages {
+                    Some(pages) => Failure::NoTextInPdf { pages },
+                    None => Failure::NoText,
+                }
+                .into());
             }
-            let chunks = match chunk(doc_id, &doc, tokenizer.as_ref(), params) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(format!("chunking failed: {e}"))),
-            };
+            let chunks =
+                chunk(doc_id, &doc, tokenizer.as_ref(), params).map_err(Failure::Chunking)?;
             let n = u32::try_from(chunks.len())
                 .map_err(|_| IngestError::Internal("chunk count".into()))?;
-            Ok(Ok((n, encode_chunks(&chunks, dim)?)))
+            Ok((n, encode_chunks(&chunks, dim)?))
         })
         .await
-        .map_err(|e| IngestError::Internal(format!("chunking task: {e}")))?;
-        let (n, bytes) = match chunked? {
-            Ok(x) => x,
-            Err(reason) => return Ok(Err(reason)),
-        };
+        .map_err(|e| IngestError::Internal(format!("chunking task: {e}")))??;
         self.store.put(&keys::chunks(c, &rec.doc_id), bytes).await?;
         done.chunks = n;
-        Ok(Ok(done))
+        Ok(done)
     }
 }
 
-/// What happened to a document: a value, or the reason it failed.
-type Fate<T> = std::result::Result<T, String>;
+/// Why processing stopped before a document was chunked.
+#[derive(Debug)]
+enum Stopped {
+    /// The document cannot be read: it ends in state `failed` with this reason.
+    Failed(Failure),
+    /// The system failed (storage, a bug): the document stays pending, to be tried again.
+    Error(IngestError),
+}
+
+impl From<Failure> for Stopped {
+    fn from(f: Failure) -> Self {
+        Stopped::Failed(f)
+    }
+}
+
+impl From<IngestError> for Stopped {
+    fn from(e: IngestError) -> Self {
+        Stopped::Error(e)
+    }
+}
+
+impl From<IndexError> for Stopped {
+    fn from(e: IndexError) -> Self {
+        Stopped::Error(e.into())
+    }
+}
+
+/// Why a stored document cannot be read. Its text is the `failed` record's reason.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The original bytes are gone from the store.
+    #[error("the original bytes are missing from the object store")]
+    Missing,
+    /// The extraction process failed: the parser's message, or the limit it ran into.
+    #[error("{0}")]
+    Extraction(String),
+    /// A PDF without text: scanned, or images only.
+    #[error(
+        "no extractable text in {pages} page(s): the PDF is probably scanned or holds only images (OCR is not supported)"
+    )]
+    NoTextInPdf {
+        /// The PDF's page count.
+        pages: u32,
+    },
+    /// A document of another format without text.
+    #[error("the document holds no text")]
+    NoText,
+    /// The chunker refused the text.
+    #[error("chunking failed: {0}")]
+    Chunking(String),
+}
 
 /// Facts about a successfully chunked document.
 struct Chunked {
@@ -322,11 +369,28 @@ struct Chunked {
     redacting: bool,
 }
 
-fn no_text_reason(ex: &crate::parse::Extracted) -> String {
-    match ex.pages {
-        Some(p) => format!(
-            "no extractable text in {p} page(s): the PDF is probably scanned or holds only images (OCR is not supported)"
-        ),
-        None => "the document holds no text".to_owned(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_the_recorded_reasons() {
+        assert_eq!(
+            Failure::Missing.to_string(),
+            "the original bytes are missing from the object store"
+        );
+        assert_eq!(
+            Failure::Extraction("extraction timed out after 60 s".into()).to_string(),
+            "extraction timed out after 60 s"
+        );
+        assert_eq!(
+            Failure::NoTextInPdf { pages: 3 }.to_string(),
+            "no extractable text in 3 page(s): the PDF is probably scanned or holds only images (OCR is not supported)"
+        );
+        assert_eq!(Failure::NoText.to_string(), "the document holds no text");
+        assert_eq!(
+            Failure::Chunking("too long".into()).to_string(),
+            "chunking failed: too long"
+        );
     }
 }

@@ -31,6 +31,9 @@ impl DocKind {
     }
 }
 
+/// Signatures of formats hearth refuses. One made only of printable letters (`MZ`, `ID3`,
+/// `BZh`, `GIF89a`, `OggS`) may just as well begin a text file, so it is trusted only when the
+/// format's structure follows it ([`confirms`]) or when the bytes are not text.
 const MAGIC: &[(&[u8], &str)] = &[
     (b"\x89PNG\r\n\x1a\n", "PNG image"),
     (b"\xff\xd8\xff", "JPEG image"),
@@ -67,28 +70,16 @@ pub fn sniff(bytes: &[u8], name: &str) -> Result<DocKind, Rejection> {
     if bytes.is_empty() {
         return Err(Rejection::Empty);
     }
-    let head = &bytes[..bytes.len().min(1024)];
-    if find(head, b"%PDF-").is_some() {
+    if is_pdf(bytes) {
         return Ok(DocKind::Pdf);
     }
-    for (magic, what) in MAGIC {
-        if bytes.starts_with(magic) {
-            return Err(Rejection::Unsupported(format!(
-                "{what} is not a supported document type"
-            )));
-        }
+    let text = decode_text_prefix(&bytes[..bytes.len().min(64 * 1024)]);
+    if let Some(what) = binary_format(bytes, text.is_some()) {
+        return Err(Rejection::Unsupported(format!(
+            "{what} is not a supported document type"
+        )));
     }
-    if head.len() >= 12 && &head[..4] == b"RIFF" {
-        return Err(Rejection::Unsupported(
-            "RIFF media (WebP, WAV, AVI) is not a supported document type".into(),
-        ));
-    }
-    if head.len() >= 12 && &head[4..8] == b"ftyp" {
-        return Err(Rejection::Unsupported(
-            "MP4/QuickTime media is not a supported document type".into(),
-        ));
-    }
-    let Some(text) = decode_text_prefix(&bytes[..bytes.len().min(64 * 1024)]) else {
+    let Some(text) = text else {
         return Err(Rejection::Unsupported(
             "binary data in no supported format (expected PDF, HTML, Markdown or text)".into(),
         ));
@@ -105,6 +96,81 @@ pub fn sniff(bytes: &[u8], name: &str) -> Result<DocKind, Rejection> {
         return Ok(DocKind::Markdown);
     }
     Ok(DocKind::Text)
+}
+
+/// A PDF starts with `%PDF-`. Readers also find the header further into the first KiB, behind
+/// a binary preamble some producers put there (a MacBinary header, a PJL print-job prefix);
+/// that is accepted too, but never text before it: a text that mentions `%PDF-` is a text.
+fn is_pdf(bytes: &[u8]) -> bool {
+    if bytes.starts_with(b"%PDF-") {
+        return true;
+    }
+    let head = &bytes[..bytes.len().min(1024)];
+    let Some(at) = find(head, b"%PDF-") else {
+        return false;
+    };
+    let before = &head[..at];
+    let utf16 = before.starts_with(b"\xff\xfe") || before.starts_with(b"\xfe\xff");
+    before.starts_with(b"\x1b%-12345X") || (before.contains(&0) && !utf16)
+}
+
+/// The format `bytes` are in, if it is one hearth refuses. `text`: whether their start decodes
+/// as text.
+fn binary_format(bytes: &[u8], text: bool) -> Option<&'static str> {
+    let printable = |magic: &[u8]| magic.iter().all(u8::is_ascii_graphic);
+    for &(magic, what) in MAGIC {
+        if bytes.starts_with(magic) && (!text || !printable(magic) || confirms(magic, bytes)) {
+            return Some(what);
+        }
+    }
+    // Containers whose signature is printable and not at the start: trusted only on binary
+    // bytes, like the printable signatures above.
+    if text || bytes.len() < 12 {
+        return None;
+    }
+    if &bytes[..4] == b"RIFF" {
+        return Some("RIFF media (WebP, WAV, AVI)");
+    }
+    if &bytes[4..8] == b"ftyp" {
+        return Some("MP4/QuickTime media");
+    }
+    None
+}
+
+/// Whether the structure behind a printable signature is the format's, so the file is refused
+/// even if its first bytes happen to decode as text.
+fn confirms(magic: &[u8], bytes: &[u8]) -> bool {
+    match magic {
+        // "BZh", the block size '1'..='9', then the first block's magic (the digits of pi) or,
+        // for an empty stream, the end-of-stream magic (those of sqrt(pi)).
+        b"BZh" => {
+            bytes.len() >= 10
+                && (b'1'..=b'9').contains(&bytes[3])
+                && matches!(
+                    &bytes[4..10],
+                    b"\x31\x41\x59\x26\x53\x59" | b"\x17\x72\x45\x38\x50\x90"
+                )
+        }
+        // An ID3v2 tag header: major version 2 to 4, a revision, flags, then a 28-bit size
+        // stored 7 bits a byte.
+        b"ID3" => {
+            bytes.len() >= 10
+                && (2..=4).contains(&bytes[3])
+                && bytes[4] != 0xff
+                && bytes[6..10].iter().all(|&b| b < 0x80)
+        }
+        // A DOS header whose `e_lfanew` (at 0x3c) points at the PE signature.
+        b"MZ" => {
+            let Some(&[a, b, c, d]) = bytes.get(0x3c..0x40) else {
+                return false;
+            };
+            let pe = u32::from_le_bytes([a, b, c, d]) as usize;
+            pe.checked_add(4)
+                .and_then(|end| bytes.get(pe..end))
+                .is_some_and(|sig| sig == b"PE\0\0")
+        }
+        _ => false,
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -230,6 +296,144 @@ mod tests {
             .collect();
         let err = sniff(&junk, "junk.pdf").unwrap_err();
         assert!(err.to_string().contains("binary"), "{err}");
+    }
+
+    fn refusal(bytes: &[u8]) -> String {
+        sniff(bytes, "x.txt").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn text_that_starts_like_a_binary_signature_is_text() {
+        for text in [
+            &b"MZ is the ISO 3166 code of Mozambique.\n"[..],
+            b"ID3 tags are the metadata blocks at the start of an MP3 file.\n",
+            b"BZh9 is how every bzip2 stream with 900k blocks begins.\n",
+            b"BZh\n",
+            b"GIF89a was the version that added animation.\n",
+            b"OggS marks each page of an Ogg stream.\n",
+            b"RIFF headers come before the WAVE chunk.\n",
+        ] {
+            assert_eq!(
+                sniff(text, "notes.txt"),
+                Ok(DocKind::Text),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        assert_eq!(
+            sniff(b"# MZ\n\n- a [postcode](x) prefix\n", ""),
+            Ok(DocKind::Markdown)
+        );
+    }
+
+    #[test]
+    fn real_executables_audio_and_bzip2_are_still_refused() {
+        // A PE file: DOS header, e_lfanew = 0x80, the PE signature there.
+        let mut pe = b"MZ".to_vec();
+        pe.resize(0x80, b' ');
+        pe[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        pe.extend_from_slice(b"PE\0\0");
+        pe.extend_from_slice(&[b'x'; 64]);
+        assert!(refusal(&pe).contains("Windows executable"));
+        assert!(refusal(&pe[..0x84]).contains("Windows executable"));
+        // A DOS executable without a PE header: binary, so still refused by name.
+        assert!(refusal(b"MZ\x90\0\x03\0\0\0\x04\0\0\0\xff\xff").contains("Windows executable"));
+        // ID3v2.4 header, then frames.
+        let mp3 = b"ID3\x04\x00\x00\x00\x00\x01\x76TIT2\x00\x00\x00\x06\x00\x00\x03Song";
+        assert!(refusal(mp3).contains("MP3"));
+        assert!(refusal(b"ID3\x03\x00\x00\x00\x00\x00\x20TALB").contains("MP3"));
+        // bzip2: block size, then the block magic or the end-of-stream magic.
+        assert!(refusal(b"BZh91AY&SY\x8f\x1a\xce\x02").contains("bzip2"));
+        assert!(refusal(b"BZh9\x17rE8P\x90\0\0\0\0").contains("bzip2"));
+        assert!(refusal(b"BZh11AY&SYthe rest happens to be printable").contains("bzip2"));
+        assert!(refusal(b"GIF89a\x01\0\x01\0\x80\0\0").contains("GIF"));
+        assert!(refusal(b"RIFF\x24\x08\0\0WAVEfmt \x10\0\0\0").contains("RIFF"));
+        assert!(refusal(b"\0\0\0\x18ftypmp42\0\0\0\0").contains("MP4"));
+    }
+
+    #[test]
+    fn text_that_mentions_the_pdf_header_is_not_a_pdf() {
+        assert_eq!(
+            sniff(b"A PDF starts with %PDF- and a version.\n", "a.txt"),
+            Ok(DocKind::Text)
+        );
+        assert_eq!(
+            sniff(
+                b"# Formats\n\n- PDF files begin with `%PDF-1.7`\n- [more](x)\n",
+                "formats.md"
+            ),
+            Ok(DocKind::Markdown)
+        );
+        assert_eq!(
+            sniff(
+                b"<!DOCTYPE html><html><body><p>The header: %PDF-1.4</p>",
+                "page.html"
+            ),
+            Ok(DocKind::Html)
+        );
+        assert_eq!(sniff(b" %PDF-1.4\n", "a.pdf"), Ok(DocKind::Text));
+        // UTF-16 text holds NULs but is text all the same.
+        let utf16: Vec<u8> = b"\xff\xfe"
+            .iter()
+            .copied()
+            .chain("x".encode_utf16().flat_map(u16::to_le_bytes))
+            .chain(*b"%PDF-")
+            .chain("1".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        assert_ne!(sniff(&utf16, "a.txt"), Ok(DocKind::Pdf));
+    }
+
+    #[test]
+    fn pdfs_are_recognised_with_and_without_a_binary_preamble() {
+        assert_eq!(
+            sniff(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "x"),
+            Ok(DocKind::Pdf)
+        );
+        // MacBinary: a 128-byte header (version byte 0, file name, type codes...).
+        let mut macbinary = vec![0u8; 128];
+        macbinary[1] = 5;
+        macbinary[2..7].copy_from_slice(b"a.pdf");
+        macbinary[65..73].copy_from_slice(b"PDF CARO");
+        macbinary.extend_from_slice(b"%PDF-1.3\n");
+        assert_eq!(sniff(&macbinary, "a.pdf"), Ok(DocKind::Pdf));
+        let pjl = b"\x1b%-12345X@PJL JOB\r\n@PJL ENTER LANGUAGE = PDF\r\n%PDF-1.4\n";
+        assert_eq!(sniff(pjl, "job.prn"), Ok(DocKind::Pdf));
+    }
+
+    #[test]
+    fn test_documents_sniff_as_their_kind() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+        let kind = |f: &str| {
+            let bytes = std::fs::read(dir.join(f)).unwrap();
+            sniff(&bytes, f)
+        };
+        for f in [
+            "corpus/bzip2-manual.pdf",
+            "corpus/find-manual.pdf",
+            "corpus/gzip-manual.pdf",
+            "corpus/onboarding-handbook.pdf",
+            "broken/truncated.pdf",
+        ] {
+            assert_eq!(kind(f), Ok(DocKind::Pdf), "{f}");
+        }
+        for f in ["corpus/qemu-img.html", "corpus/libffi-basics.txt"] {
+            assert_eq!(kind(f), Ok(DocKind::Html), "{f}");
+        }
+        for f in ["corpus/node-url.md", "corpus/NODE-GLOSSARY"] {
+            assert_eq!(kind(f), Ok(DocKind::Markdown), "{f}");
+        }
+        assert_eq!(
+            kind("corpus/politique-conservation-donnees.txt"),
+            Ok(DocKind::Text)
+        );
+        for f in [
+            "broken/junk.pdf",
+            "broken/random.bin",
+            "broken/image.md",
+            "broken/compressed.txt",
+        ] {
+            assert!(kind(f).is_err(), "{f}");
+        }
     }
 
     #[test]

@@ -147,7 +147,12 @@ fn request<'a>(
         mode,
         top_k,
         filter,
-        fusion: Fusion::default(),
+        // Classic RRF, spelled out: these tests were written against it (it was once
+        // `Fusion::default()`, which is now weighted fusion).
+        fusion: Fusion::Rrf {
+            k: Fusion::DEFAULT_RRF_K,
+            dense_weight: 0.5,
+        },
     }
 }
 

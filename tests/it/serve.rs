@@ -581,6 +581,40 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("qemu-img.html"), "{text}");
+    // `--json` through the server is the very answer the HTTP API gave (one answer type, read
+    // back from the event stream): same text, passages and citations under greedy decoding.
+    let out = node
+        .command()
+        .args([
+            "ask",
+            q,
+            "-c",
+            "docs",
+            "--server",
+            &s.url,
+            "--top-k",
+            "2",
+            "--max-tokens",
+            "48",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "answer",
+        "grounded",
+        "passages",
+        "citations",
+        "finish_reason",
+    ] {
+        assert_eq!(v[field], a[field], "{field}: {v:#} vs {a:#}");
+    }
     let out = node
         .command()
         .args(["ask", "x", "-c", "nope", "--server", &s.url])

@@ -558,54 +558,27 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
     assert_eq!(asks, 3, "two answers plus the injection probe: {m}");
 
     // The CLI, against this server.
-    let out = node
-        .command()
-        .args([
-            "ask",
-            q,
-            "-c",
-            "docs",
-            "--server",
-            &s.url,
-            "--top-k",
-            "2",
-            "--max-tokens",
-            "32",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let cli_ask = |extra: &[&str]| {
+        let out = node
+            .command()
+            .args(["ask", q, "-c", "docs", "--server", &s.url, "--top-k", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let out = cli_ask(&["--max-tokens", "32"]);
+    let text = String::from_utf8_lossy(&out);
     assert!(text.contains("qemu-img.html"), "{text}");
     // `--json` through the server is the very answer the HTTP API gave (one answer type, read
     // back from the event stream): same text, passages and citations under greedy decoding.
-    let out = node
-        .command()
-        .args([
-            "ask",
-            q,
-            "-c",
-            "docs",
-            "--server",
-            &s.url,
-            "--top-k",
-            "2",
-            "--max-tokens",
-            "48",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = cli_ask(&["--max-tokens", "48", "--json"]);
+    let v: Value = serde_json::from_slice(&out).unwrap();
     for field in [
         "answer",
         "grounded",

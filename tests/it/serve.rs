@@ -579,14 +579,27 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
     // back from the event stream): same text, passages and citations under greedy decoding.
     let out = cli_ask(&["--max-tokens", "48", "--json"]);
     let v: Value = serde_json::from_slice(&out).unwrap();
-    for field in [
-        "answer",
-        "grounded",
-        "passages",
-        "citations",
-        "finish_reason",
-    ] {
+    for field in ["answer", "grounded", "finish_reason"] {
         assert_eq!(v[field], a[field], "{field}: {v:#} vs {a:#}");
+    }
+    // The same passages and citations (scores may move a little: the injection probe above
+    // added a document, which shifts BM25 statistics).
+    let ids = |x: &Value, list: &str| -> Vec<(Value, Value, Value)> {
+        x[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["chunk_id"].clone(),
+                    h["n"].clone(),
+                    h["attributed"].clone(),
+                )
+            })
+            .collect()
+    };
+    for list in ["passages", "citations"] {
+        assert_eq!(ids(&v, list), ids(&a, list), "{list}: {v:#} vs {a:#}");
     }
     let out = node
         .command()

@@ -181,6 +181,16 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     call(&s, Some(&reader_b), "GET", &format!("{path}/raw"), None)
         .await
         .error(403, "forbidden");
+    // Listing goes through the service's document records now: still refused out of scope.
+    call(
+        &s,
+        Some(&reader_b),
+        "GET",
+        "/v1/collections/a/documents",
+        None,
+    )
+    .await
+    .error(403, "forbidden");
     let q = json!({"query": "electric vans"});
     assert_eq!(
         call(

@@ -17,7 +17,6 @@ use serde::Deserialize;
 
 use super::State;
 use super::error::{ApiError, ApiJson, ErrorBody, json};
-use super::qa::finish_name;
 
 /// Most texts one embeddings request may carry.
 const MAX_EMBED_INPUTS: usize = 2048;
@@ -271,7 +270,7 @@ pub(super) async fn chat_completions(
                             state.metrics.generation("chat", &c);
                             let mut out = vec![data(&chunk(
                                 serde_json::json!({}),
-                                Some(finish_name(c.finish_reason)),
+                                Some(crate::AnswerEnd::from(c.finish_reason).as_str()),
                             ))];
                             if include_usage {
                                 let mut u = chunk(serde_json::json!({}), None);
@@ -309,7 +308,7 @@ pub(super) async fn chat_completions(
                         "choices": [{
                             "index": 0,
                             "message": {"role": "assistant", "content": text},
-                            "finish_reason": finish_name(c.finish_reason),
+                            "finish_reason": crate::AnswerEnd::from(c.finish_reason).as_str(),
                             "logprobs": null,
                         }],
                         "usage": usage(&c.usage),

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use hearth_engine::{ChatMessage, FinishReason, SamplingParams};
+use hearth_engine::{ChatMessage, SamplingParams};
 use hearth_index::{Condition, DocId, Filter, MetaValue, SearchMode};
 use serde::Deserialize;
 
@@ -211,13 +211,6 @@ pub(super) struct AskBody {
     /// Server-Sent Events: `passages`, `token`..., then `done` or `error`.
     #[serde(default)]
     stream: bool,
-}
-
-pub(super) fn finish_name(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    }
 }
 
 /// A grounded answer with `[n]` citations mapped to the passages it was given.

@@ -82,7 +82,7 @@ pub struct Bm25Match {
 
 impl SearchHit {
     /// The hit at position `rank` (from 1).
-    pub(crate) fn new(rank: usize, h: &Hit) -> Self {
+    fn new(rank: usize, h: &Hit) -> Self {
         Self {
             rank,
             score: h.score,
@@ -176,6 +176,16 @@ pub enum AnswerEnd {
     Stop,
     /// The token limit.
     Length,
+}
+
+impl AnswerEnd {
+    /// The name, as the APIs write it (`stop`, `length`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
 }
 
 impl From<FinishReason> for AnswerEnd {
@@ -283,6 +293,8 @@ type Observer = Box<dyn FnOnce(&Completion) + Send>;
 pub struct AnswerStream {
     head: Option<PassagesShown>,
     hits: Vec<Hit>,
+    /// The hits as shown, numbered from 1 (built once, for the head and the end).
+    shown: Vec<SearchHit>,
     retrieval_ms: f64,
     source: Source,
     fixed_sent: bool,
@@ -293,12 +305,14 @@ pub struct AnswerStream {
 
 impl AnswerStream {
     pub(crate) fn new(hits: Vec<Hit>, retrieval_ms: f64, source: Source) -> Self {
+        let shown = SearchHit::ranked(&hits);
         Self {
             head: Some(PassagesShown {
-                passages: SearchHit::ranked(&hits),
+                passages: shown.clone(),
                 retrieval_ms,
             }),
             hits,
+            shown,
             retrieval_ms,
             source,
             fixed_sent: false,
@@ -330,7 +344,13 @@ impl AnswerStream {
             Source::Fixed(t) => t,
             Source::Generated(_) => &self.text,
         };
-        AnswerEvent::Done(Box::new(finished(text, &self.hits, self.retrieval_ms, c)))
+        AnswerEvent::Done(Box::new(finished(
+            text,
+            &self.hits,
+            &self.shown,
+            self.retrieval_ms,
+            c,
+        )))
     }
 }
 
@@ -384,14 +404,20 @@ impl Stream for AnswerStream {
 }
 
 /// The finished answer: citations mapped to passages, usage and timings.
-fn finished(text: &str, hits: &[Hit], retrieval_ms: f64, done: Option<&Completion>) -> Answer {
+fn finished(
+    text: &str,
+    hits: &[Hit],
+    shown: &[SearchHit],
+    retrieval_ms: f64,
+    done: Option<&Completion>,
+) -> Answer {
     let (answer, markers) = attribute(text, hits);
     let citations = markers
         .into_iter()
         .map(|Marker { n, attributed }| Citation {
             n,
             attributed,
-            passage: SearchHit::new(n, &hits[n - 1]),
+            passage: shown[n - 1].clone(),
         })
         .collect();
     let (usage, timings) = match done {
@@ -422,7 +448,7 @@ fn finished(text: &str, hits: &[Hit], retrieval_ms: f64, done: Option<&Completio
         answer,
         grounded: done.is_some(),
         citations,
-        passages: SearchHit::ranked(hits),
+        passages: shown.to_vec(),
         finish_reason: done.map(|c| c.finish_reason.into()),
         usage,
         timings,

@@ -43,6 +43,9 @@ enum Command {
     Search(commands::search::SearchArgs),
     /// Answer a question from a collection, with its sources (embedded or via --server).
     Ask(commands::ask::AskArgs),
+    /// Score a collection's answers on labelled questions (JSON Lines): retrieval, correctness,
+    /// citations, abstention, timings.
+    Eval(commands::eval::EvalArgs),
     /// Check the hash-chained audit log.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             Command::Docs(args) => commands::docs::run(cfg, args).await,
             Command::Search(args) => commands::search::run(cfg, args).await,
             Command::Ask(args) => commands::ask::run(cfg, args).await,
+            Command::Eval(args) => commands::eval::run(cfg, args).await,
             Command::Audit(cmd) => commands::audit::run(cfg, cmd).await,
             Command::Keys(cmd) => commands::keys::run(cfg, cmd).await,
             Command::Residency(args) => commands::residency::run(cfg, args).await,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -14,7 +14,6 @@ use hearth_api::{
     Collection, CollectionName, DocId, DocState, MetaValue, Metadata, REDACTION_KINDS, Redaction,
     RedactionPattern, Service, Submission, Submitted,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::AppConfig;
@@ -121,7 +120,7 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
         .map(Job::Resume)
         .chain(files.into_iter().map(Job::File))
         .collect();
-    let bar = progress_bar(jobs.len() as u64);
+    let bar = super::progress_bar(jobs.len() as u64, "docs");
     let started = Instant::now();
     let mut outcomes = futures::stream::iter(jobs)
         .map(|job| run_job(&service, &col, &metadata, job))
@@ -296,18 +295,6 @@ fn parse_meta(pairs: &[String]) -> anyhow::Result<Metadata> {
         meta.insert(k.to_owned(), value);
     }
     Ok(meta)
-}
-
-fn progress_bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    // invariant: the template is a valid literal.
-    let style = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} docs  {per_sec}  {msg}",
-    )
-    .expect("valid template");
-    bar.set_style(style);
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 fn print_summary(s: &Summary) {

@@ -3,6 +3,7 @@
 pub mod ask;
 pub mod audit;
 pub mod docs;
+pub mod eval;
 pub mod ingest;
 pub mod keys;
 pub mod manage;
@@ -10,8 +11,11 @@ pub mod residency;
 pub mod search;
 pub mod serve;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use hearth_api::{ExtractorCommand, Service, ServiceParts, Store};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::AppConfig;
 
@@ -51,4 +55,17 @@ async fn build_service(cfg: &AppConfig, generator: bool) -> anyhow::Result<Servi
         backlog_limit: cfg.server.ingest_backlog,
     })?;
     Ok(service)
+}
+
+/// A progress bar on stderr for `len` items called `unit` (hidden when stderr is not a terminal).
+pub fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    // invariant: the template is a valid literal with a plain word spliced in.
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} [{{elapsed_precise}}] {{bar:32}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}  {{msg}}"
+    ))
+    .expect("valid template");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }

@@ -440,3 +440,20 @@ impl Server {
         out
     }
 }
+
+/// Creates an API key with `hearth keys create` and returns its token.
+pub fn create_key(node: &Node, name: &str, role: &str, cols: &[&str], extra: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--json", "--name", name, "--role", role];
+    for c in cols {
+        args.extend(["-c", c]);
+    }
+    args.extend(extra);
+    let out = node.run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}

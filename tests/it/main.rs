@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod encryption;
 mod erasure;
+mod eval;
 mod ingest;
 mod openai;
 mod quality;

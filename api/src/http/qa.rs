@@ -1,5 +1,5 @@
 //! Search and grounded answers: `POST /v1/collections/{c}/search` and `.../ask` (JSON, or
-//! Server-Sent Events with `stream: true`).
+//! Server-Sent Events with `stream: true`), and `.../eval` (a labelled question set, scored).
 //!
 //! Filters are a JSON object over document metadata, all conditions required:
 //! `{"team": "ops", "lang": {"in": ["en", "de"]}, "year": {"gte": 2020, "lt": 2025},
@@ -7,8 +7,10 @@
 
 use std::convert::Infallible;
 
-use axum::extract::Path;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -18,9 +20,9 @@ use serde::Deserialize;
 
 use super::State;
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody, json};
+use super::error::{ApiError, ApiJson, ErrorBody, body_error, json};
 use crate::keys::Role;
-use crate::{AnswerStream, AskRequest, SearchQuery};
+use crate::{AnswerStream, AskRequest, EvalOptions, SearchQuery, parse_questions};
 
 /// A filter as the API takes it: metadata key → value, `{"in": [...]}` or a range.
 #[derive(Deserialize, Default)]
@@ -265,4 +267,138 @@ fn ask_events(answer: AnswerStream) -> impl Stream<Item = Result<Event, Infallib
             ),
         })
     })
+}
+
+/// Settings of an evaluation run, as query parameters.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EvalParams {
+    /// The cut-off of recall@k, 1-10 (default 5).
+    #[serde(default = "default_eval_k")]
+    k: usize,
+    /// Passages per answer (default `ask.top_k`).
+    top_k: Option<usize>,
+    /// `dense`, `bm25` or `hybrid` (default).
+    #[serde(default)]
+    #[param(value_type = String)]
+    mode: SearchMode,
+    /// Most tokens per answer (default `ask.max_tokens`).
+    max_tokens: Option<usize>,
+    /// Server-Sent Events: a `progress` event per question, then `done` (the report) or
+    /// `error`. Without it the report comes as one JSON body, within the request timeout.
+    #[serde(default)]
+    stream: bool,
+}
+
+fn default_eval_k() -> usize {
+    5
+}
+
+/// Content types an evaluation body may have (JSON Lines).
+const JSONL_TYPES: [&str; 3] = [
+    "application/x-ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+];
+
+/// Aborts the evaluation task when the event stream is dropped (the client went away).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs a labelled question set (JSON Lines: `{question, relevant, facts | not_covered,
+/// history?, standalone?}` per line) against the collection and scores the answers: retrieval
+/// recall@k, MRR and nDCG@10, answer correctness, citation precision, abstention, timings.
+/// Admins only; one question at a time.
+#[utoipa::path(post, path = "/v1/collections/{c}/eval", tag = "search",
+    params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), EvalParams),
+    request_body(content = String, content_type = "application/x-ndjson", description = "one question per line"),
+    responses((status = 200, description = "`{summary, questions}`, or with `stream=true` an event stream", body = crate::EvalReport),
+        (status = 404, description = "no such collection", body = ErrorBody), (status = 400, description = "bad input (names the line)", body = ErrorBody),
+        (status = 415, description = "not JSON Lines", body = ErrorBody), (status = 503, description = "no generator loaded", body = ErrorBody),
+        (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "not an admin of this collection", body = ErrorBody)))]
+pub(super) async fn eval(
+    s: State,
+    caller: Caller,
+    Path(c): Path<String>,
+    Query(params): Query<EvalParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let c = caller.collection(&c, Role::Admin)?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !ctype.as_deref().is_some_and(|t| JSONL_TYPES.contains(&t)) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the body is JSON Lines: send Content-Type: {}",
+                JSONL_TYPES[0]
+            ),
+        ));
+    }
+    let body = body.map_err(body_error)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::invalid(format!("the body is not UTF-8: {e}")))?;
+    let questions = parse_questions(text)?;
+    let col = s.service.open_existing(&c).await?;
+    let opts = EvalOptions {
+        k: params.k,
+        top_k: params.top_k,
+        mode: params.mode,
+        max_tokens: params.max_tokens,
+    };
+    if !params.stream {
+        let report = s.service.eval(&col, &questions, &opts, |_| {}).await?;
+        return Ok(json(StatusCode::OK, &report));
+    }
+    let total = questions.len();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Event>();
+    let state = s.0.clone();
+    let task = tokio::spawn(async move {
+        let mut done = 0;
+        let progress = tx.clone();
+        let report = state
+            .service
+            .eval(&col, &questions, &opts, move |r| {
+                done += 1;
+                let data = serde_json::json!({
+                    "done": done, "total": total, "id": r.id, "correct": r.correct,
+                    "abstained": r.abstained, "error": r.error,
+                });
+                let _ = progress
+                    .unbounded_send(Event::default().event("progress").data(data.to_string()));
+            })
+            .await;
+        let last = match report {
+            Ok(r) => Event::default()
+                .event("done")
+                .data(serde_json::to_string(&r).unwrap_or_else(|_| "{}".into())),
+            Err(e) => Event::default().event("error").data(
+                serde_json::to_string(&ApiError::from(e).body()).unwrap_or_else(|_| "{}".into()),
+            ),
+        };
+        let _ = tx.unbounded_send(last);
+    });
+    let guard = AbortOnDrop(task.abort_handle());
+    let events = rx.map(move |ev| {
+        let _ = &guard;
+        Ok::<_, Infallible>(ev)
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -114,7 +114,7 @@ pub(crate) fn attribute(answer: &str, passages: &[Hit]) -> (String, Vec<Marker>)
 
 /// Splits text after sentence ends (`.`, `!`, `?` followed by whitespace) and line breaks,
 /// keeping every character.
-fn sentences(text: &str) -> Vec<&str> {
+pub(crate) fn sentences(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut chars = text.char_indices().peekable();

@@ -17,6 +17,7 @@ mod answer;
 mod ask;
 mod cite;
 mod collection;
+mod eval;
 mod ingest;
 mod search;
 mod worker;
@@ -40,6 +41,10 @@ pub use answer::{
 };
 pub use ask::{AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT};
 pub use collection::{Collection, CompactReport, SyncReport};
+pub use eval::{
+    CitationCheck, EvalOptions, EvalQuestion, EvalReport, EvalSummary, Fact, MAX_EVAL_QUESTIONS,
+    Mean, Percentiles, QuestionResult, RetrievalScore, parse_questions,
+};
 pub use ingest::Processed;
 pub use search::{Embedded, SearchQuery, SearchResults, SearchTimings};
 

@@ -1,0 +1,141 @@
+//! `hearth eval` on the labelled set of `testdata/eval/questions.jsonl` over `testdata/corpus`,
+//! with the default models: the figures a user gets are asserted against floors (retrieval at
+//! the target; answers at what the default generator reaches today, so a regression
+//! fails). Then `POST /v1/collections/{c}/eval`: admins only, JSON Lines only, a broken line
+//! named, and the streamed report.
+
+use serde_json::Value;
+
+use crate::common::{Backend, Node, create_key, root};
+
+/// Lowest acceptable figures of the default models on the shipped set.
+const MIN_RECALL_AT_5: f64 = 0.95;
+
+fn summary_figure(report: &Value, name: &str) -> f64 {
+    report["summary"][name]["value"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {name} in {}", report["summary"]))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
+    let node = Node::new(Backend::Local);
+    node.ingest("corpus", &[&root().join("testdata/corpus")]);
+    let set = root().join("testdata/eval/questions.jsonl");
+    let set_text = std::fs::read_to_string(&set).unwrap();
+    let total = set_text.lines().filter(|l| !l.trim().is_empty()).count();
+
+    let out = node.run(&[
+        "eval",
+        "--json",
+        "-c",
+        "corpus",
+        "--max-tokens",
+        "96",
+        set.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "hearth eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &report["summary"];
+    println!("{}", serde_json::to_string_pretty(s).unwrap());
+    assert_eq!(s["questions"], total);
+    assert_eq!(s["errors"], 0, "{s}");
+    let recall = summary_figure(&report, "recall_at_k");
+    assert!(recall >= MIN_RECALL_AT_5, "recall@5 {recall:.3}");
+    // Every question has its line in the report, in order.
+    let ids: Vec<&str> = report["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), total);
+    assert_eq!(ids[0], "e001");
+
+    // A broken line is named, and nothing is run.
+    let broken = node.dir.path().join("broken.jsonl");
+    let first = set_text.lines().next().unwrap();
+    std::fs::write(
+        &broken,
+        format!("{first}\n{{\"question\": \"x\", \"facts\": [1]}}\n"),
+    )
+    .unwrap();
+    let out = node.run(&["eval", "-c", "corpus", broken.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2"), "{err}");
+
+    // Over HTTP: admins of the collection only.
+    let server = node.serve(&[]).await;
+    let admin = create_key(&node, "eval-admin", "admin", &[], &[]);
+    let admin_elsewhere = create_key(&node, "eval-admin-other", "admin", &["other"], &[]);
+    let reader = create_key(&node, "eval-reader", "reader", &["corpus"], &[]);
+    let post = |key: &str, ctype: &str, query: &str, body: String| {
+        server
+            .client
+            .post(format!("{}/v1/collections/corpus/eval{query}", server.url))
+            .bearer_auth(key)
+            .header("content-type", ctype)
+            .body(body)
+    };
+    let ndjson = "application/x-ndjson";
+    for key in [reader.as_str(), admin_elsewhere.as_str()] {
+        server
+            .send(post(key, ndjson, "", first.to_owned()))
+            .await
+            .error(403, "forbidden");
+    }
+    server
+        .send(post(&admin, "application/json", "", first.to_owned()))
+        .await
+        .error(415, "unsupported_media_type");
+    let m = server
+        .send(post(
+            &admin,
+            ndjson,
+            "",
+            std::fs::read_to_string(&broken).unwrap(),
+        ))
+        .await
+        .error(400, "invalid_request");
+    assert!(m.contains("line 2"), "{m}");
+
+    // Three questions streamed: a progress event each, then the report, whose answers are the
+    // CLI's (greedy decoding, same prompt).
+    let picked: Vec<&str> = set_text.lines().take(3).collect();
+    let reply = server
+        .send(post(
+            &admin,
+            ndjson,
+            "?stream=true&max_tokens=96",
+            picked.join("\n"),
+        ))
+        .await;
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(reply.body).unwrap();
+    let events: Vec<(&str, &str)> = text
+        .split("\n\n")
+        .filter_map(|block| {
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name, data))
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|e| e.0).collect();
+    assert_eq!(
+        names,
+        ["progress", "progress", "progress", "done"],
+        "{text}"
+    );
+    let streamed: Value = serde_json::from_str(events[3].1).unwrap();
+    for (i, q) in streamed["questions"].as_array().unwrap().iter().enumerate() {
+        let cli = &report["questions"][i];
+        assert_eq!(q["id"], cli["id"]);
+        assert_eq!(q["answer"], cli["answer"], "question {}", q["id"]);
+        assert_eq!(q["correct"], cli["correct"]);
+    }
+}

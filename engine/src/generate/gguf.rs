@@ -1,8 +1,9 @@
 //! A GGUF file, memory-mapped: its metadata and its tensors.
 //!
-//! The file is mapped read-only. On the CPU, Q4_0, Q4_1 and Q8_0 weights are used in place
-//! ([`GgufFile::mapped`]); other tensors are read out of the map into candle's block storage
-//! when the model is built, and metadata lookups name the missing or ill-typed key.
+//! The file is mapped read-only. On the CPU, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K
+//! weights are used in place ([`GgufFile::mapped`]) when their rows fill whole blocks (256
+//! weights for the K-quants); other tensors are read out of the map into candle's block
+//! storage when the model is built, and metadata lookups name the missing or ill-typed key.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -197,24 +198,25 @@ impl GgufFile {
         }
     }
 
-    /// A 2-D weight our own CPU kernels can use in place, or `None` for other block types.
+    /// A 2-D weight our own CPU kernels can use in place, or `None` for other block types and
+    /// for rows that end inside a block.
     pub(crate) fn mapped(&self, name: &str) -> Result<Option<MappedMatrix>> {
         let (range, dtype, dims) = self.raw(name)?;
         let kind = match dtype {
             GgmlDType::Q4_0 => BlockType::Q4_0,
             GgmlDType::Q4_1 => BlockType::Q4_1,
+            GgmlDType::Q5_0 => BlockType::Q5_0,
+            GgmlDType::Q5_1 => BlockType::Q5_1,
             GgmlDType::Q8_0 => BlockType::Q8_0,
+            GgmlDType::Q4K => BlockType::Q4K,
+            GgmlDType::Q5K => BlockType::Q5K,
+            GgmlDType::Q6K => BlockType::Q6K,
             GgmlDType::F32
             | GgmlDType::F16
             | GgmlDType::BF16
-            | GgmlDType::Q5_0
-            | GgmlDType::Q5_1
             | GgmlDType::Q8_1
             | GgmlDType::Q2K
             | GgmlDType::Q3K
-            | GgmlDType::Q4K
-            | GgmlDType::Q5K
-            | GgmlDType::Q6K
             | GgmlDType::Q8K => return Ok(None),
         };
         let [rows, cols] = dims[..] else {

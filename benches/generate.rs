@@ -9,6 +9,7 @@
 //! `HEARTH_BENCH_REQUESTS` is the number of requests per concurrency level: a number (raised
 //! to the level, so that every client sends one) or `Kx` for K per client (default `2x`, at
 //! least 4). `HEARTH_BENCH_CONCURRENCY` lists the levels (default `1,4,8,16`).
+//! `HEARTH_BENCH_MODEL=FILE.gguf` benchmarks another model (both engines).
 //! `HEARTH_BENCH_NO_PEERS=1` skips llama.cpp. Needs the models (`scripts/fetch-models.sh`;
 //! `HEARTH_MODELS` to point elsewhere) and llama.cpp (`scripts/llama-server.sh` builds it
 //! once; it prints the cached binary's path).
@@ -454,12 +455,17 @@ impl Settings {
     }
 }
 
+/// The default configuration on the CPU; `HEARTH_BENCH_MODEL` names another GGUF file (under
+/// the models directory, or a path) for both engines.
 fn engine_config() -> EngineConfig {
+    let defaults = EngineConfig::default();
     EngineConfig {
         models_dir: common::models_dir(),
         device: "cpu".to_owned(),
         gen_threads: THREADS,
-        ..Default::default()
+        generator_model: std::env::var_os("HEARTH_BENCH_MODEL")
+            .map_or(defaults.generator_model.clone(), PathBuf::from),
+        ..defaults
     }
 }
 

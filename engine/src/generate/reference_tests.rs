@@ -343,53 +343,6 @@ fn log_sum_exp(x: &[f32]) -> f32 {
     max + x.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
 }
 
-/// Not a check: times a 512-token prefill and 64 decode steps of the Gemma 3 Q4_K_M file
-/// (`cargo test --release -p hearth-engine --lib gemma3_speed -- --ignored --nocapture`).
-#[test]
-#[ignore = "a timing, run by hand"]
-fn gemma3_speed() {
-    let path = model_path("gemma-3-270m-q4_k_m.gguf");
-    let file = GgufFile::open(&path).unwrap();
-    let model = Model::load(&file, &Device::Cpu).unwrap();
-    let spec = &model.spec;
-    let mut kv = KvStore::new(spec.layers, 64, 16, spec.kv_heads, spec.head_dim);
-    let mut ws = Workspace::default();
-    let blocks: Vec<u32> = (0..64).collect();
-    let prompt: Vec<u32> = (0..512).map(|i| 1000 + (i * 7919) % 50_000).collect();
-    let step = |tokens: &[u32], start_pos: usize, kv: &mut KvStore, ws: &mut Workspace| {
-        let logits = model
-            .forward(
-                &[StepSeq {
-                    tokens,
-                    start_pos,
-                    blocks: &blocks,
-                    logits: true,
-                    adapter: None,
-                }],
-                kv,
-                ws,
-            )
-            .unwrap();
-        argmax(logits)
-    };
-    let t = std::time::Instant::now();
-    let mut next = step(&prompt, 0, &mut kv, &mut ws);
-    let prefill = t.elapsed();
-    let t = std::time::Instant::now();
-    let decodes = 64;
-    for i in 0..decodes {
-        next = step(&[next], prompt.len() + i, &mut kv, &mut ws);
-    }
-    let decode = t.elapsed();
-    eprintln!(
-        "prefill 512 tokens: {:.2} s ({:.0} tokens/s); decode: {:.1} ms/token ({:.1} tokens/s)",
-        prefill.as_secs_f64(),
-        512.0 / prefill.as_secs_f64(),
-        decode.as_secs_f64() * 1e3 / decodes as f64,
-        decodes as f64 / decode.as_secs_f64()
-    );
-}
-
 /// Our in-place CPU kernels against candle's `QMatMul` on real weights of each type the
 /// default models hold, for a single row and for a batch.
 #[test]

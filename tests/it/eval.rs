@@ -174,3 +174,54 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
         assert_eq!(q["correct"], cli["correct"]);
     }
 }
+
+/// Who may run an evaluation, refused before anything is read or generated: no key 401;
+/// reader, writer and an admin of another collection 403 (even for a collection that does not
+/// exist, so a key learns nothing about collections outside its scope); a body a cross-site
+/// form can send (`text/plain`) 415; an admin of the collection gets to the collection lookup.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_admins_of_the_collection_may_run_an_evaluation() {
+    let node = Node::new(Backend::Local);
+    let server = node.serve(&[]).await;
+    let admin = create_key(&node, "ev-admin", "admin", &["private"], &[]);
+    let other = create_key(&node, "ev-other", "admin", &["public"], &[]);
+    let writer = create_key(&node, "ev-writer", "writer", &["private"], &[]);
+    let reader = create_key(&node, "ev-reader", "reader", &["private"], &[]);
+    let body = r#"{"question": "what is kept?", "facts": ["x"]}"#;
+    let post = |key: Option<&str>, ctype: &str| {
+        let mut req = server
+            .client
+            .post(format!("{}/v1/collections/private/eval", server.url))
+            .header("content-type", ctype)
+            .body(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req
+    };
+    let ndjson = "application/x-ndjson";
+    server
+        .send(post(None, ndjson))
+        .await
+        .error(401, "unauthorized");
+    for key in [&reader, &writer, &other] {
+        server
+            .send(post(Some(key), ndjson))
+            .await
+            .error(403, "forbidden");
+    }
+    for ctype in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json",
+    ] {
+        server
+            .send(post(Some(&admin), ctype))
+            .await
+            .error(415, "unsupported_media_type");
+    }
+    server
+        .send(post(Some(&admin), ndjson))
+        .await
+        .error(404, "not_found");
+}

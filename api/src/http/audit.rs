@@ -19,6 +19,7 @@ fn action(method: &Method, route: &str) -> &'static str {
         ("DELETE", "/v1/collections/{c}/documents/{id}") => "delete",
         ("POST", "/v1/collections/{c}/search") => "search",
         ("POST", "/v1/collections/{c}/ask") => "ask",
+        ("POST", "/v1/collections/{c}/eval") => "eval",
         ("POST", "/v1/chat/completions") => "chat",
         ("POST", "/v1/embeddings") => "embed",
         ("GET", _) => "read",
@@ -113,6 +114,7 @@ mod tests {
     #[test]
     fn routes_name_actions_and_parameters() {
         assert_eq!(action(&Method::POST, "/v1/collections/{c}/ask"), "ask");
+        assert_eq!(action(&Method::POST, "/v1/collections/{c}/eval"), "eval");
         assert_eq!(action(&Method::DELETE, "/v1/collections/{c}"), "admin");
         assert_eq!(
             action(&Method::GET, "/v1/collections/{c}/documents/{id}/raw"),

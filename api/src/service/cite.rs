@@ -18,12 +18,7 @@ pub(crate) fn markers(answer: &str, passages: usize) -> Vec<usize> {
             continue;
         };
         let inner = &head[open + 1..];
-        if inner.is_empty()
-            || inner.len() > 32
-            || !inner
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, ',' | ' ' | '-' | '–'))
-        {
+        if !is_marker(inner) {
             continue;
         }
         for part in inner.split(',') {
@@ -47,6 +42,16 @@ pub(crate) fn markers(answer: &str, passages: usize) -> Vec<usize> {
         }
     }
     out
+}
+
+/// Whether the text between `[` and `]` is a citation marker's: passage numbers, commas,
+/// spaces and ranges, at most 32 bytes.
+pub(crate) fn is_marker(inner: &str) -> bool {
+    !inner.is_empty()
+        && inner.len() <= 32
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ',' | ' ' | '-' | '–'))
 }
 
 /// A citation found in or added to an answer: passage `n` (from 1), and whether the model

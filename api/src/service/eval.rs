@@ -36,7 +36,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use super::answer::{Answer, SearchHit};
 use super::ask::AskRequest;
-use super::cite::{markers, sentences};
+use super::cite::{is_marker, markers, sentences};
 use super::search::SearchQuery;
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
@@ -728,6 +728,8 @@ fn check_citations(
     relevant: &[String],
 ) -> Vec<CitationCheck> {
     let mut out = Vec::new();
+    // Each cited passage is split into words once, however many sentences cite it.
+    let mut passage_words: Vec<Option<Vec<String>>> = vec![None; passages.len()];
     for sentence in sentences(answer) {
         let cited = markers(sentence, passages.len());
         if cited.is_empty() {
@@ -736,7 +738,8 @@ fn check_citations(
         let bare = strip_markers(sentence);
         for n in cited {
             let p = &passages[n - 1];
-            let (supported, reason) = supports(&bare, p, relevant);
+            let words_of_p = passage_words[n - 1].get_or_insert_with(|| words(&p.text));
+            let (supported, reason) = supports(&bare, p, words_of_p, relevant);
             out.push(CitationCheck {
                 n,
                 sentence: bare.trim().to_owned(),
@@ -759,11 +762,7 @@ fn strip_markers(s: &str) -> String {
         };
         let inner = &rest[open + 1..open + len];
         out.push_str(&rest[..open]);
-        if inner.is_empty()
-            || !inner
-                .chars()
-                .all(|c| c.is_ascii_digit() || ", -–".contains(c))
-        {
+        if !is_marker(inner) {
             out.push_str(&rest[open..=open + len]);
         }
         rest = &rest[open + len + 1..];
@@ -780,21 +779,25 @@ const COMMON: [&str; 40] = [
     "its", "been", "than", "then", "other",
 ];
 
-/// Whether passage `p` supports `sentence`: it comes from a relevant file (when the question
+/// Whether passage `p` (split into `passage` words) supports `sentence`: it comes from a relevant file (when the question
 /// names them) and contains the sentence's checkable terms, or, with none, a content word.
-fn supports(sentence: &str, p: &SearchHit, relevant: &[String]) -> (bool, Option<String>) {
+fn supports(
+    sentence: &str,
+    p: &SearchHit,
+    passage: &[String],
+    relevant: &[String],
+) -> (bool, Option<String>) {
     if !relevant.is_empty() && !relevant.iter().any(|r| r == p.file_name()) {
         return (
             false,
             Some(format!("{} is not a relevant source", p.file_name())),
         );
     }
-    let passage = words(&p.text);
     let terms = checkable_terms(sentence);
     let with_terms = !terms.is_empty();
     let missing: Vec<String> = terms
         .into_iter()
-        .filter(|t| !contains(&passage, &words(t)))
+        .filter(|t| !contains(passage, &words(t)))
         .collect();
     if !missing.is_empty() {
         return (

@@ -803,6 +803,7 @@ async fn the_openapi_document_matches_the_routes() {
         ("post", "/v1/collections/{c}/documents"),
         ("get", "/v1/collections/{c}/documents/{id}/raw"),
         ("post", "/v1/collections/{c}/ask"),
+        ("post", "/v1/collections/{c}/eval"),
         ("post", "/v1/chat/completions"),
         ("post", "/v1/embeddings"),
         ("put", "/v1/adapters/{name}"),
@@ -815,7 +816,7 @@ async fn the_openapi_document_matches_the_routes() {
             "{expected:?} missing from {ops:?}"
         );
     }
-    assert_eq!(ops.len(), 21, "{ops:?}");
+    assert_eq!(ops.len(), 22, "{ops:?}");
     let ask = &paths["/v1/collections/{c}/ask"]["post"];
     let schema = ask["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         .as_str()

@@ -38,6 +38,10 @@ pub struct AskArgs {
     /// Most tokens in the answer (default: ask.max_tokens).
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Remove the sentences no passage supports (default: ask.strict); the answer is printed
+    /// once checked.
+    #[arg(long)]
+    strict: bool,
     /// Print the final result (answer, citations, usage, timings) as JSON instead of streaming.
     #[arg(long)]
     json: bool,
@@ -65,6 +69,7 @@ pub async fn run(cfg: AppConfig, args: AskArgs) -> anyhow::Result<ExitCode> {
                         top_k: args.top_k,
                         adapter: args.adapter.clone(),
                         sampling: sampling(&args),
+                        strict: args.strict.then_some(true),
                         ..AskRequest::default()
                     },
                 )
@@ -141,6 +146,21 @@ fn print_sources(a: &Answer) {
         }
         println!("{line}");
     }
+    let chars: Vec<char> = a.answer.chars().collect();
+    let unsupported: Vec<String> = a
+        .sentences
+        .iter()
+        .filter(|s| s.supported == Some(false))
+        .filter_map(|s| chars.get(s.span[0]..s.span[1]))
+        .map(|c| c.iter().collect::<String>().trim().to_owned())
+        .collect();
+    if !unsupported.is_empty() {
+        println!();
+        println!("Not supported by the passages (check before acting on them):");
+        for s in unsupported {
+            println!("  ! {s}");
+        }
+    }
 }
 
 /// Asks a running server for a streamed answer; its Server-Sent Events read back as the
@@ -164,6 +184,9 @@ async fn remote(
     }
     if let Some(m) = args.max_tokens {
         body["sampling"] = serde_json::json!({"max_tokens": m});
+    }
+    if args.strict {
+        body["strict"] = true.into();
     }
     let endpoint = format!("{}/v1/collections/{c}/ask", url.trim_end_matches('/'));
     let client = reqwest::Client::new();

@@ -210,6 +210,9 @@ pub(super) struct AskBody {
     /// max_tokens, stop, stop_token_ids (default: greedy, `ask.max_tokens`).
     #[schema(value_type = Option<Object>)]
     pub(super) sampling: Option<SamplingParams>,
+    /// Remove the sentences no passage supports (default `ask.strict`); a strict answer's
+    /// text arrives in one `token` event, after it has been checked.
+    strict: Option<bool>,
     /// Server-Sent Events: `passages`, `token`..., then `done` or `error`.
     #[serde(default)]
     stream: bool,
@@ -244,6 +247,7 @@ pub(super) async fn ask(
                 min_similarity: body.min_similarity,
                 adapter: body.adapter,
                 sampling: body.sampling,
+                strict: body.strict,
             },
         )
         .await?

@@ -8,6 +8,7 @@
 //! [`Answer`] with its citations. [`AnswerStream::finish`] drains it for callers that want the
 //! whole answer at once.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,7 +17,7 @@ use hearth_engine::{Completion, FinishReason, Generation, GenerationEvent};
 use hearth_index::{Hit, Metadata};
 use serde::{Deserialize, Serialize};
 
-use super::cite::{Marker, attribute};
+use super::verify::{Checked, SentenceVerdict, check};
 use crate::error::{Result, ServiceError};
 
 /// A chunk as search results, passages and citations show it.
@@ -121,17 +122,51 @@ impl SearchHit {
     }
 }
 
-/// A citation of an answer: the passage, and whether the model wrote the marker or hearth
-/// attributed a sentence to the passage.
+/// A citation of an answer: the passage, whether the model wrote the marker or hearth
+/// attributed a sentence to the passage, and whether the passage says what the sentences that
+/// cite it state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Citation {
     /// The passage number, from 1 (the `[n]` of the answer).
     pub n: usize,
     /// True when hearth matched an unmarked sentence to the passage.
     pub attributed: bool,
+    /// Whether the passage supports a sentence that cites it.
+    #[serde(default)]
+    pub supported: bool,
+    /// The supporting text: `[start, end)` in characters of the passage's `text`, one per
+    /// supported sentence (without repeats).
+    #[serde(default)]
+    pub support: Vec<[usize; 2]>,
     /// The passage.
     #[serde(flatten)]
     pub passage: SearchHit,
+}
+
+/// One sentence of an answer, checked against the passages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AnswerSentence {
+    /// `[start, end)` of the sentence in `answer`, in characters.
+    pub span: [usize; 2],
+    /// The passages it cites (its `[n]` markers).
+    pub cites: Vec<usize>,
+    /// Whether a passage supports it: it holds every identifier, option, path, number and
+    /// quoted term of the sentence and, in one stretch, most of its content words. Absent
+    /// when the sentence states nothing to check ("Here is how:").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported: Option<bool>,
+    /// Where passages support it, cited passages first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub support: Vec<Support>,
+}
+
+/// Where a passage supports a sentence.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Support {
+    /// The passage number, from 1.
+    pub n: usize,
+    /// `[start, end)` in characters of the passage's `text`.
+    pub span: [usize; 2],
 }
 
 /// Token counts of an answer (zero when the model was not called).
@@ -207,6 +242,13 @@ pub struct Answer {
     pub grounded: bool,
     /// The passages the answer cites, in order of first citation.
     pub citations: Vec<Citation>,
+    /// The answer's sentences, each checked against the passages.
+    #[serde(default)]
+    pub sentences: Vec<AnswerSentence>,
+    /// Sentences that no passage supports were removed (`ask.strict`); when none was
+    /// supported the answer says that the documents do not say.
+    #[serde(default)]
+    pub strict: bool,
     /// The passages the model was shown, numbered from 1.
     pub passages: Vec<SearchHit>,
     /// Why generation ended (absent when the model was not called).
@@ -286,10 +328,14 @@ pub(crate) enum Source {
     Generated(Generation),
 }
 
+/// What a strict answer says when no sentence of the generated one is supported.
+pub const NOT_SUPPORTED: &str = "The documents do not say: no statement of the generated answer is supported by the passages found.";
+
 type Observer = Box<dyn FnOnce(&Completion) + Send>;
 
 /// An answer under way: a stream of [`AnswerEvent`]s ending with [`AnswerEvent::Done`] or an
-/// error. Dropping it cancels the generation.
+/// error. Dropping it cancels the generation. A strict answer sends its text in one piece
+/// after it has been checked.
 pub struct AnswerStream {
     head: Option<PassagesShown>,
     hits: Vec<Hit>,
@@ -297,14 +343,17 @@ pub struct AnswerStream {
     shown: Vec<SearchHit>,
     retrieval_ms: f64,
     source: Source,
+    strict: bool,
     fixed_sent: bool,
     text: String,
+    /// Events ready to send (a strict answer's text and its end).
+    ready: VecDeque<AnswerEvent>,
     ended: bool,
     observer: Option<Observer>,
 }
 
 impl AnswerStream {
-    pub(crate) fn new(hits: Vec<Hit>, retrieval_ms: f64, source: Source) -> Self {
+    pub(crate) fn new(hits: Vec<Hit>, retrieval_ms: f64, source: Source, strict: bool) -> Self {
         let shown = SearchHit::ranked(&hits);
         Self {
             head: Some(PassagesShown {
@@ -315,8 +364,10 @@ impl AnswerStream {
             shown,
             retrieval_ms,
             source,
+            strict,
             fixed_sent: false,
             text: String::new(),
+            ready: VecDeque::new(),
             ended: false,
             observer: None,
         }
@@ -340,17 +391,17 @@ impl AnswerStream {
 
     fn done(&mut self, c: Option<&Completion>) -> AnswerEvent {
         self.ended = true;
-        let text = match self.source {
-            Source::Fixed(t) => t,
-            Source::Generated(_) => &self.text,
+        let (text, strict) = match self.source {
+            Source::Fixed(t) => (t, false),
+            Source::Generated(_) => (self.text.as_str(), self.strict),
         };
-        AnswerEvent::Done(Box::new(finished(
-            text,
-            &self.hits,
-            &self.shown,
-            self.retrieval_ms,
-            c,
-        )))
+        let answer = finished(text, &self.hits, &self.shown, self.retrieval_ms, c, strict);
+        if strict {
+            self.ready.push_back(AnswerEvent::Token(TextPiece {
+                text: answer.answer.clone(),
+            }));
+        }
+        AnswerEvent::Done(Box::new(answer))
     }
 }
 
@@ -366,58 +417,122 @@ impl Stream for AnswerStream {
         if let Some(p) = this.head.take() {
             return Poll::Ready(Some(Ok(AnswerEvent::Passages(p))));
         }
+        if let Some(ev) = this.ready.pop_front() {
+            return Poll::Ready(Some(Ok(ev)));
+        }
         if this.ended {
             return Poll::Ready(None);
         }
-        let ev = match &mut this.source {
-            Source::Fixed(t) if !this.fixed_sent => {
-                this.fixed_sent = true;
-                AnswerEvent::Token(TextPiece {
-                    text: (*t).to_owned(),
-                })
-            }
-            Source::Fixed(_) => this.done(None),
-            Source::Generated(g) => match g.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(GenerationEvent::Text(t))) => {
-                    this.text.push_str(&t);
-                    AnswerEvent::Token(TextPiece { text: t })
+        loop {
+            let ev = match &mut this.source {
+                Source::Fixed(t) if !this.fixed_sent => {
+                    this.fixed_sent = true;
+                    AnswerEvent::Token(TextPiece {
+                        text: (*t).to_owned(),
+                    })
                 }
-                Poll::Ready(Some(GenerationEvent::Done(c))) => {
-                    if let Some(f) = this.observer.take() {
-                        f(&c);
+                Source::Fixed(_) => this.done(None),
+                Source::Generated(g) => match g.poll_next_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(GenerationEvent::Text(t))) => {
+                        this.text.push_str(&t);
+                        if this.strict {
+                            continue;
+                        }
+                        AnswerEvent::Token(TextPiece { text: t })
                     }
-                    this.done(Some(&c))
-                }
-                Poll::Ready(Some(GenerationEvent::Failed(e))) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(stopped_early())));
-                }
-            },
-        };
-        Poll::Ready(Some(Ok(ev)))
+                    Poll::Ready(Some(GenerationEvent::Done(c))) => {
+                        if let Some(f) = this.observer.take() {
+                            f(&c);
+                        }
+                        let done = this.done(Some(&c));
+                        // A strict answer's text goes first, then its end.
+                        this.ready.push_back(done);
+                        match this.ready.pop_front() {
+                            Some(ev) => ev,
+                            None => continue,
+                        }
+                    }
+                    Poll::Ready(Some(GenerationEvent::Failed(e))) => {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Poll::Ready(None) => {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(stopped_early())));
+                    }
+                },
+            };
+            return Poll::Ready(Some(Ok(ev)));
+        }
     }
 }
 
-/// The finished answer: citations mapped to passages, usage and timings.
+/// The finished answer: sentences checked, citations mapped to passages with their supporting
+/// spans, usage and timings. With `strict`, unsupported sentences are removed first.
 fn finished(
     text: &str,
     hits: &[Hit],
     shown: &[SearchHit],
     retrieval_ms: f64,
     done: Option<&Completion>,
+    strict: bool,
 ) -> Answer {
-    let (answer, markers) = attribute(text, hits);
-    let citations = markers
+    let checked = if done.is_some() {
+        check(text, hits)
+    } else {
+        Checked {
+            text: text.to_owned(),
+            sentences: Vec::new(),
+        }
+    };
+    let Checked {
+        text: answer,
+        sentences: verdicts,
+    } = if strict {
+        keep_supported(checked)
+    } else {
+        checked
+    };
+    let mut citations: Vec<Citation> = Vec::new();
+    for v in &verdicts {
+        for &n in &v.cites {
+            let support = v.evidence.iter().find(|e| e.n == n).map(|e| e.span);
+            let c = match citations.iter_mut().position(|c| c.n == n) {
+                Some(i) => &mut citations[i],
+                None => {
+                    citations.push(Citation {
+                        n,
+                        attributed: v.attributed,
+                        supported: false,
+                        support: Vec::new(),
+                        passage: shown[n - 1].clone(),
+                    });
+                    citations.last_mut().expect("pushed")
+                }
+            };
+            if let Some(span) = support {
+                c.supported = true;
+                if !c.support.contains(&span) {
+                    c.support.push(span);
+                }
+            }
+        }
+    }
+    let sentences = verdicts
         .into_iter()
-        .map(|Marker { n, attributed }| Citation {
-            n,
-            attributed,
-            passage: shown[n - 1].clone(),
+        .map(|v| AnswerSentence {
+            span: v.span,
+            cites: v.cites,
+            supported: v.supported,
+            support: v
+                .evidence
+                .iter()
+                .map(|e| Support {
+                    n: e.n,
+                    span: e.span,
+                })
+                .collect(),
         })
         .collect();
     let (usage, timings) = match done {
@@ -448,9 +563,41 @@ fn finished(
         answer,
         grounded: done.is_some(),
         citations,
+        sentences,
+        strict,
         passages: shown.to_vec(),
         finish_reason: done.map(|c| c.finish_reason.into()),
         usage,
         timings,
+    }
+}
+
+/// The supported sentences of a checked answer (and those that state nothing to check, when
+/// any is supported), with their spans in the shortened text; [`NOT_SUPPORTED`] when none is.
+fn keep_supported(c: Checked) -> Checked {
+    if !c.sentences.iter().any(|v| v.supported == Some(true)) {
+        return Checked {
+            text: NOT_SUPPORTED.to_owned(),
+            sentences: Vec::new(),
+        };
+    }
+    let chars: Vec<char> = c.text.chars().collect();
+    let mut text = String::with_capacity(c.text.len());
+    let mut at = 0;
+    let mut kept: Vec<SentenceVerdict> = Vec::new();
+    for mut v in c.sentences {
+        if v.supported == Some(false) {
+            continue;
+        }
+        let piece: String = chars[v.span[0]..v.span[1]].iter().collect();
+        let len = v.span[1] - v.span[0];
+        text.push_str(&piece);
+        v.span = [at, at + len];
+        at += len;
+        kept.push(v);
+    }
+    Checked {
+        text,
+        sentences: kept,
     }
 }

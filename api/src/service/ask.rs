@@ -41,6 +41,10 @@ pub struct AskConfig {
     pub max_tokens: usize,
     /// Repetition penalty of the default (greedy) sampling: small models loop without one.
     pub repetition_penalty: f32,
+    /// Remove the sentences of an answer that no passage supports; an answer with none
+    /// supported says that the documents do not say (for regulated deployments). A request
+    /// may set it for itself.
+    pub strict: bool,
 }
 
 impl Default for AskConfig {
@@ -50,6 +54,7 @@ impl Default for AskConfig {
             min_similarity: 0.2,
             max_tokens: 256,
             repetition_penalty: 1.1,
+            strict: false,
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct AskRequest {
     pub adapter: Option<String>,
     /// Sampling; `None` is greedy with `ask.max_tokens`.
     pub sampling: Option<SamplingParams>,
+    /// Remove unsupported sentences (default `ask.strict`).
+    pub strict: Option<bool>,
 }
 
 impl Service {
@@ -188,6 +195,7 @@ impl Service {
                 Vec::new(),
                 retrieval_ms,
                 Source::Fixed(NOTHING_RELEVANT),
+                false,
             ));
         }
         let started = Instant::now();
@@ -214,6 +222,7 @@ impl Service {
             passages,
             retrieval_ms,
             Source::Generated(generation),
+            req.strict.unwrap_or(cfg.strict),
         ))
     }
 }

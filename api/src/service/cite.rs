@@ -1,7 +1,5 @@
-//! Citations: the `[n]` markers an answer carries, and attribution of unmarked sentences to
-//! the passage they draw on.
-
-use std::collections::HashSet;
+//! Citations: the `[n]` markers an answer carries, and the sentences they belong to (checked
+//! against the passages in `verify`).
 
 use hearth_index::Hit;
 
@@ -54,69 +52,6 @@ pub(crate) fn is_marker(inner: &str) -> bool {
             .all(|c| c.is_ascii_digit() || matches!(c, ',' | ' ' | '-' | '–'))
 }
 
-/// A citation found in or added to an answer: passage `n` (from 1), and whether the model
-/// wrote the marker or hearth attributed a sentence to the passage ([`attribute`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Marker {
-    /// The passage number.
-    pub n: usize,
-    /// True when hearth matched an unmarked sentence to the passage.
-    pub attributed: bool,
-}
-
-/// The answer's citations. The markers the model wrote count first ([`markers`]); when it wrote
-/// none, each sentence of the answer that shares enough distinctive words with a passage is
-/// attributed to the best such passage and gets its marker appended, so the answer still
-/// carries `[n]` markers that lead to sources. Returns the answer (with any added markers) and
-/// the citations in order of first appearance.
-pub(crate) fn attribute(answer: &str, passages: &[Hit]) -> (String, Vec<Marker>) {
-    let marked = markers(answer, passages.len());
-    if !marked.is_empty() {
-        let c = marked
-            .into_iter()
-            .map(|n| Marker {
-                n,
-                attributed: false,
-            })
-            .collect();
-        return (answer.to_owned(), c);
-    }
-    let vocab: Vec<HashSet<String>> = passages
-        .iter()
-        .map(|h| content_words(&h.chunk.text))
-        .collect();
-    let mut out = String::with_capacity(answer.len() + 16);
-    let mut citations: Vec<Marker> = Vec::new();
-    for sentence in sentences(answer) {
-        let words = content_words(sentence);
-        let best = vocab
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (words.iter().filter(|w| v.contains(*w)).count(), i))
-            .max_by_key(|&(shared, i)| (shared, std::cmp::Reverse(i)));
-        let trimmed = sentence.trim_end();
-        match best {
-            Some((shared, i)) if shared >= 3 || (shared >= 2 && shared * 2 >= words.len()) => {
-                let n = i + 1;
-                // The marker goes before the sentence's closing punctuation and whitespace.
-                let body = trimmed.trim_end_matches(['.', '!', '?', ':', ';', ',']);
-                out.push_str(body);
-                out.push_str(&format!(" [{n}]"));
-                out.push_str(&trimmed[body.len()..]);
-                out.push_str(&sentence[trimmed.len()..]);
-                if !citations.iter().any(|c| c.n == n) {
-                    citations.push(Marker {
-                        n,
-                        attributed: true,
-                    });
-                }
-            }
-            _ => out.push_str(sentence),
-        }
-    }
-    (out, citations)
-}
-
 /// Splits text after sentence ends (`.`, `!`, `?` followed by whitespace) and line breaks,
 /// keeping every character.
 pub(crate) fn sentences(text: &str) -> Vec<&str> {
@@ -143,80 +78,6 @@ pub(crate) fn sentences(text: &str) -> Vec<&str> {
         out.push(&text[start..]);
     }
     out
-}
-
-/// Lower-cased words of at least four characters (or containing a digit) that are not common
-/// function words: the words that make two texts about the same thing.
-fn content_words(text: &str) -> HashSet<String> {
-    const COMMON: &[&str] = &[
-        "about",
-        "after",
-        "also",
-        "been",
-        "before",
-        "being",
-        "between",
-        "both",
-        "could",
-        "does",
-        "each",
-        "from",
-        "have",
-        "here",
-        "into",
-        "just",
-        "like",
-        "make",
-        "many",
-        "more",
-        "most",
-        "much",
-        "must",
-        "only",
-        "other",
-        "over",
-        "same",
-        "should",
-        "some",
-        "such",
-        "than",
-        "that",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "under",
-        "very",
-        "want",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "will",
-        "with",
-        "would",
-        "your",
-        "following",
-        "example",
-        "using",
-        "used",
-        "use",
-        "can",
-    ];
-    text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
-        .map(|w| w.trim_matches('-').to_lowercase())
-        .filter(|w| {
-            (w.chars().count() >= 4 || (w.len() >= 2 && w.chars().any(|c| c.is_ascii_digit())))
-                && !COMMON.contains(&w.as_str())
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -262,44 +123,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unmarked_sentences_are_attributed_to_the_passage_they_draw_on() {
-        let passages = [
-            hit("The kitchen closes at six in the evening on weekdays."),
-            hit("qemu-img convert -O qcow2 input.raw output.qcow2 converts a disk image."),
-        ];
-        let answer = "Run qemu-img convert with -O qcow2 to convert the disk image. \
-                      Bananas are yellow.\nThe kitchen closes at six!";
-        let (text, c) = attribute(answer, &passages);
-        assert_eq!(
-            text,
-            "Run qemu-img convert with -O qcow2 to convert the disk image [2]. \
-             Bananas are yellow.\nThe kitchen closes at six [1]!"
-        );
-        assert_eq!(
-            c,
-            [
-                Marker {
-                    n: 2,
-                    attributed: true
-                },
-                Marker {
-                    n: 1,
-                    attributed: true
-                }
-            ]
-        );
-        // Markers written by the model win, and nothing is added then.
-        let (text, c) = attribute("It converts images [2].", &passages);
-        assert_eq!(text, "It converts images [2].");
-        assert_eq!(
-            c,
-            [Marker {
-                n: 2,
-                attributed: false
-            }]
-        );
-        // Nothing in common: no citation.
-        assert_eq!(attribute("Bananas are yellow.", &passages).1, []);
+    fn sentences_keep_every_character() {
         assert_eq!(sentences("a. b\n\nc"), ["a. ", "b\n\n", "c"]);
     }
 }

@@ -20,6 +20,8 @@ mod collection;
 mod eval;
 mod ingest;
 mod search;
+mod text;
+mod verify;
 mod worker;
 
 use std::collections::HashMap;
@@ -36,8 +38,8 @@ use crate::store::Store;
 
 pub use adapters::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_name};
 pub use answer::{
-    Answer, AnswerEnd, AnswerEvent, AnswerStream, AnswerTimings, AnswerUsage, Bm25Match, Citation,
-    DenseMatch, PassagesShown, SearchHit, TextPiece,
+    Answer, AnswerEnd, AnswerEvent, AnswerSentence, AnswerStream, AnswerTimings, AnswerUsage,
+    Bm25Match, Citation, DenseMatch, NOT_SUPPORTED, PassagesShown, SearchHit, Support, TextPiece,
 };
 pub use ask::{AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT};
 pub use collection::{Collection, CompactReport, SyncReport};

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // End-to-end test of the web page: upload a document, wait until it is indexed, ask a question,
-// watch the answer stream in, and open a cited passage. Drives Debian's Chromium through
+// watch the answer stream in, see its unsupported sentences marked, and click a citation of a
+// supported sentence: its passage opens with the supporting text highlighted. Drives Debian's Chromium through
 // playwright-core (scripts/browser-deps.sh installs both).
 //
 //   node tests/browser/ask.mjs BASE_URL FILE QUESTION EXPECTED_SOURCE_SUBSTRING
@@ -166,17 +167,36 @@ async function run() {
     fail(`no citation link and no listed source contains ${JSON.stringify(expected)}`);
   }
 
-  // Open a passage: the first citation, or else the first listed source.
-  const target = result.citations > 0 ? '#answer a.citation' : '#sources li';
-  if (result.citations > 0 || result.sources.length > 0) {
-    await page.click(`${target} >> nth=0`);
-    await page.waitForSelector('#passage-view', { state: 'visible', timeout: 5_000 })
-      .catch(() => fail(`#passage-view did not open after clicking ${target}`));
-    const title = (await page.textContent('#passage-title')).trim();
-    const text = (await page.textContent('#passage-text')).trim();
-    if (!text) fail('#passage-view shows no passage text');
-    log(`passage view (${target}): ${JSON.stringify(title)}, ${text.length} chars`);
+  // The finished answer is split into checked sentences; unsupported ones are marked.
+  const checked = await page.evaluate(() => [...document.querySelectorAll('#answer .sentence')].map((e) => ({
+    supported: e.dataset.supported, marked: e.classList.contains('unsupported'), text: e.textContent,
+  })));
+  log(`sentences: ${checked.map((c) => c.supported).join(' ')}`);
+  if (!checked.length) fail('the finished answer shows no checked sentences');
+  const wrong = checked.filter((c) => c.marked !== (c.supported === 'false'));
+  if (wrong.length) fail(`sentences marked wrongly: ${JSON.stringify(wrong)}`);
+
+  // Click a citation of a supported sentence: its passage opens with the supporting text
+  // highlighted, and that text holds words of the sentence.
+  const supported = '#answer .sentence[data-supported="true"] a.citation';
+  if (!(await page.$(supported))) {
+    fail(`no supported sentence carries a citation: ${JSON.stringify(checked)}`);
   }
+  const sentence = await page.$eval(supported, (a) => a.closest('.sentence').textContent);
+  await page.click(`${supported} >> nth=0`);
+  await page.waitForSelector('#passage-view', { state: 'visible', timeout: 5_000 })
+    .catch(() => fail('#passage-view did not open after clicking a citation'));
+  const title = (await page.textContent('#passage-title')).trim();
+  const text = (await page.textContent('#passage-text')).trim();
+  if (!text) fail('#passage-view shows no passage text');
+  const mark = await page.$('#passage-text mark');
+  if (!mark || !(await mark.isVisible())) fail('the supporting span is not highlighted');
+  const highlighted = (await mark.textContent()).trim();
+  const wordsOf = (t) => new Set((t.toLowerCase().match(/[\p{L}\p{N}]{4,}/gu) || []));
+  const shared = [...wordsOf(highlighted)].filter((w) => wordsOf(sentence).has(w));
+  log(`passage view: ${JSON.stringify(title)}, highlighted ${JSON.stringify(highlighted.slice(0, 200))}`);
+  if (!shared.length) fail(`the highlight ${JSON.stringify(highlighted)} shares no word with ${JSON.stringify(sentence)}`);
+  if (!text.includes(highlighted)) fail('the highlight is not part of the passage');
 
   await screenshot();
   if (problems.length) fail(`the page reported errors:\n  ${problems.join('\n  ')}`);
@@ -190,7 +210,7 @@ function summarize(xs) {
 try {
   await run();
   clearTimeout(killer);
-  await finish(0, `PASS: ${source} indexed, answer streamed with sources (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  await finish(0, `PASS: ${source} indexed, answer streamed, supporting span highlighted (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 } catch (e) {
   clearTimeout(killer);
   if (!finishing) await screenshot();

@@ -585,8 +585,32 @@ fn keep_supported(c: Checked) -> Checked {
     let mut text = String::with_capacity(c.text.len());
     let mut at = 0;
     let mut kept: Vec<SentenceVerdict> = Vec::new();
-    for mut v in c.sentences {
-        if v.supported == Some(false) {
+    // A sentence that states nothing to check goes with what it introduces: an introduction
+    // ("Steps:") stays when a checked sentence after it, up to the next introduction, stays;
+    // anything else (a code fence, "Done.") goes with the next checked sentence, or, at the
+    // end, with the last one.
+    let piece = |v: &SentenceVerdict| -> String { chars[v.span[0]..v.span[1]].iter().collect() };
+    let intro = |v: &SentenceVerdict| v.supported.is_none() && piece(v).trim_end().ends_with(':');
+    let keep: Vec<bool> = (0..c.sentences.len())
+        .map(|i| {
+            let v = &c.sentences[i];
+            let after = &c.sentences[i + 1..];
+            match v.supported {
+                Some(s) => s,
+                None if intro(v) => after
+                    .iter()
+                    .take_while(|w| !intro(w))
+                    .any(|w| w.supported == Some(true)),
+                None => after
+                    .iter()
+                    .find_map(|w| w.supported)
+                    .or_else(|| c.sentences[..i].iter().rev().find_map(|w| w.supported))
+                    .unwrap_or(false),
+            }
+        })
+        .collect();
+    for (mut v, keep) in c.sentences.into_iter().zip(keep) {
+        if !keep {
             continue;
         }
         let piece: String = chars[v.span[0]..v.span[1]].iter().collect();
@@ -599,5 +623,44 @@ fn keep_supported(c: Checked) -> Checked {
     Checked {
         text,
         sentences: kept,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::cite::tests::hit;
+
+    const QEMU: &str = "The -O option sets the output format, for example qcow2.";
+
+    #[test]
+    fn strict_keeps_supported_sentences_and_their_introductions() {
+        let p = [hit(QEMU)];
+        let c = keep_supported(check(
+            "Steps:\n1. Run `sudo qemu-img` now.\n2. The -O option sets the output format.",
+            &p,
+        ));
+        assert_eq!(
+            c.text,
+            "Steps:\n2. The -O option sets the output format [1]."
+        );
+        let spans: Vec<String> = c
+            .sentences
+            .iter()
+            .map(|s| {
+                c.text
+                    .chars()
+                    .skip(s.span[0])
+                    .take(s.span[1] - s.span[0])
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            spans,
+            ["Steps:\n", "2. The -O option sets the output format [1]."]
+        );
+        let none = keep_supported(check("Run `sudo qemu-img > /dev/zero` [1].", &p));
+        assert_eq!(none.text, NOT_SUPPORTED);
+        assert!(none.sentences.is_empty());
     }
 }

@@ -1,8 +1,6 @@
 //! Citations: the `[n]` markers an answer carries, and the sentences they belong to (checked
 //! against the passages in `verify`).
 
-use hearth_index::Hit;
-
 /// The passage numbers an answer cites, in order of first citation, each once: `[2]`,
 /// `[1, 3]`, `[1][2]` and `[1-3]` forms; numbers outside `1..=passages` are ignored.
 pub(crate) fn markers(answer: &str, passages: usize) -> Vec<usize> {
@@ -99,8 +97,8 @@ pub(crate) mod tests {
     }
 
     /// A hit holding `text`, for tests.
-    pub(crate) fn hit(text: &str) -> Hit {
-        Hit {
+    pub(crate) fn hit(text: &str) -> hearth_index::Hit {
+        hearth_index::Hit {
             chunk: hearth_index::Chunk {
                 doc_id: hearth_index::DocId::of_bytes(text.as_bytes()),
                 ordinal: 0,

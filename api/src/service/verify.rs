@@ -88,7 +88,7 @@ pub(crate) fn check(answer: &str, passages: &[Hit]) -> Checked {
     for piece in claims(answer) {
         let cited = markers(piece, passages.len());
         let bare = strip_markers(piece);
-        let mut v = verdict(&bare, &cited, &prepared);
+        let mut v = verdict(without_enumerator(&bare), &cited, &prepared);
         let start = chars;
         if cited.is_empty() && v.supported == Some(true) {
             let n = v.evidence[0].n;
@@ -240,15 +240,35 @@ fn claims(answer: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     for b in bounds {
-        if b > start {
-            out.push(&answer[start..b.min(answer.len())]);
-            start = b.min(answer.len());
+        let b = b.min(answer.len());
+        // A list item's number ("1. ", "2) ") opens the sentence after it.
+        if b > start && !is_enumerator(&answer[start..b]) {
+            out.push(&answer[start..b]);
+            start = b;
         }
     }
     if start < answer.len() {
         out.push(&answer[start..]);
     }
     out
+}
+
+/// Whether `piece` is only a list item's number: "1. ", "12) ".
+fn is_enumerator(piece: &str) -> bool {
+    let t = piece.trim();
+    let digits = t.trim_end_matches(['.', ')']);
+    t.len() > digits.len()
+        && (1..=3).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `sentence` without the list item number it starts with ("2. Run ..." is "Run ...").
+fn without_enumerator(sentence: &str) -> &str {
+    let t = sentence.trim_start();
+    match t.split_once(char::is_whitespace) {
+        Some((head, rest)) if is_enumerator(head) => rest,
+        _ => sentence,
+    }
 }
 
 /// Words common enough that sharing them shows nothing (English, German, French).
@@ -506,6 +526,23 @@ mod tests {
         );
         // "Gut." states nothing checkable.
         assert_eq!(c.sentences[1].supported, None);
+    }
+
+    #[test]
+    fn a_list_item_number_belongs_to_its_item() {
+        let p = [hit(QEMU)];
+        let c = check(
+            "Steps:\n1. Run `sudo qemu-img` now.\n2. The -O option sets the output format.",
+            &p,
+        );
+        let verdicts: Vec<_> = c.sentences.iter().map(|s| s.supported).collect();
+        assert_eq!(verdicts, [None, Some(false), Some(true)]);
+        assert!(
+            c.text
+                .starts_with("Steps:\n1. Run `sudo qemu-img` now.\n2. The -O"),
+            "{}",
+            c.text
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct EvalArgs {
     /// Most tokens per answer (default: ask.max_tokens).
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Answer strictly: unsupported sentences removed (default: ask.strict).
+    #[arg(long)]
+    strict: bool,
     /// Print the whole report (every question and the totals) as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -52,6 +55,7 @@ pub async fn run(cfg: AppConfig, args: EvalArgs) -> anyhow::Result<ExitCode> {
         top_k: args.top_k,
         mode,
         max_tokens: args.max_tokens,
+        strict: args.strict.then_some(true),
     };
     let report = service
         .eval(&col, &questions, &opts, |r| {

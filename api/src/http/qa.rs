@@ -288,6 +288,8 @@ pub(super) struct EvalParams {
     mode: SearchMode,
     /// Most tokens per answer (default `ask.max_tokens`).
     max_tokens: Option<usize>,
+    /// Answer strictly, without unsupported sentences (default `ask.strict`).
+    strict: Option<bool>,
     /// Server-Sent Events: a `progress` event per question, then `done` (the report) or
     /// `error`. Without it the report comes as one JSON body, within the request timeout.
     #[serde(default)]
@@ -364,6 +366,7 @@ pub(super) async fn eval(
         top_k: params.top_k,
         mode: params.mode,
         max_tokens: params.max_tokens,
+        strict: params.strict,
     };
     if !params.stream {
         let report = s.service.eval(&col, &questions, &opts, |_| {}).await?;

@@ -192,6 +192,8 @@ pub struct EvalOptions {
     pub mode: SearchMode,
     /// Most tokens per answer (default `ask.max_tokens`).
     pub max_tokens: Option<usize>,
+    /// Answer strictly, without unsupported sentences (default `ask.strict`).
+    pub strict: Option<bool>,
 }
 
 impl Default for EvalOptions {
@@ -201,6 +203,7 @@ impl Default for EvalOptions {
             top_k: None,
             mode: SearchMode::Hybrid,
             max_tokens: None,
+            strict: None,
         }
     }
 }
@@ -464,6 +467,7 @@ impl Service {
                     mode: opts.mode,
                     top_k: opts.top_k,
                     sampling,
+                    strict: opts.strict,
                     ..AskRequest::default()
                 },
             )

@@ -52,6 +52,7 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("PASS"), "{stdout}\n{stderr}");
     // What the page did is visible through the API too: the document it uploaded is indexed.

@@ -37,7 +37,7 @@ use super::answer::{Answer, SearchHit};
 use super::ask::AskRequest;
 use super::cite::{markers, sentences};
 use super::search::SearchQuery;
-use super::text::{checkable_terms, contains, strip_markers, words};
+use super::text::{checkable_terms, contains, declines, strip_markers, words};
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
 
@@ -554,46 +554,13 @@ fn retrieval_score(hits: &[SearchHit], relevant: &[String], k: usize) -> Retriev
     }
 }
 
-/// Phrases with which an answer says the documents do not cover the question (contractions
-/// are expanded before matching: "don't" is "do not").
-const ABSTAIN: [&str; 22] = [
-    "do not say",
-    "does not say",
-    "do not mention",
-    "does not mention",
-    "not mentioned",
-    "do not contain",
-    "does not contain",
-    "no information",
-    "not covered",
-    "do not cover",
-    "does not cover",
-    "could not find",
-    "cannot find",
-    "do not provide",
-    "does not provide",
-    "not specified",
-    "no mention",
-    "nicht erwähnt",
-    "keine angaben",
-    "ne mentionnent pas",
-    "ne précisent pas",
-    "ne disent pas",
-];
-
 /// Whether an answer declines: nothing relevant was retrieved, or the model said the documents
 /// do not cover the question.
 pub(crate) fn abstains(a: &Answer) -> bool {
     if !a.grounded {
         return true;
     }
-    let text = a
-        .answer
-        .to_lowercase()
-        .replace('’', "'")
-        .replace("can't", "cannot")
-        .replace("n't", " not");
-    ABSTAIN.iter().any(|p| text.contains(p))
+    declines(&a.answer)
 }
 
 /// Checks every cited sentence of an answer against the passages it cites.

@@ -198,3 +198,40 @@ pub(crate) fn checkable_terms(sentence: &str) -> Vec<String> {
     }
     out
 }
+
+/// Phrases with which an answer says the documents do not cover the question (contractions
+/// are expanded before matching: "don't" is "do not").
+const ABSTAIN: [&str; 22] = [
+    "do not say",
+    "does not say",
+    "do not mention",
+    "does not mention",
+    "not mentioned",
+    "do not contain",
+    "does not contain",
+    "no information",
+    "not covered",
+    "do not cover",
+    "does not cover",
+    "could not find",
+    "cannot find",
+    "do not provide",
+    "does not provide",
+    "not specified",
+    "no mention",
+    "nicht erwähnt",
+    "keine angaben",
+    "ne mentionnent pas",
+    "ne précisent pas",
+    "ne disent pas",
+];
+
+/// Whether `text` says that the documents do not cover the question.
+pub(crate) fn declines(text: &str) -> bool {
+    let text = text
+        .to_lowercase()
+        .replace('’', "'")
+        .replace("can't", "cannot")
+        .replace("n't", " not");
+    ABSTAIN.iter().any(|p| text.contains(p))
+}

@@ -14,7 +14,7 @@ use hearth_index::{Filter, Hit, SearchMode};
 use serde::Deserialize;
 
 use super::answer::{AnswerStream, Source};
-use super::search::SearchQuery;
+use super::search::{Retrieved, SearchQuery};
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
 
@@ -170,8 +170,10 @@ impl Service {
             }
         }
         let found = self
-            .retrieve(
+            .retrieve_turn(
                 col,
+                &req.question,
+                &req.history,
                 SearchQuery {
                     text: req.question.clone(),
                     mode: req.mode,
@@ -224,6 +226,58 @@ impl Service {
             Source::Generated(generation),
             req.strict.unwrap_or(cfg.strict),
         ))
+    }
+}
+
+/// Characters of the previous user turn that a follow-up's second search carries.
+const CONTEXT_CHARS: usize = 600;
+
+/// Weight of rank r in reciprocal-rank fusion of a follow-up's two searches: 1 / (K + r).
+const FOLLOW_UP_RRF_K: f32 = 60.0;
+
+impl Service {
+    /// Retrieval for one turn of a conversation. A question with earlier user turns is searched
+    /// twice, as it is and after the previous user turn (a follow-up such as "and the backups?"
+    /// names nothing the documents can be found by); the two rankings are fused by reciprocal
+    /// rank, so a follow-up that stands alone loses nothing.
+    pub(crate) async fn retrieve_turn(
+        &self,
+        col: &Arc<Collection>,
+        question: &str,
+        history: &[ChatMessage],
+        q: SearchQuery,
+    ) -> Result<Retrieved> {
+        let Some(previous) = history.iter().rev().find(|m| m.role == "user") else {
+            return self.retrieve(col, q).await;
+        };
+        let context: String = previous.content.chars().take(CONTEXT_CHARS).collect();
+        let with_context = SearchQuery {
+            text: format!("{}\n{}", context.trim(), question.trim()),
+            ..q.clone()
+        };
+        let alone = self.retrieve(col, q).await?;
+        let joined = self.retrieve(col, with_context).await?;
+        let top_k = alone.hits.len().max(joined.hits.len());
+        let mut fused: Vec<(f32, Hit)> = Vec::new();
+        for hits in [alone.hits, joined.hits] {
+            for (rank, h) in hits.into_iter().enumerate() {
+                let w = 1.0 / (FOLLOW_UP_RRF_K + rank as f32 + 1.0);
+                match fused.iter_mut().find(|(_, f)| f.chunk.id() == h.chunk.id()) {
+                    Some((score, _)) => *score += w,
+                    None => fused.push((w, h)),
+                }
+            }
+        }
+        fused.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Ok(Retrieved {
+            hits: fused
+                .into_iter()
+                .take(top_k)
+                .map(|(score, h)| Hit { score, ..h })
+                .collect(),
+            embed_ms: alone.embed_ms + joined.embed_ms,
+            search_ms: alone.search_ms + joined.search_ms,
+        })
     }
 }
 

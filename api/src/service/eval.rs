@@ -437,9 +437,12 @@ impl Service {
             error: None,
         };
         if !q.relevant.is_empty() {
+            // Retrieved as an answer is: a follow-up with its history.
             let found = self
-                .search(
+                .retrieve_turn(
                     col,
+                    &q.question,
+                    &q.history,
                     SearchQuery {
                         text: q.question.clone(),
                         mode: opts.mode,
@@ -450,7 +453,10 @@ impl Service {
                 )
                 .await;
             match found {
-                Ok(found) => r.retrieval = Some(retrieval_score(&found.hits, &q.relevant, opts.k)),
+                Ok(found) => {
+                    let hits = SearchHit::ranked(&found.hits);
+                    r.retrieval = Some(retrieval_score(&hits, &q.relevant, opts.k));
+                }
                 Err(e) => {
                     r.error = Some(e.to_string());
                     return r;

@@ -489,6 +489,55 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
     }
     assert_eq!(done["passages"], a["passages"]);
     assert!(done["timings"]["tokens_per_s"].as_f64().is_some());
+    // Every sentence is checked; a supported one names the text of the passage that says it.
+    let chars = |v: &Value| v.as_str().unwrap().chars().collect::<Vec<char>>();
+    for sentence in done["sentences"].as_array().unwrap() {
+        for support in sentence["support"].as_array().into_iter().flatten() {
+            let n = support["n"].as_u64().unwrap() as usize;
+            let text = chars(&passages[n - 1]["text"]);
+            let (a, b) = (
+                support["span"][0].as_u64().unwrap() as usize,
+                support["span"][1].as_u64().unwrap() as usize,
+            );
+            assert!(a < b && b <= text.len(), "{sentence}");
+        }
+    }
+
+    // Strict: the checked text arrives in one piece, and nothing in it is unsupported.
+    let events = s
+        .sse(
+            "/v1/collections/docs/ask",
+            &json!({"question": q, "top_k": 2, "stream": true, "strict": true, "sampling": {"max_tokens": 48}}),
+        )
+        .await;
+    let tokens: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "token")
+        .map(|(_, v)| v)
+        .collect();
+    let (last, strict) = events.last().unwrap();
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(tokens.len(), 1, "{events:?}");
+    assert_eq!(tokens[0]["text"], strict["answer"]);
+    assert_eq!(strict["strict"], true);
+    let sentences = strict["sentences"].as_array().unwrap();
+    assert!(
+        sentences.iter().all(|s| s["supported"] != false),
+        "{strict}"
+    );
+    if sentences.is_empty() {
+        assert_eq!(strict["answer"], hearth_api::NOT_SUPPORTED, "{strict}");
+    } else {
+        assert!(sentences.iter().any(|s| s["supported"] == true), "{strict}");
+        assert!(
+            strict["citations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["supported"] == true),
+            "{strict}"
+        );
+    }
 
     // Nothing relevant: a fixed answer, and the model is not called.
     let r = s

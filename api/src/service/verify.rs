@@ -121,17 +121,25 @@ pub(crate) fn check(answer: &str, passages: &[Hit]) -> Checked {
         let bare = strip_markers(piece);
         let mut v = verdict(without_enumerator(&bare), &cited, &prepared);
         let start = chars;
-        if cited.is_empty() && v.supported == Some(true) {
+        let miscited = v.supported == Some(true) && !cited.contains(&v.evidence[0].n);
+        if miscited {
+            // Unmarked, or citing passages that do not say it: the marker of the passage that
+            // does replaces the model's.
             let n = v.evidence[0].n;
             v.cites = vec![n];
             v.attributed = true;
-            let trimmed = piece.trim_end();
+            let plain = if cited.is_empty() {
+                piece.to_owned()
+            } else {
+                without_markers(piece)
+            };
+            let trimmed = plain.trim_end();
             // The marker goes before the sentence's closing punctuation and whitespace.
             let body = trimmed.trim_end_matches(['.', '!', '?', ':', ';', ',']);
             let with = format!(
                 "{body} [{n}]{}{}",
                 &trimmed[body.len()..],
-                &piece[trimmed.len()..]
+                &plain[trimmed.len()..]
             );
             chars += with.chars().count();
             text.push_str(&with);
@@ -292,6 +300,26 @@ fn is_enumerator(piece: &str) -> bool {
     t.len() > digits.len()
         && (1..=3).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `piece` without its `[n]` markers and the space before each.
+fn without_markers(piece: &str) -> String {
+    let bare = strip_markers(piece);
+    // strip_markers leaves the space before a marker: "foo [1]." is "foo .".
+    let mut out = String::with_capacity(bare.len());
+    let mut chars = bare.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ' '
+            && matches!(
+                chars.peek(),
+                Some('.' | ',' | ';' | ':' | '!' | '?' | ' ') | None
+            )
+        {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `sentence` without the list item number it starts with ("2. Run ..." is "Run ...").
@@ -600,8 +628,11 @@ mod tests {
         let c = check("The -O option sets the output format [1].", &p);
         let s = &c.sentences[0];
         assert_eq!(s.supported, Some(true));
-        assert_eq!(s.cites, vec![1]);
         assert_eq!(s.evidence[0].n, 2);
+        // The marker now names the passage that says it.
+        assert_eq!(c.text, "The -O option sets the output format [2].");
+        assert_eq!(s.cites, vec![2]);
+        assert!(s.attributed);
     }
 
     #[test]

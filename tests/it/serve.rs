@@ -604,7 +604,10 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(asks, 3, "two answers plus the injection probe: {m}");
+    assert_eq!(
+        asks, 4,
+        "two answers, the strict one and the injection probe: {m}"
+    );
 
     // The CLI, against this server.
     let cli_ask = |extra: &[&str]| {

@@ -1,8 +1,8 @@
 //! `hearth eval` on the labelled set of `testdata/eval/questions.jsonl` over `testdata/corpus`,
 //! with the default models: the figures a user gets are asserted against floors at what
-//! hearth reaches today (BENCHMARKS.md, "Answer quality"), so a regression fails. The targets
-//! of issue 15 (recall@5 0.95, correctness 0.80, citation precision 0.90, abstention 0.90) are
-//! above them and not met yet. Then `POST /v1/collections/{c}/eval`: admins only, JSON Lines
+//! hearth reaches today (BENCHMARKS.md, "Answer quality"), so a regression fails. Of the
+//! targets of issue 15, recall@5 0.95 is met; correctness 0.80, citation precision 0.90 and
+//! abstention 0.90 (strict: 0.89 with SmolLM2) are not yet, with the default generator. Then `POST /v1/collections/{c}/eval`: admins only, JSON Lines
 //! only, a broken line named, and the streamed report.
 
 use serde_json::Value;
@@ -10,10 +10,11 @@ use serde_json::Value;
 use crate::common::{Backend, Node, create_key, root};
 
 /// Lowest acceptable figures of the default models on the shipped set (measured: recall@5
-/// 0.9325, MRR 0.911, nDCG@10 0.914, citation precision 0.70 with SmolLM2-135M).
-const MIN_RECALL_AT_5: f64 = 0.92;
-const MIN_NDCG_AT_10: f64 = 0.90;
-const MIN_CITATION_PRECISION: f64 = 0.60;
+/// 0.9575, MRR 0.921, nDCG@10 0.929, citation precision 0.968 of 31 cited sentences with
+/// SmolLM2-135M). Recall leaves one question of margin for the CPU kinds CI may run on.
+const MIN_RECALL_AT_5: f64 = 0.95;
+const MIN_NDCG_AT_10: f64 = 0.92;
+const MIN_CITATION_PRECISION: f64 = 0.85;
 /// Follow-ups' recall@5 (measured 0.947 on the 38 covered ones; 0.816 before they were
 /// searched with their history).
 const MIN_FOLLOW_UP_RECALL_AT_5: f64 = 0.90;

@@ -258,7 +258,10 @@ async fn only_admins_of_the_collection_may_run_an_evaluation() {
     let post = |key: Option<&str>, ctype: &str| {
         let mut req = server
             .client
-            .post(format!("{}/v1/collections/private/eval", server.url))
+            .post(format!(
+                "{}/v1/collections/private/eval?strict=true",
+                server.url
+            ))
             .header("content-type", ctype)
             .body(body);
         if let Some(k) = key {
@@ -291,4 +294,18 @@ async fn only_admins_of_the_collection_may_run_an_evaluation() {
         .send(post(Some(&admin), ndjson))
         .await
         .error(404, "not_found");
+    // A strict answer is refused as any answer is: no key, or a key of another collection.
+    let ask = |key: Option<&str>| {
+        let mut req = server
+            .client
+            .post(format!("{}/v1/collections/private/ask", server.url))
+            .header("content-type", "application/json")
+            .body(r#"{"question": "what is kept?", "strict": true, "stream": true}"#);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req
+    };
+    server.send(ask(None)).await.error(401, "unauthorized");
+    server.send(ask(Some(&other))).await.error(403, "forbidden");
 }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use hearth_api::{Answer, AnswerEvent, AskRequest, CollectionName, SamplingParams, SearchMode};
+use hearth_api::{
+    Answer, AnswerEvent, AnswerMode, AskRequest, CollectionName, SamplingParams, SearchMode,
+};
 use serde_json::Value;
 
 use crate::config::AppConfig;
@@ -42,6 +44,10 @@ pub struct AskArgs {
     /// once checked.
     #[arg(long)]
     strict: bool,
+    /// quote (the documents' own sentences that answer) or generate (the model writes the
+    /// answer); default: ask.answer.
+    #[arg(long)]
+    answer: Option<AnswerMode>,
     /// Print the final result (answer, citations, usage, timings) as JSON instead of streaming.
     #[arg(long)]
     json: bool,
@@ -70,6 +76,7 @@ pub async fn run(cfg: AppConfig, args: AskArgs) -> anyhow::Result<ExitCode> {
                         adapter: args.adapter.clone(),
                         sampling: sampling(&args),
                         strict: args.strict.then_some(true),
+                        answer: args.answer,
                         ..AskRequest::default()
                     },
                 )
@@ -187,6 +194,9 @@ async fn remote(
     }
     if args.strict {
         body["strict"] = true.into();
+    }
+    if let Some(a) = args.answer {
+        body["answer"] = a.as_str().into();
     }
     let endpoint = format!("{}/v1/collections/{c}/ask", url.trim_end_matches('/'));
     let client = reqwest::Client::new();

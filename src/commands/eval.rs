@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use hearth_api::{CollectionName, EvalOptions, EvalReport, Mean, QuestionResult, SearchMode};
+use hearth_api::{
+    AnswerMode, CollectionName, EvalOptions, EvalReport, Mean, QuestionResult, SearchMode,
+};
 
 use crate::config::AppConfig;
 
@@ -33,6 +35,9 @@ pub struct EvalArgs {
     /// Answer strictly: unsupported sentences removed (default: ask.strict).
     #[arg(long)]
     strict: bool,
+    /// quote or generate (default: ask.answer).
+    #[arg(long)]
+    answer: Option<AnswerMode>,
     /// Print the whole report (every question and the totals) as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -56,6 +61,7 @@ pub async fn run(cfg: AppConfig, args: EvalArgs) -> anyhow::Result<ExitCode> {
         mode,
         max_tokens: args.max_tokens,
         strict: args.strict.then_some(true),
+        answer: args.answer,
     };
     let report = service
         .eval(&col, &questions, &opts, |r| {

@@ -1,20 +1,31 @@
 //! `hearth eval` on the labelled set of `testdata/eval/questions.jsonl` over `testdata/corpus`,
-//! with the default models: the figures a user gets are asserted against floors at what
-//! hearth reaches today (BENCHMARKS.md, "Answer quality"), so a regression fails. Of the
-//! targets of issue 15, recall@5 0.95 is met; correctness 0.80, citation precision 0.90 and
-//! abstention 0.90 (strict: 0.89 with SmolLM2) are not yet, with the default generator. Then `POST /v1/collections/{c}/eval`: admins only, JSON Lines
-//! only, a broken line named, and the streamed report.
+//! with the default settings (quoted answers) and models: the figures a user gets are asserted
+//! against floors at what hearth reaches today (BENCHMARKS.md, "Quoted answers"), so a
+//! regression fails. Of the targets of issue 15, recall@5 0.95 and citation precision 0.90 are
+//! met, and so is follow-ups within 0.05 of their standalone twins; correctness 0.80 (quoted:
+//! 0.70) and abstention 0.90 (quoted: 0.06; strict generated answers: 0.89, by declining almost
+//! everything) are not yet. Then generated strict answers on
+//! the not-covered questions, and `POST /v1/collections/{c}/eval`: admins only, JSON Lines only,
+//! a broken line named, and the streamed report.
 
 use serde_json::Value;
 
 use crate::common::{Backend, Node, create_key, root};
 
-/// Lowest acceptable figures of the default models on the shipped set (measured: recall@5
-/// 0.9575, MRR 0.921, nDCG@10 0.929, citation precision 0.968 of 31 cited sentences with
-/// SmolLM2-135M). Recall leaves one question of margin for the CPU kinds CI may run on.
+/// Lowest acceptable figures of the default settings on the shipped set (measured: recall@5
+/// 0.958, MRR 0.921, nDCG@10 0.929; quoted answers: correctness 0.70, follow-ups 0.737 against
+/// 0.763 for their standalone twins, citation precision 0.916, abstention 0.06: 2 of 33).
+/// Recall leaves one question of margin for the CPU kinds CI may run on, the answer floors a
+/// few questions (a cosine near a threshold may fall the other way on another CPU).
 const MIN_RECALL_AT_5: f64 = 0.95;
 const MIN_NDCG_AT_10: f64 = 0.92;
-const MIN_CITATION_PRECISION: f64 = 0.85;
+const MIN_CORRECTNESS: f64 = 0.66;
+const MIN_FOLLOW_UP_CORRECTNESS: f64 = 0.66;
+/// Follow-ups' correctness below their standalone twins' (issue 15 asks at most 0.05; measured
+/// 0.026, one question of 38; this leaves one more).
+const MAX_FOLLOW_UP_GAP: f64 = 0.053;
+const MIN_CITATION_PRECISION: f64 = 0.88;
+const MIN_ABSTENTION: f64 = 0.03;
 /// Follow-ups' recall@5 (measured 0.947 on the 38 covered ones; 0.816 before they were
 /// searched with their history).
 const MIN_FOLLOW_UP_RECALL_AT_5: f64 = 0.90;
@@ -36,15 +47,7 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
     let set_text = std::fs::read_to_string(&set).unwrap();
     let total = set_text.lines().filter(|l| !l.trim().is_empty()).count();
 
-    let out = node.run(&[
-        "eval",
-        "--json",
-        "-c",
-        "corpus",
-        "--max-tokens",
-        "64",
-        set.to_str().unwrap(),
-    ]);
+    let out = node.run(&["eval", "--json", "-c", "corpus", set.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "hearth eval failed: {}",
@@ -81,6 +84,26 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
         precision >= MIN_CITATION_PRECISION,
         "citation precision {precision:.3}"
     );
+    let wrong: Vec<(&Value, &Value)> = report["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["correct"] == false)
+        .map(|q| (&q["id"], &q["missing_facts"]))
+        .collect();
+    let correctness = summary_figure(&report, "correctness");
+    assert!(
+        correctness >= MIN_CORRECTNESS,
+        "correctness {correctness:.3}; wrong: {wrong:?}"
+    );
+    let follow_ups = summary_figure(&report, "correctness_follow_up");
+    let twins = summary_figure(&report, "correctness_of_named_standalone");
+    assert!(
+        follow_ups >= MIN_FOLLOW_UP_CORRECTNESS && follow_ups >= twins - MAX_FOLLOW_UP_GAP,
+        "follow-up correctness {follow_ups:.3}, their standalone twins {twins:.3}"
+    );
+    let abstention = summary_figure(&report, "abstention_accuracy");
+    assert!(abstention >= MIN_ABSTENTION, "abstention {abstention:.3}");
     // Follow-ups and their standalone twins are both scored.
     assert_eq!(
         s["correctness_follow_up"]["of"],
@@ -114,8 +137,8 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
         "follow-up recall@5 {follow_ups:.3}, standalone {alone:.3}"
     );
 
-    // Strict answers to what the documents do not cover: the model's own inventions are
-    // removed, and the answer says the documents do not say.
+    // Strict generated answers to what the documents do not cover: the model's own inventions
+    // are removed, and the answer says the documents do not say.
     let uncovered: String = set_text
         .lines()
         .filter(|l| l.contains("\"not_covered\": true") && !l.contains("\"standalone\""))
@@ -127,6 +150,8 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
         "eval",
         "--json",
         "--strict",
+        "--answer",
+        "generate",
         "-c",
         "corpus",
         "--max-tokens",
@@ -207,15 +232,10 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
     assert!(m.contains("line 2"), "{m}");
 
     // Three questions streamed: a progress event each, then the report, whose answers are the
-    // CLI's (greedy decoding, same prompt).
+    // CLI's (the same quotes of the same passages).
     let picked: Vec<&str> = set_text.lines().take(3).collect();
     let reply = server
-        .send(post(
-            &admin,
-            ndjson,
-            "?stream=true&max_tokens=64",
-            picked.join("\n"),
-        ))
+        .send(post(&admin, ndjson, "?stream=true", picked.join("\n")))
         .await;
     assert_eq!(reply.status, 200);
     let text = String::from_utf8(reply.body).unwrap();

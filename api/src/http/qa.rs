@@ -22,7 +22,7 @@ use super::State;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ErrorBody, body_error, json};
 use crate::keys::Role;
-use crate::{AnswerStream, AskRequest, EvalOptions, SearchQuery, parse_questions};
+use crate::{AnswerMode, AnswerStream, AskRequest, EvalOptions, SearchQuery, parse_questions};
 
 /// A filter as the API takes it: metadata key → value, `{"in": [...]}` or a range.
 #[derive(Deserialize, Default)]
@@ -213,6 +213,11 @@ pub(super) struct AskBody {
     /// Remove the sentences no passage supports (default `ask.strict`); a strict answer's
     /// text arrives in one `token` event, after it has been checked.
     strict: Option<bool>,
+    /// `quote` (the passages' own sentences that answer, with citations) or `generate` (the
+    /// model writes the answer); default `ask.answer`, or `generate` when `sampling` or
+    /// `adapter` is given.
+    #[schema(value_type = Option<String>)]
+    answer: Option<AnswerMode>,
     /// Server-Sent Events: `passages`, `token`..., then `done` or `error`.
     #[serde(default)]
     stream: bool,
@@ -248,6 +253,7 @@ pub(super) async fn ask(
                 adapter: body.adapter,
                 sampling: body.sampling,
                 strict: body.strict,
+                answer: body.answer,
             },
         )
         .await?
@@ -290,6 +296,9 @@ pub(super) struct EvalParams {
     max_tokens: Option<usize>,
     /// Answer strictly, without unsupported sentences (default `ask.strict`).
     strict: Option<bool>,
+    /// `quote` or `generate` (default `ask.answer`).
+    #[param(value_type = Option<String>)]
+    answer: Option<AnswerMode>,
     /// Server-Sent Events: a `progress` event per question, then `done` (the report) or
     /// `error`. Without it the report comes as one JSON body, within the request timeout.
     #[serde(default)]
@@ -367,6 +376,7 @@ pub(super) async fn eval(
         mode: params.mode,
         max_tokens: params.max_tokens,
         strict: params.strict,
+        answer: params.answer,
     };
     if !params.stream {
         let report = s.service.eval(&col, &questions, &opts, |_| {}).await?;

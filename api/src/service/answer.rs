@@ -17,6 +17,7 @@ use hearth_engine::{Completion, FinishReason, Generation, GenerationEvent};
 use hearth_index::{Hit, Metadata};
 use serde::{Deserialize, Serialize};
 
+use super::quote::{NOT_FOUND, Quote};
 use super::verify::{Checked, SentenceVerdict, check};
 use crate::error::{Result, ServiceError};
 
@@ -169,6 +170,43 @@ pub struct Support {
     pub span: [usize; 2],
 }
 
+/// How an answer is made from the passages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerMode {
+    /// The sentences of the passages that answer the question, quoted word for word with
+    /// their citations; "the documents do not say" when none does. The generator is not
+    /// called.
+    #[default]
+    Quote,
+    /// The generator writes the answer from the passages; each sentence is then checked.
+    Generate,
+}
+
+impl AnswerMode {
+    /// The name, as configuration and requests write it (`quote`, `generate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quote => "quote",
+            Self::Generate => "generate",
+        }
+    }
+}
+
+impl std::str::FromStr for AnswerMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "quote" => Ok(Self::Quote),
+            "generate" => Ok(Self::Generate),
+            _ => Err(format!(
+                "answer must be \"quote\" or \"generate\", got {s:?}"
+            )),
+        }
+    }
+}
+
 /// Token counts of an answer (zero when the model was not called).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AnswerUsage {
@@ -201,6 +239,9 @@ pub struct AnswerTimings {
     /// From submission to the end of generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation_ms: Option<f64>,
+    /// Choosing the quotes of a quoted answer (embedding and scoring the passages' sentences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote_ms: Option<f64>,
 }
 
 /// Why the model stopped.
@@ -237,9 +278,13 @@ impl From<FinishReason> for AnswerEnd {
 pub struct Answer {
     /// The answer, with `[n]` markers (including any that hearth attributed).
     pub answer: String,
-    /// Whether the answer came from the model over retrieved passages (false: nothing
-    /// relevant was found and the fixed answer was given).
+    /// Whether the answer came from retrieved passages, generated over them or quoted from
+    /// them (false: nothing relevant was found, or no passage answered the question, and a
+    /// fixed answer was given).
     pub grounded: bool,
+    /// How it was made.
+    #[serde(default)]
+    pub mode: AnswerMode,
     /// The passages the answer cites, in order of first citation.
     pub citations: Vec<Citation>,
     /// The answer's sentences, each checked against the passages.
@@ -323,9 +368,12 @@ impl AnswerEvent {
 /// Where the answer's text comes from.
 pub(crate) enum Source {
     /// Nothing relevant was retrieved: this fixed text, the model was not called.
-    Fixed(&'static str),
+    Fixed(&'static str, AnswerMode),
     /// The model's stream.
     Generated(Generation),
+    /// Quoted from the passages (none: no passage answers the question), chosen in this many
+    /// milliseconds.
+    Quoted(Vec<Quote>, f64),
 }
 
 /// What a strict answer says when no sentence of the generated one is supported.
@@ -391,11 +439,19 @@ impl AnswerStream {
 
     fn done(&mut self, c: Option<&Completion>) -> AnswerEvent {
         self.ended = true;
-        let (text, strict) = match self.source {
-            Source::Fixed(t) => (t, false),
+        let (text, strict) = match &self.source {
+            Source::Fixed(t, _) => (*t, false),
             Source::Generated(_) => (self.text.as_str(), self.strict),
+            Source::Quoted(q, ms) => {
+                let mut answer = quoted(q, &self.hits, &self.shown, self.retrieval_ms);
+                answer.timings.quote_ms = Some(*ms);
+                return AnswerEvent::Done(Box::new(answer));
+            }
         };
-        let answer = finished(text, &self.hits, &self.shown, self.retrieval_ms, c, strict);
+        let mut answer = finished(text, &self.hits, &self.shown, self.retrieval_ms, c, strict);
+        if let Source::Fixed(_, mode) = self.source {
+            answer.mode = mode;
+        }
         if strict {
             self.ready.push_back(AnswerEvent::Token(TextPiece {
                 text: answer.answer.clone(),
@@ -425,13 +481,20 @@ impl Stream for AnswerStream {
         }
         loop {
             let ev = match &mut this.source {
-                Source::Fixed(t) if !this.fixed_sent => {
+                Source::Fixed(t, _) if !this.fixed_sent => {
                     this.fixed_sent = true;
                     AnswerEvent::Token(TextPiece {
                         text: (*t).to_owned(),
                     })
                 }
-                Source::Fixed(_) => this.done(None),
+                Source::Fixed(..) => this.done(None),
+                Source::Quoted(q, _) if !this.fixed_sent => {
+                    this.fixed_sent = true;
+                    AnswerEvent::Token(TextPiece {
+                        text: quoted_text(q, &this.hits),
+                    })
+                }
+                Source::Quoted(..) => this.done(None),
                 Source::Generated(g) => match g.poll_next_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Some(GenerationEvent::Text(t))) => {
@@ -549,6 +612,7 @@ fn finished(
                 decode_ms: Some(c.timings.decode_ms),
                 tokens_per_s: Some(c.timings.decode_tokens_per_s),
                 generation_ms: Some(c.timings.total_ms),
+                quote_ms: None,
             },
         ),
         None => (
@@ -562,6 +626,7 @@ fn finished(
     Answer {
         answer,
         grounded: done.is_some(),
+        mode: AnswerMode::Generate,
         citations,
         sentences,
         strict,
@@ -569,6 +634,84 @@ fn finished(
         finish_reason: done.map(|c| c.finish_reason.into()),
         usage,
         timings,
+    }
+}
+
+/// The text of a quoted answer: one line per quote, `“text” [n]`; [`NOT_FOUND`] without any.
+fn quoted_text(quotes: &[Quote], hits: &[Hit]) -> String {
+    quoted_lines(quotes, hits).0
+}
+
+/// The text of a quoted answer and each quote's span in it, in characters.
+fn quoted_lines(quotes: &[Quote], hits: &[Hit]) -> (String, Vec<[usize; 2]>) {
+    if quotes.is_empty() {
+        return (NOT_FOUND.to_owned(), Vec::new());
+    }
+    let mut text = String::new();
+    let mut spans = Vec::with_capacity(quotes.len());
+    let mut at = 0;
+    for q in quotes {
+        let body: Vec<char> = hits[q.n - 1]
+            .chunk
+            .text
+            .chars()
+            .skip(q.span[0])
+            .take(q.span[1] - q.span[0])
+            .collect();
+        let line = format!("“{}” [{}]\n", super::quote::collapse(&body), q.n);
+        let len = line.chars().count();
+        spans.push([at, at + len - 1]);
+        at += len;
+        text.push_str(&line);
+    }
+    text.pop();
+    (text, spans)
+}
+
+/// The finished quoted answer: every sentence is a quote, supported by the span it was taken
+/// from.
+fn quoted(quotes: &[Quote], hits: &[Hit], shown: &[SearchHit], retrieval_ms: f64) -> Answer {
+    let (answer, spans) = quoted_lines(quotes, hits);
+    let mut citations: Vec<Citation> = Vec::new();
+    for q in quotes {
+        match citations.iter_mut().find(|c| c.n == q.n) {
+            Some(c) => c.support.push(q.span),
+            None => citations.push(Citation {
+                n: q.n,
+                attributed: false,
+                supported: true,
+                support: vec![q.span],
+                passage: shown[q.n - 1].clone(),
+            }),
+        }
+    }
+    let sentences = quotes
+        .iter()
+        .zip(spans)
+        .map(|(q, span)| AnswerSentence {
+            span,
+            cites: vec![q.n],
+            supported: Some(true),
+            support: vec![Support {
+                n: q.n,
+                span: q.span,
+            }],
+        })
+        .collect();
+    Answer {
+        answer,
+        grounded: !quotes.is_empty(),
+        mode: AnswerMode::Quote,
+        citations,
+        sentences,
+        strict: false,
+        passages: shown.to_vec(),
+        finish_reason: None,
+        usage: AnswerUsage::default(),
+        timings: AnswerTimings {
+            retrieval_ms,
+            ..AnswerTimings::default()
+        },
     }
 }
 
@@ -662,5 +805,28 @@ mod tests {
         let none = keep_supported(check("Run `sudo qemu-img > /dev/zero` [1].", &p));
         assert_eq!(none.text, NOT_SUPPORTED);
         assert!(none.sentences.is_empty());
+    }
+
+    #[test]
+    fn a_quoted_answer_cites_the_span_each_quote_comes_from() {
+        let p = [hit("Unrelated words here."), hit(QEMU)];
+        let quotes = [Quote {
+            n: 2,
+            span: [4, 13],
+        }];
+        let shown = SearchHit::ranked(&p);
+        let a = quoted(&quotes, &p, &shown, 1.0);
+        assert_eq!(a.answer, "“-O option” [2]");
+        assert_eq!(a.mode, AnswerMode::Quote);
+        assert!(a.grounded);
+        assert_eq!(a.citations.len(), 1);
+        assert_eq!(a.citations[0].support, vec![[4, 13]]);
+        assert_eq!(a.sentences[0].supported, Some(true));
+        let chars: Vec<char> = a.answer.chars().collect();
+        let s = a.sentences[0].span;
+        assert_eq!(chars[s[0]..s[1]].iter().collect::<String>(), a.answer);
+        let none = quoted(&[], &p, &shown, 1.0);
+        assert_eq!(none.answer, NOT_FOUND);
+        assert!(!none.grounded && none.citations.is_empty());
     }
 }

@@ -9,11 +9,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hearth_engine::{ChatMessage, Generator, Prompt, SamplingParams};
+use hearth_engine::{ChatMessage, Generator, Priority, Prompt, SamplingParams};
 use hearth_index::{Filter, Hit, SearchMode};
 use serde::Deserialize;
 
-use super::answer::{AnswerStream, Source};
+use super::answer::{AnswerMode, AnswerStream, Source};
+use super::ingest::embedding_text;
+use super::quote::{passage_units, score, select};
 use super::search::{Retrieved, SearchQuery};
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
@@ -45,6 +47,10 @@ pub struct AskConfig {
     /// supported says that the documents do not say (for regulated deployments). A request
     /// may set it for itself.
     pub strict: bool,
+    /// How answers are made: `quote` (the passages' own sentences, the generator is not
+    /// called) or `generate` (the generator writes, each sentence is checked). A request may
+    /// choose for itself.
+    pub answer: AnswerMode,
 }
 
 impl Default for AskConfig {
@@ -55,6 +61,7 @@ impl Default for AskConfig {
             max_tokens: 256,
             repetition_penalty: 1.1,
             strict: false,
+            answer: AnswerMode::Quote,
         }
     }
 }
@@ -111,6 +118,9 @@ pub struct AskRequest {
     pub sampling: Option<SamplingParams>,
     /// Remove unsupported sentences (default `ask.strict`).
     pub strict: Option<bool>,
+    /// Quote or generate (default `ask.answer`; `generate` when `sampling` or `adapter` is
+    /// set).
+    pub answer: Option<AnswerMode>,
 }
 
 impl Service {
@@ -125,8 +135,21 @@ impl Service {
     /// the text as it is generated, and the finished answer with its citations. Fails before
     /// anything is generated on bad input, an unknown adapter or a full generation queue.
     pub async fn ask(&self, col: &Arc<Collection>, req: AskRequest) -> Result<AnswerStream> {
-        let generator = self.generator()?;
         let cfg = &self.ask;
+        // Sampling settings and adapters are for the model: a request with them is generated
+        // unless it asks for quotes, which is then an error.
+        let for_model = req.sampling.is_some() || req.adapter.is_some();
+        let mode = match req.answer {
+            Some(AnswerMode::Quote) if for_model => {
+                return Err(ServiceError::InvalidInput(
+                    "sampling and adapter apply to generated answers, not to answer \"quote\""
+                        .into(),
+                ));
+            }
+            Some(m) => m,
+            None if for_model => AnswerMode::Generate,
+            None => cfg.answer,
+        };
         let top_k = req.top_k.unwrap_or(cfg.top_k);
         if !(1..=MAX_ASK_TOP_K).contains(&top_k) {
             return Err(ServiceError::InvalidInput(format!(
@@ -155,18 +178,24 @@ impl Service {
                 "min_similarity must be a finite number".into(),
             ));
         }
+        let generator = match mode {
+            AnswerMode::Generate => Some(self.generator()?),
+            AnswerMode::Quote => None,
+        };
         let sampling = req.sampling.clone().unwrap_or_else(|| SamplingParams {
             max_tokens: cfg.max_tokens,
             repetition_penalty: cfg.repetition_penalty,
             ..SamplingParams::default()
         });
-        sampling.validate(generator.info().vocab)?;
-        if let Some(a) = &req.adapter {
-            // Fails now, before retrieval, for a name that is not registered.
-            if !generator.adapters().iter().any(|i| &i.name == a) {
-                return Err(ServiceError::Engine(
-                    hearth_engine::EngineError::UnknownAdapter(a.clone()),
-                ));
+        if let Some(generator) = generator {
+            sampling.validate(generator.info().vocab)?;
+            if let Some(a) = &req.adapter {
+                // Fails now, before retrieval, for a name that is not registered.
+                if !generator.adapters().iter().any(|i| &i.name == a) {
+                    return Err(ServiceError::Engine(
+                        hearth_engine::EngineError::UnknownAdapter(a.clone()),
+                    ));
+                }
             }
         }
         let found = self
@@ -196,10 +225,25 @@ impl Service {
             return Ok(AnswerStream::new(
                 Vec::new(),
                 retrieval_ms,
-                Source::Fixed(NOTHING_RELEVANT),
+                Source::Fixed(NOTHING_RELEVANT, mode),
                 false,
             ));
         }
+        let Some(generator) = generator else {
+            let started = Instant::now();
+            let quotes = self.quotes(&req, &relevant).await?;
+            tracing::debug!(
+                quotes = quotes.len(),
+                quote_ms = started.elapsed().as_secs_f64() * 1e3,
+                "quoted answer chosen"
+            );
+            return Ok(AnswerStream::new(
+                relevant,
+                retrieval_ms,
+                Source::Quoted(quotes, started.elapsed().as_secs_f64() * 1e3),
+                false,
+            ));
+        };
         let started = Instant::now();
         let budget = generator
             .info()
@@ -225,6 +269,36 @@ impl Service {
             retrieval_ms,
             Source::Generated(generation),
             req.strict.unwrap_or(cfg.strict),
+        ))
+    }
+}
+
+impl Service {
+    /// The units of the passages that answer the question (see [`super::quote`]); a follow-up's
+    /// previous user turn counts too, at half weight for words.
+    async fn quotes(&self, req: &AskRequest, hits: &[Hit]) -> Result<Vec<super::quote::Quote>> {
+        let units = passage_units(hits);
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        let context: String = req
+            .history
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.chars().take(CONTEXT_CHARS).collect())
+            .unwrap_or_default();
+        let asked = format!("{}\n{}", context.trim(), req.question.trim());
+        let mut texts = vec![embedding_text(asked.trim())];
+        texts.extend(units.iter().map(|u| embedding_text(&u.text)));
+        let v = self.embedder.embed(texts, Priority::Query).await?;
+        let q = v.row(0);
+        let cosines: Vec<f32> = (1..=units.len())
+            .map(|i| v.row(i).iter().zip(q).map(|(a, b)| a * b).sum())
+            .collect();
+        Ok(select(
+            &units,
+            &score(&units, &cosines, &req.question, &context),
         ))
     }
 }

@@ -33,7 +33,7 @@ use hearth_engine::{ChatMessage, SamplingParams};
 use hearth_index::SearchMode;
 use serde::{Deserialize, Serialize};
 
-use super::answer::{Answer, SearchHit};
+use super::answer::{Answer, AnswerMode, SearchHit};
 use super::ask::AskRequest;
 use super::cite::{markers, sentences};
 use super::search::SearchQuery;
@@ -194,6 +194,8 @@ pub struct EvalOptions {
     pub max_tokens: Option<usize>,
     /// Answer strictly, without unsupported sentences (default `ask.strict`).
     pub strict: Option<bool>,
+    /// Quote or generate (default `ask.answer`).
+    pub answer: Option<AnswerMode>,
 }
 
 impl Default for EvalOptions {
@@ -204,6 +206,7 @@ impl Default for EvalOptions {
             mode: SearchMode::Hybrid,
             max_tokens: None,
             strict: None,
+            answer: None,
         }
     }
 }
@@ -388,7 +391,9 @@ impl Service {
         opts: &EvalOptions,
         mut progress: impl FnMut(&QuestionResult) + Send,
     ) -> Result<EvalReport> {
-        self.generator()?;
+        if opts.answer.unwrap_or(self.ask.answer) == AnswerMode::Generate {
+            self.generator()?;
+        }
         if !(1..=RETRIEVAL_DEPTH).contains(&opts.k) {
             return Err(ServiceError::InvalidInput(format!(
                 "k must be between 1 and {RETRIEVAL_DEPTH}, got {}",
@@ -472,8 +477,10 @@ impl Service {
                     history: q.history.clone(),
                     mode: opts.mode,
                     top_k: opts.top_k,
-                    sampling,
+                    // Quotes take no sampling settings.
+                    sampling: sampling.filter(|_| opts.answer != Some(AnswerMode::Quote)),
                     strict: opts.strict,
+                    answer: opts.answer,
                     ..AskRequest::default()
                 },
             )
@@ -499,7 +506,12 @@ impl Service {
 fn score_answer(r: &mut QuestionResult, q: &EvalQuestion, a: &Answer) {
     r.answer = a.answer.clone();
     r.abstained = abstains(a);
-    r.ttft_ms = a.timings.ttft_ms.map(|t| t + a.timings.retrieval_ms);
+    // A quoted answer arrives whole: its first text comes when its quotes are chosen.
+    r.ttft_ms = a
+        .timings
+        .ttft_ms
+        .or(a.timings.quote_ms)
+        .map(|t| t + a.timings.retrieval_ms);
     r.prompt_tokens = a.usage.prompt_tokens;
     r.completion_tokens = a.usage.completion_tokens;
     if !q.facts.is_empty() {
@@ -870,6 +882,7 @@ mod tests {
         Answer {
             answer: text.into(),
             grounded,
+            mode: AnswerMode::Generate,
             citations: Vec::new(),
             sentences: Vec::new(),
             strict: false,

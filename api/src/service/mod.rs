@@ -19,6 +19,7 @@ mod cite;
 mod collection;
 mod eval;
 mod ingest;
+mod quote;
 mod search;
 mod text;
 mod verify;
@@ -38,8 +39,9 @@ use crate::store::Store;
 
 pub use adapters::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_name};
 pub use answer::{
-    Answer, AnswerEnd, AnswerEvent, AnswerSentence, AnswerStream, AnswerTimings, AnswerUsage,
-    Bm25Match, Citation, DenseMatch, NOT_SUPPORTED, PassagesShown, SearchHit, Support, TextPiece,
+    Answer, AnswerEnd, AnswerEvent, AnswerMode, AnswerSentence, AnswerStream, AnswerTimings,
+    AnswerUsage, Bm25Match, Citation, DenseMatch, NOT_SUPPORTED, PassagesShown, SearchHit, Support,
+    TextPiece,
 };
 pub use ask::{AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT};
 pub use collection::{Collection, CompactReport, SyncReport};
@@ -48,6 +50,7 @@ pub use eval::{
     Mean, Percentiles, QuestionResult, RetrievalScore, parse_questions,
 };
 pub use ingest::Processed;
+pub use quote::NOT_FOUND;
 pub use search::{Embedded, SearchQuery, SearchResults, SearchTimings};
 
 use crate::error::Result;

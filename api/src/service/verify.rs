@@ -70,7 +70,7 @@ impl Prepared {
         Self {
             chars: text.chars().collect(),
             words: words(text),
-            tokens: tokens(text),
+            tokens: content_tokens(text),
         }
     }
 
@@ -163,7 +163,7 @@ fn verdict(bare: &str, cited: &[usize], passages: &[Prepared]) -> SentenceVerdic
         .map(|t| words(t))
         .filter(|w| !w.is_empty())
         .collect();
-    let content: HashSet<String> = tokens(bare).into_iter().map(|(t, _)| t).collect();
+    let content: HashSet<String> = content_tokens(bare).into_iter().map(|(t, _)| t).collect();
     let mut v = SentenceVerdict {
         span: [0, 0],
         cites: cited.to_vec(),
@@ -466,7 +466,7 @@ const STOP: &[&str] = &[
 /// Content tokens of `text` with their character spans: alphanumeric runs, folded (case,
 /// accents) and lightly stemmed (plural and verb endings), without common words and without
 /// words under three letters unless they hold a digit.
-fn tokens(text: &str) -> Vec<(String, [usize; 2])> {
+pub(crate) fn content_tokens(text: &str) -> Vec<(String, [usize; 2])> {
     let mut out = Vec::new();
     let mut word = String::new();
     let mut start = 0;

@@ -15,6 +15,8 @@
 //! `HEARTH_BENCH_DOCS` changes the corpus size (default 1,000; quick 50).
 //! `HEARTH_BENCH_FRESH=1` re-ingests the corpus instead of using the cached data directory.
 //! `HEARTH_BENCH_LEVEL_TIMEOUT_S` bounds each level (default 1800 s): no request starts after it.
+//! `HEARTH_BENCH_ANSWER=quote` asks for quoted answers (`answer: "quote"`, no model call) instead
+//! of generated ones.
 //!
 //! ## How
 //!
@@ -73,8 +75,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hearth_api::config::{EngineConfig, IndexConfig, IngestConfig, StorageConfig};
 use hearth_api::{
-    AnswerEvent, AskRequest, CollectionName, ExtractorCommand, SamplingParams, Service,
-    ServiceParts, Store,
+    AnswerEvent, AnswerMode, AskRequest, CollectionName, ExtractorCommand, SamplingParams,
+    Service, ServiceParts, Store,
 };
 use serde_json::{Value, json};
 
@@ -1257,7 +1259,21 @@ fn check_collection_http(addr: SocketAddr, docs: usize) {
 // ---------------------------------------------------------------------------------------------
 // Requests and their outcomes
 
+/// Whether the answers are quoted (`HEARTH_BENCH_ANSWER=quote`) rather than generated (the
+/// default of this bench, which measures the engine under load).
+fn quoted() -> bool {
+    std::env::var("HEARTH_BENCH_ANSWER").is_ok_and(|v| v.trim() == "quote")
+}
+
 fn ask_body(question: &str) -> Value {
+    if quoted() {
+        return json!({
+            "question": question,
+            "stream": true,
+            "top_k": TOP_K,
+            "answer": "quote",
+        });
+    }
     json!({
         "question": question,
         "stream": true,
@@ -1462,8 +1478,9 @@ fn run_direct(
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let sampling: SamplingParams =
-        serde_json::from_value(ask_body("")["sampling"].clone()).expect("sampling parameters");
+    let sampling: Option<SamplingParams> = (!quoted()).then(|| {
+        serde_json::from_value(ask_body("")["sampling"].clone()).expect("sampling parameters")
+    });
     rt.block_on(async {
         let t0 = Instant::now();
         let store = Store::open(&StorageConfig {
@@ -1575,7 +1592,7 @@ async fn direct_ask(
     col: &Arc<hearth_api::Collection>,
     q: usize,
     question: &str,
-    sampling: &SamplingParams,
+    sampling: &Option<SamplingParams>,
 ) -> Outcome {
     let mut o = Outcome::new(q);
     let t0 = Instant::now();
@@ -1585,7 +1602,12 @@ async fn direct_ask(
             AskRequest {
                 question: question.to_owned(),
                 top_k: Some(TOP_K),
-                sampling: Some(sampling.clone()),
+                sampling: sampling.clone(),
+                answer: Some(if quoted() {
+                    AnswerMode::Quote
+                } else {
+                    AnswerMode::Generate
+                }),
                 ..Default::default()
             },
         )

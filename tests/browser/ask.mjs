@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // End-to-end test of the web page: upload a document, wait until it is indexed, ask a question,
-// watch the answer stream in, see its unsupported sentences marked, and click a citation of a
-// supported sentence: its passage opens with the supporting text highlighted. Drives Debian's Chromium through
+// with the model writing: watch the answer stream in, see its unsupported sentences marked, and
+// click a citation of a supported sentence: its passage opens with the supporting text
+// highlighted. Then ask again with the default quoted answer: every quote is supported, and its
+// citation highlights exactly the quoted text. Drives Debian's Chromium through
 // playwright-core (scripts/browser-deps.sh installs both).
 //
 //   node tests/browser/ask.mjs BASE_URL FILE QUESTION EXPECTED_SOURCE_SUBSTRING
@@ -137,6 +139,7 @@ async function run() {
       if (a.dataset.state === 'streaming') window.__lengths.push(a.textContent.length);
     }).observe(a, { childList: true, subtree: true, characterData: true });
   });
+  await page.selectOption('#answer-mode', 'generate');
   await page.fill('#question', question);
   await page.click('#ask-button');
   log(`asked: ${question}`);
@@ -197,6 +200,36 @@ async function run() {
   log(`passage view: ${JSON.stringify(title)}, highlighted ${JSON.stringify(highlighted.slice(0, 200))}`);
   if (!shared.length) fail(`the highlight ${JSON.stringify(highlighted)} shares no word with ${JSON.stringify(sentence)}`);
   if (!text.includes(highlighted)) fail('the highlight is not part of the passage');
+
+  // The default: quoted answers. Every sentence is a supported quote; its citation highlights
+  // the quoted text itself.
+  await page.keyboard.press('Escape');
+  await page.selectOption('#answer-mode', '');
+  await page.click('#ask-button');
+  log('asked again, quoted');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.querySelector('#answer').dataset.state),
+    null, { timeout: ANSWER_MS, polling: 200 })
+    .catch(() => fail(`the quoted answer did not finish within ${ANSWER_MS / 1000} s`));
+  const quotes = await page.evaluate(() => [...document.querySelectorAll('#answer .sentence')].map((e) => ({
+    supported: e.dataset.supported, text: e.textContent,
+  })));
+  log(`quoted sentences: ${quotes.map((c) => c.supported).join(' ')}`);
+  if (!quotes.length || quotes.some((q) => q.supported !== 'true')) {
+    fail(`a quoted answer should be supported quotes only: ${JSON.stringify(quotes)}`);
+  }
+  const quoteCitation = '#answer .sentence[data-supported="true"] a.citation';
+  const quoteText = await page.$eval(quoteCitation, (a) => a.closest('.sentence').textContent);
+  await page.click(`${quoteCitation} >> nth=0`);
+  await page.waitForSelector('#passage-view', { state: 'visible', timeout: 5_000 })
+    .catch(() => fail('#passage-view did not open after clicking a quote\'s citation'));
+  const quoteMark = await page.$('#passage-text mark');
+  if (!quoteMark || !(await quoteMark.isVisible())) fail('the quoted span is not highlighted');
+  const squeeze = (t) => t.replace(/\s+/g, ' ').trim();
+  const quotedSpan = squeeze(await quoteMark.textContent());
+  log(`quote ${JSON.stringify(quoteText.slice(0, 120))}, highlighted ${JSON.stringify(quotedSpan.slice(0, 120))}`);
+  if (!quotedSpan || !squeeze(quoteText).includes(quotedSpan)) {
+    fail(`the highlight ${JSON.stringify(quotedSpan)} is not the quoted text ${JSON.stringify(quoteText)}`);
+  }
 
   await screenshot();
   if (problems.length) fail(`the page reported errors:\n  ${problems.join('\n  ')}`);

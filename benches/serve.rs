@@ -1534,7 +1534,7 @@ async fn direct_level(
     n: usize,
     ids: &[usize],
     questions: &[Question],
-    sampling: &SamplingParams,
+    sampling: &Option<SamplingParams>,
     timeout: Duration,
 ) -> Run {
     let load = common::load_avg();

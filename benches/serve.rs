@@ -75,8 +75,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hearth_api::config::{EngineConfig, IndexConfig, IngestConfig, StorageConfig};
 use hearth_api::{
-    AnswerEvent, AnswerMode, AskRequest, CollectionName, ExtractorCommand, SamplingParams,
-    Service, ServiceParts, Store,
+    AnswerEvent, AnswerMode, AskRequest, CollectionName, ExtractorCommand, SamplingParams, Service,
+    ServiceParts, Store,
 };
 use serde_json::{Value, json};
 

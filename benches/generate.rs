@@ -10,7 +10,8 @@
 //! to the level, so that every client sends one) or `Kx` for K per client (default `2x`, at
 //! least 4). `HEARTH_BENCH_CONCURRENCY` lists the levels (default `1,4,8,16`).
 //! `HEARTH_BENCH_MODEL=FILE.gguf` benchmarks another model (both engines).
-//! `HEARTH_BENCH_NO_PEERS=1` skips llama.cpp. Needs the models (`scripts/fetch-models.sh`;
+//! `HEARTH_BENCH_NO_PEERS=1` skips llama.cpp; `HEARTH_BENCH_NO_LORA=1` skips the adapters (they
+//! fit the default model only). Needs the models (`scripts/fetch-models.sh`;
 //! `HEARTH_MODELS` to point elsewhere) and llama.cpp (`scripts/llama-server.sh` builds it
 //! once; it prints the cached binary's path).
 //!
@@ -95,6 +96,12 @@ user's question using only the numbered context passages below. Cite the passage
 anything up. Write complete sentences and explain your reasoning step by step.";
 
 const SHORT_PROMPT: &str = "Say hello.";
+/// Whether the LoRA phase is skipped (`HEARTH_BENCH_NO_LORA=1`: the adapters of testdata/lora
+/// fit SmolLM2-135M only, so another `HEARTH_BENCH_MODEL` needs it).
+fn lora_off() -> bool {
+    common::env_flag("HEARTH_BENCH_NO_LORA")
+}
+
 /// PEFT adapters of testdata/lora the child registers: (name, directory).
 const ADAPTERS: [(&str, &str); 2] = [("all", "all-r4"), ("qv", "qv-r2-rslora")];
 
@@ -285,8 +292,12 @@ fn main() {
     }
 
     // -- LoRA: the side path's cost ----------------------------------------------------------
-    phase("LoRA adapters");
-    let lora = lora_phase(&mut hearth, &s, &decode, &single, &levels, &rag[next..]);
+    let lora = if lora_off() {
+        json!({"skipped": "HEARTH_BENCH_NO_LORA is set"})
+    } else {
+        phase("LoRA adapters");
+        lora_phase(&mut hearth, &s, &decode, &single, &levels, &rag[next..])
+    };
 
     // -- memory, CPU totals, shutdown ---------------------------------------------------------
     let hearth_stats = hearth.stats();
@@ -765,7 +776,7 @@ mod child {
             }
         };
         let load_s = t0.elapsed().as_secs_f64();
-        for (name, dir) in ADAPTERS {
+        for (name, dir) in ADAPTERS.iter().filter(|_| !lora_off()) {
             let dir = common::root().join("testdata/lora").join(dir);
             if let Err(e) = generator.register_adapter(name, &dir) {
                 reply(&json!({"error": format!("adapter {}: {e}", dir.display())}));

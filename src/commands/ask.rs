@@ -64,7 +64,17 @@ pub async fn run(cfg: AppConfig, args: AskArgs) -> anyhow::Result<ExitCode> {
             render(events, args.json).await
         }
         None => {
-            let service = super::service_with_generator(&cfg).await?;
+            // Quotes need no generator: it is loaded only for a generated answer.
+            let generated = args.answer == Some(AnswerMode::Generate)
+                || (args.answer.is_none()
+                    && (args.max_tokens.is_some()
+                        || args.adapter.is_some()
+                        || cfg.ask.answer == AnswerMode::Generate));
+            let service = if generated {
+                super::service_with_generator(&cfg).await?
+            } else {
+                super::service(&cfg).await?
+            };
             let col = service.open_existing(&collection).await?;
             let answer = service
                 .ask(

@@ -52,7 +52,15 @@ pub async fn run(cfg: AppConfig, args: EvalArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.questions.display()))?;
     let questions = hearth_api::parse_questions(&text)
         .with_context(|| format!("in {}", args.questions.display()))?;
-    let service = super::service_with_generator(&cfg).await?;
+    // Quotes need no generator: it is loaded only for generated answers.
+    let generated = args.answer == Some(AnswerMode::Generate)
+        || (args.answer.is_none()
+            && (args.max_tokens.is_some() || cfg.ask.answer == AnswerMode::Generate));
+    let service = if generated {
+        super::service_with_generator(&cfg).await?
+    } else {
+        super::service(&cfg).await?
+    };
     let col = service.open_existing(&collection).await?;
     let bar = super::progress_bar(questions.len() as u64, "questions");
     let opts = EvalOptions {

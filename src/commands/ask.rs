@@ -65,12 +65,8 @@ pub async fn run(cfg: AppConfig, args: AskArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             // Quotes need no generator: it is loaded only for a generated answer.
-            let generated = args.answer == Some(AnswerMode::Generate)
-                || (args.answer.is_none()
-                    && (args.max_tokens.is_some()
-                        || args.adapter.is_some()
-                        || cfg.ask.answer == AnswerMode::Generate));
-            let service = if generated {
+            let for_model = args.max_tokens.is_some() || args.adapter.is_some();
+            let service = if cfg.ask.answer_mode(args.answer, for_model)? == AnswerMode::Generate {
                 super::service_with_generator(&cfg).await?
             } else {
                 super::service(&cfg).await?

@@ -53,10 +53,9 @@ pub async fn run(cfg: AppConfig, args: EvalArgs) -> anyhow::Result<ExitCode> {
     let questions = hearth_api::parse_questions(&text)
         .with_context(|| format!("in {}", args.questions.display()))?;
     // Quotes need no generator: it is loaded only for generated answers.
-    let generated = args.answer == Some(AnswerMode::Generate)
-        || (args.answer.is_none()
-            && (args.max_tokens.is_some() || cfg.ask.answer == AnswerMode::Generate));
-    let service = if generated {
+    // --max-tokens asks for generation unless --answer says otherwise (quotes ignore it).
+    let for_model = args.answer.is_none() && args.max_tokens.is_some();
+    let service = if cfg.ask.answer_mode(args.answer, for_model)? == AnswerMode::Generate {
         super::service_with_generator(&cfg).await?
     } else {
         super::service(&cfg).await?

@@ -279,7 +279,7 @@ async fn only_admins_of_the_collection_may_run_an_evaluation() {
         let mut req = server
             .client
             .post(format!(
-                "{}/v1/collections/private/eval?strict=true",
+                "{}/v1/collections/private/eval?strict=true&answer=quote",
                 server.url
             ))
             .header("content-type", ctype)
@@ -314,18 +314,31 @@ async fn only_admins_of_the_collection_may_run_an_evaluation() {
         .send(post(Some(&admin), ndjson))
         .await
         .error(404, "not_found");
-    // A strict answer is refused as any answer is: no key, or a key of another collection.
-    let ask = |key: Option<&str>| {
+    // A strict or a quoted answer is refused as any answer is: no key, or a key of another
+    // collection (before the collection is looked up, so nothing of it is revealed).
+    let ask = |key: Option<&str>, body: &'static str| {
         let mut req = server
             .client
             .post(format!("{}/v1/collections/private/ask", server.url))
             .header("content-type", "application/json")
-            .body(r#"{"question": "what is kept?", "strict": true, "stream": true}"#);
+            .body(body);
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
         req
     };
-    server.send(ask(None)).await.error(401, "unauthorized");
-    server.send(ask(Some(&other))).await.error(403, "forbidden");
+    for body in [
+        r#"{"question": "what is kept?", "strict": true, "stream": true}"#,
+        r#"{"question": "what is kept?", "answer": "quote"}"#,
+        r#"{"question": "what is kept?", "answer": "quote", "stream": true}"#,
+    ] {
+        server
+            .send(ask(None, body))
+            .await
+            .error(401, "unauthorized");
+        server
+            .send(ask(Some(&other), body))
+            .await
+            .error(403, "forbidden");
+    }
 }

@@ -445,6 +445,9 @@ impl AnswerStream {
             Source::Quoted(q, ms) => {
                 let mut answer = quoted(q, &self.hits, &self.shown, self.retrieval_ms);
                 answer.timings.quote_ms = Some(*ms);
+                self.ready.push_back(AnswerEvent::Token(TextPiece {
+                    text: answer.answer.clone(),
+                }));
                 return AnswerEvent::Done(Box::new(answer));
             }
         };
@@ -488,13 +491,15 @@ impl Stream for AnswerStream {
                     })
                 }
                 Source::Fixed(..) => this.done(None),
-                Source::Quoted(q, _) if !this.fixed_sent => {
-                    this.fixed_sent = true;
-                    AnswerEvent::Token(TextPiece {
-                        text: quoted_text(q, &this.hits),
-                    })
+                // A quoted answer is whole at once: its text, then its end.
+                Source::Quoted(..) => {
+                    let done = this.done(None);
+                    this.ready.push_back(done);
+                    match this.ready.pop_front() {
+                        Some(ev) => ev,
+                        None => continue,
+                    }
                 }
-                Source::Quoted(..) => this.done(None),
                 Source::Generated(g) => match g.poll_next_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Some(GenerationEvent::Text(t))) => {
@@ -635,11 +640,6 @@ fn finished(
         usage,
         timings,
     }
-}
-
-/// The text of a quoted answer: one line per quote, `“text” [n]`; [`NOT_FOUND`] without any.
-fn quoted_text(quotes: &[Quote], hits: &[Hit]) -> String {
-    quoted_lines(quotes, hits).0
 }
 
 /// The text of a quoted answer and each quote's span in it, in characters.

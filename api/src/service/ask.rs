@@ -67,6 +67,24 @@ impl Default for AskConfig {
 }
 
 impl AskConfig {
+    /// How a request is answered: as it asks, else generated when it carries settings for the
+    /// model (`for_model`: sampling or an adapter), else `answer`. Asking for quotes with
+    /// settings for the model is an error.
+    pub fn answer_mode(
+        &self,
+        requested: Option<AnswerMode>,
+        for_model: bool,
+    ) -> Result<AnswerMode> {
+        match requested {
+            Some(AnswerMode::Quote) if for_model => Err(ServiceError::InvalidInput(
+                "sampling and adapter apply to generated answers, not to answer \"quote\"".into(),
+            )),
+            Some(m) => Ok(m),
+            None if for_model => Ok(AnswerMode::Generate),
+            None => Ok(self.answer),
+        }
+    }
+
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_ASK_TOP_K).contains(&self.top_k) {
@@ -136,20 +154,8 @@ impl Service {
     /// anything is generated on bad input, an unknown adapter or a full generation queue.
     pub async fn ask(&self, col: &Arc<Collection>, req: AskRequest) -> Result<AnswerStream> {
         let cfg = &self.ask;
-        // Sampling settings and adapters are for the model: a request with them is generated
-        // unless it asks for quotes, which is then an error.
         let for_model = req.sampling.is_some() || req.adapter.is_some();
-        let mode = match req.answer {
-            Some(AnswerMode::Quote) if for_model => {
-                return Err(ServiceError::InvalidInput(
-                    "sampling and adapter apply to generated answers, not to answer \"quote\""
-                        .into(),
-                ));
-            }
-            Some(m) => m,
-            None if for_model => AnswerMode::Generate,
-            None => cfg.answer,
-        };
+        let mode = cfg.answer_mode(req.answer, for_model)?;
         let top_k = req.top_k.unwrap_or(cfg.top_k);
         if !(1..=MAX_ASK_TOP_K).contains(&top_k) {
             return Err(ServiceError::InvalidInput(format!(
@@ -281,13 +287,7 @@ impl Service {
         if units.is_empty() {
             return Ok(Vec::new());
         }
-        let context: String = req
-            .history
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map(|m| m.content.chars().take(CONTEXT_CHARS).collect())
-            .unwrap_or_default();
+        let context = previous_turn(&req.history).unwrap_or_default();
         let asked = format!("{}\n{}", context.trim(), req.question.trim());
         let mut texts = vec![embedding_text(asked.trim())];
         texts.extend(units.iter().map(|u| embedding_text(&u.text)));
@@ -306,6 +306,13 @@ impl Service {
 /// Characters of the previous user turn that a follow-up's second search carries.
 const CONTEXT_CHARS: usize = 600;
 
+/// The first [`CONTEXT_CHARS`] characters of the last user turn of `history`: what a follow-up
+/// is searched and quoted with.
+fn previous_turn(history: &[ChatMessage]) -> Option<String> {
+    let previous = history.iter().rev().find(|m| m.role == "user")?;
+    Some(previous.content.chars().take(CONTEXT_CHARS).collect())
+}
+
 /// Weight of rank r in reciprocal-rank fusion of a follow-up's two searches: 1 / (K + r).
 const FOLLOW_UP_RRF_K: f32 = 60.0;
 
@@ -321,10 +328,9 @@ impl Service {
         history: &[ChatMessage],
         q: SearchQuery,
     ) -> Result<Retrieved> {
-        let Some(previous) = history.iter().rev().find(|m| m.role == "user") else {
+        let Some(context) = previous_turn(history) else {
             return self.retrieve(col, q).await;
         };
-        let context: String = previous.content.chars().take(CONTEXT_CHARS).collect();
         let with_context = SearchQuery {
             text: format!("{}\n{}", context.trim(), question.trim()),
             ..q.clone()
@@ -493,6 +499,16 @@ mod tests {
         assert!(!relevant(&with(Some((4, 0.15)), Some((1, 9.0))), 0.2));
         assert!(!relevant(&with(Some((2, 0.05)), Some((1, 9.0))), 0.2));
         assert!(!relevant(&with(None, Some((1, 9.0))), 0.2));
+    }
+
+    #[test]
+    fn settings_for_the_model_ask_for_generation() {
+        let cfg = AskConfig::default();
+        assert_eq!(cfg.answer_mode(None, false).unwrap(), AnswerMode::Quote);
+        assert_eq!(cfg.answer_mode(None, true).unwrap(), AnswerMode::Generate);
+        let g = Some(AnswerMode::Generate);
+        assert_eq!(cfg.answer_mode(g, false).unwrap(), AnswerMode::Generate);
+        assert!(cfg.answer_mode(Some(AnswerMode::Quote), true).is_err());
     }
 
     #[test]

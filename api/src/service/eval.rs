@@ -391,7 +391,8 @@ impl Service {
         opts: &EvalOptions,
         mut progress: impl FnMut(&QuestionResult) + Send,
     ) -> Result<EvalReport> {
-        if opts.answer.unwrap_or(self.ask.answer) == AnswerMode::Generate {
+        let for_model = opts.answer.is_none() && opts.max_tokens.is_some();
+        if self.ask.answer_mode(opts.answer, for_model)? == AnswerMode::Generate {
             self.generator()?;
         }
         if !(1..=RETRIEVAL_DEPTH).contains(&opts.k) {

@@ -142,19 +142,24 @@ async fn client(
             }
             _ => {
                 // Delete an acknowledged upload, each at most once.
+                // Picked and reserved as "maybe" under one lock, so no other client picks
+                // the same document (two deletes of one document: the second is a 404); an
+                // acknowledged delete moves it to `deleted`.
                 let pick = {
-                    let l = ledger.lock().await;
-                    l.acked
+                    let mut l = ledger.lock().await;
+                    let pick = l
+                        .acked
                         .iter()
                         .filter(|(n, _)| !l.deleted.contains(n) && !l.maybe_deleted.contains(n))
                         .nth(round % 3)
-                        .map(|(n, d)| (*n, d.clone()))
+                        .map(|(n, d)| (*n, d.clone()));
+                    if let Some((n, _)) = &pick {
+                        l.maybe_deleted.insert(*n);
+                    }
+                    pick
                 };
                 match pick {
                     Some((n, doc)) => {
-                        // Reserved as "maybe" first, so no other client picks it; an
-                        // acknowledged delete moves it to `deleted`.
-                        ledger.lock().await.maybe_deleted.insert(n);
                         let r = http
                             .delete(format!("{base}/v1/collections/soak/documents/{doc}"))
                             .send()

@@ -17,6 +17,26 @@ pub enum DocKind {
     Markdown,
     /// Plain text.
     Text,
+    /// Word (DOCX, DOCM, DOTX).
+    Docx,
+    /// PowerPoint (PPTX, PPTM, PPSX).
+    Pptx,
+    /// Excel workbooks of the Office Open XML family (XLSX, XLSM, XLSB).
+    Xlsx,
+    /// Excel 97-2003 workbooks (XLS).
+    Xls,
+    /// OpenDocument text (ODT).
+    Odt,
+    /// OpenDocument presentation (ODP).
+    Odp,
+    /// OpenDocument spreadsheet (ODS).
+    Ods,
+    /// Comma-separated values.
+    Csv,
+    /// Tab-separated values.
+    Tsv,
+    /// Rich Text Format.
+    Rtf,
 }
 
 impl DocKind {
@@ -27,6 +47,20 @@ impl DocKind {
             DocKind::Html => "text/html",
             DocKind::Markdown => "text/markdown",
             DocKind::Text => "text/plain",
+            DocKind::Docx => {
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            }
+            DocKind::Pptx => {
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+            }
+            DocKind::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            DocKind::Xls => "application/vnd.ms-excel",
+            DocKind::Odt => "application/vnd.oasis.opendocument.text",
+            DocKind::Odp => "application/vnd.oasis.opendocument.presentation",
+            DocKind::Ods => "application/vnd.oasis.opendocument.spreadsheet",
+            DocKind::Csv => "text/csv",
+            DocKind::Tsv => "text/tab-separated-values",
+            DocKind::Rtf => "application/rtf",
         }
     }
 }
@@ -43,7 +77,7 @@ const MAGIC: &[(&[u8], &str)] = &[
     (b"MM\x00*", "TIFF image"),
     (
         b"PK\x03\x04",
-        "ZIP archive (DOCX, XLSX, ODT, EPUB and JAR are ZIP files)",
+        "ZIP archive (not an Office or OpenDocument file)",
     ),
     (b"PK\x05\x06", "ZIP archive"),
     (b"\x1f\x8b", "gzip-compressed data"),
@@ -54,7 +88,7 @@ const MAGIC: &[(&[u8], &str)] = &[
     (b"Rar!\x1a\x07", "RAR archive"),
     (
         b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
-        "legacy Microsoft Office file (DOC/XLS/PPT)",
+        "OLE compound file (not an Excel workbook)",
     ),
     (b"\x7fELF", "ELF executable"),
     (b"MZ", "Windows executable"),
@@ -73,6 +107,9 @@ pub fn sniff(bytes: &[u8], name: &str) -> Result<DocKind, Rejection> {
     if is_pdf(bytes) {
         return Ok(DocKind::Pdf);
     }
+    if let Some(kind) = office_file(bytes) {
+        return kind.map_err(Rejection::Unsupported);
+    }
     let text = decode_text_prefix(&bytes[..bytes.len().min(64 * 1024)]);
     if let Some(what) = binary_format(bytes, text.is_some()) {
         return Err(Rejection::Unsupported(format!(
@@ -81,13 +118,22 @@ pub fn sniff(bytes: &[u8], name: &str) -> Result<DocKind, Rejection> {
     }
     let Some(text) = text else {
         return Err(Rejection::Unsupported(
-            "binary data in no supported format (expected PDF, HTML, Markdown or text)".into(),
+            "binary data in no supported format (expected PDF, an Office or OpenDocument file, HTML, Markdown or text)".into(),
         ));
     };
+    if text.trim_start().starts_with("{\\rtf") {
+        return Ok(DocKind::Rtf);
+    }
     if looks_like_html(&text) {
         return Ok(DocKind::Html);
     }
     let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".csv") {
+        return Ok(DocKind::Csv);
+    }
+    if lower.ends_with(".tsv") || lower.ends_with(".tab") {
+        return Ok(DocKind::Tsv);
+    }
     if [".md", ".markdown", ".mdown", ".mkd"]
         .iter()
         .any(|e| lower.ends_with(e))
@@ -112,6 +158,76 @@ fn is_pdf(bytes: &[u8]) -> bool {
     let before = &head[..at];
     let utf16 = before.starts_with(b"\xff\xfe") || before.starts_with(b"\xfe\xff");
     before.starts_with(b"\x1b%-12345X") || (before.contains(&0) && !utf16)
+}
+
+/// The Office or OpenDocument format of a ZIP package or an OLE compound file: `Some(Ok)` for
+/// one hearth reads, `Some(Err(reason))` for one it refuses with a reason more useful than
+/// "a ZIP archive", `None` for anything else. Only names are looked at (the ZIP directory and
+/// the compound file's directory store them uncompressed); nothing is unpacked here, in the
+/// service: the parsers do that in the isolated extraction process.
+fn office_file(bytes: &[u8]) -> Option<Result<DocKind, String>> {
+    let has = |name: &[u8]| memchr::memmem::find(bytes, name).is_some();
+    if bytes.starts_with(b"PK\x03\x04") {
+        // OpenDocument: the first entry is `mimetype`, stored, holding the media type.
+        if bytes.get(30..38) == Some(b"mimetype") {
+            let media = &bytes[38..bytes.len().min(38 + 80)];
+            for (prefix, kind) in [
+                (
+                    &b"application/vnd.oasis.opendocument.text"[..],
+                    DocKind::Odt,
+                ),
+                (
+                    b"application/vnd.oasis.opendocument.presentation",
+                    DocKind::Odp,
+                ),
+                (
+                    b"application/vnd.oasis.opendocument.spreadsheet",
+                    DocKind::Ods,
+                ),
+            ] {
+                if media.starts_with(prefix) {
+                    return Some(Ok(kind));
+                }
+            }
+            if media.starts_with(b"application/epub+zip") {
+                return Some(Err("EPUB e-books are not a supported document type".into()));
+            }
+        }
+        if has(b"[Content_Types].xml") {
+            if has(b"word/document.xml") {
+                return Some(Ok(DocKind::Docx));
+            }
+            if has(b"ppt/presentation.xml") {
+                return Some(Ok(DocKind::Pptx));
+            }
+            if has(b"xl/workbook.xml") || has(b"xl/workbook.bin") {
+                return Some(Ok(DocKind::Xlsx));
+            }
+        }
+        return None;
+    }
+    if bytes.starts_with(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1") {
+        // Directory entry names are UTF-16LE.
+        let entry = |name: &str| {
+            has(&name
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<u8>>())
+        };
+        let refused = if entry("EncryptedPackage") {
+            "the Office file is encrypted (password-protected): hearth cannot read it; remove the password and upload it again"
+        } else if entry("Workbook") || entry("Book") {
+            return Some(Ok(DocKind::Xls));
+        } else if entry("WordDocument") {
+            "legacy Word documents (.doc) are not a supported document type: save it as DOCX or ODT"
+        } else if entry("PowerPoint Document") {
+            "legacy PowerPoint files (.ppt) are not a supported document type: save it as PPTX or ODP"
+        } else {
+            return None;
+        };
+        return Some(Err(refused.into()));
+    }
+    None
 }
 
 /// The format `bytes` are in, if it is one hearth refuses. `text`: whether their start decodes
@@ -426,6 +542,21 @@ mod tests {
             kind("corpus/politique-conservation-donnees.txt"),
             Ok(DocKind::Text)
         );
+        for (f, k) in [
+            ("office/runbook.docx", DocKind::Docx),
+            ("broken/macros.docm", DocKind::Docx),
+            ("office/runbook.odt", DocKind::Odt),
+            ("office/runbook.rtf", DocKind::Rtf),
+            ("office/release-review.pptx", DocKind::Pptx),
+            ("office/release-review.odp", DocKind::Odp),
+            ("office/offices.xlsx", DocKind::Xlsx),
+            ("office/offices.xls", DocKind::Xls),
+            ("office/offices.ods", DocKind::Ods),
+            ("office/offices.csv", DocKind::Csv),
+            ("office/offices.tsv", DocKind::Tsv),
+        ] {
+            assert_eq!(kind(f), Ok(k), "{f}");
+        }
         for f in [
             "broken/junk.pdf",
             "broken/random.bin",
@@ -433,6 +564,14 @@ mod tests {
             "broken/compressed.txt",
         ] {
             assert!(kind(f).is_err(), "{f}");
+        }
+        // Refused with a reason that says what to do.
+        for (f, says) in [
+            ("broken/encrypted.xlsx", "password"),
+            ("broken/runbook.doc", "save it as DOCX"),
+        ] {
+            let why = kind(f).unwrap_err().to_string();
+            assert!(why.contains(says), "{f}: {why}");
         }
     }
 

@@ -4,7 +4,11 @@
 
 mod html;
 mod markdown;
+mod office;
+mod package;
 mod pdf;
+mod rtf;
+mod sheet;
 mod text;
 
 pub(crate) use pdf::panic_message;
@@ -19,7 +23,7 @@ use crate::sniff::DocKind;
 pub struct Block {
     /// The raw text of the block (normalised later).
     pub text: String,
-    /// The 1-based PDF page the block is on.
+    /// The 1-based page the block is on (a PDF page, a slide).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<u32>,
     /// Enclosing headings, outermost first. A heading block includes itself.
@@ -35,7 +39,7 @@ pub struct Extracted {
     pub title: Option<String>,
     /// Text blocks in reading order.
     pub blocks: Vec<Block>,
-    /// Pages in the document (PDF only).
+    /// Pages in the document (PDF pages, slides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pages: Option<u32>,
     /// Non-fatal problems, e.g. a PDF page that could not be read.
@@ -57,6 +61,16 @@ pub fn parse(kind: DocKind, bytes: &[u8]) -> Result<Extracted, String> {
         DocKind::Html => Ok(html::parse(&decode(bytes)?)),
         DocKind::Markdown => Ok(markdown::parse(&decode(bytes)?)),
         DocKind::Text => Ok(text::parse(&decode(bytes)?)),
+        DocKind::Docx => office::docx(bytes),
+        DocKind::Pptx => office::pptx(bytes),
+        DocKind::Odt => office::odt(bytes),
+        DocKind::Odp => office::odp(bytes),
+        DocKind::Xlsx => sheet::workbook(sheet::Book::Xlsx, bytes),
+        DocKind::Xls => sheet::workbook(sheet::Book::Xls, bytes),
+        DocKind::Ods => sheet::workbook(sheet::Book::Ods, bytes),
+        DocKind::Csv => sheet::delimited(&decode(bytes)?, false),
+        DocKind::Tsv => sheet::delimited(&decode(bytes)?, true),
+        DocKind::Rtf => rtf::parse(bytes),
     }
 }
 
@@ -74,5 +88,156 @@ fn push_block(blocks: &mut Vec<Block>, text: &str, page: Option<u32>, heading: &
             page,
             heading: heading.to_vec(),
         });
+    }
+}
+
+#[cfg(test)]
+mod office_files {
+    //! The Office, OpenDocument, RTF and delimited files of `testdata/office`, made by pandoc
+    //! and LibreOffice from real text (`testdata/sources/office/make_office.sh`).
+
+    use super::*;
+
+    fn read(name: &str) -> Extracted {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/office")
+            .join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let kind = crate::sniff::sniff(&bytes, name).unwrap();
+        parse(kind, &bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// The blocks as (heading path, page, text).
+    fn blocks(doc: &Extracted) -> Vec<(String, Option<u32>, &str)> {
+        doc.blocks
+            .iter()
+            .map(|b| (b.heading.join(" > "), b.page, b.text.as_str()))
+            .collect()
+    }
+
+    fn has(doc: &Extracted, heading_ends: &str, page: Option<u32>, text: &str) -> bool {
+        blocks(doc)
+            .iter()
+            .any(|(h, p, t)| h.ends_with(heading_ends) && *p == page && t.contains(text))
+    }
+
+    #[test]
+    fn word_documents_keep_headings_and_table_rows() {
+        for f in ["runbook.docx", "runbook.odt", "runbook.rtf"] {
+            let doc = read(f);
+            let b = blocks(&doc);
+            assert!(
+                has(
+                    &doc,
+                    "Disk full on a storage node",
+                    None,
+                    "kestrelctl compact --node"
+                ),
+                "{f}: {b:#?}"
+            );
+            assert!(
+                has(
+                    &doc,
+                    "On-call runbook: storage cluster incidents > Severity levels",
+                    None,
+                    "Level: SEV2; Meaning: Degraded latency or one replica set down; First response: 30 minutes"
+                ),
+                "{f}: {b:#?}"
+            );
+            // Every paragraph of the source arrives once.
+            assert_eq!(
+                b.iter()
+                    .filter(|(_, _, t)| t.contains("post-incident review"))
+                    .count(),
+                1,
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn slides_are_pages_with_their_titles_tables_and_speaker_notes() {
+        for f in ["release-review.pptx", "release-review.odp"] {
+            let doc = read(f);
+            let b = blocks(&doc);
+            assert_eq!(doc.pages, Some(4), "{f}");
+            assert_eq!(
+                doc.title.as_deref(),
+                Some("Quarterly release review"),
+                "{f}"
+            );
+            assert!(
+                has(
+                    &doc,
+                    "Release train status",
+                    Some(2),
+                    "Frankfurt region rollback took 11 minutes"
+                ),
+                "{f}: {b:#?}"
+            );
+            assert!(
+                has(
+                    &doc,
+                    "Storage migration",
+                    Some(3),
+                    "Cluster: kestrel-us; Old file system: ext4; New file system: XFS; Progress: 45 %"
+                ),
+                "{f}: {b:#?}"
+            );
+            assert!(
+                has(
+                    &doc,
+                    "Storage migration > Speaker notes",
+                    Some(3),
+                    "change freeze around the Thanksgiving weekend"
+                ),
+                "{f}: {b:#?}"
+            );
+            // Slide numbers and placeholders of the notes page are not text.
+            assert!(
+                !b.iter().any(|(_, _, t)| t.contains("<number>")),
+                "{f}: {b:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spreadsheet_rows_name_their_columns() {
+        for f in ["offices.xlsx", "offices.xls", "offices.ods"] {
+            let doc = read(f);
+            let b = blocks(&doc);
+            assert!(
+                has(
+                    &doc,
+                    "Offices",
+                    None,
+                    "Office: Lyon; Address: 12 quai Saint-Antoine, 69002 Lyon; Phone: +33 4 5550 8841; Facility manager: Mathieu Garnier; Desks: 62; Opened: 2019-09-16"
+                ),
+                "{f}: {b:#?}"
+            );
+            assert!(
+                has(
+                    &doc,
+                    "Per diem",
+                    None,
+                    "City: Vienna; Daily allowance (EUR): 52; Hotel cap per night (EUR): 165"
+                ),
+                "{f}: {b:#?}"
+            );
+        }
+        for f in ["offices.csv", "offices.tsv"] {
+            let doc = read(f);
+            assert!(
+                has(
+                    &doc,
+                    "",
+                    None,
+                    "Office: Lyon; Address: 12 quai Saint-Antoine, 69002 Lyon; Phone: +33 4 5550 8841"
+                ),
+                "{f}: {:#?}",
+                blocks(&doc)
+            );
+            assert_eq!(doc.blocks.len(), 4, "{f}");
+        }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Chunks are cut to fit the embedding model: at most `max_tokens` tokens as the model counts
 //! them, special tokens included, so nothing is truncated at embedding time. Cuts prefer, in
-//! order: a change of section (heading), a paragraph boundary, a sentence boundary; a sentence
+//! order: a change of section (heading; always when it starts a new page, as each slide of a
+//! presentation does), a paragraph boundary, a sentence boundary; a sentence
 //! longer than a whole chunk is cut between tokens, at a space where possible. Consecutive chunks
 //! of one section share up to `overlap` tokens of whole sentences.
 
@@ -64,8 +65,12 @@ pub(crate) fn chunk(
                 .sum();
             let fill = cur_tokens * 100 / budget;
             let overflow = cur_tokens + u.tokens > budget;
+            // A new section that starts a new page (a slide) always starts a new chunk: a
+            // slide is what users cite, however short.
+            let new_page =
+                new_block && doc.blocks[u.block].page != doc.blocks[units[i - 1].block].page;
             let cut = overflow
-                || (heading_change && fill >= 25)
+                || (heading_change && (fill >= 25 || new_page))
                 || (new_block && cur_tokens + block_rest > budget && fill >= 60);
             if cut {
                 chunks.push(make_chunk(

@@ -8,6 +8,7 @@ mod browser;
 mod common;
 mod config;
 mod crash;
+mod documents;
 mod encryption;
 mod erasure;
 mod eval;

@@ -187,9 +187,9 @@ mod office_files {
             assert!(
                 has(
                     &doc,
-                    "Storage migration > Speaker notes",
+                    "Storage migration",
                     Some(3),
-                    "change freeze around the Thanksgiving weekend"
+                    "Speaker notes: The US migration is slower because of the change freeze"
                 ),
                 "{f}: {b:#?}"
             );

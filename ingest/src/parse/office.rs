@@ -407,7 +407,7 @@ pub(super) fn pptx(bytes: &[u8]) -> Result<Extracted, String> {
 }
 
 /// A slide's blocks: its title as the heading (or "Slide N"), then its text, then its speaker
-/// notes under a "Speaker notes" heading.
+/// notes, the first introduced by "Speaker notes:".
 fn slide_blocks(
     out: &mut Extracted,
     page: Option<u32>,
@@ -428,13 +428,19 @@ fn slide_blocks(
         push_block(&mut out.blocks, l, page, &heading);
     }
     if let Some(notes) = notes {
-        let heading = vec![title, "Speaker notes".to_owned()];
-        for l in notes
+        // The notes explain the slide: same section, so they share its chunk when they fit,
+        // and the first says what it is.
+        let lines = notes
             .title
             .lines()
-            .chain(notes.lines.iter().map(String::as_str))
-        {
-            push_block(&mut out.blocks, l, page, &heading);
+            .chain(notes.lines.iter().map(String::as_str));
+        for (i, l) in lines.filter(|l| !l.trim().is_empty()).enumerate() {
+            let text = if i == 0 {
+                format!("Speaker notes: {l}")
+            } else {
+                l.to_owned()
+            };
+            push_block(&mut out.blocks, &text, page, &heading);
         }
     }
 }

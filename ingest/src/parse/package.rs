@@ -49,15 +49,27 @@ impl<'a> Package<'a> {
             ));
         }
         let cap = MAX_PART_BYTES.min(MAX_PACKAGE_BYTES.saturating_sub(self.unpacked));
-        let mut data = Vec::new();
-        file.take(cap + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| format!("cannot unpack {name} in the {what} file: {e}"))?;
-        if data.len() as u64 > cap {
-            return Err(format!(
+        let bomb = || {
+            format!(
                 "{name} in the {what} file unpacks to more than {} MiB (a ZIP bomb?)",
                 cap >> 20
-            ));
+            )
+        };
+        // The size the directory declares is checked before anything is unpacked; a part that
+        // lies about it is still stopped at the cap.
+        let declared = file.size();
+        if declared > cap {
+            return Err(bomb());
+        }
+        let mut data = Vec::with_capacity(declared as usize);
+        file.take(cap + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::OutOfMemory => bomb(),
+                _ => format!("cannot unpack {name} in the {what} file: {e}"),
+            })?;
+        if data.len() as u64 > cap {
+            return Err(bomb());
         }
         self.unpacked += data.len() as u64;
         Ok(Some(match String::from_utf8(data) {

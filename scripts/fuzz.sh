@@ -37,12 +37,16 @@ seed() { # TARGET FILES...
 }
 # Small seeds keep the executions fast. testdata/broken/bomb.pdf is left out on purpose: a
 # decompression bomb is stopped by the extraction process's memory and time limits
-# (tests/it/ingest.rs), which an in-process fuzzer does not have.
+# (tests/it/ingest.rs), which an in-process fuzzer does not have; so are bomb.docx and
+# huge-range.xlsx.
 seed parse_pdf testdata/corpus/onboarding-handbook.pdf testdata/broken/truncated.pdf \
   testdata/broken/encrypted.pdf
 seed parse_html testdata/corpus/users-and-groups.html testdata/corpus/zlib-how.html
 seed parse_markdown testdata/corpus/node-url.md testdata/corpus/incident-runbook.md testdata/broken/image.md
 seed parse_text testdata/corpus/libffi-basics.txt testdata/broken/*.txt testdata/broken/random.bin
+seed parse_office testdata/office/*.docx testdata/office/*.pptx testdata/office/*.xls* \
+  testdata/office/*.od? testdata/office/offices.csv testdata/broken/macros.docm
+seed parse_rtf testdata/office/runbook.rtf
 seed chunker testdata/corpus/incident-runbook.md testdata/corpus/libffi-basics.txt
 seed redact fuzz/seeds/redact/*
 seed api_json fuzz/seeds/api_json/*

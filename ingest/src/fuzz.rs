@@ -10,7 +10,7 @@ use crate::parse::{Block, Extracted, parse};
 use crate::redact::{KINDS, Redactor};
 use crate::sniff::{DocKind, sniff};
 
-/// Sniffs, then parses `bytes` as `kind` (PDF, HTML, Markdown or text), then normalises and
+/// Sniffs, then parses `bytes` as `kind`, then normalises and
 /// chunks what came out.
 ///
 /// As in the extraction process, a panic inside a parser is caught and becomes the document's

@@ -111,24 +111,11 @@ async function run() {
     .catch(async () => fail(`collection ${collection} was not selected: ${await page.textContent('#global-error')}`));
   log(`collection: ${collection}`);
 
-  // Upload and wait for the document to be indexed.
-  await page.setInputFiles('#file-input', file);
-  log(`uploading ${source}`);
-  const row = `#documents tr[data-source="${source.replace(/["\\]/g, '\\$&')}"]`;
-  const deadline = Date.now() + INDEX_MS;
-  let status = '';
-  for (;;) {
-    const uploadError = await page.$eval('#uploads', (u) =>
-      [...u.querySelectorAll('.upload.error .state')].map((s) => s.textContent).join('; ')).catch(() => '');
-    if (uploadError) fail(`upload failed: ${uploadError}`);
-    const now = await page.$eval(row, (r) => r.dataset.status).catch(() => '');
-    if (now !== status) { status = now; if (now) log(`document status: ${now}`); }
-    if (status === 'indexed') break;
-    if (status === 'failed') {
-      fail(`ingestion failed: ${await page.$eval(row, (r) => r.textContent.trim()).catch(() => '?')}`);
-    }
-    if (Date.now() > deadline) fail(`${source} was not indexed within ${INDEX_MS / 1000} s (status: ${status || 'no row'})`);
-    await page.waitForTimeout(250);
+  // Upload and wait for the document to be indexed; then the other files the test names
+  // (Office files: the page must take them as it takes the rest).
+  await uploadAndWait(file);
+  for (const more of (process.env.HEARTH_TEST_MORE_FILES || '').split(':').filter(Boolean)) {
+    await uploadAndWait(more);
   }
 
   // Ask, recording the answer's length each time it changes while it streams.
@@ -233,6 +220,29 @@ async function run() {
 
   await screenshot();
   if (problems.length) fail(`the page reported errors:\n  ${problems.join('\n  ')}`);
+}
+
+// Chooses `file_` in the page's file input and waits until its row says indexed.
+async function uploadAndWait(file_) {
+  const name = path.basename(file_);
+  await page.setInputFiles('#file-input', file_);
+  log(`uploading ${name}`);
+  const row = `#documents tr[data-source="${name.replace(/["\\]/g, '\\$&')}"]`;
+  const deadline = Date.now() + INDEX_MS;
+  let status = '';
+  for (;;) {
+    const uploadError = await page.$eval('#uploads', (u) =>
+      [...u.querySelectorAll('.upload.error .state')].map((s) => s.textContent).join('; ')).catch(() => '');
+    if (uploadError) fail(`upload failed: ${uploadError}`);
+    const now = await page.$eval(row, (r) => r.dataset.status).catch(() => '');
+    if (now !== status) { status = now; if (now) log(`${name} status: ${now}`); }
+    if (status === 'indexed') break;
+    if (status === 'failed') {
+      fail(`ingestion failed: ${await page.$eval(row, (r) => r.textContent.trim()).catch(() => '?')}`);
+    }
+    if (Date.now() > deadline) fail(`${name} was not indexed within ${INDEX_MS / 1000} s (status: ${status || 'no row'})`);
+    await page.waitForTimeout(250);
+  }
 }
 
 function summarize(xs) {

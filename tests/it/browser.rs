@@ -1,6 +1,6 @@
 //! The web page end to end in headless Chromium (tests/browser/ask.mjs, playwright-core
-//! driving Debian's /usr/bin/chromium): upload a file, wait until it is indexed, ask, see the
-//! answer stream in with a citation that opens its passage.
+//! driving Debian's /usr/bin/chromium): upload a file and three Office files, wait until they
+//! are indexed, ask, see the answer stream in with a citation that opens its passage.
 
 use crate::common::{Backend, Node, root};
 
@@ -30,6 +30,13 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
     let url = s.url.clone();
     let api_key = key.clone();
     let artifacts = node.dir.path().join("artifacts");
+    // Office files go through the same file input after the first upload.
+    const OFFICE: [&str; 3] = ["runbook.docx", "release-review.pptx", "offices.xlsx"];
+    let more_files = OFFICE
+        .iter()
+        .map(|f| root().join("testdata/office").join(f).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .arg(script)
@@ -44,6 +51,7 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
             ])
             .env("HEARTH_API_KEY", key)
             .env("HEARTH_TEST_COLLECTION", "browser")
+            .env("HEARTH_TEST_MORE_FILES", more_files)
             .env("HEARTH_TEST_ARTIFACTS", artifacts)
             .output()
             .unwrap()
@@ -67,5 +75,15 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
         )
         .await
         .json();
-    assert_eq!(docs["documents"][0]["source"], "qemu-img.html", "{docs}");
+    let mut indexed: Vec<&str> = docs["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["source"].as_str())
+        .collect();
+    indexed.sort_unstable();
+    let mut expected = vec!["qemu-img.html"];
+    expected.extend(OFFICE);
+    expected.sort_unstable();
+    assert_eq!(indexed, expected, "{docs}");
 }

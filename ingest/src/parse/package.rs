@@ -62,12 +62,13 @@ impl<'a> Package<'a> {
             return Err(bomb());
         }
         let mut data = Vec::with_capacity(declared as usize);
-        file.take(cap + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::OutOfMemory => bomb(),
-                _ => format!("cannot unpack {name} in the {what} file: {e}"),
-            })?;
+        file.take(cap + 1).read_to_end(&mut data).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::OutOfMemory {
+                bomb()
+            } else {
+                format!("cannot unpack {name} in the {what} file: {e}")
+            }
+        })?;
         if data.len() as u64 > cap {
             return Err(bomb());
         }

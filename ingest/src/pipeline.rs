@@ -18,7 +18,8 @@ use crate::error::{IngestError, Rejection, Result};
 use crate::extract::{ExtractorCommand, ExtractorPool, Limits};
 use crate::normalize::normalize;
 use crate::redact::Redactor;
-use crate::registry::{DocRecord, DocState, Metadata, Registry, validate_metadata};
+use crate::parse::Attachment;
+use crate::registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};
 use crate::sniff::sniff;
 
 /// Extraction is retried on restart at most this many times before the document fails.
@@ -229,9 +230,20 @@ impl Pipeline {
         self.registry.put(&mut rec).await?;
 
         match self.extract_and_chunk(c, &rec).await {
-            Ok(done) => {
+            Ok(mut done) => {
+                // Metadata the document declares fills keys the user left empty.
+                for (k, v) in std::mem::take(&mut done.metadata) {
+                    let v: String = v.chars().take(MAX_DECLARED_META_CHARS).collect();
+                    rec.metadata.entry(k).or_insert(MetaValue::Text(v));
+                }
+                if validate_metadata(&rec.metadata).is_err() {
+                    rec.metadata.retain(|k, _| k.len() <= 64);
+                }
+                let (children, mut warnings) = self.submit_children(c, &rec, done.attachments).await?;
+                rec.children = children;
                 rec.title = done.title;
                 rec.pages = done.pages;
+                done.warnings.append(&mut warnings);
                 rec.warnings = done.warnings;
                 rec.chunks = Some(done.chunks);
                 rec.redactions = done.redactions;
@@ -249,6 +261,71 @@ impl Pipeline {
             self.store.delete(&keys::raw(c, &rec.doc_id)).await?;
         }
         Ok(rec)
+    }
+
+    /// Stores the documents found inside `parent` as queued documents of their own, with
+    /// metadata `parent` (its id) and `parent_source`; their source is `PARENT/NAME`. Returns
+    /// their ids, and a warning for each that was refused (an image attachment, say). Nesting
+    /// stops at [`MAX_NESTING`] levels (a message attached to a message attached to ...).
+    async fn submit_children(
+        &self,
+        c: &CollectionName,
+        parent: &DocRecord,
+        attachments: Vec<Attachment>,
+    ) -> Result<(Vec<DocId>, Vec<String>)> {
+        let mut ids = Vec::new();
+        let mut warnings = Vec::new();
+        if attachments.is_empty() {
+            return Ok((ids, warnings));
+        }
+        if self.nesting(c, parent).await? >= MAX_NESTING {
+            warnings.push(format!(
+                "{} attachment(s) not ingested: documents nest at most {MAX_NESTING} levels deep",
+                attachments.len()
+            ));
+            return Ok((ids, warnings));
+        }
+        for a in attachments {
+            let mut metadata = Metadata::new();
+            metadata.insert("parent".into(), MetaValue::Text(parent.doc_id.to_hex()));
+            let source: String = parent.source.chars().take(MAX_DECLARED_META_CHARS).collect();
+            metadata.insert("parent_source".into(), MetaValue::Text(source));
+            let sub = Submission {
+                source: format!("{}/{}", parent.source, a.name),
+                bytes: Bytes::from(a.data),
+                metadata,
+            };
+            match self.submit(c, sub).await {
+                Ok(Submitted::Accepted(id)) => ids.push(id),
+                Ok(Submitted::Duplicate(existing)) => ids.push(existing.doc_id),
+                Err(IngestError::Rejected(why)) => {
+                    warnings.push(format!("attachment {}: {why}", a.name));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((ids, warnings))
+    }
+
+    /// How many ancestors a document has, by its `parent` metadata (counted up to
+    /// [`MAX_NESTING`]).
+    async fn nesting(&self, c: &CollectionName, rec: &DocRecord) -> Result<usize> {
+        let mut depth = 0;
+        let mut parent = rec.metadata.get("parent").cloned();
+        while let Some(MetaValue::Text(hex)) = parent {
+            depth += 1;
+            if depth >= MAX_NESTING {
+                break;
+            }
+            let Ok(id) = hex.parse::<DocId>() else {
+                break;
+            };
+            parent = match self.registry.get(c, &id).await? {
+                Some(r) => r.metadata.get("parent").cloned(),
+                None => None,
+            };
+        }
+        Ok(depth)
     }
 
     /// Extracts, chunks and stores the chunks of a queued document.
@@ -276,6 +353,8 @@ impl Pipeline {
             warnings: extracted.warnings.clone(),
             redactions,
             redacting: redactor.is_some(),
+            metadata: std::mem::take(&mut extracted.metadata),
+            attachments: std::mem::take(&mut extracted.attachments),
         };
         let tokenizer = self.tokenizer.clone();
         let params = ChunkParams {
@@ -367,7 +446,16 @@ struct Chunked {
     warnings: Vec<String>,
     redactions: u32,
     redacting: bool,
+    /// Metadata the document declared (already redacted where the collection redacts).
+    metadata: std::collections::BTreeMap<String, String>,
+    /// Documents inside it, to be stored as documents of their own.
+    attachments: Vec<Attachment>,
 }
+
+/// Longest value of a metadata key a document declares for itself.
+const MAX_DECLARED_META_CHARS: usize = 1024;
+/// Most levels of documents inside documents that are ingested.
+const MAX_NESTING: usize = 3;
 
 #[cfg(test)]
 mod tests {

@@ -205,6 +205,11 @@ impl Redactor {
                 fix(h);
             }
         }
+        // What the document says about itself (an e-mail's sender and recipients) is stored in
+        // its record: redacted like its text.
+        for v in ex.metadata.values_mut() {
+            fix(v);
+        }
         total
     }
 }

@@ -163,6 +163,10 @@ pub struct DocRecord {
     /// unredacted copy).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub original_discarded: bool,
+    /// Documents found inside this one (an e-mail's attachments, a mailbox's messages),
+    /// ingested as documents of their own with metadata `parent` naming this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<DocId>,
     /// How many times extraction was started.
     pub attempts: u32,
     /// When the document was accepted (ms since the Unix epoch).
@@ -201,6 +205,7 @@ impl DocRecord {
             warnings: Vec::new(),
             redactions: 0,
             original_discarded: false,
+            children: Vec::new(),
             attempts: 0,
             created_ms: now,
             updated_ms: now,

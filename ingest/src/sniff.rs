@@ -37,9 +37,35 @@ pub enum DocKind {
     Tsv,
     /// Rich Text Format.
     Rtf,
+    /// One e-mail message (RFC 5322, MIME).
+    Eml,
+    /// A mailbox of e-mail messages (mbox).
+    Mbox,
 }
 
 impl DocKind {
+    /// The short name of this kind, as records and the API write it (`pdf`, `docx`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocKind::Pdf => "pdf",
+            DocKind::Html => "html",
+            DocKind::Markdown => "markdown",
+            DocKind::Text => "text",
+            DocKind::Docx => "docx",
+            DocKind::Pptx => "pptx",
+            DocKind::Xlsx => "xlsx",
+            DocKind::Xls => "xls",
+            DocKind::Odt => "odt",
+            DocKind::Odp => "odp",
+            DocKind::Ods => "ods",
+            DocKind::Csv => "csv",
+            DocKind::Tsv => "tsv",
+            DocKind::Rtf => "rtf",
+            DocKind::Eml => "eml",
+            DocKind::Mbox => "mbox",
+        }
+    }
+
     /// The media type reported for this kind.
     pub fn media_type(self) -> &'static str {
         match self {
@@ -61,6 +87,8 @@ impl DocKind {
             DocKind::Csv => "text/csv",
             DocKind::Tsv => "text/tab-separated-values",
             DocKind::Rtf => "application/rtf",
+            DocKind::Eml => "message/rfc822",
+            DocKind::Mbox => "application/mbox",
         }
     }
 }
@@ -123,6 +151,9 @@ pub fn sniff(bytes: &[u8], name: &str) -> Result<DocKind, Rejection> {
     };
     if text.trim_start().starts_with("{\\rtf") {
         return Ok(DocKind::Rtf);
+    }
+    if let Some(kind) = mail(&text) {
+        return Ok(kind);
     }
     if looks_like_html(&text) {
         return Ok(DocKind::Html);
@@ -342,6 +373,46 @@ fn decode_utf16(bytes: &[u8], f: fn([u8; 2]) -> u16) -> String {
         .collect()
 }
 
+/// An mbox starts with a `From ` separator line followed by a message; a message (EML) starts
+/// with a header block holding at least two of the fields every mailer writes. Continuation
+/// lines are allowed; anything else before the first blank line means it is not a header.
+fn mail(text: &str) -> Option<DocKind> {
+    let (first, rest) = text.split_once('\n')?;
+    if first.starts_with("From ") && header_fields(rest) >= 2 {
+        return Some(DocKind::Mbox);
+    }
+    (header_fields(text) >= 2).then_some(DocKind::Eml)
+}
+
+/// How many well-known fields the header block at the start of `text` holds; 0 when a line of
+/// it is no header line.
+fn header_fields(text: &str) -> usize {
+    const KNOWN: &[&str] = &[
+        "from", "to", "cc", "subject", "date", "message-id", "received", "return-path",
+        "mime-version", "content-type", "delivered-to", "reply-to", "in-reply-to",
+    ];
+    let mut known = 0;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            return if i == 0 { 0 } else { known };
+        }
+        if i > 0 && line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let Some((name, _)) = line.split_once(':') else {
+            return 0;
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return 0;
+        }
+        known += usize::from(KNOWN.contains(&name.to_ascii_lowercase().as_str()));
+        if i > 500 {
+            break;
+        }
+    }
+    known
+}
+
 fn looks_like_html(text: &str) -> bool {
     let t = text.trim_start().to_ascii_lowercase();
     if t.starts_with("<!doctype html") || t.starts_with("<html") {
@@ -554,6 +625,8 @@ mod tests {
             ("office/offices.ods", DocKind::Ods),
             ("office/offices.csv", DocKind::Csv),
             ("office/offices.tsv", DocKind::Tsv),
+            ("mail/supplier-contract.eml", DocKind::Eml),
+            ("mail/board.mbox", DocKind::Mbox),
         ] {
             assert_eq!(kind(f), Ok(k), "{f}");
         }
@@ -573,6 +646,36 @@ mod tests {
             let why = kind(f).unwrap_err().to_string();
             assert!(why.contains(says), "{f}: {why}");
         }
+    }
+
+    #[test]
+    fn kind_names_are_their_serialised_names() {
+        use DocKind::*;
+        for k in [
+            Pdf, Html, Markdown, Text, Docx, Pptx, Xlsx, Xls, Odt, Odp, Ods, Csv, Tsv, Rtf, Eml,
+            Mbox,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+
+    #[test]
+    fn mail_is_told_from_text_by_its_header_block() {
+        let eml = b"Received: from x\r\n\tby y\r\nFrom: a@b.example\r\nSubject: hi\r\n\r\nbody\r\n";
+        assert_eq!(sniff(eml, "m"), Ok(DocKind::Eml));
+        assert_eq!(
+            sniff(b"From a@b Thu Jan  1 00:00:00 2026\nFrom: a@b\nSubject: x\n\nbody\n", "inbox"),
+            Ok(DocKind::Mbox)
+        );
+        // A note that starts with one header-like line is text.
+        assert_eq!(
+            sniff(b"Subject: the budget\n\nWe spent less than planned.\n", "note.txt"),
+            Ok(DocKind::Text)
+        );
+        assert_eq!(
+            sniff(b"From here on, everything is text.\nTo: whom it may concern\n", "a.txt"),
+            Ok(DocKind::Text)
+        );
     }
 
     #[test]

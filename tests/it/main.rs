@@ -13,6 +13,7 @@ mod encryption;
 mod erasure;
 mod eval;
 mod ingest;
+mod mail;
 mod openai;
 mod quality;
 mod redaction;

@@ -59,6 +59,10 @@ pub(super) struct DocOut<'a> {
     original_discarded: bool,
     #[schema(value_type = Object)]
     metadata: &'a Metadata,
+    /// Documents found inside this one (an e-mail's attachments, a mailbox's messages): their
+    /// ids; each has metadata `parent` naming this one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    children: Vec<String>,
     created_ms: u64,
     updated_ms: u64,
     status_url: String,
@@ -84,6 +88,7 @@ fn doc_out(r: &DocRecord) -> DocOut<'_> {
         redactions: r.original_discarded.then_some(r.redactions),
         original_discarded: r.original_discarded,
         metadata: &r.metadata,
+        children: r.children.iter().map(DocId::to_hex).collect(),
         created_ms: r.created_ms,
         updated_ms: r.updated_ms,
         status_url: status_url(&r.collection, &r.doc_id),
@@ -91,12 +96,7 @@ fn doc_out(r: &DocRecord) -> DocOut<'_> {
 }
 
 fn kind_name(r: &DocRecord) -> &'static str {
-    match r.kind.media_type() {
-        "application/pdf" => "pdf",
-        "text/html" => "html",
-        "text/markdown" => "markdown",
-        _ => "text",
-    }
+    r.kind.as_str()
 }
 
 fn doc_id(raw: &str) -> Result<DocId, ApiError> {

@@ -29,6 +29,22 @@ pub struct Collection {
     erased: Mutex<HashSet<DocId>>,
     /// The whole collection was deleted.
     deleted: AtomicBool,
+    /// Documents being processed now: a document reached twice at once (a mailbox's message
+    /// processed after its mailbox while the queue, resumed after a crash, holds it too) is
+    /// processed by the first caller only.
+    working: Mutex<HashSet<DocId>>,
+}
+
+/// A claim on processing one document; released when dropped.
+pub(super) struct Working<'a> {
+    col: &'a Collection,
+    doc: DocId,
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        lock(&self.col.working).remove(&self.doc);
+    }
 }
 
 impl std::fmt::Debug for Collection {
@@ -57,6 +73,13 @@ impl Collection {
             docs.push((rec.created_ms, rec.doc_id));
             docs.sort_unstable();
         }
+    }
+
+    /// Claims `doc` for processing, or `None` when another task is processing it.
+    pub(super) fn claim(&self, doc: DocId) -> Option<Working<'_>> {
+        lock(&self.working)
+            .insert(doc)
+            .then_some(Working { col: self, doc })
     }
 
     pub(super) fn push_pending(&self, rec: DocRecord) {
@@ -159,6 +182,7 @@ impl Service {
             sources: Mutex::new(HashMap::new()),
             erased: Mutex::new(HashSet::new()),
             deleted: AtomicBool::new(false),
+            working: Mutex::new(HashSet::new()),
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {

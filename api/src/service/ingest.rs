@@ -80,7 +80,37 @@ impl Service {
     /// process), embedding, and adding to the index. The document becomes searchable for a
     /// fresh process, and its record says `indexed`, after the next [`Service::commit`]. A
     /// document that cannot be read ends in `failed` with a reason; that is not an error.
+    ///
+    /// Documents found inside it (an e-mail's attachments, a mailbox's messages) are stored as
+    /// documents of their own when it is extracted, and processed here right after it.
     pub async fn process(&self, col: &Arc<Collection>, doc: DocId) -> Result<Processed> {
+        let processed = self.process_one(col, doc).await?;
+        for child in &processed.record.children {
+            // Nesting is bounded when children are stored (hearth-ingest's MAX_NESTING), so the
+            // recursion is too.
+            let child = Box::pin(self.process(col, *child)).await?;
+            if child.record.state == DocState::Failed {
+                tracing::info!(
+                    collection = %col.name(), doc = %child.record.doc_id,
+                    reason = child.record.reason.as_deref().unwrap_or(""),
+                    "attachment failed"
+                );
+            }
+        }
+        Ok(processed)
+    }
+
+    async fn process_one(&self, col: &Arc<Collection>, doc: DocId) -> Result<Processed> {
+        let Some(_working) = col.claim(doc) else {
+            // Another task is processing it and will finish it; report where it stands.
+            let record = self.registry.get(col.name(), &doc).await?.ok_or_else(|| {
+                ServiceError::NotFound(format!("document {doc} in collection {}", col.name()))
+            })?;
+            return Ok(Processed {
+                record,
+                embedded: 0,
+            });
+        };
         let mut rec = self.pipeline.process(col.name(), doc).await?;
         let mut embedded = 0;
         if rec.state == DocState::Chunked {

@@ -3,6 +3,7 @@
 //! process, never the service.
 
 mod html;
+mod mail;
 mod markdown;
 mod office;
 mod package;
@@ -12,6 +13,8 @@ mod sheet;
 mod text;
 
 pub(crate) use pdf::panic_message;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +48,47 @@ pub struct Extracted {
     /// Non-fatal problems, e.g. a PDF page that could not be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Metadata the document declares about itself (an e-mail's subject, sender, date), added
+    /// to the record's metadata where the user gave no value for the key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Documents inside this one (an e-mail's attachments, a mailbox's messages), each to be
+    /// ingested as a document of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A document found inside another.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Its file name (no path separators).
+    pub name: String,
+    /// Its bytes (base64 on the wire between the extraction process and the service).
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Attachment({:?}, {} bytes)", self.name, self.data.len())
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Extracted {
@@ -71,6 +115,8 @@ pub fn parse(kind: DocKind, bytes: &[u8]) -> Result<Extracted, String> {
         DocKind::Csv => sheet::delimited(&decode(bytes)?, false),
         DocKind::Tsv => sheet::delimited(&decode(bytes)?, true),
         DocKind::Rtf => rtf::parse(bytes),
+        DocKind::Eml => mail::eml(bytes),
+        DocKind::Mbox => mail::mbox(bytes),
     }
 }
 
@@ -239,5 +285,82 @@ mod office_files {
             );
             assert_eq!(doc.blocks.len(), 4, "{f}");
         }
+    }
+}
+
+#[cfg(test)]
+mod mail_files {
+    //! The messages of `testdata/mail`, written by Python's email and mailbox packages
+    //! (`testdata/sources/mail/make_mail.py`).
+
+    use super::*;
+
+    fn read(name: &str) -> Extracted {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/mail")
+            .join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let kind = crate::sniff::sniff(&bytes, name).unwrap();
+        parse(kind, &bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn a_message_has_its_headers_as_metadata_its_body_as_text_and_its_attachments() {
+        let doc = read("supplier-contract.eml");
+        let subject = "Renewal of the Nordlicht Datacenter supplier contract";
+        assert_eq!(doc.title.as_deref(), Some(subject));
+        assert_eq!(doc.metadata["subject"], subject);
+        assert_eq!(
+            doc.metadata["from"],
+            "Clara Lindqvist <clara.lindqvist@kestrel-storage.example>"
+        );
+        assert_eq!(
+            doc.metadata["cc"],
+            "Ravi Menon <ravi.menon@kestrel-storage.example>"
+        );
+        assert_eq!(doc.metadata["date"], "2026-03-12T09:41:00Z");
+        assert!(doc.blocks[0].text.starts_with("From: Clara Lindqvist"));
+        let text: Vec<&str> = doc.blocks.iter().map(|b| b.text.as_str()).collect();
+        assert!(
+            text.iter().any(|t| t.contains("sign before 15 May 2026")),
+            "{text:#?}"
+        );
+        // The body once: the HTML alternative is not a second copy.
+        assert_eq!(
+            text.iter().filter(|t| t.contains("Lulea colocation")).count(),
+            1,
+            "{text:#?}"
+        );
+        assert!(doc.blocks.iter().all(|b| b.heading == [subject]));
+        let names: Vec<&str> = doc.attachments.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["storage-runbook.docx", "offices.xlsx", "logo.png"]);
+        let docx = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/office/runbook.docx"),
+        )
+        .unwrap();
+        assert_eq!(doc.attachments[0].data, docx, "attachments arrive byte for byte");
+        // And survive the trip from the extraction process.
+        let wire = serde_json::to_string(&doc).unwrap();
+        let back: Extracted = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn a_mailbox_lists_its_messages_and_hands_each_back() {
+        let doc = read("board.mbox");
+        assert_eq!(doc.attachments.len(), 3);
+        assert_eq!(doc.metadata["messages"], "3");
+        assert!(doc.blocks[1].text.contains("Büroumzug Berlin: neue Schlüsselkarten"), "{:#?}", doc.blocks);
+        // Each message is an e-mail of its own, decoded from its own charset.
+        let second = parse(DocKind::Eml, &doc.attachments[1].data).unwrap();
+        assert_eq!(
+            second.metadata["from"],
+            "Jana Krüger <jana.krueger@kestrel-storage.example>"
+        );
+        assert!(
+            second.blocks.iter().any(|b| b.text.contains("Berliner Büro nur noch die neuen Schlüsselkarten")),
+            "{:#?}",
+            second.blocks
+        );
     }
 }

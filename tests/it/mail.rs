@@ -1,0 +1,78 @@
+//! E-mail (`testdata/mail`, written by Python's email and mailbox packages): a message's
+//! headers become metadata usable in filters, its attachments and a mailbox's messages become
+//! documents of their own linked by `parent`, and questions about a subject, a body and an
+//! attachment find them, through `hearth ingest`, `hearth docs` and `hearth search`.
+
+use serde_json::Value;
+
+use crate::common::{Backend, Node, hit_files, root};
+
+fn by_source<'a>(docs: &'a [Value], source: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["source"].as_str().is_some_and(|s| s.ends_with(source)))
+        .unwrap_or_else(|| panic!("no document {source}: {docs:#?}"))
+}
+
+#[test]
+fn messages_attachments_and_mailboxes_index_as_linked_documents() {
+    let node = Node::new(Backend::Local);
+    let dir = root().join("testdata/mail");
+    node.ingest("mail", &[&dir]);
+    let docs = node.docs("mail");
+
+    // The message: indexed, headers as metadata, two attachments, the image refused by name.
+    let eml = by_source(&docs, "supplier-contract.eml");
+    assert_eq!(eml["state"], "indexed", "{eml:#}");
+    assert_eq!(
+        eml["metadata"]["from"],
+        "Clara Lindqvist <clara.lindqvist@kestrel-storage.example>"
+    );
+    assert_eq!(eml["metadata"]["date"], "2026-03-12T09:41:00Z");
+    assert_eq!(eml["children"].as_array().map(Vec::len), Some(2), "{eml:#}");
+    assert!(
+        eml["warnings"].to_string().contains("logo.png"),
+        "{eml:#}"
+    );
+    let eml_id = eml["doc_id"].as_str().unwrap();
+    for att in ["supplier-contract.eml/storage-runbook.docx", "supplier-contract.eml/offices.xlsx"] {
+        let a = by_source(&docs, att);
+        assert_eq!(a["state"], "indexed", "{a:#}");
+        assert_eq!(a["metadata"]["parent"], eml_id, "{a:#}");
+    }
+    // The mailbox: each message a document, linked to it.
+    let mbox = by_source(&docs, "board.mbox");
+    assert_eq!(mbox["state"], "indexed", "{mbox:#}");
+    let mbox_id = mbox["doc_id"].as_str().unwrap();
+    for n in 1..=3 {
+        let m = by_source(&docs, &format!("board.mbox/message-0000{n}.eml"));
+        assert_eq!(m["state"], "indexed", "{m:#}");
+        assert_eq!(m["metadata"]["parent"], mbox_id, "{m:#}");
+    }
+
+    // A question about the body of the message.
+    let out = node.search("mail", "by when must the Nordlicht contract be signed", &["--top-k", "1"]);
+    assert!(
+        out["hits"][0]["text"].as_str().unwrap().contains("15 May 2026"),
+        "{out:#}"
+    );
+    // About an e-mail's subject (German, encoded in the header).
+    let out = node.search("mail", "Schlüsselkarten Büroumzug", &["--top-k", "1"]);
+    assert_eq!(hit_files(&out)[0], "message-00002.eml", "{out:#}");
+    // About an attachment's table.
+    let out = node.search("mail", "phone number of the Lyon office", &["--top-k", "1"]);
+    assert!(
+        out["hits"][0]["text"].as_str().unwrap().contains("+33 4 5550 8841"),
+        "{out:#}"
+    );
+    // Filtered by sender: only Ravi's message.
+    let out = node.search(
+        "mail",
+        "budget",
+        &["--filter", "from=Ravi Menon <ravi.menon@kestrel-storage.example>"],
+    );
+    assert!(!hit_files(&out).is_empty(), "{out:#}");
+    assert!(
+        hit_files(&out).iter().all(|f| f == "message-00003.eml"),
+        "{out:#}"
+    );
+}

@@ -45,7 +45,7 @@ seed parse_html testdata/corpus/users-and-groups.html testdata/corpus/zlib-how.h
 seed parse_markdown testdata/corpus/node-url.md testdata/corpus/incident-runbook.md testdata/broken/image.md
 seed parse_text testdata/corpus/libffi-basics.txt testdata/broken/*.txt testdata/broken/random.bin
 seed parse_office testdata/office/*.docx testdata/office/*.pptx testdata/office/*.xls* \
-  testdata/office/*.od? testdata/office/offices.csv testdata/broken/macros.docm
+  testdata/office/*.od? testdata/office/offices.csv testdata/broken/macros.docm testdata/mail/*
 seed parse_rtf testdata/office/runbook.rtf
 seed chunker testdata/corpus/incident-runbook.md testdata/corpus/libffi-basics.txt
 seed redact fuzz/seeds/redact/*

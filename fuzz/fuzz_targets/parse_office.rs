@@ -1,4 +1,5 @@
-//! The Office and OpenDocument parsers (DOCX, PPTX, XLSX, XLS, ODT, ODP, ODS, CSV, TSV): the
+//! The Office, OpenDocument and e-mail parsers (DOCX, PPTX, XLSX, XLS, ODT, ODP, ODS, CSV, EML,
+//! MBOX): the
 //! kind is what sniffing says (the seeds are real files), DOCX when it says something else.
 #![no_main]
 
@@ -14,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
             | DocKind::Xls
             | DocKind::Odt
             | DocKind::Odp
-            | DocKind::Ods),
+            | DocKind::Ods
+            | DocKind::Eml
+            | DocKind::Mbox),
         ) => k,
         _ if data.first() == Some(&b'C') => DocKind::Csv,
         _ => DocKind::Docx,

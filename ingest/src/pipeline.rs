@@ -17,8 +17,8 @@ use crate::config::IngestConfig;
 use crate::error::{IngestError, Rejection, Result};
 use crate::extract::{ExtractorCommand, ExtractorPool, Limits};
 use crate::normalize::normalize;
-use crate::redact::Redactor;
 use crate::parse::Attachment;
+use crate::redact::Redactor;
 use crate::registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};
 use crate::sniff::sniff;
 
@@ -239,7 +239,8 @@ impl Pipeline {
                 if validate_metadata(&rec.metadata).is_err() {
                     rec.metadata.retain(|k, _| k.len() <= 64);
                 }
-                let (children, mut warnings) = self.submit_children(c, &rec, done.attachments).await?;
+                let (children, mut warnings) =
+                    self.submit_children(c, &rec, done.attachments).await?;
                 rec.children = children;
                 rec.title = done.title;
                 rec.pages = done.pages;
@@ -288,7 +289,11 @@ impl Pipeline {
         for a in attachments {
             let mut metadata = Metadata::new();
             metadata.insert("parent".into(), MetaValue::Text(parent.doc_id.to_hex()));
-            let source: String = parent.source.chars().take(MAX_DECLARED_META_CHARS).collect();
+            let source: String = parent
+                .source
+                .chars()
+                .take(MAX_DECLARED_META_CHARS)
+                .collect();
             metadata.insert("parent_source".into(), MetaValue::Text(source));
             let sub = Submission {
                 source: format!("{}/{}", parent.source, a.name),

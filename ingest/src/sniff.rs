@@ -388,8 +388,19 @@ fn mail(text: &str) -> Option<DocKind> {
 /// it is no header line.
 fn header_fields(text: &str) -> usize {
     const KNOWN: &[&str] = &[
-        "from", "to", "cc", "subject", "date", "message-id", "received", "return-path",
-        "mime-version", "content-type", "delivered-to", "reply-to", "in-reply-to",
+        "from",
+        "to",
+        "cc",
+        "subject",
+        "date",
+        "message-id",
+        "received",
+        "return-path",
+        "mime-version",
+        "content-type",
+        "delivered-to",
+        "reply-to",
+        "in-reply-to",
     ];
     let mut known = 0;
     for (i, line) in text.lines().enumerate() {
@@ -664,16 +675,25 @@ mod tests {
         let eml = b"Received: from x\r\n\tby y\r\nFrom: a@b.example\r\nSubject: hi\r\n\r\nbody\r\n";
         assert_eq!(sniff(eml, "m"), Ok(DocKind::Eml));
         assert_eq!(
-            sniff(b"From a@b Thu Jan  1 00:00:00 2026\nFrom: a@b\nSubject: x\n\nbody\n", "inbox"),
+            sniff(
+                b"From a@b Thu Jan  1 00:00:00 2026\nFrom: a@b\nSubject: x\n\nbody\n",
+                "inbox"
+            ),
             Ok(DocKind::Mbox)
         );
         // A note that starts with one header-like line is text.
         assert_eq!(
-            sniff(b"Subject: the budget\n\nWe spent less than planned.\n", "note.txt"),
+            sniff(
+                b"Subject: the budget\n\nWe spent less than planned.\n",
+                "note.txt"
+            ),
             Ok(DocKind::Text)
         );
         assert_eq!(
-            sniff(b"From here on, everything is text.\nTo: whom it may concern\n", "a.txt"),
+            sniff(
+                b"From here on, everything is text.\nTo: whom it may concern\n",
+                "a.txt"
+            ),
             Ok(DocKind::Text)
         );
     }

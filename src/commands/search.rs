@@ -112,8 +112,12 @@ pub fn parse_filters(raw: &[String]) -> anyhow::Result<Option<Filter>> {
 }
 
 fn parse_condition(f: &str) -> anyhow::Result<Condition> {
+    // The first operator character ends the key (keys are [A-Za-z0-9_.-]), so a value may hold
+    // `<` and `>` (an e-mail sender `Name <a@b>`).
+    let op_at = f.find(['<', '>', '=']).unwrap_or(f.len());
+    let (key, rest) = f.split_at(op_at);
     for op in [">=", "<=", ">", "<"] {
-        if let Some((key, value)) = f.split_once(op) {
+        if let Some(value) = rest.strip_prefix(op) {
             let key = key.trim().to_owned();
             let n: f64 = value
                 .trim()
@@ -189,6 +193,15 @@ mod tests {
             matches!(&f.conditions[1], Condition::Range { key, gte: Some(n), .. } if key == "year" && *n == 2020.0)
         );
         assert!(matches!(&f.conditions[2], Condition::In { values, .. } if values.len() == 2));
+        // A value may hold the operator characters (an e-mail sender).
+        let f = parse_filters(&["from=Ravi <ravi@x.example>".into()])
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&f.conditions[0], Condition::Eq { key, value: MetaValue::Text(v) } if key == "from" && v == "Ravi <ravi@x.example>"),
+            "{:?}",
+            f.conditions
+        );
         assert!(parse_filters(&["year>=soon".into()]).is_err());
         assert!(parse_filters(&["nokey".into()]).is_err());
         assert!(parse_filters(&["doc=xyz".into()]).is_err());

@@ -29,12 +29,12 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
     );
     assert_eq!(eml["metadata"]["date"], "2026-03-12T09:41:00Z");
     assert_eq!(eml["children"].as_array().map(Vec::len), Some(2), "{eml:#}");
-    assert!(
-        eml["warnings"].to_string().contains("logo.png"),
-        "{eml:#}"
-    );
+    assert!(eml["warnings"].to_string().contains("logo.png"), "{eml:#}");
     let eml_id = eml["doc_id"].as_str().unwrap();
-    for att in ["supplier-contract.eml/storage-runbook.docx", "supplier-contract.eml/offices.xlsx"] {
+    for att in [
+        "supplier-contract.eml/storage-runbook.docx",
+        "supplier-contract.eml/offices.xlsx",
+    ] {
         let a = by_source(&docs, att);
         assert_eq!(a["state"], "indexed", "{a:#}");
         assert_eq!(a["metadata"]["parent"], eml_id, "{a:#}");
@@ -50,9 +50,16 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
     }
 
     // A question about the body of the message.
-    let out = node.search("mail", "by when must the Nordlicht contract be signed", &["--top-k", "1"]);
+    let out = node.search(
+        "mail",
+        "by when must the Nordlicht contract be signed",
+        &["--top-k", "1"],
+    );
     assert!(
-        out["hits"][0]["text"].as_str().unwrap().contains("15 May 2026"),
+        out["hits"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("15 May 2026"),
         "{out:#}"
     );
     // About an e-mail's subject (German, encoded in the header).
@@ -61,14 +68,20 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
     // About an attachment's table.
     let out = node.search("mail", "phone number of the Lyon office", &["--top-k", "1"]);
     assert!(
-        out["hits"][0]["text"].as_str().unwrap().contains("+33 4 5550 8841"),
+        out["hits"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("+33 4 5550 8841"),
         "{out:#}"
     );
     // Filtered by sender: only Ravi's message.
     let out = node.search(
         "mail",
         "budget",
-        &["--filter", "from=Ravi Menon <ravi.menon@kestrel-storage.example>"],
+        &[
+            "--filter",
+            "from=Ravi Menon <ravi.menon@kestrel-storage.example>",
+        ],
     );
     assert!(!hit_files(&out).is_empty(), "{out:#}");
     assert!(

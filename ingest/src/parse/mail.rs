@@ -89,7 +89,13 @@ fn attachments(msg: &Message<'_>, out: &mut Extracted) {
         // A name for the document source: no path separators, unique within the message.
         let mut name: String = name
             .chars()
-            .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+            .map(|c| {
+                if c == '/' || c == '\\' || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .take(120)
             .collect();
         let seen = names.entry(name.clone()).or_insert(0);
@@ -107,8 +113,8 @@ fn attachments(msg: &Message<'_>, out: &mut Extracted) {
 pub(super) fn mbox(bytes: &[u8]) -> Result<Extracted, String> {
     let mut out = Extracted::default();
     let parser = MessageParser::default();
-    for (i, m) in mail_parser::mailbox::mbox::MessageIterator::new(std::io::Cursor::new(bytes))
-        .enumerate()
+    for (i, m) in
+        mail_parser::mailbox::mbox::MessageIterator::new(std::io::Cursor::new(bytes)).enumerate()
     {
         let m = m.map_err(|e| format!("the mailbox cannot be read: {e}"))?;
         if i >= MAX_MESSAGES {

@@ -327,7 +327,9 @@ mod mail_files {
         );
         // The body once: the HTML alternative is not a second copy.
         assert_eq!(
-            text.iter().filter(|t| t.contains("Lulea colocation")).count(),
+            text.iter()
+                .filter(|t| t.contains("Lulea colocation"))
+                .count(),
             1,
             "{text:#?}"
         );
@@ -335,10 +337,14 @@ mod mail_files {
         let names: Vec<&str> = doc.attachments.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["storage-runbook.docx", "offices.xlsx", "logo.png"]);
         let docx = std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/office/runbook.docx"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testdata/office/runbook.docx"),
         )
         .unwrap();
-        assert_eq!(doc.attachments[0].data, docx, "attachments arrive byte for byte");
+        assert_eq!(
+            doc.attachments[0].data, docx,
+            "attachments arrive byte for byte"
+        );
         // And survive the trip from the extraction process.
         let wire = serde_json::to_string(&doc).unwrap();
         let back: Extracted = serde_json::from_str(&wire).unwrap();
@@ -350,7 +356,13 @@ mod mail_files {
         let doc = read("board.mbox");
         assert_eq!(doc.attachments.len(), 3);
         assert_eq!(doc.metadata["messages"], "3");
-        assert!(doc.blocks[1].text.contains("Büroumzug Berlin: neue Schlüsselkarten"), "{:#?}", doc.blocks);
+        assert!(
+            doc.blocks[1]
+                .text
+                .contains("Büroumzug Berlin: neue Schlüsselkarten"),
+            "{:#?}",
+            doc.blocks
+        );
         // Each message is an e-mail of its own, decoded from its own charset.
         let second = parse(DocKind::Eml, &doc.attachments[1].data).unwrap();
         assert_eq!(
@@ -358,7 +370,9 @@ mod mail_files {
             "Jana Krüger <jana.krueger@kestrel-storage.example>"
         );
         assert!(
-            second.blocks.iter().any(|b| b.text.contains("Berliner Büro nur noch die neuen Schlüsselkarten")),
+            second.blocks.iter().any(|b| b
+                .text
+                .contains("Berliner Büro nur noch die neuen Schlüsselkarten")),
             "{:#?}",
             second.blocks
         );

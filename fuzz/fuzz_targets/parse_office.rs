@@ -1,6 +1,6 @@
 //! The Office, OpenDocument and e-mail parsers (DOCX, PPTX, XLSX, XLS, ODT, ODP, ODS, CSV, EML,
-//! MBOX): the
-//! kind is what sniffing says (the seeds are real files), DOCX when it says something else.
+//! MBOX): the kind is what sniffing says (the seeds are real files), DOCX when it says something
+//! else.
 #![no_main]
 
 use hearth_ingest::DocKind;

@@ -84,6 +84,9 @@ struct Outcome {
     chunks: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// Documents found inside it (attachments, a mailbox's messages), ingested on their own.
+    #[serde(skip_serializing_if = "is_zero")]
+    attachments: usize,
     #[serde(skip)]
     bytes: u64,
     #[serde(skip)]
@@ -215,6 +218,7 @@ async fn run_job(s: &Service, col: &Arc<Collection>, meta: &Metadata, job: Job) 
                 reason: rec.reason,
                 bytes: if bytes == 0 { rec.size } else { bytes },
                 embedded: done.embedded,
+                attachments: rec.children.len(),
                 ..outcome(source)
             }
         }
@@ -237,7 +241,12 @@ fn outcome(source: String) -> Outcome {
         bytes: 0,
         system_error: false,
         embedded: 0,
+        attachments: 0,
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 async fn submit_file(

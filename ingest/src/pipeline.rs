@@ -244,6 +244,7 @@ impl Pipeline {
                 rec.children = children;
                 rec.title = done.title;
                 rec.pages = done.pages;
+                rec.engine = done.engine;
                 done.warnings.append(&mut warnings);
                 rec.warnings = done.warnings;
                 rec.chunks = Some(done.chunks);
@@ -355,6 +356,7 @@ impl Pipeline {
             chunks: 0,
             title: extracted.title.clone(),
             pages: extracted.pages,
+            engine: extracted.engine.clone(),
             warnings: extracted.warnings.clone(),
             redactions,
             redacting: redactor.is_some(),
@@ -448,6 +450,7 @@ struct Chunked {
     chunks: u32,
     title: Option<String>,
     pages: Option<u32>,
+    engine: Option<String>,
     warnings: Vec<String>,
     redactions: u32,
     redacting: bool,

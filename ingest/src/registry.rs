@@ -150,6 +150,10 @@ pub struct DocRecord {
     /// PDF page count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pages: Option<u32>,
+    /// The engine that produced the text, when it is not the format's first (a PDF read by
+    /// poppler's pdftotext because pdf-extract could not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     /// Number of chunks written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<u32>,
@@ -201,6 +205,7 @@ impl DocRecord {
             reason: None,
             title: None,
             pages: None,
+            engine: None,
             chunks: None,
             warnings: Vec::new(),
             redactions: 0,

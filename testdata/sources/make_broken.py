@@ -82,6 +82,12 @@ def main() -> None:
         "one week ahead in the shared calendar.\n"
     )
     (OUT / "utf16.txt").write_bytes(note.encode("utf-16"))
+    # A PDF whose byte offsets are all wrong: 500 bytes of comment inserted after the header
+    # (what a tool that prepends to a file does). pdf-extract cannot read it; poppler rebuilds
+    # the cross-reference table, so it must ingest through the second engine.
+    handbook = (CORPUS / "onboarding-handbook.pdf").read_bytes()
+    cut = handbook.index(b"\n") + 1
+    (OUT / "damaged-xref.pdf").write_bytes(handbook[:cut] + b"%" + b"x" * 500 + b"\n" + handbook[cut:])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 //! E-mail (`testdata/mail`, written by Python's email and mailbox packages): a message's
 //! headers become metadata usable in filters, its attachments and a mailbox's messages become
-//! documents of their own linked by `parent`, and questions about a subject, a body and an
-//! attachment find them, through `hearth ingest`, `hearth docs` and `hearth search`.
+//! documents of their own linked by `parent`, questions about a subject, a body and an
+//! attachment find them, and deleting a message deletes its attachments, through `hearth
+//! ingest`, `hearth docs`, `hearth search` and `hearth delete`.
 
 use serde_json::Value;
 
@@ -87,5 +88,24 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
     assert!(
         hit_files(&out).iter().all(|f| f == "message-00003.eml"),
         "{out:#}"
+    );
+
+    // Deleting the message deletes what came out of it: an erasure request names the message.
+    let out = node.run(&["delete", "-c", "mail", eml_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let left: Vec<String> = node
+        .docs("mail")
+        .iter()
+        .filter_map(|d| d["source"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !left.iter().any(|s| s.contains("supplier-contract.eml")),
+        "{left:#?}"
+    );
+    assert_eq!(left.len(), 4, "the mailbox and its messages stay: {left:#?}");
+    let out = node.search("mail", "phone number of the Lyon office", &[]);
+    assert!(
+        !out.to_string().contains("5550 8841"),
+        "the attachment's text is gone from search: {out:#}"
     );
 }

@@ -49,6 +49,10 @@ pub(super) struct DocOut<'a> {
     pages: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     chunks: Option<u32>,
+    /// The engine that produced the text when it is not the format's first (a PDF that
+    /// pdf-extract could not read, read by poppler's pdftotext).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
     /// PII matches redacted (collections with redaction).
@@ -84,6 +88,7 @@ fn doc_out(r: &DocRecord) -> DocOut<'_> {
         title: r.title.as_deref(),
         pages: r.pages,
         chunks: r.chunks,
+        engine: r.engine.as_deref(),
         warnings: &r.warnings,
         redactions: r.original_discarded.then_some(r.redactions),
         original_discarded: r.original_discarded,

@@ -10,7 +10,7 @@ use hearth_index::{
     Chunk, CollectionIndex, CollectionName, CollectionSettings, DocId, IndexError, IndexStats,
     IndexedDoc, Redaction, keys,
 };
-use hearth_ingest::{DocRecord, DocState};
+use hearth_ingest::{DocRecord, DocState, MetaValue};
 
 use super::Service;
 use crate::error::{Result, ServiceError};
@@ -331,13 +331,44 @@ impl Service {
 
     /// Deletes a document: its record, original bytes and chunks leave the store, and its
     /// chunks leave every search result at once. Returns whether the document existed.
+    ///
+    /// The documents that came out of it (an e-mail's attachments, a mailbox's messages, and
+    /// theirs) go with it: an erasure request names the message, not each attachment.
     pub async fn delete_document(&self, col: &Arc<Collection>, doc: &DocId) -> Result<bool> {
         let existed = self.registry.get(&col.name, doc).await?.is_some();
-        lock(&col.erased).insert(*doc);
-        self.erase(col, doc).await?;
+        let family = self.descendants(col, doc).await?;
+        for d in std::iter::once(doc).chain(&family) {
+            lock(&col.erased).insert(*d);
+            self.erase(col, d).await?;
+        }
         let col2 = col.clone();
         blocking(move || write(&col2.index).commit()).await?;
         Ok(existed)
+    }
+
+    /// The documents inside `doc`, and inside those, that name it (or one of them) as their
+    /// `parent`: an attachment two messages share belongs to the first and goes with it only.
+    async fn descendants(&self, col: &Collection, doc: &DocId) -> Result<Vec<DocId>> {
+        let mut found: Vec<DocId> = Vec::new();
+        let mut todo = vec![*doc];
+        while let Some(d) = todo.pop() {
+            let Some(rec) = self.registry.get(&col.name, &d).await? else {
+                continue;
+            };
+            for child in &rec.children {
+                if found.contains(child) || child == doc {
+                    continue;
+                }
+                let owned = self.registry.get(&col.name, child).await?.is_some_and(|c| {
+                    c.metadata.get("parent") == Some(&MetaValue::Text(d.to_hex()))
+                });
+                if owned {
+                    found.push(*child);
+                    todo.push(*child);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Removes one document everywhere (record first: once it is gone the document is gone,

@@ -86,9 +86,16 @@ impl Service {
     pub async fn process(&self, col: &Arc<Collection>, doc: DocId) -> Result<Processed> {
         let processed = self.process_one(col, doc).await?;
         for child in &processed.record.children {
+            if col.is_erased(&doc) {
+                // Deleted while it was being processed: what came out of it goes with it.
+                self.delete_document(col, child).await?;
+                continue;
+            }
             // Nesting is bounded when children are stored (hearth-ingest's MAX_NESTING), so the
             // recursion is too.
-            let child = Box::pin(self.process(col, *child)).await?;
+            let id = *child;
+            let child = Box::pin(self.process(col, id)).await?;
+            self.erase_if_deleted(col, &id).await?;
             if child.record.state == DocState::Failed {
                 tracing::info!(
                     collection = %col.name(), doc = %child.record.doc_id,

@@ -48,6 +48,10 @@ pub struct Extracted {
     /// Non-fatal problems, e.g. a PDF page that could not be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The engine that produced the text, when it is not the format's first one (a PDF read
+    /// by poppler because pdf-extract could not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     /// Metadata the document declares about itself (an e-mail's subject, sender, date), added
     /// to the record's metadata where the user gave no value for the key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

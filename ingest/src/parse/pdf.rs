@@ -1,15 +1,169 @@
 //! PDF via `pdf-extract`, page by page, so one unreadable page costs that page, not the
 //! document. Panics inside the parser are caught per page; loops and memory blow-ups are the
 //! business of the extraction process's limits.
+//!
+//! A second engine takes over when pdf-extract cannot read the file (a damaged cross-reference
+//! table, a crash), loses pages, or yields little or garbled text: poppler's `pdftotext`
+//! (Debian's poppler-utils), run as a child of the extraction process (so under its memory
+//! limit) with a time limit of its own. Its text is kept only when it has more readable text;
+//! the record names the engine that produced the text.
 
+use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use pdf_extract::PlainTextOutput;
 
 use super::text::split_paragraphs;
 use super::{Extracted, push_block};
 
+/// The second engine's name, as records show it.
+pub(crate) const POPPLER: &str = "poppler pdftotext";
+/// How long the second engine may take for one document.
+const POPPLER_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub(super) fn parse(bytes: &[u8]) -> Result<Extracted, String> {
+    let primary = parse_pdf_extract(bytes);
+    let why = match &primary {
+        // A password stops both engines alike.
+        Err(e) if e.starts_with("encrypted PDF") => return primary,
+        Err(e) => e.clone(),
+        Ok(ex) => match weakness(ex) {
+            Some(why) => why,
+            None => return primary,
+        },
+    };
+    let Ok(Some(mut alt)) = poppler(bytes) else {
+        return primary;
+    };
+    let better = match &primary {
+        Err(_) => alt.text_bytes() > 0,
+        Ok(ex) => readable_chars(&alt) > readable_chars(ex) + readable_chars(ex) / 4,
+    };
+    if !better {
+        return primary;
+    }
+    if let Ok(ex) = &primary {
+        alt.title = ex.title.clone();
+    }
+    alt.engine = Some(POPPLER.to_owned());
+    alt.warnings
+        .insert(0, format!("text from {POPPLER}: pdf-extract {why}"));
+    Ok(alt)
+}
+
+/// Why pdf-extract's result is worth a second opinion: pages it could not read, or little
+/// or garbled text for the pages there are.
+fn weakness(ex: &Extracted) -> Option<String> {
+    let pages = ex.pages.unwrap_or(1).max(1) as usize;
+    let unreadable = ex.warnings.len();
+    if unreadable > 0 {
+        return Some(format!("could not read {unreadable} of {pages} pages"));
+    }
+    let chars: usize = ex.blocks.iter().map(|b| b.text.chars().count()).sum();
+    if chars < 40 * pages {
+        return Some(format!("found only {chars} characters in {pages} pages"));
+    }
+    let readable = readable_chars(ex);
+    if readable * 10 < chars * 9 {
+        return Some(format!(
+            "yielded garbled text ({} % unreadable characters)",
+            100 - readable * 100 / chars.max(1)
+        ));
+    }
+    None
+}
+
+/// Characters that read as text: not replacement characters, private-use code points (fonts
+/// without a Unicode map) or controls.
+fn readable_chars(ex: &Extracted) -> usize {
+    ex.blocks
+        .iter()
+        .flat_map(|b| b.text.chars())
+        .filter(|&c| {
+            c != '\u{fffd}'
+                && !('\u{e000}'..='\u{f8ff}').contains(&c)
+                && (!c.is_control() || c == '\n' || c == '\t')
+        })
+        .count()
+}
+
+/// The text of every page by `pdftotext`, or `None` when it is not installed. The document
+/// goes in on its stdin (never a temporary file: the bytes may be confidential); pages are
+/// separated by form feeds in its output, so page numbers are kept.
+fn poppler(bytes: &[u8]) -> Result<Option<Extracted>, String> {
+    let Some(text) = run_pdftotext(bytes)? else {
+        return Ok(None);
+    };
+    let mut out = Extracted::default();
+    let mut pages = 0u32;
+    for (i, page) in text.split('\x0c').enumerate() {
+        let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if !page.trim().is_empty() {
+            pages = pages.max(n);
+        }
+        for para in split_paragraphs(page) {
+            push_block(&mut out.blocks, &join_lines(para), Some(n), &[]);
+        }
+    }
+    // Every page ends with a form feed, empty ones too.
+    let feeds = u32::try_from(text.matches('\x0c').count()).unwrap_or(u32::MAX);
+    out.pages = Some(pages.max(feeds));
+    Ok(Some(out))
+}
+
+fn run_pdftotext(bytes: &[u8]) -> Result<Option<String>, String> {
+    let mut child = match Command::new("pdftotext")
+        .args(["-q", "-enc", "UTF-8", "-eol", "unix", "-", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot start pdftotext: {e}")),
+    };
+    let mut stdin = child.stdin.take().ok_or("pdftotext started without a pipe")?;
+    let mut stdout = child.stdout.take().ok_or("pdftotext started without a pipe")?;
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        // A write error means pdftotext stopped reading; its exit status says why.
+        let _ = stdin.write_all(&input);
+    });
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        // Bounded: the extraction's own text limit applies after this.
+        let _ = (&mut stdout).take(256 << 20).read_to_end(&mut out);
+        out
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > POPPLER_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "pdftotext took longer than {} s",
+                    POPPLER_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("pdftotext: {e}")),
+        }
+    };
+    let _ = writer.join();
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!("pdftotext failed ({status})"));
+    }
+    Ok(Some(String::from_utf8_lossy(&out).into_owned()))
+}
+
+fn parse_pdf_extract(bytes: &[u8]) -> Result<Extracted, String> {
     let mut doc = catch_unwind(AssertUnwindSafe(|| lopdf::Document::load_mem(bytes)))
         .map_err(|p| {
             format!(
@@ -109,6 +263,24 @@ mod tests {
             "An example of wrapped text"
         );
         assert_eq!(join_lines("Well-\nKnown"), "Well- Known");
+    }
+
+    #[test]
+    fn a_pdf_that_pdf_extract_cannot_read_is_read_by_poppler() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+        // Every byte offset is 502 bytes off (testdata/sources/make_broken.py).
+        let bytes = std::fs::read(dir.join("broken/damaged-xref.pdf")).unwrap();
+        assert!(parse_pdf_extract(&bytes).is_err());
+        let ex = parse(&bytes).unwrap();
+        assert_eq!(ex.engine.as_deref(), Some(POPPLER), "needs poppler-utils");
+        assert_eq!(ex.pages, Some(3));
+        assert!(ex.warnings[0].starts_with("text from poppler pdftotext: pdf-extract not a readable PDF"));
+        let first = ex.blocks.iter().find(|b| b.page == Some(1)).unwrap();
+        assert!(first.text.contains("Welcome to Halden Health Analytics"), "{first:?}");
+        assert!(ex.blocks.iter().any(|b| b.page == Some(3)));
+        // The intact file is pdf-extract's.
+        let good = parse(&std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap()).unwrap();
+        assert_eq!(good.engine, None);
     }
 
     #[test]

@@ -92,7 +92,11 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
 
     // Deleting the message deletes what came out of it: an erasure request names the message.
     let out = node.run(&["delete", "-c", "mail", eml_id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let left: Vec<String> = node
         .docs("mail")
         .iter()
@@ -102,7 +106,11 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
         !left.iter().any(|s| s.contains("supplier-contract.eml")),
         "{left:#?}"
     );
-    assert_eq!(left.len(), 4, "the mailbox and its messages stay: {left:#?}");
+    assert_eq!(
+        left.len(),
+        4,
+        "the mailbox and its messages stay: {left:#?}"
+    );
     let out = node.search("mail", "phone number of the Lyon office", &[]);
     assert!(
         !out.to_string().contains("5550 8841"),

@@ -125,8 +125,14 @@ fn run_pdftotext(bytes: &[u8]) -> Result<Option<String>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot start pdftotext: {e}")),
     };
-    let mut stdin = child.stdin.take().ok_or("pdftotext started without a pipe")?;
-    let mut stdout = child.stdout.take().ok_or("pdftotext started without a pipe")?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or("pdftotext started without a pipe")?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or("pdftotext started without a pipe")?;
     let input = bytes.to_vec();
     let writer = std::thread::spawn(move || {
         use std::io::Write;
@@ -274,12 +280,19 @@ mod tests {
         let ex = parse(&bytes).unwrap();
         assert_eq!(ex.engine.as_deref(), Some(POPPLER), "needs poppler-utils");
         assert_eq!(ex.pages, Some(3));
-        assert!(ex.warnings[0].starts_with("text from poppler pdftotext: pdf-extract not a readable PDF"));
+        assert!(
+            ex.warnings[0]
+                .starts_with("text from poppler pdftotext: pdf-extract not a readable PDF")
+        );
         let first = ex.blocks.iter().find(|b| b.page == Some(1)).unwrap();
-        assert!(first.text.contains("Welcome to Halden Health Analytics"), "{first:?}");
+        assert!(
+            first.text.contains("Welcome to Halden Health Analytics"),
+            "{first:?}"
+        );
         assert!(ex.blocks.iter().any(|b| b.page == Some(3)));
         // The intact file is pdf-extract's.
-        let good = parse(&std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap()).unwrap();
+        let good =
+            parse(&std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap()).unwrap();
         assert_eq!(good.engine, None);
     }
 

@@ -39,7 +39,7 @@ seed() { # TARGET FILES...
 # decompression bomb is stopped by the extraction process's memory and time limits
 # (tests/it/ingest.rs), which an in-process fuzzer does not have; so are bomb.docx and
 # huge-range.xlsx.
-seed parse_pdf testdata/corpus/onboarding-handbook.pdf testdata/broken/truncated.pdf \
+seed parse_pdf testdata/corpus/onboarding-handbook.pdf testdata/broken/truncated.pdf fuzz/seeds/parse_pdf/* \
   testdata/broken/encrypted.pdf
 seed parse_html testdata/corpus/users-and-groups.html testdata/corpus/zlib-how.html
 seed parse_markdown testdata/corpus/node-url.md testdata/corpus/incident-runbook.md testdata/broken/image.md

@@ -231,13 +231,16 @@ impl Pipeline {
 
         match self.extract_and_chunk(c, &rec).await {
             Ok(mut done) => {
-                // Metadata the document declares fills keys the user left empty.
+                // Metadata the document declares fills keys the user left empty, within the
+                // limits user metadata has (a key too many is dropped, the user's stay).
                 for (k, v) in std::mem::take(&mut done.metadata) {
                     let v: String = v.chars().take(MAX_DECLARED_META_CHARS).collect();
-                    rec.metadata.entry(k).or_insert(MetaValue::Text(v));
-                }
-                if validate_metadata(&rec.metadata).is_err() {
-                    rec.metadata.retain(|k, _| k.len() <= 64);
+                    if !rec.metadata.contains_key(&k) {
+                        rec.metadata.insert(k.clone(), MetaValue::Text(v));
+                        if validate_metadata(&rec.metadata).is_err() {
+                            rec.metadata.remove(&k);
+                        }
+                    }
                 }
                 let (children, mut warnings) =
                     self.submit_children(c, &rec, done.attachments).await?;

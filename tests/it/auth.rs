@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Backend, Node, Reply, Server, create_key};
+use crate::common::{Backend, Node, Reply, Server, create_key, root};
 
 async fn call(
     s: &Server,
@@ -216,6 +216,51 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
             .status,
         200
     );
+    // An e-mail's attachments become documents of collection a: they carry a's scope, so a
+    // key of b can neither read one nor delete the message (which would cascade to them).
+    let eml = std::fs::read(root().join("testdata/mail/supplier-contract.eml")).unwrap();
+    let r = s
+        .send(
+            s.client
+                .post(format!(
+                    "{}/v1/collections/a/documents?source=contract.eml",
+                    s.url
+                ))
+                .bearer_auth(&writer_a)
+                .header("content-type", "message/rfc822")
+                .body(eml),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let msg = r.json()["id"].as_str().unwrap().to_owned();
+    let msg_path = format!("/v1/collections/a/documents/{msg}");
+    let mut record = json!(null);
+    for _ in 0..600 {
+        record = call(&s, Some(&reader_a), "GET", &msg_path, None)
+            .await
+            .json();
+        if record["status"] == "indexed" || record["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(record["status"], "indexed", "{record}");
+    let child = record["children"][0].as_str().unwrap().to_owned();
+    let child_path = format!("/v1/collections/a/documents/{child}");
+    let own = call(&s, Some(&reader_a), "GET", &child_path, None)
+        .await
+        .json();
+    assert_eq!(own["metadata"]["parent"], msg.as_str(), "{own}");
+    call(&s, Some(&reader_b), "GET", &child_path, None)
+        .await
+        .error(403, "forbidden");
+    call(&s, Some(&reader_b), "DELETE", &msg_path, None)
+        .await
+        .error(403, "forbidden");
+    call(&s, None, "GET", &child_path, None)
+        .await
+        .error(401, "unauthorized");
+
     // The admin may delete; the writer may delete documents in its collection.
     assert_eq!(
         call(&s, Some(&writer_a), "DELETE", &path, None)

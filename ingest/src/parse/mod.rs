@@ -141,6 +141,18 @@ fn push_block(blocks: &mut Vec<Block>, text: &str, page: Option<u32>, heading: &
     }
 }
 
+/// A file of `testdata/FOLDER`, sniffed and parsed as ingestion does (for the tests below).
+#[cfg(test)]
+fn read_test_file(folder: &str, name: &str) -> Extracted {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(folder)
+        .join(name);
+    let bytes = std::fs::read(&path).unwrap();
+    let kind = crate::sniff::sniff(&bytes, name).unwrap();
+    parse(kind, &bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 #[cfg(test)]
 mod office_files {
     //! The Office, OpenDocument, RTF and delimited files of `testdata/office`, made by pandoc
@@ -149,12 +161,7 @@ mod office_files {
     use super::*;
 
     fn read(name: &str) -> Extracted {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/office")
-            .join(name);
-        let bytes = std::fs::read(&path).unwrap();
-        let kind = crate::sniff::sniff(&bytes, name).unwrap();
-        parse(kind, &bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+        super::read_test_file("office", name)
     }
 
     /// The blocks as (heading path, page, text).
@@ -300,12 +307,7 @@ mod mail_files {
     use super::*;
 
     fn read(name: &str) -> Extracted {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/mail")
-            .join(name);
-        let bytes = std::fs::read(&path).unwrap();
-        let kind = crate::sniff::sniff(&bytes, name).unwrap();
-        parse(kind, &bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+        super::read_test_file("mail", name)
     }
 
     #[test]

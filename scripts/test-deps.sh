@@ -4,7 +4,8 @@
 # official OpenAI Python client in a Python virtual environment; Debian's Chromium and
 # playwright-core for the browser test (scripts/browser-deps.sh); Debian's strace and iproute2
 # for the network-namespace residency test; Debian's poppler-utils (pdftotext, hearth's second
-# PDF engine).
+# PDF engine, and pdftoppm, which renders scanned pages) and tesseract-ocr with its English and
+# German data (OCR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
@@ -24,6 +25,10 @@ missing=()
 command -v strace >/dev/null || missing+=(strace)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v pdftotext >/dev/null || missing+=(poppler-utils)
+for lang in eng deu; do
+  tesseract --list-langs 2>/dev/null | grep -qx "$lang" || missing+=("tesseract-ocr-$lang")
+done
+command -v tesseract >/dev/null || missing+=(tesseract-ocr)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi

@@ -26,6 +26,10 @@ pub struct CollectionSettings {
     /// PII redaction applied to this collection's documents before chunking (off by default).
     #[serde(default, skip_serializing_if = "Redaction::is_off")]
     pub redaction: Redaction,
+    /// Tesseract languages OCR reads this collection's scans in (`eng`, `deu`, ...); empty
+    /// means the node's default (`ingest.ocr_languages`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ocr_languages: Vec<String>,
 }
 
 /// What a collection redacts: built-in PII kinds and named patterns.
@@ -149,6 +153,20 @@ impl CollectionSettings {
                 "redaction {} (asked: {})",
                 describe(&self.redaction),
                 describe(&wanted.redaction)
+            ));
+        }
+        if !wanted.ocr_languages.is_empty() && self.ocr_languages != wanted.ocr_languages {
+            let shown = |l: &[String]| {
+                if l.is_empty() {
+                    "the node default".to_owned()
+                } else {
+                    l.join("+")
+                }
+            };
+            diffs.push(format!(
+                "OCR languages {} (asked: {})",
+                shown(&self.ocr_languages),
+                shown(&wanted.ocr_languages)
             ));
         }
         if diffs.is_empty() {

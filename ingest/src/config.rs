@@ -25,6 +25,9 @@ pub struct IngestConfig {
     /// Largest text one document may yield, in bytes; more means a decompression bomb or a
     /// generated file. Default: 64 MiB.
     pub max_text_bytes: u64,
+    /// Tesseract languages OCR reads scans and images in, for collections that name none
+    /// (`eng`, `deu`, `fra`, ...: one Debian package tesseract-ocr-LANG each). Default: `eng`.
+    pub ocr_languages: Vec<String>,
 }
 
 impl Default for IngestConfig {
@@ -37,6 +40,7 @@ impl Default for IngestConfig {
             extract_timeout_secs: 120,
             extract_memory_mib: 2048,
             max_text_bytes: 64 * 1024 * 1024,
+            ocr_languages: vec!["eng".to_owned()],
         }
     }
 }
@@ -72,6 +76,12 @@ impl IngestConfig {
         if self.max_text_bytes == 0 {
             return bad("ingest.max_text_bytes must be greater than 0".into());
         }
+        if self.ocr_languages.is_empty() {
+            return bad(
+                "ingest.ocr_languages must name at least one language (e.g. [\"eng\"])".into(),
+            );
+        }
+        check_language_names(&self.ocr_languages, "ingest.ocr_languages")?;
         Ok(())
     }
 
@@ -83,4 +93,49 @@ impl IngestConfig {
             std::thread::available_parallelism().map_or(2, usize::from)
         }
     }
+}
+
+/// Checks that OCR language names are Tesseract names (`eng`, `chi_sim`): letters, digits and
+/// underscores, at most 8 of them.
+fn check_language_names(languages: &[String], key: &str) -> Result<()> {
+    if languages.len() > 8 {
+        return Err(IngestError::InvalidInput(format!(
+            "{key} names {} languages; at most 8 are allowed",
+            languages.len()
+        )));
+    }
+    for l in languages {
+        let ok = !l.is_empty()
+            && l.len() <= 16
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(IngestError::InvalidInput(format!(
+                "{key}: {l:?} is not a Tesseract language name (like eng, deu, fra, chi_sim)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks OCR language names, and that Tesseract and each language's data are installed on
+/// this node; the error says which Debian package to install.
+pub(crate) fn check_ocr_languages(languages: &[String], key: &str) -> Result<()> {
+    check_language_names(languages, key)?;
+    let installed = crate::parse::installed_ocr_languages().ok_or_else(|| {
+        IngestError::InvalidInput(format!(
+            "{key}: OCR is not available on this node (install Debian's tesseract-ocr)"
+        ))
+    })?;
+    let missing: Vec<&String> = languages
+        .iter()
+        .filter(|l| !installed.contains(l))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(IngestError::InvalidInput(format!(
+            "{key}: OCR language {first} is not installed on this node (installed: {}; Debian package tesseract-ocr-{})",
+            installed.join(", "),
+            first.replace('_', "-")
+        )));
+    }
+    Ok(())
 }

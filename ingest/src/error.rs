@@ -40,6 +40,9 @@ pub enum Rejection {
     /// Zero bytes.
     #[error("document is empty (0 bytes)")]
     Empty,
+    /// An image larger than OCR reads in bounded memory.
+    #[error("{0}")]
+    ImageTooLarge(String),
     /// A format hearth does not read.
     #[error("unsupported format: {0}")]
     Unsupported(String),

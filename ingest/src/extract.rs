@@ -11,6 +11,7 @@
 //! (stray prints from a library) are ignored.
 
 use std::io::{BufRead, Read, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -22,10 +23,13 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::parse::{Extracted, parse};
+use crate::parse::{Extracted, Options, parse_with};
 use crate::sniff::DocKind;
 
 const REPLY_MARK: &str = "\u{1e}HEARTH ";
+/// Marks a progress line: `DONE TOTAL` pages of long work (OCR). Each one restarts the
+/// document's time limit, so a 5,000-page scan is bounded per page, not as a whole.
+const PROGRESS_MARK: &str = "\u{1e}HEARTH-PROGRESS ";
 const ENV_MEMORY: &str = "HEARTH_EXTRACT_MEMORY_MIB";
 const ENV_MAX_TEXT: &str = "HEARTH_EXTRACT_MAX_TEXT_BYTES";
 const STDERR_TAIL: usize = 4096;
@@ -45,7 +49,13 @@ pub struct ExtractorCommand {
 struct Header {
     kind: DocKind,
     len: usize,
+    /// Tesseract languages for OCR (empty: English).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ocr_languages: Vec<String>,
 }
+
+/// Progress of one extraction: pages done and pages to do, when it reports any.
+pub(crate) type Progress = tokio::sync::watch::Sender<Option<(u32, u32)>>;
 
 /// Limits applied to each extraction.
 #[derive(Clone, Copy, Debug)]
@@ -80,8 +90,16 @@ impl ExtractorPool {
         }
     }
 
-    /// Extracts one document. The error is a reason fit for a user.
-    pub async fn extract(&self, kind: DocKind, bytes: &[u8]) -> Result<Extracted, String> {
+    /// Extracts one document, OCR in `ocr_languages` where it needs any. The error is a reason
+    /// fit for a user. The time limit applies to the whole extraction, or, for work that
+    /// reports progress, to each step of it.
+    pub async fn extract(
+        &self,
+        kind: DocKind,
+        bytes: &[u8],
+        ocr_languages: &[String],
+        progress: &Progress,
+    ) -> Result<Extracted, String> {
         // invariant: the semaphore is never closed.
         let _permit = self.permits.acquire().await.expect("semaphore open");
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -89,7 +107,15 @@ impl ExtractorPool {
             Some(w) => w,
             None => self.spawn()?,
         };
-        match tokio::time::timeout(self.limits.timeout, worker.run(kind, bytes)).await {
+        let header = Header {
+            kind,
+            len: bytes.len(),
+            ocr_languages: ocr_languages.to_vec(),
+        };
+        match worker
+            .run(&header, bytes, self.limits.timeout, progress)
+            .await
+        {
             Ok(Ok(reply)) => {
                 self.idle
                     .lock()
@@ -100,8 +126,14 @@ impl ExtractorPool {
             Ok(Err(_io)) => Err(worker.death_reason(self.limits).await),
             Err(_elapsed) => {
                 let _ = worker.child.kill().await;
+                let at = match *progress.borrow() {
+                    Some((done, total)) => {
+                        format!(" on page {} of the {total} it was recognising", done + 1)
+                    }
+                    None => String::new(),
+                };
                 Err(format!(
-                    "extraction took longer than the {} s limit and was stopped",
+                    "extraction took longer than the {} s limit and was stopped{at}",
                     self.limits.timeout.as_secs()
                 ))
             }
@@ -158,28 +190,45 @@ impl ExtractorPool {
 }
 
 impl Worker {
+    /// Sends one request and reads its reply; `Err(Elapsed)` when `limit` passes without a
+    /// reply or a progress line.
     async fn run(
         &mut self,
-        kind: DocKind,
+        header: &Header,
         bytes: &[u8],
-    ) -> std::io::Result<Result<Extracted, String>> {
-        let mut header = serde_json::to_vec(&Header {
-            kind,
-            len: bytes.len(),
-        })?;
-        header.push(b'\n');
-        self.stdin.write_all(&header).await?;
-        self.stdin.write_all(bytes).await?;
-        self.stdin.flush().await?;
+        limit: Duration,
+        progress: &Progress,
+    ) -> Result<std::io::Result<Result<Extracted, String>>, tokio::time::error::Elapsed> {
+        let mut deadline = tokio::time::Instant::now() + limit;
+        let send = async {
+            // invariant: a header of an enum, a number and strings serialises.
+            let mut line = serde_json::to_vec(header).expect("header serialises");
+            line.push(b'\n');
+            self.stdin.write_all(&line).await?;
+            self.stdin.write_all(bytes).await?;
+            self.stdin.flush().await
+        };
+        if let Err(e) = tokio::time::timeout_at(deadline, send).await? {
+            return Ok(Err(e));
+        }
         let mut line = String::new();
         loop {
             line.clear();
-            if self.stdout.read_line(&mut line).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            match tokio::time::timeout_at(deadline, self.stdout.read_line(&mut line)).await? {
+                Ok(0) => return Ok(Err(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Ok(Err(e)),
             }
             if let Some(json) = line.strip_prefix(REPLY_MARK) {
-                return serde_json::from_str(json.trim_end())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                return Ok(serde_json::from_str(json.trim_end())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+            }
+            if let Some(p) = line.strip_prefix(PROGRESS_MARK) {
+                let mut nums = p.split_whitespace().map(str::parse::<u32>);
+                if let (Some(Ok(done)), Some(Ok(total))) = (nums.next(), nums.next()) {
+                    deadline = tokio::time::Instant::now() + limit;
+                    progress.send_replace(Some((done, total)));
+                }
             }
         }
     }
@@ -262,7 +311,15 @@ pub fn extract_worker_main() -> i32 {
         if input.read_exact(&mut bytes).is_err() {
             return 4;
         }
-        let reply = std::panic::catch_unwind(|| parse(h.kind, &bytes))
+        let opts = Options {
+            ocr_languages: h.ocr_languages,
+            progress: Some(Box::new(|done, total| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{PROGRESS_MARK}{done} {total}");
+                let _ = out.flush();
+            })),
+        };
+        let reply = std::panic::catch_unwind(AssertUnwindSafe(|| parse_with(h.kind, &bytes, &opts)))
             .unwrap_or_else(|p| Err(format!("the parser crashed: {}", crate::parse::panic_message(&p))))
             .and_then(|ex| {
                 if ex.text_bytes() as u64 > max_text {

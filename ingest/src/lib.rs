@@ -32,6 +32,7 @@ pub use chunk::{ChunkParams, TokenCounter};
 pub use config::IngestConfig;
 pub use error::{IngestError, Rejection, Result};
 pub use extract::{ExtractorCommand, extract_worker_main};
+pub use parse::OcrSummary;
 pub use pipeline::{Pipeline, PipelineParts, Submission, Submitted};
 pub use redact::KINDS as REDACTION_KINDS;
 pub use registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};

@@ -17,13 +17,15 @@ use crate::config::IngestConfig;
 use crate::error::{IngestError, Rejection, Result};
 use crate::extract::{ExtractorCommand, ExtractorPool, Limits};
 use crate::normalize::normalize;
-use crate::parse::Attachment;
+use crate::parse::{Attachment, OcrSummary};
 use crate::redact::Redactor;
 use crate::registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};
 use crate::sniff::sniff;
 
 /// Extraction is retried on restart at most this many times before the document fails.
 const MAX_ATTEMPTS: u32 = 3;
+/// How often a long extraction writes its progress into the record.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything the pipeline needs.
 pub struct PipelineParts {
@@ -92,6 +94,7 @@ impl Pipeline {
             embedding_dim: u32::try_from(parts.embedding_dim)
                 .map_err(|_| IngestError::InvalidInput("embedding dim too large".into()))?,
             redaction: Redaction::default(),
+            ocr_languages: Vec::new(),
         };
         Ok(Self {
             registry: Registry::new(parts.store.clone()),
@@ -116,30 +119,83 @@ impl Pipeline {
 
     /// Creates the collection, or checks that its stored settings match this pipeline's.
     pub async fn open_collection(&self, c: &CollectionName) -> Result<()> {
-        self.create_collection(c, &Redaction::default()).await
+        self.create_collection(c, &Redaction::default(), &[]).await
     }
 
-    /// Creates the collection with these redaction rules, or checks that it exists with the
-    /// same settings (rules left empty accept whatever the collection has).
-    pub async fn create_collection(&self, c: &CollectionName, redaction: &Redaction) -> Result<()> {
+    /// Creates the collection with these redaction rules and OCR languages, or checks that it
+    /// exists with the same settings (rules or languages left empty accept whatever the
+    /// collection has). The languages must be installed on this node.
+    pub async fn create_collection(
+        &self,
+        c: &CollectionName,
+        redaction: &Redaction,
+        ocr_languages: &[String],
+    ) -> Result<()> {
         Redactor::new(redaction)?;
+        if !ocr_languages.is_empty() {
+            crate::config::check_ocr_languages(ocr_languages, "ocr_languages")?;
+        }
         let wanted = CollectionSettings {
             redaction: redaction.clone(),
+            ocr_languages: ocr_languages.to_vec(),
             ..self.settings.clone()
         };
         wanted.open_or_create(&self.store, c).await?;
         Ok(())
     }
 
-    /// The collection's redaction rules as its settings say now, compiled once per process.
-    async fn redactor(&self, c: &CollectionName) -> Result<Option<Arc<Redactor>>> {
-        let spec = CollectionSettings::read(&self.store, c)
-            .await?
-            .map(|s| s.redaction)
-            .unwrap_or_default();
-        if spec.is_off() {
-            return Ok(None);
+    /// The languages OCR reads a collection's scans in: its own, or this node's default.
+    pub async fn ocr_languages(&self, c: &CollectionName) -> Result<Vec<String>> {
+        let settings = CollectionSettings::read(&self.store, c).await?;
+        Ok(self.effective_ocr_languages(settings.as_ref()))
+    }
+
+    fn effective_ocr_languages(&self, settings: Option<&CollectionSettings>) -> Vec<String> {
+        match settings {
+            Some(s) if !s.ocr_languages.is_empty() => s.ocr_languages.clone(),
+            _ => self.config.ocr_languages.clone(),
         }
+    }
+
+    /// Extracts a document; long work (OCR of many pages) shows its progress in the record,
+    /// written at most every [`PROGRESS_EVERY`].
+    async fn extract_reporting(
+        &self,
+        rec: &DocRecord,
+        raw: &[u8],
+        languages: &[String],
+    ) -> std::result::Result<crate::parse::Extracted, String> {
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        let work = self.extractor.extract(rec.kind, raw, languages, &tx);
+        tokio::pin!(work);
+        let mut written = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                Ok(()) = rx.changed() => {
+                    if written.elapsed() < PROGRESS_EVERY {
+                        continue;
+                    }
+                    let Some((done, total)) = *rx.borrow_and_update() else { continue };
+                    let mut shown = rec.clone();
+                    shown.progress = Some(format!("OCR: {done} of {total} pages recognised"));
+                    // Progress is a courtesy: a store hiccup here must not fail the document.
+                    if let Err(e) = self.registry.put(&mut shown).await {
+                        tracing::warn!(doc = %rec.doc_id, "cannot record progress: {e}");
+                    }
+                    written = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    /// A collection's redaction rules, compiled once per process. The rules are read from the
+    /// collection's settings for every document, so a collection deleted and created again
+    /// elsewhere is never stale.
+    fn redactor(&self, spec: Option<&Redaction>) -> Result<Option<Arc<Redactor>>> {
+        let Some(spec) = spec.filter(|s| !s.is_off()).cloned() else {
+            return Ok(None);
+        };
         if let Some(r) = self
             .redactors
             .lock()
@@ -248,6 +304,7 @@ impl Pipeline {
                 rec.title = done.title;
                 rec.pages = done.pages;
                 rec.engine = done.engine;
+                rec.ocr = done.ocr;
                 done.warnings.append(&mut warnings);
                 rec.warnings = done.warnings;
                 rec.chunks = Some(done.chunks);
@@ -346,10 +403,11 @@ impl Pipeline {
         let Some(raw) = self.store.get_opt(&keys::raw(c, &rec.doc_id)).await? else {
             return Err(Failure::Missing.into());
         };
-        let redactor = self.redactor(c).await?;
+        let settings = CollectionSettings::read(&self.store, c).await?;
+        let redactor = self.redactor(settings.as_ref().map(|s| &s.redaction))?;
+        let languages = self.effective_ocr_languages(settings.as_ref());
         let mut extracted = self
-            .extractor
-            .extract(rec.kind, &raw)
+            .extract_reporting(rec, &raw, &languages)
             .await
             .map_err(Failure::Extraction)?;
         drop(raw);
@@ -360,6 +418,7 @@ impl Pipeline {
             title: extracted.title.clone(),
             pages: extracted.pages,
             engine: extracted.engine.clone(),
+            ocr: extracted.ocr.clone(),
             warnings: extracted.warnings.clone(),
             redactions,
             redacting: redactor.is_some(),
@@ -454,6 +513,7 @@ struct Chunked {
     title: Option<String>,
     pages: Option<u32>,
     engine: Option<String>,
+    ocr: Option<OcrSummary>,
     warnings: Vec<String>,
     redactions: u32,
     redacting: bool,

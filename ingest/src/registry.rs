@@ -16,6 +16,7 @@ use hearth_index::{BlobStore, CollectionName, DocId, FORMAT_VERSION, IndexError,
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IngestError, Result};
+use crate::parse::OcrSummary;
 use crate::sniff::DocKind;
 
 /// Where a document is in the pipeline.
@@ -154,6 +155,13 @@ pub struct DocRecord {
     /// poppler's pdftotext because pdf-extract could not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// What OCR read: pages, words and the mean word confidence (0-100), when it read any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocr: Option<OcrSummary>,
+    /// How far a long extraction has come ("OCR: 12 of 5000 pages recognised"); only while
+    /// it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
     /// Number of chunks written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<u32>,
@@ -206,6 +214,8 @@ impl DocRecord {
             title: None,
             pages: None,
             engine: None,
+            ocr: None,
+            progress: None,
             chunks: None,
             warnings: Vec::new(),
             redactions: 0,

@@ -41,6 +41,12 @@ pub enum DocKind {
     Eml,
     /// A mailbox of e-mail messages (mbox).
     Mbox,
+    /// A PNG image (read by OCR).
+    Png,
+    /// A JPEG image (read by OCR).
+    Jpeg,
+    /// A TIFF image, maybe of several pages (read by OCR).
+    Tiff,
 }
 
 impl DocKind {
@@ -63,6 +69,9 @@ impl DocKind {
             DocKind::Rtf => "rtf",
             DocKind::Eml => "eml",
             DocKind::Mbox => "mbox",
+            DocKind::Png => "png",
+            DocKind::Jpeg => "jpeg",
+            DocKind::Tiff => "tiff",
         }
     }
 
@@ -89,6 +98,9 @@ impl DocKind {
             DocKind::Rtf => "application/rtf",
             DocKind::Eml => "message/rfc822",
             DocKind::Mbox => "application/mbox",
+            DocKind::Png => "image/png",
+            DocKind::Jpeg => "image/jpeg",
+            DocKind::Tiff => "image/tiff",
         }
     }
 }
@@ -97,12 +109,8 @@ impl DocKind {
 /// `BZh`, `GIF89a`, `OggS`) may just as well begin a text file, so it is trusted only when the
 /// format's structure follows it ([`confirms`]) or when the bytes are not text.
 const MAGIC: &[(&[u8], &str)] = &[
-    (b"\x89PNG\r\n\x1a\n", "PNG image"),
-    (b"\xff\xd8\xff", "JPEG image"),
     (b"GIF87a", "GIF image"),
     (b"GIF89a", "GIF image"),
-    (b"II*\x00", "TIFF image"),
-    (b"MM\x00*", "TIFF image"),
     (
         b"PK\x03\x04",
         "ZIP archive (not an Office or OpenDocument file)",
@@ -137,6 +145,9 @@ pub fn sniff(bytes: &[u8], name: &str) -> Result<DocKind, Rejection> {
     }
     if let Some(kind) = office_file(bytes) {
         return kind.map_err(Rejection::Unsupported);
+    }
+    if let Some(kind) = image(bytes) {
+        return kind;
     }
     let text = decode_text_prefix(&bytes[..bytes.len().min(64 * 1024)]);
     if let Some(what) = binary_format(bytes, text.is_some()) {
@@ -189,6 +200,31 @@ fn is_pdf(bytes: &[u8]) -> bool {
     let before = &head[..at];
     let utf16 = before.starts_with(b"\xff\xfe") || before.starts_with(b"\xfe\xff");
     before.starts_with(b"\x1b%-12345X") || (before.contains(&0) && !utf16)
+}
+
+/// A PNG, JPEG or TIFF image, checked for a size OCR can read in bounded memory by its header
+/// alone.
+fn image(bytes: &[u8]) -> Option<Result<DocKind, Rejection>> {
+    let kind = if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        DocKind::Png
+    } else if bytes.starts_with(b"\xff\xd8\xff") {
+        DocKind::Jpeg
+    } else if bytes.starts_with(b"II*\x00") || bytes.starts_with(b"MM\x00*") {
+        DocKind::Tiff
+    } else {
+        return None;
+    };
+    let Some((w, h)) = crate::parse::image_size(bytes) else {
+        return Some(Err(Rejection::Unsupported(format!(
+            "a damaged {} image (its header declares no size)",
+            kind.as_str().to_ascii_uppercase()
+        ))));
+    };
+    Some(
+        crate::parse::check_image_size(w, h)
+            .map(|()| kind)
+            .map_err(Rejection::ImageTooLarge),
+    )
 }
 
 /// The Office or OpenDocument format of a ZIP package or an OLE compound file: `Some(Ok)` for
@@ -486,7 +522,7 @@ mod tests {
     fn rejects_empty_and_binary_with_a_reason() {
         assert_eq!(sniff(b"", "a.txt"), Err(Rejection::Empty));
         let png = sniff(b"\x89PNG\r\n\x1a\n\0\0\0", "pic.md").unwrap_err();
-        assert!(png.to_string().contains("PNG"), "{png}");
+        assert!(png.to_string().contains("damaged PNG"), "{png}");
         let gz = sniff(b"\x1f\x8b\x08\0\0\0", "notes.txt").unwrap_err();
         assert!(gz.to_string().contains("gzip"), "{gz}");
         let junk: Vec<u8> = (0u32..4096)
@@ -638,13 +674,17 @@ mod tests {
             ("office/offices.tsv", DocKind::Tsv),
             ("mail/supplier-contract.eml", DocKind::Eml),
             ("mail/board.mbox", DocKind::Mbox),
+            // Content decides, not the name: OCR finds no text in it later.
+            ("broken/image.md", DocKind::Png),
+            ("scans/gzip-manual-page.png", DocKind::Png),
+            ("scans/gzip-manual-page.jpg", DocKind::Jpeg),
+            ("scans/gzip-de-pages.tiff", DocKind::Tiff),
         ] {
             assert_eq!(kind(f), Ok(k), "{f}");
         }
         for f in [
             "broken/junk.pdf",
             "broken/random.bin",
-            "broken/image.md",
             "broken/compressed.txt",
         ] {
             assert!(kind(f).is_err(), "{f}");
@@ -653,6 +693,7 @@ mod tests {
         for (f, says) in [
             ("broken/encrypted.xlsx", "password"),
             ("broken/runbook.doc", "save it as DOCX"),
+            ("broken/huge-image.png", "30000 x 30000 pixels"),
         ] {
             let why = kind(f).unwrap_err().to_string();
             assert!(why.contains(says), "{f}: {why}");
@@ -664,7 +705,7 @@ mod tests {
         use DocKind::*;
         for k in [
             Pdf, Html, Markdown, Text, Docx, Pptx, Xlsx, Xls, Odt, Odp, Ods, Csv, Tsv, Rtf, Eml,
-            Mbox,
+            Mbox, Png, Jpeg, Tiff,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

@@ -37,6 +37,10 @@ pub struct IngestArgs {
     /// become `[REDACTED:NAME]`.
     #[arg(long = "redact-pattern", value_name = "NAME=REGEX")]
     redact_patterns: Vec<String>,
+    /// Languages OCR reads scans and images in, as Tesseract names (eng, deu, fra, ...; each
+    /// a Debian package tesseract-ocr-LANG). Fixed at creation; default: `ingest.ocr_languages`.
+    #[arg(long = "ocr-languages", value_name = "LANGS", value_delimiter = ',')]
+    ocr_languages: Vec<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -115,7 +119,9 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     hearth_api::validate_metadata(&metadata)?;
     let files = walk(&args.paths)?;
     let service = super::service(&cfg).await?;
-    let col = service.create(&collection, &redaction(&args)?).await?;
+    let col = service
+        .create(&collection, &redaction(&args)?, &args.ocr_languages)
+        .await?;
     let pending = service.pending(&col).await?;
 
     let jobs: Vec<Job> = pending

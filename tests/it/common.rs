@@ -87,12 +87,19 @@ impl Node {
 
     /// Runs `hearth ingest --json` and returns the summary; panics on a non-zero exit.
     pub fn ingest(&self, collection: &str, paths: &[&Path]) -> Value {
+        self.ingest_with(collection, paths, &[])
+    }
+
+    /// Runs `hearth ingest --json` with extra flags and returns the summary; panics on a
+    /// non-zero exit.
+    pub fn ingest_with(&self, collection: &str, paths: &[&Path], flags: &[&str]) -> Value {
         let mut args = vec![
             "ingest".to_owned(),
             "--json".into(),
             "-c".into(),
             collection.into(),
         ];
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
         args.extend(paths.iter().map(|p| p.display().to_string()));
         let out = self.command().args(&args).output().unwrap();
         assert!(

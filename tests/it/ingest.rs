@@ -129,6 +129,7 @@ const BROKEN: &[(&str, &str)] = &[
     ("bomb.docx", "ZIP bomb"),
     ("huge-range.xlsx", "memory limit"),
     ("runbook.doc", "save it as DOCX"),
+    ("huge-image.png", "30000 x 30000 pixels"),
 ];
 
 /// Files in `testdata/broken` that look suspicious and must ingest all the same.

@@ -21,7 +21,8 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
     node.ingest("mail", &[&dir]);
     let docs = node.docs("mail");
 
-    // The message: indexed, headers as metadata, two attachments, the image refused by name.
+    // The message: indexed, headers as metadata, three attachments: a Word file and a workbook
+    // that index, and a logo in which OCR finds no text.
     let eml = by_source(&docs, "supplier-contract.eml");
     assert_eq!(eml["state"], "indexed", "{eml:#}");
     assert_eq!(
@@ -29,9 +30,15 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
         "Clara Lindqvist <clara.lindqvist@kestrel-storage.example>"
     );
     assert_eq!(eml["metadata"]["date"], "2026-03-12T09:41:00Z");
-    assert_eq!(eml["children"].as_array().map(Vec::len), Some(2), "{eml:#}");
-    assert!(eml["warnings"].to_string().contains("logo.png"), "{eml:#}");
+    assert_eq!(eml["children"].as_array().map(Vec::len), Some(3), "{eml:#}");
     let eml_id = eml["doc_id"].as_str().unwrap();
+    let logo = by_source(&docs, "supplier-contract.eml/logo.png");
+    assert_eq!(logo["state"], "failed", "{logo:#}");
+    assert_eq!(
+        logo["reason"], "OCR found no text in the PNG image",
+        "{logo:#}"
+    );
+    assert_eq!(logo["metadata"]["parent"], eml_id, "{logo:#}");
     for att in [
         "supplier-contract.eml/storage-runbook.docx",
         "supplier-contract.eml/offices.xlsx",

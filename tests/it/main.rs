@@ -18,6 +18,7 @@ mod openai;
 mod quality;
 mod redaction;
 mod residency;
+mod scans;
 mod search;
 mod serve;
 mod soak;

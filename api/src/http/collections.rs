@@ -18,6 +18,10 @@ pub(super) struct CreateBody {
     /// PII redaction for the collection's documents, fixed at creation (off when absent).
     #[serde(default)]
     redaction: Option<RedactionBody>,
+    /// Tesseract languages OCR reads the collection's scans and images in (`eng`, `deu`,
+    /// `fra`, ...; each installed on the node), fixed at creation. Absent: the node's default.
+    #[serde(default)]
+    ocr_languages: Vec<String>,
 }
 
 /// What a collection redacts before its text is chunked, embedded or stored.
@@ -79,6 +83,8 @@ pub(super) struct CollectionOut {
     /// Present when the collection redacts PII.
     #[serde(skip_serializing_if = "Option::is_none")]
     redaction: Option<RedactionBody>,
+    /// The languages OCR reads its scans and images in.
+    ocr_languages: Vec<String>,
 }
 
 impl CollectionOut {
@@ -92,6 +98,7 @@ impl CollectionOut {
             documents: st.docs,
             chunks: st.live_chunks,
             redaction,
+            ocr_languages: s.service.ocr_languages(col).await?,
         })
     }
 }
@@ -108,7 +115,10 @@ pub(super) async fn create(
     let c = caller.collection(&body.name, Role::Writer)?;
     let existed = s.service.exists(&c).await?;
     let redaction: Redaction = body.redaction.unwrap_or_default().into();
-    let col = s.service.create(&c, &redaction).await?;
+    let col = s
+        .service
+        .create(&c, &redaction, &body.ocr_languages)
+        .await?;
     let out = CollectionOut::of(&s, &col).await?;
     let status = if existed {
         StatusCode::OK

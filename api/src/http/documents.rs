@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hearth_index::{CollectionName, DocId};
-use hearth_ingest::{DocRecord, DocState, Metadata, Submission, Submitted};
+use hearth_ingest::{DocRecord, DocState, Metadata, OcrSummary, Submission, Submitted};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -53,6 +53,14 @@ pub(super) struct DocOut<'a> {
     /// pdf-extract could not read, read by poppler's pdftotext).
     #[serde(skip_serializing_if = "Option::is_none")]
     engine: Option<&'a str>,
+    /// What OCR read, when it read any page: `{pages, words, confidence}` (mean word
+    /// confidence, 0-100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    ocr: Option<&'a OcrSummary>,
+    /// How far a long extraction has come, while it runs ("OCR: 12 of 5000 pages recognised").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
     /// PII matches redacted (collections with redaction).
@@ -89,6 +97,8 @@ fn doc_out(r: &DocRecord) -> DocOut<'_> {
         pages: r.pages,
         chunks: r.chunks,
         engine: r.engine.as_deref(),
+        ocr: r.ocr.as_ref(),
+        progress: r.progress.as_deref(),
         warnings: &r.warnings,
         redactions: r.original_discarded.then_some(r.redactions),
         original_discarded: r.original_discarded,

@@ -100,7 +100,9 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::InvalidInput(m) => Self::invalid(m),
-            IngestError::Rejected(r @ Rejection::TooLarge { .. }) => Self::too_large(r.to_string()),
+            IngestError::Rejected(
+                r @ (Rejection::TooLarge { .. } | Rejection::ImageTooLarge(_)),
+            ) => Self::too_large(r.to_string()),
             IngestError::Rejected(r @ Rejection::Unsupported(_)) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -153,14 +153,18 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 impl Service {
-    /// Creates a collection with PII redaction rules (or opens it when it exists with the same
-    /// rules; a conflict otherwise), like [`Service::open`].
+    /// Creates a collection with PII redaction rules and OCR languages (or opens it when it
+    /// exists with the same settings; a conflict otherwise; empty ones accept what it has),
+    /// like [`Service::open`].
     pub async fn create(
         &self,
         c: &CollectionName,
         redaction: &Redaction,
+        ocr_languages: &[String],
     ) -> Result<Arc<Collection>> {
-        self.pipeline.create_collection(c, redaction).await?;
+        self.pipeline
+            .create_collection(c, redaction, ocr_languages)
+            .await?;
         self.open(c).await
     }
 
@@ -399,6 +403,11 @@ impl Service {
     /// Whether a collection exists in the store.
     pub async fn exists(&self, c: &CollectionName) -> Result<bool> {
         Ok(self.store.exists(&keys::collection(c)).await?)
+    }
+
+    /// The languages OCR reads a collection's scans in: its own, or the node's default.
+    pub async fn ocr_languages(&self, col: &Collection) -> Result<Vec<String>> {
+        Ok(self.pipeline.ocr_languages(col.name()).await?)
     }
 
     /// A collection's PII redaction rules (off when it has none).

@@ -98,6 +98,7 @@ async fn contract(store: BlobStore) {
     // Collection settings are fixed at creation.
     let settings = CollectionSettings {
         redaction: Default::default(),
+        ocr_languages: Vec::new(),
         format_version: hearth_index::FORMAT_VERSION,
         chunk_tokens: 256,
         chunk_overlap: 32,

@@ -5,6 +5,7 @@
 mod html;
 mod mail;
 mod markdown;
+mod ocr;
 mod office;
 mod package;
 mod pdf;
@@ -12,6 +13,9 @@ mod rtf;
 mod sheet;
 mod text;
 
+pub(crate) use ocr::{
+    check_image_size, image_size, installed_languages as installed_ocr_languages,
+};
 pub(crate) use pdf::panic_message;
 
 use std::collections::BTreeMap;
@@ -60,6 +64,34 @@ pub struct Extracted {
     /// ingested as a document of its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// What OCR recognised, when it read any page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocr: Option<OcrSummary>,
+}
+
+/// Pages recognised by OCR and how sure the recogniser was.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OcrSummary {
+    /// Pages recognised.
+    pub pages: u32,
+    /// Words recognised.
+    pub words: u32,
+    /// Mean word confidence, 0-100.
+    pub confidence: f32,
+    #[serde(skip)]
+    conf_sum: f64,
+}
+
+impl Eq for OcrSummary {}
+
+/// How to parse: the OCR languages of the document's collection, and where to report
+/// progress on long work (pages recognised so far, pages to recognise).
+#[derive(Default)]
+pub struct Options {
+    /// Tesseract language names (`eng`, `deu`, ...); empty means English.
+    pub ocr_languages: Vec<String>,
+    /// Called before each page OCR reads and once at the end.
+    pub progress: Option<Box<dyn Fn(u32, u32)>>,
 }
 
 /// A document found inside another.
@@ -102,10 +134,17 @@ impl Extracted {
     }
 }
 
-/// Runs the parser for `kind`. The error is a human-readable reason.
+/// Runs the parser for `kind` with default options. The error is a human-readable reason.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn parse(kind: DocKind, bytes: &[u8]) -> Result<Extracted, String> {
+    parse_with(kind, bytes, &Options::default())
+}
+
+/// Runs the parser for `kind`. The error is a human-readable reason.
+pub fn parse_with(kind: DocKind, bytes: &[u8], opts: &Options) -> Result<Extracted, String> {
     match kind {
-        DocKind::Pdf => pdf::parse(bytes),
+        DocKind::Pdf => pdf::parse(bytes, opts),
+        DocKind::Png | DocKind::Jpeg | DocKind::Tiff => ocr::image(kind, bytes, opts),
         DocKind::Html => Ok(html::parse(&decode(bytes)?)),
         DocKind::Markdown => Ok(markdown::parse(&decode(bytes)?)),
         DocKind::Text => Ok(text::parse(&decode(bytes)?)),

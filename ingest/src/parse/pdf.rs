@@ -23,7 +23,14 @@ pub(crate) const POPPLER: &str = "poppler pdftotext";
 /// How long the second engine may take for one document.
 const POPPLER_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(super) fn parse(bytes: &[u8]) -> Result<Extracted, String> {
+pub(super) fn parse(bytes: &[u8], opts: &super::Options) -> Result<Extracted, String> {
+    let mut ex = text_layer(bytes)?;
+    super::ocr::pdf_pages(bytes, &mut ex, opts);
+    Ok(ex)
+}
+
+/// The text layer, by pdf-extract or poppler, whichever reads more.
+fn text_layer(bytes: &[u8]) -> Result<Extracted, String> {
     let primary = parse_pdf_extract(bytes);
     let why = match &primary {
         // A password stops both engines alike.
@@ -121,19 +128,8 @@ fn poppler(bytes: &[u8]) -> Result<Option<Extracted>, String> {
 /// seekable file. (On stdin, poppler 22.12 loops without end, allocating, on PDFs with a
 /// damaged cross-reference table; a fuzzer input showed it.)
 fn run_pdftotext(bytes: &[u8]) -> Result<Option<String>, String> {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-
-    // Without close-on-exec, so that the child inherits it; the extraction process runs one
-    // document at a time, so no other child sees it.
-    let fd = memfd_create("hearth-pdf", MFdFlags::empty())
-        .map_err(|e| format!("cannot create an in-memory file: {e}"))?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)
-        .map_err(|e| format!("cannot fill the in-memory file: {e}"))?;
-    let path = format!("/dev/fd/{}", file.as_raw_fd());
+    let file = super::ocr::MemFile::new("hearth-pdf", bytes)?;
+    let path = file.path();
     let mut child = match Command::new("pdftotext")
         .args(["-q", "-enc", "UTF-8", "-eol", "unix"])
         .arg(&path)
@@ -239,7 +235,7 @@ fn parse_pdf_extract(bytes: &[u8]) -> Result<Extracted, String> {
 }
 
 /// Joins the lines of a paragraph, undoing end-of-line hyphenation ("exam-\nple" → "example").
-fn join_lines(para: &str) -> String {
+pub(super) fn join_lines(para: &str) -> String {
     let mut out = String::with_capacity(para.len());
     for line in para.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if out.ends_with('-') && line.starts_with(|c: char| c.is_lowercase()) {
@@ -289,7 +285,7 @@ mod tests {
         // Every byte offset is 502 bytes off (testdata/sources/make_broken.py).
         let bytes = std::fs::read(dir.join("broken/damaged-xref.pdf")).unwrap();
         assert!(parse_pdf_extract(&bytes).is_err());
-        let ex = parse(&bytes).unwrap();
+        let ex = text_layer(&bytes).unwrap();
         assert_eq!(ex.engine.as_deref(), Some(POPPLER), "needs poppler-utils");
         assert_eq!(ex.pages, Some(3));
         assert!(
@@ -303,8 +299,8 @@ mod tests {
         );
         assert!(ex.blocks.iter().any(|b| b.page == Some(3)));
         // The intact file is pdf-extract's.
-        let good =
-            parse(&std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap()).unwrap();
+        let good = text_layer(&std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap())
+            .unwrap();
         assert_eq!(good.engine, None);
     }
 
@@ -314,13 +310,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/parse_pdf");
         let bytes = std::fs::read(dir.join("poppler-stdin-loop.pdf")).unwrap();
         let started = Instant::now();
-        let _ = parse(&bytes);
+        let _ = text_layer(&bytes);
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 
     #[test]
     fn junk_and_truncated_input_get_reasons() {
-        let err = parse(b"%PDF-1.4\nthis is not really a pdf").unwrap_err();
+        let err = text_layer(b"%PDF-1.4\nthis is not really a pdf").unwrap_err();
         assert!(err.contains("PDF"), "{err}");
     }
 }

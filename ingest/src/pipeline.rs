@@ -491,9 +491,9 @@ enum Failure {
     /// The extraction process failed: the parser's message, or the limit it ran into.
     #[error("{0}")]
     Extraction(String),
-    /// A PDF without text: scanned, or images only.
+    /// A PDF without text: no text layer, and OCR found none.
     #[error(
-        "no extractable text in {pages} page(s): the PDF is probably scanned or holds only images (OCR is not supported)"
+        "no text in the PDF's {pages} page(s): it has no text layer, and OCR found none (blank pages or pictures)"
     )]
     NoTextInPdf {
         /// The PDF's page count.
@@ -544,7 +544,7 @@ mod tests {
         );
         assert_eq!(
             Failure::NoTextInPdf { pages: 3 }.to_string(),
-            "no extractable text in 3 page(s): the PDF is probably scanned or holds only images (OCR is not supported)"
+            "no text in the PDF's 3 page(s): it has no text layer, and OCR found none (blank pages or pictures)"
         );
         assert_eq!(Failure::NoText.to_string(), "the document holds no text");
         assert_eq!(

@@ -17,7 +17,9 @@ fn record<'a>(docs: &'a [Value], file: &str) -> &'a Value {
 fn scanned_pdfs_and_images_are_read_by_ocr_and_found_by_questions() {
     let node = Node::new(Backend::Local);
     let dir = root().join("testdata/scans");
-    let sets: &[(&str, &str, &[&str], &[(&str, &str)])] = &[
+    // (collection, OCR language, files, (question, what the top hit must hold))
+    type Set<'a> = (&'a str, &'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let sets: &[Set] = &[
         (
             "scans-en",
             "eng",
@@ -113,4 +115,104 @@ fn an_ocr_language_that_is_not_installed_is_refused_with_the_package_to_install(
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Tesseract language name"), "{err}");
+}
+
+/// A PDF of `pages` pages, each showing the same blank 400 x 520 gray image (large enough to
+/// be taken for a scan).
+fn image_only_pdf(pages: usize) -> Vec<u8> {
+    let (w, h) = (400, 520);
+    let img = vec![0xffu8; w * h];
+    let content = b"q 612 0 0 792 0 0 cm /Im1 Do Q";
+    let mut objs: Vec<Vec<u8>> = Vec::new();
+    objs.push(b"<< /Type /Catalog /Pages 2 0 R >>".to_vec());
+    let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 5 + i)).collect();
+    objs.push(
+        format!(
+            "<< /Type /Pages /Count {pages} /Kids [{}] >>",
+            kids.join(" ")
+        )
+        .into_bytes(),
+    );
+    let mut image = format!(
+        "<< /Type /XObject /Subtype /Image /Width {w} /Height {h} /ColorSpace /DeviceGray /BitsPerComponent 8 /Length {} >>\nstream\n",
+        img.len()
+    )
+    .into_bytes();
+    image.extend_from_slice(&img);
+    image.extend_from_slice(b"\nendstream");
+    objs.push(image);
+    let mut stream = format!("<< /Length {} >>\nstream\n", content.len()).into_bytes();
+    stream.extend_from_slice(content);
+    stream.extend_from_slice(b"\nendstream");
+    objs.push(stream);
+    for _ in 0..pages {
+        objs.push(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /XObject << /Im1 3 0 R >> >> /Contents 4 0 R >>".to_vec());
+    }
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objs.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend_from_slice(o);
+        out.extend_from_slice(b"\nendobj\n");
+    }
+    let xref = out.len();
+    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objs.len() + 1).as_bytes());
+    for off in offsets {
+        out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objs.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+#[test]
+fn five_thousand_image_only_pages_are_bounded_per_page_and_show_progress() {
+    // A 10 s limit per extraction: the whole document takes far longer, each page far less.
+    let node = Node::new(Backend::Local).env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "10");
+    let pdf = node.dir.path().join("pages.pdf");
+    std::fs::write(&pdf, image_only_pdf(5000)).unwrap();
+    let mut ingest = node
+        .command()
+        .args(["ingest", "--json", "-c", "pages"])
+        .arg(&pdf)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut progress = Vec::new();
+    while ingest.try_wait().unwrap().is_none() {
+        assert!(started.elapsed().as_secs() < 900, "ingest did not end");
+        let out = node.run(&["docs", "--json", "-c", "pages"]);
+        if let Ok(docs) = serde_json::from_slice::<Vec<Value>>(&out.stdout)
+            && let Some(p) = docs.first().and_then(|d| d["progress"].as_str())
+            && progress.last().is_none_or(|l: &String| l != p)
+        {
+            progress.push(p.to_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = ingest.wait_with_output().unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = &summary["documents"][0];
+    assert_eq!(doc["status"], "failed", "{summary:#}");
+    assert_eq!(
+        doc["reason"],
+        "no text in the PDF's 5000 page(s): it has no text layer, and OCR found none (blank pages or pictures)"
+    );
+    assert!(
+        progress.len() >= 2
+            && progress
+                .iter()
+                .all(|p| p.ends_with(" of 5000 pages recognised")),
+        "{progress:?}"
+    );
+    let rec = &node.docs("pages")[0];
+    assert!(rec.get("progress").is_none(), "{rec:#}");
 }

@@ -8,6 +8,7 @@
 //! limit) with a time limit of its own, reading the document from an in-memory file. Its text is kept only when it has more readable text;
 //! the record names the engine that produced the text.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Stdio};
@@ -24,32 +25,36 @@ pub(crate) const POPPLER: &str = "poppler pdftotext";
 const POPPLER_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) fn parse(bytes: &[u8], opts: &super::Options) -> Result<Extracted, String> {
-    let mut ex = text_layer(bytes)?;
-    super::ocr::pdf_pages(bytes, &mut ex, opts);
+    let (mut ex, pictures) = text_layer(bytes)?;
+    super::ocr::pdf_pages(bytes, &mut ex, pictures.as_ref(), opts);
     Ok(ex)
 }
 
-/// The text layer, by pdf-extract or poppler, whichever reads more.
-fn text_layer(bytes: &[u8]) -> Result<Extracted, String> {
-    let primary = parse_pdf_extract(bytes);
+/// The text layer, by pdf-extract or poppler, whichever reads more, and the pages that may
+/// need OCR whatever their text layer says.
+fn text_layer(bytes: &[u8]) -> Result<(Extracted, PictureSet), String> {
+    let (primary, pictures) = match parse_pdf_extract(bytes) {
+        Ok((ex, pictures)) => (Ok(ex), pictures),
+        Err(e) => (Err(e), None),
+    };
     let why = match &primary {
         // A password stops both engines alike.
-        Err(e) if e.starts_with("encrypted PDF") => return primary,
+        Err(e) if e.starts_with("encrypted PDF") => return Err(e.clone()),
         Err(e) => e.clone(),
         Ok(ex) => match weakness(ex) {
             Some(why) => why,
-            None => return primary,
+            None => return primary.map(|ex| (ex, pictures)),
         },
     };
     let Ok(Some(mut alt)) = poppler(bytes) else {
-        return primary;
+        return primary.map(|ex| (ex, pictures));
     };
     let better = match &primary {
         Err(_) => alt.text_bytes() > 0,
         Ok(ex) => readable_chars(&alt) > readable_chars(ex) + readable_chars(ex) / 4,
     };
     if !better {
-        return primary;
+        return primary.map(|ex| (ex, pictures));
     }
     if let Ok(ex) = &primary {
         alt.title = ex.title.clone();
@@ -57,7 +62,7 @@ fn text_layer(bytes: &[u8]) -> Result<Extracted, String> {
     alt.engine = Some(POPPLER.to_owned());
     alt.warnings
         .insert(0, format!("text from {POPPLER}: pdf-extract {why}"));
-    Ok(alt)
+    Ok((alt, pictures))
 }
 
 /// Why pdf-extract's result is worth a second opinion: pages it could not read, or little
@@ -177,7 +182,12 @@ fn run_pdftotext(bytes: &[u8]) -> Result<Option<String>, String> {
     Ok(Some(String::from_utf8_lossy(&out).into_owned()))
 }
 
-fn parse_pdf_extract(bytes: &[u8]) -> Result<Extracted, String> {
+/// The pages that may need OCR whatever their text layer says: those that draw a scan-sized
+/// picture, and those pdf-extract could not read. `None` when the file structure could not
+/// be read, so any page may be one.
+type PictureSet = Option<BTreeSet<u32>>;
+
+fn parse_pdf_extract(bytes: &[u8]) -> Result<(Extracted, PictureSet), String> {
     let mut doc = catch_unwind(AssertUnwindSafe(|| lopdf::Document::load_mem(bytes)))
         .map_err(|p| {
             format!(
@@ -189,10 +199,13 @@ fn parse_pdf_extract(bytes: &[u8]) -> Result<Extracted, String> {
     if doc.is_encrypted() && doc.decrypt("").is_err() {
         return Err("encrypted PDF: a password is required to read it".into());
     }
-    let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
-    if pages.is_empty() {
+    let page_ids = doc.get_pages();
+    if page_ids.is_empty() {
         return Err("the PDF has no pages".into());
     }
+    // Pages pdf-extract cannot read join these below: rendering may read them.
+    let mut pictures = catch_unwind(AssertUnwindSafe(|| picture_pages(&doc, &page_ids))).ok();
+    let pages: Vec<u32> = page_ids.keys().copied().collect();
     let mut out = Extracted {
         title: title(&doc),
         pages: u32::try_from(pages.len()).ok(),
@@ -213,10 +226,16 @@ fn parse_pdf_extract(bytes: &[u8]) -> Result<Extracted, String> {
             }
             Ok(Err(e)) => {
                 failed += 1;
+                if let Some(s) = pictures.as_mut() {
+                    s.insert(page);
+                }
                 out.warnings.push(format!("page {page}: {e}"));
             }
             Err(p) => {
                 failed += 1;
+                if let Some(s) = pictures.as_mut() {
+                    s.insert(page);
+                }
                 out.warnings.push(format!(
                     "page {page}: the PDF parser crashed: {}",
                     panic_message(&p)
@@ -231,7 +250,80 @@ fn parse_pdf_extract(bytes: &[u8]) -> Result<Extracted, String> {
             pages.len()
         ));
     }
-    Ok(out)
+    Ok((out, pictures))
+}
+
+/// Pixels an image must have to count as a picture worth recognising: a third of a letter
+/// page at 72 dpi. A scan at 150 dpi has ~2 million; logos and icons have far fewer.
+const PICTURE_PIXELS: i64 = 160_000;
+
+/// The pages that draw an image of at least [`PICTURE_PIXELS`], directly or inside a form.
+/// Only dictionaries are read, no stream is decoded: ~1 µs a page.
+fn picture_pages(doc: &lopdf::Document, pages: &BTreeMap<u32, lopdf::ObjectId>) -> BTreeSet<u32> {
+    let mut seen: HashMap<lopdf::ObjectId, bool> = HashMap::new();
+    let mut out = BTreeSet::new();
+    for (&n, &id) in pages {
+        let Ok((own, inherited)) = doc.get_page_resources(id) else {
+            continue;
+        };
+        let mut dicts: Vec<&lopdf::Dictionary> = own.into_iter().collect();
+        dicts.extend(inherited.iter().filter_map(|&r| doc.get_dictionary(r).ok()));
+        if dicts.iter().any(|r| has_picture(doc, r, 0, &mut seen)) {
+            out.insert(n);
+        }
+    }
+    out
+}
+
+fn has_picture(
+    doc: &lopdf::Document,
+    resources: &lopdf::Dictionary,
+    depth: u8,
+    seen: &mut HashMap<lopdf::ObjectId, bool>,
+) -> bool {
+    use lopdf::Object;
+    let xobjects = match resources.get(b"XObject") {
+        Ok(Object::Reference(r)) => doc.get_dictionary(*r).ok(),
+        Ok(Object::Dictionary(d)) => Some(d),
+        _ => None,
+    };
+    let Some(xobjects) = xobjects else {
+        return false;
+    };
+    for (_, x) in xobjects.iter() {
+        let Ok(id) = x.as_reference() else { continue };
+        if let Some(&known) = seen.get(&id) {
+            if known {
+                return true;
+            }
+            continue;
+        }
+        // Marked first, so a form that names itself ends here.
+        seen.insert(id, false);
+        let Ok(stream) = doc.get_object(id).and_then(Object::as_stream) else {
+            continue;
+        };
+        let dict = &stream.dict;
+        let found = match dict.get(b"Subtype").and_then(Object::as_name) {
+            Ok(b"Image") => {
+                let side = |k: &[u8]| dict.get(k).and_then(Object::as_i64).unwrap_or(0);
+                side(b"Width").saturating_mul(side(b"Height")) >= PICTURE_PIXELS
+            }
+            Ok(b"Form") if depth < 4 => match dict.get(b"Resources") {
+                Ok(Object::Dictionary(r)) => has_picture(doc, r, depth + 1, seen),
+                Ok(Object::Reference(r)) => doc
+                    .get_dictionary(*r)
+                    .is_ok_and(|r| has_picture(doc, r, depth + 1, seen)),
+                _ => false,
+            },
+            _ => false,
+        };
+        seen.insert(id, found);
+        if found {
+            return true;
+        }
+    }
+    false
 }
 
 /// Joins the lines of a paragraph, undoing end-of-line hyphenation ("exam-\nple" → "example").
@@ -285,7 +377,8 @@ mod tests {
         // Every byte offset is 502 bytes off (testdata/sources/make_broken.py).
         let bytes = std::fs::read(dir.join("broken/damaged-xref.pdf")).unwrap();
         assert!(parse_pdf_extract(&bytes).is_err());
-        let ex = text_layer(&bytes).unwrap();
+        let (ex, pictures) = text_layer(&bytes).unwrap();
+        assert_eq!(pictures, None, "unknown when the structure is unreadable");
         assert_eq!(ex.engine.as_deref(), Some(POPPLER), "needs poppler-utils");
         assert_eq!(ex.pages, Some(3));
         assert!(
@@ -300,8 +393,22 @@ mod tests {
         assert!(ex.blocks.iter().any(|b| b.page == Some(3)));
         // The intact file is pdf-extract's.
         let good = text_layer(&std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap())
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(good.engine, None);
+    }
+
+    #[test]
+    fn scanned_pages_are_told_by_their_pictures_and_logos_are_not_pictures() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+        // Page 1 is text, page 2 a scan, page 3 text (testdata/sources/scans/make_scans.sh).
+        let (_, pictures) = parse_pdf_extract(&read("scans/gzip-manual-mixed.pdf")).unwrap();
+        assert_eq!(pictures, Some(BTreeSet::from([2])));
+        let (_, pictures) = parse_pdf_extract(&read("scans/gzip-manual-scan.pdf")).unwrap();
+        assert_eq!(pictures, Some(BTreeSet::from([1, 2, 3])));
+        let (_, pictures) = parse_pdf_extract(&read("corpus/onboarding-handbook.pdf")).unwrap();
+        assert_eq!(pictures, Some(BTreeSet::new()));
     }
 
     #[test]

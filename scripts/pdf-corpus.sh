@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # hearth's PDF text extraction measured on a large real corpus: the PDFs shipped in Debian 12
-# documentation packages (about 730 distinct files, ~340 MB of .deb downloads, ~470 MB of
-# PDFs; producers pdfTeX, XeTeX/xdvipdfmx, LuaTeX, Ghostscript, Apache FOP, cairo, gropdf,
-# Acrobat Distiller, LibreOffice/OpenOffice, ReportLab, Prawn, htmldoc, PARI, ...).
+# documentation packages (732 distinct files, ~340 MB of .deb downloads, ~310 MB of
+# PDFs, ~39,000 pages; producers pdfTeX, XeTeX/xdvipdfmx, LuaTeX, Ghostscript, Apache FOP,
+# cairo, gropdf, Acrobat Distiller, LibreOffice/OpenOffice, ReportLab, Prawn, htmldoc, PARI).
 #
 #   scripts/pdf-corpus.sh [DRIVER ARGS...]     e.g. --limit 50, --match texlive, --timeout 120
+#
+# Since OCR (98e406e) a full run takes hours on 2 cores (pages of code or reference tables
+# count as weak and are recognised): --every 5 measures a fixed fifth of the corpus (~30 min).
 #
 # 1. Fetches the corpus, idempotently, into $HEARTH_PDF_CORPUS (default
 #    ~/.cache/hearth/pdf-corpus): `apt-get download` of each package below at its pinned

@@ -6,9 +6,11 @@
 WORKER is the `hearth-extract` binary (or any program that serves hearth's extraction
 protocol on stdin/stdout: a JSON header line `{"kind":"pdf","len":N}`, N raw bytes; the reply
 is the one line starting with "\\x1eHEARTH " that holds a JSON `Result<Extracted,String>`;
-other lines are ignored). One worker at a time, as the product runs it: each document has a
-wall-clock limit (120 s by default); a worker that overruns is killed (with its children) and
-replaced, and so is one that dies. A death is a crash; an `{"Err": ...}` reply is a clean error.
+a line "\\x1eHEARTH-PROGRESS DONE TOTAL" reports OCR progress; other lines are ignored). One
+worker at a time, as the product runs it: each document has a wall-clock limit (120 s by
+default) that, as in the product, each progress line restarts (--no-progress-restart: not);
+a worker that overruns is killed (with its children) and replaced, and so is one that dies.
+A death is a crash; an `{"Err": ...}` reply is a clean error.
 
 For reference, each file is also read by poppler-utils (not timed with hearth): `pdfinfo`
 (producer, pages), `pdffonts` (a text layer = at least one font on some page; the definition
@@ -31,6 +33,7 @@ import threading
 import time
 
 REPLY_MARK = b"\x1eHEARTH "
+PROGRESS_MARK = b"\x1eHEARTH-PROGRESS "
 TEXT_MIN_CHARS = 100  # pdftotext definition of a text layer
 REF_TIMEOUT = 120  # seconds for each poppler reference command
 
@@ -135,7 +138,13 @@ class Worker:
     def _read_stdout(self):
         for line in self.proc.stdout:
             if line.startswith(REPLY_MARK):
-                self.replies.put(line[len(REPLY_MARK):])
+                self.replies.put(("reply", line[len(REPLY_MARK):]))
+            elif line.startswith(PROGRESS_MARK):
+                try:
+                    done, total = (int(x) for x in line[len(PROGRESS_MARK):].split()[:2])
+                except ValueError:
+                    continue
+                self.replies.put(("progress", (done, total)))
         self.replies.put(None)  # EOF: the worker is gone
 
     def _read_stderr(self):
@@ -157,29 +166,38 @@ class Worker:
         except (BrokenPipeError, OSError, ValueError) as e:
             errors.append(repr(e))
 
-    def extract(self, data, timeout):
-        """Returns ("reply", json) | ("dead", None) | ("timeout", None), and the seconds taken."""
+    def extract(self, data, timeout, progress_restarts=True):
+        """Returns ("reply", json) | ("dead", None) | ("timeout", None), the seconds taken and
+        the progress lines seen (the last (done, total), how many)."""
         header = json.dumps({"kind": "pdf", "len": len(data)}).encode() + b"\n"
         errors = []
         started = time.monotonic()
+        deadline = started + timeout
+        progress = {"last": None, "lines": 0}
         writer = threading.Thread(target=self._write, args=(header + data, errors), daemon=True)
         writer.start()
         while True:
-            left = timeout - (time.monotonic() - started)
+            left = deadline - time.monotonic()
             if left <= 0:
                 self.sample()
-                return "timeout", None, time.monotonic() - started
+                return "timeout", None, time.monotonic() - started, progress
             try:
-                reply = self.replies.get(timeout=min(0.25, left))
+                item = self.replies.get(timeout=min(0.25, left))
             except queue.Empty:
                 self.sample()
                 continue
+            if item is not None and item[0] == "progress":
+                progress["last"] = item[1]
+                progress["lines"] += 1
+                if progress_restarts:
+                    deadline = time.monotonic() + timeout
+                continue
             took = time.monotonic() - started
             self.sample()
-            if reply is None:
-                return "dead", None, took
+            if item is None:
+                return "dead", None, took, progress
             self.docs += 1
-            return "reply", reply, took
+            return "reply", item[1], took, progress
 
     def kill(self):
         try:
@@ -239,10 +257,14 @@ def main():
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--limit", type=int, default=0, help="only the first N files")
     ap.add_argument("--match", default="", help="only files whose path contains this")
+    ap.add_argument("--every", type=int, default=1,
+                    help="a sample: every Nth file in path order (1st, N+1th, ...)")
     ap.add_argument("--no-reference", action="store_true", help="skip the poppler reference")
+    ap.add_argument("--no-progress-restart", action="store_true",
+                    help="a progress line does not restart the time limit")
     a = ap.parse_args()
 
-    files = [f for f in find_pdfs(a.corpus) if a.match in f]
+    files = [f for f in find_pdfs(a.corpus) if a.match in f][:: max(1, a.every)]
     if a.limit:
         files = files[: a.limit]
     if not files:
@@ -278,9 +300,13 @@ def main():
         if worker is None:
             worker = Worker(a.worker, env)
             workers_started += 1
-        kind, reply, took = worker.extract(data, a.timeout)
+        kind, reply, took, progress = worker.extract(data, a.timeout,
+                                                     not a.no_progress_restart)
         hearth_secs += took
         rec["secs"] = round(took, 3)
+        if progress["lines"]:
+            rec["progress_lines"] = progress["lines"]
+            rec["progress_last"] = progress["last"]
         if kind == "reply":
             try:
                 res = json.loads(reply)
@@ -289,11 +315,15 @@ def main():
             if "Ok" in res:
                 ex = res["Ok"]
                 texts = [b.get("text", "") for b in ex.get("blocks", [])]
+                warns = ex.get("warnings") or []
                 rec.update(outcome="ok", chars=sum(len(t) for t in texts),
                            nonspace_chars=sum(nonspace(t) for t in texts),
                            pages=ex.get("pages"), engine=ex.get("engine"),
-                           warnings=len(ex.get("warnings", [])),
-                           first_warning=(ex.get("warnings") or [None])[0])
+                           ocr=ex.get("ocr"),
+                           warnings=len(warns),
+                           first_warning=warns[0] if warns else None,
+                           warning_list=[w[:300] for w in warns[:8]],
+                           page_errors=sum(1 for w in warns if is_page_error(w)))
             else:
                 rec.update(outcome="error", error=res.get("Err"))
         elif kind == "timeout":
@@ -301,8 +331,11 @@ def main():
             peak_hwm = max(peak_hwm, worker.hwm_kib)
             peak_child_hwm = max(peak_child_hwm, worker.child_hwm_kib)
             worker.kill()
+            at = ""
+            if progress["last"]:
+                at = f" (OCR progress {progress['last'][0]}/{progress['last'][1]})"
             rec.update(outcome="timeout",
-                       error=f"no reply within {a.timeout:.0f} s; worker killed and replaced")
+                       error=f"no reply within {a.timeout:.0f} s{at}; worker killed and replaced")
             worker = None
         else:
             status, tail = worker.death()
@@ -316,7 +349,7 @@ def main():
         results.append(rec)
         flag = rec["outcome"]
         if flag == "ok":
-            flag = f"ok {rec['nonspace_chars']} chars" + (" (poppler)" if rec.get("engine") else "")
+            flag = f"ok {rec['nonspace_chars']} chars" + (f" ({rec['engine']})" if rec.get("engine") else "")
         print(f"[{i}/{len(files)}] {took:7.2f}s {flag:24.24} {rel}", file=sys.stderr, flush=True)
         if i % 20 == 0:
             save(False)
@@ -327,6 +360,18 @@ def main():
         worker.close()
     report = save(True)
     print_summary(report)
+
+
+def is_page_error(w):
+    """A warning of pdf-extract about a page it could not read (not one of OCR's)."""
+    return bool(re.match(r"page \d+: ", w)) and not re.search(
+        r"OCR|tesseract|pdftoppm|render", w, re.I)
+
+
+def lost_pages(r):
+    """pdf-extract could not read some pages and its text was kept (not poppler's)."""
+    return (r["outcome"] == "ok" and r.get("page_errors")
+            and "poppler" not in (r.get("engine") or ""))
 
 
 def has_text_layer(r):
@@ -350,8 +395,9 @@ def summarise(results, a, workers_started, peak_hwm, peak_child_hwm, hearth_secs
     pdfinfo_pages = sum(r.get("pages_pdfinfo") or 0 for r in results)
     errors = collections.Counter(group_reason(r.get("error")) for r in results
                                  if r["outcome"] == "error")
-    engines = collections.Counter(r.get("engine") or "pdf-extract" for r in results
-                                  if yields_text(r))
+    engines = collections.Counter(
+        re.sub(r"\(\d+ of \d+ pages\)", "(some pages)", r.get("engine") or "pdf-extract")
+        for r in results if yields_text(r))
     producers = collections.Counter(
         re.sub(r"[\d.]+.*", "", (r.get("producer") or "?")).strip() or "?" for r in results)
 
@@ -367,6 +413,7 @@ def summarise(results, a, workers_started, peak_hwm, peak_child_hwm, hearth_secs
         "worker": a.worker,
         "corpus": os.path.abspath(a.corpus),
         "timeout_s": a.timeout,
+        "selection": {"match": a.match, "every": a.every, "limit": a.limit},
         "memory_mib": int(os.environ.get("HEARTH_EXTRACT_MEMORY_MIB", "2048")),
         "text_layer_definition": "pdffonts lists at least one font (some page uses a font)",
         "summary": {
@@ -386,6 +433,11 @@ def summarise(results, a, workers_started, peak_hwm, peak_child_hwm, hearth_secs
             "no_text_layer_but_hearth_text": sum(1 for r in results
                                                  if not has_text_layer(r) and yields_text(r)),
             "weak_vs_pdftotext": len(weak),
+            "pdf_extract_kept_with_lost_pages": sum(1 for r in results if lost_pages(r)),
+            "ocr_docs": sum(1 for r in results if r.get("ocr")),
+            "ocr_pages": sum((r.get("ocr") or {}).get("pages", 0) for r in results),
+            "ocr_docs_text_replaced": sum(1 for r in results
+                                          if "tesseract" in (r.get("engine") or "")),
             "engines": dict(engines),
             "hearth_seconds": round(hearth_secs, 2),
             "wall_seconds": round(wall, 2),
@@ -411,7 +463,8 @@ def print_summary(rep):
     print(f"corpus {rep['corpus']}  worker {rep['worker']}  limit {rep['timeout_s']:.0f} s"
           f"  memory {rep['memory_mib']} MiB")
     rows = [
-        ("PDFs", s["pdfs"]),
+        ("PDFs" + (f" (every {rep['selection']['every']}th)" if rep["selection"]["every"] > 1 else ""),
+         s["pdfs"]),
         ("MB", round(s["bytes"] / 1e6, 1)),
         ("text layer (pdffonts: >= 1 font)", s["text_layer_pdffonts"]["of"]),
         ("  of which hearth yields text",
@@ -423,6 +476,9 @@ def print_summary(rep):
         ("  of which hearth yields text",
          f"{s['text_layer_pdftotext_100']['yield_text']} ({s['text_layer_pdftotext_100']['percent']} %)"),
         ("  hearth < 50 % of pdftotext's chars", s["weak_vs_pdftotext"]),
+        ("pdf-extract text kept though pages lost", s["pdf_extract_kept_with_lost_pages"]),
+        ("docs where OCR ran / pages OCR read", f"{s['ocr_docs']} / {s['ocr_pages']}"),
+        ("docs with some OCR text kept", s["ocr_docs_text_replaced"]),
         ("no text layer (pdffonts)", s["no_text_layer"]),
         ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(s["outcomes"].items()))),
         ("crashes (worker died)", s["crashes"]),
@@ -455,6 +511,21 @@ def print_summary(rep):
                                  f"{r.get('first_warning') or ''}")
         print(f"  {r['file']}\n      pdftotext {r.get('pdftotext_chars')} chars, fonts "
               f"{r.get('fonts')}, producer {r.get('producer')!r}: {why}")
+    lost = [r for r in files if lost_pages(r)]
+    if lost:
+        print(f"\npdf-extract's text kept though it could not read some pages: {len(lost)}")
+        for r in lost:
+            print(f"  {r['page_errors']:>4}/{r.get('pages')} pages lost, {r['nonspace_chars']:>9} vs "
+                  f"pdftotext {r.get('pdftotext_chars')} chars  {r['file']}\n"
+                  f"      engine {r.get('engine') or 'pdf-extract'}; {r.get('first_warning')}")
+    ocr = sorted((r for r in files if r.get("ocr")), key=lambda r: -r["secs"])
+    if ocr:
+        print(f"\nOCR ran on {len(ocr)} documents; the slowest:")
+        for r in ocr[:15]:
+            o = r["ocr"]
+            print(f"  {r['secs']:7.1f}s  {o.get('pages')} pages OCR'd of {r.get('pages')}, "
+                  f"confidence {o.get('confidence', 0):.0f}, engine {r.get('engine') or 'pdf-extract'}"
+                  f"  {r['file']}")
     weak = [r for r in files if pdftotext_text(r) and yields_text(r)
             and r.get("nonspace_chars", 0) < 0.5 * r["pdftotext_chars"]]
     if weak:

@@ -139,3 +139,33 @@ pub(crate) fn check_ocr_languages(languages: &[String], key: &str) -> Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ocr_language_names_are_tesseract_names_and_few() {
+        let names = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(check_language_names(&names(&["eng", "deu", "chi_sim"]), "k").is_ok());
+        for bad in [
+            "../eng",
+            "eng+deu",
+            "",
+            "abcdefghijklmnopq",
+            "eng deu",
+            "dé",
+        ] {
+            let err = check_language_names(&names(&[bad]), "k")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("is not a Tesseract language name"),
+                "{bad}: {err}"
+            );
+        }
+        let nine = names(&["eng"; 9]);
+        let err = check_language_names(&nine, "k").unwrap_err().to_string();
+        assert!(err.contains("at most 8"), "{err}");
+    }
+}

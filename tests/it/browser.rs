@@ -30,11 +30,16 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
     let url = s.url.clone();
     let api_key = key.clone();
     let artifacts = node.dir.path().join("artifacts");
-    // Office files go through the same file input after the first upload.
-    const OFFICE: [&str; 3] = ["runbook.docx", "release-review.pptx", "offices.xlsx"];
-    let more_files = OFFICE
+    // Office files and a scan go through the same file input after the first upload.
+    const MORE: [&str; 4] = [
+        "office/runbook.docx",
+        "office/release-review.pptx",
+        "office/offices.xlsx",
+        "scans/gzip-manual-page.png",
+    ];
+    let more_files = MORE
         .iter()
-        .map(|f| root().join("testdata/office").join(f).display().to_string())
+        .map(|f| root().join("testdata").join(f).display().to_string())
         .collect::<Vec<_>>()
         .join(":");
     let out = tokio::task::spawn_blocking(move || {
@@ -83,7 +88,7 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
         .collect();
     indexed.sort_unstable();
     let mut expected = vec!["qemu-img.html"];
-    expected.extend(OFFICE);
+    expected.extend(MORE.map(|f| f.rsplit('/').next().unwrap()));
     expected.sort_unstable();
     assert_eq!(indexed, expected, "{docs}");
 }

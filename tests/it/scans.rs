@@ -115,6 +115,33 @@ fn an_ocr_language_that_is_not_installed_is_refused_with_the_package_to_install(
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Tesseract language name"), "{err}");
+    // A collection keeps the languages it was made with.
+    let text = root().join("testdata/corpus/gzip-manual.pdf");
+    let out = node.run(
+        &["ingest", "-c", "de", "--ocr-languages", "deu"]
+            .into_iter()
+            .chain([text.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node.run(&[
+        "ingest",
+        "-c",
+        "de",
+        "--ocr-languages",
+        "eng",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OCR languages deu (asked: eng)") && err.contains("cannot change"),
+        "{err}"
+    );
 }
 
 /// A PDF of `pages` pages, each showing the same blank 400 x 520 gray image (large enough to

@@ -132,7 +132,8 @@ fn not_installed() -> String {
 
 /// Recognises the pages of a PDF whose text layer is missing, thin or garbled, and keeps for
 /// each the better of its text layer and the recognised text. `pictures` are the pages that
-/// draw a picture the size of a scan (`None`: unknown, so any page may be one). Does nothing
+/// draw a picture the size of a scan or that pdf-extract could not read (`None`: unknown, so
+/// any page may be one). Does nothing
 /// when Tesseract or pdftoppm is not installed (the text layer stays, with a warning when
 /// pages needed OCR).
 pub(super) fn pdf_pages(

@@ -318,19 +318,23 @@ pub fn extract_worker_main() -> i32 {
                 let _ = writeln!(out, "{PROGRESS_MARK}{done} {total}");
                 let _ = out.flush();
             })),
+            max_text_bytes: max_text,
         };
-        let reply = std::panic::catch_unwind(AssertUnwindSafe(|| parse_with(h.kind, &bytes, &opts)))
-            .unwrap_or_else(|p| Err(format!("the parser crashed: {}", crate::parse::panic_message(&p))))
-            .and_then(|ex| {
-                if ex.text_bytes() as u64 > max_text {
+        let reply =
+            std::panic::catch_unwind(AssertUnwindSafe(|| parse_with(h.kind, &bytes, &opts)))
+                .unwrap_or_else(|p| {
                     Err(format!(
-                        "the document yields more than {} MiB of text (a decompression bomb or a generated file?)",
-                        max_text / (1024 * 1024)
+                        "the parser crashed: {}",
+                        crate::parse::panic_message(&p)
                     ))
-                } else {
-                    Ok(ex)
-                }
-            });
+                })
+                .and_then(|ex| {
+                    if ex.text_bytes() as u64 > max_text {
+                        Err(crate::parse::too_much_text(max_text))
+                    } else {
+                        Ok(ex)
+                    }
+                });
         drop(bytes);
         // invariant: Extracted and String always serialise.
         let json = serde_json::to_string(&reply).expect("reply serialises");

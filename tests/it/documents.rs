@@ -102,3 +102,53 @@ fn office_files_index_and_answer_questions_about_their_parts() {
     }
     assert!(misses.is_empty(), "{misses:#?}");
 }
+
+/// An XLSX of one sheet: a header row, then `rows` rows of `cols` numbers (written by Python's
+/// zipfile, whose zlib compresses the ~250 MB of sheet XML in seconds).
+fn numbers_xlsx(path: &std::path::Path, rows: usize, cols: usize) {
+    let script = r#"
+import sys, zipfile
+path, rows, cols = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"'
+rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+letters = [chr(65 + c) for c in range(cols)]
+with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+    z.writestr("[Content_Types].xml", '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="xml" ContentType="application/xml"/></Types>')
+    z.writestr("_rels/.rels", f'<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="{rel}/officeDocument" Target="xl/workbook.xml"/></Relationships>')
+    z.writestr("xl/workbook.xml", f'<workbook {ns}><sheets><sheet name="Readings" sheetId="1" r:id="rId1"/></sheets></workbook>')
+    z.writestr("xl/_rels/workbook.xml.rels", f'<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="{rel}/worksheet" Target="worksheets/sheet1.xml"/></Relationships>')
+    with z.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as f:
+        f.write(f"<worksheet {ns}><sheetData>".encode())
+        head = "".join(f'<c r="{l}1" t="inlineStr"><is><t>sensor {l}</t></is></c>' for l in letters)
+        f.write(f'<row r="1">{head}</row>'.encode())
+        for r in range(2, rows + 2):
+            cells = "".join(f'<c r="{l}{r}"><v>{r * 31 + i}</v></c>' for i, l in enumerate(letters))
+            f.write(f'<row r="{r}">{cells}</row>'.encode())
+        f.write(b"</sheetData></worksheet>")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .args([rows.to_string(), cols.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_sheet_of_ten_million_cells_fails_at_the_text_limit_in_bounded_memory() {
+    // 10^7 cells read whole took more than 512 MiB; read a cell at a time, the sheet stops
+    // where its text passes ingest.max_text_bytes (64 MiB), with that reason.
+    let node = Node::new(Backend::Local).env("HEARTH__INGEST__EXTRACT_MEMORY_MIB", "512");
+    let book = node.dir.path().join("readings.xlsx");
+    numbers_xlsx(&book, 1_000_000, 10);
+    let summary = node.ingest("sheets", &[&book]);
+    let doc = &summary["documents"][0];
+    assert_eq!(doc["status"], "failed", "{summary:#}");
+    let reason = doc["reason"].as_str().unwrap();
+    assert!(reason.contains("more than 64 MiB of text"), "{reason}");
+}

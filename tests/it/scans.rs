@@ -200,8 +200,11 @@ fn image_only_pdf(pages: usize) -> Vec<u8> {
 
 #[test]
 fn five_thousand_image_only_pages_are_bounded_per_page_and_show_progress() {
-    // A 10 s limit per extraction: the whole document takes far longer, each page far less.
-    let node = Node::new(Backend::Local).env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "10");
+    // A 30 s limit per extraction: the whole document takes minutes, each page ~50 ms. The
+    // limit covers the text-layer pass before OCR's first page too: ~6 s for 5,000 pages in a
+    // release build (pdf-extract lists the page tree for every page it reads), longer in a
+    // debug build on a busy machine (a 10 s limit failed there).
+    let node = Node::new(Backend::Local).env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "30");
     let pdf = node.dir.path().join("pages.pdf");
     std::fs::write(&pdf, image_only_pdf(5000)).unwrap();
     let mut ingest = node

@@ -92,6 +92,17 @@ pub struct Options {
     pub ocr_languages: Vec<String>,
     /// Called before each page OCR reads and once at the end.
     pub progress: Option<Box<dyn Fn(u32, u32)>>,
+    /// The most text a document may yield (0: no limit); parsers that write text as they
+    /// read (workbooks) stop there, and the extraction process checks every result.
+    pub max_text_bytes: u64,
+}
+
+/// The reason a document that yields more than `max` bytes of text fails.
+pub(crate) fn too_much_text(max: u64) -> String {
+    format!(
+        "the document yields more than {} MiB of text (a decompression bomb or a generated file?)",
+        max / (1024 * 1024)
+    )
 }
 
 /// A document found inside another.
@@ -142,6 +153,10 @@ pub fn parse(kind: DocKind, bytes: &[u8]) -> Result<Extracted, String> {
 
 /// Runs the parser for `kind`. The error is a human-readable reason.
 pub fn parse_with(kind: DocKind, bytes: &[u8], opts: &Options) -> Result<Extracted, String> {
+    let max_text = match opts.max_text_bytes {
+        0 => u64::MAX,
+        n => n,
+    };
     match kind {
         DocKind::Pdf => pdf::parse(bytes, opts),
         DocKind::Png | DocKind::Jpeg | DocKind::Tiff => ocr::image(kind, bytes, opts),
@@ -152,9 +167,9 @@ pub fn parse_with(kind: DocKind, bytes: &[u8], opts: &Options) -> Result<Extract
         DocKind::Pptx => office::pptx(bytes),
         DocKind::Odt => office::odt(bytes),
         DocKind::Odp => office::odp(bytes),
-        DocKind::Xlsx => sheet::workbook(sheet::Book::Xlsx, bytes),
-        DocKind::Xls => sheet::workbook(sheet::Book::Xls, bytes),
-        DocKind::Ods => sheet::workbook(sheet::Book::Ods, bytes),
+        DocKind::Xlsx => sheet::workbook(sheet::Book::Xlsx, bytes, max_text),
+        DocKind::Xls => sheet::workbook(sheet::Book::Xls, bytes, max_text),
+        DocKind::Ods => sheet::workbook(sheet::Book::Ods, bytes, max_text),
         DocKind::Csv => sheet::delimited(&decode(bytes)?, false),
         DocKind::Tsv => sheet::delimited(&decode(bytes)?, true),
         DocKind::Rtf => rtf::parse(bytes),

@@ -604,7 +604,7 @@ mod tests {
     fn langs(l: &[&str]) -> Options {
         Options {
             ocr_languages: l.iter().map(|s| (*s).to_owned()).collect(),
-            progress: None,
+            ..Options::default()
         }
     }
 
@@ -669,6 +669,7 @@ mod tests {
         let opts = Options {
             ocr_languages: vec!["eng".into()],
             progress: Some(Box::new(move |d, t| log.borrow_mut().push((d, t)))),
+            ..Options::default()
         };
         let ex =
             super::super::parse_with(DocKind::Pdf, &scans("gzip-manual-mixed.pdf"), &opts).unwrap();

@@ -253,45 +253,87 @@ impl Table {
 /// header (at least two rows, and its cells are short labels, not numbers), each later row is
 /// written `Header: value; Header: value`; otherwise its cells are joined by ` | `.
 pub(super) fn labelled_rows(rows: Vec<Vec<String>>) -> Vec<String> {
-    let several = rows.len() >= 2;
-    let is_header = |row: &[String]| {
-        several
-            && row.iter().filter(|c| !c.is_empty()).count() >= 2
-            && row
-                .iter()
-                .all(|c| c.chars().count() <= 60 && c.trim().parse::<f64>().is_err())
-    };
-    let mut rows = rows.into_iter();
-    let Some(first) = rows.next() else {
-        return Vec::new();
-    };
-    if !is_header(&first) {
-        return std::iter::once(first)
-            .chain(rows)
-            .map(|r| plain_row(&r))
-            .filter(|l| !l.is_empty())
-            .collect();
+    let mut labeller = Labeller::default();
+    let mut lines: Vec<String> = rows.into_iter().flat_map(|r| labeller.push(r)).collect();
+    lines.extend(labeller.finish());
+    lines
+}
+
+/// [`labelled_rows`] one row at a time, for sheets too large to hold: the first row waits
+/// for the second, which decides whether it is a header; every later row is written at once.
+#[derive(Default)]
+pub(super) enum Labeller {
+    #[default]
+    Start,
+    First(Vec<String>),
+    Header(Vec<String>),
+    Plain,
+}
+
+impl Labeller {
+    /// The lines the next row completes (none, one, or two when it settles the first row).
+    pub(super) fn push(&mut self, row: Vec<String>) -> Vec<String> {
+        let lines = match std::mem::take(self) {
+            Labeller::Start => {
+                *self = Labeller::First(row);
+                return Vec::new();
+            }
+            Labeller::First(first) if is_header(&first) => {
+                let line = labelled_row(&first, &row);
+                *self = Labeller::Header(first);
+                vec![line]
+            }
+            Labeller::First(first) => {
+                *self = Labeller::Plain;
+                vec![plain_row(&first), plain_row(&row)]
+            }
+            Labeller::Header(header) => {
+                let line = labelled_row(&header, &row);
+                *self = Labeller::Header(header);
+                vec![line]
+            }
+            Labeller::Plain => {
+                *self = Labeller::Plain;
+                vec![plain_row(&row)]
+            }
+        };
+        lines.into_iter().filter(|l| !l.is_empty()).collect()
     }
-    rows.map(|row| {
-        let mut line = String::new();
-        for (i, value) in row.iter().enumerate() {
-            let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
-            if !line.is_empty() {
-                line.push_str("; ");
-            }
-            if let Some(h) = first.get(i).map(|h| h.trim()).filter(|h| !h.is_empty()) {
-                line.push_str(h);
-                line.push_str(": ");
-            }
-            line.push_str(value);
+
+    /// The line of a first row that no second row followed.
+    pub(super) fn finish(self) -> Option<String> {
+        match self {
+            Labeller::First(first) => Some(plain_row(&first)).filter(|l| !l.is_empty()),
+            _ => None,
         }
-        line
-    })
-    .filter(|l| !l.is_empty())
-    .collect()
+    }
+}
+
+/// A header row: two or more cells, each a short label rather than a number.
+fn is_header(row: &[String]) -> bool {
+    row.iter().filter(|c| !c.is_empty()).count() >= 2
+        && row
+            .iter()
+            .all(|c| c.chars().count() <= 60 && c.trim().parse::<f64>().is_err())
+}
+
+fn labelled_row(header: &[String], row: &[String]) -> String {
+    let mut line = String::new();
+    for (i, value) in row.iter().enumerate() {
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str("; ");
+        }
+        if let Some(h) = header.get(i).map(|h| h.trim()).filter(|h| !h.is_empty()) {
+            line.push_str(h);
+            line.push_str(": ");
+        }
+        line.push_str(value);
+    }
+    line
 }
 
 fn plain_row(row: &[String]) -> String {

@@ -6,7 +6,7 @@ use std::io::Cursor;
 
 use calamine::{Data, DataType, Ods, Range, Reader, Xls, Xlsb, Xlsx};
 
-use super::package::labelled_rows;
+use super::package::{Labeller, labelled_rows};
 use super::{Extracted, push_block};
 
 /// The workbook formats.
@@ -17,18 +17,48 @@ pub(super) enum Book {
     Ods,
 }
 
-pub(super) fn workbook(kind: Book, bytes: &[u8]) -> Result<Extracted, String> {
+/// Columns a sheet may have (XFD, the last column of Excel's grid).
+const MAX_COLUMNS: usize = 16_384;
+
+/// A workbook's sheets, in order. XLSX and XLSB are read a cell at a time and each row is
+/// written as soon as it ends, so memory holds the text, never the sheet's grid: a sheet of
+/// two cells at A1 and XFD1048576 is two cells, not 17 billion. XLS and ODS are read a sheet
+/// at a time (calamine has no cell reader for them), under the extraction memory limit. The
+/// text stops at `max_text` bytes with the reason.
+pub(super) fn workbook(kind: Book, bytes: &[u8], max_text: u64) -> Result<Extracted, String> {
     let data = Cursor::new(bytes);
     let opened = |e: &dyn std::fmt::Display| format!("cannot open the workbook: {e}");
     let mut out = Extracted::default();
     match kind {
-        Book::Xls => read_all(Xls::new(data).map_err(|e| opened(&e))?, &mut out)?,
-        Book::Ods => read_all(Ods::new(data).map_err(|e| opened(&e))?, &mut out)?,
+        Book::Xls => read_ranges(Xls::new(data).map_err(|e| opened(&e))?, &mut out, max_text)?,
+        Book::Ods => read_ranges(Ods::new(data).map_err(|e| opened(&e))?, &mut out, max_text)?,
         Book::Xlsx => match Xlsx::new(data.clone()) {
-            Ok(x) => read_all(x, &mut out)?,
+            Ok(mut book) => {
+                for name in book.sheet_names() {
+                    let unreadable = |e: &dyn std::fmt::Display| unreadable(&name, e);
+                    let mut cells = book
+                        .worksheet_cells_reader(&name)
+                        .map_err(|e| unreadable(&e))?;
+                    stream_cells(&mut out, &name, max_text, || {
+                        let cell = cells.next_cell().map_err(|e| unreadable(&e))?;
+                        Ok(cell.map(|c| (c.get_position(), Data::from(c.get_value().clone()))))
+                    })?;
+                }
+            }
             // The binary variant (XLSB) holds xl/workbook.bin instead.
             Err(xlsx) => match Xlsb::new(data) {
-                Ok(x) => read_all(x, &mut out)?,
+                Ok(mut book) => {
+                    for name in book.sheet_names() {
+                        let unreadable = |e: &dyn std::fmt::Display| unreadable(&name, e);
+                        let mut cells = book
+                            .worksheet_cells_reader(&name)
+                            .map_err(|e| unreadable(&e))?;
+                        stream_cells(&mut out, &name, max_text, || {
+                            let cell = cells.next_cell().map_err(|e| unreadable(&e))?;
+                            Ok(cell.map(|c| (c.get_position(), Data::from(c.get_value().clone()))))
+                        })?;
+                    }
+                }
                 Err(_) => return Err(opened(&xlsx)),
             },
         },
@@ -36,9 +66,48 @@ pub(super) fn workbook(kind: Book, bytes: &[u8]) -> Result<Extracted, String> {
     Ok(out)
 }
 
-/// Every sheet of a workbook, in order, as blocks. Each sheet is read and written before the
-/// next is read, so memory holds one sheet at a time.
-fn read_all<RS, R>(mut book: R, out: &mut Extracted) -> Result<(), String>
+fn unreadable(sheet: &str, e: &dyn std::fmt::Display) -> String {
+    format!("sheet {sheet:?} cannot be read: {e}")
+}
+
+/// One sheet from its cells, in the order the file holds them (row by row).
+fn stream_cells(
+    out: &mut Extracted,
+    name: &str,
+    max_text: u64,
+    mut next: impl FnMut() -> Result<Option<((u32, u32), Data)>, String>,
+) -> Result<(), String> {
+    let mut sheet = SheetOut::new(out, name, max_text);
+    let mut row: Vec<String> = Vec::new();
+    let mut at = None;
+    while let Some(((r, c), value)) = next()? {
+        if at != Some(r) {
+            sheet.row(std::mem::take(&mut row))?;
+            at = Some(r);
+        }
+        let c = c as usize;
+        if c >= MAX_COLUMNS {
+            return Err(format!(
+                "sheet {name:?} has a cell in column {}, beyond the last column (XFD)",
+                c + 1
+            ));
+        }
+        let text = cell_text(&value);
+        if text.is_empty() {
+            continue;
+        }
+        if row.len() <= c {
+            row.resize(c + 1, String::new());
+        }
+        row[c] = text;
+    }
+    sheet.row(row)?;
+    sheet.finish();
+    Ok(())
+}
+
+/// Every sheet of a workbook, in order, each read whole and written before the next is read.
+fn read_ranges<RS, R>(mut book: R, out: &mut Extracted, max_text: u64) -> Result<(), String>
 where
     RS: std::io::Read + std::io::Seek,
     R: Reader<RS>,
@@ -47,15 +116,65 @@ where
     for name in book.sheet_names() {
         let range: Range<Data> = book
             .worksheet_range(&name)
-            .map_err(|e| format!("sheet {name:?} cannot be read: {e}"))?;
-        let rows = range
-            .rows()
-            .map(|r| r.iter().map(cell_text).collect::<Vec<_>>())
-            .collect::<Vec<_>>();
-        drop(range);
-        sheet_blocks(out, &name, rows);
+            .map_err(|e| unreadable(&name, &e))?;
+        let mut sheet = SheetOut::new(out, &name, max_text);
+        for r in range.rows() {
+            sheet.row(r.iter().map(cell_text).collect())?;
+        }
+        sheet.finish();
     }
     Ok(())
+}
+
+/// Writes one sheet's rows as blocks as they come: the sheet's name as the heading (once it
+/// has a row with text), each row a block that names its columns.
+struct SheetOut<'a> {
+    out: &'a mut Extracted,
+    heading: Vec<String>,
+    labeller: Labeller,
+    text: u64,
+    max_text: u64,
+}
+
+impl<'a> SheetOut<'a> {
+    fn new(out: &'a mut Extracted, name: &str, max_text: u64) -> Self {
+        let text = out.text_bytes() as u64;
+        SheetOut {
+            out,
+            heading: vec![name.to_owned()],
+            labeller: Labeller::default(),
+            text,
+            max_text,
+        }
+    }
+
+    fn row(&mut self, row: Vec<String>) -> Result<(), String> {
+        if row.iter().all(|c| c.is_empty()) {
+            return Ok(());
+        }
+        if matches!(self.labeller, Labeller::Start) {
+            let name = self.heading[0].clone();
+            self.push(&name);
+        }
+        for line in self.labeller.push(row) {
+            self.push(&line);
+        }
+        if self.text > self.max_text {
+            return Err(super::too_much_text(self.max_text));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, line: &str) {
+        self.text += line.len() as u64;
+        push_block(&mut self.out.blocks, line, None, &self.heading);
+    }
+
+    fn finish(mut self) {
+        if let Some(line) = std::mem::take(&mut self.labeller).finish() {
+            self.push(&line);
+        }
+    }
 }
 
 /// A cell as text: dates as ISO dates (and times when they have one), whole floats without a
@@ -76,22 +195,6 @@ fn cell_text(d: &Data) -> String {
         | Data::DurationIso(_)
         | Data::Error(_)
         | Data::Empty => d.to_string().trim().to_owned(),
-    }
-}
-
-/// One sheet: its name as the heading, its rows as blocks.
-fn sheet_blocks(out: &mut Extracted, name: &str, rows: Vec<Vec<String>>) {
-    let heading = vec![name.to_owned()];
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .filter(|r| r.iter().any(|c| !c.is_empty()))
-        .collect();
-    if rows.is_empty() {
-        return;
-    }
-    push_block(&mut out.blocks, name, None, &heading);
-    for line in labelled_rows(rows) {
-        push_block(&mut out.blocks, &line, None, &heading);
     }
 }
 
@@ -130,6 +233,16 @@ mod tests {
 
     /// An XLSX workbook of `sheets` sheets, each with one inline-string cell.
     fn workbook_of(sheets: usize) -> Vec<u8> {
+        let data = |i: usize| {
+            format!(
+                r#"<row r="1"><c r="A1" t="inlineStr"><is><t>cell of sheet {i}</t></is></c></row>"#
+            )
+        };
+        xlsx(sheets, data)
+    }
+
+    /// An XLSX workbook of `sheets` sheets whose `sheetData` is `data(i)`.
+    fn xlsx(sheets: usize, data: impl Fn(usize) -> String) -> Vec<u8> {
         let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored);
@@ -169,7 +282,8 @@ mod tests {
             put(
                 &format!("xl/worksheets/sheet{i}.xml"),
                 format!(
-                    r#"<worksheet {ns}><sheetData><row r="1"><c r="A1" t="inlineStr"><is><t>cell of sheet {i}</t></is></c></row></sheetData></worksheet>"#
+                    r#"<worksheet {ns}><sheetData>{}</sheetData></worksheet>"#,
+                    data(i)
                 ),
             );
         }
@@ -178,11 +292,73 @@ mod tests {
 
     #[test]
     fn ten_thousand_sheets_are_read_in_order() {
-        let doc = workbook(Book::Xlsx, &workbook_of(10_000)).unwrap();
+        let doc = workbook(Book::Xlsx, &workbook_of(10_000), u64::MAX).unwrap();
         assert_eq!(doc.blocks.len(), 20_000);
         let last = &doc.blocks[19_999];
         assert_eq!(last.text, "cell of sheet 10000");
         assert_eq!(last.heading, ["S10000"]);
+    }
+
+    #[test]
+    fn a_sheet_is_its_cells_not_its_grid() {
+        // Two cells, at A1 and XFD1048576: read whole, the grid would be 17 billion cells.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/broken");
+        let doc = workbook(
+            Book::Xlsx,
+            &std::fs::read(dir.join("huge-range.xlsx")).unwrap(),
+            u64::MAX,
+        )
+        .unwrap();
+        let texts: Vec<&str> = doc.blocks.iter().map(|b| b.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Offices",
+                "top left",
+                "bottom right",
+                "Per diem",
+                "top left",
+                "bottom right"
+            ]
+        );
+        // A header row and a later row: labelled as any table is.
+        let cells = |i: usize| {
+            format!(
+                r#"<row r="{i}"><c r="B{i}" t="inlineStr"><is><t>city {i}</t></is></c><c r="C{i}"><v>{i}</v></c></row>"#
+            )
+        };
+        let head = r#"<row r="1"><c r="B1" t="inlineStr"><is><t>City</t></is></c><c r="C1" t="inlineStr"><is><t>Staff</t></is></c></row>"#;
+        let body: String = (2..=4).map(cells).collect();
+        let doc = workbook(Book::Xlsx, &xlsx(1, |_| format!("{head}{body}")), u64::MAX).unwrap();
+        let texts: Vec<&str> = doc.blocks.iter().map(|b| b.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "S1",
+                "City: city 2; Staff: 2",
+                "City: city 3; Staff: 3",
+                "City: city 4; Staff: 4"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sheet_stops_at_the_text_limit_with_the_reason() {
+        let rows = |_| {
+            (1..=20_000)
+                .map(|i| {
+                    format!(
+                        r#"<row r="{i}"><c r="A{i}"><v>{i}</v></c><c r="B{i}"><v>{}</v></c></row>"#,
+                        i * 7
+                    )
+                })
+                .collect::<String>()
+        };
+        let book = xlsx(3, rows);
+        let all = workbook(Book::Xlsx, &book, u64::MAX).unwrap();
+        assert!(all.text_bytes() > 300_000, "{}", all.text_bytes());
+        let err = workbook(Book::Xlsx, &book, 100_000).unwrap_err();
+        assert_eq!(err, super::super::too_much_text(100_000));
     }
 
     #[test]

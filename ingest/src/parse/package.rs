@@ -304,7 +304,7 @@ impl Labeller {
     pub(super) fn finish(self) -> Option<String> {
         match self {
             Labeller::First(first) => Some(plain_row(&first)).filter(|l| !l.is_empty()),
-            _ => None,
+            Labeller::Start | Labeller::Header(_) | Labeller::Plain => None,
         }
     }
 }

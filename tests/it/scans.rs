@@ -246,3 +246,47 @@ fn five_thousand_image_only_pages_are_bounded_per_page_and_show_progress() {
     let rec = &node.docs("pages")[0];
     assert!(rec.get("progress").is_none(), "{rec:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http_a_collection_has_ocr_languages_and_a_huge_image_is_refused() {
+    use serde_json::json;
+    let node = Node::new(Backend::Local);
+    let s = node.serve(&["--open"]).await;
+    let r = s
+        .post_json(
+            "/v1/collections",
+            &json!({"name": "de", "ocr_languages": ["deu"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    assert_eq!(r.json()["ocr_languages"], json!(["deu"]));
+    let m = s
+        .post_json(
+            "/v1/collections",
+            &json!({"name": "tlh", "ocr_languages": ["tlh"]}),
+        )
+        .await
+        .error(400, "invalid_request");
+    assert!(m.contains("tesseract-ocr-tlh"), "{m}");
+    s.post_json(
+        "/v1/collections",
+        &json!({"name": "de", "ocr_languages": ["eng"]}),
+    )
+    .await
+    .error(409, "conflict");
+    let huge = std::fs::read(root().join("testdata/broken/huge-image.png")).unwrap();
+    let m = s
+        .upload("de", "huge-image.png", &huge, None)
+        .await
+        .error(413, "payload_too_large");
+    assert!(m.contains("30000 x 30000 pixels"), "{m}");
+    // A German scan in the German collection: read, with the confidence in the record.
+    let tiff = std::fs::read(root().join("testdata/scans/gzip-de-pages.tiff")).unwrap();
+    let r = s.upload("de", "gzip-de-pages.tiff", &tiff, None).await;
+    assert_eq!(r.status, 202, "{}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let done = s.wait_done("de", &id).await;
+    assert_eq!(done["status"], "indexed", "{done}");
+    assert_eq!(done["ocr"]["pages"], 2, "{done}");
+    assert!(done["ocr"]["confidence"].as_f64().unwrap() > 80.0, "{done}");
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates (once) the Python virtual environment the benchmarks use to run their peers in the
-# same invocation: sentence-transformers + torch (embeddings, benches/embed.rs) and hnswlib
-# (dense index, benches/hnsw.rs). Prints the venv's python path on stdout; all progress goes to
+# same invocation: sentence-transformers + torch (embeddings, benches/embed.rs), hnswlib
+# (dense index, benches/hnsw.rs) and pypdfium2 (pdfium, a renderer scripts/renderers.py
+# compares with poppler and MuPDF). Prints the venv's python path on stdout; all progress goes to
 # stderr. Idempotent: a venv whose stamp matches the pinned versions is reused as is.
 #
 #     scripts/bench-peers.sh            # -> /root/.cache/hearth/bench-venv/bin/python
@@ -19,6 +20,7 @@ PINS=(
     "hnswlib==0.8.0"
     "numpy==2.4.6"
     "psutil==7.2.2"
+    "pypdfium2==5.15.2"
 )
 
 cache="${HEARTH_CACHE:-$HOME/.cache/hearth}"

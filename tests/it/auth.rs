@@ -4,47 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::{Backend, Node, Reply, Server, create_key, root};
 
-async fn call(
-    s: &Server,
-    key: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    let url = format!("{}{path}", s.url);
-    let mut req = match method {
-        "GET" => s.client.get(url),
-        "DELETE" => s.client.delete(url),
-        _ => s.client.post(url),
-    };
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    s.send(req).await
-}
-
 async fn upload(s: &Server, key: &str, c: &str, text: &str) -> Reply {
-    s.send(
-        s.client
-            .post(format!(
-                "{}/v1/collections/{c}/documents?source=note-{}.md",
-                s.url,
-                text.len()
-            ))
-            .bearer_auth(key)
-            .header("content-type", "text/markdown")
-            .body(text.to_owned()),
-    )
-    .await
+    let source = format!("note-{}.md", text.len());
+    s.upload_as(key, c, &source, "text/markdown", text.as_bytes().to_vec())
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,7 +21,7 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     assert!(s.banner.contains("no API keys yet"), "{}", s.banner);
 
     // No key, a malformed header, an unknown key: 401 with a challenge.
-    let r = call(&s, None, "GET", "/v1/collections", None).await;
+    let r = s.call(None, "GET", "/v1/collections", None).await;
     let m = r.error(401, "unauthorized");
     assert!(m.contains("hearth keys create"), "{m}");
     assert_eq!(r.headers["www-authenticate"], "Bearer");
@@ -66,7 +33,7 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
         )
         .await;
     r.error(401, "unauthorized");
-    call(&s, Some("hth_0123456789ab_00"), "GET", "/v1/models", None)
+    s.call(Some("hth_0123456789ab_00"), "GET", "/v1/models", None)
         .await
         .error(401, "unauthorized");
     // Health and readiness need no key.
@@ -79,7 +46,7 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     let reader_b = create_key(&node, "analyst-b", "reader", &["b"], &[]);
     let mut wrong = admin.clone();
     wrong.replace_range(wrong.len() - 4.., "0000");
-    call(&s, Some(&wrong), "GET", "/v1/collections", None)
+    s.call(Some(&wrong), "GET", "/v1/collections", None)
         .await
         .error(401, "unauthorized");
 
@@ -95,19 +62,18 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     assert!(!String::from_utf8_lossy(&listed.stdout).contains(&admin));
 
     for c in ["a", "b"] {
-        let r = call(
-            &s,
-            Some(&admin),
-            "POST",
-            "/v1/collections",
-            Some(json!({"name": c})),
-        )
-        .await;
+        let r = s
+            .call(
+                Some(&admin),
+                "POST",
+                "/v1/collections",
+                Some(json!({"name": c})),
+            )
+            .await;
         assert_eq!(r.status, 201);
     }
     // A writer scoped to "a".
-    call(
-        &s,
+    s.call(
         Some(&writer_a),
         "POST",
         "/v1/collections",
@@ -127,21 +93,23 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     upload(&s, &writer_a, "b", "# B\n\nSecret plans of collection b.")
         .await
         .error(403, "forbidden");
-    call(&s, Some(&writer_a), "DELETE", "/v1/collections/a", None)
+    s.call(Some(&writer_a), "DELETE", "/v1/collections/a", None)
         .await
         .error(403, "forbidden");
-    let r = call(&s, Some(&writer_a), "GET", "/v1/collections", None).await;
+    let r = s
+        .call(Some(&writer_a), "GET", "/v1/collections", None)
+        .await;
     assert_eq!(r.json()["collections"], json!([{"name": "a"}]));
 
     // The residency report is for admins.
-    call(&s, Some(&reader_a), "GET", "/v1/residency", None)
+    s.call(Some(&reader_a), "GET", "/v1/residency", None)
         .await
         .error(403, "forbidden");
-    call(&s, Some(&writer_a), "GET", "/v1/residency", None)
+    s.call(Some(&writer_a), "GET", "/v1/residency", None)
         .await
         .error(403, "forbidden");
     assert_eq!(
-        call(&s, Some(&admin), "GET", "/v1/residency", None)
+        s.call(Some(&admin), "GET", "/v1/residency", None)
             .await
             .status,
         200
@@ -153,32 +121,25 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
         .error(403, "forbidden");
     let path = format!("/v1/collections/a/documents/{doc}");
     assert_eq!(
-        call(&s, Some(&reader_a), "GET", &path, None).await.status,
+        s.call(Some(&reader_a), "GET", &path, None).await.status,
         200
     );
-    call(&s, Some(&reader_a), "DELETE", &path, None)
+    s.call(Some(&reader_a), "DELETE", &path, None)
         .await
         .error(403, "forbidden");
-    call(&s, Some(&reader_b), "GET", &path, None)
+    s.call(Some(&reader_b), "GET", &path, None)
         .await
         .error(403, "forbidden");
-    call(&s, Some(&reader_b), "GET", &format!("{path}/raw"), None)
+    s.call(Some(&reader_b), "GET", &format!("{path}/raw"), None)
         .await
         .error(403, "forbidden");
     // Listing goes through the service's document records now: still refused out of scope.
-    call(
-        &s,
-        Some(&reader_b),
-        "GET",
-        "/v1/collections/a/documents",
-        None,
-    )
-    .await
-    .error(403, "forbidden");
+    s.call(Some(&reader_b), "GET", "/v1/collections/a/documents", None)
+        .await
+        .error(403, "forbidden");
     let q = json!({"query": "electric vans"});
     assert_eq!(
-        call(
-            &s,
+        s.call(
             Some(&reader_a),
             "POST",
             "/v1/collections/a/search",
@@ -188,17 +149,10 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
         .status,
         200
     );
-    call(
-        &s,
-        Some(&reader_a),
-        "POST",
-        "/v1/collections/b/search",
-        Some(q),
-    )
-    .await
-    .error(403, "forbidden");
-    call(
-        &s,
+    s.call(Some(&reader_a), "POST", "/v1/collections/b/search", Some(q))
+        .await
+        .error(403, "forbidden");
+    s.call(
         Some(&reader_b),
         "POST",
         "/v1/collections/a/ask",
@@ -207,11 +161,11 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     .await
     .error(403, "forbidden");
     // Not even the existence of another collection leaks: 403, not 404.
-    call(&s, Some(&reader_a), "GET", "/v1/collections/zzz", None)
+    s.call(Some(&reader_a), "GET", "/v1/collections/zzz", None)
         .await
         .error(403, "forbidden");
     assert_eq!(
-        call(&s, Some(&reader_b), "GET", "/v1/models", None)
+        s.call(Some(&reader_b), "GET", "/v1/models", None)
             .await
             .status,
         200
@@ -236,9 +190,7 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     let msg_path = format!("/v1/collections/a/documents/{msg}");
     let mut record = json!(null);
     for _ in 0..600 {
-        record = call(&s, Some(&reader_a), "GET", &msg_path, None)
-            .await
-            .json();
+        record = s.call(Some(&reader_a), "GET", &msg_path, None).await.json();
         if record["status"] == "indexed" || record["status"] == "failed" {
             break;
         }
@@ -247,29 +199,28 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     assert_eq!(record["status"], "indexed", "{record}");
     let child = record["children"][0].as_str().unwrap().to_owned();
     let child_path = format!("/v1/collections/a/documents/{child}");
-    let own = call(&s, Some(&reader_a), "GET", &child_path, None)
+    let own = s
+        .call(Some(&reader_a), "GET", &child_path, None)
         .await
         .json();
     assert_eq!(own["metadata"]["parent"], msg.as_str(), "{own}");
-    call(&s, Some(&reader_b), "GET", &child_path, None)
+    s.call(Some(&reader_b), "GET", &child_path, None)
         .await
         .error(403, "forbidden");
-    call(&s, Some(&reader_b), "DELETE", &msg_path, None)
+    s.call(Some(&reader_b), "DELETE", &msg_path, None)
         .await
         .error(403, "forbidden");
-    call(&s, None, "GET", &child_path, None)
+    s.call(None, "GET", &child_path, None)
         .await
         .error(401, "unauthorized");
 
     // The admin may delete; the writer may delete documents in its collection.
     assert_eq!(
-        call(&s, Some(&writer_a), "DELETE", &path, None)
-            .await
-            .status,
+        s.call(Some(&writer_a), "DELETE", &path, None).await.status,
         204
     );
     assert_eq!(
-        call(&s, Some(&admin), "DELETE", "/v1/collections/b", None)
+        s.call(Some(&admin), "DELETE", "/v1/collections/b", None)
             .await
             .status,
         200
@@ -281,7 +232,9 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
     assert!(out.status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = call(&s, Some(&reader_a), "GET", "/v1/collections", None).await;
+        let r = s
+            .call(Some(&reader_a), "GET", "/v1/collections", None)
+            .await;
         if r.status == 401 {
             break;
         }
@@ -304,22 +257,18 @@ async fn per_key_rate_and_concurrency_limits_answer_429() {
     let slow = create_key(&node, "slow", "reader", &[], &["--rate-per-minute", "3"]);
     for _ in 0..3 {
         assert_eq!(
-            call(&s, Some(&slow), "GET", "/v1/models", None)
-                .await
-                .status,
+            s.call(Some(&slow), "GET", "/v1/models", None).await.status,
             200
         );
     }
-    let r = call(&s, Some(&slow), "GET", "/v1/models", None).await;
+    let r = s.call(Some(&slow), "GET", "/v1/models", None).await;
     r.error(429, "rate_limited");
     let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=20).contains(&wait), "{wait}");
     // Another key is not affected.
     let other = create_key(&node, "other", "reader", &[], &["--concurrency", "1"]);
     assert_eq!(
-        call(&s, Some(&other), "GET", "/v1/models", None)
-            .await
-            .status,
+        s.call(Some(&other), "GET", "/v1/models", None).await.status,
         200
     );
 
@@ -338,17 +287,13 @@ async fn per_key_rate_and_concurrency_limits_answer_429() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let r = call(&s, Some(&other), "GET", "/v1/models", None).await;
+    let r = s.call(Some(&other), "GET", "/v1/models", None).await;
     r.error(429, "rate_limited");
     assert!(r.headers.contains_key("retry-after"));
     while stream.chunk().await.unwrap().is_some() {}
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&s, Some(&other), "GET", "/v1/models", None)
-        .await
-        .status
-        != 200
-    {
+    while s.call(Some(&other), "GET", "/v1/models", None).await.status != 200 {
         assert!(Instant::now() < deadline, "the slot was not released");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -357,6 +357,53 @@ impl Server {
         .await
     }
 
+    /// A request as `key` (none: no Authorization header), with an optional JSON body.
+    pub async fn call(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let url = format!("{}{path}", self.url);
+        let mut req = match method {
+            "GET" => self.client.get(url),
+            "DELETE" => self.client.delete(url),
+            _ => self.client.post(url),
+        };
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        self.send(req).await
+    }
+
+    /// Uploads `bytes` as the raw body, named by `source`, as `key`.
+    pub async fn upload_as(
+        &self,
+        key: &str,
+        c: &str,
+        source: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Reply {
+        self.send(
+            self.client
+                .post(format!(
+                    "{}/v1/collections/{c}/documents?source={source}",
+                    self.url
+                ))
+                .bearer_auth(key)
+                .header("content-type", content_type)
+                .body(bytes),
+        )
+        .await
+    }
+
     /// Uploads `bytes` as a multipart form with a `file` part named `name` and optional
     /// metadata.
     pub async fn upload(&self, c: &str, name: &str, bytes: &[u8], meta: Option<&Value>) -> Reply {

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::common::{Backend, Node, by_status, file_name, root};
+use crate::common::{Backend, Node, Reply, Server, by_status, create_key, file_name, root};
 
 fn record<'a>(docs: &'a [Value], file: &str) -> &'a Value {
     docs.iter()
@@ -89,55 +89,37 @@ fn scanned_pdfs_and_images_are_read_by_ocr_and_found_by_questions() {
 #[test]
 fn an_ocr_language_that_is_not_installed_is_refused_with_the_package_to_install() {
     let node = Node::new(Backend::Local);
-    let file = root().join("testdata/scans/gzip-manual-page.png");
-    let out = node.run(&[
-        "ingest",
-        "-c",
-        "klingon",
-        "--ocr-languages",
-        "tlh",
-        file.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let scan = root().join("testdata/scans/gzip-manual-page.png");
+    let text = root().join("testdata/corpus/gzip-manual.pdf");
+    // `hearth ingest -c C --ocr-languages L FILE`: its exit status and standard error.
+    let ingest = |c: &str, languages: &str, file: &std::path::Path| {
+        let out = node.run(&[
+            "ingest",
+            "-c",
+            c,
+            "--ocr-languages",
+            languages,
+            file.to_str().unwrap(),
+        ]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = ingest("klingon", "tlh", &scan);
+    assert!(!ok);
     assert!(
         err.contains("OCR language tlh is not installed") && err.contains("tesseract-ocr-tlh"),
         "{err}"
     );
-    let out = node.run(&[
-        "ingest",
-        "-c",
-        "bad",
-        "--ocr-languages",
-        "../eng",
-        file.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = ingest("bad", "../eng", &scan);
+    assert!(!ok);
     assert!(err.contains("is not a Tesseract language name"), "{err}");
     // A collection keeps the languages it was made with.
-    let text = root().join("testdata/corpus/gzip-manual.pdf");
-    let out = node.run(
-        &["ingest", "-c", "de", "--ocr-languages", "deu"]
-            .into_iter()
-            .chain([text.to_str().unwrap()])
-            .collect::<Vec<_>>(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = node.run(&[
-        "ingest",
-        "-c",
-        "de",
-        "--ocr-languages",
-        "eng",
-        file.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = ingest("de", "deu", &text);
+    assert!(ok, "{err}");
+    let (ok, err) = ingest("de", "eng", &scan);
+    assert!(!ok);
     assert!(
         err.contains("OCR languages deu (asked: eng)") && err.contains("cannot change"),
         "{err}"
@@ -289,4 +271,94 @@ async fn over_http_a_collection_has_ocr_languages_and_a_huge_image_is_refused() 
     assert_eq!(done["status"], "indexed", "{done}");
     assert_eq!(done["ocr"]["pages"], 2, "{done}");
     assert!(done["ocr"]["confidence"].as_f64().unwrap() > 80.0, "{done}");
+}
+
+/// What another tenant's key gets from the routes OCR touched: refusals before any size or
+/// settings check (no 409 naming the languages, no 413 sizing the image), no document counts
+/// of a collection it cannot read in `/metrics`, and no duplicate hint for bytes another
+/// collection holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_collections_key_learns_nothing_of_its_scans_or_settings() {
+    use serde_json::json;
+    let node = Node::new(Backend::Local);
+    let admin = create_key(&node, "admin", "admin", &[], &[]);
+    let outsider = create_key(&node, "outsider", "writer", &["other"], &[]);
+    let reader = create_key(&node, "de-reader", "reader", &["de"], &[]);
+    let s = node.serve(&[]).await;
+    async fn create(s: &Server, key: &str, body: Value) -> Reply {
+        s.call(Some(key), "POST", "/v1/collections", Some(body))
+            .await
+    }
+    const OCTETS: &str = "application/octet-stream";
+
+    let r = create(&s, &admin, json!({"name": "de", "ocr_languages": ["deu"]})).await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let tiff = std::fs::read(root().join("testdata/scans/gzip-de-pages.tiff")).unwrap();
+    let r = s
+        .upload_as(&admin, "de", "gzip-de-pages.tiff", OCTETS, tiff.clone())
+        .await;
+    assert_eq!(r.status, 202, "{}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+
+    // Asking for other languages on a collection it cannot see: 403, not the 409 that
+    // would name the collection's languages.
+    let m = create(
+        &s,
+        &outsider,
+        json!({"name": "de", "ocr_languages": ["eng"]}),
+    )
+    .await
+    .error(403, "forbidden");
+    assert!(!m.contains("deu"), "{m}");
+    for path in [
+        "/v1/collections/de".to_owned(),
+        format!("/v1/collections/de/documents/{id}"),
+    ] {
+        s.call(Some(&outsider), "GET", &path, None)
+            .await
+            .error(403, "forbidden");
+    }
+    // The image size check comes after the key's: 403 for the outsider and for a reader.
+    let huge = std::fs::read(root().join("testdata/broken/huge-image.png")).unwrap();
+    for key in [&outsider, &reader] {
+        s.upload_as(key, "de", "huge-image.png", OCTETS, huge.clone())
+            .await
+            .error(403, "forbidden");
+    }
+    create(&s, &reader, json!({"name": "de", "ocr_languages": ["deu"]}))
+        .await
+        .error(403, "forbidden");
+    // No key at all: 401 before anything.
+    let body = json!({"name": "de", "ocr_languages": ["eng"]});
+    s.call(None, "POST", "/v1/collections", Some(body))
+        .await
+        .error(401, "unauthorized");
+    // The same bytes in its own collection: a new document, no hint that "de" holds them.
+    let r = create(&s, &outsider, json!({"name": "other"})).await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let r = s
+        .upload_as(&outsider, "other", "copy.tiff", OCTETS, tiff)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.json());
+    assert_eq!(r.json()["duplicate"], false, "{}", r.json());
+    // /metrics: the admin sees both collections' documents, the outsider only its own.
+    let metrics = |key: String| {
+        let s = &s;
+        async move {
+            let r = s.call(Some(&key), "GET", "/metrics", None).await;
+            assert_eq!(r.status, 200);
+            String::from_utf8(r.body).unwrap()
+        }
+    };
+    let all = metrics(admin.clone()).await;
+    for c in ["de", "other"] {
+        let label = format!("hearth_documents{{collection=\"{c}\"");
+        assert!(all.contains(&label), "{all}");
+    }
+    let own = metrics(outsider.clone()).await;
+    assert!(!own.contains("collection=\"de\""), "{own}");
+    assert!(
+        own.contains("hearth_documents{collection=\"other\""),
+        "{own}"
+    );
 }

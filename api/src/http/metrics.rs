@@ -1,6 +1,10 @@
 //! `/metrics` in the Prometheus text format: requests and latency per route, generation TTFT
 //! and speed, the generator's queue and KV cache, the ingestion backlog and documents by
 //! status.
+//!
+//! Document counts are labelled with their collection, so each key sees only those of the
+//! collections it may read; the route, generation and backlog figures are node-wide and name
+//! no collection.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -18,7 +22,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use hearth_index::CollectionName;
+
 use super::State;
+use super::auth::Caller;
 use super::error::ApiError;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -227,8 +234,11 @@ pub(crate) async fn track(state: State, req: Request, next: Next) -> Response {
 /// Prometheus metrics (text format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "metrics", content_type = "text/plain")))]
-pub(super) async fn metrics(s: State) -> Result<Response, ApiError> {
-    let docs = doc_counts(&s).await?;
+pub(super) async fn metrics(s: State, caller: Caller) -> Result<Response, ApiError> {
+    let mut docs = doc_counts(&s).await?;
+    // Document counts name their collection: a key sees those of the collections it may
+    // read, nothing of another tenant's (not even that the collection exists).
+    docs.retain(|(c, _), _| CollectionName::new(c).is_ok_and(|c| caller.sees(&c)));
     let engine = s.service.generator().ok().map(|g| {
         let st = g.stats();
         Engine {

@@ -20,6 +20,23 @@ pub(super) enum Book {
 /// Columns a sheet may have (XFD, the last column of Excel's grid).
 const MAX_COLUMNS: usize = 16_384;
 
+/// Streams every sheet of an XLSX or XLSB book through [`stream_cells`]. A macro because
+/// calamine's two cell readers share no trait.
+macro_rules! stream_book {
+    ($book:ident, $out:ident, $max_text:ident) => {
+        for name in $book.sheet_names() {
+            let unreadable = |e: &dyn std::fmt::Display| unreadable(&name, e);
+            let mut cells = $book
+                .worksheet_cells_reader(&name)
+                .map_err(|e| unreadable(&e))?;
+            stream_cells(&mut $out, &name, $max_text, || {
+                let cell = cells.next_cell().map_err(|e| unreadable(&e))?;
+                Ok(cell.map(|c| (c.get_position(), Data::from(c.get_value().clone()))))
+            })?;
+        }
+    };
+}
+
 /// A workbook's sheets, in order. XLSX and XLSB are read a cell at a time and each row is
 /// written as soon as it ends, so memory holds the text, never the sheet's grid: a sheet of
 /// two cells at A1 and XFD1048576 is two cells, not 17 billion. XLS and ODS are read a sheet
@@ -33,32 +50,10 @@ pub(super) fn workbook(kind: Book, bytes: &[u8], max_text: u64) -> Result<Extrac
         Book::Xls => read_ranges(Xls::new(data).map_err(|e| opened(&e))?, &mut out, max_text)?,
         Book::Ods => read_ranges(Ods::new(data).map_err(|e| opened(&e))?, &mut out, max_text)?,
         Book::Xlsx => match Xlsx::new(data.clone()) {
-            Ok(mut book) => {
-                for name in book.sheet_names() {
-                    let unreadable = |e: &dyn std::fmt::Display| unreadable(&name, e);
-                    let mut cells = book
-                        .worksheet_cells_reader(&name)
-                        .map_err(|e| unreadable(&e))?;
-                    stream_cells(&mut out, &name, max_text, || {
-                        let cell = cells.next_cell().map_err(|e| unreadable(&e))?;
-                        Ok(cell.map(|c| (c.get_position(), Data::from(c.get_value().clone()))))
-                    })?;
-                }
-            }
+            Ok(mut book) => stream_book!(book, out, max_text),
             // The binary variant (XLSB) holds xl/workbook.bin instead.
             Err(xlsx) => match Xlsb::new(data) {
-                Ok(mut book) => {
-                    for name in book.sheet_names() {
-                        let unreadable = |e: &dyn std::fmt::Display| unreadable(&name, e);
-                        let mut cells = book
-                            .worksheet_cells_reader(&name)
-                            .map_err(|e| unreadable(&e))?;
-                        stream_cells(&mut out, &name, max_text, || {
-                            let cell = cells.next_cell().map_err(|e| unreadable(&e))?;
-                            Ok(cell.map(|c| (c.get_position(), Data::from(c.get_value().clone()))))
-                        })?;
-                    }
-                }
+                Ok(mut book) => stream_book!(book, out, max_text),
                 Err(_) => return Err(opened(&xlsx)),
             },
         },

@@ -30,8 +30,12 @@ const REPLY_MARK: &str = "\u{1e}HEARTH ";
 /// Marks a progress line: `DONE TOTAL` pages of long work (OCR). Each one restarts the
 /// document's time limit, so a 5,000-page scan is bounded per page, not as a whole.
 const PROGRESS_MARK: &str = "\u{1e}HEARTH-PROGRESS ";
+/// Sent before a reply after which the process exits: a parser left a thread running that
+/// only the end of the process stops (a PDF page pdf-extract never finished).
+const RETIRE_MARK: &str = "\u{1e}HEARTH-RETIRE";
 const ENV_MEMORY: &str = "HEARTH_EXTRACT_MEMORY_MIB";
 const ENV_MAX_TEXT: &str = "HEARTH_EXTRACT_MAX_TEXT_BYTES";
+const ENV_TIMEOUT_MS: &str = "HEARTH_EXTRACT_TIMEOUT_MS";
 const STDERR_TAIL: usize = 4096;
 
 /// How to start an extraction process: a program and its arguments. The program must call
@@ -52,6 +56,10 @@ struct Header {
     /// Tesseract languages for OCR (empty: English).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ocr_languages: Vec<String>,
+    /// PDF only: why pdf-extract must not run (it crashed the previous process); the second
+    /// engine reads the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    without_pdf_extract: Option<String>,
 }
 
 /// Progress of one extraction: pages done and pages to do, when it reports any.
@@ -64,6 +72,9 @@ pub(crate) struct Limits {
     pub memory_mib: u64,
     pub max_text_bytes: u64,
 }
+
+/// Why an extraction process ended without a reply (a reason fit for a user).
+struct Died(String);
 
 pub(crate) struct ExtractorPool {
     command: ExtractorCommand,
@@ -78,6 +89,8 @@ struct Worker {
     stdout: BufReader<ChildStdout>,
     stderr_tail: Arc<Mutex<String>>,
     stderr_task: JoinHandle<()>,
+    /// The process said it exits after its current reply.
+    retiring: bool,
 }
 
 impl ExtractorPool {
@@ -92,7 +105,8 @@ impl ExtractorPool {
 
     /// Extracts one document, OCR in `ocr_languages` where it needs any. The error is a reason
     /// fit for a user. The time limit applies to the whole extraction, or, for work that
-    /// reports progress, to each step of it.
+    /// reports progress, to each step of it. A PDF that kills its process (memory, an abort)
+    /// before any progress is read again by the second engine alone, in a fresh process.
     pub async fn extract(
         &self,
         kind: DocKind,
@@ -100,30 +114,58 @@ impl ExtractorPool {
         ocr_languages: &[String],
         progress: &Progress,
     ) -> Result<Extracted, String> {
+        let mut header = Header {
+            kind,
+            len: bytes.len(),
+            ocr_languages: ocr_languages.to_vec(),
+            without_pdf_extract: None,
+        };
+        match self.attempt(&header, bytes, progress).await {
+            Err(Died(reason)) if kind == DocKind::Pdf && progress.borrow().is_none() => {
+                tracing::warn!(%reason, "pdf-extract ended its process; trying the second engine");
+                header.without_pdf_extract =
+                    Some(format!("ended the extraction process: {reason}"));
+                match self.attempt(&header, bytes, progress).await {
+                    Ok(reply) => reply,
+                    Err(Died(again)) => Err(format!("{reason}; the second engine then: {again}")),
+                }
+            }
+            Ok(reply) => reply,
+            Err(Died(reason)) => Err(reason),
+        }
+    }
+
+    /// One try in one process: its reply, or why the process had to end.
+    async fn attempt(
+        &self,
+        header: &Header,
+        bytes: &[u8],
+        progress: &Progress,
+    ) -> Result<Result<Extracted, String>, Died> {
         // invariant: the semaphore is never closed.
         let _permit = self.permits.acquire().await.expect("semaphore open");
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut worker = match reused {
             Some(w) => w,
-            None => self.spawn()?,
-        };
-        let header = Header {
-            kind,
-            len: bytes.len(),
-            ocr_languages: ocr_languages.to_vec(),
+            None => match self.spawn() {
+                Ok(w) => w,
+                Err(e) => return Ok(Err(e)),
+            },
         };
         match worker
-            .run(&header, bytes, self.limits.timeout, progress)
+            .run(header, bytes, self.limits.timeout, progress)
             .await
         {
             Ok(Ok(reply)) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(worker);
-                reply
+                if !worker.retiring {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(worker);
+                }
+                Ok(reply)
             }
-            Ok(Err(_io)) => Err(worker.death_reason(self.limits).await),
+            Ok(Err(_io)) => Err(Died(worker.death_reason(self.limits).await)),
             Err(_elapsed) => {
                 let _ = worker.child.kill().await;
                 let at = match *progress.borrow() {
@@ -132,10 +174,10 @@ impl ExtractorPool {
                     }
                     None => String::new(),
                 };
-                Err(format!(
+                Ok(Err(format!(
                     "extraction took longer than the {} s limit and was stopped{at}",
                     self.limits.timeout.as_secs()
-                ))
+                )))
             }
         }
     }
@@ -145,6 +187,7 @@ impl ExtractorPool {
             .args(&self.command.args)
             .env(ENV_MEMORY, self.limits.memory_mib.to_string())
             .env(ENV_MAX_TEXT, self.limits.max_text_bytes.to_string())
+            .env(ENV_TIMEOUT_MS, self.limits.timeout.as_millis().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -185,6 +228,7 @@ impl ExtractorPool {
             stdout,
             stderr_tail,
             stderr_task,
+            retiring: false,
         })
     }
 }
@@ -218,6 +262,10 @@ impl Worker {
                 Ok(0) => return Ok(Err(std::io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
                 Err(e) => return Ok(Err(e)),
+            }
+            if line.trim_end() == RETIRE_MARK {
+                self.retiring = true;
+                continue;
             }
             if let Some(json) = line.strip_prefix(REPLY_MARK) {
                 return Ok(serde_json::from_str(json.trim_end())
@@ -283,6 +331,10 @@ pub fn extract_worker_main() -> i32 {
     };
     let memory_mib = env_u64(ENV_MEMORY, 2048);
     let max_text = env_u64(ENV_MAX_TEXT, 64 * 1024 * 1024);
+    let time_limit = match env_u64(ENV_TIMEOUT_MS, 0) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
     let limit = memory_mib.saturating_mul(1024 * 1024);
     use nix::sys::resource::{Resource, setrlimit};
     if let Err(e) = setrlimit(Resource::RLIMIT_AS, limit, limit) {
@@ -319,6 +371,8 @@ pub fn extract_worker_main() -> i32 {
                 let _ = out.flush();
             })),
             max_text_bytes: max_text,
+            time_limit,
+            without_pdf_extract: h.without_pdf_extract,
         };
         let reply =
             std::panic::catch_unwind(AssertUnwindSafe(|| parse_with(h.kind, &bytes, &opts)))
@@ -338,12 +392,19 @@ pub fn extract_worker_main() -> i32 {
         drop(bytes);
         // invariant: Extracted and String always serialise.
         let json = serde_json::to_string(&reply).expect("reply serialises");
+        let retire = crate::parse::left_work_running();
         let mut out = stdout.lock();
+        if retire && writeln!(out, "{RETIRE_MARK}").is_err() {
+            return 4;
+        }
         if writeln!(out, "{REPLY_MARK}{json}")
             .and_then(|()| out.flush())
             .is_err()
         {
             return 4;
+        }
+        if retire {
+            return 0;
         }
     }
 }

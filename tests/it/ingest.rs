@@ -4,7 +4,9 @@ use std::path::Path;
 
 use hearth_index::decode_chunks;
 
-use crate::common::{Backend, Node, by_status, file_name, objects, root};
+use serde_json::Value;
+
+use crate::common::{Backend, Node, by_status, file_name, objects, pdf_of_pages, root};
 
 fn corpus() -> std::path::PathBuf {
     root().join("testdata/corpus")
@@ -213,4 +215,106 @@ async fn good_files_survive_broken_ones_local() {
 #[tokio::test(flavor = "multi_thread")]
 async fn good_files_survive_broken_ones_s3() {
     good_and_broken(Backend::s3()).await;
+}
+
+/// pdf-extract's two ways to lose a PDF besides a panic: it runs too long (8,000 pages: it
+/// lists the page tree for each page it reads) or takes its process down (a page of 500,000
+/// path operations exhausts a 512 MiB limit). poppler reads both, the record names it and
+/// says why, and the next document is read by a fresh process.
+#[test]
+fn pdfs_that_outlast_or_kill_pdf_extract_are_read_by_the_second_engine() {
+    let node = Node::new(Backend::Local)
+        .env("HEARTH__INGEST__EXTRACT_MEMORY_MIB", "512")
+        .env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "8")
+        .env("HEARTH__INGEST__WORKERS", "1");
+    let dir = node.dir.path().join("pdfs");
+    std::fs::create_dir(&dir).unwrap();
+    let long: Vec<Vec<u8>> = (1..=8000)
+        .map(|i| {
+            let line = match i {
+                7321 => "the night clerk found a forged cheque from Marrowgate Shipping".to_owned(),
+                _ => format!("entry {i} was reconciled by the night clerk"),
+            };
+            format!("BT /F1 12 Tf 72 700 Td (Ledger page {i}: {line}.) Tj ET").into_bytes()
+        })
+        .collect();
+    std::fs::write(dir.join("a-long.pdf"), pdf_of_pages(&long)).unwrap();
+    let mut heavy = b"BT /F1 12 Tf 72 700 Td (The quarterly vault audit counted 4,217 sealed deposit boxes.) Tj ET ".to_vec();
+    heavy.extend(b"0 0 m 10 10 l S ".repeat(500_000));
+    std::fs::write(dir.join("b-heavy.pdf"), pdf_of_pages(&[heavy])).unwrap();
+    std::fs::copy(
+        corpus().join("onboarding-handbook.pdf"),
+        dir.join("c-handbook.pdf"),
+    )
+    .unwrap();
+
+    let summary = node.ingest("pdfs", &[&dir]);
+    let ok: Vec<String> = by_status(&summary, "ok")
+        .iter()
+        .map(|d| file_name(d))
+        .collect();
+    assert_eq!(ok.len(), 3, "{summary:#}");
+    let docs = node.docs("pdfs");
+    let record = |name: &str| {
+        docs.iter()
+            .find(|d| d["source"].as_str().unwrap_or("").ends_with(name))
+            .unwrap_or_else(|| panic!("{name}: {docs:#?}"))
+            .clone()
+    };
+    let long = record("a-long.pdf");
+    assert_eq!(long["engine"], "poppler pdftotext", "{long:#}");
+    assert_eq!(long["pages"], 8000, "{long:#}");
+    let why = long["warnings"][0].as_str().unwrap_or("");
+    assert!(why.contains("did not finish within 4 s"), "{long:#}");
+    let heavy = record("b-heavy.pdf");
+    assert_eq!(heavy["engine"], "poppler pdftotext", "{heavy:#}");
+    let why = heavy["warnings"][0].as_str().unwrap_or("");
+    assert!(why.contains("512 MiB memory limit"), "{heavy:#}");
+    assert_eq!(record("c-handbook.pdf")["engine"], Value::Null);
+    // The text is poppler's, page numbers included.
+    let hit = node.search("pdfs", "who sent the forged cheque", &["--top-k", "1"]);
+    let found = hit["hits"].as_array().unwrap().iter().any(|h| {
+        let pages = h["page_start"].as_u64().unwrap_or(0)..=h["page_end"].as_u64().unwrap_or(0);
+        h["text"].as_str().unwrap_or("").contains("Marrowgate") && pages.contains(&7321)
+    });
+    assert!(found, "{hit:#}");
+    let hit = node.search(
+        "pdfs",
+        "how many sealed deposit boxes did the vault audit count",
+        &["--top-k", "1"],
+    );
+    assert!(
+        hit["hits"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("4,217"),
+        "{hit:#}"
+    );
+
+    // One page pdf-extract cannot be asked to leave (lopdf reads its 1,000,000 operations for
+    // ~8 s in 2 GiB): its thread is left running, its process retires after the reply, and a
+    // fresh one reads the next document.
+    let node = Node::new(Backend::Local)
+        .env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "6")
+        .env("HEARTH__INGEST__WORKERS", "1");
+    let dir = node.dir.path().join("pdfs");
+    std::fs::create_dir(&dir).unwrap();
+    let mut page = b"BT /F1 12 Tf 72 700 Td (The harbour master logged 38 arrivals and 41 departures in March.) Tj ET ".to_vec();
+    page.extend(b"0 0 m 10 10 l S ".repeat(1_000_000));
+    std::fs::write(dir.join("a-stuck.pdf"), pdf_of_pages(&[page])).unwrap();
+    std::fs::copy(
+        corpus().join("onboarding-handbook.pdf"),
+        dir.join("b-handbook.pdf"),
+    )
+    .unwrap();
+    let summary = node.ingest("pdfs", &[&dir]);
+    assert_eq!(by_status(&summary, "ok").len(), 2, "{summary:#}");
+    let docs = node.docs("pdfs");
+    let stuck = docs
+        .iter()
+        .find(|d| d["source"].as_str().unwrap_or("").ends_with("a-stuck.pdf"))
+        .unwrap();
+    assert_eq!(stuck["engine"], "poppler pdftotext", "{stuck:#}");
+    let why = stuck["warnings"][0].as_str().unwrap_or("");
+    assert!(why.contains("did not finish within 3 s"), "{stuck:#}");
 }

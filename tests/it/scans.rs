@@ -5,7 +5,9 @@
 
 use serde_json::Value;
 
-use crate::common::{Backend, Node, Reply, Server, by_status, create_key, file_name, root};
+use crate::common::{
+    Backend, Node, Reply, Server, by_status, create_key, file_name, pdf_of_objects, root,
+};
 
 fn record<'a>(docs: &'a [Value], file: &str) -> &'a Value {
     docs.iter()
@@ -157,27 +159,7 @@ fn image_only_pdf(pages: usize) -> Vec<u8> {
     for _ in 0..pages {
         objs.push(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /XObject << /Im1 3 0 R >> >> /Contents 4 0 R >>".to_vec());
     }
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, o) in objs.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(o);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objs.len() + 1).as_bytes());
-    for off in offsets {
-        out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objs.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
+    pdf_of_objects(&objs)
 }
 
 #[test]

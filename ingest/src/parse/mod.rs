@@ -95,6 +95,18 @@ pub struct Options {
     /// The most text a document may yield (0: no limit); parsers that write text as they
     /// read (workbooks) stop there, and the extraction process checks every result.
     pub max_text_bytes: u64,
+    /// The document's extraction time limit, when one applies: PDF engines get shares of it
+    /// ([`pdf`]'s first engine half, so a second one has time left when the first overruns).
+    pub time_limit: Option<std::time::Duration>,
+    /// Why pdf-extract must not read this PDF (it ended the process that tried): only the
+    /// second engine runs.
+    pub without_pdf_extract: Option<String>,
+}
+
+/// Whether a parser left a thread running that it could not stop (a PDF page pdf-extract
+/// never finished): the extraction process then exits after its reply, which ends it.
+pub(crate) fn left_work_running() -> bool {
+    pdf::LEFT_RUNNING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The reason a document that yields more than `max` bytes of text fails.

@@ -5,13 +5,21 @@
 //! A second engine takes over when pdf-extract cannot read the file (a damaged cross-reference
 //! table, a crash), loses pages, or yields little or garbled text: poppler's `pdftotext`
 //! (Debian's poppler-utils), run as a child of the extraction process (so under its memory
-//! limit) with a time limit of its own, reading the document from an in-memory file. Its text is kept only when it has more readable text;
-//! the record names the engine that produced the text.
+//! limit) with a time limit of its own, reading the document from an in-memory file. Its text
+//! is kept only when it has more readable text; the record names the engine that produced the
+//! text.
+//!
+//! pdf-extract gets half the document's time limit, on a thread of its own: past it, it is
+//! asked to stop at its next page and poppler reads the document instead. A page that never
+//! ends leaves its thread running; the extraction process retires after its reply, which ends
+//! the thread (see `extract.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pdf_extract::PlainTextOutput;
@@ -21,19 +29,27 @@ use super::{Extracted, push_block};
 
 /// The second engine's name, as records show it.
 pub(crate) const POPPLER: &str = "poppler pdftotext";
-/// How long the second engine may take for one document.
+/// How long the second engine may take for one document (at most 2/5 of the document's time
+/// limit, the rest of what pdf-extract leaves).
 const POPPLER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Set when pdf-extract's thread did not stop when asked: the process must end to end it.
+pub(super) static LEFT_RUNNING: AtomicBool = AtomicBool::new(false);
+/// Stack of pdf-extract's thread: the main thread's 8 MiB, for deeply nested objects.
+const STACK_BYTES: usize = 8 << 20;
 
 pub(super) fn parse(bytes: &[u8], opts: &super::Options) -> Result<Extracted, String> {
-    let (mut ex, pictures) = text_layer(bytes)?;
+    let (mut ex, pictures) = match &opts.without_pdf_extract {
+        Some(why) => second_engine_only(bytes, why, opts.time_limit)?,
+        None => text_layer(bytes, opts.time_limit)?,
+    };
     super::ocr::pdf_pages(bytes, &mut ex, pictures.as_ref(), opts);
     Ok(ex)
 }
 
 /// The text layer, by pdf-extract or poppler, whichever reads more, and the pages that may
 /// need OCR whatever their text layer says.
-fn text_layer(bytes: &[u8]) -> Result<(Extracted, PictureSet), String> {
-    let (primary, pictures) = match parse_pdf_extract(bytes) {
+fn text_layer(bytes: &[u8], limit: Option<Duration>) -> Result<(Extracted, PictureSet), String> {
+    let (primary, pictures) = match parse_pdf_extract_within(bytes, limit) {
         Ok((ex, pictures)) => (Ok(ex), pictures),
         Err(e) => (Err(e), None),
     };
@@ -46,7 +62,8 @@ fn text_layer(bytes: &[u8]) -> Result<(Extracted, PictureSet), String> {
             None => return primary.map(|ex| (ex, pictures)),
         },
     };
-    let Ok(Some(mut alt)) = poppler(bytes) else {
+    let poppler_limit = limit.map_or(POPPLER_TIMEOUT, |l| POPPLER_TIMEOUT.min(l * 2 / 5));
+    let Ok(Some(mut alt)) = poppler(bytes, poppler_limit) else {
         return primary.map(|ex| (ex, pictures));
     };
     let better = match &primary {
@@ -60,9 +77,37 @@ fn text_layer(bytes: &[u8]) -> Result<(Extracted, PictureSet), String> {
         alt.title = ex.title.clone();
     }
     alt.engine = Some(POPPLER.to_owned());
+    let why = match why.starts_with("pdf-extract") {
+        true => why,
+        false => format!("pdf-extract {why}"),
+    };
     alt.warnings
-        .insert(0, format!("text from {POPPLER}: pdf-extract {why}"));
+        .insert(0, format!("text from {POPPLER}: {why}"));
     Ok((alt, pictures))
+}
+
+/// The text by poppler alone, when pdf-extract ended the process that tried it (`why`). Which
+/// pages draw pictures is unknown: lopdf is not trusted with the file either.
+fn second_engine_only(
+    bytes: &[u8],
+    why: &str,
+    limit: Option<Duration>,
+) -> Result<(Extracted, PictureSet), String> {
+    let limit = limit.map_or(POPPLER_TIMEOUT, |l| POPPLER_TIMEOUT.min(l * 4 / 5));
+    match poppler(bytes, limit) {
+        // No text (a bomb, or a scan): the first reason stands; OCR is not tried on a file
+        // that already ended one process.
+        Ok(Some(mut alt)) if alt.text_bytes() > 0 => {
+            alt.engine = Some(POPPLER.to_owned());
+            alt.warnings
+                .insert(0, format!("text from {POPPLER}: pdf-extract {why}"));
+            Ok((alt, None))
+        }
+        Ok(_) => Err(format!(
+            "pdf-extract {why}, and no second engine could read the PDF"
+        )),
+        Err(e) => Err(format!("pdf-extract {why}, and {e}")),
+    }
 }
 
 /// Why pdf-extract's result is worth a second opinion: pages it could not read, or little
@@ -103,12 +148,12 @@ fn readable_chars(ex: &Extracted) -> usize {
 
 /// The text of every page by `pdftotext`, or `None` when it is not installed. Pages are
 /// separated by form feeds in its output, so page numbers are kept.
-fn poppler(bytes: &[u8]) -> Result<Option<Extracted>, String> {
+fn poppler(bytes: &[u8], limit: Duration) -> Result<Option<Extracted>, String> {
     // The fuzz targets exercise hearth's own code; a program per input would only slow them.
     if cfg!(feature = "fuzzing") {
         return Ok(None);
     }
-    let Some(text) = run_pdftotext(bytes)? else {
+    let Some(text) = run_pdftotext(bytes, limit)? else {
         return Ok(None);
     };
     let mut out = Extracted::default();
@@ -132,7 +177,7 @@ fn poppler(bytes: &[u8]) -> Result<Option<Extracted>, String> {
 /// child opens by its `/dev/fd` path: the bytes never touch a disk, and poppler gets a
 /// seekable file. (On stdin, poppler 22.12 loops without end, allocating, on PDFs with a
 /// damaged cross-reference table; a fuzzer input showed it.)
-fn run_pdftotext(bytes: &[u8]) -> Result<Option<String>, String> {
+fn run_pdftotext(bytes: &[u8], limit: Duration) -> Result<Option<String>, String> {
     let file = super::ocr::MemFile::new("hearth-pdf", bytes)?;
     let path = file.path();
     let mut child = match Command::new("pdftotext")
@@ -162,13 +207,10 @@ fn run_pdftotext(bytes: &[u8]) -> Result<Option<String>, String> {
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > POPPLER_TIMEOUT => {
+            Ok(None) if started.elapsed() > limit => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "pdftotext took longer than {} s",
-                    POPPLER_TIMEOUT.as_secs()
-                ));
+                return Err(format!("pdftotext took longer than {} s", limit.as_secs()));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => return Err(format!("pdftotext: {e}")),
@@ -187,7 +229,46 @@ fn run_pdftotext(bytes: &[u8]) -> Result<Option<String>, String> {
 /// be read, so any page may be one.
 type PictureSet = Option<BTreeSet<u32>>;
 
-fn parse_pdf_extract(bytes: &[u8]) -> Result<(Extracted, PictureSet), String> {
+/// pdf-extract's reading under half of `limit` (none: inline, unlimited). Past it, the thread
+/// is asked to stop before its next page; one that does not within a second is left running
+/// and [`LEFT_RUNNING`] set.
+fn parse_pdf_extract_within(
+    bytes: &[u8],
+    limit: Option<Duration>,
+) -> Result<(Extracted, PictureSet), String> {
+    let Some(limit) = limit.map(|l| l / 2) else {
+        return parse_pdf_extract(bytes, &AtomicBool::new(false));
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (owned, asked) = (bytes.to_vec(), stop.clone());
+    let spawned = std::thread::Builder::new()
+        .name("pdf-extract".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(parse_pdf_extract(&owned, &asked));
+        });
+    if spawned.is_err() {
+        return parse_pdf_extract(bytes, &stop);
+    }
+    use std::sync::mpsc::RecvTimeoutError;
+    match rx.recv_timeout(limit) {
+        Ok(result) => result,
+        Err(RecvTimeoutError::Disconnected) => Err("the PDF parser crashed".into()),
+        Err(RecvTimeoutError::Timeout) => {
+            stop.store(true, Ordering::Relaxed);
+            if rx.recv_timeout(Duration::from_secs(1)).is_err() {
+                LEFT_RUNNING.store(true, Ordering::Relaxed);
+            }
+            Err(format!(
+                "pdf-extract did not finish within {} s (half the extraction time limit)",
+                limit.as_secs()
+            ))
+        }
+    }
+}
+
+fn parse_pdf_extract(bytes: &[u8], stop: &AtomicBool) -> Result<(Extracted, PictureSet), String> {
     let mut doc = catch_unwind(AssertUnwindSafe(|| lopdf::Document::load_mem(bytes)))
         .map_err(|p| {
             format!(
@@ -213,6 +294,9 @@ fn parse_pdf_extract(bytes: &[u8]) -> Result<(Extracted, PictureSet), String> {
     };
     let mut failed = 0usize;
     for &page in &pages {
+        if stop.load(Ordering::Relaxed) {
+            return Err("stopped".into());
+        }
         let mut text = String::new();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut sink = PlainTextOutput::new(&mut text);
@@ -376,8 +460,8 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
         // Every byte offset is 502 bytes off (testdata/sources/make_broken.py).
         let bytes = std::fs::read(dir.join("broken/damaged-xref.pdf")).unwrap();
-        assert!(parse_pdf_extract(&bytes).is_err());
-        let (ex, pictures) = text_layer(&bytes).unwrap();
+        assert!(parse_pdf_extract(&bytes, &AtomicBool::new(false)).is_err());
+        let (ex, pictures) = text_layer(&bytes, None).unwrap();
         assert_eq!(pictures, None, "unknown when the structure is unreadable");
         assert_eq!(ex.engine.as_deref(), Some(POPPLER), "needs poppler-utils");
         assert_eq!(ex.pages, Some(3));
@@ -392,9 +476,12 @@ mod tests {
         );
         assert!(ex.blocks.iter().any(|b| b.page == Some(3)));
         // The intact file is pdf-extract's.
-        let good = text_layer(&std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap())
-            .unwrap()
-            .0;
+        let good = text_layer(
+            &std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap(),
+            None,
+        )
+        .unwrap()
+        .0;
         assert_eq!(good.engine, None);
     }
 
@@ -403,11 +490,21 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
         let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
         // Page 1 is text, page 2 a scan, page 3 text (testdata/sources/scans/make_scans.sh).
-        let (_, pictures) = parse_pdf_extract(&read("scans/gzip-manual-mixed.pdf")).unwrap();
+        let (_, pictures) = parse_pdf_extract(
+            &read("scans/gzip-manual-mixed.pdf"),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(pictures, Some(BTreeSet::from([2])));
-        let (_, pictures) = parse_pdf_extract(&read("scans/gzip-manual-scan.pdf")).unwrap();
+        let (_, pictures) =
+            parse_pdf_extract(&read("scans/gzip-manual-scan.pdf"), &AtomicBool::new(false))
+                .unwrap();
         assert_eq!(pictures, Some(BTreeSet::from([1, 2, 3])));
-        let (_, pictures) = parse_pdf_extract(&read("corpus/onboarding-handbook.pdf")).unwrap();
+        let (_, pictures) = parse_pdf_extract(
+            &read("corpus/onboarding-handbook.pdf"),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(pictures, Some(BTreeSet::new()));
     }
 
@@ -417,13 +514,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/parse_pdf");
         let bytes = std::fs::read(dir.join("poppler-stdin-loop.pdf")).unwrap();
         let started = Instant::now();
-        let _ = text_layer(&bytes);
+        let _ = text_layer(&bytes, None);
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 
     #[test]
     fn junk_and_truncated_input_get_reasons() {
-        let err = text_layer(b"%PDF-1.4\nthis is not really a pdf").unwrap_err();
+        let err = text_layer(b"%PDF-1.4\nthis is not really a pdf", None).unwrap_err();
         assert!(err.contains("PDF"), "{err}");
     }
 }

@@ -34,6 +34,7 @@ import time
 
 REPLY_MARK = b"\x1eHEARTH "
 PROGRESS_MARK = b"\x1eHEARTH-PROGRESS "
+RETIRE_MARK = b"\x1eHEARTH-RETIRE"
 TEXT_MIN_CHARS = 100  # pdftotext definition of a text layer
 REF_TIMEOUT = 120  # seconds for each poppler reference command
 
@@ -132,12 +133,15 @@ class Worker:
         self.hwm_kib = 0
         self.child_hwm_kib = 0
         self.docs = 0
+        self.retiring = False
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
     def _read_stdout(self):
         for line in self.proc.stdout:
-            if line.startswith(REPLY_MARK):
+            if line.rstrip(b"\n") == RETIRE_MARK:
+                self.replies.put(("retire", None))
+            elif line.startswith(REPLY_MARK):
                 self.replies.put(("reply", line[len(REPLY_MARK):]))
             elif line.startswith(PROGRESS_MARK):
                 try:
@@ -166,10 +170,14 @@ class Worker:
         except (BrokenPipeError, OSError, ValueError) as e:
             errors.append(repr(e))
 
-    def extract(self, data, timeout, progress_restarts=True):
+    def extract(self, data, timeout, progress_restarts=True, without_pdf_extract=None):
         """Returns ("reply", json) | ("dead", None) | ("timeout", None), the seconds taken and
-        the progress lines seen (the last (done, total), how many)."""
-        header = json.dumps({"kind": "pdf", "len": len(data)}).encode() + b"\n"
+        the progress lines seen (the last (done, total), how many). A worker that announced its
+        retirement (`self.retiring`) exits after the reply, as hearth's pool expects."""
+        head = {"kind": "pdf", "len": len(data)}
+        if without_pdf_extract:
+            head["without_pdf_extract"] = without_pdf_extract
+        header = json.dumps(head).encode() + b"\n"
         errors = []
         started = time.monotonic()
         deadline = started + timeout
@@ -185,6 +193,9 @@ class Worker:
                 item = self.replies.get(timeout=min(0.25, left))
             except queue.Empty:
                 self.sample()
+                continue
+            if item is not None and item[0] == "retire":
+                self.retiring = True
                 continue
             if item is not None and item[0] == "progress":
                 progress["last"] = item[1]
@@ -272,6 +283,8 @@ def main():
     env = dict(os.environ)
     env.setdefault("HEARTH_EXTRACT_MEMORY_MIB", "2048")
     env.setdefault("HEARTH_EXTRACT_MAX_TEXT_BYTES", str(64 * 1024 * 1024))
+    # pdf-extract gets half of it, as in hearth's pool.
+    env.setdefault("HEARTH_EXTRACT_TIMEOUT_MS", str(int(a.timeout * 1000)))
 
     results = []
     workers_started = 0
@@ -302,6 +315,17 @@ def main():
             workers_started += 1
         kind, reply, took, progress = worker.extract(data, a.timeout,
                                                      not a.no_progress_restart)
+        if kind == "dead" and not progress["lines"]:
+            # hearth's pool reads a PDF that killed its process once more, poppler alone.
+            status, tail = worker.death()
+            peak_hwm = max(peak_hwm, worker.hwm_kib)
+            rec["retried_after"] = f"worker died ({status})"
+            worker = Worker(a.worker, env)
+            workers_started += 1
+            kind, reply, took2, progress = worker.extract(
+                data, a.timeout, not a.no_progress_restart,
+                without_pdf_extract=f"ended the extraction process: {status}")
+            took += took2
         hearth_secs += took
         rec["secs"] = round(took, 3)
         if progress["lines"]:
@@ -346,6 +370,10 @@ def main():
         if worker is not None:
             peak_hwm = max(peak_hwm, worker.hwm_kib)
             peak_child_hwm = max(peak_child_hwm, worker.child_hwm_kib)
+            if worker.retiring:
+                rec["retired_worker"] = True
+                worker.close()
+                worker = None
         results.append(rec)
         flag = rec["outcome"]
         if flag == "ok":
@@ -424,6 +452,8 @@ def summarise(results, a, workers_started, peak_hwm, peak_child_hwm, hearth_secs
             "timeouts": outcomes.get("timeout", 0),
             "clean_errors": outcomes.get("error", 0),
             "workers_started": workers_started,
+            "deaths_retried_by_poppler": sum(1 for r in results if r.get("retried_after")),
+            "workers_retired": sum(1 for r in results if r.get("retired_worker")),
             "text_layer_pdffonts": rate(layer, yields_text),
             "text_layer_pdftotext_100": rate(layer_ptt, yields_text),
             "text_layer_pdffonts_100_chars": rate(
@@ -485,6 +515,8 @@ def print_summary(rep):
         ("timeouts", s["timeouts"]),
         ("clean error replies", s["clean_errors"]),
         ("workers started", s["workers_started"]),
+        ("deaths retried with poppler alone", s["deaths_retried_by_poppler"]),
+        ("workers retired (pdf-extract left running)", s["workers_retired"]),
         ("engine of the text", ", ".join(f"{k} {v}" for k, v in s["engines"].items())),
         ("hearth time (s)", s["hearth_seconds"]),
         ("wall time incl. poppler reference (s)", s["wall_seconds"]),

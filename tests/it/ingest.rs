@@ -291,16 +291,19 @@ fn pdfs_that_outlast_or_kill_pdf_extract_are_read_by_the_second_engine() {
         "{hit:#}"
     );
 
-    // One page pdf-extract cannot be asked to leave (lopdf reads its 1,000,000 operations for
-    // ~8 s in 2 GiB): its thread is left running, its process retires after the reply, and a
-    // fresh one reads the next document.
+    // One page pdf-extract cannot be asked to leave (lopdf parses its 2,000,000 operations
+    // for several seconds, in up to 4 GiB): past 2 s its thread is left running, its process
+    // retires after the reply, and a fresh one reads the next document. Poppler gets 1.2 s
+    // for the page (~1 s on a quiet machine): on a busy one the document fails instead,
+    // saying why; either way the next document must not meet the retiring process.
     let node = Node::new(Backend::Local)
-        .env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "6")
+        .env("HEARTH__INGEST__EXTRACT_MEMORY_MIB", "4096")
+        .env("HEARTH__INGEST__EXTRACT_TIMEOUT_SECS", "4")
         .env("HEARTH__INGEST__WORKERS", "1");
     let dir = node.dir.path().join("pdfs");
     std::fs::create_dir(&dir).unwrap();
     let mut page = b"BT /F1 12 Tf 72 700 Td (The harbour master logged 38 arrivals and 41 departures in March.) Tj ET ".to_vec();
-    page.extend(b"0 0 m 10 10 l S ".repeat(1_000_000));
+    page.extend(b"0 0 m 10 10 l S ".repeat(2_000_000));
     std::fs::write(dir.join("a-stuck.pdf"), pdf_of_pages(&[page])).unwrap();
     std::fs::copy(
         corpus().join("onboarding-handbook.pdf"),
@@ -308,13 +311,27 @@ fn pdfs_that_outlast_or_kill_pdf_extract_are_read_by_the_second_engine() {
     )
     .unwrap();
     let summary = node.ingest("pdfs", &[&dir]);
-    assert_eq!(by_status(&summary, "ok").len(), 2, "{summary:#}");
+    let handbook = summary["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| file_name(d) == "b-handbook.pdf")
+        .unwrap();
+    assert_eq!(handbook["status"], "ok", "{summary:#}");
     let docs = node.docs("pdfs");
     let stuck = docs
         .iter()
         .find(|d| d["source"].as_str().unwrap_or("").ends_with("a-stuck.pdf"))
         .unwrap();
-    assert_eq!(stuck["engine"], "poppler pdftotext", "{stuck:#}");
-    let why = stuck["warnings"][0].as_str().unwrap_or("");
-    assert!(why.contains("did not finish within 3 s"), "{stuck:#}");
+    let why = match stuck["state"].as_str() {
+        Some("indexed") => {
+            assert_eq!(stuck["engine"], "poppler pdftotext", "{stuck:#}");
+            stuck["warnings"][0].as_str().unwrap_or("")
+        }
+        _ => stuck["reason"].as_str().unwrap_or(""),
+    };
+    assert!(
+        why.contains("pdf-extract did not finish within 2 s"),
+        "{stuck:#}"
+    );
 }

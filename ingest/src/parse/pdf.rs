@@ -29,8 +29,9 @@ use super::{Extracted, push_block};
 
 /// The second engine's name, as records show it.
 pub(crate) const POPPLER: &str = "poppler pdftotext";
-/// How long the second engine may take for one document (at most 2/5 of the document's time
-/// limit, the rest of what pdf-extract leaves).
+/// How long the second engine may take for one document. After pdf-extract it gets at most
+/// 3/10 of the document's time limit: pdf-extract has had half, and a tenth is the time
+/// pdf-extract's thread gets to stop, so the whole stays inside the limit.
 const POPPLER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Set when pdf-extract's thread did not stop when asked: the process must end to end it.
 pub(super) static LEFT_RUNNING: AtomicBool = AtomicBool::new(false);
@@ -62,7 +63,7 @@ fn text_layer(bytes: &[u8], limit: Option<Duration>) -> Result<(Extracted, Pictu
             None => return primary.map(|ex| (ex, pictures)),
         },
     };
-    let poppler_limit = limit.map_or(POPPLER_TIMEOUT, |l| POPPLER_TIMEOUT.min(l * 2 / 5));
+    let poppler_limit = limit.map_or(POPPLER_TIMEOUT, |l| POPPLER_TIMEOUT.min(l * 3 / 10));
     let Ok(Some(mut alt)) = poppler(bytes, poppler_limit) else {
         return primary.map(|ex| (ex, pictures));
     };
@@ -210,7 +211,10 @@ fn run_pdftotext(bytes: &[u8], limit: Duration) -> Result<Option<String>, String
             Ok(None) if started.elapsed() > limit => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("pdftotext took longer than {} s", limit.as_secs()));
+                return Err(format!(
+                    "pdftotext took longer than {} s",
+                    limit.as_secs_f32()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => return Err(format!("pdftotext: {e}")),
@@ -230,13 +234,13 @@ fn run_pdftotext(bytes: &[u8], limit: Duration) -> Result<Option<String>, String
 type PictureSet = Option<BTreeSet<u32>>;
 
 /// pdf-extract's reading under half of `limit` (none: inline, unlimited). Past it, the thread
-/// is asked to stop before its next page; one that does not within a second is left running
-/// and [`LEFT_RUNNING`] set.
+/// is asked to stop before its next page; one that does not within a tenth of `limit` (at most
+/// a second) is left running and [`LEFT_RUNNING`] set.
 fn parse_pdf_extract_within(
     bytes: &[u8],
     limit: Option<Duration>,
 ) -> Result<(Extracted, PictureSet), String> {
-    let Some(limit) = limit.map(|l| l / 2) else {
+    let Some((limit, grace)) = limit.map(|l| (l / 2, (l / 10).min(Duration::from_secs(1)))) else {
         return parse_pdf_extract(bytes, &AtomicBool::new(false));
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -257,12 +261,12 @@ fn parse_pdf_extract_within(
         Err(RecvTimeoutError::Disconnected) => Err("the PDF parser crashed".into()),
         Err(RecvTimeoutError::Timeout) => {
             stop.store(true, Ordering::Relaxed);
-            if rx.recv_timeout(Duration::from_secs(1)).is_err() {
+            if rx.recv_timeout(grace).is_err() {
                 LEFT_RUNNING.store(true, Ordering::Relaxed);
             }
             Err(format!(
                 "pdf-extract did not finish within {} s (half the extraction time limit)",
-                limit.as_secs()
+                limit.as_secs_f32()
             ))
         }
     }

@@ -114,6 +114,38 @@ async fn roles_and_collections_decide_what_a_key_may_do() {
             .status,
         200
     );
+    // An admin of collection a administers a, not what every collection shares: not the
+    // residency report (every store and model), not the adapters every answer may use.
+    let admin_a = create_key(&node, "admin-a", "admin", &["a"], &[]);
+    let m = s
+        .call(Some(&admin_a), "GET", "/v1/residency", None)
+        .await
+        .error(403, "forbidden");
+    assert!(m.contains("scoped to some collections"), "{m}");
+    s.call(Some(&admin_a), "DELETE", "/v1/adapters/support-tone", None)
+        .await
+        .error(403, "forbidden");
+    let r = s
+        .send(
+            s.client
+                .put(format!("{}/v1/adapters/support-tone", s.url))
+                .bearer_auth(&admin_a)
+                .header("content-type", "multipart/form-data; boundary=x")
+                .body("--x--\r\n"),
+        )
+        .await;
+    r.error(403, "forbidden");
+    // The node's admin gets past the key check: the adapter does not exist.
+    s.call(Some(&admin), "DELETE", "/v1/adapters/support-tone", None)
+        .await
+        .error(404, "adapter_not_found");
+    // Within its collection the scoped admin is an admin.
+    assert_eq!(
+        s.call(Some(&admin_a), "GET", "/v1/collections/a", None)
+            .await
+            .status,
+        200
+    );
 
     // A reader scoped to "a": reads a, writes nothing, sees nothing of b.
     upload(&s, &reader_a, "a", "# X\n\nReaders cannot upload.")

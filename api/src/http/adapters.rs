@@ -10,7 +10,6 @@ use hearth_engine::AdapterInfo;
 use super::State;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, json, multipart_error};
-use crate::keys::Role;
 use crate::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 fn info_json(model: &str, a: &AdapterInfo) -> serde_json::Value {
@@ -62,7 +61,7 @@ pub(super) async fn upload(
     Path(name): Path<String>,
     mut mp: Multipart,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.require_node_admin()?;
     let mut config: Option<Bytes> = None;
     let mut weights: Option<Bytes> = None;
     while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
@@ -106,7 +105,7 @@ pub(super) async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.require_node_admin()?;
     if s.service.delete_adapter(&name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -56,6 +56,20 @@ impl Caller {
         }
     }
 
+    /// Requires an admin key that reaches every collection: for what the whole node shares
+    /// (adapters every collection's answers use, the residency report naming every store and
+    /// model). An admin scoped to some collections administers those only.
+    pub fn require_node_admin(&self) -> Result<(), ApiError> {
+        self.require(Role::Admin)?;
+        match &self.key {
+            Some(k) if !k.all_collections() => Err(forbidden(
+                "this admin key is scoped to some collections; this needs an admin key for every collection (`hearth keys create --role admin`, collection *)"
+                    .to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Requires at least `role` on collection `c`.
     pub fn require_on(&self, role: Role, c: &CollectionName) -> Result<(), ApiError> {
         self.require(role)?;

@@ -6,7 +6,6 @@ use axum::response::Response;
 use super::State;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, json};
-use crate::keys::Role;
 use crate::residency::ResidencyReport;
 
 /// The residency report: jurisdiction, storage endpoints and their jurisdictions, the egress
@@ -16,7 +15,7 @@ use crate::residency::ResidencyReport;
         (status = 401, description = "no or wrong API key", body = ErrorBody),
         (status = 403, description = "not an admin key", body = ErrorBody)))]
 pub(super) async fn residency(s: State, caller: Caller) -> Result<Response, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.require_node_admin()?;
     let adapters = s.service.adapter_files().await;
     let residency = s.residency.clone();
     let report = tokio::task::spawn_blocking(move || residency.report(adapters))

@@ -186,20 +186,24 @@ pub fn sniff(bytes: &[u8], name: &str) -> Result<DocKind, Rejection> {
     Ok(DocKind::Text)
 }
 
-/// A PDF starts with `%PDF-`. Readers also find the header further into the first KiB, behind
-/// a binary preamble some producers put there (a MacBinary header, a PJL print-job prefix);
-/// that is accepted too, but never text before it: a text that mentions `%PDF-` is a text.
+/// A PDF starts with `%PDF-`. Two binary preambles some producers put before it are
+/// accepted too: a PJL print-job prefix, and a MacBinary header (128 bytes: version 0, a name
+/// of 1 to 63 bytes, zeros at 74 and 82). Nothing else: an executable, an archive or a text
+/// that holds `%PDF-` somewhere in its first KiB is not a PDF (it would be stored and handed
+/// to the PDF parsers as one).
 fn is_pdf(bytes: &[u8]) -> bool {
     if bytes.starts_with(b"%PDF-") {
         return true;
     }
-    let head = &bytes[..bytes.len().min(1024)];
-    let Some(at) = find(head, b"%PDF-") else {
-        return false;
-    };
-    let before = &head[..at];
-    let utf16 = before.starts_with(b"\xff\xfe") || before.starts_with(b"\xfe\xff");
-    before.starts_with(b"\x1b%-12345X") || (before.contains(&0) && !utf16)
+    if bytes.starts_with(b"\x1b%-12345X") {
+        return find(&bytes[..bytes.len().min(1024)], b"%PDF-").is_some();
+    }
+    bytes.len() > 128
+        && bytes[0] == 0
+        && (1..=63).contains(&bytes[1])
+        && bytes[74] == 0
+        && bytes[82] == 0
+        && bytes[128..].starts_with(b"%PDF-")
 }
 
 /// A PNG, JPEG or TIFF image, checked for a size OCR can read in bounded memory by its header
@@ -632,6 +636,25 @@ mod tests {
         assert_eq!(sniff(&macbinary, "a.pdf"), Ok(DocKind::Pdf));
         let pjl = b"\x1b%-12345X@PJL JOB\r\n@PJL ENTER LANGUAGE = PDF\r\n%PDF-1.4\n";
         assert_eq!(sniff(pjl, "job.prn"), Ok(DocKind::Pdf));
+    }
+
+    #[test]
+    fn a_pdf_header_inside_other_binary_data_is_not_a_pdf() {
+        // An executable with the PDF header in its first KiB: refused as what it is.
+        let mut elf = b"\x7fELF\x02\x01\x01\x00".to_vec();
+        elf.resize(200, 0);
+        elf.extend_from_slice(b"%PDF-1.4\n1 0 obj\n");
+        let err = sniff(&elf, "report.pdf").unwrap_err().to_string();
+        assert!(err.contains("ELF executable"), "{err}");
+        // gzip data whose stored file name starts with the header.
+        let mut gz = b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\x03%PDF-report.pdf\x00".to_vec();
+        gz.extend_from_slice(&[0x4b, 0x4c, 0x4a, 0x06, 0x00]);
+        let err = sniff(&gz, "report.pdf").unwrap_err().to_string();
+        assert!(err.contains("gzip"), "{err}");
+        // Binary junk with NULs before the header (the old rule took it for a preamble).
+        let mut junk = vec![0u8, 0xff, 0x13, 0x37];
+        junk.extend_from_slice(b"%PDF-1.7\n");
+        assert_ne!(sniff(&junk, "x.pdf"), Ok(DocKind::Pdf));
     }
 
     #[test]

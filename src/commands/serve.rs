@@ -132,7 +132,8 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
             );
         });
     }
-    serve(listener, app, shutdown_signal(), grace).await?;
+    let header_timeout = Duration::from_secs(cfg.server.header_timeout_secs);
+    serve(listener, app, shutdown_signal(), grace, header_timeout).await?;
     tracing::info!("shutting down: finishing the ingestion batch under way");
     let _ = stop_tx.send(true);
     if tokio::time::timeout(grace, worker).await.is_err() {

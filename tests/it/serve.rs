@@ -987,3 +987,45 @@ async fn a_request_over_its_time_limit_gets_504_and_frees_the_engine() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client that sends its headers a byte at a time, or never finishes them, loses its
+/// connection after `server.header_timeout_secs`; other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_lose_their_connection() {
+    use std::io::{Read, Write};
+    let node = Node::new(Backend::Local).env("HEARTH__SERVER__HEADER_TIMEOUT_SECS", "2");
+    let s = node.serve(&["--open"]).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = std::time::Instant::now();
+        // Half a request, then nothing more.
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .unwrap();
+        let mut buf = Vec::new();
+        // The server closes the connection (EOF, perhaps after a 408): read returns.
+        let _ = c.read_to_end(&mut buf);
+        (started.elapsed(), String::from_utf8_lossy(&buf).into_owned())
+    });
+    // Meanwhile the server answers others.
+    assert_eq!(s.get("/healthz").await.status, 200);
+    let (took, reply) = slow.await.unwrap();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "closed after {took:?}: {reply:?}"
+    );
+    assert!(!reply.contains("200 OK"), "{reply:?}");
+    // A connection that stays silent is closed too.
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let idle = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        started.elapsed()
+    });
+    let took = idle.await.unwrap();
+    assert!(took < Duration::from_secs(15), "idle connection kept {took:?}");
+}

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub ingest_backlog: usize,
     /// Seconds that shutdown waits for requests in flight before it stops anyway.
     pub shutdown_grace_secs: u64,
+    /// Seconds a connection may take to send a request's headers, and may sit idle between
+    /// requests, before it is closed (a slow-headers client holds no connection for longer).
+    pub header_timeout_secs: u64,
     /// Serve without API keys, every caller an admin. Only allowed on a loopback address.
     pub open: bool,
     /// Requests per minute per key (a key's own limit overrides it).
@@ -75,6 +78,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 300,
             ingest_backlog: 10_000,
             shutdown_grace_secs: 30,
+            header_timeout_secs: 30,
             open: false,
             rate_per_minute: 600,
             concurrency_per_key: 32,
@@ -107,6 +111,9 @@ impl ServerConfig {
         }
         if self.request_timeout_secs == 0 {
             return bad("server.request_timeout_secs must be at least 1");
+        }
+        if self.header_timeout_secs == 0 {
+            return bad("server.header_timeout_secs must be at least 1");
         }
         if self.ingest_backlog == 0 {
             return bad("server.ingest_backlog must be at least 1");
@@ -350,27 +357,54 @@ fn timed_out(limit: Duration, r: Response) -> Response {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits up to `grace` for the
-/// requests in flight (streams included) to finish.
+/// requests in flight (streams included) to finish. A connection that takes longer than
+/// `header_timeout` to send a request's headers, or sits idle that long between requests, is
+/// closed: hyper's HTTP/1 header timer, which `axum::serve` leaves off (a slow-headers client
+/// could hold a connection, and its memory, for ever).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
+    header_timeout: Duration,
 ) -> std::io::Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: the connections in flight go on; wait
+                    // for some to close instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        r = &mut server => r,
-        () = async {
-            let _ = rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after the grace period; stopping");
-            Ok(())
         }
     }
+    Ok(())
 }

@@ -1006,7 +1006,10 @@ async fn slow_headers_lose_their_connection() {
         let mut buf = Vec::new();
         // The server closes the connection (EOF, perhaps after a 408): read returns.
         let _ = c.read_to_end(&mut buf);
-        (started.elapsed(), String::from_utf8_lossy(&buf).into_owned())
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&buf).into_owned(),
+        )
     });
     // Meanwhile the server answers others.
     assert_eq!(s.get("/healthz").await.status, 200);
@@ -1027,5 +1030,8 @@ async fn slow_headers_lose_their_connection() {
         started.elapsed()
     });
     let took = idle.await.unwrap();
-    assert!(took < Duration::from_secs(15), "idle connection kept {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "idle connection kept {took:?}"
+    );
 }

@@ -114,11 +114,7 @@ impl Node {
     /// The document records of a collection, as `hearth docs --json` prints them.
     pub fn docs(&self, collection: &str) -> Vec<Value> {
         let out = self.run(&["docs", "--json", "-c", collection]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
     }
 
@@ -503,13 +499,27 @@ pub fn create_key(node: &Node, name: &str, role: &str, cols: &[&str], extra: &[&
     }
     args.extend(extra);
     let out = node.run(&args);
+    assert_ok(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Asserts that a command exited 0, showing its standard error if not.
+#[track_caller]
+pub fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["token"].as_str().unwrap().to_owned()
+}
+
+/// The record whose source ends with `source` (a file name, or `mailbox/message.eml`).
+#[track_caller]
+pub fn by_source<'a>(docs: &'a [Value], source: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["source"].as_str().is_some_and(|s| s.ends_with(source)))
+        .unwrap_or_else(|| panic!("no document {source}: {docs:#?}"))
 }
 
 /// A PDF file of these objects (numbered from 1; object 1 must be the catalog), with its

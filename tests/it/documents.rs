@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::common::{Backend, Node, by_status, file_name, root};
+use crate::common::{Backend, Node, assert_ok, by_status, file_name, root};
 
 /// (question, text the top hit must hold, the page it must start on for slides).
 type Question = (&'static str, &'static str, Option<u64>);
@@ -132,11 +132,7 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         .args([rows.to_string(), cols.to_string()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 }
 
 #[test]

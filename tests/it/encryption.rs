@@ -10,7 +10,7 @@ use hearth_index::BlobStore;
 use hearth_index::fixtures::SeaweedFs;
 use serde_json::Value;
 
-use crate::common::{Backend, Node, files_under, objects, root};
+use crate::common::{Backend, Node, assert_ok, files_under, objects, root};
 
 const KEK_A: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 const KEK_B: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9f";
@@ -163,11 +163,7 @@ async fn the_local_store_holds_no_plaintext_and_rotation_rewraps_only_the_keyrin
         "--new-kek-file",
         &kek_b.display().to_string(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let after = files_under(&store_dir);
     let changed: Vec<_> = after
         .iter()

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hearth_index::{BlobStore, CollectionName, DocId, decode_chunks, keys};
 
-use crate::common::{Backend, Node, files_under, objects, root};
+use crate::common::{Backend, Node, assert_ok, files_under, objects, root};
 
 /// Needles for one document: 32-byte windows of its bytes, 40-byte pieces of its chunk texts
 /// and the first 8 components (32 bytes, little-endian f32) of each chunk's vector.
@@ -84,17 +84,9 @@ async fn erase(backend: Backend) {
     assert!(!hits["hits"].as_array().unwrap().is_empty());
 
     let out = node.run(&["delete", "-c", "docs", &gone_id.to_hex()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let out = node.run(&["compact", "-c", "docs"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     let after = scan().await;
     let (n, example) = occurrences(&after, &gone_needles);

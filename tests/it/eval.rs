@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use crate::common::{Backend, Node, create_key, root};
+use crate::common::{Backend, Node, assert_ok, create_key, root};
 
 /// Lowest acceptable figures of the default settings on the shipped set (measured: recall@5
 /// 0.958, MRR 0.921, nDCG@10 0.929; quoted answers: correctness 0.70, follow-ups 0.737 against
@@ -158,11 +158,7 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
         "64",
         uncovered_path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let strict: Value = serde_json::from_slice(&out.stdout).unwrap();
     let abstention = summary_figure(&strict, "abstention_accuracy");
     let declined: Vec<(&Value, &Value)> = strict["questions"]

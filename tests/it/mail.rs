@@ -4,15 +4,7 @@
 //! attachment find them, and deleting a message deletes its attachments, through `hearth
 //! ingest`, `hearth docs`, `hearth search` and `hearth delete`.
 
-use serde_json::Value;
-
-use crate::common::{Backend, Node, hit_files, root};
-
-fn by_source<'a>(docs: &'a [Value], source: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["source"].as_str().is_some_and(|s| s.ends_with(source)))
-        .unwrap_or_else(|| panic!("no document {source}: {docs:#?}"))
-}
+use crate::common::{Backend, Node, assert_ok, by_source, hit_files, root};
 
 #[test]
 fn messages_attachments_and_mailboxes_index_as_linked_documents() {
@@ -99,11 +91,7 @@ fn messages_attachments_and_mailboxes_index_as_linked_documents() {
 
     // Deleting the message deletes what came out of it: an erasure request names the message.
     let out = node.run(&["delete", "-c", "mail", eml_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let left: Vec<String> = node
         .docs("mail")
         .iter()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::common::{Backend, Node, files_under};
+use crate::common::{Backend, Node, assert_ok, files_under};
 
 const PII: [&str; 7] = [
     "jane.doe@kestrel.example",
@@ -49,11 +49,7 @@ async fn pii_is_redacted_before_anything_is_stored() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let logs = String::from_utf8_lossy(&out.stderr).into_owned();
     // The same bytes in a collection without redaction: the control for every scan below.
     node.ingest("plain", &[&file]);

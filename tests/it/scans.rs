@@ -6,14 +6,8 @@
 use serde_json::Value;
 
 use crate::common::{
-    Backend, Node, Reply, Server, by_status, create_key, file_name, pdf_of_objects, root,
+    Backend, Node, Reply, Server, by_source, by_status, create_key, file_name, pdf_of_objects, root,
 };
-
-fn record<'a>(docs: &'a [Value], file: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["source"].as_str().is_some_and(|s| s.ends_with(file)))
-        .unwrap_or_else(|| panic!("no document {file}: {docs:#?}"))
-}
 
 #[test]
 fn scanned_pdfs_and_images_are_read_by_ocr_and_found_by_questions() {
@@ -61,7 +55,7 @@ fn scanned_pdfs_and_images_are_read_by_ocr_and_found_by_questions() {
         assert_eq!(ok, want, "{summary:#}");
         let docs = node.docs(collection);
         for f in *files {
-            let r = record(&docs, f);
+            let r = by_source(&docs, f);
             let confidence = r["ocr"]["confidence"].as_f64().unwrap_or(0.0);
             assert!(confidence > 80.0, "{f}: {r:#}");
             let engine = r["engine"].as_str().unwrap_or("");
@@ -80,7 +74,7 @@ fn scanned_pdfs_and_images_are_read_by_ocr_and_found_by_questions() {
     assert!(misses.is_empty(), "{misses:#?}");
     // The mixed PDF: page 1 from its text layer, page 2 recognised.
     let docs = node.docs("scans-en");
-    let mixed = record(&docs, "gzip-manual-mixed.pdf");
+    let mixed = by_source(&docs, "gzip-manual-mixed.pdf");
     assert_eq!(
         mixed["engine"], "pdf-extract + tesseract OCR (1 of 2 pages)",
         "{mixed:#}"
@@ -337,6 +331,14 @@ async fn another_collections_key_learns_nothing_of_its_scans_or_settings() {
         let label = format!("hearth_documents{{collection=\"{c}\"");
         assert!(all.contains(&label), "{all}");
     }
+    // An admin scoped to "other" is an admin of "other" only: its counts, not "de"'s.
+    let other_admin = create_key(&node, "other-admin", "admin", &["other"], &[]);
+    let scoped = metrics(other_admin).await;
+    assert!(!scoped.contains("collection=\"de\""), "{scoped}");
+    // Without a key, nothing.
+    s.call(None, "GET", "/metrics", None)
+        .await
+        .error(401, "unauthorized");
     let own = metrics(outsider.clone()).await;
     assert!(!own.contains("collection=\"de\""), "{own}");
     assert!(

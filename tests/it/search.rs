@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::common::{Backend, Node, hit_files, objects, root};
+use crate::common::{Backend, Node, assert_ok, hit_files, objects, root};
 
 fn corpus_file(name: &str) -> std::path::PathBuf {
     root().join("testdata/corpus").join(name)
@@ -104,11 +104,7 @@ fn filters_apply_inside_retrieval() {
         .arg(root().join("testdata/corpus"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let dir = tempfile::tempdir().unwrap();
     let legal = dir.path().join("retention-note.md");
     std::fs::write(
@@ -131,11 +127,7 @@ fn filters_apply_inside_retrieval() {
         .arg(&legal)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     // A query about compression: unfiltered, the legal note is nowhere near the top; filtered
     // to team=legal, its chunk is the only possible hit and is returned.
@@ -250,11 +242,7 @@ async fn deletes_and_replacements_hide_old_chunks_at_once() {
 
     // Delete by name: gone from results, records and the store.
     let out = node.run(&["delete", "-c", "d", "--source", &note.display().to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     for mode in ["dense", "bm25", "hybrid"] {
         let out = node.search(
             "d",
@@ -282,11 +270,7 @@ async fn deletes_and_replacements_hide_old_chunks_at_once() {
     let dense_before = node.search("d", q, &["--top-k", "5", "--mode", "dense"]);
     let hybrid_before = node.search("d", q, &["--top-k", "5"]);
     let out = node.run(&["compact", "-c", "d"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let dense_after = node.search("d", q, &["--top-k", "5", "--mode", "dense"]);
     let hybrid_after = node.search("d", q, &["--top-k", "5"]);
     assert_eq!(ranking(&dense_before), ranking(&dense_after));

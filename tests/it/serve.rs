@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Backend, Node, Server, root};
+use crate::common::{Backend, Node, Server, assert_ok, root};
 
 fn corpus(name: &str) -> std::path::PathBuf {
     root().join("testdata/corpus").join(name)
@@ -667,11 +667,7 @@ async fn ask_answers_from_passages_with_citations_and_streams() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         out.stdout
     };
     let out = cli_ask(&["--max-tokens", "32"]);
@@ -735,11 +731,7 @@ async fn hearth_ask_runs_embedded() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["grounded"], true, "{v}");
     assert!(

@@ -92,3 +92,67 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
     expected.sort_unstable();
     assert_eq!(indexed, expected, "{docs}");
 }
+
+/// Open mode (no keys, what the quickstart runs) against other sites' pages in a real browser
+/// (tests/browser/cross-site.mjs): a cross-site form and `no-cors` fetch that would upload into
+/// the user's collection, and a DNS-rebinding name for hearth itself, are refused; hearth's own
+/// page still creates a collection and uploads; nothing the attacker sent reaches the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_mode_refuses_other_sites_pages_and_rebound_names() {
+    let script = root().join("tests/browser/cross-site.mjs");
+    assert!(
+        root()
+            .join("tests/browser/node_modules/playwright-core")
+            .is_dir()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "browser test dependencies missing: run scripts/browser-deps.sh"
+    );
+    let node = Node::new(Backend::Local);
+    let s = node.serve(&["--open"]).await;
+    let url = s.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .arg(url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("PASS"),
+        "{stdout}\n{stderr}"
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(seen["form"], 403, "{seen}");
+    assert_eq!(seen["fetch"], 403, "{seen}");
+    assert_eq!(seen["rebound_page"], 421, "{seen}");
+    assert_eq!(seen["rebound_api"], 421, "{seen}");
+    assert!(
+        !seen["rebound_api_body"].as_str().unwrap().contains("own"),
+        "{seen}"
+    );
+    assert_eq!(seen["own_collection"], 201, "{seen}");
+    assert_eq!(seen["own"], 202, "{seen}");
+    // Nothing of the attacker's is stored: the collection holds the page's own document only,
+    // and no object holds the attacker's text.
+    let docs = s.get("/v1/collections/own/documents").await.json();
+    let sources: Vec<&str> = docs["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["source"].as_str())
+        .collect();
+    assert_eq!(sources, ["own.txt"], "{docs}");
+    let stored = crate::common::objects(&node.store(), "").await;
+    assert!(
+        stored
+            .values()
+            .all(|v| !String::from_utf8_lossy(v).contains("planted")),
+        "{:?}",
+        stored.keys().collect::<Vec<_>>()
+    );
+}

@@ -16,6 +16,7 @@ pub mod fuzz;
 mod health;
 mod metrics;
 mod openai;
+mod origin;
 mod qa;
 mod residency;
 
@@ -128,6 +129,8 @@ pub(crate) struct AppState {
     pub keys: KeyStore,
     pub metrics: metrics::Metrics,
     pub audit: AuditLog,
+    /// Keyless requests refused lately, written to the audit log as a count.
+    pub refused: audit::RefusedTally,
     pub limits: auth::Limits,
     pub config: ServerConfig,
     /// Largest accepted document, in bytes.
@@ -169,6 +172,7 @@ pub fn router(parts: ServerParts) -> Router {
         keys: parts.service.storage().keys(),
         metrics: metrics::Metrics::default(),
         audit: parts.service.storage().audit(),
+        refused: audit::RefusedTally::default(),
         limits: auth::Limits::new(
             parts.config.rate_per_minute,
             parts.config.concurrency_per_key,
@@ -244,6 +248,10 @@ pub fn router(parts: ServerParts) -> Router {
         ))
         .layer(axum::middleware::map_response(
             move |r: Response| async move { timed_out(timeout, r) },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::guard,
         ))
         .with_state(state)
 }

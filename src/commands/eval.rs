@@ -19,7 +19,7 @@ pub struct EvalArgs {
     questions: PathBuf,
     /// Collection to evaluate.
     #[arg(long, short)]
-    collection: String,
+    pub(crate) collection: String,
     /// The cut-off of recall@k (1-10).
     #[arg(long, default_value_t = 5)]
     k: usize,
@@ -69,6 +69,7 @@ pub async fn run(cfg: AppConfig, args: EvalArgs) -> anyhow::Result<ExitCode> {
         max_tokens: args.max_tokens,
         strict: args.strict.then_some(true),
         answer: args.answer,
+        ..EvalOptions::default()
     };
     let report = service
         .eval(&col, &questions, &opts, |r| {

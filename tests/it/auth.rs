@@ -339,3 +339,48 @@ fn open_mode_is_refused_off_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback"), "{err}");
 }
+
+/// The generator's prefix cache is per key: a key sees its own prompts cached (the cache still
+/// works), never another key's, so `cached_tokens` cannot confirm a guess about passages or
+/// questions that another key's prompts held.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_learns_nothing_from_another_keys_cached_prompts() {
+    let node = Node::new(Backend::Local);
+    let alice = create_key(&node, "alice", "reader", &["hr"], &[]);
+    let mallory = create_key(&node, "mallory", "reader", &["other"], &[]);
+    let s = node.serve(&[]).await;
+    // A prompt as /ask builds it: instructions, then a passage of alice's collection.
+    let secret = "Answer from the passage only.\n\n[1] salaries.md: The 2027 salary band for \
+                  senior engineers in the Lisbon office is 71,000 to 84,000 euros, reviewed \
+                  every March by the compensation committee, and the retention bonus for the \
+                  platform team is twelve percent of base pay, paid in two parts.\n\nQuestion: \
+                  What is the salary band for senior engineers?";
+    let chat = |key: &str| {
+        s.client
+            .post(format!("{}/v1/chat/completions", s.url))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(
+                json!({
+                    "model": "SmolLM2-135M-Instruct.Q4_1",
+                    "messages": [{"role": "user", "content": secret}],
+                    "max_tokens": 1,
+                })
+                .to_string(),
+            )
+    };
+    let cached = |r: &Reply| -> u64 {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cached(&s.send(chat(&alice)).await), 0);
+    // The same key again: its prefix is reused.
+    let again = cached(&s.send(chat(&alice)).await);
+    assert!(again >= 32, "alice's own prompt was not cached: {again}");
+    // Another key sending the very same prompt (a correct guess) sees no hit.
+    assert_eq!(cached(&s.send(chat(&mallory)).await), 0);
+    // And twice: its own copy is now cached, for it alone.
+    assert!(cached(&s.send(chat(&mallory)).await) >= 32);
+}

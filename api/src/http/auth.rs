@@ -43,6 +43,18 @@ impl Caller {
         self.key.as_ref().map_or("open", |k| k.id.as_str())
     }
 
+    /// The generator's cache scope of this caller: each key's prompts share cached prefixes
+    /// only with that key's (a reader of one collection learns nothing from cache hits about
+    /// prompts built from another's passages). Open mode is one scope.
+    pub fn cache_scope(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(self.id().as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        // Scope 0 is the CLI's and the library default's; keys never share it.
+        u64::from_le_bytes(b) | 1
+    }
+
     /// Requires at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role() >= role {

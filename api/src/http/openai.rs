@@ -16,6 +16,7 @@ use hearth_engine::{ChatMessage, GenerationEvent, Prompt, SamplingParams};
 use serde::Deserialize;
 
 use super::State;
+use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ErrorBody, json};
 
 /// Most texts one embeddings request may carry.
@@ -210,6 +211,7 @@ impl ChatBody {
         (status = 503, description = "generation queue full", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn chat_completions(
     s: State,
+    caller: Caller,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Response, ApiError> {
     let g = s.service.generator()?;
@@ -233,8 +235,12 @@ pub(super) async fn chat_completions(
         .enumerate()
         .map(|(i, m)| message(g, m, i))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut generation =
-        g.submit_with_adapter(&Prompt::Chat(messages), params, adapter.as_deref())?;
+    let mut generation = g.submit_scoped(
+        &Prompt::Chat(messages),
+        params,
+        adapter.as_deref(),
+        caller.cache_scope(),
+    )?;
     let id = completion_id();
     let created = now_secs();
     if stream {

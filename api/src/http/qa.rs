@@ -254,6 +254,7 @@ pub(super) async fn ask(
                 sampling: body.sampling,
                 strict: body.strict,
                 answer: body.answer,
+                cache_scope: caller.cache_scope(),
             },
         )
         .await?
@@ -377,6 +378,7 @@ pub(super) async fn eval(
         max_tokens: params.max_tokens,
         strict: params.strict,
         answer: params.answer,
+        cache_scope: caller.cache_scope(),
     };
     if !params.stream {
         let report = s.service.eval(&col, &questions, &opts, |_| {}).await?;

@@ -139,6 +139,9 @@ pub struct AskRequest {
     /// Quote or generate (default `ask.answer`; `generate` when `sampling` or `adapter` is
     /// set).
     pub answer: Option<AnswerMode>,
+    /// Whose cached prompt prefixes the answer may share: requests of different scopes never
+    /// share (the HTTP API gives each key its own; see `Generator::submit_scoped`).
+    pub cache_scope: u64,
 }
 
 impl Service {
@@ -269,7 +272,7 @@ impl Service {
             "ask prompt built"
         );
         let generation =
-            generator.submit_with_adapter(&prompt, sampling, req.adapter.as_deref())?;
+            generator.submit_scoped(&prompt, sampling, req.adapter.as_deref(), req.cache_scope)?;
         Ok(AnswerStream::new(
             passages,
             retrieval_ms,

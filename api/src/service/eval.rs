@@ -196,6 +196,8 @@ pub struct EvalOptions {
     pub strict: Option<bool>,
     /// Quote or generate (default `ask.answer`).
     pub answer: Option<AnswerMode>,
+    /// Whose cached prompt prefixes the answers may share (see [`AskRequest::cache_scope`]).
+    pub cache_scope: u64,
 }
 
 impl Default for EvalOptions {
@@ -207,6 +209,7 @@ impl Default for EvalOptions {
             max_tokens: None,
             strict: None,
             answer: None,
+            cache_scope: 0,
         }
     }
 }
@@ -482,6 +485,7 @@ impl Service {
                     sampling: sampling.filter(|_| opts.answer != Some(AnswerMode::Quote)),
                     strict: opts.strict,
                     answer: opts.answer,
+                    cache_scope: opts.cache_scope,
                     ..AskRequest::default()
                 },
             )

@@ -10,8 +10,10 @@
 //!
 //! Prefix caching: a *full* block whose rows were computed from tokens `t[0..(i+1)·B]` gets a
 //! key hashing those tokens (chained: the previous block's key and this block's tokens, plus
-//! the adapter, since an adapter changes K and V). A new sequence whose prompt starts with the
-//! same tokens reuses such blocks instead of recomputing them. A block whose last user leaves
+//! the adapter, since an adapter changes K and V, and the caller's scope, so that one caller's
+//! cache hits say nothing about another's prompts; keyed SipHash, so no caller can aim a block
+//! at another's key). A new sequence of the same scope whose prompt starts with the same
+//! tokens reuses such blocks instead of recomputing them. A block whose last user leaves
 //! keeps its key and goes to the back of the free list; it is reused as a cached block until
 //! the allocator takes it for new rows, oldest-freed first (LRU eviction).
 
@@ -20,27 +22,38 @@ use std::collections::HashMap;
 /// No block: the end of a list.
 const NIL: u32 = u32::MAX;
 
-/// Identity of a full block's contents: its tokens, everything before them, and the adapter.
+/// Identity of a full block's contents: its tokens, everything before them, the adapter and
+/// the cache scope.
 pub(crate) type BlockKey = u64;
 
+/// Whose blocks a sequence may share: the adapter that computed them (an adapter changes K and
+/// V) and the caller's scope (requests of different scopes never share, so one caller cannot
+/// learn from cache hits, or from the time to the first token, what another one's prompts held).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CacheSalt {
+    pub(crate) adapter: u32,
+    pub(crate) scope: u64,
+}
+
+/// This process's secret key for block keys.
+static BLOCK_HASHER: std::sync::LazyLock<std::hash::RandomState> =
+    std::sync::LazyLock::new(std::hash::RandomState::new);
+
 /// Chains the key of the next full block from the previous one.
-pub(crate) fn block_key(prev: Option<BlockKey>, tokens: &[u32], adapter: u32) -> BlockKey {
-    // FNV-1a over the previous key, the adapter and the tokens: cheap, and a collision needs
-    // the same 64-bit value for a different token history. Keys are only compared for equal
-    // length histories (block-aligned), which keeps that probability negligible.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |x: u64| {
-        for b in x.to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    mix(prev.unwrap_or(0x9e37_79b9_7f4a_7c15));
-    mix(u64::from(adapter));
+pub(crate) fn block_key(prev: Option<BlockKey>, tokens: &[u32], salt: CacheSalt) -> BlockKey {
+    use std::hash::{BuildHasher, Hasher};
+    // SipHash under a key drawn at start-up: a caller who chooses tokens cannot aim at another
+    // scope's key (an unkeyed hash such as FNV-1a lets one compute a colliding block, and so
+    // read another caller's cached keys and values). Its cost, ~0.1 us a block of 16 tokens,
+    // is nothing beside the block's prefill.
+    let mut h = BLOCK_HASHER.build_hasher();
+    h.write_u64(prev.unwrap_or(0x9e37_79b9_7f4a_7c15));
+    h.write_u32(salt.adapter);
+    h.write_u64(salt.scope);
     for &t in tokens {
-        mix(u64::from(t));
+        h.write_u32(t);
     }
-    h
+    h.finish()
 }
 
 /// Block bookkeeping: reference counts, the free list (an intrusive doubly linked list in LRU
@@ -309,8 +322,8 @@ mod tests {
         let mut pool = BlockPool::new(3);
         let a = pool.allocate().unwrap();
         let b = pool.allocate().unwrap();
-        let ka = block_key(None, &[1, 2], 0);
-        let kb = block_key(Some(ka), &[3, 4], 0);
+        let ka = block_key(None, &[1, 2], CacheSalt::default());
+        let kb = block_key(Some(ka), &[3, 4], CacheSalt::default());
         pool.publish(a, ka);
         pool.publish(b, kb);
         assert_eq!(pool.free(), 1);
@@ -337,11 +350,15 @@ mod tests {
     }
 
     #[test]
-    fn keys_depend_on_history_and_adapter() {
-        let k1 = block_key(None, &[1, 2, 3], 0);
-        assert_ne!(k1, block_key(None, &[1, 2, 4], 0));
-        assert_ne!(k1, block_key(None, &[1, 2, 3], 1));
-        assert_ne!(block_key(Some(k1), &[5], 0), block_key(None, &[5], 0));
-        assert_eq!(k1, block_key(None, &[1, 2, 3], 0));
+    fn keys_depend_on_history_adapter_and_scope() {
+        let base = CacheSalt::default();
+        let k1 = block_key(None, &[1, 2, 3], base);
+        assert_ne!(k1, block_key(None, &[1, 2, 4], base));
+        let adapter = CacheSalt { adapter: 1, ..base };
+        assert_ne!(k1, block_key(None, &[1, 2, 3], adapter));
+        let scope = CacheSalt { scope: 1, ..base };
+        assert_ne!(k1, block_key(None, &[1, 2, 3], scope));
+        assert_ne!(block_key(Some(k1), &[5], base), block_key(None, &[5], base));
+        assert_eq!(k1, block_key(None, &[1, 2, 3], base));
     }
 }

@@ -299,6 +299,20 @@ impl Generator {
         params: SamplingParams,
         adapter: Option<&str>,
     ) -> Result<Generation> {
+        self.submit_scoped(prompt, params, adapter, 0)
+    }
+
+    /// [`Self::submit_with_adapter`] within a cache scope: requests of different scopes never
+    /// share cached prompt prefixes, so neither `cached_tokens` nor the time to the first token
+    /// tells one scope what another's prompts held. Give callers who must not learn of each
+    /// other's prompts (API keys) different scopes; requests of one scope share as before.
+    pub fn submit_scoped(
+        &self,
+        prompt: &Prompt,
+        params: SamplingParams,
+        adapter: Option<&str>,
+        cache_scope: u64,
+    ) -> Result<Generation> {
         let submitted = Instant::now();
         let info = &self.shared.info;
         params.validate(info.vocab)?;
@@ -331,6 +345,7 @@ impl Generator {
             prompt: tokens,
             params,
             adapter: None,
+            cache_scope,
             events: tx,
             submitted,
         };

@@ -25,7 +25,7 @@ use futures::channel::mpsc::UnboundedSender;
 use crate::error::EngineError;
 
 use super::events::{Completion, FinishReason, GenerationEvent, Timings, Usage};
-use super::kv::{BlockKey, BlockPool, KvStore, block_key};
+use super::kv::{BlockKey, BlockPool, CacheSalt, KvStore, block_key};
 use super::lora::Adapter;
 use super::model::{Model, Workspace};
 use super::sampling::{Sampler, SamplingParams};
@@ -39,6 +39,8 @@ pub(crate) struct Request {
     pub(crate) params: SamplingParams,
     /// Its LoRA adapter, loaded.
     pub(crate) adapter: Option<Arc<Adapter>>,
+    /// Whose cached prefixes it may share (see [`CacheSalt`]).
+    pub(crate) cache_scope: u64,
     pub(crate) events: UnboundedSender<GenerationEvent>,
     pub(crate) submitted: Instant,
 }
@@ -76,6 +78,7 @@ struct Seq {
     stop: StopMatcher,
     params: SamplingParams,
     adapter: Option<Arc<Adapter>>,
+    cache_scope: u64,
     events: UnboundedSender<GenerationEvent>,
     submitted: Instant,
     first_scheduled: Option<Instant>,
@@ -94,9 +97,12 @@ impl Seq {
     }
 
     /// What its cached KV blocks are keyed by besides the tokens: keys and values computed
-    /// through an adapter are that adapter's.
-    fn cache_salt(&self) -> u32 {
-        self.adapter.as_ref().map_or(0, |a| a.id)
+    /// through an adapter are that adapter's, and a scope's blocks are that scope's.
+    fn cache_salt(&self) -> CacheSalt {
+        CacheSalt {
+            adapter: self.adapter.as_ref().map_or(0, |a| a.id),
+            scope: self.cache_scope,
+        }
     }
 }
 
@@ -205,6 +211,7 @@ impl Scheduler {
             stop,
             params: r.params,
             adapter: r.adapter,
+            cache_scope: r.cache_scope,
             events: r.events,
             submitted: r.submitted,
             first_scheduled: None,

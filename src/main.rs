@@ -89,8 +89,10 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e.into()),
     };
+    let audited = audited(&cli.command);
+    let audit_cfg = audited.as_ref().map(|_| cfg.clone());
     let result = runtime.block_on(async move {
-        match cli.command {
+        let result = match cli.command {
             Command::Ingest(args) => commands::ingest::run(cfg, args).await,
             Command::Docs(args) => commands::docs::run(cfg, args).await,
             Command::Search(args) => commands::search::run(cfg, args).await,
@@ -107,9 +109,43 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::ExtractWorker => Ok(ExitCode::SUCCESS),
+        };
+        if let (Some((action, command, collection)), Some(cfg)) = (audited, audit_cfg) {
+            let ok = matches!(result, Ok(ExitCode::SUCCESS));
+            commands::audit::record(&cfg, action, command, collection, ok).await;
         }
+        result
     });
     result.unwrap_or_else(|e| fail(&e))
+}
+
+/// The audit entry a command leaves (action, command, collection): every command that reads
+/// documents or changes the store, as the API records its requests. `keys rotate-kek` records
+/// itself (the store opens with the new key afterwards); `ask --server` is recorded by the
+/// server it asks.
+fn audited(cmd: &Command) -> Option<(&'static str, &'static str, Option<String>)> {
+    use commands::keys::KeysCommand;
+    let c = |s: &String| Some(s.clone());
+    Some(match cmd {
+        Command::Ingest(a) => ("upload", "ingest", c(&a.collection)),
+        Command::Docs(a) => ("read", "docs", c(&a.collection)),
+        Command::Search(a) => ("search", "search", c(&a.collection)),
+        Command::Ask(a) if a.server.is_none() => ("ask", "ask", c(&a.collection)),
+        Command::Eval(a) => ("eval", "eval", c(&a.collection)),
+        Command::Delete(a) => ("delete", "delete", c(&a.collection)),
+        Command::Compact(a) => ("admin", "compact", c(&a.collection)),
+        Command::Keys(KeysCommand::Create { .. }) => ("admin", "keys create", None),
+        Command::Keys(KeysCommand::List { .. }) => ("read", "keys list", None),
+        Command::Keys(KeysCommand::Revoke { .. }) => ("admin", "keys revoke", None),
+        // Recorded by the server asked, by itself (rotate-kek), or reading no documents.
+        Command::Ask(_)
+        | Command::Keys(KeysCommand::RotateKek { .. })
+        | Command::Audit(_)
+        | Command::Residency(_)
+        | Command::Serve(_)
+        | Command::Config
+        | Command::ExtractWorker => return None,
+    })
 }
 
 /// Prints an error chain; configuration errors exit with 2, everything else with 1.

@@ -16,11 +16,16 @@ use crate::residency::{AdapterDigest, EncryptionStatus, FileDigest};
 #[derive(Clone)]
 pub struct Store {
     pub(crate) blob: BlobStore,
+    /// This node's data directory, when known (for the audit log's node folder).
+    pub(crate) data_dir: Option<std::path::PathBuf>,
 }
 
 impl From<BlobStore> for Store {
     fn from(blob: BlobStore) -> Self {
-        Self { blob }
+        Self {
+            blob,
+            data_dir: None,
+        }
     }
 }
 
@@ -29,6 +34,7 @@ impl Store {
     pub async fn open(cfg: &StorageConfig) -> Result<Self> {
         Ok(Self {
             blob: BlobStore::open(cfg).await?,
+            data_dir: Some(cfg.data_dir.clone()),
         })
     }
 
@@ -54,9 +60,13 @@ impl Store {
         KeyStore::new(self.blob.clone())
     }
 
-    /// The audit log kept in this store.
+    /// The audit log kept in this store, with this node's audit folder (`{data_dir}/audit`:
+    /// its witness and signing key) when the data directory is known.
     pub fn audit(&self) -> AuditLog {
-        AuditLog::new(self.blob.clone())
+        match &self.data_dir {
+            Some(d) => AuditLog::with_local_dir(self.blob.clone(), d.join("audit")),
+            None => AuditLog::new(self.blob.clone()),
+        }
     }
 
     /// The records of a collection's documents, in id order, optionally only those in `state`.

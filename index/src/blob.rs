@@ -203,6 +203,44 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Writes `bytes` at `key` only if no object is there yet (a conditional put: the local
+    /// backend's exclusive create, S3's `If-None-Match: *`): `Ok(false)`, and nothing written,
+    /// when one is. Two writers racing for one key: exactly one gets `true`.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        let bytes = match &self.sealer {
+            Some(s) => s.seal(key, &bytes)?,
+            None => bytes,
+        };
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&path(key)?, PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
+            Err(e) => Err(store_error(key, e)),
+        }
+    }
+
+    /// Whether no object's key starts with `prefix` (one listing request at most).
+    pub async fn is_empty_under(&self, prefix: &str) -> Result<bool> {
+        let p = path(prefix.trim_end_matches('/'))?;
+        let first = self
+            .inner
+            .list(Some(&p))
+            .try_next()
+            .await
+            .map_err(|e| store_error(prefix, e))?;
+        Ok(first.is_none())
+    }
+
     /// Reads the whole object at `key`; [`IndexError::NotFound`] if it does not exist.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         self.get_opt(key)

@@ -20,11 +20,11 @@ pub struct AskArgs {
     question: String,
     /// Collection to answer from.
     #[arg(long, short)]
-    collection: String,
+    pub(crate) collection: String,
     /// A running server to ask (e.g. http://127.0.0.1:8080); without it the models are loaded
     /// here.
     #[arg(long, env = "HEARTH_SERVER")]
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     /// API key for --server.
     #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
     api_key: Option<String>,

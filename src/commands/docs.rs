@@ -11,7 +11,7 @@ use crate::config::AppConfig;
 pub struct DocsArgs {
     /// Collection to list.
     #[arg(long, short)]
-    collection: String,
+    pub(crate) collection: String,
     /// Only documents in this state (queued, extracting, chunked, embedded, indexed, failed).
     #[arg(long)]
     state: Option<String>,

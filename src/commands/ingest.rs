@@ -25,7 +25,7 @@ pub struct IngestArgs {
     paths: Vec<PathBuf>,
     /// Target collection (created on first use).
     #[arg(long, short)]
-    collection: String,
+    pub(crate) collection: String,
     /// Metadata for every document, as key=value (numbers stay numbers). Repeatable.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     meta: Vec<String>,
@@ -101,7 +101,7 @@ struct Outcome {
 
 #[derive(Serialize)]
 struct Summary {
-    collection: String,
+    pub(crate) collection: String,
     seconds: f64,
     ok: usize,
     duplicate: usize,

@@ -131,7 +131,14 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 kek_env: new_kek_env,
             };
             // Opening the store above checked the current key.
-            Store::rotate_kek(&cfg.storage, &new).await?;
+            if let Err(e) = Store::rotate_kek(&cfg.storage, &new).await {
+                super::audit::record(&cfg, "admin", "keys rotate-kek", None, false).await;
+                return Err(e.into());
+            }
+            // Only the new key opens the store now: record under it.
+            let mut rotated = cfg.clone();
+            rotated.storage.encryption = new;
+            super::audit::record(&rotated, "admin", "keys rotate-kek", None, true).await;
             println!(
                 "data keys re-wrapped under the new key-encryption key; configure it (storage.encryption) before the next start: the old key no longer opens the store"
             );

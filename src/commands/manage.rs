@@ -11,7 +11,7 @@ use crate::config::AppConfig;
 pub struct DeleteArgs {
     /// Collection the documents belong to.
     #[arg(long, short)]
-    collection: String,
+    pub(crate) collection: String,
     /// Document ids (64 hex characters, as `hearth docs` shows them).
     #[arg(value_name = "DOC_ID")]
     ids: Vec<String>,
@@ -24,7 +24,7 @@ pub struct DeleteArgs {
 pub struct CompactArgs {
     /// Collection to compact.
     #[arg(long, short)]
-    collection: String,
+    pub(crate) collection: String,
 }
 
 pub async fn delete(cfg: AppConfig, args: DeleteArgs) -> anyhow::Result<ExitCode> {

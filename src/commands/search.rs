@@ -16,7 +16,7 @@ pub struct SearchArgs {
     query: String,
     /// Collection to search.
     #[arg(long, short)]
-    collection: String,
+    pub(crate) collection: String,
     /// dense (meaning), bm25 (words) or hybrid (both, fused).
     #[arg(long, default_value = "hybrid")]
     mode: String,

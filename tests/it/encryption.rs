@@ -165,12 +165,33 @@ async fn the_local_store_holds_no_plaintext_and_rotation_rewraps_only_the_keyrin
     ]);
     assert_ok(&out);
     let after = files_under(&store_dir);
+    // Besides the keyring, only the audit log grew (the commands since `before`, the rotation
+    // last, sealed under the new key).
     let changed: Vec<_> = after
         .iter()
-        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .filter(|(k, v)| before.get(*k) != Some(*v) && !k.contains("/store/audit/"))
         .map(|(k, _)| k.clone())
         .collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
+    let sealed = BlobStore::open(&hearth_index::StorageConfig {
+        data_dir: node.dir.path().join("data"),
+        encryption: hearth_index::EncryptionConfig {
+            kek_file: Some(kek_b.clone()),
+            kek_env: None,
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let audit = objects(&sealed, "audit/").await;
+    let last = audit
+        .iter()
+        .filter(|(k, _)| !k.ends_with("HEAD.json"))
+        .map(|(_, v)| serde_json::from_slice::<Value>(v).unwrap())
+        .next_back()
+        .unwrap();
+    assert_eq!(last["target"], "hearth keys rotate-kek", "{last}");
+    assert_eq!(last["outcome"], 0, "{last}");
     assert!(changed[0].ends_with("crypto/keyring.json"), "{changed:?}");
     assert_eq!(
         ids(b.search("docs", "storage incident severity", &[])),

@@ -152,7 +152,10 @@ impl Service {
 
     /// The object store, for what needs no model (keys, audit log, document records).
     pub fn storage(&self) -> Store {
-        Store::from(self.store.clone())
+        Store {
+            blob: self.store.clone(),
+            data_dir: Some(self.data_dir.clone()),
+        }
     }
 
     /// How many documents ingestion processes at once (`ingest.workers`).

@@ -140,7 +140,8 @@ pub struct SignedHead {
     pub store: String,
     /// The signing key's public half, hex.
     pub public_key: String,
-    /// Ed25519 signature of [`SignedHead::message`], hex.
+    /// Ed25519 signature, hex, of the UTF-8 text `hearth audit head\n{seq}\n{hash}\n{signed_ms}\n{store}\n`
+    /// (anyone holding the public key can check it).
     pub signature: String,
 }
 

@@ -232,7 +232,7 @@ impl Pipeline {
     /// Accepts a document: checks it, stores the original bytes, then records it as `queued`.
     /// When this returns `Accepted`, the document survives a crash. The collection must have been
     /// opened with [`Pipeline::open_collection`].
-    pub async fn submit(&self, c: &CollectionName, sub: Submission) -> Result<Submitted> {
+    pub async fn submit(&self, c: &CollectionName, mut sub: Submission) -> Result<Submitted> {
         validate_metadata(&sub.metadata)?;
         self.check_size(sub.bytes.len() as u64)
             .map_err(IngestError::Rejected)?;
@@ -240,6 +240,13 @@ impl Pipeline {
         let doc_id = DocId::of_bytes(&sub.bytes);
         if let Some(existing) = self.registry.get(c, &doc_id).await? {
             return Ok(Submitted::Duplicate(Box::new(existing)));
+        }
+        // In a redacting collection the name and the user's metadata are redacted like the
+        // text, before anything is stored.
+        let settings = CollectionSettings::read(&self.store, c).await?;
+        if let Some(r) = self.redactor(settings.as_ref().map(|s| &s.redaction))? {
+            redact_submission(&r, &mut sub, &doc_id);
+            validate_metadata(&sub.metadata)?;
         }
         let size = sub.bytes.len() as u64;
         // Raw bytes first: a record never points at bytes that are not there.
@@ -521,6 +528,36 @@ struct Chunked {
     metadata: std::collections::BTreeMap<String, String>,
     /// Documents inside it, to be stored as documents of their own.
     attachments: Vec<Attachment>,
+}
+
+/// Redacts a submission's name and text metadata. A name that held PII also gets the start of
+/// the document's id, so that two names that differ only in what was redacted stay two
+/// documents (replacement by name never applies to them: a new version is a new document).
+fn redact_submission(r: &Redactor, sub: &mut Submission, id: &DocId) {
+    let (name, n) = r.redact(&sub.source);
+    if n > 0 {
+        // The original's extension (a format's hint, never PII) stays at the end even when a
+        // match took it in (`jane@corp.example.md` reads as an address).
+        let ext = sub.source.rsplit_once('.').map(|(_, e)| e).filter(|e| {
+            !e.is_empty() && e.len() <= 8 && e.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+        let tag = &id.to_hex()[..12];
+        sub.source = match ext {
+            Some(e) => {
+                let stem = name.strip_suffix(&format!(".{e}")).unwrap_or(&name);
+                format!("{stem} ({tag}).{e}")
+            }
+            None => format!("{name} ({tag})"),
+        };
+    }
+    for v in sub.metadata.values_mut() {
+        if let MetaValue::Text(t) = v {
+            let (red, n) = r.redact(t);
+            if n > 0 {
+                *t = red;
+            }
+        }
+    }
 }
 
 /// Longest value of a metadata key a document declares for itself.

@@ -151,3 +151,84 @@ async fn pii_is_redacted_before_anything_is_stored() {
     let r = s.get("/v1/collections/plain").await;
     assert!(r.json().get("redaction").is_none(), "{}", r.json());
 }
+
+/// A redacting collection redacts the document's name and the user's metadata too: an e-mail
+/// address in a file name or a metadata value is stored and returned nowhere; two names that
+/// differ only in the redacted part stay two documents.
+#[tokio::test(flavor = "multi_thread")]
+async fn names_and_user_metadata_are_redacted_like_the_text() {
+    let node = Node::new(Backend::Local);
+    let s = node.serve(&["--open"]).await;
+    let r = s
+        .post_json(
+            "/v1/collections",
+            &json!({"name": "hr", "redaction": {"kinds": ["email", "phone"]}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let (jane, john) = ("jane.doe@kestrel.example", "john.roe@kestrel.example");
+    let mut ids = Vec::new();
+    for (who, body) in [
+        (jane, "Leave: thirty days a year."),
+        (john, "Leave: twenty-five days a year."),
+    ] {
+        let meta = json!({"owner": who, "desk": "+49 30 1234 5678", "year": 2027});
+        let r = s
+            .upload(
+                "hr",
+                &format!("leave-{who}.md"),
+                body.as_bytes(),
+                Some(&meta),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(who),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        s.wait_done("hr", &id).await;
+        ids.push(id);
+    }
+    let list = s.get("/v1/collections/hr/documents").await;
+    let text = String::from_utf8_lossy(&list.body).into_owned();
+    for pii in [jane, john, "1234 5678"] {
+        assert!(!text.contains(pii), "{pii} in {text}");
+    }
+    let docs = list.json()["documents"].as_array().unwrap().clone();
+    assert_eq!(docs.len(), 2, "both documents stay: {text}");
+    for id in &ids {
+        let one = s.get(&format!("/v1/collections/hr/documents/{id}")).await;
+        let body = String::from_utf8_lossy(&one.body);
+        assert!(!body.contains("kestrel"), "{body}");
+    }
+    let sources: Vec<&str> = docs.iter().filter_map(|d| d["source"].as_str()).collect();
+    for src in &sources {
+        assert!(
+            src.starts_with("[REDACTED:EMAIL] (") && src.ends_with(").md"),
+            "{sources:?}"
+        );
+    }
+    assert_eq!(docs[0]["metadata"]["owner"], "[REDACTED:EMAIL]", "{text}");
+    assert_eq!(docs[0]["metadata"]["year"].as_f64(), Some(2027.0), "{text}");
+    // Search finds the passages, and names no one.
+    let hits = s
+        .post_json(
+            "/v1/collections/hr/search",
+            &json!({"query": "how many days of leave"}),
+        )
+        .await;
+    assert_eq!(hits.status, 200);
+    assert!(!String::from_utf8_lossy(&hits.body).contains("kestrel"));
+    // Nothing in the store or the node's files holds the addresses.
+    let mut all = crate::common::objects(&node.store(), "").await;
+    all.extend(files_under(&node.dir.path().join("data")));
+    for pii in [jane, john] {
+        assert!(
+            holding(&all, pii).is_empty(),
+            "{pii}: {:?}",
+            holding(&all, pii)
+        );
+    }
+}

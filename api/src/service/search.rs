@@ -133,15 +133,26 @@ pub struct Embedded {
     pub tokens: usize,
 }
 
+/// Most texts an embeddings request may hold and still run at query priority: a client
+/// embedding its users' questions sends one or a few.
+const QUERY_SIZED_EMBEDDINGS: usize = 16;
+
 impl Service {
-    /// Embeds texts at query priority (ahead of bulk ingestion). Texts are taken as they are
-    /// (no normalisation), as an embeddings endpoint promises.
+    /// Embeds texts, as they are (no normalisation), as an embeddings endpoint promises. A
+    /// request of at most 16 texts (`QUERY_SIZED_EMBEDDINGS`) runs at query priority, as a search
+    /// does; a larger one at bulk priority, beside ingestion, so that one caller's batch job
+    /// holds up other callers' searches by one batch at most, not by the whole job.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Embedded> {
         let tokens = texts
             .iter()
             .map(|t| self.embed_tokenizer.count(t).unwrap_or(0))
             .sum();
-        let v = self.embedder.embed(texts, Priority::Query).await?;
+        let priority = if texts.len() <= QUERY_SIZED_EMBEDDINGS {
+            Priority::Query
+        } else {
+            Priority::Bulk
+        };
+        let v = self.embedder.embed(texts, priority).await?;
         Ok(Embedded {
             vectors: v.iter().map(<[f32]>::to_vec).collect(),
             tokens,

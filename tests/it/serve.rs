@@ -1027,3 +1027,54 @@ async fn slow_headers_lose_their_connection() {
         "idle connection kept {took:?}"
     );
 }
+
+/// One slow document (11 MB of HTML nested a million tags deep, as in the security review)
+/// holds back no other: documents uploaded after it are indexed and searchable while it is
+/// still being read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_document_holds_back_no_other() {
+    let node = Node::new(Backend::Local).env("HEARTH__INGEST__WORKERS", "2");
+    let s = node.serve(&["--open"]).await;
+    let r = s
+        .post_json("/v1/collections", &serde_json::json!({"name": "mixed"}))
+        .await;
+    assert_eq!(r.status, 201);
+    let depth = 1_000_000;
+    let mut slow = String::with_capacity(depth * 11 + 64);
+    slow.push_str("<html><body>");
+    slow.push_str(&"<div>".repeat(depth));
+    slow.push_str("deep inside");
+    slow.push_str(&"</div>".repeat(depth));
+    slow.push_str("</body></html>");
+    let slow_id = upload_ok(&s, "mixed", "nested.html", slow.as_bytes(), None).await;
+    let mut fast = Vec::new();
+    for i in 0..3 {
+        let text = format!("# Note {i}\n\n{NOTES}\nThe note number is {i}.\n");
+        fast.push(upload_ok(&s, "mixed", &format!("note-{i}.md"), text.as_bytes(), None).await);
+    }
+    for id in &fast {
+        let rec = s.wait_done("mixed", id).await;
+        assert_eq!(rec["status"], "indexed", "{rec}");
+    }
+    let slow_rec = s
+        .get(&format!("/v1/collections/mixed/documents/{slow_id}"))
+        .await
+        .json();
+    assert!(
+        !matches!(slow_rec["status"].as_str(), Some("indexed" | "failed")),
+        "the slow document finished first, so this test shows nothing: {slow_rec}"
+    );
+    let hits = s
+        .post_json(
+            "/v1/collections/mixed/search",
+            &serde_json::json!({"query": "when is lentil soup served", "top_k": 3}),
+        )
+        .await;
+    assert_eq!(hits.status, 200);
+    assert_eq!(
+        hits.json()["hits"].as_array().unwrap().len(),
+        3,
+        "{}",
+        String::from_utf8_lossy(&hits.body)
+    );
+}

@@ -299,6 +299,23 @@ impl Service {
     /// replaces older documents of the same external name, commits the index, and marks the
     /// added documents `indexed`.
     pub async fn commit(&self, col: &Arc<Collection>) -> Result<()> {
+        // The documents this commit finishes are those added before it starts: one added while
+        // the index commits (the background worker adds beside commits) may or may not be in
+        // it, so it waits for the next commit to be marked `indexed`. Those a failed commit
+        // did not mark wait for the next one too.
+        let mut pending = std::mem::take(&mut *lock(&col.pending));
+        let r = self.commit_pending(col, &mut pending).await;
+        if r.is_err() {
+            lock(&col.pending).append(&mut pending);
+        }
+        r
+    }
+
+    async fn commit_pending(
+        &self,
+        col: &Arc<Collection>,
+        pending: &mut Vec<DocRecord>,
+    ) -> Result<()> {
         let replaced: Vec<DocId> = {
             let sources = lock(&col.sources);
             sources
@@ -312,13 +329,17 @@ impl Service {
         }
         let col2 = col.clone();
         blocking(move || write(&col2.index).commit()).await?;
-        let pending = std::mem::take(&mut *lock(&col.pending));
-        for mut rec in pending {
+        while let Some(mut rec) = pending.pop() {
             if replaced.contains(&rec.doc_id) {
                 continue;
             }
+            let before = rec.state;
             rec.state = DocState::Indexed;
-            self.registry.put(&mut rec).await?;
+            if let Err(e) = self.registry.put(&mut rec).await {
+                rec.state = before;
+                pending.push(rec);
+                return Err(e.into());
+            }
             self.erase_if_deleted(col, &rec.doc_id).await?;
         }
         Ok(())

@@ -1,7 +1,9 @@
 //! Background ingestion for the server: uploads are stored and acknowledged at once, then a
 //! worker runs the remaining stages (extract, chunk, embed, index) for up to
-//! `ingest.workers` documents at a time and commits each touched collection after every
-//! batch, so commits are shared by the documents that arrived together.
+//! `ingest.workers` documents at a time, each in a task of its own, and commits the touched
+//! collections about a second after documents finish (at once when it runs out of work), so
+//! commits are shared by the documents that finish together and a slow document holds back
+//! no other.
 //!
 //! The queue holds only ids (the bytes are already in the object store), and it is bounded:
 //! when it is full an upload is refused as overloaded. Whatever is queued when the process
@@ -10,17 +12,34 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::StreamExt;
 use hearth_index::{CollectionName, DocId};
 use hearth_ingest::DocState;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use super::Service;
+use super::{Collection, Processed, Service};
 use crate::error::{Result, ServiceError};
 
-/// Most documents taken into one batch (one commit per touched collection per batch).
-const BATCH: usize = 64;
+/// How long after a document finishes its collection is committed, at the latest, while other
+/// documents are still being processed (when nothing is, the commit is at once).
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+fn log_outcome(col: &Collection, doc: DocId, r: &Result<Processed>) {
+    match r {
+        Ok(p) if p.record.state == DocState::Failed => tracing::info!(
+            collection = %col.name(), doc = %doc,
+            reason = p.record.reason.as_deref().unwrap_or(""),
+            "document failed"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(collection = %col.name(), doc = %doc, error = %e, "ingestion error")
+        }
+    }
+}
 
 /// The queue of documents waiting for the worker.
 pub(super) struct Backlog {
@@ -85,73 +104,102 @@ impl Service {
         Ok(n)
     }
 
-    /// Runs the ingestion worker until `stop` turns true; the batch under way when it does is
-    /// finished and committed first.
+    /// Runs the ingestion worker until `stop` turns true; the documents under way when it does
+    /// are finished and committed first.
+    ///
+    /// Up to `ingest.workers` documents are processed at once, each as a task of its own; a
+    /// slot that frees up takes the next queued document at once. Touched collections are
+    /// committed when the worker runs out of work, and otherwise `COMMIT_EVERY` (1 s) after the
+    /// first document finished since the last commit (longer when commits are slow: at most a
+    /// tenth of the time goes to them), so one slow document never holds back the documents
+    /// that finished beside it.
     pub async fn run_worker(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let slots = self.pipeline.workers().max(1);
+        let mut tasks: JoinSet<(Arc<Collection>, DocId, Result<Processed>)> = JoinSet::new();
+        let mut cols: HashMap<CollectionName, Arc<Collection>> = HashMap::new();
+        let mut touched: HashMap<CollectionName, Arc<Collection>> = HashMap::new();
+        let mut due: Option<Instant> = None;
+        let mut interval = COMMIT_EVERY;
+        let mut stopping = false;
         loop {
-            if *stop.borrow() {
-                return;
+            stopping |= *stop.borrow();
+            while !stopping && tasks.len() < slots {
+                let Some((c, doc)) = self.backlog.lock().pop_front() else {
+                    break;
+                };
+                self.backlog.running.fetch_add(1, Ordering::Relaxed);
+                let col = match cols.get(&c) {
+                    Some(col) if !col.is_deleted() => col.clone(),
+                    _ => match self.open_existing(&c).await {
+                        Ok(col) => {
+                            cols.insert(c.clone(), col.clone());
+                            col
+                        }
+                        Err(e) => {
+                            tracing::warn!(collection = %c, doc = %doc, error = %e, "skipping a queued document");
+                            self.backlog.running.fetch_sub(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                };
+                let this = self.clone();
+                tasks.spawn(async move {
+                    let r = match this.process(&col, doc).await {
+                        Ok(p) => this.erase_if_deleted(&col, &doc).await.map(|()| p),
+                        Err(e) => Err(e),
+                    };
+                    (col, doc, r)
+                });
             }
-            let batch: Vec<(CollectionName, DocId)> = {
-                let mut q = self.backlog.lock();
-                let n = q.len().min(BATCH);
-                self.backlog.running.fetch_add(n, Ordering::Relaxed);
-                q.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                tokio::select! {
-                    () = self.backlog.notify.notified() => {}
-                    _ = stop.changed() => {}
+            if tasks.is_empty() {
+                interval = self.commit_touched(&mut touched).await.unwrap_or(interval);
+                due = None;
+                if stopping {
+                    return;
+                }
+                if self.backlog.lock().is_empty() {
+                    tokio::select! {
+                        () = self.backlog.notify.notified() => {}
+                        _ = stop.changed() => {}
+                    }
                 }
                 continue;
             }
-            self.run_batch(batch).await;
+            let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                Some(joined) = tasks.join_next() => {
+                    self.backlog.running.fetch_sub(1, Ordering::Relaxed);
+                    match joined {
+                        Ok((col, doc, r)) => {
+                            log_outcome(&col, doc, &r);
+                            touched.insert(col.name().clone(), col);
+                        }
+                        Err(e) => tracing::error!(error = %e, "an ingestion task panicked"),
+                    }
+                    due.get_or_insert_with(|| Instant::now() + interval);
+                }
+                () = self.backlog.notify.notified(), if !stopping && tasks.len() < slots => {}
+                _ = stop.changed(), if !stopping => {}
+                () = tokio::time::sleep_until(wake), if due.is_some() => {
+                    interval = self.commit_touched(&mut touched).await.unwrap_or(interval);
+                    due = None;
+                }
+            }
         }
     }
 
-    async fn run_batch(&self, batch: Vec<(CollectionName, DocId)>) {
-        let mut cols = HashMap::new();
-        for (c, _) in &batch {
-            if !cols.contains_key(c) {
-                match self.open_existing(c).await {
-                    Ok(col) => {
-                        cols.insert(c.clone(), col);
-                    }
-                    Err(e) => {
-                        tracing::warn!(collection = %c, error = %e, "skipping queued documents")
-                    }
-                }
-            }
+    /// Commits every touched collection (deleted ones are skipped) and empties the set.
+    /// Returns the interval to wait before the next commit: `COMMIT_EVERY`, or ten times what
+    /// this commit took when that is longer.
+    async fn commit_touched(
+        &self,
+        touched: &mut HashMap<CollectionName, Arc<Collection>>,
+    ) -> Option<Duration> {
+        if touched.is_empty() {
+            return None;
         }
-        let n = batch.len();
-        let work = batch
-            .into_iter()
-            .filter_map(|(c, d)| Some((cols.get(&c)?.clone(), d)));
-        let mut done = futures::stream::iter(work)
-            .map(|(col, doc)| async move {
-                let r = self.process(&col, doc).await;
-                let r = match r {
-                    Ok(p) => self.erase_if_deleted(&col, &doc).await.map(|()| p),
-                    Err(e) => Err(e),
-                };
-                (col, doc, r)
-            })
-            .buffer_unordered(self.pipeline.workers());
-        while let Some((col, doc, r)) = done.next().await {
-            match r {
-                Ok(p) if p.record.state == DocState::Failed => tracing::info!(
-                    collection = %col.name(), doc = %doc,
-                    reason = p.record.reason.as_deref().unwrap_or(""),
-                    "document failed"
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(collection = %col.name(), doc = %doc, error = %e, "ingestion error")
-                }
-            }
-        }
-        drop(done);
-        for (c, col) in cols {
+        let started = Instant::now();
+        for (c, col) in touched.drain() {
             if col.is_deleted() {
                 continue;
             }
@@ -159,6 +207,6 @@ impl Service {
                 tracing::error!(collection = %c, error = %e, "commit after ingestion failed");
             }
         }
-        self.backlog.running.fetch_sub(n, Ordering::Relaxed);
+        Some(COMMIT_EVERY.max(started.elapsed() * 10))
     }
 }

@@ -342,6 +342,21 @@ pub fn extract_worker_main() -> i32 {
         return 3;
     }
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    // The parent enforces the time limit: if it dies (kill -9 of the server), nothing would stop
+    // a parse that never ends, so the process ends itself within a second of being orphaned.
+    // (Not PR_SET_PDEATHSIG: it fires when the parent's spawning thread exits, not the parent.)
+    let parent = std::os::unix::process::parent_id();
+    let _ = std::thread::Builder::new()
+        .name("orphan-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                if std::os::unix::process::parent_id() != parent {
+                    std::process::exit(9);
+                }
+            }
+        });
     // Panics are caught and reported as reasons; keep them off stderr.
     std::panic::set_hook(Box::new(|_| {}));
 

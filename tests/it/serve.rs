@@ -1030,7 +1030,7 @@ async fn slow_headers_lose_their_connection() {
 
 /// One slow document (11 MB of HTML nested a million tags deep, as in the security review)
 /// holds back no other: documents uploaded after it are indexed and searchable while it is
-/// still being read.
+/// still being read; and when the server is killed, its extraction process ends too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_document_holds_back_no_other() {
     let node = Node::new(Backend::Local).env("HEARTH__INGEST__WORKERS", "2");
@@ -1076,5 +1076,32 @@ async fn a_slow_document_holds_back_no_other() {
         3,
         "{}",
         String::from_utf8_lossy(&hits.body)
+    );
+    // kill -9 of the server while the slow document is being read: its extraction process,
+    // which only the server held to its time limit, ends too instead of parsing on for minutes.
+    let marker = format!("HEARTH_DATA_DIR={}", node.dir.path().join("data").display());
+    drop(s);
+    let ours = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+                String::from_utf8_lossy(&cmd).contains("extract-worker")
+                    && env.split(|&b| b == 0).any(|v| v == marker.as_bytes())
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ours().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        ours().is_empty(),
+        "extraction processes outlived the server: {:?}",
+        ours()
     );
 }

@@ -77,24 +77,13 @@ impl BlobStore {
                     )));
                 }
                 let (sealer, bytes) = Sealer::create(&kek)?;
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..PutOptions::default()
-                };
-                match self
-                    .inner
-                    .put_opts(&path(KEYRING_KEY)?, PutPayload::from_bytes(bytes), opts)
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(store = %self.describe, "created the encryption keyring");
-                        sealer
-                    }
+                // No sealer yet: the keyring goes in as it is.
+                if self.put_new(KEYRING_KEY, bytes).await? {
+                    tracing::info!(store = %self.describe, "created the encryption keyring");
+                    sealer
+                } else {
                     // Another process created it first: use theirs.
-                    Err(object_store::Error::AlreadyExists { .. }) => {
-                        Sealer::open(&kek, &self.get(KEYRING_KEY).await?)?
-                    }
-                    Err(e) => return Err(store_error(KEYRING_KEY, e)),
+                    Sealer::open(&kek, &self.get(KEYRING_KEY).await?)?
                 }
             }
         };

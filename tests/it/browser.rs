@@ -4,9 +4,8 @@
 
 use crate::common::{Backend, Node, root};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
-    let script = root().join("tests/browser/ask.mjs");
+/// Chromium and playwright-core, installed by scripts/browser-deps.sh.
+fn require_browser() {
     assert!(
         root()
             .join("tests/browser/node_modules/playwright-core")
@@ -14,6 +13,12 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
             && std::path::Path::new("/usr/bin/chromium").exists(),
         "browser test dependencies missing: run scripts/browser-deps.sh"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
+    let script = root().join("tests/browser/ask.mjs");
+    require_browser();
     let node = Node::new(Backend::Local);
     let s = node.serve(&[]).await;
     let out = node.run(&["keys", "create", "--name", "browser", "--role", "writer"]);
@@ -100,13 +105,7 @@ async fn the_web_page_uploads_asks_and_shows_a_cited_streamed_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn open_mode_refuses_other_sites_pages_and_rebound_names() {
     let script = root().join("tests/browser/cross-site.mjs");
-    assert!(
-        root()
-            .join("tests/browser/node_modules/playwright-core")
-            .is_dir()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "browser test dependencies missing: run scripts/browser-deps.sh"
-    );
+    require_browser();
     let node = Node::new(Backend::Local);
     let s = node.serve(&["--open"]).await;
     let url = s.url.clone();

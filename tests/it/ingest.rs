@@ -235,7 +235,7 @@ fn one_worker_node(memory_mib: &str, timeout_secs: &str) -> (Node, std::path::Pa
 /// says why, and the next document is read by a fresh process.
 #[test]
 fn pdfs_that_outlast_or_kill_pdf_extract_are_read_by_the_second_engine() {
-    let (node, dir) = one_worker_node("512", "8");
+    let (node, dir) = one_worker_node("512", "20");
     let long: Vec<Vec<u8>> = (1..=8000)
         .map(|i| {
             let line = match i {
@@ -263,7 +263,7 @@ fn pdfs_that_outlast_or_kill_pdf_extract_are_read_by_the_second_engine() {
     assert_eq!(long["engine"], "poppler pdftotext", "{long:#}");
     assert_eq!(long["pages"], 8000, "{long:#}");
     let why = long["warnings"][0].as_str().unwrap_or("");
-    assert!(why.contains("did not finish within 4 s"), "{long:#}");
+    assert!(why.contains("did not finish within 10 s"), "{long:#}");
     let heavy = by_source(&docs, "b-heavy.pdf");
     assert_eq!(heavy["engine"], "poppler pdftotext", "{heavy:#}");
     let why = heavy["warnings"][0].as_str().unwrap_or("");

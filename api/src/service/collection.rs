@@ -15,6 +15,17 @@ use hearth_ingest::{DocRecord, DocState, MetaValue};
 use super::Service;
 use crate::error::{Result, ServiceError};
 
+/// How long opening a collection waits for the work still holding a deleted collection of the
+/// same name, before answering 409.
+const DYING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn still_dying(c: &CollectionName) -> ServiceError {
+    ServiceError::Index(IndexError::Conflict(format!(
+        "collection {c} was deleted and work on its documents is still finishing; \
+         try again in a few seconds"
+    )))
+}
+
 /// An open collection: its local index and what the service remembers about its documents.
 pub struct Collection {
     name: CollectionName,
@@ -88,12 +99,21 @@ impl Collection {
 
     /// Whether the document (or the whole collection) was deleted through this handle.
     pub(super) fn is_erased(&self, doc: &DocId) -> bool {
-        self.deleted.load(Ordering::Acquire) || lock(&self.erased).contains(doc)
+        self.is_deleted() || lock(&self.erased).contains(doc)
     }
 
     /// Whether the collection was deleted.
     pub(super) fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// The index, to change it; `None` once the collection is deleted. The delete removes the
+    /// index directory under this lock, so a change that comes after it writes nothing there
+    /// (a commit racing the removal once left a segment of deleted text, and "Directory not
+    /// empty").
+    fn index_mut(&self) -> Option<std::sync::RwLockWriteGuard<'_, CollectionIndex>> {
+        let index = write(&self.index);
+        (!self.is_deleted()).then_some(index)
     }
 
     /// A document of this id was submitted again: it is no longer deleted.
@@ -162,6 +182,10 @@ impl Service {
         redaction: &Redaction,
         ocr_languages: &[String],
     ) -> Result<Arc<Collection>> {
+        self.wait_for_dying(c).await;
+        if self.is_dying(c) {
+            return Err(still_dying(c));
+        }
         self.pipeline
             .create_collection(c, redaction, ocr_languages)
             .await?;
@@ -171,9 +195,21 @@ impl Service {
     /// Opens a collection (creating it on first use), loads its local index and brings it in
     /// line with the object store. Later calls return the same handle.
     pub async fn open(&self, c: &CollectionName) -> Result<Arc<Collection>> {
+        self.wait_for_dying(c).await;
         let mut open = self.open.lock().await;
+        self.open_locked(&mut open, c).await
+    }
+
+    async fn open_locked(
+        &self,
+        open: &mut HashMap<CollectionName, Arc<Collection>>,
+        c: &CollectionName,
+    ) -> Result<Arc<Collection>> {
         if let Some(col) = open.get(c) {
             return Ok(col.clone());
+        }
+        if self.is_dying(c) {
+            return Err(still_dying(c));
         }
         self.pipeline.open_collection(c).await?;
         let dir = self.data_dir.join("index").join(c.as_str());
@@ -247,9 +283,10 @@ impl Service {
         if !stale.is_empty() {
             let col2 = col.clone();
             blocking(move || {
-                let mut index = write(&col2.index);
-                for d in &stale {
-                    index.delete(d)?;
+                if let Some(mut index) = col2.index_mut() {
+                    for d in &stale {
+                        index.delete(d)?;
+                    }
                 }
                 Ok(())
             })
@@ -292,7 +329,7 @@ impl Service {
         };
         col.note_source(rec);
         let col2 = col.clone();
-        blocking(move || write(&col2.index).add(doc, &chunks)).await
+        blocking(move || col2.index_mut().map_or(Ok(()), |mut i| i.add(doc, &chunks))).await
     }
 
     /// Makes everything added since the last commit durable and searchable by a fresh process:
@@ -328,7 +365,7 @@ impl Service {
             self.erase(col, d).await?;
         }
         let col2 = col.clone();
-        blocking(move || write(&col2.index).commit()).await?;
+        blocking(move || col2.index_mut().map_or(Ok(()), |mut i| i.commit())).await?;
         while let Some(mut rec) = pending.pop() {
             if replaced.contains(&rec.doc_id) {
                 continue;
@@ -347,8 +384,15 @@ impl Service {
 
     /// Erases a document again if it was deleted while work on it was under way (that work
     /// may have written its record or chunks after the delete).
+    ///
+    /// When the whole collection was deleted, everything under it goes again: what this work
+    /// wrote (a record, chunks, the documents found inside this one) may have come after the
+    /// delete listed the store. No new collection of the name exists while this work holds the
+    /// deleted one's handle (see [`Service::open`]), so there is nothing else to meet.
     pub(super) async fn erase_if_deleted(&self, col: &Arc<Collection>, doc: &DocId) -> Result<()> {
-        if col.is_erased(doc) {
+        if col.is_deleted() {
+            self.remove_stored(&col.name).await?;
+        } else if col.is_erased(doc) {
             self.erase_keys(&col.name, doc).await?;
         }
         Ok(())
@@ -367,7 +411,7 @@ impl Service {
             self.erase(col, d).await?;
         }
         let col2 = col.clone();
-        blocking(move || write(&col2.index).commit()).await?;
+        blocking(move || col2.index_mut().map_or(Ok(()), |mut i| i.commit())).await?;
         Ok(existed)
     }
 
@@ -404,7 +448,11 @@ impl Service {
         lock(&col.pending).retain(|r| r.doc_id != *doc);
         let col2 = col.clone();
         let doc = *doc;
-        blocking(move || write(&col2.index).delete(&doc).map(|_| ())).await
+        blocking(move || {
+            col2.index_mut()
+                .map_or(Ok(()), |mut i| i.delete(&doc).map(|_| ()))
+        })
+        .await
     }
 
     async fn erase_keys(&self, c: &CollectionName, doc: &DocId) -> Result<()> {
@@ -441,13 +489,40 @@ impl Service {
 
     /// Opens a collection that exists, or fails with `NotFound`; never creates one.
     pub async fn open_existing(&self, c: &CollectionName) -> Result<Arc<Collection>> {
-        if let Some(col) = self.open.lock().await.get(c) {
+        let mut open = self.open.lock().await;
+        if let Some(col) = open.get(c) {
             return Ok(col.clone());
         }
+        // Under the lock: a delete holds it until the settings are gone, so a request that
+        // waited on it finds no collection instead of creating it again (uploads that came
+        // after a delete were accepted into a collection brought back to life).
         if !self.store.exists(&keys::collection(c)).await? {
             return Err(ServiceError::NotFound(format!("collection {c}")));
         }
-        self.open(c).await
+        self.open_locked(&mut open, c).await
+    }
+
+    /// Whether a deleted collection's handle is still held by work under way.
+    fn is_dying(&self, c: &CollectionName) -> bool {
+        let mut dying = self
+            .dying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let alive = dying.get(c).is_some_and(|w| w.strong_count() > 0);
+        if !alive {
+            dying.remove(c);
+        }
+        alive
+    }
+
+    /// Waits up to `DYING_WAIT` for the work still holding a deleted collection of this name
+    /// to finish: until it has, that work may erase what it wrote, which must not meet the
+    /// documents of a new collection of the same name.
+    async fn wait_for_dying(&self, c: &CollectionName) {
+        let until = tokio::time::Instant::now() + DYING_WAIT;
+        while self.is_dying(c) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Deletes a collection and everything under it: document records, original bytes, chunk
@@ -456,10 +531,39 @@ impl Service {
     pub async fn delete_collection(&self, c: &CollectionName) -> Result<bool> {
         let mut open = self.open.lock().await;
         let existed = self.store.exists(&keys::collection(c)).await?;
-        if let Some(col) = open.remove(c) {
-            col.deleted.store(true, Ordering::Release);
+        let col = open.remove(c);
+        if let Some(col) = &col {
+            col.deleted.store(true, Ordering::SeqCst);
+            self.dying
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(c.clone(), Arc::downgrade(col));
         }
-        // Settings last but one: a half-deleted collection still lists, so a retry finishes it.
+        self.remove_stored(c).await?;
+        let dir = self.data_dir.join("index").join(c.as_str());
+        tokio::task::spawn_blocking(move || {
+            // Under the index lock: a commit under way finishes first, and those after it see
+            // the collection deleted and write nothing.
+            let _index = col.as_ref().map(|col| write(&col.index));
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(ServiceError::Internal(format!(
+                    "removing the index directory {}: {e}",
+                    dir.display()
+                ))),
+            }
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("index removal task: {e}")))??;
+        drop(open);
+        Ok(existed)
+    }
+
+    /// Removes every object of a collection from the store: document records, original bytes,
+    /// chunk files, then its settings (last: a half-deleted collection still lists, so a retry
+    /// finishes it).
+    pub(super) async fn remove_stored(&self, c: &CollectionName) -> Result<()> {
         for prefix in [
             keys::doc_records_prefix(c),
             format!("raw/{c}/"),
@@ -474,26 +578,19 @@ impl Service {
                 .await?;
         }
         self.store.delete(&keys::collection(c)).await?;
-        let dir = self.data_dir.join("index").join(c.as_str());
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ServiceError::Internal(format!(
-                "removing the index directory {}: {e}",
-                dir.display()
-            ))),
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(format!("index removal task: {e}")))??;
-        drop(open);
-        Ok(existed)
+        Ok(())
     }
 
     /// Reclaims space: rewrites the local index without deleted chunks, and removes objects
     /// from the store that no document record points at (left behind by an interrupted delete).
     pub async fn compact(&self, col: &Arc<Collection>) -> Result<CompactReport> {
         let col2 = col.clone();
-        let stats = blocking(move || write(&col2.index).compact()).await?;
+        let stats = blocking(move || match col2.index_mut() {
+            Some(mut index) => index.compact().map(Some),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("collection {}", col.name)))?;
         let c = &col.name;
         let all = self.registry.list(c).await?;
         let records: HashSet<DocId> = all.iter().map(|r| r.doc_id).collect();

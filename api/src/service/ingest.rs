@@ -29,8 +29,20 @@ impl Service {
     /// Stores a document's bytes and records it as queued (a document already there is
     /// reported as a duplicate). It is processed by [`Service::process`] or, on a server, by
     /// the background worker after [`Service::enqueue`].
+    ///
+    /// A collection deleted before or while the bytes are stored refuses the document (not
+    /// found), and what was stored goes again.
     pub async fn submit(&self, col: &Collection, doc: Submission) -> Result<Submitted> {
-        let submitted = self.pipeline.submit(col.name(), doc).await?;
+        let gone = || ServiceError::NotFound(format!("collection {} (deleted)", col.name()));
+        if col.is_deleted() {
+            return Err(gone());
+        }
+        let submitted = self.pipeline.submit(col.name(), doc).await;
+        if col.is_deleted() {
+            self.remove_stored(col.name()).await?;
+            return Err(gone());
+        }
+        let submitted = submitted?;
         if let Submitted::Accepted(id) = &submitted {
             col.revive(id);
         }

@@ -95,6 +95,9 @@ pub struct Service {
     data_dir: PathBuf,
     dim: usize,
     open: tokio::sync::Mutex<HashMap<CollectionName, Arc<Collection>>>,
+    /// Handles of deleted collections that work under way may still hold: a collection of the
+    /// same name is not created again until they are gone (see [`Service::open`]).
+    dying: std::sync::Mutex<HashMap<CollectionName, std::sync::Weak<Collection>>>,
 }
 
 struct ModelTokens(Arc<Tokenizer>);
@@ -147,6 +150,7 @@ impl Service {
             data_dir: parts.data_dir,
             dim: info.dim,
             open: tokio::sync::Mutex::new(HashMap::new()),
+            dying: std::sync::Mutex::new(HashMap::new()),
         })
     }
 

@@ -116,7 +116,6 @@ impl Service {
     pub async fn run_worker(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let slots = self.pipeline.workers().max(1);
         let mut tasks: JoinSet<(Arc<Collection>, DocId, Result<Processed>)> = JoinSet::new();
-        let mut cols: HashMap<CollectionName, Arc<Collection>> = HashMap::new();
         let mut touched: HashMap<CollectionName, Arc<Collection>> = HashMap::new();
         let mut due: Option<Instant> = None;
         let mut interval = COMMIT_EVERY;
@@ -128,26 +127,22 @@ impl Service {
                     break;
                 };
                 self.backlog.running.fetch_add(1, Ordering::Relaxed);
-                let col = match cols.get(&c) {
-                    Some(col) if !col.is_deleted() => col.clone(),
-                    _ => match self.open_existing(&c).await {
-                        Ok(col) => {
-                            cols.insert(c.clone(), col.clone());
-                            col
-                        }
-                        Err(e) => {
-                            tracing::warn!(collection = %c, doc = %doc, error = %e, "skipping a queued document");
-                            self.backlog.running.fetch_sub(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    },
+                // Not cached here: an idle worker holding a deleted collection's handle would
+                // keep a new collection of its name from being created.
+                let col = match self.open_existing(&c).await {
+                    Ok(col) => col,
+                    Err(e) => {
+                        tracing::warn!(collection = %c, doc = %doc, error = %e, "skipping a queued document");
+                        self.backlog.running.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
                 };
                 let this = self.clone();
                 tasks.spawn(async move {
-                    let r = match this.process(&col, doc).await {
-                        Ok(p) => this.erase_if_deleted(&col, &doc).await.map(|()| p),
-                        Err(e) => Err(e),
-                    };
+                    let r = this.process(&col, doc).await;
+                    // Whatever the outcome, what it wrote goes if it was deleted meanwhile.
+                    let erased = this.erase_if_deleted(&col, &doc).await;
+                    let r = r.and_then(|p| erased.map(|()| p));
                     (col, doc, r)
                 });
             }

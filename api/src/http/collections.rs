@@ -106,7 +106,8 @@ impl CollectionOut {
 /// Creates a collection (200 when it already exists).
 #[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateBody,
     responses((status = 201, description = "created", body = CollectionOut),
-        (status = 200, description = "already there", body = CollectionOut), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
+        (status = 200, description = "already there", body = CollectionOut), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody),
+        (status = 409, description = "there with other settings, or deleted moments ago and work on its documents is still finishing", body = ErrorBody)))]
 pub(super) async fn create(
     s: State,
     caller: Caller,

@@ -1105,3 +1105,120 @@ async fn a_slow_document_holds_back_no_other() {
         ours()
     );
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib >> 10
+}
+
+/// Sends `total` bytes as a chunked upload (no Content-Length, so only counting can stop
+/// it), stopping when the server stops reading; returns the status if one came back.
+async fn chunked_upload(addr: &str, path: &str, total: usize) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.ok()?;
+    let block = b"The night ledger was balanced and signed. ".repeat(1560);
+    let mut frame = format!("{:x}\r\n", block.len()).into_bytes();
+    frame.extend_from_slice(&block);
+    frame.extend_from_slice(b"\r\n");
+    let mut sent = 0;
+    while sent < total {
+        if s.write_all(&frame).await.is_err() {
+            break;
+        }
+        sent += block.len();
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    assert!(read.await.is_ok(), "no reply or close within 30 s");
+    String::from_utf8_lossy(&reply)
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()
+}
+
+/// Eight clients each stream 100 MB into a node whose documents may have 64 MiB and whose
+/// uploads may hold 160 MiB at once: each is refused (413 past the size limit, or 503 when
+/// the others hold the budget) or cut off, the node's memory stays within the budget while
+/// they run and goes back down after (buffered as frames, it peaked 415 MiB over its start
+/// and kept 317 MiB), and the next upload is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_hold_bounded_memory_and_give_it_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let node = Node::new(Backend::Local)
+        .env(
+            "HEARTH__INGEST__MAX_DOCUMENT_BYTES",
+            &(64u64 << 20).to_string(),
+        )
+        .env("HEARTH__SERVER__UPLOAD_MEMORY_MIB", "160");
+    let s = node.serve(&["--open"]).await;
+    let r = s.post_json("/v1/collections", &json!({"name": "c"})).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let pid = s.child.id();
+    let start = rss_mib(pid);
+    let peak = Arc::new(AtomicU64::new(start));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                peak.fetch_max(rss_mib(pid), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let uploads: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let path = format!("/v1/collections/c/documents?source=ledger-{i}.txt");
+                chunked_upload(&addr, &path, 100 << 20).await
+            })
+        })
+        .collect();
+    for u in uploads {
+        if let Some(status) = u.await.unwrap() {
+            assert!(
+                status == 413 || status == 503,
+                "an upload answered {status}"
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    done.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let (peak, end) = (peak.load(Ordering::SeqCst), rss_mib(pid));
+    assert!(
+        peak <= start + 160 + 64,
+        "resident memory went from {start} to {peak} MiB with a 160 MiB upload budget"
+    );
+    assert!(
+        end <= start + 48,
+        "resident memory stayed at {end} MiB after the uploads (from {start})"
+    );
+    let r = s
+        .upload("c", "note.txt", b"The ledger was signed.", None)
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+}

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::State;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, json, multipart_error, parse_json};
+use super::upload_body::{Held, read_limited};
 use crate::keys::Role;
 
 /// Longest accepted source name, in bytes.
@@ -193,11 +194,12 @@ pub(super) async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let sub = if multipart {
+    // The upload's share of the node's upload memory, held until it is stored.
+    let (sub, _held) = if multipart {
         let mp = Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::invalid(e.body_text()))?;
-        read_multipart(mp, query).await?
+        read_multipart(mp, query, &s).await?
     } else {
         let source = query
             .source
@@ -211,14 +213,21 @@ pub(super) async fn upload(
             Some(m) => metadata(m.as_bytes())?,
             None => Metadata::default(),
         };
-        let bytes = Bytes::from_request(req, &())
-            .await
-            .map_err(super::error::body_error)?;
-        Submission {
+        let expected = content_length(req.headers());
+        let (bytes, held) = read_limited(
+            req.into_body().into_data_stream(),
+            s.max_document_bytes,
+            expected,
+            &s.upload_memory,
+            |e: axum::Error| ApiError::invalid(format!("could not read the request body: {e}")),
+        )
+        .await?;
+        let sub = Submission {
             source,
             bytes,
             metadata: meta,
-        }
+        };
+        (sub, held)
     };
     let submitted = s.service.submit(&col, sub).await?;
     match submitted {
@@ -258,8 +267,12 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 
 /// Reads a multipart upload: one `file` part (its file name is the document name unless a
 /// `source` part says otherwise) and an optional `metadata` part holding a JSON object.
-async fn read_multipart(mut mp: Multipart, query: UploadQuery) -> Result<Submission, ApiError> {
-    let mut file: Option<(Option<String>, Bytes)> = None;
+async fn read_multipart(
+    mut mp: Multipart,
+    query: UploadQuery,
+    s: &super::AppState,
+) -> Result<(Submission, Held), ApiError> {
+    let mut file: Option<(Option<String>, Bytes, Held)> = None;
     let mut source = query.source;
     let mut meta = query.metadata.map(String::into_bytes);
     while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
@@ -271,11 +284,20 @@ async fn read_multipart(mut mp: Multipart, query: UploadQuery) -> Result<Submiss
                     ));
                 }
                 let fname = field.file_name().map(str::to_owned);
-                let bytes = field.bytes().await.map_err(multipart_error)?;
-                file = Some((fname, bytes));
+                let (bytes, held) = read_limited(
+                    field,
+                    s.max_document_bytes,
+                    None,
+                    &s.upload_memory,
+                    multipart_error,
+                )
+                .await?;
+                file = Some((fname, bytes, held));
             }
             Some("metadata") => {
-                meta = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
+                let (bytes, _) =
+                    read_limited(field, 1 << 20, None, &s.upload_memory, multipart_error).await?;
+                meta = Some(bytes.to_vec());
             }
             Some("source") => {
                 source = Some(field.text().await.map_err(multipart_error)?);
@@ -288,7 +310,8 @@ async fn read_multipart(mut mp: Multipart, query: UploadQuery) -> Result<Submiss
             }
         }
     }
-    let (fname, bytes) = file.ok_or_else(|| ApiError::invalid("the form has no \"file\" part"))?;
+    let (fname, bytes, held) =
+        file.ok_or_else(|| ApiError::invalid("the form has no \"file\" part"))?;
     let source = source.or(fname).ok_or_else(|| {
         ApiError::invalid("the file part has no file name and no source was given")
     })?;
@@ -296,11 +319,12 @@ async fn read_multipart(mut mp: Multipart, query: UploadQuery) -> Result<Submiss
         Some(m) => metadata(&m)?,
         None => Metadata::default(),
     };
-    Ok(Submission {
+    let sub = Submission {
         source: source_name(&source)?,
         bytes,
         metadata,
-    })
+    };
+    Ok((sub, held))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -19,6 +19,7 @@ mod openai;
 mod origin;
 mod qa;
 mod residency;
+mod upload_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +70,9 @@ pub struct ServerConfig {
     pub concurrency_per_key: u32,
     /// Record the query text of searches and questions in the audit log.
     pub audit_queries: bool,
+    /// MiB that all uploads in flight may hold in memory at once (raised to one largest
+    /// document if smaller); an upload that would pass it gets 503 with Retry-After.
+    pub upload_memory_mib: u64,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             rate_per_minute: 600,
             concurrency_per_key: 32,
             audit_queries: false,
+            upload_memory_mib: 1024,
         }
     }
 }
@@ -119,6 +124,9 @@ impl ServerConfig {
         if self.ingest_backlog == 0 {
             return bad("server.ingest_backlog must be at least 1");
         }
+        if self.upload_memory_mib == 0 {
+            return bad("server.upload_memory_mib must be at least 1");
+        }
         Ok(())
     }
 }
@@ -135,6 +143,8 @@ pub(crate) struct AppState {
     pub config: ServerConfig,
     /// Largest accepted document, in bytes.
     pub max_document_bytes: u64,
+    /// What uploads in flight may hold in memory.
+    pub upload_memory: upload_body::UploadMemory,
     /// The name `/v1/models` lists for the generator.
     pub model_id: String,
     /// The name `/v1/models` lists for the embedding model.
@@ -178,6 +188,13 @@ pub fn router(parts: ServerParts) -> Router {
             parts.config.concurrency_per_key,
         ),
         service: parts.service,
+        upload_memory: upload_body::UploadMemory::new(
+            parts
+                .config
+                .upload_memory_mib
+                .saturating_mul(1 << 20)
+                .max(upload_limit as u64),
+        ),
         config: parts.config,
         max_document_bytes: parts.max_document_bytes,
         model_id: parts.model_id,

@@ -64,6 +64,8 @@ pub(super) async fn upload(
     caller.require_node_admin()?;
     let mut config: Option<Bytes> = None;
     let mut weights: Option<Bytes> = None;
+    // The parts' shares of the node's upload memory, held until the adapter is installed.
+    let mut held = Vec::new();
     while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
         let label = field.file_name().or(field.name()).unwrap_or("").to_owned();
         let slot = match label.as_str() {
@@ -75,7 +77,16 @@ pub(super) async fn upload(
                 )));
             }
         };
-        *slot = Some(field.bytes().await.map_err(multipart_error)?);
+        let (bytes, share) = super::upload_body::read_limited(
+            field,
+            s.max_document_bytes,
+            None,
+            &s.upload_memory,
+            multipart_error,
+        )
+        .await?;
+        held.push(share);
+        *slot = Some(bytes);
     }
     // Checked after the body is read, so that the client gets this answer rather than a
     // connection closed under its upload.

@@ -96,6 +96,11 @@ impl BlobStore {
         self.sealer.is_some()
     }
 
+    /// What seals a local index cache with this store's data keys; `None` for a plain store.
+    pub fn cache_sealer(&self) -> Option<crate::crypto::CacheSealer> {
+        self.sealer.clone().map(crate::crypto::CacheSealer::new)
+    }
+
     /// Re-wraps the data keys of the encrypted store `config` names from its configured
     /// key-encryption key to `new` (one atomic put of the keyring; content is not re-encrypted).
     /// Afterwards only `new` opens the store.

@@ -195,6 +195,11 @@ pub struct IndexConfig {
     /// Weight of the dense side, in [0, 1]: of its normalised score for `weighted`, of its
     /// reciprocal ranks for `rrf` (0.5 = classic RRF). Default: 0.6.
     pub dense_weight: f32,
+    /// Seal the node's local index cache with the store's data keys (needs
+    /// `storage.encryption`): no chunk text, title, source name or vector is written to the
+    /// data directory in plaintext. BM25 and the HNSW graph then live in memory and are
+    /// rebuilt at every open. Default: false.
+    pub encrypt_cache: bool,
 }
 
 /// The fusion methods, as named in configuration.
@@ -231,6 +236,7 @@ impl Default for IndexConfig {
             fusion,
             rrf_k,
             dense_weight,
+            encrypt_cache: false,
         }
     }
 }

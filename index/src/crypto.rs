@@ -188,6 +188,39 @@ fn random_key() -> Result<Zeroizing<[u8; 32]>> {
     Ok(key)
 }
 
+/// Seals the files of a node's local index cache with its store's data keys
+/// (`index.encrypt_cache`): the same envelope as the store's objects, with the file's place in
+/// the cache (`{collection}/{file}`) as associated data, so a file does not open under
+/// another name or in another collection.
+#[derive(Clone)]
+pub struct CacheSealer(std::sync::Arc<Sealer>);
+
+impl std::fmt::Debug for CacheSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheSealer")
+    }
+}
+
+impl CacheSealer {
+    pub(crate) fn new(sealer: std::sync::Arc<Sealer>) -> Self {
+        Self(sealer)
+    }
+
+    fn aad(name: &str) -> String {
+        format!("local-index-cache/{name}")
+    }
+
+    /// Seals the contents of the cache file `name`.
+    pub(crate) fn seal(&self, name: &str, plain: &[u8]) -> Result<Bytes> {
+        self.0.seal(&Self::aad(name), plain)
+    }
+
+    /// Opens the cache file `name`; fails on plaintext, damage or a file moved from elsewhere.
+    pub(crate) fn open(&self, name: &str, stored: Vec<u8>) -> Result<Bytes> {
+        self.0.open_object(&Self::aad(name), Bytes::from(stored))
+    }
+}
+
 /// The unwrapped data keys of a store: seals and opens objects.
 pub(crate) struct Sealer {
     active: u32,

@@ -184,6 +184,13 @@ impl TantivyIndex {
         Self::wrap(dir, index, analyzer)
     }
 
+    /// Creates an empty index held in memory only (a sealed cache: nothing on disk). `dir`
+    /// names it in errors.
+    pub(crate) fn in_memory(dir: &Path, analyzer: Analyzer) -> Result<Self> {
+        let index = Index::create_in_ram(schema(analyzer).0);
+        Self::wrap(dir, index, analyzer)
+    }
+
     fn wrap(dir: &Path, index: Index, analyzer: Analyzer) -> Result<Self> {
         index
             .tokenizers()

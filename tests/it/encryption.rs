@@ -232,3 +232,60 @@ async fn the_s3_store_holds_no_plaintext() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already holds unencrypted objects"), "{err}");
 }
+
+/// `index.encrypt_cache`: on an encrypted store, the node's local index cache is sealed too,
+/// so no file of the data directory (store or cache) holds a document's bytes, its chunk
+/// text or its name. Turning it on deletes the plaintext cache that was there; search works
+/// from a fresh process each time (the cache is opened, and BM25 and the graph rebuilt in
+/// memory, by every command); without an encrypted store it is refused with a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_index_cache_holds_no_plaintext() {
+    let node = Node::new(Backend::Local);
+    let data = node.dir.path().join("data");
+    let kek = node.dir.path().join("kek");
+    std::fs::write(&kek, KEK_A).unwrap();
+    let encrypted = || {
+        Node::new(Backend::Local)
+            .env("HEARTH_DATA_DIR", &data.display().to_string())
+            .env(
+                "HEARTH__STORAGE__ENCRYPTION__KEK_FILE",
+                &kek.display().to_string(),
+            )
+    };
+    let plain_cache = encrypted();
+    ingest_all(&plain_cache);
+    let mut needles = needles(&plain_cache);
+    needles.extend(
+        ["incident-runbook.md", "libffi-basics.txt", "gzip-manual.pdf"].map(|n| n.as_bytes().to_vec()),
+    );
+    // The scan's own check: the plaintext cache shows chunk text and names to it.
+    let cache = found(&files_under(&data.join("index")), &needles);
+    assert!(cache.len() > 8, "the scan cannot see the plaintext cache: {cache:?}");
+
+    let sealed = encrypted().env("HEARTH__INDEX__ENCRYPT_CACHE", "true");
+    let hits = sealed.search("docs", "convert a disk image to qcow2", &["--top-k", "1"]);
+    assert!(
+        hits["hits"][0]["source"].as_str().unwrap_or("").ends_with("qemu-img.html"),
+        "{hits:#}"
+    );
+    sealed.ingest("docs", &[&root().join("testdata/corpus/onboarding-handbook.pdf")]);
+    let hits = sealed.search("docs", "storage incident severity", &["--mode", "bm25"]);
+    assert!(
+        hits["hits"][0]["source"].as_str().unwrap_or("").ends_with("incident-runbook.md"),
+        "{hits:#}"
+    );
+    let all = files_under(&data);
+    assert_no_plaintext(&all, &needles);
+    assert!(
+        !all.keys().any(|k| k.contains("/tantivy/") || k.contains(".hnsw.") || k.contains(".broken")),
+        "{:?}",
+        all.keys().collect::<Vec<_>>()
+    );
+
+    // Sealing needs an encrypted store.
+    let bare = Node::new(Backend::Local).env("HEARTH__INDEX__ENCRYPT_CACHE", "true");
+    let out = bare.run(&["search", "-c", "docs", "severity"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("index.encrypt_cache needs an encrypted store"), "{err}");
+}

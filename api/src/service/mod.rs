@@ -53,7 +53,7 @@ pub use ingest::Processed;
 pub use quote::NOT_FOUND;
 pub use search::{Embedded, SearchQuery, SearchResults, SearchTimings};
 
-use crate::error::Result;
+use crate::error::{Result, ServiceError};
 
 /// What the service is built from.
 pub struct ServiceParts {
@@ -121,6 +121,11 @@ impl Service {
         let tokenizer = Arc::new(Tokenizer::from_file(&info.tokenizer)?);
         let tokenizer_sha256 = tokenizer.sha256().to_owned();
         let store = parts.store.blob;
+        if parts.index.encrypt_cache && !store.encrypted() {
+            return Err(ServiceError::InvalidInput(
+                "index.encrypt_cache needs an encrypted store (storage.encryption): the local index cache is sealed with the store's data keys".into(),
+            ));
+        }
         let pipeline = Pipeline::new(PipelineParts {
             store: store.clone(),
             tokenizer: Arc::new(ModelTokens(tokenizer.clone())),

@@ -43,7 +43,7 @@ impl CollectionIndex {
         if !pending.is_empty() {
             let file = persist::segment_name(generation);
             let chunks = with_vectors(&self.chunks, &self.vectors, pending.clone());
-            persist::write_segment(&self.dir, &file, &chunks, self.params.dim)?;
+            persist::write_segment(&self.dir, self.sealer.as_ref(), &file, &chunks, self.params.dim)?;
             segments.push(SegmentRef {
                 file,
                 first_pid: pending.start,
@@ -67,13 +67,17 @@ impl CollectionIndex {
         self.committed_pids = next_pid;
         self.hnsw_dump = hnsw_dump;
         self.dirty = true;
-        persist::write_manifest(&self.dir, &self.manifest(generation))?;
+        persist::write_manifest(&self.dir, self.sealer.as_ref(), &self.manifest(generation))?;
         self.dirty = false;
         self.gc();
         Ok(())
     }
 
     fn dump_due(&self) -> bool {
+        // A sealed cache never dumps the graph: hnsw_rs would write the vectors in plaintext.
+        if self.sealer.is_some() {
+            return false;
+        }
         let points = self.hnsw.len();
         let dumped = self.hnsw_dump.as_ref().map_or(0, |r| r.dump.points);
         let undumped = points.saturating_sub(dumped);
@@ -129,16 +133,18 @@ impl CollectionIndex {
         if n > 0 {
             let file = persist::segment_name(generation);
             let with = with_vectors(&chunks, &vectors, 0..n);
-            persist::write_segment(&self.dir, &file, &with, self.params.dim)?;
+            persist::write_segment(&self.dir, self.sealer.as_ref(), &file, &with, self.params.dim)?;
             segments.push(SegmentRef {
                 file,
                 first_pid: 0,
                 count: n,
             });
-            hnsw_dump = Some(HnswRef {
-                dump: hnsw.dump(&self.dir, &persist::dump_name(generation))?,
-                covers_pids: n,
-            });
+            if self.sealer.is_none() {
+                hnsw_dump = Some(HnswRef {
+                    dump: hnsw.dump(&self.dir, &persist::dump_name(generation))?,
+                    covers_pids: n,
+                });
+            }
         }
         let rewrite = (|| {
             self.lexical.delete_all()?;
@@ -164,7 +170,7 @@ impl CollectionIndex {
         self.committed_pids = n;
         self.hnsw_dump = hnsw_dump;
         self.dirty = true;
-        persist::write_manifest(&self.dir, &self.manifest(generation))?;
+        persist::write_manifest(&self.dir, self.sealer.as_ref(), &self.manifest(generation))?;
         self.dirty = false;
         self.gc();
         Ok(CompactStats {

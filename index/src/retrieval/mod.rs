@@ -25,6 +25,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::chunks::Chunk;
+use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
 use crate::filter::Filter;
 use crate::hybrid::{Fusion, SearchMode};
@@ -209,6 +210,8 @@ pub struct CollectionIndex {
     hnsw_dump: Option<HnswRef>,
     /// Deletions (or a failed manifest write) since the last successful commit.
     dirty: bool,
+    /// Seals the files when the cache is encrypted (see `persist.rs`).
+    sealer: Option<CacheSealer>,
 }
 
 impl std::fmt::Debug for CollectionIndex {
@@ -230,8 +233,19 @@ impl CollectionIndex {
     /// from `params` (each difference is named) or another `CollectionIndex` holds the
     /// directory, and with [`IndexError::InvalidInput`] for out-of-range parameters.
     pub fn open(dir: &Path, params: IndexParams) -> Result<Self> {
+        Self::open_sealed(dir, params, None)
+    }
+
+    /// Opens the index like [`CollectionIndex::open`], its files sealed by `sealer` when given
+    /// (`index.encrypt_cache`): nothing of a document is written to `dir` in plaintext, at the
+    /// cost of rebuilding BM25 and the HNSW graph in memory at every open.
+    pub fn open_sealed(
+        dir: &Path,
+        params: IndexParams,
+        sealer: Option<CacheSealer>,
+    ) -> Result<Self> {
         params.validate()?;
-        open::open(dir, params)
+        open::open(dir, params, sealer)
     }
 
     /// The directory the index lives in.

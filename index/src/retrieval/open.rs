@@ -8,11 +8,13 @@ use std::path::Path;
 use tracing::{info, warn};
 
 use super::persist::{
-    HnswRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, io_err, move_aside, read_manifest,
-    write_manifest,
+    HnswRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, broken_path, io_err, move_aside,
+    read_file,
+    read_manifest, write_manifest,
 };
 use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
 use crate::chunks::{Chunk, decode_chunks};
+use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
 use crate::ids::DocId;
 use crate::lexical::{Analyzer, TantivyIndex};
@@ -30,27 +32,67 @@ enum Failure {
     Broken(String),
 }
 
-pub(super) fn open(dir: &Path, params: IndexParams) -> Result<CollectionIndex> {
+pub(super) fn open(
+    dir: &Path,
+    params: IndexParams,
+    sealer: Option<CacheSealer>,
+) -> Result<CollectionIndex> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if sealer.is_some() {
+        // A cache moved aside before sealing was turned on may hold plaintext.
+        remove_broken(dir)?;
+    }
     let lock = acquire_lock(dir)?;
     let held = lock.try_clone().map_err(io_err(dir))?;
-    match load(dir, params, held) {
+    match load(dir, params, held, sealer.clone()) {
         Ok(Some(index)) => Ok(index),
-        Ok(None) => create(dir, params, lock),
+        Ok(None) => create(dir, params, lock, sealer),
         Err(Failure::Refuse(e)) => Err(e),
         Err(Failure::Broken(reason)) => {
-            let aside = move_aside(dir)?;
-            warn!(
-                dir = %dir.display(),
-                moved_to = %aside.display(),
-                %reason,
-                "retrieval index cache is unreadable; starting empty (it is refilled from the object store)"
-            );
             drop(lock);
+            if sealer.is_some() {
+                // Unreadable to a sealing open (a plaintext cache from before, or damage):
+                // nothing of it is kept.
+                fs::remove_dir_all(dir).map_err(io_err(dir))?;
+                warn!(dir = %dir.display(), %reason, "retrieval index cache is unreadable; deleted it and starting empty (it is refilled from the object store)");
+            } else {
+                let aside = move_aside(dir)?;
+                warn!(
+                    dir = %dir.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "retrieval index cache is unreadable; starting empty (it is refilled from the object store)"
+                );
+            }
             fs::create_dir_all(dir).map_err(io_err(dir))?;
-            create(dir, params, acquire_lock(dir)?)
+            create(dir, params, acquire_lock(dir)?, sealer)
         }
     }
+}
+
+/// Removes `{dir}.broken` if there is one.
+fn remove_broken(dir: &Path) -> Result<()> {
+    let aside = broken_path(dir);
+    match fs::remove_dir_all(&aside) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(&aside)(e)),
+    }
+}
+
+/// The BM25 index: in `{dir}/tantivy`, or in memory for a sealed cache (any directory left
+/// from before sealing is removed).
+fn new_lexical(dir: &Path, analyzer: Analyzer, sealed: bool) -> Result<TantivyIndex> {
+    let path = dir.join(TANTIVY);
+    if !sealed {
+        return TantivyIndex::create(&path, analyzer);
+    }
+    match fs::remove_dir_all(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&path)(e)),
+    }
+    TantivyIndex::in_memory(&path, analyzer)
 }
 
 fn acquire_lock(dir: &Path) -> Result<File> {
@@ -72,12 +114,18 @@ fn acquire_lock(dir: &Path) -> Result<File> {
 }
 
 /// Creates an empty index in `dir` (removing leftovers of ours) and writes its manifest.
-fn create(dir: &Path, params: IndexParams, lock: File) -> Result<CollectionIndex> {
-    let lexical = TantivyIndex::create(&dir.join(TANTIVY), params.analyzer)?;
+fn create(
+    dir: &Path,
+    params: IndexParams,
+    lock: File,
+    sealer: Option<CacheSealer>,
+) -> Result<CollectionIndex> {
+    let lexical = new_lexical(dir, params.analyzer, sealer.is_some())?;
     let index = CollectionIndex::assemble(
         dir,
         params,
         lock,
+        sealer,
         Parts {
             chunks: Vec::new(),
             vectors: FlatIndex::new(params.dim),
@@ -90,7 +138,7 @@ fn create(dir: &Path, params: IndexParams, lock: File) -> Result<CollectionIndex
             hnsw_dump: None,
         },
     );
-    write_manifest(dir, &index.manifest(0))?;
+    write_manifest(dir, index.sealer.as_ref(), &index.manifest(0))?;
     index.gc();
     Ok(index)
 }
@@ -112,9 +160,10 @@ fn load(
     dir: &Path,
     params: IndexParams,
     lock: File,
+    sealer: Option<CacheSealer>,
 ) -> std::result::Result<Option<CollectionIndex>, Failure> {
     let broken = |e: IndexError| Failure::Broken(e.to_string());
-    let Some(m) = read_manifest(dir).map_err(broken)? else {
+    let Some(m) = read_manifest(dir, sealer.as_ref()).map_err(broken)? else {
         return Ok(None);
     };
     if m.format_version != LAYOUT_VERSION {
@@ -125,7 +174,8 @@ fn load(
     }
     check_params(dir, &m.params, &params).map_err(Failure::Refuse)?;
 
-    let (chunks, vectors) = read_segments(dir, &m, params.dim).map_err(Failure::Broken)?;
+    let (chunks, vectors) =
+        read_segments(dir, sealer.as_ref(), &m, params.dim).map_err(Failure::Broken)?;
     let (docs, tombstones) = read_documents(&m, &chunks).map_err(Failure::Broken)?;
     let mut chunks = chunks;
     for pid in tombstones.iter() {
@@ -134,16 +184,19 @@ fn load(
         chunk.heading = Vec::new();
     }
 
-    let lexical = open_lexical(dir, params.analyzer, m.generation, &chunks, &docs)
+    let sealed = sealer.is_some();
+    let lexical = open_lexical(dir, params.analyzer, m.generation, &chunks, &docs, sealed)
         .map_err(Failure::Refuse)?;
     let (hnsw, hnsw_dump) =
-        open_hnsw(dir, &params, &m, &vectors, &tombstones).map_err(Failure::Refuse)?;
-    let rebuilt_graph = hnsw_dump.is_none() && hnsw.len() > 0;
+        open_hnsw(dir, &params, &m, &vectors, &tombstones, sealed).map_err(Failure::Refuse)?;
+    // A sealed cache rebuilds its graph at every open and never saves it.
+    let rebuilt_graph = !sealed && hnsw_dump.is_none() && hnsw.len() > 0;
 
     let mut index = CollectionIndex::assemble(
         dir,
         params,
         lock,
+        sealer,
         Parts {
             chunks,
             vectors,
@@ -203,6 +256,7 @@ fn check_params(dir: &Path, stored: &StoredParams, wanted: &IndexParams) -> Resu
 
 fn read_segments(
     dir: &Path,
+    sealer: Option<&CacheSealer>,
     m: &Manifest,
     dim: usize,
 ) -> std::result::Result<(Vec<Chunk>, FlatIndex), String> {
@@ -217,7 +271,9 @@ fn read_segments(
             ));
         }
         let path = dir.join(&seg.file);
-        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = read_file(dir, sealer, &seg.file)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{}: missing", path.display()))?;
         let decoded =
             decode_chunks(&path.display().to_string(), &bytes).map_err(|e| e.to_string())?;
         if decoded.len() != seg.count as usize {
@@ -294,22 +350,27 @@ fn open_lexical(
     generation: u64,
     chunks: &[Chunk],
     docs: &HashMap<DocId, DocEntry>,
+    sealed: bool,
 ) -> Result<TantivyIndex> {
     let path = dir.join(TANTIVY);
     let want = generation.to_string();
-    match TantivyIndex::open(&path, analyzer) {
-        Ok((index, payload)) if payload.as_deref().unwrap_or("0") == want => return Ok(index),
-        Ok((_, payload)) => warn!(
-            dir = %dir.display(),
-            ?payload,
-            generation,
-            "tantivy index is from another commit; rebuilding it"
-        ),
-        Err(e) => {
-            warn!(dir = %dir.display(), error = %e, "tantivy index unreadable; rebuilding it")
+    if !sealed {
+        match TantivyIndex::open(&path, analyzer) {
+            Ok((index, payload)) if payload.as_deref().unwrap_or("0") == want => {
+                return Ok(index);
+            }
+            Ok((_, payload)) => warn!(
+                dir = %dir.display(),
+                ?payload,
+                generation,
+                "tantivy index is from another commit; rebuilding it"
+            ),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "tantivy index unreadable; rebuilding it")
+            }
         }
     }
-    let mut index = TantivyIndex::create(&path, analyzer)?;
+    let mut index = new_lexical(dir, analyzer, sealed)?;
     let mut ranges: Vec<Range<u32>> = docs.values().map(|d| d.pids.clone()).collect();
     ranges.sort_by_key(|r| r.start);
     for pid in ranges.into_iter().flatten() {
@@ -325,9 +386,10 @@ fn open_hnsw(
     m: &Manifest,
     vectors: &FlatIndex,
     tombstones: &PidSet,
+    sealed: bool,
 ) -> Result<(HnswIndex, Option<HnswRef>)> {
     let live_from = |from: u32| (from..m.next_pid).filter(|&pid| !tombstones.contains(pid));
-    if let Some(r) = &m.hnsw {
+    if let Some(r) = m.hnsw.as_ref().filter(|_| !sealed) {
         let loaded = if r.covers_pids > m.next_pid {
             Err(IndexError::Corrupt {
                 key: r.dump.basename.clone(),
@@ -362,7 +424,13 @@ fn insert(hnsw: &mut HnswIndex, vectors: &FlatIndex, pids: &[u32]) {
 }
 
 impl CollectionIndex {
-    pub(super) fn assemble(dir: &Path, params: IndexParams, lock: File, p: Parts) -> Self {
+    pub(super) fn assemble(
+        dir: &Path,
+        params: IndexParams,
+        lock: File,
+        sealer: Option<CacheSealer>,
+        p: Parts,
+    ) -> Self {
         let committed_pids = p.chunks.len() as u32;
         let chunk_ids = p.chunks.iter().map(Chunk::id).collect();
         Self {
@@ -386,6 +454,7 @@ impl CollectionIndex {
             committed_pids,
             hnsw_dump: p.hnsw_dump,
             dirty: false,
+            sealer,
         }
     }
 }

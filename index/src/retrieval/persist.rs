@@ -25,6 +25,14 @@
 //! leftovers of an interrupted commit) are removed after the manifest is in place. A kill at
 //! any point leaves the previous manifest, which still describes a complete state.
 //!
+//! **Sealed caches** (`index.encrypt_cache`, on an encrypted store): the manifest and the
+//! segments are sealed with the store's data keys (`CacheSealer`; the file's collection and
+//! name are bound to it); BM25 lives in memory and is rebuilt from the segments at every
+//! open; the HNSW graph is never dumped (hnsw_rs writes its files itself, in plaintext) and
+//! is rebuilt from the vectors at open. Nothing of a document reaches the disk unsealed. A
+//! plaintext cache found by a sealing open is deleted, not moved aside, and so is an older
+//! `{dir}.broken`.
+//!
 //! **Open**: read the manifest and the segments (chunks and vectors go to memory). Then:
 //! - tantivy unreadable, or its payload differs from the manifest generation (a crash between
 //!   the two commits) → rebuild it from the segments;
@@ -47,6 +55,7 @@ use tracing::warn;
 
 use super::CollectionIndex;
 use crate::chunks::{Chunk, encode_chunks};
+use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
 use crate::ids::DocId;
 use crate::lexical::Analyzer;
@@ -181,12 +190,10 @@ impl CollectionIndex {
     }
 }
 
-pub(super) fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
+pub(super) fn read_manifest(dir: &Path, sealer: Option<&CacheSealer>) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&path)(e)),
+    let Some(bytes) = read_file(dir, sealer, MANIFEST)? else {
+        return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
@@ -196,20 +203,62 @@ pub(super) fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
         })
 }
 
-pub(super) fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+pub(super) fn write_manifest(
+    dir: &Path,
+    sealer: Option<&CacheSealer>,
+    manifest: &Manifest,
+) -> Result<()> {
     let bytes = serde_json::to_vec(manifest)
         .map_err(|e| IndexError::Internal(format!("serialising the manifest: {e}")))?;
-    write_durable(dir, MANIFEST, &bytes)
+    write_durable(dir, sealer, MANIFEST, &bytes)
 }
 
 /// Writes chunks (with their embeddings) as an immutable segment file.
-pub(super) fn write_segment(dir: &Path, name: &str, chunks: &[Chunk], dim: usize) -> Result<()> {
+pub(super) fn write_segment(
+    dir: &Path,
+    sealer: Option<&CacheSealer>,
+    name: &str,
+    chunks: &[Chunk],
+    dim: usize,
+) -> Result<()> {
     let bytes = encode_chunks(chunks, dim)?;
-    write_durable(dir, name, &bytes)
+    write_durable(dir, sealer, name, &bytes)
 }
 
-/// Writes `{dir}/{name}` atomically and durably: temp file, fsync, rename, directory fsync.
-fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// A cache file's name as its seal binds it: the collection's directory and the file.
+fn sealed_name(dir: &Path, name: &str) -> String {
+    format!("{}/{name}", dir.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// Reads `{dir}/{name}` (`None` when missing), opening it when the cache is sealed.
+pub(super) fn read_file(
+    dir: &Path,
+    sealer: Option<&CacheSealer>,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(name);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    match sealer {
+        None => Ok(Some(bytes)),
+        Some(s) => s.open(&sealed_name(dir, name), bytes).map(|b| Some(b.to_vec())),
+    }
+}
+
+/// Writes `{dir}/{name}` atomically and durably (temp file, fsync, rename, directory fsync),
+/// sealed when the cache is.
+fn write_durable(dir: &Path, sealer: Option<&CacheSealer>, name: &str, bytes: &[u8]) -> Result<()> {
+    let sealed;
+    let bytes = match sealer {
+        None => bytes,
+        Some(s) => {
+            sealed = s.seal(&sealed_name(dir, name), bytes)?;
+            &sealed[..]
+        }
+    };
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -225,9 +274,7 @@ fn write_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 /// Moves a broken directory to `{dir}.broken`, replacing an older one; if it cannot be moved,
 /// empties it instead. Returns where it went.
 pub(super) fn move_aside(dir: &Path) -> Result<PathBuf> {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(".broken");
-    let aside = dir.with_file_name(name);
+    let aside = broken_path(dir);
     match fs::remove_dir_all(&aside) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -238,6 +285,13 @@ pub(super) fn move_aside(dir: &Path) -> Result<PathBuf> {
     }
     fs::remove_dir_all(dir).map_err(io_err(dir))?;
     Ok(dir.to_path_buf())
+}
+
+/// Where a broken directory is moved: `{dir}.broken`.
+pub(super) fn broken_path(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".broken");
+    dir.with_file_name(name)
 }
 
 /// Bytes taken by the files under `dir` (best effort).

@@ -899,3 +899,95 @@ fn kill_after_commit_keeps_exactly_the_committed_state() {
     assert_eq!(index.stats().docs, 39);
     assert_same(&expected, &probe(&index, 3));
 }
+
+/// An encrypted store's cache sealer, from a fresh keyring under `kek_hex`.
+async fn sealer(dir: &Path, kek_hex: &str) -> hearth_index::CacheSealer {
+    let kek = dir.join("kek");
+    std::fs::write(&kek, kek_hex).unwrap();
+    let config = hearth_index::StorageConfig {
+        data_dir: dir.join("store"),
+        encryption: hearth_index::EncryptionConfig {
+            kek_file: Some(kek),
+            kek_env: None,
+        },
+        ..Default::default()
+    };
+    let store = hearth_index::BlobStore::open(&config).await.unwrap();
+    store.cache_sealer().unwrap()
+}
+
+/// Every file under `dir`, with its bytes.
+fn all_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+/// A sealed cache: the same answers as a plain one, before and after reopening, with no chunk
+/// text, source name or vector in any file; a cache sealed under other keys, or a plaintext
+/// one, is deleted and starts empty (the layer above refills it), never moved aside.
+#[tokio::test]
+async fn a_sealed_cache_answers_alike_and_holds_no_plaintext() {
+    let keys = tempfile::tempdir().unwrap();
+    let seal = sealer(keys.path(), &"22".repeat(32)).await;
+    let root = tempfile::tempdir().unwrap();
+    let (plain_dir, sealed_dir) = (root.path().join("plain"), root.path().join("sealed"));
+    let (plain, _) = build(&plain_dir, 120, 81);
+    let mut rng = Rng::new(81);
+    let mut index =
+        CollectionIndex::open_sealed(&sealed_dir, params(DIM), Some(seal.clone())).unwrap();
+    let mut vectors = Vec::new();
+    for i in 0..120 {
+        let (doc, chunks) = make_doc(i, 3, &mut rng, text);
+        vectors.extend(chunks.iter().map(|c| c.embedding.clone().unwrap()));
+        index.add(doc, &chunks).unwrap();
+    }
+    index.commit().unwrap();
+    let want = probe(&plain, 7);
+    assert_same(&want, &probe(&index, 7));
+    drop(index);
+
+    let needles: Vec<Vec<u8>> = [text(5, 1), "doc17.txt".into(), "Document 42".into()]
+        .into_iter()
+        .map(String::into_bytes)
+        .chain(vectors.iter().take(50).map(|v| {
+            v[..4].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()
+        }))
+        .collect();
+    let leaks = |dir: &Path| -> Vec<String> {
+        all_files(dir)
+            .into_iter()
+            .filter(|(_, b)| needles.iter().any(|n| b.windows(n.len()).any(|w| w == n.as_slice())))
+            .map(|(name, _)| name)
+            .collect()
+    };
+    // The scan's own check: the plain cache shows them.
+    assert!(!leaks(&plain_dir).is_empty());
+    assert_eq!(leaks(&sealed_dir), Vec::<String>::new());
+
+    let index =
+        CollectionIndex::open_sealed(&sealed_dir, params(DIM), Some(seal.clone())).unwrap();
+    assert_same(&want, &probe(&index, 7));
+    assert_eq!(leaks(&sealed_dir), Vec::<String>::new());
+    drop(index);
+
+    // Other keys: unreadable, deleted, empty; nothing moved aside.
+    let other = tempfile::tempdir().unwrap();
+    let foreign = sealer(other.path(), &"33".repeat(32)).await;
+    let index = CollectionIndex::open_sealed(&sealed_dir, params(DIM), Some(foreign)).unwrap();
+    assert_eq!(index.stats().docs, 0);
+    drop(index);
+    // A plaintext cache found by a sealing open: deleted, not kept as `.broken`.
+    drop(plain);
+    let index = CollectionIndex::open_sealed(&plain_dir, params(DIM), Some(seal)).unwrap();
+    assert_eq!(index.stats().docs, 0);
+    assert_eq!(leaks(&plain_dir), Vec::<String>::new());
+    assert!(!root.path().join("plain.broken").exists());
+}

@@ -256,28 +256,46 @@ async fn a_sealed_index_cache_holds_no_plaintext() {
     ingest_all(&plain_cache);
     let mut needles = needles(&plain_cache);
     needles.extend(
-        ["incident-runbook.md", "libffi-basics.txt", "gzip-manual.pdf"].map(|n| n.as_bytes().to_vec()),
+        [
+            "incident-runbook.md",
+            "libffi-basics.txt",
+            "gzip-manual.pdf",
+        ]
+        .map(|n| n.as_bytes().to_vec()),
     );
     // The scan's own check: the plaintext cache shows chunk text and names to it.
     let cache = found(&files_under(&data.join("index")), &needles);
-    assert!(cache.len() > 8, "the scan cannot see the plaintext cache: {cache:?}");
+    assert!(
+        cache.len() > 8,
+        "the scan cannot see the plaintext cache: {cache:?}"
+    );
 
     let sealed = encrypted().env("HEARTH__INDEX__ENCRYPT_CACHE", "true");
     let hits = sealed.search("docs", "convert a disk image to qcow2", &["--top-k", "1"]);
     assert!(
-        hits["hits"][0]["source"].as_str().unwrap_or("").ends_with("qemu-img.html"),
+        hits["hits"][0]["source"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("qemu-img.html"),
         "{hits:#}"
     );
-    sealed.ingest("docs", &[&root().join("testdata/corpus/onboarding-handbook.pdf")]);
+    sealed.ingest(
+        "docs",
+        &[&root().join("testdata/corpus/onboarding-handbook.pdf")],
+    );
     let hits = sealed.search("docs", "storage incident severity", &["--mode", "bm25"]);
     assert!(
-        hits["hits"][0]["source"].as_str().unwrap_or("").ends_with("incident-runbook.md"),
+        hits["hits"][0]["source"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("incident-runbook.md"),
         "{hits:#}"
     );
     let all = files_under(&data);
     assert_no_plaintext(&all, &needles);
     assert!(
-        !all.keys().any(|k| k.contains("/tantivy/") || k.contains(".hnsw.") || k.contains(".broken")),
+        !all.keys()
+            .any(|k| k.contains("/tantivy/") || k.contains(".hnsw.") || k.contains(".broken")),
         "{:?}",
         all.keys().collect::<Vec<_>>()
     );
@@ -287,5 +305,8 @@ async fn a_sealed_index_cache_holds_no_plaintext() {
     let out = bare.run(&["search", "-c", "docs", "severity"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("index.encrypt_cache needs an encrypted store"), "{err}");
+    assert!(
+        err.contains("index.encrypt_cache needs an encrypted store"),
+        "{err}"
+    );
 }

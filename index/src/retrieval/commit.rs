@@ -43,7 +43,13 @@ impl CollectionIndex {
         if !pending.is_empty() {
             let file = persist::segment_name(generation);
             let chunks = with_vectors(&self.chunks, &self.vectors, pending.clone());
-            persist::write_segment(&self.dir, self.sealer.as_ref(), &file, &chunks, self.params.dim)?;
+            persist::write_segment(
+                &self.dir,
+                self.sealer.as_ref(),
+                &file,
+                &chunks,
+                self.params.dim,
+            )?;
             segments.push(SegmentRef {
                 file,
                 first_pid: pending.start,
@@ -133,7 +139,13 @@ impl CollectionIndex {
         if n > 0 {
             let file = persist::segment_name(generation);
             let with = with_vectors(&chunks, &vectors, 0..n);
-            persist::write_segment(&self.dir, self.sealer.as_ref(), &file, &with, self.params.dim)?;
+            persist::write_segment(
+                &self.dir,
+                self.sealer.as_ref(),
+                &file,
+                &with,
+                self.params.dim,
+            )?;
             segments.push(SegmentRef {
                 file,
                 first_pid: 0,

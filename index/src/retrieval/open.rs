@@ -9,8 +9,7 @@ use tracing::{info, warn};
 
 use super::persist::{
     HnswRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, broken_path, io_err, move_aside,
-    read_file,
-    read_manifest, write_manifest,
+    read_file, read_manifest, write_manifest,
 };
 use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
 use crate::chunks::{Chunk, decode_chunks};

@@ -227,7 +227,10 @@ pub(super) fn write_segment(
 
 /// A cache file's name as its seal binds it: the collection's directory and the file.
 fn sealed_name(dir: &Path, name: &str) -> String {
-    format!("{}/{name}", dir.file_name().unwrap_or_default().to_string_lossy())
+    format!(
+        "{}/{name}",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    )
 }
 
 /// Reads `{dir}/{name}` (`None` when missing), opening it when the cache is sealed.
@@ -244,7 +247,9 @@ pub(super) fn read_file(
     };
     match sealer {
         None => Ok(Some(bytes)),
-        Some(s) => s.open(&sealed_name(dir, name), bytes).map(|b| Some(b.to_vec())),
+        Some(s) => s
+            .open(&sealed_name(dir, name), bytes)
+            .map(|b| Some(b.to_vec())),
     }
 }
 

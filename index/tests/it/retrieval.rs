@@ -958,13 +958,20 @@ async fn a_sealed_cache_answers_alike_and_holds_no_plaintext() {
         .into_iter()
         .map(String::into_bytes)
         .chain(vectors.iter().take(50).map(|v| {
-            v[..4].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()
+            v[..4]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
         }))
         .collect();
     let leaks = |dir: &Path| -> Vec<String> {
         all_files(dir)
             .into_iter()
-            .filter(|(_, b)| needles.iter().any(|n| b.windows(n.len()).any(|w| w == n.as_slice())))
+            .filter(|(_, b)| {
+                needles
+                    .iter()
+                    .any(|n| b.windows(n.len()).any(|w| w == n.as_slice()))
+            })
             .map(|(name, _)| name)
             .collect()
     };
@@ -972,8 +979,7 @@ async fn a_sealed_cache_answers_alike_and_holds_no_plaintext() {
     assert!(!leaks(&plain_dir).is_empty());
     assert_eq!(leaks(&sealed_dir), Vec::<String>::new());
 
-    let index =
-        CollectionIndex::open_sealed(&sealed_dir, params(DIM), Some(seal.clone())).unwrap();
+    let index = CollectionIndex::open_sealed(&sealed_dir, params(DIM), Some(seal.clone())).unwrap();
     assert_same(&want, &probe(&index, 7));
     assert_eq!(leaks(&sealed_dir), Vec::<String>::new());
     drop(index);

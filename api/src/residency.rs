@@ -87,6 +87,10 @@ pub struct EncryptionStatus {
     pub algorithm: Option<String>,
     /// Where the key-encryption key comes from (`file:PATH` or `env:NAME`), never the key.
     pub key_source: Option<String>,
+    /// Whether the node's local index cache is sealed too (`index.encrypt_cache`); when false
+    /// it holds chunk text, names and vectors in plaintext on the node's disk.
+    #[serde(default)]
+    pub index_cache_sealed: bool,
 }
 
 impl EncryptionStatus {
@@ -96,6 +100,7 @@ impl EncryptionStatus {
             at_rest: false,
             algorithm: None,
             key_source: None,
+            index_cache_sealed: false,
         }
     }
 }

@@ -91,6 +91,7 @@ impl Store {
                     "{CIPHER} per object, data keys wrapped by the key-encryption key"
                 )),
                 key_source: cfg.encryption.source(),
+                index_cache_sealed: false,
             }
         } else {
             EncryptionStatus::off()

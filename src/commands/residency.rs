@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 use hearth_api::Store;
-use hearth_api::residency::{BuildInfo, Residency, ResidencyParts, ResidencyReport};
+use hearth_api::residency::{
+    BuildInfo, EncryptionStatus, Residency, ResidencyParts, ResidencyReport,
+};
 
 use crate::config::AppConfig;
 
@@ -19,11 +21,16 @@ pub struct ResidencyArgs {
 /// The static part of the report for this configuration and the store as opened
 /// (`generator`: whether the generator's files are in use).
 pub fn residency(cfg: &AppConfig, store: &Store, generator: bool) -> anyhow::Result<Residency> {
+    let encryption = store.encryption(&cfg.storage);
     Ok(Residency::new(ResidencyParts {
         config: &cfg.residency,
         storage: &cfg.storage,
         models: cfg.engine.model_files(generator),
-        encryption: store.encryption(&cfg.storage),
+        encryption: EncryptionStatus {
+            // Only an encrypted store can seal it (the service refuses the option otherwise).
+            index_cache_sealed: encryption.at_rest && cfg.index.encrypt_cache,
+            ..encryption
+        },
         build: build_info(),
     })?)
 }
@@ -102,9 +109,14 @@ fn print_report(r: &ResidencyReport) {
     }
     match &r.encryption {
         e if e.at_rest => println!(
-            "encryption at rest: {} (key-encryption key from {})",
+            "encryption at rest: {} (key-encryption key from {}); local index cache: {}",
             e.algorithm.as_deref().unwrap_or("?"),
-            e.key_source.as_deref().unwrap_or("?")
+            e.key_source.as_deref().unwrap_or("?"),
+            if e.index_cache_sealed {
+                "sealed"
+            } else {
+                "plaintext"
+            }
         ),
         _ => println!("encryption at rest: off"),
     }

@@ -115,6 +115,7 @@ async fn the_local_store_holds_no_plaintext_and_rotation_rewraps_only_the_keyrin
     let out = a.run(&["residency", "--json"]);
     let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["encryption"]["at_rest"], true, "{rep}");
+    assert_eq!(rep["encryption"]["index_cache_sealed"], false, "{rep}");
     assert_eq!(
         rep["encryption"]["key_source"],
         format!("file:{}", kek_a.display())
@@ -299,6 +300,10 @@ async fn a_sealed_index_cache_holds_no_plaintext() {
         "{:?}",
         all.keys().collect::<Vec<_>>()
     );
+
+    let out = sealed.run(&["residency", "--json"]);
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["encryption"]["index_cache_sealed"], true, "{rep}");
 
     // Sealing needs an encrypted store.
     let bare = Node::new(Backend::Local).env("HEARTH__INDEX__ENCRYPT_CACHE", "true");

@@ -384,3 +384,86 @@ async fn a_key_learns_nothing_from_another_keys_cached_prompts() {
     // And twice: its own copy is now cached, for it alone.
     assert!(cached(&s.send(chat(&mallory)).await) >= 32);
 }
+
+/// The routes this stop changed answer a key without the collection with 403 before anything
+/// about the collection's state shows: not the 404 of a deleted collection, the 409 of a name
+/// still being deleted or the 413 of an oversized body (the upload budget's 503 comes later
+/// still: the body is read after the key check); and a reader may not upload at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_routes_refuse_other_collections_keys_before_showing_state() {
+    let node = Node::new(Backend::Local).env("HEARTH__INGEST__MAX_DOCUMENT_BYTES", "1048576");
+    let admin = create_key(&node, "ops", "admin", &[], &[]);
+    let writer_c = create_key(&node, "ingest-c", "writer", &["c"], &[]);
+    let reader_c = create_key(&node, "analyst-c", "reader", &["c"], &[]);
+    let outsider = create_key(&node, "ingest-x", "writer", &["x"], &[]);
+    let s = node.serve(&[]).await;
+    let create = json!({"name": "c"});
+    let r = s
+        .call(
+            Some(&admin),
+            "POST",
+            "/v1/collections",
+            Some(create.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        upload(&s, &writer_c, "c", "The vault holds 40 boxes.")
+            .await
+            .status,
+        202
+    );
+
+    let refused = |r: Reply, what: &str| {
+        let m = r.error(403, "forbidden");
+        assert!(m.contains("no access to collection c"), "{what}: {m}");
+    };
+    refused(upload(&s, &outsider, "c", "x").await, "upload");
+    // Over the size limit by its Content-Length: 403, not the 413 naming the limit.
+    let big = s
+        .send(
+            s.client
+                .post(format!(
+                    "{}/v1/collections/c/documents?source=big.txt",
+                    s.url
+                ))
+                .bearer_auth(&outsider)
+                .header("content-type", "text/plain")
+                .body(vec![b'a'; 3 << 20]),
+        )
+        .await;
+    refused(big, "oversized upload");
+    // A reader of the collection may not upload.
+    let m = upload(&s, &reader_c, "c", "x")
+        .await
+        .error(403, "forbidden");
+    assert!(m.contains("writer"), "{m}");
+    // Deleting needs an admin of the collection.
+    s.call(Some(&outsider), "DELETE", "/v1/collections/c", None)
+        .await
+        .error(403, "forbidden");
+
+    let r = s
+        .call(Some(&admin), "DELETE", "/v1/collections/c", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Deleted (and perhaps still being swept): the outsider learns neither.
+    refused(
+        upload(&s, &outsider, "c", "x").await,
+        "upload after the delete",
+    );
+    refused(
+        s.call(Some(&outsider), "POST", "/v1/collections", Some(create))
+            .await,
+        "re-create",
+    );
+    refused(
+        s.call(Some(&outsider), "GET", "/v1/collections/c", None)
+            .await,
+        "get",
+    );
+    // The collection's own writer is told it is gone.
+    upload(&s, &writer_c, "c", "late")
+        .await
+        .error(404, "not_found");
+}

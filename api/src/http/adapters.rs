@@ -77,14 +77,7 @@ pub(super) async fn upload(
                 )));
             }
         };
-        let (bytes, share) = super::upload_body::read_limited(
-            field,
-            s.max_document_bytes,
-            None,
-            &s.upload_memory,
-            multipart_error,
-        )
-        .await?;
+        let (bytes, share) = super::upload_body::read_part(field, &s).await?;
         held.push(share);
         *slot = Some(bytes);
     }

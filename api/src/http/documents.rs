@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::State;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, json, multipart_error, parse_json};
-use super::upload_body::{Held, read_limited};
+use super::upload_body::{Held, read_limited, read_part};
 use crate::keys::Role;
 
 /// Longest accepted source name, in bytes.
@@ -284,14 +284,7 @@ async fn read_multipart(
                     ));
                 }
                 let fname = field.file_name().map(str::to_owned);
-                let (bytes, held) = read_limited(
-                    field,
-                    s.max_document_bytes,
-                    None,
-                    &s.upload_memory,
-                    multipart_error,
-                )
-                .await?;
+                let (bytes, held) = read_part(field, s).await?;
                 file = Some((fname, bytes, held));
             }
             Some("metadata") => {

@@ -75,6 +75,22 @@ impl Held {
     }
 }
 
+/// Reads one part of an upload form (a document, an adapter file) under the document size
+/// limit and the node's upload memory.
+pub(crate) async fn read_part(
+    field: axum::extract::multipart::Field<'_>,
+    s: &super::AppState,
+) -> Result<(Bytes, Held), ApiError> {
+    read_limited(
+        field,
+        s.max_document_bytes,
+        None,
+        &s.upload_memory,
+        super::error::multipart_error,
+    )
+    .await
+}
+
 /// Reads a body (or one part of a form) of at most `limit` bytes into one buffer, taking its
 /// share of `memory` as it grows. `expected` (a Content-Length) sizes the buffer up front.
 pub(crate) async fn read_limited<S, E>(

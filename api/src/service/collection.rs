@@ -214,7 +214,7 @@ impl Service {
         self.pipeline.open_collection(c).await?;
         let dir = self.data_dir.join("index").join(c.as_str());
         let params = self.index.params(self.dim);
-        let sealer = self.cache_sealer()?;
+        let sealer = self.cache_sealer.clone();
         let index = blocking(move || CollectionIndex::open_sealed(&dir, params, sealer)).await?;
         let col = Arc::new(Collection {
             name: c.clone(),
@@ -501,19 +501,6 @@ impl Service {
             return Err(ServiceError::NotFound(format!("collection {c}")));
         }
         self.open_locked(&mut open, c).await
-    }
-
-    /// What seals the local index caches (`index.encrypt_cache`), or `None` when they are
-    /// plaintext.
-    fn cache_sealer(&self) -> Result<Option<hearth_index::CacheSealer>> {
-        if !self.index.encrypt_cache {
-            return Ok(None);
-        }
-        self.store.cache_sealer().map(Some).ok_or_else(|| {
-            ServiceError::InvalidInput(
-                "index.encrypt_cache needs an encrypted store (storage.encryption): the cache is sealed with its data keys".into(),
-            )
-        })
     }
 
     /// Whether a deleted collection's handle is still held by work under way.

@@ -98,6 +98,8 @@ pub struct Service {
     /// Handles of deleted collections that work under way may still hold: a collection of the
     /// same name is not created again until they are gone (see [`Service::open`]).
     dying: std::sync::Mutex<HashMap<CollectionName, std::sync::Weak<Collection>>>,
+    /// Seals the local index caches (`index.encrypt_cache`); `None` when they are plaintext.
+    cache_sealer: Option<hearth_index::CacheSealer>,
 }
 
 struct ModelTokens(Arc<Tokenizer>);
@@ -121,11 +123,15 @@ impl Service {
         let tokenizer = Arc::new(Tokenizer::from_file(&info.tokenizer)?);
         let tokenizer_sha256 = tokenizer.sha256().to_owned();
         let store = parts.store.blob;
-        if parts.index.encrypt_cache && !store.encrypted() {
-            return Err(ServiceError::InvalidInput(
-                "index.encrypt_cache needs an encrypted store (storage.encryption): the local index cache is sealed with the store's data keys".into(),
-            ));
-        }
+        let cache_sealer = match (parts.index.encrypt_cache, store.cache_sealer()) {
+            (false, _) => None,
+            (true, Some(sealer)) => Some(sealer),
+            (true, None) => {
+                return Err(ServiceError::InvalidInput(
+                    "index.encrypt_cache needs an encrypted store (storage.encryption): the local index cache is sealed with the store's data keys".into(),
+                ));
+            }
+        };
         let pipeline = Pipeline::new(PipelineParts {
             store: store.clone(),
             tokenizer: Arc::new(ModelTokens(tokenizer.clone())),
@@ -156,6 +162,7 @@ impl Service {
             dim: info.dim,
             open: tokio::sync::Mutex::new(HashMap::new()),
             dying: std::sync::Mutex::new(HashMap::new()),
+            cache_sealer,
         })
     }
 

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::persist::{
     HnswRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, broken_path, io_err, move_aside,
-    read_file, read_manifest, write_manifest,
+    read_file, read_manifest, remove_dir_if_any, write_manifest,
 };
 use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
 use crate::chunks::{Chunk, decode_chunks};
@@ -39,7 +39,7 @@ pub(super) fn open(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     if sealer.is_some() {
         // A cache moved aside before sealing was turned on may hold plaintext.
-        remove_broken(dir)?;
+        remove_dir_if_any(&broken_path(dir))?;
     }
     let lock = acquire_lock(dir)?;
     let held = lock.try_clone().map_err(io_err(dir))?;
@@ -69,16 +69,6 @@ pub(super) fn open(
     }
 }
 
-/// Removes `{dir}.broken` if there is one.
-fn remove_broken(dir: &Path) -> Result<()> {
-    let aside = broken_path(dir);
-    match fs::remove_dir_all(&aside) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(&aside)(e)),
-    }
-}
-
 /// The BM25 index: in `{dir}/tantivy`, or in memory for a sealed cache (any directory left
 /// from before sealing is removed).
 fn new_lexical(dir: &Path, analyzer: Analyzer, sealed: bool) -> Result<TantivyIndex> {
@@ -86,11 +76,7 @@ fn new_lexical(dir: &Path, analyzer: Analyzer, sealed: bool) -> Result<TantivyIn
     if !sealed {
         return TantivyIndex::create(&path, analyzer);
     }
-    match fs::remove_dir_all(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&path)(e)),
-    }
+    remove_dir_if_any(&path)?;
     TantivyIndex::in_memory(&path, analyzer)
 }
 

@@ -280,16 +280,21 @@ fn write_durable(dir: &Path, sealer: Option<&CacheSealer>, name: &str, bytes: &[
 /// empties it instead. Returns where it went.
 pub(super) fn move_aside(dir: &Path) -> Result<PathBuf> {
     let aside = broken_path(dir);
-    match fs::remove_dir_all(&aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&aside)(e)),
-    }
+    remove_dir_if_any(&aside)?;
     if fs::rename(dir, &aside).is_ok() {
         return Ok(aside);
     }
     fs::remove_dir_all(dir).map_err(io_err(dir))?;
     Ok(dir.to_path_buf())
+}
+
+/// Removes `path` and everything under it; a missing directory is fine.
+pub(super) fn remove_dir_if_any(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
 }
 
 /// Where a broken directory is moved: `{dir}.broken`.

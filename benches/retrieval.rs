@@ -7,7 +7,8 @@
 //!   tantivy), and opening it when the HNSW dump is gone (graph rebuilt from the segments);
 //! - query latency end to end as a search sees it: embedding the question with the real
 //!   MiniLM embedder (query priority) + HNSW + BM25 + fusion + filter, p50/p99, for each mode,
-//!   unfiltered and with filters keeping 10% and 1% of the documents.
+//!   unfiltered and with filters keeping 10% and 1% of the documents; and for readers whose
+//!   groups (of 1,010 in the collection) let them read all, 10% and 1% of the documents.
 //!
 //!     scripts/fetch-models.sh && cargo bench --bench retrieval
 //!
@@ -20,8 +21,8 @@ use std::time::Instant;
 
 use hearth_engine::{Embedder, EngineConfig, Priority};
 use hearth_index::{
-    Analyzer, Chunk, CollectionIndex, Condition, DocId, Filter, IndexConfig, IndexParams,
-    IndexedDoc, MetaValue, Metadata, SearchMode, SearchRequest,
+    Access, Analyzer, Chunk, CollectionIndex, Condition, DocId, Filter, IndexConfig, IndexParams,
+    IndexedDoc, MetaValue, Metadata, Reader, SearchMode, SearchRequest,
 };
 use serde_json::json;
 
@@ -134,10 +135,38 @@ fn main() {
     .unwrap();
     let questions = questions();
     let passes = if common::quick() { 1 } else { 3 };
-    let filters: [(&str, Option<Filter>); 3] = [
-        ("none", None),
-        ("10% (team)", Some(eq("team", MetaValue::Text("t3".into())))),
-        ("1% (shard)", Some(eq("shard", MetaValue::Number(7.0)))),
+    // Access: document d is readable by group g{d} and by its department dept{d % 10}, so
+    // 1,010 groups in all. Each reader row keeps the share of documents of the filter row
+    // above it, so the two differ only in how the allowed set is decided.
+    let member = |groups: Vec<String>| Reader::member(Some("bench-user"), &groups);
+    let every_group: Vec<String> = (0..docs)
+        .map(|d| format!("g{d}"))
+        .chain((0..10).map(|d| format!("dept{d}")))
+        .collect();
+    let cases: Vec<(&str, Option<Filter>, Reader)> = vec![
+        ("none", None, Reader::Everything),
+        (
+            "10% (team)",
+            Some(eq("team", MetaValue::Text("t3".into()))),
+            Reader::Everything,
+        ),
+        (
+            "1% (shard)",
+            Some(eq("shard", MetaValue::Number(7.0))),
+            Reader::Everything,
+        ),
+        ("acl all", None, member(every_group)),
+        ("acl 10%", None, member(vec!["dept3".into()])),
+        (
+            "acl 1%",
+            None,
+            member(
+                (0..docs)
+                    .filter(|d| d % 100 == 7)
+                    .map(|d| format!("g{d}"))
+                    .collect(),
+            ),
+        ),
     ];
     let fusion = IndexConfig::default().fusion();
     let mut rows = Vec::new();
@@ -146,7 +175,7 @@ fn main() {
         "mode", "filter", "p50 ms", "p99 ms", "embed p50", "index p50", "hits"
     );
     for mode in [SearchMode::Dense, SearchMode::Bm25, SearchMode::Hybrid] {
-        for (fname, filter) in &filters {
+        for (fname, filter, reader) in &cases {
             let mut total = Vec::new();
             let mut embed_ms = Vec::new();
             let mut index_ms = Vec::new();
@@ -169,6 +198,7 @@ fn main() {
                             mode,
                             top_k: 10,
                             filter: filter.as_ref(),
+                            reader,
                             fusion,
                         })
                         .unwrap();
@@ -228,6 +258,7 @@ fn doc(d: usize, doc_id: DocId) -> IndexedDoc {
         source: format!("bench/doc-{d:05}.txt"),
         title: None,
         metadata,
+        access: Access::parse(&[format!("g{d}"), format!("dept{}", d % 10)]).unwrap(),
     }
 }
 

@@ -71,6 +71,12 @@ pub struct KeyRecord {
     pub role: Role,
     /// Collections the key may touch; `["*"]` for all.
     pub collections: Vec<String>,
+    /// The user the key acts for, matched by documents' `user:NAME` access entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Groups the key's user is in, matched by documents' `group:NAME` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// Requests per minute (None: the server's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_minute: Option<u32>,
@@ -104,6 +110,10 @@ pub struct NewKey {
     pub role: Role,
     /// Collections, or `*`.
     pub collections: Vec<String>,
+    /// The user it acts for.
+    pub user: Option<String>,
+    /// The user's groups.
+    pub groups: Vec<String>,
     /// Requests per minute.
     pub rate_per_minute: Option<u32>,
     /// Requests at once.
@@ -166,6 +176,27 @@ impl KeyStore {
                     .map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
             }
         }
+        let bad_name = |what: &str, n: &str, why: String| {
+            ServiceError::InvalidInput(format!(
+                "{what} {:?} is invalid: {why}",
+                n.chars().take(80).collect::<String>()
+            ))
+        };
+        if let Some(u) = &k.user {
+            hearth_index::check_name(u).map_err(|why| bad_name("user", u, why))?;
+        }
+        if k.groups.len() > hearth_index::MAX_ACCESS_ENTRIES {
+            return Err(ServiceError::InvalidInput(format!(
+                "a key has at most {} groups",
+                hearth_index::MAX_ACCESS_ENTRIES
+            )));
+        }
+        for g in &k.groups {
+            hearth_index::check_name(g).map_err(|why| bad_name("group", g, why))?;
+        }
+        let mut groups = k.groups;
+        groups.sort_unstable();
+        groups.dedup();
         if k.rate_per_minute == Some(0) || k.concurrency == Some(0) {
             return Err(ServiceError::InvalidInput(
                 "rate and concurrency limits must be at least 1".into(),
@@ -178,6 +209,8 @@ impl KeyStore {
             name: name.to_owned(),
             role: k.role,
             collections: k.collections,
+            user: k.user,
+            groups,
             rate_per_minute: k.rate_per_minute,
             concurrency: k.concurrency,
             sha256: sha256_hex(&token),
@@ -287,12 +320,30 @@ mod tests {
                 name: "ci".into(),
                 role: Role::Writer,
                 collections: vec!["docs".into()],
+                user: Some("ci@example.com".into()),
+                groups: vec!["legal".into(), "build".into(), "legal".into()],
                 rate_per_minute: None,
                 concurrency: Some(2),
             })
             .await
             .unwrap();
         assert!(token.starts_with(&format!("hth_{}_", rec.id)));
+        assert_eq!(rec.groups, ["build", "legal"]);
+        for (user, groups) in [(Some("a b"), vec![]), (None, vec!["x,y".to_owned()])] {
+            let e = keys
+                .create(NewKey {
+                    name: "bad".into(),
+                    role: Role::Reader,
+                    collections: vec!["*".into()],
+                    user: user.map(str::to_owned),
+                    groups,
+                    rate_per_minute: None,
+                    concurrency: None,
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ServiceError::InvalidInput(_)), "{e}");
+        }
         // The secret is not in the store.
         let secret = token.rsplit('_').next().unwrap();
         for k in store.list("keys/").await.unwrap() {

@@ -42,8 +42,8 @@ pub use store::Store;
 // The domain types of requests and records, owned by the crates below.
 pub use hearth_engine::{ChatMessage, SamplingParams};
 pub use hearth_index::{
-    CollectionName, Condition, DocId, Filter, MAX_TOP_K, MetaValue, Metadata, Redaction,
-    RedactionPattern, SearchMode,
+    Access, CollectionName, Condition, DocId, Filter, MAX_TOP_K, MetaValue, Metadata, Reader,
+    Redaction, RedactionPattern, SearchMode,
 };
 pub use hearth_ingest::{
     DocRecord, DocState, ExtractorCommand, REDACTION_KINDS, Submission, Submitted,

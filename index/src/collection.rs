@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::blob::BlobStore;
 use crate::error::{IndexError, Result};
 use crate::format::{FORMAT_VERSION, OLDEST_SUPPORTED_FORMAT};
@@ -30,6 +31,11 @@ pub struct CollectionSettings {
     /// means the node's default (`ingest.ocr_languages`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ocr_languages: Vec<String>,
+    /// Who may read a document uploaded without an access list of its own. Unlike the rest,
+    /// it may change ([`CollectionSettings::set_default_access`]); documents keep the list they
+    /// were given.
+    #[serde(default, skip_serializing_if = "Access::is_everyone")]
+    pub default_access: Access,
 }
 
 /// What a collection redacts: built-in PII kinds and named patterns.
@@ -85,6 +91,23 @@ impl CollectionSettings {
                 Ok(stored)
             }
         }
+    }
+
+    /// Changes the default access of an existing collection; returns the settings it now has,
+    /// or `None` when there is no such collection.
+    pub async fn set_default_access(
+        store: &BlobStore,
+        name: &CollectionName,
+        access: Access,
+    ) -> Result<Option<CollectionSettings>> {
+        let Some(mut s) = Self::read(store, name).await? else {
+            return Ok(None);
+        };
+        s.default_access = access;
+        // invariant: a plain struct of integers and strings always serialises.
+        let json = serde_json::to_vec_pretty(&s).expect("settings serialise");
+        store.put(&keys::collection(name), json.into()).await?;
+        Ok(Some(s))
     }
 
     /// The stored settings of a collection, or `None` if it does not exist.
@@ -170,6 +193,13 @@ impl CollectionSettings {
             ));
         }
         if diffs.is_empty() {
+            if !wanted.default_access.is_everyone() && self.default_access != wanted.default_access
+            {
+                return Err(IndexError::Conflict(format!(
+                    "collection {name} exists with default access {} (asked: {}); an admin changes it with PATCH /v1/collections/{name}",
+                    self.default_access, wanted.default_access
+                )));
+            }
             Ok(())
         } else {
             Err(IndexError::Conflict(format!(

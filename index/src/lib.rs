@@ -17,7 +17,8 @@
 //!   index, and answers dense, BM25 and hybrid searches ([`SearchRequest`], [`SearchMode`],
 //!   fused by [`Fusion`]: reciprocal rank fusion by default). Metadata [`Filter`]s and deletions
 //!   are applied *inside* both retrievers, so a selective filter still fills `top_k`; small
-//!   allowed sets are scanned exactly ([`FlatIndex`], also the recall oracle in tests).
+//!   allowed sets are scanned exactly ([`FlatIndex`], also the recall oracle in tests). Each
+//!   document's [`Access`] list is checked against the search's [`Reader`] in the same place.
 //!   Its directory is a cache with a crash-safe commit protocol (manifest written last, tantivy
 //!   commit payload = manifest generation); a damaged part is rebuilt, an unreadable manifest
 //!   makes the index start empty so the layer above can refill it from the object store.
@@ -33,6 +34,7 @@
 //! `hearth-ingest`) and anything HTTP. This crate depends on no other workspace crate.
 #![warn(missing_docs)]
 
+mod access;
 mod blob;
 mod chunks;
 mod collection;
@@ -54,6 +56,7 @@ mod vector;
 #[cfg(feature = "testing")]
 pub mod fixtures;
 
+pub use access::{Access, MAX_ACCESS_ENTRIES, Reader, check_name};
 pub use blob::BlobStore;
 pub use chunks::{Chunk, decode_chunks, encode_chunks};
 pub use collection::{CollectionSettings, Redaction, RedactionPattern};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hearth_index::{
-    BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, IndexError, Redaction,
-    encode_chunks, keys,
+    Access, BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, IndexError,
+    Redaction, encode_chunks, keys,
 };
 
 use crate::chunk::{ChunkParams, TokenCounter, chunk};
@@ -52,6 +52,8 @@ pub struct Submission {
     pub bytes: Bytes,
     /// User metadata.
     pub metadata: Metadata,
+    /// Who may read the document; `None`: the collection's default access.
+    pub access: Option<Access>,
 }
 
 /// The outcome of a submission.
@@ -95,6 +97,7 @@ impl Pipeline {
                 .map_err(|_| IngestError::InvalidInput("embedding dim too large".into()))?,
             redaction: Redaction::default(),
             ocr_languages: Vec::new(),
+            default_access: Access::everyone(),
         };
         Ok(Self {
             registry: Registry::new(parts.store.clone()),
@@ -119,7 +122,8 @@ impl Pipeline {
 
     /// Creates the collection, or checks that its stored settings match this pipeline's.
     pub async fn open_collection(&self, c: &CollectionName) -> Result<()> {
-        self.create_collection(c, &Redaction::default(), &[]).await
+        self.create_collection(c, &Redaction::default(), &[], &Access::everyone())
+            .await
     }
 
     /// Creates the collection with these redaction rules and OCR languages, or checks that it
@@ -130,6 +134,7 @@ impl Pipeline {
         c: &CollectionName,
         redaction: &Redaction,
         ocr_languages: &[String],
+        default_access: &Access,
     ) -> Result<()> {
         Redactor::new(redaction)?;
         if !ocr_languages.is_empty() {
@@ -138,6 +143,7 @@ impl Pipeline {
         let wanted = CollectionSettings {
             redaction: redaction.clone(),
             ocr_languages: ocr_languages.to_vec(),
+            default_access: default_access.clone(),
             ..self.settings.clone()
         };
         wanted.open_or_create(&self.store, c).await?;
@@ -251,8 +257,13 @@ impl Pipeline {
         let size = sub.bytes.len() as u64;
         // Raw bytes first: a record never points at bytes that are not there.
         self.store.put(&keys::raw(c, &doc_id), sub.bytes).await?;
+        let access = match sub.access {
+            Some(a) => a,
+            None => settings.map(|s| s.default_access).unwrap_or_default(),
+        };
         let mut rec =
             DocRecord::new_queued(doc_id, c.clone(), sub.source, kind, size, sub.metadata);
+        rec.access = access;
         self.registry.put(&mut rec).await?;
         Ok(Submitted::Accepted(doc_id))
     }
@@ -367,6 +378,8 @@ impl Pipeline {
                 source: format!("{}/{}", parent.source, a.name),
                 bytes: Bytes::from(a.data),
                 metadata,
+                // An attachment is read by those who may read its message.
+                access: Some(parent.access.clone()),
             };
             match self.submit(c, sub).await {
                 Ok(Submitted::Accepted(id)) => ids.push(id),

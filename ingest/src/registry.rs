@@ -12,7 +12,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
-use hearth_index::{BlobStore, CollectionName, DocId, FORMAT_VERSION, IndexError, keys};
+use hearth_index::{Access, BlobStore, CollectionName, DocId, FORMAT_VERSION, IndexError, keys};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IngestError, Result};
@@ -140,6 +140,10 @@ pub struct DocRecord {
     /// User metadata.
     #[serde(default)]
     pub metadata: Metadata,
+    /// Who may read the document (absent in records written before access lists:
+    /// everyone who may read the collection).
+    #[serde(default, skip_serializing_if = "Access::is_everyone")]
+    pub access: Access,
     /// Pipeline state.
     pub state: DocState,
     /// Why the document failed, when it did.
@@ -209,6 +213,7 @@ impl DocRecord {
             kind,
             size,
             metadata,
+            access: Access::everyone(),
             state: DocState::Queued,
             reason: None,
             title: None,

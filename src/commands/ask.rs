@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use hearth_api::{
-    Answer, AnswerEvent, AnswerMode, AskRequest, CollectionName, SamplingParams, SearchMode,
+    Answer, AnswerEvent, AnswerMode, AskRequest, CollectionName, Reader, SamplingParams, SearchMode,
 };
 use serde_json::Value;
 
@@ -83,6 +83,8 @@ pub async fn run(cfg: AppConfig, args: AskArgs) -> anyhow::Result<ExitCode> {
                         sampling: sampling(&args),
                         strict: args.strict.then_some(true),
                         answer: args.answer,
+                        // The node's operator reads every document.
+                        reader: Reader::Everything,
                         ..AskRequest::default()
                     },
                 )

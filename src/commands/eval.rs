@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use hearth_api::{
-    AnswerMode, CollectionName, EvalOptions, EvalReport, Mean, QuestionResult, SearchMode,
+    AnswerMode, CollectionName, EvalOptions, EvalReport, Mean, QuestionResult, Reader, SearchMode,
 };
 
 use crate::config::AppConfig;
@@ -69,6 +69,8 @@ pub async fn run(cfg: AppConfig, args: EvalArgs) -> anyhow::Result<ExitCode> {
         max_tokens: args.max_tokens,
         strict: args.strict.then_some(true),
         answer: args.answer,
+        // The node's operator reads every document.
+        reader: Reader::Everything,
         ..EvalOptions::default()
     };
     let report = service

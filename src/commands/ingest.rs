@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_api::{
-    Collection, CollectionName, DocId, DocState, MetaValue, Metadata, REDACTION_KINDS, Redaction,
-    RedactionPattern, Service, Submission, Submitted,
+    Access, Collection, CollectionName, DocId, DocState, MetaValue, Metadata, REDACTION_KINDS,
+    Redaction, RedactionPattern, Service, Submission, Submitted,
 };
 use serde::Serialize;
 
@@ -41,6 +41,14 @@ pub struct IngestArgs {
     /// a Debian package tesseract-ocr-LANG). Fixed at creation; default: `ingest.ocr_languages`.
     #[arg(long = "ocr-languages", value_name = "LANGS", value_delimiter = ',')]
     ocr_languages: Vec<String>,
+    /// Who may read the documents of this run: group names, user:NAME, comma-separated
+    /// (default: the collection's default access, everyone unless changed).
+    #[arg(long, value_name = "LIST")]
+    access: Option<String>,
+    /// Who may read documents uploaded without an access list, when this run creates the
+    /// collection (an existing collection must have the same).
+    #[arg(long, value_name = "LIST")]
+    default_access: Option<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -118,9 +126,19 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let metadata = parse_meta(&args.meta)?;
     hearth_api::validate_metadata(&metadata)?;
     let files = walk(&args.paths)?;
+    let access = args.access.as_deref().map(Access::parse_list).transpose()?;
+    let default_access = match args.default_access.as_deref() {
+        Some(l) => Access::parse_list(l)?,
+        None => Access::everyone(),
+    };
     let service = super::service(&cfg).await?;
     let col = service
-        .create(&collection, &redaction(&args)?, &args.ocr_languages)
+        .create(
+            &collection,
+            &redaction(&args)?,
+            &args.ocr_languages,
+            &default_access,
+        )
         .await?;
     let pending = service.pending(&col).await?;
 
@@ -132,7 +150,7 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let bar = super::progress_bar(jobs.len() as u64, "docs");
     let started = Instant::now();
     let mut outcomes = futures::stream::iter(jobs)
-        .map(|job| run_job(&service, &col, &metadata, job))
+        .map(|job| run_job(&service, &col, &metadata, access.as_ref(), job))
         .buffer_unordered(service.ingest_workers());
     let mut documents = Vec::new();
     let mut failed = 0;
@@ -182,12 +200,18 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run_job(s: &Service, col: &Arc<Collection>, meta: &Metadata, job: Job) -> Outcome {
+async fn run_job(
+    s: &Service,
+    col: &Arc<Collection>,
+    meta: &Metadata,
+    access: Option<&Access>,
+    job: Job,
+) -> Outcome {
     let (source, id, bytes) = match job {
         Job::Resume(id) => (format!("(resumed) {}", id.to_hex()), id, 0),
         Job::File(path) => {
             let source = path.display().to_string();
-            match submit_file(s, col, meta, &path).await {
+            match submit_file(s, col, meta, access, &path).await {
                 Ok((Submitted::Accepted(id), n)) => (source, id, n),
                 Ok((Submitted::Duplicate(rec), _)) => {
                     return Outcome {
@@ -259,6 +283,7 @@ async fn submit_file(
     s: &Service,
     col: &Collection,
     meta: &Metadata,
+    access: Option<&Access>,
     path: &Path,
 ) -> Result<(Submitted, u64), hearth_api::ServiceError> {
     let io = |e: std::io::Error| {
@@ -271,6 +296,7 @@ async fn submit_file(
         source: path.display().to_string(),
         bytes: Bytes::from(bytes),
         metadata: meta.clone(),
+        access: access.cloned(),
     };
     Ok((s.submit(col, sub).await?, size))
 }

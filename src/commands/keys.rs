@@ -23,6 +23,13 @@ pub enum KeysCommand {
         /// A collection the key may use; repeatable. * (the default) is every collection.
         #[arg(long = "collection", short = 'c', default_value = "*")]
         collections: Vec<String>,
+        /// The user the key acts for: documents listing `user:NAME` are readable with it.
+        #[arg(long)]
+        user: Option<String>,
+        /// Groups of the key's user, comma-separated: documents listing one of them (or `*`)
+        /// are readable with it. Admin keys read every document anyway.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
         /// Requests per minute (default: server.rate_per_minute).
         #[arg(long)]
         rate_per_minute: Option<u32>,
@@ -67,6 +74,8 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             name,
             role,
             collections,
+            user,
+            groups,
             rate_per_minute,
             concurrency,
             json,
@@ -77,6 +86,8 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                     name,
                     role,
                     collections,
+                    user,
+                    groups,
                     rate_per_minute,
                     concurrency,
                 })
@@ -87,8 +98,13 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("{token}");
+                let groups = if rec.groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(", groups {}", rec.groups.join(","))
+                };
                 eprintln!(
-                    "key {} ({}, {} on {}) created; the token above is shown only now",
+                    "key {} ({}, {} on {}{groups}) created; the token above is shown only now",
                     rec.id,
                     rec.name,
                     rec.role.as_str(),
@@ -104,11 +120,20 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 println!("no keys (create one with `hearth keys create --name NAME --role ROLE`)");
             } else {
                 for k in list {
+                    let mut who = k.groups.join(",");
+                    if let Some(u) = &k.user {
+                        who = if who.is_empty() {
+                            format!("user:{u}")
+                        } else {
+                            format!("user:{u},{who}")
+                        };
+                    }
                     println!(
-                        "{}  {:<7} {:<24} {}",
+                        "{}  {:<7} {:<24} {:<24} {}",
                         k.id,
                         k.role.as_str(),
                         k.collections.join(","),
+                        if who.is_empty() { "-" } else { &who },
                         k.name
                     );
                 }

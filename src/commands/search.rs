@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use hearth_api::{
-    CollectionName, Condition, DocId, Filter, MetaValue, SearchHit, SearchMode, SearchQuery,
+    CollectionName, Condition, DocId, Filter, MetaValue, Reader, SearchHit, SearchMode, SearchQuery,
 };
 
 use crate::config::AppConfig;
@@ -49,6 +49,8 @@ pub async fn run(cfg: AppConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
                 top_k: args.top_k,
                 filter,
                 fusion: None,
+                // The node's operator reads every document.
+                reader: Reader::Everything,
             },
         )
         .await

@@ -66,6 +66,7 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
                 source: path.display().to_string(),
                 bytes: bytes.into(),
                 metadata: Default::default(),
+                access: None,
             };
             match service.submit(&col, sub).await {
                 Ok(Submitted::Accepted(id)) => {

@@ -114,6 +114,7 @@ async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
                         top_k: 50,
                         filter: None,
                         fusion: None,
+                        reader: hearth_api::Reader::Everything,
                     },
                 )
                 .await

@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hearth_index::CollectionName;
+use hearth_index::{CollectionName, Reader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
@@ -53,6 +53,30 @@ impl Caller {
         b.copy_from_slice(&d[..8]);
         // Scope 0 is the CLI's and the library default's; keys never share it.
         u64::from_le_bytes(b) | 1
+    }
+
+    /// Who this caller reads documents as: an admin (open mode included) reads every
+    /// document of the collections it may touch; others read those whose access lists name
+    /// their user or one of their groups, or everyone.
+    pub fn reader(&self) -> Reader {
+        match &self.key {
+            Some(k) if k.role < Role::Admin => Reader::member(k.user.as_deref(), &k.groups),
+            _ => Reader::Everything,
+        }
+    }
+
+    /// The user and groups documents are matched against, for messages.
+    pub fn principals(&self) -> String {
+        let Some(k) = &self.key else {
+            return "every document".into();
+        };
+        let mut p: Vec<String> = k.user.iter().map(|u| format!("user:{u}")).collect();
+        p.extend(k.groups.iter().map(|g| format!("group:{g}")));
+        if p.is_empty() {
+            "no user or groups".into()
+        } else {
+            p.join(", ")
+        }
     }
 
     /// Requires at least `role`.

@@ -3,7 +3,7 @@
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
-use hearth_index::{Redaction, RedactionPattern};
+use hearth_index::{Access, Redaction, RedactionPattern};
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -22,6 +22,10 @@ pub(super) struct CreateBody {
     /// `fra`, ...; each installed on the node), fixed at creation. Absent: the node's default.
     #[serde(default)]
     ocr_languages: Vec<String>,
+    /// Who may read a document uploaded without an access list: group names, `user:NAME`,
+    /// or `["*"]` (the default: everyone who reads the collection). An admin may change it.
+    #[serde(default)]
+    default_access: Option<Vec<String>>,
 }
 
 /// What a collection redacts before its text is chunked, embedded or stored.
@@ -85,6 +89,8 @@ pub(super) struct CollectionOut {
     redaction: Option<RedactionBody>,
     /// The languages OCR reads its scans and images in.
     ocr_languages: Vec<String>,
+    /// The access list of documents uploaded without one.
+    default_access: Vec<String>,
 }
 
 impl CollectionOut {
@@ -99,6 +105,7 @@ impl CollectionOut {
             chunks: st.live_chunks,
             redaction,
             ocr_languages: s.service.ocr_languages(col).await?,
+            default_access: s.service.default_access(col).await?.into(),
         })
     }
 }
@@ -116,9 +123,13 @@ pub(super) async fn create(
     let c = caller.collection(&body.name, Role::Writer)?;
     let existed = s.service.exists(&c).await?;
     let redaction: Redaction = body.redaction.unwrap_or_default().into();
+    let default_access = match &body.default_access {
+        Some(a) => access(a)?,
+        None => Access::everyone(),
+    };
     let col = s
         .service
-        .create(&c, &redaction, &body.ocr_languages)
+        .create(&c, &redaction, &body.ocr_languages, &default_access)
         .await?;
     let out = CollectionOut::of(&s, &col).await?;
     let status = if existed {
@@ -127,6 +138,35 @@ pub(super) async fn create(
         StatusCode::CREATED
     };
     Ok(json(status, &out))
+}
+
+fn access(entries: &[String]) -> Result<Access, ApiError> {
+    Access::parse(entries).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchBody {
+    /// Who may read a document uploaded from now on without an access list of its own.
+    default_access: Vec<String>,
+}
+
+/// Changes a collection's default access (admin of the collection); documents keep theirs.
+#[utoipa::path(patch, path = "/v1/collections/{c}", tag = "collections", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
+    request_body = PatchBody,
+    responses((status = 200, description = "the collection", body = CollectionOut),
+        (status = 404, description = "no such collection", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
+pub(super) async fn patch(
+    s: State,
+    caller: Caller,
+    Path(c): Path<String>,
+    ApiJson(body): ApiJson<PatchBody>,
+) -> Result<Response, ApiError> {
+    let c = caller.collection(&c, Role::Admin)?;
+    let default_access = access(&body.default_access)?;
+    let col = s.service.open_existing(&c).await?;
+    s.service.set_default_access(&col, default_access).await?;
+    Ok(json(StatusCode::OK, &CollectionOut::of(&s, &col).await?))
 }
 
 /// Lists the collections this key may see.

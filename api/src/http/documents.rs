@@ -1,5 +1,8 @@
 //! `/v1/collections/{c}/documents`: upload (multipart or a raw body), list, status, download,
-//! delete.
+//! change of access, delete.
+//!
+//! Each document has an access list; a caller who may not read a document finds it nowhere:
+//! not in listings, and "not found" for its status, bytes, deletion and access change.
 //!
 //! An upload is stored and recorded before the response (202): from then on it survives a
 //! crash. Extraction, chunking, embedding and indexing run in the background; the status URL
@@ -10,13 +13,13 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hearth_index::{CollectionName, DocId};
+use hearth_index::{Access, CollectionName, DocId};
 use hearth_ingest::{DocRecord, DocState, Metadata, OcrSummary, Submission, Submitted};
 use serde::{Deserialize, Serialize};
 
 use super::State;
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody, json, multipart_error, parse_json};
+use super::error::{ApiError, ApiJson, ErrorBody, json, multipart_error, parse_json};
 use super::upload_body::{Held, read_limited, read_part};
 use crate::keys::Role;
 
@@ -31,6 +34,9 @@ pub(super) struct UploadQuery {
     source: Option<String>,
     /// User metadata as a JSON object (raw uploads; multipart has a `metadata` field).
     metadata: Option<String>,
+    /// Who may read the document, comma-separated: group names, `user:NAME`, or `*` for
+    /// everyone who reads the collection (default: the collection's `default_access`).
+    access: Option<String>,
 }
 
 /// A document as the API shows it.
@@ -72,6 +78,9 @@ pub(super) struct DocOut<'a> {
     original_discarded: bool,
     #[schema(value_type = Object)]
     metadata: &'a Metadata,
+    /// Who may read it: `group:NAME` and `user:NAME` entries, or `["*"]` (everyone who reads
+    /// the collection).
+    access: &'a [String],
     /// Documents found inside this one (an e-mail's attachments, a mailbox's messages): their
     /// ids; each has metadata `parent` naming this one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -104,6 +113,7 @@ fn doc_out(r: &DocRecord) -> DocOut<'_> {
         redactions: r.original_discarded.then_some(r.redactions),
         original_discarded: r.original_discarded,
         metadata: &r.metadata,
+        access: r.access.entries(),
         children: r.children.iter().map(DocId::to_hex).collect(),
         created_ms: r.created_ms,
         updated_ms: r.updated_ms,
@@ -118,6 +128,46 @@ fn kind_name(r: &DocRecord) -> &'static str {
 fn doc_id(raw: &str) -> Result<DocId, ApiError> {
     raw.parse::<DocId>()
         .map_err(|_| ApiError::invalid(format!("{raw:?} is not a document id (64 hex digits)")))
+}
+
+/// An access list as a form field or query parameter gives it: a JSON list of strings or a
+/// comma-separated list.
+fn access_list(raw: &str) -> Result<Access, ApiError> {
+    let raw = raw.trim();
+    let parsed = if raw.starts_with('[') {
+        let entries: Vec<String> = parse_json(raw.as_bytes())
+            .map_err(|e| ApiError::invalid(format!("access: {}", e.message)))?;
+        Access::parse(&entries)
+    } else {
+        Access::parse_list(raw)
+    };
+    parsed.map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// The access an upload gets (its own, else the collection's default), which a caller who is
+/// not an admin must be among: a writer cannot hide what it writes from itself, nor replace
+/// (same name, same access) documents it may not read.
+async fn upload_access(
+    s: &State,
+    caller: &Caller,
+    col: &crate::Collection,
+    asked: Option<Access>,
+) -> Result<Access, ApiError> {
+    let access = match asked {
+        Some(a) => a,
+        None => s.service.default_access(col).await?,
+    };
+    if !caller.reader().may_read(&access) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a document readable by {access} would not be readable with this key; give it an access list that names this key's user or one of its groups ({}), or ask an admin",
+                caller.principals()
+            ),
+        ));
+    }
+    Ok(access)
 }
 
 fn metadata(raw: &[u8]) -> Result<Metadata, ApiError> {
@@ -148,6 +198,9 @@ pub(super) struct UploadForm {
     metadata: Option<String>,
     /// A document name other than the file name.
     source: Option<String>,
+    /// Who may read it: a JSON list or comma-separated group names, `user:NAME`, or `*`
+    /// (default: the collection's `default_access`).
+    access: Option<String>,
 }
 
 /// Uploads a document (multipart, or a raw body with `?source=`); it is stored before the 202
@@ -226,9 +279,12 @@ pub(super) async fn upload(
             source,
             bytes,
             metadata: meta,
+            access: query.access.as_deref().map(access_list).transpose()?,
         };
         (sub, held)
     };
+    let mut sub = sub;
+    sub.access = Some(upload_access(&s, &caller, &col, sub.access.take()).await?);
     let submitted = s.service.submit(&col, sub).await?;
     match submitted {
         Submitted::Accepted(id) => {
@@ -252,6 +308,13 @@ pub(super) async fn upload(
             }
             Ok(resp)
         }
+        Submitted::Duplicate(rec) if !caller.reader().may_read(&rec.access) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate",
+            format!(
+                "these bytes are already in collection {c} as a document this key may not read; ask an admin to share it"
+            ),
+        )),
         Submitted::Duplicate(rec) => {
             let mut out = serde_json::to_value(doc_out(&rec))
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -275,6 +338,7 @@ async fn read_multipart(
     let mut file: Option<(Option<String>, Bytes, Held)> = None;
     let mut source = query.source;
     let mut meta = query.metadata.map(String::into_bytes);
+    let mut access = query.access;
     while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("file") => {
@@ -295,9 +359,14 @@ async fn read_multipart(
             Some("source") => {
                 source = Some(field.text().await.map_err(multipart_error)?);
             }
+            Some("access") => {
+                let (bytes, _) =
+                    read_limited(field, 64 << 10, None, &s.upload_memory, multipart_error).await?;
+                access = Some(String::from_utf8_lossy(&bytes).into_owned());
+            }
             other => {
                 return Err(ApiError::invalid(format!(
-                    "unexpected form field {:?}: expected file, metadata or source",
+                    "unexpected form field {:?}: expected file, metadata, source or access",
                     other.unwrap_or("")
                 )));
             }
@@ -316,6 +385,7 @@ async fn read_multipart(
         source: source_name(&source)?,
         bytes,
         metadata,
+        access: access.as_deref().map(access_list).transpose()?,
     };
     Ok((sub, held))
 }
@@ -357,8 +427,10 @@ pub(super) async fn list(
     let after = q.after.as_deref().map(doc_id).transpose()?;
     let col = s.service.open_existing(&c).await?;
     let records = s.service.documents(&col).await?;
+    let reader = caller.reader();
     let mut page: Vec<&DocRecord> = records
         .iter()
+        .filter(|r| reader.may_read(&r.access))
         .filter(|r| after.is_none_or(|a| r.doc_id > a))
         .filter(|r| status.is_none_or(|st| r.state == st))
         .take(limit + 1)
@@ -383,14 +455,24 @@ fn parse_state(raw: &str) -> Result<DocState, ApiError> {
     })
 }
 
-async fn record(s: &State, caller: &Caller, c: &str, id: &str) -> Result<DocRecord, ApiError> {
-    let c = caller.collection(c, Role::Reader)?;
+/// A document the caller may read; one it may not is "not found", as if it were not there.
+async fn record(
+    s: &State,
+    caller: &Caller,
+    c: &str,
+    id: &str,
+    role: Role,
+) -> Result<(std::sync::Arc<crate::Collection>, DocRecord), ApiError> {
+    let c = caller.collection(c, role)?;
     let id = doc_id(id)?;
     let col = s.service.open_existing(&c).await?;
-    s.service
+    let rec = s
+        .service
         .document(&col, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("document {id} does not exist in {c}")))
+        .filter(|r| caller.reader().may_read(&r.access))
+        .ok_or_else(|| ApiError::not_found(format!("document {id} does not exist in {c}")))?;
+    Ok((col, rec))
 }
 
 /// A document's status (with the reason when it failed) and details.
@@ -403,7 +485,7 @@ pub(super) async fn get(
     caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let rec = record(&s, &caller, &c, &id).await?;
+    let (_, rec) = record(&s, &caller, &c, &id, Role::Reader).await?;
     Ok(json(StatusCode::OK, &doc_out(&rec)))
 }
 
@@ -417,7 +499,7 @@ pub(super) async fn raw(
     caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let rec = record(&s, &caller, &c, &id).await?;
+    let (_, rec) = record(&s, &caller, &c, &id, Role::Reader).await?;
     if rec.original_discarded {
         return Err(ApiError::new(
             StatusCode::GONE,
@@ -470,14 +552,48 @@ pub(super) async fn delete(
     caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let c = caller.collection(&c, Role::Writer)?;
-    let id = doc_id(&id)?;
-    let col = s.service.open_existing(&c).await?;
-    if s.service.delete_document(&col, &id).await? {
+    // A writer deletes only what it may read.
+    let (col, rec) = record(&s, &caller, &c, &id, Role::Writer).await?;
+    if s.service.delete_document(&col, &rec.doc_id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!(
-            "document {id} does not exist in {c}"
+            "document {} does not exist in {}",
+            rec.doc_id, rec.collection
         )))
     }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchBody {
+    /// Who may read the document (and the documents found inside it): group names,
+    /// `user:NAME`, or `["*"]` for everyone who reads the collection.
+    access: Vec<String>,
+}
+
+/// Changes who may read a document and the documents found inside it (admin of the
+/// collection). Searches see the change at once.
+#[utoipa::path(patch, path = "/v1/collections/{c}/documents/{id}", tag = "documents",
+    params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), ("id" = String, Path, description = "document id: SHA-256 of its bytes, 64 hex digits")),
+    request_body = PatchBody,
+    responses((status = 200, description = "the document", body = DocOut),
+        (status = 404, description = "no such document", body = ErrorBody),
+        (status = 409, description = "still being processed", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
+pub(super) async fn patch(
+    s: State,
+    caller: Caller,
+    Path((c, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<PatchBody>,
+) -> Result<Response, ApiError> {
+    let c = caller.collection(&c, Role::Admin)?;
+    let id = doc_id(&id)?;
+    let access = Access::parse(&body.access).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let col = s.service.open_existing(&c).await?;
+    let rec = s
+        .service
+        .set_document_access(&col, &id, access)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("document {id} does not exist in {c}")))?;
+    Ok(json(StatusCode::OK, &doc_out(&rec)))
 }

@@ -207,8 +207,12 @@ pub fn router(parts: ServerParts) -> Router {
         .layer(DefaultBodyLimit::max(upload_limit));
     let api = OpenApiRouter::new()
         .routes(routes!(collections::create, collections::list))
-        .routes(routes!(collections::get, collections::delete))
-        .routes(routes!(documents::get, documents::delete))
+        .routes(routes!(
+            collections::get,
+            collections::delete,
+            collections::patch
+        ))
+        .routes(routes!(documents::get, documents::delete, documents::patch))
         .routes(routes!(documents::raw))
         .routes(routes!(qa::search))
         .routes(routes!(qa::ask))

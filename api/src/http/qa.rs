@@ -177,6 +177,7 @@ pub(super) async fn search(
                 top_k: body.top_k,
                 filter,
                 fusion: None,
+                reader: caller.reader(),
             },
         )
         .await?;
@@ -255,6 +256,7 @@ pub(super) async fn ask(
                 strict: body.strict,
                 answer: body.answer,
                 cache_scope: caller.cache_scope(),
+                reader: caller.reader(),
             },
         )
         .await?
@@ -379,6 +381,7 @@ pub(super) async fn eval(
         strict: params.strict,
         answer: params.answer,
         cache_scope: caller.cache_scope(),
+        reader: caller.reader(),
     };
     if !params.stream {
         let report = s.service.eval(&col, &questions, &opts, |_| {}).await?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hearth_engine::{ChatMessage, Generator, Priority, Prompt, SamplingParams};
-use hearth_index::{Filter, Hit, SearchMode};
+use hearth_index::{Filter, Hit, Reader, SearchMode};
 use serde::Deserialize;
 
 use super::answer::{AnswerMode, AnswerStream, Source};
@@ -142,6 +142,9 @@ pub struct AskRequest {
     /// Whose cached prompt prefixes the answer may share: requests of different scopes never
     /// share (the HTTP API gives each key its own; see `Generator::submit_scoped`).
     pub cache_scope: u64,
+    /// Who is asking: the answer uses only passages of documents this reader may read (the
+    /// default reads only documents open to everyone).
+    pub reader: Reader,
 }
 
 impl Service {
@@ -218,6 +221,7 @@ impl Service {
                     top_k,
                     filter: req.filter.clone(),
                     fusion: None,
+                    reader: req.reader.clone(),
                 },
             )
             .await?;

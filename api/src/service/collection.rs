@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{StreamExt, TryStreamExt};
 use hearth_index::{
-    Chunk, CollectionIndex, CollectionName, CollectionSettings, DocId, IndexError, IndexStats,
-    IndexedDoc, Redaction, keys,
+    Access, Chunk, CollectionIndex, CollectionName, CollectionSettings, DocId, IndexError,
+    IndexStats, IndexedDoc, Redaction, keys,
 };
 use hearth_ingest::{DocRecord, DocState, MetaValue};
 
@@ -33,8 +33,10 @@ pub struct Collection {
     /// Records added to the index since the last commit, to be marked `indexed` by it.
     pending: Mutex<Vec<DocRecord>>,
     /// Live documents by external name (source), oldest first: a newer upload of the same name
-    /// replaces the older ones at the next commit.
-    sources: Mutex<HashMap<String, Vec<(u64, DocId)>>>,
+    /// and access replaces the older ones at the next commit.
+    /// Keyed by name and access list: a document replaces only older ones of the same name
+    /// that the same people may read (a writer cannot replace what it may not read).
+    sources: Mutex<HashMap<(String, Access), Vec<(u64, DocId)>>>,
     /// Documents deleted while this handle was open: work still under way on one of them
     /// (ingestion, a commit) erases what it wrote again, so a delete is never undone.
     erased: Mutex<HashSet<DocId>>,
@@ -44,6 +46,9 @@ pub struct Collection {
     /// processed after its mailbox while the queue, resumed after a crash, holds it too) is
     /// processed by the first caller only.
     working: Mutex<HashSet<DocId>>,
+    /// Held while a document's access list changes, so two changes apply in one order to
+    /// both the record and the index.
+    pub(super) access_change: tokio::sync::Mutex<()>,
 }
 
 /// A claim on processing one document; released when dropped.
@@ -79,7 +84,9 @@ impl Collection {
 
     pub(super) fn note_source(&self, rec: &DocRecord) {
         let mut sources = lock(&self.sources);
-        let docs = sources.entry(rec.source.clone()).or_default();
+        let docs = sources
+            .entry((rec.source.clone(), rec.access.clone()))
+            .or_default();
         if !docs.iter().any(|(_, d)| *d == rec.doc_id) {
             docs.push((rec.created_ms, rec.doc_id));
             docs.sort_unstable();
@@ -97,6 +104,12 @@ impl Collection {
         lock(&self.pending).push(rec);
     }
 
+    /// Whether the document is being processed, or waits for a commit to be marked indexed:
+    /// its record is about to be written by that work.
+    pub(super) fn is_busy(&self, doc: &DocId) -> bool {
+        lock(&self.working).contains(doc) || lock(&self.pending).iter().any(|r| r.doc_id == *doc)
+    }
+
     /// Whether the document (or the whole collection) was deleted through this handle.
     pub(super) fn is_erased(&self, doc: &DocId) -> bool {
         self.is_deleted() || lock(&self.erased).contains(doc)
@@ -111,7 +124,7 @@ impl Collection {
     /// index directory under this lock, so a change that comes after it writes nothing there
     /// (a commit racing the removal once left a segment of deleted text, and "Directory not
     /// empty").
-    fn index_mut(&self) -> Option<std::sync::RwLockWriteGuard<'_, CollectionIndex>> {
+    pub(super) fn index_mut(&self) -> Option<std::sync::RwLockWriteGuard<'_, CollectionIndex>> {
         let index = write(&self.index);
         (!self.is_deleted()).then_some(index)
     }
@@ -121,7 +134,7 @@ impl Collection {
         lock(&self.erased).remove(doc);
     }
 
-    fn forget(&self, doc: &DocId) {
+    pub(super) fn forget(&self, doc: &DocId) {
         let mut sources = lock(&self.sources);
         sources.retain(|_, docs| {
             docs.retain(|(_, d)| d != doc);
@@ -173,7 +186,8 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 impl Service {
-    /// Creates a collection with PII redaction rules and OCR languages (or opens it when it
+    /// Creates a collection with PII redaction rules, OCR languages and the access its
+    /// documents get when uploaded without their own (or opens it when it
     /// exists with the same settings; a conflict otherwise; empty ones accept what it has),
     /// like [`Service::open`].
     pub async fn create(
@@ -181,13 +195,14 @@ impl Service {
         c: &CollectionName,
         redaction: &Redaction,
         ocr_languages: &[String],
+        default_access: &Access,
     ) -> Result<Arc<Collection>> {
         self.wait_for_dying(c).await;
         if self.is_dying(c) {
             return Err(still_dying(c));
         }
         self.pipeline
-            .create_collection(c, redaction, ocr_languages)
+            .create_collection(c, redaction, ocr_languages, default_access)
             .await?;
         self.open(c).await
     }
@@ -224,6 +239,7 @@ impl Service {
             erased: Mutex::new(HashSet::new()),
             deleted: AtomicBool::new(false),
             working: Mutex::new(HashSet::new()),
+            access_change: tokio::sync::Mutex::new(()),
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {
@@ -281,12 +297,24 @@ impl Service {
             self.add_to_index(col, &rec, chunks).await?;
             col.push_pending(rec);
         }
-        if !stale.is_empty() {
+        // Access changed in the store whose index change did not reach a commit (a crash
+        // between the two): the record is the truth.
+        let regranted: Vec<(DocId, Access)> = {
+            let index = read(&col.index);
+            live.values()
+                .filter(|r| index.access(&r.doc_id).is_some_and(|a| *a != r.access))
+                .map(|r| (r.doc_id, r.access.clone()))
+                .collect()
+        };
+        if !stale.is_empty() || !regranted.is_empty() {
             let col2 = col.clone();
             blocking(move || {
                 if let Some(mut index) = col2.index_mut() {
                     for d in &stale {
                         index.delete(d)?;
+                    }
+                    for (d, a) in regranted {
+                        index.set_access(&d, a);
                     }
                 }
                 Ok(())
@@ -327,6 +355,7 @@ impl Service {
             source: rec.source.clone(),
             title: rec.title.clone(),
             metadata: rec.metadata.clone(),
+            access: rec.access.clone(),
         };
         col.note_source(rec);
         let col2 = col.clone();
@@ -418,7 +447,7 @@ impl Service {
 
     /// The documents inside `doc`, and inside those, that name it (or one of them) as their
     /// `parent`: an attachment two messages share belongs to the first and goes with it only.
-    async fn descendants(&self, col: &Collection, doc: &DocId) -> Result<Vec<DocId>> {
+    pub(super) async fn descendants(&self, col: &Collection, doc: &DocId) -> Result<Vec<DocId>> {
         let mut found: Vec<DocId> = Vec::new();
         let mut todo = vec![*doc];
         while let Some(d) = todo.pop() {

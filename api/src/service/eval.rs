@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hearth_engine::{ChatMessage, SamplingParams};
-use hearth_index::SearchMode;
+use hearth_index::{Reader, SearchMode};
 use serde::{Deserialize, Serialize};
 
 use super::answer::{Answer, AnswerMode, SearchHit};
@@ -198,6 +198,8 @@ pub struct EvalOptions {
     pub answer: Option<AnswerMode>,
     /// Whose cached prompt prefixes the answers may share (see [`AskRequest::cache_scope`]).
     pub cache_scope: u64,
+    /// Who the questions are asked as (the default reads only documents open to everyone).
+    pub reader: Reader,
 }
 
 impl Default for EvalOptions {
@@ -210,6 +212,7 @@ impl Default for EvalOptions {
             strict: None,
             answer: None,
             cache_scope: 0,
+            reader: Reader::default(),
         }
     }
 }
@@ -458,6 +461,7 @@ impl Service {
                         top_k: RETRIEVAL_DEPTH,
                         filter: None,
                         fusion: None,
+                        reader: opts.reader.clone(),
                     },
                 )
                 .await;
@@ -486,6 +490,7 @@ impl Service {
                     strict: opts.strict,
                     answer: opts.answer,
                     cache_scope: opts.cache_scope,
+                    reader: opts.reader.clone(),
                     ..AskRequest::default()
                 },
             )

@@ -12,6 +12,7 @@
 //! re-embedding), documents the index has and the store no longer has are removed. Wiping the
 //! local cache therefore only costs a rebuild.
 
+mod access;
 mod adapters;
 mod answer;
 mod ask;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hearth_engine::Priority;
-use hearth_index::{Filter, Fusion, Hit, MAX_TOP_K, SearchMode, SearchRequest};
+use hearth_index::{Filter, Fusion, Hit, MAX_TOP_K, Reader, SearchMode, SearchRequest};
 use serde::{Deserialize, Serialize};
 
 use super::answer::SearchHit;
@@ -30,6 +30,8 @@ pub struct SearchQuery {
     pub filter: Option<Filter>,
     /// How hybrid mode combines the two rankings; `None` uses the configured default.
     pub fusion: Option<Fusion>,
+    /// Who is searching: only documents this reader may read are searched.
+    pub reader: Reader,
 }
 
 /// Hits and where the time went, as every surface shows them.
@@ -112,6 +114,7 @@ impl Service {
                 mode: q.mode,
                 top_k: q.top_k,
                 filter: q.filter.as_ref(),
+                reader: &q.reader,
                 fusion,
             })
         })

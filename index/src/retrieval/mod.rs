@@ -24,6 +24,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::access::{Access, Reader};
 use crate::chunks::Chunk;
 use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
@@ -106,6 +107,8 @@ pub struct IndexedDoc {
     pub title: Option<String>,
     /// User metadata, used by filters and returned with hits.
     pub metadata: Metadata,
+    /// Who may read it.
+    pub access: Access,
 }
 
 /// One search.
@@ -121,6 +124,8 @@ pub struct SearchRequest<'a> {
     pub top_k: usize,
     /// Only chunks of documents passing this filter are returned.
     pub filter: Option<&'a Filter>,
+    /// Who the search runs for: only chunks of documents this reader may read are returned.
+    pub reader: &'a Reader,
     /// How hybrid mode fuses the two rankings.
     pub fusion: Fusion,
 }
@@ -180,6 +185,7 @@ pub(crate) struct DocEntry {
     pub(crate) source: String,
     pub(crate) title: Option<String>,
     pub(crate) metadata: Metadata,
+    pub(crate) access: Access,
     pub(crate) pids: Range<u32>,
 }
 
@@ -336,6 +342,7 @@ impl CollectionIndex {
                 source: doc.source,
                 title: doc.title,
                 metadata: doc.metadata,
+                access: doc.access,
                 pids: start..end,
             },
         );
@@ -370,6 +377,25 @@ impl CollectionIndex {
         }
         self.lexical.delete(entry.pids)?;
         Ok(true)
+    }
+
+    /// Who may read a live document (uncommitted additions included).
+    pub fn access(&self, doc: &DocId) -> Option<&Access> {
+        self.docs.get(doc).map(|d| &d.access)
+    }
+
+    /// Changes who may read a live document: searches see the change at once, a fresh
+    /// process after the next commit. Returns whether the document was present.
+    pub fn set_access(&mut self, doc: &DocId, access: Access) -> bool {
+        match self.docs.get_mut(doc) {
+            Some(d) if d.access != access => {
+                d.access = access;
+                self.dirty = true;
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// The current search tuning.

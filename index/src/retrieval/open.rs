@@ -314,6 +314,7 @@ fn read_documents(
             source: d.source.clone(),
             title: d.title.clone(),
             metadata: d.metadata.clone(),
+            access: d.access.clone(),
             pids: r,
         };
         if docs.insert(d.doc_id, entry).is_some() {

@@ -14,7 +14,7 @@
 //! `manifest.json` holds: `format_version`; the format-affecting `params` (dim, hnsw_m,
 //! ef_construction, analyzer); `generation`; `next_pid`; the `segments` (file, first pid,
 //! count; together they cover pids `0..next_pid` in order); the live `documents` (id, source,
-//! title, metadata, pid range); the `tombstones` (pid ranges of deleted chunks); and `hnsw`,
+//! title, metadata, access list, pid range); the `tombstones` (pid ranges of deleted chunks); and `hnsw`,
 //! the current dump (basename, point count, SHA-256 of its files, and `covers_pids`: the
 //! dump holds every live pid below it).
 //!
@@ -54,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::CollectionIndex;
+use crate::access::Access;
 use crate::chunks::{Chunk, encode_chunks};
 use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
@@ -104,6 +105,9 @@ pub(super) struct DocRecord {
     pub source: String,
     pub title: Option<String>,
     pub metadata: Metadata,
+    /// Absent in manifests written before access lists (everyone's).
+    #[serde(default, skip_serializing_if = "Access::is_everyone")]
+    pub access: Access,
     pub pids: Range<u32>,
 }
 
@@ -142,6 +146,7 @@ impl CollectionIndex {
                 source: d.source.clone(),
                 title: d.title.clone(),
                 metadata: d.metadata.clone(),
+                access: d.access.clone(),
                 pids: d.pids.clone(),
             })
             .collect();

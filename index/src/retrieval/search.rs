@@ -1,7 +1,7 @@
 //! Searching a collection index: the allowed-pid set, the dense planner, fusion and hits.
 //!
 //! Every search first computes the *allowed* pids: committed, not tombstoned, and in a
-//! document passing the filter. Both retrievers only ever collect allowed pids.
+//! document its reader may read and passing the filter. Both retrievers only ever collect allowed pids.
 //!
 //! Dense planner: when the allowed set is small (at most `exact_max_points`, default 20 000,
 //! or at most `exact_max_fraction`, default 10 %, of the graph) it is scanned exactly, which
@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use super::{CollectionIndex, Hit, MAX_TOP_K, SearchRequest};
+use crate::access::Reader;
 use crate::error::{IndexError, Result};
 use crate::filter::Filter;
 use crate::hybrid::{Fused, SearchMode, fuse, hybrid_candidates};
@@ -65,7 +66,7 @@ impl CollectionIndex {
             return Ok(Vec::new());
         }
 
-        let allowed = self.allowed(req.filter);
+        let allowed = self.allowed(req.filter, req.reader);
         let k = match req.mode {
             SearchMode::Hybrid => hybrid_candidates(req.top_k),
             SearchMode::Dense | SearchMode::Bm25 => req.top_k,
@@ -98,12 +99,15 @@ impl CollectionIndex {
             .collect())
     }
 
-    /// Committed pids of live documents passing the filter.
-    fn allowed(&self, filter: Option<&Filter>) -> Allowed {
+    /// Committed pids of live documents the reader may read and passing the filter.
+    fn allowed(&self, filter: Option<&Filter>, reader: &Reader) -> Allowed {
         let limit = self.committed_pids;
         let mut set = PidSet::new(limit);
         for (id, doc) in &self.docs {
-            if doc.pids.end <= limit && filter.is_none_or(|f| f.matches(id, &doc.metadata)) {
+            if doc.pids.end <= limit
+                && reader.may_read(&doc.access)
+                && filter.is_none_or(|f| f.matches(id, &doc.metadata))
+            {
                 set.insert_range(doc.pids.clone());
             }
         }

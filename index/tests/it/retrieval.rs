@@ -3,14 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use hearth_index::{
-    Analyzer, Chunk, ChunkId, CollectionIndex, Condition, DocId, Filter, FlatIndex, Fusion, Hit,
-    HnswIndex, HnswParams, IndexError, IndexParams, IndexedDoc, MetaValue, SearchMode,
+    Access, Analyzer, Chunk, ChunkId, CollectionIndex, Condition, DocId, Filter, FlatIndex, Fusion,
+    Hit, HnswIndex, HnswParams, IndexError, IndexParams, IndexedDoc, MetaValue, Reader, SearchMode,
     SearchParams, SearchRequest, VectorIndex,
 };
 
 const DIM: usize = 32;
+
+/// The reader of most tests: reads every document.
+static EVERYTHING: LazyLock<Reader> = LazyLock::new(|| Reader::Everything);
 
 /// xorshift64*: a tiny seeded generator, enough for test data.
 struct Rng(u64);
@@ -86,6 +90,7 @@ fn make_doc(
         source: format!("doc{i}.txt"),
         title: Some(format!("Document {i}")),
         metadata,
+        access: Access::everyone(),
     };
     let chunks = (0..n)
         .map(|j| Chunk {
@@ -147,6 +152,7 @@ fn request<'a>(
         mode,
         top_k,
         filter,
+        reader: &EVERYTHING,
         // Classic RRF, spelled out: these tests were written against it (it was once
         // `Fusion::default()`, which is now weighted fusion).
         fusion: Fusion::Rrf {
@@ -427,6 +433,112 @@ fn selective_filters_still_fill_top_k_with_the_exact_answer() {
                 .all(|h| h.metadata["group"] == MetaValue::Text("g7".into()))
         );
     }
+}
+
+#[test]
+fn access_lists_decide_what_each_reader_finds_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, all) = build(dir.path(), 1000, 13);
+    let legal = Access::parse(&["legal"]).unwrap();
+    let alice = Access::parse(&["user:alice"]).unwrap();
+    for i in 0..1000 {
+        match i % 10 {
+            3 => assert!(index.set_access(&doc_id(i), legal.clone())),
+            4 => assert!(index.set_access(&doc_id(i), alice.clone())),
+            _ => {}
+        }
+    }
+    let lawyer = Reader::member(Some("bob"), &["legal".to_owned()]);
+    let outsider = Reader::member(Some("eve"), &[]);
+    // What each reader may read, by document number.
+    let may = |r: &Reader, i: usize| match i % 10 {
+        3 => r.may_read(&legal),
+        4 => r.may_read(&alice),
+        _ => true,
+    };
+    let check = |index: &CollectionIndex, r: &Reader, forced: bool| {
+        let kept: Vec<&Chunk> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| may(r, *i))
+            .flat_map(|(_, (_, c))| c)
+            .collect();
+        let matrix: Vec<f32> = kept
+            .iter()
+            .flat_map(|c| c.embedding.clone().unwrap())
+            .collect();
+        let oracle = FlatIndex::build(&matrix, DIM).unwrap();
+        let mut rng = Rng::new(7);
+        for _ in 0..5 {
+            let q = rng.unit(DIM);
+            let hits = index
+                .search(&SearchRequest {
+                    reader: r,
+                    ..request(SearchMode::Dense, "", Some(&q), 10, None)
+                })
+                .unwrap();
+            let expected: Vec<ChunkId> = oracle
+                .search(&q, 200)
+                .unwrap()
+                .iter()
+                .map(|(i, _)| kept[*i as usize].id())
+                .collect();
+            let got = ids(&hits);
+            assert_eq!(got.len(), 10, "forced hnsw: {forced}");
+            // HNSW may miss a neighbour; it never returns one the reader may not read.
+            if forced {
+                assert!(got.iter().all(|id| expected.contains(id)));
+            } else {
+                assert_eq!(got, expected[..10], "exact scan");
+            }
+        }
+        let text = "topic3 topic4 topic13 topic14 topic23 topic24 topic5";
+        for mode in [SearchMode::Bm25, SearchMode::Hybrid] {
+            let q = Rng::new(5).unit(DIM);
+            let hits = index
+                .search(&SearchRequest {
+                    reader: r,
+                    ..request(mode, text, Some(&q), 50, None)
+                })
+                .unwrap();
+            assert!(!hits.is_empty());
+            for h in &hits {
+                let i: usize = h.source[3..h.source.len() - 4].parse().unwrap();
+                assert!(may(r, i), "{mode:?}: {} reached {:?}", h.source, r);
+            }
+        }
+    };
+    for forced in [false, true] {
+        if forced {
+            force_hnsw(&mut index);
+        }
+        for r in [&lawyer, &outsider, &Reader::Everything] {
+            check(&index, r, forced);
+        }
+    }
+    // Access lists are committed with the index and read back.
+    index.commit().unwrap();
+    drop(index);
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert_eq!(index.access(&doc_id(13)), Some(&legal));
+    assert_eq!(index.access(&doc_id(15)), Some(&Access::everyone()));
+    check(&index, &lawyer, false);
+    check(&index, &outsider, false);
+    // A change is seen by the next search.
+    let bm25 = |index: &CollectionIndex, r: &Reader| {
+        index
+            .search(&SearchRequest {
+                reader: r,
+                ..request(SearchMode::Bm25, "topic14", None, 5, None)
+            })
+            .unwrap()
+            .len()
+    };
+    assert_eq!(bm25(&index, &lawyer), 0);
+    assert!(index.set_access(&doc_id(14), legal.clone()));
+    assert_eq!(bm25(&index, &lawyer), 3);
+    assert_eq!(bm25(&index, &outsider), 0);
+    assert!(!index.set_access(&doc_id(5000), legal));
 }
 
 #[test]

@@ -99,6 +99,7 @@ async fn contract(store: BlobStore) {
     let settings = CollectionSettings {
         redaction: Default::default(),
         ocr_languages: Vec::new(),
+        default_access: Default::default(),
         format_version: hearth_index::FORMAT_VERSION,
         chunk_tokens: 256,
         chunk_overlap: 32,

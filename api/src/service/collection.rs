@@ -26,6 +26,9 @@ fn still_dying(c: &CollectionName) -> ServiceError {
     )))
 }
 
+/// A document's name and access list: what a newer upload replaces by.
+type SourceKey = (String, Access);
+
 /// An open collection: its local index and what the service remembers about its documents.
 pub struct Collection {
     name: CollectionName,
@@ -36,7 +39,7 @@ pub struct Collection {
     /// and access replaces the older ones at the next commit.
     /// Keyed by name and access list: a document replaces only older ones of the same name
     /// that the same people may read (a writer cannot replace what it may not read).
-    sources: Mutex<HashMap<(String, Access), Vec<(u64, DocId)>>>,
+    sources: Mutex<HashMap<SourceKey, Vec<(u64, DocId)>>>,
     /// Documents deleted while this handle was open: work still under way on one of them
     /// (ingestion, a commit) erases what it wrote again, so a delete is never undone.
     erased: Mutex<HashSet<DocId>>,

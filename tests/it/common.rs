@@ -365,6 +365,7 @@ impl Server {
         let mut req = match method {
             "GET" => self.client.get(url),
             "DELETE" => self.client.delete(url),
+            "PATCH" => self.client.patch(url),
             _ => self.client.post(url),
         };
         if let Some(k) = key {

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `hearth` binary: real models, real child processes, real object
 //! stores (a local directory and a SeaweedFS S3 server).
 
+mod access;
 mod adapters;
 mod audit;
 mod auth;

@@ -1,5 +1,5 @@
 //! End-to-end retrieval at scale: a collection of 100,000 chunks (1,000 documents of 100
-//! chunks) with real-word text and synthetic 384-d vectors (the seeded Gaussian mixture of
+//! chunks by default) with real-word text and synthetic 384-d vectors (the seeded Gaussian mixture of
 //! `common`), indexed by hearth's `CollectionIndex`. Measures
 //! - building the index from stored vectors (what a rebuild from the object store costs, minus
 //!   reading the files) and committing it;
@@ -12,7 +12,8 @@
 //!
 //!     scripts/fetch-models.sh && cargo bench --bench retrieval
 //!
-//! `HEARTH_BENCH_CHUNKS=N` changes the size; `HEARTH_BENCH_QUICK=1` runs 10,000 chunks.
+//! `HEARTH_BENCH_CHUNKS=N` changes the size, `HEARTH_BENCH_CHUNKS_PER_DOC=N` the document size
+//! (100); `HEARTH_BENCH_QUICK=1` runs 10,000 chunks.
 //! Results go to `bench-retrieval.json` in the cargo target directory.
 
 mod common;
@@ -27,7 +28,6 @@ use hearth_index::{
 use serde_json::json;
 
 const DIM: usize = 384;
-const CHUNKS_PER_DOC: usize = 100;
 const WORDS_PER_CHUNK: usize = 120;
 
 fn main() {
@@ -42,7 +42,11 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(100_000)
     };
-    let docs = n.div_ceil(CHUNKS_PER_DOC);
+    let per_doc: usize = std::env::var("HEARTH_BENCH_CHUNKS_PER_DOC")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let docs = n.div_ceil(per_doc);
     let machine = common::machine();
     println!("retrieval bench: {n} chunks in {docs} documents, {DIM}-d");
 
@@ -64,8 +68,8 @@ fn main() {
         let mut index = CollectionIndex::open(dir.path(), params).unwrap();
         for d in 0..docs {
             let doc_id = DocId::of_bytes(format!("bench document {d}").as_bytes());
-            let lo = d * CHUNKS_PER_DOC;
-            let hi = (lo + CHUNKS_PER_DOC).min(n);
+            let lo = d * per_doc;
+            let hi = (lo + per_doc).min(n);
             let chunks: Vec<Chunk> = (lo..hi)
                 .map(|i| {
                     let text = sentence(&words, &mut rng, WORDS_PER_CHUNK);
@@ -135,11 +139,11 @@ fn main() {
     .unwrap();
     let questions = questions();
     let passes = if common::quick() { 1 } else { 3 };
-    // Access: document d is readable by group g{d} and by its department dept{d % 10}, so
-    // 1,010 groups in all. Each reader row keeps the share of documents of the filter row
+    // Access: document d is readable by group g{d % 1000} and by its department dept{d % 10},
+    // so 1,010 groups in all. Each reader row keeps the share of documents of the filter row
     // above it, so the two differ only in how the allowed set is decided.
     let member = |groups: Vec<String>| Reader::member(Some("bench-user"), &groups);
-    let every_group: Vec<String> = (0..docs)
+    let every_group: Vec<String> = (0..1000)
         .map(|d| format!("g{d}"))
         .chain((0..10).map(|d| format!("dept{d}")))
         .collect();
@@ -161,7 +165,7 @@ fn main() {
             "acl 1%",
             None,
             member(
-                (0..docs)
+                (0..1000)
                     .filter(|d| d % 100 == 7)
                     .map(|d| format!("g{d}"))
                     .collect(),
@@ -258,7 +262,7 @@ fn doc(d: usize, doc_id: DocId) -> IndexedDoc {
         source: format!("bench/doc-{d:05}.txt"),
         title: None,
         metadata,
-        access: Access::parse(&[format!("g{d}"), format!("dept{}", d % 10)]).unwrap(),
+        access: Access::parse(&[format!("g{}", d % 1000), format!("dept{}", d % 10)]).unwrap(),
     }
 }
 

@@ -5,7 +5,8 @@
 # playwright-core for the browser test (scripts/browser-deps.sh); Debian's strace and iproute2
 # for the network-namespace residency test; Debian's poppler-utils (pdftotext, hearth's second
 # PDF engine, and pdftoppm, which renders scanned pages) and tesseract-ocr with its English and
-# German data (OCR).
+# German data (OCR); panva's oidc-provider (npm) for the identity-provider test
+# (scripts/oidc-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
@@ -39,4 +40,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 scripts/browser-deps.sh
+scripts/oidc-deps.sh
 echo "test dependencies ready (weed: $VENV/bin/weed)" >&2

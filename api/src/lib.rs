@@ -23,6 +23,7 @@ pub mod audit;
 mod error;
 pub mod http;
 pub mod keys;
+pub mod oidc;
 pub mod residency;
 mod service;
 mod store;

@@ -23,11 +23,17 @@ pub struct ResidencyConfig {
     /// The jurisdiction this node and its data stay in (any label, e.g. `eu`, `de`, `ch-health`).
     /// When set, every object store must declare the same label or start-up is refused.
     pub jurisdiction: Option<String>,
+    /// Origins (`scheme://host:port`) the node may connect to besides its object store: the
+    /// identity provider whose signing keys `server.oidc` fetches. Nothing else is reached.
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
 }
 
 impl ResidencyConfig {
     /// Checks the label and the storage configuration against it.
     pub fn validate(&self, storage: &StorageConfig) -> Result<()> {
+        hearth_index::EgressClient::new(&self.egress_allow)
+            .map_err(|e| ServiceError::InvalidInput(format!("residency.egress_allow: {e}")))?;
         let Some(j) = &self.jurisdiction else {
             return Ok(());
         };
@@ -190,7 +196,25 @@ impl Residency {
             })
             .collect();
         Ok(Self {
-            egress_allowlist: parts.storage.egress_allowlist()?,
+            egress_allowlist: {
+                let mut all = parts.storage.egress_allowlist()?;
+                for o in &parts.config.egress_allow {
+                    // Shown as the allowlist normalises it.
+                    let url = url::Url::parse(o).map_err(|e| {
+                        ServiceError::InvalidInput(format!("residency.egress_allow {o:?}: {e}"))
+                    })?;
+                    let origin = format!(
+                        "{}://{}:{}",
+                        url.scheme(),
+                        url.host_str().unwrap_or_default(),
+                        url.port_or_known_default().unwrap_or_default()
+                    );
+                    if !all.contains(&origin) {
+                        all.push(origin);
+                    }
+                }
+                all
+            },
             jurisdiction,
             storage,
             models: parts.models,
@@ -296,6 +320,7 @@ mod tests {
     fn policy(j: &str) -> ResidencyConfig {
         ResidencyConfig {
             jurisdiction: Some(j.into()),
+            egress_allow: Vec::new(),
         }
     }
 

@@ -121,6 +121,76 @@ impl HttpService for Allowlisted {
     }
 }
 
+/// The one other outbound client: GET requests for small documents (an identity provider's
+/// discovery document and signing keys) to origins the operator listed explicitly, with the
+/// object store client's policy: no proxy, no redirects, the origin checked before a socket is
+/// opened. Bodies are capped at 1 MiB.
+#[derive(Clone, Debug)]
+pub struct EgressClient {
+    allowed: Arc<[Origin]>,
+    client: reqwest::Client,
+}
+
+/// Largest body an [`EgressClient`] reads.
+const MAX_FETCH_BYTES: usize = 1 << 20;
+
+impl EgressClient {
+    /// A client that may reach these origins (`scheme://host:port`, or URLs whose origin is
+    /// taken) and no other.
+    pub fn new<S: AsRef<str>>(allowed: &[S]) -> Result<Self> {
+        let allowed = allowed
+            .iter()
+            .map(|u| Origin::of_url(u.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| IndexError::InvalidInput(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Self {
+            allowed: allowed.into(),
+            client,
+        })
+    }
+
+    /// Whether a URL's origin is on the list.
+    pub fn allows(&self, url: &str) -> bool {
+        Origin::of_url(url).is_ok_and(|o| self.allowed.contains(&o))
+    }
+
+    /// GETs `url` (refused before any connection when its origin is not on the list); the
+    /// body of a 200 answer, at most 1 MiB.
+    pub async fn get(&self, url: &str) -> std::result::Result<Vec<u8>, String> {
+        let origin = Origin::of_url(url).map_err(|e| e.to_string())?;
+        if !self.allowed.contains(&origin) {
+            tracing::error!(target = %origin.0, "outbound connection refused by the allowlist");
+            return Err(format!(
+                "outbound connection to {} refused: not on the egress allowlist (residency policy)",
+                origin.0
+            ));
+        }
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", resp.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+            if body.len() + chunk.len() > MAX_FETCH_BYTES {
+                return Err(format!("GET {url}: the answer is larger than 1 MiB"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +302,24 @@ mod tests {
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             r => panic!("the refused origin saw a connection: {r:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_fetch_client_reaches_only_listed_origins() {
+        use std::io::ErrorKind;
+        let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        other.set_nonblocking(true).unwrap();
+        let client =
+            EgressClient::new(&[format!("http://{}", allowed.local_addr().unwrap())]).unwrap();
+        let url = format!("http://{}/jwks", other.local_addr().unwrap());
+        assert!(!client.allows(&url));
+        let err = client.get(&url).await.unwrap_err();
+        assert!(err.contains("refused"), "{err}");
+        match other.accept() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            r => panic!("the refused origin saw a connection: {r:?}"),
+        }
+        assert!(client.allows(&format!("http://{}/x", allowed.local_addr().unwrap())));
     }
 }

@@ -62,6 +62,7 @@ pub use chunks::{Chunk, decode_chunks, encode_chunks};
 pub use collection::{CollectionSettings, Redaction, RedactionPattern};
 pub use config::{FusionKind, IndexConfig, S3Config, StorageBackend, StorageConfig};
 pub use crypto::{CIPHER, CacheSealer, EncryptionConfig, Kek};
+pub use egress::EgressClient;
 pub use error::{IndexError, Result};
 pub use filter::{Condition, Filter};
 pub use format::{FORMAT_VERSION, OLDEST_SUPPORTED_FORMAT};

@@ -44,6 +44,16 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
     let service = Arc::new(super::service_with_generator(&cfg).await?);
     let store = service.storage();
     let residency = Arc::new(super::residency::residency(&cfg, &store, true)?);
+    let oidc = match &cfg.server.oidc {
+        Some(o) => {
+            o.validate(&cfg.residency.egress_allow)
+                .map_err(|e| crate::config::ConfigError(strip_kind(&e.to_string())))?;
+            Some(Arc::new(
+                hearth_api::oidc::OidcVerifier::new(o.clone(), &cfg.residency.egress_allow).await?,
+            ))
+        }
+        None => None,
+    };
     let adapters = service.restore_adapters().await?;
     if adapters > 0 {
         tracing::info!(adapters, "LoRA adapters registered from the object store");
@@ -96,6 +106,7 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         model_id,
         embedding_model_id,
         residency,
+        oidc,
     });
     println!("hearth is listening on http://{addr}");
     if !args.ingest.is_empty() {

@@ -10,12 +10,18 @@ use serde_json::{Value, json};
 
 use crate::common::{Backend, Node, Reply, Server, create_key};
 
-const CONTRACT: &str = "# Acme supply contract\n\nThe Acme supply contract ends on 31 March 2031. It renews for two more years unless either side gives ninety days notice. The penalty for late delivery is four percent of the order value.\n";
-const BUDGET: &str = "# Budget 2027\n\nThe Acme supply contract costs 480,000 euros a year. The travel budget for 2027 is 1.2 million euros.\n";
-const HANDBOOK: &str = "# Staff handbook\n\nStaff may work from home on Fridays. The legal team looks after the Acme supply contract.\n";
+pub(crate) const CONTRACT: &str = "# Acme supply contract\n\nThe Acme supply contract ends on 31 March 2031. It renews for two more years unless either side gives ninety days notice. The penalty for late delivery is four percent of the order value.\n";
+pub(crate) const BUDGET: &str = "# Budget 2027\n\nThe Acme supply contract costs 480,000 euros a year. The travel budget for 2027 is 1.2 million euros.\n";
+pub(crate) const HANDBOOK: &str = "# Staff handbook\n\nStaff may work from home on Fridays. The legal team looks after the Acme supply contract.\n";
 
 /// Uploads `text` as `source` with an optional access list (query parameter).
-async fn put(s: &Server, key: &str, source: &str, text: &str, access: Option<&str>) -> Reply {
+pub(crate) async fn put(
+    s: &Server,
+    key: &str,
+    source: &str,
+    text: &str,
+    access: Option<&str>,
+) -> Reply {
     let mut url = format!("{}/v1/collections/corp/documents?source={source}", s.url);
     if let Some(a) = access {
         url.push_str(&format!("&access={a}"));
@@ -31,7 +37,7 @@ async fn put(s: &Server, key: &str, source: &str, text: &str, access: Option<&st
 }
 
 /// Waits (bounded) until the document is indexed, as `key` (an admin).
-async fn indexed(s: &Server, key: &str, id: &str) {
+pub(crate) async fn indexed(s: &Server, key: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let r = s
@@ -60,7 +66,7 @@ fn sources(v: &Value, list: &str, field: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn set(names: &[&str]) -> BTreeSet<String> {
+pub(crate) fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
 
@@ -72,7 +78,7 @@ async fn ask(s: &Server, key: &str, body: Value) -> Value {
     r.json()
 }
 
-async fn search(s: &Server, key: &str, q: &str) -> BTreeSet<String> {
+pub(crate) async fn search(s: &Server, key: &str, q: &str) -> BTreeSet<String> {
     let r = s
         .call(
             Some(key),
@@ -85,7 +91,7 @@ async fn search(s: &Server, key: &str, q: &str) -> BTreeSet<String> {
     sources(&r.json(), "hits", "source")
 }
 
-async fn listing(s: &Server, key: &str) -> BTreeSet<String> {
+pub(crate) async fn listing(s: &Server, key: &str) -> BTreeSet<String> {
     let r = s
         .call(Some(key), "GET", "/v1/collections/corp/documents", None)
         .await;

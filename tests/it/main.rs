@@ -15,6 +15,7 @@ mod erasure;
 mod eval;
 mod ingest;
 mod mail;
+mod oidc;
 mod openai;
 mod quality;
 mod redaction;

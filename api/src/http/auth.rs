@@ -1,7 +1,8 @@
 //! Authentication, authorisation and per-key limits.
 //!
 //! Every `/v1/*` and `/metrics` request carries `Authorization: Bearer <key>` (401 without a
-//! valid one). The key's role and collections decide what it may do (403 otherwise); each key
+//! valid one): an API key (`hth_...`), or with `server.oidc` an access token from the
+//! identity provider, whose claims give the user, groups, role and collections (see `oidc`). The key's role and collections decide what it may do (403 otherwise); each key
 //! has a request rate and a concurrency limit (429 with Retry-After). In open mode (only on a
 //! loopback address, and only when asked for) every request acts as an admin, under the same
 //! limits.
@@ -256,10 +257,30 @@ pub(crate) async fn authenticate(
                 "missing API key: send Authorization: Bearer <key> (create keys with `hearth keys create`)",
             );
         };
-        match state.keys.verify(token).await {
-            Ok(Some(k)) => Caller { key: Some(k) },
-            Ok(None) => return unauthorized("invalid or revoked API key"),
-            Err(e) => return ApiError::from(e).into_response(),
+        match &state.oidc {
+            // Not an API key: a token from the identity provider.
+            Some(oidc) if !token.starts_with("hth_") => match oidc.verify(token).await {
+                Ok(id) => Caller {
+                    key: Some(KeyRecord {
+                        id: format!("oidc:{}", id.user),
+                        name: id.user.clone(),
+                        role: id.role,
+                        collections: id.collections,
+                        user: Some(id.user),
+                        groups: id.groups,
+                        rate_per_minute: None,
+                        concurrency: None,
+                        sha256: String::new(),
+                        created_ms: 0,
+                    }),
+                },
+                Err(why) => return unauthorized(&format!("identity token refused: {why}")),
+            },
+            _ => match state.keys.verify(token).await {
+                Ok(Some(k)) => Caller { key: Some(k) },
+                Ok(None) => return unauthorized("invalid or revoked API key"),
+                Err(e) => return ApiError::from(e).into_response(),
+            },
         }
     };
     let permit = match state.limits.admit(&caller) {

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     /// MiB that all uploads in flight may hold in memory at once (raised to one largest
     /// document if smaller); an upload that would pass it gets 503 with Retry-After.
     pub upload_memory_mib: u64,
+    /// Access tokens from an identity provider, beside API keys (`[server.oidc]`).
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +91,7 @@ impl Default for ServerConfig {
             concurrency_per_key: 32,
             audit_queries: false,
             upload_memory_mib: 1024,
+            oidc: None,
         }
     }
 }
@@ -151,6 +154,8 @@ pub(crate) struct AppState {
     pub embedding_model_id: String,
     /// The residency report's static part.
     pub residency: Arc<Residency>,
+    /// Verifies identity-provider tokens, when `server.oidc` is set.
+    pub oidc: Option<Arc<crate::oidc::OidcVerifier>>,
 }
 
 type State = axum::extract::State<Arc<AppState>>;
@@ -169,6 +174,8 @@ pub struct ServerParts {
     pub embedding_model_id: String,
     /// Jurisdiction, storage, models, encryption, build: for `/v1/residency`.
     pub residency: Arc<Residency>,
+    /// Verifies identity-provider tokens, when `server.oidc` is set.
+    pub oidc: Option<Arc<crate::oidc::OidcVerifier>>,
 }
 
 /// The whole API as a router.
@@ -200,6 +207,7 @@ pub fn router(parts: ServerParts) -> Router {
         model_id: parts.model_id,
         embedding_model_id: parts.embedding_model_id,
         residency: parts.residency,
+        oidc: parts.oidc,
     });
     let uploads = OpenApiRouter::new()
         .routes(routes!(documents::upload, documents::list))

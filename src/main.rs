@@ -52,6 +52,9 @@ enum Command {
     /// Manage API keys: create, list, revoke.
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
+    /// Manage tenants: their collections and quotas.
+    #[command(subcommand)]
+    Tenants(commands::tenants::TenantsCommand),
     /// Report jurisdiction, storage, egress, model digests, encryption and build.
     Residency(commands::residency::ResidencyArgs),
     /// Run the HTTP API (REST, OpenAI-compatible endpoints) with background ingestion.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
             Command::Eval(args) => commands::eval::run(cfg, args).await,
             Command::Audit(cmd) => commands::audit::run(cfg, cmd).await,
             Command::Keys(cmd) => commands::keys::run(cfg, cmd).await,
+            Command::Tenants(cmd) => commands::tenants::run(cfg, cmd).await,
             Command::Residency(args) => commands::residency::run(cfg, args).await,
             Command::Serve(args) => commands::serve::run(cfg, args).await,
             Command::Delete(args) => commands::manage::delete(cfg, args).await,
@@ -137,6 +141,10 @@ fn audited(cmd: &Command) -> Option<(&'static str, &'static str, Option<String>)
         Command::Keys(KeysCommand::Create { .. }) => ("admin", "keys create", None),
         Command::Keys(KeysCommand::List { .. }) => ("read", "keys list", None),
         Command::Keys(KeysCommand::Revoke { .. }) => ("admin", "keys revoke", None),
+        Command::Tenants(commands::tenants::TenantsCommand::List { .. }) => {
+            ("read", "tenants list", None)
+        }
+        Command::Tenants(_) => ("admin", "tenants", None),
         // Recorded by the server asked, by itself (rotate-kek), or reading no documents.
         Command::Ask(_)
         | Command::Keys(KeysCommand::RotateKek { .. })

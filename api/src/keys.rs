@@ -77,6 +77,9 @@ pub struct KeyRecord {
     /// Groups the key's user is in, matched by documents' `group:NAME` entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The tenant whose quotas the key's requests count against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Requests per minute (None: the server's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_minute: Option<u32>,
@@ -90,9 +93,11 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// Whether the key may touch collection `c`.
+    /// Whether the key may touch collection `c` (a name, a prefix such as `acme-*`, or `*`).
     pub fn allows(&self, c: &str) -> bool {
-        self.collections.iter().any(|x| x == "*" || x == c)
+        self.collections
+            .iter()
+            .any(|x| crate::tenants::matches_pattern(x, c))
     }
 
     /// Whether the key reaches every collection.
@@ -114,6 +119,8 @@ pub struct NewKey {
     pub user: Option<String>,
     /// The user's groups.
     pub groups: Vec<String>,
+    /// The tenant (which must exist).
+    pub tenant: Option<String>,
     /// Requests per minute.
     pub rate_per_minute: Option<u32>,
     /// Requests at once.
@@ -171,10 +178,7 @@ impl KeyStore {
             ));
         }
         for c in &k.collections {
-            if c != "*" {
-                hearth_index::CollectionName::new(c)
-                    .map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
-            }
+            crate::tenants::check_pattern(c)?;
         }
         let bad_name = |what: &str, n: &str, why: String| {
             ServiceError::InvalidInput(format!(
@@ -211,6 +215,7 @@ impl KeyStore {
             collections: k.collections,
             user: k.user,
             groups,
+            tenant: k.tenant,
             rate_per_minute: k.rate_per_minute,
             concurrency: k.concurrency,
             sha256: sha256_hex(&token),
@@ -322,6 +327,7 @@ mod tests {
                 collections: vec!["docs".into()],
                 user: Some("ci@example.com".into()),
                 groups: vec!["legal".into(), "build".into(), "legal".into()],
+                tenant: None,
                 rate_per_minute: None,
                 concurrency: Some(2),
             })
@@ -337,6 +343,7 @@ mod tests {
                     collections: vec!["*".into()],
                     user: user.map(str::to_owned),
                     groups,
+                    tenant: None,
                     rate_per_minute: None,
                     concurrency: None,
                 })

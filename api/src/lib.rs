@@ -27,6 +27,7 @@ pub mod oidc;
 pub mod residency;
 mod service;
 mod store;
+pub mod tenants;
 
 pub use error::{Result, ServiceError};
 pub use service::{

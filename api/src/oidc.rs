@@ -55,6 +55,10 @@ pub struct OidcConfig {
     /// The claim listing the collections, or `*` (default `hearth_collections`).
     #[serde(default = "default_collections_claim")]
     pub collections_claim: String,
+    /// The claim naming the tenant whose quotas the user's requests count against (default
+    /// `hearth_tenant`; absent: none).
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
     /// The role of a token without the role claim (default `reader`).
     #[serde(default = "default_role")]
     pub default_role: Role,
@@ -80,6 +84,9 @@ fn default_role_claim() -> String {
 }
 fn default_collections_claim() -> String {
     "hearth_collections".into()
+}
+fn default_tenant_claim() -> String {
+    "hearth_tenant".into()
 }
 fn default_role() -> Role {
     Role::Reader
@@ -150,6 +157,8 @@ pub struct Identity {
     pub role: Role,
     /// The collections, or `*`.
     pub collections: Vec<String>,
+    /// The tenant, when the token names one.
+    pub tenant: Option<String>,
 }
 
 /// Where the keys come from.
@@ -342,11 +351,22 @@ impl OidcVerifier {
         };
         let collections = strings(&claims[&c.collections_claim], &c.collections_claim)?
             .unwrap_or_else(|| c.default_collections.clone());
+        let tenant = match claims.get(&c.tenant_claim) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(other) => {
+                return Err(Refused(format!(
+                    "the token's {:?} claim is not a string: {other}",
+                    c.tenant_claim
+                )));
+            }
+        };
         Ok(Identity {
             user,
             groups,
             role,
             collections,
+            tenant,
         })
     }
 }
@@ -432,6 +452,7 @@ mod tests {
             groups_claim: default_groups_claim(),
             role_claim: default_role_claim(),
             collections_claim: default_collections_claim(),
+            tenant_claim: default_tenant_claim(),
             default_role: Role::Reader,
             default_collections: vec!["corp".into()],
             leeway_secs: 60,

@@ -60,6 +60,11 @@ impl Store {
         KeyStore::new(self.blob.clone())
     }
 
+    /// The tenants kept in this store.
+    pub fn tenants(&self) -> crate::tenants::TenantStore {
+        crate::tenants::TenantStore::new(self.blob.clone())
+    }
+
     /// The audit log kept in this store, with this node's audit folder (`{data_dir}/audit`:
     /// its witness and signing key) when the data directory is known.
     pub fn audit(&self) -> AuditLog {

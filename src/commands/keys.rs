@@ -30,6 +30,10 @@ pub enum KeysCommand {
         /// are readable with it. Admin keys read every document anyway.
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
+        /// The tenant whose quotas the key's requests count against (`hearth tenants set`);
+        /// without --collection the key gets the tenant's collections.
+        #[arg(long)]
+        tenant: Option<String>,
         /// Requests per minute (default: server.rate_per_minute).
         #[arg(long)]
         rate_per_minute: Option<u32>,
@@ -76,11 +80,30 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             collections,
             user,
             groups,
+            tenant,
             rate_per_minute,
             concurrency,
             json,
         } => {
             let role: Role = role.parse()?;
+            let mut collections = collections;
+            if let Some(name) = &tenant {
+                let store = super::open_store(&cfg).await?;
+                let Some(t) = store.tenants().get(name).await? else {
+                    anyhow::bail!("no tenant {name} (create it with `hearth tenants set`)");
+                };
+                if collections == ["*"] {
+                    collections = t.collections.clone();
+                } else if let Some(c) = collections
+                    .iter()
+                    .find(|c| !t.owns(c.trim_end_matches('*')))
+                {
+                    anyhow::bail!(
+                        "collection {c} is not tenant {name}'s (its collections: {})",
+                        t.collections.join(", ")
+                    );
+                }
+            }
             let (rec, token) = keys
                 .create(NewKey {
                     name,
@@ -88,6 +111,7 @@ pub async fn run(cfg: AppConfig, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                     collections,
                     user,
                     groups,
+                    tenant,
                     rate_per_minute,
                     concurrency,
                 })

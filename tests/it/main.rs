@@ -24,3 +24,4 @@ mod scans;
 mod search;
 mod serve;
 mod soak;
+mod tenants;

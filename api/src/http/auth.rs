@@ -27,14 +27,31 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::AppState;
 use super::error::ApiError;
 use crate::keys::{KeyRecord, Role};
+use crate::tenants::TenantRecord;
 
 /// Who is calling: a key, or the open mode's implicit admin.
 #[derive(Clone, Debug)]
 pub(crate) struct Caller {
     key: Option<KeyRecord>,
+    /// The tenant the key belongs to, as read at authentication.
+    tenant: Option<Arc<TenantRecord>>,
 }
 
 impl Caller {
+    /// The caller's tenant, when it has one.
+    pub fn tenant(&self) -> Option<&TenantRecord> {
+        self.tenant.as_deref()
+    }
+
+    /// Whether the caller administers the whole node: open mode, or an admin key for every
+    /// collection and of no tenant.
+    pub fn is_node_admin(&self) -> bool {
+        match &self.key {
+            None => true,
+            Some(k) => k.role == Role::Admin && k.all_collections() && k.tenant.is_none(),
+        }
+    }
+
     fn role(&self) -> Role {
         self.key.as_ref().map_or(Role::Admin, |k| k.role)
     }
@@ -98,12 +115,13 @@ impl Caller {
     /// model). An admin scoped to some collections administers those only.
     pub fn require_node_admin(&self) -> Result<(), ApiError> {
         self.require(Role::Admin)?;
-        match &self.key {
-            Some(k) if !k.all_collections() => Err(forbidden(
-                "this admin key is scoped to some collections; this needs an admin key for every collection (`hearth keys create --role admin`, collection *)"
+        if self.is_node_admin() {
+            Ok(())
+        } else {
+            Err(forbidden(
+                "this admin key is scoped to some collections or a tenant; this needs an admin key for every collection (`hearth keys create --role admin`, collection *, no tenant)"
                     .to_owned(),
-            )),
-            _ => Ok(()),
+            ))
         }
     }
 
@@ -156,6 +174,8 @@ pub(crate) struct Limits {
     default_rate: u32,
     default_concurrency: u32,
     keys: Mutex<HashMap<String, Limiter>>,
+    /// Each tenant's rate, shared by its keys.
+    tenants: Mutex<HashMap<String, (NonZeroU32, DefaultDirectRateLimiter)>>,
 }
 
 /// One key's limits. The rate is a GCRA limiter that allows `rate` requests in a burst and
@@ -182,6 +202,7 @@ impl Limits {
             default_rate,
             default_concurrency,
             keys: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
         }
     }
 
@@ -229,6 +250,34 @@ impl Limits {
             )
             .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
         }
+        drop(keys);
+        if let Some(t) = caller.tenant()
+            && let Some(rate) = t.rate_per_minute.and_then(NonZeroU32::new)
+        {
+            let mut tenants = self
+                .tenants
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (r, bucket) = tenants
+                .entry(t.name.clone())
+                .or_insert_with(|| (rate, RateLimiter::direct(Quota::per_minute(rate))));
+            if *r != rate {
+                *r = rate;
+                *bucket = RateLimiter::direct(Quota::per_minute(rate));
+            }
+            if let Err(not_until) = bucket.check() {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "tenant {} may make {rate} requests per minute, all its keys together",
+                        t.name
+                    ),
+                )
+                .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
+            }
+        }
         Ok(permit)
     }
 }
@@ -240,8 +289,8 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let caller = if state.config.open {
-        Caller { key: None }
+    let key = if state.config.open {
+        None
     } else {
         let token = req
             .headers()
@@ -260,29 +309,42 @@ pub(crate) async fn authenticate(
         match &state.oidc {
             // Not an API key: a token from the identity provider.
             Some(oidc) if !token.starts_with("hth_") => match oidc.verify(token).await {
-                Ok(id) => Caller {
-                    key: Some(KeyRecord {
-                        id: format!("oidc:{}", id.user),
-                        name: id.user.clone(),
-                        role: id.role,
-                        collections: id.collections,
-                        user: Some(id.user),
-                        groups: id.groups,
-                        rate_per_minute: None,
-                        concurrency: None,
-                        sha256: String::new(),
-                        created_ms: 0,
-                    }),
-                },
+                Ok(id) => Some(KeyRecord {
+                    id: format!("oidc:{}", id.user),
+                    name: id.user.clone(),
+                    role: id.role,
+                    collections: id.collections,
+                    user: Some(id.user),
+                    groups: id.groups,
+                    tenant: id.tenant,
+                    rate_per_minute: None,
+                    concurrency: None,
+                    sha256: String::new(),
+                    created_ms: 0,
+                }),
                 Err(why) => return unauthorized(&format!("identity token refused: {why}")),
             },
             _ => match state.keys.verify(token).await {
-                Ok(Some(k)) => Caller { key: Some(k) },
+                Ok(Some(k)) => Some(k),
                 Ok(None) => return unauthorized("invalid or revoked API key"),
                 Err(e) => return ApiError::from(e).into_response(),
             },
         }
     };
+    // The tenant is read as the request starts: a tenant deleted since the key was made
+    // leaves the key without one's quotas, so it is refused.
+    let tenant = match key.as_ref().and_then(|k| k.tenant.as_deref()) {
+        None => None,
+        Some(name) => match state.tenants.get(name).await {
+            Ok(Some(t)) => Some(Arc::new(t)),
+            Ok(None) => {
+                return forbidden(format!("this key's tenant {name} does not exist"))
+                    .into_response();
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    let caller = Caller { key, tenant };
     let permit = match state.limits.admit(&caller) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -339,7 +401,10 @@ mod tests {
     #[test]
     fn rate_and_concurrency_refusals_say_when_to_retry() {
         let limits = Limits::new(3, 1);
-        let open = Caller { key: None };
+        let open = Caller {
+            key: None,
+            tenant: None,
+        };
         // The slot is held: refused for concurrency, which costs no rate.
         let held = limits.admit(&open).unwrap();
         let e = limits.admit(&open).unwrap_err();

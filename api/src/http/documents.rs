@@ -285,6 +285,7 @@ pub(super) async fn upload(
     };
     let mut sub = sub;
     sub.access = Some(upload_access(&s, &caller, &col, sub.access.take()).await?);
+    super::tenants::check_storage(&s, &c, sub.bytes.len() as u64).await?;
     let submitted = s.service.submit(&col, sub).await?;
     match submitted {
         Submitted::Accepted(id) => {

@@ -61,6 +61,17 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+/// A tenant's usage as `/metrics` shows it: name, documents, stored bytes, tokens today.
+pub(super) type TenantUsage = (String, u64, u64, u64);
+
+/// One figure of a tenant's usage.
+type TenantFigure = fn(&TenantUsage) -> u64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DocumentLabels {
     collection: String,
     status: &'static str,
@@ -134,7 +145,13 @@ impl Metrics {
     }
 
     /// The whole exposition in the Prometheus text format 0.0.4.
-    fn render(&self, engine: Option<&Engine>, backlog: usize, docs: &DocCounts) -> String {
+    fn render(
+        &self,
+        engine: Option<&Engine>,
+        backlog: usize,
+        docs: &DocCounts,
+        tenants: &[TenantUsage],
+    ) -> String {
         let mut r = Registry::default();
         // The registry adds the full stop to each help text, and `_total` to counter names.
         r.register(
@@ -207,6 +224,36 @@ impl Metrics {
             "Documents by collection and status",
             documents,
         );
+        if !tenants.is_empty() {
+            let families: [(&str, &str, TenantFigure); 3] = [
+                (
+                    "hearth_tenant_documents",
+                    "Documents in a tenant's collections",
+                    |t| t.1,
+                ),
+                (
+                    "hearth_tenant_stored_bytes",
+                    "Bytes of the originals in a tenant's collections",
+                    |t| t.2,
+                ),
+                (
+                    "hearth_tenant_generated_tokens_today",
+                    "Tokens generated for a tenant today (UTC) on this node",
+                    |t| t.3,
+                ),
+            ];
+            for (name, help, value) in families {
+                let family = Family::<TenantLabels, Gauge<u64, AtomicU64>>::default();
+                for t in tenants {
+                    family
+                        .get_or_create(&TenantLabels {
+                            tenant: t.0.clone(),
+                        })
+                        .set(value(t));
+                }
+                r.register(name, help, family);
+            }
+        }
         let mut out = String::with_capacity(8192);
         // invariant: writing to a String does not fail.
         prometheus_text::encode(&mut out, &r).expect("metrics encode into a String");
@@ -249,9 +296,11 @@ pub(super) async fn metrics(s: State, caller: Caller) -> Result<Response, ApiErr
             preemptions: st.preemptions,
         }
     });
+    // Tenants' usage: every tenant for the node's admin, its own for a tenant's admin.
+    let tenants = super::tenants::visible_usage(&s, &caller).await?;
     let out = s
         .metrics
-        .render(engine.as_ref(), s.service.ingest_backlog(), &docs);
+        .render(engine.as_ref(), s.service.ingest_backlog(), &docs, &tenants);
     let mut resp = out.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -414,7 +463,7 @@ hearth_documents{collection="docs",status="indexed"} 3
         ]
         .into_iter()
         .collect();
-        let out = m.render(Some(&engine), 0, &docs);
+        let out = m.render(Some(&engine), 0, &docs, &[]);
         // Families come out in the same order; the series within one in no particular order.
         let families = |text: &str| -> Vec<String> {
             text.lines()
@@ -434,7 +483,7 @@ hearth_documents{collection="docs",status="indexed"} 3
         };
         assert_eq!(sorted(&out), sorted(BEFORE), "{out}");
         // Without a generator its gauges are left out, as before.
-        let out = m.render(None, 7, &DocCounts::new());
+        let out = m.render(None, 7, &DocCounts::new(), &[]);
         assert!(!out.contains("hearth_kv_blocks_used"), "{out}");
         assert!(out.contains("\nhearth_ingest_backlog 7\n"), "{out}");
     }
@@ -443,7 +492,11 @@ hearth_documents{collection="docs",status="indexed"} 3
     fn label_values_are_escaped() {
         let m = Metrics::default();
         m.request("a\"b\\c\nd".into(), "GET".into(), 404, 0.001);
-        let out = m.render(None, 0, &DocCounts::new());
+        let out = m.render(None, 0, &DocCounts::new(), &[("acme".into(), 3, 4096, 17)]);
+        assert!(
+            out.contains("hearth_tenant_stored_bytes{tenant=\"acme\"} 4096"),
+            "{out}"
+        );
         assert!(
             out.contains(
                 r#"hearth_http_requests_total{route="a\"b\\c\nd",method="GET",status="404"} 1"#

@@ -19,6 +19,7 @@ mod openai;
 mod origin;
 mod qa;
 mod residency;
+mod tenants;
 mod upload_body;
 
 use std::net::SocketAddr;
@@ -138,6 +139,8 @@ impl ServerConfig {
 pub(crate) struct AppState {
     pub service: Arc<Service>,
     pub keys: KeyStore,
+    pub tenants: crate::tenants::TenantStore,
+    pub tokens: crate::tenants::TokenUsage,
     pub metrics: metrics::Metrics,
     pub audit: AuditLog,
     /// Keyless requests refused lately, written to the audit log as a count.
@@ -187,6 +190,8 @@ pub fn router(parts: ServerParts) -> Router {
     let timeout = Duration::from_secs(parts.config.request_timeout_secs);
     let state = Arc::new(AppState {
         keys: parts.service.storage().keys(),
+        tenants: parts.service.storage().tenants(),
+        tokens: crate::tenants::TokenUsage::default(),
         metrics: metrics::Metrics::default(),
         audit: parts.service.storage().audit(),
         refused: audit::RefusedTally::default(),
@@ -231,6 +236,7 @@ pub fn router(parts: ServerParts) -> Router {
         .routes(routes!(adapters::list))
         .routes(routes!(metrics::metrics))
         .routes(routes!(residency::residency))
+        .routes(routes!(tenants::list))
         .layer(DefaultBodyLimit::max(json_limit));
     let protected = api
         .merge(uploads)

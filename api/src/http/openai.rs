@@ -224,6 +224,8 @@ pub(super) async fn chat_completions(
         return Err(ApiError::invalid("messages must not be empty"));
     }
     let params = body.sampling()?;
+    super::tenants::check_tokens(&s, &caller)?;
+    let tenant = caller.tenant().map(|t| t.name.clone());
     let include_usage = body
         .stream_options
         .as_ref()
@@ -260,6 +262,7 @@ pub(super) async fn chat_completions(
             move |(mut g, first, ended)| {
                 let chunk = chunk.clone();
                 let state = state.clone();
+                let tenant = tenant.clone();
                 async move {
                     if let Some(f) = first {
                         return Some((vec![data(&f)], (g, None, false)));
@@ -273,7 +276,7 @@ pub(super) async fn chat_completions(
                             (g, None, false),
                         )),
                         Some(GenerationEvent::Done(c)) => {
-                            state.metrics.generation("chat", &c);
+                            super::tenants::generated(&state, "chat", tenant.as_deref(), &c);
                             let mut out = vec![data(&chunk(
                                 serde_json::json!({}),
                                 Some(crate::AnswerEnd::from(c.finish_reason).as_str()),
@@ -305,7 +308,7 @@ pub(super) async fn chat_completions(
         match ev {
             GenerationEvent::Text(t) => text.push_str(&t),
             GenerationEvent::Done(c) => {
-                s.metrics.generation("chat", &c);
+                super::tenants::generated(&s, "chat", tenant.as_deref(), &c);
                 return Ok(json(
                     StatusCode::OK,
                     &serde_json::json!({

@@ -238,8 +238,13 @@ pub(super) async fn ask(
 ) -> Result<Response, ApiError> {
     let c = caller.collection(&c, Role::Reader)?;
     let filter = body.filter.into_filter()?;
+    let for_model = body.sampling.is_some() || body.adapter.is_some();
+    if s.service.ask_config().answer_mode(body.answer, for_model)? == AnswerMode::Generate {
+        super::tenants::check_tokens(&s, &caller)?;
+    }
     let col = s.service.open_existing(&c).await?;
     let state = s.0.clone();
+    let tenant = caller.tenant().map(|t| t.name.clone());
     let answer = s
         .service
         .ask(
@@ -260,7 +265,7 @@ pub(super) async fn ask(
             },
         )
         .await?
-        .on_completion(move |c| state.metrics.generation("ask", c));
+        .on_completion(move |c| super::tenants::generated(&state, "ask", tenant.as_deref(), c));
     if body.stream {
         return Ok(Sse::new(ask_events(answer))
             .keep_alive(KeepAlive::default())

@@ -148,6 +148,11 @@ pub struct AskRequest {
 }
 
 impl Service {
+    /// The grounded-answer settings.
+    pub fn ask_config(&self) -> &AskConfig {
+        &self.ask
+    }
+
     /// The generator, or an error saying that this process did not load one.
     pub(crate) fn generator(&self) -> Result<&Generator> {
         self.generator.as_ref().ok_or_else(|| {

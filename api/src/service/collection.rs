@@ -445,6 +445,7 @@ impl Service {
         }
         let col2 = col.clone();
         blocking(move || col2.index_mut().map_or(Ok(()), |mut i| i.commit())).await?;
+        self.recount_usage(&col.name);
         Ok(existed)
     }
 
@@ -573,6 +574,7 @@ impl Service {
                 .insert(c.clone(), Arc::downgrade(col));
         }
         self.remove_stored(c).await?;
+        self.recount_usage(c);
         let dir = self.data_dir.join("index").join(c.as_str());
         tokio::task::spawn_blocking(move || {
             // Under the index lock: a commit under way finishes first, and those after it see

@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hearth_engine::Priority;
-use hearth_index::{Chunk, DocId, encode_chunks, keys};
+use hearth_index::{Chunk, CollectionName, DocId, encode_chunks, keys};
 use hearth_ingest::{DocRecord, DocState, Submission, Submitted};
 use unicode_normalization::UnicodeNormalization;
 
 use super::collection::read;
 use super::{Collection, Service};
+
+/// How long stored-usage counts are trusted before the records are counted again.
+const USAGE_RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::error::{Result, ServiceError};
 
 /// Most texts sent to the embedder in one request; a long document is embedded in several.
@@ -37,6 +40,7 @@ impl Service {
         if col.is_deleted() {
             return Err(gone());
         }
+        let size = doc.bytes.len() as u64;
         let submitted = self.pipeline.submit(col.name(), doc).await;
         if col.is_deleted() {
             self.remove_stored(col.name()).await?;
@@ -45,8 +49,50 @@ impl Service {
         let submitted = submitted?;
         if let Submitted::Accepted(id) = &submitted {
             col.revive(id);
+            self.count_upload(col.name(), size);
         }
         Ok(submitted)
+    }
+
+    /// Documents and bytes of originals stored in collection `c` (every state counted).
+    pub async fn stored_usage(&self, c: &CollectionName) -> Result<(u64, u64)> {
+        if let Some(&(docs, bytes, at)) = self.usage_lock().get(c)
+            && at.elapsed() < USAGE_RECOUNT
+        {
+            return Ok((docs, bytes));
+        }
+        let records = self.registry.list(c).await?;
+        let (docs, bytes) = (
+            records.len() as u64,
+            records.iter().map(|r| r.size).sum::<u64>(),
+        );
+        self.usage_lock()
+            .insert(c.clone(), (docs, bytes, std::time::Instant::now()));
+        Ok((docs, bytes))
+    }
+
+    fn usage_lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<CollectionName, (u64, u64, std::time::Instant)>,
+    > {
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn count_upload(&self, c: &CollectionName, bytes: u64) {
+        if let Some(u) = self.usage_lock().get_mut(c) {
+            u.0 += 1;
+            u.1 += bytes;
+        }
+    }
+
+    /// Counts collection `c` again when next asked (after documents came out of others, or
+    /// went).
+    pub(super) fn recount_usage(&self, c: &CollectionName) {
+        self.usage_lock().remove(c);
     }
 
     /// Refuses a document of `bytes` bytes when it is over `ingest.max_document_bytes`, before

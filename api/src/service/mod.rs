@@ -101,6 +101,11 @@ pub struct Service {
     dying: std::sync::Mutex<HashMap<CollectionName, std::sync::Weak<Collection>>>,
     /// Seals the local index caches (`index.encrypt_cache`); `None` when they are plaintext.
     cache_sealer: Option<hearth_index::CacheSealer>,
+    /// Documents and original bytes stored per collection, for tenants' quotas: counted from
+    /// the records when first asked and at most a minute later again (attachments and
+    /// replacements change it beside uploads), kept up to date by uploads, counted again after
+    /// deletes.
+    usage: std::sync::Mutex<HashMap<CollectionName, (u64, u64, std::time::Instant)>>,
 }
 
 struct ModelTokens(Arc<Tokenizer>);
@@ -151,6 +156,7 @@ impl Service {
             generator,
             embed_tokenizer: tokenizer,
             ask: parts.ask,
+            usage: std::sync::Mutex::new(HashMap::new()),
             backlog: worker::Backlog::new(parts.backlog_limit),
             adapter_lock: tokio::sync::Mutex::new(()),
             adapter_dirs: tokio::sync::Mutex::new(HashMap::new()),

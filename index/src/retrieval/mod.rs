@@ -186,6 +186,8 @@ pub(crate) struct DocEntry {
     pub(crate) title: Option<String>,
     pub(crate) metadata: Metadata,
     pub(crate) access: Access,
+    /// `access` as ids of [`CollectionIndex::principals`]; `None` for everyone.
+    pub(crate) readers: Option<Box<[u32]>>,
     pub(crate) pids: Range<u32>,
 }
 
@@ -218,6 +220,10 @@ pub struct CollectionIndex {
     dirty: bool,
     /// Seals the files when the cache is encrypted (see `persist.rs`).
     sealer: Option<CacheSealer>,
+    /// Every principal an access list names, numbered: a search turns its reader into a
+    /// bitset over these once, and each document's check is a few bit tests (hash lookups of
+    /// the names cost 2.5 ms per search at 10,000 documents: BENCHMARKS.md, "Access lists").
+    principals: HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for CollectionIndex {
@@ -336,6 +342,7 @@ impl CollectionIndex {
         }
         self.tombstones.grow(end);
         let doc_id = doc.doc_id;
+        let readers = self.intern(&doc.access);
         self.docs.insert(
             doc_id,
             DocEntry {
@@ -343,6 +350,7 @@ impl CollectionIndex {
                 title: doc.title,
                 metadata: doc.metadata,
                 access: doc.access,
+                readers,
                 pids: start..end,
             },
         );
@@ -387,14 +395,52 @@ impl CollectionIndex {
     /// Changes who may read a live document: searches see the change at once, a fresh
     /// process after the next commit. Returns whether the document was present.
     pub fn set_access(&mut self, doc: &DocId, access: Access) -> bool {
-        match self.docs.get_mut(doc) {
+        match self.docs.get(doc) {
             Some(d) if d.access != access => {
-                d.access = access;
+                let readers = self.intern(&access);
+                if let Some(d) = self.docs.get_mut(doc) {
+                    d.access = access;
+                    d.readers = readers;
+                }
                 self.dirty = true;
                 true
             }
             Some(_) => true,
             None => false,
+        }
+    }
+
+    /// Numbers an access list's principals (new ones get the next ids).
+    fn intern(&mut self, access: &Access) -> Option<Box<[u32]>> {
+        if access.is_everyone() {
+            return None;
+        }
+        Some(
+            access
+                .entries()
+                .iter()
+                .map(|e| {
+                    let next = u32::try_from(self.principals.len()).unwrap_or(u32::MAX);
+                    *self.principals.entry(e.clone()).or_insert(next)
+                })
+                .collect(),
+        )
+    }
+
+    /// Numbers the principals of every document (after an open).
+    pub(super) fn intern_all(&mut self) {
+        let ids: Vec<(DocId, Option<Box<[u32]>>)> = self
+            .docs
+            .iter()
+            .map(|(id, d)| (*id, d.access.clone()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(id, a)| (id, self.intern(&a)))
+            .collect();
+        for (id, readers) in ids {
+            if let Some(d) = self.docs.get_mut(&id) {
+                d.readers = readers;
+            }
         }
     }
 

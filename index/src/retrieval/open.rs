@@ -315,6 +315,8 @@ fn read_documents(
             title: d.title.clone(),
             metadata: d.metadata.clone(),
             access: d.access.clone(),
+            // Numbered by `intern_all` once the index is built.
+            readers: None,
             pids: r,
         };
         if docs.insert(d.doc_id, entry).is_some() {
@@ -419,7 +421,7 @@ impl CollectionIndex {
     ) -> Self {
         let committed_pids = p.chunks.len() as u32;
         let chunk_ids = p.chunks.iter().map(Chunk::id).collect();
-        Self {
+        let mut index = Self {
             dir: dir.to_path_buf(),
             params,
             search: SearchParams {
@@ -441,6 +443,9 @@ impl CollectionIndex {
             hnsw_dump: p.hnsw_dump,
             dirty: false,
             sealer,
-        }
+            principals: HashMap::new(),
+        };
+        index.intern_all();
+        index
     }
 }

@@ -103,9 +103,28 @@ impl CollectionIndex {
     fn allowed(&self, filter: Option<&Filter>, reader: &Reader) -> Allowed {
         let limit = self.committed_pids;
         let mut set = PidSet::new(limit);
+        // The reader's principals as a bitset over the numbered ones (`None`: reads all).
+        let bits: Option<Vec<u64>> = match reader {
+            Reader::Everything => None,
+            Reader::Principals(names) => {
+                let mut bits = vec![0u64; self.principals.len().div_ceil(64)];
+                for n in names {
+                    if let Some(&id) = self.principals.get(n) {
+                        bits[id as usize / 64] |= 1 << (id % 64);
+                    }
+                }
+                Some(bits)
+            }
+        };
+        let may_read = |readers: &Option<Box<[u32]>>| match (&bits, readers) {
+            (None, _) | (_, None) => true,
+            (Some(bits), Some(ids)) => ids
+                .iter()
+                .any(|&id| bits[id as usize / 64] >> (id % 64) & 1 == 1),
+        };
         for (id, doc) in &self.docs {
             if doc.pids.end <= limit
-                && reader.may_read(&doc.access)
+                && may_read(&doc.readers)
                 && filter.is_none_or(|f| f.matches(id, &doc.metadata))
             {
                 set.insert_range(doc.pids.clone());

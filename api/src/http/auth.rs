@@ -2,8 +2,10 @@
 //!
 //! Every `/v1/*` and `/metrics` request carries `Authorization: Bearer <key>` (401 without a
 //! valid one): an API key (`hth_...`), or with `server.oidc` an access token from the
-//! identity provider, whose claims give the user, groups, role and collections (see `oidc`). The key's role and collections decide what it may do (403 otherwise); each key
-//! has a request rate and a concurrency limit (429 with Retry-After). In open mode (only on a
+//! identity provider, whose claims give the user, groups, role and collections (see `oidc`).
+//! The key's role and collections decide what it may do (403 otherwise); each key has a
+//! request rate and a concurrency limit (429 with Retry-After), and a key of a tenant shares
+//! the tenant's rate with its other keys. In open mode (only on a
 //! loopback address, and only when asked for) every request acts as an admin, under the same
 //! limits.
 

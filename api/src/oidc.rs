@@ -269,17 +269,14 @@ impl OidcVerifier {
         let stale = fetched
             .is_none_or(|t| t.elapsed() > Duration::from_secs(self.config.jwks_refresh_secs));
         let may_refetch = fetched.is_none_or(|t| t.elapsed() > REFETCH_AFTER);
-        if found.is_none() && may_refetch || stale {
+        let found = if found.is_none() && may_refetch || stale {
             if let Err(e) = self.refresh().await {
                 tracing::warn!(issuer = %self.config.issuer, "cannot fetch the identity provider's keys: {e}");
             }
-            return pick(&self.keys.read().await.set).ok_or_else(|| {
-                Refused(match kid {
-                    Some(k) => format!("the token is signed with key {k:?}, which the identity provider does not publish"),
-                    None => "the token names no signing key (kid)".into(),
-                })
-            });
-        }
+            pick(&self.keys.read().await.set)
+        } else {
+            found
+        };
         found.ok_or_else(|| {
             Refused(match kid {
                 Some(k) => format!(

@@ -429,19 +429,11 @@ impl CollectionIndex {
 
     /// Numbers the principals of every document (after an open).
     pub(super) fn intern_all(&mut self) {
-        let ids: Vec<(DocId, Option<Box<[u32]>>)> = self
-            .docs
-            .iter()
-            .map(|(id, d)| (*id, d.access.clone()))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|(id, a)| (id, self.intern(&a)))
-            .collect();
-        for (id, readers) in ids {
-            if let Some(d) = self.docs.get_mut(&id) {
-                d.readers = readers;
-            }
+        let mut docs = std::mem::take(&mut self.docs);
+        for d in docs.values_mut() {
+            d.readers = self.intern(&d.access);
         }
+        self.docs = docs;
     }
 
     /// The current search tuning.

@@ -33,11 +33,11 @@ pub use error::{Result, ServiceError};
 pub use service::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, Answer, AnswerEnd, AnswerEvent, AnswerMode, AnswerSentence,
     AnswerStream, AnswerTimings, AnswerUsage, AskConfig, AskRequest, Bm25Match, Citation,
-    CitationCheck, Collection, CompactReport, DenseMatch, Embedded, EvalOptions, EvalQuestion,
-    EvalReport, EvalSummary, Fact, MAX_EVAL_QUESTIONS, MAX_HISTORY, Mean, NOT_FOUND, NOT_SUPPORTED,
-    NOTHING_RELEVANT, PassagesShown, Percentiles, Processed, QuestionResult, RetrievalScore,
-    SearchHit, SearchQuery, SearchResults, SearchTimings, Service, ServiceParts, Support,
-    SyncReport, TextPiece, check_adapter_name, parse_questions,
+    CitationCheck, Collection, CompactReport, Conversation, DenseMatch, Embedded, EvalOptions,
+    EvalQuestion, EvalReport, EvalSummary, Fact, MAX_EVAL_QUESTIONS, MAX_HISTORY, Mean, NOT_FOUND,
+    NOT_SUPPORTED, NOTHING_RELEVANT, PassagesShown, Percentiles, Processed, QuestionResult,
+    RetrievalScore, SearchHit, SearchQuery, SearchResults, SearchTimings, Service, ServiceParts,
+    Support, SyncReport, TextPiece, Turn, WITHHELD, check_adapter_name, parse_questions,
 };
 pub use store::Store;
 

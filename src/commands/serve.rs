@@ -63,6 +63,7 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         tracing::info!(documents = resumed, "resuming unfinished ingestion");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(service.clone().run_conversation_sweeper(stop_rx.clone()));
     let worker = tokio::spawn(service.clone().run_worker(stop_rx));
     let mut queued = 0;
     if !args.ingest.is_empty() {
@@ -148,6 +149,7 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
     serve(listener, app, shutdown_signal(), grace, header_timeout).await?;
     tracing::info!("shutting down: finishing the ingestion batch under way");
     let _ = stop_tx.send(true);
+    sweeper.abort();
     if tokio::time::timeout(grace, worker).await.is_err() {
         tracing::warn!("the ingestion batch did not finish in time; it resumes at the next start");
     }

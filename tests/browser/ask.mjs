@@ -94,6 +94,9 @@ async function run() {
     if (m.type() === 'error') problems.push(`console error: ${m.text()} (${m.location().url || 'page'})`);
   });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // The bodies the page sends to /ask, to check how it carries a conversation.
+  const askBodies = [];
+  page.on('request', (r) => { if (r.url().endsWith('/ask')) askBodies.push(r.postDataJSON()); });
   page.setDefaultTimeout(30_000);
 
   const res = await page.goto(new URL('/', base).href, { waitUntil: 'load' });
@@ -217,6 +220,32 @@ async function run() {
   if (!quotedSpan || !squeeze(quoteText).includes(quotedSpan)) {
     fail(`the highlight ${JSON.stringify(quotedSpan)} is not the quoted text ${JSON.stringify(quoteText)}`);
   }
+
+  // The questions after the first continue its conversation: the earlier ones are listed
+  // above the answer, and "New conversation" starts over.
+  if (!askBodies.length || askBodies[0].conversation !== true || askBodies[0].conversation_id) {
+    fail(`the first question should start a conversation: ${JSON.stringify(askBodies[0])}`);
+  }
+  const conversation = askBodies[1] && askBodies[1].conversation_id;
+  if (!/^[0-9a-f]{32}$/.test(conversation || '')) fail(`the second question did not continue the conversation: ${JSON.stringify(askBodies[1])}`);
+  await page.keyboard.press('Escape');
+  await page.fill('#question', 'and which option compresses the output?');
+  await page.click('#ask-button');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.querySelector('#answer').dataset.state),
+    null, { timeout: ANSWER_MS, polling: 200 })
+    .catch(() => fail(`the follow-up did not finish within ${ANSWER_MS / 1000} s`));
+  const earlier = await page.$$eval('#earlier .q', (qs) => qs.map((q) => q.textContent));
+  log(`earlier questions: ${JSON.stringify(earlier)}`);
+  if (earlier.length !== 2 || earlier[0] !== question) fail(`the earlier questions are not listed: ${JSON.stringify(earlier)}`);
+  if (askBodies[2].conversation_id !== conversation) fail('the follow-up did not continue the same conversation');
+  if (!(await page.isVisible('#new-conversation'))) fail('no "New conversation" button during a conversation');
+  await page.click('#new-conversation');
+  if (await page.isVisible('#earlier')) fail('"New conversation" left the earlier questions on the page');
+  await page.fill('#question', question);
+  await page.click('#ask-button');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.querySelector('#answer').dataset.state),
+    null, { timeout: ANSWER_MS, polling: 200 });
+  if (askBodies[3].conversation !== true || askBodies[3].conversation_id) fail('after "New conversation" the question did not start a new one');
 
   await screenshot();
   if (problems.length) fail(`the page reported errors:\n  ${problems.join('\n  ')}`);

@@ -457,14 +457,25 @@ impl Server {
 
     /// Reads a Server-Sent Events response to its end: `(event, data)` pairs in order.
     pub async fn sse(&self, path: &str, body: &Value) -> Vec<(String, Value)> {
-        let mut r = self
+        self.sse_as(None, path, body).await
+    }
+
+    /// [`Server::sse`] as `key`.
+    pub async fn sse_as(
+        &self,
+        key: Option<&str>,
+        path: &str,
+        body: &Value,
+    ) -> Vec<(String, Value)> {
+        let mut req = self
             .client
             .post(format!("{}{path}", self.url))
             .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+            .body(body.to_string());
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let mut r = req.send().await.unwrap();
         assert_eq!(r.status(), 200, "{:?}", r.text().await);
         let mut buf = String::new();
         let mut out = Vec::new();

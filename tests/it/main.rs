@@ -8,6 +8,7 @@ mod auth;
 mod browser;
 mod common;
 mod config;
+mod conversations;
 mod crash;
 mod documents;
 mod encryption;

@@ -907,13 +907,15 @@ async fn the_openapi_document_matches_the_routes() {
         ("patch", "/v1/collections/{c}"),
         ("patch", "/v1/collections/{c}/documents/{id}"),
         ("get", "/v1/tenants"),
+        ("get", "/v1/collections/{c}/conversations/{id}"),
+        ("delete", "/v1/collections/{c}/conversations/{id}"),
     ] {
         assert!(
             ops.contains(&(expected.0.to_owned(), expected.1.to_owned())),
             "{expected:?} missing from {ops:?}"
         );
     }
-    assert_eq!(ops.len(), 25, "{ops:?}");
+    assert_eq!(ops.len(), 27, "{ops:?}");
     let ask = &paths["/v1/collections/{c}/ask"]["post"];
     let schema = ask["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         .as_str()
@@ -921,7 +923,15 @@ async fn the_openapi_document_matches_the_routes() {
     let name = schema.rsplit('/').next().unwrap();
     let props = &doc["components"]["schemas"][name]["properties"];
     for field in [
-        "question", "history", "top_k", "filter", "adapter", "sampling", "stream",
+        "question",
+        "history",
+        "top_k",
+        "filter",
+        "adapter",
+        "sampling",
+        "stream",
+        "conversation",
+        "conversation_id",
     ] {
         assert!(props.get(field).is_some(), "{field} missing from {props}");
     }

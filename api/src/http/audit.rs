@@ -27,6 +27,7 @@ fn action(method: &Method, route: &str) -> &'static str {
         ("POST", "/v1/collections/{c}/search") => "search",
         ("POST", "/v1/collections/{c}/ask") => "ask",
         ("POST", "/v1/collections/{c}/eval") => "eval",
+        ("DELETE", "/v1/collections/{c}/conversations/{id}") => "delete_conversation",
         ("POST", "/v1/chat/completions") => "chat",
         ("POST", "/v1/embeddings") => "embed",
         ("GET", _) => "read",

@@ -229,6 +229,7 @@ pub fn router(parts: ServerParts) -> Router {
         .routes(routes!(documents::raw))
         .routes(routes!(qa::search))
         .routes(routes!(qa::ask))
+        .routes(routes!(qa::conversation, qa::delete_conversation))
         .routes(routes!(qa::eval))
         .routes(routes!(openai::chat_completions))
         .routes(routes!(openai::embeddings))

@@ -6,6 +6,7 @@
 //! "doc_id": ["<id>", ...]}`.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,7 +23,7 @@ use super::State;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ErrorBody, body_error, json};
 use crate::keys::Role;
-use crate::{AnswerMode, AnswerStream, AskRequest, EvalOptions, SearchQuery, parse_questions};
+use crate::{AnswerEvent, AnswerMode, AskRequest, EvalOptions, SearchQuery, parse_questions};
 
 /// A filter as the API takes it: metadata key → value, `{"in": [...]}` or a range.
 #[derive(Deserialize, Default)]
@@ -222,13 +223,20 @@ pub(super) struct AskBody {
     /// Server-Sent Events: `passages`, `token`..., then `done` or `error`.
     #[serde(default)]
     stream: bool,
+    /// Start a conversation with this question: the answer carries its `conversation_id`.
+    #[serde(default)]
+    conversation: bool,
+    /// Continue a conversation of this key's: its turns are the history (instead of
+    /// `history`), and this turn is added to it.
+    conversation_id: Option<String>,
 }
 
 /// A grounded answer with `[n]` citations mapped to the passages it was given.
 #[utoipa::path(post, path = "/v1/collections/{c}/ask", tag = "search", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
     request_body = AskBody,
     responses((status = 200, description = "`{answer, grounded, citations, passages, finish_reason, usage, timings}`, or with `stream: true` an event stream", body = crate::Answer),
-        (status = 404, description = "no such collection or adapter", body = ErrorBody),
+        (status = 404, description = "no such collection, adapter or conversation", body = ErrorBody),
+        (status = 409, description = "`conversation`: this key holds the most conversations allowed in the collection", body = ErrorBody),
         (status = 503, description = "generation queue full", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn ask(
     s: State,
@@ -243,6 +251,30 @@ pub(super) async fn ask(
         super::tenants::check_tokens(&s, &caller)?;
     }
     let col = s.service.open_existing(&c).await?;
+    let conversation = match (body.conversation, body.conversation_id) {
+        (_, Some(_)) | (true, _) if !body.history.is_empty() => {
+            return Err(ApiError::invalid(
+                "give either history or a conversation, not both",
+            ));
+        }
+        (true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "conversation starts a new conversation; conversation_id continues one: give one of them",
+            ));
+        }
+        (false, Some(id)) => Some(
+            s.service
+                .conversation(&col, &id, caller.id(), &caller.reader())
+                .await?,
+        ),
+        (true, None) => Some(s.service.new_conversation(&col, caller.id()).await?),
+        (false, None) => None,
+    };
+    let history = match &conversation {
+        Some(conv) => conv.history(),
+        None => body.history,
+    };
+    let question = body.question;
     let state = s.0.clone();
     let tenant = caller.tenant().map(|t| t.name.clone());
     let answer = s
@@ -250,8 +282,8 @@ pub(super) async fn ask(
         .ask(
             &col,
             AskRequest {
-                question: body.question,
-                history: body.history,
+                question: question.clone(),
+                history,
                 mode: body.mode,
                 top_k: body.top_k,
                 filter,
@@ -266,17 +298,83 @@ pub(super) async fn ask(
         )
         .await?
         .on_completion(move |c| super::tenants::generated(&state, "ask", tenant.as_deref(), c));
+    let Some(conv) = conversation else {
+        if body.stream {
+            return Ok(Sse::new(ask_events(answer))
+                .keep_alive(KeepAlive::default())
+                .into_response());
+        }
+        return Ok(json(StatusCode::OK, &answer.finish().await?));
+    };
+    let answer = answer.in_conversation(conv.id.clone());
     if body.stream {
-        return Ok(Sse::new(ask_events(answer))
+        // The turn is stored before `done` is sent: a follow-up sent on `done` finds it.
+        let turn = Arc::new((s.service.clone(), conv, question));
+        let events = answer.then(move |ev| {
+            let turn = turn.clone();
+            async move {
+                let (service, conv, question) = &*turn;
+                if let Ok(AnswerEvent::Done(a)) = &ev {
+                    service.add_turn(conv, question, a).await?;
+                }
+                ev
+            }
+        });
+        return Ok(Sse::new(ask_events(events))
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    Ok(json(StatusCode::OK, &answer.finish().await?))
+    let a = answer.finish().await?;
+    s.service.add_turn(&conv, &question, &a).await?;
+    Ok(json(StatusCode::OK, &a))
+}
+
+/// A conversation of this key's: its turns, oldest first, with answers that drew on a document
+/// since deleted or no longer readable to the key withheld.
+#[utoipa::path(get, path = "/v1/collections/{c}/conversations/{id}", tag = "search",
+    params(("c" = String, Path, description = "collection name"), ("id" = String, Path, description = "conversation id: 32 hex digits")),
+    responses((status = 200, description = "`{id, collection, created_ms, expires_ms, turns: [{question, answer, documents, time_ms, withheld?}]}`", body = crate::Conversation),
+        (status = 404, description = "no such collection, or no such conversation of this key's (expired, deleted, another's)", body = ErrorBody),
+        (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
+pub(super) async fn conversation(
+    s: State,
+    caller: Caller,
+    Path((c, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let c = caller.collection(&c, Role::Reader)?;
+    let col = s.service.open_existing(&c).await?;
+    let conv = s
+        .service
+        .conversation(&col, &id, caller.id(), &caller.reader())
+        .await?;
+    Ok(json(StatusCode::OK, &conv.shown()))
+}
+
+/// Deletes a conversation of this key's at once (it would expire `ask.conversation_ttl_secs`
+/// after its last turn).
+#[utoipa::path(delete, path = "/v1/collections/{c}/conversations/{id}", tag = "search",
+    params(("c" = String, Path, description = "collection name"), ("id" = String, Path, description = "conversation id: 32 hex digits")),
+    responses((status = 204, description = "deleted"),
+        (status = 404, description = "no such collection, or no such conversation of this key's", body = ErrorBody),
+        (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
+pub(super) async fn delete_conversation(
+    s: State,
+    caller: Caller,
+    Path((c, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let c = caller.collection(&c, Role::Reader)?;
+    let col = s.service.open_existing(&c).await?;
+    s.service
+        .delete_conversation(&col, &id, caller.id())
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The SSE stream of an answer: `passages` first, then `token` events with text as it comes,
 /// then `done` (answer, citations, usage, timings) or `error`.
-fn ask_events(answer: AnswerStream) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+fn ask_events(
+    answer: impl Stream<Item = crate::Result<AnswerEvent>> + Send,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     answer.map(|ev| {
         Ok(match ev {
             Ok(ev) => Event::default().event(ev.sse_name()).data(ev.sse_data()),

@@ -303,6 +303,14 @@ pub struct Answer {
     pub usage: AnswerUsage,
     /// Timings.
     pub timings: AnswerTimings,
+    /// A follow-up's second search: the question after the previous user turn (it is also
+    /// searched as it is, and the two rankings fused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_query: Option<String>,
+    /// The conversation this turn was added to (`conversation` or `conversation_id` of the
+    /// request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
 }
 
 /// The passages shown to the model, before any text.
@@ -398,6 +406,9 @@ pub struct AnswerStream {
     ready: VecDeque<AnswerEvent>,
     ended: bool,
     observer: Option<Observer>,
+    /// Set on the finished answer.
+    search_query: Option<String>,
+    conversation_id: Option<String>,
 }
 
 impl AnswerStream {
@@ -418,7 +429,21 @@ impl AnswerStream {
             ready: VecDeque::new(),
             ended: false,
             observer: None,
+            search_query: None,
+            conversation_id: None,
         }
+    }
+
+    /// Names the follow-up search the answer's passages were also found by.
+    pub(crate) fn with_search_query(mut self, q: Option<String>) -> Self {
+        self.search_query = q;
+        self
+    }
+
+    /// Names the conversation the answer belongs to, on the finished answer.
+    pub fn in_conversation(mut self, id: String) -> Self {
+        self.conversation_id = Some(id);
+        self
     }
 
     /// Calls `f` with the engine's account of the generation when it finishes (for metrics).
@@ -445,6 +470,8 @@ impl AnswerStream {
             Source::Quoted(q, ms) => {
                 let mut answer = quoted(q, &self.hits, &self.shown, self.retrieval_ms);
                 answer.timings.quote_ms = Some(*ms);
+                answer.search_query = self.search_query.take();
+                answer.conversation_id = self.conversation_id.take();
                 self.ready.push_back(AnswerEvent::Token(TextPiece {
                     text: answer.answer.clone(),
                 }));
@@ -452,6 +479,8 @@ impl AnswerStream {
             }
         };
         let mut answer = finished(text, &self.hits, &self.shown, self.retrieval_ms, c, strict);
+        answer.search_query = self.search_query.take();
+        answer.conversation_id = self.conversation_id.take();
         if let Source::Fixed(_, mode) = self.source {
             answer.mode = mode;
         }
@@ -639,6 +668,8 @@ fn finished(
         finish_reason: done.map(|c| c.finish_reason.into()),
         usage,
         timings,
+        search_query: None,
+        conversation_id: None,
     }
 }
 
@@ -712,6 +743,8 @@ fn quoted(quotes: &[Quote], hits: &[Hit], shown: &[SearchHit], retrieval_ms: f64
             retrieval_ms,
             ..AnswerTimings::default()
         },
+        search_query: None,
+        conversation_id: None,
     }
 }
 

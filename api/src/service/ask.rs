@@ -51,7 +51,15 @@ pub struct AskConfig {
     /// called) or `generate` (the generator writes, each sentence is checked). A request may
     /// choose for itself.
     pub answer: AnswerMode,
+    /// Seconds a conversation is kept after its last turn (`conversation_id` of an ask); then
+    /// it is deleted.
+    pub conversation_ttl_secs: u64,
+    /// Most conversations one key (or identity) may hold in one collection at once.
+    pub max_conversations: usize,
 }
+
+/// Longest a conversation may be kept: a year.
+const MAX_CONVERSATION_TTL_SECS: u64 = 365 * 24 * 3600;
 
 impl Default for AskConfig {
     fn default() -> Self {
@@ -62,6 +70,8 @@ impl Default for AskConfig {
             repetition_penalty: 1.1,
             strict: false,
             answer: AnswerMode::Quote,
+            conversation_ttl_secs: 24 * 3600,
+            max_conversations: 100,
         }
     }
 }
@@ -87,6 +97,17 @@ impl AskConfig {
 
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
+        if self.max_conversations == 0 {
+            return Err(ServiceError::InvalidInput(
+                "ask.max_conversations must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_CONVERSATION_TTL_SECS).contains(&self.conversation_ttl_secs) {
+            return Err(ServiceError::InvalidInput(format!(
+                "ask.conversation_ttl_secs must be between 1 and {MAX_CONVERSATION_TTL_SECS}, got {}",
+                self.conversation_ttl_secs
+            )));
+        }
         if !(1..=MAX_ASK_TOP_K).contains(&self.top_k) {
             return Err(ServiceError::InvalidInput(format!(
                 "ask.top_k must be between 1 and {MAX_ASK_TOP_K}, got {}",
@@ -245,7 +266,8 @@ impl Service {
                 retrieval_ms,
                 Source::Fixed(NOTHING_RELEVANT, mode),
                 false,
-            ));
+            )
+            .with_search_query(follow_up_query(&req.question, &req.history)));
         }
         let Some(generator) = generator else {
             let started = Instant::now();
@@ -260,7 +282,8 @@ impl Service {
                 retrieval_ms,
                 Source::Quoted(quotes, started.elapsed().as_secs_f64() * 1e3),
                 false,
-            ));
+            )
+            .with_search_query(follow_up_query(&req.question, &req.history)));
         };
         let started = Instant::now();
         let budget = generator
@@ -287,7 +310,8 @@ impl Service {
             retrieval_ms,
             Source::Generated(generation),
             req.strict.unwrap_or(cfg.strict),
-        ))
+        )
+        .with_search_query(follow_up_query(&req.question, &req.history)))
     }
 }
 
@@ -325,6 +349,12 @@ fn previous_turn(history: &[ChatMessage]) -> Option<String> {
     Some(previous.content.chars().take(CONTEXT_CHARS).collect())
 }
 
+/// A follow-up's second search: the question after the previous user turn; `None` without one.
+fn follow_up_query(question: &str, history: &[ChatMessage]) -> Option<String> {
+    let context = previous_turn(history)?;
+    Some(format!("{}\n{}", context.trim(), question.trim()))
+}
+
 /// Weight of rank r in reciprocal-rank fusion of a follow-up's two searches: 1 / (K + r).
 const FOLLOW_UP_RRF_K: f32 = 60.0;
 
@@ -340,13 +370,10 @@ impl Service {
         history: &[ChatMessage],
         q: SearchQuery,
     ) -> Result<Retrieved> {
-        let Some(context) = previous_turn(history) else {
+        let Some(text) = follow_up_query(question, history) else {
             return self.retrieve(col, q).await;
         };
-        let with_context = SearchQuery {
-            text: format!("{}\n{}", context.trim(), question.trim()),
-            ..q.clone()
-        };
+        let with_context = SearchQuery { text, ..q.clone() };
         let alone = self.retrieve(col, q).await?;
         let joined = self.retrieve(col, with_context).await?;
         let top_k = alone.hits.len().max(joined.hits.len());

@@ -596,13 +596,14 @@ impl Service {
     }
 
     /// Removes every object of a collection from the store: document records, original bytes,
-    /// chunk files, then its settings (last: a half-deleted collection still lists, so a retry
+    /// chunk files, conversations, then its settings (last: a half-deleted collection still lists, so a retry
     /// finishes it).
     pub(super) async fn remove_stored(&self, c: &CollectionName) -> Result<()> {
         for prefix in [
             keys::doc_records_prefix(c),
             format!("raw/{c}/"),
             format!("chunks/{c}/"),
+            super::conversation::prefix(c),
         ] {
             let keys = self.store.list(&prefix).await?;
             let store = &self.store;

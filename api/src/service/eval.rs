@@ -900,6 +900,8 @@ mod tests {
             finish_reason: None,
             usage: Default::default(),
             timings: Default::default(),
+            search_query: None,
+            conversation_id: None,
         }
     }
 

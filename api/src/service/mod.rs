@@ -18,6 +18,7 @@ mod answer;
 mod ask;
 mod cite;
 mod collection;
+mod conversation;
 mod eval;
 mod ingest;
 mod quote;
@@ -46,6 +47,7 @@ pub use answer::{
 };
 pub use ask::{AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT};
 pub use collection::{Collection, CompactReport, SyncReport};
+pub use conversation::{Conversation, Turn, WITHHELD};
 pub use eval::{
     CitationCheck, EvalOptions, EvalQuestion, EvalReport, EvalSummary, Fact, MAX_EVAL_QUESTIONS,
     Mean, Percentiles, QuestionResult, RetrievalScore, parse_questions,
@@ -106,6 +108,8 @@ pub struct Service {
     /// replacements change it beside uploads), kept up to date by uploads, counted again after
     /// deletes.
     usage: std::sync::Mutex<HashMap<CollectionName, (u64, u64, std::time::Instant)>>,
+    /// Conversation records are read, changed and written back one at a time.
+    conversation_writes: tokio::sync::Mutex<()>,
 }
 
 struct ModelTokens(Arc<Tokenizer>);
@@ -157,6 +161,7 @@ impl Service {
             embed_tokenizer: tokenizer,
             ask: parts.ask,
             usage: std::sync::Mutex::new(HashMap::new()),
+            conversation_writes: tokio::sync::Mutex::new(()),
             backlog: worker::Backlog::new(parts.backlog_limit),
             adapter_lock: tokio::sync::Mutex::new(()),
             adapter_dirs: tokio::sync::Mutex::new(HashMap::new()),

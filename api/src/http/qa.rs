@@ -309,13 +309,13 @@ pub(super) async fn ask(
     let answer = answer.in_conversation(conv.id.clone());
     if body.stream {
         // The turn is stored before `done` is sent: a follow-up sent on `done` finds it.
-        let turn = Arc::new((s.service.clone(), conv, question));
+        let turn = Arc::new((s.service.clone(), col, conv, question));
         let events = answer.then(move |ev| {
             let turn = turn.clone();
             async move {
-                let (service, conv, question) = &*turn;
+                let (service, col, conv, question) = &*turn;
                 if let Ok(AnswerEvent::Done(a)) = &ev {
-                    service.add_turn(conv, question, a).await?;
+                    service.add_turn(col, conv, question, a).await?;
                 }
                 ev
             }
@@ -325,7 +325,7 @@ pub(super) async fn ask(
             .into_response());
     }
     let a = answer.finish().await?;
-    s.service.add_turn(&conv, &question, &a).await?;
+    s.service.add_turn(&col, &conv, &question, &a).await?;
     Ok(json(StatusCode::OK, &a))
 }
 

@@ -233,13 +233,13 @@ impl Service {
     /// Turns added at once by concurrent requests are all kept.
     pub async fn add_turn(
         &self,
+        col: &Collection,
         conv: &Conversation,
         question: &str,
         answer: &Answer,
     ) -> Result<()> {
         let _one_at_a_time = self.conversation_writes.lock().await;
-        let c = CollectionName::new(&conv.collection)?;
-        let k = key(&c, &conv.owner, &conv.id);
+        let k = key(col.name(), &conv.owner, &conv.id);
         // The stored record, if another request added a turn since this one loaded it; an
         // expired or deleted conversation starts over with this turn.
         let mut stored = match self.store.get_opt(&k).await? {
@@ -272,6 +272,12 @@ impl Service {
         let bytes = serde_json::to_vec(&stored)
             .map_err(|e| ServiceError::Internal(format!("conversation record: {e}")))?;
         self.store.put(&k, Bytes::from(bytes)).await?;
+        // The collection was deleted while the question was answered: its sweep may have
+        // listed the store before this write.
+        if col.is_deleted() {
+            self.store.delete(&k).await?;
+            return Err(not_found(&conv.id));
+        }
         Ok(())
     }
 

@@ -48,8 +48,8 @@ pub use hearth_index::{
     Redaction, RedactionPattern, SearchMode,
 };
 pub use hearth_ingest::{
-    DocRecord, DocState, ExtractorCommand, REDACTION_KINDS, Submission, Submitted,
-    extract_worker_main, validate_metadata,
+    DocKind, DocRecord, DocState, ExtractorCommand, MailboxSubmitted, REDACTION_KINDS, Submission,
+    Submitted, extract_worker_main, sniff, validate_metadata,
 };
 
 /// The sections of the configuration, owned by the crates that read them.

@@ -56,6 +56,49 @@ pub struct Submission {
     pub access: Option<Access>,
 }
 
+fn read_error(e: std::io::Error) -> IngestError {
+    IngestError::InvalidInput(format!("reading the mailbox: {e}"))
+}
+
+/// Most messages one streamed mailbox may hold.
+const MAX_MAILBOX_MESSAGES: usize = 1_000_000;
+
+/// The outcome of a streamed mailbox's submission.
+#[derive(Debug, Clone)]
+pub struct MailboxSubmitted {
+    /// The mailbox's listing document: accepted, or a duplicate of the same mailbox.
+    pub submitted: Submitted,
+    /// Messages in the mailbox.
+    pub messages: usize,
+    /// A warning for each message that was not ingested (too large).
+    pub skipped: Vec<String>,
+}
+
+/// A document found inside `parent` (an attachment, a mailbox's message) as a submission of
+/// its own: source `PARENT/NAME`, metadata `parent` and `parent_source`, read by those who may
+/// read its parent.
+fn child_submission(
+    parent: DocId,
+    parent_source: &str,
+    access: &Access,
+    name: &str,
+    data: Vec<u8>,
+) -> Submission {
+    let mut metadata = Metadata::new();
+    metadata.insert("parent".into(), MetaValue::Text(parent.to_hex()));
+    let source: String = parent_source
+        .chars()
+        .take(MAX_DECLARED_META_CHARS)
+        .collect();
+    metadata.insert("parent_source".into(), MetaValue::Text(source));
+    Submission {
+        source: format!("{parent_source}/{name}"),
+        bytes: Bytes::from(data),
+        metadata,
+        access: Some(access.clone()),
+    }
+}
+
 /// The outcome of a submission.
 #[derive(Debug, Clone)]
 pub enum Submitted {
@@ -238,7 +281,18 @@ impl Pipeline {
     /// Accepts a document: checks it, stores the original bytes, then records it as `queued`.
     /// When this returns `Accepted`, the document survives a crash. The collection must have been
     /// opened with [`Pipeline::open_collection`].
-    pub async fn submit(&self, c: &CollectionName, mut sub: Submission) -> Result<Submitted> {
+    pub async fn submit(&self, c: &CollectionName, sub: Submission) -> Result<Submitted> {
+        self.submit_with_children(c, sub, Vec::new()).await
+    }
+
+    /// [`Pipeline::submit`] for a document whose children are already stored (a streamed
+    /// mailbox's messages).
+    async fn submit_with_children(
+        &self,
+        c: &CollectionName,
+        mut sub: Submission,
+        children: Vec<DocId>,
+    ) -> Result<Submitted> {
         validate_metadata(&sub.metadata)?;
         self.check_size(sub.bytes.len() as u64)
             .map_err(IngestError::Rejected)?;
@@ -264,8 +318,131 @@ impl Pipeline {
         let mut rec =
             DocRecord::new_queued(doc_id, c.clone(), sub.source, kind, size, sub.metadata);
         rec.access = access;
+        rec.children = children;
         self.registry.put(&mut rec).await?;
         Ok(Submitted::Accepted(doc_id))
+    }
+
+    /// Submits a mailbox (mbox) read from `path` as a stream, for mailboxes larger than one
+    /// document may be: each message is stored as a document of its own (a message over the
+    /// document size limit is skipped with a warning), then the mailbox as a listing of its
+    /// messages, one line each, whose children they are. Memory: one message. The same
+    /// mailbox again is a duplicate, found before any message is stored again.
+    pub async fn submit_mailbox(
+        &self,
+        c: &CollectionName,
+        path: &std::path::Path,
+        mut sub: Submission,
+    ) -> Result<MailboxSubmitted> {
+        use crate::mailbox::{Message, listing_line, split};
+        validate_metadata(&sub.metadata)?;
+        let max = usize::try_from(self.config.max_document_bytes).unwrap_or(usize::MAX);
+        let open = |path: &std::path::Path| {
+            std::fs::File::open(path)
+                .map(|f| std::io::BufReader::with_capacity(256 * 1024, f))
+                .map_err(|e| {
+                    IngestError::InvalidInput(format!("cannot read {}: {e}", path.display()))
+                })
+        };
+        // First pass: the listing, which names the mailbox (its id is the listing's digest).
+        let file = open(path)?;
+        let (listing, skipped) = tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            let mut skipped = Vec::new();
+            split(file, max, read_error, |n, m| {
+                match m {
+                    Message::Bytes(b) => lines.push(listing_line(n, &b)),
+                    Message::TooLarge(size) => {
+                        lines.push(format!("{n}. (not ingested: {size} bytes, over the document size limit)"));
+                        skipped.push(format!(
+                            "message {n} not ingested: {size} bytes, over the document size limit of {max} bytes"
+                        ));
+                    }
+                }
+                if lines.len() > MAX_MAILBOX_MESSAGES {
+                    return Err(IngestError::Rejected(Rejection::Unsupported(format!(
+                        "the mailbox holds more than {MAX_MAILBOX_MESSAGES} messages; split it"
+                    ))));
+                }
+                Ok(())
+            })
+            .map(|_| (lines, skipped))
+        })
+        .await
+        .map_err(|e| IngestError::InvalidInput(format!("reading the mailbox: {e}")))??;
+        if listing.is_empty() {
+            return Err(IngestError::Rejected(Rejection::Unsupported(
+                "the mailbox holds no messages (no line starts with \"From \")".into(),
+            )));
+        }
+        let messages = listing.len();
+        let text = format!(
+            "Mailbox {}: {messages} messages\n\n{}\n",
+            sub.source,
+            listing.join("\n")
+        );
+        let parent = DocId::of_bytes(text.as_bytes());
+        if let Some(existing) = self.registry.get(c, &parent).await? {
+            return Ok(MailboxSubmitted {
+                submitted: Submitted::Duplicate(Box::new(existing)),
+                messages,
+                skipped,
+            });
+        }
+        let access = match sub.access.take() {
+            Some(a) => a,
+            None => CollectionSettings::read(&self.store, c)
+                .await?
+                .map(|s| s.default_access)
+                .unwrap_or_default(),
+        };
+        // Second pass: each message stored as it is read, one at a time.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>)>(1);
+        let file = open(path)?;
+        let reader = tokio::task::spawn_blocking(move || {
+            split(file, max, read_error, |n, m| {
+                if let Message::Bytes(b) = m {
+                    // The receiver gone means the submission failed; stop reading.
+                    tx.blocking_send((n, b))
+                        .map_err(|_| IngestError::InvalidInput("stopped".into()))?;
+                }
+                Ok(())
+            })
+        });
+        let mut children = Vec::new();
+        let mut warnings = skipped.clone();
+        while let Some((n, bytes)) = rx.recv().await {
+            let name = format!("message-{n:05}.eml");
+            let child = child_submission(parent, &sub.source, &access, &name, bytes);
+            match self.submit(c, child).await {
+                Ok(Submitted::Accepted(id)) => children.push(id),
+                Ok(Submitted::Duplicate(existing)) => children.push(existing.doc_id),
+                Err(IngestError::Rejected(why)) => warnings.push(format!("{name}: {why}")),
+                Err(e) => return Err(e),
+            }
+        }
+        reader
+            .await
+            .map_err(|e| IngestError::InvalidInput(format!("reading the mailbox: {e}")))??;
+        sub.metadata
+            .insert("messages".into(), MetaValue::Text(messages.to_string()));
+        sub.metadata
+            .insert("mailbox".into(), MetaValue::Text("mbox".into()));
+        sub.bytes = Bytes::from(text);
+        sub.access = Some(access);
+        let submitted = self.submit_with_children(c, sub, children).await?;
+        if !warnings.is_empty()
+            && let Submitted::Accepted(id) = &submitted
+            && let Some(mut rec) = self.registry.get(c, id).await?
+        {
+            rec.warnings = warnings;
+            self.registry.put(&mut rec).await?;
+        }
+        Ok(MailboxSubmitted {
+            submitted,
+            messages,
+            skipped,
+        })
     }
 
     /// The documents of a collection that still need processing (after a crash, say).
@@ -316,9 +493,19 @@ impl Pipeline {
                         }
                     }
                 }
-                let (children, mut warnings) =
+                let (mut children, mut warnings) =
                     self.submit_children(c, &rec, done.attachments).await?;
+                // Children stored with the document (a streamed mailbox's messages) stay.
+                for id in std::mem::take(&mut rec.children) {
+                    if !children.contains(&id) {
+                        children.push(id);
+                    }
+                }
                 rec.children = children;
+                // Warnings given at submission (messages skipped) stay too.
+                let mut kept = std::mem::take(&mut rec.warnings);
+                kept.append(&mut warnings);
+                let mut warnings = kept;
                 rec.title = done.title;
                 rec.pages = done.pages;
                 rec.engine = done.engine;
@@ -366,21 +553,13 @@ impl Pipeline {
             return Ok((ids, warnings));
         }
         for a in attachments {
-            let mut metadata = Metadata::new();
-            metadata.insert("parent".into(), MetaValue::Text(parent.doc_id.to_hex()));
-            let source: String = parent
-                .source
-                .chars()
-                .take(MAX_DECLARED_META_CHARS)
-                .collect();
-            metadata.insert("parent_source".into(), MetaValue::Text(source));
-            let sub = Submission {
-                source: format!("{}/{}", parent.source, a.name),
-                bytes: Bytes::from(a.data),
-                metadata,
-                // An attachment is read by those who may read its message.
-                access: Some(parent.access.clone()),
-            };
+            let sub = child_submission(
+                parent.doc_id,
+                &parent.source,
+                &parent.access,
+                &a.name,
+                a.data,
+            );
             match self.submit(c, sub).await {
                 Ok(Submitted::Accepted(id)) => ids.push(id),
                 Ok(Submitted::Duplicate(existing)) => ids.push(existing.doc_id),

@@ -290,15 +290,42 @@ async fn submit_file(
         hearth_api::ServiceError::InvalidInput(format!("cannot read {}: {e}", path.display()))
     };
     let size = tokio::fs::metadata(path).await.map_err(io)?.len();
-    s.check_size(size)?;
-    let bytes = tokio::fs::read(path).await.map_err(io)?;
     let sub = Submission {
         source: path.display().to_string(),
-        bytes: Bytes::from(bytes),
+        bytes: Bytes::new(),
         metadata: meta.clone(),
         access: access.cloned(),
     };
+    if let Err(too_large) = s.check_size(size) {
+        // A mailbox over the limit is read as a stream, a message at a time.
+        if size > 0 && is_mailbox(path).await.map_err(io)? {
+            let done = s.submit_mailbox(col, path, sub).await?;
+            for w in &done.skipped {
+                tracing::warn!(file = %path.display(), "{w}");
+            }
+            return Ok((done.submitted, size));
+        }
+        return Err(too_large);
+    }
+    let bytes = tokio::fs::read(path).await.map_err(io)?;
+    let sub = Submission {
+        bytes: Bytes::from(bytes),
+        ..sub
+    };
     Ok((s.submit(col, sub).await?, size))
+}
+
+/// Whether the file starts as an mbox mailbox does.
+async fn is_mailbox(path: &Path) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(64 * 1024);
+    tokio::fs::File::open(path)
+        .await?
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .await?;
+    Ok(hearth_api::sniff(&head, &path.display().to_string())
+        .is_ok_and(|k| k == hearth_api::DocKind::Mbox))
 }
 
 pub(crate) fn walk(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {

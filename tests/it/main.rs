@@ -16,6 +16,7 @@ mod erasure;
 mod eval;
 mod ingest;
 mod mail;
+mod mailbox;
 mod oidc;
 mod openai;
 mod quality;

@@ -222,7 +222,26 @@ pub(super) async fn upload(
 ) -> Result<Response, ApiError> {
     let c = caller.collection(&c, Role::Writer)?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    if let Some(len) = content_length(req.headers())
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let length = content_length(req.headers());
+    // A raw body over the document limit may be a mailbox, streamed; anything else is refused
+    // by its length before any byte is read.
+    let large = length.is_some_and(|n| n > s.max_document_bytes);
+    let mailbox_limit = s.config.max_mailbox_mib.saturating_mul(1 << 20);
+    if let Some(len) = length
+        && len > mailbox_limit.max(s.max_document_bytes)
+    {
+        return Err(ApiError::too_large(format!(
+            "the upload is {len} bytes; documents may be at most {} bytes, mailboxes {mailbox_limit} (server.max_mailbox_mib)",
+            s.max_document_bytes
+        )));
+    }
+    if let Some(len) = length
+        && (multipart || query.source.is_none())
         && len > s.max_document_bytes.saturating_add(1 << 20)
     {
         return Err(ApiError::too_large(format!(
@@ -242,11 +261,6 @@ pub(super) async fn upload(
         )
         .retry_after(5));
     }
-    let multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     // The upload's share of the node's upload memory, held until it is stored.
     let (sub, _held) = if multipart {
         let mp = Multipart::from_request(req, &())
@@ -266,13 +280,48 @@ pub(super) async fn upload(
             Some(m) => metadata(m.as_bytes())?,
             None => Metadata::default(),
         };
-        let expected = content_length(req.headers());
+        let read_error =
+            |e: axum::Error| ApiError::invalid(format!("could not read the request body: {e}"));
+        let mut body = req.into_body().into_data_stream();
+        let head = if large {
+            read_head(&mut body, read_error).await?
+        } else {
+            Bytes::new()
+        };
+        if large {
+            if !matches!(
+                hearth_ingest::sniff(&head, &source),
+                Ok(hearth_ingest::DocKind::Mbox)
+            ) {
+                return Err(ApiError::too_large(format!(
+                    "the upload is {} bytes; documents may be at most {} bytes (only a mailbox may be larger)",
+                    length.unwrap_or_default(),
+                    s.max_document_bytes
+                )));
+            }
+            let sub = Submission {
+                source,
+                bytes: Bytes::new(),
+                metadata: meta,
+                access: query.access.as_deref().map(access_list).transpose()?,
+            };
+            return upload_mailbox(
+                &s,
+                &caller,
+                &col,
+                sub,
+                head,
+                body,
+                length.unwrap_or_default(),
+            )
+            .await;
+        }
         let (bytes, held) = read_limited(
-            req.into_body().into_data_stream(),
+            body,
             s.max_document_bytes,
-            expected,
+            length,
             &s.upload_memory,
-            |e: axum::Error| ApiError::invalid(format!("could not read the request body: {e}")),
+            read_error,
         )
         .await?;
         let sub = Submission {
@@ -316,6 +365,112 @@ pub(super) async fn upload(
                 "these bytes are already in collection {c} as a document this key may not read; ask an admin to share it"
             ),
         )),
+        Submitted::Duplicate(rec) => {
+            let mut out = serde_json::to_value(doc_out(&rec))
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            out["duplicate"] = serde_json::Value::Bool(true);
+            Ok(json(StatusCode::OK, &out))
+        }
+    }
+}
+
+/// Bytes read to tell what a large upload is.
+const HEAD_BYTES: usize = 64 * 1024;
+
+/// The first [`HEAD_BYTES`] of a body (fewer if it ends first).
+async fn read_head<S>(
+    body: &mut S,
+    read_error: impl Fn(axum::Error) -> ApiError,
+) -> Result<Bytes, ApiError>
+where
+    S: futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    use futures::StreamExt;
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    while head.len() < HEAD_BYTES {
+        match body.next().await {
+            Some(frame) => head.extend_from_slice(&frame.map_err(&read_error)?),
+            None => break,
+        }
+    }
+    Ok(Bytes::from(head))
+}
+
+/// A mailbox over the document size limit: written to the spool as it arrives (its declared
+/// length, no more), then split into its messages, each stored as a document, and the mailbox
+/// a listing of them; the spooled file is removed when this returns. Answers as an upload does.
+async fn upload_mailbox<S>(
+    s: &State,
+    caller: &Caller,
+    col: &std::sync::Arc<crate::Collection>,
+    mut sub: Submission,
+    head: Bytes,
+    mut body: S,
+    length: u64,
+) -> Result<Response, ApiError>
+where
+    S: futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let c = col.name().clone();
+    sub.access = Some(upload_access(s, caller, col, sub.access.take()).await?);
+    super::tenants::check_storage(s, &c, length).await?;
+    let dir = s.service.spool_dir();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::from(crate::ServiceError::Internal(format!("spool: {e}"))))?;
+    let spooled = tempfile::Builder::new()
+        .prefix("mailbox-")
+        .tempfile_in(&dir)
+        .map_err(|e| ApiError::from(crate::ServiceError::Internal(format!("spool: {e}"))))?;
+    let path = spooled.path().to_owned();
+    let mut file = tokio::fs::File::from_std(
+        spooled
+            .reopen()
+            .map_err(|e| ApiError::from(crate::ServiceError::Internal(format!("spool: {e}"))))?,
+    );
+    let spool_error =
+        |e: std::io::Error| ApiError::from(crate::ServiceError::Internal(format!("spool: {e}")));
+    let mut written = head.len() as u64;
+    file.write_all(&head).await.map_err(spool_error)?;
+    while let Some(frame) = body.next().await {
+        let frame = frame
+            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        written += frame.len() as u64;
+        if written > length {
+            return Err(ApiError::invalid(format!(
+                "the body is longer than its Content-Length ({length} bytes)"
+            )));
+        }
+        file.write_all(&frame).await.map_err(spool_error)?;
+    }
+    file.flush().await.map_err(spool_error)?;
+    drop(file);
+    let done = s.service.submit_mailbox(col, &path, sub).await?;
+    drop(spooled);
+    for w in &done.skipped {
+        tracing::warn!(collection = %c, "{w}");
+    }
+    match done.submitted {
+        Submitted::Accepted(id) => {
+            if let Err(e) = s.service.enqueue(&c, id) {
+                tracing::warn!(collection = %c, doc = %id, error = %e, "upload stored but not queued");
+            }
+            let url = status_url(&c, &id);
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({
+                    "id": id.to_hex(),
+                    "collection": c.as_str(),
+                    "status": DocState::Queued.as_str(),
+                    "status_url": url,
+                    "duplicate": false,
+                    "messages": done.messages,
+                    "skipped": done.skipped,
+                }),
+            ))
+        }
         Submitted::Duplicate(rec) => {
             let mut out = serde_json::to_value(doc_out(&rec))
                 .map_err(|e| ApiError::invalid(e.to_string()))?;

@@ -74,6 +74,10 @@ pub struct ServerConfig {
     /// MiB that all uploads in flight may hold in memory at once (raised to one largest
     /// document if smaller); an upload that would pass it gets 503 with Retry-After.
     pub upload_memory_mib: u64,
+    /// Largest mailbox (mbox) a raw upload may send, in MiB. A mailbox over
+    /// `ingest.max_document_bytes` is written to `{data_dir}/uploads` as it arrives and split
+    /// into its messages there; it needs a Content-Length.
+    pub max_mailbox_mib: u64,
     /// Access tokens from an identity provider, beside API keys (`[server.oidc]`).
     pub oidc: Option<crate::oidc::OidcConfig>,
 }
@@ -92,6 +96,7 @@ impl Default for ServerConfig {
             concurrency_per_key: 32,
             audit_queries: false,
             upload_memory_mib: 1024,
+            max_mailbox_mib: 16 * 1024,
             oidc: None,
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hearth_engine::Priority;
 use hearth_index::{Chunk, CollectionName, DocId, encode_chunks, keys};
-use hearth_ingest::{DocRecord, DocState, Submission, Submitted};
+use hearth_ingest::{DocRecord, DocState, MailboxSubmitted, Submission, Submitted};
 use unicode_normalization::UnicodeNormalization;
 
 use super::collection::read;
@@ -48,6 +48,39 @@ impl Service {
         }
         let submitted = submitted?;
         if let Submitted::Accepted(id) = &submitted {
+            col.revive(id);
+            self.count_upload(col.name(), size);
+        }
+        Ok(submitted)
+    }
+
+    /// Submits a mailbox (mbox) too large to be one document, read from the file at `path`
+    /// as a stream: its messages become documents, the mailbox a listing of them whose
+    /// children they are (see [`hearth_ingest::Pipeline::submit_mailbox`]). Memory: one
+    /// message. The listing is queued like any document; processing it processes the messages.
+    pub async fn submit_mailbox(
+        &self,
+        col: &Collection,
+        path: &std::path::Path,
+        sub: Submission,
+    ) -> Result<MailboxSubmitted> {
+        let gone = || ServiceError::NotFound(format!("collection {} (deleted)", col.name()));
+        if col.is_deleted() {
+            return Err(gone());
+        }
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| {
+                ServiceError::InvalidInput(format!("cannot read {}: {e}", path.display()))
+            })?
+            .len();
+        let submitted = self.pipeline.submit_mailbox(col.name(), path, sub).await;
+        if col.is_deleted() {
+            self.remove_stored(col.name()).await?;
+            return Err(gone());
+        }
+        let submitted = submitted?;
+        if let Submitted::Accepted(id) = &submitted.submitted {
             col.revive(id);
             self.count_upload(col.name(), size);
         }

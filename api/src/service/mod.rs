@@ -150,6 +150,12 @@ impl Service {
             extractor: parts.extractor,
             config: parts.ingest,
         })?;
+        // Uploads spooled by a process that was killed are gone with it.
+        match std::fs::remove_dir_all(parts.data_dir.join("uploads")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "cannot empty the upload spool"),
+        }
         let embedder = Embedder::load(&parts.engine)?;
         let generator = if parts.generator {
             Some(Generator::load(&parts.engine)?)
@@ -184,6 +190,12 @@ impl Service {
             blob: self.store.clone(),
             data_dir: Some(self.data_dir.clone()),
         }
+    }
+
+    /// Where uploads too large for memory (a mailbox) are written while they are split:
+    /// `{data_dir}/uploads`, emptied when the service starts.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
     }
 
     /// How many documents ingestion processes at once (`ingest.workers`).

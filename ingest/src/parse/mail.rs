@@ -55,7 +55,7 @@ pub(super) fn eml(bytes: &[u8]) -> Result<Extracted, String> {
 }
 
 /// A list of addresses as `Name <address>, ...`.
-fn addresses(a: &Address<'_>) -> String {
+pub(crate) fn addresses(a: &Address<'_>) -> String {
     a.iter()
         .map(|addr| match (addr.name(), addr.address()) {
             (Some(n), Some(x)) => format!("{n} <{x}>"),

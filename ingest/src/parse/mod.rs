@@ -4,6 +4,7 @@
 
 mod html;
 mod mail;
+pub(crate) use mail::addresses as mail_addresses;
 mod markdown;
 mod ocr;
 mod office;

@@ -576,18 +576,31 @@ impl Service {
         self.remove_stored(c).await?;
         self.recount_usage(c);
         let dir = self.data_dir.join("index").join(c.as_str());
+        let trash = self.data_dir.join("index").join(format!(
+            "{DELETED_PREFIX}{c}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
         tokio::task::spawn_blocking(move || {
             // Under the index lock: a commit under way finishes first, and those after it see
             // the collection deleted and write nothing.
             let _index = col.as_ref().map(|col| write(&col.index));
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(ServiceError::Internal(format!(
-                    "removing the index directory {}: {e}",
-                    dir.display()
-                ))),
+            // Moved aside first, in one step: the full-text index's own threads (a merge that
+            // finishes late) may still write a file into it, which would make removing it in
+            // place fail with "directory not empty"; a new collection of the name starts clean.
+            match std::fs::rename(&dir, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => {
+                    return Err(ServiceError::Internal(format!(
+                        "removing the index directory {}: {e}",
+                        dir.display()
+                    )));
+                }
             }
+            remove_trash(&trash);
+            Ok(())
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("index removal task: {e}")))??;
@@ -666,6 +679,25 @@ impl Service {
         rec.reason = Some(reason);
         self.registry.put(rec).await?;
         Ok(())
+    }
+}
+
+/// Index directories of deleted collections, moved aside before removal, start with this (no
+/// collection name does).
+pub(super) const DELETED_PREFIX: &str = ".deleted-";
+
+/// Removes a deleted collection's index directory, trying again while late writes land in it
+/// (for up to 2 s); what is left is removed at the next start.
+pub(super) fn remove_trash(trash: &std::path::Path) {
+    for attempt in 0..20 {
+        match std::fs::remove_dir_all(trash) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == 19 => {
+                tracing::warn!(dir = %trash.display(), error = %e, "a deleted collection's index directory is left for the next start");
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
     }
 }
 

@@ -156,6 +156,17 @@ impl Service {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(error = %e, "cannot empty the upload spool"),
         }
+        // Index directories of collections deleted just before a stop.
+        if let Ok(entries) = std::fs::read_dir(parts.data_dir.join("index")) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(collection::DELETED_PREFIX)
+                {
+                    collection::remove_trash(&e.path());
+                }
+            }
+        }
         let embedder = Embedder::load(&parts.engine)?;
         let generator = if parts.generator {
             Some(Generator::load(&parts.engine)?)

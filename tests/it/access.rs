@@ -240,6 +240,15 @@ async fn two_users_get_answers_only_from_what_each_may_read() {
         set(&["budget.md", "contract.md", "handbook.md"])
     );
     check_readers(&s, &lena, &finn, &eve).await;
+    // The collection's counts are of what the caller may read: no count of the others' leaks.
+    for (key, docs) in [(&admin, 3), (&lena, 2), (&finn, 2), (&eve, 1)] {
+        let col = s
+            .call(Some(key), "GET", "/v1/collections/corp", None)
+            .await
+            .json();
+        assert_eq!(col["documents"], docs, "{col}");
+        assert!(col["chunks"].as_u64().unwrap() >= docs, "{col}");
+    }
 
     // A document one may not read is "not found", exactly as one that does not exist.
     let missing = "0".repeat(64);

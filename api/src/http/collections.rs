@@ -94,15 +94,16 @@ pub(super) struct CollectionOut {
 }
 
 impl CollectionOut {
-    async fn of(s: &State, col: &crate::Collection) -> Result<Self, ApiError> {
-        let st = col.stats();
+    /// The collection as `caller` sees it: the counts are of the documents it may read.
+    async fn of(s: &State, col: &crate::Collection, caller: &Caller) -> Result<Self, ApiError> {
+        let (documents, chunks) = col.readable_counts(&caller.reader());
         let redaction = Some(s.service.redaction(col).await?)
             .filter(|r| !r.is_off())
             .map(RedactionBody::from);
         Ok(Self {
             name: col.name().to_string(),
-            documents: st.docs,
-            chunks: st.live_chunks,
+            documents,
+            chunks,
             redaction,
             ocr_languages: s.service.ocr_languages(col).await?,
             default_access: s.service.default_access(col).await?.into(),
@@ -131,7 +132,7 @@ pub(super) async fn create(
         .service
         .create(&c, &redaction, &body.ocr_languages, &default_access)
         .await?;
-    let out = CollectionOut::of(&s, &col).await?;
+    let out = CollectionOut::of(&s, &col, &caller).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -166,7 +167,10 @@ pub(super) async fn patch(
     let default_access = access(&body.default_access)?;
     let col = s.service.open_existing(&c).await?;
     s.service.set_default_access(&col, default_access).await?;
-    Ok(json(StatusCode::OK, &CollectionOut::of(&s, &col).await?))
+    Ok(json(
+        StatusCode::OK,
+        &CollectionOut::of(&s, &col, &caller).await?,
+    ))
 }
 
 /// Lists the collections this key may see.
@@ -196,7 +200,10 @@ pub(super) async fn get(
 ) -> Result<Response, ApiError> {
     let c = caller.collection(&c, Role::Reader)?;
     let col = s.service.open_existing(&c).await?;
-    Ok(json(StatusCode::OK, &CollectionOut::of(&s, &col).await?))
+    Ok(json(
+        StatusCode::OK,
+        &CollectionOut::of(&s, &col, &caller).await?,
+    ))
 }
 
 /// Deletes a collection and everything under it (admin).

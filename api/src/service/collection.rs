@@ -85,6 +85,11 @@ impl Collection {
         read(&self.index).stats()
     }
 
+    /// Live documents and chunks `reader` may read.
+    pub fn readable_counts(&self, reader: &hearth_index::Reader) -> (usize, usize) {
+        read(&self.index).readable_counts(reader)
+    }
+
     pub(super) fn note_source(&self, rec: &DocRecord) {
         let mut sources = lock(&self.sources);
         let docs = sources

@@ -475,6 +475,17 @@ impl CollectionIndex {
         }
     }
 
+    /// Live documents and chunks that `reader` may read (what a reader is told a collection
+    /// holds: the documents it may not read are not counted either).
+    pub fn readable_counts(&self, reader: &Reader) -> (usize, usize) {
+        self.docs
+            .values()
+            .filter(|d| reader.may_read(&d.access))
+            .fold((0, 0), |(docs, chunks), d| {
+                (docs + 1, chunks + d.pids.len())
+            })
+    }
+
     fn next_pid(&self) -> u32 {
         // invariant: `add` keeps the number of points below u32::MAX.
         u32::try_from(self.chunks.len()).expect("pids fit in u32")

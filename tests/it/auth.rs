@@ -14,6 +14,11 @@ async fn upload(s: &Server, key: &str, c: &str, text: &str) -> Reply {
         .await
 }
 
+async fn upload_mbox(s: &Server, key: &str, bytes: &[u8]) -> Reply {
+    s.upload_as(key, "c", "vault.mbox", "application/mbox", bytes.to_vec())
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_and_collections_decide_what_a_key_may_do() {
     let node = Node::new(Backend::Local);
@@ -396,6 +401,13 @@ async fn changed_routes_refuse_other_collections_keys_before_showing_state() {
     let writer_c = create_key(&node, "ingest-c", "writer", &["c"], &[]);
     let reader_c = create_key(&node, "analyst-c", "reader", &["c"], &[]);
     let outsider = create_key(&node, "ingest-x", "writer", &["x"], &[]);
+    let legal_writer = create_key(
+        &node,
+        "ingest-legal",
+        "writer",
+        &["c"],
+        &["--groups", "legal"],
+    );
     let s = node.serve(&[]).await;
     let create = json!({"name": "c"});
     let r = s
@@ -438,6 +450,44 @@ async fn changed_routes_refuse_other_collections_keys_before_showing_state() {
         .await
         .error(403, "forbidden");
     assert!(m.contains("writer"), "{m}");
+    // A mailbox over the document limit (streamed, spooled): refused to a reader and to a key
+    // of another collection before any byte is spooled; the same mailbox from a writer that
+    // may not read the stored one is 409 without its record.
+    let mut mbox = String::new();
+    for n in 0..40 {
+        mbox.push_str(&format!(
+            "From a{n}@example.com Mon Jan  1 00:00:00 2024\nFrom: a{n}@example.com\nSubject: vault {n}\n\n{}\n\n",
+            "The vault holds boxes. ".repeat(2500)
+        ));
+    }
+    assert!(mbox.len() > 2 << 20);
+    let spool = node.dir.path().join("data/uploads");
+    let bytes = mbox.into_bytes();
+    refused(upload_mbox(&s, &outsider, &bytes).await, "a large mailbox");
+    let m = upload_mbox(&s, &reader_c, &bytes)
+        .await
+        .error(403, "forbidden");
+    assert!(m.contains("writer"), "{m}");
+    assert!(std::fs::read_dir(&spool).map_or(true, |mut d| d.next().is_none()));
+    let r = s
+        .send(
+            s.client
+                .post(format!(
+                    "{}/v1/collections/c/documents?source=vault.mbox&access=legal",
+                    s.url
+                ))
+                .bearer_auth(&legal_writer)
+                .header("content-type", "application/mbox")
+                .body(bytes.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["messages"], 40);
+    let m = upload_mbox(&s, &writer_c, &bytes)
+        .await
+        .error(409, "duplicate");
+    assert!(m.contains("may not read"), "{m}");
+
     // Deleting needs an admin of the collection.
     s.call(Some(&outsider), "DELETE", "/v1/collections/c", None)
         .await

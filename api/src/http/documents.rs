@@ -336,23 +336,37 @@ pub(super) async fn upload(
     sub.access = Some(upload_access(&s, &caller, &col, sub.access.take()).await?);
     super::tenants::check_storage(&s, &c, sub.bytes.len() as u64).await?;
     let submitted = s.service.submit(&col, sub).await?;
+    submitted_response(&s, &caller, &c, submitted, serde_json::Map::new())
+}
+
+/// The answer to a stored upload: 202 with its id and status URL (and `extra` fields), the
+/// document queued; or for bytes already there, 200 with their record if the key may read it,
+/// else 409 (the record of a document the key may not read is not shown).
+fn submitted_response(
+    s: &State,
+    caller: &Caller,
+    c: &CollectionName,
+    submitted: Submitted,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<Response, ApiError> {
     match submitted {
         Submitted::Accepted(id) => {
-            if let Err(e) = s.service.enqueue(&c, id) {
+            if let Err(e) = s.service.enqueue(c, id) {
                 // Stored and recorded as queued: the next start picks it up.
                 tracing::warn!(collection = %c, doc = %id, error = %e, "upload stored but not queued");
             }
-            let url = status_url(&c, &id);
-            let mut resp = json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({
-                    "id": id.to_hex(),
-                    "collection": c.as_str(),
-                    "status": DocState::Queued.as_str(),
-                    "status_url": url,
-                    "duplicate": false,
-                }),
-            );
+            let url = status_url(c, &id);
+            let mut out = serde_json::json!({
+                "id": id.to_hex(),
+                "collection": c.as_str(),
+                "status": DocState::Queued.as_str(),
+                "status_url": url,
+                "duplicate": false,
+            });
+            if let Some(o) = out.as_object_mut() {
+                o.extend(extra);
+            }
+            let mut resp = json(StatusCode::ACCEPTED, &out);
             if let Ok(v) = HeaderValue::from_str(&url) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
@@ -452,32 +466,10 @@ where
     for w in &done.skipped {
         tracing::warn!(collection = %c, "{w}");
     }
-    match done.submitted {
-        Submitted::Accepted(id) => {
-            if let Err(e) = s.service.enqueue(&c, id) {
-                tracing::warn!(collection = %c, doc = %id, error = %e, "upload stored but not queued");
-            }
-            let url = status_url(&c, &id);
-            Ok(json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({
-                    "id": id.to_hex(),
-                    "collection": c.as_str(),
-                    "status": DocState::Queued.as_str(),
-                    "status_url": url,
-                    "duplicate": false,
-                    "messages": done.messages,
-                    "skipped": done.skipped,
-                }),
-            ))
-        }
-        Submitted::Duplicate(rec) => {
-            let mut out = serde_json::to_value(doc_out(&rec))
-                .map_err(|e| ApiError::invalid(e.to_string()))?;
-            out["duplicate"] = serde_json::Value::Bool(true);
-            Ok(json(StatusCode::OK, &out))
-        }
-    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("messages".into(), done.messages.into());
+    extra.insert("skipped".into(), done.skipped.into());
+    submitted_response(s, caller, &c, done.submitted, extra)
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {

@@ -1,5 +1,7 @@
-//! Embedding benchmark: hearth's embedder (all-MiniLM-L6-v2, fp32, 2 threads, batches of 32)
-//! against sentence-transformers + torch on the same texts, in the same run.
+//! Embedding benchmark: hearth's embedder (all-MiniLM-L6-v2, 2 threads, batches of 32) in f32
+//! and, where the CPU has AVX-512 VNNI (`engine.embed_precision = "auto"` picks it), in int8,
+//! against sentence-transformers + torch on the same texts, in the same run; with the cosine
+//! agreement of the int8 vectors to the f32 ones on every passage.
 //!
 //!     cargo bench --bench embed
 //!     HEARTH_BENCH_QUICK=1 cargo bench --bench embed     # small run, proves the harness
@@ -24,7 +26,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
 
-use hearth_engine::{Embedder, EngineConfig, Priority, Tokenizer};
+use hearth_engine::{EmbedPrecision, Embedder, EngineConfig, Priority, Tokenizer};
 use serde_json::{Value, json};
 
 const THREADS: usize = 2;
@@ -93,22 +95,55 @@ fn main() {
         tq.1
     );
 
-    // hearth
-    let (embedder, load) = common::measure(|| Embedder::load(&config));
-    let embedder = embedder
-        .unwrap_or_else(|e| panic!("loading the embedder from {}: {e}", model_dir.display()));
-    println!("hearth: embedder loaded in {:.2} s", load.wall_s);
-    // Warm-up: a batch of each passage kind and a few queries.
-    embed_all(&embedder, &passages_64[..BATCH.min(passages_64.len())]);
-    embed_all(&embedder, &passages_256[..BATCH.min(passages_256.len())]);
-    for q in queries.iter().take(5) {
-        embed_one(&embedder, q);
-    }
-    let h64 = bench_passages(&embedder, &passages_64, reps, "64");
-    let h256 = bench_passages(&embedder, &passages_256, reps, "256");
-    let hq = bench_queries(&embedder, &queries);
-    let hearth_peak_rss_mib = common::rss().hwm_kib as f64 / 1024.0;
-    drop(embedder); // free its threads and memory before the peer runs
+    // hearth: f32, then whatever "auto" picks when that is int8.
+    let f32_run = run_hearth(
+        &EngineConfig {
+            embed_precision: EmbedPrecision::F32,
+            ..config.clone()
+        },
+        &passages_64,
+        &passages_256,
+        &queries,
+        reps,
+    );
+    let int8_run = if Embedder::load(&config)
+        .map(|e| e.precision() == EmbedPrecision::Int8)
+        .unwrap_or(false)
+    {
+        Some(run_hearth(
+            &config,
+            &passages_64,
+            &passages_256,
+            &queries,
+            reps,
+        ))
+    } else {
+        println!("hearth: this CPU has no AVX-512 VNNI, so \"auto\" is f32: no int8 run");
+        None
+    };
+    let agreement = int8_run.as_ref().map(|i| {
+        let cos: Vec<f64> = f32_run
+            .vectors
+            .iter()
+            .zip(&i.vectors)
+            .map(|(a, b)| f64::from(a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()))
+            .collect();
+        let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+        println!(
+            "int8 against f32 on {} passages: cosine min {min:.5}, mean {mean:.6}",
+            cos.len()
+        );
+        json!({"passages": cos.len(), "cosine_min": min, "cosine_mean": mean})
+    });
+    let HearthRun {
+        load,
+        h64,
+        h256,
+        hq,
+        peak_rss_mib: hearth_peak_rss_mib,
+        ..
+    } = f32_run;
 
     // peer
     let dir = tempfile::tempdir().unwrap();
@@ -125,9 +160,24 @@ fn main() {
     let pf = |k: &str, f: &str| peer[k][f].as_f64();
     println!();
     println!(
-        "{:<30} {:>12} {:>12} {:>12}",
-        "", "hearth", "s-t + torch", "hearth/peer"
+        "{:<30} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "", "hearth f32", "hearth int8", "s-t + torch", "f32/peer", "int8/f32"
     );
+    let i8v = |f: &dyn Fn(&HearthRun) -> f64| int8_run.as_ref().map(f);
+    let int8_col: [Option<f64>; 12] = [
+        i8v(&|r| r.h64.best_rate()),
+        i8v(&|r| r.h64.median_rate()),
+        i8v(&|r| r.h64.cpu_per_rep()),
+        i8v(&|r| r.h256.best_rate()),
+        i8v(&|r| r.h256.median_rate()),
+        i8v(&|r| r.h256.cpu_per_rep()),
+        i8v(&|r| r.hq.p50_ms),
+        i8v(&|r| r.hq.p99_ms),
+        i8v(&|r| r.hq.mean_ms),
+        i8v(&|r| r.hq.cpu_s),
+        i8v(&|r| r.load.wall_s),
+        i8v(&|r| r.peak_rss_mib),
+    ];
     let rows: [(&str, f64, Option<f64>, usize); 12] = [
         (
             "~64-tok passages/s (best)",
@@ -177,16 +227,18 @@ fn main() {
             0,
         ),
     ];
-    for (label, h, p, decimals) in rows {
+    for ((label, h, p, decimals), i) in rows.into_iter().zip(int8_col) {
         println!(
-            "{label:<30} {:>12} {:>12} {:>12}",
+            "{label:<30} {:>12} {:>12} {:>12} {:>12} {:>12}",
             common::num(Some(h), decimals),
+            common::num(i, decimals),
             common::num(p, decimals),
-            common::ratio(Some(h), p)
+            common::ratio(Some(h), p),
+            common::ratio(i, Some(h))
         );
     }
     println!(
-        "(hearth/peer = hearth ÷ peer: above 1 is better for rates, below 1 for times, CPU and memory)"
+        "(a/b = a ÷ b: above 1 is better for rates, below 1 for times, CPU and memory; each hearth run in its own embedder, one after the other, peak RSS of the process so far)"
     );
     for (key, ours) in [("passages_64", t64.0), ("passages_256", t256.0)] {
         if let Some(theirs) = peer[key]["tokens"]["mean"].as_f64()
@@ -209,6 +261,12 @@ fn main() {
             "passages_64": h64.json(), "passages_256": h256.json(), "queries": hq.json(),
             "peak_rss_mib": hearth_peak_rss_mib,
         },
+        "hearth_int8": int8_run.as_ref().map(|r| json!({
+            "load_s": r.load.wall_s,
+            "passages_64": r.h64.json(), "passages_256": r.h256.json(), "queries": r.hq.json(),
+            "peak_rss_mib": r.peak_rss_mib,
+        })),
+        "int8_agreement": agreement,
         "peer": peer,
         "ratios_hearth_over_peer": {
             "passages_64_per_s": ratio_value(Some(h64.best_rate()), pf("passages_64", "passages_per_s_best")),
@@ -218,6 +276,59 @@ fn main() {
         },
     });
     common::write_results("embed", &results);
+}
+
+/// One embedder's figures, and its vectors of every passage (~64, then ~256 tokens).
+struct HearthRun {
+    load: common::Section,
+    h64: Passes,
+    h256: Passes,
+    hq: Latency,
+    peak_rss_mib: f64,
+    vectors: Vec<Vec<f32>>,
+}
+
+fn run_hearth(
+    config: &EngineConfig,
+    passages_64: &[String],
+    passages_256: &[String],
+    queries: &[String],
+    reps: usize,
+) -> HearthRun {
+    let (embedder, load) = common::measure(|| Embedder::load(config));
+    let embedder = embedder.unwrap_or_else(|e| {
+        panic!(
+            "loading the embedder from {}: {e}",
+            config.embedding_model_dir().display()
+        )
+    });
+    let label = format!("hearth {:?}", embedder.precision());
+    println!("{label}: embedder loaded in {:.2} s", load.wall_s);
+    // Warm-up: a batch of each passage kind and a few queries.
+    embed_all(&embedder, &passages_64[..BATCH.min(passages_64.len())]);
+    embed_all(&embedder, &passages_256[..BATCH.min(passages_256.len())]);
+    for q in queries.iter().take(5) {
+        embed_one(&embedder, q);
+    }
+    let h64 = bench_passages(&embedder, passages_64, reps, "64");
+    let h256 = bench_passages(&embedder, passages_256, reps, "256");
+    let hq = bench_queries(&embedder, queries);
+    let peak_rss_mib = common::rss().hwm_kib as f64 / 1024.0;
+    let mut vectors = Vec::new();
+    for batch in passages_64.chunks(BATCH).chain(passages_256.chunks(BATCH)) {
+        let e = embedder
+            .embed_blocking(batch.to_vec(), Priority::Bulk)
+            .expect("embedding a batch");
+        vectors.extend(e.iter().map(<[f32]>::to_vec));
+    }
+    HearthRun {
+        load,
+        h64,
+        h256,
+        hq,
+        peak_rss_mib,
+        vectors,
+    }
 }
 
 fn ratio_value(a: Option<f64>, b: Option<f64>) -> Value {

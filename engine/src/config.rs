@@ -38,6 +38,13 @@ pub struct EngineConfig {
     /// most 1000. Query batches never wait: they run as soon as the model is free, together
     /// with whatever queries queued meanwhile. Default: 2.
     pub embed_batch_wait_ms: u64,
+    /// Arithmetic of the embedder's dense layers on the CPU: `"f32"` (the reference),
+    /// `"int8"` (weights quantised per column at load, activations per row, exact integer sums:
+    /// cosine >= 0.999 to f32 on real passages, several times the multiply-adds per
+    /// instruction where the CPU has AVX-512 VNNI, and a slow portable kernel elsewhere) or
+    /// `"auto"` (int8 where the CPU has AVX-512 VNNI, else f32). Queries and passages go the
+    /// same way, so a collection's vectors and its queries always agree. Default: `"auto"`.
+    pub embed_precision: EmbedPrecision,
     /// Most texts waiting in the embedder's queue per priority class (queries and bulk
     /// indexing each get this many); past it, requests fail with `Overloaded`. A single request
     /// may not hold more texts than this. At least 1. Default: 4096.
@@ -82,6 +89,7 @@ impl Default for EngineConfig {
             embed_batch_size: 32,
             embed_batch_wait_ms: 2,
             embed_queue: 4096,
+            embed_precision: EmbedPrecision::Auto,
             generator_tokenizer: None,
             chat_template: None,
             gen_threads: 0,
@@ -92,6 +100,30 @@ impl Default for EngineConfig {
             gen_queue: 256,
             max_context: 8192,
             lora_resident: 8,
+        }
+    }
+}
+
+/// Arithmetic of the embedder's dense layers; see [`EngineConfig::embed_precision`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedPrecision {
+    /// Int8 where the CPU has AVX-512 VNNI, else f32.
+    #[default]
+    Auto,
+    /// Single precision throughout (the reference).
+    F32,
+    /// Int8 weights and activations with exact integer sums.
+    Int8,
+}
+
+impl EmbedPrecision {
+    /// Whether the dense layers run in int8 on this CPU.
+    pub(crate) fn int8(self) -> bool {
+        match self {
+            Self::Auto => crate::simd::avx512_vnni(),
+            Self::F32 => false,
+            Self::Int8 => true,
         }
     }
 }

@@ -62,7 +62,7 @@ mod generate;
 mod simd;
 mod tokenizer;
 
-pub use config::{EmbeddingModelInfo, EngineConfig};
+pub use config::{EmbedPrecision, EmbeddingModelInfo, EngineConfig};
 pub use embed::{Embedder, Embeddings, Priority};
 pub use error::{EngineError, Result};
 pub use generate::{

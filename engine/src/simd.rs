@@ -10,6 +10,7 @@
 struct Features {
     avx2_fma: bool,
     f16c: bool,
+    avx512_vnni: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -17,6 +18,9 @@ static FEATURES: std::sync::LazyLock<Features> = std::sync::LazyLock::new(|| Fea
     avx2_fma: std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma"),
     f16c: std::arch::is_x86_feature_detected!("f16c"),
+    avx512_vnni: std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni"),
 });
 
 /// Whether the CPU has AVX2 and FMA (always false off x86-64).
@@ -25,6 +29,19 @@ pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         FEATURES.avx2_fma
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has AVX-512 F, BW and VNNI (always false off x86-64): the embedder's int8
+/// matmul (`embed/int8.rs`) runs its fast kernel, and `engine.embed_precision = "auto"` picks
+/// int8, only then.
+#[inline]
+pub(crate) fn avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        FEATURES.avx512_vnni
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

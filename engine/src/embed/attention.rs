@@ -49,6 +49,7 @@ pub(crate) fn packed_attention(
         let mut q = vec![0.0f32; len * head_dim];
         let mut scores = vec![0.0f32; len * len];
         let mut ctx = vec![0.0f32; len * head_dim];
+        let (mut kt, mut v) = (Packed::empty(), Packed::empty());
         for h in 0..heads {
             let (q0, k0, v0) = (
                 h * head_dim,
@@ -59,10 +60,10 @@ pub(crate) fn packed_attention(
                 dst.copy_from_slice(&rows[t * row + q0..][..head_dim]);
             }
             // scores = Q · Kᵀ, (len, len); then row-wise softmax; then ctx = P · V.
-            let kt = Packed::from_fn(head_dim, len, |d, j| rows[j * row + k0 + d]);
+            kt.set_transposed(&rows[k0..], row, head_dim, len);
             panels::matmul(&q, &kt, &mut scores, len);
             panels::vectorized(|| scores.chunks_exact_mut(len).for_each(kernels::softmax_row));
-            let v = Packed::from_fn(len, head_dim, |j, d| rows[j * row + v0 + d]);
+            v.set_rows(&rows[v0..], row, len, head_dim);
             panels::matmul(&scores, &v, &mut ctx, len);
             for (t, src) in ctx.chunks_exact(head_dim).enumerate() {
                 out[t * hidden + h * head_dim..][..head_dim].copy_from_slice(src);

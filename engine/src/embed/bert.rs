@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::pooling::{mean_pool_normalize, pooling_weights};
-use super::{attention, kernels, panels};
+use super::{attention, int8, kernels, panels};
 use crate::config::FETCH_HINT;
 use crate::error::{EngineError, Result};
 
@@ -124,16 +124,22 @@ struct Linear {
 
 enum Weight {
     Packed(panels::Packed),
+    Int8(int8::PackedI8),
     Device(Tensor),
 }
 
 impl Linear {
-    /// `w`: `(in, out)`.
-    fn new(w: Tensor, b: Tensor) -> candle_core::Result<Self> {
+    /// `w`: `(in, out)`; on the CPU, quantised to int8 when `int8` (see `int8.rs`).
+    fn new(w: Tensor, b: Tensor, int8: bool) -> candle_core::Result<Self> {
         let b_host = b.to_vec1()?;
         let w = if w.device().is_cpu() {
             let (k, n) = w.dims2()?;
-            Weight::Packed(panels::Packed::new(&w.flatten_all()?.to_vec1()?, k, n))
+            let host = w.flatten_all()?.to_vec1()?;
+            if int8 {
+                Weight::Int8(int8::PackedI8::new(&host, k, n))
+            } else {
+                Weight::Packed(panels::Packed::new(&host, k, n))
+            }
         } else {
             Weight::Device(w)
         };
@@ -151,6 +157,15 @@ impl Linear {
                 }
                 let mut y = vec![0.0f32; m * w.cols()];
                 with_cpu_rows(x, |x| panels::matmul(x, w, &mut y, m))?;
+                Tensor::from_vec(y, (m, w.cols()), &Device::Cpu)
+            }
+            Weight::Int8(w) => {
+                let (m, k) = x.dims2()?;
+                if k != w.rows() {
+                    candle_core::bail!("linear: input width {k}, weights take {}", w.rows());
+                }
+                let mut y = vec![0.0f32; m * w.cols()];
+                with_cpu_rows(x, |x| int8::matmul(x, w, &mut y, m))?;
                 Tensor::from_vec(y, (m, w.cols()), &Device::Cpu)
             }
         }
@@ -234,6 +249,7 @@ struct Weights<'a> {
     prefix: &'static str,
     device: &'a Device,
     path: &'a Path,
+    int8: bool,
 }
 
 impl Weights<'_> {
@@ -287,7 +303,7 @@ impl Weights<'_> {
 
     fn linear(&self, name: &str, input: usize, output: usize) -> Result<Linear> {
         let (w, b) = self.dense(name, input, output)?;
-        model_op(Linear::new(w, b))
+        model_op(Linear::new(w, b, self.int8))
     }
 }
 
@@ -311,7 +327,8 @@ pub(crate) fn model_op<T>(r: candle_core::Result<T>) -> Result<T> {
 
 impl Bert {
     /// Loads `model.safetensors` from `path` onto `device`.
-    pub(crate) fn load(cfg: BertConfig, path: &Path, device: &Device) -> Result<Self> {
+    /// `int8`: the dense layers run in int8 on the CPU (`int8.rs`), else in f32.
+    pub(crate) fn load(cfg: BertConfig, path: &Path, device: &Device, int8: bool) -> Result<Self> {
         if !path.is_file() {
             return Err(EngineError::ModelMissing {
                 path: path.to_owned(),
@@ -329,6 +346,7 @@ impl Bert {
             prefix,
             device,
             path,
+            int8,
         };
         let h = cfg.hidden_size;
         let corrupt = |detail: String| EngineError::Corrupt {
@@ -373,6 +391,7 @@ impl Bert {
                 Linear::new(
                     Tensor::cat(&[(qw * scale)?, kw, vw], 1)?,
                     Tensor::cat(&[(qb * scale)?, kb, vb], 0)?,
+                    int8,
                 )
             })())?;
             layers.push(Layer {
@@ -723,7 +742,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.safetensors");
         candle_core::safetensors::save(&tensors, &path).unwrap();
-        let bert = Bert::load(cfg, &path, &dev).unwrap();
+        let bert = Bert::load(cfg, &path, &dev, false).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         bert
     }

@@ -33,8 +33,9 @@ pub(crate) struct SentenceEncoder {
 }
 
 impl SentenceEncoder {
-    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
-    pub(crate) fn load(dir: &Path, device: Device, max_tokens: usize) -> Result<Self> {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`; `int8`: the
+    /// dense layers run in int8 on the CPU.
+    pub(crate) fn load(dir: &Path, device: Device, max_tokens: usize, int8: bool) -> Result<Self> {
         for file in ["config.json", "tokenizer.json", "model.safetensors"] {
             let path = dir.join(file);
             if !path.is_file() {
@@ -46,7 +47,7 @@ impl SentenceEncoder {
         }
         let cfg = BertConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let bert = Bert::load(cfg, &dir.join("model.safetensors"), &device)?;
+        let bert = Bert::load(cfg, &dir.join("model.safetensors"), &device, int8)?;
         let max_tokens = max_tokens.min(bert.max_positions());
         Ok(Self {
             tokenizer,

@@ -11,6 +11,7 @@ mod attention;
 mod batcher;
 mod bert;
 mod encoder;
+mod int8;
 mod kernels;
 mod panels;
 mod pooling;
@@ -23,7 +24,7 @@ use futures::channel::oneshot;
 
 use self::batcher::{BatchModel, BatchParams, Queue, Reply};
 use self::encoder::SentenceEncoder;
-use crate::config::EngineConfig;
+use crate::config::{EmbedPrecision, EngineConfig};
 use crate::device;
 use crate::error::{EngineError, Result};
 
@@ -122,6 +123,7 @@ struct Inner {
     dim: usize,
     max_tokens: usize,
     device: String,
+    precision: EmbedPrecision,
 }
 
 impl Drop for Inner {
@@ -144,7 +146,8 @@ impl Embedder {
         let device = device::select(&cfg.device)?;
         let dir = cfg.embedding_model_dir();
         let started = std::time::Instant::now();
-        let encoder = SentenceEncoder::load(&dir, device, MAX_TOKENS)?;
+        let int8 = device.is_cpu() && cfg.embed_precision.int8();
+        let encoder = SentenceEncoder::load(&dir, device, MAX_TOKENS, int8)?;
         let threads = cfg.resolved_embed_threads();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -168,6 +171,7 @@ impl Embedder {
             device = %device,
             threads,
             batch_size = cfg.embed_batch_size,
+            precision = if int8 { "int8" } else { "f32" },
             dim,
             load_ms = started.elapsed().as_millis() as u64,
             "embedder loaded"
@@ -179,6 +183,11 @@ impl Embedder {
                 dim,
                 max_tokens,
                 device,
+                precision: if int8 {
+                    EmbedPrecision::Int8
+                } else {
+                    EmbedPrecision::F32
+                },
             }),
         })
     }
@@ -186,6 +195,12 @@ impl Embedder {
     /// Width of the embeddings (384 for all-MiniLM-L6-v2).
     pub fn dim(&self) -> usize {
         self.inner.dim
+    }
+
+    /// The arithmetic the dense layers run in: `engine.embed_precision` resolved for this CPU
+    /// and device ([`EmbedPrecision::F32`] or [`EmbedPrecision::Int8`], never `Auto`).
+    pub fn precision(&self) -> EmbedPrecision {
+        self.inner.precision
     }
 
     /// Most word pieces of a text the model sees, special tokens included (256); the rest of

@@ -216,5 +216,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.s3.endpoint"), "{e}");
+        let e = load(None, &[("HEARTH__ENGINE__EMBED_PRECISION", "int4")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("engine.embed_precision") && e.contains("int8"),
+            "{e}"
+        );
+        let c = load(Some("[engine]\nembed_precision = \"f32\"\n"), &[]).unwrap();
+        assert_eq!(
+            c.engine.embed_precision,
+            hearth_api::config::EmbedPrecision::F32
+        );
     }
 }

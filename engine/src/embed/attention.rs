@@ -14,7 +14,8 @@ use super::kernels;
 use super::panels::{self, Packed};
 
 /// Self-attention for back-to-back sequences of `lens` tokens. `qkv` is `(tokens, 3 × hidden)`
-/// (Q, K, V side by side, heads `head_dim` wide), the result `(tokens, hidden)`.
+/// (Q, K, V side by side, heads `head_dim` wide), the result `(tokens, hidden)`, written over
+/// all of `out`.
 ///
 /// # Panics
 /// When the slice lengths do not match `lens`, `heads` and `head_dim` (a caller bug).
@@ -23,7 +24,8 @@ pub(crate) fn packed_attention(
     lens: &[usize],
     heads: usize,
     head_dim: usize,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let hidden = heads * head_dim;
     let tokens: usize = lens.iter().sum();
     assert_eq!(
@@ -31,10 +33,14 @@ pub(crate) fn packed_attention(
         tokens * 3 * hidden,
         "attention: qkv has the wrong size"
     );
-    let mut out = vec![0.0f32; tokens * hidden];
+    assert_eq!(
+        out.len(),
+        tokens * hidden,
+        "attention: out has the wrong size"
+    );
     // Split both buffers at sequence boundaries so each task owns its rows.
     let mut parts = Vec::with_capacity(lens.len());
-    let (mut rest_in, mut rest_out) = (qkv, out.as_mut_slice());
+    let (mut rest_in, mut rest_out) = (qkv, out);
     for &len in lens {
         let (a, b) = rest_in.split_at(len * 3 * hidden);
         let (c, d) = rest_out.split_at_mut(len * hidden);
@@ -62,7 +68,7 @@ pub(crate) fn packed_attention(
             // scores = Q · Kᵀ, (len, len); then row-wise softmax; then ctx = P · V.
             kt.set_transposed(&rows[k0..], row, head_dim, len);
             panels::matmul(&q, &kt, &mut scores, len);
-            panels::vectorized(|| scores.chunks_exact_mut(len).for_each(kernels::softmax_row));
+            kernels::softmax_rows(&mut scores, len);
             v.set_rows(&rows[v0..], row, len, head_dim);
             panels::matmul(&scores, &v, &mut ctx, len);
             for (t, src) in ctx.chunks_exact(head_dim).enumerate() {
@@ -70,7 +76,6 @@ pub(crate) fn packed_attention(
             }
         }
     });
-    out
 }
 
 /// Mean of each sequence's rows of `hidden` (`(tokens, dim)`, sequences back to back),
@@ -109,11 +114,13 @@ mod tests {
         let lens = [5usize, 1, 0, 9];
         let tokens: usize = lens.iter().sum();
         let qkv = Tensor::randn(0f32, 1.0, (tokens, 3 * h), &dev).unwrap();
-        let got = packed_attention(
+        let mut got = vec![f32::NAN; tokens * h];
+        packed_attention(
             &qkv.flatten_all().unwrap().to_vec1().unwrap(),
             &lens,
             heads,
             hd,
+            &mut got,
         );
         let mut at = 0;
         for &len in &lens {

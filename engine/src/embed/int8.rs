@@ -143,8 +143,10 @@ struct Panel<'a> {
 
 /// Activation rows quantised in blocks of [`BLOCK`], each row padded to whole blocks:
 /// symmetric codes `a` in -127..=127 with `x ≈ scale · a`, stored as `a + 128` (unsigned, as
-/// `vpdpbusd` takes them; the weights' `offset` takes the 128 back out).
-struct Rows {
+/// `vpdpbusd` takes them; the weights' `offset` takes the 128 back out). Reusable: the
+/// encoder's forward pass keeps one across calls ([`matmul_with`]).
+#[derive(Default)]
+pub(crate) struct Rows {
     /// Blocks per row.
     blocks: usize,
     q: Vec<u8>,
@@ -153,10 +155,18 @@ struct Rows {
 }
 
 impl Rows {
-    fn quantise(x: &[f32], m: usize, k: usize, blocks: usize) -> Self {
+    /// Quantises the `(m, k)` rows `x` into `self`, reusing its buffers (codes in a row's
+    /// padding past `k` are left as they were: they meet zero weights).
+    fn quantise(&mut self, x: &[f32], m: usize, k: usize, blocks: usize) {
         let stride = blocks * BLOCK;
-        let mut q = vec![0u8; m * stride];
-        let mut scale = vec![0.0f32; m * blocks];
+        self.blocks = blocks;
+        if self.q.len() < m * stride {
+            self.q.resize(m * stride, 0);
+        }
+        if self.scale.len() < m * blocks {
+            self.scale.resize(m * blocks, 0.0);
+        }
+        let (q, scale) = (&mut self.q[..m * stride], &mut self.scale[..m * blocks]);
         let each = |((row, q), s): ((&[f32], &mut [u8]), &mut [f32])| {
             for ((x, q), s) in row.chunks(BLOCK).zip(q.chunks_mut(BLOCK)).zip(s) {
                 *s = quantise_block(x, q);
@@ -173,7 +183,6 @@ impl Rows {
                 .zip(scale.chunks_mut(blocks))
                 .for_each(each);
         }
-        Self { blocks, q, scale }
     }
 }
 
@@ -211,6 +220,12 @@ fn portable_quantise_block(x: &[f32], q: &mut [u8]) -> f32 {
 /// # Panics
 /// When a slice length does not match its shape (a caller bug, never input-dependent).
 pub(crate) fn matmul(x: &[f32], w: &PackedI8, y: &mut [f32], m: usize) {
+    matmul_with(x, w, y, m, &mut Rows::default());
+}
+
+/// [`matmul`] quantising the activations into `rows`, whose buffers are reused from call to
+/// call (a fresh buffer per call was paged in and zeroed each time).
+pub(crate) fn matmul_with(x: &[f32], w: &PackedI8, y: &mut [f32], m: usize, rows: &mut Rows) {
     let (k, n) = (w.k, w.n);
     assert!(
         x.len() == m * k && y.len() == m * n,
@@ -223,7 +238,8 @@ pub(crate) fn matmul(x: &[f32], w: &PackedI8, y: &mut [f32], m: usize) {
         y.fill(0.0);
         return;
     }
-    let rows = Rows::quantise(x, m, k, w.blocks);
+    rows.quantise(x, m, k, w.blocks);
+    let rows = &*rows;
     let panels = n.div_ceil(PANEL);
     if m >= ROW_SPLIT_MIN {
         let tasks = rayon::current_num_threads().max(1) * 4;
@@ -234,7 +250,7 @@ pub(crate) fn matmul(x: &[f32], w: &PackedI8, y: &mut [f32], m: usize) {
         y.par_chunks_mut(per * n).enumerate().for_each(|(t, y)| {
             let count = y.len() / n;
             for p in 0..panels {
-                panel_product(&rows, t * per, count, &w.panel(p), y, n, p * PANEL);
+                panel_product(rows, t * per, count, &w.panel(p), y, n, p * PANEL);
             }
         });
         return;
@@ -248,7 +264,7 @@ pub(crate) fn matmul(x: &[f32], w: &PackedI8, y: &mut [f32], m: usize) {
             let width = count * PANEL;
             let mut out = vec![0.0f32; m * width];
             for j in 0..count {
-                panel_product(&rows, 0, m, &w.panel(p0 + j), &mut out, width, j * PANEL);
+                panel_product(rows, 0, m, &w.panel(p0 + j), &mut out, width, j * PANEL);
             }
             (p0 * PANEL, out)
         })
@@ -517,7 +533,8 @@ mod tests {
 
     /// The portable kernel over every panel, for comparison with whatever `matmul` ran.
     fn portable(x: &[f32], w: &PackedI8, m: usize) -> Vec<f32> {
-        let rows = Rows::quantise(x, m, w.k, w.blocks);
+        let mut rows = Rows::default();
+        rows.quantise(x, m, w.k, w.blocks);
         let mut y = vec![f32::NAN; m * w.n];
         for p in 0..w.n.div_ceil(PANEL) {
             portable_panel_product(&rows, 0, m, &w.panel(p), &mut y, w.n, p * PANEL);

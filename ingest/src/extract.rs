@@ -33,6 +33,9 @@ const PROGRESS_MARK: &str = "\u{1e}HEARTH-PROGRESS ";
 /// Sent before a reply after which the process exits: a parser left a thread running that
 /// only the end of the process stops (a PDF page pdf-extract never finished).
 const RETIRE_MARK: &str = "\u{1e}HEARTH-RETIRE";
+/// Marks a stage line: the step the process has begun, named in the reason should the time
+/// limit stop it (poppler reading a PDF whose first engine overran).
+const STAGE_MARK: &str = "\u{1e}HEARTH-STAGE ";
 const ENV_MEMORY: &str = "HEARTH_EXTRACT_MEMORY_MIB";
 const ENV_MAX_TEXT: &str = "HEARTH_EXTRACT_MAX_TEXT_BYTES";
 const ENV_TIMEOUT_MS: &str = "HEARTH_EXTRACT_TIMEOUT_MS";
@@ -91,6 +94,8 @@ struct Worker {
     stderr_task: JoinHandle<()>,
     /// The process said it exits after its current reply.
     retiring: bool,
+    /// The step the current request reached, when the process named one.
+    stage: Option<String>,
 }
 
 impl ExtractorPool {
@@ -174,8 +179,12 @@ impl ExtractorPool {
                     }
                     None => String::new(),
                 };
+                let during = match &worker.stage {
+                    Some(stage) => format!(" ({stage})"),
+                    None => String::new(),
+                };
                 Ok(Err(format!(
-                    "extraction took longer than the {} s limit and was stopped{at}",
+                    "extraction took longer than the {} s limit and was stopped{at}{during}",
                     self.limits.timeout.as_secs()
                 )))
             }
@@ -229,6 +238,7 @@ impl ExtractorPool {
             stderr_tail,
             stderr_task,
             retiring: false,
+            stage: None,
         })
     }
 }
@@ -244,6 +254,7 @@ impl Worker {
         progress: &Progress,
     ) -> Result<std::io::Result<Result<Extracted, String>>, tokio::time::error::Elapsed> {
         let mut deadline = tokio::time::Instant::now() + limit;
+        self.stage = None;
         let send = async {
             // invariant: a header of an enum, a number and strings serialises.
             let mut line = serde_json::to_vec(header).expect("header serialises");
@@ -270,6 +281,10 @@ impl Worker {
             if let Some(json) = line.strip_prefix(REPLY_MARK) {
                 return Ok(serde_json::from_str(json.trim_end())
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+            }
+            if let Some(stage) = line.strip_prefix(STAGE_MARK) {
+                self.stage = Some(stage.trim_end().chars().take(300).collect());
+                continue;
             }
             if let Some(p) = line.strip_prefix(PROGRESS_MARK) {
                 let mut nums = p.split_whitespace().map(str::parse::<u32>);
@@ -383,6 +398,11 @@ pub fn extract_worker_main() -> i32 {
             progress: Some(Box::new(|done, total| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{PROGRESS_MARK}{done} {total}");
+                let _ = out.flush();
+            })),
+            stage: Some(Box::new(|stage| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{STAGE_MARK}{}", stage.replace('\n', " "));
                 let _ = out.flush();
             })),
             max_text_bytes: max_text,

@@ -85,6 +85,9 @@ pub struct OcrSummary {
 
 impl Eq for OcrSummary {}
 
+/// Names a step of a parse (see [`Options::stage`]).
+pub type StageFn = Box<dyn Fn(&str)>;
+
 /// How to parse: the OCR languages of the document's collection, and where to report
 /// progress on long work (pages recognised so far, pages to recognise).
 #[derive(Default)]
@@ -93,6 +96,9 @@ pub struct Options {
     pub ocr_languages: Vec<String>,
     /// Called before each page OCR reads and once at the end.
     pub progress: Option<Box<dyn Fn(u32, u32)>>,
+    /// Called when a parser starts a step worth naming should the time limit end it (the
+    /// second PDF engine, after the first overran its share).
+    pub stage: Option<StageFn>,
     /// The most text a document may yield (0: no limit); parsers that write text as they
     /// read (workbooks) stop there, and the extraction process checks every result.
     pub max_text_bytes: u64,

@@ -42,7 +42,7 @@ const STACK_BYTES: usize = 8 << 20;
 pub(super) fn parse(bytes: &[u8], opts: &super::Options) -> Result<Extracted, String> {
     let (mut ex, pictures) = match &opts.without_pdf_extract {
         Some(why) => second_engine_only(bytes, why, opts.time_limit)?,
-        None => text_layer(bytes, opts.time_limit)?,
+        None => text_layer(bytes, opts.time_limit, opts.stage.as_deref())?,
     };
     super::ocr::pdf_pages(bytes, &mut ex, pictures.as_ref(), opts);
     Ok(ex)
@@ -50,7 +50,11 @@ pub(super) fn parse(bytes: &[u8], opts: &super::Options) -> Result<Extracted, St
 
 /// The text layer, by pdf-extract or poppler, whichever reads more, and the pages that may
 /// need OCR whatever their text layer says.
-fn text_layer(bytes: &[u8], limit: Option<Duration>) -> Result<(Extracted, PictureSet), String> {
+fn text_layer(
+    bytes: &[u8],
+    limit: Option<Duration>,
+    stage: Option<&dyn Fn(&str)>,
+) -> Result<(Extracted, PictureSet), String> {
     let started = Instant::now();
     let (primary, pictures) = match parse_pdf_extract_within(bytes, limit) {
         Ok((ex, pictures)) => (Ok(ex), pictures),
@@ -69,6 +73,10 @@ fn text_layer(bytes: &[u8], limit: Option<Duration>) -> Result<(Extracted, Pictu
         let left = l.saturating_sub(started.elapsed()).saturating_sub(l / 10);
         POPPLER_TIMEOUT.min(left.max(l * 3 / 10))
     });
+    if let Some(stage) = stage {
+        let why = why.strip_prefix("pdf-extract ").unwrap_or(&why);
+        stage(&format!("pdf-extract {why}; {POPPLER} was reading it"));
+    }
     let Ok(Some(mut alt)) = poppler(bytes, poppler_limit) else {
         return primary.map(|ex| (ex, pictures));
     };
@@ -470,7 +478,7 @@ mod tests {
         // Every byte offset is 502 bytes off (testdata/sources/make_broken.py).
         let bytes = std::fs::read(dir.join("broken/damaged-xref.pdf")).unwrap();
         assert!(parse_pdf_extract(&bytes, &AtomicBool::new(false)).is_err());
-        let (ex, pictures) = text_layer(&bytes, None).unwrap();
+        let (ex, pictures) = text_layer(&bytes, None, None).unwrap();
         assert_eq!(pictures, None, "unknown when the structure is unreadable");
         assert_eq!(ex.engine.as_deref(), Some(POPPLER), "needs poppler-utils");
         assert_eq!(ex.pages, Some(3));
@@ -487,6 +495,7 @@ mod tests {
         // The intact file is pdf-extract's.
         let good = text_layer(
             &std::fs::read(dir.join("corpus/onboarding-handbook.pdf")).unwrap(),
+            None,
             None,
         )
         .unwrap()
@@ -523,13 +532,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/parse_pdf");
         let bytes = std::fs::read(dir.join("poppler-stdin-loop.pdf")).unwrap();
         let started = Instant::now();
-        let _ = text_layer(&bytes, None);
+        let _ = text_layer(&bytes, None, None);
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 
     #[test]
     fn junk_and_truncated_input_get_reasons() {
-        let err = text_layer(b"%PDF-1.4\nthis is not really a pdf", None).unwrap_err();
+        let err = text_layer(b"%PDF-1.4\nthis is not really a pdf", None, None).unwrap_err();
         assert!(err.contains("PDF"), "{err}");
     }
 }

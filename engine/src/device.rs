@@ -63,8 +63,19 @@ pub(crate) fn label(device: &Device) -> String {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| EngineError::InvalidInput(format!("cannot open CUDA device {ordinal}: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        EngineError::InvalidInput(format!(
+            "cannot open CUDA device {ordinal}: {}",
+            first_line(&e)
+        ))
+    })
+}
+
+/// candle's errors carry a backtrace in their text when `RUST_BACKTRACE` is set: a reason for
+/// a person keeps its first line.
+#[cfg(feature = "cuda")]
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_owned()
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -79,7 +90,7 @@ fn auto() -> Device {
     match Device::new_cuda(0) {
         Ok(d) => d,
         Err(e) => {
-            tracing::info!(error = %e, "no usable CUDA device; using the CPU");
+            tracing::info!(error = %first_line(&e), "no usable CUDA device; using the CPU");
             Device::Cpu
         }
     }

@@ -203,6 +203,11 @@ impl Embedder {
         self.inner.precision
     }
 
+    /// Where the model runs: `cpu` or `cuda:N`.
+    pub fn device(&self) -> &str {
+        &self.inner.device
+    }
+
     /// Most word pieces of a text the model sees, special tokens included (256); the rest of
     /// a longer text is ignored.
     pub fn max_tokens(&self) -> usize {

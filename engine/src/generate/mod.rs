@@ -78,6 +78,8 @@ pub struct GeneratorInfo {
     pub kv_blocks: usize,
     /// Tokens per KV block.
     pub kv_block_size: usize,
+    /// Where the weights live: `cpu` or `cuda:N`.
+    pub device: String,
 }
 
 /// A snapshot of the scheduler's load.
@@ -184,6 +186,7 @@ impl Generator {
             vocab: spec.vocab,
             kv_blocks: blocks,
             kv_block_size: bs,
+            device: crate::device::label(&device),
         };
         let tokenizer = Arc::new(tokenizer);
         let counters = Arc::new(Counters::default());

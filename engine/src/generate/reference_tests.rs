@@ -28,6 +28,20 @@ pub(super) fn model_path(name: &str) -> PathBuf {
     p
 }
 
+/// The device the model under test runs on: `HEARTH_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`;
+/// default `cpu`). `scripts/gpu-check.sh` runs these tests with `cuda` on a GPU, against the
+/// same references, computed on the CPU.
+pub(super) fn test_device() -> Device {
+    let spec = std::env::var("HEARTH_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    // candle's plain kernels (dequantise, then an f32 product) instead of its q8_1 ones, to
+    // tell a kernel's error from the model code's.
+    #[cfg(feature = "cuda")]
+    if std::env::var_os("HEARTH_TEST_CUDA_DMMV").is_some() {
+        candle_core::quantized::cuda::set_force_dmmv(true);
+    }
+    crate::device::select(&spec).unwrap_or_else(|e| panic!("HEARTH_TEST_DEVICE={spec}: {e}"))
+}
+
 fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
     for (i, v) in x.iter().enumerate() {
@@ -211,7 +225,7 @@ fn compare_counting(
 fn gemma3_greedy_matches_candle_transformers() {
     let path = model_path("gemma-3-270m-q4_k_m.gguf");
     let file = GgufFile::open(&path).unwrap();
-    let mut model = Model::load(&file, &Device::Cpu).unwrap();
+    let mut model = Model::load(&file, &test_device()).unwrap();
     // candle-transformers' quantized_gemma3 uses SiLU in the feed-forward block where Gemma 3
     // (and llama.cpp) use GELU; compare like with like.
     model.spec.activation = super::arch::Activation::Silu;
@@ -236,7 +250,7 @@ fn gemma3_greedy_matches_candle_transformers() {
 fn smollm2_greedy_matches_candle_transformers() {
     let path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
     let file = GgufFile::open(&path).unwrap();
-    let model = Model::load(&file, &Device::Cpu).unwrap();
+    let model = Model::load(&file, &test_device()).unwrap();
     // "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"-like ids.
     let prompt: Vec<u32> = vec![
         1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
@@ -289,7 +303,7 @@ fn gemma3_greedy_matches_llama_cpp() {
     let reference: Reference = serde_json::from_slice(&raw).unwrap();
     let path = model_path("gemma-3-270m-q4_k_m.gguf");
     let file = GgufFile::open(&path).unwrap();
-    let model = Model::load(&file, &Device::Cpu).unwrap();
+    let model = Model::load(&file, &test_device()).unwrap();
     let tok = super::tokenizer::GenTokenizer::from_gguf(file.content(), &path).unwrap();
     let mut agreed_total = 0;
     // How far our log-probabilities of llama.cpp's two best tokens are from its own, over
@@ -421,5 +435,79 @@ fn mapped_kernels_match_candle_qmatmul() {
             // scale in f16, we keep it in f32.
             assert!(err <= scale * 2e-3, "{name}: error {err} vs scale {scale}");
         }
+    }
+}
+
+/// candle's kernels on the test device (`HEARTH_TEST_DEVICE`) against the dequantised weights'
+/// own product on the host, for the tensor types of the default model: each matmul for 1, 5
+/// and 16 rows (the vector and the batched kernels), and the embedding lookup. On the CPU this
+/// checks candle's CPU kernels; on a GPU, the ones the `cuda` build's generator runs.
+#[test]
+fn device_kernels_match_the_dequantised_weights() {
+    let device = test_device();
+    let smol = GgufFile::open(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let host = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).unwrap();
+    let mut worst = Vec::new();
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.3.ffn_down.weight",
+        "token_embd.weight",
+    ] {
+        let dims = smol.shape(name).unwrap();
+        let (out, cols) = (dims[0], dims[1]);
+        let dense = host(
+            &smol
+                .tensor(name, &Device::Cpu)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap(),
+        );
+        let tensor = smol.tensor(name, &device).unwrap();
+        let dtype = tensor.dtype();
+        let candle = candle_core::quantized::QMatMul::from_arc(tensor.clone()).unwrap();
+        for rows in [1usize, 5, 16] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+                .collect();
+            let xt = Tensor::from_slice(&x, (rows, cols), &device).unwrap();
+            let got = host(&candle_core::Module::forward(&candle, &xt).unwrap());
+            let exact: Vec<f32> = (0..rows * out)
+                .map(|i| {
+                    let (r, j) = (i / out, i % out);
+                    let (w, x) = (&dense[j * cols..][..cols], &x[r * cols..][..cols]);
+                    w.iter()
+                        .zip(x)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            let scale = exact.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let sq: f32 = got.iter().zip(&exact).map(|(a, b)| (a - b) * (a - b)).sum();
+            let rms = (sq / got.len() as f32).sqrt();
+            let rel = rms / scale;
+            eprintln!(
+                "{name} ({dtype:?}) × {rows} rows: rms error {rms} of max {scale} ({rel:.5})"
+            );
+            worst.push((rel, format!("{name} × {rows}")));
+        }
+        if name == "token_embd.weight" {
+            let ids = [0u32, 1, 2, 1780, 4649, (out - 1) as u32];
+            let idt = Tensor::from_slice(&ids, ids.len(), &device).unwrap();
+            let rows = host(&tensor.embedding(&idt).unwrap());
+            for (k, &id) in ids.iter().enumerate() {
+                let want = &dense[id as usize * cols..][..cols];
+                let got = &rows[k * cols..][..cols];
+                let diff = want
+                    .iter()
+                    .zip(got)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(diff < 1e-5, "embedding row {id} differs by {diff}");
+            }
+        }
+    }
+    // The activations are quantised to 8 bits per 32 (q8_1): about 0.4% of the output's range.
+    for (rel, what) in &worst {
+        assert!(*rel < 0.01, "{what}: rms error {rel} of the output's range");
     }
 }

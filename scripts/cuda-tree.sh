@@ -8,7 +8,6 @@ ROOT=${CUDA_TREE:-$HOME/.cache/hearth/cuda-13.0}
 if [ -x "$ROOT/bin/nvcc" ] && [ -e "$ROOT/lib/stubs/libcuda.so" ]; then
   echo "$ROOT"; exit 0
 fi
-command -v unzip >/dev/null || { apt-get update -qq && apt-get install -y -qq unzip; } >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The components of cuda-toolkit 13.0.2. Newer nvcc writes PTX that driver 580 cannot load.
@@ -18,7 +17,19 @@ python3 -m pip download -q --no-deps --only-binary=:all: \
   nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 \
   nvidia-curand==10.4.0.35 nvidia-cublas==13.1.0.3 >&2
-for w in "$work"/wheels/*.whl; do unzip -q -o "$w" 'nvidia/*' -d "$work/tree"; done
+# Wheels are zip files; Python (already needed for pip) unpacks them, keeping each file's mode
+# (nvcc and its tools must stay executable), so no unzip is needed.
+python3 - "$work/tree" "$work"/wheels/*.whl <<'PY'
+import os, sys, zipfile
+for wheel in sys.argv[2:]:
+    with zipfile.ZipFile(wheel) as z:
+        for member in z.infolist():
+            if member.filename.startswith("nvidia/"):
+                path = z.extract(member, sys.argv[1])
+                mode = (member.external_attr >> 16) & 0o777
+                if mode:
+                    os.chmod(path, mode)
+PY
 rm -rf "$ROOT"
 mkdir -p "$(dirname "$ROOT")"
 mv "$work/tree/nvidia/cu13" "$ROOT"

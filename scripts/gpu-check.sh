@@ -35,6 +35,7 @@ TARGET=${CARGO_TARGET_DIR_CUDA:-$HOME/.cache/hearth/target-cuda}
 OUT=${OUT:-$TARGET}
 mkdir -p "$OUT"
 export HEARTH_MODELS=${HEARTH_MODELS:-$ROOT/models} HEARTH_GPU_CHECK_ROOT=$ROOT
+export CARGO_TERM_PROGRESS_WHEN=never
 
 BIN=${HEARTH_GPU_CHECK_BIN:-}
 TESTS=${HEARTH_GPU_CHECK_TESTS:-}
@@ -42,8 +43,11 @@ if [ -z "$BIN" ]; then
   echo "building the cuda gpu_check and engine tests (scripts/build-cuda.sh)..." >&2
   scripts/build-cuda.sh build --release -p hearth-engine --example gpu_check >&2
   BIN=$TARGET/release/examples/gpu_check
-  TESTS=$(scripts/build-cuda.sh test --release -p hearth-engine --lib --no-run 2>&1 \
-    | tee /dev/stderr | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' | tail -1)
+  # (Not `tee /dev/stderr`: where stderr is a file, opening it again truncates it.)
+  built=$(scripts/build-cuda.sh test --release -p hearth-engine --lib --no-run 2>&1) \
+    || { echo "$built" >&2; exit 1; }
+  echo "$built" >&2
+  TESTS=$(echo "$built" | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' | tail -1)
 fi
 [ -x "$BIN" ] || { echo "gpu-check: no binary at $BIN" >&2; exit 1; }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, dependency rules, unit and integration tests (real
 # models, real child processes, a real SeaweedFS S3 server) and docs. Benchmarks are type-checked
-# by clippy --all-targets; `cargo bench` builds and runs them. Ends with a 15 s pass of every
+# by clippy --all-targets; `cargo bench` builds and runs them. The `cuda` build is checked on
+# the CPU by scripts/gpu-check.sh with a stub driver (a cold build of it: ~11 min on 2 cores,
+# CUDA 13.0 from PyPI wheels): its engine tests and the fallback. Ends with a 15 s pass of every
 # fuzz target (scripts/fuzz.sh). Installs its own dependencies first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +16,5 @@ step "cargo clippy";       cargo clippy --workspace --all-targets --locked -- -D
 step "dependency rules";   scripts/check-deps.sh
 step "cargo doc";          RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test";         cargo test --workspace --locked
+step "GPU check, no GPU";  scripts/gpu-check.sh --quick
 step "fuzz (short pass)";  scripts/fuzz.sh 15

@@ -64,8 +64,8 @@ fn main() {
         "too little text in {}",
         corpus.display()
     );
-    let passages_64 = passages(&tokenizer, &words, 0, n_passages, 64);
-    let passages_256 = passages(&tokenizer, &words, words.len() / 3, n_passages, 256);
+    let passages_64 = common::passages(&tokenizer, &words, 0, n_passages, 64);
+    let passages_256 = common::passages(&tokenizer, &words, words.len() / 3, n_passages, 256);
     let queries = queries(&root, n_queries);
     let tok_stats = |ps: &[String]| {
         let counts: Vec<f64> = ps
@@ -440,41 +440,6 @@ fn bench_queries(embedder: &Embedder, queries: &[String]) -> Latency {
         l.n, l.p50_ms, l.p99_ms, l.cpu_s
     );
     l
-}
-
-/// `n` passages of at most `target` tokens (special tokens included, as close to `target` as a
-/// word boundary allows), consecutive in the word stream from `start` (wrapping around).
-fn passages(
-    tok: &Tokenizer,
-    words: &[String],
-    start: usize,
-    n: usize,
-    target: usize,
-) -> Vec<String> {
-    let budget = target - tok.special_tokens_per_sequence();
-    let mut cursor = start;
-    (0..n)
-        .map(|_| {
-            // `budget` words always hold at least `budget` tokens (each word is one or more).
-            let mut text = String::new();
-            let mut word_ends = Vec::with_capacity(budget);
-            for k in 0..budget {
-                if k > 0 {
-                    text.push(' ');
-                }
-                text.push_str(&words[(cursor + k) % words.len()]);
-                word_ends.push(text.len());
-            }
-            let token_ends = tok.token_ends(&text).expect("tokenizing a passage");
-            let fits = word_ends
-                .iter()
-                .rposition(|&w| token_ends.partition_point(|&t| t <= w) <= budget)
-                .unwrap_or(0);
-            cursor += fits + 1;
-            text.truncate(word_ends[fits]);
-            text
-        })
-        .collect()
 }
 
 /// `n` short queries: the questions of the retrieval set, then the short texts (≤ 32 tokens) of

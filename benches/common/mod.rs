@@ -5,6 +5,10 @@
 //! Each bench includes this with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+mod text;
+#[allow(unused_imports)] // as with the rest of this module, each bench uses part of it
+pub use text::{corpus_words, passages, percentile};
+
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -371,15 +375,6 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, Section) {
     )
 }
 
-/// Nearest-rank percentile (`p` in 0..=100) of an ascending slice.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -530,67 +525,6 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 pub fn num(v: Option<f64>, decimals: usize) -> String {
     v.filter(|x| x.is_finite())
         .map_or_else(|| "-".into(), |x| format!("{x:.decimals$}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Corpus text
-
-/// The whitespace-separated words of the text files of a corpus directory (.md, .txt, .html
-/// with tags stripped crudely, and extension-less plain-text files; PDFs are skipped), in
-/// file-name order.
-pub fn corpus_words(dir: &Path) -> Vec<String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    let mut words = Vec::new();
-    for f in files {
-        let ext = f
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let text = match ext.as_str() {
-            "md" | "txt" | "" => std::fs::read_to_string(&f).unwrap_or_default(),
-            "html" | "htm" => strip_html(&std::fs::read_to_string(&f).unwrap_or_default()),
-            _ => continue,
-        };
-        words.extend(text.split_whitespace().map(str::to_owned));
-    }
-    words
-}
-
-/// Crude HTML to text: drops `<script>`/`<style>` contents and all tags, decodes a few entities.
-pub fn strip_html(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let lower = html.to_ascii_lowercase();
-    let mut i = 0;
-    while i < html.len() {
-        if html.as_bytes()[i] == b'<' {
-            let skip_to = ["script", "style"].iter().find_map(|t| {
-                lower[i + 1..].starts_with(t).then(|| {
-                    lower[i..]
-                        .find(&format!("</{t}"))
-                        .map_or(html.len(), |p| i + p + 2 + t.len())
-                })
-            });
-            let from = skip_to.unwrap_or(i);
-            i = lower[from..].find('>').map_or(html.len(), |p| from + p + 1);
-            out.push(' ');
-        } else {
-            let next = html[i..].find('<').map_or(html.len(), |p| i + p);
-            out.push_str(&html[i..next]);
-            i = next;
-        }
-    }
-    out.replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
 }
 
 // ---------------------------------------------------------------------------------------------

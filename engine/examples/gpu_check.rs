@@ -31,6 +31,10 @@ use hearth_engine::{
 };
 use serde_json::{Value, json};
 
+#[path = "../../benches/common/text.rs"]
+mod text;
+use text::percentile;
+
 struct Opts {
     quick: bool,
     cores: usize,
@@ -144,13 +148,9 @@ fn embed_part(opts: &Opts, devices: &[&str]) -> Value {
         .unwrap_or_else(|e| fail(&format!("the embedder's tokenizer: {e}")));
     let words = corpus_words(&opts.root);
     let n = if opts.quick { 64 } else { 1024 };
-    let texts = passages(&tok, &words, n, 256);
-    let queries: Vec<String> = passages(
-        &tok,
-        &words[words.len() / 2..],
-        if opts.quick { 10 } else { 100 },
-        16,
-    );
+    let texts = text::passages(&tok, &words, 0, n, 256);
+    let n_queries = if opts.quick { 10 } else { 100 };
+    let queries = text::passages(&tok, &words, words.len() / 2, n_queries, 16);
     let f32_cpu = {
         let e = Embedder::load(&EngineConfig {
             embed_precision: EmbedPrecision::F32,
@@ -314,7 +314,7 @@ fn generate_on(
     let mut prefill = Vec::new();
     for r in 0..reps {
         let text = words_from(words, 1000 + r * 700, if opts.quick { 100 } else { 400 });
-        let (_, _, c) = run(&g, &Prompt::Text(text), 1)?;
+        let (_, c) = run(&g, &Prompt::Text(text), 1)?;
         prefill.push((c.usage.prompt_tokens, c.timings.prefill_ms));
     }
     let prefill_tok_s = prefill
@@ -327,7 +327,7 @@ fn generate_on(
             None,
             "Write a long essay about the history of data compression.",
         );
-        let (_, _, c) = run(&g, &essay, if opts.quick { 32 } else { 128 })?;
+        let (_, c) = run(&g, &essay, if opts.quick { 32 } else { 128 })?;
         decode = decode.max(c.timings.decode_tokens_per_s);
     }
     println!(
@@ -387,18 +387,15 @@ fn params(max_tokens: usize) -> SamplingParams {
     }
 }
 
-/// The answer, the client-side seconds and the engine's account of it.
+/// The answer and the engine's account of it.
 fn run(
     g: &Generator,
     p: &Prompt,
     max_tokens: usize,
-) -> Result<(String, f64, hearth_engine::Completion), String> {
-    let t = Instant::now();
-    let (text, c) = g
-        .submit(p, params(max_tokens))
+) -> Result<(String, hearth_engine::Completion), String> {
+    g.submit(p, params(max_tokens))
         .and_then(|s| s.wait())
-        .map_err(|e| format!("generation: {e}"))?;
-    Ok((text, t.elapsed().as_secs_f64(), c))
+        .map_err(|e| format!("generation: {e}"))
 }
 
 /// `conc` closed-loop clients sending RAG-shaped prompts until `budget` has passed (each
@@ -464,45 +461,11 @@ fn serve(g: &Generator, words: &[String], conc: usize, budget: Duration, quick: 
 // ---------------------------------------------------------------------------------------------
 // Texts
 
-/// The words of the text files of `testdata/corpus` (markup stripped crudely), in file order.
+/// The words of `testdata/corpus` (the benches' reading of it).
 fn corpus_words(root: &Path) -> Vec<String> {
-    let dir = root.join("testdata/corpus");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| {
-            fail(&format!(
-                "{}: {e} (run from the repository root)",
-                dir.display()
-            ))
-        })
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("txt" | "md" | "html")
-            )
-        })
-        .collect();
-    files.sort();
-    let mut words = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        let mut plain = String::with_capacity(text.len());
-        let mut in_tag = false;
-        for c in text.chars() {
-            match c {
-                '<' => in_tag = true,
-                '>' if in_tag => {
-                    in_tag = false;
-                    plain.push(' ');
-                }
-                c if !in_tag => plain.push(c),
-                _ => {}
-            }
-        }
-        words.extend(plain.split_whitespace().map(str::to_owned));
-    }
+    let words = text::corpus_words(&root.join("testdata/corpus"));
     if words.len() < 1000 {
-        fail(&format!("{} holds too little text", dir.display()));
+        fail("testdata/corpus holds too little text (run from the repository root)");
     }
     words
 }
@@ -512,44 +475,6 @@ fn words_from(words: &[String], from: usize, n: usize) -> String {
         .map(|k| words[(from + k) % words.len()].as_str())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `n` consecutive passages of at most `target` word pieces (special tokens included), cut at
-/// word boundaries.
-fn passages(tok: &Tokenizer, words: &[String], n: usize, target: usize) -> Vec<String> {
-    let budget = target - tok.special_tokens_per_sequence();
-    let mut cursor = 0;
-    (0..n)
-        .map(|_| {
-            let mut text = String::new();
-            let mut ends = Vec::with_capacity(budget);
-            for k in 0..budget {
-                if k > 0 {
-                    text.push(' ');
-                }
-                text.push_str(&words[(cursor + k) % words.len()]);
-                ends.push(text.len());
-            }
-            let token_ends = tok
-                .token_ends(&text)
-                .unwrap_or_else(|e| fail(&format!("tokenizing: {e}")));
-            let fits = ends
-                .iter()
-                .rposition(|&w| token_ends.partition_point(|&t| t <= w) <= budget)
-                .unwrap_or(0);
-            cursor += fits + 1;
-            text.truncate(ends[fits]);
-            text
-        })
-        .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn fail(msg: &str) -> ! {

@@ -335,6 +335,13 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// One line to the parent while a parse runs (progress, a stage); a closed pipe means the
+/// parent is gone, and the process ends with its next reply.
+fn notice(mark: &str, text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{mark}{text}").and_then(|()| out.flush());
+}
+
 /// The body of an extraction process: limits itself, then serves requests on stdin/stdout until
 /// stdin closes. Returns the process exit code.
 pub fn extract_worker_main() -> i32 {
@@ -396,14 +403,10 @@ pub fn extract_worker_main() -> i32 {
         let opts = Options {
             ocr_languages: h.ocr_languages,
             progress: Some(Box::new(|done, total| {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{PROGRESS_MARK}{done} {total}");
-                let _ = out.flush();
+                notice(PROGRESS_MARK, &format!("{done} {total}"));
             })),
             stage: Some(Box::new(|stage| {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{STAGE_MARK}{}", stage.replace('\n', " "));
-                let _ = out.flush();
+                notice(STAGE_MARK, &stage.replace('\n', " "))
             })),
             max_text_bytes: max_text,
             time_limit,

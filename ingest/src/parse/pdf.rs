@@ -478,7 +478,17 @@ mod tests {
         // Every byte offset is 502 bytes off (testdata/sources/make_broken.py).
         let bytes = std::fs::read(dir.join("broken/damaged-xref.pdf")).unwrap();
         assert!(parse_pdf_extract(&bytes, &AtomicBool::new(false)).is_err());
-        let (ex, pictures) = text_layer(&bytes, None, None).unwrap();
+        // The step poppler takes is named first (a time limit that ends it says so).
+        let stages = std::cell::RefCell::new(Vec::new());
+        let record = |s: &str| stages.borrow_mut().push(s.to_owned());
+        let (ex, pictures) = text_layer(&bytes, None, Some(&record)).unwrap();
+        let stages = stages.into_inner();
+        assert_eq!(stages.len(), 1, "{stages:?}");
+        assert!(
+            stages[0].starts_with("pdf-extract not a readable PDF")
+                && stages[0].ends_with("; poppler pdftotext was reading it"),
+            "{stages:?}"
+        );
         assert_eq!(pictures, None, "unknown when the structure is unreadable");
         assert_eq!(ex.engine.as_deref(), Some(POPPLER), "needs poppler-utils");
         assert_eq!(ex.pages, Some(3));

@@ -15,9 +15,12 @@
 # (its sha256 is checked all the same); otherwise pip downloads it from PyPI.
 #
 # Needs a C/C++ compiler (gcc/g++ or clang) and python3 with venv; cmake and ninja come as
-# pinned PyPI wheels into the venv. The CPU backend is built for a portable x86-64 AVX2 target:
-# no -march=native (GGML_NATIVE) and no AMX -- AMX instructions fault in our VMs although the CPU
-# flags may list them -- and no AVX-512 (our Zen 3 hosts have none). Tests, examples and the
+# pinned PyPI wheels into the venv. The CPU backend is built for the instruction sets hearth's
+# own kernels dispatch to on this machine, so the comparison is like for like: x86-64 AVX2/FMA/
+# F16C always, and AVX-512 (F, BW, VL, DQ, CD) with VNNI, VBMI and BF16 where the CPU flags list
+# them (hearth's int8 kernels use AVX-512 VNNI where present); no -march=native (GGML_NATIVE)
+# and no AMX -- AMX instructions fault in our VMs although the CPU flags may list them.
+# HEARTH_LLAMA_ISA=avx2 builds the AVX2 target on any machine. Tests, examples and the
 # unified `llama` binary are not built; the web UI is not embedded (its assets would be fetched
 # from outside at build time). The llama.cpp tools (llama-bench among them) are built with the
 # server, as the sdist builds every target.
@@ -41,11 +44,30 @@ CMAKE_FLAGS=(
     -DGGML_NATIVE=OFF
     -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON
     -DGGML_AVX_VNNI=OFF
-    -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 )
+# ON when every named flag is in /proc/cpuinfo (and HEARTH_LLAMA_ISA is not avx2), else OFF.
+has_flags() {
+    [[ "${HEARTH_LLAMA_ISA:-auto}" != avx2 ]] || { echo OFF; return; }
+    local f
+    for f in "$@"; do
+        grep -qw "$f" /proc/cpuinfo 2>/dev/null || { echo OFF; return; }
+    done
+    echo ON
+}
+avx512="$(has_flags avx512f avx512bw avx512vl avx512dq avx512cd)"
+if [[ "$avx512" == ON ]]; then
+    CMAKE_FLAGS+=(
+        -DGGML_AVX512=ON
+        -DGGML_AVX512_VNNI="$(has_flags avx512_vnni)"
+        -DGGML_AVX512_VBMI="$(has_flags avx512vbmi)"
+        -DGGML_AVX512_BF16="$(has_flags avx512_bf16)"
+    )
+else
+    CMAKE_FLAGS+=(-DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF)
+fi
 
 name="${1:-llama-server}"
 case "$name" in

@@ -38,8 +38,9 @@ impl Linear {
             });
         }
         if device.is_cpu()
-            && let Some(m) = file.mapped(name)?
+            && let Some(mut m) = file.mapped(name)?
         {
+            m.repack();
             return Ok(Self::Mapped(m));
         }
         let q = file.tensor(name, device)?;

@@ -310,6 +310,63 @@ unsafe fn tile_q6k<const R: usize>(
     }
 }
 
+/// `super::quantize_block` in AVX2: the same max, the same `1 / d`, and per value the
+/// truncated quotient stepped one away from zero when the fraction is at least a half (what
+/// `round_away` does), so the bytes are the scalar version's.
+pub(super) fn quantize_block(xb: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
+    assert!(xb.len() == QK && q.len() == QK);
+    // SAFETY: AVX2 and FMA are present (checked by the one caller); the loads and the store
+    // cover the 32 values of `xb` and `q`, asserted above.
+    unsafe { quantize_block_avx2(xb, q) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_block_avx2(xb: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
+    // SAFETY: as in `quantize_block`.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xb.as_ptr().add(8 * k)));
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for v in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *v));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let d = amax / 127.0;
+        let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let ints: [__m256i; 4] = std::array::from_fn(|k| {
+            let y = _mm256_mul_ps(v[k], inv);
+            let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            let f = _mm256_sub_ps(y, t);
+            let up = _mm256_and_ps(_mm256_cmp_ps(f, half, _CMP_GE_OQ), one);
+            let down = _mm256_and_ps(_mm256_cmp_ps(f, _mm256_sub_ps(sign, half), _CMP_LE_OQ), one);
+            let r = _mm256_sub_ps(_mm256_add_ps(t, up), down);
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+        });
+        // i32 → i8 in order: the packs interleave 128-bit halves, the permutation undoes it.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(ints[0], ints[1]),
+            _mm256_packs_epi32(ints[2], ints[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr().cast(), p);
+        let h0 = hsum_i32(_mm256_add_epi32(ints[0], ints[1]));
+        let h1 = hsum_i32(_mm256_add_epi32(ints[2], ints[3]));
+        (amax, [h0, h1])
+    }
+}
+
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    _mm_cvtsi128_si32(s)
+}
+
 /// `0xff` in byte `i` where bit `i` of `bits` is set, else 0.
 #[target_feature(enable = "avx2")]
 fn bytes_from_bits(bits: u32) -> __m256i {

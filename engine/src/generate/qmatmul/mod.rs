@@ -40,6 +40,9 @@
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod packed;
 mod portable;
 #[cfg(test)]
 mod tests;
@@ -117,29 +120,38 @@ fn k_scales(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (sc, m)
 }
 
-/// A `rows × cols` weight matrix (one output per row) in the mapped file.
+/// A `rows × cols` weight matrix (one output per row) in the mapped file, and, once
+/// [`MappedMatrix::repack`] has run, in interleaved panels for the AVX-512 VNNI kernel.
 pub(crate) struct MappedMatrix {
     map: Arc<Mmap>,
     range: Range<usize>,
     pub(crate) kind: BlockType,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<packed::Packed>,
 }
 
 /// Activation rows quantised to 8-bit blocks of 32: values, per-block scale, per-block
-/// `scale · Σ values` rounded through f16 (`s`) and in f32 (`sum`).
+/// `scale · Σ values` rounded through f16 (`s`) and in f32 (`sum`), and the latter per half
+/// block (`sum16`, for Q6_K's two scales per block in the repacked kernel).
 #[derive(Default)]
 pub(crate) struct QuantRows {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
     sum: Vec<f32>,
+    sum16: Vec<f32>,
     cols: usize,
 }
 
 impl QuantRows {
-    /// Quantises `x` (`rows × cols`, `cols` a multiple of 32), reusing the buffers.
+    /// Quantises `x` (`rows × cols`, `cols` a multiple of 32), reusing the buffers; in
+    /// parallel over runs of blocks when there are many (a prefill chunk), on the calling thread
+    /// otherwise (a decode step's few rows: a fork-join would cost more than the work).
     pub(crate) fn quantize(&mut self, x: &[f32], cols: usize) {
+        /// Blocks per parallel task.
+        const RUN: usize = 64;
         debug_assert_eq!(cols % QK, 0);
         let blocks = x.len() / QK;
         self.cols = cols;
@@ -147,21 +159,24 @@ impl QuantRows {
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
         self.sum.resize(blocks, 0.0);
-        for (b, xb) in x.chunks_exact(QK).enumerate() {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in self.q[b * QK..(b + 1) * QK].iter_mut().zip(xb) {
-                *q = round_away(v * inv).clamp(-127, 127) as i8;
-                sum += i32::from(*q);
-            }
-            // Scales rounded through f16 as ggml's Q8_0/Q8_1 blocks store them, so results match
-            // ggml-family kernels (candle's, llama.cpp's) as closely as possible.
-            let d = round_f16(d);
-            self.d[b] = d;
-            self.s[b] = round_f16(round_f16(sum as f32) * d);
-            self.sum[b] = sum as f32 * d;
+        self.sum16.resize(2 * blocks, 0.0);
+        if blocks <= 4 * RUN {
+            fill_blocks(
+                x,
+                &mut self.q,
+                &mut self.d,
+                &mut self.s,
+                &mut self.sum,
+                &mut self.sum16,
+            );
+        } else {
+            x.par_chunks(RUN * QK)
+                .zip(self.q.par_chunks_mut(RUN * QK))
+                .zip(self.d.par_chunks_mut(RUN))
+                .zip(self.s.par_chunks_mut(RUN))
+                .zip(self.sum.par_chunks_mut(RUN))
+                .zip(self.sum16.par_chunks_mut(2 * RUN))
+                .for_each(|(((((x, q), d), s), sum), sum16)| fill_blocks(x, q, d, s, sum, sum16));
         }
     }
 
@@ -186,7 +201,24 @@ impl MappedMatrix {
             kind,
             rows,
             cols,
+            #[cfg(target_arch = "x86_64")]
+            packed: None,
         })
+    }
+
+    /// Copies the weights into interleaved panels for the AVX-512 VNNI kernel where the CPU
+    /// has it (see `packed.rs`), unless `HEARTH_ENGINE_REPACK=0` (a switch for measuring the
+    /// kernels against each other). Returns the bytes the copy holds (0 when none was made).
+    /// The mapped bytes stay in use for [`MappedMatrix::dequantize_row`].
+    pub(crate) fn repack(&mut self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx512_vnni() && repack_enabled() {
+            let p = packed::Packed::new(self.kind, self.bytes(), self.rows, self.cols);
+            let size = p.size();
+            self.packed = Some(p);
+            return size;
+        }
+        0
     }
 
     fn bytes(&self) -> &[u8] {
@@ -217,6 +249,14 @@ impl MappedMatrix {
     }
 }
 
+/// Whether `HEARTH_ENGINE_REPACK` leaves repacking on (anything but `0`), read once.
+#[cfg(target_arch = "x86_64")]
+fn repack_enabled() -> bool {
+    static ON: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var("HEARTH_ENGINE_REPACK").as_deref() != Ok("0"));
+    *ON
+}
+
 /// `outs[i] (x.rows × ws[i].rows) = x · ws[i]ᵀ` for matrices sharing their input (q, k, v; or
 /// gate, up), all in one parallel pass over output columns: one fork-join per projection
 /// group instead of one per matrix, which matters at one row per step (decode). `scratch`
@@ -233,6 +273,10 @@ pub(crate) fn matmul_many(
     if m == 0 {
         outs.iter_mut().for_each(|o| o.clear());
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if ws.iter().all(|w| w.packed.is_some()) && crate::simd::avx512_vnni() {
+        return matmul_packed(ws, x, outs, scratch);
     }
     // Every element is written below: grow without clearing.
     if scratch.len() < total * m {
@@ -284,6 +328,53 @@ pub(crate) fn matmul_many(
     }
 }
 
+/// `matmul_many` over repacked matrices: one task per panel of 16 rows (of the matrices'
+/// concatenated rows), each writing its `m × 16` results to its own run of `scratch`, which are
+/// then copied to the outputs' rows.
+#[cfg(target_arch = "x86_64")]
+fn matmul_packed(
+    ws: &[&MappedMatrix],
+    x: &QuantRows,
+    outs: &mut [&mut Vec<f32>],
+    scratch: &mut Vec<f32>,
+) {
+    use packed::PANEL;
+    let m = x.rows();
+    let packs: Vec<&packed::Packed> = ws.iter().filter_map(|w| w.packed.as_ref()).collect();
+    let panels: usize = packs.iter().map(|p| p.panels).sum();
+    if scratch.len() < panels * PANEL * m {
+        scratch.resize(panels * PANEL * m, 0.0);
+    }
+    let scratch = &mut scratch[..panels * PANEL * m];
+    scratch
+        .par_chunks_mut(PANEL * m)
+        .enumerate()
+        .for_each(|(t, dst)| {
+            let (mut i, mut base) = (0, 0);
+            while t >= base + packs[i].panels {
+                base += packs[i].panels;
+                i += 1;
+            }
+            packs[i].panel(t - base, x, dst);
+        });
+    let mut first = 0;
+    for ((w, p), out) in ws.iter().zip(&packs).zip(outs.iter_mut()) {
+        let n = w.rows;
+        out.clear();
+        out.resize(m * n, 0.0);
+        for (k, panel) in scratch[first * PANEL * m..][..p.panels * PANEL * m]
+            .chunks_exact(PANEL * m)
+            .enumerate()
+        {
+            let width = PANEL.min(n - k * PANEL);
+            for (r, src) in panel.chunks_exact(PANEL).enumerate() {
+                out[r * n + k * PANEL..][..width].copy_from_slice(&src[..width]);
+            }
+        }
+        first += p.panels;
+    }
+}
+
 /// One weight row against every activation row.
 fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -291,6 +382,53 @@ fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
         return avx2::dot_rows(kind, wrow, x, out);
     }
     portable::dot_rows(kind, wrow, x, out);
+}
+
+/// `QuantRows::quantize` over a run of blocks: `x` and `q` hold them, the other slices one
+/// entry per block (two for `sum16`).
+fn fill_blocks(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    sum: &mut [f32],
+    sum16: &mut [f32],
+) {
+    for (b, xb) in x.chunks_exact(QK).enumerate() {
+        let (amax, halves) = quantize_block(xb, &mut q[b * QK..(b + 1) * QK]);
+        let d_b = round_f16(amax / 127.0);
+        let total = halves[0] + halves[1];
+        d[b] = d_b;
+        // Scales rounded through f16 as ggml's Q8_0/Q8_1 blocks store them, so results match
+        // ggml-family kernels (candle's, llama.cpp's) as closely as possible.
+        s[b] = round_f16(round_f16(total as f32) * d_b);
+        sum[b] = total as f32 * d_b;
+        sum16[2 * b] = halves[0] as f32 * d_b;
+        sum16[2 * b + 1] = halves[1] as f32 * d_b;
+    }
+}
+
+/// One block of 32 activations to bytes: `q_i` = `x_i / d` rounded (halves away from zero)
+/// and clamped to ±127, with `d` = `max |x_i| / 127` (no scaling when all are 0). Returns the
+/// max and the sums of `q` over each half. The AVX2 version gives the same bytes (NaN aside).
+fn quantize_block(xb: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2_fma() {
+        return avx2::quantize_block(xb, q);
+    }
+    quantize_block_scalar(xb, q)
+}
+
+fn quantize_block_scalar(xb: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
+    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut halves = [0i32; 2];
+    for (i, (q, v)) in q.iter_mut().zip(xb).enumerate() {
+        *q = round_away(v * inv).clamp(-127, 127) as i8;
+        halves[i / 16] += i32::from(*q);
+    }
+    (amax, halves)
 }
 
 /// `x.round() as i32` (halves away from zero) without a libm call: the truncating conversion

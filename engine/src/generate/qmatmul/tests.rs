@@ -272,3 +272,71 @@ fn quantisation_keeps_values_within_half_a_step() {
         assert_eq!(q.sum[b], q.d[b] * sum);
     }
 }
+
+/// The repacked AVX-512 VNNI kernel against the row kernels, through `matmul_many` (so the
+/// panels' scatter to the outputs is checked too): every type, row counts that leave the last
+/// panel partly empty, every activation tile height, and two matrices of different types
+/// sharing one pass. Skipped (and said so) on CPUs without AVX-512 VNNI.
+#[test]
+fn repacked_panels_match_the_row_kernels() {
+    if !crate::simd::avx512_vnni() {
+        eprintln!("no AVX-512 VNNI here: the repacked kernel is not used, nothing to check");
+        return;
+    }
+    let cols = 512;
+    for (n, kind) in ALL.into_iter().enumerate() {
+        let other = ALL[(n + 3) % ALL.len()];
+        let (rows_a, rows_b) = (37, 16);
+        let (a, _) = quantised_by_candle(kind, rows_a, cols);
+        let (b, _) = quantised_by_candle(other, rows_b, cols);
+        let (mut pa, _) = quantised_by_candle(kind, rows_a, cols);
+        let (mut pb, _) = quantised_by_candle(other, rows_b, cols);
+        assert!(pa.repack() > 0 && pb.repack() > 0);
+        for m in [1, 3, 4, 9] {
+            let x = activations(m, cols, 0x5151 ^ (m as u64) << 8 ^ n as u64);
+            let mut q = QuantRows::default();
+            q.quantize(&x, cols);
+            let (mut wa, mut wb, mut ga, mut gb) = (vec![], vec![], vec![], vec![]);
+            let mut scratch = Vec::new();
+            matmul_many(&[&a, &b], &q, &mut [&mut wa, &mut wb], &mut scratch);
+            matmul_many(&[&pa, &pb], &q, &mut [&mut ga, &mut gb], &mut scratch);
+            for (got, want, k) in [(&ga, &wa, kind), (&gb, &wb, other)] {
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(want.iter()) {
+                    assert!(
+                        (g - w).abs() <= 2e-4 * (1.0 + w.abs()),
+                        "{k:?} × {m} rows: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The dispatched block quantiser (AVX2 here) gives the scalar one's bytes, max and sums,
+/// ties and near-ties included (blocks whose max is 127, so values are their own quotients).
+#[test]
+fn vector_quantisation_matches_the_scalar_one() {
+    let mut next = xorshift(0xdead_beef_cafe_f00d);
+    let mut blocks: Vec<Vec<f32>> = vec![vec![0.0; QK]];
+    let mut tie = vec![127.0f32; QK];
+    for (i, v) in tie.iter_mut().enumerate().skip(1) {
+        let base = (i as f32 - 16.0) * 3.0;
+        *v = base + [0.5, -0.5, 0.49999997, -0.49999997, 0.50000006][i % 5];
+    }
+    blocks.push(tie);
+    for _ in 0..2000 {
+        let scale = 10f32.powi((next() % 9) as i32 - 4);
+        blocks.push(
+            (0..QK)
+                .map(|_| ((next() % 200_001) as f32 / 100_000.0 - 1.0) * scale)
+                .collect(),
+        );
+    }
+    for xb in &blocks {
+        let (mut got, mut want) = ([0i8; QK], [0i8; QK]);
+        let g = quantize_block(xb, &mut got);
+        let w = quantize_block_scalar(xb, &mut want);
+        assert_eq!((got, g), (want, w), "{xb:?}");
+    }
+}

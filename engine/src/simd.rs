@@ -10,6 +10,7 @@
 struct Features {
     avx2_fma: bool,
     f16c: bool,
+    avx512f: bool,
     avx512_vnni: bool,
 }
 
@@ -18,6 +19,8 @@ static FEATURES: std::sync::LazyLock<Features> = std::sync::LazyLock::new(|| Fea
     avx2_fma: std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma"),
     f16c: std::arch::is_x86_feature_detected!("f16c"),
+    avx512f: std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("fma"),
     avx512_vnni: std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512vnni"),
@@ -29,6 +32,18 @@ pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         FEATURES.avx2_fma
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has AVX-512 F and FMA (always false off x86-64): the generator's attention
+/// runs 16 wide.
+#[inline]
+pub(crate) fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        FEATURES.avx512f
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

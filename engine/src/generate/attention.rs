@@ -7,8 +7,6 @@
 
 use rayon::prelude::*;
 
-use crate::simd::dot;
-
 use super::kv::LayerKv;
 use super::step::StepSeq;
 
@@ -23,6 +21,13 @@ pub(crate) struct AttentionShape {
 
 /// Query rows of one sequence at consecutive positions that share each read of the cache.
 const TILE: usize = 4;
+
+/// Query vectors (rows × heads of a group) scored and weighted together, sharing each load of
+/// a key or value vector.
+const QV: usize = 4;
+
+/// Positions per vector of scores, and value dimensions per vector.
+const LANES: usize = 16;
 
 thread_local! {
     /// Each worker thread's score buffer, grown once and reused by every call.
@@ -70,8 +75,8 @@ pub(crate) fn paged_attention(
         });
 }
 
-/// [`attend`] compiled for AVX2 and FMA when the CPU has them (8-wide float arithmetic
-/// instead of the baseline's 4), else as is.
+/// [`attend`] compiled for AVX-512 or for AVX2 and FMA when the CPU has them (16- or 8-wide
+/// float arithmetic instead of the baseline's 4), else as is.
 fn attend_dispatch(
     shape: &AttentionShape,
     kv: LayerKv<'_>,
@@ -82,6 +87,14 @@ fn attend_dispatch(
     scores: &mut Vec<f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512f() {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU supports AVX-512F and FMA (checked just above).
+        unsafe {
+            return attend_avx512(shape, kv, blocks, pos, q, out, scores);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2_fma() {
         #[allow(unsafe_code)]
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -89,7 +102,21 @@ fn attend_dispatch(
             return attend_avx2(shape, kv, blocks, pos, q, out, scores);
         }
     }
-    attend(shape, kv, blocks, pos, q, out, scores);
+    attend::<Separate>(shape, kv, blocks, pos, q, out, scores);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn attend_avx512(
+    shape: &AttentionShape,
+    kv: LayerKv<'_>,
+    blocks: &[u32],
+    pos: usize,
+    q: &[f32],
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    attend::<Fused>(shape, kv, blocks, pos, q, out, scores);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -103,16 +130,18 @@ fn attend_avx2(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    attend(shape, kv, blocks, pos, q, out, scores);
+    attend::<Fused>(shape, kv, blocks, pos, q, out, scores);
 }
 
 /// A tile of query rows at positions `pos0..pos0 + R` (`q` and `out` hold `R` rows). The
 /// query heads that share a key/value head (grouped-query attention) and the tile's rows are
-/// done together, so each cached key and value is read once per tile, block by block. A row's
-/// result is the same in any tile: positions outside its own range score -inf, which adds
-/// exact zeros.
+/// done together, [`QV`] query vectors at a time, so each cached key and value vector is read
+/// once per four of them. Scores are vectors of 16 positions: the keys are stored transposed
+/// (`kv.rs`), so a position's score is a sum of vertical multiply-adds, one per key dimension.
+/// A row's result is the same in any tile: positions outside its own range score -inf, which
+/// adds exact zeros, and every sum runs in the same order.
 #[inline(always)]
-fn attend(
+fn attend<M: MulAdd>(
     shape: &AttentionShape,
     kv: LayerKv<'_>,
     blocks: &[u32],
@@ -128,14 +157,21 @@ fn attend(
     let rows = q.len() / width;
     let last = pos0 + rows - 1;
     let first_of = |p: usize| shape.window.map_or(0, |w| (p + 1).saturating_sub(w));
-    let lo = first_of(pos0);
-    let n = last + 1 - lo;
-    // scores[(r * group + j) * n + i]: row r, head j of the group, position lo + i.
+    // Scores start at a multiple of 16 and run to one, so that a position always falls in the
+    // same lane of the softmax's sums, whatever the tile: a row's result does not depend on
+    // which rows share its step. The positions before the first visible one and after the
+    // last stay -inf.
+    let first = first_of(pos0);
+    let lo = first / LANES * LANES;
+    let n = (last + 1 - lo).next_multiple_of(LANES);
+    let nv = rows * group;
+    // scores[v * n + i]: query vector v (row v / group, head v % group of the group),
+    // position lo + i.
     scores.clear();
-    scores.resize(rows * group * n, f32::NEG_INFINITY);
-    // The positions lo..=last as (block, first slot, slots) runs.
+    scores.resize(nv * n, f32::NEG_INFINITY);
+    // The positions first..=last as (block, first slot, slots) runs.
     let runs = || {
-        let mut p = lo;
+        let mut p = first;
         std::iter::from_fn(move || {
             (p <= last).then(|| {
                 let (b, slot) = (p / bs, p % bs);
@@ -146,66 +182,260 @@ fn attend(
         })
     };
     for g in 0..shape.kv_heads {
-        let heads = g * group * hd..(g + 1) * group * hd;
-        let mut i = 0;
+        // Query vector v of this group (past the last, the last again: a set of QV is always
+        // full, and the extra results are dropped).
+        let query = |v: usize| -> &[f32] {
+            let v = v.min(nv - 1);
+            let (r, j) = (v / group, v % group);
+            &q[r * width + (g * group + j) * hd..][..hd]
+        };
+        let mut i0 = first - lo;
         for (block, slot, len) in runs() {
-            let keys = &kv.keys(block, g)[slot * hd..(slot + len) * hd];
-            for k in keys.chunks_exact(hd) {
-                let p = lo + i;
-                for r in 0..rows {
-                    let own = pos0 + r;
-                    if p > own || p < first_of(own) {
-                        continue;
-                    }
-                    let qg = &q[r * width..(r + 1) * width][heads.clone()];
-                    for (j, qh) in qg.chunks_exact(hd).enumerate() {
-                        scores[(r * group + j) * n + i] = dot(qh, k) * shape.scale;
-                    }
-                }
-                i += 1;
-            }
-        }
-        let live = rows * group * n;
-        for w in scores[..live].chunks_exact_mut(n) {
-            let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in w.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            w.iter_mut().for_each(|s| *s *= inv);
-        }
-        for r in 0..rows {
-            out[r * width..(r + 1) * width][heads.clone()].fill(0.0);
-        }
-        let mut i = 0;
-        for (block, slot, len) in runs() {
-            let values = &kv.values(block, g)[slot * hd..(slot + len) * hd];
-            for v in values.chunks_exact(hd) {
-                for r in 0..rows {
-                    let og = &mut out[r * width..(r + 1) * width][heads.clone()];
-                    for (j, o) in og.chunks_exact_mut(hd).enumerate() {
-                        let w = scores[(r * group + j) * n + i];
-                        if w == 0.0 {
+            let keys = kv.keys(block, g);
+            let stride = keys.len() / hd;
+            for v0 in (0..nv).step_by(QV) {
+                let qs: [&[f32]; QV] = std::array::from_fn(|k| query(v0 + k));
+                let mut c0 = slot - slot % LANES;
+                while c0 < slot + len {
+                    let acc = if c0 + LANES <= stride {
+                        score_lanes::<M>(&qs, keys, stride, |krow| {
+                            *<&[f32; LANES]>::try_from(&krow[c0..c0 + LANES])
+                                .unwrap_or(&[0.0; LANES])
+                        })
+                    } else {
+                        // A block narrower than 16 positions, or its last lanes.
+                        score_lanes::<M>(&qs, keys, stride, |krow| {
+                            let mut k = [0f32; LANES];
+                            k[..stride - c0].copy_from_slice(&krow[c0..]);
+                            k
+                        })
+                    };
+                    // Slot c of the block is position p0 + c.
+                    let p0 = lo + i0 - slot;
+                    for (k, a) in acc.iter().enumerate().take(nv.saturating_sub(v0)) {
+                        let v = v0 + k;
+                        let own = pos0 + v / group;
+                        // The lanes whose slot is in the run and whose position the row sees.
+                        let from = c0.max(slot).max(first_of(own).saturating_sub(p0));
+                        let to = (c0 + LANES).min(slot + len).min((own + 1).saturating_sub(p0));
+                        if from >= to {
                             continue;
                         }
-                        for (o, v) in o.iter_mut().zip(v) {
-                            *o += w * v;
+                        // Slot c's score (c ≥ slot here) is dst[c - slot].
+                        let dst = &mut scores[v * n + i0..];
+                        if from == c0 && to == c0 + LANES {
+                            if let Some(d) = dst[c0 - slot..].first_chunk_mut::<LANES>() {
+                                for l in 0..LANES {
+                                    d[l] = a[l] * shape.scale;
+                                }
+                            }
+                        } else {
+                            for c in from..to {
+                                dst[c - slot] = a[c - c0] * shape.scale;
+                            }
+                        }
+                    }
+                    c0 += LANES;
+                }
+            }
+            i0 += len;
+        }
+        for w in scores[..nv * n].chunks_exact_mut(n) {
+            softmax_in_place(w);
+        }
+        for r in 0..rows {
+            out[r * width..(r + 1) * width][g * group * hd..(g + 1) * group * hd].fill(0.0);
+        }
+        let mut i0 = first - lo;
+        for (block, slot, len) in runs() {
+            let values = &kv.values(block, g)[slot * hd..(slot + len) * hd];
+            for v0 in (0..nv).step_by(QV) {
+                let count = QV.min(nv - v0);
+                for c in (0..hd).step_by(LANES) {
+                    let lanes = LANES.min(hd - c);
+                    let mut acc = [[0f32; LANES]; QV];
+                    for (k, a) in acc.iter_mut().enumerate().take(count) {
+                        let (r, j) = ((v0 + k) / group, (v0 + k) % group);
+                        *a = lanes_at(&out[r * width + (g * group + j) * hd + c..], lanes);
+                    }
+                    for (i, vrow) in values.chunks_exact(hd).enumerate() {
+                        let x = lanes_at(&vrow[c..], lanes);
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            let w = if k < count {
+                                scores[(v0 + k) * n + i0 + i]
+                            } else {
+                                0.0
+                            };
+                            for l in 0..LANES {
+                                a[l] = M::mul_add(w, x[l], a[l]);
+                            }
+                        }
+                    }
+                    for (k, a) in acc.iter().enumerate().take(count) {
+                        let (r, j) = ((v0 + k) / group, (v0 + k) % group);
+                        let o = &mut out[r * width + (g * group + j) * hd + c..];
+                        if lanes == LANES {
+                            // A fixed-size copy: a runtime length would call memmove.
+                            if let Some(o) = o.first_chunk_mut::<LANES>() {
+                                *o = *a;
+                            }
+                        } else {
+                            o[..lanes].copy_from_slice(&a[..lanes]);
                         }
                     }
                 }
-                i += 1;
             }
+            i0 += len;
         }
         // The next group starts from -inf again.
-        scores[..live].fill(f32::NEG_INFINITY);
+        scores[..nv * n].fill(f32::NEG_INFINITY);
     }
+}
+
+/// `a · b + c`, fused (one rounding) where the kernel is compiled with FMA, else as two
+/// operations (a fused multiply-add without the instruction is a libm call).
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+struct Separate;
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// The first `lanes` (at most 16) values of `x`, zeros after them; a fixed-size copy when all
+/// 16 are there (a runtime length would call memmove).
+#[inline(always)]
+fn lanes_at(x: &[f32], lanes: usize) -> [f32; LANES] {
+    match x.first_chunk::<LANES>() {
+        Some(v) if lanes == LANES => *v,
+        _ => {
+            let mut v = [0f32; LANES];
+            v[..lanes].copy_from_slice(&x[..lanes]);
+            v
+        }
+    }
+}
+
+/// The scores (unscaled) of [`QV`] query vectors against 16 positions of a block's transposed
+/// keys, `lanes` giving the 16 values of one key dimension's row.
+#[inline(always)]
+fn score_lanes<M: MulAdd>(
+    qs: &[&[f32]; QV],
+    keys: &[f32],
+    stride: usize,
+    lanes: impl Fn(&[f32]) -> [f32; LANES],
+) -> [[f32; LANES]; QV] {
+    let mut acc = [[0f32; LANES]; QV];
+    for (d, krow) in keys.chunks_exact(stride).enumerate() {
+        let k = lanes(krow);
+        for (a, qv) in acc.iter_mut().zip(qs) {
+            let x = qv[d];
+            for l in 0..LANES {
+                a[l] = M::mul_add(x, k[l], a[l]);
+            }
+        }
+    }
+    acc
+}
+
+/// `w` ← softmax(`w`), -inf entries giving exact zeros; sums and maxima in 16 lanes (`attend`
+/// passes rows of a multiple of 16, so entry `i` is always summed in lane `i mod 16`).
+#[inline(always)]
+fn softmax_in_place(w: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = w.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut sums = [0f32; LANES];
+    let mut chunks = w.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = exp(c[l] - max);
+            sums[l] += c[l];
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    w.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// `e^x` without a libm call, branch-free so that loops over it vectorise: `x = n·ln 2 + r`
+/// with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `e^r` (Cephes' `expf` coefficients;
+/// within 2 ulp of the true value), `2^n` built in the exponent bits. Below -87 (and -inf,
+/// NaN) it gives 0, so masked positions add exact zeros.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest by the 1.5 · 2^23 trick (exact for |t| < 2^22).
+    const ROUND: f32 = 12_582_912.0;
+    let xc = if x > 88.0 { 88.0 } else { x };
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let bits = ((n as i32 + 127).clamp(0, 255) as u32) << 23;
+    let e = y * f32::from_bits(bits);
+    if x >= -87.0 { e } else { 0.0 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The polynomial `exp` stays within 2 ulp of libm's over the range softmax feeds it
+    /// (scores less their max: 0 down to far below -87), and gives exact zeros for -inf and
+    /// what underflows.
+    #[test]
+    fn exp_is_within_two_ulp_and_zero_below_the_range() {
+        let mut worst = 0u32;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let (got, want) = (exp(x), x.exp());
+            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+            x += 0.000_731;
+        }
+        for x in [1.0f32, 10.0, 50.0, 88.0, -1e-8, -0.5, -std::f32::consts::LN_2] {
+            worst = worst.max(exp(x).to_bits().abs_diff(x.exp().to_bits()));
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        for x in [f32::NEG_INFINITY, -87.5, -1e30, f32::NAN] {
+            assert_eq!(exp(x).to_bits(), 0, "{x}");
+        }
+    }
     use crate::generate::kv::KvStore;
 
     /// A sequence's rows give bit-identical results whether they are attended in tiles or one

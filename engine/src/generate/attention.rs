@@ -217,7 +217,9 @@ fn attend<M: MulAdd>(
                         let own = pos0 + v / group;
                         // The lanes whose slot is in the run and whose position the row sees.
                         let from = c0.max(slot).max(first_of(own).saturating_sub(p0));
-                        let to = (c0 + LANES).min(slot + len).min((own + 1).saturating_sub(p0));
+                        let to = (c0 + LANES)
+                            .min(slot + len)
+                            .min((own + 1).saturating_sub(p0));
                         if from >= to {
                             continue;
                         }
@@ -427,7 +429,15 @@ mod tests {
             worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
             x += 0.000_731;
         }
-        for x in [1.0f32, 10.0, 50.0, 88.0, -1e-8, -0.5, -std::f32::consts::LN_2] {
+        for x in [
+            1.0f32,
+            10.0,
+            50.0,
+            88.0,
+            -1e-8,
+            -0.5,
+            -std::f32::consts::LN_2,
+        ] {
             worst = worst.max(exp(x).to_bits().abs_diff(x.exp().to_bits()));
         }
         assert!(worst <= 2, "{worst} ulp");

@@ -15,8 +15,11 @@
 //! - nibbles: 4 lines; byte `4r + i` of line `k` holds row `r`'s weight `4k + i` in its low
 //!   half and weight `16 + 4k + i` in its high half;
 //! - bytes: 8 lines; byte `4r + i` of line `g` holds row `r`'s weight `4g + i`;
-//! - then the scales of the 16 rows as f32 (one line, or two for Q6_K: weights 0..16, 16..32),
-//!   then the mins the same way.
+//! - then the scales and mins of the 16 rows: for the 32-weight types, whose scales are f16 in
+//!   the file (and whose mins, `m` or `−shift · d`, are too), one line of 16 f16 scales and 16
+//!   f16 mins, so a Q4_1 panel takes the file's 0.625 bytes per weight (decode reads every
+//!   weight once per token: bytes are its time); for the K-quants, whose `d · sc_j` need f32,
+//!   a line of f32 scales then one of f32 mins (two each for Q6_K: weights 0..16, 16..32).
 //!
 //! The integer sums are the ones the AVX2 and portable kernels form (exact), so results differ
 //! from theirs only in f32 rounding.
@@ -25,13 +28,19 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::{BlockType, QK, QuantRows, portable};
+use super::{BlockType, QK, QuantRows, f16_to_f32, f32_to_f16, portable};
 
 /// Rows per panel: one i32 lane each in a 512-bit register.
 pub(super) const PANEL: usize = 16;
 
 /// Activation rows that share each unpacked weight block.
 const TILE: usize = 4;
+
+/// How a block's scales and mins are stored (the kernels' `S` parameter).
+const F16: u8 = 0;
+const F32: u8 = 1;
+/// Two f32 scales and mins per block (Q6_K).
+const F32_HALVES: u8 = 2;
 
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -43,8 +52,8 @@ pub(super) struct Packed {
     /// Blocks of 32 weights per row.
     nb: usize,
     nibbles: bool,
-    /// Two scales and mins per block (Q6_K).
-    halves: bool,
+    /// `F16`, `F32` or `F32_HALVES`.
+    scales: u8,
     kind: BlockType,
     pub(super) panels: usize,
 }
@@ -53,9 +62,30 @@ impl Packed {
     /// Repacks `rows` rows of `kind` blocks (`cols` weights each) from `bytes`, in parallel
     /// over panels.
     pub(super) fn new(kind: BlockType, bytes: &[u8], rows: usize, cols: usize) -> Self {
+        let scales = match kind {
+            BlockType::Q6K => F32_HALVES,
+            BlockType::Q4K | BlockType::Q5K => F32,
+            _ => F16,
+        };
+        Self::with_scales(kind, bytes, rows, cols, scales).unwrap_or_else(|| {
+            // A scale or min that f16 cannot hold exactly (`−128 · d` of a Q8_0 block with
+            // `d` above 511, say): the whole matrix in f32 instead.
+            Self::with_scales(kind, bytes, rows, cols, F32).unwrap_or_else(|| unreachable!())
+        })
+    }
+
+    /// `None` when `scales` is `F16` and some value is not exact in f16.
+    fn with_scales(
+        kind: BlockType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        scales: u8,
+    ) -> Option<Self> {
         let nb = cols / QK;
         let nibbles = matches!(kind, BlockType::Q4_0 | BlockType::Q4_1 | BlockType::Q4K);
-        let halves = kind == BlockType::Q6K;
+        let halves = scales == F32_HALVES;
+        let inexact = std::sync::atomic::AtomicBool::new(false);
         // The constant that makes the type's values unsigned.
         let shift: i16 = match kind {
             BlockType::Q4_0 => 8,
@@ -65,7 +95,7 @@ impl Packed {
             BlockType::Q4_1 | BlockType::Q5_1 | BlockType::Q4K | BlockType::Q5K => 0,
         };
         let panels = rows.div_ceil(PANEL);
-        let per_block = Self::lines_per_block(nibbles, halves);
+        let per_block = Self::lines_per_block(nibbles, scales);
         let row_bytes = cols / kind.width() * kind.bytes();
         let mut lines = vec![Line([0; 64]); panels * nb * per_block];
         lines
@@ -92,6 +122,16 @@ impl Packed {
                         for h in 0..halves_here {
                             let scale = w.scale[h];
                             let min = w.min - f32::from(shift) * scale;
+                            if scales == F16 {
+                                let (hs, hm) = (f32_to_f16(scale), f32_to_f16(min));
+                                if f16_to_f32(hs) != scale || f16_to_f32(hm) != min {
+                                    inexact.store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                let line = &mut block[q_lines].0;
+                                line[2 * r..2 * r + 2].copy_from_slice(&hs.to_le_bytes());
+                                line[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&hm.to_le_bytes());
+                                continue;
+                            }
                             block[q_lines + h].0[4 * r..4 * r + 4]
                                 .copy_from_slice(&scale.to_le_bytes());
                             block[q_lines + halves_here + h].0[4 * r..4 * r + 4]
@@ -100,18 +140,26 @@ impl Packed {
                     }
                 }
             });
-        Self {
+        if inexact.into_inner() {
+            return None;
+        }
+        Some(Self {
             lines,
             nb,
             nibbles,
-            halves,
+            scales,
             kind,
             panels,
-        }
+        })
     }
 
-    fn lines_per_block(nibbles: bool, halves: bool) -> usize {
-        (if nibbles { 4 } else { 8 }) + if halves { 4 } else { 2 }
+    fn lines_per_block(nibbles: bool, scales: u8) -> usize {
+        (if nibbles { 4 } else { 8 })
+            + match scales {
+                F16 => 1,
+                F32 => 2,
+                _ => 4,
+            }
     }
 
     /// Bytes held.
@@ -126,12 +174,9 @@ impl Packed {
         let nb = self.nb;
         assert!(p < self.panels && x.cols == nb * QK);
         assert!(x.q.len() >= m * x.cols && x.d.len() >= m * nb);
-        let sums: &[f32] = if self.halves {
-            &x.sum16
-        } else {
-            self.kind.sums(x)
-        };
-        assert!(sums.len() >= m * nb * if self.halves { 2 } else { 1 });
+        let halves = self.scales == F32_HALVES;
+        let sums: &[f32] = if halves { &x.sum16 } else { self.kind.sums(x) };
+        assert!(sums.len() >= m * nb * if halves { 2 } else { 1 });
         let mut r0 = 0;
         // SAFETY: the CPU has AVX-512 F, BW and VNNI (the caller checked); the panel's lines
         // and `x`'s rows `0..m` are inside their buffers (asserted above), and the kernels
@@ -139,10 +184,12 @@ impl Packed {
         unsafe {
             macro_rules! run {
                 ($r:expr) => {
-                    match (self.nibbles, self.halves) {
-                        (true, _) => tile::<$r, true, false>(self, p, x, sums, r0, out),
-                        (false, false) => tile::<$r, false, false>(self, p, x, sums, r0, out),
-                        (false, true) => tile::<$r, false, true>(self, p, x, sums, r0, out),
+                    match (self.nibbles, self.scales) {
+                        (true, F16) => tile::<$r, true, F16>(self, p, x, sums, r0, out),
+                        (true, _) => tile::<$r, true, F32>(self, p, x, sums, r0, out),
+                        (false, F16) => tile::<$r, false, F16>(self, p, x, sums, r0, out),
+                        (false, F32) => tile::<$r, false, F32>(self, p, x, sums, r0, out),
+                        (false, _) => tile::<$r, false, F32_HALVES>(self, p, x, sums, r0, out),
                     }
                 };
             }
@@ -163,7 +210,7 @@ impl Packed {
 /// Activation rows `r0..r0 + R` against panel `p`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn tile<const R: usize, const NIB: bool, const HALF: bool>(
+unsafe fn tile<const R: usize, const NIB: bool, const S: u8>(
     w: &Packed,
     p: usize,
     x: &QuantRows,
@@ -172,7 +219,7 @@ unsafe fn tile<const R: usize, const NIB: bool, const HALF: bool>(
     out: &mut [f32],
 ) {
     let nb = w.nb;
-    let per_block = Packed::lines_per_block(NIB, HALF);
+    let per_block = Packed::lines_per_block(NIB, S);
     let q_lines = if NIB { 4 } else { 8 };
     // SAFETY: as in `Packed::panel`: block `b < nb` of panel `p` is inside `w.lines`, and
     // activation blocks `(r0 + r) · nb + b` for `r < R` inside `x`'s buffers.
@@ -198,9 +245,20 @@ unsafe fn tile<const R: usize, const NIB: bool, const HALF: bool>(
                     *wq = _mm512_load_si512(line(g).cast());
                 }
             }
-            let h = if HALF { 2 } else { 1 };
-            let d0 = _mm512_load_ps(line(q_lines).cast());
-            let m0 = _mm512_load_ps(line(q_lines + h).cast());
+            let (d0, m0) = match S {
+                F16 => (
+                    _mm512_cvtph_ps(_mm256_load_si256(line(q_lines).cast())),
+                    _mm512_cvtph_ps(_mm256_load_si256(line(q_lines).add(32).cast())),
+                ),
+                F32 => (
+                    _mm512_load_ps(line(q_lines).cast()),
+                    _mm512_load_ps(line(q_lines + 1).cast()),
+                ),
+                _ => (
+                    _mm512_load_ps(line(q_lines).cast()),
+                    _mm512_load_ps(line(q_lines + 2).cast()),
+                ),
+            };
             for (r, acc) in acc.iter_mut().enumerate() {
                 let xi = (r0 + r) * nb + b;
                 let a = xq.add(xi * QK).cast::<i32>();
@@ -214,7 +272,7 @@ unsafe fn tile<const R: usize, const NIB: bool, const HALF: bool>(
                     s1 = _mm512_dpbusd_epi32(s1, wq[g + 4], ag);
                 }
                 let dx = _mm512_set1_ps(*xd.add(xi));
-                if HALF {
+                if S == F32_HALVES {
                     let d1 = _mm512_load_ps(line(q_lines + 1).cast());
                     let m1 = _mm512_load_ps(line(q_lines + 3).cast());
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(d0, dx), *acc);

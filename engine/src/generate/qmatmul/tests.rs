@@ -340,3 +340,43 @@ fn vector_quantisation_matches_the_scalar_one() {
         assert_eq!((got, g), (want, w), "{xb:?}");
     }
 }
+
+/// Scales whose repacked mins do not fit f16 (Q8_0 with `d` = 600: `−128 · d` is beyond the
+/// f16 range) make the whole matrix fall back to f32 scales, with the same results as the
+/// row kernel; ordinary ones take one line of f16 per block.
+#[test]
+fn repacking_falls_back_to_f32_scales_when_f16_is_not_exact() {
+    if !crate::simd::avx512_vnni() {
+        eprintln!("no AVX-512 VNNI here: the repacked kernel is not used, nothing to check");
+        return;
+    }
+    let (rows, cols) = (20, 256);
+    let mut next = xorshift(0x0bad_cafe);
+    let mut bytes = Vec::new();
+    for j in 0..rows * cols / QK {
+        // 600.0 and 0.0625 as f16.
+        let d: u16 = if j % 2 == 0 { 0x60b0 } else { 0x2c00 };
+        bytes.extend_from_slice(&d.to_le_bytes());
+        bytes.extend((0..QK).map(|_| (next() % 255) as u8));
+    }
+    let plain = matrix(&bytes, BlockType::Q8_0, rows, cols);
+    let mut packed = matrix(&bytes, BlockType::Q8_0, rows, cols);
+    let panels = rows.div_ceil(16);
+    // 8 lines of bytes and 2 of f32 scales and mins per block.
+    assert_eq!(packed.repack(), panels * cols / QK * 10 * 64);
+    let x = activations(5, cols, 7);
+    let mut q = QuantRows::default();
+    q.quantize(&x, cols);
+    let (mut want, mut got, mut scratch) = (vec![], vec![], vec![]);
+    plain.matmul(&q, &mut want, &mut scratch);
+    packed.matmul(&q, &mut got, &mut scratch);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 2e-4 * (1.0 + w.abs()), "{g} vs {w}");
+    }
+    // The same blocks with small scales only: f16, 9 lines per block.
+    for blk in bytes.chunks_exact_mut(34) {
+        blk[..2].copy_from_slice(&0x2c00u16.to_le_bytes());
+    }
+    let mut small = matrix(&bytes, BlockType::Q8_0, rows, cols);
+    assert_eq!(small.repack(), panels * cols / QK * 9 * 64);
+}

@@ -6,6 +6,7 @@
 //! storage when the model is built, and metadata lookups name the missing or ill-typed key.
 
 use std::io::Cursor;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -225,6 +226,16 @@ impl GgufFile {
         Ok(MappedMatrix::new(self.map.clone(), range, kind, rows, cols))
     }
 
+    /// Drops this process's resident pages of tensor `name`, a matrix whose weights now live
+    /// in repacked panels and are not read from the map again, so the process's memory does
+    /// not count them twice (RSS: the Qwen2.5 0.5B Q4_K_M file is 469 MiB). Pages the tensor
+    /// shares with a neighbour stay.
+    pub(crate) fn release(&self, name: &str) -> Result<()> {
+        let (range, _, _) = self.raw(name)?;
+        release_pages(&self.map, range);
+        Ok(())
+    }
+
     /// Reads one tensor out of the map onto `device`.
     pub(crate) fn tensor(&self, name: &str, device: &Device) -> Result<Arc<QTensor>> {
         let (range, dtype, dims) = self.raw(name)?;
@@ -250,6 +261,25 @@ impl GgufFile {
         }
         Ok(v)
     }
+}
+
+/// `madvise(MADV_DONTNEED)` over the whole pages inside `range` of a map made by
+/// [`map_read_only`]; a failure (an old kernel) only leaves the pages resident.
+#[allow(unsafe_code)]
+fn release_pages(map: &Mmap, range: Range<usize>) {
+    // Offsets aligned to 64 KiB are page-aligned for every page size up to that (the map
+    // itself starts on a page).
+    const ALIGN: usize = 1 << 16;
+    let (start, end) = (range.start.next_multiple_of(ALIGN), range.end / ALIGN * ALIGN);
+    if start >= end {
+        return;
+    }
+    // SAFETY: `map` is a read-only map of a file (`map_read_only`). MADV_DONTNEED drops this
+    // process's pages of it; a later read faults the file's unchanged bytes back in, so any
+    // slice borrowed from the map keeps reading the same bytes.
+    let _ = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+    };
 }
 
 /// Maps `file` read-only.

@@ -40,7 +40,10 @@ impl Linear {
         if device.is_cpu()
             && let Some(mut m) = file.mapped(name)?
         {
-            m.repack();
+            // The embeddings' rows are still read from the map (a tied output shares them).
+            if m.repack() > 0 && name != "token_embd.weight" {
+                file.release(name)?;
+            }
             return Ok(Self::Mapped(m));
         }
         let q = file.tensor(name, device)?;

@@ -270,7 +270,10 @@ fn release_pages(map: &Mmap, range: Range<usize>) {
     // Offsets aligned to 64 KiB are page-aligned for every page size up to that (the map
     // itself starts on a page).
     const ALIGN: usize = 1 << 16;
-    let (start, end) = (range.start.next_multiple_of(ALIGN), range.end / ALIGN * ALIGN);
+    let (start, end) = (
+        range.start.next_multiple_of(ALIGN),
+        range.end / ALIGN * ALIGN,
+    );
     if start >= end {
         return;
     }

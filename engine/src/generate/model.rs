@@ -561,7 +561,9 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 }
 
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    // The polynomial exp (within 2 ulp): branch-free, so the loop over a row vectorises
+    // (libm's expf was 2.4% of a Qwen2.5 run).
+    x / (1.0 + crate::simd::exp(-x))
 }
 
 fn gelu_tanh(x: f32) -> f32 {

@@ -359,6 +359,49 @@ unsafe fn quantize_block_avx2(xb: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
     }
 }
 
+/// `super::fill_blocks` with the AVX2 quantiser inlined and F16C's rounding; the caller has
+/// checked [`crate::simd::avx2_fma_f16c`].
+pub(super) fn fill_blocks(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    sum: &mut [f32],
+    sum16: &mut [f32],
+) {
+    // SAFETY: AVX2, FMA and F16C are present (checked by the one caller).
+    unsafe { fill_blocks_avx2(x, q, d, s, sum, sum16) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fill_blocks_avx2(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    sum: &mut [f32],
+    sum16: &mut [f32],
+) {
+    super::fill_blocks_with(
+        x,
+        q,
+        d,
+        s,
+        sum,
+        sum16,
+        |xb, qb| {
+            assert!(xb.len() == QK && qb.len() == QK);
+            // SAFETY: AVX2 and FMA are enabled here; 32 values each, asserted.
+            unsafe { quantize_block_avx2(xb, qb) }
+        },
+        |v| {
+            // Round to nearest even, as `super::round_f16`.
+            let h = _mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT);
+            _mm_cvtss_f32(_mm_cvtph_ps(h))
+        },
+    );
+}
+
 #[target_feature(enable = "avx2")]
 fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));

@@ -368,7 +368,12 @@ fn matmul_packed(
         {
             let width = PANEL.min(n - k * PANEL);
             for (r, src) in panel.chunks_exact(PANEL).enumerate() {
-                out[r * n + k * PANEL..][..width].copy_from_slice(&src[..width]);
+                let dst = &mut out[r * n + k * PANEL..];
+                match (dst.first_chunk_mut::<PANEL>(), src.first_chunk::<PANEL>()) {
+                    // A fixed-size copy: with a runtime length it is a memmove call per row.
+                    (Some(d), Some(s)) if width == PANEL => *d = *s,
+                    _ => dst[..width].copy_from_slice(&src[..width]),
+                }
             }
         }
         first += p.panels;
@@ -385,7 +390,8 @@ fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
 }
 
 /// `QuantRows::quantize` over a run of blocks: `x` and `q` hold them, the other slices one
-/// entry per block (two for `sum16`).
+/// entry per block (two for `sum16`). In AVX2 with F16C where the CPU has them (the same
+/// bytes and values: the hardware rounds to f16 to nearest even, as `round_f16` does).
 fn fill_blocks(
     x: &[f32],
     q: &mut [i8],
@@ -394,14 +400,34 @@ fn fill_blocks(
     sum: &mut [f32],
     sum16: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2_fma_f16c() {
+        return avx2::fill_blocks(x, q, d, s, sum, sum16);
+    }
+    fill_blocks_with(x, q, d, s, sum, sum16, quantize_block, round_f16);
+}
+
+/// `fill_blocks` with a given block quantiser and f16 rounding.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fill_blocks_with(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    sum: &mut [f32],
+    sum16: &mut [f32],
+    quantize: impl Fn(&[f32], &mut [i8]) -> (f32, [i32; 2]),
+    round: impl Fn(f32) -> f32,
+) {
     for (b, xb) in x.chunks_exact(QK).enumerate() {
-        let (amax, halves) = quantize_block(xb, &mut q[b * QK..(b + 1) * QK]);
-        let d_b = round_f16(amax / 127.0);
+        let (amax, halves) = quantize(xb, &mut q[b * QK..(b + 1) * QK]);
+        let d_b = round(amax / 127.0);
         let total = halves[0] + halves[1];
         d[b] = d_b;
         // Scales rounded through f16 as ggml's Q8_0/Q8_1 blocks store them, so results match
         // ggml-family kernels (candle's, llama.cpp's) as closely as possible.
-        s[b] = round_f16(round_f16(total as f32) * d_b);
+        s[b] = round(round(total as f32) * d_b);
         sum[b] = total as f32 * d_b;
         sum16[2 * b] = halves[0] as f32 * d_b;
         sum16[2 * b + 1] = halves[1] as f32 * d_b;

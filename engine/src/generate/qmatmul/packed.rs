@@ -94,21 +94,22 @@ impl Packed {
             | BlockType::Q5_1
             | BlockType::Q8_0 => F16,
         };
-        Self::with_scales(kind, bytes, rows, cols, scales).unwrap_or_else(|| {
+        match Self::with_scales(kind, bytes, rows, cols, scales) {
+            (packed, false) => packed,
             // A scale or min that f16 cannot hold exactly (`−128 · d` of a Q8_0 block with
             // `d` above 511, say): the whole matrix in f32 instead.
-            Self::with_scales(kind, bytes, rows, cols, F32).unwrap_or_else(|| unreachable!())
-        })
+            (_, true) => Self::with_scales(kind, bytes, rows, cols, F32).0,
+        }
     }
 
-    /// `None` when `scales` is `F16` and some value is not exact in f16.
+    /// The panels, and whether some value was not exact in f16 (with `scales` = `F16`).
     fn with_scales(
         kind: BlockType,
         bytes: &[u8],
         rows: usize,
         cols: usize,
         scales: u8,
-    ) -> Option<Self> {
+    ) -> (Self, bool) {
         let nb = cols / QK;
         let nibbles = matches!(kind, BlockType::Q4_0 | BlockType::Q4_1 | BlockType::Q4K);
         let q_lines = if nibbles { 4 } else { 8 };
@@ -206,17 +207,15 @@ impl Packed {
                     }
                 }
             });
-        if inexact.into_inner() {
-            return None;
-        }
-        Some(Self {
+        let packed = Self {
             lines,
             nb,
             nibbles,
             scales,
             kind,
             panels,
-        })
+        };
+        (packed, inexact.into_inner())
     }
 
     /// Bytes held.

@@ -380,3 +380,35 @@ fn repacking_falls_back_to_f32_scales_when_f16_is_not_exact() {
     let mut small = matrix(&bytes, BlockType::Q8_0, rows, cols);
     assert_eq!(small.repack(), panels * cols / QK * 9 * 64);
 }
+
+/// The dispatched quantiser (AVX2 with F16C's rounding here) fills every buffer with the
+/// portable path's values, to the bit.
+#[test]
+fn dispatched_quantisation_fills_what_the_portable_one_does() {
+    let x = activations(7, 256, 0xf00d);
+    let mut fast = QuantRows::default();
+    fast.quantize(&x, 256);
+    let n = x.len() / QK;
+    let (mut q, mut d, mut s, mut sum, mut sum16) = (
+        vec![0i8; x.len()],
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; 2 * n],
+    );
+    fill_blocks_with(
+        &x,
+        &mut q,
+        &mut d,
+        &mut s,
+        &mut sum,
+        &mut sum16,
+        quantize_block_scalar,
+        round_f16,
+    );
+    assert_eq!(fast.q, q);
+    assert_eq!(fast.d, d);
+    assert_eq!(fast.s, s);
+    assert_eq!(fast.sum, sum);
+    assert_eq!(fast.sum16, sum16);
+}

@@ -58,15 +58,15 @@ pub(crate) fn paged_attention(
                 let (a, b) = (lo.max(start), hi.min(end));
                 if a < b {
                     SCORES.with_borrow_mut(|scores| {
-                        attend_dispatch(
+                        let rows = Rows {
                             shape,
                             kv,
-                            s.blocks,
-                            s.start_pos + (a - start),
-                            &q[a * width..b * width],
-                            &mut tile[(a - lo) * width..(b - lo) * width],
-                            scores,
-                        );
+                            blocks: s.blocks,
+                            pos0: s.start_pos + (a - start),
+                            q: &q[a * width..b * width],
+                        };
+                        let out = &mut tile[(a - lo) * width..(b - lo) * width];
+                        attend_dispatch(rows, out, scores);
                     });
                 }
                 if end >= hi {
@@ -77,23 +77,26 @@ pub(crate) fn paged_attention(
         });
 }
 
+/// One sequence's query rows at consecutive positions from `pos0` (`q`), and where its keys
+/// and values are.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    shape: &'a AttentionShape,
+    kv: LayerKv<'a>,
+    blocks: &'a [u32],
+    pos0: usize,
+    q: &'a [f32],
+}
+
 /// [`attend`] compiled for AVX-512 or for AVX2 and FMA when the CPU has them (16- or 8-wide
 /// float arithmetic instead of the baseline's 4), else as is.
-fn attend_dispatch(
-    shape: &AttentionShape,
-    kv: LayerKv<'_>,
-    blocks: &[u32],
-    pos: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
+fn attend_dispatch(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx512f() {
         #[allow(unsafe_code)]
         // SAFETY: the CPU supports AVX-512F and FMA (checked just above).
         unsafe {
-            return attend_avx512(shape, kv, blocks, pos, q, out, scores);
+            return attend_avx512(rows, out, scores);
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -101,38 +104,22 @@ fn attend_dispatch(
         #[allow(unsafe_code)]
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
         unsafe {
-            return attend_avx2(shape, kv, blocks, pos, q, out, scores);
+            return attend_avx2(rows, out, scores);
         }
     }
-    attend::<Separate>(shape, kv, blocks, pos, q, out, scores);
+    attend::<Separate>(rows, out, scores);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn attend_avx512(
-    shape: &AttentionShape,
-    kv: LayerKv<'_>,
-    blocks: &[u32],
-    pos: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    attend::<Fused>(shape, kv, blocks, pos, q, out, scores);
+fn attend_avx512(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    attend::<Fused>(rows, out, scores);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(
-    shape: &AttentionShape,
-    kv: LayerKv<'_>,
-    blocks: &[u32],
-    pos: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    attend::<Fused>(shape, kv, blocks, pos, q, out, scores);
+fn attend_avx2(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    attend::<Fused>(rows, out, scores);
 }
 
 /// A tile of query rows at positions `pos0..pos0 + R` (`q` and `out` hold `R` rows). The
@@ -143,15 +130,14 @@ fn attend_avx2(
 /// A row's result is the same in any tile: positions outside its own range score -inf, which
 /// adds exact zeros, and every sum runs in the same order.
 #[inline(always)]
-fn attend<M: MulAdd>(
-    shape: &AttentionShape,
-    kv: LayerKv<'_>,
-    blocks: &[u32],
-    pos0: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
+fn attend<M: MulAdd>(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    let Rows {
+        shape,
+        kv,
+        blocks,
+        pos0,
+        q,
+    } = rows;
     let hd = shape.head_dim;
     let bs = shape.block_size;
     let group = shape.heads / shape.kv_heads;

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BlockType, QK, QuantRows, k_scales};
+use super::{BlockRun, BlockType, QK, QuantRows, k_scales};
 
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
@@ -361,34 +361,15 @@ unsafe fn quantize_block_avx2(xb: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
 
 /// `super::fill_blocks` with the AVX2 quantiser inlined and F16C's rounding; the caller has
 /// checked [`crate::simd::avx2_fma_f16c`].
-pub(super) fn fill_blocks(
-    x: &[f32],
-    q: &mut [i8],
-    d: &mut [f32],
-    s: &mut [f32],
-    sum: &mut [f32],
-    sum16: &mut [f32],
-) {
+pub(super) fn fill_blocks(run: BlockRun<'_>) {
     // SAFETY: AVX2, FMA and F16C are present (checked by the one caller).
-    unsafe { fill_blocks_avx2(x, q, d, s, sum, sum16) }
+    unsafe { fill_blocks_avx2(run) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn fill_blocks_avx2(
-    x: &[f32],
-    q: &mut [i8],
-    d: &mut [f32],
-    s: &mut [f32],
-    sum: &mut [f32],
-    sum16: &mut [f32],
-) {
+unsafe fn fill_blocks_avx2(run: BlockRun<'_>) {
     super::fill_blocks_with(
-        x,
-        q,
-        d,
-        s,
-        sum,
-        sum16,
+        run,
         |xb, qb| {
             assert!(xb.len() == QK && qb.len() == QK);
             // SAFETY: AVX2 and FMA are enabled here; 32 values each, asserted.

@@ -161,14 +161,14 @@ impl QuantRows {
         self.sum.resize(blocks, 0.0);
         self.sum16.resize(2 * blocks, 0.0);
         if blocks <= 4 * RUN {
-            fill_blocks(
+            fill_blocks(BlockRun {
                 x,
-                &mut self.q,
-                &mut self.d,
-                &mut self.s,
-                &mut self.sum,
-                &mut self.sum16,
-            );
+                q: &mut self.q,
+                d: &mut self.d,
+                s: &mut self.s,
+                sum: &mut self.sum,
+                sum16: &mut self.sum16,
+            });
         } else {
             x.par_chunks(RUN * QK)
                 .zip(self.q.par_chunks_mut(RUN * QK))
@@ -176,7 +176,16 @@ impl QuantRows {
                 .zip(self.s.par_chunks_mut(RUN))
                 .zip(self.sum.par_chunks_mut(RUN))
                 .zip(self.sum16.par_chunks_mut(2 * RUN))
-                .for_each(|(((((x, q), d), s), sum), sum16)| fill_blocks(x, q, d, s, sum, sum16));
+                .for_each(|(((((x, q), d), s), sum), sum16)| {
+                    fill_blocks(BlockRun {
+                        x,
+                        q,
+                        d,
+                        s,
+                        sum,
+                        sum16,
+                    })
+                });
         }
     }
 
@@ -340,8 +349,9 @@ fn matmul_packed(
 ) {
     use packed::PANEL;
     let m = x.rows();
-    let packs: Vec<&packed::Packed> = ws.iter().filter_map(|w| w.packed.as_ref()).collect();
-    let panels: usize = packs.iter().map(|p| p.panels).sum();
+    // Panels per matrix (the last one padded), found from the rows: no list built per call.
+    let panels_of = |w: &MappedMatrix| w.rows.div_ceil(PANEL);
+    let panels: usize = ws.iter().map(|w| panels_of(w)).sum();
     if scratch.len() < panels * PANEL * m {
         scratch.resize(panels * PANEL * m, 0.0);
     }
@@ -351,18 +361,20 @@ fn matmul_packed(
         .enumerate()
         .for_each(|(t, dst)| {
             let (mut i, mut base) = (0, 0);
-            while t >= base + packs[i].panels {
-                base += packs[i].panels;
+            while t >= base + panels_of(ws[i]) {
+                base += panels_of(ws[i]);
                 i += 1;
             }
-            packs[i].panel(t - base, x, dst);
+            if let Some(p) = &ws[i].packed {
+                p.panel(t - base, x, dst);
+            }
         });
     let mut first = 0;
-    for ((w, p), out) in ws.iter().zip(&packs).zip(outs.iter_mut()) {
-        let n = w.rows;
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        let (n, count) = (w.rows, panels_of(w));
         out.clear();
         out.resize(m * n, 0.0);
-        for (k, panel) in scratch[first * PANEL * m..][..p.panels * PANEL * m]
+        for (k, panel) in scratch[first * PANEL * m..][..count * PANEL * m]
             .chunks_exact(PANEL * m)
             .enumerate()
         {
@@ -376,7 +388,7 @@ fn matmul_packed(
                 }
             }
         }
-        first += p.panels;
+        first += count;
     }
 }
 
@@ -389,37 +401,42 @@ fn dot_rows(kind: BlockType, wrow: &[u8], x: &QuantRows, out: &mut [f32]) {
     portable::dot_rows(kind, wrow, x, out);
 }
 
-/// `QuantRows::quantize` over a run of blocks: `x` and `q` hold them, the other slices one
-/// entry per block (two for `sum16`). In AVX2 with F16C where the CPU has them (the same
-/// bytes and values: the hardware rounds to f16 to nearest even, as `round_f16` does).
-fn fill_blocks(
-    x: &[f32],
-    q: &mut [i8],
-    d: &mut [f32],
-    s: &mut [f32],
-    sum: &mut [f32],
-    sum16: &mut [f32],
-) {
+/// A run of blocks being quantised: the values (`x`) and their bytes (`q`), and one entry
+/// per block in each of the others (two in `sum16`), as [`QuantRows`] holds them.
+pub(super) struct BlockRun<'a> {
+    x: &'a [f32],
+    q: &'a mut [i8],
+    d: &'a mut [f32],
+    s: &'a mut [f32],
+    sum: &'a mut [f32],
+    sum16: &'a mut [f32],
+}
+
+/// `QuantRows::quantize` over a run of blocks; in AVX2 with F16C where the CPU has them (the
+/// same bytes and values: the hardware rounds to f16 to nearest even, as `round_f16` does).
+fn fill_blocks(run: BlockRun<'_>) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2_fma_f16c() {
-        return avx2::fill_blocks(x, q, d, s, sum, sum16);
+        return avx2::fill_blocks(run);
     }
-    fill_blocks_with(x, q, d, s, sum, sum16, quantize_block, round_f16);
+    fill_blocks_with(run, quantize_block, round_f16);
 }
 
 /// `fill_blocks` with a given block quantiser and f16 rounding.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn fill_blocks_with(
-    x: &[f32],
-    q: &mut [i8],
-    d: &mut [f32],
-    s: &mut [f32],
-    sum: &mut [f32],
-    sum16: &mut [f32],
+    run: BlockRun<'_>,
     quantize: impl Fn(&[f32], &mut [i8]) -> (f32, [i32; 2]),
     round: impl Fn(f32) -> f32,
 ) {
+    let BlockRun {
+        x,
+        q,
+        d,
+        s,
+        sum,
+        sum16,
+    } = run;
     for (b, xb) in x.chunks_exact(QK).enumerate() {
         let (amax, halves) = quantize(xb, &mut q[b * QK..(b + 1) * QK]);
         let d_b = round(amax / 127.0);

@@ -396,16 +396,15 @@ fn dispatched_quantisation_fills_what_the_portable_one_does() {
         vec![0f32; n],
         vec![0f32; 2 * n],
     );
-    fill_blocks_with(
-        &x,
-        &mut q,
-        &mut d,
-        &mut s,
-        &mut sum,
-        &mut sum16,
-        quantize_block_scalar,
-        round_f16,
-    );
+    let run = BlockRun {
+        x: &x,
+        q: &mut q,
+        d: &mut d,
+        s: &mut s,
+        sum: &mut sum,
+        sum16: &mut sum16,
+    };
+    fill_blocks_with(run, quantize_block_scalar, round_f16);
     assert_eq!(fast.q, q);
     assert_eq!(fast.d, d);
     assert_eq!(fast.s, s);

@@ -7,26 +7,33 @@
 //! Every block type is brought to one form, 32 weights at a time (`portable::unpack`):
 //! weight `i` = `scale[i / 16] · u_i + min[i / 16]` with `u_i` an unsigned byte — the type's
 //! signed values shifted up by a constant, whose product with the activations comes back
-//! through the min (`min − shift · scale`, times the activation block's sum). Values that fit
-//! in four bits (Q4_0, Q4_1, Q4_K) stay two per byte; the others (Q5_0, Q5_1, Q8_0, Q5_K, Q6_K)
-//! take a byte each. Q6_K keeps one scale per 16 weights; every other type has one per block.
+//! through the min (`min − shift · scale`, times the activation block's sum).
 //!
-//! A block's weights are a run of 64-byte lines:
-//! - nibbles: 4 lines; byte `4r + i` of line `k` holds row `r`'s weight `4k + i` in its low
-//!   half and weight `16 + 4k + i` in its high half;
-//! - bytes: 8 lines; byte `4r + i` of line `g` holds row `r`'s weight `4g + i`.
+//! Weights keep the file's bits, since decode reads every weight once per token and its time
+//! is those bytes (Qwen2.5-0.5B's Q5_0 matrices at a byte a weight were 1.6x the file's and
+//! its decode 0.93x llama.cpp's). A block's weights are a run of 64-byte lines:
+//! - 4, 5 or 6 bits (Q4_0, Q4_1, Q4_K; Q5_0, Q5_1, Q5_K; Q6_K): four lines of the low
+//!   nibbles, byte `4r + i` of line `k` holding row `r`'s weight `4k + i` in its low half and
+//!   weight `16 + 4k + i` in its high half; then, for 5 and 6 bits, one line per higher bit:
+//!   eight 64-bit masks, mask `j` holding that bit of the bytes the `j`-th unpacked vector
+//!   has (vector `k < 4`: the low halves of line `k`; `4 + k`: its high halves), which a
+//!   masked byte add puts back;
+//! - 8 bits (Q8_0): 8 lines; byte `4r + i` of line `g` holds row `r`'s weight `4g + i`.
 //!
-//! Scales and mins are kept as compact as the file keeps them, since decode reads every weight
-//! once per token and its time is those bytes:
-//! - the 32-weight types (f16 scales in the file, and mins `m` or `−shift · d` that f16 holds
-//!   too): after each block's weights, one line of 16 f16 scales and 16 f16 mins (a Q4_1 panel
-//!   is the file's 0.625 bytes per weight); a matrix with a value f16 cannot hold exactly
-//!   falls back to two lines of f32;
+//! Scales and mins are kept as compact as the file keeps them:
+//! - Q4_1 and Q5_1: after each block's weights, one line of the 16 rows' f16 `d` and f16 `m`
+//!   (the file's f16 values, so exact);
+//! - the symmetric 32-weight types (Q4_0, Q5_0, Q8_0), whose min is `−shift · d`: two blocks'
+//!   weights, then one line of the two blocks' 16 f16 `d` each; the kernel forms the min;
 //! - the K-quants, per super-block of eight blocks: a line of the 16 rows' f16 `d` (and, for
 //!   Q4_K and Q5_K, `dmin`), four lines of the sub-blocks' 6- or 8-bit scales (32 bytes a
 //!   block: Q4_K/Q5_K `sc` then `m` as unsigned bytes, Q6_K its two signed scales), then the
 //!   eight blocks' weights. The kernel forms `d · sc` (and `−dmin · m`, or `−32 · d · sc`) in
 //!   f32 per block, exactly as the dequantisation does.
+//!
+//! Every type then takes the file's bytes per weight, but for the K-quants' unpacked 8-bit
+//! sub-block scales (Q4_K 0.578 against 0.5625, Q5_K 0.703 against 0.6875, Q6_K 0.828 against
+//! 0.820).
 //!
 //! The integer sums are the ones the AVX2 and portable kernels form (exact), so results differ
 //! from theirs only in f32 rounding.
@@ -35,7 +42,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::{BlockType, QK, QuantRows, f16_to_f32, f32_to_f16, k_scales, portable};
+use super::{BlockType, QK, QuantRows, f32_to_f16, k_scales, portable};
 
 /// Rows per panel: one i32 lane each in a 512-bit register.
 pub(super) const PANEL: usize = 16;
@@ -44,8 +51,10 @@ pub(super) const PANEL: usize = 16;
 const TILE: usize = 4;
 
 /// How a block's scales and mins are stored (the kernels' `S` parameter).
-const F16: u8 = 0;
-const F32: u8 = 1;
+/// Q4_1, Q5_1: per block f16 `d` and `m`.
+const DM: u8 = 0;
+/// Q4_0, Q5_0, Q8_0: per block f16 `d`, two blocks to a line; the min is `−shift · d`.
+const D: u8 = 1;
 /// Q4_K and Q5_K: per super-block f16 `d`, `dmin`; per block 8-bit `sc`, `m`.
 const K4: u8 = 2;
 /// Q6_K: per super-block f16 `d`; per block two signed 8-bit scales.
@@ -60,20 +69,49 @@ pub(super) struct Packed {
     lines: Vec<Line>,
     /// Blocks of 32 weights per row.
     nb: usize,
-    nibbles: bool,
-    /// `F16`, `F32`, `K4` or `K6`.
+    /// Bits per weight: 4, 5, 6 or 8.
+    bits: u8,
+    /// `DM`, `D`, `K4` or `K6`.
     scales: u8,
+    /// The constant that makes the type's values unsigned.
+    shift: i16,
     kind: BlockType,
     pub(super) panels: usize,
 }
 
-/// Lines of one group (a block, or a K-quant super-block of eight) of a panel.
-const fn group_lines(nibbles: bool, scales: u8) -> usize {
-    let q = if nibbles { 4 } else { 8 };
+/// Lines of one block's weights.
+const fn weight_lines(bits: u8) -> usize {
+    if bits == 8 { 8 } else { bits as usize }
+}
+
+/// Lines of one group (a block, two blocks, or a K-quant super-block of eight) of a panel.
+const fn group_lines(bits: u8, scales: u8) -> usize {
+    let q = weight_lines(bits);
     match scales {
-        F16 => q + 1,
-        F32 => q + 2,
+        DM => q + 1,
+        D => 2 * q + 1,
         _ => 5 + 8 * q,
+    }
+}
+
+/// Blocks per group.
+const fn group_blocks(scales: u8) -> usize {
+    match scales {
+        DM => 1,
+        D => 2,
+        _ => 8,
+    }
+}
+
+/// Where block `b`'s weight lines start and where its scales are, in lines and bytes from
+/// the panel's start.
+const fn block_at(b: usize, bits: u8, scales: u8) -> (usize, usize) {
+    let (q, group) = (weight_lines(bits), group_lines(bits, scales));
+    let g = b / group_blocks(scales) * group;
+    match scales {
+        DM => (g, (g + q) * 64),
+        D => (g + b % 2 * q, (g + 2 * q) * 64 + b % 2 * 32),
+        _ => (g + 5 + b % 8 * q, (g + 1) * 64 + b % 8 * 32),
     }
 }
 
@@ -85,46 +123,20 @@ impl Packed {
     /// Repacks `rows` rows of `kind` blocks (`cols` weights each) from `bytes`, in parallel
     /// over panels.
     pub(super) fn new(kind: BlockType, bytes: &[u8], rows: usize, cols: usize) -> Self {
-        let scales = match kind {
-            BlockType::Q6K => K6,
-            BlockType::Q4K | BlockType::Q5K => K4,
-            BlockType::Q4_0
-            | BlockType::Q4_1
-            | BlockType::Q5_0
-            | BlockType::Q5_1
-            | BlockType::Q8_0 => F16,
+        let (bits, scales, shift) = match kind {
+            BlockType::Q4_0 => (4, D, 8),
+            BlockType::Q4_1 => (4, DM, 0),
+            BlockType::Q5_0 => (5, D, 16),
+            BlockType::Q5_1 => (5, DM, 0),
+            BlockType::Q8_0 => (8, D, 128),
+            BlockType::Q4K => (4, K4, 0),
+            BlockType::Q5K => (5, K4, 0),
+            BlockType::Q6K => (6, K6, 32),
         };
-        match Self::with_scales(kind, bytes, rows, cols, scales) {
-            (packed, false) => packed,
-            // A scale or min that f16 cannot hold exactly (`−128 · d` of a Q8_0 block with
-            // `d` above 511, say): the whole matrix in f32 instead.
-            (_, true) => Self::with_scales(kind, bytes, rows, cols, F32).0,
-        }
-    }
-
-    /// The panels, and whether some value was not exact in f16 (with `scales` = `F16`).
-    fn with_scales(
-        kind: BlockType,
-        bytes: &[u8],
-        rows: usize,
-        cols: usize,
-        scales: u8,
-    ) -> (Self, bool) {
         let nb = cols / QK;
-        let nibbles = matches!(kind, BlockType::Q4_0 | BlockType::Q4_1 | BlockType::Q4K);
-        let q_lines = if nibbles { 4 } else { 8 };
-        let k = scales == K4 || scales == K6;
-        let inexact = std::sync::atomic::AtomicBool::new(false);
-        // The constant that makes the type's values unsigned.
-        let shift: i16 = match kind {
-            BlockType::Q4_0 => 8,
-            BlockType::Q5_0 => 16,
-            BlockType::Q8_0 => 128,
-            BlockType::Q6K => 32,
-            BlockType::Q4_1 | BlockType::Q5_1 | BlockType::Q4K | BlockType::Q5K => 0,
-        };
+        let q_lines = weight_lines(bits);
         let panels = rows.div_ceil(PANEL);
-        let per_panel = if k { nb / 8 } else { nb } * group_lines(nibbles, scales);
+        let per_panel = nb.div_ceil(group_blocks(scales)) * group_lines(bits, scales);
         let row_bytes = cols / kind.width() * kind.bytes();
         let mut lines = vec![Line([0; 64]); panels * per_panel];
         lines
@@ -137,53 +149,54 @@ impl Packed {
                     for b in 0..nb {
                         let w = portable::unpack(kind, row, b);
                         let u = |i: usize| (i16::from(w.q[i]) + shift) as u8;
-                        // The block's weight lines, and (32-weight types) its scale lines.
-                        let at = if k {
-                            b / 8 * group_lines(nibbles, scales) + 5 + b % 8 * q_lines
+                        let (at, scale_at) = block_at(b, bits, scales);
+                        let block = &mut panel[at..at + q_lines];
+                        if bits == 8 {
+                            for (l, line) in block.iter_mut().enumerate() {
+                                for i in 0..4 {
+                                    line.0[4 * r + i] = u(4 * l + i);
+                                }
+                            }
                         } else {
-                            b * group_lines(nibbles, scales)
-                        };
-                        let block = &mut panel[at..at
-                            + if k {
-                                q_lines
-                            } else {
-                                group_lines(nibbles, scales)
-                            }];
-                        for (l, line) in block[..q_lines].iter_mut().enumerate() {
-                            for i in 0..4 {
-                                line.0[4 * r + i] = if nibbles {
-                                    u(4 * l + i) | u(16 + 4 * l + i) << 4
-                                } else {
-                                    u(4 * l + i)
-                                };
+                            for l in 0..4 {
+                                for i in 0..4 {
+                                    let (lo, hi) = (u(4 * l + i), u(16 + 4 * l + i));
+                                    block[l].0[4 * r + i] = lo & 0x0f | (hi & 0x0f) << 4;
+                                    // The higher bits, as bit `4r + i` of masks `l` and `4 + l`.
+                                    for h in 0..usize::from(bits) - 4 {
+                                        let line = &mut block[4 + h].0;
+                                        for (v, mask) in [(lo, l), (hi, 4 + l)] {
+                                            let bit = 4 * r + i;
+                                            line[8 * mask + bit / 8] |=
+                                                (v >> (4 + h) & 1) << (bit % 8);
+                                        }
+                                    }
+                                }
                             }
                         }
-                        if k {
-                            continue;
-                        }
-                        let (scale, min) = (w.scale[0], w.min - f32::from(shift) * w.scale[0]);
-                        if scales == F16 {
-                            let (hs, hm) = (f32_to_f16(scale), f32_to_f16(min));
-                            if f16_to_f32(hs) != scale || f16_to_f32(hm) != min {
-                                inexact.store(true, std::sync::atomic::Ordering::Relaxed);
+                        // The 32-weight types' scales, from the file's f16 values (exact).
+                        let line = &mut panel[scale_at / 64].0;
+                        let at = scale_at % 64;
+                        match scales {
+                            DM => {
+                                let f16 = |v: f32| f32_to_f16(v).to_le_bytes();
+                                line[at + 2 * r..][..2].copy_from_slice(&f16(w.scale[0]));
+                                line[at + 32 + 2 * r..][..2].copy_from_slice(&f16(w.min));
                             }
-                            let line = &mut block[q_lines].0;
-                            line[2 * r..2 * r + 2].copy_from_slice(&hs.to_le_bytes());
-                            line[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&hm.to_le_bytes());
-                        } else {
-                            block[q_lines].0[4 * r..4 * r + 4]
-                                .copy_from_slice(&scale.to_le_bytes());
-                            block[q_lines + 1].0[4 * r..4 * r + 4]
-                                .copy_from_slice(&min.to_le_bytes());
+                            D => {
+                                let d = f32_to_f16(w.scale[0]).to_le_bytes();
+                                line[at + 2 * r..][..2].copy_from_slice(&d);
+                            }
+                            _ => {}
                         }
                     }
-                    if !k {
+                    if scales != K4 && scales != K6 {
                         continue;
                     }
                     // The K-quants' super-block headers and sub-block scales, from the file.
                     for sb in 0..nb / 8 {
                         let blk = &row[sb * kind.bytes()..(sb + 1) * kind.bytes()];
-                        let group = &mut panel[sb * group_lines(nibbles, scales)..][..5];
+                        let group = &mut panel[sb * group_lines(bits, scales)..][..5];
                         let (sc, m): ([u8; 8], [u8; 8]) = if scales == K4 {
                             group[0].0[2 * r..2 * r + 2].copy_from_slice(&f16_bytes(blk, 0));
                             group[0].0[32 + 2 * r..32 + 2 * r + 2]
@@ -207,15 +220,15 @@ impl Packed {
                     }
                 }
             });
-        let packed = Self {
+        Self {
             lines,
             nb,
-            nibbles,
+            bits,
             scales,
+            shift,
             kind,
             panels,
-        };
-        (packed, inexact.into_inner())
+        }
     }
 
     /// Bytes held.
@@ -241,14 +254,15 @@ impl Packed {
         unsafe {
             macro_rules! run {
                 ($r:expr) => {
-                    match (self.nibbles, self.scales) {
-                        (true, F16) => tile::<$r, true, F16>(self, p, x, sums, r0, out),
-                        (true, F32) => tile::<$r, true, F32>(self, p, x, sums, r0, out),
-                        (true, _) => tile::<$r, true, K4>(self, p, x, sums, r0, out),
-                        (false, F16) => tile::<$r, false, F16>(self, p, x, sums, r0, out),
-                        (false, F32) => tile::<$r, false, F32>(self, p, x, sums, r0, out),
-                        (false, K4) => tile::<$r, false, K4>(self, p, x, sums, r0, out),
-                        (false, _) => tile::<$r, false, K6>(self, p, x, sums, r0, out),
+                    match (self.bits, self.scales) {
+                        (4, DM) => tile::<$r, 4, DM>(self, p, x, sums, r0, out),
+                        (4, D) => tile::<$r, 4, D>(self, p, x, sums, r0, out),
+                        (4, _) => tile::<$r, 4, K4>(self, p, x, sums, r0, out),
+                        (5, DM) => tile::<$r, 5, DM>(self, p, x, sums, r0, out),
+                        (5, D) => tile::<$r, 5, D>(self, p, x, sums, r0, out),
+                        (5, _) => tile::<$r, 5, K4>(self, p, x, sums, r0, out),
+                        (6, _) => tile::<$r, 6, K6>(self, p, x, sums, r0, out),
+                        _ => tile::<$r, 8, D>(self, p, x, sums, r0, out),
                     }
                 };
             }
@@ -269,7 +283,7 @@ impl Packed {
 /// Activation rows `r0..r0 + R` against panel `p`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn tile<const R: usize, const NIB: bool, const S: u8>(
+unsafe fn tile<const R: usize, const BITS: u8, const S: u8>(
     w: &Packed,
     p: usize,
     x: &QuantRows,
@@ -278,10 +292,7 @@ unsafe fn tile<const R: usize, const NIB: bool, const S: u8>(
     out: &mut [f32],
 ) {
     let nb = w.nb;
-    let k = S == K4 || S == K6;
-    let group = group_lines(NIB, S);
-    let q_lines = if NIB { 4 } else { 8 };
-    let per_panel = if k { nb / 8 } else { nb } * group;
+    let per_panel = nb.div_ceil(group_blocks(S)) * group_lines(BITS, S);
     // SAFETY: as in `Packed::panel`: every group of panel `p` is inside `w.lines`, and
     // activation blocks `(r0 + r) · nb + b` for `r < R` inside `x`'s buffers.
     unsafe {
@@ -291,33 +302,39 @@ unsafe fn tile<const R: usize, const NIB: bool, const S: u8>(
         let xs = sums.as_ptr();
         let low = _mm512_set1_epi8(0x0f);
         let sign = _mm512_set1_epi32(i32::MIN);
+        let minus_shift = _mm512_set1_ps(-f32::from(w.shift));
         let mut acc = [_mm512_setzero_ps(); R];
         // A K-quant super-block's d and dmin.
         let (mut dk, mut dmk) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..nb {
-            // The block's weight lines, and where its scales are.
-            let (blk, scl) = if k {
-                let g = base.add(b / 8 * group * 64);
-                if b % 8 == 0 {
-                    dk = _mm512_cvtph_ps(_mm256_load_si256(g.cast()));
-                    dmk = _mm512_cvtph_ps(_mm256_load_si256(g.add(32).cast()));
-                }
-                (g.add((5 + b % 8 * q_lines) * 64), g.add(64 + b % 8 * 32))
-            } else {
-                let g = base.add(b * group * 64);
-                (g, g.add(q_lines * 64))
-            };
+            let (at, scale_at) = block_at(b, BITS, S);
+            let blk = base.add(at * 64);
+            let scl = base.add(scale_at);
+            if (S == K4 || S == K6) && b % 8 == 0 {
+                let g = base.add(b / 8 * group_lines(BITS, S) * 64);
+                dk = _mm512_cvtph_ps(_mm256_load_si256(g.cast()));
+                dmk = _mm512_cvtph_ps(_mm256_load_si256(g.add(32).cast()));
+            }
             let line = |l: usize| blk.add(64 * l);
             let mut wq = [_mm512_setzero_si512(); 8];
-            if NIB {
+            if BITS == 8 {
+                for (g, wq) in wq.iter_mut().enumerate() {
+                    *wq = _mm512_load_si512(line(g).cast());
+                }
+            } else {
                 for k in 0..4 {
                     let v = _mm512_load_si512(line(k).cast());
                     wq[k] = _mm512_and_si512(v, low);
                     wq[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
                 }
-            } else {
-                for (g, wq) in wq.iter_mut().enumerate() {
-                    *wq = _mm512_load_si512(line(g).cast());
+                // The fifth and sixth bits: one masked byte add each.
+                for h in 0..usize::from(BITS) - 4 {
+                    let bit = _mm512_set1_epi8(0x10 << h);
+                    let masks = line(4 + h).cast::<u64>();
+                    for (j, wq) in wq.iter_mut().enumerate() {
+                        let k: __mmask64 = std::ptr::read_unaligned(masks.add(j));
+                        *wq = _mm512_mask_add_epi8(*wq, k, *wq, bit);
+                    }
                 }
             }
             // Per row: the scales of weights 0..16 and 16..32 (the same but for Q6_K), and
@@ -333,14 +350,14 @@ unsafe fn tile<const R: usize, const NIB: bool, const S: u8>(
             let neg =
                 |v: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign));
             let (d0, d1, m0, m1) = match S {
-                F16 => {
+                DM => {
                     let d = _mm512_cvtph_ps(_mm256_load_si256(scl.cast()));
                     let m = _mm512_cvtph_ps(_mm256_load_si256(scl.add(32).cast()));
                     (d, d, m, m)
                 }
-                F32 => {
-                    let d = _mm512_load_ps(scl.cast());
-                    let m = _mm512_load_ps(scl.add(64).cast());
+                D => {
+                    let d = _mm512_cvtph_ps(_mm256_load_si256(scl.cast()));
+                    let m = _mm512_mul_ps(d, minus_shift);
                     (d, d, m, m)
                 }
                 K4 => {
@@ -354,12 +371,11 @@ unsafe fn tile<const R: usize, const NIB: bool, const S: u8>(
                         _mm512_mul_ps(dk, bytes(0, true)),
                         _mm512_mul_ps(dk, bytes(16, true)),
                     );
-                    let minus32 = _mm512_set1_ps(-32.0);
                     (
                         d0,
                         d1,
-                        _mm512_mul_ps(d0, minus32),
-                        _mm512_mul_ps(d1, minus32),
+                        _mm512_mul_ps(d0, minus_shift),
+                        _mm512_mul_ps(d1, minus_shift),
                     )
                 }
             };

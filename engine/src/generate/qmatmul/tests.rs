@@ -275,7 +275,8 @@ fn quantisation_keeps_values_within_half_a_step() {
 
 /// The repacked AVX-512 VNNI kernel against the row kernels, through `matmul_many` (so the
 /// panels' scatter to the outputs is checked too): every type, row counts that leave the last
-/// panel partly empty, every activation tile height, and two matrices of different types
+/// panel partly empty, every activation tile height, an odd number of blocks per row (the
+/// symmetric types keep two blocks' scales to a line), and two matrices of different types
 /// sharing one pass. Skipped (and said so) on CPUs without AVX-512 VNNI.
 #[test]
 fn repacked_panels_match_the_row_kernels() {
@@ -283,30 +284,32 @@ fn repacked_panels_match_the_row_kernels() {
         eprintln!("no AVX-512 VNNI here: the repacked kernel is not used, nothing to check");
         return;
     }
-    let cols = 512;
-    for (n, kind) in ALL.into_iter().enumerate() {
-        let other = ALL[(n + 3) % ALL.len()];
-        let (rows_a, rows_b) = (37, 16);
-        let (a, _) = quantised_by_candle(kind, rows_a, cols);
-        let (b, _) = quantised_by_candle(other, rows_b, cols);
-        let (mut pa, _) = quantised_by_candle(kind, rows_a, cols);
-        let (mut pb, _) = quantised_by_candle(other, rows_b, cols);
-        assert!(pa.repack() > 0 && pb.repack() > 0);
-        for m in [1, 3, 4, 9] {
-            let x = activations(m, cols, 0x5151 ^ (m as u64) << 8 ^ n as u64);
-            let mut q = QuantRows::default();
-            q.quantize(&x, cols);
-            let (mut wa, mut wb, mut ga, mut gb) = (vec![], vec![], vec![], vec![]);
-            let mut scratch = Vec::new();
-            matmul_many(&[&a, &b], &q, &mut [&mut wa, &mut wb], &mut scratch);
-            matmul_many(&[&pa, &pb], &q, &mut [&mut ga, &mut gb], &mut scratch);
-            for (got, want, k) in [(&ga, &wa, kind), (&gb, &wb, other)] {
-                assert_eq!(got.len(), want.len());
-                for (g, w) in got.iter().zip(want.iter()) {
-                    assert!(
-                        (g - w).abs() <= 2e-4 * (1.0 + w.abs()),
-                        "{k:?} × {m} rows: {g} vs {w}"
-                    );
+    for cols in [512, 96] {
+        let kinds: Vec<BlockType> = ALL.into_iter().filter(|k| cols % k.width() == 0).collect();
+        for (n, &kind) in kinds.iter().enumerate() {
+            let other = kinds[(n + 3) % kinds.len()];
+            let (rows_a, rows_b) = (37, 16);
+            let (a, _) = quantised_by_candle(kind, rows_a, cols);
+            let (b, _) = quantised_by_candle(other, rows_b, cols);
+            let (mut pa, _) = quantised_by_candle(kind, rows_a, cols);
+            let (mut pb, _) = quantised_by_candle(other, rows_b, cols);
+            assert!(pa.repack() > 0 && pb.repack() > 0);
+            for m in [1, 3, 4, 9] {
+                let x = activations(m, cols, 0x5151 ^ (m as u64) << 8 ^ n as u64);
+                let mut q = QuantRows::default();
+                q.quantize(&x, cols);
+                let (mut wa, mut wb, mut ga, mut gb) = (vec![], vec![], vec![], vec![]);
+                let mut scratch = Vec::new();
+                matmul_many(&[&a, &b], &q, &mut [&mut wa, &mut wb], &mut scratch);
+                matmul_many(&[&pa, &pb], &q, &mut [&mut ga, &mut gb], &mut scratch);
+                for (got, want, k) in [(&ga, &wa, kind), (&gb, &wb, other)] {
+                    assert_eq!(got.len(), want.len());
+                    for (g, w) in got.iter().zip(want.iter()) {
+                        assert!(
+                            (g - w).abs() <= 2e-4 * (1.0 + w.abs()),
+                            "{k:?} × {m} rows, {cols} columns: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
@@ -341,44 +344,28 @@ fn vector_quantisation_matches_the_scalar_one() {
     }
 }
 
-/// Scales whose repacked mins do not fit f16 (Q8_0 with `d` = 600: `−128 · d` is beyond the
-/// f16 range) make the whole matrix fall back to f32 scales, with the same results as the
-/// row kernel; ordinary ones take one line of f16 per block.
+/// Repacked weights take the file's bits: every 32-weight type its file's bytes per weight,
+/// the K-quants theirs but for the sub-block scales unpacked to a byte (decode reads every
+/// weight once per token, so its time is these bytes).
 #[test]
-fn repacking_falls_back_to_f32_scales_when_f16_is_not_exact() {
+fn repacked_matrices_keep_the_files_size() {
     if !crate::simd::avx512_vnni() {
         eprintln!("no AVX-512 VNNI here: the repacked kernel is not used, nothing to check");
         return;
     }
-    let (rows, cols) = (20, 256);
-    let mut next = xorshift(0x0bad_cafe);
-    let mut bytes = Vec::new();
-    for j in 0..rows * cols / QK {
-        // 600.0 and 0.0625 as f16.
-        let d: u16 = if j % 2 == 0 { 0x60b0 } else { 0x2c00 };
-        bytes.extend_from_slice(&d.to_le_bytes());
-        bytes.extend((0..QK).map(|_| (next() % 255) as u8));
+    let (rows, cols) = (32, 1024);
+    for kind in ALL {
+        let (mut m, _) = quantised_by_candle(kind, rows, cols);
+        let file = rows * cols / kind.width() * kind.bytes();
+        let packed = m.repack();
+        // Q4_K and Q5_K: 8 bytes of 6-bit scales become 16; Q6_K: the same 16.
+        let extra = match kind {
+            BlockType::Q4K | BlockType::Q5K => rows * cols / 256 * 4,
+            BlockType::Q6K => rows * cols / 256 * 2,
+            _ => 0,
+        };
+        assert_eq!(packed, file + extra, "{kind:?}");
     }
-    let plain = matrix(&bytes, BlockType::Q8_0, rows, cols);
-    let mut packed = matrix(&bytes, BlockType::Q8_0, rows, cols);
-    let panels = rows.div_ceil(16);
-    // 8 lines of bytes and 2 of f32 scales and mins per block.
-    assert_eq!(packed.repack(), panels * cols / QK * 10 * 64);
-    let x = activations(5, cols, 7);
-    let mut q = QuantRows::default();
-    q.quantize(&x, cols);
-    let (mut want, mut got, mut scratch) = (vec![], vec![], vec![]);
-    plain.matmul(&q, &mut want, &mut scratch);
-    packed.matmul(&q, &mut got, &mut scratch);
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() <= 2e-4 * (1.0 + w.abs()), "{g} vs {w}");
-    }
-    // The same blocks with small scales only: f16, 9 lines per block.
-    for blk in bytes.chunks_exact_mut(34) {
-        blk[..2].copy_from_slice(&0x2c00u16.to_le_bytes());
-    }
-    let mut small = matrix(&bytes, BlockType::Q8_0, rows, cols);
-    assert_eq!(small.repack(), panels * cols / QK * 9 * 64);
 }
 
 /// The dispatched quantiser (AVX2 with F16C's rounding here) fills every buffer with the

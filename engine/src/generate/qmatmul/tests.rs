@@ -294,7 +294,7 @@ fn repacked_panels_match_the_row_kernels() {
             let (mut pa, _) = quantised_by_candle(kind, rows_a, cols);
             let (mut pb, _) = quantised_by_candle(other, rows_b, cols);
             assert!(pa.repack() > 0 && pb.repack() > 0);
-            for m in [1, 3, 4, 9] {
+            for m in [1, 3, 4, 9, 15] {
                 let x = activations(m, cols, 0x5151 ^ (m as u64) << 8 ^ n as u64);
                 let mut q = QuantRows::default();
                 q.quantize(&x, cols);

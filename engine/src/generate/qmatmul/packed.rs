@@ -394,9 +394,9 @@ unsafe fn tile<const R: usize, const BITS: u8, const S: u8>(
                 let mut s0 = _mm512_setzero_si512();
                 let mut s1 = _mm512_setzero_si512();
                 if R >= 4 && S != K6 {
-                    for g in 0..8 {
+                    for (g, &w) in wq.iter().enumerate() {
                         let ag = _mm512_set1_epi32(std::ptr::read_unaligned(a.add(g)));
-                        s0 = _mm512_dpbusd_epi32(s0, wq[g], ag);
+                        s0 = _mm512_dpbusd_epi32(s0, w, ag);
                     }
                 } else {
                     for g in 0..4 {

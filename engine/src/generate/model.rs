@@ -391,7 +391,7 @@ impl Model {
             lora(Module::Gate, l, normed, g);
             lora(Module::Up, l, normed, u);
             match spec.activation {
-                Activation::Silu => g.iter_mut().zip(&*u).for_each(|(g, u)| *g = silu(*g) * u),
+                Activation::Silu => silu_mul(g, u),
                 Activation::GeluTanh => g
                     .iter_mut()
                     .zip(&*u)
@@ -560,6 +560,59 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
+/// `g[i] ← silu(g[i]) · u[i]`: in parallel over runs of 16,384 for a prefill's rows, each
+/// compiled for AVX-512 or AVX2 where the CPU has them. Built for the baseline target it ran 4
+/// wide with a `divps` per 4: 7% of a Qwen2.5-0.5B prefill profile. The same operations in the
+/// same order on every path (no fused multiply-adds), so the results do not depend on it.
+fn silu_mul(g: &mut [f32], u: &[f32]) {
+    use rayon::prelude::*;
+    const RUN: usize = 16_384;
+    if g.len() <= RUN {
+        return silu_mul_run(g, u);
+    }
+    g.par_chunks_mut(RUN)
+        .zip(u.par_chunks(RUN))
+        .for_each(|(g, u)| silu_mul_run(g, u));
+}
+
+fn silu_mul_run(g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512f() {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU supports AVX-512F and FMA (checked just above).
+        unsafe {
+            return silu_mul_avx512(g, u);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2_fma() {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe {
+            return silu_mul_avx2(g, u);
+        }
+    }
+    silu_mul_plain(g, u);
+}
+
+#[inline(always)]
+fn silu_mul_plain(g: &mut [f32], u: &[f32]) {
+    g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn silu_mul_avx512(g: &mut [f32], u: &[f32]) {
+    silu_mul_plain(g, u);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
+    silu_mul_plain(g, u);
+}
+
+#[inline(always)]
 fn silu(x: f32) -> f32 {
     // The polynomial exp (within 2 ulp): branch-free, so the loop over a row vectorises
     // (libm's expf was 2.4% of a Qwen2.5 run).

@@ -72,14 +72,37 @@ pub(super) struct Packed {
     lines: Vec<Line>,
     /// Blocks of 32 weights per row.
     nb: usize,
+    kind: BlockType,
+    pub(super) panels: usize,
+}
+
+/// How a block type is held in the panels.
+#[derive(Clone, Copy)]
+struct Layout {
     /// Bits per weight: 4, 5, 6 or 8.
     bits: u8,
     /// `DM`, `D`, `K4` or `K6`.
     scales: u8,
     /// The constant that makes the type's values unsigned.
     shift: i16,
-    kind: BlockType,
-    pub(super) panels: usize,
+}
+
+const fn layout(kind: BlockType) -> Layout {
+    let (bits, scales, shift) = match kind {
+        BlockType::Q4_0 => (4, D, 8),
+        BlockType::Q4_1 => (4, DM, 0),
+        BlockType::Q5_0 => (5, D, 16),
+        BlockType::Q5_1 => (5, DM, 0),
+        BlockType::Q8_0 => (8, D, 128),
+        BlockType::Q4K => (4, K4, 0),
+        BlockType::Q5K => (5, K4, 0),
+        BlockType::Q6K => (6, K6, 32),
+    };
+    Layout {
+        bits,
+        scales,
+        shift,
+    }
 }
 
 /// Lines of one block's weights.
@@ -118,6 +141,32 @@ const fn block_at(b: usize, bits: u8, scales: u8) -> (usize, usize) {
     }
 }
 
+/// Row `r`'s 32 values `u(i)` into a block's weight lines (the layout in the module comment).
+fn put_weights(block: &mut [Line], r: usize, bits: u8, u: impl Fn(usize) -> u8) {
+    if bits == 8 {
+        for (l, line) in block.iter_mut().enumerate() {
+            for i in 0..4 {
+                line.0[4 * r + i] = u(4 * l + i);
+            }
+        }
+        return;
+    }
+    let (nibbles, high) = block.split_at_mut(4);
+    for (l, line) in nibbles.iter_mut().enumerate() {
+        for i in 0..4 {
+            let (lo, hi) = (u(4 * l + i), u(16 + 4 * l + i));
+            line.0[4 * r + i] = lo & 0x0f | (hi & 0x0f) << 4;
+            // The higher bits, as bit `4r + i` of masks `l` and `4 + l`.
+            let bit = 4 * r + i;
+            for (h, masks) in high.iter_mut().enumerate() {
+                for (v, mask) in [(lo, l), (hi, 4 + l)] {
+                    masks.0[8 * mask + bit / 8] |= (v >> (4 + h) & 1) << (bit % 8);
+                }
+            }
+        }
+    }
+}
+
 fn f16_bytes(b: &[u8], at: usize) -> [u8; 2] {
     [b[at], b[at + 1]]
 }
@@ -126,16 +175,11 @@ impl Packed {
     /// Repacks `rows` rows of `kind` blocks (`cols` weights each) from `bytes`, in parallel
     /// over panels.
     pub(super) fn new(kind: BlockType, bytes: &[u8], rows: usize, cols: usize) -> Self {
-        let (bits, scales, shift) = match kind {
-            BlockType::Q4_0 => (4, D, 8),
-            BlockType::Q4_1 => (4, DM, 0),
-            BlockType::Q5_0 => (5, D, 16),
-            BlockType::Q5_1 => (5, DM, 0),
-            BlockType::Q8_0 => (8, D, 128),
-            BlockType::Q4K => (4, K4, 0),
-            BlockType::Q5K => (5, K4, 0),
-            BlockType::Q6K => (6, K6, 32),
-        };
+        let Layout {
+            bits,
+            scales,
+            shift,
+        } = layout(kind);
         let nb = cols / QK;
         let q_lines = weight_lines(bits);
         let panels = rows.div_ceil(PANEL);
@@ -153,30 +197,7 @@ impl Packed {
                         let w = portable::unpack(kind, row, b);
                         let u = |i: usize| (i16::from(w.q[i]) + shift) as u8;
                         let (at, scale_at) = block_at(b, bits, scales);
-                        let block = &mut panel[at..at + q_lines];
-                        if bits == 8 {
-                            for (l, line) in block.iter_mut().enumerate() {
-                                for i in 0..4 {
-                                    line.0[4 * r + i] = u(4 * l + i);
-                                }
-                            }
-                        } else {
-                            for l in 0..4 {
-                                for i in 0..4 {
-                                    let (lo, hi) = (u(4 * l + i), u(16 + 4 * l + i));
-                                    block[l].0[4 * r + i] = lo & 0x0f | (hi & 0x0f) << 4;
-                                    // The higher bits, as bit `4r + i` of masks `l` and `4 + l`.
-                                    for h in 0..usize::from(bits) - 4 {
-                                        let line = &mut block[4 + h].0;
-                                        for (v, mask) in [(lo, l), (hi, 4 + l)] {
-                                            let bit = 4 * r + i;
-                                            line[8 * mask + bit / 8] |=
-                                                (v >> (4 + h) & 1) << (bit % 8);
-                                        }
-                                    }
-                                }
-                            }
-                        }
+                        put_weights(&mut panel[at..at + q_lines], r, bits, u);
                         // The 32-weight types' scales, from the file's f16 values (exact).
                         let line = &mut panel[scale_at / 64].0;
                         let at = scale_at % 64;
@@ -226,9 +247,6 @@ impl Packed {
         Self {
             lines,
             nb,
-            bits,
-            scales,
-            shift,
             kind,
             panels,
         }
@@ -246,10 +264,11 @@ impl Packed {
         let nb = self.nb;
         assert!(p < self.panels && x.cols == nb * QK);
         assert!(x.q.len() >= m * x.cols && x.d.len() >= m * nb);
-        let halves = self.scales == K6;
+        let Layout { bits, scales, .. } = layout(self.kind);
+        let halves = scales == K6;
         let sums: &[f32] = if halves { &x.sum16 } else { self.kind.sums(x) };
         assert!(sums.len() >= m * nb * if halves { 2 } else { 1 });
-        assert!(self.scales != K4 && self.scales != K6 || nb.is_multiple_of(8));
+        assert!(scales != K4 && scales != K6 || nb.is_multiple_of(8));
         let mut r0 = 0;
         // SAFETY: the CPU has AVX-512 F, BW and VNNI (the caller checked); the panel's lines
         // and `x`'s rows `0..m` are inside their buffers (asserted above), and the kernels
@@ -257,7 +276,7 @@ impl Packed {
         unsafe {
             macro_rules! run {
                 ($r:expr) => {
-                    match (self.bits, self.scales) {
+                    match (bits, scales) {
                         (4, DM) => tile::<$r, 4, DM>(self, p, x, sums, r0, out),
                         (4, D) => tile::<$r, 4, D>(self, p, x, sums, r0, out),
                         (4, _) => tile::<$r, 4, K4>(self, p, x, sums, r0, out),
@@ -309,7 +328,7 @@ unsafe fn tile<const R: usize, const BITS: u8, const S: u8>(
         let xs = sums.as_ptr();
         let low = _mm512_set1_epi8(0x0f);
         let sign = _mm512_set1_epi32(i32::MIN);
-        let minus_shift = _mm512_set1_ps(-f32::from(w.shift));
+        let minus_shift = _mm512_set1_ps(-f32::from(layout(w.kind).shift));
         let mut acc = [_mm512_setzero_ps(); R];
         // A K-quant super-block's d and dmin.
         let (mut dk, mut dmk) = (_mm512_setzero_ps(), _mm512_setzero_ps());

@@ -57,6 +57,20 @@ pub(crate) async fn indexed(s: &Server, key: &str, id: &str) {
     }
 }
 
+/// Every string in `v` (keys and values), joined by newlines.
+fn texts(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(texts).collect::<Vec<_>>().join("\n"),
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| format!("{k}\n{}", texts(v)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
 fn sources(v: &Value, list: &str, field: &str) -> BTreeSet<String> {
     v[list]
         .as_array()
@@ -139,7 +153,9 @@ async fn check_readers(s: &Server, lena: &str, finn: &str, eve: &str) {
             {"role": "assistant", "content": "I do not know."}]}),
     ] {
         let a = ask(s, finn, body).await;
-        let all = a.to_string();
+        // Every text the response carries; numbers (timings, scores) are left out, since a
+        // timing of 19.420315 ms contains "2031".
+        let all = texts(&a);
         for secret in ["ninety", "four percent", "2031"] {
             assert!(!all.contains(secret), "{secret} reached finn: {a}");
         }

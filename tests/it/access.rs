@@ -67,7 +67,7 @@ fn texts(v: &Value) -> String {
             .map(|(k, v)| format!("{k}\n{}", texts(v)))
             .collect::<Vec<_>>()
             .join("\n"),
-        _ => String::new(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => String::new(),
     }
 }
 

@@ -24,7 +24,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use hearth_index::{HnswIndex, HnswParams};
+use hearth_index::{GraphIndex, HnswIndex, HnswParams};
 use serde_json::{Value, json};
 
 const DIM: usize = 384;
@@ -155,7 +155,19 @@ fn run(n: usize) -> Value {
     );
     let data = data(n);
 
-    // hearth
+    // hearth's own graph (issue 21), first so that its memory growth is measured on a clean heap
+    let (graph, gbuild) = common::measure(|| build_graph(&data.base));
+    println!(
+        "graph: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
+        gbuild.wall_s, gbuild.cpu_s, gbuild.rss_growth_mib, gbuild.peak_rss_growth_mib
+    );
+    let graph_points: Vec<Point> = EFS
+        .iter()
+        .map(|&ef| search_with("graph", &data, ef, |q| graph.search(q, K, ef)))
+        .collect();
+    drop(graph);
+
+    // hearth (hnsw_rs)
     let (index, build) = common::measure(|| build_hearth(&data.base));
     println!(
         "hearth: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
@@ -163,7 +175,7 @@ fn run(n: usize) -> Value {
     );
     let hearth: Vec<Point> = EFS
         .iter()
-        .map(|&ef| search_hearth(&index, &data, ef))
+        .map(|&ef| search_with("hearth", &data, ef, |q| index.search(q, K, ef)))
         .collect();
     drop(index); // give the memory back before the peer runs
 
@@ -250,27 +262,34 @@ fn run(n: usize) -> Value {
         common::ratio(Some(build.peak_rss_growth_mib), pf("peak_rss_growth_mib")),
     );
     println!();
-    println!(
-        "{:>5} {:>14} {:>10} {:>14} {:>10} {:>12}",
-        "ef", "hearth recall", "q/s", "hnswlib recall", "q/s", "hearth/peer"
-    );
-    for h in &hearth {
-        let p = peer_points.iter().find(|p| p.ef == h.ef);
-        println!(
-            "{:>5} {:>14.4} {:>10.0} {:>14} {:>10} {:>12}",
-            h.ef,
-            h.recall,
-            h.qps,
-            common::num(p.map(|p| p.recall), 4),
-            common::num(p.map(|p| p.qps), 0),
-            common::ratio(Some(h.qps), p.map(|p| p.qps))
-        );
-    }
+    print_points("hearth", &hearth, &peer_points);
     println!(
         "(hearth/peer = hearth ÷ hnswlib: above 1 is better for q/s, below 1 for build time and memory)"
     );
+    println!();
+    println!(
+        "graph: build {:.1} wall s, {:.1} CPU s ({} of hnswlib's), RSS +{:.0} MiB (peak +{:.0}; {} of hnswlib's)",
+        gbuild.wall_s,
+        gbuild.cpu_s,
+        common::ratio(Some(gbuild.cpu_s), pf("build_cpu_s")),
+        gbuild.rss_growth_mib,
+        gbuild.peak_rss_growth_mib,
+        common::ratio(Some(gbuild.peak_rss_growth_mib), pf("peak_rss_growth_mib")),
+    );
+    print_points("graph", &graph_points, &peer_points);
     let first = |pts: &[Point]| pts.iter().copied().find(|p| p.recall >= TARGET_RECALL);
     let (ht, pt) = (first(&hearth), first(&peer_points));
+    let graph_verdict = match (first(&graph_points), pt) {
+        (Some(g), Some(p)) => {
+            let r = g.qps / p.qps;
+            println!(
+                "graph: recall ≥ {TARGET_RECALL} at ef {} ({:.0} q/s), {r:.2}x hnswlib's q/s at its ef {}",
+                g.ef, g.qps, p.ef
+            );
+            json!({"met": r >= 1.0, "qps_ratio": r, "graph_ef": g.ef, "hnswlib_ef": p.ef})
+        }
+        (g, _) => json!({"met": null, "graph_ef": g.map(|g| g.ef)}),
+    };
     let describe = |p: Option<Point>| {
         p.map_or_else(
             || "not reached".to_owned(),
@@ -310,6 +329,9 @@ fn run(n: usize) -> Value {
         "hearth": {"build_wall_s": build.wall_s, "build_cpu_s": build.cpu_s,
                    "rss_growth_mib": build.rss_growth_mib, "peak_rss_growth_mib": build.peak_rss_growth_mib,
                    "search": points(&hearth)},
+        "graph": {"build_wall_s": gbuild.wall_s, "build_cpu_s": gbuild.cpu_s,
+                  "rss_growth_mib": gbuild.rss_growth_mib, "peak_rss_growth_mib": gbuild.peak_rss_growth_mib,
+                  "search": points(&graph_points), "target": graph_verdict},
         "peer": peer,
         "target": verdict,
     })
@@ -330,10 +352,52 @@ fn build_hearth(base: &[f32]) -> HnswIndex {
         .expect("building hearth's HNSW index")
 }
 
-fn search_hearth(index: &HnswIndex, data: &Data, ef: usize) -> Point {
+/// One index's recall and query rate per ef beside hnswlib's.
+fn print_points(label: &str, points: &[Point], peer: &[Point]) {
+    println!(
+        "{:>5} {:>14} {:>10} {:>14} {:>10} {:>12}",
+        "ef",
+        format!("{label} recall"),
+        "q/s",
+        "hnswlib recall",
+        "q/s",
+        format!("{label}/peer")
+    );
+    for h in points {
+        let p = peer.iter().find(|p| p.ef == h.ef);
+        println!(
+            "{:>5} {:>14.4} {:>10.0} {:>14} {:>10} {:>12}",
+            h.ef,
+            h.recall,
+            h.qps,
+            common::num(p.map(|p| p.recall), 4),
+            common::num(p.map(|p| p.qps), 0),
+            common::ratio(Some(h.qps), p.map(|p| p.qps))
+        );
+    }
+}
+
+/// Builds hearth's own graph on a rayon pool of `BUILD_THREADS` threads.
+fn build_graph(base: &[f32]) -> GraphIndex {
+    let params = HnswParams {
+        m: M,
+        ef_construction: EF_CONSTRUCTION,
+        ..HnswParams::default()
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(BUILD_THREADS)
+        .build()
+        .expect("a rayon pool")
+        .install(|| GraphIndex::build(base, DIM, params))
+        .expect("building hearth's graph")
+}
+
+type Found = hearth_index::Result<Vec<(u32, f32)>>;
+
+fn search_with(label: &str, data: &Data, ef: usize, search: impl Fn(&[f32]) -> Found) -> Point {
     let queries: Vec<&[f32]> = data.queries.chunks_exact(DIM).collect();
     for q in queries.iter().take(50) {
-        std::hint::black_box(index.search(q, K, ef).expect("search")); // warm-up
+        std::hint::black_box(search(q).expect("search")); // warm-up
     }
     let mut best = f64::INFINITY;
     let mut found: Vec<Vec<u32>> = Vec::new();
@@ -342,8 +406,7 @@ fn search_hearth(index: &HnswIndex, data: &Data, ef: usize) -> Point {
         found = queries
             .iter()
             .map(|q| {
-                index
-                    .search(q, K, ef)
+                search(q)
                     .expect("search")
                     .into_iter()
                     .map(|(id, _)| id)
@@ -358,7 +421,7 @@ fn search_hearth(index: &HnswIndex, data: &Data, ef: usize) -> Point {
         qps: queries.len() as f64 / best,
     };
     println!(
-        "hearth: ef={ef} recall@{K}={:.4} {:.0} q/s",
+        "{label}: ef={ef} recall@{K}={:.4} {:.0} q/s",
         p.recall, p.qps
     );
     p

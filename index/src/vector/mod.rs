@@ -5,6 +5,8 @@
 //!   the oracle that measures HNSW recall in tests.
 //! - [`HnswIndex`] (`hnsw.rs`): approximate search with `hnsw_rs`, wrapped so no `hnsw_rs` type
 //!   leaves this module.
+//! - [`GraphIndex`] (`graph.rs`): hearth's own HNSW over flat arrays (issue 21), measured in
+//!   the benchmark beside the two; not yet used by collections.
 //!
 //! Scores are cosine similarities (dot products of normalised vectors): higher is better, ties
 //! go to the smaller id.
@@ -16,9 +18,11 @@ use crate::error::{IndexError, Result};
 
 mod dedup;
 mod flat;
+mod graph;
 mod hnsw;
 
 pub use flat::FlatIndex;
+pub use graph::GraphIndex;
 pub(crate) use hnsw::HnswDump;
 pub use hnsw::{HnswIndex, HnswParams};
 

@@ -62,11 +62,12 @@ mod generate;
 mod simd;
 mod tokenizer;
 
-pub use config::{EmbedPrecision, EmbeddingModelInfo, EngineConfig};
+pub use config::{EmbedPrecision, EmbeddingModelInfo, EngineConfig, KvPrecision};
 pub use embed::{Embedder, Embeddings, Priority};
 pub use error::{EngineError, Result};
 pub use generate::{
     AdapterInfo, ChatMessage, Completion, FinishReason, Generation, GenerationEvent, Generator,
-    GeneratorInfo, GeneratorStats, Prompt, SamplingParams, Timings, Usage,
+    GeneratorInfo, GeneratorStats, MAX_LOGPROBS, Prompt, SamplingParams, Timings, TokenLogprob,
+    TokenLogprobs, Usage,
 };
 pub use tokenizer::Tokenizer;

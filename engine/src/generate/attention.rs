@@ -12,6 +12,11 @@ use crate::simd::exp;
 use super::kv::LayerKv;
 use super::step::StepSeq;
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod vector;
+
+#[derive(Clone, Copy)]
 pub(crate) struct AttentionShape {
     pub(crate) heads: usize,
     pub(crate) kv_heads: usize,
@@ -34,6 +39,8 @@ const LANES: usize = 16;
 thread_local! {
     /// Each worker thread's score buffer, grown once and reused by every call.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker thread's transposed queries for the vector kernels.
+    static QT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `out[r] = softmax(q[r]·Kᵀ·scale) V` per head, for every row of every sequence (rows in
@@ -88,9 +95,25 @@ struct Rows<'a> {
     q: &'a [f32],
 }
 
+/// The intrinsics kernels (`vector.rs`) where the CPU and the shape allow them; else
 /// [`attend`] compiled for AVX-512 or for AVX2 and FMA when the CPU has them (16- or 8-wide
-/// float arithmetic instead of the baseline's 4), else as is.
+/// float arithmetic instead of the baseline's 4), else as is. All give the same floats for
+/// the same instruction set.
 fn attend_dispatch(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if vector::fits(rows.shape) {
+        if crate::simd::avx512f() {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return QT
+                .with_borrow_mut(|qt| unsafe { vector::attend_avx512(rows, out, scores, qt) });
+        }
+        if crate::simd::avx2_fma_f16c() {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+            return QT.with_borrow_mut(|qt| unsafe { vector::attend_avx2(rows, out, scores, qt) });
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx512f() {
         #[allow(unsafe_code)]
@@ -157,18 +180,9 @@ fn attend<M: MulAdd>(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
     // position lo + i.
     scores.clear();
     scores.resize(nv * n, f32::NEG_INFINITY);
-    // The positions first..=last as (block, first slot, slots) runs.
-    let runs = || {
-        let mut p = first;
-        std::iter::from_fn(move || {
-            (p <= last).then(|| {
-                let (b, slot) = (p / bs, p % bs);
-                let len = (bs - slot).min(last + 1 - p);
-                p += len;
-                (blocks[b], slot, len)
-            })
-        })
-    };
+    let runs = || block_runs(blocks, bs, first, last);
+    // A block's keys or values in f32, where the cache holds f16.
+    let mut buf = Vec::new();
     for g in 0..shape.kv_heads {
         // Query vector v of this group (past the last, the last again: a set of QV is always
         // full, and the extra results are dropped).
@@ -178,8 +192,8 @@ fn attend<M: MulAdd>(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
             &q[r * width + (g * group + j) * hd..][..hd]
         };
         let mut i0 = first - lo;
-        for (block, slot, len) in runs() {
-            let keys = kv.keys(block, g);
+        for (block, slot, len, _) in runs() {
+            let keys = kv.keys_f32(block, g, &mut buf);
             let stride = keys.len() / hd;
             for v0 in (0..nv).step_by(QV) {
                 let qs: [&[f32]; QV] = std::array::from_fn(|k| query(v0 + k));
@@ -203,14 +217,10 @@ fn attend<M: MulAdd>(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
                     for (k, a) in acc.iter().enumerate().take(nv.saturating_sub(v0)) {
                         let v = v0 + k;
                         let own = pos0 + v / group;
-                        // The lanes whose slot is in the run and whose position the row sees.
-                        let from = c0.max(slot).max(first_of(own).saturating_sub(p0));
-                        let to = (c0 + LANES)
-                            .min(slot + len)
-                            .min((own + 1).saturating_sub(p0));
-                        if from >= to {
+                        let Some((from, to)) = visible(c0, slot, len, p0, first_of(own), own)
+                        else {
                             continue;
-                        }
+                        };
                         // Slot c's score (c ≥ slot here) is dst[c - slot].
                         let dst = &mut scores[v * n + i0..];
                         if from == c0 && to == c0 + LANES {
@@ -237,8 +247,8 @@ fn attend<M: MulAdd>(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
             out[r * width..(r + 1) * width][g * group * hd..(g + 1) * group * hd].fill(0.0);
         }
         let mut i0 = first - lo;
-        for (block, slot, len) in runs() {
-            let values = &kv.values(block, g)[slot * hd..(slot + len) * hd];
+        for (block, slot, len, _) in runs() {
+            let values = &kv.values_f32(block, g, &mut buf)[slot * hd..(slot + len) * hd];
             for v0 in (0..nv).step_by(QV) {
                 let count = QV.min(nv - v0);
                 for c in (0..hd).step_by(LANES) {
@@ -280,6 +290,45 @@ fn attend<M: MulAdd>(rows: Rows<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
         // The next group starts from -inf again.
         scores[..nv * n].fill(f32::NEG_INFINITY);
     }
+}
+
+/// The positions `first..=last` of a sequence whose KV blocks of `bs` slots are `blocks`, as
+/// runs within one block: (block, first slot, slots, first position).
+fn block_runs(
+    blocks: &[u32],
+    bs: usize,
+    first: usize,
+    last: usize,
+) -> impl Iterator<Item = (u32, usize, usize, usize)> + '_ {
+    let mut p = first;
+    std::iter::from_fn(move || {
+        (p <= last).then(|| {
+            let (b, slot) = (p / bs, p % bs);
+            let len = (bs - slot).min(last + 1 - p);
+            let at = p;
+            p += len;
+            (blocks[b], slot, len, at)
+        })
+    })
+}
+
+/// The slots `from..to` of the 16 starting at slot `c0` of a block (slot `c` is position
+/// `p0 + c`) that are in the run `slot..slot + len` and that a row at position `own` sees
+/// (positions `first..=own`); `None` when there are none.
+#[inline(always)]
+fn visible(
+    c0: usize,
+    slot: usize,
+    len: usize,
+    p0: usize,
+    first: usize,
+    own: usize,
+) -> Option<(usize, usize)> {
+    let from = c0.max(slot).max(first.saturating_sub(p0));
+    let to = (c0 + LANES)
+        .min(slot + len)
+        .min((own + 1).saturating_sub(p0));
+    (from < to).then_some((from, to))
 }
 
 /// `a · b + c`, fused (one rounding) where the kernel is compiled with FMA, else as two
@@ -378,14 +427,20 @@ fn softmax_in_place(w: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::kv::KvStore;
+    use crate::generate::kv::{KvPrecision, KvStore};
 
-    /// A sequence's rows give bit-identical results whether they are attended in tiles or one
-    /// row at a time, with full and sliding-window attention.
-    #[test]
-    fn tiles_match_single_rows() {
-        let (heads, kv_heads, hd, bs) = (6, 2, 16, 4);
-        let mut kv = KvStore::new(1, 8, bs, kv_heads, hd);
+    /// A cache of `len` positions of random keys and values in blocks out of order (as a real
+    /// block table is), and `rows` random query rows.
+    struct Filled {
+        kv: KvStore,
+        blocks: Vec<u32>,
+        q: Vec<f32>,
+    }
+
+    fn filled(shape: &AttentionShape, len: usize, rows: usize, precision: KvPrecision) -> Filled {
+        let (kv_heads, hd, bs) = (shape.kv_heads, shape.head_dim, shape.block_size);
+        let nblocks = len.div_ceil(bs) + 2;
+        let mut kv = KvStore::new(1, nblocks, bs, kv_heads, hd, precision);
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             state ^= state << 13;
@@ -393,48 +448,189 @@ mod tests {
             state ^= state << 17;
             (state % 2001) as f32 / 1000.0 - 1.0
         };
-        // Blocks out of order, as a real block table is.
-        let blocks = [5u32, 2, 7, 0, 3, 6];
-        let len = 22;
+        // Even blocks from the top, then odd ones from the bottom.
+        let n = nblocks as u32;
+        let blocks: Vec<u32> = (0..n)
+            .rev()
+            .filter(|b| b % 2 == 0)
+            .chain((0..n).filter(|b| b % 2 == 1))
+            .collect();
         for p in 0..len {
             let k: Vec<f32> = (0..kv_heads * hd).map(|_| next()).collect();
             let v: Vec<f32> = (0..kv_heads * hd).map(|_| next()).collect();
             kv.write(0, blocks[p / bs], p % bs, &k, &v);
         }
-        let width = heads * hd;
-        let rows = 9;
-        let start = len - rows;
-        let q: Vec<f32> = (0..rows * width).map(|_| next()).collect();
-        for window in [None, Some(5)] {
-            let shape = AttentionShape {
-                heads,
-                kv_heads,
-                head_dim: hd,
-                block_size: bs,
-                scale: 0.25,
-                window,
+        let q = (0..rows * shape.heads * hd).map(|_| next()).collect();
+        Filled { kv, blocks, q }
+    }
+
+    fn shape(heads: usize, kv_heads: usize, head_dim: usize, block_size: usize) -> AttentionShape {
+        AttentionShape {
+            heads,
+            kv_heads,
+            head_dim,
+            block_size,
+            scale: 0.25,
+            window: None,
+        }
+    }
+
+    fn step<'a>(tokens: &'a [u32], start_pos: usize, blocks: &'a [u32]) -> StepSeq<'a> {
+        StepSeq {
+            tokens,
+            start_pos,
+            blocks,
+            logits: false,
+            adapter: None,
+        }
+    }
+
+    /// A sequence's rows give bit-identical results whether they are attended in tiles or one
+    /// row at a time, with full and sliding-window attention, with both cache precisions: on
+    /// the portable kernel (a head dimension of 16 and blocks of 4 do not fit the vector ones)
+    /// and, where the CPU has AVX-512 or AVX2, on a vector kernel (Qwen2.5-0.5B's and
+    /// SmolLM2's shapes, blocks of 16 and 32).
+    #[test]
+    fn tiles_match_single_rows() {
+        let shapes = [
+            shape(6, 2, 16, 4),
+            shape(14, 2, 64, 16),
+            shape(9, 3, 64, 32),
+        ];
+        for (base, precision) in shapes
+            .into_iter()
+            .flat_map(|s| [(s, KvPrecision::F32), (s, KvPrecision::F16)])
+        {
+            let len = 22 + 3 * base.block_size;
+            let rows = 9;
+            let start = len - rows;
+            let Filled { kv, blocks, q } = filled(&base, len, rows, precision);
+            let width = base.heads * base.head_dim;
+            for window in [None, Some(5), Some(2 * base.block_size + 3)] {
+                let shape = AttentionShape { window, ..base };
+                let tokens = [0u32; 9];
+                let mut tiled = vec![0f32; rows * width];
+                paged_attention(
+                    &shape,
+                    kv.layer(0),
+                    &[step(&tokens, start, &blocks)],
+                    &q,
+                    &mut tiled,
+                );
+                // One sequence per row; and the rows split 3 + 6, so tiles start off the grid.
+                let singles: Vec<StepSeq<'_>> = (0..rows)
+                    .map(|r| step(&tokens[..1], start + r, &blocks))
+                    .collect();
+                let mut single = vec![0f32; rows * width];
+                paged_attention(&shape, kv.layer(0), &singles, &q, &mut single);
+                let split = [
+                    step(&tokens[..3], start, &blocks),
+                    step(&tokens[..6], start + 3, &blocks),
+                ];
+                let mut offset = vec![0f32; rows * width];
+                paged_attention(&shape, kv.layer(0), &split, &q, &mut offset);
+                let what = format!(
+                    "head_dim {} window {window:?} {precision:?}",
+                    shape.head_dim
+                );
+                assert_eq!(tiled, offset, "{what}");
+                assert_eq!(tiled, single, "{what}");
+                assert!(tiled.iter().any(|v| *v != 0.0));
+            }
+        }
+    }
+
+    /// An f16 cache gives the f32 cache's outputs to within f16's rounding of the keys and
+    /// values (11 significant bits), on both kernels' shapes.
+    #[test]
+    fn f16_cache_stays_within_its_rounding() {
+        for base in [shape(6, 2, 16, 4), shape(9, 3, 64, 16)] {
+            let (len, rows) = (70, 70);
+            let width = base.heads * base.head_dim;
+            let tokens = [0u32; 70];
+            let out = |precision| {
+                let Filled { kv, blocks, q } = filled(&base, len, rows, precision);
+                let mut out = vec![0f32; rows * width];
+                paged_attention(
+                    &base,
+                    kv.layer(0),
+                    &[step(&tokens, 0, &blocks)],
+                    &q,
+                    &mut out,
+                );
+                out
             };
-            let step = |tokens: &'static [u32], start_pos: usize| StepSeq {
-                tokens,
-                start_pos,
-                blocks: &blocks,
-                logits: false,
-                adapter: None,
-            };
-            const TOKENS: [u32; 9] = [0; 9];
-            let mut tiled = vec![0f32; rows * width];
-            paged_attention(&shape, kv.layer(0), &[step(&TOKENS, start)], &q, &mut tiled);
-            // One sequence per row; and the rows split 3 + 6, so tiles start off the grid.
-            let singles: Vec<StepSeq<'_>> =
-                (0..rows).map(|r| step(&TOKENS[..1], start + r)).collect();
-            let mut single = vec![0f32; rows * width];
-            paged_attention(&shape, kv.layer(0), &singles, &q, &mut single);
-            let split = [step(&TOKENS[..3], start), step(&TOKENS[..6], start + 3)];
-            let mut offset = vec![0f32; rows * width];
-            paged_attention(&shape, kv.layer(0), &split, &q, &mut offset);
-            assert_eq!(tiled, offset, "window {window:?}");
-            assert_eq!(tiled, single, "window {window:?}");
-            assert!(tiled.iter().any(|v| *v != 0.0));
+            let (full, half) = (out(KvPrecision::F32), out(KvPrecision::F16));
+            let worst = full
+                .iter()
+                .zip(&half)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!(
+                "head_dim {}: f16 cache off by at most {worst}",
+                base.head_dim
+            );
+            assert!(worst < 2e-3, "{worst}");
+        }
+    }
+
+    /// The vector kernels give the portable kernel's floats (compiled for the same
+    /// instruction set) to the bit: a prefill from position 0 (every tile causal), a chunk
+    /// further on and a decode row, with and without a sliding window, for set sizes from 1 to
+    /// 8 (6 on AVX2), with both cache precisions. Each instruction set the CPU lacks is
+    /// skipped, and said so.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_kernels_match_the_portable_kernel() {
+        let (avx512, avx2) = (crate::simd::avx512f(), crate::simd::avx2_fma_f16c());
+        if !avx512 {
+            eprintln!("AVX-512: skipped, this CPU has no AVX-512F");
+        }
+        if !avx2 {
+            eprintln!("AVX2: skipped, this CPU has no AVX2, FMA and F16C");
+        }
+        let shapes = [(14, 2), (9, 3), (4, 1), (8, 8), (16, 2), (2, 1)];
+        for ((heads, kv_heads), precision) in shapes
+            .into_iter()
+            .flat_map(|s| [(s, KvPrecision::F32), (s, KvPrecision::F16)])
+        {
+            let base = shape(heads, kv_heads, 64, 16);
+            let len = 150;
+            let Filled { kv, blocks, q } = filled(&base, len, len, precision);
+            let width = heads * 64;
+            for window in [None, Some(37)] {
+                let shape = AttentionShape { window, ..base };
+                for (start, rows) in [(0, len), (100, 50), (149, 1), (17, 3)] {
+                    let q = &q[..rows * width];
+                    let (mut fast, mut portable) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+                    let rows = Rows {
+                        shape: &shape,
+                        kv: kv.layer(0),
+                        blocks: &blocks,
+                        pos0: start,
+                        q,
+                    };
+                    let (mut scores, mut qt) = (Vec::new(), Vec::new());
+                    let what = format!(
+                        "{heads}/{kv_heads} heads at {start}, window {window:?}, {precision:?}"
+                    );
+                    #[allow(unsafe_code)]
+                    // SAFETY: each kernel runs only where the CPU has its instruction set
+                    // (checked above).
+                    unsafe {
+                        if avx512 {
+                            vector::attend_avx512(rows, &mut fast, &mut scores, &mut qt);
+                            attend_avx512(rows, &mut portable, &mut scores);
+                            assert!(fast == portable, "AVX-512: {what}");
+                        }
+                        if avx2 {
+                            vector::attend_avx2(rows, &mut fast, &mut scores, &mut qt);
+                            attend_avx2(rows, &mut portable, &mut scores);
+                            assert!(fast == portable, "AVX2: {what}");
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -8,10 +8,35 @@ use crate::error::EngineError;
 pub enum GenerationEvent {
     /// The next piece of text (whole characters; stop strings already removed).
     Text(String),
+    /// One generated token's log-probability and its most likely alternatives, when the
+    /// request asked for them ([`SamplingParams::logprobs`](super::SamplingParams::logprobs)).
+    /// Sent for every generated token, end tokens included, before any text it completes.
+    Logprobs(TokenLogprobs),
     /// The request finished; always the last event of a successful generation.
     Done(Completion),
     /// The request failed; the last event.
     Failed(EngineError),
+}
+
+/// A token and its log-probability (natural log) under the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token id.
+    pub token: u32,
+    /// The token's text on its own, leading space included (a piece of a character is
+    /// U+FFFD).
+    pub text: String,
+    /// `ln p`, `<= 0`.
+    pub logprob: f32,
+}
+
+/// What [`GenerationEvent::Logprobs`] reports for one generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// The token generated.
+    pub chosen: TokenLogprob,
+    /// The most likely tokens at its position, most likely first (as many as asked for).
+    pub top: Vec<TokenLogprob>,
 }
 
 /// Why generation ended.

@@ -1,8 +1,10 @@
 //! The paged KV cache: fixed-size blocks of key/value rows, a free list, reference counts and
 //! the prefix cache that lets sequences with the same prompt prefix share blocks.
 //!
-//! Storage, per layer, is one flat `f32` array for keys and one for values, block by block and
-//! within a block kv head by kv head. A head's values are `block_size` rows of `head_dim`; its
+//! Storage, per layer, is one flat array for keys and one for values, block by block and
+//! within a block kv head by kv head, in `f32` (the default) or `f16` (`engine.kv_precision`:
+//! half the memory, so twice the tokens in the same `engine.kv_cache_mb`, and half the bytes
+//! a decode step's attention reads). A head's values are `block_size` rows of `head_dim`; its
 //! keys are stored transposed, `head_dim` rows of the block's positions, so the attention
 //! kernel scores 16 positions with one vector multiply-add per key dimension instead of one
 //! horizontal sum per position.
@@ -20,6 +22,11 @@
 //! the allocator takes it for new rows, oldest-freed first (LRU eviction).
 
 use std::collections::HashMap;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+pub(crate) use crate::config::KvPrecision;
 
 /// No block: the end of a list.
 const NIL: u32 = u32::MAX;
@@ -232,13 +239,118 @@ impl BlockPool {
     }
 }
 
+/// Where a block's rows lie in a layer's arrays.
+#[derive(Clone, Copy)]
+struct Geometry {
+    block_size: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Geometry {
+    fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
+        ((block as usize * self.kv_heads + head) * self.block_size + slot) * self.head_dim
+    }
+
+    /// Values per kv head per block (keys or values).
+    fn head_block(&self) -> usize {
+        self.block_size * self.head_dim
+    }
+}
+
+/// A number type the cache can hold: `f32`, or `f16` at half the memory.
+trait KvElem: Copy + Default + Send + Sync + 'static {
+    /// `dst[i] = src[i]`, rounded to nearest even where `Self` is narrower (and held at its
+    /// largest finite value beyond its range).
+    fn put(dst: &mut [Self], src: &[f32]);
+    /// `dst[i] = src[i]`, exactly.
+    fn get(dst: &mut [f32], src: &[Self]);
+}
+
+impl KvElem for f32 {
+    fn put(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn get(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl KvElem for f16 {
+    fn put(dst: &mut [f16], src: &[f32]) {
+        // `half` converts 8 at a time with F16C where the CPU has it. A key or value beyond
+        // ±65,504 (none in the models measured) would become infinite and turn its rows'
+        // attention into NaN: held at the largest finite f16 instead.
+        dst.convert_from_f32_slice(src);
+        for h in dst.iter_mut().filter(|h| h.is_infinite()) {
+            *h = if h.is_sign_negative() {
+                f16::MIN
+            } else {
+                f16::MAX
+            };
+        }
+    }
+
+    fn get(dst: &mut [f32], src: &[f16]) {
+        src.convert_to_f32_slice(dst);
+    }
+}
+
+/// Every layer's keys and values in one number type.
+struct Arrays<T> {
+    k: Vec<Vec<T>>,
+    v: Vec<Vec<T>>,
+    /// One token's keys in `T`, before they are scattered into the transposed rows.
+    staged: Vec<T>,
+}
+
+impl<T: KvElem> Arrays<T> {
+    fn new(layers: usize, per_layer: usize) -> Self {
+        Self {
+            k: (0..layers).map(|_| vec![T::default(); per_layer]).collect(),
+            v: (0..layers).map(|_| vec![T::default(); per_layer]).collect(),
+            staged: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, g: Geometry, layer: usize, block: u32, slot: usize, k: &[f32], v: &[f32]) {
+        let hd = g.head_dim;
+        self.staged.resize(k.len(), T::default());
+        T::put(&mut self.staged, k);
+        for h in 0..g.kv_heads {
+            let o = g.offset(block, h, slot);
+            T::put(&mut self.v[layer][o..o + hd], &v[h * hd..(h + 1) * hd]);
+            let at = g.offset(block, h, 0);
+            let keys = &mut self.k[layer][at..][..g.head_block()];
+            for (row, &x) in keys
+                .chunks_exact_mut(g.block_size)
+                .zip(&self.staged[h * hd..])
+            {
+                row[slot] = x;
+            }
+        }
+    }
+
+    fn layer(&self, g: Geometry, layer: usize) -> Layer<'_, T> {
+        Layer {
+            g,
+            k: &self.k[layer],
+            v: &self.v[layer],
+        }
+    }
+}
+
+enum Data {
+    F32(Arrays<f32>),
+    F16(Arrays<f16>),
+}
+
 /// The key and value arrays.
 pub(crate) struct KvStore {
     pub(crate) block_size: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    g: Geometry,
+    data: Data,
 }
 
 impl KvStore {
@@ -248,14 +360,20 @@ impl KvStore {
         block_size: usize,
         kv_heads: usize,
         head_dim: usize,
+        precision: KvPrecision,
     ) -> Self {
         let per_layer = blocks * kv_heads * block_size * head_dim;
         Self {
             block_size,
-            kv_heads,
-            head_dim,
-            k: (0..layers).map(|_| vec![0.0; per_layer]).collect(),
-            v: (0..layers).map(|_| vec![0.0; per_layer]).collect(),
+            g: Geometry {
+                block_size,
+                kv_heads,
+                head_dim,
+            },
+            data: match precision {
+                KvPrecision::F32 => Data::F32(Arrays::new(layers, per_layer)),
+                KvPrecision::F16 => Data::F16(Arrays::new(layers, per_layer)),
+            },
         }
     }
 
@@ -265,58 +383,90 @@ impl KvStore {
         block_size: usize,
         kv_heads: usize,
         hd: usize,
+        precision: KvPrecision,
     ) -> usize {
-        2 * layers * kv_heads * block_size * hd * std::mem::size_of::<f32>()
-    }
-
-    fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
-        ((block as usize * self.kv_heads + head) * self.block_size + slot) * self.head_dim
+        let elem = match precision {
+            KvPrecision::F32 => size_of::<f32>(),
+            KvPrecision::F16 => size_of::<f16>(),
+        };
+        2 * layers * kv_heads * block_size * hd * elem
     }
 
     /// Writes one token's keys and values (`kv_heads × head_dim` each) at `slot` of `block`.
     pub(crate) fn write(&mut self, layer: usize, block: u32, slot: usize, k: &[f32], v: &[f32]) {
-        let hd = self.head_dim;
-        for h in 0..self.kv_heads {
-            let o = self.offset(block, h, slot);
-            self.v[layer][o..o + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
-            let (at, stride) = (self.offset(block, h, 0), self.block_size);
-            let keys = &mut self.k[layer][at..][..stride * hd];
-            for (row, &x) in keys.chunks_exact_mut(stride).zip(&k[h * hd..]) {
-                row[slot] = x;
-            }
+        let g = self.g;
+        match &mut self.data {
+            Data::F32(a) => a.write(g, layer, block, slot, k, v),
+            Data::F16(a) => a.write(g, layer, block, slot, k, v),
         }
     }
 
     /// One layer's key and value arrays, for the attention kernel.
     pub(crate) fn layer(&self, layer: usize) -> LayerKv<'_> {
-        LayerKv {
-            store: self,
-            k: &self.k[layer],
-            v: &self.v[layer],
+        match &self.data {
+            Data::F32(a) => LayerKv::F32(a.layer(self.g, layer)),
+            Data::F16(a) => LayerKv::F16(a.layer(self.g, layer)),
         }
+    }
+}
+
+/// A read-only view of one layer's cache in its number type.
+#[derive(Clone, Copy)]
+pub(crate) struct Layer<'a, T> {
+    g: Geometry,
+    k: &'a [T],
+    v: &'a [T],
+}
+
+impl<'a, T> Layer<'a, T> {
+    /// Keys of `head` in `block`, transposed: `head_dim` rows of `block_size` positions.
+    pub(crate) fn keys(&self, block: u32, head: usize) -> &'a [T] {
+        let o = self.g.offset(block, head, 0);
+        &self.k[o..o + self.g.head_block()]
+    }
+
+    /// Values of `head` in `block`: `block_size` rows of `head_dim`.
+    pub(crate) fn values(&self, block: u32, head: usize) -> &'a [T] {
+        let o = self.g.offset(block, head, 0);
+        &self.v[o..o + self.g.head_block()]
     }
 }
 
 /// A read-only view of one layer's cache.
 #[derive(Clone, Copy)]
-pub(crate) struct LayerKv<'a> {
-    store: &'a KvStore,
-    k: &'a [f32],
-    v: &'a [f32],
+pub(crate) enum LayerKv<'a> {
+    F32(Layer<'a, f32>),
+    F16(Layer<'a, f16>),
 }
 
-impl LayerKv<'_> {
-    /// Keys of `head` in `block`, transposed: `head_dim` rows of `block_size` positions.
-    pub(crate) fn keys(&self, block: u32, head: usize) -> &[f32] {
-        let o = self.store.offset(block, head, 0);
-        &self.k[o..o + self.store.block_size * self.store.head_dim]
+impl<'a> LayerKv<'a> {
+    /// [`Layer::keys`] in `f32`: the cache's own slice, or converted into `buf`.
+    pub(crate) fn keys_f32<'b>(&self, block: u32, head: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Self::F32(l) => l.keys(block, head),
+            Self::F16(l) => converted(l.keys(block, head), buf),
+        }
     }
 
-    /// Values of `head` in `block`: `block_size` rows of `head_dim`.
-    pub(crate) fn values(&self, block: u32, head: usize) -> &[f32] {
-        let o = self.store.offset(block, head, 0);
-        &self.v[o..o + self.store.block_size * self.store.head_dim]
+    /// [`Layer::values`] in `f32`: the cache's own slice, or converted into `buf`.
+    pub(crate) fn values_f32<'b>(&self, block: u32, head: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Self::F32(l) => l.values(block, head),
+            Self::F16(l) => converted(l.values(block, head), buf),
+        }
     }
+}
+
+fn converted<'b, T: KvElem>(src: &[T], buf: &'b mut Vec<f32>) -> &'b [f32] {
+    buf.resize(src.len(), 0.0);
+    T::get(buf, src);
+    buf
 }
 
 #[cfg(test)]
@@ -353,6 +503,34 @@ mod tests {
         assert_eq!(pool.share(ka), Some(a));
         assert_eq!(pool.allocate(), None);
         pool.check().unwrap();
+    }
+
+    /// An f16 cache holds what it is given to f16's rounding, keys transposed, and values
+    /// beyond f16's range at its largest finite value, not infinity.
+    #[test]
+    fn f16_cache_rounds_and_saturates() {
+        let (bs, kv_heads, hd) = (4, 2, 3);
+        let mut kv = KvStore::new(1, 2, bs, kv_heads, hd, KvPrecision::F16);
+        let k = [1.0f32, -2.5, 1e6, 0.1, -1e6, 3.0];
+        let v = [0.5f32, 70_000.0, -0.25, 1.0 / 3.0, 2.0, -80_000.0];
+        kv.write(0, 1, 2, &k, &v);
+        let LayerKv::F16(layer) = kv.layer(0) else {
+            panic!("an f16 cache")
+        };
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for h in 0..kv_heads {
+            let t = layer.keys(1, h);
+            keys.extend((0..hd).map(|d| t[d * bs + 2].to_f32()));
+            values.extend(
+                layer.values(1, h)[2 * hd..3 * hd]
+                    .iter()
+                    .map(|x| x.to_f32()),
+            );
+        }
+        let round = |x: f32| f16::from_f32(x).to_f32();
+        let max = f16::MAX.to_f32();
+        assert_eq!(keys, [1.0, -2.5, max, round(0.1), -max, 3.0]);
+        assert_eq!(values, [0.5, max, -0.25, round(1.0 / 3.0), 2.0, -max]);
     }
 
     #[test]

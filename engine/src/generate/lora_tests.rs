@@ -12,7 +12,7 @@ use crate::error::EngineError;
 
 use super::arch::ModelSpec;
 use super::gguf::GgufFile;
-use super::kv::KvStore;
+use super::kv::{KvPrecision, KvStore};
 use super::lora::{Adapter, Module};
 use super::model::{Model, Workspace};
 use super::reference_tests::model_path;
@@ -37,6 +37,18 @@ fn adapter(name: &str, id: u32) -> Adapter {
 }
 
 /// A fixed prompt of 40 token ids.
+/// An f32 cache of `blocks` blocks of 16 for `spec`'s shape.
+fn f32_cache(spec: &ModelSpec, blocks: usize) -> KvStore {
+    KvStore::new(
+        spec.layers,
+        blocks,
+        16,
+        spec.kv_heads,
+        spec.head_dim,
+        KvPrecision::F32,
+    )
+}
+
 fn prompt() -> Vec<u32> {
     (0..40).map(|i| 200 + 613 * i % 40_000).collect()
 }
@@ -44,7 +56,7 @@ fn prompt() -> Vec<u32> {
 /// Logits of the prompt's last token, the prompt fed in chunks of 16.
 fn logits(model: &Model, adapter: Option<&Adapter>) -> Vec<f32> {
     let spec = &model.spec;
-    let mut kv = KvStore::new(spec.layers, 8, 16, spec.kv_heads, spec.head_dim);
+    let mut kv = f32_cache(spec, 8);
     let mut ws = Workspace::default();
     let blocks: Vec<u32> = (0..8).collect();
     let p = prompt();
@@ -151,7 +163,7 @@ fn batch_mixes_adapters_per_row() {
     let (a, b) = (adapter("all-r4", 1), adapter("qv-r2-rslora", 2));
     let spec = &m.spec;
     let p = prompt();
-    let mut kv = KvStore::new(spec.layers, 12, 16, spec.kv_heads, spec.head_dim);
+    let mut kv = f32_cache(spec, 12);
     let blocks: Vec<Vec<u32>> = (0..3).map(|s| (s * 4..s * 4 + 4).collect()).collect();
     let choice = [Some(&a), None, Some(&b)];
     let steps: Vec<StepSeq<'_>> = (0..3)
@@ -170,7 +182,7 @@ fn batch_mixes_adapters_per_row() {
     let v = spec.vocab;
     for (s, choice) in choice.iter().enumerate() {
         let alone = {
-            let mut kv = KvStore::new(spec.layers, 4, 16, spec.kv_heads, spec.head_dim);
+            let mut kv = f32_cache(spec, 4);
             let blocks: Vec<u32> = (0..4).collect();
             m.forward(
                 &[StepSeq {

@@ -40,9 +40,11 @@ use futures::channel::mpsc::{UnboundedReceiver, unbounded};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 
-pub use events::{Completion, FinishReason, GenerationEvent, Timings, Usage};
+pub use events::{
+    Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, TokenLogprobs, Usage,
+};
 pub use lora::AdapterInfo;
-pub use sampling::SamplingParams;
+pub use sampling::{MAX_LOGPROBS, SamplingParams};
 pub use template::ChatMessage;
 
 use adapters::Registry;
@@ -165,7 +167,13 @@ impl Generator {
         drop(file);
 
         let bs = config.kv_block_size;
-        let block_bytes = KvStore::block_bytes(spec.layers, bs, spec.kv_heads, spec.head_dim);
+        let block_bytes = KvStore::block_bytes(
+            spec.layers,
+            bs,
+            spec.kv_heads,
+            spec.head_dim,
+            config.kv_precision,
+        );
         let blocks = (config.kv_cache_mb << 20) / block_bytes;
         let context = match config.max_context {
             0 => spec.context,
@@ -197,6 +205,7 @@ impl Generator {
             SchedulerConfig {
                 block_size: bs,
                 blocks,
+                precision: config.kv_precision,
                 max_batch_tokens: config.max_batch_tokens,
                 max_running: config.max_running,
             },
@@ -457,11 +466,20 @@ impl Generation {
     /// Waits for the whole answer on the current thread (for the CLI and tests; async callers
     /// poll the stream instead).
     pub fn wait(self) -> Result<(String, Completion)> {
+        self.wait_with_logprobs()
+            .map(|(text, completion, _)| (text, completion))
+    }
+
+    /// [`Self::wait`], with the [`TokenLogprobs`] of every generated token (empty unless the
+    /// request asked for [`SamplingParams::logprobs`]).
+    pub fn wait_with_logprobs(self) -> Result<(String, Completion, Vec<TokenLogprobs>)> {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         for event in futures::executor::block_on_stream(self) {
             match event {
                 GenerationEvent::Text(t) => text.push_str(&t),
-                GenerationEvent::Done(c) => return Ok((text, c)),
+                GenerationEvent::Logprobs(l) => logprobs.push(l),
+                GenerationEvent::Done(c) => return Ok((text, c, logprobs)),
                 GenerationEvent::Failed(e) => return Err(e),
             }
         }

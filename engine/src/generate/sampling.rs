@@ -96,6 +96,11 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Generation stops at any of these token ids (in addition to the model's end tokens).
     pub stop_token_ids: Vec<u32>,
+    /// Report each generated token's log-probability and those of the `n` most likely tokens
+    /// at its position (`Some(0)`: the chosen token's alone; at most [`MAX_LOGPROBS`]), as
+    /// [`GenerationEvent::Logprobs`](super::GenerationEvent::Logprobs) events. The
+    /// probabilities are the model's own: before penalties, temperature and filters.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -112,6 +117,7 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -126,6 +132,8 @@ const MAX_MAX_TOKENS: usize = 1_000_000;
 const MAX_STOP_STRINGS: usize = 16;
 /// The longest stop string, in bytes of UTF-8.
 const MAX_STOP_BYTES: usize = 256;
+/// The most alternatives [`SamplingParams::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_LOGPROBS: usize = 20;
 
 impl SamplingParams {
     /// Checks every field against its allowed range for a model with `vocab_size` token ids.
@@ -192,8 +200,56 @@ impl SamplingParams {
                 ));
             }
         }
+        if let Some(n) = self.logprobs
+            && n > MAX_LOGPROBS
+        {
+            return bad(format!("logprobs must be in [0, {MAX_LOGPROBS}], not {n}"));
+        }
         Ok(())
     }
+}
+
+/// The log-partition of a logits row (`ln Σ exp(l)`, NaN logits ignored) and its `n` most
+/// likely token ids with their logits, most likely first (ties by lower id). Two passes over
+/// the row; the `n` best are kept in a small sorted list that a logit enters only when it
+/// beats the list's last, so a row costs ~one compare per token.
+pub(crate) fn log_partition_and_top(logits: &[f32], n: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        // All -inf (or a +inf): no distribution to speak of; the best token gets everything.
+        let best = argmax(logits);
+        return (max, vec![(best, max)].into_iter().take(n).collect());
+    }
+    // Lanes of f32 sums, folded in f64: the row vectorises and 262,144 terms keep their
+    // precision. `exp` of NaN is 0, so NaN logits weigh nothing.
+    let mut lanes = [0f32; 16];
+    let mut chunks = logits.chunks_exact(16);
+    for c in &mut chunks {
+        for (acc, &l) in lanes.iter_mut().zip(c) {
+            *acc += crate::simd::exp(l - max);
+        }
+    }
+    let mut sum: f64 = lanes.iter().map(|&x| f64::from(x)).sum();
+    for &l in chunks.remainder() {
+        sum += f64::from(crate::simd::exp(l - max));
+    }
+    let log_z = max + sum.ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || (top.len() == n && l <= top[n - 1].1) {
+                continue;
+            }
+            let at = top.partition_point(|&(_, x)| x >= l);
+            top.insert(at, (i as u32, l));
+            top.truncate(n);
+        }
+    }
+    (log_z, top)
 }
 
 /// The sampling state of one sequence: its parameters, penalty counts, random stream and
@@ -775,6 +831,41 @@ fn next_f64(rng: &mut Xoshiro256StarStar) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_partition_and_top_match_a_direct_computation() {
+        let mut row: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 1013) as f32 / 50.0 - 10.0)
+            .collect();
+        row[3] = f32::NAN;
+        row[4] = f32::NEG_INFINITY;
+        row[999] = 25.0;
+        row[998] = 25.0;
+        let (log_z, top) = log_partition_and_top(&row, 4);
+        let z: f64 = row
+            .iter()
+            .filter(|l| !l.is_nan())
+            .map(|&l| f64::from(l).exp())
+            .sum();
+        assert!(
+            (f64::from(log_z) - z.ln()).abs() < 1e-4,
+            "{log_z} vs {}",
+            z.ln()
+        );
+        let mut want: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        want.truncate(4);
+        assert_eq!(top, want);
+        assert_eq!(log_partition_and_top(&row, 0).1, []);
+        // A row with nothing finite has no distribution: the best token takes it all.
+        let (z, top) = log_partition_and_top(&[f32::NEG_INFINITY; 8], 2);
+        assert_eq!((z, top.len()), (f32::NEG_INFINITY, 1));
+    }
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
         let mut p = SamplingParams {
@@ -1387,6 +1478,7 @@ mod tests {
             max_tokens: 1_000_000,
             stop: vec!["x".repeat(256); 16],
             stop_token_ids: vec![0, 999],
+            logprobs: Some(MAX_LOGPROBS),
             top_k: 5000,
             seed: Some(0),
         }
@@ -1536,6 +1628,13 @@ mod tests {
                     ..d()
                 },
                 "stop_token_ids[1]",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(MAX_LOGPROBS + 1),
+                    ..d()
+                },
+                "logprobs",
             ),
         ];
         for (p, field) in cases {

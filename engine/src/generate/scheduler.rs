@@ -24,11 +24,13 @@ use futures::channel::mpsc::UnboundedSender;
 
 use crate::error::EngineError;
 
-use super::events::{Completion, FinishReason, GenerationEvent, Timings, Usage};
-use super::kv::{BlockKey, BlockPool, CacheSalt, KvStore, block_key};
+use super::events::{
+    Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, TokenLogprobs, Usage,
+};
+use super::kv::{BlockKey, BlockPool, CacheSalt, KvPrecision, KvStore, block_key};
 use super::lora::Adapter;
 use super::model::{Model, Workspace};
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::{Sampler, SamplingParams, log_partition_and_top};
 use super::step::StepSeq;
 use super::stop::StopMatcher;
 use super::tokenizer::{GenTokenizer, IncrementalDecoder};
@@ -50,6 +52,7 @@ pub(crate) struct Request {
 pub(crate) struct SchedulerConfig {
     pub(crate) block_size: usize,
     pub(crate) blocks: usize,
+    pub(crate) precision: KvPrecision,
     pub(crate) max_batch_tokens: usize,
     pub(crate) max_running: usize,
 }
@@ -148,6 +151,7 @@ impl Scheduler {
             config.block_size,
             spec.kv_heads,
             spec.head_dim,
+            config.precision,
         );
         let pool = BlockPool::new(config.blocks);
         Self {
@@ -492,7 +496,28 @@ impl Scheduler {
 fn emit_next(seq: &mut Seq, logits: &mut [f32], tok: &GenTokenizer, max_positions: usize) -> bool {
     let now = Instant::now();
     seq.first_token.get_or_insert(now);
+    // The row as the model gave it: sampling rewrites it in place.
+    let raw = seq.params.logprobs.map(|n| {
+        let vocab = tok.vocab_size().min(logits.len());
+        (n, logits[..vocab].to_vec())
+    });
     let t = seq.sampler.sample(logits);
+    if let Some((n, raw)) = raw {
+        let (log_z, top) = log_partition_and_top(&raw, n);
+        let entry = |token: u32| TokenLogprob {
+            token,
+            text: tok.token_text(token),
+            logprob: raw
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |l| (l - log_z).min(0.0)),
+        };
+        let _ = seq
+            .events
+            .unbounded_send(GenerationEvent::Logprobs(TokenLogprobs {
+                chosen: entry(t),
+                top: top.iter().map(|&(id, _)| entry(id)).collect(),
+            }));
+    }
     seq.sampler.accept(t);
     let is_end = tok.end_tokens().contains(&t) || seq.params.stop_token_ids.contains(&t);
     if is_end {

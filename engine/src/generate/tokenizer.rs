@@ -679,6 +679,16 @@ impl GenTokenizer {
         }
     }
 
+    /// The text token `id` stands for on its own, leading space included (`" yes"`); control
+    /// tokens appear as their markers, a piece of a character as U+FFFD, an id outside the
+    /// vocabulary as nothing.
+    pub(crate) fn token_text(&self, id: u32) -> String {
+        match self.piece(id, false) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        }
+    }
+
     /// The text of `ids`. With `skip_special`, control tokens (BOS, EOS, `<|im_end|>`, ...) are
     /// left out; otherwise they appear as their markers. Bytes that do not form UTF-8 become
     /// U+FFFD. Fails with `InvalidInput` for an id outside the vocabulary.

@@ -80,6 +80,62 @@ fn answers_and_reports_usage() {
 }
 
 #[test]
+fn logprobs_describe_the_tokens_generated_without_changing_them() {
+    let g = shared();
+    let q = ask(QUESTIONS[0]);
+    let (plain, _) = g.submit(&q, greedy(16)).unwrap().wait().unwrap();
+    let asked = SamplingParams {
+        logprobs: Some(5),
+        ..greedy(16)
+    };
+    let (text, done, logprobs) = g.submit(&q, asked).unwrap().wait_with_logprobs().unwrap();
+    assert_eq!(
+        text, plain,
+        "asking for log-probabilities changed the answer"
+    );
+    assert_eq!(logprobs.len(), done.usage.completion_tokens);
+    for l in &logprobs {
+        assert_eq!(l.top.len(), 5);
+        // Greedy picks the most likely token, so it heads the list with the same figure.
+        assert_eq!(l.top[0].token, l.chosen.token, "{l:?}");
+        assert_eq!(l.top[0].logprob, l.chosen.logprob);
+        assert!(
+            l.top.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+            "{l:?}"
+        );
+        let mass: f32 = l.top.iter().map(|t| t.logprob.exp()).sum();
+        assert!(
+            l.top.iter().all(|t| t.logprob <= 0.0) && mass <= 1.0 + 1e-4,
+            "{l:?}"
+        );
+    }
+    // The chosen tokens spell the answer (the last may be the end token).
+    let spelled: String = logprobs.iter().map(|l| l.chosen.text.as_str()).collect();
+    assert!(spelled.starts_with(&text), "{spelled:?} vs {text:?}");
+    // Where the next token is all but certain, the model says so.
+    let counting = Prompt::Text("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,".into());
+    let one = SamplingParams {
+        logprobs: Some(2),
+        ..greedy(1)
+    };
+    let (_, _, l) = g
+        .submit(&counting, one)
+        .unwrap()
+        .wait_with_logprobs()
+        .unwrap();
+    // " 13", or its first piece where digits are tokens of their own.
+    assert!(" 13".starts_with(&l[0].chosen.text), "{:?}", l[0]);
+    assert!(l[0].chosen.logprob > 0.5f32.ln(), "{:?}", l[0]);
+    let bad = SamplingParams {
+        logprobs: Some(21),
+        ..greedy(4)
+    };
+    let e = g.submit(&q, bad).err().expect("21 alternatives refused");
+    assert!(e.to_string().contains("logprobs must be in [0, 20]"), "{e}");
+    assert_no_leak(g);
+}
+
+#[test]
 fn batch_and_chunked_prefill_do_not_change_outputs() {
     // Alone, one request at a time, whole prompts per step.
     let g = shared();

@@ -133,15 +133,18 @@ pub(crate) struct MappedMatrix {
 }
 
 /// Activation rows quantised to 8-bit blocks of 32: values, per-block scale, per-block
-/// `scale · Σ values` rounded through f16 (`s`) and in f32 (`sum`), and the latter per half
-/// block (`sum16`, for Q6_K's two scales per block in the repacked kernel).
+/// `scale · Σ values` rounded through f16 (`s`) and in f32 (`sum`), and the exact `Σ values`
+/// per half block (`halves`).
 #[derive(Default)]
 pub(crate) struct QuantRows {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
     sum: Vec<f32>,
-    sum16: Vec<f32>,
+    /// Σ values per half block (16 values), exact: the repacked kernel starts its integer
+    /// sums from `−shift` times them (a block's for the symmetric types, each half's for
+    /// Q6_K).
+    halves: Vec<i32>,
     cols: usize,
 }
 
@@ -159,7 +162,7 @@ impl QuantRows {
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
         self.sum.resize(blocks, 0.0);
-        self.sum16.resize(2 * blocks, 0.0);
+        self.halves.resize(2 * blocks, 0);
         if blocks <= 4 * RUN {
             fill_blocks(BlockRun {
                 x,
@@ -167,7 +170,7 @@ impl QuantRows {
                 d: &mut self.d,
                 s: &mut self.s,
                 sum: &mut self.sum,
-                sum16: &mut self.sum16,
+                halves: &mut self.halves,
             });
         } else {
             x.par_chunks(RUN * QK)
@@ -175,15 +178,15 @@ impl QuantRows {
                 .zip(self.d.par_chunks_mut(RUN))
                 .zip(self.s.par_chunks_mut(RUN))
                 .zip(self.sum.par_chunks_mut(RUN))
-                .zip(self.sum16.par_chunks_mut(2 * RUN))
-                .for_each(|(((((x, q), d), s), sum), sum16)| {
+                .zip(self.halves.par_chunks_mut(2 * RUN))
+                .for_each(|(((((x, q), d), s), sum), halves)| {
                     fill_blocks(BlockRun {
                         x,
                         q,
                         d,
                         s,
                         sum,
-                        sum16,
+                        halves,
                     })
                 });
         }
@@ -356,6 +359,22 @@ fn matmul_packed(
         scratch.resize(panels * PANEL * m, 0.0);
     }
     let scratch = &mut scratch[..panels * PANEL * m];
+    // The symmetric types' blocks, and Q6_K's half blocks, start their integer sums from
+    // −shift · Σ activations (their unsigned weights are the signed ones plus `shift`).
+    let inits: Vec<Vec<i32>> = ws
+        .iter()
+        .map(
+            |w| match w.packed.as_ref().and_then(|p| p.integer_start()) {
+                Some((shift, false)) => x
+                    .halves
+                    .chunks_exact(2)
+                    .map(|h| -shift * (h[0] + h[1]))
+                    .collect(),
+                Some((shift, true)) => x.halves.iter().map(|h| -shift * h).collect(),
+                None => Vec::new(),
+            },
+        )
+        .collect();
     scratch
         .par_chunks_mut(PANEL * m)
         .enumerate()
@@ -366,7 +385,7 @@ fn matmul_packed(
                 i += 1;
             }
             if let Some(p) = &ws[i].packed {
-                p.panel(t - base, x, dst);
+                p.panel(t - base, x, &inits[i], dst);
             }
         });
     let mut first = 0;
@@ -409,7 +428,7 @@ pub(super) struct BlockRun<'a> {
     d: &'a mut [f32],
     s: &'a mut [f32],
     sum: &'a mut [f32],
-    sum16: &'a mut [f32],
+    halves: &'a mut [i32],
 }
 
 /// `QuantRows::quantize` over a run of blocks; in AVX2 with F16C where the CPU has them (the
@@ -435,7 +454,7 @@ fn fill_blocks_with(
         d,
         s,
         sum,
-        sum16,
+        halves: half_sums,
     } = run;
     for (b, xb) in x.chunks_exact(QK).enumerate() {
         let (amax, halves) = quantize(xb, &mut q[b * QK..(b + 1) * QK]);
@@ -446,8 +465,7 @@ fn fill_blocks_with(
         // ggml-family kernels (candle's, llama.cpp's) as closely as possible.
         s[b] = round(round(total as f32) * d_b);
         sum[b] = total as f32 * d_b;
-        sum16[2 * b] = halves[0] as f32 * d_b;
-        sum16[2 * b + 1] = halves[1] as f32 * d_b;
+        half_sums[2 * b..2 * b + 2].copy_from_slice(&halves);
     }
 }
 

@@ -24,12 +24,15 @@
 //! - Q4_1 and Q5_1: after each block's weights, one line of the 16 rows' f16 `d` and f16 `m`
 //!   (the file's f16 values, so exact);
 //! - the symmetric 32-weight types (Q4_0, Q5_0, Q8_0), whose min is `−shift · d`: two blocks'
-//!   weights, then one line of the two blocks' 16 f16 `d` each; the kernel forms the min;
+//!   weights, then one line of the two blocks' 16 f16 `d` each. The kernel starts each
+//!   block's integer sum from `−shift · Σ` of the activation block's values, so the sum is
+//!   the signed weights' (as ggml forms it) and the min costs no float multiply-add;
 //! - the K-quants, per super-block of eight blocks: a line of the 16 rows' f16 `d` (and, for
 //!   Q4_K and Q5_K, `dmin`), four lines of the sub-blocks' 6- or 8-bit scales (32 bytes a
 //!   block: Q4_K/Q5_K `sc` then `m` as unsigned bytes, Q6_K its two signed scales), then the
-//!   eight blocks' weights. The kernel forms `d · sc` (and `−dmin · m`, or `−32 · d · sc`) in
-//!   f32 per block, exactly as the dequantisation does.
+//!   eight blocks' weights. The kernel forms `d · sc` (and `−dmin · m`) in f32 per block,
+//!   exactly as the dequantisation does; Q6_K's min `−32 · d · sc` enters, like the symmetric
+//!   types', as each half block's integer sum starting from `−32 · Σx`.
 //!
 //! Every type then takes the file's bytes per weight, but for the K-quants' unpacked 8-bit
 //! sub-block scales (Q4_K 0.578 against 0.5625, Q5_K 0.703 against 0.6875, Q6_K 0.828 against
@@ -257,17 +260,28 @@ impl Packed {
         self.lines.len() * 64
     }
 
+    /// For the types whose min is `−shift ·` their scale, the shift, and whether it applies
+    /// per half block (Q6_K, a scale per 16 weights) rather than per block (the symmetric
+    /// types, one `d` per block).
+    pub(super) fn integer_start(&self) -> Option<(i32, bool)> {
+        let Layout { scales, shift, .. } = layout(self.kind);
+        (scales == D || scales == K6).then_some((i32::from(shift), scales == K6))
+    }
+
     /// Panel `p` against every activation row of `x`: `out[r · 16 + i]` = row `r` · weight
-    /// row `16p + i`. The caller has checked [`crate::simd::avx512_vnni`].
-    pub(super) fn panel(&self, p: usize, x: &QuantRows, out: &mut [f32]) {
+    /// row `16p + i`. For a type with an [`Packed::integer_start`], `init` holds `−shift · Σ`
+    /// of each activation block (or half block); other types ignore it. The caller has checked
+    /// [`crate::simd::avx512_vnni`].
+    pub(super) fn panel(&self, p: usize, x: &QuantRows, init: &[i32], out: &mut [f32]) {
         let m = out.len() / PANEL;
         let nb = self.nb;
         assert!(p < self.panels && x.cols == nb * QK);
         assert!(x.q.len() >= m * x.cols && x.d.len() >= m * nb);
         let Layout { bits, scales, .. } = layout(self.kind);
-        let halves = scales == K6;
-        let sums: &[f32] = if halves { &x.sum16 } else { self.kind.sums(x) };
-        assert!(sums.len() >= m * nb * if halves { 2 } else { 1 });
+        assert!(scales != D || init.len() >= m * nb);
+        assert!(scales != K6 || init.len() >= 2 * m * nb);
+        let sums = self.kind.sums(x);
+        assert!(sums.len() >= m * nb);
         assert!(scales != K4 && scales != K6 || nb.is_multiple_of(8));
         let mut r0 = 0;
         // SAFETY: the CPU has AVX-512 F, BW and VNNI (the caller checked); the panel's lines
@@ -277,14 +291,14 @@ impl Packed {
             macro_rules! run {
                 ($r:expr) => {
                     match (bits, scales) {
-                        (4, DM) => tile::<$r, 4, DM>(self, p, x, sums, r0, out),
-                        (4, D) => tile::<$r, 4, D>(self, p, x, sums, r0, out),
-                        (4, _) => tile::<$r, 4, K4>(self, p, x, sums, r0, out),
-                        (5, DM) => tile::<$r, 5, DM>(self, p, x, sums, r0, out),
-                        (5, D) => tile::<$r, 5, D>(self, p, x, sums, r0, out),
-                        (5, _) => tile::<$r, 5, K4>(self, p, x, sums, r0, out),
-                        (6, _) => tile::<$r, 6, K6>(self, p, x, sums, r0, out),
-                        _ => tile::<$r, 8, D>(self, p, x, sums, r0, out),
+                        (4, DM) => tile::<$r, 4, DM>(self, p, x, sums, init, r0, out),
+                        (4, D) => tile::<$r, 4, D>(self, p, x, sums, init, r0, out),
+                        (4, _) => tile::<$r, 4, K4>(self, p, x, sums, init, r0, out),
+                        (5, DM) => tile::<$r, 5, DM>(self, p, x, sums, init, r0, out),
+                        (5, D) => tile::<$r, 5, D>(self, p, x, sums, init, r0, out),
+                        (5, _) => tile::<$r, 5, K4>(self, p, x, sums, init, r0, out),
+                        (6, _) => tile::<$r, 6, K6>(self, p, x, sums, init, r0, out),
+                        _ => tile::<$r, 8, D>(self, p, x, sums, init, r0, out),
                     }
                 };
             }
@@ -314,6 +328,7 @@ unsafe fn tile<const R: usize, const BITS: u8, const S: u8>(
     p: usize,
     x: &QuantRows,
     sums: &[f32],
+    init: &[i32],
     r0: usize,
     out: &mut [f32],
 ) {
@@ -326,9 +341,9 @@ unsafe fn tile<const R: usize, const BITS: u8, const S: u8>(
         let xq = x.q.as_ptr();
         let xd = x.d.as_ptr();
         let xs = sums.as_ptr();
+        let xi0 = init.as_ptr();
         let low = _mm512_set1_epi8(0x0f);
         let sign = _mm512_set1_epi32(i32::MIN);
-        let minus_shift = _mm512_set1_ps(-f32::from(layout(w.kind).shift));
         let mut acc = [_mm512_setzero_ps(); R];
         // A K-quant super-block's d and dmin.
         let (mut dk, mut dmk) = (_mm512_setzero_ps(), _mm512_setzero_ps());
@@ -375,43 +390,44 @@ unsafe fn tile<const R: usize, const BITS: u8, const S: u8>(
             };
             let neg =
                 |v: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign));
-            let (d0, d1, m0, m1) = match S {
+            // D and Q6_K's mins are in the integer sums' starting values (`init`).
+            let (d0, d1, m0) = match S {
                 DM => {
                     let d = _mm512_cvtph_ps(_mm256_load_si256(scl.cast()));
                     let m = _mm512_cvtph_ps(_mm256_load_si256(scl.add(32).cast()));
-                    (d, d, m, m)
+                    (d, d, m)
                 }
                 D => {
                     let d = _mm512_cvtph_ps(_mm256_load_si256(scl.cast()));
-                    let m = _mm512_mul_ps(d, minus_shift);
-                    (d, d, m, m)
+                    (d, d, _mm512_setzero_ps())
                 }
                 K4 => {
                     // d · sc and −(dmin · m), as the dequantisation forms them.
                     let d = _mm512_mul_ps(dk, bytes(0, false));
                     let m = neg(_mm512_mul_ps(dmk, bytes(16, false)));
-                    (d, d, m, m)
+                    (d, d, m)
                 }
-                _ => {
-                    let (d0, d1) = (
-                        _mm512_mul_ps(dk, bytes(0, true)),
-                        _mm512_mul_ps(dk, bytes(16, true)),
-                    );
-                    (
-                        d0,
-                        d1,
-                        _mm512_mul_ps(d0, minus_shift),
-                        _mm512_mul_ps(d1, minus_shift),
-                    )
-                }
+                _ => (
+                    _mm512_mul_ps(dk, bytes(0, true)),
+                    _mm512_mul_ps(dk, bytes(16, true)),
+                    _mm512_setzero_ps(),
+                ),
             };
             for (r, acc) in acc.iter_mut().enumerate() {
                 let xi = (r0 + r) * nb + b;
                 let a = xq.add(xi * QK).cast::<i32>();
                 // Two chains of four, so that a few rows (decode) wait less on each; one
                 // chain where enough rows run side by side, but for Q6_K's two halves.
-                let mut s0 = _mm512_setzero_si512();
-                let mut s1 = _mm512_setzero_si512();
+                // A symmetric type's min term as the sum's starting value: one broadcast
+                // load instead of a multiply-add per row and block.
+                let (mut s0, mut s1) = match S {
+                    D => (_mm512_set1_epi32(*xi0.add(xi)), _mm512_setzero_si512()),
+                    K6 => (
+                        _mm512_set1_epi32(*xi0.add(2 * xi)),
+                        _mm512_set1_epi32(*xi0.add(2 * xi + 1)),
+                    ),
+                    _ => (_mm512_setzero_si512(), _mm512_setzero_si512()),
+                };
                 if R >= 4 && S != K6 {
                     for (g, &w) in wq.iter().enumerate() {
                         let ag = _mm512_set1_epi32(std::ptr::read_unaligned(a.add(g)));
@@ -429,12 +445,12 @@ unsafe fn tile<const R: usize, const BITS: u8, const S: u8>(
                 if S == K6 {
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(d0, dx), *acc);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(d1, dx), *acc);
-                    *acc = _mm512_fmadd_ps(m0, _mm512_set1_ps(*xs.add(2 * xi)), *acc);
-                    *acc = _mm512_fmadd_ps(m1, _mm512_set1_ps(*xs.add(2 * xi + 1)), *acc);
                 } else {
                     let s = _mm512_cvtepi32_ps(if R >= 4 { s0 } else { _mm512_add_epi32(s0, s1) });
                     *acc = _mm512_fmadd_ps(s, _mm512_mul_ps(d0, dx), *acc);
-                    *acc = _mm512_fmadd_ps(m0, _mm512_set1_ps(*xs.add(xi)), *acc);
+                    if S != D {
+                        *acc = _mm512_fmadd_ps(m0, _mm512_set1_ps(*xs.add(xi)), *acc);
+                    }
                 }
             }
         }

@@ -294,11 +294,18 @@ fn repacked_panels_match_the_row_kernels() {
             let (mut pa, _) = quantised_by_candle(kind, rows_a, cols);
             let (mut pb, _) = quantised_by_candle(other, rows_b, cols);
             assert!(pa.repack() > 0 && pb.repack() > 0);
-            for m in [1, 3, 4, 9, 15] {
-                let x = activations(m, cols, 0x5151 ^ (m as u64) << 8 ^ n as u64);
+            // The outputs are reused from call to call, as a workspace's are: larger, smaller
+            // and of the same size as before, nothing stale may remain.
+            let (mut ga, mut gb) = (vec![], vec![]);
+            for m in [1, 3, 4, 9, 15, 15, 2] {
+                let x = activations(
+                    m,
+                    cols,
+                    0x5151 ^ (m as u64) << 8 ^ n as u64 ^ ga.len() as u64,
+                );
                 let mut q = QuantRows::default();
                 q.quantize(&x, cols);
-                let (mut wa, mut wb, mut ga, mut gb) = (vec![], vec![], vec![], vec![]);
+                let (mut wa, mut wb) = (vec![], vec![]);
                 let mut scratch = Vec::new();
                 matmul_many(&[&a, &b], &q, &mut [&mut wa, &mut wb], &mut scratch);
                 matmul_many(&[&pa, &pb], &q, &mut [&mut ga, &mut gb], &mut scratch);
@@ -378,12 +385,12 @@ fn dispatched_quantisation_fills_what_the_portable_one_does() {
     let mut fast = QuantRows::default();
     fast.quantize(&x, 256);
     let n = x.len() / QK;
-    let (mut q, mut d, mut s, mut sum, mut sum16) = (
+    let (mut q, mut d, mut s, mut sum, mut halves) = (
         vec![0i8; x.len()],
         vec![0f32; n],
         vec![0f32; n],
         vec![0f32; n],
-        vec![0f32; 2 * n],
+        vec![0i32; 2 * n],
     );
     let run = BlockRun {
         x: &x,
@@ -391,12 +398,12 @@ fn dispatched_quantisation_fills_what_the_portable_one_does() {
         d: &mut d,
         s: &mut s,
         sum: &mut sum,
-        sum16: &mut sum16,
+        halves: &mut halves,
     };
     fill_blocks_with(run, quantize_block_scalar, round_f16);
     assert_eq!(fast.q, q);
     assert_eq!(fast.d, d);
     assert_eq!(fast.s, s);
     assert_eq!(fast.sum, sum);
-    assert_eq!(fast.sum16, sum16);
+    assert_eq!(fast.halves, halves);
 }

@@ -228,5 +228,14 @@ mod tests {
             c.engine.embed_precision,
             hearth_api::config::EmbedPrecision::F32
         );
+        let c = load(None, &[("HEARTH__ENGINE__KV_PRECISION", "f16")]).unwrap();
+        assert_eq!(c.engine.kv_precision, hearth_api::config::KvPrecision::F16);
+        let e = load(Some("[engine]\nkv_precision = \"f8\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("engine.kv_precision") && e.contains("f16"),
+            "{e}"
+        );
     }
 }

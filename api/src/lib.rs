@@ -54,7 +54,7 @@ pub use hearth_ingest::{
 
 /// The sections of the configuration, owned by the crates that read them.
 pub mod config {
-    pub use hearth_engine::{EmbedPrecision, EngineConfig};
+    pub use hearth_engine::{EmbedPrecision, EngineConfig, KvPrecision};
     pub use hearth_index::{EncryptionConfig, IndexConfig, StorageConfig};
     pub use hearth_ingest::IngestConfig;
 

@@ -64,9 +64,11 @@ pub async fn run(cfg: AppConfig, args: AskArgs) -> anyhow::Result<ExitCode> {
             render(events, args.json).await
         }
         None => {
-            // Quotes need no generator: it is loaded only for a generated answer.
+            // Quotes need no generator: it is loaded only for a generated answer and the judge.
             let for_model = args.max_tokens.is_some() || args.adapter.is_some();
-            let service = if cfg.ask.answer_mode(args.answer, for_model)? == AnswerMode::Generate {
+            let service = if cfg.ask.judge
+                || cfg.ask.answer_mode(args.answer, for_model)? == AnswerMode::Generate
+            {
                 super::service_with_generator(&cfg).await?
             } else {
                 super::service(&cfg).await?

@@ -52,14 +52,15 @@ pub async fn run(cfg: AppConfig, args: EvalArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.questions.display()))?;
     let questions = hearth_api::parse_questions(&text)
         .with_context(|| format!("in {}", args.questions.display()))?;
-    // Quotes need no generator: it is loaded only for generated answers.
+    // Quotes need no generator: it is loaded only for generated answers and the judge.
     // --max-tokens asks for generation unless --answer says otherwise (quotes ignore it).
     let for_model = args.answer.is_none() && args.max_tokens.is_some();
-    let service = if cfg.ask.answer_mode(args.answer, for_model)? == AnswerMode::Generate {
-        super::service_with_generator(&cfg).await?
-    } else {
-        super::service(&cfg).await?
-    };
+    let service =
+        if cfg.ask.judge || cfg.ask.answer_mode(args.answer, for_model)? == AnswerMode::Generate {
+            super::service_with_generator(&cfg).await?
+        } else {
+            super::service(&cfg).await?
+        };
     let col = service.open_existing(&collection).await?;
     let bar = super::progress_bar(questions.len() as u64, "questions");
     let opts = EvalOptions {

@@ -346,8 +346,8 @@ fn open_mode_is_refused_off_loopback() {
 }
 
 /// The generator's prefix cache is per key: a key sees its own prompts cached (the cache still
-/// works), never another key's, so `cached_tokens` cannot confirm a guess about passages or
-/// questions that another key's prompts held.
+/// works), never another key's, so neither `cached_tokens` nor the log-probabilities can
+/// confirm a guess about passages or questions that another key's prompts held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_learns_nothing_from_another_keys_cached_prompts() {
     let node = Node::new(Backend::Local);
@@ -370,6 +370,9 @@ async fn a_key_learns_nothing_from_another_keys_cached_prompts() {
                     "model": "SmolLM2-135M-Instruct.Q4_1",
                     "messages": [{"role": "user", "content": secret}],
                     "max_tokens": 1,
+                    "temperature": 0,
+                    "logprobs": true,
+                    "top_logprobs": 5,
                 })
                 .to_string(),
             )
@@ -380,14 +383,49 @@ async fn a_key_learns_nothing_from_another_keys_cached_prompts() {
             .as_u64()
             .unwrap()
     };
-    assert_eq!(cached(&s.send(chat(&alice)).await), 0);
+    // The log-probabilities of the first token, as a caller sees them.
+    let logprobs = |r: &Reply| r.json()["choices"][0]["logprobs"]["content"][0].clone();
+    let first = s.send(chat(&alice)).await;
+    assert_eq!(cached(&first), 0);
     // The same key again: its prefix is reused.
     let again = cached(&s.send(chat(&alice)).await);
     assert!(again >= 32, "alice's own prompt was not cached: {again}");
-    // Another key sending the very same prompt (a correct guess) sees no hit.
-    assert_eq!(cached(&s.send(chat(&mallory)).await), 0);
+    // Another key sending the very same prompt (a correct guess) sees no hit, and its
+    // log-probabilities are those of a prompt computed afresh: nothing of alice's cache shows.
+    let guess = s.send(chat(&mallory)).await;
+    assert_eq!(cached(&guess), 0);
+    assert_eq!(logprobs(&guess), logprobs(&first));
+    assert_eq!(
+        logprobs(&first)["top_logprobs"].as_array().unwrap().len(),
+        5
+    );
     // And twice: its own copy is now cached, for it alone.
     assert!(cached(&s.send(chat(&mallory)).await) >= 32);
+    // Asking for log-probabilities is refused like any chat without a key, and out of range
+    // with the field named, before anything is generated.
+    let unkeyed = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.url))
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "SmolLM2-135M-Instruct.Q4_1", "max_tokens": 1, "logprobs": true,
+                   "messages": [{"role": "user", "content": secret}]})
+            .to_string(),
+        );
+    s.send(unkeyed).await.error(401, "unauthorized");
+    let too_many = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&mallory)
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "SmolLM2-135M-Instruct.Q4_1", "max_tokens": 1, "logprobs": true,
+                   "top_logprobs": 21, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+        );
+    let r = s.send(too_many).await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("logprobs must be in [0, 20]"));
 }
 
 /// The routes this stop changed answer a key without the collection with 403 before anything

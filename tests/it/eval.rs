@@ -137,6 +137,60 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
         "follow-up recall@5 {follow_ups:.3}, standalone {alone:.3}"
     );
 
+    // The judge (`ask.judge`): the generator reads the chosen quote with the question and a
+    // quote below `ask.judge_min` is declined. At 0 nothing changes; at 1 the answer follows
+    // the probability the judge logged.
+    let question = "which group gives a user access to /dev/kvm on Debian?";
+    let ask = |env: &[(&str, &str)]| {
+        let mut cmd = node.command();
+        cmd.args(["ask", question, "-c", "corpus", "--json"]);
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert_ok(&out);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p_yes = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find(|l| l.contains("judged"))
+            .and_then(|l| l.rsplit("p_yes=").next())
+            .map(|p| p.trim().parse::<f32>().unwrap());
+        (v["answer"].as_str().unwrap().to_owned(), p_yes)
+    };
+    let (plain, none) = ask(&[]);
+    assert!(none.is_none(), "the judge ran without being asked");
+    let judged = |min: &'static str| {
+        ask(&[
+            ("HEARTH__ASK__JUDGE", "true"),
+            ("HEARTH__ASK__JUDGE_MIN", min),
+            ("HEARTH_LOG", "hearth_api::service::ask=debug"),
+        ])
+    };
+    let (same, p) = judged("0");
+    let p = p.expect("the judge logged no probability");
+    assert!((0.0..=1.0).contains(&p), "{p}");
+    assert_eq!(same, plain);
+    let (strictest, p1) = judged("1");
+    assert_eq!(p1, Some(p), "the judge is not deterministic");
+    if p < 1.0 {
+        assert!(
+            strictest.starts_with("The documents do not say"),
+            "{strictest}"
+        );
+    } else {
+        assert_eq!(strictest, plain);
+    }
+    let bad = node
+        .command()
+        .args(["ask", question, "-c", "corpus"])
+        .env("HEARTH__ASK__JUDGE_MIN", "1.5")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("ask.judge_min must be between 0 and 1"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
     // Strict generated answers to what the documents do not cover: the model's own inventions
     // are removed, and the answer says the documents do not say.
     let uncovered: String = set_text

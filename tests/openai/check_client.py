@@ -48,6 +48,27 @@ check("".join(pieces) == text, f"stream equals the non-streamed greedy answer: {
 check(finish in ("stop", "length"), f"stream finish_reason {finish}")
 check(usage is not None and usage.completion_tokens == r.usage.completion_tokens, "stream usage (include_usage)")
 
+r = client.chat.completions.create(
+    model=chat_model, messages=messages, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3,
+)
+lp = r.choices[0].logprobs.content
+check(r.choices[0].message.content == text, "asking for logprobs leaves the greedy answer as it was")
+check(len(lp) == r.usage.completion_tokens, f"one logprobs entry per generated token: {len(lp)}")
+check(all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token and t.logprob <= 0 for t in lp),
+      "greedy tokens head their top_logprobs, log-probabilities <= 0")
+check("".join(t.token for t in lp).startswith(text), "the tokens spell the answer")
+check(all(bytes(t.bytes).decode("utf-8", "replace") == t.token for t in lp), "bytes are the token's UTF-8")
+stream = client.chat.completions.create(
+    model=chat_model, messages=messages, max_tokens=12, temperature=0, stream=True, logprobs=True,
+)
+streamed = [t for chunk in stream for c in chunk.choices if c.logprobs and c.logprobs.content for t in c.logprobs.content]
+check([t.token for t in streamed] == [t.token for t in lp], "streamed logprobs name the same tokens")
+try:
+    client.chat.completions.create(model=chat_model, messages=messages, max_tokens=4, top_logprobs=2)
+    check(False, "top_logprobs without logprobs refused")
+except openai.BadRequestError as err:
+    check("top_logprobs" in str(err), "top_logprobs without logprobs: 400 naming the field")
+
 e = client.embeddings.create(model=embed_model, input=["The cat sat on the mat.", "A feline rested on the rug.", "Quarterly tax filing deadlines"])
 vecs = [d.embedding for d in e.data]
 check(len(vecs) == 3 and all(len(v) == 384 for v in vecs), "three 384-dimensional embeddings (base64 by default)")

@@ -98,8 +98,8 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// The request body. Fields OpenAI defines that hearth has no use for (`user`, `logprobs`
-/// set to false, ...) are ignored; ones it cannot honour are refused by name.
+/// The request body. Fields OpenAI defines that hearth has no use for (`user`, ...) are
+/// ignored; ones it cannot honour (`n` > 1, `tools`) are refused by name.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ChatBody {
     /// The generator's id, or `generator:adapter`.
@@ -125,8 +125,11 @@ pub(super) struct ChatBody {
     #[schema(value_type = Option<Object>)]
     stop: Option<Stop>,
     n: Option<u32>,
+    /// Return each generated token's log-probability (`choices[].logprobs.content`).
     #[serde(default)]
     logprobs: Option<bool>,
+    /// With `logprobs`, also the 0 to 20 most likely tokens at each position.
+    top_logprobs: Option<usize>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     tools: Option<serde_json::Value>,
@@ -174,9 +177,13 @@ impl ChatBody {
                 "n: only 1 choice per request is supported",
             ));
         }
-        if self.logprobs == Some(true) {
-            return Err(ApiError::invalid("logprobs are not supported"));
-        }
+        let logprobs = match (self.logprobs == Some(true), self.top_logprobs) {
+            (true, n) => Some(n.unwrap_or(0)),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ApiError::invalid("top_logprobs needs logprobs set to true"));
+            }
+        };
         if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
             return Err(ApiError::invalid("tools are not supported"));
         }
@@ -200,8 +207,17 @@ impl ChatBody {
                 Some(Stop::Many(v)) => v.clone(),
             },
             stop_token_ids: Vec::new(),
+            logprobs,
         })
     }
+}
+
+/// One entry of `logprobs.content`, as OpenAI writes it (`bytes`: the token's UTF-8).
+fn token_logprobs(l: &hearth_engine::TokenLogprobs) -> serde_json::Value {
+    let entry = |t: &hearth_engine::TokenLogprob| serde_json::json!({"token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes()});
+    let mut e = entry(&l.chosen);
+    e["top_logprobs"] = l.top.iter().map(entry).collect();
+    e
 }
 
 /// OpenAI chat completions, streamed (`stream: true`) or not.
@@ -224,6 +240,7 @@ pub(super) async fn chat_completions(
         return Err(ApiError::invalid("messages must not be empty"));
     }
     let params = body.sampling()?;
+    let asked_logprobs = params.logprobs.is_some();
     super::tenants::check_tokens(&s, &caller)?;
     let tenant = caller.tenant().map(|t| t.name.clone());
     let include_usage = body
@@ -275,6 +292,12 @@ pub(super) async fn chat_completions(
                             vec![data(&chunk(serde_json::json!({"content": t}), None))],
                             (g, None, false),
                         )),
+                        Some(GenerationEvent::Logprobs(l)) => {
+                            let mut c = chunk(serde_json::json!({}), None);
+                            c["choices"][0]["logprobs"] =
+                                serde_json::json!({"content": [token_logprobs(&l)]});
+                            Some((vec![data(&c)], (g, None, false)))
+                        }
                         Some(GenerationEvent::Done(c)) => {
                             super::tenants::generated(&state, "chat", tenant.as_deref(), &c);
                             let mut out = vec![data(&chunk(
@@ -304,9 +327,11 @@ pub(super) async fn chat_completions(
             .into_response());
     }
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(ev) = generation.next().await {
         match ev {
             GenerationEvent::Text(t) => text.push_str(&t),
+            GenerationEvent::Logprobs(l) => logprobs.push(token_logprobs(&l)),
             GenerationEvent::Done(c) => {
                 super::tenants::generated(&s, "chat", tenant.as_deref(), &c);
                 return Ok(json(
@@ -318,7 +343,11 @@ pub(super) async fn chat_completions(
                             "index": 0,
                             "message": {"role": "assistant", "content": text},
                             "finish_reason": crate::AnswerEnd::from(c.finish_reason).as_str(),
-                            "logprobs": null,
+                            "logprobs": if asked_logprobs {
+                                serde_json::json!({"content": logprobs})
+                            } else {
+                                serde_json::Value::Null
+                            },
                         }],
                         "usage": usage(&c.usage),
                     }),

@@ -538,6 +538,8 @@ impl Stream for AnswerStream {
                         }
                         AnswerEvent::Token(TextPiece { text: t })
                     }
+                    // Answers do not ask for them.
+                    Poll::Ready(Some(GenerationEvent::Logprobs(_))) => continue,
                     Poll::Ready(Some(GenerationEvent::Done(c))) => {
                         if let Some(f) = this.observer.take() {
                             f(&c);
@@ -682,14 +684,7 @@ fn quoted_lines(quotes: &[Quote], hits: &[Hit]) -> (String, Vec<[usize; 2]>) {
     let mut spans = Vec::with_capacity(quotes.len());
     let mut at = 0;
     for q in quotes {
-        let body: Vec<char> = hits[q.n - 1]
-            .chunk
-            .text
-            .chars()
-            .skip(q.span[0])
-            .take(q.span[1] - q.span[0])
-            .collect();
-        let line = format!("“{}” [{}]\n", super::quote::collapse(&body), q.n);
+        let line = format!("“{}” [{}]\n", q.text(hits), q.n);
         let len = line.chars().count();
         spans.push([at, at + len - 1]);
         at += len;

@@ -56,6 +56,12 @@ pub struct AskConfig {
     pub conversation_ttl_secs: u64,
     /// Most conversations one key (or identity) may hold in one collection at once.
     pub max_conversations: usize,
+    /// Quoted answers are read by the generator with the question before they are given, and
+    /// a quote it judges not to answer becomes "the documents do not say" (needs the
+    /// generator loaded; see `service/judge.rs`).
+    pub judge: bool,
+    /// The judge's least probability of "yes" for a quote to be given.
+    pub judge_min: f32,
 }
 
 /// Longest a conversation may be kept: a year.
@@ -72,6 +78,8 @@ impl Default for AskConfig {
             answer: AnswerMode::Quote,
             conversation_ttl_secs: 24 * 3600,
             max_conversations: 100,
+            judge: false,
+            judge_min: 0.5,
         }
     }
 }
@@ -130,6 +138,12 @@ impl AskConfig {
             return Err(ServiceError::InvalidInput(
                 "ask.max_tokens must be at least 1".into(),
             ));
+        }
+        if !(0.0..=1.0).contains(&self.judge_min) {
+            return Err(ServiceError::InvalidInput(format!(
+                "ask.judge_min must be between 0 and 1, got {}",
+                self.judge_min
+            )));
         }
         Ok(())
     }
@@ -332,10 +346,30 @@ impl Service {
         let cosines: Vec<f32> = (1..=units.len())
             .map(|i| v.row(i).iter().zip(q).map(|(a, b)| a * b).sum())
             .collect();
-        Ok(select(
-            &units,
-            &score(&units, &cosines, &req.question, &context),
-        ))
+        let quotes = select(&units, &score(&units, &cosines, &req.question, &context));
+        if quotes.is_empty() || !self.ask.judge {
+            return Ok(quotes);
+        }
+        let quoted = quotes
+            .iter()
+            .map(|q| q.text(hits))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let p = super::judge::answers(
+            self.generator()?,
+            &req.question,
+            &context,
+            &quoted,
+            req.cache_scope,
+        )
+        .await?;
+        // The question stays out of the log: only the judge's figure.
+        tracing::debug!(p_yes = p, "judged");
+        Ok(if p >= self.ask.judge_min {
+            quotes
+        } else {
+            Vec::new()
+        })
     }
 }
 

@@ -21,6 +21,7 @@ mod collection;
 mod conversation;
 mod eval;
 mod ingest;
+mod judge;
 mod quote;
 mod search;
 mod text;

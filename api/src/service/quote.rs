@@ -68,6 +68,20 @@ pub(crate) struct Quote {
     pub span: [usize; 2],
 }
 
+impl Quote {
+    /// The quoted text, whitespace collapsed, from the passages `hits` it was chosen from.
+    pub(crate) fn text(&self, hits: &[Hit]) -> String {
+        let body: Vec<char> = hits[self.n - 1]
+            .chunk
+            .text
+            .chars()
+            .skip(self.span[0])
+            .take(self.span[1] - self.span[0])
+            .collect();
+        collapse(&body)
+    }
+}
+
 /// A unit of a passage, as candidates for quoting.
 #[derive(Clone, Debug)]
 pub(crate) struct Unit {

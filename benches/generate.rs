@@ -860,7 +860,7 @@ mod child {
             let now = Instant::now();
             let first = *first.get_or_insert(now);
             match event {
-                GenerationEvent::Text(_) => {}
+                GenerationEvent::Text(_) | GenerationEvent::Logprobs(_) => {}
                 GenerationEvent::Done(c) => {
                     return ReqResult {
                         start_s,

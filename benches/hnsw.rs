@@ -156,7 +156,7 @@ fn run(n: usize) -> Value {
     let data = data(n);
 
     // hearth's own graph (issue 21), first so that its memory growth is measured on a clean heap
-    let (graph, gbuild) = common::measure(|| build_graph(&data.base));
+    let (graph, gbuild) = common::measure(|| build_graph(&data.base, false));
     println!(
         "graph: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
         gbuild.wall_s, gbuild.cpu_s, gbuild.rss_growth_mib, gbuild.peak_rss_growth_mib
@@ -164,6 +164,27 @@ fn run(n: usize) -> Value {
     let graph_points: Vec<Point> = EFS
         .iter()
         .map(|&ef| search_with("graph", &data, ef, |q| graph.search(q, K, ef)))
+        .collect();
+    // the same graph traversed on 7-bit codes, its candidates rescored with the f32 vectors
+    let (graph, quantize) = common::measure(|| graph.quantize());
+    println!(
+        "graph int8: codes in {:.2} s, RSS +{:.0} MiB",
+        quantize.wall_s, quantize.rss_growth_mib
+    );
+    let int8_points: Vec<Point> = EFS
+        .iter()
+        .map(|&ef| search_with("graph int8", &data, ef, |q| graph.search(q, K, ef)))
+        .collect();
+    drop(graph);
+    // built on the codes too
+    let (graph, qbuild) = common::measure(|| build_graph(&data.base, true));
+    println!(
+        "graph built on codes: {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
+        qbuild.wall_s, qbuild.cpu_s, qbuild.rss_growth_mib, qbuild.peak_rss_growth_mib
+    );
+    let coded_points: Vec<Point> = EFS
+        .iter()
+        .map(|&ef| search_with("graph on codes", &data, ef, |q| graph.search(q, K, ef)))
         .collect();
     drop(graph);
 
@@ -277,19 +298,42 @@ fn run(n: usize) -> Value {
         common::ratio(Some(gbuild.peak_rss_growth_mib), pf("peak_rss_growth_mib")),
     );
     print_points("graph", &graph_points, &peer_points);
+    print_points("int8", &int8_points, &peer_points);
+    println!(
+        "graph built on codes: build {:.1} wall s, {:.1} CPU s ({} of hnswlib's), RSS +{:.0} MiB (peak +{:.0})",
+        qbuild.wall_s,
+        qbuild.cpu_s,
+        common::ratio(Some(qbuild.cpu_s), pf("build_cpu_s")),
+        qbuild.rss_growth_mib,
+        qbuild.peak_rss_growth_mib,
+    );
+    print_points("coded", &coded_points, &peer_points);
     let first = |pts: &[Point]| pts.iter().copied().find(|p| p.recall >= TARGET_RECALL);
     let (ht, pt) = (first(&hearth), first(&peer_points));
-    let graph_verdict = match (first(&graph_points), pt) {
+    let graph_verdict = |label: &str, points: &[Point]| match (first(points), pt) {
         (Some(g), Some(p)) => {
             let r = g.qps / p.qps;
             println!(
-                "graph: recall ≥ {TARGET_RECALL} at ef {} ({:.0} q/s), {r:.2}x hnswlib's q/s at its ef {}",
+                "{label}: recall ≥ {TARGET_RECALL} at ef {} ({:.0} q/s), {r:.2}x hnswlib's q/s at its ef {}",
                 g.ef, g.qps, p.ef
             );
             json!({"met": r >= 1.0, "qps_ratio": r, "graph_ef": g.ef, "hnswlib_ef": p.ef})
         }
         (g, _) => json!({"met": null, "graph_ef": g.map(|g| g.ef)}),
     };
+    let (f32_verdict, int8_verdict, coded_verdict) = (
+        graph_verdict("graph", &graph_points),
+        graph_verdict("graph int8", &int8_points),
+        graph_verdict("graph built on codes", &coded_points),
+    );
+    let worst_drop = graph_points
+        .iter()
+        .zip(&int8_points)
+        .map(|(f, q)| f.recall - q.recall)
+        .fold(f64::NEG_INFINITY, f64::max);
+    println!(
+        "graph int8: largest recall drop against f32 at equal ef {worst_drop:+.4} (target ≤ 0.005)"
+    );
     let describe = |p: Option<Point>| {
         p.map_or_else(
             || "not reached".to_owned(),
@@ -331,7 +375,13 @@ fn run(n: usize) -> Value {
                    "search": points(&hearth)},
         "graph": {"build_wall_s": gbuild.wall_s, "build_cpu_s": gbuild.cpu_s,
                   "rss_growth_mib": gbuild.rss_growth_mib, "peak_rss_growth_mib": gbuild.peak_rss_growth_mib,
-                  "search": points(&graph_points), "target": graph_verdict},
+                  "search": points(&graph_points), "target": f32_verdict},
+        "graph_int8": {"quantize_wall_s": quantize.wall_s, "rss_growth_mib": quantize.rss_growth_mib,
+                       "search": points(&int8_points), "target": int8_verdict,
+                       "largest_recall_drop": worst_drop},
+        "graph_coded": {"build_wall_s": qbuild.wall_s, "build_cpu_s": qbuild.cpu_s,
+                        "rss_growth_mib": qbuild.rss_growth_mib, "peak_rss_growth_mib": qbuild.peak_rss_growth_mib,
+                        "search": points(&coded_points), "target": coded_verdict},
         "peer": peer,
         "target": verdict,
     })
@@ -377,8 +427,9 @@ fn print_points(label: &str, points: &[Point], peer: &[Point]) {
     }
 }
 
-/// Builds hearth's own graph on a rayon pool of `BUILD_THREADS` threads.
-fn build_graph(base: &[f32]) -> GraphIndex {
+/// Builds hearth's own graph (on the 7-bit codes if `coded`) on a rayon pool of
+/// `BUILD_THREADS` threads.
+fn build_graph(base: &[f32], coded: bool) -> GraphIndex {
     let params = HnswParams {
         m: M,
         ef_construction: EF_CONSTRUCTION,
@@ -388,7 +439,13 @@ fn build_graph(base: &[f32]) -> GraphIndex {
         .num_threads(BUILD_THREADS)
         .build()
         .expect("a rayon pool")
-        .install(|| GraphIndex::build(base, DIM, params))
+        .install(|| {
+            if coded {
+                GraphIndex::build_quantized(base, DIM, params)
+            } else {
+                GraphIndex::build(base, DIM, params)
+            }
+        })
         .expect("building hearth's graph")
 }
 

@@ -20,6 +20,7 @@ mod dedup;
 mod flat;
 mod graph;
 mod hnsw;
+mod sq8;
 
 pub use flat::FlatIndex;
 pub use graph::GraphIndex;

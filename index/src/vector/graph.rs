@@ -724,7 +724,8 @@ mod tests {
         assert_eq!(graph.len(), 6000);
         // A hard set (uniform noise in 48 dimensions): measured 0.64 / 0.77-0.78 / 0.89 / 0.96
         // at ef 16 / 32 / 64 / 128, hnsw_rs 0.65 / 0.79-0.80 / 0.89 / 0.97 on the same vectors.
-        // Both parallel builds vary from run to run, hence the margins.
+        // Both parallel builds vary from run to run, hence the margins (at ef 16 the two have
+        // been seen 0.033 apart either way when other tests share the cores).
         let reference = crate::vector::HnswIndex::build(&base, dim, params).unwrap();
         let mut last = 0.0;
         for (ef, floor) in [(16, 0.58), (32, 0.72), (64, 0.84), (128, 0.93)] {
@@ -741,7 +742,7 @@ mod tests {
             let theirs = hit as f64 / (10 * queries.len() / dim) as f64;
             assert!(ours >= floor, "recall@10 at ef {ef}: {ours}");
             assert!(
-                ours >= theirs - 0.03,
+                ours >= theirs - 0.05,
                 "ef {ef}: ours {ours}, hnsw_rs {theirs}"
             );
             assert!(ours >= last, "recall fell from {last} to {ours} at ef {ef}");

@@ -38,6 +38,7 @@ pub(crate) struct Sq8 {
     lo: Vec<f32>,
     step: Vec<f32>,
     codes: Vec<Line>,
+    fitted: usize,
     dot: DotFn,
 }
 
@@ -71,12 +72,18 @@ impl Sq8 {
             lo,
             step,
             codes: Vec::with_capacity(rows.len() / dim.max(1) * lines),
+            fitted: rows.len() / dim.max(1),
             dot: pick_dot(),
         };
-        for row in rows.chunks_exact(dim) {
-            sq.push(row);
-        }
+        sq.extend(rows);
         sq
+    }
+
+    /// Appends the codes of more unit vectors, clamped to the ranges fitted at build.
+    pub(crate) fn extend(&mut self, rows: &[f32]) {
+        for row in rows.chunks_exact(self.dim) {
+            self.push(row);
+        }
     }
 
     /// Appends the codes of one unit vector (clamped to the ranges fitted at build).
@@ -94,6 +101,11 @@ impl Sq8 {
             };
             out[d / 64].0[d % 64] = c as u8;
         }
+    }
+
+    /// Number of vectors the ranges were fitted on.
+    pub(crate) fn fitted(&self) -> usize {
+        self.fitted
     }
 
     /// Vector `i`'s codes.

@@ -268,12 +268,21 @@ impl GraphIndex {
             unit.extend(normalized(row)?);
         }
         let m = self.params.m;
-        self.vectors.extend_from_slice(&unit);
+        if self.vectors.is_empty() {
+            self.vectors = unit;
+        } else {
+            self.vectors.extend_from_slice(&unit);
+        }
+        self.levels.reserve_exact(added);
+        self.upper_start.reserve_exact(added);
+        self.layer0.reserve_exact(added * (2 * m + 1));
         // The codes' ranges are refitted over every vector whenever the count has doubled
         // since the last fit (amortised, a pass over the vectors: ~0.1 s per million at 384
         // dimensions); in between, new vectors are clamped to the ranges.
         match &mut self.sq {
-            Some(sq) if sq.fitted() * 2 > first + added => sq.extend(&unit),
+            Some(sq) if sq.fitted() * 2 > first + added => {
+                sq.extend(&self.vectors[first * self.dim..]);
+            }
             Some(_) => self.sq = Some(Sq8::build(&self.vectors, self.dim)),
             None if self.coded => self.sq = Some(Sq8::build(&self.vectors, self.dim)),
             None => {}

@@ -10,7 +10,9 @@
 //! (brute force on 2 threads). The vectors, queries and ground truth are written as raw files to
 //! `<target dir>/bench-data/` (and reused by later runs).
 //!
-//! For each size: hearth's `HnswIndex` is built (M=16, ef_construction=200) with wall and CPU
+//! For each size, first hearth's own graph (`GraphIndex`): built on f32, searched on f32 and
+//! then on its 7-bit codes (rescored with f32); then a graph built on the codes. Then
+//! hearth's `HnswIndex` (hnsw_rs) is built (M=16, ef_construction=200) with wall and CPU
 //! time and resident-memory growth measured, then searched with one thread at ef in
 //! {16, 32, 64, 128, 256}: recall@10 and queries/s. Then `benches/peers/hnsw_peer.py` does the
 //! same with hnswlib (venv from `scripts/bench-peers.sh`; `HEARTH_BENCH_NO_PEERS=1` skips it).

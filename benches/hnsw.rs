@@ -4,6 +4,7 @@
 //!     cargo bench --bench hnsw                        # 100k vectors
 //!     HEARTH_BENCH_1M=1 cargo bench --bench hnsw      # also 1M (the builds take long)
 //!     HEARTH_BENCH_QUICK=1 cargo bench --bench hnsw   # 10k, proves the harness
+//!     HEARTH_BENCH_NO_HNSW_RS=1 ...                   # without hnsw_rs (25 min to build 1M)
 //!
 //! Data: a seeded Gaussian mixture of unit-norm 384-d vectors (100 clusters; see
 //! `common::Mixture`), 1,000 queries from the same mixture, exact top-10 by inner product
@@ -188,19 +189,25 @@ fn run(n: usize) -> Value {
         .iter()
         .map(|&ef| search_with("graph on codes", &data, ef, |q| graph.search(q, K, ef)))
         .collect();
+    let filtered = filtered_runs(&graph, &data);
     drop(graph);
 
-    // hearth (hnsw_rs)
-    let (index, build) = common::measure(|| build_hearth(&data.base));
-    println!(
-        "hearth: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
-        build.wall_s, build.cpu_s, build.rss_growth_mib, build.peak_rss_growth_mib
-    );
-    let hearth: Vec<Point> = EFS
-        .iter()
-        .map(|&ef| search_with("hearth", &data, ef, |q| index.search(q, K, ef)))
-        .collect();
-    drop(index); // give the memory back before the peer runs
+    // hearth (hnsw_rs), unless skipped (its 1M build takes 25 minutes)
+    let (hearth, build) = if common::env_flag("HEARTH_BENCH_NO_HNSW_RS") {
+        println!("hearth (hnsw_rs): skipped (HEARTH_BENCH_NO_HNSW_RS)");
+        (Vec::new(), common::measure(|| ()).1)
+    } else {
+        let (index, build) = common::measure(|| build_hearth(&data.base));
+        println!(
+            "hearth: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
+            build.wall_s, build.cpu_s, build.rss_growth_mib, build.peak_rss_growth_mib
+        );
+        let hearth: Vec<Point> = EFS
+            .iter()
+            .map(|&ef| search_with("hearth", &data, ef, |q| index.search(q, K, ef)))
+            .collect();
+        (hearth, build) // the index is dropped here, giving its memory back before the peer
+    };
 
     // peer
     let arg = |s: &str| OsString::from(s);
@@ -383,7 +390,8 @@ fn run(n: usize) -> Value {
                        "largest_recall_drop": worst_drop},
         "graph_coded": {"build_wall_s": qbuild.wall_s, "build_cpu_s": qbuild.cpu_s,
                         "rss_growth_mib": qbuild.rss_growth_mib, "peak_rss_growth_mib": qbuild.peak_rss_growth_mib,
-                        "search": points(&coded_points), "target": coded_verdict},
+                        "search": points(&coded_points), "target": coded_verdict,
+                        "filtered": filtered},
         "peer": peer,
         "target": verdict,
     })
@@ -452,6 +460,62 @@ fn build_graph(base: &[f32], coded: bool) -> GraphIndex {
 }
 
 type Found = hearth_index::Result<Vec<(u32, f32)>>;
+
+/// Filters keeping one id in 2, 10, 100 and 1,000 (50%, 10%, 1%, 0.1%).
+const FILTER_EVERY: [u32; 4] = [2, 10, 100, 1000];
+const FILTER_EFS: [usize; 2] = [64, 256];
+
+/// The graph's filtered traversal against an exact scan of the allowed vectors, per
+/// selectivity: recall@10 against the exact filtered top-10, and queries/s.
+fn filtered_runs(graph: &GraphIndex, data: &Data) -> Value {
+    let n = data.base.len() / DIM;
+    let mut out = Vec::new();
+    println!("filtered search (graph built on codes; exact = a scan of the allowed vectors):");
+    for every in FILTER_EVERY {
+        let ids: Vec<u32> = (0..n as u32).filter(|i| i.is_multiple_of(every)).collect();
+        if ids.len() < K {
+            continue;
+        }
+        let rows: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| &data.base[i as usize * DIM..(i as usize + 1) * DIM])
+            .copied()
+            .collect();
+        let truth: Vec<u32> = common::ground_truth(&rows, &data.queries, DIM, K, 2)
+            .into_iter()
+            .map(|local| ids[local as usize])
+            .collect();
+        let sub = Data {
+            base: Vec::new(),
+            queries: data.queries.clone(),
+            truth,
+            base_path: PathBuf::new(),
+            queries_path: PathBuf::new(),
+            truth_path: PathBuf::new(),
+        };
+        let keep = move |i: u32| i.is_multiple_of(every);
+        let flat = hearth_index::FlatIndex::build(&rows, DIM).expect("flat index");
+        let exact = search_with(&format!("exact 1/{every}"), &sub, 0, |q| {
+            flat.search(q, K).map(|hits| {
+                hits.into_iter()
+                    .map(|(l, s)| (ids[l as usize], s))
+                    .collect()
+            })
+        });
+        let graphs: Vec<Value> = FILTER_EFS
+            .iter()
+            .map(|&ef| {
+                let p = search_with(&format!("graph 1/{every}"), &sub, ef, |q| {
+                    graph.search_where(q, K, ef, &keep)
+                });
+                json!({"ef": ef, "recall": p.recall, "qps": p.qps})
+            })
+            .collect();
+        out.push(json!({"keep_one_in": every, "allowed": ids.len(),
+                        "exact": {"recall": exact.recall, "qps": exact.qps}, "graph": graphs}));
+    }
+    Value::Array(out)
+}
 
 fn search_with(label: &str, data: &Data, ef: usize, search: impl Fn(&[f32]) -> Found) -> Point {
     let queries: Vec<&[f32]> = data.queries.chunks_exact(DIM).collect();

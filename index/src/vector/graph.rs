@@ -352,6 +352,19 @@ impl GraphIndex {
             + self.levels.len()
     }
 
+    /// [`GraphIndex::search`] among the ids `keep` allows: the traversal walks every node and
+    /// only allowed ones enter the results, so the more selective the filter, the longer it
+    /// walks.
+    pub fn search_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Result<Vec<(u32, f32)>> {
+        self.search_filtered(query, k, ef, Some(keep))
+    }
+
     fn search_filtered(
         &self,
         query: &[f32],

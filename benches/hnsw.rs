@@ -167,20 +167,14 @@ fn run(n: usize) -> Value {
         "graph: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
         gbuild.wall_s, gbuild.cpu_s, gbuild.rss_growth_mib, gbuild.peak_rss_growth_mib
     );
-    let graph_points: Vec<Point> = EFS
-        .iter()
-        .map(|&ef| search_with("graph", &data, ef, |q| graph.search(q, K, ef)))
-        .collect();
+    let graph_points = sweep("graph", &data, |q, ef| graph.search(q, K, ef));
     // the same graph traversed on 7-bit codes, its candidates rescored with the f32 vectors
     let (graph, quantize) = common::measure(|| graph.quantize());
     println!(
         "graph int8: codes in {:.2} s, RSS +{:.0} MiB",
         quantize.wall_s, quantize.rss_growth_mib
     );
-    let int8_points: Vec<Point> = EFS
-        .iter()
-        .map(|&ef| search_with("graph int8", &data, ef, |q| graph.search(q, K, ef)))
-        .collect();
+    let int8_points = sweep("graph int8", &data, |q, ef| graph.search(q, K, ef));
     drop(graph);
     // built on the codes too
     let (graph, qbuild) = common::measure(|| build_graph(&data.base, true));
@@ -188,10 +182,7 @@ fn run(n: usize) -> Value {
         "graph built on codes: {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
         qbuild.wall_s, qbuild.cpu_s, qbuild.rss_growth_mib, qbuild.peak_rss_growth_mib
     );
-    let coded_points: Vec<Point> = EFS
-        .iter()
-        .map(|&ef| search_with("graph on codes", &data, ef, |q| graph.search(q, K, ef)))
-        .collect();
+    let coded_points = sweep("graph on codes", &data, |q, ef| graph.search(q, K, ef));
     let filtered = filtered_runs(&graph, &data);
     drop(graph);
 
@@ -205,10 +196,7 @@ fn run(n: usize) -> Value {
             "hearth: built in {:.1} s ({:.1} CPU-s), RSS +{:.0} MiB (peak +{:.0} MiB)",
             build.wall_s, build.cpu_s, build.rss_growth_mib, build.peak_rss_growth_mib
         );
-        let hearth: Vec<Point> = EFS
-            .iter()
-            .map(|&ef| search_with("hearth", &data, ef, |q| index.search(q, K, ef)))
-            .collect();
+        let hearth = sweep("hearth", &data, |q, ef| index.search(q, K, ef));
         (hearth, build) // the index is dropped here, giving its memory back before the peer
     };
 
@@ -525,6 +513,13 @@ fn filtered_runs(graph: &GraphIndex, data: &Data) -> Value {
                         "exact": {"recall": exact.recall, "qps": exact.qps}, "graph": graphs}));
     }
     Value::Array(out)
+}
+
+/// One index's recall and query rate at every ef of `EFS`.
+fn sweep(label: &str, data: &Data, search: impl Fn(&[f32], usize) -> Found) -> Vec<Point> {
+    EFS.iter()
+        .map(|&ef| search_with(label, data, ef, |q| search(q, ef)))
+        .collect()
 }
 
 fn search_with(label: &str, data: &Data, ef: usize, search: impl Fn(&[f32]) -> Found) -> Point {

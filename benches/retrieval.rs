@@ -13,7 +13,8 @@
 //!     scripts/fetch-models.sh && cargo bench --bench retrieval
 //!
 //! `HEARTH_BENCH_CHUNKS=N` changes the size, `HEARTH_BENCH_CHUNKS_PER_DOC=N` the document size
-//! (100); `HEARTH_BENCH_QUICK=1` runs 10,000 chunks.
+//! (100); `HEARTH_BENCH_QUICK=1` runs 10,000 chunks; `HEARTH_BENCH_ANN=hnsw_rs` measures the
+//! collection on `hnsw_rs` instead of hearth's graph (`index.ann`).
 //! Results go to `bench-retrieval.json` in the cargo target directory.
 
 mod common;
@@ -22,8 +23,8 @@ use std::time::Instant;
 
 use hearth_engine::{Embedder, EngineConfig, Priority};
 use hearth_index::{
-    Access, Analyzer, Chunk, CollectionIndex, Condition, DocId, Filter, IndexConfig, IndexParams,
-    IndexedDoc, MetaValue, Metadata, Reader, SearchMode, SearchRequest,
+    Access, Analyzer, AnnKind, Chunk, CollectionIndex, Condition, DocId, Filter, IndexConfig,
+    IndexParams, IndexedDoc, MetaValue, Metadata, Reader, SearchMode, SearchRequest,
 };
 use serde_json::json;
 
@@ -48,7 +49,6 @@ fn main() {
         .unwrap_or(100);
     let docs = n.div_ceil(per_doc);
     let machine = common::machine();
-    println!("retrieval bench: {n} chunks in {docs} documents, {DIM}-d");
 
     let words = vocabulary();
     let mixture = common::Mixture::new(DIM, 100, 0.5, 7);
@@ -61,7 +61,15 @@ fn main() {
         ef_construction: 200,
         ef_search: 64,
         analyzer: Analyzer::EnglishStem,
+        ann: match std::env::var("HEARTH_BENCH_ANN").as_deref() {
+            Ok("hnsw_rs") => AnnKind::HnswRs,
+            _ => AnnKind::Graph,
+        },
     };
+    println!(
+        "retrieval bench: {n} chunks in {docs} documents, {DIM}-d, index.ann = {}",
+        params.ann
+    );
 
     // Build from stored vectors, in documents of 100 chunks, then commit.
     let (_, build) = common::measure(|| {
@@ -111,12 +119,13 @@ fn main() {
         stats.disk_bytes as f64 / 1048576.0
     );
     drop(index);
-    // Cold start when the HNSW dump is lost: the graph is rebuilt from the segments.
+    // Cold start when the saved graph is lost: the graph is rebuilt from the segments.
     for e in std::fs::read_dir(dir.path()).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name()
-            .is_some_and(|f| f.to_string_lossy().contains("hnsw"))
-        {
+        if p.file_name().is_some_and(|f| {
+            let f = f.to_string_lossy();
+            f.starts_with("hnsw-") || f.starts_with("graph-")
+        }) {
             if p.is_dir() {
                 std::fs::remove_dir_all(&p).unwrap();
             } else {
@@ -126,7 +135,7 @@ fn main() {
     }
     let (index, rebuild) = common::measure(|| CollectionIndex::open(dir.path(), params).unwrap());
     println!(
-        "cold start without the HNSW dump (graph rebuilt): {:.1} s wall, {:.1} s CPU",
+        "cold start without the saved graph (rebuilt): {:.1} s wall, {:.1} s CPU",
         rebuild.wall_s, rebuild.cpu_s
     );
 
@@ -243,6 +252,7 @@ fn main() {
         "retrieval",
         &json!({
             "machine": machine, "chunks": n, "documents": docs, "dim": DIM,
+            "ann": params.ann.to_string(),
             "build": {"wall_s": build.wall_s, "cpu_s": build.cpu_s, "peak_rss_growth_mib": build.peak_rss_growth_mib},
             "cold_start": {"wall_s": cold.wall_s, "cpu_s": cold.cpu_s, "rss_growth_mib": cold.rss_growth_mib,
                            "disk_mib": stats.disk_bytes as f64 / 1048576.0},

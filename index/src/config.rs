@@ -9,6 +9,7 @@ use crate::error::{IndexError, Result};
 use crate::hybrid::Fusion;
 use crate::lexical::Analyzer;
 use crate::retrieval::IndexParams;
+use crate::vector::AnnKind;
 
 /// Where hearth keeps its data.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -186,6 +187,10 @@ pub struct IndexConfig {
     pub ef_search: usize,
     /// Text analyzer for BM25. Default: `english_stem`.
     pub analyzer: Analyzer,
+    /// The approximate vector index: `graph` (hearth's own, on 7-bit codes with exact
+    /// rescoring) or `hnsw_rs` (the crate, kept for comparison). May change at any time: a
+    /// collection builds the graph of the new kind at its next open. Default: `graph`.
+    pub ann: AnnKind,
     /// Hybrid fusion method, `weighted` or `rrf`. Default: `weighted` (on hearth's labelled
     /// retrieval set it beats both dense and BM25 alone; RRF trails dense on nDCG@10 there —
     /// BENCHMARKS.md has the figures).
@@ -233,6 +238,7 @@ impl Default for IndexConfig {
             ef_construction: 200,
             ef_search: 64,
             analyzer: Analyzer::EnglishStem,
+            ann: AnnKind::Graph,
             fusion,
             rrf_k,
             dense_weight,
@@ -279,6 +285,7 @@ impl IndexConfig {
             ef_construction: self.ef_construction,
             ef_search: self.ef_search,
             analyzer: self.analyzer,
+            ann: self.ann,
         }
     }
 

@@ -74,4 +74,4 @@ pub use retrieval::{
     CollectionIndex, CompactStats, Hit, IndexParams, IndexStats, IndexedDoc, MAX_TOP_K,
     SearchParams, SearchRequest,
 };
-pub use vector::{FlatIndex, GraphIndex, HnswIndex, HnswParams, VectorIndex};
+pub use vector::{AnnKind, FlatIndex, GraphIndex, HnswIndex, HnswParams, VectorIndex};

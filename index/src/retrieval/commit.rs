@@ -6,15 +6,17 @@ use std::ops::Range;
 
 use tracing::warn;
 
-use super::persist::{self, HnswRef, SegmentRef};
+use sha2::{Digest, Sha256};
+
+use super::persist::{self, AnnRef, GraphRef, HnswRef, SegmentRef};
 use super::{CollectionIndex, CompactStats, DocEntry};
 use crate::chunks::Chunk;
 use crate::error::Result;
 use crate::ids::DocId;
 use crate::pidset::PidSet;
-use crate::vector::{FlatIndex, HnswIndex, VectorIndex};
+use crate::vector::{Ann, FlatIndex};
 
-/// Dump the HNSW graph once this many points were inserted since the last dump...
+/// Write the graph once this many points were inserted since the last dump...
 const DUMP_EVERY_POINTS: usize = 10_000;
 /// ...or once they are at least 1/`DUMP_EVERY_FRACTION` of the graph. Points not in the dump
 /// are re-inserted from the segments on open.
@@ -56,14 +58,10 @@ impl CollectionIndex {
                 count: pending.end - pending.start,
             });
         }
-        let hnsw_dump = if self.dump_due() {
-            let dump = self.hnsw.dump(&self.dir, &persist::dump_name(generation))?;
-            Some(HnswRef {
-                dump,
-                covers_pids: next_pid,
-            })
+        let ann_dump = if self.dump_due() {
+            Some(self.save_ann(&self.ann, generation, next_pid)?)
         } else {
-            self.hnsw_dump.clone()
+            self.ann_dump.clone()
         };
         self.lexical.commit(&generation.to_string())?;
 
@@ -71,7 +69,7 @@ impl CollectionIndex {
         // manifest write below fails (`dirty` makes the next commit retry it).
         self.segments = segments;
         self.committed_pids = next_pid;
-        self.hnsw_dump = hnsw_dump;
+        self.ann_dump = ann_dump;
         self.dirty = true;
         persist::write_manifest(&self.dir, self.sealer.as_ref(), &self.manifest(generation))?;
         self.dirty = false;
@@ -79,13 +77,39 @@ impl CollectionIndex {
         Ok(())
     }
 
+    /// Writes `ann` (covering the pids below `covers`) as commit `generation`'s file: the
+    /// graph through the cache's sealer like every other file, `hnsw_rs` by its own dump.
+    fn save_ann(&self, ann: &Ann, generation: u64, covers: u32) -> Result<AnnRef> {
+        Ok(match ann {
+            Ann::Graph(g) => {
+                let bytes = g.to_bytes();
+                let file = persist::graph_name(generation);
+                persist::write_durable(&self.dir, self.sealer.as_ref(), &file, &bytes)?;
+                AnnRef::Graph(GraphRef {
+                    file,
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    covers_pids: covers,
+                })
+            }
+            Ann::HnswRs(h) => AnnRef::HnswRs(HnswRef {
+                dump: h.dump(&self.dir, &persist::dump_name(generation))?,
+                covers_pids: covers,
+            }),
+        })
+    }
+
+    /// Whether `ann` may be saved: an hnsw_rs dump would hold the vectors in plaintext, so a
+    /// sealed cache rebuilds that graph at open instead.
+    pub(super) fn may_save(&self, ann: &Ann) -> bool {
+        self.sealer.is_none() || matches!(ann, Ann::Graph(_))
+    }
+
     fn dump_due(&self) -> bool {
-        // A sealed cache never dumps the graph: hnsw_rs would write the vectors in plaintext.
-        if self.sealer.is_some() {
+        if !self.may_save(&self.ann) {
             return false;
         }
-        let points = self.hnsw.len();
-        let dumped = self.hnsw_dump.as_ref().map_or(0, |r| r.dump.points);
+        let points = self.ann.len();
+        let dumped = self.ann_dump.as_ref().map_or(0, AnnRef::points);
         let undumped = points.saturating_sub(dumped);
         undumped > 0 && (undumped >= DUMP_EVERY_POINTS || undumped * DUMP_EVERY_FRACTION >= points)
     }
@@ -126,16 +150,14 @@ impl CollectionIndex {
             docs.insert(id, entry);
         }
         let n = chunks.len() as u32;
-        let mut hnsw = HnswIndex::new(self.params.dim, self.params.hnsw(), live)?;
-        hnsw.set_ef(self.search.ef_search);
-        let items: Vec<(u32, &[f32])> = (0..n).map(|p| (p, vectors.vector(p))).collect();
-        hnsw.insert_normalized(&items);
-        drop(items);
+        let mut ann = Ann::new(self.ann.kind(), self.params.dim, self.params.hnsw(), live)?;
+        ann.set_ef(self.search.ef_search);
+        ann.insert(&vectors, 0..n, &PidSet::new(n));
 
         self.generation += 1;
         let generation = self.generation;
         let mut segments = Vec::new();
-        let mut hnsw_dump = None;
+        let mut ann_dump = None;
         if n > 0 {
             let file = persist::segment_name(generation);
             let with = with_vectors(&chunks, &vectors, 0..n);
@@ -151,11 +173,8 @@ impl CollectionIndex {
                 first_pid: 0,
                 count: n,
             });
-            if self.sealer.is_none() {
-                hnsw_dump = Some(HnswRef {
-                    dump: hnsw.dump(&self.dir, &persist::dump_name(generation))?,
-                    covers_pids: n,
-                });
+            if self.may_save(&ann) {
+                ann_dump = Some(self.save_ann(&ann, generation, n)?);
             }
         }
         let rewrite = (|| {
@@ -177,10 +196,10 @@ impl CollectionIndex {
         self.vectors = vectors;
         self.docs = docs;
         self.tombstones = PidSet::new(n);
-        self.hnsw = hnsw;
+        self.ann = ann;
         self.segments = segments;
         self.committed_pids = n;
-        self.hnsw_dump = hnsw_dump;
+        self.ann_dump = ann_dump;
         self.dirty = true;
         persist::write_manifest(&self.dir, self.sealer.as_ref(), &self.manifest(generation))?;
         self.dirty = false;

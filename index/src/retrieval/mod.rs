@@ -3,7 +3,8 @@
 //! A [`CollectionIndex`] owns, for one collection:
 //! - every chunk (text, pages, headings) and its normalised vector, addressed by a dense `u32`
 //!   point id (*pid*) assigned in insertion order; hits are built from this memory;
-//! - an [`HnswIndex`] over the vectors (ids = pids) and a tantivy BM25 index (a `pid` field);
+//! - an approximate index over the vectors (ids = pids): hearth's graph, or `hnsw_rs` with
+//!   `index.ann = "hnsw_rs"` ([`AnnKind`]); and a tantivy BM25 index (a `pid` field);
 //! - the live documents with their pid ranges and user metadata (for filters and hits);
 //! - a tombstone set: the pids of deleted or replaced documents.
 //!
@@ -34,21 +35,22 @@ use crate::ids::{ChunkId, DocId};
 use crate::lexical::{Analyzer, TantivyIndex};
 use crate::meta::Metadata;
 use crate::pidset::PidSet;
-use crate::vector::{FlatIndex, HnswIndex, HnswParams, VectorIndex, normalized};
+use crate::vector::{Ann, AnnKind, FlatIndex, HnswParams, normalized};
 
 mod commit;
 mod open;
 mod persist;
 mod search;
 
-use persist::HnswRef;
+use persist::AnnRef;
 pub(crate) use persist::SegmentRef;
 
 /// Largest `top_k` a search accepts.
 pub const MAX_TOP_K: usize = 1000;
 
 /// Parameters of a collection index. `dim`, `hnsw_m`, `ef_construction` and `analyzer` are
-/// written to the manifest at creation and must match on every open; `ef_search` may change.
+/// written to the manifest at creation and must match on every open; `ef_search` may change,
+/// and so may `ann` (the graph of the other kind is then built at the next open).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexParams {
     /// Embedding width, 1–65 536.
@@ -61,6 +63,8 @@ pub struct IndexParams {
     pub ef_search: usize,
     /// BM25 text analyzer.
     pub analyzer: Analyzer,
+    /// Which approximate index dense searches use.
+    pub ann: AnnKind,
 }
 
 impl IndexParams {
@@ -206,7 +210,7 @@ pub struct CollectionIndex {
     vectors: FlatIndex,
     docs: HashMap<DocId, DocEntry>,
     tombstones: PidSet,
-    hnsw: HnswIndex,
+    ann: Ann,
     lexical: TantivyIndex,
     /// Last generation used by a commit attempt; the manifest holds the last successful one.
     generation: u64,
@@ -214,8 +218,8 @@ pub struct CollectionIndex {
     segments: Vec<SegmentRef>,
     /// Pids below this are committed (in segments and tantivy) and searchable.
     committed_pids: u32,
-    /// The HNSW dump the manifest points to.
-    hnsw_dump: Option<HnswRef>,
+    /// The graph file (or `hnsw_rs` dump) the manifest points to.
+    ann_dump: Option<AnnRef>,
     /// Deletions (or a failed manifest write) since the last successful commit.
     dirty: bool,
     /// Seals the files when the cache is encrypted (see `persist.rs`).
@@ -354,11 +358,7 @@ impl CollectionIndex {
                 pids: start..end,
             },
         );
-        let items: Vec<(u32, &[f32])> = (start..end)
-            .zip(&vectors)
-            .map(|(pid, v)| (pid, v.as_slice()))
-            .collect();
-        self.hnsw.insert_normalized(&items);
+        self.ann.insert(&self.vectors, start..end, &self.tombstones);
         for (pid, c) in (start..end).zip(chunks) {
             if let Err(e) = self.lexical.add(pid, &c.text) {
                 // Keep memory and tantivy consistent: the document is dropped as a whole.
@@ -457,7 +457,7 @@ impl CollectionIndex {
         }
         self.search = params;
         self.params.ef_search = params.ef_search;
-        self.hnsw.set_ef(params.ef_search);
+        self.ann.set_ef(params.ef_search);
         Ok(())
     }
 
@@ -496,9 +496,14 @@ impl CollectionIndex {
         self.vectors.heap_bytes()
     }
 
-    /// Number of points in the HNSW graph (live and tombstoned).
+    /// Number of points in the approximate index (live and tombstoned).
     pub fn graph_points(&self) -> usize {
-        self.hnsw.len()
+        self.ann.len()
+    }
+
+    /// Which approximate index dense searches use.
+    pub fn ann_kind(&self) -> AnnKind {
+        self.ann.kind()
     }
 }
 

@@ -7,9 +7,11 @@ use std::path::Path;
 
 use tracing::{info, warn};
 
+use sha2::{Digest, Sha256};
+
 use super::persist::{
-    HnswRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, broken_path, io_err, move_aside,
-    read_file, read_manifest, remove_dir_if_any, write_manifest,
+    AnnRef, GraphRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, broken_path, io_err,
+    move_aside, read_file, read_manifest, remove_dir_if_any, write_manifest,
 };
 use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
 use crate::chunks::{Chunk, decode_chunks};
@@ -18,7 +20,7 @@ use crate::error::{IndexError, Result};
 use crate::ids::DocId;
 use crate::lexical::{Analyzer, TantivyIndex};
 use crate::pidset::PidSet;
-use crate::vector::{FlatIndex, HnswIndex, VectorIndex, normalized};
+use crate::vector::{Ann, AnnKind, FlatIndex, Graph, HnswIndex, normalized};
 
 const LOCK: &str = "LOCK";
 const TANTIVY: &str = "tantivy";
@@ -116,11 +118,11 @@ fn create(
             vectors: FlatIndex::new(params.dim),
             docs: HashMap::new(),
             tombstones: PidSet::default(),
-            hnsw: HnswIndex::new(params.dim, params.hnsw(), 1024)?,
+            ann: Ann::new(params.ann, params.dim, params.hnsw(), 1024)?,
             lexical,
             generation: 0,
             segments: Vec::new(),
-            hnsw_dump: None,
+            ann_dump: None,
         },
     );
     write_manifest(dir, index.sealer.as_ref(), &index.manifest(0))?;
@@ -134,11 +136,11 @@ pub(super) struct Parts {
     pub vectors: FlatIndex,
     pub docs: HashMap<DocId, DocEntry>,
     pub tombstones: PidSet,
-    pub hnsw: HnswIndex,
+    pub ann: Ann,
     pub lexical: TantivyIndex,
     pub generation: u64,
     pub segments: Vec<SegmentRef>,
-    pub hnsw_dump: Option<HnswRef>,
+    pub ann_dump: Option<AnnRef>,
 }
 
 fn load(
@@ -172,10 +174,11 @@ fn load(
     let sealed = sealer.is_some();
     let lexical = open_lexical(dir, params.analyzer, m.generation, &chunks, &docs, sealed)
         .map_err(Failure::Refuse)?;
-    let (hnsw, hnsw_dump) =
-        open_hnsw(dir, &params, &m, &vectors, &tombstones, sealed).map_err(Failure::Refuse)?;
-    // A sealed cache rebuilds its graph at every open and never saves it.
-    let rebuilt_graph = !sealed && hnsw_dump.is_none() && hnsw.len() > 0;
+    let (ann, ann_dump) = open_ann(dir, sealer.as_ref(), &params, &m, &vectors, &tombstones)
+        .map_err(Failure::Refuse)?;
+    // A sealed cache rebuilds an hnsw_rs graph at every open and never saves it.
+    let rebuilt_graph =
+        ann_dump.is_none() && ann.len() > 0 && (!sealed || ann.kind() == AnnKind::Graph);
 
     let mut index = CollectionIndex::assemble(
         dir,
@@ -187,17 +190,17 @@ fn load(
             vectors,
             docs,
             tombstones,
-            hnsw,
+            ann,
             lexical,
             generation: m.generation,
             segments: m.segments,
-            hnsw_dump,
+            ann_dump,
         },
     );
     if rebuilt_graph {
         // Dump the rebuilt graph so the next open does not rebuild it again.
         if let Err(e) = index.commit_with(true) {
-            warn!(dir = %dir.display(), error = %e, "could not save the rebuilt HNSW graph");
+            warn!(dir = %dir.display(), error = %e, "could not save the rebuilt vector graph");
         }
     } else {
         index.gc();
@@ -368,47 +371,81 @@ fn open_lexical(
     Ok(index)
 }
 
-fn open_hnsw(
+/// The approximate index of the configured kind: the saved one when the manifest names one
+/// of that kind and it checks out, with the pids after it inserted; else built from the
+/// vectors (returned without a saved file, so the caller saves it).
+fn open_ann(
     dir: &Path,
+    sealer: Option<&CacheSealer>,
     params: &IndexParams,
     m: &Manifest,
     vectors: &FlatIndex,
     tombstones: &PidSet,
-    sealed: bool,
-) -> Result<(HnswIndex, Option<HnswRef>)> {
-    let live_from = |from: u32| (from..m.next_pid).filter(|&pid| !tombstones.contains(pid));
-    if let Some(r) = m.hnsw.as_ref().filter(|_| !sealed) {
-        let loaded = if r.covers_pids > m.next_pid {
+) -> Result<(Ann, Option<AnnRef>)> {
+    let loaded = match (params.ann, &m.graph, &m.hnsw) {
+        (AnnKind::Graph, Some(r), _) => Some(
+            load_graph(dir, sealer, params, r, m.next_pid)
+                .map(|g| (Ann::Graph(g), AnnRef::Graph(r.clone()))),
+        ),
+        (AnnKind::HnswRs, _, Some(r)) if sealer.is_none() => Some(if r.covers_pids > m.next_pid {
             Err(IndexError::Corrupt {
                 key: r.dump.basename.clone(),
                 detail: "dump covers pids beyond the manifest".into(),
             })
         } else {
             HnswIndex::load(dir, &r.dump, params.dim, params.hnsw())
-        };
-        match loaded {
-            Ok(mut hnsw) => {
-                let tail: Vec<u32> = live_from(r.covers_pids).collect();
-                insert(&mut hnsw, vectors, &tail);
-                return Ok((hnsw, Some(r.clone())));
-            }
-            Err(e) => {
-                warn!(dir = %dir.display(), error = %e, "HNSW dump unusable; rebuilding the graph")
-            }
+                .map(|h| (Ann::HnswRs(h), AnnRef::HnswRs(r.clone())))
+        }),
+        _ => None,
+    };
+    match loaded {
+        Some(Ok((mut ann, saved))) => {
+            let covers = match &saved {
+                AnnRef::Graph(r) => r.covers_pids,
+                AnnRef::HnswRs(r) => r.covers_pids,
+            };
+            ann.insert(vectors, covers..m.next_pid, tombstones);
+            return Ok((ann, Some(saved)));
         }
+        Some(Err(e)) => {
+            warn!(dir = %dir.display(), error = %e, "saved vector graph unusable; rebuilding it")
+        }
+        None => {}
     }
-    let live: Vec<u32> = live_from(0).collect();
-    if !live.is_empty() {
-        info!(dir = %dir.display(), points = live.len(), "building the HNSW graph");
+    let live = m.next_pid as usize - tombstones.len();
+    if m.next_pid > 0 {
+        info!(dir = %dir.display(), points = live, ann = %params.ann, "building the vector graph");
     }
-    let mut hnsw = HnswIndex::new(params.dim, params.hnsw(), live.len())?;
-    insert(&mut hnsw, vectors, &live);
-    Ok((hnsw, None))
+    let mut ann = Ann::new(params.ann, params.dim, params.hnsw(), live)?;
+    ann.insert(vectors, 0..m.next_pid, tombstones);
+    Ok((ann, None))
 }
 
-fn insert(hnsw: &mut HnswIndex, vectors: &FlatIndex, pids: &[u32]) {
-    let items: Vec<(u32, &[f32])> = pids.iter().map(|&p| (p, vectors.vector(p))).collect();
-    hnsw.insert_normalized(&items);
+/// Reads and checks a saved graph: its SHA-256, then every count and id (`file.rs`).
+fn load_graph(
+    dir: &Path,
+    sealer: Option<&CacheSealer>,
+    params: &IndexParams,
+    r: &GraphRef,
+    next_pid: u32,
+) -> Result<Graph> {
+    let corrupt = |detail: String| IndexError::Corrupt {
+        key: dir.join(&r.file).display().to_string(),
+        detail,
+    };
+    let bytes = read_file(dir, sealer, &r.file)?.ok_or_else(|| corrupt("missing".into()))?;
+    if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let graph = Graph::from_bytes(&bytes, params.dim, params.hnsw()).map_err(corrupt)?;
+    if graph.len() != r.covers_pids as usize || r.covers_pids > next_pid {
+        return Err(corrupt(format!(
+            "holds {} points, the manifest says {} of {next_pid}",
+            graph.len(),
+            r.covers_pids
+        )));
+    }
+    Ok(graph)
 }
 
 impl CollectionIndex {
@@ -435,12 +472,12 @@ impl CollectionIndex {
             vectors: p.vectors,
             docs: p.docs,
             tombstones: p.tombstones,
-            hnsw: p.hnsw,
+            ann: p.ann,
             lexical: p.lexical,
             generation: p.generation,
             segments: p.segments,
             committed_pids,
-            hnsw_dump: p.hnsw_dump,
+            ann_dump: p.ann_dump,
             dirty: false,
             sealer,
             principals: HashMap::new(),

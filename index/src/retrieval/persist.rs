@@ -5,7 +5,9 @@
 //! {dir}/manifest.json                the commit point, replaced atomically (see below)
 //! {dir}/seg-{gen:010}.arrow          chunks added by commit `gen`: Arrow IPC with the chunk
 //!                                    schema (`encode_chunks`), normalised embeddings; immutable
-//! {dir}/hnsw-{gen:010}.hnsw.graph    HNSW dump written by commit `gen` (hnsw_rs `file_dump`)
+//! {dir}/graph-{gen:010}.hgraph       the graph written by commit `gen` (`index.ann = "graph"`,
+//!                                    format in `vector/graph/file.rs`)
+//! {dir}/hnsw-{gen:010}.hnsw.graph    or the hnsw_rs dump (`index.ann = "hnsw_rs"`, `file_dump`)
 //! {dir}/hnsw-{gen:010}.hnsw.data
 //! {dir}/hnsw-{gen:010}.hnsw.alias    ids whose vector duplicates a graph node (when any)
 //! {dir}/tantivy/                     the tantivy index; its commit payload is the generation
@@ -14,11 +16,12 @@
 //! `manifest.json` holds: `format_version`; the format-affecting `params` (dim, hnsw_m,
 //! ef_construction, analyzer); `generation`; `next_pid`; the `segments` (file, first pid,
 //! count; together they cover pids `0..next_pid` in order); the live `documents` (id, source,
-//! title, metadata, access list, pid range); the `tombstones` (pid ranges of deleted chunks); and `hnsw`,
-//! the current dump (basename, point count, SHA-256 of its files, and `covers_pids`: the
-//! dump holds every live pid below it).
+//! title, metadata, access list, pid range); the `tombstones` (pid ranges of deleted chunks); and
+//! either `graph` (file, SHA-256, `covers_pids`: the graph holds every pid below it, tombstoned
+//! ones too) or `hnsw`, the hnsw_rs dump (basename, point count, SHA-256 of its files, and
+//! `covers_pids`: the dump holds every live pid below it).
 //!
-//! **Commit** (`commit.rs`): write the new segment (fsync), dump the HNSW if enough points
+//! **Commit** (`commit.rs`): write the new segment (fsync), write the graph if enough points
 //! were added since the last dump (fsync, checksums), commit tantivy with the new generation
 //! as payload, then write the manifest last (temp file, fsync, rename, directory fsync).
 //! Files no manifest references any more (older dumps, segments replaced by a compaction,
@@ -27,18 +30,19 @@
 //!
 //! **Sealed caches** (`index.encrypt_cache`, on an encrypted store): the manifest and the
 //! segments are sealed with the store's data keys (`CacheSealer`; the file's collection and
-//! name are bound to it); BM25 lives in memory and is rebuilt from the segments at every
-//! open; the HNSW graph is never dumped (hnsw_rs writes its files itself, in plaintext) and
-//! is rebuilt from the vectors at open. Nothing of a document reaches the disk unsealed. A
+//! name are bound to it), and so is the graph file (its codes are a coarse copy of the
+//! vectors); BM25 lives in memory and is rebuilt from the segments at every open; an hnsw_rs
+//! graph is never dumped (hnsw_rs writes its files itself, in plaintext) and is rebuilt from
+//! the vectors at open. Nothing of a document reaches the disk unsealed. A
 //! plaintext cache found by a sealing open is deleted, not moved aside, and so is an older
 //! `{dir}.broken`.
 //!
 //! **Open**: read the manifest and the segments (chunks and vectors go to memory). Then:
 //! - tantivy unreadable, or its payload differs from the manifest generation (a crash between
 //!   the two commits) → rebuild it from the segments;
-//! - HNSW dump missing, failing its checksums or unloadable → rebuild the graph from the
-//!   vectors and dump it (a repair commit); live pids at or above `covers_pids` are inserted
-//!   into a loaded graph;
+//! - graph file (or hnsw_rs dump) missing, of the other `index.ann` kind, failing its
+//!   checksum or unreadable → rebuild the graph from the vectors and write it (a repair
+//!   commit); pids at or above `covers_pids` are inserted into a loaded graph;
 //! - manifest unreadable or inconsistent, or a segment missing or corrupt → log a warning, move
 //!   the directory aside to `{dir}.broken` (replacing an older one) and start empty: the layer
 //!   above refills the index from the object store. Never a panic.
@@ -77,7 +81,10 @@ pub(super) struct Manifest {
     pub segments: Vec<SegmentRef>,
     pub documents: Vec<DocRecord>,
     pub tombstones: Vec<Range<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hnsw: Option<HnswRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<GraphRef>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +126,41 @@ pub(crate) struct HnswRef {
     pub covers_pids: u32,
 }
 
+/// The graph file a manifest points to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GraphRef {
+    pub file: String,
+    /// Lowercase hex SHA-256 of the file's plaintext.
+    pub sha256: String,
+    /// The graph holds every pid below this, tombstoned ones too.
+    pub covers_pids: u32,
+}
+
+/// What the manifest's approximate index is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AnnRef {
+    HnswRs(HnswRef),
+    Graph(GraphRef),
+}
+
+impl AnnRef {
+    /// Points the saved index holds.
+    pub(crate) fn points(&self) -> usize {
+        match self {
+            Self::HnswRs(r) => r.dump.points,
+            Self::Graph(r) => r.covers_pids as usize,
+        }
+    }
+
+    fn files(&self) -> Vec<String> {
+        match self {
+            Self::HnswRs(r) => r.dump.files(),
+            Self::Graph(r) => vec![r.file.clone()],
+        }
+    }
+}
+
 /// Maps an I/O error to [`IndexError::Io`] with the path.
 pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
     move |source| IndexError::Io {
@@ -133,6 +175,10 @@ pub(super) fn segment_name(generation: u64) -> String {
 
 pub(super) fn dump_name(generation: u64) -> String {
     format!("hnsw-{generation:010}")
+}
+
+pub(super) fn graph_name(generation: u64) -> String {
+    format!("graph-{generation:010}.hgraph")
 }
 
 impl CollectionIndex {
@@ -164,15 +210,22 @@ impl CollectionIndex {
             segments: self.segments.clone(),
             documents,
             tombstones: self.tombstones.ranges(),
-            hnsw: self.hnsw_dump.clone(),
+            hnsw: match &self.ann_dump {
+                Some(AnnRef::HnswRs(r)) => Some(r.clone()),
+                _ => None,
+            },
+            graph: match &self.ann_dump {
+                Some(AnnRef::Graph(r)) => Some(r.clone()),
+                _ => None,
+            },
         }
     }
 
     /// Removes our files that the current state does not reference. Failures are logged.
     pub(super) fn gc(&self) {
         let mut keep: HashSet<String> = self.segments.iter().map(|s| s.file.clone()).collect();
-        if let Some(r) = &self.hnsw_dump {
-            keep.extend(r.dump.files());
+        if let Some(r) = &self.ann_dump {
+            keep.extend(r.files());
         }
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
@@ -184,6 +237,7 @@ impl CollectionIndex {
                     && [".hnsw.graph", ".hnsw.data", ".hnsw.alias"]
                         .iter()
                         .any(|ext| name.ends_with(ext)))
+                || (name.starts_with("graph-") && name.ends_with(".hgraph"))
                 || name.ends_with(".tmp");
             if ours
                 && !keep.contains(&name)
@@ -260,7 +314,12 @@ pub(super) fn read_file(
 
 /// Writes `{dir}/{name}` atomically and durably (temp file, fsync, rename, directory fsync),
 /// sealed when the cache is.
-fn write_durable(dir: &Path, sealer: Option<&CacheSealer>, name: &str, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_durable(
+    dir: &Path,
+    sealer: Option<&CacheSealer>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
     let sealed;
     let bytes = match sealer {
         None => bytes,

@@ -142,7 +142,7 @@ impl CollectionIndex {
             return Vec::new();
         }
         let exact = || self.vectors.scan(query, k, allowed.set.iter());
-        let points = self.hnsw.len();
+        let points = self.ann.len();
         if allowed.count <= self.search.exact_max_points
             || (allowed.count as f64) <= self.search.exact_max_fraction * points as f64
         {
@@ -159,7 +159,7 @@ impl CollectionIndex {
         } else {
             Some(&keep)
         };
-        let found = self.hnsw.search_normalized(query, k, ef, filter);
+        let found = self.ann.search(&self.vectors, query, k, ef, filter);
         let n = self.vectors.len() as u32;
         let mut hits: Vec<(u32, f32)> = found
             .into_iter()

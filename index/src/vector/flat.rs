@@ -41,6 +41,11 @@ impl FlatIndex {
         self.data.extend_from_slice(v);
     }
 
+    /// Every vector, row-major.
+    pub(crate) fn rows(&self) -> &[f32] {
+        &self.data
+    }
+
     /// The normalised vector with id `id`.
     ///
     /// # Panics

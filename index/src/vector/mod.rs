@@ -5,8 +5,9 @@
 //!   the oracle that measures HNSW recall in tests.
 //! - [`HnswIndex`] (`hnsw.rs`): approximate search with `hnsw_rs`, wrapped so no `hnsw_rs` type
 //!   leaves this module.
-//! - [`GraphIndex`] (`graph.rs`): hearth's own HNSW over flat arrays (issue 21), measured in
-//!   the benchmark beside the two; not yet used by collections.
+//! - [`GraphIndex`] (`graph/`): hearth's own HNSW over flat arrays, traversed on 7-bit codes
+//!   (`sq8.rs`); collections use its graph by default (`ann.rs` chooses between the two by
+//!   `index.ann`).
 //!
 //! Scores are cosine similarities (dot products of normalised vectors): higher is better, ties
 //! go to the smaller id.
@@ -16,13 +17,17 @@ use std::collections::BinaryHeap;
 
 use crate::error::{IndexError, Result};
 
+mod ann;
 mod dedup;
 mod flat;
 mod graph;
 mod hnsw;
 mod sq8;
 
+pub(crate) use ann::Ann;
+pub use ann::AnnKind;
 pub use flat::FlatIndex;
+pub(crate) use graph::Graph;
 pub use graph::GraphIndex;
 pub(crate) use hnsw::HnswDump;
 pub use hnsw::{HnswIndex, HnswParams};

@@ -142,6 +142,47 @@ impl Sq8 {
         q.offset + q.scale * (self.dot)(&q.weights, self.row(i)) as f32
     }
 
+    /// The ranges (`lo`, `step`), the number of vectors they were fitted on, and the codes:
+    /// what a graph file stores.
+    pub(crate) fn parts(&self) -> (&[f32], &[f32], usize, &[Line]) {
+        (&self.lo, &self.step, self.fitted, &self.codes)
+    }
+
+    /// Codes read back from a graph file: `lo` and `step` of width `dim`, `codes` whole rows of
+    /// `dim.div_ceil(64)` lines. Fails (naming the fault) on finite-ness, widths or a code
+    /// above 127, which the AVX2 kernel's saturation bound relies on.
+    pub(crate) fn from_parts(
+        dim: usize,
+        lo: Vec<f32>,
+        step: Vec<f32>,
+        fitted: usize,
+        codes: Vec<Line>,
+    ) -> Result<Self, String> {
+        let lines = dim.div_ceil(64);
+        if lo.len() != dim || step.len() != dim || lines == 0 || !codes.len().is_multiple_of(lines)
+        {
+            return Err("code ranges or rows have the wrong width".into());
+        }
+        if !lo.iter().chain(&step).all(|x| x.is_finite()) || step.iter().any(|&s| s < 0.0) {
+            return Err("code ranges are not finite".into());
+        }
+        if codes
+            .iter()
+            .any(|l| l.0.iter().any(|&c| c > MAX_CODE as u8))
+        {
+            return Err("a code is above 127".into());
+        }
+        Ok(Self {
+            dim,
+            lines,
+            lo,
+            step,
+            codes,
+            fitted,
+            dot: pick_dot(),
+        })
+    }
+
     /// Bytes held by the codes and ranges.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.codes.len() * 64 + (self.lo.len() + self.step.len()) * 4

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use hearth_index::{
-    Access, Analyzer, Chunk, ChunkId, CollectionIndex, Condition, DocId, Filter, FlatIndex, Fusion,
-    Hit, HnswIndex, HnswParams, IndexError, IndexParams, IndexedDoc, MetaValue, Reader, SearchMode,
-    SearchParams, SearchRequest, VectorIndex,
+    Access, Analyzer, AnnKind, Chunk, ChunkId, CollectionIndex, Condition, DocId, Filter,
+    FlatIndex, Fusion, Hit, HnswIndex, HnswParams, IndexError, IndexParams, IndexedDoc, MetaValue,
+    Reader, SearchMode, SearchParams, SearchRequest, VectorIndex,
 };
 
 const DIM: usize = 32;
@@ -67,6 +67,7 @@ fn params(dim: usize) -> IndexParams {
         ef_construction: 100,
         ef_search: 64,
         analyzer: Analyzer::EnglishStem,
+        ann: AnnKind::Graph,
     }
 }
 
@@ -700,23 +701,135 @@ fn commit_and_reopen_return_identical_results() {
     assert_eq!(index.stats().generation, generation);
 }
 
+/// The files of the saved graph: `graph-*.hgraph`, or `hnsw-*` for hnsw_rs.
+fn graph_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("graph-") || name.starts_with("hnsw-")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
-fn lost_hnsw_dump_or_tantivy_index_is_rebuilt() {
+fn a_lost_or_damaged_graph_file_is_detected_and_rebuilt_for_either_kind() {
+    for ann in [AnnKind::Graph, AnnKind::HnswRs] {
+        let p = IndexParams { ann, ..params(DIM) };
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng::new(61);
+        let mut index = CollectionIndex::open(dir.path(), p).unwrap();
+        for i in 0..150 {
+            let (doc, chunks) = make_doc(i, 3, &mut rng, text);
+            index.add(doc, &chunks).unwrap();
+        }
+        index.commit().unwrap();
+        assert_eq!(index.ann_kind(), ann);
+        let before = probe(&index, 9);
+        force_hnsw(&mut index);
+        let forced = probe(&index, 19);
+        drop(index);
+
+        let files = graph_files(dir.path());
+        let want = if ann == AnnKind::Graph { 1 } else { 2 };
+        assert_eq!(files.len(), want, "{ann}: {files:?}");
+        // Read back intact: the same answers through the graph, nothing rewritten.
+        let mut index = CollectionIndex::open(dir.path(), p).unwrap();
+        force_hnsw(&mut index);
+        assert_same(&forced, &probe(&index, 19));
+        drop(index);
+        assert_eq!(graph_files(dir.path()), files, "{ann}");
+
+        // A flipped bit, a truncation, a deletion: each is caught, the graph is rebuilt from
+        // the segments (so answers keep their recall) and saved again under a new name.
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage); 3] = [
+            ("bit flip", |f| {
+                let mut b = std::fs::read(f).unwrap();
+                let at = b.len() * 2 / 3;
+                b[at] ^= 0x10;
+                std::fs::write(f, b).unwrap();
+            }),
+            ("truncation", |f| {
+                let b = std::fs::read(f).unwrap();
+                std::fs::write(f, &b[..b.len() / 2]).unwrap();
+            }),
+            ("deletion", |f| std::fs::remove_file(f).unwrap()),
+        ];
+        for (what, damage) in damages {
+            let files = graph_files(dir.path());
+            damage(&files[0]);
+            let mut index = CollectionIndex::open(dir.path(), p).unwrap();
+            assert_same(&before, &probe(&index, 9));
+            assert_eq!(index.graph_points(), 450, "{ann}, {what}");
+            force_hnsw(&mut index);
+            let hits = probe(&index, 19);
+            let (kept, total) = hits
+                .iter()
+                .zip(&forced)
+                .filter(|((m, _), _)| *m == SearchMode::Dense)
+                .map(|((_, a), (_, b))| {
+                    let b = ids(b);
+                    (ids(a).iter().filter(|i| b.contains(i)).count(), b.len())
+                })
+                .fold((0, 0), |(k, t), (a, b)| (k + a, t + b));
+            eprintln!("{ann}, {what}: {kept} of {total} dense hits as before");
+            assert!(
+                kept * 10 >= total * 9,
+                "{ann}, {what}: {kept} of {total} dense hits as before"
+            );
+            drop(index);
+            let again = graph_files(dir.path());
+            assert_eq!(again.len(), want, "{ann}, {what}: {again:?}");
+            assert!(
+                !again.contains(&files[0]),
+                "{ann}, {what}: saved under a new name"
+            );
+        }
+    }
+}
+
+#[test]
+fn changing_the_ann_kind_rebuilds_the_graph_and_keeps_the_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 300, 62);
+    index.delete(&doc_id(7)).unwrap();
+    index.commit().unwrap();
+    let before = probe(&index, 4);
+    drop(index);
+    for ann in [AnnKind::HnswRs, AnnKind::Graph] {
+        let p = IndexParams { ann, ..params(DIM) };
+        let index = CollectionIndex::open(dir.path(), p).unwrap();
+        assert_eq!(index.ann_kind(), ann);
+        assert_same(&before, &probe(&index, 4));
+        drop(index);
+        let files = graph_files(dir.path());
+        let prefix = if ann == AnnKind::Graph {
+            "graph-"
+        } else {
+            "hnsw-"
+        };
+        assert!(
+            !files.is_empty()
+                && files.iter().all(|f| f
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(prefix)),
+            "{ann}: {files:?}"
+        );
+    }
+}
+
+#[test]
+fn lost_tantivy_index_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let (index, _) = build(dir.path(), 150, 61);
     let before = probe(&index, 9);
-    drop(index);
-
-    let dumps: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("hnsw-"))
-        .collect();
-    assert_eq!(dumps.len(), 2, "one dump is two files");
-    std::fs::remove_file(dumps[0].path()).unwrap();
-    let index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
-    assert_same(&before, &probe(&index, 9));
-    assert_eq!(index.graph_points(), 450);
     drop(index);
 
     std::fs::remove_dir_all(dir.path().join("tantivy")).unwrap();

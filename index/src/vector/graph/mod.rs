@@ -24,26 +24,38 @@
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 
 use rayon::prelude::*;
 
+mod file;
+
 use super::flat::check_matrix;
 use super::hnsw::HnswParams;
 use super::sq8::{Sq8, Sq8Query};
 use super::{VectorIndex, normalized, prepare_query};
-use crate::error::Result;
+use crate::error::{IndexError, Result};
 
 /// Highest layer a node may get (a level of 16 needs ~M^16 nodes).
 const MAX_LEVEL: usize = 15;
 
-/// An approximate nearest-neighbour graph over unit vectors, searched by cosine.
+/// An approximate nearest-neighbour graph over unit vectors, searched by cosine: a
+/// [`Graph`] and the vectors it links.
 pub struct GraphIndex {
+    graph: Graph,
+    /// Normalised, row `i` is node `i`.
+    vectors: Vec<f32>,
+}
+
+/// The graph proper: levels, neighbour lists and (optionally) the 7-bit codes, over f32 rows
+/// its caller holds (row `i` is node `i`, unit length) and passes to every call. The
+/// collection index keeps one copy of its vectors and lends it here.
+pub(crate) struct Graph {
     dim: usize,
     params: HnswParams,
-    vectors: Vec<f32>,
     levels: Vec<u8>,
     /// `n * (2M + 1)`: per node a count, then its layer-0 neighbours. Atomics so that the
     /// threads of one insertion batch can write them under [`STRIPES`] locks; searches (which
@@ -66,6 +78,9 @@ pub struct GraphIndex {
 /// Locks guarding the neighbour lists during an insertion batch, node `i` under lock
 /// `i % STRIPES`; a thread holds at most one at a time.
 const STRIPES: usize = 4096;
+
+/// Below this many new nodes a batch is linked on the calling thread (a document's chunks).
+const PARALLEL_MIN: usize = 64;
 
 /// A distance and a node; ordered by distance, then id.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -228,16 +243,100 @@ impl GraphIndex {
     /// An empty graph of `dim`-wide vectors; with `coded`, insertions (and searches) traverse
     /// on 7-bit codes as with [`GraphIndex::build_quantized`].
     pub fn empty(dim: usize, params: HnswParams, coded: bool) -> Result<Self> {
+        Ok(Self {
+            graph: Graph::new(dim, params, coded)?,
+            vectors: Vec::new(),
+        })
+    }
+
+    /// Adds the rows of `vectors` (row-major, `dim` wide), which get the next ids, returned.
+    /// The new nodes are linked in parallel on the current rayon pool. Every row is checked
+    /// before anything changes: a zero or non-finite row is an error and adds nothing.
+    pub fn insert(&mut self, vectors: &[f32]) -> Result<Range<u32>> {
+        let dim = self.graph.dim;
+        check_matrix(vectors, dim)?;
+        self.graph.check_room(vectors.len() / dim)?;
+        let mut unit = Vec::with_capacity(vectors.len());
+        for row in vectors.chunks_exact(dim) {
+            unit.extend(normalized(row)?);
+        }
+        if self.vectors.is_empty() {
+            self.vectors = unit;
+        } else {
+            self.vectors.extend_from_slice(&unit);
+        }
+        Ok(self.graph.insert(&self.vectors))
+    }
+
+    /// Quantises the vectors to 7-bit codes (`sq8.rs`): searches then traverse the graph on
+    /// the codes, a quarter of the bytes per distance, and rescore their `ef` candidates with
+    /// the exact vectors.
+    pub fn quantize(mut self) -> Self {
+        self.graph.quantize(&self.vectors);
+        self
+    }
+
+    /// The (at most) `k` vectors nearest to `query` by cosine, best first, visiting `ef`
+    /// candidates on layer 0 (raised to `k`).
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(u32, f32)>> {
+        let q = prepare_query(query, self.graph.dim)?;
+        Ok(self.graph.search(&self.vectors, &q, k, ef, None))
+    }
+
+    /// Bytes held: vectors, codes, lists and levels.
+    pub fn memory_bytes(&self) -> usize {
+        self.vectors.len() * 4 + self.graph.memory_bytes()
+    }
+
+    /// [`GraphIndex::search`] among the ids `keep` allows: the traversal walks every node and
+    /// only allowed ones enter the results, so the more selective the filter, the longer it
+    /// walks.
+    pub fn search_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Result<Vec<(u32, f32)>> {
+        let q = prepare_query(query, self.graph.dim)?;
+        Ok(self.graph.search(&self.vectors, &q, k, ef, Some(keep)))
+    }
+}
+
+impl VectorIndex for GraphIndex {
+    fn dim(&self) -> usize {
+        self.graph.dim
+    }
+
+    fn len(&self) -> usize {
+        self.graph.len()
+    }
+
+    fn nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: Option<&(dyn Fn(u32) -> bool + Sync)>,
+    ) -> Result<Vec<(u32, f32)>> {
+        let q = prepare_query(query, self.graph.dim)?;
+        let ef = self.graph.params.ef_search;
+        Ok(self.graph.search(&self.vectors, &q, k, ef, keep))
+    }
+}
+
+impl Graph {
+    /// An empty graph of `dim`-wide vectors; with `coded`, insertions (and searches) traverse
+    /// on 7-bit codes.
+    pub(crate) fn new(dim: usize, params: HnswParams, coded: bool) -> Result<Self> {
         params.validate()?;
         if dim == 0 {
-            return Err(crate::error::IndexError::InvalidInput(
+            return Err(IndexError::InvalidInput(
                 "vectors need at least one dimension".into(),
             ));
         }
         Ok(Self {
             dim,
             params,
-            vectors: Vec::new(),
             levels: Vec::new(),
             layer0: Vec::new(),
             upper: Vec::new(),
@@ -250,29 +349,40 @@ impl GraphIndex {
         })
     }
 
-    /// Adds the rows of `vectors` (row-major, `dim` wide), which get the next ids, returned.
-    /// The new nodes are linked in parallel on the current rayon pool. Every row is checked
-    /// before anything changes: a zero or non-finite row is an error and adds nothing.
-    pub fn insert(&mut self, vectors: &[f32]) -> Result<std::ops::Range<u32>> {
-        check_matrix(vectors, self.dim)?;
-        let first = self.levels.len();
-        let added = vectors.len() / self.dim;
-        let end = u32::try_from(first + added)
+    /// Number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// Fails when `added` more nodes would not fit the `u32` ids.
+    pub(crate) fn check_room(&self, added: usize) -> Result<()> {
+        u32::try_from(self.len() + added)
             .ok()
             .filter(|&e| e < u32::MAX)
-            .ok_or_else(|| {
-                crate::error::IndexError::InvalidInput("the graph is full (2^32 - 1 nodes)".into())
-            })?;
-        let mut unit = Vec::with_capacity(vectors.len());
-        for row in vectors.chunks_exact(self.dim) {
-            unit.extend(normalized(row)?);
+            .map(|_| ())
+            .ok_or_else(|| IndexError::InvalidInput("the graph is full (2^32 - 1 nodes)".into()))
+    }
+
+    /// Links the rows of `rows` beyond the nodes held (unit vectors, row `i` is node `i`; the
+    /// rows below [`Graph::len`] must be those the graph was built on) and returns their ids.
+    /// The new nodes are linked in parallel on the current rayon pool.
+    ///
+    /// # Panics
+    /// If `rows` holds fewer rows than the graph has nodes, or more than `u32::MAX - 1`.
+    pub(crate) fn insert(&mut self, rows: &[f32]) -> Range<u32> {
+        let first = self.levels.len();
+        let total = rows.len() / self.dim;
+        assert!(total >= first, "rows lost nodes");
+        let end = u32::try_from(total)
+            .ok()
+            .filter(|&e| e < u32::MAX)
+            .expect("ids fit u32");
+        let added = total - first;
+        if added == 0 {
+            return first as u32..end;
         }
         let m = self.params.m;
-        if self.vectors.is_empty() {
-            self.vectors = unit;
-        } else {
-            self.vectors.extend_from_slice(&unit);
-        }
+        let rows = &rows[..total * self.dim];
         self.levels.reserve_exact(added);
         self.upper_start.reserve_exact(added);
         self.layer0.reserve_exact(added * (2 * m + 1));
@@ -280,14 +390,12 @@ impl GraphIndex {
         // since the last fit (amortised, a pass over the vectors: ~0.1 s per million at 384
         // dimensions); in between, new vectors are clamped to the ranges.
         match &mut self.sq {
-            Some(sq) if sq.fitted() * 2 > first + added => {
-                sq.extend(&self.vectors[first * self.dim..]);
-            }
-            Some(_) => self.sq = Some(Sq8::build(&self.vectors, self.dim)),
-            None if self.coded => self.sq = Some(Sq8::build(&self.vectors, self.dim)),
+            Some(sq) if sq.fitted() * 2 > total => sq.extend(&rows[first * self.dim..]),
+            Some(_) => self.sq = Some(Sq8::build(rows, self.dim)),
+            None if self.coded => self.sq = Some(Sq8::build(rows, self.dim)),
             None => {}
         }
-        for i in first..first + added {
+        for i in first..total {
             let l = level(i as u64, m);
             self.levels.push(l as u8);
             self.layer0
@@ -305,16 +413,22 @@ impl GraphIndex {
         }
         let batch = Inserting {
             g: self,
+            rows,
             ef: self.params.ef_construction,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             top: Mutex::new((self.entry, self.top)),
         };
-        todo.into_par_iter().for_each_init(Visited::new, |v, q| {
-            batch.insert(q, v);
-        });
+        if todo.len() < PARALLEL_MIN {
+            let mut v = Visited::new();
+            todo.for_each(|q| batch.insert(q, &mut v));
+        } else {
+            todo.into_par_iter().for_each_init(Visited::new, |v, q| {
+                batch.insert(q, v);
+            });
+        }
         let (entry, top) = batch.top.into_inner().expect("entry lock");
         (self.entry, self.top) = (entry, top);
-        Ok(first as u32..end)
+        first as u32..end
     }
 
     /// Node `node`'s list on `layer`: a count, then the neighbours.
@@ -330,80 +444,57 @@ impl GraphIndex {
         }
     }
 
-    /// Quantises the vectors to 7-bit codes (`sq8.rs`): searches then traverse the graph on
-    /// the codes, a quarter of the bytes per distance, and rescore their `ef` candidates with
-    /// the exact vectors.
-    pub fn quantize(mut self) -> Self {
-        self.sq = Some(Sq8::build(&self.vectors, self.dim));
-        self
+    /// Quantises `rows` (the graph's vectors) to 7-bit codes: searches then traverse on them.
+    pub(crate) fn quantize(&mut self, rows: &[f32]) {
+        self.sq = Some(Sq8::build(&rows[..self.len() * self.dim], self.dim));
     }
 
-    /// The (at most) `k` vectors nearest to `query` by cosine, best first, visiting `ef`
-    /// candidates on layer 0 (raised to `k`).
-    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(u32, f32)>> {
-        self.search_filtered(query, k, ef, None)
+    /// Sets the default candidate list size.
+    pub(crate) fn set_ef(&mut self, ef: usize) {
+        self.params.ef_search = ef.max(1);
     }
 
-    /// Bytes held: vectors, codes, lists and levels.
-    pub fn memory_bytes(&self) -> usize {
-        self.vectors.len() * 4
-            + self.sq.as_ref().map_or(0, Sq8::memory_bytes)
+    /// Bytes held: codes, lists and levels (not the rows, which the caller holds).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.sq.as_ref().map_or(0, Sq8::memory_bytes)
             + (self.layer0.len() + self.upper.len() + self.upper_start.len()) * 4
             + self.levels.len()
     }
 
-    /// [`GraphIndex::search`] among the ids `keep` allows: the traversal walks every node and
-    /// only allowed ones enter the results, so the more selective the filter, the longer it
-    /// walks.
-    pub fn search_where(
+    /// The (at most) `k` nodes nearest to the unit query `q` by cosine, among those `keep`
+    /// allows (the traversal walks every node; only allowed ones enter the results), best
+    /// first, with exact scores from `rows`.
+    pub(crate) fn search(
         &self,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        keep: &(dyn Fn(u32) -> bool + Sync),
-    ) -> Result<Vec<(u32, f32)>> {
-        self.search_filtered(query, k, ef, Some(keep))
-    }
-
-    fn search_filtered(
-        &self,
-        query: &[f32],
+        rows: &[f32],
+        q: &[f32],
         k: usize,
         ef: usize,
         keep: Option<&(dyn Fn(u32) -> bool + Sync)>,
-    ) -> Result<Vec<(u32, f32)>> {
-        let q = prepare_query(query, self.dim)?;
-        let n = self.levels.len();
-        if n == 0 || k == 0 {
-            return Ok(Vec::new());
+    ) -> Vec<(u32, f32)> {
+        debug_assert_eq!(q.len(), self.dim);
+        if self.levels.is_empty() || k == 0 {
+            return Vec::new();
         }
         let exact = Exact {
-            q: &q,
-            rows: &self.vectors,
+            q,
+            rows,
             dim: self.dim,
             dot: self.dot,
         };
         let found = match &self.sq {
             None => self.traverse(&exact, k, ef, keep),
             Some(sq) => {
-                let mut found = self.traverse(
-                    &Coded {
-                        sq,
-                        q: sq.query(&q),
-                    },
-                    k,
-                    ef,
-                    keep,
-                );
+                let mut found = self.traverse(&Coded { sq, q: sq.query(q) }, k, ef, keep);
                 found.truncate(rescore_budget(k));
                 rescored(found, &exact)
             }
         };
-        Ok(found
+        found
             .into_iter()
             .take(k)
             .map(|Near(d, i)| (i, 1.0 - d))
-            .collect())
+            .collect()
     }
 
     /// The `max(ef, k)` nodes nearest by `metric`, nearest first.
@@ -426,7 +517,7 @@ impl GraphIndex {
     }
 }
 
-impl Links for GraphIndex {
+impl Links for Graph {
     #[inline]
     fn neighbours_into(&self, node: u32, layer: usize, out: &mut Vec<u32>) {
         read_list(self.list(node, layer), out);
@@ -441,28 +532,11 @@ fn read_list(list: &[AtomicU32], out: &mut Vec<u32>) {
     out.extend(list[1..1 + n].iter().map(|a| a.load(Relaxed)));
 }
 
-impl VectorIndex for GraphIndex {
-    fn dim(&self) -> usize {
-        self.dim
-    }
-
-    fn len(&self) -> usize {
-        self.levels.len()
-    }
-
-    fn nearest(
-        &self,
-        query: &[f32],
-        k: usize,
-        keep: Option<&(dyn Fn(u32) -> bool + Sync)>,
-    ) -> Result<Vec<(u32, f32)>> {
-        self.search_filtered(query, k, self.params.ef_search, keep)
-    }
-}
-
-/// One insertion batch: the graph (lists written under their stripe's lock) and the entry.
+/// One insertion batch: the graph (lists written under their stripe's lock), its rows and the
+/// entry.
 struct Inserting<'a> {
-    g: &'a GraphIndex,
+    g: &'a Graph,
+    rows: &'a [f32],
     ef: usize,
     stripes: Box<[Mutex<()>]>,
     /// The entry node and its level.
@@ -485,7 +559,7 @@ impl Inserting<'_> {
 
     fn vector(&self, i: u32) -> &[f32] {
         let at = i as usize * self.g.dim;
-        &self.g.vectors[at..at + self.g.dim]
+        &self.rows[at..at + self.g.dim]
     }
 
     fn dist(&self, a: u32, b: u32) -> f32 {
@@ -514,7 +588,7 @@ impl Inserting<'_> {
         let (entry, top) = *self.top.lock().expect("entry lock");
         let metric = Exact {
             q: self.vector(q),
-            rows: &self.g.vectors,
+            rows: self.rows,
             dim: self.g.dim,
             dot: self.g.dot,
         };

@@ -14,7 +14,7 @@ use crate::chunks::Chunk;
 use crate::error::Result;
 use crate::ids::DocId;
 use crate::pidset::PidSet;
-use crate::vector::{Ann, FlatIndex};
+use crate::vector::{Ann, FlatIndex, GONE};
 
 /// Write the graph once this many points were inserted since the last dump...
 const DUMP_EVERY_POINTS: usize = 10_000;
@@ -135,6 +135,8 @@ impl CollectionIndex {
             self.docs.iter().map(|(k, v)| (*k, v.clone())).collect();
         order.sort_by_key(|(_, d)| d.pids.start);
         let live: usize = order.iter().map(|(_, d)| d.pids.len()).sum();
+        // Old pid -> new pid, GONE for a tombstoned one; increasing over the kept pids.
+        let mut remap = vec![GONE; self.chunks.len()];
         let mut chunks = Vec::with_capacity(live);
         let mut chunk_ids = Vec::with_capacity(live);
         let mut vectors = FlatIndex::new(self.params.dim);
@@ -142,6 +144,7 @@ impl CollectionIndex {
         for (id, mut entry) in order {
             let start = chunks.len() as u32;
             for pid in entry.pids.clone() {
+                remap[pid as usize] = chunks.len() as u32;
                 chunks.push(self.chunks[pid as usize].clone());
                 chunk_ids.push(self.chunk_ids[pid as usize]);
                 vectors.push_normalized(self.vectors.vector(pid));
@@ -150,9 +153,8 @@ impl CollectionIndex {
             docs.insert(id, entry);
         }
         let n = chunks.len() as u32;
-        let mut ann = Ann::new(self.ann.kind(), self.params.dim, self.params.hnsw(), live)?;
+        let mut ann = self.ann.compacted(&remap, &vectors, self.params.hnsw())?;
         ann.set_ef(self.search.ef_search);
-        ann.insert(&vectors, 0..n, &PidSet::new(n));
 
         self.generation += 1;
         let generation = self.generation;

@@ -24,8 +24,8 @@ mod graph;
 mod hnsw;
 mod sq8;
 
-pub(crate) use ann::Ann;
 pub use ann::AnnKind;
+pub(crate) use ann::{Ann, GONE};
 pub use flat::FlatIndex;
 pub(crate) use graph::Graph;
 pub use graph::GraphIndex;

@@ -32,6 +32,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use rayon::prelude::*;
 
 mod file;
+mod repair;
+
+pub(crate) use repair::{GONE, REPAIR_MAX_REMOVED};
 
 use super::flat::check_matrix;
 use super::hnsw::HnswParams;
@@ -647,16 +650,7 @@ impl Inserting<'_> {
     /// hnswlib's heuristic over `candidates` (nearest first): a candidate is kept when it is
     /// closer to the new node than to every one kept before it.
     fn select(&self, candidates: &[Near], max: usize) -> Vec<Near> {
-        let mut kept: Vec<Near> = Vec::with_capacity(max);
-        for &c in candidates {
-            if kept.len() == max {
-                break;
-            }
-            if kept.iter().all(|k| self.dist(c.1, k.1) >= c.0) {
-                kept.push(c);
-            }
-        }
-        kept
+        select(candidates, max, |a, b| self.dist(a, b))
     }
 
     /// Adds `q` (at distance `d`) to `node`'s list on `layer`, pruning a full list.
@@ -682,6 +676,22 @@ impl Inserting<'_> {
         let kept = self.select(&cands, max);
         self.store(node, layer, kept.iter().map(|n| n.1));
     }
+}
+
+/// hnswlib's heuristic over `candidates` (nearest first, distances to the node choosing): a
+/// candidate is kept when it is closer to that node than to every one kept before it, up to
+/// `max`.
+fn select(candidates: &[Near], max: usize, dist: impl Fn(u32, u32) -> f32) -> Vec<Near> {
+    let mut kept: Vec<Near> = Vec::with_capacity(max);
+    for &c in candidates {
+        if kept.len() == max {
+            break;
+        }
+        if kept.iter().all(|k| dist(c.1, k.1) >= c.0) {
+            kept.push(c);
+        }
+    }
+    kept
 }
 
 /// How many of a coded search's candidates (best estimates first) are rescored for `k`

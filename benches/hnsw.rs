@@ -6,11 +6,15 @@
 //!     HEARTH_BENCH_1M=only cargo bench --bench hnsw   # 1M alone
 //!     HEARTH_BENCH_QUICK=1 cargo bench --bench hnsw   # 10k, proves the harness
 //!     HEARTH_BENCH_NO_HNSW_RS=1 ...                   # without hnsw_rs (25 min to build 1M)
+//!     HEARTH_BENCH_DATA=docs cargo bench --bench hnsw # real MiniLM vectors of real text
 //!
 //! Data: a seeded Gaussian mixture of unit-norm 384-d vectors (100 clusters; see
 //! `common::Mixture`), 1,000 queries from the same mixture, exact top-10 by inner product
-//! (brute force on 2 threads). The vectors, queries and ground truth are written as raw files to
-//! `<target dir>/bench-data/` (and reused by later runs).
+//! (brute force on 2 threads). With `HEARTH_BENCH_DATA=docs`, instead: 100,000 passages of
+//! the Linux, Python and Perl documentation (`scripts/bench-text.sh`) embedded by hearth's
+//! MiniLM embedder, and 1,000 other passages of the same text as queries (every 100th
+//! passage from the 51st on is held out). The vectors, queries and ground truth are written as
+//! raw files to `<target dir>/bench-data/` (and reused by later runs).
 //!
 //! For each size, first hearth's own graph (`GraphIndex`): built on f32, searched on f32 and
 //! then on its 7-bit codes (rescored with f32); then a graph built on the codes. Then
@@ -48,7 +52,10 @@ fn main() {
     if common::is_probe() {
         return;
     }
-    let sizes: Vec<usize> = if common::quick() {
+    let docs = std::env::var("HEARTH_BENCH_DATA").is_ok_and(|v| v == "docs");
+    let sizes: Vec<usize> = if docs {
+        vec![100_000]
+    } else if common::quick() {
         vec![10_000]
     } else if std::env::var("HEARTH_BENCH_1M").is_ok_and(|v| v == "only") {
         vec![1_000_000]
@@ -60,13 +67,15 @@ fn main() {
     let machine = common::machine();
     let mut runs = Vec::new();
     for n in sizes {
-        runs.push(run(n));
+        let data = if docs { docs_data(n) } else { data(n) };
+        runs.push(run(n, data));
     }
     common::write_results(
         "hnsw",
         &json!({
             "bench": "hnsw",
             "machine": machine,
+            "data": if docs { "docs: MiniLM vectors of documentation passages" } else { "mixture" },
             "config": {"dim": DIM, "queries": QUERIES, "k": K, "M": M, "ef_construction": EF_CONSTRUCTION,
                        "efs": EFS, "clusters": CLUSTERS, "noise": NOISE, "seed": SEED,
                        "generator_version": common::MIXTURE_VERSION, "build_threads": BUILD_THREADS,
@@ -148,6 +157,99 @@ fn data(n: usize) -> Data {
     }
 }
 
+/// `n` passages of real documentation (`scripts/bench-text.sh`) and 1,000 held-out ones as
+/// queries, embedded by hearth's MiniLM embedder, with the exact top-10 (reused when cached).
+fn docs_data(n: usize) -> Data {
+    let cache = std::env::var_os("HEARTH_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hearth"),
+        PathBuf::from,
+    );
+    let text = cache.join("bench-text/docs.txt");
+    let Ok(all) = std::fs::read_to_string(&text) else {
+        eprintln!("{} is missing: run scripts/bench-text.sh first", text.display());
+        std::process::exit(2);
+    };
+    let dir = common::target_dir()
+        .join("bench-data")
+        .join(format!("docs-minilm-n{n}-d{DIM}-q{QUERIES}-k{K}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (base_path, queries_path, truth_path) = (
+        dir.join("base.f32"),
+        dir.join("queries.f32"),
+        dir.join("groundtruth.u32"),
+    );
+    let done = dir.join("complete");
+    if done.exists() {
+        let base = common::read_f32(&base_path).unwrap_or_default();
+        let queries = common::read_f32(&queries_path).unwrap_or_default();
+        let truth = common::read_u32(&truth_path).unwrap_or_default();
+        if base.len() == n * DIM && queries.len() == QUERIES * DIM && truth.len() == QUERIES * K {
+            println!("data: reused {}", dir.display());
+            return Data {
+                base,
+                queries,
+                truth,
+                base_path,
+                queries_path,
+                truth_path,
+            };
+        }
+    }
+    let mut base_text = Vec::with_capacity(n);
+    let mut query_text = Vec::with_capacity(QUERIES);
+    for (i, line) in all.lines().enumerate() {
+        if i % 100 == 50 && query_text.len() < QUERIES {
+            query_text.push(line.to_owned());
+        } else if base_text.len() < n {
+            base_text.push(line.to_owned());
+        }
+    }
+    assert!(
+        base_text.len() == n && query_text.len() == QUERIES,
+        "{} holds too few passages for {n} + {QUERIES}",
+        text.display()
+    );
+    let embedder = hearth_engine::Embedder::load(&hearth_engine::EngineConfig {
+        models_dir: common::models_dir(),
+        embed_threads: 2,
+        ..hearth_engine::EngineConfig::default()
+    })
+    .expect("the embedding model (scripts/fetch-models.sh)");
+    let t = Instant::now();
+    let embed = |texts: Vec<String>| -> Vec<f32> {
+        let mut out = Vec::with_capacity(texts.len() * DIM);
+        for (i, batch) in texts.chunks(1024).enumerate() {
+            let rows = embedder
+                .embed_blocking(batch.to_vec(), hearth_engine::Priority::Bulk)
+                .expect("embedding");
+            out.extend(rows.iter().flatten());
+            if i % 10 == 9 {
+                eprintln!("embedded {} passages", (i + 1) * 1024);
+            }
+        }
+        out
+    };
+    let base = embed(base_text);
+    let queries = embed(query_text);
+    println!(
+        "data: embedded {n} + {QUERIES} passages in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let truth = common::ground_truth(&base, &queries, DIM, K, 2);
+    common::write_f32(&base_path, &base).unwrap();
+    common::write_f32(&queries_path, &queries).unwrap();
+    common::write_u32(&truth_path, &truth).unwrap();
+    std::fs::write(&done, "").unwrap();
+    Data {
+        base,
+        queries,
+        truth,
+        base_path,
+        queries_path,
+        truth_path,
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Point {
     ef: usize,
@@ -155,11 +257,10 @@ struct Point {
     qps: f64,
 }
 
-fn run(n: usize) -> Value {
+fn run(n: usize, data: Data) -> Value {
     println!(
         "\n=== {n} vectors, {DIM}-d, {QUERIES} queries, M={M}, ef_construction={EF_CONSTRUCTION} ==="
     );
-    let data = data(n);
 
     // hearth's own graph (issue 21), first so that its memory growth is measured on a clean heap
     let (graph, gbuild) = common::measure(|| build_graph(&data.base, false));
@@ -184,6 +285,11 @@ fn run(n: usize) -> Value {
     );
     let coded_points = sweep("graph on codes", &data, |q, ef| graph.search(q, K, ef));
     let filtered = filtered_runs(&graph, &data);
+    let churn = if n <= 200_000 {
+        churn_run(&graph, &data, &coded_points)
+    } else {
+        Value::Null
+    };
     drop(graph);
 
     // hearth (hnsw_rs), unless skipped (its 1M build takes 25 minutes)
@@ -382,7 +488,7 @@ fn run(n: usize) -> Value {
         "graph_coded": {"build_wall_s": qbuild.wall_s, "build_cpu_s": qbuild.cpu_s,
                         "rss_growth_mib": qbuild.rss_growth_mib, "peak_rss_growth_mib": qbuild.peak_rss_growth_mib,
                         "search": points(&coded_points), "target": coded_verdict,
-                        "filtered": filtered},
+                        "filtered": filtered, "churn": churn},
         "peer": peer,
         "target": verdict,
     })
@@ -513,6 +619,64 @@ fn filtered_runs(graph: &GraphIndex, data: &Data) -> Value {
                         "exact": {"recall": exact.recall, "qps": exact.qps}, "graph": graphs}));
     }
     Value::Array(out)
+}
+
+/// 10 % of the nodes removed (every id whose hash ends in 3): the graph repaired around them
+/// (what a compaction does) against one built anew on what is left, in time and recall.
+fn churn_run(graph: &GraphIndex, data: &Data, before: &[Point]) -> Value {
+    let n = data.base.len() / DIM;
+    let removed = |i: u32| (u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 10 == 3;
+    let kept: Vec<u32> = (0..n as u32).filter(|&i| !removed(i)).collect();
+    let rows: Vec<f32> = kept
+        .iter()
+        .flat_map(|&i| &data.base[i as usize * DIM..(i as usize + 1) * DIM])
+        .copied()
+        .collect();
+    let sub = Data {
+        base: Vec::new(),
+        queries: data.queries.clone(),
+        truth: common::ground_truth(&rows, &data.queries, DIM, K, 2),
+        base_path: PathBuf::new(),
+        queries_path: PathBuf::new(),
+        truth_path: PathBuf::new(),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(BUILD_THREADS)
+        .build()
+        .expect("a rayon pool");
+    let (repaired, repair) = common::measure(|| pool.install(|| graph.without(&removed)));
+    println!(
+        "churn: {} of {n} removed; repaired in {:.1} s ({:.1} CPU-s)",
+        n - kept.len(),
+        repair.wall_s,
+        repair.cpu_s
+    );
+    let repaired_points = sweep("repaired", &sub, |q, ef| repaired.search(q, K, ef));
+    drop(repaired);
+    let (rebuilt, rebuild) = common::measure(|| build_graph(&rows, true));
+    println!(
+        "churn: rebuilt in {:.1} s ({:.1} CPU-s)",
+        rebuild.wall_s, rebuild.cpu_s
+    );
+    let rebuilt_points = sweep("rebuilt", &sub, |q, ef| rebuilt.search(q, K, ef));
+    println!(
+        "{:>5} {:>14} {:>16} {:>15}",
+        "ef", "before recall", "repaired recall", "rebuilt recall"
+    );
+    for ((b, r), f) in before.iter().zip(&repaired_points).zip(&rebuilt_points) {
+        println!(
+            "{:>5} {:>14.4} {:>16.4} {:>15.4}",
+            b.ef, b.recall, r.recall, f.recall
+        );
+    }
+    let points = |pts: &[Point]| -> Value {
+        pts.iter()
+            .map(|p| json!({"ef": p.ef, "recall": p.recall, "qps": p.qps}))
+            .collect()
+    };
+    json!({"removed": n - kept.len(),
+           "repair": {"wall_s": repair.wall_s, "cpu_s": repair.cpu_s, "search": points(&repaired_points)},
+           "rebuild": {"wall_s": rebuild.wall_s, "cpu_s": rebuild.cpu_s, "search": points(&rebuilt_points)}})
 }
 
 /// One index's recall and query rate at every ef of `EFS`.

@@ -291,6 +291,29 @@ impl GraphIndex {
         self.vectors.len() * 4 + self.graph.memory_bytes()
     }
 
+    /// The graph without the ids `removed` selects, the others renumbered in order (`0..`):
+    /// what a compaction does. Nodes that linked to removed ones are repaired from the removed
+    /// nodes' neighbours rather than the graph rebuilt (`repair.rs`); codes are refitted.
+    pub fn without(&self, removed: &dyn Fn(u32) -> bool) -> GraphIndex {
+        let dim = self.graph.dim;
+        let mut remap = Vec::with_capacity(self.graph.len());
+        let mut vectors = Vec::with_capacity(self.vectors.len());
+        let mut kept = 0u32;
+        for (i, row) in self.vectors.chunks_exact(dim).enumerate() {
+            if removed(i as u32) {
+                remap.push(GONE);
+            } else {
+                remap.push(kept);
+                kept += 1;
+                vectors.extend_from_slice(row);
+            }
+        }
+        GraphIndex {
+            graph: self.graph.without(&remap, &vectors),
+            vectors,
+        }
+    }
+
     /// [`GraphIndex::search`] among the ids `keep` allows: the traversal walks every node and
     /// only allowed ones enter the results, so the more selective the filter, the longer it
     /// walks.

@@ -166,7 +166,10 @@ fn docs_data(n: usize) -> Data {
     );
     let text = cache.join("bench-text/docs.txt");
     let Ok(all) = std::fs::read_to_string(&text) else {
-        eprintln!("{} is missing: run scripts/bench-text.sh first", text.display());
+        eprintln!(
+            "{} is missing: run scripts/bench-text.sh first",
+            text.display()
+        );
         std::process::exit(2);
     };
     let dir = common::target_dir()

@@ -3,8 +3,8 @@
 //! `common`), indexed by hearth's `CollectionIndex`. Measures
 //! - building the index from stored vectors (what a rebuild from the object store costs, minus
 //!   reading the files) and committing it;
-//! - cold start: opening the committed index in a fresh `CollectionIndex` (segments, HNSW dump,
-//!   tantivy), and opening it when the HNSW dump is gone (graph rebuilt from the segments);
+//! - cold start: opening the committed index in a fresh `CollectionIndex` (segments, the saved
+//!   graph, tantivy), and opening it when the saved graph is gone (rebuilt from the segments);
 //! - query latency end to end as a search sees it: embedding the question with the real
 //!   MiniLM embedder (query priority) + HNSW + BM25 + fusion + filter, p50/p99, for each mode,
 //!   unfiltered and with filters keeping 10% and 1% of the documents; and for readers whose

@@ -96,7 +96,7 @@ pub struct SearchParams {
     /// A dense search over at most this many allowed chunks is an exact scan. Default 20 000.
     pub exact_max_points: usize,
     /// A dense search whose allowed chunks are at most this fraction of the graph is an exact
-    /// scan. Default 0.1.
+    /// scan. Default 0.02.
     pub exact_max_fraction: f64,
 }
 

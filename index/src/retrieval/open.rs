@@ -464,7 +464,7 @@ impl CollectionIndex {
             search: SearchParams {
                 ef_search: params.ef_search,
                 exact_max_points: 20_000,
-                exact_max_fraction: 0.1,
+                exact_max_fraction: 0.02,
             },
             _lock: lock,
             chunks: p.chunks,

@@ -4,8 +4,11 @@
 //! document its reader may read and passing the filter. Both retrievers only ever collect allowed pids.
 //!
 //! Dense planner: when the allowed set is small (at most `exact_max_points`, default 20 000,
-//! or at most `exact_max_fraction`, default 10 %, of the graph) it is scanned exactly, which
-//! is cheap over the contiguous vectors and has perfect recall. Otherwise the HNSW graph is
+//! or at most `exact_max_fraction`, default 2 %, of the graph) it is scanned exactly, which
+//! is cheap over the contiguous vectors and has perfect recall. (The fraction was 10 % while
+//! collections used hnsw_rs; with hearth's graph at 1M, 10 % allowed is 4.9-13x faster through
+//! the graph than scanned, at recall 0.99: BENCHMARKS.md, "Filtered search, and the graph at
+//! 1M". Below ~2 % a filtered walk visits so many nodes that the scan wins.) Otherwise the HNSW graph is
 //! searched with the filter applied inside the graph walk and `ef` raised as the selectivity
 //! drops (capped at [`MAX_FILTERED_EF`]); if that finds fewer than `min(k, allowed)` hits the
 //! exact scan runs instead. So a filter keeping 1 % of a corpus still returns `top_k` hits when

@@ -914,7 +914,10 @@ fn compaction_after_ten_percent_churn_repairs_the_graph_and_keeps_its_answers() 
     force_hnsw(&mut index);
     let before = probe(&index, 21);
     let compacted = index.compact().unwrap();
-    assert_eq!((compacted.removed_chunks, compacted.live_chunks), (120, 1200));
+    assert_eq!(
+        (compacted.removed_chunks, compacted.live_chunks),
+        (120, 1200)
+    );
     assert_eq!(index.graph_points(), 1200);
     let after = probe(&index, 21);
     // Through the repaired graph, dense hits agree with the exact answer as well as they did
@@ -936,7 +939,10 @@ fn compaction_after_ten_percent_churn_repairs_the_graph_and_keeps_its_answers() 
         .sum();
     let (was, now) = (agree(&before), agree(&after));
     eprintln!("dense hits agreeing with exact search: {was} before, {now} after of {total}");
-    assert!(now * 50 >= was * 49, "{now} after against {was} before, of {total}");
+    assert!(
+        now * 50 >= was * 49,
+        "{now} after against {was} before, of {total}"
+    );
     assert!(
         after
             .iter()

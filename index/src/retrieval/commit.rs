@@ -59,6 +59,9 @@ impl CollectionIndex {
             });
         }
         let ann_dump = if self.dump_due() {
+            if let Ann::Graph(g) = &mut self.ann {
+                g.link_orphans(self.vectors.rows());
+            }
             Some(self.save_ann(&self.ann, generation, next_pid)?)
         } else {
             self.ann_dump.clone()

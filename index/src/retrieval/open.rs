@@ -384,7 +384,7 @@ fn open_ann(
 ) -> Result<(Ann, Option<AnnRef>)> {
     let loaded = match (params.ann, &m.graph, &m.hnsw) {
         (AnnKind::Graph, Some(r), _) => Some(
-            load_graph(dir, sealer, params, r, m.next_pid)
+            load_graph(dir, sealer, params, r, m.next_pid, vectors)
                 .map(|g| (Ann::Graph(g), AnnRef::Graph(r.clone()))),
         ),
         (AnnKind::HnswRs, _, Some(r)) if sealer.is_none() => Some(if r.covers_pids > m.next_pid {
@@ -428,6 +428,7 @@ fn load_graph(
     params: &IndexParams,
     r: &GraphRef,
     next_pid: u32,
+    vectors: &FlatIndex,
 ) -> Result<Graph> {
     let corrupt = |detail: String| IndexError::Corrupt {
         key: dir.join(&r.file).display().to_string(),
@@ -437,7 +438,8 @@ fn load_graph(
     if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let graph = Graph::from_bytes(&bytes, params.dim, params.hnsw()).map_err(corrupt)?;
+    let graph =
+        Graph::from_bytes(&bytes, params.dim, params.hnsw(), vectors.rows()).map_err(corrupt)?;
     if graph.len() != r.covers_pids as usize || r.covers_pids > next_pid {
         return Err(corrupt(format!(
             "holds {} points, the manifest says {} of {next_pid}",

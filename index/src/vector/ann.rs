@@ -10,7 +10,6 @@ use super::VectorIndex;
 use super::flat::FlatIndex;
 pub(crate) use super::graph::GONE;
 use super::graph::Graph;
-use super::graph::REPAIR_MAX_REMOVED;
 use super::hnsw::{HnswIndex, HnswParams};
 use crate::error::Result;
 use crate::pidset::PidSet;
@@ -114,8 +113,8 @@ impl Ann {
 
     /// The index after a compaction: `remap[pid]` is the pid's new number or [`GONE`] (kept
     /// pids numbered `0..` in order), `vectors` the compacted vectors. The graph is repaired
-    /// around the removed nodes (`graph/repair.rs`), or rebuilt when more than
-    /// [`REPAIR_MAX_REMOVED`] of them go; `hnsw_rs` is rebuilt.
+    /// around the removed nodes (`graph/repair.rs`), or rebuilt when more than a quarter of
+    /// them go; `hnsw_rs` is rebuilt.
     pub(crate) fn compacted(
         &self,
         remap: &[u32],
@@ -126,12 +125,7 @@ impl Ann {
         match self {
             Self::Graph(g) => {
                 let covered = remap.len().min(g.len());
-                let removed = remap[..covered].iter().filter(|&&p| p == GONE).count();
-                let mut out = if removed as f64 > REPAIR_MAX_REMOVED * covered as f64 {
-                    Graph::new(vectors.dim(), params, true)?
-                } else {
-                    g.without(&remap[..covered], vectors.rows())
-                };
+                let mut out = g.compacted(&remap[..covered], vectors.rows());
                 let start = out.len() as u32;
                 // Pids the graph did not hold yet (none after a commit) are linked anew.
                 if start < n {

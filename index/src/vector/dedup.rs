@@ -59,6 +59,11 @@ impl Duplicates {
         self.aliases.get(&node).map_or(&[], Vec::as_slice)
     }
 
+    /// Every node with aliases, and its aliases.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &[u32])> {
+        self.aliases.iter().map(|(&n, a)| (n, a.as_slice()))
+    }
+
     /// Whether a filtered graph walk should accept `node`: it or one of its aliases is kept.
     pub(crate) fn accepts(&self, node: u32, keep: &dyn Fn(u32) -> bool) -> bool {
         keep(node) || self.of(node).iter().any(|&a| keep(a))

@@ -23,6 +23,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Graph, MAX_LEVEL, pick_dot};
+use crate::vector::dedup::Duplicates;
 use crate::vector::hnsw::HnswParams;
 use crate::vector::sq8::{Line, Sq8};
 
@@ -88,9 +89,15 @@ impl Graph {
     }
 
     /// Reads a graph written by [`Graph::to_bytes`] for vectors of width `dim` built with
-    /// `params` (its `ef_search` is taken from `params`). Fails with what is wrong: another
-    /// width or parameters, a truncated file, or a count, id or level out of range.
-    pub(crate) fn from_bytes(bytes: &[u8], dim: usize, params: HnswParams) -> Result<Self, String> {
+    /// `params` (its `ef_search` is taken from `params`); `rows` are its vectors, from which
+    /// the aliases are rebuilt. Fails with what is wrong: another width or parameters, a
+    /// truncated file, a count, id or level out of range, or fewer rows than nodes.
+    pub(crate) fn from_bytes(
+        bytes: &[u8],
+        dim: usize,
+        params: HnswParams,
+        rows: &[f32],
+    ) -> Result<Self, String> {
         let mut r = Reader { bytes, at: 0 };
         if r.take(8)? != MAGIC {
             return Err("not a graph file".into());
@@ -180,8 +187,11 @@ impl Graph {
         if n > 0 && (entry >= n || usize::from(levels[entry]) != top) {
             return Err("bad entry node".into());
         }
+        if rows.len() < n * dim {
+            return Err(format!("{n} nodes, vectors for {}", rows.len() / dim));
+        }
         let atomics = |v: Vec<u32>| v.into_iter().map(AtomicU32::new).collect();
-        Ok(Self {
+        let mut graph = Self {
             dim,
             params,
             levels,
@@ -193,7 +203,10 @@ impl Graph {
             dot: pick_dot(),
             sq,
             coded: coded == 1,
-        })
+            dups: Duplicates::default(),
+        };
+        graph.restore_aliases(rows);
+        Ok(graph)
     }
 }
 
@@ -274,7 +287,7 @@ mod tests {
         for coded in [false, true] {
             let built = GraphIndex::build_with(&base, dim, params, coded).unwrap();
             let bytes = built.graph.to_bytes();
-            let back = Graph::from_bytes(&bytes, dim, params).unwrap();
+            let back = Graph::from_bytes(&bytes, dim, params, &built.vectors).unwrap();
             assert_eq!(back.to_bytes(), bytes, "coded {coded}");
             for q in rows(20, dim).chunks_exact(dim) {
                 assert_eq!(
@@ -293,16 +306,16 @@ mod tests {
                 bytes.len() - 1,
             ] {
                 assert!(
-                    Graph::from_bytes(&bytes[..cut], dim, params).is_err(),
+                    Graph::from_bytes(&bytes[..cut], dim, params, &built.vectors).is_err(),
                     "cut {cut}"
                 );
             }
-            assert!(Graph::from_bytes(&bytes, dim + 1, params).is_err());
+            assert!(Graph::from_bytes(&bytes, dim + 1, params, &built.vectors).is_err());
             let other = HnswParams { m: 12, ..params };
-            assert!(Graph::from_bytes(&bytes, dim, other).is_err());
+            assert!(Graph::from_bytes(&bytes, dim, other, &built.vectors).is_err());
             let mut longer = bytes.clone();
             longer.push(0);
-            assert!(Graph::from_bytes(&longer, dim, params).is_err());
+            assert!(Graph::from_bytes(&longer, dim, params, &built.vectors).is_err());
         }
         // A neighbour id beyond the nodes, a list count beyond its capacity, a level above
         // the maximum: each refused.
@@ -312,16 +325,25 @@ mod tests {
         let first_list = 64 + 2048 + 8000;
         let mut bad = bytes.clone();
         bad[first_list + 4..first_list + 8].copy_from_slice(&5000u32.to_le_bytes());
-        assert!(Graph::from_bytes(&bad, dim, params).is_err(), "id");
+        assert!(
+            Graph::from_bytes(&bad, dim, params, &built.vectors).is_err(),
+            "id"
+        );
         let mut bad = bytes.clone();
         bad[first_list..first_list + 4].copy_from_slice(&33u32.to_le_bytes());
-        assert!(Graph::from_bytes(&bad, dim, params).is_err(), "count");
+        assert!(
+            Graph::from_bytes(&bad, dim, params, &built.vectors).is_err(),
+            "count"
+        );
         let mut bad = bytes;
         bad[64] = 40;
-        assert!(Graph::from_bytes(&bad, dim, params).is_err(), "level");
+        assert!(
+            Graph::from_bytes(&bad, dim, params, &built.vectors).is_err(),
+            "level"
+        );
         // An empty graph round-trips.
         let empty = Graph::new(dim, params, true).unwrap();
-        let back = Graph::from_bytes(&empty.to_bytes(), dim, params).unwrap();
+        let back = Graph::from_bytes(&empty.to_bytes(), dim, params, &[]).unwrap();
         assert_eq!(back.len(), 0);
         assert!(back.search(&[], &base[..dim], 3, 16, None).is_empty());
     }

@@ -7,6 +7,9 @@
 //!     HEARTH_BENCH_QUICK=1 cargo bench --bench hnsw   # 10k, proves the harness
 //!     HEARTH_BENCH_NO_HNSW_RS=1 ...                   # without hnsw_rs (25 min to build 1M)
 //!     HEARTH_BENCH_DATA=docs cargo bench --bench hnsw # real MiniLM vectors of real text
+//!     HEARTH_BENCH_NO_FILTERED=1 ...                  # without the filtered runs
+//!     HEARTH_BENCH_SEGMENTS=10 ...                    # also: the vectors split into 10
+//!                                                     # graphs, top-k merged (scale-out)
 //!
 //! Data: a seeded Gaussian mixture of unit-norm 384-d vectors (100 clusters; see
 //! `common::Mixture`), 1,000 queries from the same mixture, exact top-10 by inner product
@@ -287,7 +290,18 @@ fn run(n: usize, data: Data) -> Value {
         qbuild.wall_s, qbuild.cpu_s, qbuild.rss_growth_mib, qbuild.peak_rss_growth_mib
     );
     let coded_points = sweep("graph on codes", &data, |q, ef| graph.search(q, K, ef));
-    let filtered = filtered_runs(&graph, &data);
+    let filtered = if common::env_flag("HEARTH_BENCH_NO_FILTERED") {
+        Value::Null
+    } else {
+        filtered_runs(&graph, &data)
+    };
+    let segmented = match std::env::var("HEARTH_BENCH_SEGMENTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(s) if s >= 2 => segments_run(&data, s, &coded_points),
+        _ => Value::Null,
+    };
     let churn = if n <= 200_000 {
         churn_run(&graph, &data, &coded_points)
     } else {
@@ -491,7 +505,7 @@ fn run(n: usize, data: Data) -> Value {
         "graph_coded": {"build_wall_s": qbuild.wall_s, "build_cpu_s": qbuild.cpu_s,
                         "rss_growth_mib": qbuild.rss_growth_mib, "peak_rss_growth_mib": qbuild.peak_rss_growth_mib,
                         "search": points(&coded_points), "target": coded_verdict,
-                        "filtered": filtered, "churn": churn},
+                        "filtered": filtered, "churn": churn, "segmented": segmented},
         "peer": peer,
         "target": verdict,
     })
@@ -622,6 +636,51 @@ fn filtered_runs(graph: &GraphIndex, data: &Data) -> Value {
                         "exact": {"recall": exact.recall, "qps": exact.qps}, "graph": graphs}));
     }
     Value::Array(out)
+}
+
+/// The vectors split into `segments` graphs of consecutive ids (built on codes), each searched
+/// for the top-10 at the same ef and the answers merged by score: what a node serving several
+/// immutable segments, or a fan-out over nodes, returns, against one graph over everything.
+fn segments_run(data: &Data, segments: usize, whole: &[Point]) -> Value {
+    let n = data.base.len() / DIM;
+    let per = n.div_ceil(segments);
+    let (graphs, build) = common::measure(|| {
+        (0..segments)
+            .map(|s| {
+                let (lo, hi) = (s * per, ((s + 1) * per).min(n));
+                (lo as u32, build_graph(&data.base[lo * DIM..hi * DIM], true))
+            })
+            .collect::<Vec<_>>()
+    });
+    println!(
+        "segmented: {segments} graphs of {per} built in {:.1} s ({:.1} CPU-s)",
+        build.wall_s, build.cpu_s
+    );
+    let points = sweep(&format!("{segments} segments merged"), data, |q, ef| {
+        let mut all: Vec<(u32, f32)> = Vec::with_capacity(K * segments);
+        for (offset, g) in &graphs {
+            all.extend(
+                g.search(q, K, ef)?
+                    .into_iter()
+                    .map(|(i, s)| (i + offset, s)),
+            );
+        }
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(K);
+        Ok(all)
+    });
+    println!(
+        "{:>5} {:>13} {:>10} {:>15} {:>10}",
+        "ef", "whole recall", "q/s", "merged recall", "q/s"
+    );
+    for (w, p) in whole.iter().zip(&points) {
+        println!(
+            "{:>5} {:>13.4} {:>10.0} {:>15.4} {:>10.0}",
+            w.ef, w.recall, w.qps, p.recall, p.qps
+        );
+    }
+    json!({"segments": segments, "build_wall_s": build.wall_s, "build_cpu_s": build.cpu_s,
+           "search": points.iter().map(|p| json!({"ef": p.ef, "recall": p.recall, "qps": p.qps})).collect::<Vec<_>>()})
 }
 
 /// 10 % of the nodes removed (every id whose hash ends in 3): the graph repaired around them

@@ -103,34 +103,8 @@ fn data(n: usize) -> Data {
         "mixture-v{}-n{n}-d{DIM}-q{QUERIES}-k{K}-c{CLUSTERS}-s{SEED:x}",
         common::MIXTURE_VERSION
     ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (base_path, queries_path, truth_path) = (
-        dir.join("base.f32"),
-        dir.join("queries.f32"),
-        dir.join("groundtruth.u32"),
-    );
-    let done = dir.join("complete");
-    if done.exists() {
-        let t = Instant::now();
-        let base = common::read_f32(&base_path).unwrap_or_default();
-        let queries = common::read_f32(&queries_path).unwrap_or_default();
-        let truth = common::read_u32(&truth_path).unwrap_or_default();
-        if base.len() == n * DIM && queries.len() == QUERIES * DIM && truth.len() == QUERIES * K {
-            println!(
-                "data: reused {} ({:.1} s)",
-                dir.display(),
-                t.elapsed().as_secs_f64()
-            );
-            return Data {
-                base,
-                queries,
-                truth,
-                base_path,
-                queries_path,
-                truth_path,
-            };
-        }
-        println!("data: {} is inconsistent, regenerating", dir.display());
+    if let Some(data) = reuse(&dir, n) {
+        return data;
     }
     let t = Instant::now();
     let mixture = common::Mixture::new(DIM, CLUSTERS, NOISE, SEED);
@@ -146,10 +120,51 @@ fn data(n: usize) -> Data {
         "data: exact top-{K} for {QUERIES} queries in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    save(&dir, base, queries, truth)
+}
+
+/// The files of a data set in `dir`.
+fn paths(dir: &std::path::Path) -> [PathBuf; 3] {
+    ["base.f32", "queries.f32", "groundtruth.u32"].map(|f| dir.join(f))
+}
+
+/// The data set an earlier run completed in `dir`, when its sizes are those of `n` vectors.
+fn reuse(dir: &std::path::Path, n: usize) -> Option<Data> {
+    if !dir.join("complete").exists() {
+        return None;
+    }
+    let t = Instant::now();
+    let [base_path, queries_path, truth_path] = paths(dir);
+    let base = common::read_f32(&base_path).unwrap_or_default();
+    let queries = common::read_f32(&queries_path).unwrap_or_default();
+    let truth = common::read_u32(&truth_path).unwrap_or_default();
+    if base.len() != n * DIM || queries.len() != QUERIES * DIM || truth.len() != QUERIES * K {
+        println!("data: {} is inconsistent, regenerating", dir.display());
+        return None;
+    }
+    println!(
+        "data: reused {} ({:.1} s)",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Some(Data {
+        base,
+        queries,
+        truth,
+        base_path,
+        queries_path,
+        truth_path,
+    })
+}
+
+/// Writes a data set to `dir` for later runs (marking it complete last).
+fn save(dir: &std::path::Path, base: Vec<f32>, queries: Vec<f32>, truth: Vec<u32>) -> Data {
+    std::fs::create_dir_all(dir).unwrap();
+    let [base_path, queries_path, truth_path] = paths(dir);
     common::write_f32(&base_path, &base).unwrap();
     common::write_f32(&queries_path, &queries).unwrap();
     common::write_u32(&truth_path, &truth).unwrap();
-    std::fs::write(&done, "").unwrap();
+    std::fs::write(dir.join("complete"), "").unwrap();
     Data {
         base,
         queries,
@@ -178,28 +193,8 @@ fn docs_data(n: usize) -> Data {
     let dir = common::target_dir()
         .join("bench-data")
         .join(format!("docs-minilm-n{n}-d{DIM}-q{QUERIES}-k{K}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (base_path, queries_path, truth_path) = (
-        dir.join("base.f32"),
-        dir.join("queries.f32"),
-        dir.join("groundtruth.u32"),
-    );
-    let done = dir.join("complete");
-    if done.exists() {
-        let base = common::read_f32(&base_path).unwrap_or_default();
-        let queries = common::read_f32(&queries_path).unwrap_or_default();
-        let truth = common::read_u32(&truth_path).unwrap_or_default();
-        if base.len() == n * DIM && queries.len() == QUERIES * DIM && truth.len() == QUERIES * K {
-            println!("data: reused {}", dir.display());
-            return Data {
-                base,
-                queries,
-                truth,
-                base_path,
-                queries_path,
-                truth_path,
-            };
-        }
+    if let Some(data) = reuse(&dir, n) {
+        return data;
     }
     let mut base_text = Vec::with_capacity(n);
     let mut query_text = Vec::with_capacity(QUERIES);
@@ -242,18 +237,7 @@ fn docs_data(n: usize) -> Data {
         t.elapsed().as_secs_f64()
     );
     let truth = common::ground_truth(&base, &queries, DIM, K, 2);
-    common::write_f32(&base_path, &base).unwrap();
-    common::write_f32(&queries_path, &queries).unwrap();
-    common::write_u32(&truth_path, &truth).unwrap();
-    std::fs::write(&done, "").unwrap();
-    Data {
-        base,
-        queries,
-        truth,
-        base_path,
-        queries_path,
-        truth_path,
-    }
+    save(&dir, base, queries, truth)
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -457,7 +457,14 @@ impl Graph {
             g: self,
             rows,
             ef: self.params.ef_construction,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            // One lock does for a batch linked on the calling thread (a document's chunks).
+            stripes: (0..if todo.len() < PARALLEL_MIN {
+                1
+            } else {
+                STRIPES
+            })
+                .map(|_| Mutex::new(()))
+                .collect(),
             top: Mutex::new((self.entry, self.top)),
         };
         if todo.len() < PARALLEL_MIN {
@@ -676,7 +683,7 @@ impl Links for Inserting<'_> {
 
 impl Inserting<'_> {
     fn lock(&self, node: u32) -> std::sync::MutexGuard<'_, ()> {
-        self.stripes[node as usize % STRIPES]
+        self.stripes[node as usize % self.stripes.len()]
             .lock()
             .expect("stripe lock")
     }
@@ -1003,7 +1010,7 @@ mod tests {
     use crate::vector::FlatIndex;
 
     /// Unit vectors in `clusters` Gaussian clusters, seeded.
-    fn mixture(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn mixture(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
         let mut next = || {
             s = s

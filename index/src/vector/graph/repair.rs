@@ -213,24 +213,15 @@ mod tests {
     use crate::vector::hnsw::HnswParams;
     use crate::vector::{FlatIndex, GraphIndex};
 
-    /// Unit vectors in Gaussian clusters, seeded (as in the graph's own tests).
+    /// Unit vectors in 40 Gaussian clusters, seeded (the graph tests' mixture, normalised:
+    /// repair takes rows as they are).
     fn mixture(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        let mut next = || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        let centres: Vec<f32> = (0..40 * dim).map(|_| next()).collect();
-        let mut out = Vec::with_capacity(n * dim);
-        for i in 0..n {
-            let c = &centres[(i % 40) * dim..(i % 40 + 1) * dim];
-            let row: Vec<f32> = c.iter().map(|x| x + 0.6 * next()).collect();
+        let mut rows = super::super::tests::mixture(n, dim, 40, seed);
+        for row in rows.chunks_exact_mut(dim) {
             let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            out.extend(row.iter().map(|x| x / norm));
+            row.iter_mut().for_each(|x| *x /= norm);
         }
-        out
+        rows
     }
 
     fn recall(graph: &Graph, rows: &[f32], queries: &[f32], dim: usize) -> f64 {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::Path;
 
 use tracing::warn;
 
@@ -11,10 +12,11 @@ use sha2::{Digest, Sha256};
 use super::persist::{self, AnnRef, GraphRef, HnswRef, SegmentRef};
 use super::{CollectionIndex, CompactStats, DocEntry};
 use crate::chunks::Chunk;
+use crate::crypto::CacheSealer;
 use crate::error::Result;
 use crate::ids::DocId;
 use crate::pidset::PidSet;
-use crate::vector::{Ann, FlatIndex, GONE};
+use crate::vector::{Ann, FlatIndex, GONE, Mapping};
 
 /// Write the graph once this many points were inserted since the last dump...
 const DUMP_EVERY_POINTS: usize = 10_000;
@@ -62,7 +64,13 @@ impl CollectionIndex {
             if let Ann::Graph(g) = &mut self.ann {
                 g.link_orphans(self.vectors.rows());
             }
-            Some(self.save_ann(&self.ann, generation, next_pid)?)
+            Some(save_ann(
+                &self.dir,
+                self.sealer.as_ref(),
+                &mut self.ann,
+                generation,
+                next_pid,
+            )?)
         } else {
             self.ann_dump.clone()
         };
@@ -78,27 +86,6 @@ impl CollectionIndex {
         self.dirty = false;
         self.gc();
         Ok(())
-    }
-
-    /// Writes `ann` (covering the pids below `covers`) as commit `generation`'s file: the
-    /// graph through the cache's sealer like every other file, `hnsw_rs` by its own dump.
-    fn save_ann(&self, ann: &Ann, generation: u64, covers: u32) -> Result<AnnRef> {
-        Ok(match ann {
-            Ann::Graph(g) => {
-                let bytes = g.to_bytes();
-                let file = persist::graph_name(generation);
-                persist::write_durable(&self.dir, self.sealer.as_ref(), &file, &bytes)?;
-                AnnRef::Graph(GraphRef {
-                    file,
-                    sha256: hex::encode(Sha256::digest(&bytes)),
-                    covers_pids: covers,
-                })
-            }
-            Ann::HnswRs(h) => AnnRef::HnswRs(HnswRef {
-                dump: h.dump(&self.dir, &persist::dump_name(generation))?,
-                covers_pids: covers,
-            }),
-        })
     }
 
     /// Whether `ann` may be saved: an hnsw_rs dump would hold the vectors in plaintext, so a
@@ -179,7 +166,13 @@ impl CollectionIndex {
                 count: n,
             });
             if self.may_save(&ann) {
-                ann_dump = Some(self.save_ann(&ann, generation, n)?);
+                ann_dump = Some(save_ann(
+                    &self.dir,
+                    self.sealer.as_ref(),
+                    &mut ann,
+                    generation,
+                    n,
+                )?);
             }
         }
         let rewrite = (|| {
@@ -216,6 +209,44 @@ impl CollectionIndex {
             disk_bytes_after: persist::disk_bytes(&self.dir),
         })
     }
+}
+
+/// Writes `ann` (covering the pids below `covers`) as commit `generation`'s file: the graph
+/// through the cache's sealer like every other file, `hnsw_rs` by its own dump. In a plaintext
+/// cache the graph is then read in place from the file it was written to: its lists and codes
+/// leave the heap for the page cache (if mapping fails, it stays on the heap).
+fn save_ann(
+    dir: &Path,
+    sealer: Option<&CacheSealer>,
+    ann: &mut Ann,
+    generation: u64,
+    covers: u32,
+) -> Result<AnnRef> {
+    Ok(match ann {
+        Ann::Graph(g) => {
+            let bytes = g.to_bytes();
+            let file = persist::graph_name(generation);
+            persist::write_durable(dir, sealer, &file, &bytes)?;
+            if sealer.is_none() {
+                let path = dir.join(&file);
+                let adopted = Mapping::open(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|map| g.adopt_mapped(&map));
+                if let Err(error) = adopted {
+                    warn!(path = %path.display(), %error, "could not map the saved graph; it stays on the heap");
+                }
+            }
+            AnnRef::Graph(GraphRef {
+                file,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                covers_pids: covers,
+            })
+        }
+        Ann::HnswRs(h) => AnnRef::HnswRs(HnswRef {
+            dump: h.dump(dir, &persist::dump_name(generation))?,
+            covers_pids: covers,
+        }),
+    })
 }
 
 /// Copies of `chunks[range]` carrying their vectors, for writing a segment.

@@ -496,6 +496,12 @@ impl CollectionIndex {
         self.vectors.heap_bytes()
     }
 
+    /// Bytes of hearth's graph (lists and codes): on the heap, and read in place from its
+    /// mapped file (held by the OS page cache); `None` for `hnsw_rs`, which keeps its own.
+    pub fn graph_bytes(&self) -> Option<(usize, usize)> {
+        self.ann.graph_bytes()
+    }
+
     /// Number of points in the approximate index (live and tombstoned).
     pub fn graph_points(&self) -> usize {
         self.ann.len()

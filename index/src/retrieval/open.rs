@@ -20,7 +20,7 @@ use crate::error::{IndexError, Result};
 use crate::ids::DocId;
 use crate::lexical::{Analyzer, TantivyIndex};
 use crate::pidset::PidSet;
-use crate::vector::{Ann, AnnKind, FlatIndex, Graph, HnswIndex, normalized};
+use crate::vector::{Ann, AnnKind, FlatIndex, Graph, HnswIndex, Mapping, normalized};
 
 const LOCK: &str = "LOCK";
 const TANTIVY: &str = "tantivy";
@@ -421,7 +421,8 @@ fn open_ann(
     Ok((ann, None))
 }
 
-/// Reads and checks a saved graph: its SHA-256, then every count and id (`file.rs`).
+/// Reads and checks a saved graph: its SHA-256, then every count and id (`file.rs`). In a
+/// plaintext cache the file is mapped, not read: its lists and codes stay in the page cache.
 fn load_graph(
     dir: &Path,
     sealer: Option<&CacheSealer>,
@@ -434,12 +435,34 @@ fn load_graph(
         key: dir.join(&r.file).display().to_string(),
         detail,
     };
-    let bytes = read_file(dir, sealer, &r.file)?.ok_or_else(|| corrupt("missing".into()))?;
-    if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
-        return Err(corrupt("checksum mismatch".into()));
+    let checked = |bytes: &[u8]| {
+        if hex::encode(Sha256::digest(bytes)) == r.sha256 {
+            Ok(())
+        } else {
+            Err(corrupt("checksum mismatch".into()))
+        }
+    };
+    let graph = match sealer {
+        None => {
+            let path = dir.join(&r.file);
+            let map = match Mapping::open(&path) {
+                Ok(map) => map,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(corrupt("missing".into()));
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            checked(map.bytes())?;
+            Graph::from_mapped(&map, params.dim, params.hnsw(), vectors.rows())
+        }
+        Some(_) => {
+            let bytes =
+                read_file(dir, sealer, &r.file)?.ok_or_else(|| corrupt("missing".into()))?;
+            checked(&bytes)?;
+            Graph::from_bytes(&bytes, params.dim, params.hnsw(), vectors.rows())
+        }
     }
-    let graph =
-        Graph::from_bytes(&bytes, params.dim, params.hnsw(), vectors.rows()).map_err(corrupt)?;
+    .map_err(corrupt)?;
     if graph.len() != r.covers_pids as usize || r.covers_pids > next_pid {
         return Err(corrupt(format!(
             "holds {} points, the manifest says {} of {next_pid}",

@@ -66,6 +66,14 @@ impl Ann {
         }
     }
 
+    /// The graph's heap and mapped bytes (`None` for hnsw_rs).
+    pub(crate) fn graph_bytes(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::Graph(g) => Some((g.memory_bytes(), g.mapped_bytes())),
+            Self::HnswRs(_) => None,
+        }
+    }
+
     /// Points held (for the graph: one past the highest pid).
     pub(crate) fn len(&self) -> usize {
         match self {

@@ -22,6 +22,7 @@ mod dedup;
 mod flat;
 mod graph;
 mod hnsw;
+mod mapped;
 mod sq8;
 
 pub use ann::AnnKind;
@@ -31,6 +32,7 @@ pub(crate) use graph::Graph;
 pub use graph::GraphIndex;
 pub(crate) use hnsw::HnswDump;
 pub use hnsw::{HnswIndex, HnswParams};
+pub(crate) use mapped::Mapping;
 
 /// Nearest-neighbour search by cosine similarity over vectors identified by `u32` ids.
 pub trait VectorIndex {

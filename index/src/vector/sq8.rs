@@ -15,6 +15,8 @@
 //! The estimate ranks candidates during traversal only; the graph rescores its final
 //! candidates with the exact f32 vectors.
 
+use super::mapped::Grow;
+
 /// Largest code (7 bits).
 const MAX_CODE: f32 = 127.0;
 
@@ -37,7 +39,7 @@ pub(crate) struct Sq8 {
     lines: usize,
     lo: Vec<f32>,
     step: Vec<f32>,
-    codes: Vec<Line>,
+    codes: Grow<Line>,
     fitted: usize,
     dot: DotFn,
 }
@@ -71,7 +73,7 @@ impl Sq8 {
             lines,
             lo,
             step,
-            codes: Vec::with_capacity(rows.len() / dim.max(1) * lines),
+            codes: Vec::with_capacity(rows.len() / dim.max(1) * lines).into(),
             fitted: rows.len() / dim.max(1),
             dot: pick_dot(),
         };
@@ -89,8 +91,9 @@ impl Sq8 {
     /// Appends the codes of one unit vector (clamped to the ranges fitted at build).
     fn push(&mut self, row: &[f32]) {
         let start = self.codes.len();
-        self.codes.resize(start + self.lines, Line([0; 64]));
-        let out = &mut self.codes[start..];
+        self.codes
+            .extend(std::iter::repeat_n(Line([0; 64]), self.lines));
+        let out = self.codes.tail_mut(start);
         for (d, &x) in row.iter().enumerate() {
             let c = if self.step[d] > 0.0 {
                 ((x - self.lo[d]) / self.step[d])
@@ -112,7 +115,7 @@ impl Sq8 {
     #[inline]
     pub(crate) fn row(&self, i: u32) -> &[Line] {
         let at = i as usize * self.lines;
-        &self.codes[at..at + self.lines]
+        self.codes.get(at..at + self.lines)
     }
 
     /// Prepares a unit query: its weights `q[d]·step[d]` as signed bytes with one scale.
@@ -144,8 +147,8 @@ impl Sq8 {
 
     /// The ranges (`lo`, `step`), the number of vectors they were fitted on, and the codes:
     /// what a graph file stores.
-    pub(crate) fn parts(&self) -> (&[f32], &[f32], usize, &[Line]) {
-        (&self.lo, &self.step, self.fitted, &self.codes)
+    pub(crate) fn parts(&self) -> (&[f32], &[f32], usize, impl Iterator<Item = &Line>) {
+        (&self.lo, &self.step, self.fitted, self.codes.iter())
     }
 
     /// Codes read back from a graph file: `lo` and `step` of width `dim`, `codes` whole rows of
@@ -156,7 +159,7 @@ impl Sq8 {
         lo: Vec<f32>,
         step: Vec<f32>,
         fitted: usize,
-        codes: Vec<Line>,
+        codes: Grow<Line>,
     ) -> Result<Self, String> {
         let lines = dim.div_ceil(64);
         if lo.len() != dim || step.len() != dim || lines == 0 || !codes.len().is_multiple_of(lines)
@@ -183,9 +186,23 @@ impl Sq8 {
         })
     }
 
-    /// Bytes held by the codes and ranges.
+    /// Replaces the codes by the same codes read in place (see `Graph::adopt_mapped`).
+    pub(crate) fn adopt_codes(&mut self, codes: Grow<Line>) -> Result<(), String> {
+        if codes.len() != self.codes.len() {
+            return Err("the file holds other codes".into());
+        }
+        self.codes = codes;
+        Ok(())
+    }
+
+    /// Bytes on the heap: the ranges and the codes not in a mapped file.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.codes.len() * 64 + (self.lo.len() + self.step.len()) * 4
+        self.codes.heap_bytes() + (self.lo.len() + self.step.len()) * 4
+    }
+
+    /// Bytes of codes read in place from a mapped file.
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.codes.mapped_bytes()
     }
 }
 

@@ -737,8 +737,16 @@ fn a_lost_or_damaged_graph_file_is_detected_and_rebuilt_for_either_kind() {
         let files = graph_files(dir.path());
         let want = if ann == AnnKind::Graph { 1 } else { 2 };
         assert_eq!(files.len(), want, "{ann}: {files:?}");
-        // Read back intact: the same answers through the graph, nothing rewritten.
+        // Read back intact: the same answers through the graph, nothing rewritten; hearth's
+        // graph is read in place (its lists and codes mapped, not copied to the heap).
         let mut index = CollectionIndex::open(dir.path(), p).unwrap();
+        if let Some((heap, mapped)) = index.graph_bytes() {
+            assert!(
+                mapped >= 450 * 33 * 4 && heap * 4 < mapped,
+                "{heap} on the heap, {mapped} mapped"
+            );
+        }
+        assert_eq!(index.graph_bytes().is_some(), ann == AnnKind::Graph);
         force_hnsw(&mut index);
         assert_same(&forced, &probe(&index, 19));
         drop(index);
@@ -791,6 +799,41 @@ fn a_lost_or_damaged_graph_file_is_detected_and_rebuilt_for_either_kind() {
             );
         }
     }
+}
+
+#[test]
+fn the_graph_leaves_the_heap_at_each_save_and_grows_in_place_after_an_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, _) = build(dir.path(), 150, 63);
+    force_hnsw(&mut index);
+    let mapped_only = |index: &CollectionIndex, what: &str| {
+        let (heap, mapped) = index.graph_bytes().unwrap();
+        assert!(
+            mapped >= 450 * 33 * 4 && heap * 4 < mapped,
+            "{what}: {heap} on the heap, {mapped} mapped"
+        );
+    };
+    mapped_only(&index, "after the first commit");
+    drop(index);
+    // Reopened (mapped), grown by a batch that relinks mapped lists, committed: the graph is
+    // saved and mapped again, and a fresh open of it answers the same.
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    force_hnsw(&mut index);
+    let mut rng = Rng::new(64);
+    for i in 150..180 {
+        let (doc, chunks) = make_doc(i, 3, &mut rng, text);
+        index.add(doc, &chunks).unwrap();
+    }
+    let (heap, _) = index.graph_bytes().unwrap();
+    assert!(heap >= 90 * 33 * 4, "new lists on the heap: {heap}");
+    index.commit().unwrap();
+    mapped_only(&index, "after a commit that grew it");
+    assert_eq!(index.graph_points(), 540);
+    let grown = probe(&index, 21);
+    drop(index);
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    force_hnsw(&mut index);
+    assert_same(&grown, &probe(&index, 21));
 }
 
 #[test]

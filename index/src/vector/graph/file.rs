@@ -19,12 +19,19 @@
 //! header, so a file that passes the checksum but was written wrong is refused, never
 //! trusted into an out-of-bounds read or an endless walk.
 
+use std::fs::File;
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{Graph, MAX_LEVEL, pick_dot};
+use super::{Graph, GraphIndex, MAX_LEVEL, pick_dot};
+use crate::error::IndexError;
 use crate::vector::dedup::Duplicates;
 use crate::vector::hnsw::HnswParams;
+use crate::vector::mapped::{Grow, Mapping};
 use crate::vector::sq8::{Line, Sq8};
 
 const MAGIC: &[u8; 8] = b"HGRAPH01";
@@ -89,15 +96,197 @@ impl Graph {
     }
 
     /// Reads a graph written by [`Graph::to_bytes`] for vectors of width `dim` built with
-    /// `params` (its `ef_search` is taken from `params`); `rows` are its vectors, from which
-    /// the aliases are rebuilt. Fails with what is wrong: another width or parameters, a
-    /// truncated file, a count, id or level out of range, or fewer rows than nodes.
+    /// `params` (its `ef_search` is taken from `params`) onto the heap; `rows` are its vectors,
+    /// from which the aliases are rebuilt. Fails with what is wrong: another width or
+    /// parameters, a truncated file, a count, id or level out of range, or fewer rows than
+    /// nodes.
     pub(crate) fn from_bytes(
         bytes: &[u8],
         dim: usize,
         params: HnswParams,
         rows: &[f32],
     ) -> Result<Self, String> {
+        let layout = Layout::read(bytes, dim, params, rows)?;
+        let atomics = |range: &Range<usize>| -> Grow<AtomicU32> {
+            words(&bytes[range.clone()])
+                .map(AtomicU32::new)
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let codes = layout.codes.as_ref().map(|c| {
+            bytes[c.clone()]
+                .chunks_exact(64)
+                .map(|c| Line(c.try_into().expect("64 bytes")))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        layout.assemble(
+            bytes,
+            params,
+            rows,
+            atomics(&layout.layer0),
+            atomics(&layout.upper),
+            codes,
+        )
+    }
+
+    /// Reads a graph file in place: the neighbour lists and codes stay in the mapping (the OS
+    /// page cache holds them; a list an insertion relinks is copied on write), only the levels
+    /// and list starts (5 bytes a node) are copied. Checks as [`Graph::from_bytes`] does.
+    pub(crate) fn from_mapped(
+        map: &Arc<Mapping>,
+        dim: usize,
+        params: HnswParams,
+        rows: &[f32],
+    ) -> Result<Self, String> {
+        if cfg!(target_endian = "big") {
+            // The file is little-endian; read it with `from_bytes` on such a machine.
+            return Err("a big-endian machine cannot read a graph file in place".into());
+        }
+        let bytes = map.bytes();
+        let layout = Layout::read(bytes, dim, params, rows)?;
+        let view = |range: &Range<usize>| -> Result<Grow<AtomicU32>, String> {
+            Grow::mapped(map, range.start, range.len() / 4).ok_or_else(|| "misaligned".into())
+        };
+        let codes = match &layout.codes {
+            Some(c) => Some(Grow::mapped(map, c.start, c.len() / 64).ok_or("misaligned codes")?),
+            None => None,
+        };
+        layout.assemble(
+            bytes,
+            params,
+            rows,
+            view(&layout.layer0)?,
+            view(&layout.upper)?,
+            codes,
+        )
+    }
+}
+
+impl Graph {
+    /// Swaps the lists and codes held on the heap for views of `map`, the file
+    /// [`Graph::to_bytes`] just wrote of this very graph (so it is not checked again: only its
+    /// header and extent). Fails, changing nothing, when the file is not that graph's.
+    pub(crate) fn adopt_mapped(&mut self, map: &Arc<Mapping>) -> Result<(), String> {
+        if cfg!(target_endian = "big") {
+            return Err("a big-endian machine cannot read a graph file in place".into());
+        }
+        let layout = Layout::sections(map.bytes(), self.dim, self.params)?;
+        let same = layout.n == self.len()
+            && layout.upper.len() / 4 == self.upper.len()
+            && layout.codes.is_some() == self.sq.is_some()
+            && layout.entry == self.entry as usize;
+        if !same {
+            return Err("the file is not this graph".into());
+        }
+        let view = |range: &Range<usize>| Grow::mapped(map, range.start, range.len() / 4);
+        let layer0 = view(&layout.layer0).ok_or("misaligned")?;
+        let upper = view(&layout.upper).ok_or("misaligned")?;
+        if let (Some(sq), Some(c)) = (&mut self.sq, &layout.codes) {
+            sq.adopt_codes(Grow::mapped(map, c.start, c.len() / 64).ok_or("misaligned")?)?;
+        }
+        self.layer0 = layer0;
+        self.upper = upper;
+        Ok(())
+    }
+}
+
+/// Magic of [`GraphIndex::save`]'s vectors file: then u32 dim, u64 rows, padding to 64 bytes,
+/// then the rows as little-endian f32.
+const VECTORS_MAGIC: &[u8; 8] = b"HVECS001";
+const GRAPH_FILE: &str = "graph.hgraph";
+const VECTORS_FILE: &str = "vectors.hvec";
+
+impl GraphIndex {
+    /// Writes the graph and its vectors to `dir` (`graph.hgraph`, `vectors.hvec`, each synced),
+    /// for [`GraphIndex::open`].
+    pub fn save(&self, dir: &Path) -> crate::Result<()> {
+        let rows = self.vectors.whole();
+        let mut vecs = Vec::with_capacity(64 + rows.len() * 4);
+        vecs.extend_from_slice(VECTORS_MAGIC);
+        vecs.extend_from_slice(&(self.graph.dim as u32).to_le_bytes());
+        vecs.extend_from_slice(&((rows.len() / self.graph.dim) as u64).to_le_bytes());
+        pad(&mut vecs);
+        put_u32s(&mut vecs, rows.iter().map(|x| x.to_bits()));
+        for (name, bytes) in [(GRAPH_FILE, self.graph.to_bytes()), (VECTORS_FILE, vecs)] {
+            let path = dir.join(name);
+            let io = |source| IndexError::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut file = File::create(&path).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Opens what [`GraphIndex::save`] wrote to `dir` in place: the vectors, lists and codes
+    /// are read from the mapped files as searches touch them (the OS page cache holds them,
+    /// not the heap); only levels and list starts are copied. Every count and id is checked
+    /// (a damaged file is [`IndexError::Corrupt`]); there is no checksum, which the collection
+    /// index keeps in its manifest instead.
+    pub fn open(dir: &Path, params: HnswParams) -> crate::Result<Self> {
+        let map = |name: &str| {
+            let path = dir.join(name);
+            Mapping::open(&path).map_err(|source| IndexError::Io { path, source })
+        };
+        let corrupt = |name: &str, detail: String| IndexError::Corrupt {
+            key: dir.join(name).display().to_string(),
+            detail,
+        };
+        let vecs = map(VECTORS_FILE)?;
+        let bytes = vecs.bytes();
+        if bytes.len() < 64 || &bytes[..8] != VECTORS_MAGIC || cfg!(target_endian = "big") {
+            return Err(corrupt(VECTORS_FILE, "not a vectors file".into()));
+        }
+        let dim = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        let rows = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let floats = usize::try_from(rows)
+            .ok()
+            .and_then(|r| r.checked_mul(dim))
+            .filter(|&f| dim > 0 && 64 + (f * 4).next_multiple_of(64) == bytes.len())
+            .ok_or_else(|| corrupt(VECTORS_FILE, "truncated or of the wrong length".into()))?;
+        let vectors = Grow::<f32>::mapped(&vecs, 64, floats)
+            .ok_or_else(|| corrupt(VECTORS_FILE, "misaligned".into()))?;
+        let graph = Graph::from_mapped(&map(GRAPH_FILE)?, dim, params, vectors.whole())
+            .map_err(|e| corrupt(GRAPH_FILE, e))?;
+        if graph.len() != floats / dim {
+            return Err(corrupt(
+                GRAPH_FILE,
+                format!("{} nodes for {} vectors", graph.len(), floats / dim),
+            ));
+        }
+        Ok(Self { graph, vectors })
+    }
+}
+
+/// Where a graph file's sections lie, once its header and every section were checked.
+struct Layout {
+    dim: usize,
+    n: usize,
+    entry: usize,
+    top: usize,
+    coded: bool,
+    fitted: usize,
+    levels: Range<usize>,
+    starts: Range<usize>,
+    layer0: Range<usize>,
+    upper: Range<usize>,
+    ranges: Range<usize>,
+    codes: Option<Range<usize>>,
+}
+
+impl Layout {
+    /// Reads the header and checks the whole file against it (see [`Graph::from_bytes`]).
+    fn read(bytes: &[u8], dim: usize, params: HnswParams, rows: &[f32]) -> Result<Self, String> {
+        let layout = Self::sections(bytes, dim, params)?;
+        layout.check(bytes, params.m, rows)?;
+        Ok(layout)
+    }
+
+    /// Reads the header and finds the sections, checking only that they fit the file.
+    fn sections(bytes: &[u8], dim: usize, params: HnswParams) -> Result<Self, String> {
         let mut r = Reader { bytes, at: 0 };
         if r.take(8)? != MAGIC {
             return Err("not a graph file".into());
@@ -132,40 +321,53 @@ impl Graph {
             return Err("bad header".into());
         }
         r.align()?;
-        let levels = r.take(n)?.to_vec();
-        r.align()?;
-        let upper_start = r.u32s(n)?;
-        let layer0 = r.u32s(n.checked_mul(2 * m + 1).ok_or("too many nodes")?)?;
-        let upper = r.u32s(upper_words)?;
-        let sq = if has_codes == 1 {
-            let ranges: Vec<f32> = r.u32s(2 * dim)?.into_iter().map(f32::from_bits).collect();
-            let (lo, step) = ranges.split_at(dim);
+        let levels = r.section(n, 1)?;
+        let starts = r.section(n, 4)?;
+        let layer0 = r.section(n.checked_mul(2 * m + 1).ok_or("too many nodes")?, 4)?;
+        let upper = r.section(upper_words, 4)?;
+        let (ranges, codes) = if has_codes == 1 {
+            let ranges = r.section(2 * dim, 4)?;
             let lines = dim.div_ceil(64) * n;
-            let raw = r.take(lines.checked_mul(64).ok_or("too many codes")?)?;
-            let codes = raw
-                .chunks_exact(64)
-                .map(|c| Line(c.try_into().expect("64 bytes")))
-                .collect();
+            let codes = r.section(lines.checked_mul(64).ok_or("too many codes")?, 1)?;
             if fitted > n {
                 return Err("codes fitted on more vectors than the graph holds".into());
             }
-            Some(Sq8::from_parts(
-                dim,
-                lo.to_vec(),
-                step.to_vec(),
-                fitted,
-                codes,
-            )?)
+            (ranges, Some(codes))
         } else {
-            None
+            (0..0, None)
         };
         if r.at != bytes.len() {
             return Err("trailing bytes".into());
         }
+        Ok(Self {
+            dim,
+            n,
+            entry,
+            top,
+            coded: coded == 1,
+            fitted,
+            levels,
+            starts,
+            layer0,
+            upper,
+            ranges,
+            codes,
+        })
+    }
 
+    /// Checks every level, list start, count, neighbour and the entry against the header.
+    fn check(&self, bytes: &[u8], m: usize, rows: &[f32]) -> Result<(), String> {
+        let (n, dim) = (self.n, self.dim);
+        let (levels, starts, layer0, upper) =
+            (&self.levels, &self.starts, &self.layer0, &self.upper);
+        let upper_words = upper.len() / 4;
         // Levels, list starts and the upper lists' extent agree.
         let mut lists = 0usize;
-        for (i, (&l, &s)) in levels.iter().zip(&upper_start).enumerate() {
+        for (i, (&l, s)) in bytes[levels.clone()]
+            .iter()
+            .zip(words(&bytes[starts.clone()]))
+            .enumerate()
+        {
             if usize::from(l) > MAX_LEVEL || s as usize != lists {
                 return Err(format!("node {i} has a bad level or list start"));
             }
@@ -175,39 +377,81 @@ impl Graph {
             return Err("the upper lists do not match the levels".into());
         }
         // Every list's count fits it and every neighbour is a node.
-        let ok = |list: &[u32], cap: usize| {
-            let c = list[0] as usize;
-            c <= cap && list[1..=c].iter().all(|&id| (id as usize) < n)
+        let ok = |list: &[u8], cap: usize| {
+            let mut w = words(list);
+            let c = w.next().expect("a count") as usize;
+            c <= cap && w.take(c).all(|id| (id as usize) < n)
         };
-        if !layer0.chunks_exact(2 * m + 1).all(|l| ok(l, 2 * m))
-            || !upper.chunks_exact(m + 1).all(|l| ok(l, m))
+        if !bytes[layer0.clone()]
+            .chunks_exact(4 * (2 * m + 1))
+            .all(|l| ok(l, 2 * m))
+            || !bytes[upper.clone()]
+                .chunks_exact(4 * (m + 1))
+                .all(|l| ok(l, m))
         {
             return Err("a neighbour list is out of range".into());
         }
-        if n > 0 && (entry >= n || usize::from(levels[entry]) != top) {
+        if n > 0 && (self.entry >= n || usize::from(bytes[levels.start + self.entry]) != self.top) {
             return Err("bad entry node".into());
         }
         if rows.len() < n * dim {
             return Err(format!("{n} nodes, vectors for {}", rows.len() / dim));
         }
-        let atomics = |v: Vec<u32>| v.into_iter().map(AtomicU32::new).collect();
-        let mut graph = Self {
+        Ok(())
+    }
+
+    /// The graph over the checked file's lists and codes, wherever they are held.
+    fn assemble(
+        &self,
+        bytes: &[u8],
+        params: HnswParams,
+        rows: &[f32],
+        layer0: Grow<AtomicU32>,
+        upper: Grow<AtomicU32>,
+        codes: Option<Grow<Line>>,
+    ) -> Result<Graph, String> {
+        let dim = self.dim;
+        let sq = match codes {
+            Some(codes) => {
+                let ranges: Vec<f32> = words(&bytes[self.ranges.clone()])
+                    .map(f32::from_bits)
+                    .collect();
+                let (lo, step) = ranges.split_at(dim);
+                Some(Sq8::from_parts(
+                    dim,
+                    lo.to_vec(),
+                    step.to_vec(),
+                    self.fitted,
+                    codes,
+                )?)
+            }
+            None => None,
+        };
+        let mut graph = Graph {
             dim,
             params,
-            levels,
-            layer0: atomics(layer0),
-            upper: atomics(upper),
-            upper_start,
-            entry: entry as u32,
-            top: if n > 0 { top } else { 0 },
+            levels: bytes[self.levels.clone()].to_vec(),
+            layer0,
+            upper,
+            upper_start: words(&bytes[self.starts.clone()]).collect(),
+            entry: self.entry as u32,
+            top: if self.n > 0 { self.top } else { 0 },
             dot: pick_dot(),
             sq,
-            coded: coded == 1,
+            coded: self.coded,
             dups: Duplicates::default(),
         };
+        debug_assert_eq!(graph.len(), self.n);
         graph.restore_aliases(rows);
         Ok(graph)
     }
+}
+
+/// Little-endian words.
+fn words(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
 }
 
 /// A cursor over a file's bytes that fails instead of reading past the end.
@@ -240,15 +484,13 @@ impl<'a> Reader<'a> {
         ))
     }
 
-    /// `count` words, then the padding to the next section.
-    fn u32s(&mut self, count: usize) -> Result<Vec<u32>, String> {
-        let raw = self.take(count.checked_mul(4).ok_or("section too long")?)?;
-        let words = raw
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
-            .collect();
+    /// A section of `count` elements of `size` bytes, then the padding to the next one.
+    fn section(&mut self, count: usize, size: usize) -> Result<Range<usize>, String> {
+        let start = self.at;
+        self.take(count.checked_mul(size).ok_or("section too long")?)?;
+        let end = self.at;
         self.align()?;
-        Ok(words)
+        Ok(start..end)
     }
 
     /// Skips the padding to the next 64-byte boundary, which every section has (the file's
@@ -287,12 +529,12 @@ mod tests {
         for coded in [false, true] {
             let built = GraphIndex::build_with(&base, dim, params, coded).unwrap();
             let bytes = built.graph.to_bytes();
-            let back = Graph::from_bytes(&bytes, dim, params, &built.vectors).unwrap();
+            let back = Graph::from_bytes(&bytes, dim, params, built.vectors.whole()).unwrap();
             assert_eq!(back.to_bytes(), bytes, "coded {coded}");
             for q in rows(20, dim).chunks_exact(dim) {
                 assert_eq!(
-                    back.search(&built.vectors, q, 10, 40, None),
-                    built.graph.search(&built.vectors, q, 10, 40, None)
+                    back.search(built.vectors.whole(), q, 10, 40, None),
+                    built.graph.search(built.vectors.whole(), q, 10, 40, None)
                 );
             }
             // Truncated at every section boundary and mid-section; another width or M.
@@ -306,16 +548,16 @@ mod tests {
                 bytes.len() - 1,
             ] {
                 assert!(
-                    Graph::from_bytes(&bytes[..cut], dim, params, &built.vectors).is_err(),
+                    Graph::from_bytes(&bytes[..cut], dim, params, built.vectors.whole()).is_err(),
                     "cut {cut}"
                 );
             }
-            assert!(Graph::from_bytes(&bytes, dim + 1, params, &built.vectors).is_err());
+            assert!(Graph::from_bytes(&bytes, dim + 1, params, built.vectors.whole()).is_err());
             let other = HnswParams { m: 12, ..params };
-            assert!(Graph::from_bytes(&bytes, dim, other, &built.vectors).is_err());
+            assert!(Graph::from_bytes(&bytes, dim, other, built.vectors.whole()).is_err());
             let mut longer = bytes.clone();
             longer.push(0);
-            assert!(Graph::from_bytes(&longer, dim, params, &built.vectors).is_err());
+            assert!(Graph::from_bytes(&longer, dim, params, built.vectors.whole()).is_err());
         }
         // A neighbour id beyond the nodes, a list count beyond its capacity, a level above
         // the maximum: each refused.
@@ -326,19 +568,19 @@ mod tests {
         let mut bad = bytes.clone();
         bad[first_list + 4..first_list + 8].copy_from_slice(&5000u32.to_le_bytes());
         assert!(
-            Graph::from_bytes(&bad, dim, params, &built.vectors).is_err(),
+            Graph::from_bytes(&bad, dim, params, built.vectors.whole()).is_err(),
             "id"
         );
         let mut bad = bytes.clone();
         bad[first_list..first_list + 4].copy_from_slice(&33u32.to_le_bytes());
         assert!(
-            Graph::from_bytes(&bad, dim, params, &built.vectors).is_err(),
+            Graph::from_bytes(&bad, dim, params, built.vectors.whole()).is_err(),
             "count"
         );
         let mut bad = bytes;
         bad[64] = 40;
         assert!(
-            Graph::from_bytes(&bad, dim, params, &built.vectors).is_err(),
+            Graph::from_bytes(&bad, dim, params, built.vectors.whole()).is_err(),
             "level"
         );
         // An empty graph round-trips.
@@ -346,5 +588,121 @@ mod tests {
         let back = Graph::from_bytes(&empty.to_bytes(), dim, params, &[]).unwrap();
         assert_eq!(back.len(), 0);
         assert!(back.search(&[], &base[..dim], 3, 16, None).is_empty());
+    }
+
+    #[test]
+    fn a_mapped_graph_answers_and_grows_as_the_heap_one_and_leaves_its_file_unchanged() {
+        let dim = 70;
+        let params = HnswParams::default();
+        let all = rows(1540, dim);
+        let base = &all[..1500 * dim];
+        let dir = tempfile::tempdir().unwrap();
+        for coded in [false, true] {
+            let built = GraphIndex::build_with(base, dim, params, coded).unwrap();
+            let bytes = built.graph.to_bytes();
+            let path = dir.path().join(format!("g{coded}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let map = Mapping::open(&path).unwrap();
+            let mut heap = Graph::from_bytes(&bytes, dim, params, base).unwrap();
+            let mut mapped = Graph::from_mapped(&map, dim, params, base).unwrap();
+            // Only levels and list starts (and the alias table) are copied.
+            assert!(mapped.mapped_bytes() >= 1500 * (2 * params.m + 1) * 4);
+            assert!(
+                mapped.memory_bytes() * 4 < heap.memory_bytes(),
+                "coded {coded}: {} heap bytes mapped, {} not",
+                mapped.memory_bytes(),
+                heap.memory_bytes()
+            );
+            for q in rows(20, dim).chunks_exact(dim) {
+                assert_eq!(
+                    mapped.search(base, q, 10, 40, None),
+                    heap.search(base, q, 10, 40, None)
+                );
+            }
+            // Two small batches (linked on this thread, so deterministically) relink mapped
+            // lists and append new ones: the same graph results, and the file is untouched.
+            for end in [1520, 1540] {
+                heap.insert(&all[..end * dim]);
+                mapped.insert(&all[..end * dim]);
+            }
+            assert_eq!(mapped.to_bytes(), heap.to_bytes(), "coded {coded}");
+            drop(mapped);
+            drop(map);
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "coded {coded}");
+
+            // A graph adopts the file just written of it, and refuses another graph's.
+            let grown = heap.to_bytes();
+            let path2 = dir.path().join(format!("h{coded}"));
+            std::fs::write(&path2, &grown).unwrap();
+            let before = heap.memory_bytes();
+            assert!(heap.adopt_mapped(&Mapping::open(&path).unwrap()).is_err());
+            heap.adopt_mapped(&Mapping::open(&path2).unwrap()).unwrap();
+            assert!(heap.memory_bytes() * 4 < before);
+            assert_eq!(heap.to_bytes(), grown);
+            for q in rows(5, dim).chunks_exact(dim) {
+                let fresh = Graph::from_bytes(&grown, dim, params, &all).unwrap();
+                assert_eq!(
+                    heap.search(&all, q, 10, 40, None),
+                    fresh.search(&all, q, 10, 40, None)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_saved_graph_index_opens_in_place_and_refuses_damaged_files() {
+        let dim = 40;
+        let params = HnswParams::default();
+        let base = rows(1000, dim);
+        let dir = tempfile::tempdir().unwrap();
+        let built = GraphIndex::build_quantized(&base, dim, params).unwrap();
+        built.save(dir.path()).unwrap();
+        let mut opened = GraphIndex::open(dir.path(), params).unwrap();
+        assert!(
+            opened.mapped_bytes() >= 1000 * dim * 5,
+            "vectors and codes mapped"
+        );
+        assert!(opened.memory_bytes() * 10 < built.memory_bytes());
+        let queries = rows(20, dim);
+        for q in queries.chunks_exact(dim) {
+            assert_eq!(
+                opened.search(q, 10, 40).unwrap(),
+                built.search(q, 10, 40).unwrap()
+            );
+        }
+        // It still takes insertions (its vectors move to the heap).
+        let more = rows(1003, dim);
+        let added = opened.insert(&more[1000 * dim..]).unwrap();
+        assert_eq!(added, 1000..1003);
+        let own = opened.search(&more[1001 * dim..1002 * dim], 1, 40).unwrap();
+        assert_eq!(own[0].0, 1001);
+
+        // Truncated or foreign vectors, a neighbour id out of range, other parameters.
+        let vecs = dir.path().join(VECTORS_FILE);
+        let graph = dir.path().join(GRAPH_FILE);
+        let (v, g) = (
+            std::fs::read(&vecs).unwrap(),
+            std::fs::read(&graph).unwrap(),
+        );
+        let refused = |why: &str| {
+            let err = GraphIndex::open(dir.path(), params).err().expect(why);
+            assert!(matches!(err, IndexError::Corrupt { .. }), "{why}: {err}");
+        };
+        std::fs::write(&vecs, &v[..v.len() - 64]).unwrap();
+        refused("truncated vectors");
+        std::fs::write(&vecs, &g).unwrap();
+        refused("not a vectors file");
+        std::fs::write(&vecs, &v).unwrap();
+        let first_list = 64 + 1024 + 4032;
+        let mut bad = g.clone();
+        bad[first_list + 4..first_list + 8].copy_from_slice(&5000u32.to_le_bytes());
+        std::fs::write(&graph, &bad).unwrap();
+        refused("neighbour out of range");
+        std::fs::write(&graph, &g[..g.len() / 2]).unwrap();
+        refused("truncated graph");
+        std::fs::write(&graph, &g).unwrap();
+        let other = HnswParams { m: 12, ..params };
+        assert!(GraphIndex::open(dir.path(), other).is_err());
+        GraphIndex::open(dir.path(), params).unwrap();
     }
 }

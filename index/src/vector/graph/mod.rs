@@ -39,6 +39,7 @@ pub(crate) use repair::GONE;
 use super::dedup::Duplicates;
 use super::flat::check_matrix;
 use super::hnsw::HnswParams;
+use super::mapped::Grow;
 use super::sq8::{Sq8, Sq8Query};
 use super::{VectorIndex, normalized, prepare_query};
 use crate::error::{IndexError, Result};
@@ -50,8 +51,8 @@ const MAX_LEVEL: usize = 15;
 /// `Graph` and the vectors it links.
 pub struct GraphIndex {
     graph: Graph,
-    /// Normalised, row `i` is node `i`.
-    vectors: Vec<f32>,
+    /// Normalised, row `i` is node `i`; on the heap, or in place in a file (`GraphIndex::open`).
+    vectors: Grow<f32>,
 }
 
 /// The graph proper: levels, neighbour lists and (optionally) the 7-bit codes, over f32 rows
@@ -64,9 +65,10 @@ pub(crate) struct Graph {
     /// `n * (2M + 1)`: per node a count, then its layer-0 neighbours. Atomics so that the
     /// threads of one insertion batch can write them under [`STRIPES`] locks; searches (which
     /// never overlap a batch: it takes `&mut self`) read them without locks, as plain loads.
-    layer0: Vec<AtomicU32>,
+    /// Read in place from the graph file when the graph was mapped (`file.rs`).
+    layer0: Grow<AtomicU32>,
     /// Lists of `M + 1` (a count, then neighbours) for layers 1 and up.
-    upper: Vec<AtomicU32>,
+    upper: Grow<AtomicU32>,
     /// Per node, the index of its layer-1 list in `upper` (its layer-l list is `+ l - 1`).
     upper_start: Vec<u32>,
     entry: u32,
@@ -255,7 +257,7 @@ impl GraphIndex {
     pub fn empty(dim: usize, params: HnswParams, coded: bool) -> Result<Self> {
         Ok(Self {
             graph: Graph::new(dim, params, coded)?,
-            vectors: Vec::new(),
+            vectors: Grow::default(),
         })
     }
 
@@ -270,19 +272,23 @@ impl GraphIndex {
         for row in vectors.chunks_exact(dim) {
             unit.extend(normalized(row)?);
         }
-        if self.vectors.is_empty() {
-            self.vectors = unit;
+        if self.vectors.len() == 0 {
+            self.vectors = unit.into();
         } else {
-            self.vectors.extend_from_slice(&unit);
+            if self.vectors.mapped_bytes() > 0 {
+                // Rows read in place are copied to the heap first, so that all stay contiguous.
+                self.vectors = Grow::from(self.vectors.whole().to_vec());
+            }
+            self.vectors.extend(unit);
         }
-        Ok(self.graph.insert(&self.vectors))
+        Ok(self.graph.insert(self.vectors.whole()))
     }
 
     /// Quantises the vectors to 7-bit codes (`sq8.rs`): searches then traverse the graph on
     /// the codes, a quarter of the bytes per distance, and rescore their `ef` candidates with
     /// the exact vectors.
     pub fn quantize(mut self) -> Self {
-        self.graph.quantize(&self.vectors);
+        self.graph.quantize(self.vectors.whole());
         self
     }
 
@@ -290,12 +296,18 @@ impl GraphIndex {
     /// candidates on layer 0 (raised to `k`).
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(u32, f32)>> {
         let q = prepare_query(query, self.graph.dim)?;
-        Ok(self.graph.search(&self.vectors, &q, k, ef, None))
+        Ok(self.graph.search(self.vectors.whole(), &q, k, ef, None))
     }
 
-    /// Bytes held: vectors, codes, lists and levels.
+    /// Bytes on the heap: vectors, codes, lists and levels not read in place from files.
     pub fn memory_bytes(&self) -> usize {
-        self.vectors.len() * 4 + self.graph.memory_bytes()
+        self.vectors.heap_bytes() + self.graph.memory_bytes()
+    }
+
+    /// Bytes read in place from the files [`GraphIndex::open`] mapped (the OS page cache holds
+    /// what of them is resident).
+    pub fn mapped_bytes(&self) -> usize {
+        self.vectors.mapped_bytes() + self.graph.mapped_bytes()
     }
 
     /// The graph without the ids `removed` selects, the others renumbered in order (`0..`):
@@ -307,7 +319,7 @@ impl GraphIndex {
         let mut remap = Vec::with_capacity(self.graph.len());
         let mut vectors = Vec::with_capacity(self.vectors.len());
         let mut kept = 0u32;
-        for (i, row) in self.vectors.chunks_exact(dim).enumerate() {
+        for (i, row) in self.vectors.whole().chunks_exact(dim).enumerate() {
             if removed(i as u32) {
                 remap.push(GONE);
             } else {
@@ -318,7 +330,7 @@ impl GraphIndex {
         }
         GraphIndex {
             graph: self.graph.compacted(&remap, &vectors),
-            vectors,
+            vectors: vectors.into(),
         }
     }
 
@@ -333,7 +345,9 @@ impl GraphIndex {
         keep: &(dyn Fn(u32) -> bool + Sync),
     ) -> Result<Vec<(u32, f32)>> {
         let q = prepare_query(query, self.graph.dim)?;
-        Ok(self.graph.search(&self.vectors, &q, k, ef, Some(keep)))
+        Ok(self
+            .graph
+            .search(self.vectors.whole(), &q, k, ef, Some(keep)))
     }
 }
 
@@ -354,7 +368,7 @@ impl VectorIndex for GraphIndex {
     ) -> Result<Vec<(u32, f32)>> {
         let q = prepare_query(query, self.graph.dim)?;
         let ef = self.graph.params.ef_search;
-        Ok(self.graph.search(&self.vectors, &q, k, ef, keep))
+        Ok(self.graph.search(self.vectors.whole(), &q, k, ef, keep))
     }
 }
 
@@ -372,8 +386,8 @@ impl Graph {
             dim,
             params,
             levels: Vec::new(),
-            layer0: Vec::new(),
-            upper: Vec::new(),
+            layer0: Grow::default(),
+            upper: Grow::default(),
             upper_start: Vec::new(),
             entry: 0,
             top: 0,
@@ -558,10 +572,10 @@ impl Graph {
         let m = self.params.m;
         if layer == 0 {
             let at = node as usize * (2 * m + 1);
-            &self.layer0[at..at + 2 * m + 1]
+            self.layer0.get(at..at + 2 * m + 1)
         } else {
             let at = (self.upper_start[node as usize] as usize + layer - 1) * (m + 1);
-            &self.upper[at..at + m + 1]
+            self.upper.get(at..at + m + 1)
         }
     }
 
@@ -575,11 +589,21 @@ impl Graph {
         self.params.ef_search = ef.max(1);
     }
 
-    /// Bytes held: codes, lists and levels (not the rows, which the caller holds).
+    /// Bytes on the heap: codes, lists and levels not read in place from a mapped file (not
+    /// the rows, which the caller holds).
     pub(crate) fn memory_bytes(&self) -> usize {
         self.sq.as_ref().map_or(0, Sq8::memory_bytes)
-            + (self.layer0.len() + self.upper.len() + self.upper_start.len()) * 4
-            + self.levels.len()
+            + self.layer0.heap_bytes()
+            + self.upper.heap_bytes()
+            + self.upper_start.capacity() * 4
+            + self.levels.capacity()
+    }
+
+    /// Bytes of lists and codes read in place from a mapped graph file.
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.sq.as_ref().map_or(0, Sq8::mapped_bytes)
+            + self.layer0.mapped_bytes()
+            + self.upper.mapped_bytes()
     }
 
     /// The (at most) `k` nodes nearest to the unit query `q` by cosine, among those `keep`

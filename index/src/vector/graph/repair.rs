@@ -189,8 +189,12 @@ impl Graph {
             dim,
             params: self.params,
             levels,
-            layer0: layer0.into_iter().map(AtomicU32::new).collect(),
-            upper,
+            layer0: layer0
+                .into_iter()
+                .map(AtomicU32::new)
+                .collect::<Vec<_>>()
+                .into(),
+            upper: upper.into(),
             upper_start,
             entry,
             top,
@@ -275,7 +279,7 @@ mod tests {
         // 10 % churn and then half, the entry node among the removed each time.
         for (what, tenths) in [("10 %", 1), ("20 %", 2), ("50 %", 5)] {
             let gone = |i: u32| i == entry || hashed(i) < tenths;
-            let (remap, rows) = remove(&built.vectors, dim, gone);
+            let (remap, rows) = remove(built.vectors.whole(), dim, gone);
             let repaired = built.graph.without(&remap, &rows);
             assert_eq!(repaired.len(), rows.len() / dim);
             assert!(repaired.sq.is_some());
@@ -313,7 +317,7 @@ mod tests {
             );
         }
         // Removing everything leaves an empty graph that still answers.
-        let (remap, rows) = remove(&built.vectors, dim, |_| true);
+        let (remap, rows) = remove(built.vectors.whole(), dim, |_| true);
         let empty = built.graph.without(&remap, &rows);
         assert_eq!(empty.len(), 0);
         assert!(empty.search(&rows, &base[..dim], 5, 16, None).is_empty());

@@ -35,7 +35,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use hearth_index::{GraphIndex, HnswIndex, HnswParams};
+use hearth_index::{GraphIndex, HnswIndex, HnswParams, VectorIndex};
 use serde_json::{Value, json};
 
 const DIM: usize = 384;
@@ -286,6 +286,7 @@ fn run(n: usize, data: Data) -> Value {
         Some(s) if s >= 2 => segments_run(&data, s, &coded_points),
         _ => Value::Null,
     };
+    let mapped = mapped_run(&graph, &data, &coded_points);
     let churn = if n <= 200_000 {
         churn_run(&graph, &data, &coded_points)
     } else {
@@ -489,19 +490,25 @@ fn run(n: usize, data: Data) -> Value {
         "graph_coded": {"build_wall_s": qbuild.wall_s, "build_cpu_s": qbuild.cpu_s,
                         "rss_growth_mib": qbuild.rss_growth_mib, "peak_rss_growth_mib": qbuild.peak_rss_growth_mib,
                         "search": points(&coded_points), "target": coded_verdict,
-                        "filtered": filtered, "churn": churn, "segmented": segmented},
+                        "filtered": filtered, "churn": churn, "segmented": segmented,
+                        "mapped": mapped},
         "peer": peer,
         "target": verdict,
     })
 }
 
-/// Builds on a rayon pool of `BUILD_THREADS` threads (hnswlib gets as many).
-fn build_hearth(base: &[f32]) -> HnswIndex {
-    let params = HnswParams {
+/// The graph parameters every index of the run is built with.
+fn params() -> HnswParams {
+    HnswParams {
         m: M,
         ef_construction: EF_CONSTRUCTION,
         ..HnswParams::default()
-    };
+    }
+}
+
+/// Builds on a rayon pool of `BUILD_THREADS` threads (hnswlib gets as many).
+fn build_hearth(base: &[f32]) -> HnswIndex {
+    let params = params();
     rayon::ThreadPoolBuilder::new()
         .num_threads(BUILD_THREADS)
         .build()
@@ -538,11 +545,7 @@ fn print_points(label: &str, points: &[Point], peer: &[Point]) {
 /// Builds hearth's own graph (on the 7-bit codes if `coded`) on a rayon pool of
 /// `BUILD_THREADS` threads.
 fn build_graph(base: &[f32], coded: bool) -> GraphIndex {
-    let params = HnswParams {
-        m: M,
-        ef_construction: EF_CONSTRUCTION,
-        ..HnswParams::default()
-    };
+    let params = params();
     rayon::ThreadPoolBuilder::new()
         .num_threads(BUILD_THREADS)
         .build()
@@ -669,6 +672,62 @@ fn segments_run(data: &Data, segments: usize, whole: &[Point]) -> Value {
 
 /// 10 % of the nodes removed (every id whose hash ends in 3): the graph repaired around them
 /// (what a compaction does) against one built anew on what is left, in time and recall.
+/// The graph built on codes saved and opened in place (`GraphIndex::open`, files evicted from
+/// the page cache first, so the open is cold), then searched: its answers must be the same
+/// as the built graph's; what stays on the heap (RssAnon) and what the page cache holds for
+/// it (RssFile) are measured separately.
+fn mapped_run(graph: &GraphIndex, data: &Data, built: &[Point]) -> Value {
+    let dir = common::target_dir()
+        .join("bench-data")
+        .join(format!("hnsw-mapped-{}", graph.len()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let t0 = std::time::Instant::now();
+    graph.save(&dir).expect("save the graph");
+    let save_s = t0.elapsed().as_secs_f64();
+    let files = ["graph.hgraph", "vectors.hvec"].map(|f| dir.join(f));
+    let evicted = files.iter().all(|f| common::evict(f));
+    let (anon0, file0) = common::rss_split();
+    let (opened, open) = common::measure(|| GraphIndex::open(&dir, params()).expect("open"));
+    let (anon1, file1) = common::rss_split();
+    let points = sweep("graph mapped", data, |q, ef| opened.search(q, K, ef));
+    let (anon2, file2) = common::rss_split();
+    let same = points
+        .iter()
+        .zip(built)
+        .all(|(a, b)| (a.recall - b.recall).abs() < 1e-12);
+    let mib = |kib: u64, from: u64| (kib as f64 - from as f64) / 1024.0;
+    let heap = opened.memory_bytes() as f64 / (1 << 20) as f64;
+    let in_place = opened.mapped_bytes() as f64 / (1 << 20) as f64;
+    let vectors = (graph.len() * DIM * 4) as f64 / (1 << 20) as f64;
+    println!(
+        "graph mapped: saved in {save_s:.2} s; opened {} in {:.3} s ({:.2} CPU-s); heap {heap:.0} MiB, \
+         {in_place:.0} MiB in place ({vectors:.0} MiB of it f32 vectors); after open RssAnon +{:.0} \
+         RssFile +{:.0} MiB; after the sweep RssAnon +{:.0} RssFile +{:.0} MiB; answers {}",
+        if evicted {
+            "cold"
+        } else {
+            "warm (eviction refused)"
+        },
+        open.wall_s,
+        open.cpu_s,
+        mib(anon1, anon0),
+        mib(file1, file0),
+        mib(anon2, anon0),
+        mib(file2, file0),
+        if same { "identical" } else { "DIFFER" },
+    );
+    assert!(same, "the mapped graph answers differently");
+    drop(opened);
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    json!({"save_s": save_s, "open_wall_s": open.wall_s, "open_cpu_s": open.cpu_s, "cold": evicted,
+           "heap_mib": heap, "mapped_mib": in_place, "f32_mib": vectors,
+           "open_anon_mib": mib(anon1, anon0), "open_file_mib": mib(file1, file0),
+           "sweep_anon_mib": mib(anon2, anon0), "sweep_file_mib": mib(file2, file0),
+           "same_answers": same})
+}
+
 fn churn_run(graph: &GraphIndex, data: &Data, before: &[Point]) -> Value {
     let n = data.base.len() / DIM;
     let removed = |i: u32| (u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 10 == 3;

@@ -322,6 +322,31 @@ fn status_rss(status: &str) -> Rss {
     }
 }
 
+/// The resident set split by kind (RssAnon: the heap and other private memory; RssFile:
+/// mapped files' pages, which the page cache holds and may evict), in KiB.
+#[allow(dead_code)]
+pub fn rss_split() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
+/// Asks the kernel to drop a file's clean pages from the page cache, so the next read of it
+/// comes from the disk (a cold open). False where refused.
+#[allow(dead_code)]
+pub fn evict(path: &Path) -> bool {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    std::fs::File::open(path)
+        .ok()
+        .is_some_and(|f| posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).is_ok())
+}
+
 /// Resets the peak RSS (VmHWM) to the current RSS (Linux ≥ 4.0). False where not permitted,
 /// in which case a later peak may predate the measured section.
 pub fn reset_peak_rss() -> bool {

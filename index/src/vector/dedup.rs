@@ -26,12 +26,17 @@ pub(crate) struct Duplicates {
     /// Graph id → the ids sharing its vector (not in the graph), in insertion order.
     aliases: HashMap<u32, Vec<u32>>,
     count: usize,
+    /// Set for a table read back without hashes ([`Duplicates::from_pairs`]): the first
+    /// insertion hashes the vectors then ([`Duplicates::hash_rows`]), so that an open does not
+    /// read them all.
+    unhashed: bool,
 }
 
 impl Duplicates {
     /// Records `id` with vector `v`: `true` when it needs a graph node, `false` when it became
     /// an alias of an existing node.
     pub(crate) fn admit(&mut self, id: u32, v: &[f32]) -> bool {
+        debug_assert!(!self.unhashed, "hash_rows first");
         match self.by_hash.entry(hash(v)) {
             std::collections::hash_map::Entry::Occupied(node) => {
                 self.aliases.entry(*node.get()).or_default().push(id);
@@ -42,6 +47,42 @@ impl Duplicates {
                 slot.insert(id);
                 true
             }
+        }
+    }
+
+    /// The table of a graph file: `(node, alias)` pairs, without the hashes (see
+    /// [`Duplicates::hash_rows`]).
+    pub(crate) fn from_pairs(pairs: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        let mut dups = Self {
+            unhashed: true,
+            ..Self::default()
+        };
+        for (node, alias) in pairs {
+            dups.aliases.entry(node).or_default().push(alias);
+            dups.count += 1;
+        }
+        dups
+    }
+
+    /// Every `(node, alias)` pair, sorted.
+    pub(crate) fn pairs(&self) -> Vec<(u32, u32)> {
+        let mut pairs: Vec<(u32, u32)> = self
+            .aliases
+            .iter()
+            .flat_map(|(&node, list)| list.iter().map(move |&a| (node, a)))
+            .collect();
+        pairs.sort_unstable();
+        pairs
+    }
+
+    /// Hashes the vectors of the ids held (`rows`, `dim` wide, row `i` is id `i`) if the table
+    /// was read without them; a no-op otherwise. The first id of each vector is its node.
+    pub(crate) fn hash_rows(&mut self, rows: &[f32], dim: usize) {
+        if self.unhashed {
+            for (i, row) in rows.chunks_exact(dim).enumerate() {
+                self.by_hash.entry(hash(row)).or_insert(i as u32);
+            }
+            self.unhashed = false;
         }
     }
 
@@ -76,12 +117,7 @@ impl Duplicates {
             path: path.to_path_buf(),
             source,
         };
-        let mut pairs: Vec<(u32, u32)> = self
-            .aliases
-            .iter()
-            .flat_map(|(&node, list)| list.iter().map(move |&a| (node, a)))
-            .collect();
-        pairs.sort_unstable();
+        let pairs = self.pairs();
         let mut bytes = Vec::with_capacity(16 + pairs.len() * 8);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&(pairs.len() as u64).to_le_bytes());

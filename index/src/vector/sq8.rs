@@ -152,14 +152,15 @@ impl Sq8 {
     }
 
     /// Codes read back from a graph file: `lo` and `step` of width `dim`, `codes` whole rows of
-    /// `dim.div_ceil(64)` lines. Fails (naming the fault) on finite-ness, widths or a code
-    /// above 127, which the AVX2 kernel's saturation bound relies on.
+    /// `dim.div_ceil(64)` lines. Fails (naming the fault) on finite-ness, widths or (with
+    /// `check_codes`) a code above 127, which the AVX2 kernel's saturation bound relies on.
     pub(crate) fn from_parts(
         dim: usize,
         lo: Vec<f32>,
         step: Vec<f32>,
         fitted: usize,
         codes: Grow<Line>,
+        check_codes: bool,
     ) -> Result<Self, String> {
         let lines = dim.div_ceil(64);
         if lo.len() != dim || step.len() != dim || lines == 0 || !codes.len().is_multiple_of(lines)
@@ -169,9 +170,10 @@ impl Sq8 {
         if !lo.iter().chain(&step).all(|x| x.is_finite()) || step.iter().any(|&s| s < 0.0) {
             return Err("code ranges are not finite".into());
         }
-        if codes
-            .iter()
-            .any(|l| l.0.iter().any(|&c| c > MAX_CODE as u8))
+        if check_codes
+            && codes
+                .iter()
+                .any(|l| l.0.iter().any(|&c| c > MAX_CODE as u8))
         {
             return Err("a code is above 127".into());
         }

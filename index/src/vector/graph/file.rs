@@ -1,18 +1,24 @@
 //! A graph as one file, so that a collection opens without relinking its vectors.
 //!
 //! Little-endian throughout; each section starts on a 64-byte boundary (zero padded), so the
-//! file can later be mapped and its sections read in place:
+//! file is mapped and its lists and codes read in place ([`Graph::from_mapped`]):
 //!
 //! ```text
-//! header   "HGRAPH01", then u32: dim, m, ef_construction, nodes, entry, top, coded (0/1),
-//!          has_codes (0/1); u64: upper words, fitted (vectors the code ranges were fitted on)
+//! header   "HGRAPH02", then u32: dim, m, ef_construction, nodes, entry, top, coded (0/1),
+//!          has_codes (0/1); u64: upper words, fitted (vectors the code ranges were fitted on),
+//!          aliases
 //! levels   one byte per node
 //! starts   u32 per node: its layer-1 list's index among the upper lists
 //! layer0   u32 per node * (2M + 1): a count, then the neighbours
 //! upper    u32 * upper words: lists of M + 1 for layers 1 and up
 //! codes    when has_codes: lo and step (f32 * dim each), then 64-byte lines, dim/64 rounded
 //!          up per node
+//! aliases  u32 pairs (node, alias), sorted: ids whose vector copies the node's
 //! ```
+//!
+//! Version 1 ("HGRAPH01", still read) had no alias count or section: its aliases are found again
+//! by hashing the vectors, which reads them all; version 2 stores them so that an open need not
+//! (the hashes that recognise a new copy are computed at the first insertion instead).
 //!
 //! The file carries no checksum of its own: the manifest that names it holds its SHA-256,
 //! checked before parsing. Parsing still checks every count, id and level against the
@@ -34,10 +40,12 @@ use crate::vector::hnsw::HnswParams;
 use crate::vector::mapped::{Grow, Mapping};
 use crate::vector::sq8::{Line, Sq8};
 
-const MAGIC: &[u8; 8] = b"HGRAPH01";
+const MAGIC: &[u8; 8] = b"HGRAPH02";
+/// The first version: no alias section (the table is rebuilt from the vectors at read).
+const MAGIC_V1: &[u8; 8] = b"HGRAPH01";
 
-/// Bytes of the header before its padding.
-const HEADER: usize = 8 + 8 * 4 + 2 * 8;
+/// Bytes of the header before its padding (version 1 lacks the last u64).
+const HEADER: usize = 8 + 8 * 4 + 3 * 8;
 
 fn pad(out: &mut Vec<u8>) {
     out.resize(out.len().next_multiple_of(64), 0);
@@ -76,7 +84,8 @@ impl Graph {
             out.extend_from_slice(&(w as u32).to_le_bytes());
         }
         let fitted = self.sq.as_ref().map_or(0, |sq| sq.parts().2);
-        for w in [self.upper.len() as u64, fitted as u64] {
+        let aliases = self.dups.pairs();
+        for w in [self.upper.len() as u64, fitted as u64, aliases.len() as u64] {
             out.extend_from_slice(&w.to_le_bytes());
         }
         pad(&mut out);
@@ -92,6 +101,7 @@ impl Graph {
                 out.extend_from_slice(&line.0);
             }
         }
+        put_u32s(&mut out, aliases.into_iter().flat_map(|(n, a)| [n, a]));
         out
     }
 
@@ -124,9 +134,8 @@ impl Graph {
             bytes,
             params,
             rows,
-            atomics(&layout.layer0),
-            atomics(&layout.upper),
-            codes,
+            (atomics(&layout.layer0), atomics(&layout.upper)),
+            (codes, true),
         )
     }
 
@@ -152,13 +161,15 @@ impl Graph {
             Some(c) => Some(Grow::mapped(map, c.start, c.len() / 64).ok_or("misaligned codes")?),
             None => None,
         };
+        // The codes are not scanned here (a quarter of the vectors' bytes): a code above 127
+        // could only make an estimate saturate, a coarser ranking that the exact rescoring
+        // corrects, never an access out of bounds; the manifest's checksum covers them.
         layout.assemble(
             bytes,
             params,
             rows,
-            view(&layout.layer0)?,
-            view(&layout.upper)?,
-            codes,
+            (view(&layout.layer0)?, view(&layout.upper)?),
+            (codes, false),
         )
     }
 }
@@ -275,6 +286,10 @@ struct Layout {
     upper: Range<usize>,
     ranges: Range<usize>,
     codes: Option<Range<usize>>,
+    /// `(node, alias)` pairs.
+    aliases: Range<usize>,
+    /// A version-1 file: no alias section.
+    v1: bool,
 }
 
 impl Layout {
@@ -288,9 +303,11 @@ impl Layout {
     /// Reads the header and finds the sections, checking only that they fit the file.
     fn sections(bytes: &[u8], dim: usize, params: HnswParams) -> Result<Self, String> {
         let mut r = Reader { bytes, at: 0 };
-        if r.take(8)? != MAGIC {
-            return Err("not a graph file".into());
-        }
+        let v1 = match r.take(8)? {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V1 => true,
+            _ => return Err("not a graph file".into()),
+        };
         let mut h = [0usize; 8];
         for w in &mut h {
             *w = r.u32()? as usize;
@@ -307,7 +324,12 @@ impl Layout {
         ] = h;
         let upper_words = usize::try_from(r.u64()?).map_err(|_| "upper lists too long")?;
         let fitted = usize::try_from(r.u64()?).map_err(|_| "fitted count too large")?;
-        debug_assert_eq!(r.at, HEADER);
+        let alias_count = if v1 {
+            0
+        } else {
+            usize::try_from(r.u64()?).map_err(|_| "too many aliases")?
+        };
+        debug_assert_eq!(r.at, HEADER - if v1 { 8 } else { 0 });
         if file_dim != dim {
             return Err(format!("graph of width {file_dim}, the index uses {dim}"));
         }
@@ -336,6 +358,7 @@ impl Layout {
         } else {
             (0..0, None)
         };
+        let aliases = r.section(alias_count.checked_mul(2).ok_or("too many aliases")?, 4)?;
         if r.at != bytes.len() {
             return Err("trailing bytes".into());
         }
@@ -352,6 +375,8 @@ impl Layout {
             upper,
             ranges,
             codes,
+            aliases,
+            v1,
         })
     }
 
@@ -397,6 +422,18 @@ impl Layout {
         if rows.len() < n * dim {
             return Err(format!("{n} nodes, vectors for {}", rows.len() / dim));
         }
+        // An alias follows its node, and is an unlinked level-0 node itself.
+        let pairs: Vec<u32> = words(&bytes[self.aliases.clone()]).collect();
+        let unlinked = |a: usize| {
+            bytes[levels.start + a] == 0
+                && bytes[layer0.start + a * 4 * (2 * m + 1)..][..4] == [0; 4]
+        };
+        if !pairs
+            .chunks_exact(2)
+            .all(|p| p[0] < p[1] && (p[1] as usize) < n && unlinked(p[1] as usize))
+        {
+            return Err("an alias is out of range".into());
+        }
         Ok(())
     }
 
@@ -406,9 +443,8 @@ impl Layout {
         bytes: &[u8],
         params: HnswParams,
         rows: &[f32],
-        layer0: Grow<AtomicU32>,
-        upper: Grow<AtomicU32>,
-        codes: Option<Grow<Line>>,
+        (layer0, upper): (Grow<AtomicU32>, Grow<AtomicU32>),
+        (codes, check_codes): (Option<Grow<Line>>, bool),
     ) -> Result<Graph, String> {
         let dim = self.dim;
         let sq = match codes {
@@ -423,6 +459,7 @@ impl Layout {
                     step.to_vec(),
                     self.fitted,
                     codes,
+                    check_codes,
                 )?)
             }
             None => None,
@@ -442,7 +479,12 @@ impl Layout {
             dups: Duplicates::default(),
         };
         debug_assert_eq!(graph.len(), self.n);
-        graph.restore_aliases(rows);
+        if self.v1 {
+            graph.restore_aliases(rows);
+        } else {
+            let pairs: Vec<u32> = words(&bytes[self.aliases.clone()]).collect();
+            graph.dups = Duplicates::from_pairs(pairs.chunks_exact(2).map(|p| (p[0], p[1])));
+        }
         Ok(graph)
     }
 }
@@ -704,5 +746,61 @@ mod tests {
         let other = HnswParams { m: 12, ..params };
         assert!(GraphIndex::open(dir.path(), other).is_err());
         GraphIndex::open(dir.path(), params).unwrap();
+    }
+
+    #[test]
+    fn aliases_are_kept_in_the_file_and_a_version_1_file_still_reads() {
+        let dim = 24;
+        let params = HnswParams::default();
+        let mut all = rows(500, dim);
+        for copy in [3, 3, 10, 10] {
+            all.extend_from_within(copy * dim..(copy + 1) * dim);
+        }
+        let base = &all[..503 * dim];
+        let dir = tempfile::tempdir().unwrap();
+        let built = GraphIndex::build_with(base, dim, params, true).unwrap();
+        let want = vec![(3, 500), (3, 501), (10, 502)];
+        assert_eq!(built.graph.dups.pairs(), want);
+        let bytes = built.graph.to_bytes();
+        let path = dir.path().join("g");
+        std::fs::write(&path, &bytes).unwrap();
+        let map = Mapping::open(&path).unwrap();
+        let mut mapped = Graph::from_mapped(&map, dim, params, base).unwrap();
+        let heap = Graph::from_bytes(&bytes, dim, params, base).unwrap();
+        for g in [&mapped, &heap] {
+            assert_eq!(g.dups.pairs(), want);
+            let hits = g.search(base, &base[3 * dim..4 * dim], 3, 40, None);
+            let mut ids: Vec<u32> = hits.iter().map(|h| h.0).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, [3, 500, 501]);
+        }
+        // The hashes come back at the first insertion: one more copy of 10 is an alias too.
+        mapped.insert(&all);
+        assert_eq!(mapped.dups.pairs(), [&want[..], &[(10, 503)]].concat());
+
+        // Version 1: no alias count (zero padding there) and no alias section.
+        let mut v1 = bytes.clone();
+        v1[..8].copy_from_slice(MAGIC_V1);
+        v1[56..64].fill(0);
+        v1.truncate(v1.len() - 64);
+        let old = Graph::from_bytes(&v1, dim, params, base).unwrap();
+        assert_eq!(old.dups.pairs(), want);
+        assert_eq!(
+            old.to_bytes(),
+            bytes,
+            "read as version 1, written as version 2"
+        );
+
+        // An alias before its node, or of a linked node, is refused.
+        let at = bytes.len() - 64;
+        for (node, alias) in [(500u32, 3u32), (3, 4)] {
+            let mut bad = bytes.clone();
+            bad[at..at + 4].copy_from_slice(&node.to_le_bytes());
+            bad[at + 4..at + 8].copy_from_slice(&alias.to_le_bytes());
+            assert!(
+                Graph::from_bytes(&bad, dim, params, base).is_err(),
+                "{node} {alias}"
+            );
+        }
     }
 }

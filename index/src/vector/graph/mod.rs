@@ -82,8 +82,8 @@ pub(crate) struct Graph {
     /// Nodes whose vector repeats an earlier node's bit for bit: they get no links (level 0,
     /// empty lists) and come back in results beside that node (`dedup.rs` says why: a set of
     /// copies linked as nodes becomes an island no walk leaves). The first node with a vector
-    /// is always the linked one, so the table is a function of the vectors and is rebuilt from
-    /// them rather than saved.
+    /// is always the linked one, so the table is a function of the vectors; the graph file
+    /// keeps it all the same, so that an open need not hash every vector.
     dups: Duplicates,
 }
 
@@ -445,6 +445,7 @@ impl Graph {
             None => {}
         }
         // Copies of an earlier vector become aliases: level 0, never linked.
+        self.dups.hash_rows(&rows[..first * self.dim], self.dim);
         let mut todo: Vec<u32> = Vec::with_capacity(added);
         for i in first..total {
             let linked = self
@@ -557,7 +558,8 @@ impl Graph {
         }
     }
 
-    /// Rebuilds the alias table from the graph's vectors (after reading a graph file).
+    /// Rebuilds the alias table from the graph's vectors (after a compaction, or reading a
+    /// version-1 graph file).
     pub(crate) fn restore_aliases(&mut self, rows: &[f32]) {
         let mut dups = Duplicates::default();
         for (i, row) in rows.chunks_exact(self.dim).take(self.len()).enumerate() {

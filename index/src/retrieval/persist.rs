@@ -6,7 +6,8 @@
 //! {dir}/seg-{gen:010}.arrow          chunks added by commit `gen`: Arrow IPC with the chunk
 //!                                    schema (`encode_chunks`), normalised embeddings; immutable
 //! {dir}/graph-{gen:010}.hgraph       the graph written by commit `gen` (`index.ann = "graph"`,
-//!                                    format in `vector/graph/file.rs`)
+//!                                    format in `vector/graph/file.rs`); mapped, not read,
+//!                                    in a plaintext cache
 //! {dir}/hnsw-{gen:010}.hnsw.graph    or the hnsw_rs dump (`index.ann = "hnsw_rs"`, `file_dump`)
 //! {dir}/hnsw-{gen:010}.hnsw.data
 //! {dir}/hnsw-{gen:010}.hnsw.alias    ids whose vector duplicates a graph node (when any)

@@ -129,7 +129,8 @@ impl CollectionIndex {
         let mut remap = vec![GONE; self.chunks.len()];
         let mut chunks = Vec::with_capacity(live);
         let mut chunk_ids = Vec::with_capacity(live);
-        let mut vectors = FlatIndex::new(self.params.dim);
+        let mut vectors =
+            super::open::new_vectors(self.params.dim, &self.dir, self.sealer.is_some());
         let mut docs = HashMap::with_capacity(order.len());
         for (id, mut entry) in order {
             let start = chunks.len() as u32;

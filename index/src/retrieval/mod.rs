@@ -491,9 +491,10 @@ impl CollectionIndex {
         u32::try_from(self.chunks.len()).expect("pids fit in u32")
     }
 
-    /// Approximate heap bytes held by vectors (for diagnostics).
-    pub fn vector_bytes(&self) -> usize {
-        self.vectors.heap_bytes()
+    /// Bytes of vectors held on the heap (a sealed cache's), and in the mapped file the page
+    /// cache holds (a plaintext cache's), for diagnostics.
+    pub fn vector_bytes(&self) -> (usize, usize) {
+        (self.vectors.heap_bytes(), self.vectors.file_bytes())
     }
 
     /// Bytes of hearth's graph (lists and codes): on the heap, and read in place from its

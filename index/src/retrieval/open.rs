@@ -108,6 +108,7 @@ fn create(
     sealer: Option<CacheSealer>,
 ) -> Result<CollectionIndex> {
     let lexical = new_lexical(dir, params.analyzer, sealer.is_some())?;
+    let vectors = new_vectors(params.dim, dir, sealer.is_some());
     let index = CollectionIndex::assemble(
         dir,
         params,
@@ -115,7 +116,7 @@ fn create(
         sealer,
         Parts {
             chunks: Vec::new(),
-            vectors: FlatIndex::new(params.dim),
+            vectors,
             docs: HashMap::new(),
             tombstones: PidSet::default(),
             ann: Ann::new(params.ann, params.dim, params.hnsw(), 1024)?,
@@ -242,6 +243,16 @@ fn check_params(dir: &Path, stored: &StoredParams, wanted: &IndexParams) -> Resu
     }
 }
 
+/// The vectors' store: a mapped file in a plaintext cache (the page cache holds them, not the
+/// heap), the heap in a sealed one (nothing of a document reaches the disk unsealed).
+pub(super) fn new_vectors(dim: usize, dir: &Path, sealed: bool) -> FlatIndex {
+    if sealed {
+        FlatIndex::new(dim)
+    } else {
+        FlatIndex::in_file(dim, dir)
+    }
+}
+
 fn read_segments(
     dir: &Path,
     sealer: Option<&CacheSealer>,
@@ -249,7 +260,7 @@ fn read_segments(
     dim: usize,
 ) -> std::result::Result<(Vec<Chunk>, FlatIndex), String> {
     let mut chunks = Vec::with_capacity(m.next_pid as usize);
-    let mut vectors = FlatIndex::new(dim);
+    let mut vectors = new_vectors(dim, dir, sealer.is_some());
     for seg in &m.segments {
         if seg.first_pid as usize != chunks.len() {
             return Err(format!(

@@ -1308,6 +1308,13 @@ async fn a_sealed_cache_answers_alike_and_holds_no_plaintext() {
     let index = CollectionIndex::open_sealed(&sealed_dir, params(DIM), Some(seal.clone())).unwrap();
     assert_same(&want, &probe(&index, 7));
     assert_eq!(leaks(&sealed_dir), Vec::<String>::new());
+    // The plaintext cache keeps its vectors in an unnamed mapped file; the sealed one on the
+    // heap, since that file would hold them unsealed.
+    let bytes = 360 * DIM * 4;
+    assert_eq!(plain.vector_bytes().1, bytes);
+    assert_eq!(plain.vector_bytes().0, 0);
+    assert_eq!(index.vector_bytes().1, 0);
+    assert!(index.vector_bytes().0 >= bytes);
     drop(index);
 
     // Other keys: unreadable, deleted, empty; nothing moved aside.

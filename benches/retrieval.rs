@@ -107,12 +107,34 @@ fn main() {
         build.peak_rss_growth_mib
     );
 
-    // Cold start from the local cache.
+    // Cold start from the local cache, its files evicted from the page cache first.
+    let evicted = evict_all(dir.path());
+    let (anon0, file0) = common::rss_split();
     let (index, cold) = common::measure(|| CollectionIndex::open(dir.path(), params).unwrap());
+    let (anon1, file1) = common::rss_split();
+    let (cold_anon, cold_file) = (
+        (anon1 as f64 - anon0 as f64) / 1024.0,
+        (file1 as f64 - file0 as f64) / 1024.0,
+    );
     let stats = index.stats();
     assert_eq!(stats.live_chunks, n);
+    let mib = |b: usize| b as f64 / 1048576.0;
+    let (vec_heap, vec_file) = index.vector_bytes();
+    let (graph_heap, graph_mapped) = index.graph_bytes().unwrap_or((0, 0));
     println!(
-        "cold start: {:.2} s wall, {:.2} s CPU, RSS +{:.0} MiB, {:.0} MiB on disk",
+        "after the cold start: vectors {:.0} MiB on the heap, {:.0} MiB in their mapped file; graph {:.0} MiB on the heap, {:.0} MiB mapped",
+        mib(vec_heap),
+        mib(vec_file),
+        mib(graph_heap),
+        mib(graph_mapped)
+    );
+    println!(
+        "cold start{}: {:.2} s wall, {:.2} s CPU, RSS +{:.0} MiB (RssAnon +{cold_anon:.0}, RssFile +{cold_file:.0}), {:.0} MiB on disk",
+        if evicted {
+            ""
+        } else {
+            " (eviction refused: warm)"
+        },
         cold.wall_s,
         cold.cpu_s,
         cold.rss_growth_mib,
@@ -255,6 +277,9 @@ fn main() {
             "ann": params.ann.to_string(),
             "build": {"wall_s": build.wall_s, "cpu_s": build.cpu_s, "peak_rss_growth_mib": build.peak_rss_growth_mib},
             "cold_start": {"wall_s": cold.wall_s, "cpu_s": cold.cpu_s, "rss_growth_mib": cold.rss_growth_mib,
+                           "rss_anon_mib": cold_anon, "rss_file_mib": cold_file, "evicted": evicted,
+                           "vectors_heap_mib": mib(vec_heap), "vectors_file_mib": mib(vec_file),
+                           "graph_heap_mib": mib(graph_heap), "graph_mapped_mib": mib(graph_mapped),
                            "disk_mib": stats.disk_bytes as f64 / 1048576.0},
             "cold_start_rebuilding_hnsw": {"wall_s": rebuild.wall_s, "cpu_s": rebuild.cpu_s},
             "queries": rows,
@@ -324,4 +349,18 @@ fn questions() -> Vec<String> {
         .iter()
         .map(|q| q["question"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Evicts every file under `dir` from the page cache; false if any eviction was refused.
+fn evict_all(dir: &std::path::Path) -> bool {
+    let mut ok = true;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        ok &= if p.is_dir() {
+            evict_all(&p)
+        } else {
+            common::evict(&p)
+        };
+    }
+    ok
 }

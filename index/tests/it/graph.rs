@@ -85,7 +85,7 @@ proptest! {
         n in 1usize..300,
         dim in 1usize..40,
         clusters in 1usize..6,
-        m in 4usize..12,
+        m in 2usize..12,
         seed in any::<u64>(),
         batches in proptest::collection::vec(1usize..120, 1..4),
         coded in any::<bool>(),

@@ -556,6 +556,102 @@ impl Graph {
             }
             indegree[o as usize] += 1;
         }
+        self.link_islands(rows, &mut indegree);
+    }
+
+    /// Gives every island a way in: nodes that each have an in-link but that no walk from
+    /// the entry reaches on layer 0 (with M 2 and 3, lists of 4 or 6, small graphs split into
+    /// such islands; a property test found them). A breadth-first pass from the entry marks
+    /// what is reached; each node left over is searched for (a search only finds reached
+    /// nodes) and linked from the nearest found node with room (else it replaces that node's
+    /// most named entry), and what it reaches is marked in turn. Repeated (up to four passes)
+    /// while an entry dropped that way leaves something unreached. `O(n M)` per pass plus one
+    /// search per island.
+    fn link_islands(&mut self, rows: &[f32], indegree: &mut [u32]) {
+        for _ in 0..4 {
+            if self.link_islands_once(rows, indegree) == 0 {
+                return;
+            }
+        }
+    }
+
+    /// One pass of [`Graph::link_islands`]; returns how many islands it linked.
+    fn link_islands_once(&mut self, rows: &[f32], indegree: &mut [u32]) -> usize {
+        let n = self.len();
+        if n < 2 {
+            return 0;
+        }
+        let m2 = 2 * self.params.m;
+        let mut alias = vec![false; n];
+        for (_, aliases) in self.dups.iter() {
+            for &a in aliases {
+                alias[a as usize] = true; // never linked: found through their node
+            }
+        }
+        let mut reached = alias.clone();
+        let mut linked = 0;
+        let mut list = Vec::with_capacity(m2);
+        let mut stack = Vec::new();
+        let mut mark = |graph: &Self, from: u32, reached: &mut [bool]| {
+            if reached[from as usize] {
+                return;
+            }
+            reached[from as usize] = true;
+            stack.push(from);
+            while let Some(x) = stack.pop() {
+                list.clear();
+                read_list(graph.list(x, 0), &mut list);
+                for &y in &list {
+                    if !reached[y as usize] {
+                        reached[y as usize] = true;
+                        stack.push(y);
+                    }
+                }
+            }
+        };
+        mark(self, self.entry, &mut reached);
+        let row = |i: u32| &rows[i as usize * self.dim..(i as usize + 1) * self.dim];
+        let ef = self.params.ef_construction.max(2 * m2);
+        for island in 0..n as u32 {
+            if reached[island as usize] {
+                continue;
+            }
+            let found = self.search(rows, row(island), ef, ef, None);
+            let hosts: Vec<u32> = found
+                .iter()
+                .map(|h| h.0)
+                .filter(|&h| h != island && reached[h as usize] && !alias[h as usize])
+                .collect();
+            let Some(&nearest) = hosts.first() else {
+                continue;
+            };
+            let roomy = hosts
+                .iter()
+                .copied()
+                .find(|&h| (self.list(h, 0)[0].load(Relaxed) as usize) < m2);
+            let host = roomy.unwrap_or(nearest);
+            let slots = self.list(host, 0);
+            let count = slots[0].load(Relaxed) as usize;
+            if count < m2 {
+                slots[1 + count].store(island, Relaxed);
+                slots[0].store(count as u32 + 1, Relaxed);
+            } else {
+                let (at, _) = (1..=count)
+                    .map(|j| (j, indegree[slots[j].load(Relaxed) as usize]))
+                    .max_by_key(|&(_, d)| d)
+                    .expect("a full list");
+                let dropped = slots[at].load(Relaxed);
+                if indegree[dropped as usize] < 2 {
+                    continue;
+                }
+                indegree[dropped as usize] -= 1;
+                slots[at].store(island, Relaxed);
+            }
+            indegree[island as usize] += 1;
+            linked += 1;
+            mark(self, island, &mut reached);
+        }
+        linked
     }
 
     /// Rebuilds the alias table from the graph's vectors (after a compaction, or reading a

@@ -4,7 +4,6 @@
 //! present from the start (null until the embedding stage fills it), so the file format does not
 //! change between stages.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -13,8 +12,14 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_ipc::reader::FileReader;
+use arrow_array::{
+    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, ListArray, RecordBatch, StringArray,
+    UInt32Array, UInt64Array,
+};
+use arrow_buffer::Buffer;
+use arrow_ipc::convert::try_fb_to_schema;
+use arrow_ipc::reader::{FileDecoder, read_footer_length};
+use arrow_ipc::root_as_footer;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
@@ -172,101 +177,237 @@ pub fn encode_chunks(chunks: &[Chunk], dim: usize) -> Result<Bytes> {
 
 /// Decodes a chunk file written by [`encode_chunks`]. `key` names the object in error messages.
 pub fn decode_chunks(key: &str, bytes: &[u8]) -> Result<Vec<Chunk>> {
-    let corrupt = |detail: String| IndexError::Corrupt {
-        key: key.to_owned(),
-        detail,
-    };
-    let reader =
-        FileReader::try_new(Cursor::new(bytes), None).map_err(|e| corrupt(e.to_string()))?;
-    let version = reader
-        .schema()
-        .metadata()
-        .get("hearth.format_version")
-        .and_then(|v| v.parse::<u32>().ok());
-    if version.is_none_or(|v| v > FORMAT_VERSION) {
-        return Err(corrupt(format!(
-            "unsupported chunk format version {version:?}"
-        )));
-    }
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| corrupt(e.to_string()))?;
-        decode_batch(&batch, &mut out).map_err(corrupt)?;
-    }
-    Ok(out)
+    let file = ChunkFile::decode(key, Bytes::copy_from_slice(bytes))?;
+    Ok((0..file.len()).map(|i| file.chunk(i, true)).collect())
 }
 
-fn decode_batch(batch: &RecordBatch, out: &mut Vec<Chunk>) -> std::result::Result<(), String> {
-    let col = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| format!("missing column {name}"))
-    };
-    let doc_id = col("doc_id")?
-        .as_fixed_size_binary_opt()
-        .ok_or("doc_id has the wrong type")?;
-    let ordinal = col("ordinal")?
-        .as_primitive_opt::<UInt32Type>()
-        .ok_or("ordinal has the wrong type")?;
-    let text = col("text")?
-        .as_string_opt::<i32>()
-        .ok_or("text has the wrong type")?;
-    let page_start = col("page_start")?
-        .as_primitive_opt::<UInt32Type>()
-        .ok_or("page_start has the wrong type")?;
-    let page_end = col("page_end")?
-        .as_primitive_opt::<UInt32Type>()
-        .ok_or("page_end has the wrong type")?;
-    let heading = col("heading")?
-        .as_list_opt::<i32>()
-        .ok_or("heading has the wrong type")?;
-    let span_start = col("span_start")?
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or("span_start has the wrong type")?;
-    let span_end = col("span_end")?
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or("span_end has the wrong type")?;
-    let token_count = col("token_count")?
-        .as_primitive_opt::<UInt32Type>()
-        .ok_or("token_count has the wrong type")?;
-    let embedding = col("embedding")?
-        .as_fixed_size_list_opt()
-        .ok_or("embedding has the wrong type")?;
+/// A chunk file's columns read in place: the arrays are views of the file's bytes (a mapped
+/// segment, or a decrypted one), checked once at [`ChunkFile::decode`]; a chunk is
+/// materialised only when asked for. The retrieval index keeps its committed chunks this way,
+/// so their text stays in the page cache rather than the heap.
+#[derive(Debug)]
+pub(crate) struct ChunkFile {
+    batches: Vec<Columns>,
+    /// First row of each batch, and the total after the last.
+    starts: Vec<usize>,
+}
 
-    let opt =
-        |a: &arrow_array::PrimitiveArray<UInt32Type>, i: usize| (!a.is_null(i)).then(|| a.value(i));
-    for i in 0..batch.num_rows() {
-        let raw: [u8; 32] = doc_id
-            .value(i)
-            .try_into()
-            .map_err(|_| "doc_id is not 32 bytes")?;
-        let heading_values = heading.value(i);
-        let heading_values = heading_values
-            .as_string_opt::<i32>()
-            .ok_or("heading items have the wrong type")?;
-        let embedding = if embedding.is_null(i) {
-            None
-        } else {
-            let v = embedding.value(i);
-            let v = v
-                .as_primitive_opt::<Float32Type>()
-                .ok_or("embedding items have the wrong type")?;
-            Some(v.values().to_vec())
+/// One record batch's columns, of the types the schema names.
+#[derive(Debug)]
+struct Columns {
+    doc_id: FixedSizeBinaryArray,
+    ordinal: UInt32Array,
+    text: StringArray,
+    page_start: UInt32Array,
+    page_end: UInt32Array,
+    heading: ListArray,
+    span_start: UInt64Array,
+    span_end: UInt64Array,
+    token_count: UInt32Array,
+    embedding: FixedSizeListArray,
+}
+
+impl ChunkFile {
+    /// Decodes the IPC file `bytes` without copying its columns. Fails with
+    /// [`IndexError::Corrupt`] (naming `key`) on anything but a chunk file of a known version.
+    pub(crate) fn decode(key: &str, bytes: Bytes) -> Result<Self> {
+        let corrupt = |detail: String| IndexError::Corrupt {
+            key: key.to_owned(),
+            detail,
         };
-        out.push(Chunk {
-            doc_id: DocId::from_bytes(raw),
-            ordinal: ordinal.value(i),
-            text: text.value(i).to_owned(),
-            page_start: opt(page_start, i),
-            page_end: opt(page_end, i),
-            heading: heading_values.iter().flatten().map(str::to_owned).collect(),
-            span_start: span_start.value(i),
-            span_end: span_end.value(i),
-            token_count: token_count.value(i),
-            embedding,
-        });
+        let buffer = Buffer::from(bytes);
+        let len = buffer.len();
+        let trailer = len
+            .checked_sub(10)
+            .ok_or_else(|| corrupt("too short for an Arrow file".into()))?;
+        let footer_len = read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
+            .map_err(|e| corrupt(e.to_string()))?;
+        let footer_start = trailer
+            .checked_sub(footer_len)
+            .ok_or_else(|| corrupt("footer longer than the file".into()))?;
+        let footer = root_as_footer(&buffer[footer_start..trailer])
+            .map_err(|e| corrupt(format!("unreadable footer: {e}")))?;
+        let schema = footer
+            .schema()
+            .ok_or_else(|| corrupt("no schema".into()))
+            .and_then(|s| try_fb_to_schema(s).map_err(|e| corrupt(e.to_string())))?;
+        let version = schema
+            .metadata()
+            .get("hearth.format_version")
+            .and_then(|v| v.parse::<u32>().ok());
+        if version.is_none_or(|v| v > FORMAT_VERSION) {
+            return Err(corrupt(format!(
+                "unsupported chunk format version {version:?}"
+            )));
+        }
+        let block_of = |b: &arrow_ipc::Block| {
+            let start = usize::try_from(b.offset()).ok()?;
+            let size = usize::try_from(b.metaDataLength())
+                .ok()?
+                .checked_add(usize::try_from(b.bodyLength()).ok()?)?;
+            (start.checked_add(size)? <= footer_start)
+                .then(|| buffer.slice_with_length(start, size))
+        };
+        let mut decoder = FileDecoder::new(Arc::new(schema), footer.version());
+        for block in footer.dictionaries().iter().flatten() {
+            let data =
+                block_of(block).ok_or_else(|| corrupt("a block lies outside the file".into()))?;
+            decoder
+                .read_dictionary(block, &data)
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        let mut batches = Vec::new();
+        let mut starts = vec![0];
+        for block in footer.recordBatches().iter().flatten() {
+            let data =
+                block_of(block).ok_or_else(|| corrupt("a block lies outside the file".into()))?;
+            let Some(batch) = decoder
+                .read_record_batch(block, &data)
+                .map_err(|e| corrupt(e.to_string()))?
+            else {
+                continue;
+            };
+            let columns = Columns::of(&batch).map_err(corrupt)?;
+            starts.push(starts.last().expect("a start") + batch.num_rows());
+            batches.push(columns);
+        }
+        Ok(Self { batches, starts })
     }
-    Ok(())
+
+    /// Number of chunks.
+    pub(crate) fn len(&self) -> usize {
+        *self.starts.last().expect("a start")
+    }
+
+    /// The batch holding row `i` and the row within it.
+    ///
+    /// # Panics
+    /// If `i` is out of range.
+    fn at(&self, i: usize) -> (&Columns, usize) {
+        assert!(i < self.len(), "row {i} of {}", self.len());
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        (&self.batches[b], i - self.starts[b])
+    }
+
+    /// Chunk `i`, with its embedding when `with_embedding`.
+    pub(crate) fn chunk(&self, i: usize, with_embedding: bool) -> Chunk {
+        let (c, i) = self.at(i);
+        let opt = |a: &UInt32Array| (!a.is_null(i)).then(|| a.value(i));
+        let heading = c.heading.value(i);
+        let heading = heading.as_string::<i32>();
+        Chunk {
+            doc_id: c.doc_id(i),
+            ordinal: c.ordinal.value(i),
+            text: c.text.value(i).to_owned(),
+            page_start: opt(&c.page_start),
+            page_end: opt(&c.page_end),
+            heading: heading.iter().flatten().map(str::to_owned).collect(),
+            span_start: c.span_start.value(i),
+            span_end: c.span_end.value(i),
+            token_count: c.token_count.value(i),
+            embedding: if with_embedding {
+                c.embedding(i).map(<[f32]>::to_vec)
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Chunk `i`'s document.
+    pub(crate) fn doc_id(&self, i: usize) -> DocId {
+        let (c, i) = self.at(i);
+        c.doc_id(i)
+    }
+
+    /// Chunk `i`'s position in its document.
+    pub(crate) fn ordinal(&self, i: usize) -> u32 {
+        let (c, i) = self.at(i);
+        c.ordinal.value(i)
+    }
+
+    /// Chunk `i`'s text, in place.
+    pub(crate) fn text(&self, i: usize) -> &str {
+        let (c, i) = self.at(i);
+        c.text.value(i)
+    }
+
+    /// Chunk `i`'s embedding, in place (`None` before the embedding stage).
+    pub(crate) fn embedding(&self, i: usize) -> Option<&[f32]> {
+        let (c, i) = self.at(i);
+        c.embedding(i)
+    }
+}
+
+impl Columns {
+    fn of(batch: &RecordBatch) -> std::result::Result<Self, String> {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("missing column {name}"))
+        };
+        let wrong = |name: &str| format!("{name} has the wrong type");
+        let doc_id = col("doc_id")?
+            .as_fixed_size_binary_opt()
+            .filter(|a| a.value_length() == 32)
+            .ok_or_else(|| wrong("doc_id"))?
+            .clone();
+        let u32s = |name: &str| -> std::result::Result<UInt32Array, String> {
+            Ok(col(name)?
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| wrong(name))?
+                .clone())
+        };
+        let u64s = |name: &str| -> std::result::Result<UInt64Array, String> {
+            Ok(col(name)?
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| wrong(name))?
+                .clone())
+        };
+        let heading = col("heading")?
+            .as_list_opt::<i32>()
+            .filter(|l| l.values().as_string_opt::<i32>().is_some())
+            .ok_or_else(|| wrong("heading"))?
+            .clone();
+        let embedding = col("embedding")?
+            .as_fixed_size_list_opt()
+            .filter(|l| l.values().as_primitive_opt::<Float32Type>().is_some())
+            .ok_or_else(|| wrong("embedding"))?
+            .clone();
+        let text = col("text")?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| wrong("text"))?
+            .clone();
+        Ok(Self {
+            doc_id,
+            ordinal: u32s("ordinal")?,
+            text,
+            page_start: u32s("page_start")?,
+            page_end: u32s("page_end")?,
+            heading,
+            span_start: u64s("span_start")?,
+            span_end: u64s("span_end")?,
+            token_count: u32s("token_count")?,
+            embedding,
+        })
+    }
+
+    fn doc_id(&self, i: usize) -> DocId {
+        DocId::from_bytes(self.doc_id.value(i).try_into().expect("32 bytes, checked"))
+    }
+
+    fn embedding(&self, i: usize) -> Option<&[f32]> {
+        if self.embedding.is_null(i) {
+            return None;
+        }
+        let width = self.embedding.value_length() as usize;
+        let values = self
+            .embedding
+            .values()
+            .as_primitive::<Float32Type>()
+            .values();
+        let start = self.embedding.value_offset_at(i);
+        values.get(start..start + width)
+    }
 }
 
 #[cfg(test)]

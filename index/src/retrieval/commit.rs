@@ -10,10 +10,11 @@ use tracing::warn;
 use sha2::{Digest, Sha256};
 
 use super::persist::{self, AnnRef, GraphRef, HnswRef, SegmentRef};
+use super::store::{ChunkStore, read_segment};
 use super::{CollectionIndex, CompactStats, DocEntry};
-use crate::chunks::Chunk;
+use crate::chunks::{Chunk, ChunkFile};
 use crate::crypto::CacheSealer;
-use crate::error::Result;
+use crate::error::{IndexError, Result};
 use crate::ids::DocId;
 use crate::pidset::PidSet;
 use crate::vector::{Ann, FlatIndex, GONE, Mapping};
@@ -44,16 +45,22 @@ impl CollectionIndex {
         let generation = self.generation;
 
         let mut segments = self.segments.clone();
+        let mut written = None;
         if !pending.is_empty() {
             let file = persist::segment_name(generation);
-            let chunks = with_vectors(&self.chunks, &self.vectors, pending.clone());
-            persist::write_segment(
+            let chunks = with_vectors(
+                self.chunks.pending_from(pending.start),
+                &self.vectors,
+                pending.clone(),
+            );
+            let plain = persist::write_segment(
                 &self.dir,
                 self.sealer.as_ref(),
                 &file,
                 &chunks,
                 self.params.dim,
             )?;
+            written = Some((pending.start, file.clone(), plain));
             segments.push(SegmentRef {
                 file,
                 first_pid: pending.start,
@@ -81,6 +88,9 @@ impl CollectionIndex {
         self.segments = segments;
         self.committed_pids = next_pid;
         self.ann_dump = ann_dump;
+        if let Some((first, file, plain)) = written {
+            self.adopt_segment(first, &file, plain);
+        }
         self.dirty = true;
         persist::write_manifest(&self.dir, self.sealer.as_ref(), &self.manifest(generation))?;
         self.dirty = false;
@@ -127,7 +137,7 @@ impl CollectionIndex {
         let live: usize = order.iter().map(|(_, d)| d.pids.len()).sum();
         // Old pid -> new pid, GONE for a tombstoned one; increasing over the kept pids.
         let mut remap = vec![GONE; self.chunks.len()];
-        let mut chunks = Vec::with_capacity(live);
+        let mut chunks = ChunkStore::default();
         let mut chunk_ids = Vec::with_capacity(live);
         let mut vectors =
             super::open::new_vectors(self.params.dim, &self.dir, self.sealer.is_some());
@@ -136,7 +146,7 @@ impl CollectionIndex {
             let start = chunks.len() as u32;
             for pid in entry.pids.clone() {
                 remap[pid as usize] = chunks.len() as u32;
-                chunks.push(self.chunks[pid as usize].clone());
+                chunks.push(&self.chunks.get(pid).expect("a live pid"));
                 chunk_ids.push(self.chunk_ids[pid as usize]);
                 vectors.push_normalized(self.vectors.vector(pid));
             }
@@ -151,16 +161,18 @@ impl CollectionIndex {
         let generation = self.generation;
         let mut segments = Vec::new();
         let mut ann_dump = None;
+        let mut written = None;
         if n > 0 {
             let file = persist::segment_name(generation);
-            let with = with_vectors(&chunks, &vectors, 0..n);
-            persist::write_segment(
+            let with = with_vectors(chunks.pending_from(0), &vectors, 0..n);
+            let plain = persist::write_segment(
                 &self.dir,
                 self.sealer.as_ref(),
                 &file,
                 &with,
                 self.params.dim,
             )?;
+            written = Some((0, file.clone(), plain));
             segments.push(SegmentRef {
                 file,
                 first_pid: 0,
@@ -178,8 +190,8 @@ impl CollectionIndex {
         }
         let rewrite = (|| {
             self.lexical.delete_all()?;
-            for (pid, c) in (0..n).zip(&chunks) {
-                self.lexical.add(pid, &c.text)?;
+            for pid in 0..n {
+                self.lexical.add(pid, chunks.text(pid))?;
             }
             self.lexical.commit(&generation.to_string())
         })();
@@ -199,6 +211,9 @@ impl CollectionIndex {
         self.segments = segments;
         self.committed_pids = n;
         self.ann_dump = ann_dump;
+        if let Some((first, file, plain)) = written {
+            self.adopt_segment(first, &file, plain);
+        }
         self.dirty = true;
         persist::write_manifest(&self.dir, self.sealer.as_ref(), &self.manifest(generation))?;
         self.dirty = false;
@@ -250,12 +265,33 @@ fn save_ann(
     })
 }
 
-/// Copies of `chunks[range]` carrying their vectors, for writing a segment.
+/// Copies of the chunks of pids `range` (`chunks[0]` is the first) carrying their vectors,
+/// for writing a segment.
 fn with_vectors(chunks: &[Chunk], vectors: &FlatIndex, range: Range<u32>) -> Vec<Chunk> {
     range
-        .map(|pid| Chunk {
+        .zip(chunks)
+        .map(|(pid, c)| Chunk {
             embedding: Some(vectors.vector(pid).to_vec()),
-            ..chunks[pid as usize].clone()
+            ..c.clone()
         })
         .collect()
+}
+
+impl CollectionIndex {
+    /// Serves the chunks a commit just wrote as segment `file` (from pid `first`) from that
+    /// file: mapped in a plaintext cache, the written plaintext in a sealed one. If the file
+    /// cannot be read back they stay on the heap, as before the commit.
+    fn adopt_segment(&mut self, first: u32, file: &str, plain: bytes::Bytes) {
+        let read = match &self.sealer {
+            None => read_segment(&self.dir, None, file)
+                .and_then(|f| f.ok_or_else(|| IndexError::NotFound(file.to_owned()))),
+            Some(_) => ChunkFile::decode(file, plain),
+        };
+        let adopted = read
+            .map_err(|e| e.to_string())
+            .and_then(|f| self.chunks.add_segment(first, f));
+        if let Err(error) = adopted {
+            warn!(dir = %self.dir.display(), file, %error, "serving a committed segment's chunks from the heap");
+        }
+    }
 }

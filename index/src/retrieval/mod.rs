@@ -41,6 +41,7 @@ mod commit;
 mod open;
 mod persist;
 mod search;
+mod store;
 
 use persist::AnnRef;
 pub(crate) use persist::SegmentRef;
@@ -202,8 +203,9 @@ pub struct CollectionIndex {
     search: SearchParams,
     /// Held for the lifetime of the index: one `CollectionIndex` per directory.
     _lock: File,
-    /// By pid; embeddings are `None` (the vectors live in `vectors`).
-    chunks: Vec<Chunk>,
+    /// By pid, committed ones read in place from their segments (`store.rs`); no
+    /// embeddings (the vectors live in `vectors`).
+    chunks: store::ChunkStore,
     /// By pid, parallel to `chunks`.
     chunk_ids: Vec<ChunkId>,
     /// Normalised vectors by pid.
@@ -337,10 +339,7 @@ impl CollectionIndex {
 
         self.delete(&doc.doc_id)?;
         for (c, v) in chunks.iter().zip(&vectors) {
-            self.chunks.push(Chunk {
-                embedding: None,
-                ..c.clone()
-            });
+            self.chunks.push(c);
             self.chunk_ids.push(c.id());
             self.vectors.push_normalized(v);
         }
@@ -377,12 +376,8 @@ impl CollectionIndex {
         };
         self.tombstones.insert_range(entry.pids.clone());
         self.dirty = true;
-        // The text is no longer needed: free it now rather than at compaction.
-        let range = entry.pids.start as usize..entry.pids.end as usize;
-        for chunk in self.chunks.get_mut(range).into_iter().flatten() {
-            chunk.text = String::new();
-            chunk.heading = Vec::new();
-        }
+        // The text of uncommitted chunks is no longer needed: free it now.
+        self.chunks.forget(entry.pids.clone());
         self.lexical.delete(entry.pids)?;
         Ok(true)
     }

@@ -13,8 +13,8 @@ use super::persist::{
     AnnRef, GraphRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, broken_path, io_err,
     move_aside, read_file, read_manifest, remove_dir_if_any, write_manifest,
 };
+use super::store::{ChunkStore, read_segment};
 use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
-use crate::chunks::{Chunk, decode_chunks};
 use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
 use crate::ids::DocId;
@@ -115,7 +115,7 @@ fn create(
         lock,
         sealer,
         Parts {
-            chunks: Vec::new(),
+            chunks: ChunkStore::default(),
             vectors,
             docs: HashMap::new(),
             tombstones: PidSet::default(),
@@ -133,7 +133,7 @@ fn create(
 
 /// Everything `load` reads, before it becomes a `CollectionIndex`.
 pub(super) struct Parts {
-    pub chunks: Vec<Chunk>,
+    pub chunks: ChunkStore,
     pub vectors: FlatIndex,
     pub docs: HashMap<DocId, DocEntry>,
     pub tombstones: PidSet,
@@ -165,12 +165,6 @@ fn load(
     let (chunks, vectors) =
         read_segments(dir, sealer.as_ref(), &m, params.dim).map_err(Failure::Broken)?;
     let (docs, tombstones) = read_documents(&m, &chunks).map_err(Failure::Broken)?;
-    let mut chunks = chunks;
-    for pid in tombstones.iter() {
-        let chunk = &mut chunks[pid as usize];
-        chunk.text = String::new();
-        chunk.heading = Vec::new();
-    }
 
     let sealed = sealer.is_some();
     let lexical = open_lexical(dir, params.analyzer, m.generation, &chunks, &docs, sealed)
@@ -258,43 +252,32 @@ fn read_segments(
     sealer: Option<&CacheSealer>,
     m: &Manifest,
     dim: usize,
-) -> std::result::Result<(Vec<Chunk>, FlatIndex), String> {
-    let mut chunks = Vec::with_capacity(m.next_pid as usize);
+) -> std::result::Result<(ChunkStore, FlatIndex), String> {
+    let mut chunks = ChunkStore::default();
     let mut vectors = new_vectors(dim, dir, sealer.is_some());
     for seg in &m.segments {
-        if seg.first_pid as usize != chunks.len() {
-            return Err(format!(
-                "segment {} does not start at pid {}",
-                seg.file,
-                chunks.len()
-            ));
-        }
-        let path = dir.join(&seg.file);
-        let bytes = read_file(dir, sealer, &seg.file)
+        let file = read_segment(dir, sealer, &seg.file)
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}: missing", path.display()))?;
-        let decoded =
-            decode_chunks(&path.display().to_string(), &bytes).map_err(|e| e.to_string())?;
-        if decoded.len() != seg.count as usize {
+            .ok_or_else(|| format!("{}: missing", dir.join(&seg.file).display()))?;
+        if file.len() != seg.count as usize {
             return Err(format!(
                 "segment {} holds {} chunks, expected {}",
                 seg.file,
-                decoded.len(),
+                file.len(),
                 seg.count
             ));
         }
-        for mut c in decoded {
-            let v = c
-                .embedding
-                .take()
+        for i in 0..file.len() {
+            let v = file
+                .embedding(i)
                 .filter(|v| v.len() == dim)
-                .and_then(|v| normalized(&v).ok())
+                .and_then(|v| normalized(v).ok())
                 .ok_or_else(|| {
                     format!("segment {} has a missing or invalid embedding", seg.file)
                 })?;
             vectors.push_normalized(&v);
-            chunks.push(c);
         }
+        chunks.add_segment(seg.first_pid, file)?;
     }
     if chunks.len() != m.next_pid as usize {
         return Err(format!(
@@ -309,7 +292,7 @@ fn read_segments(
 /// The live documents and the tombstones: every pid not in a live document's range.
 fn read_documents(
     m: &Manifest,
-    chunks: &[Chunk],
+    chunks: &ChunkStore,
 ) -> std::result::Result<(HashMap<DocId, DocEntry>, PidSet), String> {
     let mut live = PidSet::new(m.next_pid);
     let mut docs = HashMap::with_capacity(m.documents.len());
@@ -319,7 +302,7 @@ fn read_documents(
             return Err(format!("document {} has an invalid pid range", d.doc_id));
         }
         for pid in r.clone() {
-            if live.contains(pid) || chunks[pid as usize].doc_id != d.doc_id {
+            if live.contains(pid) || chunks.doc_id(pid) != d.doc_id {
                 return Err(format!("document {} has inconsistent pids", d.doc_id));
             }
         }
@@ -350,7 +333,7 @@ fn open_lexical(
     dir: &Path,
     analyzer: Analyzer,
     generation: u64,
-    chunks: &[Chunk],
+    chunks: &ChunkStore,
     docs: &HashMap<DocId, DocEntry>,
     sealed: bool,
 ) -> Result<TantivyIndex> {
@@ -376,7 +359,7 @@ fn open_lexical(
     let mut ranges: Vec<Range<u32>> = docs.values().map(|d| d.pids.clone()).collect();
     ranges.sort_by_key(|r| r.start);
     for pid in ranges.into_iter().flatten() {
-        index.add(pid, &chunks[pid as usize].text)?;
+        index.add(pid, chunks.text(pid))?;
     }
     index.commit(&want)?;
     Ok(index)
@@ -493,7 +476,9 @@ impl CollectionIndex {
         p: Parts,
     ) -> Self {
         let committed_pids = p.chunks.len() as u32;
-        let chunk_ids = p.chunks.iter().map(Chunk::id).collect();
+        let chunk_ids = (0..committed_pids)
+            .map(|pid| p.chunks.chunk_id(pid))
+            .collect();
         let mut index = Self {
             dir: dir.to_path_buf(),
             params,

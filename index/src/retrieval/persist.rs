@@ -273,16 +273,17 @@ pub(super) fn write_manifest(
     write_durable(dir, sealer, MANIFEST, &bytes)
 }
 
-/// Writes chunks (with their embeddings) as an immutable segment file.
+/// Writes chunks (with their embeddings) as an immutable segment file; returns its plaintext.
 pub(super) fn write_segment(
     dir: &Path,
     sealer: Option<&CacheSealer>,
     name: &str,
     chunks: &[Chunk],
     dim: usize,
-) -> Result<()> {
+) -> Result<bytes::Bytes> {
     let bytes = encode_chunks(chunks, dim)?;
-    write_durable(dir, sealer, name, &bytes)
+    write_durable(dir, sealer, name, &bytes)?;
+    Ok(bytes)
 }
 
 /// A cache file's name as its seal binds it: the collection's directory and the file.

@@ -188,10 +188,10 @@ impl CollectionIndex {
     }
 
     fn hit(&self, f: Fused) -> Option<Hit> {
-        let chunk = self.chunks.get(f.id as usize)?;
+        let chunk = self.chunks.get(f.id)?;
         let doc = self.docs.get(&chunk.doc_id)?;
         Some(Hit {
-            chunk: chunk.clone(),
+            chunk,
             source: doc.source.clone(),
             title: doc.title.clone(),
             metadata: doc.metadata.clone(),

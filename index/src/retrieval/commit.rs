@@ -67,6 +67,7 @@ impl CollectionIndex {
                 count: pending.end - pending.start,
             });
         }
+        self.sync_vectors(next_pid)?;
         let ann_dump = if self.dump_due() {
             if let Ann::Graph(g) = &mut self.ann {
                 g.link_orphans(self.vectors.rows());
@@ -139,8 +140,12 @@ impl CollectionIndex {
         let mut remap = vec![GONE; self.chunks.len()];
         let mut chunks = ChunkStore::default();
         let mut chunk_ids = Vec::with_capacity(live);
-        let mut vectors =
-            super::open::new_vectors(self.params.dim, &self.dir, self.sealer.is_some());
+        let (mut vectors, vectors_file) = super::open::new_vectors(
+            self.params.dim,
+            &self.dir,
+            self.sealer.is_some(),
+            self.generation + 1,
+        );
         let mut docs = HashMap::with_capacity(order.len());
         for (id, mut entry) in order {
             let start = chunks.len() as u32;
@@ -205,6 +210,9 @@ impl CollectionIndex {
         self.chunks = chunks;
         self.chunk_ids = chunk_ids;
         self.vectors = vectors;
+        self.vectors_file = vectors_file;
+        self.vectors_ref = None;
+        self.sync_vectors(n)?;
         self.docs = docs;
         self.tombstones = PidSet::new(n);
         self.ann = ann;
@@ -278,6 +286,25 @@ fn with_vectors(chunks: &[Chunk], vectors: &FlatIndex, range: Range<u32>) -> Vec
 }
 
 impl CollectionIndex {
+    /// Makes the vectors of pids below `rows` durable in their file and records it for the
+    /// manifest (nothing for vectors on the heap).
+    fn sync_vectors(&mut self, rows: u32) -> Result<()> {
+        let synced = self.vectors.sync().map_err(|source| IndexError::Io {
+            path: self
+                .dir
+                .join(self.vectors_file.as_deref().unwrap_or("vectors")),
+            source,
+        })?;
+        if let (Some(crc32), Some(file)) = (synced, &self.vectors_file) {
+            self.vectors_ref = Some(persist::VectorsRef {
+                file: file.clone(),
+                rows,
+                crc32,
+            });
+        }
+        Ok(())
+    }
+
     /// Serves the chunks a commit just wrote as segment `file` (from pid `first`) from that
     /// file: mapped in a plaintext cache, the written plaintext in a sealed one. If the file
     /// cannot be read back they stay on the heap, as before the commit.

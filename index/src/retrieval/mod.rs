@@ -210,6 +210,10 @@ pub struct CollectionIndex {
     chunk_ids: Vec<ChunkId>,
     /// Normalised vectors by pid.
     vectors: FlatIndex,
+    /// The file `vectors` lives in (`None` on the heap: a sealed cache).
+    vectors_file: Option<String>,
+    /// The vectors file as the last commit left it: what the manifest records.
+    vectors_ref: Option<persist::VectorsRef>,
     docs: HashMap<DocId, DocEntry>,
     tombstones: PidSet,
     ann: Ann,

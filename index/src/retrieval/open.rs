@@ -10,8 +10,8 @@ use tracing::{info, warn};
 use sha2::{Digest, Sha256};
 
 use super::persist::{
-    AnnRef, GraphRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, broken_path, io_err,
-    move_aside, read_file, read_manifest, remove_dir_if_any, write_manifest,
+    AnnRef, GraphRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, VectorsRef, broken_path,
+    io_err, move_aside, read_file, read_manifest, remove_dir_if_any, vectors_name, write_manifest,
 };
 use super::store::{ChunkStore, read_segment};
 use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
@@ -108,7 +108,7 @@ fn create(
     sealer: Option<CacheSealer>,
 ) -> Result<CollectionIndex> {
     let lexical = new_lexical(dir, params.analyzer, sealer.is_some())?;
-    let vectors = new_vectors(params.dim, dir, sealer.is_some());
+    let (vectors, vectors_file) = new_vectors(params.dim, dir, sealer.is_some(), 0);
     let index = CollectionIndex::assemble(
         dir,
         params,
@@ -117,6 +117,8 @@ fn create(
         Parts {
             chunks: ChunkStore::default(),
             vectors,
+            vectors_file,
+            vectors_ref: None,
             docs: HashMap::new(),
             tombstones: PidSet::default(),
             ann: Ann::new(params.ann, params.dim, params.hnsw(), 1024)?,
@@ -135,6 +137,8 @@ fn create(
 pub(super) struct Parts {
     pub chunks: ChunkStore,
     pub vectors: FlatIndex,
+    pub vectors_file: Option<String>,
+    pub vectors_ref: Option<VectorsRef>,
     pub docs: HashMap<DocId, DocEntry>,
     pub tombstones: PidSet,
     pub ann: Ann,
@@ -162,8 +166,34 @@ fn load(
     }
     check_params(dir, &m.params, &params).map_err(Failure::Refuse)?;
 
-    let (chunks, vectors) =
-        read_segments(dir, sealer.as_ref(), &m, params.dim).map_err(Failure::Broken)?;
+    // The vectors file, when the manifest names one and it checks out; else the vectors are
+    // read from the segments into a new one (saved by the commit below).
+    let kept = match (&m.vectors, &sealer) {
+        (Some(r), None) if r.rows == m.next_pid => {
+            match FlatIndex::open_file(params.dim, &dir.join(&r.file), r.rows as usize, r.crc32) {
+                Ok(v) => Some((v, r.clone())),
+                Err(error) => {
+                    warn!(dir = %dir.display(), file = %r.file, %error, "vectors file unusable; rebuilding it from the segments");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let (chunks, vectors, vectors_file, vectors_ref) = match kept {
+        Some((v, r)) => {
+            let chunks = read_segments(dir, sealer.as_ref(), &m, params.dim, None)
+                .map_err(Failure::Broken)?;
+            (chunks, v, Some(r.file.clone()), Some(r))
+        }
+        None => {
+            let (mut v, file) = new_vectors(params.dim, dir, sealer.is_some(), m.generation);
+            let chunks = read_segments(dir, sealer.as_ref(), &m, params.dim, Some(&mut v))
+                .map_err(Failure::Broken)?;
+            (chunks, v, file, None)
+        }
+    };
+    let rebuilt_vectors = vectors_file.is_some() && vectors_ref.is_none();
     let (docs, tombstones) = read_documents(&m, &chunks).map_err(Failure::Broken)?;
 
     let sealed = sealer.is_some();
@@ -174,6 +204,7 @@ fn load(
     // A sealed cache rebuilds an hnsw_rs graph at every open and never saves it.
     let rebuilt_graph =
         ann_dump.is_none() && ann.len() > 0 && (!sealed || ann.kind() == AnnKind::Graph);
+    let rebuilt = rebuilt_graph || rebuilt_vectors;
 
     let mut index = CollectionIndex::assemble(
         dir,
@@ -183,6 +214,8 @@ fn load(
         Parts {
             chunks,
             vectors,
+            vectors_file,
+            vectors_ref,
             docs,
             tombstones,
             ann,
@@ -192,10 +225,10 @@ fn load(
             ann_dump,
         },
     );
-    if rebuilt_graph {
-        // Dump the rebuilt graph so the next open does not rebuild it again.
+    if rebuilt {
+        // Save the rebuilt graph or vectors so the next open does not rebuild them again.
         if let Err(e) = index.commit_with(true) {
-            warn!(dir = %dir.display(), error = %e, "could not save the rebuilt vector graph");
+            warn!(dir = %dir.display(), error = %e, "could not save the rebuilt vector graph or vectors file");
         }
     } else {
         index.gc();
@@ -237,24 +270,35 @@ fn check_params(dir: &Path, stored: &StoredParams, wanted: &IndexParams) -> Resu
     }
 }
 
-/// The vectors' store: a mapped file in a plaintext cache (the page cache holds them, not the
-/// heap), the heap in a sealed one (nothing of a document reaches the disk unsealed).
-pub(super) fn new_vectors(dim: usize, dir: &Path, sealed: bool) -> FlatIndex {
+/// A new, empty vector store: in a plaintext cache a vectors file named for `generation`,
+/// mapped (the page cache holds the vectors, not the heap), returned with its name; the heap
+/// in a sealed cache (nothing of a document reaches the disk unsealed), or if the file cannot
+/// be made.
+pub(super) fn new_vectors(
+    dim: usize,
+    dir: &Path,
+    sealed: bool,
+    generation: u64,
+) -> (FlatIndex, Option<String>) {
     if sealed {
-        FlatIndex::new(dim)
-    } else {
-        FlatIndex::in_file(dim, dir)
+        return (FlatIndex::new(dim), None);
     }
+    let name = vectors_name(generation);
+    let vectors = FlatIndex::create_file(dim, &dir.join(&name));
+    let name = vectors.in_file().then_some(name);
+    (vectors, name)
 }
 
+/// The committed chunks, in place; with `vectors`, their embeddings are appended to it (what
+/// an open does when it has no usable vectors file).
 fn read_segments(
     dir: &Path,
     sealer: Option<&CacheSealer>,
     m: &Manifest,
     dim: usize,
-) -> std::result::Result<(ChunkStore, FlatIndex), String> {
+    mut vectors: Option<&mut FlatIndex>,
+) -> std::result::Result<ChunkStore, String> {
     let mut chunks = ChunkStore::default();
-    let mut vectors = new_vectors(dim, dir, sealer.is_some());
     for seg in &m.segments {
         let file = read_segment(dir, sealer, &seg.file)
             .map_err(|e| e.to_string())?
@@ -268,14 +312,23 @@ fn read_segments(
             ));
         }
         for i in 0..file.len() {
+            let Some(vectors) = vectors.as_deref_mut() else {
+                break;
+            };
             let v = file
                 .embedding(i)
                 .filter(|v| v.len() == dim)
-                .and_then(|v| normalized(v).ok())
-                .ok_or_else(|| {
-                    format!("segment {} has a missing or invalid embedding", seg.file)
-                })?;
-            vectors.push_normalized(&v);
+                .ok_or_else(|| format!("segment {} has a missing embedding", seg.file))?;
+            // Segments hold the vectors as normalised at `add`; pushed as they are, so that a
+            // rebuilt vectors file is the one that was lost, bit for bit.
+            let unit = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+            if (unit - 1.0).abs() < 1e-4 {
+                vectors.push_normalized(v);
+            } else {
+                let v = normalized(v)
+                    .map_err(|_| format!("segment {} has an invalid embedding", seg.file))?;
+                vectors.push_normalized(&v);
+            }
         }
         chunks.add_segment(seg.first_pid, file)?;
     }
@@ -286,7 +339,7 @@ fn read_segments(
             m.next_pid
         ));
     }
-    Ok((chunks, vectors))
+    Ok(chunks)
 }
 
 /// The live documents and the tombstones: every pid not in a live document's range.
@@ -491,6 +544,8 @@ impl CollectionIndex {
             chunks: p.chunks,
             chunk_ids,
             vectors: p.vectors,
+            vectors_file: p.vectors_file,
+            vectors_ref: p.vectors_ref,
             docs: p.docs,
             tombstones: p.tombstones,
             ann: p.ann,

@@ -11,6 +11,8 @@
 //! {dir}/hnsw-{gen:010}.hnsw.graph    or the hnsw_rs dump (`index.ann = "hnsw_rs"`, `file_dump`)
 //! {dir}/hnsw-{gen:010}.hnsw.data
 //! {dir}/hnsw-{gen:010}.hnsw.alias    ids whose vector duplicates a graph node (when any)
+//! {dir}/vectors-{gen:010}.hvec        the normalised vectors by pid, appended in place (mapped;
+//!                                    format in `vector/flat.rs`), created at commit `gen`
 //! {dir}/tantivy/                     the tantivy index; its commit payload is the generation
 //! ```
 //!
@@ -86,6 +88,19 @@ pub(super) struct Manifest {
     pub hnsw: Option<HnswRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph: Option<GraphRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<VectorsRef>,
+}
+
+/// The vectors file a manifest points to (a plaintext cache's; `vector/flat.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VectorsRef {
+    pub file: String,
+    /// Rows it holds for this commit (every pid below `next_pid`); bytes past them are ignored.
+    pub rows: u32,
+    /// CRC-32 of those rows' bytes.
+    pub crc32: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +193,10 @@ pub(super) fn dump_name(generation: u64) -> String {
     format!("hnsw-{generation:010}")
 }
 
+pub(super) fn vectors_name(generation: u64) -> String {
+    format!("vectors-{generation:010}.hvec")
+}
+
 pub(super) fn graph_name(generation: u64) -> String {
     format!("graph-{generation:010}.hgraph")
 }
@@ -219,6 +238,7 @@ impl CollectionIndex {
                 Some(AnnRef::Graph(r)) => Some(r.clone()),
                 _ => None,
             },
+            vectors: self.vectors_ref.clone(),
         }
     }
 
@@ -228,6 +248,8 @@ impl CollectionIndex {
         if let Some(r) = &self.ann_dump {
             keep.extend(r.files());
         }
+        keep.extend(self.vectors_file.clone());
+        keep.extend(self.vectors_ref.as_ref().map(|r| r.file.clone()));
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -239,6 +261,7 @@ impl CollectionIndex {
                         .iter()
                         .any(|ext| name.ends_with(ext)))
                 || (name.starts_with("graph-") && name.ends_with(".hgraph"))
+                || (name.starts_with("vectors-") && name.ends_with(".hvec"))
                 || name.ends_with(".tmp");
             if ours
                 && !keep.contains(&name)

@@ -1,13 +1,20 @@
 //! Exact cosine search over one contiguous matrix of normalised vectors.
 //!
-//! The matrix is a `Vec<f32>`, or (for a collection whose cache is not sealed) a file-backed
-//! mapping of an anonymous file in the cache directory ([`FlatIndex::in_file`]): the vectors
-//! then live in the OS page cache, which writes them back and evicts them under memory
-//! pressure, instead of the heap. The file has no name (it is gone with the process, even
-//! after `kill -9`) and is refilled from the segments at every open, so nothing in it is ever
-//! trusted across processes.
+//! The matrix is a `Vec<f32>`, or (for a collection whose cache is not sealed) a shared
+//! mapping of a vectors file in the cache directory ([`FlatIndex::create_file`],
+//! [`FlatIndex::open_file`]): the vectors then live in the OS page cache, which writes them
+//! back and evicts them under memory pressure, instead of the heap, and a later open maps the
+//! file instead of reading every vector again.
+//!
+//! The file is a 64-byte header (`HVECAPP1`, then the width as a little-endian u32) and the
+//! rows as f32 in the machine's order, appended in place and grown by doubling (its length
+//! past the rows is zeros). It is append-only: [`FlatIndex::sync`] makes the rows so far
+//! durable and returns the CRC-32 of all of them, which the collection's manifest records with
+//! the row count; an open checks both, so rows a crash left past the count are ignored (and
+//! overwritten by the next appends), and a damaged file is refused and rebuilt by the caller.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 
 use memmap2::MmapMut;
@@ -28,17 +35,23 @@ pub struct FlatIndex {
     file: Option<InFile>,
 }
 
-/// Vectors in a shared mapping of an unnamed file, grown by doubling.
+/// Vectors in a shared mapping of a vectors file, grown by doubling.
 #[derive(Debug)]
 struct InFile {
     file: File,
     map: MmapMut,
     /// Floats written.
     len: usize,
+    /// Floats made durable by `sync`, and the CRC-32 of their bytes.
+    synced: usize,
+    crc: u32,
 }
 
-/// Bytes of the first mapping of a vectors file.
+/// Bytes of a vectors file's first rows area.
 const FIRST_MAP: usize = 1 << 20;
+/// Bytes before the rows.
+const HEADER: usize = 64;
+const MAGIC: &[u8; 8] = b"HVECAPP1";
 
 impl Clone for FlatIndex {
     /// A copy on the heap.
@@ -52,29 +65,76 @@ impl Clone for FlatIndex {
 }
 
 impl InFile {
-    fn new(dir: &Path) -> std::io::Result<Self> {
-        let file = tempfile::tempfile_in(dir)?;
-        file.set_len(FIRST_MAP as u64)?;
+    /// A new, empty vectors file at `path` (replacing any file there).
+    fn create(path: &Path, dim: usize) -> std::io::Result<Self> {
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        let mut header = [0u8; HEADER];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&(dim as u32).to_le_bytes());
+        file.write_all(&header)?;
+        file.set_len((HEADER + FIRST_MAP) as u64)?;
         let map = Self::map(&file)?;
-        Ok(Self { file, map, len: 0 })
+        Ok(Self {
+            file,
+            map,
+            len: 0,
+            synced: 0,
+            crc: 0,
+        })
+    }
+
+    /// The file at `path` holding `rows` rows of width `dim` whose bytes have CRC-32 `crc`.
+    fn open(path: &Path, dim: usize, rows: usize, crc: u32) -> Result<Self, String> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+        let map = Self::map(&file).map_err(|e| e.to_string())?;
+        if map.len() < HEADER || &map[..8] != MAGIC {
+            return Err("not a vectors file".into());
+        }
+        if map[8..12] != (dim as u32).to_le_bytes() {
+            return Err("vectors of another width".into());
+        }
+        let len = rows
+            .checked_mul(dim)
+            .filter(|&f| HEADER + f * size_of::<f32>() <= map.len())
+            .ok_or("truncated")?;
+        let bytes = &map[HEADER..HEADER + len * size_of::<f32>()];
+        if crc32fast::hash(bytes) != crc {
+            return Err("checksum mismatch".into());
+        }
+        Ok(Self {
+            file,
+            map,
+            len,
+            synced: len,
+            crc,
+        })
     }
 
     #[allow(unsafe_code)]
     fn map(file: &File) -> std::io::Result<MmapMut> {
-        // SAFETY: the file has no name and no other handle: nothing but this mapping
-        // changes it while it is mapped.
+        // SAFETY: a vectors file is written only through this mapping, by the one process
+        // holding the collection's lock; rows below `len` are never rewritten.
         unsafe { MmapMut::map_mut(file) }
     }
 
     /// Appends `v`, doubling the file (and mapping it again) when full.
     fn push(&mut self, v: &[f32]) -> std::io::Result<()> {
-        let need = (self.len + v.len()) * size_of::<f32>();
+        let at = HEADER + self.len * size_of::<f32>();
+        let need = at + size_of_val(v);
         if need > self.map.len() {
-            let bytes = need.max(self.map.len() * 2);
+            let bytes = need.max(HEADER + (self.map.len() - HEADER) * 2);
             self.file.set_len(bytes as u64)?;
             self.map = Self::map(&self.file)?;
         }
-        let at = self.len * size_of::<f32>();
         for (slot, x) in self.map[at..need].chunks_exact_mut(4).zip(v) {
             slot.copy_from_slice(&x.to_ne_bytes());
         }
@@ -82,11 +142,27 @@ impl InFile {
         Ok(())
     }
 
+    /// Makes the rows appended since the last call durable; returns the CRC-32 of all rows.
+    fn sync(&mut self) -> std::io::Result<u32> {
+        if self.synced < self.len {
+            let from = HEADER + self.synced * size_of::<f32>();
+            let to = HEADER + self.len * size_of::<f32>();
+            self.map.flush_range(from, to - from)?;
+            self.file.sync_data()?;
+            let mut hasher = crc32fast::Hasher::new_with_initial(self.crc);
+            hasher.update(&self.map[from..to]);
+            self.crc = hasher.finalize();
+            self.synced = self.len;
+        }
+        Ok(self.crc)
+    }
+
     #[allow(unsafe_code)]
     fn rows(&self) -> &[f32] {
-        // SAFETY: the mapping starts on a page boundary (aligned for f32) and holds `len`
-        // floats written by `push`; every bit pattern is an f32.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<f32>(), self.len) }
+        // SAFETY: the mapping starts on a page boundary, so `HEADER` bytes in is aligned for
+        // f32, and it holds `len` floats after the header (`push`, `open`); every bit pattern
+        // is an f32.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(HEADER).cast::<f32>(), self.len) }
     }
 }
 
@@ -100,12 +176,12 @@ impl FlatIndex {
         }
     }
 
-    /// An empty index whose vectors live in an unnamed file in `dir`, mapped (see the module
-    /// documentation); on the heap if the file cannot be made.
-    pub(crate) fn in_file(dim: usize, dir: &Path) -> Self {
-        let file = InFile::new(dir)
+    /// An empty index whose vectors live in a new vectors file at `path`, mapped (see the
+    /// module documentation); on the heap if the file cannot be made.
+    pub(crate) fn create_file(dim: usize, path: &Path) -> Self {
+        let file = InFile::create(path, dim)
             .inspect_err(|e| {
-                warn!(dir = %dir.display(), error = %e, "cannot keep the vectors in a file; they stay on the heap");
+                warn!(path = %path.display(), error = %e, "cannot keep the vectors in a file; they stay on the heap");
             })
             .ok();
         Self {
@@ -113,6 +189,33 @@ impl FlatIndex {
             data: Vec::new(),
             file,
         }
+    }
+
+    /// The vectors file at `path` as [`FlatIndex::sync`] left it: `rows` rows whose CRC-32 is
+    /// `crc`. Fails (saying why) on another file, another width, too few rows or another
+    /// checksum.
+    pub(crate) fn open_file(
+        dim: usize,
+        path: &Path,
+        rows: usize,
+        crc: u32,
+    ) -> std::result::Result<Self, String> {
+        Ok(Self {
+            dim,
+            data: Vec::new(),
+            file: Some(InFile::open(path, dim, rows, crc)?),
+        })
+    }
+
+    /// Whether the vectors are in a file.
+    pub(crate) fn in_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Makes the rows so far durable in the vectors file and returns their CRC-32 (`None`
+    /// for vectors on the heap).
+    pub(crate) fn sync(&mut self) -> std::io::Result<Option<u32>> {
+        self.file.as_mut().map(InFile::sync).transpose()
     }
 
     /// Builds an index from a row-major matrix (`vectors.len()` must be a multiple of `dim`);
@@ -257,8 +360,9 @@ mod tests {
     }
 
     #[test]
-    fn vectors_in_a_file_grow_past_its_first_mapping_and_answer_as_on_the_heap() {
+    fn vectors_in_a_file_grow_answer_as_on_the_heap_and_reopen_only_intact() {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.hvec");
         let dim = 100;
         let mut s = 3u64;
         let rows: Vec<f32> = (0..6000 * dim)
@@ -268,8 +372,13 @@ mod tests {
             })
             .collect();
         let heap = FlatIndex::build(&rows, dim).unwrap();
-        let mut file = FlatIndex::in_file(dim, dir.path());
-        for i in 0..6000 {
+        let mut file = FlatIndex::create_file(dim, &path);
+        assert!(file.in_file());
+        for i in 0..4000 {
+            file.push_normalized(heap.vector(i));
+        }
+        let crc = file.sync().unwrap().unwrap();
+        for i in 4000..6000 {
             file.push_normalized(heap.vector(i));
         }
         assert!(file.file_bytes() == 6000 * dim * 4 && file.heap_bytes() == 0);
@@ -278,7 +387,30 @@ mod tests {
         let q = &rows[7 * dim..8 * dim];
         assert_eq!(file.search(q, 5).unwrap(), heap.search(q, 5).unwrap());
         assert_eq!(file.clone().rows(), heap.rows());
-        // The file has no name: nothing is left in the directory.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let all = file.sync().unwrap().unwrap();
+        drop(file);
+
+        // Reopened at either synced count: the rows, no more; rows past a count are ignored
+        // and overwritten by the next appends.
+        let back = FlatIndex::open_file(dim, &path, 6000, all).unwrap();
+        assert_eq!(back.rows(), heap.rows());
+        drop(back);
+        let mut back = FlatIndex::open_file(dim, &path, 4000, crc).unwrap();
+        assert_eq!(back.rows(), &heap.rows()[..4000 * dim]);
+        back.push_normalized(heap.vector(5999));
+        assert_eq!(back.vector(4000), heap.vector(5999));
+        drop(back);
+        // Another count, checksum or width, a flipped bit, a truncation: refused.
+        assert!(FlatIndex::open_file(dim, &path, 4001, crc).is_err());
+        assert!(FlatIndex::open_file(dim, &path, 4000, crc ^ 1).is_err());
+        assert!(FlatIndex::open_file(dim + 1, &path, 4000, crc).is_err());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER + 4 * 1234] ^= 0x08;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(FlatIndex::open_file(dim, &path, 4000, crc).is_err());
+        std::fs::write(&path, &bytes[..HEADER + 100]).unwrap();
+        assert!(FlatIndex::open_file(dim, &path, 4000, crc).is_err());
+        // Heap vectors have nothing to sync.
+        assert_eq!(heap.clone().sync().unwrap(), None);
     }
 }

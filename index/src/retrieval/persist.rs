@@ -24,7 +24,9 @@
 //! ones too) or `hnsw`, the hnsw_rs dump (basename, point count, SHA-256 of its files, and
 //! `covers_pids`: the dump holds every live pid below it).
 //!
-//! **Commit** (`commit.rs`): write the new segment (fsync), write the graph if enough points
+//! **Commit** (`commit.rs`): write the new segment (fsync), sync the vectors file (the rows
+//! appended since the last commit: `msync`, `fdatasync`, and the running CRC-32 extended over
+//! them), write the graph if enough points
 //! were added since the last dump (fsync, checksums), commit tantivy with the new generation
 //! as payload, then write the manifest last (temp file, fsync, rename, directory fsync).
 //! Files no manifest references any more (older dumps, segments replaced by a compaction,
@@ -40,7 +42,10 @@
 //! plaintext cache found by a sealing open is deleted, not moved aside, and so is an older
 //! `{dir}.broken`.
 //!
-//! **Open**: read the manifest and the segments (chunks and vectors go to memory). Then:
+//! **Open**: read the manifest; map the segments (their chunks are read in place, `store.rs`)
+//! and the vectors file (checked against the manifest's row count and CRC-32). Then:
+//! - vectors file missing, short or failing its checksum → rebuild it from the segments' vectors
+//!   (bit for bit: they hold them as normalised) and record it (a repair commit);
 //! - tantivy unreadable, or its payload differs from the manifest generation (a crash between
 //!   the two commits) → rebuild it from the segments;
 //! - graph file (or hnsw_rs dump) missing, of the other `index.ann` kind, failing its
@@ -402,8 +407,22 @@ pub(super) fn disk_bytes(dir: &Path) -> u64 {
         .flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => disk_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) => allocated(&m),
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Bytes a file occupies on disk: its allocated blocks where the platform says (a vectors
+/// file grows by doubling, so its length runs ahead of its data), else its length.
+fn allocated(m: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    {
+        m.len()
+    }
 }

@@ -414,7 +414,7 @@ pub(super) fn disk_bytes(dir: &Path) -> u64 {
 }
 
 /// Bytes a file occupies on disk: its allocated blocks where the platform says (a vectors
-/// file grows by doubling, so its length runs ahead of its data), else its length.
+/// file grows a quarter at a time, so its length runs ahead of its data), else its length.
 fn allocated(m: &fs::Metadata) -> u64 {
     #[cfg(unix)]
     {

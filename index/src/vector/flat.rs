@@ -7,8 +7,9 @@
 //! file instead of reading every vector again.
 //!
 //! The file is a 64-byte header (`HVECAPP1`, then the width as a little-endian u32) and the
-//! rows as f32 in the machine's order, appended in place and grown by doubling (its length
-//! past the rows is zeros). It is append-only: [`FlatIndex::sync`] makes the rows so far
+//! rows as f32 in the machine's order, appended in place and grown by a quarter at a time, its
+//! blocks reserved first so that a full disk is an error rather than a fault in the mapping
+//! (its length past the rows is zeros). It is append-only: [`FlatIndex::sync`] makes the rows so far
 //! durable and returns the CRC-32 of all of them, which the collection's manifest records with
 //! the row count; an open checks both, so rows a crash left past the count are ignored (and
 //! overwritten by the next appends), and a damaged file is refused and rebuilt by the caller.
@@ -35,7 +36,7 @@ pub struct FlatIndex {
     file: Option<InFile>,
 }
 
-/// Vectors in a shared mapping of a vectors file, grown by doubling.
+/// Vectors in a shared mapping of a vectors file, grown a quarter at a time.
 #[derive(Debug)]
 struct InFile {
     file: File,
@@ -77,7 +78,7 @@ impl InFile {
         header[..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&(dim as u32).to_le_bytes());
         file.write_all(&header)?;
-        file.set_len((HEADER + FIRST_MAP) as u64)?;
+        reserve(&file, (HEADER + FIRST_MAP) as u64)?;
         let map = Self::map(&file)?;
         Ok(Self {
             file,
@@ -126,13 +127,14 @@ impl InFile {
         unsafe { MmapMut::map_mut(file) }
     }
 
-    /// Appends `v`, doubling the file (and mapping it again) when full.
+    /// Appends `v`, growing the file by a quarter (and mapping it again) when full.
     fn push(&mut self, v: &[f32]) -> std::io::Result<()> {
         let at = HEADER + self.len * size_of::<f32>();
         let need = at + size_of_val(v);
         if need > self.map.len() {
-            let bytes = need.max(HEADER + (self.map.len() - HEADER) * 2);
-            self.file.set_len(bytes as u64)?;
+            let rows_area = self.map.len() - HEADER;
+            let bytes = need.max(HEADER + rows_area + (rows_area / 4).max(FIRST_MAP));
+            reserve(&self.file, bytes as u64)?;
             self.map = Self::map(&self.file)?;
         }
         for (slot, x) in self.map[at..need].chunks_exact_mut(4).zip(v) {
@@ -164,6 +166,19 @@ impl InFile {
         // is an f32.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(HEADER).cast::<f32>(), self.len) }
     }
+}
+
+/// Extends `file` to `bytes` with its blocks reserved (`posix_fallocate`), so that a write
+/// through the mapping never meets a full disk: that would be a `SIGBUS` there, and is an
+/// error here, which moves the vectors to the heap (`push_normalized`). Elsewhere the file is
+/// only extended.
+fn reserve(file: &File, bytes: u64) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    {
+        let len = i64::try_from(bytes).map_err(std::io::Error::other)?;
+        nix::fcntl::posix_fallocate(file, 0, len).map_err(std::io::Error::from)?;
+    }
+    file.set_len(bytes)
 }
 
 impl FlatIndex {

@@ -702,34 +702,27 @@ fn commit_and_reopen_return_identical_results() {
 }
 
 /// The files of the saved graph: `graph-*.hgraph`, or `hnsw-*` for hnsw_rs.
-fn graph_files(dir: &Path) -> Vec<std::path::PathBuf> {
+/// The files in `dir` whose name starts with one of `prefixes`, sorted.
+fn files_named(dir: &Path, prefixes: &[&str]) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("graph-") || name.starts_with("hnsw-")
+            prefixes.iter().any(|x| name.starts_with(x))
         })
         .collect();
     files.sort();
     files
 }
 
+fn graph_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    files_named(dir, &["graph-", "hnsw-"])
+}
+
 fn vectors_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vectors-")
-        })
-        .collect();
-    files.sort();
-    files
+    files_named(dir, &["vectors-"])
 }
 
 /// The vectors live in one mapped file that an open reuses as it is; rows appended but never

@@ -532,31 +532,39 @@ impl Graph {
                 .map(|&c| Near(1.0 - (self.dot)(row(o), row(c)), c))
                 .collect();
             near.sort_unstable();
-            let roomy = near
-                .iter()
-                .find(|c| (self.list(c.1, 0)[0].load(Relaxed) as usize) < m2);
-            let host = roomy.map_or(near[0].1, |c| c.1);
-            let slots = self.list(host, 0);
-            let count = slots[0].load(Relaxed) as usize;
-            if count < m2 {
-                slots[1 + count].store(o, Relaxed);
-                slots[0].store(count as u32 + 1, Relaxed);
-            } else {
-                // Replace the entry most named elsewhere (it keeps other ways in).
-                let (at, _) = (1..=count)
-                    .map(|j| (j, indegree[slots[j].load(Relaxed) as usize]))
-                    .max_by_key(|&(_, d)| d)
-                    .expect("a full list");
-                let dropped = slots[at].load(Relaxed);
-                if indegree[dropped as usize] < 2 {
-                    continue;
-                }
-                indegree[dropped as usize] -= 1;
-                slots[at].store(o, Relaxed);
-            }
-            indegree[o as usize] += 1;
+            let hosts: Vec<u32> = near.iter().map(|c| c.1).collect();
+            self.give_way_in(&hosts, o, &mut indegree);
         }
         self.link_islands(rows, &mut indegree);
+    }
+
+    /// Links `node` from the first of `hosts` (nearest first, not empty) whose layer-0 list
+    /// has room, else from the nearest, replacing there the entry most other lists name (it
+    /// keeps other ways in; nothing is replaced if that entry has no other). Returns whether
+    /// `node` was linked; `indegree` follows.
+    fn give_way_in(&self, hosts: &[u32], node: u32, indegree: &mut [u32]) -> bool {
+        let m2 = 2 * self.params.m;
+        let room = |h: &&u32| (self.list(**h, 0)[0].load(Relaxed) as usize) < m2;
+        let host = *hosts.iter().find(room).unwrap_or(&hosts[0]);
+        let slots = self.list(host, 0);
+        let count = slots[0].load(Relaxed) as usize;
+        if count < m2 {
+            slots[1 + count].store(node, Relaxed);
+            slots[0].store(count as u32 + 1, Relaxed);
+        } else {
+            let (at, _) = (1..=count)
+                .map(|j| (j, indegree[slots[j].load(Relaxed) as usize]))
+                .max_by_key(|&(_, d)| d)
+                .expect("a full list");
+            let dropped = slots[at].load(Relaxed);
+            if indegree[dropped as usize] < 2 {
+                return false;
+            }
+            indegree[dropped as usize] -= 1;
+            slots[at].store(node, Relaxed);
+        }
+        indegree[node as usize] += 1;
+        true
     }
 
     /// Gives every island a way in: nodes that each have an in-link but that no walk from
@@ -622,32 +630,9 @@ impl Graph {
                 .map(|h| h.0)
                 .filter(|&h| h != island && reached[h as usize] && !alias[h as usize])
                 .collect();
-            let Some(&nearest) = hosts.first() else {
+            if hosts.is_empty() || !self.give_way_in(&hosts, island, indegree) {
                 continue;
-            };
-            let roomy = hosts
-                .iter()
-                .copied()
-                .find(|&h| (self.list(h, 0)[0].load(Relaxed) as usize) < m2);
-            let host = roomy.unwrap_or(nearest);
-            let slots = self.list(host, 0);
-            let count = slots[0].load(Relaxed) as usize;
-            if count < m2 {
-                slots[1 + count].store(island, Relaxed);
-                slots[0].store(count as u32 + 1, Relaxed);
-            } else {
-                let (at, _) = (1..=count)
-                    .map(|j| (j, indegree[slots[j].load(Relaxed) as usize]))
-                    .max_by_key(|&(_, d)| d)
-                    .expect("a full list");
-                let dropped = slots[at].load(Relaxed);
-                if indegree[dropped as usize] < 2 {
-                    continue;
-                }
-                indegree[dropped as usize] -= 1;
-                slots[at].store(island, Relaxed);
             }
-            indegree[island as usize] += 1;
             linked += 1;
             mark(self, island, &mut reached);
         }

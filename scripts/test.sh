@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 scripts/test-deps.sh
 export PATH="${HEARTH_CACHE:-$HOME/.cache/hearth}/venv/bin:$PATH"
 
+# The suite writes a few GiB (the gigabyte mailbox, build outputs): say so early on a full disk.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((4 * 1024 * 1024)) ]; then
+  echo "warning: $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the tests need about 4 GiB" >&2
+fi
 step() { printf '\n== %s\n' "$*" >&2; }
 step "cargo fmt --check";  cargo fmt --all -- --check
 step "cargo clippy";       cargo clippy --workspace --all-targets --locked -- -D warnings

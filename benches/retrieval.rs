@@ -15,6 +15,8 @@
 //! `HEARTH_BENCH_CHUNKS=N` changes the size, `HEARTH_BENCH_CHUNKS_PER_DOC=N` the document size
 //! (100); `HEARTH_BENCH_QUICK=1` runs 10,000 chunks; `HEARTH_BENCH_ANN=hnsw_rs` measures the
 //! collection on `hnsw_rs` instead of hearth's graph (`index.ann`).
+//! `HEARTH_BENCH_KEEP_DIR=D` builds into D and keeps it (a run that finds the same collection
+//! there reuses it); `HEARTH_BENCH_COLD_ONLY=1` stops after the cold start.
 //! Results go to `bench-retrieval.json` in the cargo target directory.
 
 mod common;
@@ -54,7 +56,11 @@ fn main() {
     let mixture = common::Mixture::new(DIM, 100, 0.5, 7);
     let vectors = mixture.sample(n, 11);
     let mut rng = common::Rng::new(3);
-    let dir = tempfile::tempdir().unwrap();
+    // `HEARTH_BENCH_KEEP_DIR=D` builds into D and keeps it; a later run that finds the same
+    // collection there skips the build (to iterate on the cold start).
+    let kept = std::env::var_os("HEARTH_BENCH_KEEP_DIR").map(std::path::PathBuf::from);
+    let temp = tempfile::tempdir().unwrap();
+    let dir_path = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let params = IndexParams {
         dim: DIM,
         hnsw_m: 16,
@@ -70,10 +76,17 @@ fn main() {
         "retrieval bench: {n} chunks in {docs} documents, {DIM}-d, index.ann = {}",
         params.ann
     );
+    let reuse = kept.is_some()
+        && CollectionIndex::open(&dir_path, params).is_ok_and(|i| i.stats().live_chunks == n);
+    let dir = dir_path.as_path();
 
     // Build from stored vectors, in documents of 100 chunks, then commit.
     let (_, build) = common::measure(|| {
-        let mut index = CollectionIndex::open(dir.path(), params).unwrap();
+        if reuse {
+            println!("build: reusing {}", dir.display());
+            return;
+        }
+        let mut index = CollectionIndex::open(dir, params).unwrap();
         for d in 0..docs {
             let doc_id = DocId::of_bytes(format!("bench document {d}").as_bytes());
             let lo = d * per_doc;
@@ -108,13 +121,20 @@ fn main() {
     );
 
     // Cold start from the local cache, its files evicted from the page cache first.
-    let evicted = evict_all(dir.path());
+    let evicted = evict_all(dir);
     let (anon0, file0) = common::rss_split();
-    let (index, cold) = common::measure(|| CollectionIndex::open(dir.path(), params).unwrap());
+    let (index, cold) = common::measure(|| CollectionIndex::open(dir, params).unwrap());
     let (anon1, file1) = common::rss_split();
     let (cold_anon, cold_file) = (
         (anon1 as f64 - anon0 as f64) / 1024.0,
         (file1 as f64 - file0 as f64) / 1024.0,
+    );
+    // The checksums the open left to a background thread: when their verdict is in.
+    let t = Instant::now();
+    index.verification().wait();
+    let checked_s = cold.wall_s + t.elapsed().as_secs_f64();
+    println!(
+        "background check of the vectors and graph files: done {checked_s:.2} s after the open began"
     );
     let stats = index.stats();
     assert_eq!(stats.live_chunks, n);
@@ -141,8 +161,11 @@ fn main() {
         stats.disk_bytes as f64 / 1048576.0
     );
     drop(index);
+    if common::env_flag("HEARTH_BENCH_COLD_ONLY") {
+        return;
+    }
     // Cold start when the saved graph is lost: the graph is rebuilt from the segments.
-    for e in std::fs::read_dir(dir.path()).unwrap() {
+    for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.file_name().is_some_and(|f| {
             let f = f.to_string_lossy();
@@ -155,7 +178,7 @@ fn main() {
             }
         }
     }
-    let (index, rebuild) = common::measure(|| CollectionIndex::open(dir.path(), params).unwrap());
+    let (index, rebuild) = common::measure(|| CollectionIndex::open(dir, params).unwrap());
     println!(
         "cold start without the saved graph (rebuilt): {:.1} s wall, {:.1} s CPU",
         rebuild.wall_s, rebuild.cpu_s
@@ -278,6 +301,7 @@ fn main() {
             "build": {"wall_s": build.wall_s, "cpu_s": build.cpu_s, "peak_rss_growth_mib": build.peak_rss_growth_mib},
             "cold_start": {"wall_s": cold.wall_s, "cpu_s": cold.cpu_s, "rss_growth_mib": cold.rss_growth_mib,
                            "rss_anon_mib": cold_anon, "rss_file_mib": cold_file, "evicted": evicted,
+                           "background_check_done_s": checked_s,
                            "vectors_heap_mib": mib(vec_heap), "vectors_file_mib": mib(vec_file),
                            "graph_heap_mib": mib(graph_heap), "graph_mapped_mib": mib(graph_mapped),
                            "disk_mib": stats.disk_bytes as f64 / 1048576.0},

@@ -72,6 +72,6 @@ pub use lexical::Analyzer;
 pub use meta::{MetaValue, Metadata};
 pub use retrieval::{
     CollectionIndex, CompactStats, Hit, IndexParams, IndexStats, IndexedDoc, MAX_TOP_K,
-    SearchParams, SearchRequest,
+    SearchParams, SearchRequest, Verification,
 };
 pub use vector::{AnnKind, FlatIndex, GraphIndex, HnswIndex, HnswParams, VectorIndex};

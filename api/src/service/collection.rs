@@ -193,6 +193,24 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(ServiceError::from)
 }
 
+/// Takes the verdict of the checks the open left to the background (the vectors' and graph's
+/// checksums) as soon as it is in, so that a damaged file is rebuilt then rather than at the
+/// next commit. Waits without holding the index; holds only a weak reference meanwhile.
+fn verify_when_checked(col: &Arc<Collection>) {
+    let verification = read(&col.index).verification();
+    let weak = Arc::downgrade(col);
+    tokio::task::spawn_blocking(move || {
+        verification.wait();
+        let Some(col) = weak.upgrade() else { return };
+        let Some(mut index) = col.index_mut() else {
+            return;
+        };
+        if let Err(error) = index.verify() {
+            tracing::error!(collection = %col.name, %error, "could not repair the collection's index after its background check");
+        }
+    });
+}
+
 impl Service {
     /// Creates a collection with PII redaction rules, OCR languages and the access its
     /// documents get when uploaded without their own (or opens it when it
@@ -254,6 +272,7 @@ impl Service {
             tracing::info!(collection = %c, added = report.added, removed = report.removed, "index brought in line with the object store");
         }
         open.insert(c.clone(), col.clone());
+        verify_when_checked(&col);
         Ok(col)
     }
 

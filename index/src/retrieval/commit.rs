@@ -35,11 +35,16 @@ impl CollectionIndex {
 
     /// Commits; with `force`, even when nothing changed (used to save a rebuilt graph).
     pub(super) fn commit_with(&mut self, force: bool) -> Result<()> {
-        let next_pid = self.next_pid();
-        let pending = self.committed_pids..next_pid;
-        if !(force || self.dirty || !pending.is_empty()) {
+        if !(force || self.dirty || self.committed_pids < self.next_pid()) {
             return Ok(());
         }
+        // Nothing is written from a file the background check finds damaged (`scrub.rs`);
+        // a repair commits everything itself.
+        if self.verify()? {
+            return Ok(());
+        }
+        let next_pid = self.next_pid();
+        let pending = self.committed_pids..next_pid;
         // A failed attempt burns its generation, so file names are never reused.
         self.generation += 1;
         let generation = self.generation;
@@ -120,6 +125,7 @@ impl CollectionIndex {
     /// disk and memory are reclaimed. Commits pending changes first; results for live
     /// documents are unchanged. A no-op when nothing is tombstoned.
     pub fn compact(&mut self) -> Result<CompactStats> {
+        self.verify()?;
         self.commit()?;
         let before = persist::disk_bytes(&self.dir);
         let removed = self.tombstones.len();
@@ -196,7 +202,7 @@ impl CollectionIndex {
         let rewrite = (|| {
             self.lexical.delete_all()?;
             for pid in 0..n {
-                self.lexical.add(pid, chunks.text(pid))?;
+                self.lexical.add(pid, &chunks.text(pid))?;
             }
             self.lexical.commit(&generation.to_string())
         })();

@@ -40,11 +40,13 @@ use crate::vector::{Ann, AnnKind, FlatIndex, HnswParams, normalized};
 mod commit;
 mod open;
 mod persist;
+mod scrub;
 mod search;
 mod store;
 
 use persist::AnnRef;
 pub(crate) use persist::SegmentRef;
+pub use scrub::Verification;
 
 /// Largest `top_k` a search accepts.
 pub const MAX_TOP_K: usize = 1000;
@@ -234,6 +236,9 @@ pub struct CollectionIndex {
     /// bitset over these once, and each document's check is a few bit tests (hash lookups of
     /// the names cost 2.5 ms per search at 10,000 documents: BENCHMARKS.md, "Access lists").
     principals: HashMap<String, u32>,
+    /// The background check of the files an open did not read, until its verdict is taken
+    /// (`scrub.rs`).
+    scrub: Option<scrub::Scrub>,
 }
 
 impl std::fmt::Debug for CollectionIndex {

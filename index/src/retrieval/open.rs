@@ -13,6 +13,7 @@ use super::persist::{
     AnnRef, GraphRef, LAYOUT_VERSION, Manifest, SegmentRef, StoredParams, VectorsRef, broken_path,
     io_err, move_aside, read_file, read_manifest, remove_dir_if_any, vectors_name, write_manifest,
 };
+use super::scrub::{Job, Scrub};
 use super::store::{ChunkStore, read_segment};
 use super::{CollectionIndex, DocEntry, IndexParams, SearchParams};
 use crate::crypto::CacheSealer;
@@ -126,6 +127,7 @@ fn create(
             generation: 0,
             segments: Vec::new(),
             ann_dump: None,
+            scrub: None,
         },
     );
     write_manifest(dir, index.sealer.as_ref(), &index.manifest(0))?;
@@ -146,6 +148,8 @@ pub(super) struct Parts {
     pub generation: u64,
     pub segments: Vec<SegmentRef>,
     pub ann_dump: Option<AnnRef>,
+    /// The background check of the files the open did not read (`scrub.rs`).
+    pub scrub: Option<Scrub>,
 }
 
 fn load(
@@ -168,10 +172,21 @@ fn load(
 
     // The vectors file, when the manifest names one and it checks out; else the vectors are
     // read from the segments into a new one (saved by the commit below).
+    // Its rows' CRC-32 is checked in the background (`scrub.rs`).
+    let mut job = Job {
+        dir: dir.to_path_buf(),
+        ..Job::default()
+    };
     let kept = match (&m.vectors, &sealer) {
         (Some(r), None) if r.rows == m.next_pid => {
-            match FlatIndex::open_file(params.dim, &dir.join(&r.file), r.rows as usize, r.crc32) {
-                Ok(v) => Some((v, r.clone())),
+            let path = dir.join(&r.file);
+            let opened = FlatIndex::open_file(params.dim, &path, r.rows as usize, r.crc32)
+                .and_then(|v| Ok((v, File::open(&path).map_err(|e| e.to_string())?)));
+            match opened {
+                Ok((v, file)) => {
+                    job.vectors = Some((file, params.dim, r.rows as usize, r.crc32));
+                    Some((v, r.clone()))
+                }
                 Err(error) => {
                     warn!(dir = %dir.display(), file = %r.file, %error, "vectors file unusable; rebuilding it from the segments");
                     None
@@ -199,8 +214,17 @@ fn load(
     let sealed = sealer.is_some();
     let lexical = open_lexical(dir, params.analyzer, m.generation, &chunks, &docs, sealed)
         .map_err(Failure::Refuse)?;
-    let (ann, ann_dump) = open_ann(dir, sealer.as_ref(), &params, &m, &vectors, &tombstones)
-        .map_err(Failure::Refuse)?;
+    let (ann, ann_dump) = open_ann(
+        dir,
+        sealer.as_ref(),
+        &params,
+        &m,
+        &vectors,
+        &tombstones,
+        &mut job,
+    )
+    .map_err(Failure::Refuse)?;
+    let scrub = Scrub::start(job, m.next_pid);
     // A sealed cache rebuilds an hnsw_rs graph at every open and never saves it.
     let rebuilt_graph =
         ann_dump.is_none() && ann.len() > 0 && (!sealed || ann.kind() == AnnKind::Graph);
@@ -223,6 +247,7 @@ fn load(
             generation: m.generation,
             segments: m.segments,
             ann_dump,
+            scrub: Some(scrub),
         },
     );
     if rebuilt {
@@ -319,16 +344,8 @@ fn read_segments(
                 .embedding(i)
                 .filter(|v| v.len() == dim)
                 .ok_or_else(|| format!("segment {} has a missing embedding", seg.file))?;
-            // Segments hold the vectors as normalised at `add`; pushed as they are, so that a
-            // rebuilt vectors file is the one that was lost, bit for bit.
-            let unit = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
-            if (unit - 1.0).abs() < 1e-4 {
-                vectors.push_normalized(v);
-            } else {
-                let v = normalized(v)
-                    .map_err(|_| format!("segment {} has an invalid embedding", seg.file))?;
-                vectors.push_normalized(&v);
-            }
+            push_stored(vectors, v)
+                .map_err(|()| format!("segment {} has an invalid embedding", seg.file))?;
         }
         chunks.add_segment(seg.first_pid, file)?;
     }
@@ -340,6 +357,18 @@ fn read_segments(
         ));
     }
     Ok(chunks)
+}
+
+/// Appends a vector as a segment holds it: segments hold the vectors as normalised at `add`,
+/// pushed as they are, so that a rebuilt vectors file is the one that was lost, bit for bit.
+pub(super) fn push_stored(vectors: &mut FlatIndex, v: &[f32]) -> std::result::Result<(), ()> {
+    let unit = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+    if (unit - 1.0).abs() < 1e-4 {
+        vectors.push_normalized(v);
+    } else {
+        vectors.push_normalized(&normalized(v).map_err(|_| ())?);
+    }
+    Ok(())
 }
 
 /// The live documents and the tombstones: every pid not in a live document's range.
@@ -412,7 +441,7 @@ fn open_lexical(
     let mut ranges: Vec<Range<u32>> = docs.values().map(|d| d.pids.clone()).collect();
     ranges.sort_by_key(|r| r.start);
     for pid in ranges.into_iter().flatten() {
-        index.add(pid, chunks.text(pid))?;
+        index.add(pid, &chunks.text(pid))?;
     }
     index.commit(&want)?;
     Ok(index)
@@ -428,10 +457,11 @@ fn open_ann(
     m: &Manifest,
     vectors: &FlatIndex,
     tombstones: &PidSet,
+    job: &mut Job,
 ) -> Result<(Ann, Option<AnnRef>)> {
     let loaded = match (params.ann, &m.graph, &m.hnsw) {
         (AnnKind::Graph, Some(r), _) => Some(
-            load_graph(dir, sealer, params, r, m.next_pid, vectors)
+            load_graph(dir, sealer, params, r, m.next_pid, vectors, job)
                 .map(|g| (Ann::Graph(g), AnnRef::Graph(r.clone()))),
         ),
         (AnnKind::HnswRs, _, Some(r)) if sealer.is_none() => Some(if r.covers_pids > m.next_pid {
@@ -469,7 +499,8 @@ fn open_ann(
 }
 
 /// Reads and checks a saved graph: its SHA-256, then every count and id (`file.rs`). In a
-/// plaintext cache the file is mapped, not read: its lists and codes stay in the page cache.
+/// plaintext cache the file is mapped, not read: its lists and codes stay in the page cache,
+/// and its SHA-256 is left to `job` (checked in the background).
 fn load_graph(
     dir: &Path,
     sealer: Option<&CacheSealer>,
@@ -477,6 +508,7 @@ fn load_graph(
     r: &GraphRef,
     next_pid: u32,
     vectors: &FlatIndex,
+    job: &mut Job,
 ) -> Result<Graph> {
     let corrupt = |detail: String| IndexError::Corrupt {
         key: dir.join(&r.file).display().to_string(),
@@ -499,7 +531,7 @@ fn load_graph(
                 }
                 Err(e) => return Err(io_err(&path)(e)),
             };
-            checked(map.bytes())?;
+            job.graph = Some((File::open(&path).map_err(io_err(&path))?, r.sha256.clone()));
             Graph::from_mapped(&map, params.dim, params.hnsw(), vectors.rows())
         }
         Some(_) => {
@@ -557,6 +589,7 @@ impl CollectionIndex {
             dirty: false,
             sealer,
             principals: HashMap::new(),
+            scrub: p.scrub,
         };
         index.intern_all();
         index

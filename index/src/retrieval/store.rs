@@ -88,10 +88,19 @@ impl ChunkStore {
     ///
     /// # Panics
     /// If `pid` is out of range.
-    pub(super) fn text(&self, pid: u32) -> &str {
+    pub(super) fn text(&self, pid: u32) -> std::borrow::Cow<'_, str> {
         match self.at(pid).expect("a pid in range") {
             At::Segment(f, i) => f.text(i),
-            At::Pending(c) => &c.text,
+            At::Pending(c) => std::borrow::Cow::Borrowed(&c.text),
+        }
+    }
+
+    /// A committed chunk's embedding as its segment holds it (`None` for a pending chunk:
+    /// those keep none).
+    pub(super) fn embedding(&self, pid: u32) -> Option<&[f32]> {
+        match self.at(pid)? {
+            At::Segment(f, i) => f.embedding(i),
+            At::Pending(_) => None,
         }
     }
 
@@ -226,7 +235,7 @@ mod tests {
         assert_eq!(store.get(1), Some(bare(&first[1])));
         assert_eq!(store.get(4), Some(bare(&second[1])));
         assert_eq!(store.get(5), None);
-        assert_eq!((store.doc_id(2), store.text(3)), (a, "text 0"));
+        assert_eq!((store.doc_id(2), &*store.text(3)), (a, "text 0"));
         assert_eq!(store.chunk_id(4), second[1].id());
         assert_eq!(store.pending_from(4), &[bare(&second[1])]);
 

@@ -28,6 +28,7 @@ mod sq8;
 pub use ann::AnnKind;
 pub(crate) use ann::{Ann, GONE};
 pub use flat::FlatIndex;
+pub(crate) use flat::check_rows;
 pub(crate) use graph::Graph;
 pub use graph::GraphIndex;
 pub(crate) use hnsw::HnswDump;

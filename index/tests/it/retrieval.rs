@@ -747,6 +747,7 @@ fn the_vectors_file_is_reused_checked_and_rebuilt_when_damaged() {
     let stamp = |f: &Path| std::fs::metadata(f).unwrap().modified().unwrap();
     let before = stamp(&files[0]);
     let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert!(!index.verify().unwrap(), "intact");
     force_hnsw(&mut index);
     assert_eq!(index.stats().live_chunks, 360);
     assert_same(&want, &probe(&index, 23));
@@ -772,6 +773,9 @@ fn the_vectors_file_is_reused_checked_and_rebuilt_when_damaged() {
         assert_eq!(files.len(), 1, "{what}: {files:?}");
         damage(&files[0]);
         let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+        // A short or missing file is refused by the open; a flipped bit is found by the
+        // background check, whose verdict `verify` takes.
+        assert_eq!(index.verify().unwrap(), what == "bit flip", "{what}");
         force_hnsw(&mut index);
         assert_same(&want, &probe(&index, 23));
         assert_eq!(index.vector_bytes(), (0, 360 * DIM * 4), "{what}");
@@ -787,6 +791,68 @@ fn the_vectors_file_is_reused_checked_and_rebuilt_when_damaged() {
         assert_eq!(vectors_files(dir.path()), rebuilt, "{what}");
         assert_eq!(stamp(&rebuilt[0]), at, "{what}: reused");
     }
+}
+
+/// An open does not read the vectors or the graph to check them (a background check does):
+/// a commit made before anyone took the verdict still writes nothing from a damaged file. The
+/// vectors and the graph are both rebuilt first, the new document's vectors kept, and the
+/// next open finds every file intact.
+#[test]
+fn a_commit_after_an_open_repairs_what_the_background_check_found_first() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small enough for exact dense search: the answers depend on the vectors alone.
+    let (index, _) = build(dir.path(), 120, 67);
+    let mut rng = Rng::new(68);
+    let (doc, chunks) = make_doc(120, 3, &mut rng, text);
+    drop(index);
+    // The answers a whole index gives with the new document, from a copy of the directory.
+    let copy = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+        }
+    }
+    let mut intact = CollectionIndex::open(copy.path(), params(DIM)).unwrap();
+    intact.add(doc.clone(), &chunks).unwrap();
+    intact.commit().unwrap();
+    let want = probe(&intact, 29);
+    drop(intact);
+
+    for f in vectors_files(dir.path())
+        .iter()
+        .chain(&graph_files(dir.path()))
+    {
+        let mut b = std::fs::read(f).unwrap();
+        // An exponent bit of a vector's component (its scores move), and a bit of a code
+        // (the last bytes of the graph file before its alias section are codes).
+        if f.extension().is_some_and(|e| e == "hvec") {
+            b[64 + 4 * 777 + 3] ^= 0x40;
+        } else {
+            let at = b.len() - 100;
+            b[at] ^= 0x04;
+        }
+        std::fs::write(f, b).unwrap();
+    }
+    let (vectors_before, graph_before) = (vectors_files(dir.path()), graph_files(dir.path()));
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    index.add(doc, &chunks).unwrap();
+    index.commit().unwrap();
+    assert_same(&want, &probe(&index, 29));
+    assert!(!index.verify().unwrap(), "the commit took the verdict");
+    drop(index);
+    let (vectors_after, graph_after) = (vectors_files(dir.path()), graph_files(dir.path()));
+    assert!(
+        vectors_after.iter().all(|f| !vectors_before.contains(f)),
+        "{vectors_after:?}"
+    );
+    assert!(
+        graph_after.iter().all(|f| !graph_before.contains(f)),
+        "{graph_after:?}"
+    );
+    let mut index = CollectionIndex::open(dir.path(), params(DIM)).unwrap();
+    assert!(!index.verify().unwrap(), "intact after the repair");
+    assert_same(&want, &probe(&index, 29));
 }
 
 #[test]
@@ -813,6 +879,7 @@ fn a_lost_or_damaged_graph_file_is_detected_and_rebuilt_for_either_kind() {
         // Read back intact: the same answers through the graph, nothing rewritten; hearth's
         // graph is read in place (its lists and codes mapped, not copied to the heap).
         let mut index = CollectionIndex::open(dir.path(), p).unwrap();
+        assert!(!index.verify().unwrap(), "{ann}: intact");
         if let Some((heap, mapped)) = index.graph_bytes() {
             assert!(
                 mapped >= 450 * 33 * 4 && heap * 4 < mapped,
@@ -845,6 +912,7 @@ fn a_lost_or_damaged_graph_file_is_detected_and_rebuilt_for_either_kind() {
             let files = graph_files(dir.path());
             damage(&files[0]);
             let mut index = CollectionIndex::open(dir.path(), p).unwrap();
+            index.verify().unwrap();
             assert_same(&before, &probe(&index, 9));
             assert_eq!(index.graph_points(), 450, "{ann}, {what}");
             force_hnsw(&mut index);

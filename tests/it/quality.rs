@@ -79,13 +79,18 @@ async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
 
     let service = Service::new(ServiceParts {
         store: node.store().into(),
-        data_dir: node.dir.path().join("data"),
+        data_dir: node.dir.path().join("data-quality"),
         engine: EngineConfig {
             models_dir: models(),
             ..EngineConfig::default()
         },
         ingest: IngestConfig::default(),
-        index: IndexConfig::default(),
+        index: IndexConfig {
+            analyzer: std::env::var("HEARTH_TEST_ANALYZER")
+                .ok()
+                .map_or(Default::default(), |a| a.parse().unwrap()),
+            ..IndexConfig::default()
+        },
         extractor: ExtractorCommand {
             program: env!("CARGO_BIN_EXE_hearth").into(),
             args: vec!["extract-worker".into()],

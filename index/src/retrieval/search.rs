@@ -21,6 +21,7 @@ use crate::access::Reader;
 use crate::error::{IndexError, Result};
 use crate::filter::Filter;
 use crate::hybrid::{Fused, SearchMode, fuse, hybrid_candidates};
+use crate::lexical::Terms;
 use crate::pidset::PidSet;
 use crate::vector::{VectorIndex, dot, prepare_query};
 
@@ -62,8 +63,8 @@ impl CollectionIndex {
             }
         };
         let terms = match req.mode {
-            SearchMode::Dense => Vec::new(),
-            SearchMode::Bm25 | SearchMode::Hybrid => self.lexical.analyzer().terms(req.text),
+            SearchMode::Dense => Terms::default(),
+            SearchMode::Bm25 | SearchMode::Hybrid => self.lexical.terms(req.text),
         };
         if req.mode == SearchMode::Bm25 && terms.is_empty() {
             return Ok(Vec::new());
@@ -177,7 +178,7 @@ impl CollectionIndex {
     }
 
     /// The `k` best allowed chunks for the analysed terms by BM25, best first.
-    fn bm25(&self, terms: &[String], k: usize, allowed: &Allowed) -> Result<Vec<(u32, f32)>> {
+    fn bm25(&self, terms: &Terms, k: usize, allowed: &Allowed) -> Result<Vec<(u32, f32)>> {
         if terms.is_empty() || allowed.count == 0 {
             return Ok(Vec::new());
         }

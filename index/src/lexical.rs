@@ -622,6 +622,12 @@ mod tests {
         assert_eq!(language_slot("qemu-img"), 0);
         assert_eq!(pids(&short, "qemu img"), vec![0]);
         assert_eq!("auto".parse::<Analyzer>().unwrap(), Analyzer::Auto);
+        // Reopened, it still knows which languages it holds.
+        drop(auto);
+        let (reopened, _) = TantivyIndex::open(&_d.path().join("t"), Analyzer::Auto).unwrap();
+        assert_eq!(reopened.present.len(), 4, "{:?}", reopened.present);
+        assert_eq!(pids(&reopened, "Haus"), vec![0]);
+        assert!(TantivyIndex::open(&_d.path().join("t"), Analyzer::EnglishStem).is_err());
     }
 
     #[test]

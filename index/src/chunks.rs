@@ -206,6 +206,7 @@ pub(crate) struct ChunkFile {
 /// One record batch's columns, of the types the schema names.
 #[derive(Debug)]
 struct Columns {
+    chunk_id: UInt64Array,
     doc_id: FixedSizeBinaryArray,
     ordinal: UInt32Array,
     /// Decoded as bytes (the same layout as UTF-8 strings) so that opening a segment does
@@ -334,10 +335,11 @@ impl ChunkFile {
         c.doc_id(i)
     }
 
-    /// Chunk `i`'s position in its document.
-    pub(crate) fn ordinal(&self, i: usize) -> u32 {
+    /// Chunk `i`'s id as the segment stores it (written as `ChunkId::new` of its document and
+    /// position: read, not hashed again).
+    pub(crate) fn chunk_id(&self, i: usize) -> ChunkId {
         let (c, i) = self.at(i);
-        c.ordinal.value(i)
+        ChunkId::from_stored(c.chunk_id.value(i))
     }
 
     /// Chunk `i`'s text, in place when it is valid UTF-8 (as written); bytes damaged since
@@ -394,6 +396,7 @@ impl Columns {
             .ok_or_else(|| wrong("text"))?
             .clone();
         Ok(Self {
+            chunk_id: u64s("chunk_id")?,
             doc_id,
             ordinal: u32s("ordinal")?,
             text,

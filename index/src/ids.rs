@@ -102,6 +102,11 @@ impl ChunkId {
     pub fn get(self) -> u64 {
         self.0
     }
+
+    /// The id a chunk segment stores (`get`'s value; `new` is how it was made).
+    pub(crate) fn from_stored(value: u64) -> Self {
+        Self(value)
+    }
 }
 
 impl fmt::Display for ChunkId {

@@ -145,7 +145,6 @@ impl CollectionIndex {
         // Old pid -> new pid, GONE for a tombstoned one; increasing over the kept pids.
         let mut remap = vec![GONE; self.chunks.len()];
         let mut chunks = ChunkStore::default();
-        let mut chunk_ids = Vec::with_capacity(live);
         let (mut vectors, vectors_file) = super::open::new_vectors(
             self.params.dim,
             &self.dir,
@@ -158,7 +157,6 @@ impl CollectionIndex {
             for pid in entry.pids.clone() {
                 remap[pid as usize] = chunks.len() as u32;
                 chunks.push(&self.chunks.get(pid).expect("a live pid"));
-                chunk_ids.push(self.chunk_ids[pid as usize]);
                 vectors.push_normalized(self.vectors.vector(pid));
             }
             entry.pids = start..chunks.len() as u32;
@@ -214,7 +212,6 @@ impl CollectionIndex {
         }
 
         self.chunks = chunks;
-        self.chunk_ids = chunk_ids;
         self.vectors = vectors;
         self.vectors_file = vectors_file;
         self.vectors_ref = None;

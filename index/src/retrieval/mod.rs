@@ -31,7 +31,7 @@ use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
 use crate::filter::Filter;
 use crate::hybrid::{Fusion, SearchMode};
-use crate::ids::{ChunkId, DocId};
+use crate::ids::DocId;
 use crate::lexical::{Analyzer, TantivyIndex};
 use crate::meta::Metadata;
 use crate::pidset::PidSet;
@@ -208,8 +208,6 @@ pub struct CollectionIndex {
     /// By pid, committed ones read in place from their segments (`store.rs`); no
     /// embeddings (the vectors live in `vectors`).
     chunks: store::ChunkStore,
-    /// By pid, parallel to `chunks`.
-    chunk_ids: Vec<ChunkId>,
     /// Normalised vectors by pid.
     vectors: FlatIndex,
     /// The file `vectors` lives in (`None` on the heap: a sealed cache).
@@ -349,7 +347,6 @@ impl CollectionIndex {
         self.delete(&doc.doc_id)?;
         for (c, v) in chunks.iter().zip(&vectors) {
             self.chunks.push(c);
-            self.chunk_ids.push(c.id());
             self.vectors.push_normalized(v);
         }
         self.tombstones.grow(end);

@@ -561,9 +561,6 @@ impl CollectionIndex {
         p: Parts,
     ) -> Self {
         let committed_pids = p.chunks.len() as u32;
-        let chunk_ids = (0..committed_pids)
-            .map(|pid| p.chunks.chunk_id(pid))
-            .collect();
         let mut index = Self {
             dir: dir.to_path_buf(),
             params,
@@ -574,7 +571,6 @@ impl CollectionIndex {
             },
             _lock: lock,
             chunks: p.chunks,
-            chunk_ids,
             vectors: p.vectors,
             vectors_file: p.vectors_file,
             vectors_ref: p.vectors_ref,

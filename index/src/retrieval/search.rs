@@ -93,7 +93,7 @@ impl CollectionIndex {
         let mut ranked: Vec<_> = fused
             .into_iter()
             .filter(|f| allowed.set.contains(f.id))
-            .map(|f| (self.chunk_ids[f.id as usize], f))
+            .map(|f| (self.chunks.chunk_id(f.id), f))
             .collect();
         ranked.sort_by(|(ia, a), (ib, b)| b.score.total_cmp(&a.score).then(ia.cmp(ib)));
         ranked.truncate(req.top_k);

@@ -79,7 +79,7 @@ impl ChunkStore {
     /// If `pid` is out of range.
     pub(super) fn chunk_id(&self, pid: u32) -> ChunkId {
         match self.at(pid).expect("a pid in range") {
-            At::Segment(f, i) => ChunkId::new(&f.doc_id(i), f.ordinal(i)),
+            At::Segment(f, i) => f.chunk_id(i),
             At::Pending(c) => c.id(),
         }
     }
@@ -237,6 +237,9 @@ mod tests {
         assert_eq!(store.get(5), None);
         assert_eq!((store.doc_id(2), &*store.text(3)), (a, "text 0"));
         assert_eq!(store.chunk_id(4), second[1].id());
+        // A segment's stored id is the one its document and position make.
+        assert_eq!(store.chunk_id(2), ChunkId::new(&a, 2));
+        assert_eq!(store.chunk_id(2), first[2].id());
         assert_eq!(store.pending_from(4), &[bare(&second[1])]);
 
         // A commit's segment must start at the next pid and hold exactly the pending chunks.

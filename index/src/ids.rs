@@ -1,7 +1,7 @@
 //! Identifiers shared across crates.
 
 use std::fmt;
-use std::io::Read;
+use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -171,17 +171,47 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file = File::open(path).map_err(io)?;
+    sha256_open(&file, &|| true).map_err(io)
+}
+
+/// Lowercase hex SHA-256 of an open file's contents (see [`read_blocks`]).
+pub(crate) fn sha256_open(file: &File, wanted: &dyn Fn() -> bool) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    read_blocks(file, 0, None, wanted, |b| hasher.update(b))?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// Feeds `f` the bytes of `file` from offset `from`, `len` of them (to the end with `None`),
+/// 1 MiB at a time with `pread` (the file's own offset is not moved). Fails if the file ends
+/// first, and gives up (with an error) once `wanted` says no.
+pub(crate) fn read_blocks(
+    file: &File,
+    from: u64,
+    len: Option<u64>,
+    wanted: &dyn Fn() -> bool,
+    mut f: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut left) = (from, len);
+    while left != Some(0) {
+        let want = left.map_or(buf.len(), |l| l.min(buf.len() as u64) as usize);
+        let got = file.read_at(&mut buf[..want], at)?;
+        if got == 0 {
+            return match left {
+                None => Ok(()),
+                Some(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            };
+        }
+        if !wanted() {
+            return Err(std::io::Error::other("check abandoned"));
+        }
+        f(&buf[..got]);
+        at += got as u64;
+        left = left.map(|l| l - got as u64);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -224,7 +224,7 @@ fn load(
         &mut job,
     )
     .map_err(Failure::Refuse)?;
-    let scrub = Scrub::start(job, m.next_pid);
+    let scrub = Scrub::start(job);
     // A sealed cache rebuilds an hnsw_rs graph at every open and never saves it.
     let rebuilt_graph =
         ann_dump.is_none() && ann.len() > 0 && (!sealed || ann.kind() == AnnKind::Graph);

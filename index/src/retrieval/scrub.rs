@@ -14,11 +14,11 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::{CollectionIndex, open};
 use crate::error::{IndexError, Result};
+use crate::ids::sha256_open;
 use crate::vector::{Ann, check_rows};
 
 /// What to check: the files are opened before the thread starts, so a commit's clean-up
@@ -46,14 +46,16 @@ type Shared = Arc<(Mutex<Option<Verdict>>, Condvar)>;
 #[derive(Clone)]
 pub(super) struct Scrub {
     shared: Shared,
-    /// The rows of the vectors file the check covers (the manifest's count at open).
+    /// The rows of the vectors file the check covers (the manifest's count at open; 0 when
+    /// the open rebuilt the file and there is nothing to check).
     rows: u32,
 }
 
 impl Scrub {
     /// Starts checking `job` on a thread of its own (at once if there is nothing to check or
     /// the thread cannot be started: then it runs here).
-    pub(super) fn start(job: Job, rows: u32) -> Self {
+    pub(super) fn start(job: Job) -> Self {
+        let rows = job.vectors.as_ref().map_or(0, |v| v.2 as u32);
         let shared: Shared = Arc::default();
         if job.vectors.is_none() && job.graph.is_none() {
             *shared.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Verdict::default());
@@ -114,7 +116,7 @@ fn check(job: Job, wanted: &dyn Fn() -> bool) -> Verdict {
         .and_then(|(file, dim, rows, crc)| check_rows(&file, dim, rows, crc, wanted).err());
     let graph = job
         .graph
-        .and_then(|(file, want)| match sha256(&file, wanted) {
+        .and_then(|(file, want)| match sha256_open(&file, wanted) {
             Ok(got) if got == want => None,
             Ok(_) => Some("checksum mismatch".to_owned()),
             Err(e) => Some(e.to_string()),
@@ -127,27 +129,6 @@ fn check(job: Job, wanted: &dyn Fn() -> bool) -> Verdict {
         "background check of the vectors and graph files done"
     );
     Verdict { vectors, graph }
-}
-
-/// SHA-256 of a whole open file, read with `pread` (the file's offset is not moved); stops
-/// early (with an error) once `wanted` says no.
-fn sha256(file: &File, wanted: &dyn Fn() -> bool) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, at)?;
-        if n == 0 {
-            break;
-        }
-        if !wanted() {
-            return Err(std::io::Error::other("check abandoned"));
-        }
-        hasher.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// A handle on an index's background checks, to wait for their verdict without holding the

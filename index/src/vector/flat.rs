@@ -11,8 +11,10 @@
 //! blocks reserved first so that a full disk is an error rather than a fault in the mapping
 //! (its length past the rows is zeros). It is append-only: [`FlatIndex::sync`] makes the rows so far
 //! durable and returns the CRC-32 of all of them, which the collection's manifest records with
-//! the row count; an open checks both, so rows a crash left past the count are ignored (and
-//! overwritten by the next appends), and a damaged file is refused and rebuilt by the caller.
+//! the row count. An open checks the count against the file's length (rows a crash left past
+//! the count are ignored, and overwritten by the next appends); the CRC is checked by
+//! [`check_rows`], off the open path (the collection's background check), and a damaged file
+//! is rebuilt by the caller.
 
 use std::fs::File;
 use std::io::Write;
@@ -23,6 +25,7 @@ use tracing::warn;
 
 use super::{TopK, VectorIndex, dot, normalized, prepare_query};
 use crate::error::{IndexError, Result};
+use crate::ids::read_blocks;
 
 /// Exact nearest-neighbour search: a row-major matrix of L2-normalised vectors, scanned in
 /// full (or over a subset of ids) for every query. Vector `i` has id `i`.
@@ -189,28 +192,20 @@ pub(crate) fn check_rows(
     crc: u32,
     wanted: &dyn Fn() -> bool,
 ) -> std::result::Result<(), String> {
-    use std::os::unix::fs::FileExt;
-    let mut left = rows
+    let len = rows
         .checked_mul(dim * size_of::<f32>())
         .ok_or("too many rows")?;
-    let mut at = HEADER as u64;
-    let mut buf = vec![0u8; 1 << 20];
     let mut hasher = crc32fast::Hasher::new();
-    while left > 0 {
-        let want = left.min(buf.len());
-        let got = file
-            .read_at(&mut buf[..want], at)
-            .map_err(|e| e.to_string())?;
-        if got == 0 {
-            return Err("truncated".into());
+    read_blocks(file, HEADER as u64, Some(len as u64), wanted, |b| {
+        hasher.update(b)
+    })
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "truncated".to_owned()
+        } else {
+            e.to_string()
         }
-        if !wanted() {
-            return Err("check abandoned".into());
-        }
-        hasher.update(&buf[..got]);
-        left -= got;
-        at += got as u64;
-    }
+    })?;
     if hasher.finalize() == crc {
         Ok(())
     } else {

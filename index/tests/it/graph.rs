@@ -27,6 +27,16 @@ fn rows(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
     out
 }
 
+/// Runs `f` (a build) on one thread: the graph, and so every figure, is then the same on
+/// every run.
+fn one_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 fn params(m: usize) -> HnswParams {
     HnswParams {
         m,
@@ -68,8 +78,8 @@ fn check(
 }
 
 proptest! {
-    // A fixed seed, so that the suite gives the same verdict on every run (the builds are
-    // parallel, and their recall varies a little); PROPTEST_RNG_SEED explores other inputs.
+    // A fixed seed and builds on one thread, so that the suite gives the same verdict on
+    // every run; PROPTEST_RNG_SEED explores other inputs.
     #![proptest_config(ProptestConfig {
         cases: 48,
         rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
@@ -100,7 +110,7 @@ proptest! {
         for b in batches.into_iter().chain(std::iter::once(n)) {
             let end = (at + b).min(n);
             if end > at {
-                let got = graph.insert(&base[at * dim..end * dim]).unwrap();
+                let got = one_thread(|| graph.insert(&base[at * dim..end * dim])).unwrap();
                 prop_assert_eq!(got, at as u32..end as u32);
                 at = end;
             }
@@ -149,8 +159,8 @@ proptest! {
         let base = rows(n, dim, clusters, seed);
         let queries = rows(100, dim, clusters, seed.rotate_left(17));
         let flat = FlatIndex::build(&base, dim).unwrap();
-        let ours = GraphIndex::build_quantized(&base, dim, params(12)).unwrap();
-        let theirs = HnswIndex::build(&base, dim, params(12)).unwrap();
+        let ours = one_thread(|| GraphIndex::build_quantized(&base, dim, params(12))).unwrap();
+        let theirs = one_thread(|| HnswIndex::build(&base, dim, params(12))).unwrap();
         let recall = |search: &dyn Fn(&[f32]) -> Vec<u32>| {
             let mut hit = 0;
             for q in queries.chunks_exact(dim) {
@@ -161,11 +171,12 @@ proptest! {
             hit as f64 / (10 * queries.len() / dim) as f64
         };
         let ids = |v: Vec<(u32, f32)>| v.into_iter().map(|p| p.0).collect::<Vec<u32>>();
-        // At ef 128, where both are meant to be used. Some generated sets are hard (two
-        // clusters of near-uniform noise in 31 dimensions: every index at 0.6-0.8 at ef 48,
-        // runs of one parallel build apart by 0.2), hence a margin rather than a floor.
+        // At ef 128, where both are meant to be used. Over the 48 fixed cases, built on one
+        // thread: ours minus hnsw_rs from -0.013 to +0.168 (some generated sets are hard: two
+        // clusters of near-uniform noise, where hnsw_rs fell to 0.775); parallel builds of one
+        // set were seen 0.2 apart, hence the single thread.
         let a = recall(&|q| ids(ours.search(q, 10, 128).unwrap()));
         let b = recall(&|q| ids(theirs.search(q, 10, 128).unwrap()));
-        prop_assert!(a >= b - 0.06, "ours {a}, hnsw_rs {b} at ef 128");
+        prop_assert!(a >= b - 0.03, "ours {a}, hnsw_rs {b} at ef 128");
     }
 }

@@ -1161,16 +1161,26 @@ mod tests {
             ef_construction: 100,
             ef_search: 64,
         };
-        let graph = GraphIndex::build(&base, dim, params).unwrap();
+        // Both graphs are built on one thread, so the figures are the same on every run.
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let graph = one
+            .install(|| GraphIndex::build(&base, dim, params))
+            .unwrap();
         let flat = FlatIndex::build(&base, dim).unwrap();
         assert_eq!(graph.len(), 6000);
-        // A hard set (uniform noise in 48 dimensions): measured 0.64 / 0.77-0.78 / 0.89 / 0.96
-        // at ef 16 / 32 / 64 / 128, hnsw_rs 0.65 / 0.79-0.80 / 0.89 / 0.97 on the same vectors.
-        // Both parallel builds vary from run to run, hence the margins (at ef 16 the two have
-        // been seen 0.033 apart either way when other tests share the cores).
-        let reference = crate::vector::HnswIndex::build(&base, dim, params).unwrap();
+        // A hard set (uniform noise in 48 dimensions). Built on one thread: 0.615 / 0.778 /
+        // 0.897 / 0.972 at ef 16 / 32 / 64 / 128, hnsw_rs 0.608 / 0.770 / 0.901 / 0.973 on the
+        // same vectors, identical on every run of one machine. The margins leave room for
+        // another CPU's dot-product kernel (a different summation order can change a tie);
+        // parallel builds on shared cores once put ours 0.05 below hnsw_rs at ef 32 in CI.
+        let reference = one
+            .install(|| crate::vector::HnswIndex::build(&base, dim, params))
+            .unwrap();
         let mut last = 0.0;
-        for (ef, floor) in [(16, 0.58), (32, 0.72), (64, 0.84), (128, 0.93)] {
+        for (ef, floor) in [(16, 0.59), (32, 0.75), (64, 0.87), (128, 0.95)] {
             let ours = recall(&graph, &flat, &queries, dim, ef);
             let mut hit = 0;
             for q in queries.chunks_exact(dim) {
@@ -1184,15 +1194,15 @@ mod tests {
             let theirs = hit as f64 / (10 * queries.len() / dim) as f64;
             assert!(ours >= floor, "recall@10 at ef {ef}: {ours}");
             assert!(
-                ours >= theirs - 0.05,
+                ours >= theirs - 0.02,
                 "ef {ef}: ours {ours}, hnsw_rs {theirs}"
             );
             assert!(ours >= last, "recall fell from {last} to {ours} at ef {ef}");
             last = ours;
         }
         // Traversal on the 7-bit codes, rescored: the same recall within 0.01 at every ef, 0.02
-        // at ef 16 (measured: mostly equal to the f32 figure or above it by up to 0.005; at ef
-        // 16 on this hard set one parallel build in about 15 came out 0.0115 below).
+        // at ef 16 (parallel builds were mostly equal to the f32 figure or above it by up to
+        // 0.005; at ef 16 one in about 15 came out 0.0115 below).
         let f32_recall: Vec<f64> = [16, 32, 64, 128]
             .iter()
             .map(|&ef| recall(&graph, &flat, &queries, dim, ef))
@@ -1227,14 +1237,22 @@ mod tests {
             ef_search: 64,
         };
         let flat = FlatIndex::build(&base, dim).unwrap();
-        let once = GraphIndex::build_quantized(&base, dim, params).unwrap();
+        // One thread: the same graphs, and figures, on every run.
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let once = one
+            .install(|| GraphIndex::build_quantized(&base, dim, params))
+            .unwrap();
         let mut grown = GraphIndex::empty(dim, params, true).unwrap();
         // Fifty single vectors, then batches of 50, 900 and the rest: the codes' ranges are
-        // refitted as the graph
-        // doubles, and vectors in between are clamped to the last fit.
+        // refitted as the graph doubles, and vectors in between are clamped to the last fit.
         let mut at = 0;
         for size in std::iter::repeat_n(1, 50).chain([50, 900, 5000]) {
-            let got = grown.insert(&base[at * dim..(at + size) * dim]).unwrap();
+            let got = one
+                .install(|| grown.insert(&base[at * dim..(at + size) * dim]))
+                .unwrap();
             assert_eq!(got, at as u32..(at + size) as u32);
             at += size;
         }
@@ -1244,7 +1262,8 @@ mod tests {
                 recall(&once, &flat, &queries, dim, ef),
                 recall(&grown, &flat, &queries, dim, ef),
             );
-            assert!(b >= a - 0.03, "ef {ef}: grown {b}, built at once {a}");
+            // Measured (grown / at once): 0.792 / 0.788 at ef 32, 0.960 / 0.960 at ef 128.
+            assert!(b >= a - 0.02, "ef {ef}: grown {b}, built at once {a}");
         }
         // A bad row adds nothing, and the graph stays searchable.
         let mut bad = base[..2 * dim].to_vec();
@@ -1260,7 +1279,13 @@ mod tests {
     fn filtered_search_returns_only_allowed_ids_and_finds_them() {
         let dim = 32;
         let base = mixture(3000, dim, 20, 3);
-        let graph = GraphIndex::build(&base, dim, HnswParams::default())
+        // One thread: the same graph on every run.
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let graph = one
+            .install(|| GraphIndex::build(&base, dim, HnswParams::default()))
             .unwrap()
             .quantize();
         let flat = FlatIndex::build(&base, dim).unwrap();

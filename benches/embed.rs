@@ -26,7 +26,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
 
-use hearth_engine::{EmbedPrecision, Embedder, EngineConfig, Priority, Tokenizer};
+use hearth_engine::{EmbedPrecision, Embedder, EngineConfig, Priority, Role, Tokenizer};
 use serde_json::{Value, json};
 
 const THREADS: usize = 2;
@@ -317,7 +317,7 @@ fn run_hearth(
     let mut vectors = Vec::new();
     for batch in passages_64.chunks(BATCH).chain(passages_256.chunks(BATCH)) {
         let e = embedder
-            .embed_blocking(batch.to_vec(), Priority::Bulk)
+            .embed_blocking(batch.to_vec(), Role::Passage, Priority::Bulk)
             .expect("embedding a batch");
         vectors.extend(e.iter().map(<[f32]>::to_vec));
     }
@@ -341,7 +341,7 @@ fn ratio_value(a: Option<f64>, b: Option<f64>) -> Value {
 fn embed_all(embedder: &Embedder, texts: &[String]) {
     for batch in texts.chunks(BATCH) {
         let e = embedder
-            .embed_blocking(batch.to_vec(), Priority::Bulk)
+            .embed_blocking(batch.to_vec(), Role::Passage, Priority::Bulk)
             .expect("embedding a batch");
         assert_eq!((e.len(), e.dim()), (batch.len(), DIM));
     }
@@ -349,7 +349,7 @@ fn embed_all(embedder: &Embedder, texts: &[String]) {
 
 fn embed_one(embedder: &Embedder, text: &str) {
     let e = embedder
-        .embed_blocking(vec![text.to_owned()], Priority::Query)
+        .embed_blocking(vec![text.to_owned()], Role::Query, Priority::Query)
         .expect("embedding a query");
     assert_eq!((e.len(), e.dim()), (1, DIM));
     let norm: f32 = e.row(0).iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -221,7 +221,11 @@ fn docs_data(n: usize) -> Data {
         let mut out = Vec::with_capacity(texts.len() * DIM);
         for (i, batch) in texts.chunks(1024).enumerate() {
             let rows = embedder
-                .embed_blocking(batch.to_vec(), hearth_engine::Priority::Bulk)
+                .embed_blocking(
+                    batch.to_vec(),
+                    hearth_engine::Role::Passage,
+                    hearth_engine::Priority::Bulk,
+                )
                 .expect("embedding");
             out.extend(rows.iter().flatten());
             if i % 10 == 9 {

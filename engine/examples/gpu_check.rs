@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hearth_engine::{
-    ChatMessage, EmbedPrecision, Embedder, EngineConfig, Generator, Priority, Prompt,
+    ChatMessage, EmbedPrecision, Embedder, EngineConfig, Generator, Priority, Prompt, Role,
     SamplingParams, Tokenizer,
 };
 use serde_json::{Value, json};
@@ -157,7 +157,7 @@ fn embed_part(opts: &Opts, devices: &[&str]) -> Value {
             ..reference.clone()
         })
         .unwrap_or_else(|e| fail(&format!("loading the embedder on the CPU: {e}")));
-        e.embed_blocking(texts.clone(), Priority::Bulk)
+        e.embed_blocking(texts.clone(), Role::Passage, Priority::Bulk)
             .unwrap_or_else(|e| fail(&format!("embedding on the CPU: {e}")))
     };
     let mut rows = Vec::new();
@@ -180,7 +180,7 @@ fn embed_part(opts: &Opts, devices: &[&str]) -> Value {
         let run = || {
             let t = Instant::now();
             let v = e
-                .embed_blocking(texts.clone(), Priority::Bulk)
+                .embed_blocking(texts.clone(), Role::Passage, Priority::Bulk)
                 .unwrap_or_else(|e| fail(&format!("embedding on {device}: {e}")));
             (t.elapsed().as_secs_f64(), v)
         };
@@ -202,7 +202,7 @@ fn embed_part(opts: &Opts, devices: &[&str]) -> Value {
             .iter()
             .map(|q| {
                 let t = Instant::now();
-                e.embed_blocking(vec![q.clone()], Priority::Query)
+                e.embed_blocking(vec![q.clone()], Role::Query, Priority::Query)
                     .unwrap_or_else(|e| fail(&format!("query on {device}: {e}")));
                 t.elapsed().as_secs_f64() * 1e3
             })

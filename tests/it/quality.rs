@@ -71,7 +71,13 @@ fn metrics_are_computed_as_defined() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
-    let node = Node::new(Backend::Local);
+    // HEARTH_TEST_EMBEDDER: another embedding model (as `engine.embedding_model` names it) for
+    // both the ingestion and the searches, to measure it on this set.
+    let embedder = std::env::var("HEARTH_TEST_EMBEDDER").ok();
+    let mut node = Node::new(Backend::Local);
+    if let Some(e) = &embedder {
+        node = node.env("HEARTH__ENGINE__EMBEDDING_MODEL", e);
+    }
     node.ingest("q", &[&root().join("testdata/corpus")]);
     let raw = std::fs::read(root().join("testdata/retrieval/questions.json")).unwrap();
     let set: Questions = serde_json::from_slice(&raw).unwrap();
@@ -82,6 +88,7 @@ async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
         data_dir: node.dir.path().join("data-quality"),
         engine: EngineConfig {
             models_dir: models(),
+            embedding_model: embedder.map_or(EngineConfig::default().embedding_model, Into::into),
             ..EngineConfig::default()
         },
         ingest: IngestConfig::default(),

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hearth_engine::{ChatMessage, Generator, Priority, Prompt, SamplingParams};
+use hearth_engine::{ChatMessage, Generator, Priority, Prompt, Role, SamplingParams};
 use hearth_index::{Filter, Hit, Reader, SearchMode};
 use serde::Deserialize;
 
@@ -339,12 +339,20 @@ impl Service {
         }
         let context = previous_turn(&req.history).unwrap_or_default();
         let asked = format!("{}\n{}", context.trim(), req.question.trim());
-        let mut texts = vec![embedding_text(asked.trim())];
-        texts.extend(units.iter().map(|u| embedding_text(&u.text)));
-        let v = self.embedder.embed(texts, Priority::Query).await?;
-        let q = v.row(0);
-        let cosines: Vec<f32> = (1..=units.len())
-            .map(|i| v.row(i).iter().zip(q).map(|(a, b)| a * b).sum())
+        let texts = units.iter().map(|u| embedding_text(&u.text)).collect();
+        // Both at query priority: someone is waiting; the batcher runs them in one batch.
+        let (q, v) = futures::try_join!(
+            self.embedder.embed(
+                vec![embedding_text(asked.trim())],
+                Role::Query,
+                Priority::Query
+            ),
+            self.embedder.embed(texts, Role::Passage, Priority::Query),
+        )?;
+        let q = q.row(0);
+        let cosines: Vec<f32> = v
+            .iter()
+            .map(|p| p.iter().zip(q).map(|(a, b)| a * b).sum())
             .collect();
         let quotes = select(&units, &score(&units, &cosines, &req.question, &context));
         if quotes.is_empty() || !self.ask.judge {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hearth_engine::Priority;
+use hearth_engine::{Priority, Role};
 use hearth_index::{Chunk, CollectionName, DocId, encode_chunks, keys};
 use hearth_ingest::{DocRecord, DocState, MailboxSubmitted, Submission, Submitted};
 use unicode_normalization::UnicodeNormalization;
@@ -260,7 +260,10 @@ impl Service {
         };
         for batch in chunks.chunks_mut(EMBED_REQUEST_TEXTS) {
             let texts: Vec<String> = batch.iter().map(|c| embedding_text(&c.text)).collect();
-            let vectors = self.embedder.embed(texts, Priority::Bulk).await?;
+            let vectors = self
+                .embedder
+                .embed(texts, Role::Passage, Priority::Bulk)
+                .await?;
             for (c, v) in batch.iter_mut().zip(vectors.iter()) {
                 c.embedding = Some(v.to_vec());
             }

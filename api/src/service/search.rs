@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hearth_engine::Priority;
+use hearth_engine::{Priority, Role};
 use hearth_index::{Filter, Fusion, Hit, MAX_TOP_K, Reader, SearchMode, SearchRequest};
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +99,7 @@ impl Service {
         } else {
             let v = self
                 .embedder
-                .embed(vec![text.clone()], Priority::Query)
+                .embed(vec![text.clone()], Role::Query, Priority::Query)
                 .await?;
             Some(v.row(0).to_vec())
         };
@@ -144,7 +144,9 @@ impl Service {
     /// Embeds texts, as they are (no normalisation), as an embeddings endpoint promises. A
     /// request of at most 16 texts (`QUERY_SIZED_EMBEDDINGS`) runs at query priority, as a search
     /// does; a larger one at bulk priority, beside ingestion, so that one caller's batch job
-    /// holds up other callers' searches by one batch at most, not by the whole job.
+    /// holds up other callers' searches by one batch at most, not by the whole job. Texts are
+    /// embedded as queries: a model with a query prefix (multilingual-e5) recommends it for
+    /// embeddings used as features, and a search compares queries with passages.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Embedded> {
         let tokens = texts
             .iter()
@@ -155,7 +157,7 @@ impl Service {
         } else {
             Priority::Bulk
         };
-        let v = self.embedder.embed(texts, priority).await?;
+        let v = self.embedder.embed(texts, Role::Query, priority).await?;
         Ok(Embedded {
             vectors: v.iter().map(<[f32]>::to_vec).collect(),
             tokens,

@@ -17,6 +17,7 @@
 //!
 //! Both give the same vectors (a unit test checks it on a tiny random model).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -70,7 +71,7 @@ impl BertConfig {
         Ok(cfg)
     }
 
-    fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         if self.hidden_act != "gelu" {
             return Err(format!(
                 "unsupported hidden_act {:?}: the embedder implements only \"gelu\" (erf)",
@@ -276,54 +277,116 @@ struct Workspace {
     rows: int8::Rows,
 }
 
+/// The word-embedding table.
+enum Word {
+    /// `(vocabulary, hidden)` f32 on the model's device.
+    Dense(Tensor),
+    /// 4-bit blocks on the CPU, expanded row by row as tokens look them up.
+    Q4(super::e5s::Q4Rows),
+}
+
+impl Word {
+    /// The rows of `ids` (`(tokens,)` u32): `(tokens, hidden)`.
+    fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(t) => t.index_select(ids, 0),
+            Self::Q4(q) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let dim = q.dim();
+                let mut out = vec![0f32; ids.len() * dim];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(dim)) {
+                    if id as usize >= q.rows() {
+                        candle_core::bail!("token id {id} outside the {} words", q.rows());
+                    }
+                    q.row_into(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), dim), &Device::Cpu)
+            }
+        }
+    }
+}
+
 /// A loaded BERT encoder.
 pub(crate) struct Bert {
     cfg: BertConfig,
+    device: Device,
     /// Use the fused in-place CPU kernels (`kernels.rs`) instead of generic candle ops.
     fused: bool,
     /// The CPU forward pass's buffers (one pass at a time: the embedder has one worker).
     workspace: std::sync::Mutex<Workspace>,
-    word: Tensor,
+    word: Word,
     /// Position embeddings plus the token-type-0 embedding: `(max_positions, hidden)`.
     position: Tensor,
     emb_norm: Norm,
     layers: Vec<Layer>,
 }
 
-/// Reads tensors by their Hugging Face names, with or without a `bert.` prefix, as f32.
+/// Where the weights come from.
+enum Source<'a> {
+    /// A `model.safetensors`, whose names may carry a `bert.` prefix.
+    Safetensors {
+        st: &'a MmapedSafetensors,
+        prefix: &'static str,
+    },
+    /// Tensors already in memory, under the unprefixed names (an E5S1 file, `e5s.rs`).
+    Tensors(&'a HashMap<String, Tensor>),
+}
+
+/// Reads tensors by their Hugging Face names as f32.
 struct Weights<'a> {
-    st: &'a MmapedSafetensors,
-    prefix: &'static str,
+    src: Source<'a>,
     device: &'a Device,
     path: &'a Path,
     int8: bool,
 }
 
 impl Weights<'_> {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let full = format!("{}{name}", self.prefix);
-        let corrupt = |detail: String| EngineError::Corrupt {
+    fn corrupt(&self, detail: String) -> EngineError {
+        EngineError::Corrupt {
             path: self.path.to_owned(),
             detail,
+        }
+    }
+
+    /// The tensor `name`, whatever its shape, as f32.
+    fn any(&self, name: &str) -> Result<Tensor> {
+        let t = match &self.src {
+            Source::Safetensors { st, prefix } => {
+                let full = format!("{prefix}{name}");
+                st.load(&full, self.device)
+                    .map_err(|e| self.corrupt(format!("tensor {full}: {e}")))?
+            }
+            Source::Tensors(map) => map
+                .get(name)
+                .ok_or_else(|| self.corrupt(format!("missing tensor {name}")))?
+                .to_device(self.device)
+                .map_err(|e| self.corrupt(format!("tensor {name}: {e}")))?,
         };
-        let t = self
-            .st
-            .load(&full, self.device)
-            .map_err(|e| corrupt(format!("tensor {full}: {e}")))?;
+        t.to_dtype(DType::F32)
+            .map_err(|e| self.corrupt(format!("tensor {name}: {e}")))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match &self.src {
+            Source::Safetensors { st, prefix } => st.get(&format!("{prefix}{name}")).is_ok(),
+            Source::Tensors(map) => map.contains_key(name),
+        }
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.any(name)?;
         if t.dims() != shape {
-            return Err(corrupt(format!(
-                "tensor {full} has shape {:?}, expected {shape:?}",
+            return Err(self.corrupt(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
                 t.dims()
             )));
         }
-        t.to_dtype(DType::F32)
-            .map_err(|e| corrupt(format!("tensor {full}: {e}")))
+        Ok(t)
     }
 
     /// A LayerNorm, under either `weight`/`bias` or the older `gamma`/`beta` names.
     fn norm(&self, name: &str, dim: usize, eps: f64) -> Result<Norm> {
-        let gamma = format!("{}{name}.gamma", self.prefix);
-        let (w, b) = if self.st.get(&gamma).is_ok() {
+        let (w, b) = if self.has(&format!("{name}.gamma")) {
             ("gamma", "beta")
         } else {
             ("weight", "bias")
@@ -389,41 +452,50 @@ impl Bert {
             ""
         };
         let w = Weights {
-            st: &st,
-            prefix,
+            src: Source::Safetensors { st: &st, prefix },
             device,
             path,
             int8,
         };
-        let h = cfg.hidden_size;
-        let corrupt = |detail: String| EngineError::Corrupt {
-            path: path.to_owned(),
-            detail,
+        let name = "embeddings.word_embeddings.weight";
+        let word = w.any(name)?;
+        match word.dims() {
+            [_, d] if *d == cfg.hidden_size => {}
+            dims => return Err(w.corrupt(format!("tensor {name} has shape {dims:?}"))),
+        }
+        Self::build(cfg, &w, Word::Dense(word))
+    }
+
+    /// Loads an E5S1 model file (`e5s.rs`) from `path` onto `device`: its word table stays in
+    /// 4-bit blocks on the CPU.
+    pub(crate) fn load_e5s(path: &Path, device: &Device, int8: bool) -> Result<Self> {
+        let file = super::e5s::load(path, device)?;
+        let w = Weights {
+            src: Source::Tensors(&file.tensors),
+            device,
+            path,
+            int8,
         };
-        let word = {
-            let name = format!("{prefix}embeddings.word_embeddings.weight");
-            let t = st
-                .load(&name, device)
-                .map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
-            match t.dims() {
-                [_, d] if *d == h => model_op(t.to_dtype(DType::F32))?,
-                dims => return Err(corrupt(format!("tensor {name} has shape {dims:?}"))),
-            }
+        let word = if device.is_cpu() {
+            Word::Q4(file.word)
+        } else {
+            Word::Dense(model_op(file.word.to_tensor(device))?)
         };
+        Self::build(file.cfg, &w, word)
+    }
+
+    fn build(cfg: BertConfig, w: &Weights<'_>, word: Word) -> Result<Self> {
+        let (h, device, int8) = (cfg.hidden_size, w.device, w.int8);
         let position = w.get(
             "embeddings.position_embeddings.weight",
             &[cfg.max_position_embeddings, h],
         )?;
-        let token_type = {
-            let name = format!("{prefix}embeddings.token_type_embeddings.weight");
-            let t = st
-                .load(&name, device)
-                .map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
-            match t.dims() {
-                [n, d] if *n >= 1 && *d == h => model_op(t.to_dtype(DType::F32))?,
-                dims => return Err(corrupt(format!("tensor {name} has shape {dims:?}"))),
-            }
-        };
+        let name = "embeddings.token_type_embeddings.weight";
+        let token_type = w.any(name)?;
+        match token_type.dims() {
+            [n, d] if *n >= 1 && *d == h => {}
+            dims => return Err(w.corrupt(format!("tensor {name} has shape {dims:?}"))),
+        }
         let position = model_op(position.broadcast_add(&model_op(token_type.get(0))?))?;
         let emb_norm = w.norm("embeddings.LayerNorm", h, cfg.layer_norm_eps)?;
 
@@ -456,6 +528,7 @@ impl Bert {
         }
         Ok(Self {
             cfg,
+            device: device.clone(),
             fused: device.is_cpu(),
             workspace: std::sync::Mutex::default(),
             word,
@@ -484,7 +557,7 @@ impl Bert {
     /// Embeds token sequences (each non-empty) in one forward pass: mean-pooled, L2-normalised
     /// rows, flat, in order. `packed` picks the layout (see [`SeqLayout`]).
     pub(crate) fn embed(&self, seqs: &[&[u32]], packed: bool) -> candle_core::Result<Vec<f32>> {
-        let dev = self.word.device();
+        let dev = &self.device;
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let longest = lens.iter().copied().max().unwrap_or(0);
         let (tokens, starts) = if packed {
@@ -571,7 +644,7 @@ impl Bert {
                 self.cfg.max_position_embeddings
             );
         }
-        let x = (self.word.index_select(ids, 0)? + self.position.index_select(positions, 0)?)?;
+        let x = (self.word.lookup(ids)? + self.position.index_select(positions, 0)?)?;
         let mut x = self.emb_norm.forward(&x)?;
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, layout)?;
@@ -597,7 +670,7 @@ impl Bert {
                 self.cfg.max_position_embeddings
             );
         }
-        let emb = (self.word.index_select(ids, 0)? + self.position.index_select(positions, 0)?)?;
+        let emb = (self.word.lookup(ids)? + self.position.index_select(positions, 0)?)?;
         let emb = self.emb_norm.forward(&emb)?;
         // A panic inside a pass leaves the buffers as they were, which the next pass
         // overwrites before reading: nothing of the poisoned state is ever read.

@@ -8,8 +8,10 @@ use std::path::Path;
 use candle_core::Device;
 use rayon::prelude::*;
 
+use super::Role;
 use super::batcher::BatchModel;
 use super::bert::{Bert, BertConfig, model_op};
+use super::e5s::is_e5s;
 use crate::config::FETCH_HINT;
 use crate::error::{EngineError, Result};
 use crate::tokenizer::Tokenizer;
@@ -30,31 +32,57 @@ pub(crate) struct SentenceEncoder {
     bert: Bert,
     device: Device,
     max_tokens: usize,
+    /// The prefixes of a query and of a passage ([`Role`]).
+    prompts: [&'static str; 2],
 }
 
 impl SentenceEncoder {
-    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`; `int8`: the
-    /// dense layers run in int8 on the CPU.
-    pub(crate) fn load(dir: &Path, device: Device, max_tokens: usize, int8: bool) -> Result<Self> {
-        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
-            let path = dir.join(file);
-            if !path.is_file() {
-                return Err(EngineError::ModelMissing {
-                    path,
-                    hint: FETCH_HINT,
-                });
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from the directory `path`,
+    /// or the E5S1 model file `path` (`e5s.rs`); `int8`: the dense layers run in int8 on the
+    /// CPU. `max_tokens` is capped by the model's positions.
+    pub(crate) fn load(path: &Path, device: Device, max_tokens: usize, int8: bool) -> Result<Self> {
+        let e5 = path.is_file() && is_e5s(path);
+        let (tokenizer, bert) = if e5 {
+            (
+                Tokenizer::from_file(path)?,
+                Bert::load_e5s(path, &device, int8)?,
+            )
+        } else {
+            for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+                let path = path.join(file);
+                if !path.is_file() {
+                    return Err(EngineError::ModelMissing {
+                        path,
+                        hint: FETCH_HINT,
+                    });
+                }
             }
-        }
-        let cfg = BertConfig::from_file(&dir.join("config.json"))?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let bert = Bert::load(cfg, &dir.join("model.safetensors"), &device, int8)?;
+            let cfg = BertConfig::from_file(&path.join("config.json"))?;
+            (
+                Tokenizer::from_file(&path.join("tokenizer.json"))?,
+                Bert::load(cfg, &path.join("model.safetensors"), &device, int8)?,
+            )
+        };
+        // multilingual-e5 was trained with these prefixes and 512 tokens (its model card and
+        // sentence-transformers configuration); MiniLM-style models use neither.
+        let (max_tokens, prompts) = if e5 {
+            (512, ["query: ", "passage: "])
+        } else {
+            (max_tokens, ["", ""])
+        };
         let max_tokens = max_tokens.min(bert.max_positions());
         Ok(Self {
             tokenizer,
             bert,
             device,
             max_tokens,
+            prompts,
         })
+    }
+
+    /// The prefix a text in `role` gets before it is tokenized.
+    pub(crate) fn prompt(&self, role: Role) -> &'static str {
+        self.prompts[role as usize]
     }
 
     /// Most tokens of a text the model sees, special tokens included.

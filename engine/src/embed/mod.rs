@@ -10,6 +10,7 @@
 mod attention;
 mod batcher;
 mod bert;
+mod e5s;
 mod encoder;
 mod int8;
 mod kernels;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use futures::channel::oneshot;
 
 use self::batcher::{BatchModel, BatchParams, Queue, Reply};
+pub(crate) use self::e5s::{MAGIC as E5S_MAGIC, read_tokenizer as e5s_tokenizer};
 use self::encoder::SentenceEncoder;
 use crate::config::{EmbedPrecision, EngineConfig};
 use crate::device;
@@ -40,6 +42,16 @@ pub enum Priority {
     Query = 0,
     /// Background: indexing. Served when no query is waiting.
     Bulk = 1,
+}
+
+/// What a text is to the model. Some models (multilingual-e5) embed a question and the passage
+/// that answers it with different prefixes; for the others the two are the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Something to search with: a question, a search query.
+    Query = 0,
+    /// Something to be found: a chunk of a document.
+    Passage = 1,
 }
 
 /// Embedding vectors, one row per input text, in input order.
@@ -124,6 +136,8 @@ struct Inner {
     max_tokens: usize,
     device: String,
     precision: EmbedPrecision,
+    /// The prefixes of a query and of a passage.
+    prompts: [&'static str; 2],
 }
 
 impl Drop for Inner {
@@ -155,6 +169,7 @@ impl Embedder {
             .build()
             .map_err(|e| EngineError::Internal(format!("starting the embedder's threads: {e}")))?;
         let (dim, max_tokens) = (encoder.dim(), encoder.max_tokens());
+        let prompts = [encoder.prompt(Role::Query), encoder.prompt(Role::Passage)];
         let device = device::label(encoder.device());
         let queue = Arc::new(Queue::new(BatchParams {
             batch_size: cfg.embed_batch_size,
@@ -188,6 +203,7 @@ impl Embedder {
                 } else {
                     EmbedPrecision::F32
                 },
+                prompts,
             }),
         })
     }
@@ -214,31 +230,54 @@ impl Embedder {
         self.inner.max_tokens
     }
 
-    /// Embeds `texts`, one unit-length row each, in order.
+    /// Embeds `texts` in `role`, one unit-length row each, in order.
     ///
     /// Does not block: it queues the request and awaits the worker. Fails at once with
     /// [`EngineError::Overloaded`] when the queue for `priority` is full. Dropping the future
     /// withdraws the texts not yet running.
-    pub async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings> {
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        role: Role,
+        priority: Priority,
+    ) -> Result<Embeddings> {
         if texts.is_empty() {
             return Ok(Embeddings::new(self.dim(), Vec::new()));
         }
         let (tx, rx) = oneshot::channel();
+        let texts = self.prompted(texts, role);
         self.inner.queue.submit(texts, priority, Reply::Async(tx))?;
         rx.await.map_err(|_| worker_gone())?
     }
 
     /// Like [`Embedder::embed`], but blocks the calling thread until the rows are ready. Do not
     /// call it from an async task.
-    pub fn embed_blocking(&self, texts: Vec<String>, priority: Priority) -> Result<Embeddings> {
+    pub fn embed_blocking(
+        &self,
+        texts: Vec<String>,
+        role: Role,
+        priority: Priority,
+    ) -> Result<Embeddings> {
         if texts.is_empty() {
             return Ok(Embeddings::new(self.dim(), Vec::new()));
         }
         let (tx, rx) = mpsc::sync_channel(1);
+        let texts = self.prompted(texts, role);
         self.inner
             .queue
             .submit(texts, priority, Reply::Blocking(tx))?;
         rx.recv().map_err(|_| worker_gone())?
+    }
+
+    /// `texts` with the model's prefix for `role`, if it has one.
+    fn prompted(&self, mut texts: Vec<String>, role: Role) -> Vec<String> {
+        let prompt = self.inner.prompts[role as usize];
+        if !prompt.is_empty() {
+            for t in &mut texts {
+                t.insert_str(0, prompt);
+            }
+        }
+        texts
     }
 }
 

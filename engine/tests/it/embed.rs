@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use hearth_engine::{EmbedPrecision, Embedder, EngineConfig, EngineError, Priority, Tokenizer};
+use hearth_engine::{
+    EmbedPrecision, Embedder, EngineConfig, EngineError, Priority, Role, Tokenizer,
+};
 
 use crate::{config, workspace};
 use serde::Deserialize;
@@ -84,7 +86,9 @@ fn check_precision(precision: EmbedPrecision, floor: f32) -> Vec<Vec<f32>> {
     let alone: Vec<Vec<f32>> = texts()
         .into_iter()
         .map(|t| {
-            let out = e.embed_blocking(vec![t], Priority::Query).unwrap();
+            let out = e
+                .embed_blocking(vec![t], Role::Query, Priority::Query)
+                .unwrap();
             assert_eq!((out.len(), out.dim()), (1, r.dim));
             out.into_vec()
         })
@@ -97,7 +101,9 @@ fn check_precision(precision: EmbedPrecision, floor: f32) -> Vec<Vec<f32>> {
         ..base
     };
     let e = load(&cfg);
-    let all = e.embed_blocking(texts(), Priority::Bulk).unwrap();
+    let all = e
+        .embed_blocking(texts(), Role::Passage, Priority::Bulk)
+        .unwrap();
     assert_eq!(all.len(), r.items.len());
     let batched: Vec<Vec<f32>> = all.iter().map(<[f32]>::to_vec).collect();
     check_against_reference(&format!("{precision:?}, one batch"), &batched, floor);
@@ -117,7 +123,9 @@ fn both_precisions_match_sentence_transformers_alone_and_in_a_batch() {
     let auto = load(&config());
     let chosen = auto.precision();
     assert_ne!(chosen, EmbedPrecision::Auto);
-    let auto = auto.embed_blocking(texts(), Priority::Query).unwrap();
+    let auto = auto
+        .embed_blocking(texts(), Role::Query, Priority::Query)
+        .unwrap();
     let want = if chosen == EmbedPrecision::Int8 {
         &int8
     } else {
@@ -175,7 +183,11 @@ fn text_past_the_token_limit_is_ignored() {
         long.text
     );
     let out = e
-        .embed_blocking(vec![long.text.clone(), longer], Priority::Bulk)
+        .embed_blocking(
+            vec![long.text.clone(), longer],
+            Role::Passage,
+            Priority::Bulk,
+        )
         .unwrap();
     assert!(cosine(out.row(0), out.row(1)) > 0.999999);
     assert!(cosine(out.row(0), &long.embedding) >= 0.999);
@@ -184,10 +196,12 @@ fn text_past_the_token_limit_is_ignored() {
 #[test]
 fn empty_input_gives_empty_embeddings() {
     let e = load(&config());
-    let out = e.embed_blocking(Vec::new(), Priority::Query).unwrap();
+    let out = e
+        .embed_blocking(Vec::new(), Role::Query, Priority::Query)
+        .unwrap();
     assert!(out.is_empty());
     assert_eq!((out.len(), out.dim()), (0, 384));
-    let out = block_on(e.embed(Vec::new(), Priority::Bulk)).unwrap();
+    let out = block_on(e.embed(Vec::new(), Role::Passage, Priority::Bulk)).unwrap();
     assert!(out.is_empty());
 }
 
@@ -195,8 +209,10 @@ fn empty_input_gives_empty_embeddings() {
 fn async_embed_matches_blocking() {
     let e = load(&config());
     let texts = texts()[..5].to_vec();
-    let a = block_on(e.embed(texts.clone(), Priority::Query)).unwrap();
-    let b = e.embed_blocking(texts, Priority::Bulk).unwrap();
+    let a = block_on(e.embed(texts.clone(), Role::Query, Priority::Query)).unwrap();
+    let b = e
+        .embed_blocking(texts, Role::Passage, Priority::Bulk)
+        .unwrap();
     for (x, y) in a.iter().zip(&b) {
         assert!(cosine(x, y) >= 0.99999);
     }
@@ -227,7 +243,7 @@ fn concurrent_callers_with_mixed_priorities_get_their_own_rows() {
                     } else {
                         Priority::Bulk
                     };
-                    let out = e.embed_blocking(texts, p).unwrap();
+                    let out = e.embed_blocking(texts, Role::Passage, p).unwrap();
                     assert_eq!(out.len(), k);
                     for (row, &i) in out.iter().zip(&idx) {
                         let c = cosine(row, &r.items[i].embedding);
@@ -265,7 +281,9 @@ fn a_query_completes_before_a_bulk_backlog() {
         let (e, done) = (e.clone(), Arc::clone(&bulk_done));
         std::thread::spawn(move || {
             let started = Instant::now();
-            let out = e.embed_blocking(backlog, Priority::Bulk).unwrap();
+            let out = e
+                .embed_blocking(backlog, Role::Passage, Priority::Bulk)
+                .unwrap();
             done.store(true, Ordering::SeqCst);
             (out.len(), started.elapsed())
         })
@@ -273,7 +291,11 @@ fn a_query_completes_before_a_bulk_backlog() {
     std::thread::sleep(Duration::from_millis(50));
     let started = Instant::now();
     let q = e
-        .embed_blocking(vec!["How do I reset my password?".into()], Priority::Query)
+        .embed_blocking(
+            vec!["How do I reset my password?".into()],
+            Role::Query,
+            Priority::Query,
+        )
         .unwrap();
     let query_latency = started.elapsed();
     assert!(
@@ -299,17 +321,21 @@ fn full_queue_is_overloaded_and_handles_share_one_worker() {
     let waiting = {
         let e = e.clone();
         std::thread::spawn(move || {
-            e.embed_blocking(vec!["a".into(), "b".into(), "c".into()], Priority::Bulk)
+            e.embed_blocking(
+                vec!["a".into(), "b".into(), "c".into()],
+                Role::Passage,
+                Priority::Bulk,
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(300));
     // The worker is still waiting to fill its batch: three of four bulk slots are taken.
     let err = e
-        .embed_blocking(vec!["d".into(), "e".into()], Priority::Bulk)
+        .embed_blocking(vec!["d".into(), "e".into()], Role::Passage, Priority::Bulk)
         .unwrap_err();
     assert!(matches!(err, EngineError::Overloaded(_)), "{err}");
     let err = e
-        .embed_blocking(vec!["x".into(); 5], Priority::Query)
+        .embed_blocking(vec!["x".into(); 5], Role::Query, Priority::Query)
         .unwrap_err();
     assert!(matches!(err, EngineError::InvalidInput(_)), "{err}");
     assert_eq!(waiting.join().unwrap().unwrap().len(), 3);
@@ -318,7 +344,7 @@ fn full_queue_is_overloaded_and_handles_share_one_worker() {
     drop(e);
     assert_eq!(
         other
-            .embed_blocking(vec!["f".into()], Priority::Query)
+            .embed_blocking(vec!["f".into()], Role::Query, Priority::Query)
             .unwrap()
             .len(),
         1

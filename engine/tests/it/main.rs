@@ -3,6 +3,7 @@
 //! They run against the real models: `$HEARTH_MODELS` (default `<workspace>/models`, filled by
 //! `scripts/fetch-models.sh`).
 
+mod e5;
 mod embed;
 mod generate;
 mod lora;

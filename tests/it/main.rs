@@ -17,6 +17,7 @@ mod eval;
 mod ingest;
 mod mail;
 mod mailbox;
+mod multilingual;
 mod oidc;
 mod openai;
 mod quality;

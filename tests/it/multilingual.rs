@@ -1,0 +1,167 @@
+//! Multilingual retrieval on `testdata/multilingual` (issue 18): 32 translated manual pages in
+//! eight languages, each page in one language only, and 120 labelled questions: ten per
+//! language in that language, 30 in English and 10 in German or French whose answer is only in
+//! another language. Evidence is a passage among the first five that comes from the relevant
+//! document and states one of the question's facts.
+//!
+//! Measured, hybrid (evidence in the top 5), multilingual-e5-small vs all-MiniLM-L6-v2:
+//! same-language 72/80 vs 61/80 (per language 0.8-1.0 vs 0.5-1.0), cross-language 30/40 vs
+//! 24/40. The floors below hold e5's level with a question to spare (MiniLM fails them); the
+//! issue's targets (0.9 in every language, 0.8 across languages) are not met yet.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hearth_api::{SearchQuery, Service, ServiceParts};
+use hearth_engine::EngineConfig;
+use hearth_index::{Analyzer, CollectionName, IndexConfig, SearchMode};
+use hearth_ingest::{ExtractorCommand, IngestConfig};
+use serde::Deserialize;
+
+use crate::common::{Backend, Node, models, root};
+
+/// The embedder the set is run with (`HEARTH_TEST_EMBEDDER` measures another).
+const E5: &str = "multilingual-e5-small/e5-small-q4.bin";
+
+#[derive(Deserialize)]
+struct Question {
+    id: String,
+    lang: String,
+    question: String,
+    relevant: Vec<String>,
+    cross: bool,
+    facts: Vec<String>,
+}
+
+/// Lower case, whitespace runs as one space: manual pages wrap lines anywhere.
+fn folded(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn file_name(s: &str) -> String {
+    Path::new(s)
+        .file_name()
+        .map_or(s.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_and_cross_language_questions_find_their_evidence() {
+    let set = root().join("testdata/multilingual");
+    let questions: Vec<Question> = std::fs::read_to_string(set.join("questions.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(questions.len() >= 120);
+    let embedder = std::env::var("HEARTH_TEST_EMBEDDER").unwrap_or_else(|_| E5.to_owned());
+    let node = Node::new(Backend::Local)
+        .env("HEARTH__ENGINE__EMBEDDING_MODEL", &embedder)
+        .env("HEARTH__INDEX__ANALYZER", "auto");
+    node.ingest("ml", &[&set.join("docs")]);
+    let service = Service::new(ServiceParts {
+        store: node.store().into(),
+        data_dir: node.dir.path().join("data-multilingual"),
+        engine: EngineConfig {
+            models_dir: models(),
+            embedding_model: embedder.clone().into(),
+            ..EngineConfig::default()
+        },
+        ingest: IngestConfig::default(),
+        index: IndexConfig {
+            analyzer: Analyzer::Auto,
+            ..IndexConfig::default()
+        },
+        extractor: ExtractorCommand {
+            program: env!("CARGO_BIN_EXE_hearth").into(),
+            args: vec!["extract-worker".into()],
+        },
+        generator: false,
+        ask: Default::default(),
+        backlog_limit: 1,
+    })
+    .unwrap();
+    let col = service
+        .open(&CollectionName::new("ml").unwrap())
+        .await
+        .unwrap();
+
+    // (mode, group) -> (found, asked); a group is a language, or "cross".
+    let mut tally: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    let mut misses: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for mode in [SearchMode::Dense, SearchMode::Bm25, SearchMode::Hybrid] {
+        for q in &questions {
+            let res = service
+                .search(
+                    &col,
+                    SearchQuery {
+                        text: q.question.clone(),
+                        mode,
+                        top_k: 5,
+                        filter: None,
+                        fusion: None,
+                        reader: hearth_api::Reader::Everything,
+                    },
+                )
+                .await
+                .unwrap();
+            // Evidence: a passage of the relevant document that states one of the facts (the
+            // document alone is too easy a target: each page is on its own topic, so even an
+            // English-only model finds most of them by command names).
+            let relevant: Vec<String> = q.relevant.iter().map(|r| file_name(r)).collect();
+            let facts: Vec<String> = q.facts.iter().map(|f| folded(f)).collect();
+            let found = res.hits.iter().any(|h| {
+                let text = folded(&h.text);
+                relevant.contains(&file_name(&h.source)) && facts.iter().any(|f| text.contains(f))
+            });
+            let group = if q.cross { "cross" } else { q.lang.as_str() };
+            let t = tally
+                .entry((format!("{mode:?}"), group.to_owned()))
+                .or_default();
+            t.0 += usize::from(found);
+            t.1 += 1;
+            if !found {
+                misses
+                    .entry(format!("{mode:?}"))
+                    .or_default()
+                    .push(q.id.clone());
+            }
+        }
+    }
+    println!("evidence in the top 5 passages ({embedder}, BM25 analyzer auto):");
+    for ((mode, group), (found, asked)) in &tally {
+        println!(
+            "  {mode:>6} {group:>6}: {:.3} ({found}/{asked})",
+            *found as f64 / *asked as f64
+        );
+    }
+    for (mode, ids) in &misses {
+        println!("  {mode} misses: {ids:?}");
+    }
+    let hybrid: Vec<(&String, usize, usize)> = tally
+        .iter()
+        .filter(|((mode, _), _)| mode == "Hybrid")
+        .map(|((_, group), &(found, asked))| (group, found, asked))
+        .collect();
+    let (same_found, same_asked) = hybrid
+        .iter()
+        .filter(|(g, _, _)| *g != "cross")
+        .fold((0, 0), |(f, a), (_, found, asked)| (f + found, a + asked));
+    let same = same_found as f64 / same_asked as f64;
+    println!("  hybrid, same-language overall: {same:.3} ({same_found}/{same_asked})");
+    assert!(
+        same >= 0.85,
+        "same-language evidence in the top 5: {same:.3} < 0.85"
+    );
+    for (group, found, asked) in hybrid {
+        let rate = found as f64 / asked as f64;
+        // Each language and the cross-language questions: measured 0.8-1.0 and 0.75.
+        assert!(
+            rate >= 0.7,
+            "hybrid, {group}: evidence in the top 5 for {found} of {asked} ({rate:.3} < 0.7)"
+        );
+    }
+}

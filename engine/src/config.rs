@@ -1,5 +1,6 @@
 //! Engine configuration and model file resolution.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -26,6 +27,12 @@ pub struct EngineConfig {
     /// `multilingual-e5-small/e5-small-q4.bin` after `scripts/fetch-models.sh
     /// multilingual-e5-small`). Default: `all-MiniLM-L6-v2`.
     pub embedding_model: PathBuf,
+    /// More sentence-embedding models, by name, that a collection may be created with instead
+    /// of the default (`hearth ingest --embedder NAME`, `POST /v1/collections {"embedder"}`):
+    /// `[engine.embedders]` `multilingual-e5-small = "multilingual-e5-small/e5-small-q4.bin"`.
+    /// Each is loaded at start with its own batcher. The default model's name is its
+    /// directory's (or, for a file, its parent directory's). Default: none.
+    pub embedders: BTreeMap<String, PathBuf>,
     /// The GGUF file of the generator. Default: `SmolLM2-135M-Instruct.Q4_1.gguf`.
     pub generator_model: PathBuf,
     /// Where models run: `"auto"` (CUDA device 0 when this build has CUDA and a device opens,
@@ -91,6 +98,7 @@ impl Default for EngineConfig {
         Self {
             models_dir: PathBuf::from("./models"),
             embedding_model: PathBuf::from("all-MiniLM-L6-v2"),
+            embedders: BTreeMap::new(),
             generator_model: PathBuf::from("SmolLM2-135M-Instruct.Q4_1.gguf"),
             device: "auto".to_owned(),
             embed_threads: 0,
@@ -176,6 +184,28 @@ impl EngineConfig {
                 )));
             }
         }
+        let default = self.default_embedder_name();
+        for (name, path) in &self.embedders {
+            let ok = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(EngineError::InvalidInput(format!(
+                    "engine.embedders: {name:?} is not a model name (1-64 of A-Z a-z 0-9 . _ -)"
+                )));
+            }
+            if *name == default {
+                return Err(EngineError::InvalidInput(format!(
+                    "engine.embedders: {name:?} is the default model's name (engine.embedding_model)"
+                )));
+            }
+            if path.as_os_str().is_empty() {
+                return Err(EngineError::InvalidInput(format!(
+                    "engine.embedders.{name} must not be empty"
+                )));
+            }
+        }
         DeviceRequest::parse(&self.device)?;
         if !(1..=MAX_BATCH_SIZE).contains(&self.embed_batch_size) {
             return Err(EngineError::InvalidInput(format!(
@@ -249,6 +279,33 @@ impl EngineConfig {
         self.resolve(&self.embedding_model)
     }
 
+    /// The default embedding model's name: the name of its directory, or of the directory
+    /// holding its file (`multilingual-e5-small` for `multilingual-e5-small/e5-small-q4.bin`).
+    pub fn default_embedder_name(&self) -> String {
+        let p = &self.embedding_model;
+        let named = if p.extension().is_some() {
+            p.parent().and_then(Path::file_name)
+        } else {
+            p.file_name()
+        };
+        named.map_or_else(
+            || "default".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// Every embedding model this node loads, by name, resolved: the default first, then
+    /// `engine.embedders` in name order.
+    pub fn embedder_models(&self) -> Vec<(String, PathBuf)> {
+        let mut out = vec![(self.default_embedder_name(), self.embedding_model_dir())];
+        out.extend(
+            self.embedders
+                .iter()
+                .map(|(name, p)| (name.clone(), self.resolve(p))),
+        );
+        out
+    }
+
     /// The generator's GGUF file, resolved against `models_dir`.
     pub fn generator_model_path(&self) -> PathBuf {
         self.resolve(&self.generator_model)
@@ -257,16 +314,23 @@ impl EngineConfig {
     /// The model files hearth reads, as (role, path): the embedding model's three files, and
     /// with `generator` the GGUF plus any separate tokenizer or chat template.
     pub fn model_files(&self, generator: bool) -> Vec<(String, PathBuf)> {
-        let dir = self.embedding_model_dir();
-        let mut out = if dir.is_file() {
-            vec![("embedding model".to_owned(), dir)]
-        } else {
-            vec![
-                ("embedding model".to_owned(), dir.join("model.safetensors")),
-                ("embedding config".to_owned(), dir.join("config.json")),
-                ("embedding tokenizer".to_owned(), dir.join("tokenizer.json")),
-            ]
-        };
+        let mut out = Vec::new();
+        for (i, (name, dir)) in self.embedder_models().into_iter().enumerate() {
+            let role = |what: &str| {
+                if i == 0 {
+                    format!("embedding {what}")
+                } else {
+                    format!("embedding {what} {name}")
+                }
+            };
+            if dir.is_file() {
+                out.push((role("model"), dir));
+            } else {
+                out.push((role("model"), dir.join("model.safetensors")));
+                out.push((role("config"), dir.join("config.json")));
+                out.push((role("tokenizer"), dir.join("tokenizer.json")));
+            }
+        }
         if generator {
             out.push(("generator".to_owned(), self.generator_model_path()));
             if let Some(p) = &self.generator_tokenizer {
@@ -281,7 +345,13 @@ impl EngineConfig {
 
     /// Reads the embedding model's `config.json` and locates its tokenizer.
     pub fn embedding_model_info(&self) -> Result<EmbeddingModelInfo> {
-        let dir = self.embedding_model_dir();
+        Self::embedding_model_info_at(&self.embedding_model_dir())
+    }
+
+    /// [`EngineConfig::embedding_model_info`] of the model at `dir` (a directory or an E5S1
+    /// file, resolved).
+    pub fn embedding_model_info_at(dir: &Path) -> Result<EmbeddingModelInfo> {
+        let dir = dir.to_owned();
         if dir.is_file() {
             return e5s_info(&dir);
         }
@@ -349,6 +419,43 @@ mod tests {
         match cfg.validate() {
             Err(EngineError::InvalidInput(msg)) => msg,
             other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn embedders_have_names_and_resolve_against_the_models_dir() {
+        let mut cfg = EngineConfig {
+            models_dir: "/m".into(),
+            ..EngineConfig::default()
+        };
+        assert_eq!(cfg.default_embedder_name(), "all-MiniLM-L6-v2");
+        cfg.embedders
+            .insert("multilingual-e5-small".into(), "e5/e5-small-q4.bin".into());
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.embedder_models(),
+            vec![
+                ("all-MiniLM-L6-v2".into(), "/m/all-MiniLM-L6-v2".into()),
+                (
+                    "multilingual-e5-small".into(),
+                    "/m/e5/e5-small-q4.bin".into()
+                ),
+            ]
+        );
+        // A file's name is its directory's.
+        let file = EngineConfig {
+            embedding_model: "multilingual-e5-small/e5-small-q4.bin".into(),
+            ..EngineConfig::default()
+        };
+        assert_eq!(file.default_embedder_name(), "multilingual-e5-small");
+        for (name, says) in [
+            ("all-MiniLM-L6-v2", "the default model's name"),
+            ("a b", "not a model name"),
+            ("", "not a model name"),
+        ] {
+            let mut bad = cfg.clone();
+            bad.embedders.insert(name.into(), "x".into());
+            assert!(invalid(&bad).contains(says), "{name:?}: {}", invalid(&bad));
         }
     }
 

@@ -24,6 +24,13 @@ pub struct CollectionSettings {
     pub tokenizer_sha256: String,
     /// Width of the embedding column.
     pub embedding_dim: u32,
+    /// Name of the embedding model the collection was made with (`engine.embedders`, or the
+    /// default's); empty in collections made before models had names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub embedder: String,
+    /// SHA-256 of that model's weights file; empty where `embedder` is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub embedder_sha256: String,
     /// PII redaction applied to this collection's documents before chunking (off by default).
     #[serde(default, skip_serializing_if = "Redaction::is_off")]
     pub redaction: Redaction,
@@ -164,6 +171,21 @@ impl CollectionSettings {
                 short(&self.tokenizer_sha256),
                 short(&wanted.tokenizer_sha256)
             ));
+        }
+        if !self.embedder.is_empty() && !wanted.embedder.is_empty() {
+            if self.embedder != wanted.embedder {
+                diffs.push(format!(
+                    "embedder {} (asked: {})",
+                    self.embedder, wanted.embedder
+                ));
+            } else if self.embedder_sha256 != wanted.embedder_sha256 {
+                diffs.push(format!(
+                    "embedder {} with sha256 {} (this node's: {})",
+                    self.embedder,
+                    short(&self.embedder_sha256),
+                    short(&wanted.embedder_sha256)
+                ));
+            }
         }
         if self.embedding_dim != wanted.embedding_dim {
             diffs.push(format!(

@@ -34,7 +34,9 @@ pub use config::IngestConfig;
 pub use error::{IngestError, Rejection, Result};
 pub use extract::{ExtractorCommand, extract_worker_main};
 pub use parse::OcrSummary;
-pub use pipeline::{MailboxSubmitted, Pipeline, PipelineParts, Submission, Submitted};
+pub use pipeline::{
+    EmbedderSpec, MailboxSubmitted, Pipeline, PipelineParts, Submission, Submitted,
+};
 pub use redact::KINDS as REDACTION_KINDS;
 pub use registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};
 pub use sniff::{DocKind, sniff};

@@ -31,16 +31,38 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct PipelineParts {
     /// The object store.
     pub store: BlobStore,
-    /// The embedding model's tokenizer.
-    pub tokenizer: Arc<dyn TokenCounter>,
-    /// SHA-256 of the tokenizer file (recorded in collection settings).
-    pub tokenizer_sha256: String,
-    /// Width of the embedding column.
-    pub embedding_dim: usize,
+    /// The embedding models a collection may be made with; the first is the default.
+    pub embedders: Vec<EmbedderSpec>,
     /// How to start extraction processes.
     pub extractor: ExtractorCommand,
     /// Settings.
     pub config: IngestConfig,
+}
+
+/// What the pipeline needs to know of an embedding model: chunks are counted in its tokens and
+/// hold vectors of its width, and a collection records which model it was made with.
+#[derive(Clone)]
+pub struct EmbedderSpec {
+    /// The model's name (`engine.embedders`).
+    pub name: String,
+    /// Its tokenizer.
+    pub tokenizer: Arc<dyn TokenCounter>,
+    /// SHA-256 of the tokenizer (recorded in collection settings).
+    pub tokenizer_sha256: String,
+    /// SHA-256 of the model's weights, computed when first asked for (recorded in the settings
+    /// of collections made with it, and checked when they are opened).
+    pub model_sha256: Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>,
+    /// Width of its vectors.
+    pub dim: usize,
+}
+
+impl std::fmt::Debug for EmbedderSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbedderSpec")
+            .field("name", &self.name)
+            .field("dim", &self.dim)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A document offered for ingestion.
@@ -112,7 +134,8 @@ pub enum Submitted {
 pub struct Pipeline {
     store: BlobStore,
     registry: Registry,
-    tokenizer: Arc<dyn TokenCounter>,
+    embedders: Vec<EmbedderSpec>,
+    /// The settings of a new collection, the embedder's fields aside.
     settings: CollectionSettings,
     extractor: ExtractorPool,
     config: IngestConfig,
@@ -131,13 +154,21 @@ impl Pipeline {
             memory_mib: c.extract_memory_mib,
             max_text_bytes: c.max_text_bytes,
         };
+        if parts.embedders.is_empty() {
+            return Err(IngestError::InvalidInput("no embedding model".into()));
+        }
+        for e in &parts.embedders {
+            u32::try_from(e.dim)
+                .map_err(|_| IngestError::InvalidInput("embedding dim too large".into()))?;
+        }
         let settings = CollectionSettings {
             format_version: FORMAT_VERSION,
             chunk_tokens: c.chunk_tokens,
             chunk_overlap: c.chunk_overlap,
-            tokenizer_sha256: parts.tokenizer_sha256,
-            embedding_dim: u32::try_from(parts.embedding_dim)
-                .map_err(|_| IngestError::InvalidInput("embedding dim too large".into()))?,
+            tokenizer_sha256: String::new(),
+            embedding_dim: 0,
+            embedder: String::new(),
+            embedder_sha256: String::new(),
             redaction: Redaction::default(),
             ocr_languages: Vec::new(),
             default_access: Access::everyone(),
@@ -145,7 +176,7 @@ impl Pipeline {
         Ok(Self {
             registry: Registry::new(parts.store.clone()),
             store: parts.store,
-            tokenizer: parts.tokenizer,
+            embedders: parts.embedders,
             settings,
             extractor: ExtractorPool::new(parts.extractor, limits, c.effective_workers()),
             config: parts.config,
@@ -163,34 +194,106 @@ impl Pipeline {
         self.config.effective_workers()
     }
 
-    /// Creates the collection, or checks that its stored settings match this pipeline's.
-    pub async fn open_collection(&self, c: &CollectionName) -> Result<()> {
-        self.create_collection(c, &Redaction::default(), &[], &Access::everyone())
+    /// Creates the collection (with the default embedder), or checks that its stored settings
+    /// are ones this pipeline can work with. Returns the index of its embedder in the
+    /// pipeline's list.
+    pub async fn open_collection(&self, c: &CollectionName) -> Result<usize> {
+        self.create_collection(c, &Redaction::default(), &[], &Access::everyone(), None)
             .await
     }
 
-    /// Creates the collection with these redaction rules and OCR languages, or checks that it
-    /// exists with the same settings (rules or languages left empty accept whatever the
-    /// collection has). The languages must be installed on this node.
+    /// Creates the collection with these redaction rules, OCR languages and embedder, or
+    /// checks that it exists with the same settings (rules or languages left empty accept
+    /// whatever the collection has; no embedder: the one it has, else the default). The
+    /// languages must be installed on this node. Returns the index of the collection's
+    /// embedder in the pipeline's list.
     pub async fn create_collection(
         &self,
         c: &CollectionName,
         redaction: &Redaction,
         ocr_languages: &[String],
         default_access: &Access,
-    ) -> Result<()> {
+        embedder: Option<&str>,
+    ) -> Result<usize> {
         Redactor::new(redaction)?;
         if !ocr_languages.is_empty() {
             crate::config::check_ocr_languages(ocr_languages, "ocr_languages")?;
         }
+        let stored = CollectionSettings::read(&self.store, c).await?;
+        let i = match (embedder, &stored) {
+            (Some(name), _) => self
+                .embedders
+                .iter()
+                .position(|e| e.name == name)
+                .ok_or_else(|| {
+                    IngestError::InvalidInput(format!(
+                        "no embedding model named {name:?} on this node (it has: {})",
+                        self.embedder_names()
+                    ))
+                })?,
+            (None, Some(s)) => self.embedder_of(c, s)?,
+            (None, None) => 0,
+        };
+        let spec = &self.embedders[i];
+        // A collection made before models had names records none: it is checked by its
+        // tokenizer and width, and keeps no name.
+        let legacy = stored.as_ref().is_some_and(|s| s.embedder.is_empty()) && embedder.is_none();
+        let (name, model_sha256) = if legacy {
+            (String::new(), String::new())
+        } else {
+            let hash = spec.model_sha256.clone();
+            let sha = tokio::task::spawn_blocking(move || hash())
+                .await
+                .map_err(|e| IngestError::Internal(format!("hashing the model: {e}")))?
+                .map_err(IngestError::Internal)?;
+            (spec.name.clone(), sha)
+        };
         let wanted = CollectionSettings {
             redaction: redaction.clone(),
             ocr_languages: ocr_languages.to_vec(),
             default_access: default_access.clone(),
+            tokenizer_sha256: spec.tokenizer_sha256.clone(),
+            embedding_dim: spec.dim as u32,
+            embedder: name,
+            embedder_sha256: model_sha256,
             ..self.settings.clone()
         };
         wanted.open_or_create(&self.store, c).await?;
-        Ok(())
+        Ok(i)
+    }
+
+    fn embedder_names(&self) -> String {
+        self.embedders
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The embedder a collection was made with: by its recorded name, or (made before models
+    /// had names) by its tokenizer and width.
+    fn embedder_of(&self, c: &CollectionName, s: &CollectionSettings) -> Result<usize> {
+        let found = if s.embedder.is_empty() {
+            self.embedders.iter().position(|e| {
+                e.tokenizer_sha256 == s.tokenizer_sha256 && e.dim == s.embedding_dim as usize
+            })
+        } else {
+            self.embedders.iter().position(|e| e.name == s.embedder)
+        };
+        found.ok_or_else(|| {
+            let made = if s.embedder.is_empty() {
+                format!(
+                    "a model with tokenizer sha256 {}",
+                    &s.tokenizer_sha256[..s.tokenizer_sha256.len().min(12)]
+                )
+            } else {
+                format!("the model {:?}", s.embedder)
+            };
+            IngestError::Index(IndexError::Conflict(format!(
+                "collection {c} was made with {made}, which this node does not load (it has: {}; engine.embedders)",
+                self.embedder_names()
+            )))
+        })
     }
 
     /// The languages OCR reads a collection's scans in: its own, or this node's default.
@@ -624,13 +727,17 @@ impl Pipeline {
             metadata: std::mem::take(&mut extracted.metadata),
             attachments: std::mem::take(&mut extracted.attachments),
         };
-        let tokenizer = self.tokenizer.clone();
+        let spec = match &settings {
+            Some(s) => &self.embedders[self.embedder_of(c, s)?],
+            None => &self.embedders[0],
+        };
+        let tokenizer = spec.tokenizer.clone();
+        let dim = spec.dim;
         let params = ChunkParams {
             max_tokens: self.settings.chunk_tokens as usize,
             overlap: self.settings.chunk_overlap as usize,
         };
         let doc_id = rec.doc_id;
-        let dim = self.settings.embedding_dim as usize;
         let (n, bytes) = tokio::task::spawn_blocking(move || -> Result<_, Stopped> {
             let doc = normalize(&extracted);
             if doc.text.is_empty() {

@@ -41,6 +41,11 @@ pub struct IngestArgs {
     /// a Debian package tesseract-ocr-LANG). Fixed at creation; default: `ingest.ocr_languages`.
     #[arg(long = "ocr-languages", value_name = "LANGS", value_delimiter = ',')]
     ocr_languages: Vec<String>,
+    /// The embedding model of a new collection, by name: `engine.embedders` lists the models
+    /// beside the default (`engine.embedding_model`), e.g. `multilingual-e5-small` for documents
+    /// in other languages than English. Fixed at creation; default: the node's default model.
+    #[arg(long, value_name = "NAME")]
+    embedder: Option<String>,
     /// Who may read the documents of this run: group names, user:NAME, comma-separated
     /// (default: the collection's default access, everyone unless changed).
     #[arg(long, value_name = "LIST")]
@@ -138,6 +143,7 @@ pub async fn run(cfg: AppConfig, args: IngestArgs) -> anyhow::Result<ExitCode> {
             &redaction(&args)?,
             &args.ocr_languages,
             &default_access,
+            args.embedder.as_deref(),
         )
         .await?;
     let pending = service.pending(&col).await?;

@@ -94,11 +94,7 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
         .generator_model
         .file_stem()
         .map_or_else(|| "generator".into(), |s| s.to_string_lossy().into_owned());
-    let embedding_model_id = cfg
-        .engine
-        .embedding_model
-        .file_name()
-        .map_or_else(|| "embedding".into(), |s| s.to_string_lossy().into_owned());
+    let embedding_model_id = cfg.engine.default_embedder_name();
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let app = router(ServerParts {
         service: service.clone(),

@@ -26,6 +26,10 @@ pub(super) struct CreateBody {
     /// or `["*"]` (the default: everyone who reads the collection). An admin may change it.
     #[serde(default)]
     default_access: Option<Vec<String>>,
+    /// The embedding model, by name (`GET /v1/models` lists them), fixed at creation.
+    /// Absent: the node's default.
+    #[serde(default)]
+    embedder: Option<String>,
 }
 
 /// What a collection redacts before its text is chunked, embedded or stored.
@@ -91,6 +95,8 @@ pub(super) struct CollectionOut {
     ocr_languages: Vec<String>,
     /// The access list of documents uploaded without one.
     default_access: Vec<String>,
+    /// The embedding model its passages and questions are embedded with.
+    embedder: String,
 }
 
 impl CollectionOut {
@@ -107,6 +113,7 @@ impl CollectionOut {
             redaction,
             ocr_languages: s.service.ocr_languages(col).await?,
             default_access: s.service.default_access(col).await?.into(),
+            embedder: s.service.embedder_name(col).to_owned(),
         })
     }
 }
@@ -130,7 +137,13 @@ pub(super) async fn create(
     };
     let col = s
         .service
-        .create(&c, &redaction, &body.ocr_languages, &default_access)
+        .create(
+            &c,
+            &redaction,
+            &body.ocr_languages,
+            &default_access,
+            body.embedder.as_deref(),
+        )
         .await?;
     let out = CollectionOut::of(&s, &col, &caller).await?;
     let status = if existed {

@@ -44,7 +44,7 @@ fn model_not_found(model: &str) -> ApiError {
     )
 }
 
-/// The generator, each `generator:adapter`, and the embedding model.
+/// The generator, each `generator:adapter`, and the embedding models (the default first).
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, description = "OpenAI model list", body = Object), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn models(s: State) -> Response {
@@ -57,7 +57,9 @@ pub(super) async fn models(s: State) -> Response {
             data.push(entry(&format!("{}:{}", s.model_id, a.name)));
         }
     }
-    data.push(entry(&s.embedding_model_id));
+    for (name, _) in s.service.embedders() {
+        data.push(entry(&name));
+    }
     json(
         StatusCode::OK,
         &serde_json::json!({"object": "list", "data": data}),
@@ -404,9 +406,14 @@ pub(super) async fn embeddings(
     s: State,
     ApiJson(body): ApiJson<EmbedBody>,
 ) -> Result<Response, ApiError> {
-    if body.model != s.embedding_model_id {
+    let Some((model, dim)) = s
+        .service
+        .embedders()
+        .into_iter()
+        .find(|(name, _)| *name == body.model)
+    else {
         return Err(model_not_found(&body.model));
-    }
+    };
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -416,7 +423,6 @@ pub(super) async fn embeddings(
             )));
         }
     };
-    let dim = s.service.dim();
     if body.dimensions.is_some_and(|d| d != dim) {
         return Err(ApiError::invalid(format!(
             "dimensions: this model's embeddings have exactly {dim} dimensions"
@@ -440,7 +446,7 @@ pub(super) async fn embeddings(
             "input[{i}] must be 1 to {MAX_EMBED_CHARS} characters"
         )));
     }
-    let crate::Embedded { vectors, tokens } = s.service.embed(texts).await?;
+    let crate::Embedded { vectors, tokens } = s.service.embed(texts, Some(&model)).await?;
     let data: Vec<serde_json::Value> = vectors
         .iter()
         .enumerate()
@@ -458,7 +464,7 @@ pub(super) async fn embeddings(
         &serde_json::json!({
             "object": "list",
             "data": data,
-            "model": s.embedding_model_id,
+            "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }),
     ))

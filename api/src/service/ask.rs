@@ -285,7 +285,7 @@ impl Service {
         }
         let Some(generator) = generator else {
             let started = Instant::now();
-            let quotes = self.quotes(&req, &relevant).await?;
+            let quotes = self.quotes(col, &req, &relevant).await?;
             tracing::debug!(
                 quotes = quotes.len(),
                 quote_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -332,7 +332,13 @@ impl Service {
 impl Service {
     /// The units of the passages that answer the question (see [`super::quote`]); a follow-up's
     /// previous user turn counts too, at half weight for words.
-    async fn quotes(&self, req: &AskRequest, hits: &[Hit]) -> Result<Vec<super::quote::Quote>> {
+    async fn quotes(
+        &self,
+        col: &Collection,
+        req: &AskRequest,
+        hits: &[Hit],
+    ) -> Result<Vec<super::quote::Quote>> {
+        let embedder = &self.embedder_of(col).embedder;
         let units = passage_units(hits);
         if units.is_empty() {
             return Ok(Vec::new());
@@ -342,12 +348,12 @@ impl Service {
         let texts = units.iter().map(|u| embedding_text(&u.text)).collect();
         // Both at query priority: someone is waiting; the batcher runs them in one batch.
         let (q, v) = futures::try_join!(
-            self.embedder.embed(
+            embedder.embed(
                 vec![embedding_text(asked.trim())],
                 Role::Query,
                 Priority::Query
             ),
-            self.embedder.embed(texts, Role::Passage, Priority::Query),
+            embedder.embed(texts, Role::Passage, Priority::Query),
         )?;
         let q = q.row(0);
         let cosines: Vec<f32> = v

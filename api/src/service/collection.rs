@@ -52,6 +52,8 @@ pub struct Collection {
     /// Held while a document's access list changes, so two changes apply in one order to
     /// both the record and the index.
     pub(super) access_change: tokio::sync::Mutex<()>,
+    /// The collection's embedding model: an index into the service's list.
+    pub(super) embedder: usize,
 }
 
 /// A claim on processing one document; released when dropped.
@@ -212,8 +214,9 @@ fn verify_when_checked(col: &Arc<Collection>) {
 }
 
 impl Service {
-    /// Creates a collection with PII redaction rules, OCR languages and the access its
-    /// documents get when uploaded without their own (or opens it when it
+    /// Creates a collection with PII redaction rules, OCR languages, the access its
+    /// documents get when uploaded without their own and an embedding model (by name; `None`:
+    /// the default, or the one it has) (or opens it when it
     /// exists with the same settings; a conflict otherwise; empty ones accept what it has),
     /// like [`Service::open`].
     pub async fn create(
@@ -222,13 +225,14 @@ impl Service {
         redaction: &Redaction,
         ocr_languages: &[String],
         default_access: &Access,
+        embedder: Option<&str>,
     ) -> Result<Arc<Collection>> {
         self.wait_for_dying(c).await;
         if self.is_dying(c) {
             return Err(still_dying(c));
         }
         self.pipeline
-            .create_collection(c, redaction, ocr_languages, default_access)
+            .create_collection(c, redaction, ocr_languages, default_access, embedder)
             .await?;
         self.open(c).await
     }
@@ -252,9 +256,9 @@ impl Service {
         if self.is_dying(c) {
             return Err(still_dying(c));
         }
-        self.pipeline.open_collection(c).await?;
+        let embedder = self.pipeline.open_collection(c).await?;
         let dir = self.data_dir.join("index").join(c.as_str());
-        let params = self.index.params(self.dim);
+        let params = self.index.params(self.embedders[embedder].dim);
         let sealer = self.cache_sealer.clone();
         let index = blocking(move || CollectionIndex::open_sealed(&dir, params, sealer)).await?;
         let col = Arc::new(Collection {
@@ -266,6 +270,7 @@ impl Service {
             deleted: AtomicBool::new(false),
             working: Mutex::new(HashSet::new()),
             access_change: tokio::sync::Mutex::new(()),
+            embedder,
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {
@@ -312,7 +317,7 @@ impl Service {
             let chunks = match chunks? {
                 Ok(c) if c.iter().all(|c| c.embedding.is_some()) => c,
                 // Chunks without vectors (written by an interrupted run): embed them again.
-                Ok(_) => match self.embed_document(&mut rec).await? {
+                Ok(_) => match self.embed_document(col, &mut rec).await? {
                     Some(c) => c,
                     None => continue,
                 },

@@ -212,7 +212,7 @@ impl Service {
         let mut rec = self.pipeline.process(col.name(), doc).await?;
         let mut embedded = 0;
         if rec.state == DocState::Chunked {
-            match self.embed_document(&mut rec).await? {
+            match self.embed_document(col, &mut rec).await? {
                 Some(chunks) => {
                     embedded = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
                     self.add_to_index(col, &rec, chunks).await?;
@@ -234,7 +234,7 @@ impl Service {
                 Ok(_) | Err(_) => {
                     // Vectors missing or unreadable: embed again from the chunk file (a chunk
                     // file that cannot be read at all fails the document there).
-                    if let Some(chunks) = self.embed_document(&mut rec).await? {
+                    if let Some(chunks) = self.embed_document(col, &mut rec).await? {
                         embedded = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
                         self.add_to_index(col, &rec, chunks).await?;
                         col.push_pending(rec.clone());
@@ -250,7 +250,12 @@ impl Service {
 
     /// Embeds a chunked document and writes the vectors into its chunk file, then records it as
     /// `embedded`. Returns the chunks, or `None` when the document failed (its record says why).
-    pub(super) async fn embed_document(&self, rec: &mut DocRecord) -> Result<Option<Vec<Chunk>>> {
+    pub(super) async fn embed_document(
+        &self,
+        col: &Collection,
+        rec: &mut DocRecord,
+    ) -> Result<Option<Vec<Chunk>>> {
+        let model = self.embedder_of(col);
         let mut chunks = match self.load_chunks(rec).await? {
             Ok(c) => c,
             Err(reason) => {
@@ -260,7 +265,7 @@ impl Service {
         };
         for batch in chunks.chunks_mut(EMBED_REQUEST_TEXTS) {
             let texts: Vec<String> = batch.iter().map(|c| embedding_text(&c.text)).collect();
-            let vectors = self
+            let vectors = model
                 .embedder
                 .embed(texts, Role::Passage, Priority::Bulk)
                 .await?;
@@ -268,7 +273,7 @@ impl Service {
                 c.embedding = Some(v.to_vec());
             }
         }
-        let dim = self.dim;
+        let dim = model.dim;
         let (bytes, chunks) =
             tokio::task::spawn_blocking(move || (encode_chunks(&chunks, dim), chunks))
                 .await

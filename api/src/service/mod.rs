@@ -35,8 +35,9 @@ use std::sync::Arc;
 use hearth_engine::{Embedder, EngineConfig, Generator, Tokenizer};
 use hearth_index::{BlobStore, CollectionName, IndexConfig};
 use hearth_ingest::{
-    ExtractorCommand, IngestConfig, Pipeline, PipelineParts, Registry, TokenCounter,
+    EmbedderSpec, ExtractorCommand, IngestConfig, Pipeline, PipelineParts, Registry, TokenCounter,
 };
+use sha2::Digest;
 
 use crate::store::Store;
 
@@ -86,9 +87,9 @@ pub struct Service {
     store: BlobStore,
     registry: Registry,
     pipeline: Arc<Pipeline>,
-    embedder: Embedder,
+    /// The embedding models, the default first, in the pipeline's order.
+    embedders: Vec<NamedEmbedder>,
     generator: Option<Generator>,
-    embed_tokenizer: Arc<Tokenizer>,
     ask: AskConfig,
     backlog: worker::Backlog,
     /// Serialises adapter installs and deletes.
@@ -97,7 +98,6 @@ pub struct Service {
     adapter_dirs: tokio::sync::Mutex<HashMap<String, PathBuf>>,
     index: IndexConfig,
     data_dir: PathBuf,
-    dim: usize,
     open: tokio::sync::Mutex<HashMap<CollectionName, Arc<Collection>>>,
     /// Handles of deleted collections that work under way may still hold: a collection of the
     /// same name is not created again until they are gone (see [`Service::open`]).
@@ -125,14 +125,64 @@ impl TokenCounter for ModelTokens {
     }
 }
 
+/// One embedding model a collection may use.
+pub(crate) struct NamedEmbedder {
+    pub(crate) name: String,
+    pub(crate) embedder: Embedder,
+    pub(crate) tokenizer: Arc<Tokenizer>,
+    pub(crate) dim: usize,
+}
+
+/// SHA-256 of a model's weights (`model.safetensors` in a directory, else the file), computed
+/// once, when first asked for: hashing ~90 MB at every start would cost each CLI command a
+/// tenth of a second for collections that record no model hash.
+fn model_hash(path: PathBuf) -> Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync> {
+    let once = Arc::new(std::sync::OnceLock::<std::result::Result<String, String>>::new());
+    Arc::new(move || {
+        once.get_or_init(|| {
+            let file = if path.is_dir() {
+                path.join("model.safetensors")
+            } else {
+                path.clone()
+            };
+            let mut f =
+                std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(hex::encode(h.finalize()))
+        })
+        .clone()
+    })
+}
+
 impl Service {
-    /// Loads the tokenizer and the embedding model and builds the pipeline.
+    /// Loads the tokenizers and the embedding models and builds the pipeline.
     pub fn new(parts: ServiceParts) -> Result<Self> {
         parts.index.validate()?;
         parts.ask.validate()?;
-        let info = parts.engine.embedding_model_info()?;
-        let tokenizer = Arc::new(Tokenizer::from_file(&info.tokenizer)?);
-        let tokenizer_sha256 = tokenizer.sha256().to_owned();
+        parts.engine.validate()?;
+        let mut embedders = Vec::new();
+        let mut specs = Vec::new();
+        for (name, path) in parts.engine.embedder_models() {
+            let info = EngineConfig::embedding_model_info_at(&path)?;
+            let tokenizer = Arc::new(Tokenizer::from_file(&info.tokenizer)?);
+            specs.push(EmbedderSpec {
+                name: name.clone(),
+                tokenizer: Arc::new(ModelTokens(tokenizer.clone())),
+                tokenizer_sha256: tokenizer.sha256().to_owned(),
+                model_sha256: model_hash(path.clone()),
+                dim: info.dim,
+            });
+            embedders.push((name, path, tokenizer, info.dim));
+        }
         let store = parts.store.blob;
         let cache_sealer = match (parts.index.encrypt_cache, store.cache_sealer()) {
             (false, _) => None,
@@ -145,9 +195,7 @@ impl Service {
         };
         let pipeline = Pipeline::new(PipelineParts {
             store: store.clone(),
-            tokenizer: Arc::new(ModelTokens(tokenizer.clone())),
-            tokenizer_sha256,
-            embedding_dim: info.dim,
+            embedders: specs,
             extractor: parts.extractor,
             config: parts.ingest,
         })?;
@@ -168,7 +216,17 @@ impl Service {
                 }
             }
         }
-        let embedder = Embedder::load(&parts.engine)?;
+        let embedders = embedders
+            .into_iter()
+            .map(|(name, path, tokenizer, dim)| {
+                Ok(NamedEmbedder {
+                    embedder: Embedder::load_model(&parts.engine, &path)?,
+                    name,
+                    tokenizer,
+                    dim,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let generator = if parts.generator {
             Some(Generator::load(&parts.engine)?)
         } else {
@@ -176,7 +234,6 @@ impl Service {
         };
         Ok(Self {
             generator,
-            embed_tokenizer: tokenizer,
             ask: parts.ask,
             usage: std::sync::Mutex::new(HashMap::new()),
             conversation_writes: tokio::sync::Mutex::new(()),
@@ -186,10 +243,9 @@ impl Service {
             registry: Registry::new(store.clone()),
             store,
             pipeline: Arc::new(pipeline),
-            embedder,
+            embedders,
             index: parts.index,
             data_dir: parts.data_dir,
-            dim: info.dim,
             open: tokio::sync::Mutex::new(HashMap::new()),
             dying: std::sync::Mutex::new(HashMap::new()),
             cache_sealer,
@@ -215,8 +271,27 @@ impl Service {
         self.pipeline.workers()
     }
 
-    /// Width of the embeddings.
+    /// Width of the default embedding model's vectors.
     pub fn dim(&self) -> usize {
-        self.dim
+        self.embedders[0].dim
+    }
+
+    /// The embedding models this node loads, by name, with the width of their vectors; the
+    /// default first.
+    pub fn embedders(&self) -> Vec<(String, usize)> {
+        self.embedders
+            .iter()
+            .map(|e| (e.name.clone(), e.dim))
+            .collect()
+    }
+
+    /// The name of the embedding model a collection was made with.
+    pub fn embedder_name(&self, col: &Collection) -> &str {
+        &self.embedders[col.embedder].name
+    }
+
+    /// The embedding model a collection was made with.
+    pub(crate) fn embedder_of(&self, col: &Collection) -> &NamedEmbedder {
+        &self.embedders[col.embedder]
     }
 }

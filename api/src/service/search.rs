@@ -98,6 +98,7 @@ impl Service {
             None
         } else {
             let v = self
+                .embedder_of(col)
                 .embedder
                 .embed(vec![text.clone()], Role::Query, Priority::Query)
                 .await?;
@@ -147,17 +148,33 @@ impl Service {
     /// holds up other callers' searches by one batch at most, not by the whole job. Texts are
     /// embedded as queries: a model with a query prefix (multilingual-e5) recommends it for
     /// embeddings used as features, and a search compares queries with passages.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Embedded> {
+    ///
+    /// `model` names one of the node's embedding models ([`Service::embedders`]); `None` is the
+    /// default.
+    pub async fn embed(&self, texts: Vec<String>, model: Option<&str>) -> Result<Embedded> {
+        let named = match model {
+            None => &self.embedders[0],
+            Some(m) => self.embedders.iter().find(|e| e.name == m).ok_or_else(|| {
+                ServiceError::InvalidInput(format!(
+                    "no embedding model named {m:?} (this node has: {})",
+                    self.embedders
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?,
+        };
         let tokens = texts
             .iter()
-            .map(|t| self.embed_tokenizer.count(t).unwrap_or(0))
+            .map(|t| named.tokenizer.count(t).unwrap_or(0))
             .sum();
         let priority = if texts.len() <= QUERY_SIZED_EMBEDDINGS {
             Priority::Query
         } else {
             Priority::Bulk
         };
-        let v = self.embedder.embed(texts, Role::Query, priority).await?;
+        let v = named.embedder.embed(texts, Role::Query, priority).await?;
         Ok(Embedded {
             vectors: v.iter().map(<[f32]>::to_vec).collect(),
             tokens,

@@ -156,9 +156,15 @@ impl Embedder {
     /// `model.safetensors` in [`EngineConfig::embedding_model_dir`]) onto the configured device
     /// and starts the worker thread and its rayon pool.
     pub fn load(cfg: &EngineConfig) -> Result<Self> {
+        Self::load_model(cfg, &cfg.embedding_model_dir())
+    }
+
+    /// Like [`Embedder::load`], for the model at `dir` (a directory or an E5S1 file, as
+    /// [`EngineConfig::embedder_models`] lists them) with `cfg`'s device and batching settings.
+    pub fn load_model(cfg: &EngineConfig, dir: &std::path::Path) -> Result<Self> {
         cfg.validate()?;
         let device = device::select(&cfg.device)?;
-        let dir = cfg.embedding_model_dir();
+        let dir = dir.to_owned();
         let started = std::time::Instant::now();
         let int8 = device.is_cpu() && cfg.embed_precision.int8();
         let encoder = SentenceEncoder::load(&dir, device, MAX_TOKENS, int8)?;

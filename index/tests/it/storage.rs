@@ -105,6 +105,8 @@ async fn contract(store: BlobStore) {
         chunk_overlap: 32,
         tokenizer_sha256: "ab".repeat(32),
         embedding_dim: 384,
+        embedder: "all-MiniLM-L6-v2".into(),
+        embedder_sha256: "cd".repeat(32),
     };
     settings.open_or_create(&store, &c).await.unwrap();
     settings.open_or_create(&store, &c).await.unwrap();
@@ -117,6 +119,30 @@ async fn contract(store: BlobStore) {
         matches!(err, IndexError::Conflict(ref m) if m.contains("chunk_tokens 256 (config: 512)")),
         "{err}"
     );
+    // Another model, or the same name with other weights, is a conflict too.
+    for (name, sha, says) in [
+        (
+            "multilingual-e5-small",
+            "cd",
+            "embedder all-MiniLM-L6-v2 (asked: multilingual-e5-small)",
+        ),
+        (
+            "all-MiniLM-L6-v2",
+            "ef",
+            "embedder all-MiniLM-L6-v2 with sha256 cdcdcdcdcdcd",
+        ),
+    ] {
+        let other = CollectionSettings {
+            embedder: name.into(),
+            embedder_sha256: sha.repeat(32),
+            ..settings.clone()
+        };
+        let err = other.open_or_create(&store, &c).await.unwrap_err();
+        assert!(
+            matches!(err, IndexError::Conflict(ref m) if m.contains(says)),
+            "{err}"
+        );
+    }
     assert_eq!(CollectionSettings::list(&store).await.unwrap(), vec![c]);
 
     // Keys that are not valid object paths are refused, not mangled.

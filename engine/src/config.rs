@@ -156,20 +156,6 @@ pub enum KvPrecision {
     F16,
 }
 
-/// What the rest of hearth needs to know about the embedding model without loading it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EmbeddingModelInfo {
-    /// Width of the embeddings (the model's hidden size).
-    pub dim: usize,
-    /// Path of its `tokenizer.json`.
-    pub tokenizer: PathBuf,
-}
-
-#[derive(Deserialize)]
-struct BertConfigHead {
-    hidden_size: usize,
-}
-
 impl EngineConfig {
     /// Checks the settings; errors name the offending key.
     pub fn validate(&self) -> Result<()> {
@@ -342,73 +328,6 @@ impl EngineConfig {
         }
         out
     }
-
-    /// Reads the embedding model's `config.json` and locates its tokenizer.
-    pub fn embedding_model_info(&self) -> Result<EmbeddingModelInfo> {
-        Self::embedding_model_info_at(&self.embedding_model_dir())
-    }
-
-    /// [`EngineConfig::embedding_model_info`] of the model at `dir` (a directory or an E5S1
-    /// file, resolved).
-    pub fn embedding_model_info_at(dir: &Path) -> Result<EmbeddingModelInfo> {
-        let dir = dir.to_owned();
-        if dir.is_file() {
-            return e5s_info(&dir);
-        }
-        let config_path = dir.join("config.json");
-        let tokenizer = dir.join("tokenizer.json");
-        for p in [&config_path, &tokenizer] {
-            if !p.is_file() {
-                return Err(EngineError::ModelMissing {
-                    path: p.clone(),
-                    hint: FETCH_HINT,
-                });
-            }
-        }
-        let raw = std::fs::read(&config_path).map_err(|source| EngineError::Io {
-            path: config_path.clone(),
-            source,
-        })?;
-        let head: BertConfigHead =
-            serde_json::from_slice(&raw).map_err(|e| EngineError::Corrupt {
-                path: config_path.clone(),
-                detail: e.to_string(),
-            })?;
-        Ok(EmbeddingModelInfo {
-            dim: head.hidden_size,
-            tokenizer,
-        })
-    }
-}
-
-/// The width of an E5S1 model file (its first header field) and its tokenizer (the file).
-fn e5s_info(path: &Path) -> Result<EmbeddingModelInfo> {
-    use std::io::Read;
-    let mut head = [0u8; 12];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(|source| EngineError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    let corrupt = |detail: &str| EngineError::Corrupt {
-        path: path.to_owned(),
-        detail: detail.to_owned(),
-    };
-    if !head.starts_with(crate::embed::E5S_MAGIC) {
-        return Err(corrupt(
-            "engine.embedding_model names a file, which must be an E5S1 model (a directory \
-             holds a Hugging Face BERT model)",
-        ));
-    }
-    let dim = i32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-    Ok(EmbeddingModelInfo {
-        dim: usize::try_from(dim)
-            .ok()
-            .filter(|&d| d > 0)
-            .ok_or_else(|| corrupt("bad hidden size"))?,
-        tokenizer: path.to_owned(),
-    })
 }
 
 #[cfg(test)]

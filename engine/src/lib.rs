@@ -63,7 +63,7 @@ mod simd;
 mod tokenizer;
 mod unigram;
 
-pub use config::{EmbedPrecision, EmbeddingModelInfo, EngineConfig, KvPrecision};
+pub use config::{EmbedPrecision, EngineConfig, KvPrecision};
 pub use embed::{Embedder, Embeddings, Priority, Role};
 pub use error::{EngineError, Result};
 pub use generate::{

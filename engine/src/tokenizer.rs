@@ -52,11 +52,16 @@ impl Tokenizer {
     /// The unigram vocabulary of an E5S1 file; identified by the SHA-256 of that section.
     fn from_e5s(raw: &[u8]) -> std::result::Result<Self, String> {
         let (unigram, section) = crate::embed::e5s_tokenizer(raw)?;
-        Ok(Self {
+        Ok(Self::from_unigram(unigram, section))
+    }
+
+    /// A unigram vocabulary read from `section` of an E5S1 file (its identity).
+    pub(crate) fn from_unigram(unigram: Unigram, section: &[u8]) -> Self {
+        Self {
             inner: Inner::Unigram(unigram),
             specials: 2,
             sha256: hex::encode(Sha256::digest(section)),
-        })
+        }
     }
 
     fn from_bytes(raw: &[u8]) -> std::result::Result<Self, String> {

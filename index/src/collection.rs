@@ -86,7 +86,19 @@ impl CollectionSettings {
         store: &BlobStore,
         name: &CollectionName,
     ) -> Result<CollectionSettings> {
-        match Self::read(store, name).await? {
+        let stored = Self::read(store, name).await?;
+        self.open_or_create_from(store, name, stored).await
+    }
+
+    /// [`CollectionSettings::open_or_create`] with the stored settings already read (`None`:
+    /// there are none yet).
+    pub async fn open_or_create_from(
+        &self,
+        store: &BlobStore,
+        name: &CollectionName,
+        stored: Option<CollectionSettings>,
+    ) -> Result<CollectionSettings> {
+        match stored {
             None => {
                 // invariant: a plain struct of integers and strings always serialises.
                 let json = serde_json::to_vec_pretty(self).expect("settings serialise");

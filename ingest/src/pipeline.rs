@@ -258,7 +258,7 @@ impl Pipeline {
             embedder_sha256: model_sha256,
             ..self.settings.clone()
         };
-        wanted.open_or_create(&self.store, c).await?;
+        wanted.open_or_create_from(&self.store, c, stored).await?;
         Ok(i)
     }
 

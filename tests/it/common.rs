@@ -137,6 +137,33 @@ impl Node {
     }
 
     /// The node's object store, opened directly.
+    /// An in-process service over this node's store for retrieval only (no generator), with
+    /// its index cache under `data_dir` in the node's directory.
+    pub fn service_parts(
+        &self,
+        data_dir: &str,
+        engine: hearth_engine::EngineConfig,
+        index: hearth_index::IndexConfig,
+    ) -> hearth_api::ServiceParts {
+        hearth_api::ServiceParts {
+            store: self.store().into(),
+            data_dir: self.dir.path().join(data_dir),
+            engine: hearth_engine::EngineConfig {
+                models_dir: models(),
+                ..engine
+            },
+            ingest: hearth_ingest::IngestConfig::default(),
+            index,
+            extractor: hearth_ingest::ExtractorCommand {
+                program: env!("CARGO_BIN_EXE_hearth").into(),
+                args: vec!["extract-worker".into()],
+            },
+            generator: false,
+            ask: Default::default(),
+            backlog_limit: 1,
+        }
+    }
+
     pub fn store(&self) -> BlobStore {
         match &self.backend {
             Backend::Local => BlobStore::local(&self.dir.path().join("data/store")).unwrap(),
@@ -580,4 +607,28 @@ pub fn pdf_of_pages(contents: &[Vec<u8>]) -> Vec<u8> {
         objs.push(stream);
     }
     pdf_of_objects(&objs)
+}
+
+/// The first `top_k` hits for `text` in `mode`, as a reader who may read everything sees them.
+pub async fn search_all(
+    service: &hearth_api::Service,
+    col: &std::sync::Arc<hearth_api::Collection>,
+    text: &str,
+    mode: hearth_index::SearchMode,
+    top_k: usize,
+) -> hearth_api::SearchResults {
+    service
+        .search(
+            col,
+            hearth_api::SearchQuery {
+                text: text.to_owned(),
+                mode,
+                top_k,
+                filter: None,
+                fusion: None,
+                reader: hearth_api::Reader::Everything,
+            },
+        )
+        .await
+        .unwrap()
 }

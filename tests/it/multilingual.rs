@@ -12,13 +12,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hearth_api::{SearchQuery, Service, ServiceParts};
+use hearth_api::Service;
 use hearth_engine::EngineConfig;
 use hearth_index::{Analyzer, CollectionName, IndexConfig, SearchMode};
-use hearth_ingest::{ExtractorCommand, IngestConfig};
 use serde::Deserialize;
 
-use crate::common::{Backend, Node, models, root};
+use crate::common::{Backend, Node, root, search_all};
 
 /// Where the collection's model is installed.
 const E5: &str = "multilingual-e5-small/e5-small-q4.bin";
@@ -66,26 +65,18 @@ async fn same_and_cross_language_questions_find_their_evidence() {
         .env("HEARTH__ENGINE__EMBEDDERS", &extra)
         .env("HEARTH__INDEX__ANALYZER", "auto");
     node.ingest_with("ml", &[&set.join("docs")], &["--embedder", &embedder]);
-    let parts = |embedders: BTreeMap<String, std::path::PathBuf>| ServiceParts {
-        store: node.store().into(),
-        data_dir: node.dir.path().join("data-multilingual"),
-        engine: EngineConfig {
-            models_dir: models(),
-            embedders,
-            ..EngineConfig::default()
-        },
-        ingest: IngestConfig::default(),
-        index: IndexConfig {
-            analyzer: Analyzer::Auto,
-            ..IndexConfig::default()
-        },
-        extractor: ExtractorCommand {
-            program: env!("CARGO_BIN_EXE_hearth").into(),
-            args: vec!["extract-worker".into()],
-        },
-        generator: false,
-        ask: Default::default(),
-        backlog_limit: 1,
+    let parts = |embedders: BTreeMap<String, std::path::PathBuf>| {
+        node.service_parts(
+            "data-multilingual",
+            EngineConfig {
+                embedders,
+                ..EngineConfig::default()
+            },
+            IndexConfig {
+                analyzer: Analyzer::Auto,
+                ..IndexConfig::default()
+            },
+        )
     };
     let name = CollectionName::new("ml").unwrap();
     if embedder != "all-MiniLM-L6-v2" {
@@ -111,20 +102,7 @@ async fn same_and_cross_language_questions_find_their_evidence() {
     let mut misses: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for mode in [SearchMode::Dense, SearchMode::Bm25, SearchMode::Hybrid] {
         for q in &questions {
-            let res = service
-                .search(
-                    &col,
-                    SearchQuery {
-                        text: q.question.clone(),
-                        mode,
-                        top_k: 5,
-                        filter: None,
-                        fusion: None,
-                        reader: hearth_api::Reader::Everything,
-                    },
-                )
-                .await
-                .unwrap();
+            let res = search_all(&service, &col, &q.question, mode, 5).await;
             // Evidence: a passage of the relevant document that states one of the facts (the
             // document alone is too easy a target: each page is on its own topic, so even an
             // English-only model finds most of them by command names).
@@ -192,6 +170,8 @@ async fn a_collection_chooses_its_model_and_the_embeddings_endpoint_takes_either
     let extra = format!("{{ multilingual-e5-small = \"{E5}\" }}");
     let node = Node::new(Backend::Local).env("HEARTH__ENGINE__EMBEDDERS", &extra);
     let admin = crate::common::create_key(&node, "admin", "admin", &[], &[]);
+    let reader = crate::common::create_key(&node, "reader", "reader", &[], &[]);
+    let scoped = crate::common::create_key(&node, "en-writer", "writer", &["en"], &[]);
     let s = node.serve(&[]).await;
     let create =
         |body: serde_json::Value| s.call(Some(&admin), "POST", "/v1/collections", Some(body));
@@ -208,6 +188,34 @@ async fn a_collection_chooses_its_model_and_the_embeddings_endpoint_takes_either
     assert!(String::from_utf8_lossy(&r.body).contains("multilingual-e5-small"));
     let r = create(serde_json::json!({"name": "de", "embedder": "all-MiniLM-L6-v2"})).await;
     assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    // Refusals come before anything about models or collections is said: a reader learns
+    // neither the node's models (400) nor that "de" exists with another model (409); a writer
+    // scoped to "en" cannot create or look at "de".
+    for (key, name, embedder) in [
+        (&reader, "x", "labse"),
+        (&reader, "de", "all-MiniLM-L6-v2"),
+        (&scoped, "de", "all-MiniLM-L6-v2"),
+        (&scoped, "x", "labse"),
+    ] {
+        let r = s
+            .call(
+                Some(key),
+                "POST",
+                "/v1/collections",
+                Some(serde_json::json!({"name": name, "embedder": embedder})),
+            )
+            .await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 403, "{name} {embedder}: {body}");
+        assert!(!body.contains("multilingual-e5-small"), "{body}");
+    }
+    let r = s
+        .call(Some(&scoped), "GET", "/v1/collections/de", None)
+        .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!String::from_utf8_lossy(&r.body).contains("multilingual"));
+    let r = s.call(None, "GET", "/v1/models", None).await;
+    assert_eq!(r.status, 401);
     // Asked again without a model, the collection keeps its own.
     let r = create(serde_json::json!({"name": "de"})).await;
     assert_eq!(

@@ -4,13 +4,12 @@
 
 use std::path::Path;
 
-use hearth_api::{SearchQuery, Service, ServiceParts};
+use hearth_api::Service;
 use hearth_engine::EngineConfig;
 use hearth_index::{CollectionName, IndexConfig, SearchMode};
-use hearth_ingest::{ExtractorCommand, IngestConfig};
 use serde::Deserialize;
 
-use crate::common::{Backend, Node, models, root};
+use crate::common::{Backend, Node, root, search_all};
 
 #[derive(Deserialize)]
 struct Questions {
@@ -83,29 +82,22 @@ async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
     let set: Questions = serde_json::from_slice(&raw).unwrap();
     assert!(set.questions.len() >= 50);
 
-    let service = Service::new(ServiceParts {
-        store: node.store().into(),
-        data_dir: node.dir.path().join("data-quality"),
-        engine: EngineConfig {
-            models_dir: models(),
-            embedding_model: embedder.map_or(EngineConfig::default().embedding_model, Into::into),
-            ..EngineConfig::default()
-        },
-        ingest: IngestConfig::default(),
-        index: IndexConfig {
-            analyzer: std::env::var("HEARTH_TEST_ANALYZER")
-                .ok()
-                .map_or(Default::default(), |a| a.parse().unwrap()),
-            ..IndexConfig::default()
-        },
-        extractor: ExtractorCommand {
-            program: env!("CARGO_BIN_EXE_hearth").into(),
-            args: vec!["extract-worker".into()],
-        },
-        generator: false,
-        ask: Default::default(),
-        backlog_limit: 1,
-    })
+    let service = Service::new(
+        node.service_parts(
+            "data-quality",
+            EngineConfig {
+                embedding_model: embedder
+                    .map_or(EngineConfig::default().embedding_model, Into::into),
+                ..EngineConfig::default()
+            },
+            IndexConfig {
+                analyzer: std::env::var("HEARTH_TEST_ANALYZER")
+                    .ok()
+                    .map_or(Default::default(), |a| a.parse().unwrap()),
+                ..IndexConfig::default()
+            },
+        ),
+    )
     .unwrap();
     let col = service
         .open(&CollectionName::new("q").unwrap())
@@ -117,20 +109,7 @@ async fn hybrid_is_at_least_as_good_as_the_better_of_dense_and_bm25() {
         let (mut recall, mut ndcg) = (0.0, 0.0);
         let mut misses = Vec::new();
         for q in &set.questions {
-            let res = service
-                .search(
-                    &col,
-                    SearchQuery {
-                        text: q.question.clone(),
-                        mode,
-                        top_k: 50,
-                        filter: None,
-                        fusion: None,
-                        reader: hearth_api::Reader::Everything,
-                    },
-                )
-                .await
-                .unwrap();
+            let res = search_all(&service, &col, &q.question, mode, 50).await;
             let ranked = ranked_docs(res.hits.into_iter().map(|h| h.source));
             let r = recall_at(10, &ranked, &q.relevant);
             recall += r;

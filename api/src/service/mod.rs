@@ -128,6 +128,7 @@ impl TokenCounter for ModelTokens {
 /// One embedding model a collection may use.
 pub(crate) struct NamedEmbedder {
     pub(crate) name: String,
+    path: PathBuf,
     pub(crate) embedder: Embedder,
     pub(crate) tokenizer: Arc<Tokenizer>,
     pub(crate) dim: usize,
@@ -169,20 +170,6 @@ impl Service {
         parts.index.validate()?;
         parts.ask.validate()?;
         parts.engine.validate()?;
-        let mut embedders = Vec::new();
-        let mut specs = Vec::new();
-        for (name, path) in parts.engine.embedder_models() {
-            let info = EngineConfig::embedding_model_info_at(&path)?;
-            let tokenizer = Arc::new(Tokenizer::from_file(&info.tokenizer)?);
-            specs.push(EmbedderSpec {
-                name: name.clone(),
-                tokenizer: Arc::new(ModelTokens(tokenizer.clone())),
-                tokenizer_sha256: tokenizer.sha256().to_owned(),
-                model_sha256: model_hash(path.clone()),
-                dim: info.dim,
-            });
-            embedders.push((name, path, tokenizer, info.dim));
-        }
         let store = parts.store.blob;
         let cache_sealer = match (parts.index.encrypt_cache, store.cache_sealer()) {
             (false, _) => None,
@@ -193,9 +180,35 @@ impl Service {
                 ));
             }
         };
+        // Each model is loaded once: its tokenizer, from the loaded embedder, counts chunk
+        // tokens too.
+        let embedders = parts
+            .engine
+            .embedder_models()
+            .into_iter()
+            .map(|(name, path)| {
+                let embedder = Embedder::load_model(&parts.engine, &path)?;
+                Ok(NamedEmbedder {
+                    tokenizer: embedder.tokenizer().clone(),
+                    dim: embedder.dim(),
+                    embedder,
+                    name,
+                    path,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let pipeline = Pipeline::new(PipelineParts {
             store: store.clone(),
-            embedders: specs,
+            embedders: embedders
+                .iter()
+                .map(|e| EmbedderSpec {
+                    name: e.name.clone(),
+                    tokenizer: Arc::new(ModelTokens(e.tokenizer.clone())),
+                    tokenizer_sha256: e.tokenizer.sha256().to_owned(),
+                    model_sha256: model_hash(e.path.clone()),
+                    dim: e.dim,
+                })
+                .collect(),
             extractor: parts.extractor,
             config: parts.ingest,
         })?;
@@ -216,17 +229,6 @@ impl Service {
                 }
             }
         }
-        let embedders = embedders
-            .into_iter()
-            .map(|(name, path, tokenizer, dim)| {
-                Ok(NamedEmbedder {
-                    embedder: Embedder::load_model(&parts.engine, &path)?,
-                    name,
-                    tokenizer,
-                    dim,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         let generator = if parts.generator {
             Some(Generator::load(&parts.engine)?)
         } else {

@@ -466,10 +466,14 @@ impl Bert {
         Self::build(cfg, &w, Word::Dense(word))
     }
 
-    /// Loads an E5S1 model file (`e5s.rs`) from `path` onto `device`: its word table stays in
-    /// 4-bit blocks on the CPU.
-    pub(crate) fn load_e5s(path: &Path, device: &Device, int8: bool) -> Result<Self> {
-        let file = super::e5s::load(path, device)?;
+    /// Builds the encoder of an E5S1 model file (`e5s.rs`, read from `path`) on `device`: its
+    /// word table stays in 4-bit blocks on the CPU.
+    pub(crate) fn load_e5s(
+        file: super::e5s::E5s,
+        path: &Path,
+        device: &Device,
+        int8: bool,
+    ) -> Result<Self> {
         let w = Weights {
             src: Source::Tensors(&file.tensors),
             device,

@@ -26,6 +26,7 @@ use half::f16;
 
 use super::bert::BertConfig;
 use crate::error::{EngineError, Result};
+use crate::tokenizer::Tokenizer;
 use crate::unigram::Unigram;
 
 /// The file's first four bytes.
@@ -253,8 +254,9 @@ fn vocabulary(c: &mut Cursor<'_>) -> std::result::Result<Unigram, String> {
     Unigram::new(&pieces, &scores, [bos, eos, pad, unk], map)
 }
 
-/// Reads the container at `path` onto `device`.
-pub(crate) fn load(path: &Path, device: &Device) -> Result<E5s> {
+/// Reads the container at `path` onto `device`, with its tokenizer: the file is read and its
+/// vocabulary parsed once.
+pub(crate) fn load(path: &Path, device: &Device) -> Result<(E5s, Tokenizer)> {
     let data = std::fs::read(path).map_err(|source| EngineError::Io {
         path: path.to_owned(),
         source,
@@ -265,10 +267,12 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<E5s> {
     })
 }
 
-fn parse(data: &[u8], device: &Device) -> std::result::Result<E5s, String> {
+fn parse(data: &[u8], device: &Device) -> std::result::Result<(E5s, Tokenizer), String> {
     let mut c = Cursor { data, at: 0 };
     let h = header(&mut c)?;
-    vocabulary(&mut c)?;
+    let start = c.at;
+    let unigram = vocabulary(&mut c)?;
+    let tokenizer = Tokenizer::from_unigram(unigram, &data[start..c.at]);
     let count = c.count("tensor count", 1 << 16)?;
     let mut dir: HashMap<String, (u8, usize, &[u8])> = HashMap::with_capacity(count);
     for _ in 0..count {
@@ -399,7 +403,7 @@ fn parse(data: &[u8], device: &Device) -> std::result::Result<E5s, String> {
         position_embedding_type: "absolute".into(),
     };
     cfg.check()?;
-    Ok(E5s { cfg, tensors, word })
+    Ok((E5s { cfg, tensors, word }, tokenizer))
 }
 
 #[cfg(test)]

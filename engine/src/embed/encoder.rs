@@ -4,6 +4,7 @@
 //! back in input order.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::Device;
 use rayon::prelude::*;
@@ -28,7 +29,7 @@ const MAX_GROUP_SLOTS: usize = 2048;
 /// The tokenizer, the encoder and the device they run on. Not thread-affine: the batcher's
 /// worker calls it from inside its rayon pool.
 pub(crate) struct SentenceEncoder {
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     bert: Bert,
     device: Device,
     max_tokens: usize,
@@ -43,10 +44,8 @@ impl SentenceEncoder {
     pub(crate) fn load(path: &Path, device: Device, max_tokens: usize, int8: bool) -> Result<Self> {
         let e5 = path.is_file() && is_e5s(path);
         let (tokenizer, bert) = if e5 {
-            (
-                Tokenizer::from_file(path)?,
-                Bert::load_e5s(path, &device, int8)?,
-            )
+            let (file, tokenizer) = super::e5s::load(path, &device)?;
+            (tokenizer, Bert::load_e5s(file, path, &device, int8)?)
         } else {
             for file in ["config.json", "tokenizer.json", "model.safetensors"] {
                 let path = path.join(file);
@@ -72,12 +71,17 @@ impl SentenceEncoder {
         };
         let max_tokens = max_tokens.min(bert.max_positions());
         Ok(Self {
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             bert,
             device,
             max_tokens,
             prompts,
         })
+    }
+
+    /// The tokenizer.
+    pub(crate) fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
     }
 
     /// The prefix a text in `role` gets before it is tokenized.

@@ -29,6 +29,7 @@ use self::encoder::SentenceEncoder;
 use crate::config::{EmbedPrecision, EngineConfig};
 use crate::device;
 use crate::error::{EngineError, Result};
+use crate::tokenizer::Tokenizer;
 
 /// Most word pieces of a text the embedder looks at, `[CLS]` and `[SEP]` included: the
 /// `max_seq_length` of all-MiniLM-L6-v2's sentence-transformers configuration (capped by the
@@ -138,6 +139,7 @@ struct Inner {
     precision: EmbedPrecision,
     /// The prefixes of a query and of a passage.
     prompts: [&'static str; 2],
+    tokenizer: Arc<Tokenizer>,
 }
 
 impl Drop for Inner {
@@ -176,6 +178,7 @@ impl Embedder {
             .map_err(|e| EngineError::Internal(format!("starting the embedder's threads: {e}")))?;
         let (dim, max_tokens) = (encoder.dim(), encoder.max_tokens());
         let prompts = [encoder.prompt(Role::Query), encoder.prompt(Role::Passage)];
+        let tokenizer = encoder.tokenizer().clone();
         let device = device::label(encoder.device());
         let queue = Arc::new(Queue::new(BatchParams {
             batch_size: cfg.embed_batch_size,
@@ -210,8 +213,14 @@ impl Embedder {
                     EmbedPrecision::F32
                 },
                 prompts,
+                tokenizer,
             }),
         })
+    }
+
+    /// The model's tokenizer (what chunk sizes are counted in).
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.inner.tokenizer
     }
 
     /// Width of the embeddings (384 for all-MiniLM-L6-v2).

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use hearth_engine::{EmbedPrecision, Embedder, EngineConfig, Priority, Role, Tokenizer};
 use serde::Deserialize;
 
+use crate::embed::cosine;
 use crate::{config, models_dir, workspace};
 
 /// Where `scripts/fetch-models.sh multilingual-e5-small` installs the model, under the models
@@ -51,13 +52,6 @@ fn role(item: &Item) -> Role {
         "passage" => Role::Passage,
         other => panic!("kind {other:?}"),
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
 }
 
 #[test]

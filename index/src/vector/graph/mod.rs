@@ -1116,6 +1116,16 @@ mod tests {
     use super::*;
     use crate::vector::FlatIndex;
 
+    /// Runs `f` (a build) on a one-thread rayon pool: the graph, and every figure measured on
+    /// it, are then the same on every run.
+    pub(super) fn one_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
     /// Unit vectors in `clusters` Gaussian clusters, seeded.
     pub(super) fn mixture(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
@@ -1162,13 +1172,7 @@ mod tests {
             ef_search: 64,
         };
         // Both graphs are built on one thread, so the figures are the same on every run.
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let graph = one
-            .install(|| GraphIndex::build(&base, dim, params))
-            .unwrap();
+        let graph = one_thread(|| GraphIndex::build(&base, dim, params)).unwrap();
         let flat = FlatIndex::build(&base, dim).unwrap();
         assert_eq!(graph.len(), 6000);
         // A hard set (uniform noise in 48 dimensions). Built on one thread: 0.615 / 0.778 /
@@ -1176,9 +1180,7 @@ mod tests {
         // same vectors, identical on every run of one machine. The margins leave room for
         // another CPU's dot-product kernel (a different summation order can change a tie);
         // parallel builds on shared cores once put ours 0.05 below hnsw_rs at ef 32 in CI.
-        let reference = one
-            .install(|| crate::vector::HnswIndex::build(&base, dim, params))
-            .unwrap();
+        let reference = one_thread(|| crate::vector::HnswIndex::build(&base, dim, params)).unwrap();
         let mut last = 0.0;
         for (ef, floor) in [(16, 0.59), (32, 0.75), (64, 0.87), (128, 0.95)] {
             let ours = recall(&graph, &flat, &queries, dim, ef);
@@ -1238,21 +1240,13 @@ mod tests {
         };
         let flat = FlatIndex::build(&base, dim).unwrap();
         // One thread: the same graphs, and figures, on every run.
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let once = one
-            .install(|| GraphIndex::build_quantized(&base, dim, params))
-            .unwrap();
+        let once = one_thread(|| GraphIndex::build_quantized(&base, dim, params)).unwrap();
         let mut grown = GraphIndex::empty(dim, params, true).unwrap();
         // Fifty single vectors, then batches of 50, 900 and the rest: the codes' ranges are
         // refitted as the graph doubles, and vectors in between are clamped to the last fit.
         let mut at = 0;
         for size in std::iter::repeat_n(1, 50).chain([50, 900, 5000]) {
-            let got = one
-                .install(|| grown.insert(&base[at * dim..(at + size) * dim]))
-                .unwrap();
+            let got = one_thread(|| grown.insert(&base[at * dim..(at + size) * dim])).unwrap();
             assert_eq!(got, at as u32..(at + size) as u32);
             at += size;
         }
@@ -1280,12 +1274,7 @@ mod tests {
         let dim = 32;
         let base = mixture(3000, dim, 20, 3);
         // One thread: the same graph on every run.
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let graph = one
-            .install(|| GraphIndex::build(&base, dim, HnswParams::default()))
+        let graph = one_thread(|| GraphIndex::build(&base, dim, HnswParams::default()))
             .unwrap()
             .quantize();
         let flat = FlatIndex::build(&base, dim).unwrap();

@@ -213,6 +213,7 @@ impl Graph {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::one_thread;
     use super::*;
     use crate::vector::hnsw::HnswParams;
     use crate::vector::{FlatIndex, GraphIndex};
@@ -268,11 +269,7 @@ mod tests {
         let base = mixture(6000, dim, 5);
         let queries = mixture(300, dim, 77);
         // One thread: the builds are then the same on every run, and so are the figures.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let built = pool.install(|| GraphIndex::build_quantized(&base, dim, params).unwrap());
+        let built = one_thread(|| GraphIndex::build_quantized(&base, dim, params).unwrap());
         let entry = built.graph.entry;
         // 10 % churn, the entry node among the removed; then half of what is left.
         let hashed = |i: u32| (u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 10;
@@ -283,7 +280,7 @@ mod tests {
             let repaired = built.graph.without(&remap, &rows);
             assert_eq!(repaired.len(), rows.len() / dim);
             assert!(repaired.sq.is_some());
-            let rebuilt = pool.install(|| GraphIndex::build_quantized(&rows, dim, params).unwrap());
+            let rebuilt = one_thread(|| GraphIndex::build_quantized(&rows, dim, params).unwrap());
             let (a, b) = (
                 recall(&repaired, &rows, &queries, dim),
                 recall(&rebuilt.graph, &rows, &queries, dim),

@@ -63,6 +63,9 @@ enum Command {
     Delete(commands::manage::DeleteArgs),
     /// Reclaim the space of deleted documents in the index and the store.
     Compact(commands::manage::CompactArgs),
+    /// Move a collection to another embedding model, while it keeps serving (resumes an
+    /// interrupted run).
+    Reembed(commands::manage::ReembedArgs),
     /// Print the effective configuration (secrets redacted).
     Config,
     /// Internal: serve extraction requests on stdin/stdout (started by hearth itself).
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => commands::serve::run(cfg, args).await,
             Command::Delete(args) => commands::manage::delete(cfg, args).await,
             Command::Compact(args) => commands::manage::compact(cfg, args).await,
+            Command::Reembed(args) => commands::manage::reembed(cfg, args).await,
             Command::Config => {
                 println!("{cfg:#?}");
                 Ok(ExitCode::SUCCESS)
@@ -138,6 +142,7 @@ fn audited(cmd: &Command) -> Option<(&'static str, &'static str, Option<String>)
         Command::Eval(a) => ("eval", "eval", c(&a.collection)),
         Command::Delete(a) => ("delete", "delete", c(&a.collection)),
         Command::Compact(a) => ("admin", "compact", c(&a.collection)),
+        Command::Reembed(a) => ("admin", "reembed", c(&a.collection)),
         Command::Keys(KeysCommand::Create { .. }) => ("admin", "keys create", None),
         Command::Keys(KeysCommand::List { .. }) => ("read", "keys list", None),
         Command::Keys(KeysCommand::Revoke { .. }) => ("admin", "keys revoke", None),

@@ -36,8 +36,9 @@ pub use service::{
     CitationCheck, Collection, CompactReport, Conversation, DenseMatch, Embedded, EvalOptions,
     EvalQuestion, EvalReport, EvalSummary, Fact, MAX_EVAL_QUESTIONS, MAX_HISTORY, Mean, NOT_FOUND,
     NOT_SUPPORTED, NOTHING_RELEVANT, PassagesShown, Percentiles, Processed, QuestionResult,
-    RetrievalScore, SearchHit, SearchQuery, SearchResults, SearchTimings, Service, ServiceParts,
-    Support, SyncReport, TextPiece, Turn, WITHHELD, check_adapter_name, parse_questions,
+    ReembedReport, ReembedStatus, RetrievalScore, SearchHit, SearchQuery, SearchResults,
+    SearchTimings, Service, ServiceParts, Support, SyncReport, TextPiece, Turn, WITHHELD,
+    check_adapter_name, parse_questions,
 };
 pub use store::Store;
 

@@ -43,6 +43,34 @@ pub struct CollectionSettings {
     /// were given.
     #[serde(default, skip_serializing_if = "Access::is_everyone")]
     pub default_access: Access,
+    /// Which model's vectors the chunk files hold: 0 for the model the collection was made
+    /// with, one more after each re-embedding ([`keys::chunks_of`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vectors: u32,
+    /// A re-embedding under way: the model it moves to and where its chunk files go. The
+    /// fields above still describe the model in use until it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reembed: Option<ReembedTarget>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The model a re-embedding moves a collection to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReembedTarget {
+    /// The model's name.
+    pub embedder: String,
+    /// SHA-256 of its weights.
+    pub embedder_sha256: String,
+    /// SHA-256 of its tokenizer (chunks made after the switch are counted with it).
+    pub tokenizer_sha256: String,
+    /// Width of its vectors.
+    pub embedding_dim: u32,
+    /// Where its chunk files go ([`keys::chunks_of`]).
+    pub vectors: u32,
 }
 
 /// What a collection redacts: built-in PII kinds and named patterns.
@@ -127,6 +155,13 @@ impl CollectionSettings {
         let json = serde_json::to_vec_pretty(&s).expect("settings serialise");
         store.put(&keys::collection(name), json.into()).await?;
         Ok(Some(s))
+    }
+
+    /// Writes these settings over the stored ones (a re-embedding's start and switch).
+    pub async fn write(&self, store: &BlobStore, name: &CollectionName) -> Result<()> {
+        // invariant: a plain struct of integers and strings always serialises.
+        let json = serde_json::to_vec_pretty(self).expect("settings serialise");
+        store.put(&keys::collection(name), json.into()).await
     }
 
     /// The stored settings of a collection, or `None` if it does not exist.

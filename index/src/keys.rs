@@ -6,6 +6,8 @@
 //! raw/{collection}/{doc_id}              original bytes, exactly as uploaded
 //! docs/{collection}/{doc_id}.json        document record: source, metadata, state machine
 //! chunks/{collection}/{doc_id}.arrow     Arrow IPC file of the document's chunks
+//! chunks/{collection}/v{n}/{doc_id}.arrow  the same, with the vectors of the collection's n-th
+//!                                        embedding model (after `n` re-embeddings)
 //! ```
 
 use crate::ids::{CollectionName, DocId};
@@ -33,7 +35,33 @@ pub fn doc_records_prefix(c: &CollectionName) -> String {
     format!("docs/{c}/")
 }
 
-/// The chunk segment of one document.
+/// The chunk file of one document, with the vectors of the collection's first model.
 pub fn chunks(c: &CollectionName, d: &DocId) -> String {
-    format!("chunks/{c}/{d}.arrow")
+    chunks_of(c, 0, d)
+}
+
+/// The chunk file of one document, with the vectors of the collection's embedding model
+/// number `vectors` (0: the model it was created with; each re-embedding adds one).
+pub fn chunks_of(c: &CollectionName, vectors: u32, d: &DocId) -> String {
+    match vectors {
+        0 => format!("chunks/{c}/{d}.arrow"),
+        n => format!("chunks/{c}/v{n}/{d}.arrow"),
+    }
+}
+
+/// Prefix of the chunk files with the vectors of model number `vectors`.
+pub fn chunks_prefix(c: &CollectionName, vectors: u32) -> String {
+    match vectors {
+        0 => format!("chunks/{c}/"),
+        n => format!("chunks/{c}/v{n}/"),
+    }
+}
+
+/// The document a chunk file of model number `vectors` belongs to, from its key; `None` for
+/// a key of another model's files.
+pub fn chunks_doc(c: &CollectionName, vectors: u32, key: &str) -> Option<DocId> {
+    key.strip_prefix(&chunks_prefix(c, vectors))?
+        .strip_suffix(".arrow")?
+        .parse()
+        .ok()
 }

@@ -59,7 +59,7 @@ pub mod fixtures;
 pub use access::{Access, MAX_ACCESS_ENTRIES, Reader, check_name};
 pub use blob::BlobStore;
 pub use chunks::{Chunk, decode_chunks, encode_chunks};
-pub use collection::{CollectionSettings, Redaction, RedactionPattern};
+pub use collection::{CollectionSettings, Redaction, RedactionPattern, ReembedTarget};
 pub use config::{FusionKind, IndexConfig, S3Config, StorageBackend, StorageConfig};
 pub use crypto::{CIPHER, CacheSealer, EncryptionConfig, Kek};
 pub use egress::EgressClient;

@@ -35,7 +35,8 @@ pub use error::{IngestError, Rejection, Result};
 pub use extract::{ExtractorCommand, extract_worker_main};
 pub use parse::OcrSummary;
 pub use pipeline::{
-    EmbedderSpec, MailboxSubmitted, Pipeline, PipelineParts, Submission, Submitted,
+    CollectionModel, EmbedderSpec, MailboxSubmitted, Pipeline, PipelineParts, ReembedPlan,
+    Submission, Submitted,
 };
 pub use redact::KINDS as REDACTION_KINDS;
 pub use registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hearth_index::{
     Access, BlobStore, CollectionName, CollectionSettings, DocId, FORMAT_VERSION, IndexError,
-    Redaction, encode_chunks, keys,
+    Redaction, ReembedTarget, encode_chunks, keys,
 };
 
 use crate::chunk::{ChunkParams, TokenCounter, chunk};
@@ -172,6 +172,8 @@ impl Pipeline {
             redaction: Redaction::default(),
             ocr_languages: Vec::new(),
             default_access: Access::everyone(),
+            vectors: 0,
+            reembed: None,
         };
         Ok(Self {
             registry: Registry::new(parts.store.clone()),
@@ -195,9 +197,8 @@ impl Pipeline {
     }
 
     /// Creates the collection (with the default embedder), or checks that its stored settings
-    /// are ones this pipeline can work with. Returns the index of its embedder in the
-    /// pipeline's list.
-    pub async fn open_collection(&self, c: &CollectionName) -> Result<usize> {
+    /// are ones this pipeline can work with. Returns its embedding model.
+    pub async fn open_collection(&self, c: &CollectionName) -> Result<CollectionModel> {
         self.create_collection(c, &Redaction::default(), &[], &Access::everyone(), None)
             .await
     }
@@ -205,8 +206,7 @@ impl Pipeline {
     /// Creates the collection with these redaction rules, OCR languages and embedder, or
     /// checks that it exists with the same settings (rules or languages left empty accept
     /// whatever the collection has; no embedder: the one it has, else the default). The
-    /// languages must be installed on this node. Returns the index of the collection's
-    /// embedder in the pipeline's list.
+    /// languages must be installed on this node. Returns the collection's embedding model.
     pub async fn create_collection(
         &self,
         c: &CollectionName,
@@ -214,23 +214,14 @@ impl Pipeline {
         ocr_languages: &[String],
         default_access: &Access,
         embedder: Option<&str>,
-    ) -> Result<usize> {
+    ) -> Result<CollectionModel> {
         Redactor::new(redaction)?;
         if !ocr_languages.is_empty() {
             crate::config::check_ocr_languages(ocr_languages, "ocr_languages")?;
         }
         let stored = CollectionSettings::read(&self.store, c).await?;
         let i = match (embedder, &stored) {
-            (Some(name), _) => self
-                .embedders
-                .iter()
-                .position(|e| e.name == name)
-                .ok_or_else(|| {
-                    IngestError::InvalidInput(format!(
-                        "no embedding model named {name:?} on this node (it has: {})",
-                        self.embedder_names()
-                    ))
-                })?,
+            (Some(name), _) => self.embedder_index(name)?,
             (None, Some(s)) => self.embedder_of(c, s)?,
             (None, None) => 0,
         };
@@ -258,8 +249,98 @@ impl Pipeline {
             embedder_sha256: model_sha256,
             ..self.settings.clone()
         };
-        wanted.open_or_create_from(&self.store, c, stored).await?;
-        Ok(i)
+        let s = wanted.open_or_create_from(&self.store, c, stored).await?;
+        Ok(CollectionModel {
+            embedder: i,
+            vectors: s.vectors,
+            reembed: s.reembed.map(|t| t.vectors),
+        })
+    }
+
+    /// Records that collection `c` is being re-embedded with the model `name` (a re-embedding
+    /// to the same model already recorded resumes where it stopped; one to another model
+    /// replaces it). Returns what to build.
+    pub async fn begin_reembed(&self, c: &CollectionName, name: &str) -> Result<ReembedPlan> {
+        let Some(mut s) = CollectionSettings::read(&self.store, c).await? else {
+            return Err(IngestError::NotFound(format!("collection {c}")));
+        };
+        let target = self.embedder_index(name)?;
+        let current = self.embedder_of(c, &s)?;
+        let spec = &self.embedders[target];
+        let hash = spec.model_sha256.clone();
+        let sha = tokio::task::spawn_blocking(move || hash())
+            .await
+            .map_err(|e| IngestError::Internal(format!("hashing the model: {e}")))?
+            .map_err(IngestError::Internal)?;
+        if current == target && (s.embedder.is_empty() || s.embedder_sha256 == sha) {
+            return Err(IngestError::InvalidInput(format!(
+                "collection {c} already uses the embedding model {name:?}"
+            )));
+        }
+        let wanted = ReembedTarget {
+            embedder: spec.name.clone(),
+            embedder_sha256: sha,
+            tokenizer_sha256: spec.tokenizer_sha256.clone(),
+            embedding_dim: spec.dim as u32,
+            vectors: 0,
+        };
+        let (vectors, resumed, stale) = match &s.reembed {
+            Some(t)
+                if t.embedder == wanted.embedder && t.embedder_sha256 == wanted.embedder_sha256 =>
+            {
+                (t.vectors, true, None)
+            }
+            Some(t) => (s.vectors.max(t.vectors) + 1, false, Some(t.vectors)),
+            None => (s.vectors + 1, false, None),
+        };
+        s.reembed = Some(ReembedTarget { vectors, ..wanted });
+        s.write(&self.store, c).await?;
+        Ok(ReembedPlan {
+            from: CollectionModel {
+                embedder: current,
+                vectors: s.vectors,
+                reembed: Some(vectors),
+            },
+            to: CollectionModel {
+                embedder: target,
+                vectors,
+                reembed: None,
+            },
+            resumed,
+            stale,
+        })
+    }
+
+    /// Switches collection `c` to the model its re-embedding built vectors for: one write of
+    /// its settings, after which its chunk files are those of the new model.
+    pub async fn finish_reembed(&self, c: &CollectionName) -> Result<()> {
+        let Some(mut s) = CollectionSettings::read(&self.store, c).await? else {
+            return Err(IngestError::NotFound(format!("collection {c}")));
+        };
+        let Some(t) = s.reembed.take() else {
+            return Err(IngestError::InvalidInput(format!(
+                "collection {c} has no re-embedding under way"
+            )));
+        };
+        s.embedder = t.embedder;
+        s.embedder_sha256 = t.embedder_sha256;
+        s.tokenizer_sha256 = t.tokenizer_sha256;
+        s.embedding_dim = t.embedding_dim;
+        s.vectors = t.vectors;
+        s.write(&self.store, c).await?;
+        Ok(())
+    }
+
+    fn embedder_index(&self, name: &str) -> Result<usize> {
+        self.embedders
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| {
+                IngestError::InvalidInput(format!(
+                    "no embedding model named {name:?} on this node (it has: {})",
+                    self.embedder_names()
+                ))
+            })
     }
 
     fn embedder_names(&self) -> String {
@@ -755,10 +836,38 @@ impl Pipeline {
         })
         .await
         .map_err(|e| IngestError::Internal(format!("chunking task: {e}")))??;
-        self.store.put(&keys::chunks(c, &rec.doc_id), bytes).await?;
+        let vectors = settings.as_ref().map_or(0, |s| s.vectors);
+        self.store
+            .put(&keys::chunks_of(c, vectors, &rec.doc_id), bytes)
+            .await?;
         done.chunks = n;
         Ok(done)
     }
+}
+
+/// The embedding model a collection uses, as this pipeline knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CollectionModel {
+    /// Its index in the pipeline's list of embedders.
+    pub embedder: usize,
+    /// Which model's chunk files hold its vectors (`hearth_index::keys::chunks_of`).
+    pub vectors: u32,
+    /// Where a re-embedding under way writes its chunk files.
+    pub reembed: Option<u32>,
+}
+
+/// What [`Pipeline::begin_reembed`] recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReembedPlan {
+    /// The model in use.
+    pub from: CollectionModel,
+    /// The model moved to, and where its chunk files go.
+    pub to: CollectionModel,
+    /// A re-embedding to the same model was under way: its chunk files are kept.
+    pub resumed: bool,
+    /// A re-embedding to another model was under way: its chunk files (under this number)
+    /// are to be removed.
+    pub stale: Option<u32>,
 }
 
 /// Why processing stopped before a document was chunked.

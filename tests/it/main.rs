@@ -22,6 +22,7 @@ mod oidc;
 mod openai;
 mod quality;
 mod redaction;
+mod reembed;
 mod residency;
 mod scans;
 mod search;

@@ -54,7 +54,7 @@ impl Caller {
         }
     }
 
-    fn role(&self) -> Role {
+    pub(super) fn role(&self) -> Role {
         self.key.as_ref().map_or(Role::Admin, |k| k.role)
     }
 

@@ -97,12 +97,38 @@ pub(super) struct CollectionOut {
     default_access: Vec<String>,
     /// The embedding model its passages and questions are embedded with.
     embedder: String,
+    /// A re-embedding into another model: running, failed or interrupted (present only
+    /// then, and to admins of the collection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reembed: Option<ReembedOut>,
+}
+
+/// Where a re-embedding stands.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ReembedOut {
+    /// The model it moves the collection to.
+    embedder: String,
+    /// `running`, `failed` (`error` says why) or `interrupted` (the node stopped; start it
+    /// again to resume).
+    state: &'static str,
+    /// Documents done and to do, while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    done: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl CollectionOut {
     /// The collection as `caller` sees it: the counts are of the documents it may read.
     async fn of(s: &State, col: &crate::Collection, caller: &Caller) -> Result<Self, ApiError> {
         let (documents, chunks) = col.readable_counts(&caller.reader());
+        let reembed = if caller.role() == Role::Admin {
+            reembed_state(s, col).await?
+        } else {
+            None
+        };
         let redaction = Some(s.service.redaction(col).await?)
             .filter(|r| !r.is_off())
             .map(RedactionBody::from);
@@ -114,8 +140,110 @@ impl CollectionOut {
             ocr_languages: s.service.ocr_languages(col).await?,
             default_access: s.service.default_access(col).await?.into(),
             embedder: s.service.embedder_name(col).to_owned(),
+            reembed,
         })
     }
+}
+
+async fn reembed_state(s: &State, col: &crate::Collection) -> Result<Option<ReembedOut>, ApiError> {
+    if let Some(r) = col.reembedding() {
+        let running = r.error.is_none();
+        return Ok(Some(ReembedOut {
+            embedder: r.embedder,
+            state: if running { "running" } else { "failed" },
+            done: running.then_some(r.done),
+            total: running.then_some(r.total),
+            error: r.error,
+        }));
+    }
+    Ok(s.service
+        .pending_reembed(col)
+        .await?
+        .map(|embedder| ReembedOut {
+            embedder,
+            state: "interrupted",
+            done: None,
+            total: None,
+            error: None,
+        }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReembedBody {
+    /// The embedding model to move the collection to (`GET /v1/models` lists them).
+    embedder: String,
+}
+
+/// Re-embeds a collection with another embedding model (admin of the collection). It keeps
+/// serving searches and uploads from its current model meanwhile and switches in one step
+/// when the new vectors are built; `GET /v1/collections/{c}` shows progress. Started again
+/// after an interruption, it resumes.
+#[utoipa::path(post, path = "/v1/collections/{c}/reembed", tag = "collections", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
+    request_body = ReembedBody,
+    responses((status = 202, description = "started", body = CollectionOut),
+        (status = 404, description = "no such collection", body = ErrorBody), (status = 400, description = "unknown model, or the one the collection uses", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody),
+        (status = 409, description = "a re-embedding of the collection is already running", body = ErrorBody)))]
+pub(super) async fn reembed(
+    s: State,
+    caller: Caller,
+    Path(c): Path<String>,
+    ApiJson(body): ApiJson<ReembedBody>,
+) -> Result<Response, ApiError> {
+    let c = caller.collection(&c, Role::Admin)?;
+    let col = s.service.open_existing(&c).await?;
+    let models = s.service.embedders();
+    if !models.iter().any(|(name, _)| *name == body.embedder) {
+        return Err(ApiError::invalid(format!(
+            "no embedding model named {:?} on this node (it has: {})",
+            body.embedder,
+            models
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if s.service.embedder_name(&col) == body.embedder {
+        return Err(ApiError::invalid(format!(
+            "collection {c} already uses the embedding model {:?}",
+            body.embedder
+        )));
+    }
+    if let Some(r) = col.reembedding().filter(|r| r.error.is_none()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "collection {c} is being re-embedded with {} ({} of {} documents done)",
+                r.embedder, r.done, r.total
+            ),
+        ));
+    }
+    let service = s.service.clone();
+    let (col2, embedder) = (col.clone(), body.embedder.clone());
+    tokio::spawn(async move {
+        match service.reembed(&col2, &embedder, &|_, _| {}).await {
+            Ok(r) => {
+                tracing::info!(collection = %col2.name(), embedder = %r.embedder, documents = r.documents, "re-embedding finished")
+            }
+            Err(e) => {
+                tracing::error!(collection = %col2.name(), %embedder, error = %e, "re-embedding failed");
+                col2.note_reembed_failure(&embedder, e.to_string());
+            }
+        }
+    });
+    // The task marks itself running at once; give it that moment so the answer shows it.
+    for _ in 0..50 {
+        if col.reembedding().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &CollectionOut::of(&s, &col, &caller).await?,
+    ))
 }
 
 /// Creates a collection (200 when it already exists).

@@ -230,6 +230,7 @@ pub fn router(parts: ServerParts) -> Router {
             collections::delete,
             collections::patch
         ))
+        .routes(routes!(collections::reembed))
         .routes(routes!(documents::get, documents::delete, documents::patch))
         .routes(routes!(documents::raw))
         .routes(routes!(qa::search))

@@ -22,6 +22,8 @@ impl Service {
 
     /// Changes the collection's default access (documents keep the lists they have).
     pub async fn set_default_access(&self, col: &Collection, access: Access) -> Result<()> {
+        // The settings are read, changed and written back: not across a re-embedding's switch.
+        let _writing = col.writing.read().await;
         CollectionSettings::set_default_access(&self.store, col.name(), access)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("collection {}", col.name())))?;

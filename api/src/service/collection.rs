@@ -10,7 +10,7 @@ use hearth_index::{
     Access, Chunk, CollectionIndex, CollectionName, CollectionSettings, DocId, IndexError,
     IndexStats, IndexedDoc, Redaction, keys,
 };
-use hearth_ingest::{DocRecord, DocState, MetaValue};
+use hearth_ingest::{CollectionModel, DocRecord, DocState, MetaValue};
 
 use super::Service;
 use crate::error::{Result, ServiceError};
@@ -52,8 +52,17 @@ pub struct Collection {
     /// Held while a document's access list changes, so two changes apply in one order to
     /// both the record and the index.
     pub(super) access_change: tokio::sync::Mutex<()>,
-    /// The collection's embedding model: an index into the service's list.
-    pub(super) embedder: usize,
+    /// The collection's embedding model, and where its chunk files are. Changed only by a
+    /// re-embedding's switch, under the index's write lock together with the index, so a
+    /// search that reads it while holding the index's read lock sees the model of the index
+    /// it searches.
+    model: RwLock<CollectionModel>,
+    /// Held (shared) by work that writes the collection's documents: processing one, deleting
+    /// one, committing, changing the settings. A re-embedding takes it exclusively to switch
+    /// models, so no document is half in the old model's files and half in the new one's.
+    pub(super) writing: tokio::sync::RwLock<()>,
+    /// The re-embedding running in this process, if any, and how far it got.
+    pub(super) reembedding: Mutex<Option<super::reembed::ReembedStatus>>,
 }
 
 /// A claim on processing one document; released when dropped.
@@ -80,6 +89,16 @@ impl Collection {
     /// The collection's name.
     pub fn name(&self) -> &CollectionName {
         &self.name
+    }
+
+    /// The collection's embedding model now.
+    pub(super) fn model(&self) -> CollectionModel {
+        *read(&self.model)
+    }
+
+    /// Switches to another model: called with the index's write lock held.
+    pub(super) fn set_model(&self, m: CollectionModel) {
+        *write(&self.model) = m;
     }
 
     /// Sizes of the local index.
@@ -256,9 +275,10 @@ impl Service {
         if self.is_dying(c) {
             return Err(still_dying(c));
         }
-        let embedder = self.pipeline.open_collection(c).await?;
-        let dir = self.data_dir.join("index").join(c.as_str());
-        let params = self.index.params(self.embedders[embedder].dim);
+        let model = self.pipeline.open_collection(c).await?;
+        self.remove_stale_index_dirs(c, model);
+        let dir = self.index_dir(c, model.vectors);
+        let params = self.index.params(self.embedders[model.embedder].dim);
         let sealer = self.cache_sealer.clone();
         let index = blocking(move || CollectionIndex::open_sealed(&dir, params, sealer)).await?;
         let col = Arc::new(Collection {
@@ -270,7 +290,9 @@ impl Service {
             deleted: AtomicBool::new(false),
             working: Mutex::new(HashSet::new()),
             access_change: tokio::sync::Mutex::new(()),
-            embedder,
+            model: RwLock::new(model),
+            writing: tokio::sync::RwLock::new(()),
+            reembedding: Mutex::new(None),
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {
@@ -309,7 +331,7 @@ impl Service {
         };
         let mut loads = futures::stream::iter(missing)
             .map(|rec| async move {
-                let chunks = self.load_chunks(&rec).await;
+                let chunks = self.load_chunks(col, &rec).await;
                 (rec, chunks)
             })
             .buffer_unordered(8);
@@ -364,12 +386,23 @@ impl Service {
         Ok(report)
     }
 
-    /// Reads a document's chunks from the store. The error is the document's fate (a reason).
+    /// Reads a document's chunks, with the vectors of the collection's model, from the store.
+    /// The error is the document's fate (a reason).
     pub(super) async fn load_chunks(
         &self,
+        col: &Collection,
         rec: &DocRecord,
     ) -> Result<std::result::Result<Vec<Chunk>, String>> {
-        let key = keys::chunks(&rec.collection, &rec.doc_id);
+        self.load_chunks_of(rec, col.model().vectors).await
+    }
+
+    /// Reads a document's chunk file of model number `vectors`.
+    pub(super) async fn load_chunks_of(
+        &self,
+        rec: &DocRecord,
+        vectors: u32,
+    ) -> Result<std::result::Result<Vec<Chunk>, String>> {
+        let key = keys::chunks_of(&rec.collection, vectors, &rec.doc_id);
         let Some(bytes) = self.store.get_opt(&key).await? else {
             return Ok(Err("the chunk file is missing from the object store".into()));
         };
@@ -402,6 +435,7 @@ impl Service {
         // the index commits (the background worker adds beside commits) may or may not be in
         // it, so it waits for the next commit to be marked `indexed`. Those a failed commit
         // did not mark wait for the next one too.
+        let _writing = col.writing.read().await;
         let mut pending = std::mem::take(&mut *lock(&col.pending));
         let r = self.commit_pending(col, &mut pending).await;
         if r.is_err() {
@@ -455,7 +489,7 @@ impl Service {
         if col.is_deleted() {
             self.remove_stored(&col.name).await?;
         } else if col.is_erased(doc) {
-            self.erase_keys(&col.name, doc).await?;
+            self.erase_keys(col, doc).await?;
         }
         Ok(())
     }
@@ -466,6 +500,7 @@ impl Service {
     /// The documents that came out of it (an e-mail's attachments, a mailbox's messages, and
     /// theirs) go with it: an erasure request names the message, not each attachment.
     pub async fn delete_document(&self, col: &Arc<Collection>, doc: &DocId) -> Result<bool> {
+        let _writing = col.writing.read().await;
         let existed = self.registry.get(&col.name, doc).await?.is_some();
         let family = self.descendants(col, doc).await?;
         for d in std::iter::once(doc).chain(&family) {
@@ -506,7 +541,7 @@ impl Service {
     /// Removes one document everywhere (record first: once it is gone the document is gone,
     /// whatever happens next), without committing the index.
     async fn erase(&self, col: &Arc<Collection>, doc: &DocId) -> Result<()> {
-        self.erase_keys(&col.name, doc).await?;
+        self.erase_keys(col, doc).await?;
         col.forget(doc);
         lock(&col.pending).retain(|r| r.doc_id != *doc);
         let col2 = col.clone();
@@ -518,11 +553,76 @@ impl Service {
         .await
     }
 
-    async fn erase_keys(&self, c: &CollectionName, doc: &DocId) -> Result<()> {
+    /// Removes a document's objects: its record, original and chunk files (those of the
+    /// model in use and of a re-embedding under way).
+    pub(super) async fn erase_keys(&self, col: &Collection, doc: &DocId) -> Result<()> {
+        let c = &col.name;
         self.store.delete(&keys::doc_record(c, doc)).await?;
         self.store.delete(&keys::raw(c, doc)).await?;
-        self.store.delete(&keys::chunks(c, doc)).await?;
+        let m = col.model();
+        for vectors in std::iter::once(m.vectors).chain(m.reembed) {
+            self.store.delete(&keys::chunks_of(c, vectors, doc)).await?;
+        }
         Ok(())
+    }
+
+    /// Where the local index of collection `c` with model number `vectors` lives:
+    /// `{data_dir}/index/{c}`, or `{c}.v{n}` after re-embeddings (no collection name holds a
+    /// dot).
+    pub(super) fn index_dir(&self, c: &CollectionName, vectors: u32) -> std::path::PathBuf {
+        let root = self.data_dir.join("index");
+        match vectors {
+            0 => root.join(c.as_str()),
+            n => root.join(format!("{c}.v{n}")),
+        }
+    }
+
+    /// The local index directories of collection `c`, whatever their model number.
+    fn index_dirs(&self, c: &CollectionName) -> Vec<(std::path::PathBuf, u32)> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("index")) else {
+            return Vec::new();
+        };
+        let dotted = format!("{c}.v");
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let n = if name == c.as_str() {
+                    0
+                } else {
+                    name.strip_prefix(&dotted)?.parse().ok()?
+                };
+                Some((e.path(), n))
+            })
+            .collect()
+    }
+
+    /// Removes index directories of models the collection no longer uses (a re-embedding
+    /// switched and the process stopped before removing the old one; or one abandoned).
+    fn remove_stale_index_dirs(&self, c: &CollectionName, m: CollectionModel) {
+        for (dir, n) in self.index_dirs(c) {
+            if n != m.vectors && Some(n) != m.reembed {
+                self.trash_dir(c, &dir);
+            }
+        }
+    }
+
+    /// Moves an index directory aside and removes it.
+    pub(super) fn trash_dir(&self, c: &CollectionName, dir: &std::path::Path) {
+        let trash = self.data_dir.join("index").join(format!(
+            "{DELETED_PREFIX}{c}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        match std::fs::rename(dir, &trash) {
+            Ok(()) => remove_trash(&trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old index directory");
+            }
+        }
     }
 
     /// The collections in the store, by name.
@@ -604,7 +704,13 @@ impl Service {
         }
         self.remove_stored(c).await?;
         self.recount_usage(c);
-        let dir = self.data_dir.join("index").join(c.as_str());
+        // Those of other models first (an abandoned re-embedding); the one in use below.
+        let dir = self.index_dir(c, col.as_ref().map_or(0, |col| col.model().vectors));
+        for (other, _) in self.index_dirs(c) {
+            if other != dir {
+                self.trash_dir(c, &other);
+            }
+        }
         let trash = self.data_dir.join("index").join(format!(
             "{DELETED_PREFIX}{c}-{}",
             std::time::SystemTime::now()
@@ -681,15 +787,23 @@ impl Service {
                 orphans.push(key);
             }
         }
-        for prefix in [format!("raw/{c}/"), format!("chunks/{c}/")] {
-            for key in self.store.list(&prefix).await? {
-                let id = key
-                    .strip_prefix(&prefix)
-                    .map(|k| k.trim_end_matches(".arrow"))
-                    .and_then(|k| k.parse::<DocId>().ok());
-                if id.is_some_and(|d| !records.contains(&d)) {
-                    orphans.push(key);
-                }
+        let raw = format!("raw/{c}/");
+        for key in self.store.list(&raw).await? {
+            let id = key.strip_prefix(&raw).and_then(|k| k.parse::<DocId>().ok());
+            if id.is_some_and(|d| !records.contains(&d)) {
+                orphans.push(key);
+            }
+        }
+        // Chunk files of documents without a record, and those of models the collection no
+        // longer uses (left by a re-embedding that switched and stopped before removing them,
+        // or by one abandoned for another model).
+        let m = col.model();
+        for key in self.store.list(&format!("chunks/{c}/")).await? {
+            let ours = std::iter::once(m.vectors)
+                .chain(m.reembed)
+                .find_map(|v| keys::chunks_doc(c, v, &key));
+            if ours.is_none_or(|d| !records.contains(&d)) {
+                orphans.push(key);
             }
         }
         futures::stream::iter(orphans.iter())

@@ -199,6 +199,9 @@ impl Service {
     }
 
     async fn process_one(&self, col: &Arc<Collection>, doc: DocId) -> Result<Processed> {
+        // Held until the document is in the index: a re-embedding switches models between
+        // documents, never inside one.
+        let _writing = col.writing.read().await;
         let Some(_working) = col.claim(doc) else {
             // Another task is processing it and will finish it; report where it stands.
             let record = self.registry.get(col.name(), &doc).await?.ok_or_else(|| {
@@ -226,7 +229,7 @@ impl Service {
                 }
             }
         } else if rec.state == DocState::Embedded && !read(&col.index).contains(&rec.doc_id) {
-            match self.load_chunks(&rec).await? {
+            match self.load_chunks(col, &rec).await? {
                 Ok(chunks) if chunks.iter().all(|c| c.embedding.is_some()) => {
                     self.add_to_index(col, &rec, chunks).await?;
                     col.push_pending(rec.clone());
@@ -256,7 +259,7 @@ impl Service {
         rec: &mut DocRecord,
     ) -> Result<Option<Vec<Chunk>>> {
         let model = self.embedder_of(col);
-        let mut chunks = match self.load_chunks(rec).await? {
+        let mut chunks = match self.load_chunks(col, rec).await? {
             Ok(c) => c,
             Err(reason) => {
                 self.fail(rec, reason).await?;
@@ -280,7 +283,10 @@ impl Service {
                 .map_err(|e| ServiceError::Internal(format!("encoding task: {e}")))?;
         let bytes = bytes?;
         self.store
-            .put(&keys::chunks(&rec.collection, &rec.doc_id), bytes)
+            .put(
+                &keys::chunks_of(&rec.collection, col.model().vectors, &rec.doc_id),
+                bytes,
+            )
             .await?;
         rec.state = DocState::Embedded;
         self.registry.put(rec).await?;

@@ -23,6 +23,7 @@ mod eval;
 mod ingest;
 mod judge;
 mod quote;
+mod reembed;
 mod search;
 mod text;
 mod verify;
@@ -56,6 +57,7 @@ pub use eval::{
 };
 pub use ingest::Processed;
 pub use quote::NOT_FOUND;
+pub use reembed::{ReembedReport, ReembedStatus};
 pub use search::{Embedded, SearchQuery, SearchResults, SearchTimings};
 
 use crate::error::{Result, ServiceError};
@@ -289,11 +291,11 @@ impl Service {
 
     /// The name of the embedding model a collection was made with.
     pub fn embedder_name(&self, col: &Collection) -> &str {
-        &self.embedders[col.embedder].name
+        &self.embedders[col.model().embedder].name
     }
 
     /// The embedding model a collection was made with.
     pub(crate) fn embedder_of(&self, col: &Collection) -> &NamedEmbedder {
-        &self.embedders[col.embedder]
+        &self.embedders[col.model().embedder]
     }
 }

@@ -93,37 +93,60 @@ impl Service {
             )));
         }
         let text = embedding_text(&q.text);
-        let started = Instant::now();
-        let vector = if q.mode == SearchMode::Bm25 {
-            None
-        } else {
-            let v = self
-                .embedder_of(col)
-                .embedder
-                .embed(vec![text.clone()], Role::Query, Priority::Query)
-                .await?;
-            Some(v.row(0).to_vec())
-        };
-        let embed_ms = started.elapsed().as_secs_f64() * 1e3;
         let fusion = q.fusion.unwrap_or_else(|| self.index.fusion());
-        let col = col.clone();
-        let started = Instant::now();
-        let hits = blocking(move || {
-            read(&col.index).search(&SearchRequest {
-                text: &text,
-                vector: vector.as_deref(),
-                mode: q.mode,
-                top_k: q.top_k,
-                filter: q.filter.as_ref(),
-                reader: &q.reader,
-                fusion,
+        // The query is embedded with the collection's model, then searched under the index's
+        // read lock if the model is still the index's: a re-embedding switches both under the
+        // write lock, and a search that met the switch embeds again with the new model.
+        let mut attempts = 0;
+        let (hits, embed_ms, search_ms) = loop {
+            attempts += 1;
+            let model = col.model().embedder;
+            let started = Instant::now();
+            let vector = if q.mode == SearchMode::Bm25 {
+                None
+            } else {
+                let v = self.embedders[model]
+                    .embedder
+                    .embed(vec![text.clone()], Role::Query, Priority::Query)
+                    .await?;
+                Some(v.row(0).to_vec())
+            };
+            let embed_ms = started.elapsed().as_secs_f64() * 1e3;
+            let (col, text, q) = (col.clone(), text.clone(), q.clone());
+            let started = Instant::now();
+            let hits = blocking(move || {
+                let index = read(&col.index);
+                if vector.is_some() && col.model().embedder != model {
+                    return Ok(None);
+                }
+                index
+                    .search(&SearchRequest {
+                        text: &text,
+                        vector: vector.as_deref(),
+                        mode: q.mode,
+                        top_k: q.top_k,
+                        filter: q.filter.as_ref(),
+                        reader: &q.reader,
+                        fusion,
+                    })
+                    .map(Some)
             })
-        })
-        .await?;
+            .await?;
+            match hits {
+                Some(hits) => break (hits, embed_ms, started.elapsed().as_secs_f64() * 1e3),
+                // invariant: a switch happens once per re-embedding, which takes minutes.
+                None if attempts < 4 => continue,
+                None => {
+                    return Err(ServiceError::Internal(
+                        "the collection's embedding model kept changing during the search".into(),
+                    ));
+                }
+            }
+        };
         Ok(Retrieved {
             hits,
             embed_ms,
-            search_ms: started.elapsed().as_secs_f64() * 1e3,
+            search_ms,
         })
     }
 }

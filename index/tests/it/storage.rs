@@ -107,6 +107,8 @@ async fn contract(store: BlobStore) {
         embedding_dim: 384,
         embedder: "all-MiniLM-L6-v2".into(),
         embedder_sha256: "cd".repeat(32),
+        vectors: 0,
+        reembed: None,
     };
     settings.open_or_create(&store, &c).await.unwrap();
     settings.open_or_create(&store, &c).await.unwrap();

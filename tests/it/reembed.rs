@@ -1,0 +1,344 @@
+//! Re-embedding a collection into another model while it serves (issue 18): a collection of
+//! translated manual pages made with all-MiniLM-L6-v2 moves to multilingual-e5-small while
+//! searches run, a document arrives and another is deleted; the run is interrupted once and
+//! resumed; then the CLI moves it back.
+//!
+//! "One model" is checked on the vectors themselves: every search result's dense similarities
+//! must be the cosines of the question and the hits under one model (both models' vectors are
+//! read from the chunk files each wrote), never a mix, and never a failure.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hearth_api::{Collection, Service, Submission};
+use hearth_engine::EngineConfig;
+use hearth_index::{CollectionName, DocId, IndexConfig, SearchMode, decode_chunks};
+use serde_json::Value;
+
+use crate::common::{Backend, Node, assert_ok, objects, root};
+
+const E5: &str = "multilingual-e5-small/e5-small-q4.bin";
+const MINILM: &str = "all-MiniLM-L6-v2";
+const E5_NAME: &str = "multilingual-e5-small";
+
+const QUESTIONS: [&str; 6] = [
+    "Wie richtet man einen wiederkehrenden Auftrag in der crontab ein?",
+    "comment afficher une arborescence de répertoires",
+    "how do I change the permissions of a file",
+    "¿Cómo cambio la fecha de modificación de un archivo?",
+    "come misurare il tempo di esecuzione di un comando",
+    "hoe test ik of een computer bereikbaar is",
+];
+
+/// Chunk vectors by chunk id, from the chunk files under `prefix` (direct children only).
+async fn vectors(node: &Node, prefix: &str) -> HashMap<String, Vec<f32>> {
+    let mut out = HashMap::new();
+    for (key, bytes) in objects(&node.store(), prefix).await {
+        if key[prefix.len()..].contains('/') {
+            continue;
+        }
+        for c in decode_chunks(&key, &bytes).unwrap() {
+            out.insert(c.id().to_string(), c.embedding.unwrap());
+        }
+    }
+    out
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// One search's dense hits: (doc id, chunk id, similarity).
+type Seen = Vec<(String, String, f32)>;
+
+async fn dense(service: &Service, col: &Arc<Collection>, q: &str) -> Result<Seen, String> {
+    let r = service
+        .search(
+            col,
+            hearth_api::SearchQuery {
+                text: q.to_owned(),
+                mode: SearchMode::Dense,
+                top_k: 5,
+                filter: None,
+                fusion: None,
+                reader: hearth_api::Reader::Everything,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(r.hits
+        .iter()
+        .map(|h| {
+            (
+                h.doc_id.clone(),
+                h.chunk_id.clone(),
+                h.dense.map_or(f32::NAN, |d| d.similarity),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collection_moves_to_another_model_while_it_serves() {
+    // 16 pages, two per language; two more kept back: one arrives during the re-embedding.
+    let docs = root().join("testdata/multilingual/docs");
+    let mut pages: Vec<std::path::PathBuf> = Vec::new();
+    for lang in ["de", "es", "fr", "it", "nl", "pl", "pt-br", "ru"] {
+        let mut files: Vec<_> = std::fs::read_dir(docs.join(lang))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        pages.extend(files.into_iter().take(2));
+    }
+    let late = docs.join("pt-br/df.1.pt-br.txt");
+    assert!(!pages.contains(&late));
+    let t = std::time::Instant::now();
+    let node = Node::new(Backend::Local).env(
+        "HEARTH__ENGINE__EMBEDDERS",
+        &format!("{{ {E5_NAME} = \"{E5}\" }}"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for p in &pages {
+        std::fs::copy(p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    node.ingest("re", &[dir.path()]);
+    println!("ingested in {:.1} s", t.elapsed().as_secs_f64());
+    let store = node.store();
+    let old_vectors = vectors(&node, "chunks/re/").await;
+    assert!(old_vectors.len() > 100, "{} chunks", old_vectors.len());
+
+    let parts = node.service_parts(
+        "data-reembed",
+        EngineConfig {
+            embedders: BTreeMap::from([(E5_NAME.to_owned(), E5.into())]),
+            ..EngineConfig::default()
+        },
+        IndexConfig::default(),
+    );
+    let service = Arc::new(Service::new(parts).unwrap());
+    let name = CollectionName::new("re").unwrap();
+    let col = service.open(&name).await.unwrap();
+    assert_eq!(service.embedder_name(&col), MINILM);
+
+    // Refusals: an unknown model, the model in use.
+    let err = service
+        .reembed(&col, "no-such-model", &|_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no embedding model named \"no-such-model\""),
+        "{err}"
+    );
+    let err = service
+        .reembed(&col, MINILM, &|_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already uses"), "{err}");
+
+    // Interrupted after a few documents: nothing changes for searches, and the new files stay.
+    let before = dense(&service, &col, QUESTIONS[0]).await.unwrap();
+    {
+        let (service, col2) = (service.clone(), col.clone());
+        let run = tokio::spawn(async move { service.reembed(&col2, E5_NAME, &|_, _| {}).await });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while col.reembedding().is_none_or(|s| s.done < 4) {
+            assert!(std::time::Instant::now() < deadline, "no progress");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        run.abort();
+        assert!(run.await.unwrap_err().is_cancelled());
+    }
+    assert!(col.reembedding().is_none());
+    assert_eq!(service.embedder_name(&col), MINILM);
+    assert_eq!(dense(&service, &col, QUESTIONS[0]).await.unwrap(), before);
+    let written = objects(&store, "chunks/re/v1/").await.len();
+    assert!(written >= 4, "{written} new chunk files");
+    assert_eq!(
+        service.pending_reembed(&col).await.unwrap().as_deref(),
+        Some(E5_NAME)
+    );
+
+    // Resumed, with searches running, a document arriving and another deleted meanwhile.
+    let minilm_q: Vec<Vec<f32>> = service
+        .embed(
+            QUESTIONS.iter().map(|q| q.to_string()).collect(),
+            Some(MINILM),
+        )
+        .await
+        .unwrap()
+        .vectors;
+    let e5_q: Vec<Vec<f32>> = service
+        .embed(
+            QUESTIONS.iter().map(|q| q.to_string()).collect(),
+            Some(E5_NAME),
+        )
+        .await
+        .unwrap()
+        .vectors;
+    let stop = Arc::new(AtomicBool::new(false));
+    let searcher = {
+        let (service, col, stop) = (service.clone(), col.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seen: Vec<(usize, Result<Seen, String>)> = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && seen.len() < 20_000 {
+                let q = i % QUESTIONS.len();
+                seen.push((q, dense(&service, &col, QUESTIONS[q]).await));
+                i += 1;
+                // A steady stream, leaving the two cores mostly to the re-embedding.
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            seen
+        })
+    };
+    let deleted: DocId = service
+        .documents(&col)
+        .await
+        .unwrap()
+        .iter()
+        .find(|r| r.source.ends_with("gzip.1.de.txt"))
+        .unwrap()
+        .doc_id;
+    let side = {
+        let (service, col) = (service.clone(), col.clone());
+        let bytes = std::fs::read(&late).unwrap();
+        tokio::spawn(async move {
+            // Wait until the re-embedding is under way.
+            while col.reembedding().is_none_or(|s| s.done < 6) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            assert!(service.delete_document(&col, &deleted).await.unwrap());
+            let sub = Submission {
+                source: "df.1.pt-br.txt".into(),
+                bytes: bytes.into(),
+                metadata: Default::default(),
+                access: None,
+            };
+            let id = match service.submit(&col, sub).await.unwrap() {
+                hearth_api::Submitted::Accepted(id) => id,
+                other => panic!("{other:?}"),
+            };
+            service.process(&col, id).await.unwrap();
+            service.commit(&col).await.unwrap();
+            id
+        })
+    };
+    let report = service.reembed(&col, E5_NAME, &|_, _| {}).await.unwrap();
+    let added = side.await.unwrap();
+    println!("{report:?} at {:.1} s", t.elapsed().as_secs_f64());
+    // A few more searches after the switch.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let seen = searcher.await.unwrap();
+    assert_eq!(service.embedder_name(&col), E5_NAME);
+    assert_eq!(report.previous, MINILM);
+    assert!(report.resumed_documents >= 4, "{report:?}");
+    assert_eq!(report.documents, pages.len(), "{report:?}");
+
+    // Every search succeeded and scored its hits with one model's vectors.
+    let new_vectors = vectors(&node, "chunks/re/v1/").await;
+    let (mut by_minilm, mut by_e5) = (0, 0);
+    let mut switched = false;
+    for (q, r) in &seen {
+        let hits = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a search failed: {e}"));
+        assert_eq!(hits.len(), 5);
+        // Hits of the two documents that changed meanwhile have vectors in only one model's
+        // files; the others decide.
+        let kept: Vec<_> = hits
+            .iter()
+            .filter(|(d, _, _)| *d != deleted.to_hex() && *d != added.to_hex())
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        let matches = |qv: &[f32], vs: &HashMap<String, Vec<f32>>| {
+            kept.iter()
+                .all(|(_, c, s)| vs.get(c).is_some_and(|v| (dot(qv, v) - s).abs() < 2e-3))
+        };
+        match (
+            matches(&minilm_q[*q], &old_vectors),
+            matches(&e5_q[*q], &new_vectors),
+        ) {
+            (true, false) => {
+                assert!(!switched, "a search went back to the old model");
+                by_minilm += 1;
+            }
+            (false, true) => {
+                switched = true;
+                by_e5 += 1;
+            }
+            other => panic!("question {q}: hits {hits:?} fit {other:?} (MiniLM, e5)"),
+        }
+    }
+    assert!(by_minilm > 0 && by_e5 > 0, "{by_minilm} / {by_e5}");
+    println!("searches during the re-embedding: {by_minilm} with MiniLM, then {by_e5} with e5");
+
+    // The deleted document is gone from both models' files and results; the late one is in.
+    let files = objects(&store, "chunks/re/").await;
+    assert!(
+        files.keys().all(|k| k.starts_with("chunks/re/v1/")),
+        "old files left"
+    );
+    assert!(!files.keys().any(|k| k.contains(&deleted.to_hex())));
+    assert!(files.keys().any(|k| k.contains(&added.to_hex())));
+    let docs: HashSet<String> = col_doc_ids(&service, &col).await;
+    assert!(!docs.contains(&deleted.to_hex()) && docs.contains(&added.to_hex()));
+    let late_hit = dense(&service, &col, "mostrar o espaço livre em disco com df")
+        .await
+        .unwrap();
+    assert_eq!(late_hit[0].0, added.to_hex(), "{late_hit:?}");
+    drop(col);
+    drop(service);
+
+    // The CLI moves it back (a fresh process, its own index cache), and searches work.
+    let out = node.run(&["reembed", "-c", "re", "--embedder", MINILM, "--json"]);
+    assert_ok(&out);
+    println!("back to MiniLM at {:.1} s", t.elapsed().as_secs_f64());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["embedder"], MINILM, "{report}");
+    assert_eq!(report["previous"], E5_NAME, "{report}");
+    assert_eq!(report["documents"], pages.len(), "{report}");
+    let files = objects(&store, "chunks/re/").await;
+    assert!(
+        files.keys().all(|k| k.starts_with("chunks/re/v2/")),
+        "{:?}",
+        files.keys()
+    );
+    let back = node.search("re", QUESTIONS[2], &["--mode", "dense"]);
+    assert!(
+        back["hits"][0]["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("chmod.1.pt-br.txt")),
+        "{back}"
+    );
+    // MiniLM again: the same vectors as before the first re-embedding.
+    let again = vectors(&node, "chunks/re/v2/").await;
+    for (id, v) in &again {
+        if let Some(old) = old_vectors.get(id) {
+            assert!(dot(v, old) > 0.9999, "chunk {id}");
+        }
+    }
+    let out = node.run(&["reembed", "-c", "re", "--embedder", MINILM]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already uses"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn col_doc_ids(service: &Service, col: &Arc<Collection>) -> HashSet<String> {
+    service
+        .documents(col)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.doc_id.to_hex())
+        .collect()
+}

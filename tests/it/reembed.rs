@@ -342,3 +342,138 @@ async fn col_doc_ids(service: &Service, col: &Arc<Collection>) -> HashSet<String
         .map(|r| r.doc_id.to_hex())
         .collect()
 }
+
+/// Over HTTP: only an admin of the collection may start a re-embedding (a reader, a writer, an
+/// admin of another collection get 403 before anything about models is said); an unknown
+/// model or the one in use is a 400, a second start while one runs a 409; the collection's
+/// JSON shows progress to admins only, then the new model.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http_an_admin_starts_it_and_watches_it_finish() {
+    let node = Node::new(Backend::Local).env(
+        "HEARTH__ENGINE__EMBEDDERS",
+        &format!("{{ {E5_NAME} = \"{E5}\" }}"),
+    );
+    let docs = root().join("testdata/multilingual/docs");
+    node.ingest(
+        "ops",
+        &[
+            &docs.join("es/touch.1.es.txt"),
+            &docs.join("ru/iconv.1.ru.txt"),
+            &docs.join("es/hosts.5.es.txt"),
+        ],
+    );
+    let admin = crate::common::create_key(&node, "admin", "admin", &[], &[]);
+    let reader = crate::common::create_key(&node, "reader", "reader", &[], &[]);
+    let writer = crate::common::create_key(&node, "writer", "writer", &["ops"], &[]);
+    let other_admin = crate::common::create_key(&node, "other", "admin", &["other"], &[]);
+    let s = node.serve(&[]).await;
+    let start = |key: Option<String>, c: &'static str, model: &'static str| {
+        let s = &s;
+        async move {
+            s.call(
+                key.as_deref(),
+                "POST",
+                &format!("/v1/collections/{c}/reembed"),
+                Some(serde_json::json!({"embedder": model})),
+            )
+            .await
+        }
+    };
+    let r = start(None, "ops", E5_NAME).await;
+    assert_eq!(r.status, 401);
+    for key in [&reader, &writer, &other_admin] {
+        let r = start(Some(key.clone()), "ops", "labse").await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 403, "{body}");
+        assert!(!body.contains(E5_NAME) && !body.contains("labse"), "{body}");
+    }
+    let r = start(Some(admin.clone()), "ops", "labse").await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains(E5_NAME));
+    let r = start(Some(admin.clone()), "ops", MINILM).await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("already uses"));
+    let r = start(Some(admin.clone()), "nothing-here", E5_NAME).await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    let r = s
+        .call(
+            Some(&admin),
+            "POST",
+            "/v1/collections/ops/reembed",
+            Some(serde_json::json!({"embedder": E5_NAME, "extra": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+
+    let r = start(Some(admin.clone()), "ops", E5_NAME).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let out = r.json();
+    assert_eq!(out["embedder"], MINILM, "{out}");
+    assert_eq!(out["reembed"]["embedder"], E5_NAME, "{out}");
+    assert_eq!(out["reembed"]["state"], "running", "{out}");
+    let again = start(Some(admin.clone()), "ops", E5_NAME).await;
+    // Unless the first has finished already (three short pages), a second start is refused.
+    if again.status != 202 {
+        assert_eq!(
+            again.status,
+            409,
+            "{}",
+            String::from_utf8_lossy(&again.body)
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let r = s
+            .call(Some(&admin), "GET", "/v1/collections/ops", None)
+            .await;
+        let v = r.json();
+        if v["embedder"] == E5_NAME {
+            assert!(v.get("reembed").is_none(), "{v}");
+            assert_eq!(v["documents"], 3, "{v}");
+            break;
+        }
+        assert_ne!(v["reembed"]["state"], "failed", "{v}");
+        let seen = s
+            .call(Some(&reader), "GET", "/v1/collections/ops", None)
+            .await;
+        assert!(seen.json().get("reembed").is_none(), "{}", seen.json());
+        assert!(std::time::Instant::now() < deadline, "not finished: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = s
+        .call(
+            Some(&reader),
+            "POST",
+            "/v1/collections/ops/search",
+            Some(serde_json::json!({"query": "cambiar la fecha de un archivo", "top_k": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["hits"][0]["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("touch.1.es.txt")),
+        "{}",
+        r.json()
+    );
+    // Each start is in the audit log as an admin action on the collection, with its outcome.
+    let store = node.store();
+    let mut outcomes = Vec::new();
+    for k in store.list("audit/").await.unwrap() {
+        if k.ends_with("HEAD.json") {
+            continue;
+        }
+        let e: Value = serde_json::from_slice(&store.get(&k).await.unwrap()).unwrap();
+        if e["target"] == "POST /v1/collections/{c}/reembed" && e["collection"] == "ops" {
+            assert_eq!(e["action"], "admin", "{e}");
+            outcomes.push(e["outcome"].as_u64().unwrap());
+        }
+    }
+    outcomes.sort_unstable();
+    assert!(outcomes.starts_with(&[202, 400, 400, 400]), "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == 403).count(),
+        3,
+        "{outcomes:?}"
+    );
+}

@@ -477,3 +477,66 @@ async fn over_http_an_admin_starts_it_and_watches_it_finish() {
         "{outcomes:?}"
     );
 }
+
+/// A collection deleted while it is re-embedded stays deleted: the re-embedding stops, and
+/// nothing it wrote (chunk files of the new model, settings, the new local index) is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_collection_stops_a_reembedding_and_leaves_nothing() {
+    let docs = root().join("testdata/multilingual/docs");
+    let node = Node::new(Backend::Local).env(
+        "HEARTH__ENGINE__EMBEDDERS",
+        &format!("{{ {E5_NAME} = \"{E5}\" }}"),
+    );
+    node.ingest(
+        "gone",
+        &[
+            &docs.join("es/touch.1.es.txt"),
+            &docs.join("ru/iconv.1.ru.txt"),
+            &docs.join("es/hosts.5.es.txt"),
+            &docs.join("pt-br/df.1.pt-br.txt"),
+            &docs.join("ru/tmpfs.5.ru.txt"),
+            &docs.join("pt-br/cp.1.pt-br.txt"),
+        ],
+    );
+    let parts = node.service_parts(
+        "data-gone",
+        EngineConfig {
+            embedders: BTreeMap::from([(E5_NAME.to_owned(), E5.into())]),
+            ..EngineConfig::default()
+        },
+        IndexConfig::default(),
+    );
+    let data = parts.data_dir.clone();
+    let service = Arc::new(Service::new(parts).unwrap());
+    let name = CollectionName::new("gone").unwrap();
+    let col = service.open(&name).await.unwrap();
+    let run = {
+        let (service, col) = (service.clone(), col.clone());
+        tokio::spawn(async move { service.reembed(&col, E5_NAME, &|_, _| {}).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while col.reembedding().is_none_or(|s| s.done < 1) {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(service.delete_collection(&name).await.unwrap());
+    let err = run.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("deleted"), "{err}");
+    let store = node.store();
+    for prefix in [
+        "chunks/gone/",
+        "docs/gone/",
+        "raw/gone/",
+        "collections/gone",
+    ] {
+        let left = objects(&store, prefix).await;
+        assert!(left.is_empty(), "{prefix}: {:?}", left.keys());
+    }
+    let dirs: Vec<String> = std::fs::read_dir(data.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("gone"))
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+    assert!(!service.exists(&name).await.unwrap());
+}

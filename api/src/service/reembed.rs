@@ -142,6 +142,21 @@ impl Service {
         embedder: &str,
         progress: &(dyn Fn(usize, usize) + Send + Sync),
     ) -> Result<ReembedReport> {
+        let r = self.reembed_running(col, embedder, progress).await;
+        if r.is_err() {
+            // The collection was deleted under it (its new index's directory went too, which
+            // is the error seen): say so, and remove what it wrote.
+            self.stop_if_deleted(col).await?;
+        }
+        r
+    }
+
+    async fn reembed_running(
+        &self,
+        col: &Arc<Collection>,
+        embedder: &str,
+        progress: &(dyn Fn(usize, usize) + Send + Sync),
+    ) -> Result<ReembedReport> {
         let started = Instant::now();
         let _running = {
             let mut r = col
@@ -175,6 +190,7 @@ impl Service {
             }
             let plan = self.pipeline.begin_reembed(col.name(), embedder).await?;
             col.set_model(plan.from);
+            self.stop_if_deleted(col).await?;
             plan
         };
         let c = col.name().clone();
@@ -237,6 +253,9 @@ impl Service {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // The commit point: from here the collection uses the new model.
             self.pipeline.finish_reembed(&c).await?;
+            // A delete of the whole collection does not wait for this; the settings written
+            // after it listed the store go again.
+            self.stop_if_deleted(col).await?;
             let col2 = col.clone();
             let to = plan.to;
             blocking(move || {
@@ -381,6 +400,7 @@ impl Service {
                 blocking(move || write(&new2).delete(&d).map(|_| ())).await?;
                 continue;
             }
+            self.stop_if_deleted(col).await?;
             pass.added += 1;
             done += 1;
             col.note_progress(done, total);
@@ -443,6 +463,20 @@ impl Service {
             )
             .await?;
         Ok(Some((chunks, n)))
+    }
+
+    /// Stops a re-embedding of a collection deleted under it, removing again what it wrote
+    /// (the delete marks the handle before it lists the store, so whatever was written after
+    /// that listing is found here).
+    async fn stop_if_deleted(&self, col: &Collection) -> Result<()> {
+        if !col.is_deleted() {
+            return Ok(());
+        }
+        self.remove_stored(col.name()).await?;
+        Err(ServiceError::NotFound(format!(
+            "collection {} (deleted during the re-embedding)",
+            col.name()
+        )))
     }
 
     /// Removes the chunk files of model number `vectors` of collection `c`.

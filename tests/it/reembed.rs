@@ -456,6 +456,55 @@ async fn over_http_an_admin_starts_it_and_watches_it_finish() {
         "{}",
         r.json()
     );
+    // What hearth says itself is in the question's language; the words quoted from the
+    // documents stay theirs. (A similarity floor no passage reaches forces the decline.)
+    for (question, says) in [
+        (
+            "Wie backe ich einen Apfelkuchen?",
+            "Ich habe in den Dokumenten",
+        ),
+        (
+            "Comment faire une tarte aux pommes ?",
+            "Je n'ai rien trouvé",
+        ),
+        ("Jak upiec szarlotkę z cynamonem?", "Nie znalazłem nic"),
+        ("How do I bake an apple pie?", hearth_api::NOTHING_RELEVANT),
+    ] {
+        let r = s
+            .call(
+                Some(&reader),
+                "POST",
+                "/v1/collections/ops/ask",
+                Some(serde_json::json!({"question": question, "min_similarity": 0.999})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let a = r.json();
+        assert!(
+            a["answer"].as_str().unwrap().starts_with(says),
+            "{question}: {a}"
+        );
+        assert_eq!(a["grounded"], false, "{a}");
+    }
+    let r = s
+        .call(
+            Some(&reader),
+            "POST",
+            "/v1/collections/ops/ask",
+            Some(serde_json::json!({"question": "¿Cómo cambio la fecha de un archivo con touch?"})),
+        )
+        .await;
+    let a = r.json();
+    assert_eq!(a["grounded"], true, "{a}");
+    let quote = a["answer"].as_str().unwrap();
+    // The quote is the Spanish passage's own words (line breaks folded), cited exactly.
+    let cited = a["citations"][0]["text"].as_str().unwrap();
+    let fold = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let first = quote.lines().next().unwrap();
+    let inner = first.trim_start_matches('“').split('”').next().unwrap();
+    assert!(inner.contains("cambia la fecha"), "{first}");
+    assert!(fold(cited).contains(&fold(inner)), "{first} not in {cited}");
+
     // Each start is in the audit log as an admin action on the collection, with its outcome.
     let store = node.store();
     let mut outcomes = Vec::new();

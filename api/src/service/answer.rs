@@ -17,7 +17,7 @@ use hearth_engine::{Completion, FinishReason, Generation, GenerationEvent};
 use hearth_index::{Hit, Metadata};
 use serde::{Deserialize, Serialize};
 
-use super::quote::{NOT_FOUND, Quote};
+use super::quote::Quote;
 use super::verify::{Checked, SentenceVerdict, check};
 use crate::error::{Result, ServiceError};
 
@@ -409,6 +409,8 @@ pub struct AnswerStream {
     /// Set on the finished answer.
     search_query: Option<String>,
     conversation_id: Option<String>,
+    /// The language of the question, for what hearth says itself (declines).
+    language: Option<whatlang::Lang>,
 }
 
 impl AnswerStream {
@@ -431,7 +433,14 @@ impl AnswerStream {
             observer: None,
             search_query: None,
             conversation_id: None,
+            language: None,
         }
+    }
+
+    /// Declines in the question's language (see `language.rs`).
+    pub(crate) fn with_language(mut self, lang: Option<whatlang::Lang>) -> Self {
+        self.language = lang;
+        self
     }
 
     /// Names the follow-up search the answer's passages were also found by.
@@ -468,7 +477,13 @@ impl AnswerStream {
             Source::Fixed(t, _) => (*t, false),
             Source::Generated(_) => (self.text.as_str(), self.strict),
             Source::Quoted(q, ms) => {
-                let mut answer = quoted(q, &self.hits, &self.shown, self.retrieval_ms);
+                let mut answer = quoted(
+                    q,
+                    &self.hits,
+                    &self.shown,
+                    self.retrieval_ms,
+                    super::language::not_found(self.language),
+                );
                 answer.timings.quote_ms = Some(*ms);
                 answer.search_query = self.search_query.take();
                 answer.conversation_id = self.conversation_id.take();
@@ -478,7 +493,8 @@ impl AnswerStream {
                 return AnswerEvent::Done(Box::new(answer));
             }
         };
-        let mut answer = finished(text, &self.hits, &self.shown, self.retrieval_ms, c, strict);
+        let decline = strict.then(|| super::language::not_supported(self.language));
+        let mut answer = finished(text, &self.hits, &self.shown, self.retrieval_ms, c, decline);
         answer.search_query = self.search_query.take();
         answer.conversation_id = self.conversation_id.take();
         if let Source::Fixed(_, mode) = self.source {
@@ -568,14 +584,15 @@ impl Stream for AnswerStream {
 }
 
 /// The finished answer: sentences checked, citations mapped to passages with their supporting
-/// spans, usage and timings. With `strict`, unsupported sentences are removed first.
+/// spans, usage and timings. Strict (`Some(decline)`): unsupported sentences are removed
+/// first, and an answer with none supported becomes `decline`.
 fn finished(
     text: &str,
     hits: &[Hit],
     shown: &[SearchHit],
     retrieval_ms: f64,
     done: Option<&Completion>,
-    strict: bool,
+    strict: Option<&'static str>,
 ) -> Answer {
     let checked = if done.is_some() {
         check(text, hits)
@@ -588,10 +605,9 @@ fn finished(
     let Checked {
         text: answer,
         sentences: verdicts,
-    } = if strict {
-        keep_supported(checked)
-    } else {
-        checked
+    } = match strict {
+        Some(decline) => keep_supported(checked, decline),
+        None => checked,
     };
     let mut citations: Vec<Citation> = Vec::new();
     for v in &verdicts {
@@ -665,7 +681,7 @@ fn finished(
         mode: AnswerMode::Generate,
         citations,
         sentences,
-        strict,
+        strict: strict.is_some(),
         passages: shown.to_vec(),
         finish_reason: done.map(|c| c.finish_reason.into()),
         usage,
@@ -676,9 +692,9 @@ fn finished(
 }
 
 /// The text of a quoted answer and each quote's span in it, in characters.
-fn quoted_lines(quotes: &[Quote], hits: &[Hit]) -> (String, Vec<[usize; 2]>) {
+fn quoted_lines(quotes: &[Quote], hits: &[Hit], not_found: &str) -> (String, Vec<[usize; 2]>) {
     if quotes.is_empty() {
-        return (NOT_FOUND.to_owned(), Vec::new());
+        return (not_found.to_owned(), Vec::new());
     }
     let mut text = String::new();
     let mut spans = Vec::with_capacity(quotes.len());
@@ -696,8 +712,15 @@ fn quoted_lines(quotes: &[Quote], hits: &[Hit]) -> (String, Vec<[usize; 2]>) {
 
 /// The finished quoted answer: every sentence is a quote, supported by the span it was taken
 /// from.
-fn quoted(quotes: &[Quote], hits: &[Hit], shown: &[SearchHit], retrieval_ms: f64) -> Answer {
-    let (answer, spans) = quoted_lines(quotes, hits);
+/// `not_found` (`NOT_FOUND` in the question's language) is the answer when nothing is quoted.
+fn quoted(
+    quotes: &[Quote],
+    hits: &[Hit],
+    shown: &[SearchHit],
+    retrieval_ms: f64,
+    not_found: &str,
+) -> Answer {
+    let (answer, spans) = quoted_lines(quotes, hits, not_found);
     let mut citations: Vec<Citation> = Vec::new();
     for q in quotes {
         match citations.iter_mut().find(|c| c.n == q.n) {
@@ -744,11 +767,12 @@ fn quoted(quotes: &[Quote], hits: &[Hit], shown: &[SearchHit], retrieval_ms: f64
 }
 
 /// The supported sentences of a checked answer (and those that state nothing to check, when
-/// any is supported), with their spans in the shortened text; [`NOT_SUPPORTED`] when none is.
-fn keep_supported(c: Checked) -> Checked {
+/// any is supported), with their spans in the shortened text; `decline` ([`NOT_SUPPORTED`] in
+/// the question's language) when none is.
+fn keep_supported(c: Checked, decline: &str) -> Checked {
     if !c.sentences.iter().any(|v| v.supported == Some(true)) {
         return Checked {
-            text: NOT_SUPPORTED.to_owned(),
+            text: decline.to_owned(),
             sentences: Vec::new(),
         };
     }
@@ -801,13 +825,18 @@ fn keep_supported(c: Checked) -> Checked {
 mod tests {
     use super::*;
     use crate::service::cite::tests::hit;
+    use crate::service::quote::NOT_FOUND;
 
     const QEMU: &str = "The -O option sets the output format, for example qcow2.";
+
+    fn keep_supported_en(c: Checked) -> Checked {
+        keep_supported(c, NOT_SUPPORTED)
+    }
 
     #[test]
     fn strict_keeps_supported_sentences_and_their_introductions() {
         let p = [hit(QEMU)];
-        let c = keep_supported(check(
+        let c = keep_supported_en(check(
             "Steps:\n1. Run `sudo qemu-img` now.\n2. The -O option sets the output format.",
             &p,
         ));
@@ -830,7 +859,7 @@ mod tests {
             spans,
             ["Steps:\n", "2. The -O option sets the output format [1]."]
         );
-        let none = keep_supported(check("Run `sudo qemu-img > /dev/zero` [1].", &p));
+        let none = keep_supported_en(check("Run `sudo qemu-img > /dev/zero` [1].", &p));
         assert_eq!(none.text, NOT_SUPPORTED);
         assert!(none.sentences.is_empty());
     }
@@ -843,7 +872,7 @@ mod tests {
             span: [4, 13],
         }];
         let shown = SearchHit::ranked(&p);
-        let a = quoted(&quotes, &p, &shown, 1.0);
+        let a = quoted(&quotes, &p, &shown, 1.0, NOT_FOUND);
         assert_eq!(a.answer, "“-O option” [2]");
         assert_eq!(a.mode, AnswerMode::Quote);
         assert!(a.grounded);
@@ -853,7 +882,7 @@ mod tests {
         let chars: Vec<char> = a.answer.chars().collect();
         let s = a.sentences[0].span;
         assert_eq!(chars[s[0]..s[1]].iter().collect::<String>(), a.answer);
-        let none = quoted(&[], &p, &shown, 1.0);
+        let none = quoted(&[], &p, &shown, 1.0, NOT_FOUND);
         assert_eq!(none.answer, NOT_FOUND);
         assert!(!none.grounded && none.citations.is_empty());
     }

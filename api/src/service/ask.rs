@@ -224,6 +224,7 @@ impl Service {
                 m.role
             )));
         }
+        let asked_in = super::language::of_question(&req.question);
         let min_similarity = req.min_similarity.unwrap_or(cfg.min_similarity);
         if !min_similarity.is_finite() {
             return Err(ServiceError::InvalidInput(
@@ -278,9 +279,10 @@ impl Service {
             return Ok(AnswerStream::new(
                 Vec::new(),
                 retrieval_ms,
-                Source::Fixed(NOTHING_RELEVANT, mode),
+                Source::Fixed(super::language::nothing_relevant(asked_in), mode),
                 false,
             )
+            .with_language(asked_in)
             .with_search_query(follow_up_query(&req.question, &req.history)));
         }
         let Some(generator) = generator else {
@@ -297,6 +299,7 @@ impl Service {
                 Source::Quoted(quotes, started.elapsed().as_secs_f64() * 1e3),
                 false,
             )
+            .with_language(asked_in)
             .with_search_query(follow_up_query(&req.question, &req.history)));
         };
         let started = Instant::now();
@@ -311,7 +314,14 @@ impl Service {
                     generator.info().context
                 ))
             })?;
-        let (prompt, passages) = build_prompt(generator, &req, relevant, budget)?;
+        let instructions = match super::language::instruction(
+            asked_in,
+            relevant.iter().map(|h| h.chunk.text.as_str()),
+        ) {
+            Some(line) => format!("{INSTRUCTIONS} {line}"),
+            None => INSTRUCTIONS.to_owned(),
+        };
+        let (prompt, passages) = build_prompt(generator, &req, relevant, budget, &instructions)?;
         tracing::debug!(
             passages = passages.len(),
             prompt_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -325,6 +335,7 @@ impl Service {
             Source::Generated(generation),
             req.strict.unwrap_or(cfg.strict),
         )
+        .with_language(asked_in)
         .with_search_query(follow_up_query(&req.question, &req.history)))
     }
 }
@@ -509,6 +520,7 @@ fn build_prompt(
     req: &AskRequest,
     hits: Vec<Hit>,
     budget: usize,
+    instructions: &str,
 ) -> Result<(Prompt, Vec<Hit>)> {
     let question = g.escape_markers(req.question.trim());
     let history: Vec<ChatMessage> = req
@@ -527,7 +539,7 @@ fn build_prompt(
         )))?
         .len())
     };
-    let header = format!("{INSTRUCTIONS}\n\nPassages:\n\n");
+    let header = format!("{instructions}\n\nPassages:\n\n");
     let mut keep_from = 0;
     let mut base = count(&header, &history)?;
     while base > budget && keep_from < history.len() {
@@ -561,7 +573,7 @@ fn build_prompt(
             return Ok((prompt, passages));
         }
         passages.pop();
-        system = format!("{INSTRUCTIONS}\n\nPassages:\n\n");
+        system = format!("{instructions}\n\nPassages:\n\n");
         for (i, h) in passages.iter().enumerate() {
             system.push_str(&passage_block(g, i + 1, h));
         }

@@ -22,6 +22,7 @@ mod conversation;
 mod eval;
 mod ingest;
 mod judge;
+mod language;
 mod quote;
 mod reembed;
 mod search;

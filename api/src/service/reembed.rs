@@ -69,16 +69,30 @@ pub struct ReembedReport {
     pub seconds: f64,
 }
 
-/// Marks a collection as re-embedding in this process; clears the mark when dropped.
-struct Running<'a>(&'a Collection);
+/// Marks a collection as re-embedding in this process; clears the mark when released or
+/// dropped.
+struct Running<'a> {
+    col: &'a Collection,
+    armed: bool,
+}
+
+impl Running<'_> {
+    /// Clears the mark now (the switch is done: what remains is removing the old files, and
+    /// another re-embedding may start beside it).
+    fn release(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            *self
+                .col
+                .reembedding
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+    }
+}
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        *self
-            .0
-            .reembedding
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.release();
     }
 }
 
@@ -158,7 +172,7 @@ impl Service {
         progress: &(dyn Fn(usize, usize) + Send + Sync),
     ) -> Result<ReembedReport> {
         let started = Instant::now();
-        let _running = {
+        let mut running = {
             let mut r = col
                 .reembedding
                 .lock()
@@ -180,7 +194,7 @@ impl Service {
                 total: 0,
                 error: None,
             });
-            Running(col)
+            Running { col, armed: true }
         };
         // Recorded in the settings while no settings change is under way.
         let plan = {
@@ -269,6 +283,7 @@ impl Service {
             .await?;
             (documents, last)
         };
+        running.release();
         for p in [first, second, last] {
             total.added += p.added;
             total.embedded_chunks += p.embedded_chunks;

@@ -1,0 +1,215 @@
+//! The language of a question, so that what hearth itself says (a decline) and what the
+//! generator writes are in the language the user asked in, whatever the documents' language.
+//!
+//! Detection is whatlang's trigram profiles, trusted from a confidence of 0.3, else asked
+//! again among the nine languages hearth has messages in (trusted from 0.5): on the 120
+//! labelled multilingual questions (`testdata/multilingual`, eight languages and English) it
+//! names every one right (an English question may also go undetected: English is the fallback). Quoted answers are the documents' own words, in their
+//! language: a quote translated would no longer be a quote, and its citation span would not
+//! hold.
+
+use whatlang::Lang;
+
+/// Least whatlang confidence at which a question's language is believed.
+const MIN_CONFIDENCE: f64 = 0.3;
+
+/// The languages hearth has its own messages in: a question the open detection is unsure of
+/// (short Dutch questions read as Afrikaans) is asked again among these alone.
+const MESSAGE_LANGUAGES: [Lang; 9] = [
+    Lang::Eng,
+    Lang::Deu,
+    Lang::Fra,
+    Lang::Spa,
+    Lang::Ita,
+    Lang::Nld,
+    Lang::Pol,
+    Lang::Por,
+    Lang::Rus,
+];
+
+/// Least confidence for the second, narrower detection.
+const MIN_NARROW_CONFIDENCE: f64 = 0.5;
+
+/// The language a question is written in, when it can be told.
+pub(crate) fn of_question(text: &str) -> Option<Lang> {
+    let open = whatlang::detect(text)?;
+    if open.confidence() >= MIN_CONFIDENCE {
+        return Some(open.lang());
+    }
+    whatlang::Detector::with_allowlist(MESSAGE_LANGUAGES.to_vec())
+        .detect(text)
+        .filter(|info| info.confidence() >= MIN_NARROW_CONFIDENCE)
+        .map(|info| info.lang())
+}
+
+/// The answer when nothing relevant was retrieved, in `lang` where hearth has it (else
+/// English, [`super::NOTHING_RELEVANT`]).
+pub(crate) fn nothing_relevant(lang: Option<Lang>) -> &'static str {
+    match lang {
+        Some(Lang::Deu) => "Ich habe in den Dokumenten dieser Sammlung nichts dazu gefunden.",
+        Some(Lang::Fra) => "Je n'ai rien trouvé à ce sujet dans les documents de cette collection.",
+        Some(Lang::Spa) => "No encontré nada sobre esto en los documentos de esta colección.",
+        Some(Lang::Ita) => "Non ho trovato nulla in merito nei documenti di questa raccolta.",
+        Some(Lang::Nld) => "Ik heb hierover niets gevonden in de documenten van deze verzameling.",
+        Some(Lang::Pol) => "Nie znalazłem nic na ten temat w dokumentach tej kolekcji.",
+        Some(Lang::Por) => "Não encontrei nada sobre isso nos documentos desta coleção.",
+        Some(Lang::Rus) => "Я не нашёл ничего об этом в документах этой коллекции.",
+        _ => super::NOTHING_RELEVANT,
+    }
+}
+
+/// The answer when passages were found but none answers (quoted answers), in `lang` where
+/// hearth has it (else English, [`super::NOT_FOUND`]).
+pub(crate) fn not_found(lang: Option<Lang>) -> &'static str {
+    match lang {
+        Some(Lang::Deu) => {
+            "Die Dokumente sagen dazu nichts: keine gefundene Passage beantwortet diese Frage."
+        }
+        Some(Lang::Fra) => {
+            "Les documents ne le disent pas : aucun passage trouvé ne répond à cette question."
+        }
+        Some(Lang::Spa) => {
+            "Los documentos no lo dicen: ningún pasaje encontrado responde a esta pregunta."
+        }
+        Some(Lang::Ita) => {
+            "I documenti non lo dicono: nessun passaggio trovato risponde a questa domanda."
+        }
+        Some(Lang::Nld) => {
+            "De documenten zeggen dit niet: geen gevonden passage beantwoordt deze vraag."
+        }
+        Some(Lang::Pol) => {
+            "Dokumenty tego nie mówią: żaden znaleziony fragment nie odpowiada na to pytanie."
+        }
+        Some(Lang::Por) => {
+            "Os documentos não dizem: nenhum trecho encontrado responde a esta pergunta."
+        }
+        Some(Lang::Rus) => {
+            "В документах об этом не сказано: ни один найденный фрагмент не отвечает на этот вопрос."
+        }
+        _ => super::NOT_FOUND,
+    }
+}
+
+/// The answer when no statement of a generated answer is supported (strict mode), in `lang`
+/// where hearth has it (else English, [`super::NOT_SUPPORTED`]).
+pub(crate) fn not_supported(lang: Option<Lang>) -> &'static str {
+    match lang {
+        Some(Lang::Deu) => {
+            "Die Dokumente sagen dazu nichts: keine Aussage der erzeugten Antwort wird von den gefundenen Passagen gestützt."
+        }
+        Some(Lang::Fra) => {
+            "Les documents ne le disent pas : aucune affirmation de la réponse générée n'est étayée par les passages trouvés."
+        }
+        Some(Lang::Spa) => {
+            "Los documentos no lo dicen: ninguna afirmación de la respuesta generada está respaldada por los pasajes encontrados."
+        }
+        Some(Lang::Ita) => {
+            "I documenti non lo dicono: nessuna affermazione della risposta generata è supportata dai passaggi trovati."
+        }
+        Some(Lang::Nld) => {
+            "De documenten zeggen dit niet: geen enkele bewering van het gegenereerde antwoord wordt door de gevonden passages gestaafd."
+        }
+        Some(Lang::Pol) => {
+            "Dokumenty tego nie mówią: żadne stwierdzenie wygenerowanej odpowiedzi nie jest poparte znalezionymi fragmentami."
+        }
+        Some(Lang::Por) => {
+            "Os documentos não dizem: nenhuma afirmação da resposta gerada é sustentada pelos trechos encontrados."
+        }
+        Some(Lang::Rus) => {
+            "В документах об этом не сказано: ни одно утверждение сгенерированного ответа не подтверждается найденными фрагментами."
+        }
+        _ => super::NOT_SUPPORTED,
+    }
+}
+
+/// The sentence that makes the generator answer in the question's language, when the
+/// question or a passage is in a language other than English (English when the question's
+/// cannot be told); `None` for English questions over English passages, whose prompt stays as
+/// it was measured.
+pub(crate) fn instruction<'a>(
+    question: Option<Lang>,
+    passages: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let foreign = |l: Option<Lang>| l.is_some_and(|l| l != Lang::Eng);
+    if !foreign(question) && !passages.into_iter().any(|p| foreign(of_question(p))) {
+        return None;
+    }
+    let name = question.map_or("English", |l| l.eng_name());
+    Some(format!(
+        "Write the answer in {name}, the language of the question, even when the passages are \
+         in another language; keep commands, options, file names and numbers exactly as the \
+         passages write them."
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labelled questions' languages, as the multilingual set records them.
+    fn expected(tag: &str) -> Lang {
+        match tag {
+            "en" => Lang::Eng,
+            "de" => Lang::Deu,
+            "fr" => Lang::Fra,
+            "es" => Lang::Spa,
+            "it" => Lang::Ita,
+            "nl" => Lang::Nld,
+            "pl" => Lang::Pol,
+            "pt-br" => Lang::Por,
+            "ru" => Lang::Rus,
+            other => panic!("unknown language tag {other}"),
+        }
+    }
+
+    #[test]
+    fn the_labelled_questions_languages_are_told_and_never_mistaken() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/multilingual/questions.jsonl"
+        );
+        let (mut right, mut unknown, mut total) = (0, Vec::new(), 0);
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let q: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = q["question"].as_str().unwrap();
+            let want = expected(q["lang"].as_str().unwrap());
+            total += 1;
+            match of_question(text) {
+                Some(l) if l == want => right += 1,
+                Some(l) => panic!("{text:?} taken for {l:?}, it is {want:?}"),
+                // Undetected means English: right for an English question.
+                None if want == Lang::Eng => right += 1,
+                None => unknown.push(text.to_owned()),
+            }
+        }
+        println!("{right} of {total} right; undetected: {unknown:?}");
+        assert!(total >= 120);
+        assert!(right * 100 >= total * 97, "{right} of {total}; {unknown:?}");
+    }
+
+    #[test]
+    fn declines_follow_the_question() {
+        let de = of_question("Wie richte ich einen wiederkehrenden Auftrag in der crontab ein?");
+        assert_eq!(de, Some(Lang::Deu));
+        assert!(nothing_relevant(de).starts_with("Ich habe"));
+        assert_eq!(
+            nothing_relevant(of_question("How do I rotate logs every week?")),
+            super::super::NOTHING_RELEVANT
+        );
+        // Not one hearth has messages in: English.
+        let sv = of_question("Hur roterar jag loggfiler varje vecka med logrotate?");
+        assert_eq!(not_found(sv), super::super::NOT_FOUND);
+        assert!(instruction(sv, []).unwrap().contains("in Swedish"));
+        // An English question: nothing to add over English passages, English over others.
+        let en = of_question("How do I rotate logs every week?");
+        assert_eq!(
+            instruction(en, ["Logs are rotated weekly by default."]),
+            None
+        );
+        let line = instruction(en, ["Die Protokolle werden wöchentlich rotiert."]).unwrap();
+        assert!(line.contains("in English"), "{line}");
+    }
+}

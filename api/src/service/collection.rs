@@ -96,7 +96,8 @@ impl Collection {
         *read(&self.model)
     }
 
-    /// Switches to another model: called with the index's write lock held.
+    /// Records the collection's model: a change of embedding model (a re-embedding's switch)
+    /// is made with the index's write lock held, together with the index.
     pub(super) fn set_model(&self, m: CollectionModel) {
         *write(&self.model) = m;
     }

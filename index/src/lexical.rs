@@ -35,13 +35,14 @@ use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, Language, LowerCaser, PreTokenizedString, RemoveLongFilter,
-    SimpleTokenizer, Stemmer, TextAnalyzer,
+    AsciiFoldingFilter, Language, LowerCaser, PreTokenizedString, RemoveLongFilter, Stemmer,
+    TextAnalyzer,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use unicode_normalization::UnicodeNormalization;
 use whatlang::Lang;
 
+use crate::cjk::CjkTokenizer;
 use crate::error::{IndexError, Result};
 use crate::pidset::PidSet;
 
@@ -54,7 +55,8 @@ const MAX_QUERY_TERMS: usize = 256;
 
 /// How chunk text is split into terms; fixed per collection at creation.
 ///
-/// Every analyzer splits on non-alphanumeric characters, drops tokens over 64 bytes, lowercases
+/// Every analyzer splits on non-alphanumeric characters (and cuts Chinese, Japanese and Korean
+/// runs into character bigrams), drops tokens over 64 bytes, lowercases
 /// and folds accents to ASCII (so `café` matches `cafe`); the `*_stem` ones then apply that
 /// language's Snowball stemmer (so `running` matches `runs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,8 +137,11 @@ impl Analyzer {
         }
     }
 
+    /// The name the schema records. `_2`: CJK text is cut into bigrams (2026-12-05); an index
+    /// made before records the old name, so its schema differs and it is rebuilt from the
+    /// segments at the next open.
     fn tokenizer_name(self) -> String {
-        format!("hearth_{}", self.as_str())
+        format!("hearth_{}_2", self.as_str())
     }
 
     /// The stemmer of a fixed analyzer (`None` for `Simple`, and for `Auto`, whose text is
@@ -151,10 +156,10 @@ impl Analyzer {
         }
     }
 
-    /// The analyzer of one language: split, drop long tokens, lowercase, fold accents, stem
-    /// in `language` if any.
+    /// The analyzer of one language: split (CJK runs into bigrams, `cjk.rs`), drop long
+    /// tokens, lowercase, fold accents, stem in `language` if any.
     fn build(language: Option<Language>) -> TextAnalyzer {
-        let base = TextAnalyzer::builder(SimpleTokenizer::default())
+        let base = TextAnalyzer::builder(CjkTokenizer)
             .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
             .filter(LowerCaser)
             .filter(AsciiFoldingFilter);

@@ -37,6 +37,7 @@
 mod access;
 mod blob;
 mod chunks;
+mod cjk;
 mod collection;
 mod config;
 mod crypto;

@@ -1,13 +1,14 @@
-//! Multilingual retrieval on `testdata/multilingual` (issue 18): 32 translated manual pages in
-//! eight languages, each page in one language only, and 120 labelled questions: ten per
-//! language in that language, 30 in English and 10 in German or French whose answer is only in
-//! another language. Evidence is a passage among the first five that comes from the relevant
-//! document and states one of the question's facts.
+//! Multilingual retrieval on `testdata/multilingual` (issue 18): 40 translated manual pages in
+//! ten languages (eight European, Chinese and Japanese), each page in one language only, and
+//! 146 labelled questions: ten per language in that language, 36 in English and 10 in German
+//! or French whose answer is only in another language. Evidence is a passage among the first
+//! five that comes from the relevant document and states one of the question's facts.
 //!
-//! Measured, hybrid (evidence in the top 5), multilingual-e5-small vs all-MiniLM-L6-v2:
-//! same-language 72/80 vs 61/80 (per language 0.8-1.0 vs 0.5-1.0), cross-language 30/40 vs
-//! 24/40. The floors below hold e5's level with a question to spare (MiniLM fails them); the
-//! issue's targets (0.9 in every language, 0.8 across languages) are not met yet.
+//! Measured, hybrid (evidence in the top 5), multilingual-e5-small: same-language 92/100 (per
+//! language 0.8-1.0; Chinese and Japanese 10/10 each, BM25 alone too, with CJK bigrams),
+//! cross-language 32/46. On the first 120 questions, MiniLM: same-language 61/80, cross 24/40
+//! (e5 72/80, 30/40). The floors below hold e5's level with a question to spare (MiniLM fails
+//! them); the issue's targets (0.9 in every language, 0.8 across languages) are not met yet.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -153,10 +154,12 @@ async fn same_and_cross_language_questions_find_their_evidence() {
     );
     for (group, found, asked) in hybrid {
         let rate = found as f64 / asked as f64;
-        // Each language and the cross-language questions: measured 0.8-1.0 and 0.75.
+        // Each language: measured 0.8-1.0; the cross-language questions 0.70 (32 of 46: the
+        // English ones over Chinese and Japanese pages are the hardest, 2 of 6).
+        let floor = if *group == "cross" { 0.65 } else { 0.7 };
         assert!(
-            rate >= 0.7,
-            "hybrid, {group}: evidence in the top 5 for {found} of {asked} ({rate:.3} < 0.7)"
+            rate >= floor,
+            "hybrid, {group}: evidence in the top 5 for {found} of {asked} ({rate:.3} < {floor})"
         );
     }
 }

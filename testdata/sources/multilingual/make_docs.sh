@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build testdata/multilingual/docs/ from Debian's translated manual pages
-# (manpages-l10n 4.18.1-1, Debian 12 "bookworm").
+# (manpages-l10n 4.18.1-1, manpages-zh 1.6.4.0-1 and manpages-ja
+# 0.5.0.0.20221215+dfsg-1, Debian 12 "bookworm").
 #
-# For each of 8 languages, 4 manual pages are rendered to plain UTF-8 text
+# For each of 10 languages, 4 manual pages are rendered to plain UTF-8 text
 # (no overstrikes, no ANSI codes, no hyphenation, ragged-right, 80 columns).
 # Every page appears in the set in exactly ONE language, so a fact in it can
 # only be found in that language.
@@ -31,16 +32,18 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(cd "$HERE/../.." && pwd)/multilingual/docs
 MAX_BYTES=40000
 
-# lang  package         version      deb file name                         sha256
+# lang  package         version      deb file name                         sha256                                                            source package
 PKGS="
-de    manpages-de     4.18.1-1     manpages-de_4.18.1-1_all.deb            37d2e7ee51f22952aecec3af93647ff59194a3c74bb7a694560f49c7f7ab3978
-es    manpages-es     4.18.1-1     manpages-es_4.18.1-1_all.deb            d21e9f85e487f149ae45b5c525b2b1a70ae7fd38d4b05b47c8753042c66f4c2b
-fr    manpages-fr     4.18.1-1     manpages-fr_4.18.1-1_all.deb            ec29759cc0e4a44dc7719c1e32869d0060667049e584f09556f0d982b969ea33
-it    manpages-it     4.18.1-1     manpages-it_4.18.1-1_all.deb            4b18e87cc1b6a930d40949ddc86fb8e84b50da1a862cd17e2a504eeb8e3b4e48
-nl    manpages-nl     4.18.1-1     manpages-nl_4.18.1-1_all.deb            c1ac0e9fb2ff88a8d7f796042ce7d876fa8918e5d3367521c7f09dd885eb3b2d
-pl    manpages-pl     1:4.18.1-1   manpages-pl_1%3a4.18.1-1_all.deb        31e518ea8331b5204d4fd0032037f96af1ba94a5afa4f0585dca1996b270cdf9
-pt-br manpages-pt-br  4.18.1-1     manpages-pt-br_4.18.1-1_all.deb         da971a7bc0107f7b74b4ae592d1d7cc6424fa7e77cc1808f5c110a07edaf3890
-ru    manpages-ru     4.18.1-1     manpages-ru_4.18.1-1_all.deb            5d5821dad5840652ba9c1c6b85bdc785c1fc52148a71c18fab6658c9659244c0
+de    manpages-de     4.18.1-1     manpages-de_4.18.1-1_all.deb            37d2e7ee51f22952aecec3af93647ff59194a3c74bb7a694560f49c7f7ab3978  manpages-l10n
+es    manpages-es     4.18.1-1     manpages-es_4.18.1-1_all.deb            d21e9f85e487f149ae45b5c525b2b1a70ae7fd38d4b05b47c8753042c66f4c2b  manpages-l10n
+fr    manpages-fr     4.18.1-1     manpages-fr_4.18.1-1_all.deb            ec29759cc0e4a44dc7719c1e32869d0060667049e584f09556f0d982b969ea33  manpages-l10n
+it    manpages-it     4.18.1-1     manpages-it_4.18.1-1_all.deb            4b18e87cc1b6a930d40949ddc86fb8e84b50da1a862cd17e2a504eeb8e3b4e48  manpages-l10n
+nl    manpages-nl     4.18.1-1     manpages-nl_4.18.1-1_all.deb            c1ac0e9fb2ff88a8d7f796042ce7d876fa8918e5d3367521c7f09dd885eb3b2d  manpages-l10n
+pl    manpages-pl     1:4.18.1-1   manpages-pl_1%3a4.18.1-1_all.deb        31e518ea8331b5204d4fd0032037f96af1ba94a5afa4f0585dca1996b270cdf9  manpages-l10n
+pt-br manpages-pt-br  4.18.1-1     manpages-pt-br_4.18.1-1_all.deb         da971a7bc0107f7b74b4ae592d1d7cc6424fa7e77cc1808f5c110a07edaf3890  manpages-l10n
+ru    manpages-ru     4.18.1-1     manpages-ru_4.18.1-1_all.deb            5d5821dad5840652ba9c1c6b85bdc785c1fc52148a71c18fab6658c9659244c0  manpages-l10n
+zh    manpages-zh     1.6.4.0-1    manpages-zh_1.6.4.0-1_all.deb           81bae29495f6445db290e3f329f1203eb19b651c2a7ea165b74ebdc853a32ac1  manpages-zh
+ja    manpages-ja     0.5.0.0.20221215+dfsg-1 manpages-ja_0.5.0.0.20221215+dfsg-1_all.deb 4d270e9a1e83be4de0c072a110892a17dc9caa4b501257324006ac28d82c5743  manpages-ja
 "
 
 # lang: pages (name.section). No page name may appear under two languages.
@@ -53,6 +56,8 @@ nl:    grep.1 file.1 ping.8 date.1
 pl:    iwconfig.8 modprobe.8 e2fsck.8 update-rc.d.8
 pt-br: chmod.1 localectl.1 df.1 cp.1
 ru:    getent.1 tmpfs.5 ls.1 iconv.1
+zh:    tar.1 sed.1 at.1 ifconfig.8
+ja:    dd.1 shutdown.8 diff.1 du.1
 "
 
 mkdir -p "$WORKDIR"
@@ -60,15 +65,15 @@ cd "$WORKDIR"
 
 # --- 1. download and verify ------------------------------------------------
 echo "== packages"
-while read -r lang pkg ver file sum; do
+while read -r lang pkg ver file sum src; do
   [ -n "$lang" ] || continue
   if [ ! -f "$file" ] || ! echo "$sum  $file" | sha256sum -c --quiet - 2>/dev/null; then
     rm -f "$file"
     apt-get download "$pkg=$ver" >/dev/null 2>&1 || true
     if [ ! -f "$file" ]; then
       # fallback: Debian pool, then snapshot.debian.org
-      for url in "https://deb.debian.org/debian/pool/main/m/manpages-l10n/$file" \
-                 "https://snapshot.debian.org/archive/debian/20230601T000000Z/pool/main/m/manpages-l10n/$file"; do
+      for url in "https://deb.debian.org/debian/pool/main/m/$src/$file" \
+                 "https://snapshot.debian.org/archive/debian/20230601T000000Z/pool/main/m/$src/$file"; do
         curl -fsSL -o "$file" "$url" && break || rm -f "$file"
       done
     fi
@@ -95,7 +100,7 @@ echo "== documents"
 total=0
 while IFS=: read -r lang pages; do
   [ -n "$lang" ] || continue
-  dir=$lang; [ "$lang" = pt-br ] && dir=pt_BR
+  dir=$lang; [ "$lang" = pt-br ] && dir=pt_BR; [ "$lang" = zh ] && dir=zh_CN
   mkdir -p "$OUT/$lang"
   rm -f "$OUT/$lang"/*.txt
   for page in $pages; do

@@ -9,6 +9,9 @@
 //! Latin, and are what search engines without a segmenter index (a question's bigrams then
 //! match wherever its words occur). A run of one character stays a unigram.
 
+use std::iter::Peekable;
+use std::str::CharIndices;
+
 use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 
 /// Whether `c` is written without spaces between words: Han ideographs, kana, Hangul.
@@ -30,86 +33,96 @@ pub(crate) fn is_cjk(c: char) -> bool {
 
 /// Splits on what is neither a letter nor a digit, and cuts CJK runs into bigrams.
 #[derive(Clone, Default)]
-pub(crate) struct CjkTokenizer;
+pub(crate) struct CjkTokenizer {
+    token: Token,
+}
 
-/// The tokens of one text, made when the stream is created.
-pub(crate) struct CjkTokenStream {
-    tokens: Vec<Token>,
-    next: usize,
+/// The tokens of one text, made as they are asked for.
+pub(crate) struct CjkTokenStream<'a> {
+    text: &'a str,
+    chars: Peekable<CharIndices<'a>>,
+    token: &'a mut Token,
+    /// Inside a CJK run: where its last character so far starts and ends.
+    run: Option<(usize, usize)>,
 }
 
 impl Tokenizer for CjkTokenizer {
-    type TokenStream<'a> = CjkTokenStream;
+    type TokenStream<'a> = CjkTokenStream<'a>;
 
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> CjkTokenStream {
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> CjkTokenStream<'a> {
+        self.token.reset();
         CjkTokenStream {
-            tokens: tokens(text),
-            next: 0,
+            text,
+            chars: text.char_indices().peekable(),
+            token: &mut self.token,
+            run: None,
         }
     }
 }
 
-impl TokenStream for CjkTokenStream {
-    fn advance(&mut self) -> bool {
-        if self.next < self.tokens.len() {
-            self.next += 1;
-            true
-        } else {
-            false
+impl CjkTokenStream<'_> {
+    fn emit(&mut self, from: usize, to: usize) -> bool {
+        self.token.offset_from = from;
+        self.token.offset_to = to;
+        self.token.text.push_str(&self.text[from..to]);
+        true
+    }
+
+    /// The next character if it is CJK, taken: its start and end.
+    fn next_cjk(&mut self) -> Option<(usize, usize)> {
+        let &(at, c) = self.chars.peek()?;
+        if !is_cjk(c) {
+            return None;
         }
+        self.chars.next();
+        Some((at, at + c.len_utf8()))
+    }
+}
+
+impl TokenStream for CjkTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        self.token.text.clear();
+        self.token.position = self.token.position.wrapping_add(1);
+        if let Some((from, _)) = self.run.take()
+            && let Some((at, to)) = self.next_cjk()
+        {
+            self.run = Some((at, to));
+            return self.emit(from, to);
+        }
+        while let Some((at, c)) = self.chars.next() {
+            let end = at + c.len_utf8();
+            if is_cjk(c) {
+                // A run's first bigram, or a lone character.
+                return match self.next_cjk() {
+                    Some((next, to)) => {
+                        self.run = Some((next, to));
+                        self.emit(at, to)
+                    }
+                    None => self.emit(at, end),
+                };
+            }
+            if c.is_alphanumeric() {
+                let mut to = end;
+                while let Some(&(next, c)) = self.chars.peek() {
+                    if !c.is_alphanumeric() || is_cjk(c) {
+                        break;
+                    }
+                    to = next + c.len_utf8();
+                    self.chars.next();
+                }
+                return self.emit(at, to);
+            }
+        }
+        false
     }
 
     fn token(&self) -> &Token {
-        &self.tokens[self.next - 1]
+        self.token
     }
 
     fn token_mut(&mut self) -> &mut Token {
-        &mut self.tokens[self.next - 1]
+        self.token
     }
-}
-
-fn tokens(text: &str) -> Vec<Token> {
-    let mut out: Vec<Token> = Vec::new();
-    let mut push = |from: usize, to: usize| {
-        out.push(Token {
-            offset_from: from,
-            offset_to: to,
-            position: out.len(),
-            text: text[from..to].to_owned(),
-            position_length: 1,
-        });
-    };
-    let mut chars = text.char_indices().peekable();
-    while let Some((at, c)) = chars.next() {
-        if is_cjk(c) {
-            // The run's characters, as (start, end) byte offsets.
-            let mut run = vec![(at, at + c.len_utf8())];
-            while let Some(&(at, c)) = chars.peek() {
-                if !is_cjk(c) {
-                    break;
-                }
-                run.push((at, at + c.len_utf8()));
-                chars.next();
-            }
-            if run.len() == 1 {
-                push(run[0].0, run[0].1);
-            }
-            for pair in run.windows(2) {
-                push(pair[0].0, pair[1].1);
-            }
-        } else if c.is_alphanumeric() {
-            let mut end = at + c.len_utf8();
-            while let Some(&(at, c)) = chars.peek() {
-                if !c.is_alphanumeric() || is_cjk(c) {
-                    break;
-                }
-                end = at + c.len_utf8();
-                chars.next();
-            }
-            push(at, end);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -117,11 +130,12 @@ mod tests {
     use super::*;
 
     fn texts(s: &str) -> Vec<String> {
-        let mut t = CjkTokenizer;
+        let mut t = CjkTokenizer::default();
         let mut stream = t.token_stream(s);
         let mut out = Vec::new();
         while let Some(tok) = stream.next() {
             assert_eq!(&s[tok.offset_from..tok.offset_to], tok.text);
+            assert_eq!(tok.position, out.len());
             out.push(tok.text.clone());
         }
         out
@@ -143,6 +157,30 @@ mod tests {
             ]
         );
         assert!(texts("  ...  ").is_empty());
+    }
+
+    /// Outside CJK script the tokens (text, offsets, positions) are exactly tantivy's simple
+    /// splitter's, so English, European and Cyrillic retrieval is unchanged.
+    #[test]
+    fn the_same_tokens_as_the_simple_splitter_outside_cjk() {
+        use tantivy::tokenizer::SimpleTokenizer;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/multilingual/docs");
+        let mut compared = 0;
+        for lang in ["de", "fr", "pl", "ru"] {
+            for e in std::fs::read_dir(format!("{dir}/{lang}")).unwrap() {
+                let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+                let (mut ours, mut simple) = (CjkTokenizer::default(), SimpleTokenizer::default());
+                let (mut a, mut b) = (ours.token_stream(&text), simple.token_stream(&text));
+                loop {
+                    match (a.next().cloned(), b.next().cloned()) {
+                        (None, None) => break,
+                        (x, y) => assert_eq!(x, y),
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 10_000, "{compared}");
     }
 
     #[test]

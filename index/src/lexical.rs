@@ -159,7 +159,7 @@ impl Analyzer {
     /// The analyzer of one language: split (CJK runs into bigrams, `cjk.rs`), drop long
     /// tokens, lowercase, fold accents, stem in `language` if any.
     fn build(language: Option<Language>) -> TextAnalyzer {
-        let base = TextAnalyzer::builder(CjkTokenizer)
+        let base = TextAnalyzer::builder(CjkTokenizer::default())
             .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
             .filter(LowerCaser)
             .filter(AsciiFoldingFilter);

@@ -909,13 +909,14 @@ async fn the_openapi_document_matches_the_routes() {
         ("get", "/v1/tenants"),
         ("get", "/v1/collections/{c}/conversations/{id}"),
         ("delete", "/v1/collections/{c}/conversations/{id}"),
+        ("post", "/v1/collections/{c}/reembed"),
     ] {
         assert!(
             ops.contains(&(expected.0.to_owned(), expected.1.to_owned())),
             "{expected:?} missing from {ops:?}"
         );
     }
-    assert_eq!(ops.len(), 27, "{ops:?}");
+    assert_eq!(ops.len(), 28, "{ops:?}");
     let ask = &paths["/v1/collections/{c}/ask"]["post"];
     let schema = ask["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         .as_str()

@@ -292,7 +292,42 @@ async fn a_sealed_index_cache_holds_no_plaintext() {
             .ends_with("incident-runbook.md"),
         "{hits:#}"
     );
+    // Re-embedded with another model, the collection stays sealed: the new model's chunk
+    // files are encrypted like every object, its index directory holds no plaintext (the
+    // scan below covers both), and it answers with the new model.
+    let sealed_e5 = encrypted().env("HEARTH__INDEX__ENCRYPT_CACHE", "true").env(
+        "HEARTH__ENGINE__EMBEDDERS",
+        "{ multilingual-e5-small = \"multilingual-e5-small/e5-small-q4.bin\" }",
+    );
+    let out = sealed_e5.run(&[
+        "reembed",
+        "-c",
+        "docs",
+        "--embedder",
+        "multilingual-e5-small",
+        "--json",
+    ]);
+    crate::common::assert_ok(&out);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["documents"], 5, "{report}");
+    let hits = sealed_e5.search("docs", "convert a disk image to qcow2", &["--top-k", "1"]);
+    assert!(
+        hits["hits"][0]["source"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("qemu-img.html"),
+        "{hits:#}"
+    );
+    assert!(
+        data.join("index/docs.v1").is_dir() && !data.join("index/docs").exists(),
+        "the new model's index directory replaces the old one"
+    );
     let all = files_under(&data);
+    assert!(
+        all.keys().any(|k| k.contains("/chunks/docs/v1/")),
+        "{:?}",
+        all.keys().collect::<Vec<_>>()
+    );
     assert_no_plaintext(&all, &needles);
     assert!(
         !all.keys()

@@ -211,6 +211,13 @@ async fn a_collection_moves_to_another_model_while_it_serves() {
             while col.reembedding().is_none_or(|s| s.done < 6) {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
+            // A second re-embedding of the collection is refused while this one runs.
+            let err = service
+                .reembed(&col, E5_NAME, &|_, _| {})
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is being re-embedded with"), "{err}");
             assert!(service.delete_document(&col, &deleted).await.unwrap());
             let sub = Submission {
                 source: "df.1.pt-br.txt".into(),
@@ -344,7 +351,7 @@ async fn col_doc_ids(service: &Service, col: &Arc<Collection>) -> HashSet<String
 }
 
 /// Over HTTP: only an admin of the collection may start a re-embedding (a reader, a writer, an
-/// admin of another collection get 403 before anything about models is said); an unknown
+/// admin of another collection, a tenant's admin get 403 before anything about models is said); an unknown
 /// model or the one in use is a 400, a second start while one runs a 409; the collection's
 /// JSON shows progress to admins only, then the new model.
 #[tokio::test(flavor = "multi_thread")]
@@ -366,6 +373,10 @@ async fn over_http_an_admin_starts_it_and_watches_it_finish() {
     let reader = crate::common::create_key(&node, "reader", "reader", &[], &[]);
     let writer = crate::common::create_key(&node, "writer", "writer", &["ops"], &[]);
     let other_admin = crate::common::create_key(&node, "other", "admin", &["other"], &[]);
+    // A tenant's admin administers the tenant's collections only.
+    assert_ok(&node.run(&["tenants", "set", "acme", "-c", "acme-*"]));
+    let tenant_admin =
+        crate::common::create_key(&node, "acme-ops", "admin", &[], &["--tenant", "acme"]);
     let s = node.serve(&[]).await;
     let start = |key: Option<String>, c: &'static str, model: &'static str| {
         let s = &s;
@@ -381,7 +392,7 @@ async fn over_http_an_admin_starts_it_and_watches_it_finish() {
     };
     let r = start(None, "ops", E5_NAME).await;
     assert_eq!(r.status, 401);
-    for key in [&reader, &writer, &other_admin] {
+    for key in [&reader, &writer, &other_admin, &tenant_admin] {
         let r = start(Some(key.clone()), "ops", "labse").await;
         let body = String::from_utf8_lossy(&r.body).into_owned();
         assert_eq!(r.status, 403, "{body}");
@@ -522,7 +533,7 @@ async fn over_http_an_admin_starts_it_and_watches_it_finish() {
     assert!(outcomes.starts_with(&[202, 400, 400, 400]), "{outcomes:?}");
     assert_eq!(
         outcomes.iter().filter(|o| **o == 403).count(),
-        3,
+        4,
         "{outcomes:?}"
     );
 }

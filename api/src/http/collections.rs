@@ -192,34 +192,7 @@ pub(super) async fn reembed(
 ) -> Result<Response, ApiError> {
     let c = caller.collection(&c, Role::Admin)?;
     let col = s.service.open_existing(&c).await?;
-    let models = s.service.embedders();
-    if !models.iter().any(|(name, _)| *name == body.embedder) {
-        return Err(ApiError::invalid(format!(
-            "no embedding model named {:?} on this node (it has: {})",
-            body.embedder,
-            models
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    if s.service.embedder_name(&col) == body.embedder {
-        return Err(ApiError::invalid(format!(
-            "collection {c} already uses the embedding model {:?}",
-            body.embedder
-        )));
-    }
-    if let Some(r) = col.reembedding().filter(|r| r.error.is_none()) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "collection {c} is being re-embedded with {} ({} of {} documents done)",
-                r.embedder, r.done, r.total
-            ),
-        ));
-    }
+    s.service.check_reembed(&col, &body.embedder)?;
     let service = s.service.clone();
     let (col2, embedder) = (col.clone(), body.embedder.clone());
     tokio::spawn(async move {

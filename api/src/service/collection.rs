@@ -416,13 +416,7 @@ impl Service {
         rec: &DocRecord,
         chunks: Vec<Chunk>,
     ) -> Result<()> {
-        let doc = IndexedDoc {
-            doc_id: rec.doc_id,
-            source: rec.source.clone(),
-            title: rec.title.clone(),
-            metadata: rec.metadata.clone(),
-            access: rec.access.clone(),
-        };
+        let doc = indexed_doc(rec);
         col.note_source(rec);
         let col2 = col.clone();
         blocking(move || col2.index_mut().map_or(Ok(()), |mut i| i.add(doc, &chunks))).await
@@ -842,6 +836,17 @@ pub(super) fn remove_trash(trash: &std::path::Path) {
             }
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
+    }
+}
+
+/// A document as the index records it, from its record.
+pub(super) fn indexed_doc(rec: &DocRecord) -> IndexedDoc {
+    IndexedDoc {
+        doc_id: rec.doc_id,
+        source: rec.source.clone(),
+        title: rec.title.clone(),
+        metadata: rec.metadata.clone(),
+        access: rec.access.clone(),
     }
 }
 

@@ -10,7 +10,7 @@ use hearth_ingest::{DocRecord, DocState, MailboxSubmitted, Submission, Submitted
 use unicode_normalization::UnicodeNormalization;
 
 use super::collection::read;
-use super::{Collection, Service};
+use super::{Collection, NamedEmbedder, Service};
 
 /// How long stored-usage counts are trusted before the records are counted again.
 const USAGE_RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -258,14 +258,32 @@ impl Service {
         col: &Collection,
         rec: &mut DocRecord,
     ) -> Result<Option<Vec<Chunk>>> {
-        let model = self.embedder_of(col);
-        let mut chunks = match self.load_chunks(col, rec).await? {
+        let chunks = match self.load_chunks(col, rec).await? {
             Ok(c) => c,
             Err(reason) => {
                 self.fail(rec, reason).await?;
                 return Ok(None);
             }
         };
+        let key = keys::chunks_of(&rec.collection, col.model().vectors, &rec.doc_id);
+        let chunks = self
+            .embed_and_store(self.embedder_of(col), chunks, &key)
+            .await?;
+        rec.state = DocState::Embedded;
+        self.registry.put(rec).await?;
+        Ok(Some(chunks))
+    }
+}
+
+impl Service {
+    /// Embeds chunks' text as passages with `model` (bulk priority, in requests of
+    /// `EMBED_REQUEST_TEXTS`) and writes them, vectors included, to the chunk file `key`.
+    pub(super) async fn embed_and_store(
+        &self,
+        model: &NamedEmbedder,
+        mut chunks: Vec<Chunk>,
+        key: &str,
+    ) -> Result<Vec<Chunk>> {
         for batch in chunks.chunks_mut(EMBED_REQUEST_TEXTS) {
             let texts: Vec<String> = batch.iter().map(|c| embedding_text(&c.text)).collect();
             let vectors = model
@@ -281,16 +299,8 @@ impl Service {
             tokio::task::spawn_blocking(move || (encode_chunks(&chunks, dim), chunks))
                 .await
                 .map_err(|e| ServiceError::Internal(format!("encoding task: {e}")))?;
-        let bytes = bytes?;
-        self.store
-            .put(
-                &keys::chunks_of(&rec.collection, col.model().vectors, &rec.doc_id),
-                bytes,
-            )
-            .await?;
-        rec.state = DocState::Embedded;
-        self.registry.put(rec).await?;
-        Ok(Some(chunks))
+        self.store.put(key, bytes?).await?;
+        Ok(chunks)
     }
 }
 

@@ -13,22 +13,6 @@ use whatlang::Lang;
 /// Least whatlang confidence at which a question's language is believed.
 const MIN_CONFIDENCE: f64 = 0.3;
 
-/// The languages hearth has its own messages in: a question the open detection is unsure of
-/// (short Dutch questions read as Afrikaans) is asked again among these alone.
-const MESSAGE_LANGUAGES: [Lang; 11] = [
-    Lang::Eng,
-    Lang::Cmn,
-    Lang::Jpn,
-    Lang::Deu,
-    Lang::Fra,
-    Lang::Spa,
-    Lang::Ita,
-    Lang::Nld,
-    Lang::Pol,
-    Lang::Por,
-    Lang::Rus,
-];
-
 /// Least confidence for the second, narrower detection.
 const MIN_NARROW_CONFIDENCE: f64 = 0.5;
 
@@ -42,100 +26,134 @@ pub(crate) fn of_question(text: &str) -> Option<Lang> {
     if open.confidence() >= MIN_CONFIDENCE && !NOT_ASKED_IN.contains(&open.lang()) {
         return Some(open.lang());
     }
-    whatlang::Detector::with_allowlist(MESSAGE_LANGUAGES.to_vec())
+    // A question the open detection is unsure of (short Dutch questions read as Afrikaans)
+    // is asked again among English and the languages hearth has declines in.
+    let narrow = std::iter::once(Lang::Eng)
+        .chain(DECLINES.iter().map(|(l, _)| *l))
+        .collect();
+    whatlang::Detector::with_allowlist(narrow)
         .detect(text)
         .filter(|info| info.confidence() >= MIN_NARROW_CONFIDENCE)
         .map(|info| info.lang())
 }
 
+/// What hearth says itself when it declines, in one language.
+struct Declines {
+    /// Nothing relevant was retrieved ([`super::NOTHING_RELEVANT`] in English).
+    nothing_relevant: &'static str,
+    /// Passages were found but none answers (quoted answers; [`super::NOT_FOUND`]).
+    not_found: &'static str,
+    /// No statement of a generated answer is supported (strict; [`super::NOT_SUPPORTED`]).
+    not_supported: &'static str,
+}
+
+/// The languages hearth has its own declines in, besides English.
+const DECLINES: [(Lang, Declines); 10] = [
+    (
+        Lang::Deu,
+        Declines {
+            nothing_relevant: "Ich habe in den Dokumenten dieser Sammlung nichts dazu gefunden.",
+            not_found: "Die Dokumente sagen dazu nichts: keine gefundene Passage beantwortet diese Frage.",
+            not_supported: "Die Dokumente sagen dazu nichts: keine Aussage der erzeugten Antwort wird von den gefundenen Passagen gestützt.",
+        },
+    ),
+    (
+        Lang::Fra,
+        Declines {
+            nothing_relevant: "Je n'ai rien trouvé à ce sujet dans les documents de cette collection.",
+            not_found: "Les documents ne le disent pas : aucun passage trouvé ne répond à cette question.",
+            not_supported: "Les documents ne le disent pas : aucune affirmation de la réponse générée n'est étayée par les passages trouvés.",
+        },
+    ),
+    (
+        Lang::Spa,
+        Declines {
+            nothing_relevant: "No encontré nada sobre esto en los documentos de esta colección.",
+            not_found: "Los documentos no lo dicen: ningún pasaje encontrado responde a esta pregunta.",
+            not_supported: "Los documentos no lo dicen: ninguna afirmación de la respuesta generada está respaldada por los pasajes encontrados.",
+        },
+    ),
+    (
+        Lang::Ita,
+        Declines {
+            nothing_relevant: "Non ho trovato nulla in merito nei documenti di questa raccolta.",
+            not_found: "I documenti non lo dicono: nessun passaggio trovato risponde a questa domanda.",
+            not_supported: "I documenti non lo dicono: nessuna affermazione della risposta generata è supportata dai passaggi trovati.",
+        },
+    ),
+    (
+        Lang::Nld,
+        Declines {
+            nothing_relevant: "Ik heb hierover niets gevonden in de documenten van deze verzameling.",
+            not_found: "De documenten zeggen dit niet: geen gevonden passage beantwoordt deze vraag.",
+            not_supported: "De documenten zeggen dit niet: geen enkele bewering van het gegenereerde antwoord wordt door de gevonden passages gestaafd.",
+        },
+    ),
+    (
+        Lang::Pol,
+        Declines {
+            nothing_relevant: "Nie znalazłem nic na ten temat w dokumentach tej kolekcji.",
+            not_found: "Dokumenty tego nie mówią: żaden znaleziony fragment nie odpowiada na to pytanie.",
+            not_supported: "Dokumenty tego nie mówią: żadne stwierdzenie wygenerowanej odpowiedzi nie jest poparte znalezionymi fragmentami.",
+        },
+    ),
+    (
+        Lang::Por,
+        Declines {
+            nothing_relevant: "Não encontrei nada sobre isso nos documentos desta coleção.",
+            not_found: "Os documentos não dizem: nenhum trecho encontrado responde a esta pergunta.",
+            not_supported: "Os documentos não dizem: nenhuma afirmação da resposta gerada é sustentada pelos trechos encontrados.",
+        },
+    ),
+    (
+        Lang::Rus,
+        Declines {
+            nothing_relevant: "Я не нашёл ничего об этом в документах этой коллекции.",
+            not_found: "В документах об этом не сказано: ни один найденный фрагмент не отвечает на этот вопрос.",
+            not_supported: "В документах об этом не сказано: ни одно утверждение сгенерированного ответа не подтверждается найденными фрагментами.",
+        },
+    ),
+    (
+        Lang::Cmn,
+        Declines {
+            nothing_relevant: "我在这个集合的文档中没有找到与此相关的内容。",
+            not_found: "文档中没有说明：找到的段落都没有回答这个问题。",
+            not_supported: "文档中没有说明：生成的回答中没有任何陈述得到找到的段落的支持。",
+        },
+    ),
+    (
+        Lang::Jpn,
+        Declines {
+            nothing_relevant: "このコレクションの文書には、これに関する記述が見つかりませんでした。",
+            not_found: "文書には記載がありません。見つかったどの箇所もこの質問に答えていません。",
+            not_supported: "文書には記載がありません。生成された回答のどの記述も、見つかった箇所によって裏付けられていません。",
+        },
+    ),
+];
+
+fn declines(lang: Option<Lang>) -> Option<&'static Declines> {
+    DECLINES
+        .iter()
+        .find(|(l, _)| Some(*l) == lang)
+        .map(|(_, d)| d)
+}
+
 /// The answer when nothing relevant was retrieved, in `lang` where hearth has it (else
 /// English, [`super::NOTHING_RELEVANT`]).
 pub(crate) fn nothing_relevant(lang: Option<Lang>) -> &'static str {
-    match lang {
-        Some(Lang::Deu) => "Ich habe in den Dokumenten dieser Sammlung nichts dazu gefunden.",
-        Some(Lang::Fra) => "Je n'ai rien trouvé à ce sujet dans les documents de cette collection.",
-        Some(Lang::Spa) => "No encontré nada sobre esto en los documentos de esta colección.",
-        Some(Lang::Ita) => "Non ho trovato nulla in merito nei documenti di questa raccolta.",
-        Some(Lang::Nld) => "Ik heb hierover niets gevonden in de documenten van deze verzameling.",
-        Some(Lang::Pol) => "Nie znalazłem nic na ten temat w dokumentach tej kolekcji.",
-        Some(Lang::Por) => "Não encontrei nada sobre isso nos documentos desta coleção.",
-        Some(Lang::Rus) => "Я не нашёл ничего об этом в документах этой коллекции.",
-        Some(Lang::Cmn) => "我在这个集合的文档中没有找到与此相关的内容。",
-        Some(Lang::Jpn) => "このコレクションの文書には、これに関する記述が見つかりませんでした。",
-        _ => super::NOTHING_RELEVANT,
-    }
+    declines(lang).map_or(super::NOTHING_RELEVANT, |d| d.nothing_relevant)
 }
 
 /// The answer when passages were found but none answers (quoted answers), in `lang` where
 /// hearth has it (else English, [`super::NOT_FOUND`]).
 pub(crate) fn not_found(lang: Option<Lang>) -> &'static str {
-    match lang {
-        Some(Lang::Deu) => {
-            "Die Dokumente sagen dazu nichts: keine gefundene Passage beantwortet diese Frage."
-        }
-        Some(Lang::Fra) => {
-            "Les documents ne le disent pas : aucun passage trouvé ne répond à cette question."
-        }
-        Some(Lang::Spa) => {
-            "Los documentos no lo dicen: ningún pasaje encontrado responde a esta pregunta."
-        }
-        Some(Lang::Ita) => {
-            "I documenti non lo dicono: nessun passaggio trovato risponde a questa domanda."
-        }
-        Some(Lang::Nld) => {
-            "De documenten zeggen dit niet: geen gevonden passage beantwoordt deze vraag."
-        }
-        Some(Lang::Pol) => {
-            "Dokumenty tego nie mówią: żaden znaleziony fragment nie odpowiada na to pytanie."
-        }
-        Some(Lang::Por) => {
-            "Os documentos não dizem: nenhum trecho encontrado responde a esta pergunta."
-        }
-        Some(Lang::Rus) => {
-            "В документах об этом не сказано: ни один найденный фрагмент не отвечает на этот вопрос."
-        }
-        Some(Lang::Cmn) => "文档中没有说明：找到的段落都没有回答这个问题。",
-        Some(Lang::Jpn) => {
-            "文書には記載がありません。見つかったどの箇所もこの質問に答えていません。"
-        }
-        _ => super::NOT_FOUND,
-    }
+    declines(lang).map_or(super::NOT_FOUND, |d| d.not_found)
 }
 
 /// The answer when no statement of a generated answer is supported (strict mode), in `lang`
 /// where hearth has it (else English, [`super::NOT_SUPPORTED`]).
 pub(crate) fn not_supported(lang: Option<Lang>) -> &'static str {
-    match lang {
-        Some(Lang::Deu) => {
-            "Die Dokumente sagen dazu nichts: keine Aussage der erzeugten Antwort wird von den gefundenen Passagen gestützt."
-        }
-        Some(Lang::Fra) => {
-            "Les documents ne le disent pas : aucune affirmation de la réponse générée n'est étayée par les passages trouvés."
-        }
-        Some(Lang::Spa) => {
-            "Los documentos no lo dicen: ninguna afirmación de la respuesta generada está respaldada por los pasajes encontrados."
-        }
-        Some(Lang::Ita) => {
-            "I documenti non lo dicono: nessuna affermazione della risposta generata è supportata dai passaggi trovati."
-        }
-        Some(Lang::Nld) => {
-            "De documenten zeggen dit niet: geen enkele bewering van het gegenereerde antwoord wordt door de gevonden passages gestaafd."
-        }
-        Some(Lang::Pol) => {
-            "Dokumenty tego nie mówią: żadne stwierdzenie wygenerowanej odpowiedzi nie jest poparte znalezionymi fragmentami."
-        }
-        Some(Lang::Por) => {
-            "Os documentos não dizem: nenhuma afirmação da resposta gerada é sustentada pelos trechos encontrados."
-        }
-        Some(Lang::Rus) => {
-            "В документах об этом не сказано: ни одно утверждение сгенерированного ответа не подтверждается найденными фрагментами."
-        }
-        Some(Lang::Cmn) => "文档中没有说明：生成的回答中没有任何陈述得到找到的段落的支持。",
-        Some(Lang::Jpn) => {
-            "文書には記載がありません。生成された回答のどの記述も、見つかった箇所によって裏付けられていません。"
-        }
-        _ => super::NOT_SUPPORTED,
-    }
+    declines(lang).map_or(super::NOT_SUPPORTED, |d| d.not_supported)
 }
 
 /// The sentence that makes the generator answer in the question's language, when the

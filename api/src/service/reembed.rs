@@ -21,17 +21,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use futures::StreamExt;
-use hearth_engine::{Priority, Role};
-use hearth_index::{CollectionIndex, DocId, IndexedDoc, encode_chunks, keys};
+use hearth_index::{CollectionIndex, DocId, keys};
 use hearth_ingest::{CollectionModel, DocRecord};
 
 use super::collection::{blocking, read, write};
-use super::ingest::embedding_text;
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
-
-/// Texts per embedder request while re-embedding.
-const REEMBED_REQUEST_TEXTS: usize = 256;
 
 /// Documents re-embedded between commits of the new index (what an interruption may cost
 /// again, beyond the chunk files already written).
@@ -131,6 +126,16 @@ impl Collection {
     }
 }
 
+fn already_running(col: &Collection, other: &ReembedStatus) -> ServiceError {
+    ServiceError::Index(hearth_index::IndexError::Conflict(format!(
+        "collection {} is being re-embedded with {} ({} of {} documents done)",
+        col.name(),
+        other.embedder,
+        other.done,
+        other.total
+    )))
+}
+
 /// The new model's index while it is built.
 type Building = Arc<RwLock<CollectionIndex>>;
 
@@ -165,6 +170,33 @@ impl Service {
         r
     }
 
+    /// Whether a re-embedding of `col` with `embedder` may start: a model this node loads,
+    /// not the one in use, and none running here already (invalid input, invalid input,
+    /// conflict). [`Service::reembed`] checks the same before it claims the collection; the
+    /// HTTP route asks first, so that it can answer before starting the work.
+    pub fn check_reembed(&self, col: &Collection, embedder: &str) -> Result<()> {
+        if !self.embedders.iter().any(|e| e.name == embedder) {
+            return Err(ServiceError::InvalidInput(format!(
+                "no embedding model named {embedder:?} on this node (it has: {})",
+                self.embedders
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if self.embedder_name(col) == embedder {
+            return Err(ServiceError::InvalidInput(format!(
+                "collection {} already uses the embedding model {embedder:?}",
+                col.name()
+            )));
+        }
+        match col.reembedding().filter(|s| s.error.is_none()) {
+            Some(other) => Err(already_running(col, &other)),
+            None => Ok(()),
+        }
+    }
+
     async fn reembed_running(
         &self,
         col: &Arc<Collection>,
@@ -172,21 +204,14 @@ impl Service {
         progress: &(dyn Fn(usize, usize) + Send + Sync),
     ) -> Result<ReembedReport> {
         let started = Instant::now();
+        self.check_reembed(col, embedder)?;
         let mut running = {
             let mut r = col
                 .reembedding
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(other) = r.as_ref().filter(|s| s.error.is_none()) {
-                return Err(ServiceError::Index(hearth_index::IndexError::Conflict(
-                    format!(
-                        "collection {} is being re-embedded with {} ({} of {} documents done)",
-                        col.name(),
-                        other.embedder,
-                        other.done,
-                        other.total
-                    ),
-                )));
+                return Err(already_running(col, other));
             }
             *r = Some(ReembedStatus {
                 embedder: embedder.to_owned(),
@@ -383,13 +408,7 @@ impl Service {
                 pass.resumed += 1;
             }
             pass.embedded_chunks += embedded;
-            let doc = IndexedDoc {
-                doc_id: rec.doc_id,
-                source: rec.source.clone(),
-                title: rec.title.clone(),
-                metadata: rec.metadata.clone(),
-                access: rec.access.clone(),
-            };
+            let doc = super::collection::indexed_doc(&rec);
             since_commit += 1;
             let commit = since_commit >= COMMIT_EVERY;
             if commit {
@@ -446,7 +465,7 @@ impl Service {
         {
             return Ok(Some((chunks, 0)));
         }
-        let mut chunks = match self.load_chunks_of(rec, from.vectors).await? {
+        let chunks = match self.load_chunks_of(rec, from.vectors).await? {
             Ok(c) => c,
             Err(reason) => {
                 if !col.is_erased(&rec.doc_id) {
@@ -455,28 +474,9 @@ impl Service {
                 return Ok(None);
             }
         };
-        for batch in chunks.chunks_mut(REEMBED_REQUEST_TEXTS) {
-            let texts: Vec<String> = batch.iter().map(|c| embedding_text(&c.text)).collect();
-            let vectors = model
-                .embedder
-                .embed(texts, Role::Passage, Priority::Bulk)
-                .await?;
-            for (c, v) in batch.iter_mut().zip(vectors.iter()) {
-                c.embedding = Some(v.to_vec());
-            }
-        }
         let n = chunks.len();
-        let dim = model.dim;
-        let (bytes, chunks) =
-            tokio::task::spawn_blocking(move || (encode_chunks(&chunks, dim), chunks))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("encoding task: {e}")))?;
-        self.store
-            .put(
-                &keys::chunks_of(&rec.collection, to.vectors, &rec.doc_id),
-                bytes?,
-            )
-            .await?;
+        let key = keys::chunks_of(&rec.collection, to.vectors, &rec.doc_id);
+        let chunks = self.embed_and_store(model, chunks, &key).await?;
         Ok(Some((chunks, n)))
     }
 

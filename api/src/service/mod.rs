@@ -295,6 +295,23 @@ impl Service {
         &self.embedders[col.model().embedder].name
     }
 
+    /// The embedding model of this name, or invalid input naming the node's models.
+    pub(crate) fn embedder_named(&self, name: &str) -> Result<&NamedEmbedder> {
+        self.embedders
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| {
+                ServiceError::InvalidInput(format!(
+                    "no embedding model named {name:?} on this node (it has: {})",
+                    self.embedders
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+
     /// The embedding model a collection was made with.
     pub(crate) fn embedder_of(&self, col: &Collection) -> &NamedEmbedder {
         &self.embedders[col.model().embedder]

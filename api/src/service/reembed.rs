@@ -175,16 +175,7 @@ impl Service {
     /// conflict). [`Service::reembed`] checks the same before it claims the collection; the
     /// HTTP route asks first, so that it can answer before starting the work.
     pub fn check_reembed(&self, col: &Collection, embedder: &str) -> Result<()> {
-        if !self.embedders.iter().any(|e| e.name == embedder) {
-            return Err(ServiceError::InvalidInput(format!(
-                "no embedding model named {embedder:?} on this node (it has: {})",
-                self.embedders
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+        self.embedder_named(embedder)?;
         if self.embedder_name(col) == embedder {
             return Err(ServiceError::InvalidInput(format!(
                 "collection {} already uses the embedding model {embedder:?}",

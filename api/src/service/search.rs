@@ -177,16 +177,7 @@ impl Service {
     pub async fn embed(&self, texts: Vec<String>, model: Option<&str>) -> Result<Embedded> {
         let named = match model {
             None => &self.embedders[0],
-            Some(m) => self.embedders.iter().find(|e| e.name == m).ok_or_else(|| {
-                ServiceError::InvalidInput(format!(
-                    "no embedding model named {m:?} (this node has: {})",
-                    self.embedders
-                        .iter()
-                        .map(|e| e.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?,
+            Some(m) => self.embedder_named(m)?,
         };
         let tokens = texts
             .iter()

@@ -10,6 +10,8 @@
 //!     HEARTH_BENCH_NO_FILTERED=1 ...                  # without the filtered runs
 //!     HEARTH_BENCH_SEGMENTS=10 ...                    # also: the vectors split into 10
 //!                                                     # graphs, top-k merged (scale-out)
+//!     HEARTH_BENCH_10M=1 cargo bench --bench hnsw     # 10M alone: the graph on codes over
+//!                                                     # rows read in place (see `run_10m`)
 //!
 //! Data: a seeded Gaussian mixture of unit-norm 384-d vectors (100 clusters; see
 //! `common::Mixture`), 1,000 queries from the same mixture, exact top-10 by inner product
@@ -68,6 +70,28 @@ fn main() {
         vec![100_000]
     };
     let machine = common::machine();
+    if let Some(n) = std::env::var("HEARTH_BENCH_10M")
+        .ok()
+        .filter(|v| !v.is_empty() && v != "0")
+        .map(|v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 1)
+                .unwrap_or(10_000_000)
+        })
+    {
+        let run = run_10m(n);
+        common::write_results(
+            "hnsw-10m",
+            &json!({"bench": "hnsw-10m", "machine": machine, "data": "mixture",
+                    "config": {"dim": DIM, "queries": QUERIES, "k": K, "M": M,
+                               "ef_construction": EF_CONSTRUCTION, "clusters": CLUSTERS,
+                               "noise": NOISE, "seed": SEED, "build_threads": BUILD_THREADS,
+                               "generator_version": common::MIXTURE_VERSION},
+                    "runs": [run]}),
+        );
+        return;
+    }
     let mut runs = Vec::new();
     for n in sizes {
         let data = if docs { docs_data(n) } else { data(n) };
@@ -242,6 +266,119 @@ fn docs_data(n: usize) -> Data {
     );
     let truth = common::ground_truth(&base, &queries, DIM, K, 2);
     save(&dir, base, queries, truth)
+}
+
+/// The 10M run (`HEARTH_BENCH_10M=1`; `=N` for another size, `N > 1`): the base rows (15 GB
+/// of f32 at 10M) are generated block by block into a vectors file and scanned once for the
+/// exact top-10 as they are written; the graph is then linked on the codes with the rows read
+/// in place from that file (`GraphIndex::build_on_file`): the heap holds the lists and codes
+/// (~5 GB), the page cache the rows. No peer runs (hnswlib would need the 15 GB of rows on its
+/// heap beside ours) and no hnsw_rs; the saved graph is then opened cold and searched again.
+fn run_10m(n: usize) -> Value {
+    println!(
+        "\n=== {n} vectors (rows read in place), {DIM}-d, {QUERIES} queries, M={M}, ef_construction={EF_CONSTRUCTION} ==="
+    );
+    let dir = common::target_dir().join("bench-data").join(format!(
+        "mixture-v{}-n{n}-d{DIM}-q{QUERIES}-k{K}-c{CLUSTERS}-s{SEED:x}-file",
+        common::MIXTURE_VERSION
+    ));
+    let rows = dir.join("base.hvec");
+    let [_, queries_path, truth_path] = paths(&dir);
+    let mixture = common::Mixture::new(DIM, CLUSTERS, NOISE, SEED);
+    let queries = mixture.sample(QUERIES, SEED.wrapping_add(2));
+    let reused = dir.join("complete").exists()
+        && common::read_u32(&truth_path).is_ok_and(|t| t.len() == QUERIES * K);
+    let generate_s = if reused {
+        println!("data: reused {}", dir.display());
+        0.0
+    } else {
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        let t = Instant::now();
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 22,
+            std::fs::File::create(&rows).expect("the rows file"),
+        );
+        use std::io::Write;
+        out.write_all(&GraphIndex::vectors_header(DIM, n as u64))
+            .unwrap();
+        let mut exact = common::ExactTopK::new(&queries, DIM, K);
+        let per = 64 * common::Mixture::BLOCK;
+        let mut block = vec![0f32; per * DIM];
+        for first in (0..n).step_by(per) {
+            let len = per.min(n - first);
+            let rows = &mut block[..len * DIM];
+            mixture.sample_blocks(rows, first / common::Mixture::BLOCK, SEED.wrapping_add(1));
+            exact.add(rows, first as u32, 2);
+            for x in rows.iter() {
+                out.write_all(&x.to_le_bytes()).unwrap();
+            }
+            if (first / per) % 8 == 7 {
+                eprintln!(
+                    "data: {} of {n} rows written and scanned ({:.0} s)",
+                    first + len,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+        let bytes = 64 + n * DIM * 4;
+        out.write_all(&vec![0u8; bytes.next_multiple_of(64) - bytes])
+            .unwrap();
+        out.into_inner().expect("flush").sync_all().unwrap();
+        common::write_f32(&queries_path, &queries).unwrap();
+        common::write_u32(&truth_path, &exact.ids()).unwrap();
+        std::fs::write(dir.join("complete"), "").unwrap();
+        let s = t.elapsed().as_secs_f64();
+        println!("data: generated {n} rows with their exact top-{K} in {s:.1} s");
+        s
+    };
+    let data = Data {
+        base: Vec::new(),
+        queries,
+        truth: common::read_u32(&truth_path).expect("ground truth"),
+        base_path: rows.clone(),
+        queries_path,
+        truth_path,
+    };
+    let (anon0, file0) = common::rss_split();
+    let (graph, build) = common::measure(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(BUILD_THREADS)
+            .build()
+            .expect("a rayon pool")
+            .install(|| GraphIndex::build_on_file(&rows, params(), true))
+            .expect("building the graph on the rows file")
+    });
+    let (anon1, file1) = common::rss_split();
+    let mib = |kib: u64, from: u64| (kib as f64 - from as f64) / 1024.0;
+    println!(
+        "graph on codes, rows in place: built in {:.1} s ({:.1} CPU-s); RssAnon +{:.0} MiB, RssFile +{:.0} MiB \
+         (peak RSS +{:.0} MiB); heap {:.0} MiB, in place {:.0} MiB",
+        build.wall_s,
+        build.cpu_s,
+        mib(anon1, anon0),
+        mib(file1, file0),
+        build.peak_rss_growth_mib,
+        graph.memory_bytes() as f64 / f64::from(1 << 20),
+        graph.mapped_bytes() as f64 / f64::from(1 << 20),
+    );
+    let points = sweep("graph on codes", &data, |q, ef| graph.search(q, K, ef));
+    let reach = points.iter().find(|p| p.recall >= TARGET_RECALL);
+    println!(
+        "target recall {TARGET_RECALL}: {}",
+        reach.map_or("not reached".to_owned(), |p| format!(
+            "ef {} ({:.4}, {:.0} q/s)",
+            p.ef, p.recall, p.qps
+        ))
+    );
+    let mapped = mapped_run(&graph, &data, &points);
+    json!({"n": n, "generate_s": generate_s, "reused_data": reused,
+           "build": {"wall_s": build.wall_s, "cpu_s": build.cpu_s,
+                     "anon_mib": mib(anon1, anon0), "file_mib": mib(file1, file0),
+                     "peak_rss_growth_mib": build.peak_rss_growth_mib,
+                     "heap_mib": graph.memory_bytes() as f64 / f64::from(1 << 20),
+                     "mapped_mib": graph.mapped_bytes() as f64 / f64::from(1 << 20)},
+           "search": points.iter().map(|p| json!({"ef": p.ef, "recall": p.recall, "qps": p.qps})).collect::<Vec<_>>(),
+           "mapped": mapped})
 }
 
 #[derive(Clone, Copy, Debug)]

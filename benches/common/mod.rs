@@ -138,10 +138,21 @@ impl Mixture {
     /// `n` points, row-major `n × dim`, from the stream seeded with `seed` (use different seeds
     /// for the base set and the queries). Generated on 2 threads; deterministic.
     pub fn sample(&self, n: usize, seed: u64) -> Vec<f32> {
+        let mut out = vec![0f32; n * self.dim];
+        self.sample_blocks(&mut out, 0, seed);
+        out
+    }
+
+    /// Fills `out` (whole rows) with the rows of [`Mixture::sample`]'s stream from block
+    /// `first_block` on (blocks of [`Mixture::BLOCK`] rows), so that a set larger than memory
+    /// is generated piece by piece, identical to the one `sample` would return.
+    pub fn sample_blocks(&self, out: &mut [f32], first_block: usize, seed: u64) {
         let dim = self.dim;
-        let mut out = vec![0f32; n * dim];
-        const BLOCK: usize = 4096;
-        let blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(BLOCK * dim).enumerate().collect();
+        let blocks: Vec<(usize, &mut [f32])> = out
+            .chunks_mut(Self::BLOCK * dim)
+            .enumerate()
+            .map(|(i, b)| (first_block + i, b))
+            .collect();
         let mut halves: [Vec<(usize, &mut [f32])>; 2] = [Vec::new(), Vec::new()];
         for (i, b) in blocks {
             halves[i % 2].push((i, b));
@@ -169,8 +180,10 @@ impl Mixture {
                 });
             }
         });
-        out
     }
+
+    /// Rows per block of the generator's stream.
+    pub const BLOCK: usize = 4096;
 }
 
 fn normalise(v: &mut [f64]) {
@@ -249,38 +262,74 @@ pub fn ground_truth(
     k: usize,
     threads: usize,
 ) -> Vec<u32> {
-    let nq = queries.len() / dim;
-    let mut out = vec![0u32; nq * k];
-    let per = nq.div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|s| {
-        for (qs, os) in queries.chunks(per * dim).zip(out.chunks_mut(per * k)) {
-            s.spawn(move || {
-                // Queries in groups of 8 share each pass over the base (cache reuse).
-                const G: usize = 8;
-                for (qg, og) in qs.chunks(G * dim).zip(os.chunks_mut(G * k)) {
-                    let g = qg.len() / dim;
-                    let mut tops: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(k + 1); g];
-                    for (id, row) in base.chunks_exact(dim).enumerate() {
-                        for (qi, top) in tops.iter_mut().enumerate() {
-                            let score = dot(&qg[qi * dim..(qi + 1) * dim], row);
-                            if top.len() == k && score <= top[k - 1].0 {
-                                continue;
-                            }
-                            let pos = top.partition_point(|&(s, _)| s >= score);
-                            top.insert(pos, (score, id as u32));
-                            top.truncate(k);
-                        }
-                    }
-                    for (top, o) in tops.iter().zip(og.chunks_mut(k)) {
-                        for (slot, &(_, id)) in o.iter_mut().zip(top) {
-                            *slot = id;
-                        }
-                    }
-                }
-            });
+    let mut exact = ExactTopK::new(queries, dim, k);
+    exact.add(base, 0, threads);
+    exact.ids()
+}
+
+/// The exact top-k by inner product of each query, over base rows streamed past in blocks
+/// (so that a base larger than memory is scanned once, as it is generated).
+pub struct ExactTopK {
+    dim: usize,
+    k: usize,
+    queries: Vec<f32>,
+    /// Per query, its best (score, id) so far, best first.
+    tops: Vec<Vec<(f32, u32)>>,
+}
+
+impl ExactTopK {
+    pub fn new(queries: &[f32], dim: usize, k: usize) -> Self {
+        Self {
+            dim,
+            k,
+            queries: queries.to_vec(),
+            tops: vec![Vec::with_capacity(k + 1); queries.len() / dim],
         }
-    });
-    out
+    }
+
+    /// Scores the rows of `block`, whose first row has id `first_id`, on `threads` threads.
+    pub fn add(&mut self, block: &[f32], first_id: u32, threads: usize) {
+        let (dim, k) = (self.dim, self.k);
+        let nq = self.tops.len();
+        let per = nq.div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|s| {
+            for (qs, ts) in self
+                .queries
+                .chunks(per * dim)
+                .zip(self.tops.chunks_mut(per))
+            {
+                s.spawn(move || {
+                    // Queries in groups of 8 share each pass over the block (cache reuse).
+                    const G: usize = 8;
+                    for (qg, tg) in qs.chunks(G * dim).zip(ts.chunks_mut(G)) {
+                        for (id, row) in block.chunks_exact(dim).enumerate() {
+                            let id = first_id + id as u32;
+                            for (qi, top) in tg.iter_mut().enumerate() {
+                                let score = dot(&qg[qi * dim..(qi + 1) * dim], row);
+                                if top.len() == k && score <= top[k - 1].0 {
+                                    continue;
+                                }
+                                let pos = top.partition_point(|&(s, _)| s >= score);
+                                top.insert(pos, (score, id));
+                                top.truncate(k);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// The ids, `k` per query in query order (0 where fewer rows were seen).
+    pub fn ids(&self) -> Vec<u32> {
+        let mut out = vec![0u32; self.tops.len() * self.k];
+        for (top, o) in self.tops.iter().zip(out.chunks_mut(self.k)) {
+            for (slot, &(_, id)) in o.iter_mut().zip(top) {
+                *slot = id;
+            }
+        }
+        out
+    }
 }
 
 /// Recall@k: the fraction of the true top-k found in `found` (each query's first k ids).

@@ -33,9 +33,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 
+use rayon::prelude::*;
+
 use super::{Graph, GraphIndex, MAX_LEVEL, pick_dot};
 use crate::error::IndexError;
 use crate::vector::dedup::Duplicates;
+use crate::vector::flat::check_matrix;
 use crate::vector::hnsw::HnswParams;
 use crate::vector::mapped::{Grow, Mapping};
 use crate::vector::sq8::{Line, Sq8};
@@ -213,23 +216,31 @@ impl GraphIndex {
     /// for [`GraphIndex::open`].
     pub fn save(&self, dir: &Path) -> crate::Result<()> {
         let rows = self.vectors.whole();
-        let mut vecs = Vec::with_capacity(64 + rows.len() * 4);
-        vecs.extend_from_slice(VECTORS_MAGIC);
-        vecs.extend_from_slice(&(self.graph.dim as u32).to_le_bytes());
-        vecs.extend_from_slice(&((rows.len() / self.graph.dim) as u64).to_le_bytes());
-        pad(&mut vecs);
-        put_u32s(&mut vecs, rows.iter().map(|x| x.to_bits()));
-        for (name, bytes) in [(GRAPH_FILE, self.graph.to_bytes()), (VECTORS_FILE, vecs)] {
+        let write = |name: &str, parts: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>| {
             let path = dir.join(name);
             let io = |source| IndexError::Io {
                 path: path.clone(),
                 source,
             };
-            let mut file = File::create(&path).map_err(io)?;
-            file.write_all(&bytes).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        Ok(())
+            let mut out =
+                std::io::BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io)?);
+            parts(&mut out).map_err(io)?;
+            out.into_inner()
+                .map_err(|e| io(e.into_error()))?
+                .sync_all()
+                .map_err(io)
+        };
+        write(GRAPH_FILE, &mut |out| out.write_all(&self.graph.to_bytes()))?;
+        // Streamed: the rows of a large index are more than memory holds twice.
+        write(VECTORS_FILE, &mut |out| {
+            let dim = self.graph.dim;
+            out.write_all(&Self::vectors_header(dim, (rows.len() / dim) as u64))?;
+            for x in rows {
+                out.write_all(&x.to_le_bytes())?;
+            }
+            let written = 64 + rows.len() * 4;
+            out.write_all(&[0u8; 64][..written.next_multiple_of(64) - written])
+        })
     }
 
     /// Opens what [`GraphIndex::save`] wrote to `dir` in place: the vectors, lists and codes
@@ -238,38 +249,91 @@ impl GraphIndex {
     /// (a damaged file is [`IndexError::Corrupt`]); there is no checksum, which the collection
     /// index keeps in its manifest instead.
     pub fn open(dir: &Path, params: HnswParams) -> crate::Result<Self> {
-        let map = |name: &str| {
-            let path = dir.join(name);
-            Mapping::open(&path).map_err(|source| IndexError::Io { path, source })
-        };
-        let corrupt = |name: &str, detail: String| IndexError::Corrupt {
-            key: dir.join(name).display().to_string(),
+        let (dim, vectors) = map_vectors(&dir.join(VECTORS_FILE))?;
+        let floats = vectors.len();
+        let corrupt = |detail: String| IndexError::Corrupt {
+            key: dir.join(GRAPH_FILE).display().to_string(),
             detail,
         };
-        let vecs = map(VECTORS_FILE)?;
-        let bytes = vecs.bytes();
-        if bytes.len() < 64 || &bytes[..8] != VECTORS_MAGIC || cfg!(target_endian = "big") {
-            return Err(corrupt(VECTORS_FILE, "not a vectors file".into()));
-        }
-        let dim = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-        let rows = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
-        let floats = usize::try_from(rows)
-            .ok()
-            .and_then(|r| r.checked_mul(dim))
-            .filter(|&f| dim > 0 && 64 + (f * 4).next_multiple_of(64) == bytes.len())
-            .ok_or_else(|| corrupt(VECTORS_FILE, "truncated or of the wrong length".into()))?;
-        let vectors = Grow::<f32>::mapped(&vecs, 64, floats)
-            .ok_or_else(|| corrupt(VECTORS_FILE, "misaligned".into()))?;
-        let graph = Graph::from_mapped(&map(GRAPH_FILE)?, dim, params, vectors.whole())
-            .map_err(|e| corrupt(GRAPH_FILE, e))?;
+        let path = dir.join(GRAPH_FILE);
+        let map = Mapping::open(&path).map_err(|source| IndexError::Io { path, source })?;
+        let graph = Graph::from_mapped(&map, dim, params, vectors.whole()).map_err(corrupt)?;
         if graph.len() != floats / dim {
-            return Err(corrupt(
-                GRAPH_FILE,
-                format!("{} nodes for {} vectors", graph.len(), floats / dim),
-            ));
+            return Err(corrupt(format!(
+                "{} nodes for {} vectors",
+                graph.len(),
+                floats / dim
+            )));
         }
         Ok(Self { graph, vectors })
     }
+
+    /// The 64 bytes that open a vectors file of `rows` rows `dim` wide (the rows follow, as
+    /// little-endian f32), for writers that stream one to disk for
+    /// [`GraphIndex::build_on_file`].
+    pub fn vectors_header(dim: usize, rows: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(VECTORS_MAGIC);
+        out.extend_from_slice(&(dim as u32).to_le_bytes());
+        out.extend_from_slice(&rows.to_le_bytes());
+        pad(&mut out);
+        out
+    }
+
+    /// Links the rows of a vectors file (as [`GraphIndex::save`] writes them, or a writer
+    /// starting with [`GraphIndex::vectors_header`]) read in place: the f32 rows stay in the
+    /// page cache and never enter the heap, which holds only the lists and, with `coded`, the
+    /// 7-bit codes the insertions traverse (as [`GraphIndex::build_quantized`]). This is how a
+    /// graph over more f32 vectors than memory holds is built (10M × 384 is 15 GB of rows; the
+    /// heap then needs ~5 GB). The rows must already be unit length (within 1e-3): a row that
+    /// is not is an error naming it, and nothing is linked.
+    pub fn build_on_file(path: &Path, params: HnswParams, coded: bool) -> crate::Result<Self> {
+        let (dim, vectors) = map_vectors(path)?;
+        let rows = vectors.whole();
+        check_matrix(rows, dim)?;
+        let bad = rows.par_chunks_exact(dim).position_first(|row| {
+            let norm2 = row
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>();
+            !((norm2 - 1.0).abs() <= 2e-3)
+        });
+        if let Some(i) = bad {
+            return Err(IndexError::InvalidInput(format!(
+                "row {i} of {} is not a unit vector: normalise the rows before writing them",
+                path.display()
+            )));
+        }
+        let mut graph = Graph::new(dim, params, coded)?;
+        graph.check_room(rows.len() / dim)?;
+        graph.insert(rows);
+        Ok(Self { graph, vectors })
+    }
+}
+
+/// Maps a vectors file: its width and its rows in place, every length checked.
+fn map_vectors(path: &Path) -> crate::Result<(usize, Grow<f32>)> {
+    let corrupt = |detail: &str| IndexError::Corrupt {
+        key: path.display().to_string(),
+        detail: detail.into(),
+    };
+    let vecs = Mapping::open(path).map_err(|source| IndexError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bytes = vecs.bytes();
+    if bytes.len() < 64 || &bytes[..8] != VECTORS_MAGIC || cfg!(target_endian = "big") {
+        return Err(corrupt("not a vectors file"));
+    }
+    let dim = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let rows = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let floats = usize::try_from(rows)
+        .ok()
+        .and_then(|r| r.checked_mul(dim))
+        .filter(|&f| dim > 0 && 64 + (f * 4).next_multiple_of(64) == bytes.len())
+        .ok_or_else(|| corrupt("truncated or of the wrong length"))?;
+    let vectors = Grow::<f32>::mapped(&vecs, 64, floats).ok_or_else(|| corrupt("misaligned"))?;
+    Ok((dim, vectors))
 }
 
 /// Where a graph file's sections lie, once its header and every section were checked.
@@ -561,6 +625,63 @@ mod tests {
             r.iter_mut().for_each(|x| *x /= norm);
         }
         v
+    }
+
+    #[test]
+    fn a_graph_built_on_a_vectors_file_is_the_heap_built_graph_and_bad_files_are_refused() {
+        let dim = 70;
+        let params = HnswParams::default();
+        // One thread: the insertion order, hence the graph, is then fixed.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.hvec");
+        let file_of = |unit: &[f32]| {
+            let mut bytes = GraphIndex::vectors_header(dim, (unit.len() / dim) as u64);
+            bytes.extend(unit.iter().flat_map(|x| x.to_le_bytes()));
+            bytes.resize(bytes.len().next_multiple_of(64), 0);
+            bytes
+        };
+        for coded in [false, true] {
+            let built = pool
+                .install(|| GraphIndex::build_with(&rows(1500, dim), dim, params, coded))
+                .unwrap();
+            let unit = built.vectors.whole();
+            std::fs::write(&path, file_of(unit)).unwrap();
+            let on_file = pool
+                .install(|| GraphIndex::build_on_file(&path, params, coded))
+                .unwrap();
+            assert_eq!(on_file.graph.to_bytes(), built.graph.to_bytes(), "{coded}");
+            assert_eq!(on_file.mapped_bytes(), unit.len() * 4, "rows in place");
+            let q = &rows(1, dim);
+            assert_eq!(
+                on_file.search(q, 10, 40).unwrap(),
+                built.search(q, 10, 40).unwrap()
+            );
+        }
+        let mut unit = rows(300, dim);
+        unit[3 * dim..4 * dim].iter_mut().for_each(|x| *x *= 1.01);
+        std::fs::write(&path, file_of(&unit)).unwrap();
+        let err = GraphIndex::build_on_file(&path, params, true)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, IndexError::InvalidInput(m) if m.contains("row 3 ")),
+            "{err}"
+        );
+        let good = file_of(&rows(300, dim));
+        for cut in [0, 20, 64, good.len() - 64] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            let err = GraphIndex::build_on_file(&path, params, false)
+                .err()
+                .expect("refused");
+            assert!(
+                matches!(err, IndexError::Corrupt { .. }),
+                "cut {cut}: {err}"
+            );
+        }
     }
 
     #[test]

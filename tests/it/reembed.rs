@@ -600,3 +600,271 @@ async fn deleting_the_collection_stops_a_reembedding_and_leaves_nothing() {
     assert!(dirs.is_empty(), "{dirs:?}");
     assert!(!service.exists(&name).await.unwrap());
 }
+
+type Srv = crate::common::Server;
+
+/// The documents (by file name) that `key` finds: one search per document, filtered to it,
+/// so that what decides is the index's allowed set alone.
+async fn readable(s: &Srv, key: &str, ids: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, id) in ids {
+        let r = s
+            .call(
+                Some(key),
+                "POST",
+                "/v1/collections/acl/search",
+                Some(serde_json::json!({"query": "option", "top_k": 3,
+                                        "filter": {"doc_id": [id]}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        if !r.json()["hits"].as_array().unwrap().is_empty() {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
+/// Each reader's readable documents are `expected`, in order.
+async fn check_readers(
+    s: &Srv,
+    readers: &[String; 3],
+    ids: &BTreeMap<String, String>,
+    expected: &[Vec<String>; 3],
+    when: &str,
+) {
+    for (key, want) in readers.iter().zip(expected) {
+        assert_eq!(&readable(s, key, ids).await, want, "{when}");
+    }
+}
+
+async fn set_access(s: &Srv, admin: &str, id: &str, access: Value) {
+    let path = format!("/v1/collections/acl/documents/{id}");
+    let r = s
+        .call(
+            Some(admin),
+            "PATCH",
+            &path,
+            Some(serde_json::json!({"access": access})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+async fn start_reembed(s: &Srv, admin: &str) {
+    let r = s
+        .call(
+            Some(admin),
+            "POST",
+            "/v1/collections/acl/reembed",
+            Some(serde_json::json!({"embedder": E5_NAME})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+}
+
+async fn acl_state(s: &Srv, admin: &str) -> Value {
+    s.call(Some(admin), "GET", "/v1/collections/acl", None)
+        .await
+        .json()
+}
+
+/// A re-embedding cut short by `kill -9` shows as interrupted after the restart, one that
+/// fails shows as failed with its reason, and the next start resumes it to the end. Who may
+/// read what is the same throughout: access lists set before the kill, changed between the
+/// runs and changed while the last run works all hold under the new model.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_reembedding_resumes_over_http_and_access_lists_survive() {
+    let node = Node::new(Backend::Local).env(
+        "HEARTH__ENGINE__EMBEDDERS",
+        &format!("{{ {E5_NAME} = \"{E5}\" }}"),
+    );
+    let docs = root().join("testdata/multilingual/docs");
+    let pages: Vec<std::path::PathBuf> = [
+        "de/crontab.5.de.txt",
+        "de/ssh-keygen.1.de.txt",
+        "es/logrotate.8.es.txt",
+        "es/netstat.8.es.txt",
+        "fr/nano.1.fr.txt",
+        "fr/xargs.1.fr.txt",
+        "it/fstab.5.it.txt",
+        "nl/grep.1.nl.txt",
+        "pl/modprobe.8.pl.txt",
+        "ru/ls.1.ru.txt",
+    ]
+    .iter()
+    .map(|p| docs.join(p))
+    .collect();
+    let refs: Vec<&std::path::Path> = pages.iter().map(|p| p.as_path()).collect();
+    node.ingest("acl", &refs);
+    let ids: BTreeMap<String, String> = node
+        .docs("acl")
+        .iter()
+        .map(|d| {
+            (
+                crate::common::file_name(d),
+                d["doc_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(ids.len(), pages.len(), "{ids:?}");
+    let admin = crate::common::create_key(&node, "admin", "admin", &[], &[]);
+    let lena = crate::common::create_key(&node, "lena", "reader", &["acl"], &["--groups", "legal"]);
+    let finn = crate::common::create_key(
+        &node,
+        "finn",
+        "reader",
+        &["acl"],
+        &["--user", "finn@example.com"],
+    );
+    let eve = crate::common::create_key(&node, "eve", "reader", &["acl"], &[]);
+    let readers = [lena, finn, eve];
+    let mut s = node.serve(&[]).await;
+    set_access(
+        &s,
+        &admin,
+        &ids["crontab.5.de.txt"],
+        serde_json::json!(["legal"]),
+    )
+    .await;
+    set_access(
+        &s,
+        &admin,
+        &ids["logrotate.8.es.txt"],
+        serde_json::json!(["user:finn@example.com"]),
+    )
+    .await;
+    set_access(
+        &s,
+        &admin,
+        &ids["nano.1.fr.txt"],
+        serde_json::json!(["legal", "user:finn@example.com"]),
+    )
+    .await;
+    let names = |v: &[&str]| v.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let everyone: Vec<String> = ids
+        .keys()
+        .filter(|n| {
+            !["crontab.5.de.txt", "logrotate.8.es.txt", "nano.1.fr.txt"].contains(&n.as_str())
+        })
+        .cloned()
+        .collect();
+    let with = |extra: &[&str]| {
+        let mut v = everyone.clone();
+        v.extend(names(extra));
+        v.sort();
+        v
+    };
+    let before = [
+        with(&["crontab.5.de.txt", "nano.1.fr.txt"]),
+        with(&["logrotate.8.es.txt", "nano.1.fr.txt"]),
+        with(&[]),
+    ];
+    check_readers(&s, &readers, &ids, &before, "before").await;
+
+    // Started, then the process is killed mid-way.
+    start_reembed(&s, &admin).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let v = acl_state(&s, &admin).await;
+        assert_eq!(v["reembed"]["state"], "running", "{v}");
+        if v["reembed"]["done"].as_u64().is_some_and(|d| d >= 2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    drop(s);
+    let written = objects(&node.store(), "chunks/acl/v1/").await.len();
+    assert!(written >= 2, "{written} chunk files of the new model");
+
+    let s = node.serve(&[]).await;
+    let v = acl_state(&s, &admin).await;
+    assert_eq!(v["embedder"], MINILM, "{v}");
+    assert_eq!(v["reembed"]["state"], "interrupted", "{v}");
+    assert_eq!(v["reembed"]["embedder"], E5_NAME, "{v}");
+    check_readers(&s, &readers, &ids, &before, "after the kill").await;
+
+    // A run that cannot open its new index (a file stands where its directory goes) fails
+    // and says why; the collection serves on, unchanged.
+    let new_dir = node.dir.path().join("data/index/acl.v1");
+    assert!(new_dir.is_dir(), "the interrupted run's index is kept");
+    std::fs::remove_dir_all(&new_dir).unwrap();
+    std::fs::write(&new_dir, b"in the way").unwrap();
+    start_reembed(&s, &admin).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let failed = loop {
+        let v = acl_state(&s, &admin).await;
+        if v["reembed"]["state"] == "failed" {
+            break v;
+        }
+        assert_eq!(v["reembed"]["state"], "running", "{v}");
+        assert!(std::time::Instant::now() < deadline, "did not fail: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed["embedder"], MINILM, "{failed}");
+    assert!(
+        failed["reembed"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    check_readers(&s, &readers, &ids, &before, "after the failure").await;
+    std::fs::remove_file(&new_dir).unwrap();
+
+    // Access changes between the runs, then once more while the last run works.
+    set_access(
+        &s,
+        &admin,
+        &ids["ls.1.ru.txt"],
+        serde_json::json!(["legal"]),
+    )
+    .await;
+    start_reembed(&s, &admin).await;
+    set_access(
+        &s,
+        &admin,
+        &ids["nano.1.fr.txt"],
+        serde_json::json!(["user:finn@example.com"]),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let v = acl_state(&s, &admin).await;
+        if v["embedder"] == E5_NAME {
+            assert!(v.get("reembed").is_none(), "{v}");
+            break;
+        }
+        assert_eq!(v["reembed"]["state"], "running", "{v}");
+        assert!(std::time::Instant::now() < deadline, "not finished: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut everyone = everyone.clone();
+    everyone.retain(|n| n != "ls.1.ru.txt");
+    let with = |extra: &[&str]| {
+        let mut v = everyone.clone();
+        v.extend(names(extra));
+        v.sort();
+        v
+    };
+    let after = [
+        with(&["crontab.5.de.txt", "ls.1.ru.txt"]),
+        with(&["logrotate.8.es.txt", "nano.1.fr.txt"]),
+        with(&[]),
+    ];
+    check_readers(&s, &readers, &ids, &after, "after the switch").await;
+    // And after a restart, from the new model's files and index.
+    drop(s);
+    let s = node.serve(&[]).await;
+    assert_eq!(acl_state(&s, &admin).await["embedder"], E5_NAME);
+    check_readers(&s, &readers, &ids, &after, "after a restart").await;
+    assert!(
+        objects(&node.store(), "chunks/acl/")
+            .await
+            .keys()
+            .all(|k| k.starts_with("chunks/acl/v1/")),
+        "the old model's chunk files are gone"
+    );
+}

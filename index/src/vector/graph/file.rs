@@ -296,7 +296,7 @@ impl GraphIndex {
                 .iter()
                 .map(|&x| f64::from(x) * f64::from(x))
                 .sum::<f64>();
-            !((norm2 - 1.0).abs() <= 2e-3)
+            !norm2.is_finite() || (norm2 - 1.0).abs() > 2e-3
         });
         if let Some(i) = bad {
             return Err(IndexError::InvalidInput(format!(

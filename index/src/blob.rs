@@ -3,7 +3,10 @@
 //! Two backends: a local directory (the default) and any S3-compatible store. Both give the same
 //! guarantees hearth relies on: a `put` replaces the whole object atomically (readers see the old
 //! or the new bytes, never a mix), and an acknowledged `put` survives a crash of this process.
-//! (The local backend writes to a staging file and renames it into place.)
+//! (The local backend writes to a staging file and renames it into place.) With
+//! `storage.fsync` (the default) the local backend also syncs the file and the directories
+//! naming it before a put or a delete returns, so acknowledged writes and deletes survive a
+//! power cut as well, as an S3 store's do.
 //!
 //! With `[storage.encryption]` configured, every object but the keyring is sealed on `put` and
 //! opened on `get` (see `crypto`); callers never see ciphertext.
@@ -29,6 +32,8 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     describe: Arc<str>,
     sealer: Option<Arc<Sealer>>,
+    /// The local backend's directory when deletes are synced (`storage.fsync`).
+    synced_root: Option<Arc<std::path::Path>>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -53,7 +58,9 @@ impl BlobStore {
     fn open_plain(config: &StorageConfig) -> Result<Self> {
         config.validate()?;
         match config.backend {
-            StorageBackend::Local => Self::local(&config.data_dir.join("store")),
+            StorageBackend::Local => {
+                Self::local_synced(&config.data_dir.join("store"), config.fsync)
+            }
             StorageBackend::S3 => Self::s3(&config.s3),
         }
     }
@@ -121,19 +128,28 @@ impl BlobStore {
         store.put(KEYRING_KEY, rotated).await
     }
 
-    /// A store rooted at a local directory (created if missing).
+    /// A store rooted at a local directory (created if missing), synced as with
+    /// `storage.fsync` on.
     pub fn local(dir: &std::path::Path) -> Result<Self> {
+        Self::local_synced(dir, true)
+    }
+
+    /// A store rooted at a local directory (created if missing); with `fsync`, writes and
+    /// deletes reach the disk before they return (see the module documentation).
+    pub fn local_synced(dir: &std::path::Path, fsync: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| IndexError::Store {
             key: dir.display().to_string(),
             source: Box::new(e),
         })?;
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| store_error(&dir.display().to_string(), e))?
-            .with_automatic_cleanup(true);
+            .with_automatic_cleanup(true)
+            .with_fsync(fsync);
         Ok(Self {
             inner: Arc::new(fs),
             describe: format!("local:{}", dir.display()).into(),
             sealer: None,
+            synced_root: fsync.then(|| Arc::from(dir)),
         })
     }
 
@@ -176,6 +192,7 @@ impl BlobStore {
             inner,
             describe: describe.into(),
             sealer: None,
+            synced_root: None,
         })
     }
 
@@ -268,10 +285,37 @@ impl BlobStore {
 
     /// Deletes the object at `key`. Deleting a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        match self.inner.delete(&path(key)?).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_error(key, e)),
+        let p = path(key)?;
+        match self.inner.delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(key, e)),
         }
+        if let Some(root) = &self.synced_root {
+            // The crate syncs puts, not deletes: an erased document must not come back after
+            // a power cut. The directory that held the entry is synced; where the automatic
+            // cleanup removed it (it was left empty), the nearest one still there, whose entry
+            // for it went.
+            let mut dir = p
+                .parts()
+                .fold(root.to_path_buf(), |d, part| d.join(part.as_ref()));
+            let root = root.clone();
+            let synced = tokio::task::spawn_blocking(move || {
+                while dir.pop() && dir.starts_with(&root) {
+                    match std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        other => return other,
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            synced.map_err(|e| IndexError::Store {
+                key: key.to_owned(),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
     }
 
     /// Every key under `prefix` (a folder-like prefix ending in `/`), sorted.

@@ -24,6 +24,11 @@ pub struct StorageConfig {
     pub s3: S3Config,
     /// Encryption at rest of everything in the object store.
     pub encryption: EncryptionConfig,
+    /// With the local backend: each object and the directory entries naming it reach the disk
+    /// (fsync) before a write or delete is acknowledged, so a power cut loses nothing hearth
+    /// said it had stored or forgets nothing it said it had deleted. Off, the OS writes them
+    /// back in its own time (a crash of hearth alone still loses nothing). Default: on.
+    pub fsync: bool,
 }
 
 impl Default for StorageConfig {
@@ -33,6 +38,7 @@ impl Default for StorageConfig {
             backend: StorageBackend::Local,
             s3: S3Config::default(),
             encryption: EncryptionConfig::default(),
+            fsync: true,
         }
     }
 }

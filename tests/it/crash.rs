@@ -139,3 +139,169 @@ async fn kill_9_while_ingesting_loses_and_duplicates_nothing() {
         "a chunk is indexed twice"
     );
 }
+
+/// One strace line's system call: `Some((name, args))` for a completed call that succeeded.
+fn syscall(line: &str) -> Option<(&str, &str)> {
+    // "PID name(args) = 0" (with -f); resumed or failed calls are skipped.
+    let line = line.split_once(' ').map_or(line, |(pid, rest)| {
+        if pid.chars().all(|c| c.is_ascii_digit()) {
+            rest.trim_start()
+        } else {
+            line
+        }
+    });
+    let (name, rest) = line.split_once('(')?;
+    let (args, result) = rest.rsplit_once(") = ")?;
+    (result.trim() == "0").then_some((name, args))
+}
+
+/// The quoted paths among a call's arguments, else the `<path>` of its descriptor (`-y`).
+fn paths_in(args: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, part) in args.split('"').enumerate() {
+        if i % 2 == 1 {
+            out.push(part.to_owned());
+        }
+    }
+    if out.is_empty()
+        && let Some(fd) = args.split_once('<').and_then(|(_, p)| p.split_once('>'))
+    {
+        out.push(fd.0.to_owned());
+    }
+    out
+}
+
+/// Runs `hearth ARGS` under strace, returning the log's successful file syncs, renames, links
+/// and unlinks in order, as (call, paths).
+fn traced(node: &Node, args: &[&str]) -> Vec<(String, Vec<String>)> {
+    let log = node.dir.path().join("strace.log");
+    let cmd = node.command();
+    let mut strace = std::process::Command::new("strace");
+    strace
+        .args(["-f", "-qq", "-y", "--seccomp-bpf", "-o"])
+        .arg(&log)
+        .args([
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat",
+        ])
+        .arg(cmd.get_program())
+        .args(args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => strace.env(k, v),
+            None => strace.env_remove(k),
+        };
+    }
+    strace.current_dir(node.dir.path());
+    let out = strace.output().unwrap();
+    crate::common::assert_ok(&out);
+    std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(syscall)
+        .map(|(name, args)| (name.to_owned(), paths_in(args)))
+        .collect()
+}
+
+/// With `storage.fsync` (the default), every object an ingest puts in the local store has its
+/// bytes synced before it is renamed or linked into place, and the directory naming it synced
+/// after; a delete syncs the directory that named what it removed (a power cut then neither
+/// loses an acknowledged document nor brings back a deleted one). With `fsync = false`, no
+/// store path is synced. Watched on the real process with strace.
+#[test]
+fn the_local_store_syncs_what_it_acknowledges_and_deletes() {
+    for fsync in [true, false] {
+        let node = Node::new(Backend::Local).env(
+            "HEARTH__STORAGE__FSYNC",
+            if fsync { "true" } else { "false" },
+        );
+        let note = node.dir.path().join("note.txt");
+        std::fs::write(
+            &note,
+            "The night shift rotates the backup tapes every Tuesday at 02:00.\n",
+        )
+        .unwrap();
+        let store = node.dir.path().join("data/store");
+        let calls = traced(
+            &node,
+            &["ingest", "-c", "d", note.to_str().unwrap(), "--json"],
+        );
+        let mut files = Vec::new();
+        let mut todo = vec![store.clone()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    files.push(p.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let objects = files.iter().filter(|f| !f.contains("/audit/")).count();
+        assert!(objects >= 3, "{files:?}");
+        let under_store = |p: &String| p.starts_with(store.to_str().unwrap());
+        let synced: Vec<(usize, &String)> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| name == "fsync" || name == "fdatasync")
+            .filter_map(|(i, (_, p))| p.last().filter(|p| under_store(p)).map(|p| (i, p)))
+            .collect();
+        if !fsync {
+            assert!(synced.is_empty(), "{synced:?}");
+            continue;
+        }
+        for f in &files {
+            // Put in place by a rename or link from a staging file ("KEY#N") ...
+            let (placed, (_, from)) = calls
+                .iter()
+                .enumerate()
+                .rfind(|(_, (name, p))| {
+                    (name.starts_with("rename") || name.starts_with("link")) && p.last() == Some(f)
+                })
+                .unwrap_or_else(|| panic!("{f} was not renamed or linked into place"));
+            let staging = &from[0];
+            // ... whose bytes were synced before, and whose directory was synced after.
+            assert!(
+                synced.iter().any(|(i, p)| *i < placed && *p == staging),
+                "{f}: staging file {staging} not synced before it was placed"
+            );
+            let dir = std::path::Path::new(f)
+                .parent()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                synced.iter().any(|(i, p)| *i > placed && **p == dir),
+                "{f}: its directory was not synced after it was placed"
+            );
+        }
+
+        // A delete: the directories that named the removed objects are synced after.
+        let id = node.docs("d")[0]["doc_id"].as_str().unwrap().to_owned();
+        let calls = traced(&node, &["delete", "-c", "d", &id]);
+        let removed: Vec<(usize, &String)> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| name.starts_with("unlink"))
+            .filter_map(|(i, (_, p))| {
+                p.last()
+                    .filter(|p| under_store(p) && p.contains(&id))
+                    .map(|x| (i, x))
+            })
+            .collect();
+        assert!(!removed.is_empty(), "{calls:?}");
+        for (at, f) in removed {
+            let synced_after = calls.iter().skip(at + 1).any(|(name, p)| {
+                name == "fsync"
+                    && p.last().is_some_and(|d| {
+                        under_store(d) && std::path::Path::new(f).starts_with(d) && d != f
+                    })
+            });
+            assert!(
+                synced_after,
+                "{f}: no directory above it synced after the delete"
+            );
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Object-store throughput with and without encryption at rest, in the same run: puts and gets
 //! of document-sized objects (64 KiB and 1 MiB) through `BlobStore` on the local backend, plain
-//! vs AES-256-GCM sealed. Reports MB/s and the encrypted/plain ratio. Writes
+//! vs AES-256-GCM sealed, both synced to disk before each put returns (`storage.fsync`, the
+//! default); and plain without the syncs. Reports MB/s and the ratios. Writes
 //! `bench-storage.json` in the cargo target directory.
 //!
 //!     cargo bench --bench storage
@@ -29,33 +30,34 @@ fn main() {
     for size in [64 << 10, 1 << 20] {
         let n = (total_mb << 20) / size;
         // Alternate the order so neither configuration always runs on a warm page cache.
-        let mut rates = [[0f64; 2]; 2]; // [plain, encrypted][put, get]
+        // Configurations: (encrypted, fsync).
+        let configs = [(false, true), (true, true), (false, false)];
+        let mut rates = [[0f64; 2]; 3]; // per configuration: [put, get]
         for round in 0..2 {
-            for enc in if round == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            } {
-                let (put, get) = rt.block_on(run(size, n, enc));
-                let r = &mut rates[usize::from(enc)];
-                r[0] = r[0].max(put);
-                r[1] = r[1].max(get);
+            for c in 0..configs.len() {
+                let c = if round == 0 { c } else { configs.len() - 1 - c };
+                let (enc, fsync) = configs[c];
+                let (put, get) = rt.block_on(run(size, n, enc, fsync));
+                rates[c][0] = rates[c][0].max(put);
+                rates[c][1] = rates[c][1].max(get);
             }
         }
         println!(
-            "{:>5} KiB objects x {n}: put plain {:>7.0} MB/s, encrypted {:>7.0} MB/s ({:.2}x); get plain {:>7.0} MB/s, encrypted {:>7.0} MB/s ({:.2}x)",
+            "{:>5} KiB objects x {n}: put plain {:>7.0} MB/s, encrypted {:>7.0} MB/s ({:.2}x), unsynced {:>7.0} MB/s (synced/unsynced {:.2}x); get plain {:>7.0} MB/s, encrypted {:>7.0} MB/s ({:.2}x)",
             size >> 10,
             rates[0][0],
             rates[1][0],
             rates[1][0] / rates[0][0],
+            rates[2][0],
+            rates[0][0] / rates[2][0],
             rates[0][1],
             rates[1][1],
             rates[1][1] / rates[0][1],
         );
         results.push(serde_json::json!({
             "object_kib": size >> 10, "objects": n,
-            "put_mb_s": {"plain": rates[0][0], "encrypted": rates[1][0]},
-            "get_mb_s": {"plain": rates[0][1], "encrypted": rates[1][1]},
+            "put_mb_s": {"plain": rates[0][0], "encrypted": rates[1][0], "plain_unsynced": rates[2][0]},
+            "get_mb_s": {"plain": rates[0][1], "encrypted": rates[1][1], "plain_unsynced": rates[2][1]},
         }));
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -69,7 +71,7 @@ fn main() {
 
 /// Puts then gets `n` objects of `size` bytes; (put MB/s, get MB/s). Best of the two rounds is
 /// kept by the caller.
-async fn run(size: usize, n: usize, encrypted: bool) -> (f64, f64) {
+async fn run(size: usize, n: usize, encrypted: bool, fsync: bool) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kek = dir.path().join("kek");
     std::fs::write(&kek, "5a".repeat(32)).expect("kek");
@@ -79,6 +81,7 @@ async fn run(size: usize, n: usize, encrypted: bool) -> (f64, f64) {
             kek_file: encrypted.then_some(kek),
             kek_env: None,
         },
+        fsync,
         ..StorageConfig::default()
     };
     let store = BlobStore::open(&cfg).await.expect("open the store");

@@ -287,7 +287,8 @@ fn run_10m(n: usize) -> Value {
     let mixture = common::Mixture::new(DIM, CLUSTERS, NOISE, SEED);
     let queries = mixture.sample(QUERIES, SEED.wrapping_add(2));
     let reused = dir.join("complete").exists()
-        && common::read_u32(&truth_path).is_ok_and(|t| t.len() == QUERIES * K);
+        && common::read_u32(&truth_path).is_ok_and(|t| t.len() == QUERIES * K)
+        && std::fs::metadata(&rows).is_ok_and(|m| m.len() as usize >= 64 + n * DIM * 4);
     let generate_s = if reused {
         println!("data: reused {}", dir.display());
         0.0

@@ -331,7 +331,9 @@ impl Pipeline {
         Ok(())
     }
 
-    fn embedder_index(&self, name: &str) -> Result<usize> {
+    /// The position of the embedding model `name` among the pipeline's, or invalid input
+    /// naming the models there are.
+    pub fn embedder_index(&self, name: &str) -> Result<usize> {
         self.embedders
             .iter()
             .position(|e| e.name == name)

@@ -278,4 +278,18 @@ async fn a_collection_chooses_its_model_and_the_embeddings_endpoint_takes_either
         )
         .await;
     assert_eq!(r.status, 404);
+    // Without a key: refused before the model is looked up, naming no model.
+    for model in ["multilingual-e5-small", "labse"] {
+        let r = s
+            .call(
+                None,
+                "POST",
+                "/v1/embeddings",
+                Some(serde_json::json!({"model": model, "input": "x"})),
+            )
+            .await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 401, "{body}");
+        assert!(!body.contains("e5") && !body.contains("MiniLM"), "{body}");
+    }
 }

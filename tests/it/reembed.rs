@@ -669,6 +669,29 @@ async fn acl_state(s: &Srv, admin: &str) -> Value {
         .json()
 }
 
+/// Polls the collection as an admin until `done` holds of it (within `secs`), asserting
+/// meanwhile that a re-embedding is running.
+async fn acl_state_when(s: &Srv, admin: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v = acl_state(s, admin).await;
+        if done(&v) {
+            return v;
+        }
+        assert_eq!(v["reembed"]["state"], "running", "{v}");
+        assert!(std::time::Instant::now() < deadline, "timed out: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `everyone` and `extra`, sorted: what a reader finds.
+fn sorted_with(everyone: &[String], extra: &[&str]) -> Vec<String> {
+    let mut v = everyone.to_vec();
+    v.extend(extra.iter().map(|n| (*n).to_owned()));
+    v.sort();
+    v
+}
+
 /// A re-embedding cut short by `kill -9` shows as interrupted after the restart, one that
 /// fails shows as failed with its reason, and the next start resumes it to the end. Who may
 /// read what is the same throughout: access lists set before the kill, changed between the
@@ -741,7 +764,6 @@ async fn an_interrupted_reembedding_resumes_over_http_and_access_lists_survive()
         serde_json::json!(["legal", "user:finn@example.com"]),
     )
     .await;
-    let names = |v: &[&str]| v.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
     let everyone: Vec<String> = ids
         .keys()
         .filter(|n| {
@@ -749,31 +771,19 @@ async fn an_interrupted_reembedding_resumes_over_http_and_access_lists_survive()
         })
         .cloned()
         .collect();
-    let with = |extra: &[&str]| {
-        let mut v = everyone.clone();
-        v.extend(names(extra));
-        v.sort();
-        v
-    };
     let before = [
-        with(&["crontab.5.de.txt", "nano.1.fr.txt"]),
-        with(&["logrotate.8.es.txt", "nano.1.fr.txt"]),
-        with(&[]),
+        sorted_with(&everyone, &["crontab.5.de.txt", "nano.1.fr.txt"]),
+        sorted_with(&everyone, &["logrotate.8.es.txt", "nano.1.fr.txt"]),
+        sorted_with(&everyone, &[]),
     ];
     check_readers(&s, &readers, &ids, &before, "before").await;
 
     // Started, then the process is killed mid-way.
     start_reembed(&s, &admin).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let v = acl_state(&s, &admin).await;
-        assert_eq!(v["reembed"]["state"], "running", "{v}");
-        if v["reembed"]["done"].as_u64().is_some_and(|d| d >= 2) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no progress: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    acl_state_when(&s, &admin, 120, |v| {
+        v["reembed"]["done"].as_u64().is_some_and(|d| d >= 2)
+    })
+    .await;
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
     drop(s);
@@ -794,16 +804,7 @@ async fn an_interrupted_reembedding_resumes_over_http_and_access_lists_survive()
     std::fs::remove_dir_all(&new_dir).unwrap();
     std::fs::write(&new_dir, b"in the way").unwrap();
     start_reembed(&s, &admin).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let failed = loop {
-        let v = acl_state(&s, &admin).await;
-        if v["reembed"]["state"] == "failed" {
-            break v;
-        }
-        assert_eq!(v["reembed"]["state"], "running", "{v}");
-        assert!(std::time::Instant::now() < deadline, "did not fail: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let failed = acl_state_when(&s, &admin, 60, |v| v["reembed"]["state"] == "failed").await;
     assert_eq!(failed["embedder"], MINILM, "{failed}");
     assert!(
         failed["reembed"]["error"]
@@ -830,29 +831,14 @@ async fn an_interrupted_reembedding_resumes_over_http_and_access_lists_survive()
         serde_json::json!(["user:finn@example.com"]),
     )
     .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    loop {
-        let v = acl_state(&s, &admin).await;
-        if v["embedder"] == E5_NAME {
-            assert!(v.get("reembed").is_none(), "{v}");
-            break;
-        }
-        assert_eq!(v["reembed"]["state"], "running", "{v}");
-        assert!(std::time::Instant::now() < deadline, "not finished: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let v = acl_state_when(&s, &admin, 180, |v| v["embedder"] == E5_NAME).await;
+    assert!(v.get("reembed").is_none(), "{v}");
     let mut everyone = everyone.clone();
     everyone.retain(|n| n != "ls.1.ru.txt");
-    let with = |extra: &[&str]| {
-        let mut v = everyone.clone();
-        v.extend(names(extra));
-        v.sort();
-        v
-    };
     let after = [
-        with(&["crontab.5.de.txt", "ls.1.ru.txt"]),
-        with(&["logrotate.8.es.txt", "nano.1.fr.txt"]),
-        with(&[]),
+        sorted_with(&everyone, &["crontab.5.de.txt", "ls.1.ru.txt"]),
+        sorted_with(&everyone, &["logrotate.8.es.txt", "nano.1.fr.txt"]),
+        sorted_with(&everyone, &[]),
     ];
     check_readers(&s, &readers, &ids, &after, "after the switch").await;
     // And after a restart, from the new model's files and index.

@@ -295,21 +295,10 @@ impl Service {
         &self.embedders[col.model().embedder].name
     }
 
-    /// The embedding model of this name, or invalid input naming the node's models.
+    /// The embedding model of this name, or invalid input naming the node's models (the
+    /// pipeline's lookup: its models are this node's, in the same order).
     pub(crate) fn embedder_named(&self, name: &str) -> Result<&NamedEmbedder> {
-        self.embedders
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| {
-                ServiceError::InvalidInput(format!(
-                    "no embedding model named {name:?} on this node (it has: {})",
-                    self.embedders
-                        .iter()
-                        .map(|e| e.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })
+        Ok(&self.embedders[self.pipeline.embedder_index(name)?])
     }
 
     /// The embedding model a collection was made with.

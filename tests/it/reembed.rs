@@ -243,7 +243,9 @@ async fn a_collection_moves_to_another_model_while_it_serves() {
     let seen = searcher.await.unwrap();
     assert_eq!(service.embedder_name(&col), E5_NAME);
     assert_eq!(report.previous, MINILM);
-    assert!(report.resumed_documents >= 4, "{report:?}");
+    // At least four documents were written before the interruption; one of them may be the
+    // document deleted meanwhile, which is then not resumed.
+    assert!(report.resumed_documents >= 3, "{report:?}");
     assert_eq!(report.documents, pages.len(), "{report:?}");
 
     // Every search succeeded and scored its hits with one model's vectors.
@@ -680,7 +682,8 @@ async fn acl_state_when(s: &Srv, admin: &str, secs: u64, done: impl Fn(&Value) -
         }
         assert_eq!(v["reembed"]["state"], "running", "{v}");
         assert!(std::time::Instant::now() < deadline, "timed out: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Within the admin key's 600 requests a minute.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     }
 }
 

@@ -273,9 +273,7 @@ impl Service {
         self.registry.put(rec).await?;
         Ok(Some(chunks))
     }
-}
 
-impl Service {
     /// Embeds chunks' text as passages with `model` (bulk priority, in requests of
     /// `EMBED_REQUEST_TEXTS`) and writes them, vectors included, to the chunk file `key`.
     pub(super) async fn embed_and_store(

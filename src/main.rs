@@ -57,6 +57,9 @@ enum Command {
     Tenants(commands::tenants::TenantsCommand),
     /// Report jurisdiction, storage, egress, model digests, encryption and build.
     Residency(commands::residency::ResidencyArgs),
+    /// Check the object store: its conditional writes, as several writers need them.
+    #[command(subcommand)]
+    Store(commands::store::StoreCommand),
     /// Run the HTTP API (REST, OpenAI-compatible endpoints) with background ingestion.
     Serve(commands::serve::ServeArgs),
     /// Delete documents: their bytes, chunks and vectors, from the store and the index.
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             Command::Keys(cmd) => commands::keys::run(cfg, cmd).await,
             Command::Tenants(cmd) => commands::tenants::run(cfg, cmd).await,
             Command::Residency(args) => commands::residency::run(cfg, args).await,
+            Command::Store(cmd) => commands::store::run(cfg, cmd).await,
             Command::Serve(args) => commands::serve::run(cfg, args).await,
             Command::Delete(args) => commands::manage::delete(cfg, args).await,
             Command::Compact(args) => commands::manage::compact(cfg, args).await,
@@ -150,6 +154,7 @@ fn audited(cmd: &Command) -> Option<(&'static str, &'static str, Option<String>)
             ("read", "tenants list", None)
         }
         Command::Tenants(_) => ("admin", "tenants", None),
+        Command::Store(_) => ("admin", "store check", None),
         // Recorded by the server asked, by itself (rotate-kek), or reading no documents.
         Command::Ask(_)
         | Command::Keys(KeysCommand::RotateKek { .. })

@@ -46,7 +46,7 @@ pub use store::Store;
 pub use hearth_engine::{ChatMessage, SamplingParams};
 pub use hearth_index::{
     Access, CollectionName, Condition, DocId, Filter, MAX_TOP_K, MetaValue, Metadata, Reader,
-    Redaction, RedactionPattern, SearchMode,
+    Redaction, RedactionPattern, SearchMode, WriteCheck, WriteChecks, WriteOutcome,
 };
 pub use hearth_ingest::{
     DocKind, DocRecord, DocState, ExtractorCommand, MailboxSubmitted, REDACTION_KINDS, Submission,

@@ -2,7 +2,9 @@
 //! audit log, the residency report, key rotation), without loading any model. The
 //! [`crate::Service`] is built on one.
 
-use hearth_index::{BlobStore, CIPHER, CollectionName, EncryptionConfig, StorageConfig};
+use hearth_index::{
+    BlobStore, CIPHER, CollectionName, EncryptionConfig, StorageConfig, WriteChecks,
+};
 use hearth_ingest::{DocRecord, DocState, Registry};
 use sha2::{Digest, Sha256};
 
@@ -53,6 +55,26 @@ impl Store {
     /// Where the store is, for logs (`local DIR` or `s3 ENDPOINT/BUCKET`).
     pub fn describe(&self) -> &str {
         self.blob.describe()
+    }
+
+    /// Checks that the store keeps its promises on conditional writes, with a few throwaway
+    /// objects (`hearth store check`; see [`WriteChecks`]).
+    pub async fn check_conditional_writes(&self) -> Result<WriteChecks> {
+        Ok(self.blob.check_conditional_writes().await?)
+    }
+
+    /// [`Store::check_conditional_writes`], refusing a store whose creates are not exclusive
+    /// (the audit log's entries rely on them whenever two processes write the store: a node
+    /// and a command-line run already are two) with a message naming the failed check.
+    pub async fn require_exclusive_creates(&self) -> Result<WriteChecks> {
+        let report = self.check_conditional_writes().await?;
+        if let Some(c) = report.create_failure() {
+            return Err(ServiceError::Unavailable(format!(
+                "the object store {} failed the check {}: {}; hearth does not run on a store that loses concurrent writes (see `hearth store check`)",
+                report.store, c.name, c.detail
+            )));
+        }
+        Ok(report)
     }
 
     /// The API keys kept in this store.

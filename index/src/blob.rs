@@ -26,6 +26,9 @@ use crate::crypto::{KEYRING_KEY, Kek, Sealer};
 use crate::egress::{AllowlistConnector, Origin};
 use crate::error::{IndexError, Result};
 
+mod probe;
+pub use probe::{Outcome, WriteCheck, WriteChecks};
+
 /// A handle on the object store. Cheap to clone; safe to share across tasks.
 #[derive(Clone)]
 pub struct BlobStore {

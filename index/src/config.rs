@@ -29,6 +29,11 @@ pub struct StorageConfig {
     /// said it had stored or forgets nothing it said it had deleted. Off, the OS writes them
     /// back in its own time (a crash of hearth alone still loses nothing). Default: on.
     pub fsync: bool,
+    /// At `hearth serve` start-up, check with a few throwaway objects that the store keeps its
+    /// promises on conditional writes (what `hearth store check` reports); a store that lets
+    /// two creates of one key both succeed is refused, since the audit log of every process
+    /// writing the store relies on them. Default: on.
+    pub check_writes: bool,
 }
 
 impl Default for StorageConfig {
@@ -39,6 +44,7 @@ impl Default for StorageConfig {
             s3: S3Config::default(),
             encryption: EncryptionConfig::default(),
             fsync: true,
+            check_writes: true,
         }
     }
 }

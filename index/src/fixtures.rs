@@ -162,6 +162,90 @@ impl Drop for SeaweedFs {
     }
 }
 
+/// A loopback HTTP proxy in front of an S3 endpoint that drops the `If-None-Match` and
+/// `If-Match` headers of every request: a store that ignores conditional writes, as some have,
+/// for testing that hearth notices. One request per connection (it asks the upstream to close);
+/// its threads end with the test process.
+pub struct ConditionIgnoringProxy {
+    /// The proxy's endpoint, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl ConditionIgnoringProxy {
+    /// Starts a proxy on a free loopback port in front of `upstream` (`http://IP:PORT`).
+    pub fn start(upstream: &str) -> Result<Self, String> {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let endpoint = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    let _ = forward_without_conditions(client, &upstream);
+                });
+            }
+        });
+        Ok(Self { endpoint })
+    }
+
+    /// An S3 configuration for `bucket` through this proxy.
+    pub fn bucket(&self, bucket: &str) -> S3Config {
+        S3Config {
+            endpoint: self.endpoint.clone(),
+            bucket: bucket.to_owned(),
+            region: "us-east-1".into(),
+            ..S3Config::default()
+        }
+    }
+}
+
+fn forward_without_conditions(client: TcpStream, upstream: &str) -> std::io::Result<()> {
+    use std::io::BufRead;
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = std::io::BufReader::new(client.try_clone()?);
+    let mut head = String::new();
+    let mut body_len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "if-none-match" | "if-match" | "connection" => continue,
+            "content-length" => {
+                body_len = line
+                    .split_once(':')
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+            }
+            _ => {}
+        }
+        head.push_str(&line);
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let mut body = vec![0u8; body_len];
+    reader.read_exact(&mut body)?;
+    let mut up = TcpStream::connect(upstream)?;
+    up.set_read_timeout(Some(Duration::from_secs(30)))?;
+    up.write_all(head.as_bytes())?;
+    up.write_all(&body)?;
+    let mut client = client;
+    std::io::copy(&mut up, &mut client)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
 fn find_weed() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("HEARTH_WEED") {
         return Ok(PathBuf::from(p));

@@ -10,6 +10,7 @@ pub mod manage;
 pub mod residency;
 pub mod search;
 pub mod serve;
+pub mod store;
 pub mod tenants;
 
 use std::time::Duration;

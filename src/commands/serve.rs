@@ -43,6 +43,18 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
     let addr = listener.local_addr()?;
     let service = Arc::new(super::service_with_generator(&cfg).await?);
     let store = service.storage();
+    if cfg.storage.check_writes {
+        let report = store.require_exclusive_creates().await?;
+        match report.update_failure() {
+            Some(u) => tracing::info!(
+                store = %report.store,
+                check = u.name,
+                detail = %u.detail,
+                "the store's creates are exclusive; it cannot hold replicas' leases"
+            ),
+            None => tracing::info!(store = %report.store, "the store's conditional writes hold"),
+        }
+    }
     let residency = Arc::new(super::residency::residency(&cfg, &store, true)?);
     let oidc = match &cfg.server.oidc {
         Some(o) => {

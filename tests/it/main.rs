@@ -28,4 +28,5 @@ mod scans;
 mod search;
 mod serve;
 mod soak;
+mod store;
 mod tenants;

@@ -221,12 +221,73 @@ impl BlobStore {
     /// backend's exclusive create, S3's `If-None-Match: *`): `Ok(false)`, and nothing written,
     /// when one is. Two writers racing for one key: exactly one gets `true`.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        Ok(self
+            .put_conditional(key, bytes, PutMode::Create)
+            .await?
+            .is_some())
+    }
+
+    /// Reads the object at `key` with its version tag (the store's ETag), or `None`.
+    pub async fn get_tagged(&self, key: &str) -> Result<Option<(Bytes, String)>> {
+        match self.inner.get(&path(key)?).await {
+            Ok(r) => {
+                let tag = r
+                    .meta
+                    .e_tag
+                    .clone()
+                    .ok_or_else(|| no_tag(&self.describe, key))?;
+                let bytes = r.bytes().await.map_err(|e| store_error(key, e))?;
+                let bytes = match &self.sealer {
+                    Some(s) => s.open_object(key, bytes)?,
+                    None => bytes,
+                };
+                Ok(Some((bytes, tag)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(key, e)),
+        }
+    }
+
+    /// [`BlobStore::put_new`] that gives the new object's version tag: `Ok(None)`, and nothing
+    /// written, when an object is there already.
+    pub async fn put_new_tagged(&self, key: &str, bytes: Bytes) -> Result<Option<String>> {
+        let put = self.put_conditional(key, bytes, PutMode::Create).await?;
+        put.map(|r| r.e_tag.ok_or_else(|| no_tag(&self.describe, key)))
+            .transpose()
+    }
+
+    /// Replaces the object at `key` only if its version tag is still `tag` (S3's `If-Match`):
+    /// `Ok(Some(new tag))`, or `Ok(None)` and nothing written when it changed or went. Two
+    /// writers naming one tag: at most one succeeds. The local backend has no such write:
+    /// [`IndexError::InvalidInput`].
+    pub async fn put_if_tag(&self, key: &str, bytes: Bytes, tag: &str) -> Result<Option<String>> {
+        let mode = PutMode::Update(object_store::UpdateVersion {
+            e_tag: Some(tag.to_owned()),
+            version: None,
+        });
+        let put = self.put_conditional(key, bytes, mode).await?;
+        put.map(|r| r.e_tag.ok_or_else(|| no_tag(&self.describe, key)))
+            .transpose()
+    }
+
+    /// A conditional put: `Ok(None)`, and nothing written, when the condition did not hold.
+    async fn put_conditional(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<Option<object_store::PutResult>> {
         let bytes = match &self.sealer {
             Some(s) => s.seal(key, &bytes)?,
             None => bytes,
         };
+        let what = if matches!(mode, PutMode::Create) {
+            "create (If-None-Match)"
+        } else {
+            "update (If-Match)"
+        };
         let opts = PutOptions {
-            mode: PutMode::Create,
+            mode,
             ..PutOptions::default()
         };
         match self
@@ -234,11 +295,17 @@ impl BlobStore {
             .put_opts(&path(key)?, PutPayload::from_bytes(bytes), opts)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(r) => Ok(Some(r)),
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
-            ) => Ok(false),
+            ) => Ok(None),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                Err(IndexError::InvalidInput(format!(
+                    "the store {} has no conditional {what}: several writers need a shared store that has one, such as S3",
+                    self.describe
+                )))
+            }
             Err(e) => Err(store_error(key, e)),
         }
     }
@@ -338,6 +405,13 @@ impl BlobStore {
 
 fn path(key: &str) -> Result<Path> {
     Path::parse(key).map_err(|e| IndexError::InvalidInput(format!("invalid key {key:?}: {e}")))
+}
+
+fn no_tag(store: &str, key: &str) -> IndexError {
+    IndexError::Store {
+        key: key.to_owned(),
+        source: format!("the store {store} gave no ETag: conditional writes need one").into(),
+    }
 }
 
 fn store_error(key: &str, e: object_store::Error) -> IndexError {

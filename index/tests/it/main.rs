@@ -1,5 +1,6 @@
 //! Integration tests of hearth-index: the storage layer on both backends, and retrieval.
 
+mod coord;
 mod graph;
 mod retrieval;
 mod storage;

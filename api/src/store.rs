@@ -20,11 +20,15 @@ pub struct Store {
     pub(crate) blob: BlobStore,
     /// This node's data directory, when known (for the audit log's node folder).
     pub(crate) data_dir: Option<std::path::PathBuf>,
+    /// The document records, with the collections' catalog views (shared with the service's
+    /// when the store is the service's).
+    pub(crate) registry: Registry,
 }
 
 impl From<BlobStore> for Store {
     fn from(blob: BlobStore) -> Self {
         Self {
+            registry: Registry::new(blob.clone()),
             blob,
             data_dir: None,
         }
@@ -34,8 +38,10 @@ impl From<BlobStore> for Store {
 impl Store {
     /// Opens the store `cfg` describes (checking the key-encryption key of an encrypted one).
     pub async fn open(cfg: &StorageConfig) -> Result<Self> {
+        let blob = BlobStore::open(cfg).await?;
         Ok(Self {
-            blob: BlobStore::open(cfg).await?,
+            registry: Registry::new(blob.clone()),
+            blob,
             data_dir: Some(cfg.data_dir.clone()),
         })
     }
@@ -102,7 +108,7 @@ impl Store {
         c: &CollectionName,
         state: Option<DocState>,
     ) -> Result<Vec<DocRecord>> {
-        let mut records = Registry::new(self.blob.clone()).list(c).await?;
+        let mut records = self.registry.list(c).await?;
         if let Some(s) = state {
             records.retain(|r| r.state == s);
         }

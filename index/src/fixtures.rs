@@ -164,7 +164,8 @@ impl Drop for SeaweedFs {
 
 /// A loopback HTTP proxy in front of an S3 endpoint that drops the `If-None-Match` and
 /// `If-Match` headers of every request: a store that ignores conditional writes, as some have,
-/// for testing that hearth notices. One request per connection (it asks the upstream to close);
+/// for testing that hearth notices. (Or, [`ConditionIgnoringProxy::delaying`], one that only
+/// adds latency.) One request per connection (it asks the upstream to close);
 /// its threads end with the test process.
 pub struct ConditionIgnoringProxy {
     /// The proxy's endpoint, `http://127.0.0.1:PORT`.
@@ -174,6 +175,16 @@ pub struct ConditionIgnoringProxy {
 impl ConditionIgnoringProxy {
     /// Starts a proxy on a free loopback port in front of `upstream` (`http://IP:PORT`).
     pub fn start(upstream: &str) -> Result<Self, String> {
+        Self::start_with(upstream, true, Duration::ZERO)
+    }
+
+    /// A proxy that keeps the conditions but holds every request for `delay` first: a store
+    /// across a network (a round trip to a provider's region), for benchmarks.
+    pub fn delaying(upstream: &str, delay: Duration) -> Result<Self, String> {
+        Self::start_with(upstream, false, delay)
+    }
+
+    fn start_with(upstream: &str, drop_conditions: bool, delay: Duration) -> Result<Self, String> {
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let endpoint = format!(
@@ -184,7 +195,7 @@ impl ConditionIgnoringProxy {
             for client in listener.incoming().flatten() {
                 let upstream = upstream.clone();
                 std::thread::spawn(move || {
-                    let _ = forward_without_conditions(client, &upstream);
+                    let _ = forward(client, &upstream, drop_conditions, delay);
                 });
             }
         });
@@ -202,7 +213,12 @@ impl ConditionIgnoringProxy {
     }
 }
 
-fn forward_without_conditions(client: TcpStream, upstream: &str) -> std::io::Result<()> {
+fn forward(
+    client: TcpStream,
+    upstream: &str,
+    drop_conditions: bool,
+    delay: Duration,
+) -> std::io::Result<()> {
     use std::io::BufRead;
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = std::io::BufReader::new(client.try_clone()?);
@@ -223,7 +239,8 @@ fn forward_without_conditions(client: TcpStream, upstream: &str) -> std::io::Res
             .trim()
             .to_ascii_lowercase();
         match name.as_str() {
-            "if-none-match" | "if-match" | "connection" => continue,
+            "if-none-match" | "if-match" if drop_conditions => continue,
+            "connection" => continue,
             "content-length" => {
                 body_len = line
                     .split_once(':')
@@ -237,6 +254,7 @@ fn forward_without_conditions(client: TcpStream, upstream: &str) -> std::io::Res
     head.push_str("Connection: close\r\n\r\n");
     let mut body = vec![0u8; body_len];
     reader.read_exact(&mut body)?;
+    std::thread::sleep(delay);
     let mut up = TcpStream::connect(upstream)?;
     up.set_read_timeout(Some(Duration::from_secs(30)))?;
     up.write_all(head.as_bytes())?;

@@ -35,6 +35,16 @@ pub fn doc_records_prefix(c: &CollectionName) -> String {
     format!("docs/{c}/")
 }
 
+/// The catalog file of a collection: its document records as of one listing (see `catalog`).
+pub fn catalog(c: &CollectionName) -> String {
+    format!("catalog/{c}/records.arrow")
+}
+
+/// Prefix of a collection's catalog files.
+pub fn catalog_prefix(c: &CollectionName) -> String {
+    format!("catalog/{c}/")
+}
+
 /// The chunk file of one document, with the vectors of the collection's first model.
 pub fn chunks(c: &CollectionName, d: &DocId) -> String {
     chunks_of(c, 0, d)

@@ -36,6 +36,7 @@
 
 mod access;
 mod blob;
+mod catalog;
 mod chunks;
 mod cjk;
 mod collection;
@@ -60,6 +61,7 @@ pub mod fixtures;
 
 pub use access::{Access, MAX_ACCESS_ENTRIES, Reader, check_name};
 pub use blob::{BlobStore, Outcome as WriteOutcome, WriteCheck, WriteChecks};
+pub use catalog::{CatalogRow, decode_catalog, encode_catalog};
 pub use chunks::{Chunk, decode_chunks, encode_chunks};
 pub use collection::{CollectionSettings, Redaction, RedactionPattern, ReembedTarget};
 pub use config::{FusionKind, IndexConfig, S3Config, StorageBackend, StorageConfig};

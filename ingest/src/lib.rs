@@ -39,5 +39,7 @@ pub use pipeline::{
     Submission, Submitted,
 };
 pub use redact::KINDS as REDACTION_KINDS;
-pub use registry::{DocRecord, DocState, MetaValue, Metadata, Registry, validate_metadata};
+pub use registry::{
+    DocRecord, DocState, ListStats, MetaValue, Metadata, Registry, validate_metadata,
+};
 pub use sniff::{DocKind, sniff};

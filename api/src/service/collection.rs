@@ -742,8 +742,10 @@ impl Service {
     /// chunk files, conversations, then its settings (last: a half-deleted collection still lists, so a retry
     /// finishes it).
     pub(super) async fn remove_stored(&self, c: &CollectionName) -> Result<()> {
+        self.registry.forget(c);
         for prefix in [
             keys::doc_records_prefix(c),
+            keys::catalog_prefix(c),
             format!("raw/{c}/"),
             format!("chunks/{c}/"),
             super::conversation::prefix(c),
@@ -806,6 +808,8 @@ impl Service {
             .buffer_unordered(8)
             .try_collect::<Vec<()>>()
             .await?;
+        // The catalog file written anew: no deleted document's record stays in the store.
+        self.registry.save_catalog(c).await?;
         Ok(CompactReport {
             chunks_dropped: stats.removed_chunks as u64,
             orphans_removed: orphans.len(),

@@ -245,7 +245,7 @@ impl Service {
             backlog: worker::Backlog::new(parts.backlog_limit),
             adapter_lock: tokio::sync::Mutex::new(()),
             adapter_dirs: tokio::sync::Mutex::new(HashMap::new()),
-            registry: Registry::new(store.clone()),
+            registry: pipeline.registry().clone(),
             store,
             pipeline: Arc::new(pipeline),
             embedders,
@@ -262,6 +262,7 @@ impl Service {
         Store {
             blob: self.store.clone(),
             data_dir: Some(self.data_dir.clone()),
+            registry: self.registry.clone(),
         }
     }
 

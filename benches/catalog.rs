@@ -75,9 +75,8 @@ fn main() {
 }
 
 fn record(c: &CollectionName, i: u32) -> DocRecord {
-    let mut id = [0u8; 32];
-    id[..4].copy_from_slice(&i.to_be_bytes());
-    id[4..8].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+    // Document ids are SHA-256 digests, spread evenly over the key space.
+    let id: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(i.to_le_bytes()).into();
     let department = ["legal", "finance", "ops"][i as usize % 3];
     // A record as ingestion leaves one: source, kind, size, metadata, state, counts, times.
     serde_json::from_value(serde_json::json!({

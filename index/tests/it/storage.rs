@@ -297,8 +297,13 @@ async fn seaweedfs_keeps_its_conditional_write_promises() {
     let store = BlobStore::s3(&cfg).unwrap();
     // Several runs: a race that a store loses now and then must not pass by luck.
     for _ in 0..3 {
+        let started = std::time::Instant::now();
         let report = store.check_conditional_writes().await.unwrap();
-        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        println!(
+            "probe in {:?}: {}",
+            started.elapsed(),
+            serde_json::to_string_pretty(&report).unwrap()
+        );
         for name in [
             "create-race",
             "create-existing",

@@ -257,6 +257,10 @@ pub(crate) fn now_ms() -> u64 {
 pub struct Registry {
     store: BlobStore,
     views: Arc<Mutex<HashMap<CollectionName, Arc<View>>>>,
+    /// Per collection, how many deletions of it began ([`Registry::forget`]): a listing that
+    /// overlapped one removes the catalog file it wrote, so that no file of a deleted
+    /// collection's records outlives the deletion.
+    deletions: Arc<Mutex<HashMap<CollectionName, u64>>>,
 }
 
 /// What one [`Registry::list_counted`] read.
@@ -292,6 +296,7 @@ impl Registry {
         Self {
             store,
             views: Arc::new(Mutex::new(HashMap::new())),
+            deletions: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -344,6 +349,7 @@ impl Registry {
         c: &CollectionName,
         force_write: bool,
     ) -> Result<(Vec<DocRecord>, ListStats)> {
+        let deletions = self.deletions_of(c);
         let listed = self.store.list_tagged(&keys::doc_records_prefix(c)).await?;
         let mut stats = ListStats {
             records: listed.len(),
@@ -434,13 +440,38 @@ impl Registry {
             view.in_file = known.in_file.clone();
         }
         let records = view.rows.values().map(|(_, r)| r.clone()).collect();
+        if self.deletions_of(c) != deletions {
+            // The collection is being deleted: what this listing wrote must not stay.
+            if stats.catalog_written {
+                self.store.delete(&keys::catalog(c)).await?;
+                stats.catalog_written = false;
+            }
+            return Ok((records, stats));
+        }
         self.view_lock().insert(c.clone(), Arc::new(view));
         Ok((records, stats))
     }
 
-    /// Forgets this registry's view of a collection (deleted with everything in it).
+    /// Forgets this registry's view of a collection being deleted. Call it when the deletion
+    /// begins and again just before the catalog files go: a listing under way in between
+    /// then removes the file it writes itself.
     pub fn forget(&self, c: &CollectionName) {
         self.view_lock().remove(c);
+        *self
+            .deletions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(c.clone())
+            .or_default() += 1;
+    }
+
+    fn deletions_of(&self, c: &CollectionName) -> u64 {
+        self.deletions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(c)
+            .copied()
+            .unwrap_or(0)
     }
 
     async fn read_catalog(&self, c: &CollectionName) -> View {
@@ -471,6 +502,10 @@ impl Registry {
     }
 
     async fn write_catalog(&self, c: &CollectionName, view: &View) -> Result<()> {
+        if view.rows.is_empty() {
+            // No records, no file (a collection emptied or being deleted).
+            return Ok(self.store.delete(&keys::catalog(c)).await?);
+        }
         let rows: Vec<CatalogRow> = view
             .rows
             .iter()
@@ -636,6 +671,60 @@ mod tests {
         assert_eq!(a.save_catalog(&c).await.unwrap(), 299);
         let (_, st) = Registry::new(store.clone()).list_counted(&c).await.unwrap();
         assert_eq!(st.read, 0);
+    }
+
+    #[tokio::test]
+    async fn no_catalog_file_outlives_a_deletion_that_overlaps_a_listing() {
+        use hearth_index::fixtures::{ConditionIgnoringProxy, SeaweedFs};
+        use std::time::Duration;
+        let weed = SeaweedFs::shared();
+        let cfg = weed.fresh_bucket();
+        let direct = BlobStore::s3(&cfg).unwrap();
+        // The listing's requests are held 1.5 s each, so that the whole deletion happens while
+        // its catalog write is on the way.
+        let proxy =
+            ConditionIgnoringProxy::delaying(&weed.endpoint, Duration::from_millis(1500)).unwrap();
+        let slow = BlobStore::s3(&proxy.bucket(&cfg.bucket)).unwrap();
+        let c = CollectionName::new("gone").unwrap();
+        let reg = Registry::new(slow);
+        let writer = Registry::new(direct.clone());
+        for i in 0..40 {
+            writer.put(&mut record(&c, i)).await.unwrap();
+        }
+        reg.save_catalog(&c).await.unwrap();
+        // One document deleted: the next listing rewrites the file without it.
+        direct
+            .delete(&keys::doc_record(&c, &record(&c, 0).doc_id))
+            .await
+            .unwrap();
+        let listing = reg.list_counted(&c);
+        let deleting = async {
+            // After the listing's listing came back (1.5 s), while its put is held.
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            reg.forget(&c);
+            for key in direct.list(&keys::doc_records_prefix(&c)).await.unwrap() {
+                direct.delete(&key).await.unwrap();
+            }
+            reg.forget(&c);
+            for key in direct.list(&keys::catalog_prefix(&c)).await.unwrap() {
+                direct.delete(&key).await.unwrap();
+            }
+            std::time::Instant::now()
+        };
+        let ((_, stats), deleted_at) = {
+            let (l, d) = tokio::join!(listing, deleting);
+            (l.unwrap(), d)
+        };
+        assert!(
+            deleted_at.elapsed() > Duration::from_millis(200),
+            "the deletion did not finish while the listing was under way"
+        );
+        assert!(!stats.catalog_written, "{stats:?}");
+        assert!(
+            direct.list("").await.unwrap().is_empty(),
+            "left behind: {:?}",
+            direct.list("").await
+        );
     }
 
     #[tokio::test]

@@ -745,7 +745,6 @@ impl Service {
         self.registry.forget(c);
         for prefix in [
             keys::doc_records_prefix(c),
-            keys::catalog_prefix(c),
             format!("raw/{c}/"),
             format!("chunks/{c}/"),
             super::conversation::prefix(c),
@@ -757,6 +756,12 @@ impl Service {
                 .buffer_unordered(8)
                 .try_collect::<Vec<()>>()
                 .await?;
+        }
+        // The catalog file last, once no record is left for a listing to put in one; a
+        // listing under way removes what it writes (`Registry::forget`).
+        self.registry.forget(c);
+        for key in self.store.list(&keys::catalog_prefix(c)).await? {
+            self.store.delete(&key).await?;
         }
         self.store.delete(&keys::collection(c)).await?;
         Ok(())

@@ -108,47 +108,14 @@ impl BlobStore {
     }
 
     async fn check_create(&self, key: &Path, checks: &mut Vec<WriteCheck>) -> Result<()> {
-        let payloads: Vec<Bytes> = (0..RACERS).map(|_| Bytes::from(random_hex())).collect();
-        let results = join_all(
-            payloads
-                .iter()
-                .map(|p| put(&*self.inner, key, p.clone(), PutMode::Create)),
-        )
-        .await;
-        let mut winners = Vec::new();
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(_) => winners.push(i),
-                Err(e) if lost(&e) => {}
-                Err(e) => return Err(store_error(key.as_ref(), e)),
-            }
-        }
-        let held = self.raw_get(key).await?;
-        let (outcome, detail) = match winners.as_slice() {
-            [w] if held.as_ref() == Some(&payloads[*w]) => (
-                Outcome::Passed,
-                format!(
-                    "{RACERS} concurrent creates of one key: one succeeded and its bytes are there"
-                ),
-            ),
-            [_] => (
-                Outcome::Failed,
-                format!(
-                    "{RACERS} concurrent creates of one key: one succeeded, but the key holds other bytes"
-                ),
-            ),
-            [] => (
-                Outcome::Failed,
-                format!("{RACERS} concurrent creates of one key: none succeeded"),
-            ),
-            many => (
-                Outcome::Failed,
-                format!(
-                    "{RACERS} concurrent creates of one key (If-None-Match: *): {} succeeded; the store ignores the condition and writers overwrite each other",
-                    many.len()
-                ),
-            ),
-        };
+        let (outcome, detail, held) = self
+            .race(
+                key,
+                || PutMode::Create,
+                "concurrent creates of one key",
+                "(If-None-Match: *): {n} succeeded; the store ignores the condition and writers overwrite each other",
+            )
+            .await?;
         checks.push(WriteCheck {
             name: "create-race",
             outcome,
@@ -288,11 +255,37 @@ impl BlobStore {
             });
             return Ok(());
         };
+        let (outcome, detail, _) = self
+            .race(
+                key,
+                || update(&current),
+                "concurrent updates naming one ETag",
+                "(If-Match): {n} succeeded; two lease holders would both believe they won",
+            )
+            .await?;
+        checks.push(WriteCheck {
+            name: "update-race",
+            outcome,
+            detail,
+        });
+        Ok(())
+    }
+
+    /// [`RACERS`] writers put distinct bytes at `key` at once, each with `mode()`: passed when
+    /// exactly one succeeds and its bytes are there. `many` describes more than one winner
+    /// (`{n}` is their number). Also gives what the key holds afterwards.
+    async fn race(
+        &self,
+        key: &Path,
+        mode: impl Fn() -> PutMode,
+        what: &str,
+        many: &str,
+    ) -> Result<(Outcome, String, Option<Bytes>)> {
         let payloads: Vec<Bytes> = (0..RACERS).map(|_| Bytes::from(random_hex())).collect();
         let results = join_all(
             payloads
                 .iter()
-                .map(|p| put(&*self.inner, key, p.clone(), update(&current))),
+                .map(|p| put(&*self.inner, key, p.clone(), mode())),
         )
         .await;
         let mut winners = Vec::new();
@@ -307,34 +300,22 @@ impl BlobStore {
         let (outcome, detail) = match winners.as_slice() {
             [w] if held.as_ref() == Some(&payloads[*w]) => (
                 Outcome::Passed,
-                format!(
-                    "{RACERS} concurrent updates naming one ETag: one succeeded and its bytes are there"
-                ),
+                format!("{RACERS} {what}: one succeeded and its bytes are there"),
             ),
             [_] => (
                 Outcome::Failed,
-                format!(
-                    "{RACERS} concurrent updates naming one ETag: one succeeded, but the key holds other bytes"
-                ),
+                format!("{RACERS} {what}: one succeeded, but the key holds other bytes"),
             ),
-            [] => (
-                Outcome::Failed,
-                format!("{RACERS} concurrent updates naming one ETag: none succeeded"),
-            ),
-            many => (
+            [] => (Outcome::Failed, format!("{RACERS} {what}: none succeeded")),
+            n => (
                 Outcome::Failed,
                 format!(
-                    "{RACERS} concurrent updates naming one ETag (If-Match): {} succeeded; two lease holders would both believe they won",
-                    many.len()
+                    "{RACERS} {what} {}",
+                    many.replace("{n}", &n.len().to_string())
                 ),
             ),
         };
-        checks.push(WriteCheck {
-            name: "update-race",
-            outcome,
-            detail,
-        });
-        Ok(())
+        Ok((outcome, detail, held))
     }
 
     async fn raw_get(&self, key: &Path) -> Result<Option<Bytes>> {

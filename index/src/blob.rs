@@ -459,6 +459,23 @@ impl BlobStore {
         Ok(keys)
     }
 
+    /// Every key under `prefix` with the time its object was last written, sorted by key.
+    pub async fn list_modified(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime)>> {
+        let p = path(prefix.trim_end_matches('/'))?;
+        let mut keys: Vec<(String, std::time::SystemTime)> = self
+            .inner
+            .list(Some(&p))
+            .map_ok(|meta| (meta.location.to_string(), meta.last_modified.into()))
+            .try_collect()
+            .await
+            .map_err(|e| store_error(prefix, e))?;
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
     /// Every key under `prefix` (a folder-like prefix ending in `/`), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let p = path(prefix.trim_end_matches('/'))?;

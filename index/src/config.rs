@@ -217,6 +217,15 @@ pub struct IndexConfig {
     /// data directory in plaintext. BM25 and the HNSW graph then live in memory and are
     /// rebuilt at every open. Default: false.
     pub encrypt_cache: bool,
+    /// Publish each collection's index to the object store after its commits (segments,
+    /// graph, BM25 and a manifest, `published.rs`), so that a node with an empty cache fetches
+    /// it instead of rebuilding it from every document. Costs store space about the size of
+    /// the local index. Default: true.
+    pub publish: bool,
+    /// Seconds a published file no manifest names is left in the store before it is
+    /// collected (a writer between its upload and its commit, or a fetch of a generation just
+    /// superseded), at most a week. Default: 900.
+    pub publish_grace_s: u64,
 }
 
 /// The fusion methods, as named in configuration.
@@ -255,6 +264,8 @@ impl Default for IndexConfig {
             rrf_k,
             dense_weight,
             encrypt_cache: false,
+            publish: true,
+            publish_grace_s: 900,
         }
     }
 }
@@ -274,6 +285,12 @@ impl IndexConfig {
         range("hnsw_m", self.hnsw_m, 2, 256)?;
         range("ef_construction", self.ef_construction, 1, 10_000)?;
         range("ef_search", self.ef_search, 1, 10_000)?;
+        if self.publish_grace_s > 7 * 24 * 3600 {
+            return Err(IndexError::InvalidInput(format!(
+                "index.publish_grace_s must be at most 604800 (a week), got {}",
+                self.publish_grace_s
+            )));
+        }
         if !(self.rrf_k.is_finite() && self.rrf_k >= 0.0) {
             return Err(IndexError::InvalidInput(format!(
                 "index.rrf_k must be finite and >= 0, got {}",

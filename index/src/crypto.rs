@@ -171,7 +171,7 @@ fn wrap_aad(id: u32) -> Vec<u8> {
     format!("hearth data key {id}").into_bytes()
 }
 
-fn random<const N: usize>() -> Result<[u8; N]> {
+pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
     fill_random(&mut b)?;
     Ok(b)

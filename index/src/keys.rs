@@ -8,6 +8,12 @@
 //! chunks/{collection}/{doc_id}.arrow     Arrow IPC file of the document's chunks
 //! chunks/{collection}/v{n}/{doc_id}.arrow  the same, with the vectors of the collection's n-th
 //!                                        embedding model (after `n` re-embeddings)
+//! catalog/{collection}/records.arrow     the document records as of one listing (`catalog`)
+//! index/{collection}/v{n}/manifests/{generation:020}
+//!                                        a published retrieval index: its manifest and the
+//!                                        store files of its segments, graph and BM25
+//!                                        (`published`), committed with a conditional create
+//! index/{collection}/v{n}/files/{id}     one file of a published index (immutable; random id)
 //! ```
 
 use crate::ids::{CollectionName, DocId};
@@ -74,4 +80,14 @@ pub fn chunks_doc(c: &CollectionName, vectors: u32, key: &str) -> Option<DocId> 
         .strip_suffix(".arrow")?
         .parse()
         .ok()
+}
+
+/// Prefix of everything published of a collection's retrieval indexes (every model).
+pub fn index_prefix(c: &CollectionName) -> String {
+    format!("index/{c}/")
+}
+
+/// Prefix of the published retrieval index built with model number `vectors`.
+pub fn index_of(c: &CollectionName, vectors: u32) -> String {
+    format!("index/{c}/v{vectors}/")
 }

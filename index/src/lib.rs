@@ -53,6 +53,7 @@ pub mod keys;
 mod lexical;
 mod meta;
 mod pidset;
+mod published;
 mod retrieval;
 mod vector;
 
@@ -75,8 +76,12 @@ pub use hybrid::{Fusion, SearchMode};
 pub use ids::{ChunkId, CollectionName, DocId, sha256_file};
 pub use lexical::Analyzer;
 pub use meta::{MetaValue, Metadata};
+pub use published::{
+    Collected, DEFAULT_GRACE as DEFAULT_PUBLISH_GRACE, Fetched, Published, PublishedIndex,
+    StoredFile, Uploaded,
+};
 pub use retrieval::{
-    CollectionIndex, CompactStats, Hit, IndexParams, IndexStats, IndexedDoc, MAX_TOP_K,
-    SearchParams, SearchRequest, Verification,
+    CollectionIndex, CompactStats, Hit, IndexParams, IndexStats, IndexedDoc, Install, MAX_TOP_K,
+    SearchParams, SearchRequest, Snapshot, Verification, cache_is_empty,
 };
 pub use vector::{AnnKind, FlatIndex, GraphIndex, HnswIndex, HnswParams, VectorIndex};

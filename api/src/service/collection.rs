@@ -63,6 +63,8 @@ pub struct Collection {
     pub(super) writing: tokio::sync::RwLock<()>,
     /// The re-embedding running in this process, if any, and how far it got.
     pub(super) reembedding: Mutex<Option<super::reembed::ReembedStatus>>,
+    /// What was published of the index to the object store; held by a publish.
+    pub(super) publish_state: tokio::sync::Mutex<super::published::PublishState>,
 }
 
 /// A claim on processing one document; released when dropped.
@@ -279,6 +281,7 @@ impl Service {
         let model = self.pipeline.open_collection(c).await?;
         self.remove_stale_index_dirs(c, model);
         let dir = self.index_dir(c, model.vectors);
+        let fetched = self.fetch_published(c, model.vectors, &dir).await;
         let params = self.index.params(self.embedders[model.embedder].dim);
         let sealer = self.cache_sealer.clone();
         let index = blocking(move || CollectionIndex::open_sealed(&dir, params, sealer)).await?;
@@ -294,6 +297,10 @@ impl Service {
             model: RwLock::new(model),
             writing: tokio::sync::RwLock::new(()),
             reembedding: Mutex::new(None),
+            publish_state: tokio::sync::Mutex::new(super::published::PublishState::new(
+                model.vectors,
+                fetched.unwrap_or_default(),
+            )),
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {
@@ -430,11 +437,15 @@ impl Service {
         // the index commits (the background worker adds beside commits) may or may not be in
         // it, so it waits for the next commit to be marked `indexed`. Those a failed commit
         // did not mark wait for the next one too.
-        let _writing = col.writing.read().await;
+        let writing = col.writing.read().await;
         let mut pending = std::mem::take(&mut *lock(&col.pending));
         let r = self.commit_pending(col, &mut pending).await;
         if r.is_err() {
             lock(&col.pending).append(&mut pending);
+        }
+        drop(writing);
+        if r.is_ok() {
+            self.publish(col).await;
         }
         r
     }
@@ -747,6 +758,7 @@ impl Service {
             keys::doc_records_prefix(c),
             format!("raw/{c}/"),
             format!("chunks/{c}/"),
+            keys::index_prefix(c),
             super::conversation::prefix(c),
         ] {
             let keys = self.store.list(&prefix).await?;
@@ -815,6 +827,8 @@ impl Service {
             .await?;
         // The catalog file written anew: no deleted document's record stays in the store.
         self.registry.save_catalog(c).await?;
+        // The compacted index published, and what no generation needs any more collected.
+        self.publish_and_collect(col).await?;
         Ok(CompactReport {
             chunks_dropped: stats.removed_chunks as u64,
             orphans_removed: orphans.len(),

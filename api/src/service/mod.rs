@@ -23,6 +23,7 @@ mod eval;
 mod ingest;
 mod judge;
 mod language;
+mod published;
 mod quote;
 mod reembed;
 mod search;

@@ -227,6 +227,7 @@ impl Service {
         if let Some(stale) = plan.stale {
             // A re-embedding to another model was abandoned: its files go.
             self.remove_chunk_files(&c, stale).await?;
+            self.remove_published(&c, stale).await?;
             self.trash_dir(&c, &self.index_dir(&c, stale));
         }
         let dir = self.index_dir(&c, plan.to.vectors);
@@ -310,6 +311,10 @@ impl Service {
         self.trash_dir(&c, &self.index_dir(&c, plan.from.vectors));
         if let Err(e) = self.remove_chunk_files(&c, plan.from.vectors).await {
             tracing::warn!(collection = %c, error = %e, "the old model's chunk files are left for compaction");
+        }
+        self.publish(col).await;
+        if let Err(e) = self.remove_published(&c, plan.from.vectors).await {
+            tracing::warn!(collection = %c, error = %e, "the old model's published index is left for compaction");
         }
         let report = ReembedReport {
             embedder: self.embedders[plan.to.embedder].name.clone(),

@@ -40,12 +40,15 @@ use crate::vector::{Ann, AnnKind, FlatIndex, HnswParams, normalized};
 mod commit;
 mod open;
 mod persist;
+mod publish;
 mod scrub;
 mod search;
 mod store;
 
 use persist::AnnRef;
 pub(crate) use persist::SegmentRef;
+pub(crate) use publish::check_name as check_snapshot_name;
+pub use publish::{Install, Snapshot, cache_is_empty};
 pub use scrub::Verification;
 
 /// Largest `top_k` a search accepts.

@@ -23,8 +23,8 @@ use crate::lexical::{Analyzer, TantivyIndex};
 use crate::pidset::PidSet;
 use crate::vector::{Ann, AnnKind, FlatIndex, Graph, HnswIndex, Mapping, normalized};
 
-const LOCK: &str = "LOCK";
-const TANTIVY: &str = "tantivy";
+pub(super) const LOCK: &str = "LOCK";
+pub(super) const TANTIVY: &str = "tantivy";
 
 /// Why loading an existing directory did not produce an index.
 enum Failure {
@@ -83,7 +83,7 @@ fn new_lexical(dir: &Path, analyzer: Analyzer, sealed: bool) -> Result<TantivyIn
     TantivyIndex::in_memory(&path, analyzer)
 }
 
-fn acquire_lock(dir: &Path) -> Result<File> {
+pub(super) fn acquire_lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK);
     let file = File::options()
         .create(true)

@@ -2,5 +2,6 @@
 
 mod coord;
 mod graph;
+mod published;
 mod retrieval;
 mod storage;

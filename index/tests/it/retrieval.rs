@@ -11,16 +11,16 @@ use hearth_index::{
     Reader, SearchMode, SearchParams, SearchRequest, VectorIndex,
 };
 
-const DIM: usize = 32;
+pub(crate) const DIM: usize = 32;
 
 /// The reader of most tests: reads every document.
 static EVERYTHING: LazyLock<Reader> = LazyLock::new(|| Reader::Everything);
 
 /// xorshift64*: a tiny seeded generator, enough for test data.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
@@ -60,7 +60,7 @@ fn normalise(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| x / n).collect()
 }
 
-fn params(dim: usize) -> IndexParams {
+pub(crate) fn params(dim: usize) -> IndexParams {
     IndexParams {
         dim,
         hnsw_m: 16,
@@ -71,12 +71,12 @@ fn params(dim: usize) -> IndexParams {
     }
 }
 
-fn doc_id(i: usize) -> DocId {
+pub(crate) fn doc_id(i: usize) -> DocId {
     DocId::of_bytes(format!("document {i}").as_bytes())
 }
 
 /// Document `i` with `n` chunks; chunk `j` has text `text(i, j)` and a random vector.
-fn make_doc(
+pub(crate) fn make_doc(
     i: usize,
     n: usize,
     rng: &mut Rng,
@@ -112,7 +112,7 @@ fn make_doc(
 
 /// Equal-length texts (8 tokens): `apple` appears (i + j) % 3 + 1 times in documents with
 /// i % 5 == 0, so a one-term BM25 ranking depends only on term frequency.
-fn text(i: usize, j: usize) -> String {
+pub(crate) fn text(i: usize, j: usize) -> String {
     let apples = if i.is_multiple_of(5) {
         (i + j) % 3 + 1
     } else {
@@ -127,7 +127,11 @@ fn text(i: usize, j: usize) -> String {
 }
 
 /// A committed index of `docs` documents with 3 chunks each; returns the chunk vectors too.
-fn build(dir: &Path, docs: usize, seed: u64) -> (CollectionIndex, Vec<(IndexedDoc, Vec<Chunk>)>) {
+pub(crate) fn build(
+    dir: &Path,
+    docs: usize,
+    seed: u64,
+) -> (CollectionIndex, Vec<(IndexedDoc, Vec<Chunk>)>) {
     let mut rng = Rng::new(seed);
     let mut index = CollectionIndex::open(dir, params(DIM)).unwrap();
     let mut all = Vec::new();
@@ -172,7 +176,7 @@ fn docs_of(hits: &[Hit]) -> Vec<DocId> {
 }
 
 /// A fixed set of searches covering every mode, with and without a filter.
-fn probe(index: &CollectionIndex, seed: u64) -> Vec<(SearchMode, Vec<Hit>)> {
+pub(crate) fn probe(index: &CollectionIndex, seed: u64) -> Vec<(SearchMode, Vec<Hit>)> {
     let mut rng = Rng::new(seed);
     let filter = Filter::new(vec![Condition::Range {
         key: "n".into(),
@@ -200,7 +204,7 @@ fn probe(index: &CollectionIndex, seed: u64) -> Vec<(SearchMode, Vec<Hit>)> {
 }
 
 /// Same hits in the same order with the same scores.
-fn assert_same(a: &[(SearchMode, Vec<Hit>)], b: &[(SearchMode, Vec<Hit>)]) {
+pub(crate) fn assert_same(a: &[(SearchMode, Vec<Hit>)], b: &[(SearchMode, Vec<Hit>)]) {
     assert_same_ranking(a, b, true);
 }
 

@@ -1,0 +1,185 @@
+//! A collection's index in the object store (`hearth_index::PublishedIndex`): published after
+//! commits, fetched by a node whose cache for it is empty, and collected.
+//!
+//! Publishing is best effort: the records and chunk files in the store stay the truth, and a
+//! failed publish only means that a node with an empty cache fetches an older generation (and
+//! brings it in line with the records, as every open does) or rebuilds from the documents.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_index::{CollectionName, PublishedIndex, Uploaded, keys};
+
+use super::Service;
+use super::collection::{Collection, blocking, read};
+
+/// Collect the store's superseded files after every this many publishes of a collection
+/// (and at every compaction).
+const COLLECT_EVERY: u64 = 8;
+
+/// What a collection remembers of its published index.
+#[derive(Debug, Default)]
+pub(crate) struct PublishState {
+    /// The model number the state is for: a re-embedding's switch starts over.
+    vectors: u32,
+    /// The files known to be in the store.
+    uploaded: Uploaded,
+    /// The local generation last published.
+    published: Option<u64>,
+    /// Publishes since the process started.
+    count: u64,
+}
+
+impl PublishState {
+    /// The state after an open: what a fetch brought, if it did.
+    pub(crate) fn new(vectors: u32, uploaded: Uploaded) -> Self {
+        Self {
+            vectors,
+            uploaded,
+            published: None,
+            count: 0,
+        }
+    }
+}
+
+impl Service {
+    fn published_index(&self, c: &CollectionName, vectors: u32) -> PublishedIndex {
+        PublishedIndex::new(self.store.clone(), c, vectors)
+            .with_grace(Duration::from_secs(self.index.publish_grace_s))
+    }
+
+    /// Fills the empty cache `dir` of collection `c` (model `vectors`) from the store. `None`
+    /// when publishing is off, the cache holds an index already, nothing is published, or the
+    /// fetch failed (logged: the open then rebuilds from the documents).
+    pub(super) async fn fetch_published(
+        &self,
+        c: &CollectionName,
+        vectors: u32,
+        dir: &Path,
+    ) -> Option<Uploaded> {
+        if !self.index.publish {
+            return None;
+        }
+        let (d, sealer) = (dir.to_path_buf(), self.cache_sealer.clone());
+        let empty = blocking(move || Ok(hearth_index::cache_is_empty(&d, sealer.as_ref())))
+            .await
+            .unwrap_or(false);
+        if !empty {
+            return None;
+        }
+        let started = Instant::now();
+        match self
+            .published_index(c, vectors)
+            .fetch(dir, self.cache_sealer.clone())
+            .await
+        {
+            Ok(Some(f)) => {
+                tracing::info!(collection = %c, generation = f.generation, files = f.files, bytes = f.bytes, seconds = started.elapsed().as_secs_f64(), "fetched the collection's index from the object store");
+                Some(f.uploaded)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(collection = %c, error = %e, "could not fetch the collection's published index; rebuilding it from the documents");
+                None
+            }
+        }
+    }
+
+    /// Publishes the collection's last commit, unless it was published already. Failures are
+    /// logged: the commit stands, and the next one publishes again.
+    pub(super) async fn publish(&self, col: &Arc<Collection>) {
+        if !self.index.publish {
+            return;
+        }
+        let mut state = col.publish_state.lock().await;
+        let col2 = col.clone();
+        // The model and the snapshot under one read lock: a switch changes both under the
+        // write lock.
+        let snap = blocking(move || {
+            let index = read(&col2.index);
+            Ok((col2.model().vectors, index.snapshot()?))
+        })
+        .await;
+        let (vectors, snap) = match snap {
+            Ok((v, Some(s))) => (v, s),
+            Ok((_, None)) => return,
+            Err(e) => {
+                tracing::warn!(collection = %col.name(), error = %e, "could not read the index to publish it");
+                return;
+            }
+        };
+        if state.vectors != vectors {
+            *state = PublishState::new(vectors, Uploaded::default());
+        }
+        if state.published == Some(snap.generation()) {
+            return;
+        }
+        let published = self.published_index(col.name(), vectors);
+        let started = Instant::now();
+        match published.publish(&snap, &mut state.uploaded).await {
+            Ok(Some(p)) => {
+                state.published = Some(snap.generation());
+                state.count += 1;
+                tracing::debug!(collection = %col.name(), generation = p.generation, uploaded = p.uploaded, bytes = p.uploaded_bytes, seconds = started.elapsed().as_secs_f64(), "published the index");
+                if state.count % COLLECT_EVERY == 0 {
+                    collect(&published, col.name()).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(collection = %col.name(), error = %e, "could not publish the index to the object store; the next commit tries again");
+            }
+        }
+    }
+
+    /// Publishes the collection's index and collects what no generation needs, with the
+    /// published indexes of models it no longer uses (at compaction).
+    pub(super) async fn publish_and_collect(
+        &self,
+        col: &Arc<Collection>,
+    ) -> hearth_index::Result<()> {
+        if !self.index.publish {
+            return Ok(());
+        }
+        self.publish(col).await;
+        let m = col.model();
+        collect(&self.published_index(col.name(), m.vectors), col.name()).await;
+        let root = keys::index_prefix(col.name());
+        for key in self.store.list(&root).await? {
+            let v = key
+                .strip_prefix(&root)
+                .and_then(|k| k.strip_prefix('v'))
+                .and_then(|k| k.split('/').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            if v.is_some_and(|v| v != m.vectors && Some(v) != m.reembed) {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the published index of model `vectors` of collection `c` (one the collection
+    /// no longer uses).
+    pub(super) async fn remove_published(
+        &self,
+        c: &CollectionName,
+        vectors: u32,
+    ) -> hearth_index::Result<()> {
+        for key in self.store.list(&keys::index_of(c, vectors)).await? {
+            self.store.delete(&key).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn collect(published: &PublishedIndex, c: &CollectionName) {
+    match published.collect().await {
+        Ok(done) => {
+            tracing::debug!(collection = %c, manifests = done.manifests, files = done.files, young = done.young, "collected the published index");
+        }
+        Err(e) => {
+            tracing::warn!(collection = %c, error = %e, "could not collect the published index");
+        }
+    }
+}

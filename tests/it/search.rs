@@ -278,49 +278,72 @@ async fn deletes_and_replacements_hide_old_chunks_at_once() {
     assert_eq!(ids(&hybrid_before), ids(&hybrid_after));
 }
 
-async fn rebuild_from_store(node: Node) {
+async fn rebuild_from_store(node: Node, replica: Option<Node>) {
     node.ingest("r", &[&root().join("testdata/corpus")]);
     let queries = [
         "what does the library do when a timer is unref'd",
         "Reisekosten Hotel Obergrenze",
         "password rotation on the first day",
     ];
-    let before: Vec<_> = queries
-        .iter()
-        .map(|q| ranking(&node.search("r", q, &[])))
-        .collect();
-    // Wipe the local cache: the index comes back from the object store, without re-embedding.
+    let rankings = |node: &Node| -> Vec<_> {
+        queries
+            .iter()
+            .map(|q| ranking(&node.search("r", q, &[])))
+            .collect()
+    };
+    let before = rankings(&node);
+    let store = node.store();
+    assert!(
+        !store.list("index/r/v0/manifests/").await.unwrap().is_empty(),
+        "the index was not published"
+    );
+    // Wipe the local cache, and take the chunk files away: the index comes back from what was
+    // published, the very same one (its graph and BM25 files), without a chunk file read.
     let index_dir = node.dir.path().join("data/index");
     assert!(index_dir.join("r").is_dir());
     std::fs::remove_dir_all(&index_dir).unwrap();
-    let chunks_before = objects(&node.store(), "chunks/r/").await;
-    let after: Vec<_> = queries
-        .iter()
-        .map(|q| ranking(&node.search("r", q, &[])))
-        .collect();
+    let chunks_before = objects(&store, "chunks/r/").await;
+    assert!(!chunks_before.is_empty());
+    for key in chunks_before.keys() {
+        store.delete(key).await.unwrap();
+    }
+    assert_eq!(rankings(&node), before);
+    // Another node over the same store, with nothing of its own, answers the same.
+    if let Some(replica) = &replica {
+        assert_eq!(rankings(replica), before);
+    }
+    for (key, bytes) in &chunks_before {
+        store.put(key, bytes.clone().into()).await.unwrap();
+    }
+
+    // Nothing published: the index is rebuilt from the chunk files, without re-embedding.
+    let node = node.env("HEARTH__INDEX__PUBLISH", "false");
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    let after = rankings(&node);
     // HNSW graphs built in another order may differ slightly; the top hits must not.
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(b[..3], a[..3]);
     }
     assert_eq!(
-        objects(&node.store(), "chunks/r/").await,
+        objects(&store, "chunks/r/").await,
         chunks_before,
         "rebuilding rewrote chunk files (re-embedded?)"
     );
     // A second open uses the rebuilt cache and gives the same answers.
-    let again: Vec<_> = queries
-        .iter()
-        .map(|q| ranking(&node.search("r", q, &[])))
-        .collect();
-    assert_eq!(after, again);
+    assert_eq!(after, rankings(&node));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_index_is_rebuilt_from_the_store_local() {
-    rebuild_from_store(Node::new(Backend::Local)).await;
+    rebuild_from_store(Node::new(Backend::Local), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_index_is_rebuilt_from_the_store_s3() {
-    rebuild_from_store(Node::new(Backend::s3())).await;
+    let cfg = hearth_index::fixtures::SeaweedFs::shared().fresh_bucket();
+    rebuild_from_store(
+        Node::new(Backend::S3(cfg.clone())),
+        Some(Node::new(Backend::S3(cfg))),
+    )
+    .await;
 }

@@ -25,13 +25,12 @@ use std::time::Instant;
 
 use hearth_engine::{Embedder, EngineConfig, Priority, Role};
 use hearth_index::{
-    Access, Analyzer, AnnKind, Chunk, CollectionIndex, Condition, DocId, Filter, IndexConfig,
-    IndexParams, IndexedDoc, MetaValue, Metadata, Reader, SearchMode, SearchRequest,
+    Analyzer, AnnKind, CollectionIndex, Condition, Filter, IndexConfig, IndexParams, MetaValue,
+    Reader, SearchMode, SearchRequest,
 };
 use serde_json::json;
 
 const DIM: usize = 384;
-const WORDS_PER_CHUNK: usize = 120;
 
 fn main() {
     if common::is_probe() {
@@ -52,7 +51,6 @@ fn main() {
     let docs = n.div_ceil(per_doc);
     let machine = common::machine();
 
-    let words = vocabulary();
     let mixture = common::Mixture::new(DIM, 100, 0.5, 7);
     let vectors = mixture.sample(n, 11);
     let mut rng = common::Rng::new(3);
@@ -87,29 +85,7 @@ fn main() {
             return;
         }
         let mut index = CollectionIndex::open(dir, params).unwrap();
-        for d in 0..docs {
-            let doc_id = DocId::of_bytes(format!("bench document {d}").as_bytes());
-            let lo = d * per_doc;
-            let hi = (lo + per_doc).min(n);
-            let chunks: Vec<Chunk> = (lo..hi)
-                .map(|i| {
-                    let text = sentence(&words, &mut rng, WORDS_PER_CHUNK);
-                    Chunk {
-                        doc_id,
-                        ordinal: (i - lo) as u32,
-                        span_start: 0,
-                        span_end: text.chars().count() as u64,
-                        text,
-                        page_start: None,
-                        page_end: None,
-                        heading: Vec::new(),
-                        token_count: 160,
-                        embedding: Some(vectors[i * DIM..(i + 1) * DIM].to_vec()),
-                    }
-                })
-                .collect();
-            index.add(doc(d, doc_id), &chunks).unwrap();
-        }
+        common::collection::fill(&mut index, &vectors, per_doc, &mut rng, n);
         index.commit().unwrap();
     });
     if !reuse {
@@ -313,20 +289,6 @@ fn main() {
     );
 }
 
-fn doc(d: usize, doc_id: DocId) -> IndexedDoc {
-    let mut metadata = Metadata::new();
-    metadata.insert("team".into(), MetaValue::Text(format!("t{}", d % 10)));
-    metadata.insert("shard".into(), MetaValue::Number((d % 100) as f64));
-    metadata.insert("year".into(), MetaValue::Number(2000.0 + (d % 25) as f64));
-    IndexedDoc {
-        doc_id,
-        source: format!("bench/doc-{d:05}.txt"),
-        title: None,
-        metadata,
-        access: Access::parse(&[format!("g{}", d % 1000), format!("dept{}", d % 10)]).unwrap(),
-    }
-}
-
 fn eq(key: &str, value: MetaValue) -> Filter {
     Filter {
         conditions: vec![Condition::Eq {
@@ -334,36 +296,6 @@ fn eq(key: &str, value: MetaValue) -> Filter {
             value,
         }],
     }
-}
-
-/// Words of the committed corpus with their natural frequencies (a word occurs in the list as
-/// often as in the text), so BM25 posting lists have realistic lengths.
-fn vocabulary() -> Vec<String> {
-    let mut words = Vec::new();
-    for e in std::fs::read_dir(common::root().join("testdata/corpus")).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "pdf") {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
-        words.extend(
-            text.split(|c: char| !c.is_alphabetic())
-                .filter(|w| (2..20).contains(&w.len()))
-                .map(str::to_lowercase),
-        );
-    }
-    words
-}
-
-fn sentence(words: &[String], rng: &mut common::Rng, n: usize) -> String {
-    let mut s = String::with_capacity(n * 7);
-    for i in 0..n {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(&words[rng.below(words.len() as u64) as usize]);
-    }
-    s
 }
 
 fn questions() -> Vec<String> {

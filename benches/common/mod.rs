@@ -5,6 +5,7 @@
 //! Each bench includes this with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod collection;
 mod text;
 #[allow(unused_imports)] // as with the rest of this module, each bench uses part of it
 pub use text::{corpus_words, passages, percentile};

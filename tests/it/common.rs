@@ -27,6 +27,22 @@ pub fn models() -> PathBuf {
     dir
 }
 
+/// A program of the test virtual environment (`~/.cache/hearth/venv/bin`, or under
+/// `$HEARTH_CACHE`), installed by scripts/test-deps.sh.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let cache = std::env::var_os("HEARTH_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/hearth"),
+        PathBuf::from,
+    );
+    let bin = cache.join("venv/bin").join(name);
+    assert!(
+        bin.is_file(),
+        "{} missing: run scripts/test-deps.sh",
+        bin.display()
+    );
+    bin
+}
+
 /// Which object store a test node uses.
 pub enum Backend {
     Local,

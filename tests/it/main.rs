@@ -10,6 +10,7 @@ mod common;
 mod config;
 mod conversations;
 mod crash;
+mod deploy;
 mod documents;
 mod encryption;
 mod erasure;

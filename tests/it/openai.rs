@@ -2,20 +2,10 @@
 //! into the test virtual environment by scripts/test-deps.sh), streaming included; a large
 //! embeddings job does not hold up other keys' searches.
 
-use crate::common::{Backend, Node, root};
+use crate::common::{Backend, Node, root, venv_bin};
 
 fn venv_python() -> std::path::PathBuf {
-    let cache = std::env::var_os("HEARTH_CACHE").map_or_else(
-        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/hearth"),
-        std::path::PathBuf::from,
-    );
-    let py = cache.join("venv/bin/python");
-    assert!(
-        py.is_file(),
-        "{} missing: run scripts/test-deps.sh",
-        py.display()
-    );
-    py
+    venv_bin("python")
 }
 
 #[tokio::test(flavor = "multi_thread")]

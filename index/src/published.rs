@@ -468,8 +468,21 @@ impl PublishedIndex {
 
     /// Deletes older generations and files no kept generation names (see the module docs).
     pub async fn collect(&self) -> Result<Collected> {
+        self.collect_keeping(KEEP_GENERATIONS, self.grace).await
+    }
+
+    /// Keeps the newest generation alone and deletes every file it does not name at once,
+    /// whatever its age: after a compaction that erased documents, no older generation's
+    /// files may keep their text. A fetch of an older generation under way starts over with
+    /// the newest; a writer's uploads not yet committed are lost (its generation is then
+    /// refused by fetches, which rebuild from the documents).
+    pub async fn purge(&self) -> Result<Collected> {
+        self.collect_keeping(1, Duration::ZERO).await
+    }
+
+    async fn collect_keeping(&self, keep: usize, grace: Duration) -> Result<Collected> {
         let generations = self.generations.list().await?;
-        let kept = &generations[generations.len().saturating_sub(KEEP_GENERATIONS)..];
+        let kept = &generations[generations.len().saturating_sub(keep)..];
         let mut named: HashSet<String> = HashSet::new();
         for &g in kept {
             // A kept manifest that cannot be read: delete nothing it might name.
@@ -492,7 +505,7 @@ impl PublishedIndex {
                 continue;
             }
             let age = now.duration_since(modified).unwrap_or_default();
-            if age < self.grace {
+            if age < grace {
                 out.young += 1;
                 continue;
             }

@@ -87,10 +87,11 @@ impl Service {
     }
 
     /// Publishes the collection's last commit, unless it was published already. Failures are
-    /// logged: the commit stands, and the next one publishes again.
-    pub(super) async fn publish(&self, col: &Arc<Collection>) {
-        if !self.index.publish {
-            return;
+    /// logged: the commit stands, and the next one publishes again. Returns whether the store
+    /// now holds that commit.
+    pub(super) async fn publish(&self, col: &Arc<Collection>) -> bool {
+        if !self.index.publish || col.is_deleted() {
+            return false;
         }
         let mut state = col.publish_state.lock().await;
         let col2 = col.clone();
@@ -103,48 +104,69 @@ impl Service {
         .await;
         let (vectors, snap) = match snap {
             Ok((v, Some(s))) => (v, s),
-            Ok((_, None)) => return,
+            Ok((_, None)) => return false,
             Err(e) => {
                 tracing::warn!(collection = %col.name(), error = %e, "could not read the index to publish it");
-                return;
+                return false;
             }
         };
         if state.vectors != vectors {
             *state = PublishState::new(vectors, Uploaded::default());
         }
         if state.published == Some(snap.generation()) {
-            return;
+            return true;
         }
         let published = self.published_index(col.name(), vectors);
         let started = Instant::now();
-        match published.publish(&snap, &mut state.uploaded).await {
+        let done = match published.publish(&snap, &mut state.uploaded).await {
             Ok(Some(p)) => {
                 state.published = Some(snap.generation());
                 state.count += 1;
                 tracing::debug!(collection = %col.name(), generation = p.generation, uploaded = p.uploaded, bytes = p.uploaded_bytes, seconds = started.elapsed().as_secs_f64(), "published the index");
-                if state.count % COLLECT_EVERY == 0 {
+                if state.count.is_multiple_of(COLLECT_EVERY) {
                     collect(&published, col.name()).await;
                 }
+                true
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(e) => {
                 tracing::warn!(collection = %col.name(), error = %e, "could not publish the index to the object store; the next commit tries again");
+                false
             }
+        };
+        // The collection was deleted meanwhile: what this wrote after the deletion listed the
+        // store goes too (no collection of the name exists while this handle is held).
+        if col.is_deleted() {
+            for key in self
+                .store
+                .list(&keys::index_prefix(col.name()))
+                .await
+                .unwrap_or_default()
+            {
+                if let Err(e) = self.store.delete(&key).await {
+                    tracing::warn!(collection = %col.name(), %key, error = %e, "could not remove a deleted collection's published index file");
+                }
+            }
+            return false;
         }
+        done
     }
 
-    /// Publishes the collection's index and collects what no generation needs, with the
-    /// published indexes of models it no longer uses (at compaction).
+    /// At compaction: publishes the compacted index and purges every older generation and
+    /// every file it does not name, at once (the documents the compaction erased must not
+    /// stay in the store in an older generation); when the compacted index could not be
+    /// published, removes the published index altogether (nodes then rebuild from the
+    /// documents). Also removes the published indexes of models the collection no longer uses.
     pub(super) async fn publish_and_collect(
         &self,
         col: &Arc<Collection>,
     ) -> hearth_index::Result<()> {
-        if !self.index.publish {
-            return Ok(());
-        }
-        self.publish(col).await;
         let m = col.model();
-        collect(&self.published_index(col.name(), m.vectors), col.name()).await;
+        if self.publish(col).await {
+            self.published_index(col.name(), m.vectors).purge().await?;
+        } else {
+            self.remove_published(col.name(), m.vectors).await?;
+        }
         let root = keys::index_prefix(col.name());
         for key in self.store.list(&root).await? {
             let v = key

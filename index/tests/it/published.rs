@@ -219,6 +219,26 @@ async fn a_publish_cut_short_loses_nothing_and_its_files_are_collected_after_the
         &expected,
         &probe(&CollectionIndex::open(&d, params(DIM)).unwrap(), 8),
     );
+
+    // A purge (after a compaction erased documents) keeps the newest generation alone and
+    // nothing it does not name, however young, where the default grace kept them.
+    let purged = published.purge().await.unwrap();
+    assert_eq!(purged.manifests, 1);
+    assert_eq!(
+        store
+            .list("index/handbook/v0/manifests/")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(files_in_store(&store).await, latest.files);
+    let e = dir.path().join("e");
+    published.fetch(&e, None).await.unwrap().unwrap();
+    assert_same(
+        &expected,
+        &probe(&CollectionIndex::open(&e, params(DIM)).unwrap(), 8),
+    );
 }
 
 #[tokio::test]

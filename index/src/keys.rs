@@ -13,7 +13,8 @@
 //!                                        a published retrieval index: its manifest and the
 //!                                        store files of its segments, graph and BM25
 //!                                        (`published`), committed with a conditional create
-//! index/{collection}/v{n}/files/{id}     one file of a published index (immutable; random id)
+//! index/{collection}/v{n}/files/{id}/{part:06}  one file of a published index, in parts of
+//!                                        64 MiB (immutable; random id)
 //! ```
 
 use crate::ids::{CollectionName, DocId};

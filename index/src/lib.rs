@@ -81,7 +81,7 @@ pub use published::{
     StoredFile, Uploaded,
 };
 pub use retrieval::{
-    CollectionIndex, CompactStats, Hit, IndexParams, IndexStats, IndexedDoc, Install, MAX_TOP_K,
-    SearchParams, SearchRequest, Snapshot, Verification, cache_is_empty,
+    CollectionIndex, CompactStats, Hit, IndexParams, IndexStats, IndexedDoc, Install, InstallFile,
+    MAX_TOP_K, SearchParams, SearchRequest, Snapshot, Verification, cache_is_empty,
 };
 pub use vector::{AnnKind, FlatIndex, GraphIndex, HnswIndex, HnswParams, VectorIndex};

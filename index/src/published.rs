@@ -3,9 +3,10 @@
 //! rebuilding the graph and BM25 from every document's chunk file.
 //!
 //! ```text
-//! index/{c}/v{n}/files/{id}                  one file of a snapshot (`retrieval/publish.rs`):
-//!                                            a segment, the graph, a tantivy file; written
-//!                                            once under a random id, never changed
+//! index/{c}/v{n}/files/{id}/{part:06}       one file of a snapshot (`retrieval/publish.rs`):
+//!                                            a segment, the graph, a tantivy file, in parts
+//!                                            of 64 MiB; written once under a random id,
+//!                                            never changed
 //! index/{c}/v{n}/manifests/{generation:020}  a published snapshot: the index manifest and,
 //!                                            per file, its id, SHA-256 and length;
 //!                                            committed with a conditional create
@@ -36,6 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use std::io::Read;
+
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,6 +53,10 @@ use crate::retrieval::{Install, Snapshot};
 
 /// Version of the published manifest's layout.
 const FORMAT_VERSION: u32 = 1;
+/// Bytes of one stored part of a file by default: what a publish or a fetch holds in memory
+/// per file moved (a sealed cache's files are opened whole, as their seal covers the whole
+/// file).
+pub const PART: usize = 64 << 20;
 /// Generations kept by [`PublishedIndex::collect`].
 const KEEP_GENERATIONS: usize = 2;
 /// Files moved at once.
@@ -79,6 +86,10 @@ pub struct StoredFile {
     pub sha256: String,
     /// Its plaintext length.
     pub bytes: u64,
+    /// Objects it is stored in, `part_bytes` each but the last: `files/{id}/{part:06}`.
+    pub parts: u32,
+    /// Bytes of each part but the last.
+    pub part_bytes: u64,
 }
 
 /// The files one process knows to be in the store, by name in its index directory: what
@@ -151,6 +162,7 @@ pub struct PublishedIndex {
     prefix: String,
     generations: Generations,
     grace: Duration,
+    part: usize,
 }
 
 impl PublishedIndex {
@@ -162,6 +174,7 @@ impl PublishedIndex {
             store,
             prefix,
             grace: DEFAULT_GRACE,
+            part: PART,
         }
     }
 
@@ -171,8 +184,15 @@ impl PublishedIndex {
         self
     }
 
-    fn file_key(&self, id: &str) -> String {
-        format!("{}files/{id}", self.prefix)
+    /// Sets the size of the parts files are uploaded in (at least 1 byte; [`PART`] by
+    /// default). Fetches read any part size.
+    pub fn with_part_size(mut self, bytes: usize) -> Self {
+        self.part = bytes.max(1);
+        self
+    }
+
+    fn part_key(&self, id: &str, part: u32) -> String {
+        format!("{}files/{id}/{part:06}", self.prefix)
     }
 
     /// The newest generation published, if any.
@@ -208,6 +228,12 @@ impl PublishedIndex {
                 return Err(IndexError::Corrupt {
                     key,
                     detail: format!("file id {:?} is not hex", f.id),
+                });
+            }
+            if f.part_bytes == 0 || u64::from(f.parts) != f.bytes.div_ceil(f.part_bytes).max(1) {
+                return Err(IndexError::Corrupt {
+                    key,
+                    detail: format!("{} has {} parts for {} bytes", f.name, f.parts, f.bytes),
                 });
             }
         }
@@ -315,38 +341,25 @@ impl PublishedIndex {
         let candidates = Arc::new(candidates);
         let results: Vec<Option<(StoredFile, bool)>> = futures::stream::iter(todo)
             .map(|name| {
-                let snap = snap.clone();
                 let candidates = candidates.clone();
                 async move {
-                    let read_name = name.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let plain = snap.read(&read_name)?;
-                        Ok::<_, IndexError>(plain.map(|p| {
-                            let sha = hex::encode(Sha256::digest(&p));
-                            (p, sha)
-                        }))
-                    })
-                    .await
-                    .map_err(|e| IndexError::Internal(format!("reading a snapshot file: {e}")))??;
-                    let Some((plain, sha256)) = read else {
-                        return Ok::<_, IndexError>(None);
-                    };
-                    if let Some(f) = candidates.get(&name).filter(|f| f.sha256 == sha256)
-                        && self.store.exists(&self.file_key(&f.id)).await?
-                    {
-                        return Ok(Some((f.clone(), false)));
+                    // A file the newest manifest holds under this name with the same bytes
+                    // is named again.
+                    if let Some(f) = candidates.get(&name) {
+                        let (s, n) = (snap.clone(), name.clone());
+                        match blocking(move || hash_file(&s, &n)).await? {
+                            None => return Ok(None),
+                            Some((sha, len))
+                                if sha == f.sha256
+                                    && len == f.bytes
+                                    && self.store.exists(&self.part_key(&f.id, 0)).await? =>
+                            {
+                                return Ok(Some((f.clone(), false)));
+                            }
+                            Some(_) => {}
+                        }
                     }
-                    let id = hex::encode(random::<16>()?);
-                    let file = StoredFile {
-                        name,
-                        id,
-                        sha256,
-                        bytes: plain.len() as u64,
-                    };
-                    self.store
-                        .put(&self.file_key(&file.id), Bytes::from(plain))
-                        .await?;
-                    Ok(Some((file, true)))
+                    Ok::<_, IndexError>(self.upload_file(snap, name).await?.map(|f| (f, true)))
                 }
             })
             .buffer_unordered(PARALLEL)
@@ -378,6 +391,90 @@ impl PublishedIndex {
             })
             .collect::<Result<_>>()?;
         Ok(Some((files, uploaded, uploaded_bytes)))
+    }
+
+    /// Uploads one file of `snap` under a new id, a part at a time, hashing it as it
+    /// goes; `None` when it was removed locally meanwhile.
+    async fn upload_file(&self, snap: &Snapshot, name: String) -> Result<Option<StoredFile>> {
+        let (s, n) = (snap.clone(), name.clone());
+        let Some((mut reader, len)) = blocking(move || s.open(&n)).await? else {
+            return Ok(None);
+        };
+        let id = hex::encode(random::<16>()?);
+        let mut hasher = Sha256::new();
+        let (mut parts, mut bytes) = (0u32, 0u64);
+        let size = self.part;
+        loop {
+            let (r, h, part) = blocking(move || {
+                let mut part = Vec::with_capacity(size);
+                reader
+                    .by_ref()
+                    .take(size as u64)
+                    .read_to_end(&mut part)
+                    .map_err(|e| IndexError::Internal(format!("reading a snapshot file: {e}")))?;
+                hasher.update(&part);
+                Ok((reader, hasher, part))
+            })
+            .await?;
+            (reader, hasher) = (r, h);
+            let n = part.len();
+            if n == 0 && parts > 0 {
+                break;
+            }
+            self.store
+                .put(&self.part_key(&id, parts), Bytes::from(part))
+                .await?;
+            parts += 1;
+            bytes += n as u64;
+            if n < size {
+                break;
+            }
+        }
+        if bytes != len {
+            // Shorter or longer than when opened: not the file the snapshot named.
+            return Ok(None);
+        }
+        Ok(Some(StoredFile {
+            name,
+            id,
+            sha256: hex::encode(hasher.finalize()),
+            bytes,
+            parts,
+            part_bytes: size as u64,
+        }))
+    }
+
+    /// Downloads one stored file into `install`, part by part, checking its SHA-256 and
+    /// length: `false` when a part is missing (pruned meanwhile).
+    async fn fetch_file(&self, install: Arc<Install>, f: StoredFile) -> Result<bool> {
+        let name = f.name.clone();
+        let mut out = blocking(move || install.create(&name)).await?;
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        for part in 0..f.parts {
+            let key = self.part_key(&f.id, part);
+            let Some(data) = self.store.get_opt(&key).await? else {
+                return Ok(false);
+            };
+            bytes += data.len() as u64;
+            if bytes > f.bytes {
+                break;
+            }
+            (out, hasher) = blocking(move || {
+                hasher.update(&data);
+                out.append(&data)?;
+                Ok((out, hasher))
+            })
+            .await?;
+        }
+        if bytes != f.bytes || hex::encode(hasher.finalize()) != f.sha256 {
+            return Err(IndexError::Corrupt {
+                key: self.part_key(&f.id, 0),
+                detail: format!("{} does not match its manifest (SHA-256 or length)", f.name),
+            });
+        }
+        blocking(move || out.finish()).await?;
+        Ok(true)
     }
 
     /// The second half of a publish: commits `files` (from [`PublishedIndex::upload`]) with
@@ -417,27 +514,7 @@ impl PublishedIndex {
             let (d, s) = (dir.to_path_buf(), sealer.clone());
             let install = Arc::new(blocking(move || Install::begin(&d, s)).await?);
             let complete: Vec<bool> = futures::stream::iter(m.files.clone())
-                .map(|f| {
-                    let install = install.clone();
-                    async move {
-                        let key = self.file_key(&f.id);
-                        let Some(bytes) = self.store.get_opt(&key).await? else {
-                            return Ok::<_, IndexError>(false);
-                        };
-                        let sha = hex::encode(Sha256::digest(&bytes));
-                        if sha != f.sha256 || bytes.len() as u64 != f.bytes {
-                            return Err(IndexError::Corrupt {
-                                key,
-                                detail: format!(
-                                    "{} does not match its manifest (SHA-256 or length)",
-                                    f.name
-                                ),
-                            });
-                        }
-                        blocking(move || install.write(&f.name, &bytes)).await?;
-                        Ok(true)
-                    }
-                })
+                .map(|f| self.fetch_file(install.clone(), f))
                 .buffer_unordered(PARALLEL)
                 .try_collect()
                 .await?;
@@ -497,8 +574,13 @@ impl PublishedIndex {
         }
         let now = SystemTime::now();
         let files_prefix = format!("{}files/", self.prefix);
+        let mut gone: HashSet<String> = HashSet::new();
+        let mut young: HashSet<String> = HashSet::new();
         for (key, modified) in self.store.list_modified(&files_prefix).await? {
-            let Some(id) = key.strip_prefix(&files_prefix) else {
+            let Some(id) = key
+                .strip_prefix(&files_prefix)
+                .and_then(|k| k.split('/').next())
+            else {
                 continue;
             };
             if named.contains(id) {
@@ -506,14 +588,39 @@ impl PublishedIndex {
             }
             let age = now.duration_since(modified).unwrap_or_default();
             if age < grace {
-                out.young += 1;
+                young.insert(id.to_owned());
                 continue;
             }
             self.store.delete(&key).await?;
-            out.files += 1;
+            gone.insert(id.to_owned());
         }
+        // A file some of whose parts were young is counted as young.
+        out.files = gone.difference(&young).count();
+        out.young = young.len();
         Ok(out)
     }
+}
+
+/// The SHA-256 and length of one of a snapshot's files, read as a stream; `None` when it
+/// was removed.
+fn hash_file(snap: &Snapshot, name: &str) -> Result<Option<(String, u64)>> {
+    let Some((mut reader, _)) = snap.open(name)? else {
+        return Ok(None);
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| IndexError::Internal(format!("reading a snapshot file: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok(Some((hex::encode(hasher.finalize()), len)))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -48,7 +48,7 @@ mod store;
 use persist::AnnRef;
 pub(crate) use persist::SegmentRef;
 pub(crate) use publish::check_name as check_snapshot_name;
-pub use publish::{Install, Snapshot, cache_is_empty};
+pub use publish::{Install, InstallFile, Snapshot, cache_is_empty};
 pub use scrub::Verification;
 
 /// Largest `top_k` a search accepts.

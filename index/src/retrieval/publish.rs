@@ -13,6 +13,7 @@
 //! receiving cache is: the object store seals them itself when it is encrypted.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::CollectionIndex;
@@ -121,18 +122,38 @@ impl Snapshot {
         &self.files
     }
 
-    /// The plaintext of one of [`Snapshot::files`], or `None` when a later commit removed it.
-    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    /// A reader of the plaintext of one of [`Snapshot::files`], with its length, or `None`
+    /// when a later commit removed it. A plaintext cache's file is read from disk as it is
+    /// consumed; a sealed one is opened whole (the seal covers the whole file).
+    pub fn open(&self, name: &str) -> Result<Option<(Box<dyn Read + Send>, u64)>> {
         check_name(name)?;
-        if name.starts_with(&format!("{TANTIVY}/")) {
-            let path = self.dir.join(name);
-            return match fs::read(&path) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io_err(&path)(e)),
-            };
+        if self.sealer.is_some() && !name.starts_with(&format!("{TANTIVY}/")) {
+            return Ok(read_file(&self.dir, self.sealer.as_ref(), name)?.map(|b| {
+                let len = b.len() as u64;
+                (
+                    Box::new(std::io::Cursor::new(b)) as Box<dyn Read + Send>,
+                    len,
+                )
+            }));
         }
-        read_file(&self.dir, self.sealer.as_ref(), name)
+        let path = self.dir.join(name);
+        match fs::File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+            Ok((len, f)) => Ok(Some((Box::new(f), len))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// The whole plaintext of one of [`Snapshot::files`], or `None` when a later commit
+    /// removed it.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some((mut r, len)) = self.open(name)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        r.read_to_end(&mut out)
+            .map_err(io_err(&self.dir.join(name)))?;
+        Ok(Some(out))
     }
 }
 
@@ -193,19 +214,43 @@ impl Install {
         })
     }
 
-    /// Writes one file of the snapshot (its plaintext; sealed here when the cache is, and a
-    /// sealed cache takes no tantivy files).
+    /// Writes one file of the snapshot whole (its plaintext; sealed here when the cache is,
+    /// and a sealed cache takes no tantivy files).
     pub fn write(&self, name: &str, plain: &[u8]) -> Result<()> {
+        let mut f = self.create(name)?;
+        f.append(plain)?;
+        f.finish()
+    }
+
+    /// Starts writing one file of the snapshot, to be appended to in order: a plaintext cache's
+    /// file goes to disk as it comes (a temporary name until [`InstallFile::finish`]); a
+    /// sealed cache's is held until it is whole, to be sealed.
+    pub fn create(&self, name: &str) -> Result<InstallFile> {
         check_name(name)?;
-        if let Some(file) = name.strip_prefix(&format!("{TANTIVY}/")) {
-            if self.sealer.is_some() {
-                return Ok(());
+        let (dir, file) = match name.strip_prefix(&format!("{TANTIVY}/")) {
+            Some(file) if self.sealer.is_some() => {
+                return Ok(InstallFile {
+                    dir: self.dir.clone(),
+                    name: file.to_owned(),
+                    out: Out::Skip,
+                });
             }
-            let dir = self.dir.join(TANTIVY);
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            return write_durable(&dir, None, file, plain);
-        }
-        write_durable(&self.dir, self.sealer.as_ref(), name, plain)
+            Some(file) => (self.dir.join(TANTIVY), file),
+            None => (self.dir.clone(), name),
+        };
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let out = match &self.sealer {
+            Some(s) if dir == self.dir => Out::Sealed(s.clone(), Vec::new()),
+            _ => {
+                let tmp = dir.join(format!("{file}.tmp"));
+                Out::Plain(fs::File::create(&tmp).map_err(io_err(&tmp))?)
+            }
+        };
+        Ok(InstallFile {
+            dir,
+            name: file.to_owned(),
+            out,
+        })
     }
 
     /// Writes the manifest (checked to be one), completing the install. The index opens with
@@ -217,6 +262,54 @@ impl Install {
         })?;
         persist::write_manifest(&self.dir, self.sealer.as_ref(), &m)?;
         Ok(m.generation)
+    }
+}
+
+/// One file of an [`Install`], being written.
+pub struct InstallFile {
+    dir: PathBuf,
+    name: String,
+    out: Out,
+}
+
+enum Out {
+    /// A sealed cache's tantivy file: not kept (BM25 is rebuilt in memory).
+    Skip,
+    Plain(fs::File),
+    Sealed(CacheSealer, Vec<u8>),
+}
+
+impl InstallFile {
+    /// Appends the next bytes of the file's plaintext.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        match &mut self.out {
+            Out::Skip => Ok(()),
+            Out::Plain(f) => f
+                .write_all(bytes)
+                .map_err(io_err(&self.dir.join(format!("{}.tmp", self.name)))),
+            Out::Sealed(_, buf) => {
+                buf.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the file durable under its name (fsync, rename, directory fsync).
+    pub fn finish(self) -> Result<()> {
+        match self.out {
+            Out::Skip => Ok(()),
+            Out::Plain(f) => {
+                let tmp = self.dir.join(format!("{}.tmp", self.name));
+                f.sync_all().map_err(io_err(&tmp))?;
+                drop(f);
+                let path = self.dir.join(&self.name);
+                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                fs::File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(&self.dir))
+            }
+            Out::Sealed(s, buf) => write_durable(&self.dir, Some(&s), &self.name, &buf),
+        }
     }
 }
 

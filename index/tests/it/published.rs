@@ -41,18 +41,31 @@ fn graph_file(dir: &Path) -> (String, Vec<u8>) {
         .expect("a graph file")
 }
 
+/// The stored files (each in one object or more: its parts).
 async fn files_in_store(store: &BlobStore) -> usize {
-    store.list("index/handbook/v0/files/").await.unwrap().len()
+    parts_in_store(store)
+        .await
+        .iter()
+        .map(|k| k.rsplit_once('/').unwrap().0.to_owned())
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
-async fn round_trip(store: BlobStore) {
+async fn parts_in_store(store: &BlobStore) -> Vec<String> {
+    store.list("index/handbook/v0/files/").await.unwrap()
+}
+
+async fn round_trip(store: BlobStore, part: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a");
     let (mut index, _) = build(&a, 400, 7);
     index.delete(&doc_id(3)).unwrap();
     index.commit().unwrap();
     let expected = probe(&index, 11);
-    let published = PublishedIndex::new(store.clone(), &name(), 0);
+    let mut published = PublishedIndex::new(store.clone(), &name(), 0);
+    if let Some(bytes) = part {
+        published = published.with_part_size(bytes);
+    }
     assert_eq!(published.latest_generation().await.unwrap(), None);
 
     let snap = index.snapshot().unwrap().unwrap();
@@ -65,6 +78,10 @@ async fn round_trip(store: BlobStore) {
     assert_eq!(first.generation, 1);
     assert_eq!(first.uploaded, first.files);
     assert_eq!(files_in_store(&store).await, first.files);
+    if part.is_some() {
+        // Files larger than a part are stored in several.
+        assert!(parts_in_store(&store).await.len() > 2 * first.files);
+    }
     // The same state again uploads nothing. Another process (a restart) that finds this very
     // state published commits nothing either.
     let again = published.publish(&snap, &mut known).await.unwrap().unwrap();
@@ -113,17 +130,33 @@ async fn round_trip(store: BlobStore) {
         .unwrap()
         .unwrap();
     assert_eq!((restarted.generation, restarted.uploaded), (3, 0));
+
+    // A part missing from the store (a store that lost it): the fetch fails and leaves an
+    // empty cache, from which the node rebuilds.
+    if part.is_some() {
+        let parts = parts_in_store(&store).await;
+        let victim = parts.iter().find(|k| k.ends_with("/000001")).unwrap();
+        store.delete(victim).await.unwrap();
+        let c = dir.path().join("c");
+        assert!(published.fetch(&c, None).await.is_err());
+        assert!(cache_is_empty(&c, None));
+    }
 }
 
 #[tokio::test]
 async fn a_fetched_index_answers_like_the_published_one_on_a_local_store() {
     let dir = tempfile::tempdir().unwrap();
-    round_trip(BlobStore::local(dir.path()).unwrap()).await;
+    round_trip(BlobStore::local(dir.path()).unwrap(), None).await;
 }
 
 #[tokio::test]
-async fn a_fetched_index_answers_like_the_published_one_on_seaweedfs() {
-    round_trip(BlobStore::s3(&SeaweedFs::shared().fresh_bucket()).unwrap()).await;
+async fn a_fetched_index_answers_like_the_published_one_on_seaweedfs_in_parts() {
+    // Parts of 4 KiB: every segment and the graph are stored in many.
+    round_trip(
+        BlobStore::s3(&SeaweedFs::shared().fresh_bucket()).unwrap(),
+        Some(4096),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -276,7 +309,7 @@ async fn damaged_or_hostile_published_files_are_refused_and_leave_an_empty_cache
     let hostile = serde_json::json!({
         "format_version": 1,
         "index": {},
-        "files": [{"name": "../escaped", "id": "ab", "sha256": "00", "bytes": 1}],
+        "files": [{"name": "../escaped", "id": "ab", "sha256": "00", "bytes": 1, "parts": 1, "part_bytes": 1}],
     });
     store
         .put(

@@ -142,7 +142,7 @@ async fn kill_9_while_ingesting_loses_and_duplicates_nothing() {
 
 /// One strace line's system call: `Some((name, args))` for a completed call that succeeded.
 fn syscall(line: &str) -> Option<(&str, &str)> {
-    // "PID name(args) = 0" (with -f); resumed or failed calls are skipped.
+    // "PID name(args) = 0" (with -f); failed calls are skipped.
     let line = line.split_once(' ').map_or(line, |(pid, rest)| {
         if pid.chars().all(|c| c.is_ascii_digit()) {
             rest.trim_start()
@@ -195,12 +195,38 @@ fn traced(node: &Node, args: &[&str]) -> Vec<(String, Vec<String>)> {
     strace.current_dir(node.dir.path());
     let out = strace.output().unwrap();
     crate::common::assert_ok(&out);
-    std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .filter_map(syscall)
+    let text = std::fs::read_to_string(&log).unwrap();
+    rejoined(&text)
+        .iter()
+        .filter_map(|l| syscall(l))
         .map(|(name, args)| (name.to_owned(), paths_in(args)))
         .collect()
+}
+
+/// strace's lines with each call that another thread interrupted joined again: "PID
+/// name(args <unfinished ...>" and, later, "PID <... name resumed>rest" become one line, in
+/// the place where the call finished (what it did is done by then).
+fn rejoined(text: &str) -> Vec<String> {
+    let mut open: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let pid = line.split_once(' ').map_or("", |(p, _)| p);
+        if let Some(head) = line.strip_suffix(" <unfinished ...>") {
+            open.insert(pid, head);
+        } else if let Some((_, rest)) = line.split_once(" resumed>") {
+            // The result is padded: ")             = 0".
+            let rest = match rest.split_once('=') {
+                Some((call, result)) => format!("{} ={result}", call.trim_end()),
+                None => rest.to_owned(),
+            };
+            if let Some(head) = open.remove(pid) {
+                out.push(format!("{head}{rest}"));
+            }
+        } else {
+            out.push(line.to_owned());
+        }
+    }
+    out
 }
 
 /// With `storage.fsync` (the default), every object an ingest puts in the local store has its

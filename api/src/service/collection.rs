@@ -431,8 +431,19 @@ impl Service {
 
     /// Makes everything added since the last commit durable and searchable by a fresh process:
     /// replaces older documents of the same external name, commits the index, and marks the
-    /// added documents `indexed`.
+    /// added documents `indexed`; then publishes the index to the object store.
     pub async fn commit(&self, col: &Arc<Collection>) -> Result<()> {
+        self.commit_and_publish(col, true).await
+    }
+
+    /// Commits like [`Service::commit`], publishing the index only when `always` or when the
+    /// last publish is `PUBLISH_EVERY` old (the worker's commits while documents are still
+    /// being processed: it publishes when it runs out of work).
+    pub(super) async fn commit_and_publish(
+        &self,
+        col: &Arc<Collection>,
+        always: bool,
+    ) -> Result<()> {
         // The documents this commit finishes are those added before it starts: one added while
         // the index commits (the background worker adds beside commits) may or may not be in
         // it, so it waits for the next commit to be marked `indexed`. Those a failed commit
@@ -444,7 +455,7 @@ impl Service {
             lock(&col.pending).append(&mut pending);
         }
         drop(writing);
-        if r.is_ok() {
+        if r.is_ok() && (always || col.publish_state.lock().await.due()) {
             self.publish(col).await;
         }
         r

@@ -18,6 +18,11 @@ use super::collection::{Collection, blocking, read};
 /// (and at every compaction).
 const COLLECT_EVERY: u64 = 8;
 
+/// While documents are still being processed, the worker publishes a collection at most this
+/// often (it publishes at once when it runs out of work): each publish uploads the manifest
+/// and new tantivy and graph files, which an ingestion committing every second would churn.
+const PUBLISH_EVERY: Duration = Duration::from_secs(30);
+
 /// What a collection remembers of its published index.
 #[derive(Debug, Default)]
 pub(crate) struct PublishState {
@@ -29,6 +34,8 @@ pub(crate) struct PublishState {
     published: Option<u64>,
     /// Publishes since the process started.
     count: u64,
+    /// When the last publish ended.
+    last: Option<Instant>,
 }
 
 impl PublishState {
@@ -39,7 +46,13 @@ impl PublishState {
             uploaded,
             published: None,
             count: 0,
+            last: None,
         }
+    }
+
+    /// Whether a publish is due for a commit that need not publish (`PUBLISH_EVERY`).
+    pub(crate) fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY)
     }
 }
 
@@ -118,7 +131,9 @@ impl Service {
         }
         let published = self.published_index(col.name(), vectors);
         let started = Instant::now();
-        let done = match published.publish(&snap, &mut state.uploaded).await {
+        let outcome = published.publish(&snap, &mut state.uploaded).await;
+        state.last = Some(Instant::now());
+        let done = match outcome {
             Ok(Some(p)) => {
                 state.published = Some(snap.generation());
                 state.count += 1;

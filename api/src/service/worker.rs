@@ -147,7 +147,10 @@ impl Service {
                 });
             }
             if tasks.is_empty() {
-                interval = self.commit_touched(&mut touched).await.unwrap_or(interval);
+                interval = self
+                    .commit_touched(&mut touched, true)
+                    .await
+                    .unwrap_or(interval);
                 due = None;
                 if stopping {
                     return;
@@ -176,19 +179,24 @@ impl Service {
                 () = self.backlog.notify.notified(), if !stopping && tasks.len() < slots => {}
                 _ = stop.changed(), if !stopping => {}
                 () = tokio::time::sleep_until(wake), if due.is_some() => {
-                    interval = self.commit_touched(&mut touched).await.unwrap_or(interval);
+                    interval = self
+                        .commit_touched(&mut touched, false)
+                        .await
+                        .unwrap_or(interval);
                     due = None;
                 }
             }
         }
     }
 
-    /// Commits every touched collection (deleted ones are skipped) and empties the set.
-    /// Returns the interval to wait before the next commit: `COMMIT_EVERY`, or ten times what
-    /// this commit took when that is longer.
+    /// Commits every touched collection (deleted ones are skipped) and empties the set;
+    /// publishes each when `idle` (the worker ran out of work), else only when its last
+    /// publish is old enough. Returns the interval to wait before the next commit:
+    /// `COMMIT_EVERY`, or ten times what this commit took when that is longer.
     async fn commit_touched(
         &self,
         touched: &mut HashMap<CollectionName, Arc<Collection>>,
+        idle: bool,
     ) -> Option<Duration> {
         if touched.is_empty() {
             return None;
@@ -198,7 +206,7 @@ impl Service {
             if col.is_deleted() {
                 continue;
             }
-            if let Err(e) = self.commit(&col).await {
+            if let Err(e) = self.commit_and_publish(&col, idle).await {
                 tracing::error!(collection = %c, error = %e, "commit after ingestion failed");
             }
         }

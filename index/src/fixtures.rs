@@ -46,7 +46,10 @@ impl SeaweedFs {
     ///
     /// The volumes turn read-only below 256 MiB of free disk rather than SeaweedFS's default 1 %
     /// of the disk (2.5 GiB on a 252 GiB volume), which failed the S3 tests on a machine with
-    /// 2.2 GiB free although they write a few megabytes.
+    /// 2.2 GiB free although they write a few megabytes. Up to 256 volumes of 64 MB (sparse
+    /// files): every bucket takes volumes of its own, and the whole suite on one shared
+    /// server, published indexes included, ran out of 64 (writes to a fresh bucket then
+    /// answered 500).
     pub fn start_on(ip: &str) -> Result<Self, String> {
         let weed = find_weed()?;
         let dir = tempfile::Builder::new()
@@ -56,7 +59,7 @@ impl SeaweedFs {
             .keep();
         let ports = free_ports(ip, 4)?;
         let server = format!(
-            "{weed} server -dir={dir} -ip={ip} -ip.bind={ip} -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=64 -master.volumeSizeLimitMB=64 -volume.minFreeSpace=256MiB",
+            "{weed} server -dir={dir} -ip={ip} -ip.bind={ip} -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=256 -master.volumeSizeLimitMB=64 -volume.minFreeSpace=256MiB",
             ports[0],
             ports[1],
             ports[2],

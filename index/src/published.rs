@@ -184,7 +184,7 @@ impl PublishedIndex {
         self
     }
 
-    /// Sets the size of the parts files are uploaded in (at least 1 byte; [`PART`] by
+    /// Sets the size of the parts files are uploaded in (at least 1 byte; 64 MiB by
     /// default). Fetches read any part size.
     pub fn with_part_size(mut self, bytes: usize) -> Self {
         self.part = bytes.max(1);

@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use hearth_index::fixtures::SeaweedFs;
 use hearth_index::{
-    Analyzer, AnnKind, BlobStore, CollectionIndex, CollectionName, Hit, IndexConfig, IndexParams,
-    PublishedIndex, Reader, SearchMode, SearchRequest, Uploaded,
+    AnnKind, BlobStore, CollectionIndex, CollectionName, Hit, IndexConfig, PublishedIndex, Reader,
+    SearchMode, SearchRequest, Uploaded,
 };
 use serde_json::json;
 
@@ -41,14 +41,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let params = IndexParams {
-        dim: DIM,
-        hnsw_m: 16,
-        ef_construction: 200,
-        ef_search: 64,
-        analyzer: Analyzer::EnglishStem,
-        ann: AnnKind::Graph,
-    };
+    let params = common::collection::params(DIM, AnnKind::Graph);
     let mixture = common::Mixture::new(DIM, 100, 0.5, 7);
     let kept = std::env::var_os("HEARTH_BENCH_KEEP_DIR").map(std::path::PathBuf::from);
     let temp = tempfile::tempdir().unwrap();

@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use hearth_engine::{Embedder, EngineConfig, Priority, Role};
 use hearth_index::{
-    Analyzer, AnnKind, CollectionIndex, Condition, Filter, IndexConfig, IndexParams, MetaValue,
-    Reader, SearchMode, SearchRequest,
+    AnnKind, CollectionIndex, Condition, Filter, IndexConfig, MetaValue, Reader, SearchMode,
+    SearchRequest,
 };
 use serde_json::json;
 
@@ -59,17 +59,13 @@ fn main() {
     let kept = std::env::var_os("HEARTH_BENCH_KEEP_DIR").map(std::path::PathBuf::from);
     let temp = tempfile::tempdir().unwrap();
     let dir_path = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let params = IndexParams {
-        dim: DIM,
-        hnsw_m: 16,
-        ef_construction: 200,
-        ef_search: 64,
-        analyzer: Analyzer::EnglishStem,
-        ann: match std::env::var("HEARTH_BENCH_ANN").as_deref() {
+    let params = common::collection::params(
+        DIM,
+        match std::env::var("HEARTH_BENCH_ANN").as_deref() {
             Ok("hnsw_rs") => AnnKind::HnswRs,
             _ => AnnKind::Graph,
         },
-    };
+    );
     println!(
         "retrieval bench: {n} chunks in {docs} documents, {DIM}-d, index.ann = {}",
         params.ann

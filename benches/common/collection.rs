@@ -2,7 +2,23 @@
 //! words with their natural frequencies, so BM25 posting lists have realistic lengths),
 //! documents of `per_doc` chunks with metadata and access lists, and given vectors.
 
-use hearth_index::{Access, Chunk, CollectionIndex, DocId, IndexedDoc, MetaValue, Metadata};
+use hearth_index::{
+    Access, Analyzer, AnnKind, Chunk, CollectionIndex, DocId, IndexParams, IndexedDoc, MetaValue,
+    Metadata,
+};
+
+/// The index parameters of the benches' collections: `dim`-wide vectors, M 16,
+/// ef_construction 200, ef_search 64, English BM25, the graph of kind `ann`.
+pub fn params(dim: usize, ann: AnnKind) -> IndexParams {
+    IndexParams {
+        dim,
+        hnsw_m: 16,
+        ef_construction: 200,
+        ef_search: 64,
+        analyzer: Analyzer::EnglishStem,
+        ann,
+    }
+}
 
 /// Words of a chunk.
 pub const WORDS_PER_CHUNK: usize = 120;

@@ -71,6 +71,16 @@ fn config() -> toml::Table {
     text.parse().unwrap()
 }
 
+/// The entry of a list of named things (volumes, mounts, variables) called `name`.
+fn named(list: &Value, name: &str) -> Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("nothing named {name} in {list}"))
+        .clone()
+}
+
 fn dockerfile() -> String {
     std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap()
 }
@@ -156,34 +166,13 @@ fn the_manifests_agree_with_each_other_and_with_the_image() {
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
 
     let mount = |volume: &str| -> String {
-        container["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == volume)
-            .unwrap_or_else(|| panic!("no mount of {volume}"))["mountPath"]
+        named(&container["volumeMounts"], volume)["mountPath"]
             .as_str()
             .unwrap()
             .to_owned()
     };
-    let volume = |name: &str| -> Value {
-        spec["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("no volume {name}"))
-            .clone()
-    };
-    let env = |name: &str| -> Value {
-        container["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .unwrap_or_else(|| panic!("no variable {name}"))
-            .clone()
-    };
+    let volume = |name: &str| named(&spec["volumes"], name);
+    let env = |name: &str| named(&container["env"], name);
     // HEARTH_CONFIG names the ConfigMap's file where it is mounted.
     assert_eq!(volume("config")["configMap"]["name"], "hearth");
     assert_eq!(

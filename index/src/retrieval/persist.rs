@@ -77,7 +77,7 @@ use crate::vector::HnswDump;
 
 /// Version of this directory layout.
 pub(super) const LAYOUT_VERSION: u32 = 1;
-const MANIFEST: &str = "manifest.json";
+pub(super) const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

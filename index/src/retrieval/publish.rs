@@ -27,7 +27,7 @@ const TANTIVY_META: &str = "meta.json";
 const TANTIVY_MANAGED: &str = ".managed.json";
 
 /// The last commit of an index as files. Cheap to clone; reading its files takes no lock on
-/// the index (they are immutable, but a later commit may remove them: [`Snapshot::read`] then
+/// the index (they are immutable, but a later commit may remove them: [`Snapshot::open`] then
 /// says so, and the caller takes a new snapshot).
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -143,18 +143,6 @@ impl Snapshot {
             Err(e) => Err(io_err(&path)(e)),
         }
     }
-
-    /// The whole plaintext of one of [`Snapshot::files`], or `None` when a later commit
-    /// removed it.
-    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let Some((mut r, len)) = self.open(name)? else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        r.read_to_end(&mut out)
-            .map_err(io_err(&self.dir.join(name)))?;
-        Ok(Some(out))
-    }
 }
 
 /// A file name a snapshot may hold: `name` or `tantivy/name`, of letters, digits, `.`, `_`
@@ -212,14 +200,6 @@ impl Install {
             sealer,
             _lock: lock,
         })
-    }
-
-    /// Writes one file of the snapshot whole (its plaintext; sealed here when the cache is,
-    /// and a sealed cache takes no tantivy files).
-    pub fn write(&self, name: &str, plain: &[u8]) -> Result<()> {
-        let mut f = self.create(name)?;
-        f.append(plain)?;
-        f.finish()
     }
 
     /// Starts writing one file of the snapshot, to be appended to in order: a plaintext cache's
@@ -315,11 +295,19 @@ impl InstallFile {
 
 /// Whether the index in `dir` holds no committed document (no manifest, or one with no
 /// segment and no document): a directory a snapshot from the store may fill.
+///
+/// Runs before every open, so the manifest's segments and documents are skipped over, not
+/// built (the open reads it whole right after).
 pub fn cache_is_empty(dir: &Path, sealer: Option<&CacheSealer>) -> bool {
-    match persist::read_manifest(dir, sealer) {
-        Ok(Some(m)) => m.segments.is_empty() && m.documents.is_empty(),
-        Ok(None) => true,
-        // Unreadable: the open moves it aside and starts empty anyway.
-        Err(_) => true,
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        segments: Vec<serde::de::IgnoredAny>,
+        documents: Vec<serde::de::IgnoredAny>,
+    }
+    match read_file(dir, sealer, persist::MANIFEST) {
+        Ok(Some(bytes)) => serde_json::from_slice::<Counts>(&bytes)
+            // Unreadable: the open moves it aside and starts empty anyway.
+            .map_or(true, |c| c.segments.is_empty() && c.documents.is_empty()),
+        Ok(None) | Err(_) => true,
     }
 }

@@ -1506,6 +1506,7 @@ fn run_direct(
                 generator: true,
                 ask: Default::default(),
                 backlog_limit: 10_000,
+                cluster: Default::default(),
             })
             .expect("build the service"),
         );

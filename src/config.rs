@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use hearth_api::config::{
-    AskConfig, EngineConfig, IndexConfig, IngestConfig, ResidencyConfig, ServerConfig,
-    StorageConfig,
+    AskConfig, ClusterConfig, EngineConfig, IndexConfig, IngestConfig, ResidencyConfig,
+    ServerConfig, StorageConfig,
 };
 use serde::Deserialize;
 
@@ -27,6 +27,8 @@ pub struct AppConfig {
     pub ask: AskConfig,
     /// The node's jurisdiction.
     pub residency: ResidencyConfig,
+    /// Replicas over one store.
+    pub cluster: ClusterConfig,
 }
 
 /// A configuration problem: reported as one line, exit code 2.
@@ -97,6 +99,9 @@ impl AppConfig {
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         cfg.residency
             .validate(&cfg.storage)
+            .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
+        cfg.cluster
+            .validate()
             .map_err(|e| ConfigError(strip_kind(e.to_string())))?;
         Ok(cfg)
     }

@@ -62,4 +62,5 @@ pub mod config {
     pub use crate::AskConfig;
     pub use crate::http::ServerConfig;
     pub use crate::residency::ResidencyConfig;
+    pub use crate::service::ClusterConfig;
 }

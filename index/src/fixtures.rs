@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,11 +52,7 @@ impl SeaweedFs {
     /// answered 500).
     pub fn start_on(ip: &str) -> Result<Self, String> {
         let weed = find_weed()?;
-        let dir = tempfile::Builder::new()
-            .prefix("hearth-weed-")
-            .tempdir()
-            .map_err(|e| e.to_string())?
-            .keep();
+        let dir = weed_dir()?;
         let ports = free_ports(ip, 4)?;
         let server = format!(
             "{weed} server -dir={dir} -ip={ip} -ip.bind={ip} -master.port={} -volume.port={} -filer.port={} -s3 -s3.port={} -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=256 -master.volumeSizeLimitMB=64 -volume.minFreeSpace=256MiB",
@@ -67,12 +63,64 @@ impl SeaweedFs {
             weed = shell_quote(&weed.display().to_string()),
             dir = shell_quote(&dir.display().to_string()),
         );
+        Self::launch(ip, &dir, &[server], ports[3])
+    }
+
+    /// Starts a cluster of separate processes on loopback: a master, two volume servers and
+    /// a filer with the S3 gateway (each file lands on one of the two volume servers), and
+    /// waits (at most 60 s) until the gateway answers. Stopped when dropped.
+    pub fn start_cluster() -> Result<Self, String> {
+        let ip = "127.0.0.1";
+        let weed = shell_quote(&find_weed()?.display().to_string());
+        let dir = weed_dir()?;
+        let p = free_ports(ip, 5)?;
+        let d = |sub: &str| -> Result<String, String> {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+            Ok(shell_quote(&path.display().to_string()))
+        };
+        let master = format!("{ip}:{}", p[0]);
+        let mut commands = vec![format!(
+            "{weed} master -ip={ip} -ip.bind={ip} -port={} -mdir={} -volumeSizeLimitMB=64",
+            p[0],
+            d("master")?
+        )];
+        for (i, port) in [p[1], p[2]].iter().enumerate() {
+            commands.push(format!(
+                "{weed} volume -ip={ip} -ip.bind={ip} -port={port} -dir={} -master={master} -max=128 -minFreeSpace=256MiB",
+                d(&format!("volume{i}"))?
+            ));
+        }
+        commands.push(format!(
+            "{weed} filer -ip={ip} -ip.bind={ip} -port={} -master={master} -defaultStoreDir={} -s3 -s3.port={} -s3.port.iceberg=0 -s3.port.lance=0",
+            p[3],
+            d("filer")?,
+            p[4]
+        ));
+        Self::launch(ip, &dir, &commands, p[4])
+    }
+
+    /// Runs `commands` in the background under a watchdog shell (its own process group) that
+    /// stops them when this process or any of them exits, then waits for the S3 gateway on
+    /// `s3_port`.
+    fn launch(ip: &str, dir: &Path, commands: &[String], s3_port: u16) -> Result<Self, String> {
         let parent = std::process::id();
+        let mut start = String::new();
+        for (i, c) in commands.iter().enumerate() {
+            let log = shell_quote(&dir.join(format!("weed{i}.log")).display().to_string());
+            start.push_str(&format!("{c} >{log} 2>&1 & w{i}=$!\n"));
+        }
+        let pids: Vec<String> = (0..commands.len()).map(|i| format!("$w{i}")).collect();
+        let alive: Vec<String> = pids
+            .iter()
+            .map(|p| format!("kill -0 {p} 2>/dev/null"))
+            .collect();
         let script = format!(
-            "{server} >{log} 2>&1 & w=$!\n\
-             while kill -0 {parent} 2>/dev/null && kill -0 $w 2>/dev/null; do sleep 1; done\n\
-             kill $w 2>/dev/null; sleep 1; kill -9 $w 2>/dev/null; rm -rf {dir}",
-            log = shell_quote(&dir.join("weed.log").display().to_string()),
+            "{start}\
+             while kill -0 {parent} 2>/dev/null && {alive}; do sleep 1; done\n\
+             kill {pids} 2>/dev/null; sleep 1; kill -9 {pids} 2>/dev/null; rm -rf {dir}",
+            alive = alive.join(" && "),
+            pids = pids.join(" "),
             dir = shell_quote(&dir.display().to_string()),
         );
         use std::os::unix::process::CommandExt;
@@ -86,9 +134,9 @@ impl SeaweedFs {
             .spawn()
             .map_err(|e| format!("spawning sh: {e}"))?;
         let me = Self {
-            endpoint: format!("http://{ip}:{}", ports[3]),
+            endpoint: format!("http://{ip}:{s3_port}"),
             pgid: i32::try_from(child.id()).map_err(|e| e.to_string())?,
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
         };
         for _ in 0..120 {
             if me.create_bucket("hearth-probe").is_ok() {
@@ -96,7 +144,9 @@ impl SeaweedFs {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let log = std::fs::read_to_string(dir.join("weed.log")).unwrap_or_default();
+        let log: String = (0..commands.len())
+            .map(|i| std::fs::read_to_string(dir.join(format!("weed{i}.log"))).unwrap_or_default())
+            .collect();
         let tail: String = log
             .chars()
             .rev()
@@ -265,6 +315,15 @@ fn forward(
     let mut client = client;
     std::io::copy(&mut up, &mut client)?;
     client.shutdown(std::net::Shutdown::Both)
+}
+
+/// A fresh directory for a server's data and logs, removed by its watchdog.
+fn weed_dir() -> Result<PathBuf, String> {
+    Ok(tempfile::Builder::new()
+        .prefix("hearth-weed-")
+        .tempdir()
+        .map_err(|e| e.to_string())?
+        .keep())
 }
 
 fn find_weed() -> Result<PathBuf, String> {

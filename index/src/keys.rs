@@ -92,3 +92,21 @@ pub fn index_prefix(c: &CollectionName) -> String {
 pub fn index_of(c: &CollectionName, vectors: u32) -> String {
     format!("index/{c}/v{vectors}/")
 }
+
+/// The lease naming the replica that indexes collection `c` (`hearth serve` with
+/// `cluster.enabled`); under the index prefix, so it goes with the collection.
+pub fn index_lease(c: &CollectionName) -> String {
+    format!("index/{c}/lease")
+}
+
+/// A document of collection `c` that changed through a replica and that the collection's
+/// indexer has yet to bring into the published index (an upload, a delete, an access
+/// change): an empty object, deleted once a published generation reflects the change.
+pub fn change_marker(c: &CollectionName, d: &DocId) -> String {
+    format!("changes/{c}/{d}")
+}
+
+/// Prefix of the change markers of collection `c`.
+pub fn change_markers_prefix(c: &CollectionName) -> String {
+    format!("changes/{c}/")
+}

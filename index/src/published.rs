@@ -43,11 +43,12 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::access::Access;
 use crate::blob::BlobStore;
 use crate::coord::Generations;
 use crate::crypto::{CacheSealer, random};
 use crate::error::{IndexError, Result};
-use crate::ids::CollectionName;
+use crate::ids::{CollectionName, DocId};
 use crate::keys;
 use crate::retrieval::{Install, Snapshot};
 
@@ -107,6 +108,11 @@ pub struct Uploaded {
 }
 
 impl Uploaded {
+    /// The committed generation that names the files, if known.
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
+    }
+
     /// Files known.
     pub fn len(&self) -> usize {
         self.files.len()
@@ -247,8 +253,40 @@ impl PublishedIndex {
         snap: &Snapshot,
         known: &mut Uploaded,
     ) -> Result<Option<Published>> {
+        self.publish_with(snap, known, None).await
+    }
+
+    /// Publishes like [`PublishedIndex::publish`], but only as generation `after + 1` (`after`
+    /// 0: the first): a replica whose index was built on generation `after` fails with
+    /// [`IndexError::Conflict`], committing nothing, when another writer published since
+    /// (its state would not include the other's changes, so it must load them first).
+    pub async fn publish_after(
+        &self,
+        snap: &Snapshot,
+        known: &mut Uploaded,
+        after: u64,
+    ) -> Result<Option<Published>> {
+        self.publish_with(snap, known, Some(after)).await
+    }
+
+    async fn publish_with(
+        &self,
+        snap: &Snapshot,
+        known: &mut Uploaded,
+        after: Option<u64>,
+    ) -> Result<Option<Published>> {
+        let superseded = |g: u64| {
+            IndexError::Conflict(format!(
+                "generation {g} of the index under {} was published by another writer after generation {}",
+                self.prefix,
+                after.unwrap_or(0)
+            ))
+        };
         let (known_files, candidates) = match self.check_known(known).await? {
             Known::Valid => (known.files.clone(), HashMap::new()),
+            Known::Stale(Some((generation, _))) if after.is_some_and(|a| generation > a) => {
+                return Err(superseded(generation));
+            }
             Known::Stale(Some((generation, m))) if self.same_state(snap, &m)? => {
                 // Another process (or this one, before a restart) published this very state.
                 let files = m.files.len();
@@ -271,7 +309,15 @@ impl PublishedIndex {
             return Ok(None);
         };
         let count = files.len();
-        let generation = self.commit(snap, files.clone()).await?;
+        let generation = match after {
+            None => self.commit(snap, files.clone()).await?,
+            Some(a) => {
+                if !self.commit_as(snap, files.clone(), a + 1).await? {
+                    return Err(superseded(a + 1));
+                }
+                a + 1
+            }
+        };
         *known = Uploaded {
             files: by_name(Some(files)),
             generation: Some(generation),
@@ -481,16 +527,7 @@ impl PublishedIndex {
     /// the snapshot's manifest as the generation after the newest, and returns it. A writer
     /// that loses a generation to another tries the next (three times).
     pub async fn commit(&self, snap: &Snapshot, files: Vec<StoredFile>) -> Result<u64> {
-        let index: serde_json::Value = serde_json::from_slice(snap.manifest()).map_err(|e| {
-            IndexError::Internal(format!("re-reading the snapshot's manifest: {e}"))
-        })?;
-        let bytes: Bytes = serde_json::to_vec(&Manifest {
-            format_version: FORMAT_VERSION,
-            index,
-            files,
-        })
-        .map_err(|e| IndexError::Internal(format!("serialising a published manifest: {e}")))?
-        .into();
+        let bytes = manifest_bytes(snap, files)?;
         for _ in 0..3 {
             let next = self.latest_generation().await?.unwrap_or(0) + 1;
             if self.generations.commit(next, bytes.clone()).await? {
@@ -500,6 +537,48 @@ impl PublishedIndex {
         Err(IndexError::Conflict(format!(
             "another writer kept committing the index under {} first",
             self.prefix
+        )))
+    }
+
+    /// Commits `files` with the snapshot's manifest as `generation` exactly: `false`, and
+    /// nothing written, when another writer committed it first.
+    async fn commit_as(
+        &self,
+        snap: &Snapshot,
+        files: Vec<StoredFile>,
+        generation: u64,
+    ) -> Result<bool> {
+        let bytes = manifest_bytes(snap, files)?;
+        self.generations.commit(generation, bytes).await
+    }
+
+    /// The newest published generation and the documents its index holds, with their access
+    /// lists: what a replica brings its own index in line with. `None` when nothing is
+    /// published.
+    pub async fn latest_documents(&self) -> Result<Option<(u64, Vec<(DocId, Access)>)>> {
+        #[derive(Deserialize)]
+        struct Doc {
+            doc_id: DocId,
+            #[serde(default)]
+            access: Access,
+        }
+        #[derive(Deserialize)]
+        struct Docs {
+            documents: Vec<Doc>,
+        }
+        let Some((generation, m)) = self.latest().await? else {
+            return Ok(None);
+        };
+        let docs: Docs = serde_json::from_value(m.index).map_err(|e| IndexError::Corrupt {
+            key: format!("{}manifests/{generation:020}", self.prefix),
+            detail: format!("its documents: {e}"),
+        })?;
+        Ok(Some((
+            generation,
+            docs.documents
+                .into_iter()
+                .map(|d| (d.doc_id, d.access))
+                .collect(),
         )))
     }
 
@@ -621,6 +700,19 @@ fn hash_file(snap: &Snapshot, name: &str) -> Result<Option<(String, u64)>> {
         len += n as u64;
     }
     Ok(Some((hex::encode(hasher.finalize()), len)))
+}
+
+/// A published manifest naming `files` for the snapshot.
+fn manifest_bytes(snap: &Snapshot, files: Vec<StoredFile>) -> Result<Bytes> {
+    let index: serde_json::Value = serde_json::from_slice(snap.manifest())
+        .map_err(|e| IndexError::Internal(format!("re-reading the snapshot's manifest: {e}")))?;
+    Ok(serde_json::to_vec(&Manifest {
+        format_version: FORMAT_VERSION,
+        index,
+        files,
+    })
+    .map_err(|e| IndexError::Internal(format!("serialising a published manifest: {e}")))?
+    .into())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -55,6 +55,7 @@ async fn build_service(cfg: &AppConfig, generator: bool) -> anyhow::Result<Servi
         generator,
         ask: cfg.ask.clone(),
         backlog_limit: cfg.server.ingest_backlog,
+        cluster: cfg.cluster.clone(),
     })?;
     Ok(service)
 }

@@ -43,7 +43,18 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
     let addr = listener.local_addr()?;
     let service = Arc::new(super::service_with_generator(&cfg).await?);
     let store = service.storage();
-    if cfg.storage.check_writes {
+    if cfg.cluster.enabled {
+        // Leases and the published index's generations rest on conditional writes.
+        let report = store.require_exclusive_creates().await?;
+        if let Some(u) = report.update_failure() {
+            anyhow::bail!(
+                "cluster.enabled: the object store {} failed the check {}: {}; replicas need a store whose conditional updates hold (see `hearth store check --replicas`)",
+                report.store,
+                u.name,
+                u.detail
+            );
+        }
+    } else if cfg.storage.check_writes {
         let report = store.require_exclusive_creates().await?;
         match report.update_failure() {
             Some(u) => tracing::info!(
@@ -77,6 +88,9 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(service.clone().run_conversation_sweeper(stop_rx.clone()));
     let worker = tokio::spawn(service.clone().run_worker(stop_rx));
+    // Stopped after the worker: the batch under way is published while the leases hold.
+    let (cluster_stop, cluster_rx) = tokio::sync::watch::channel(false);
+    let cluster = tokio::spawn(service.clone().run_cluster(cluster_rx));
     let mut queued = 0;
     if !args.ingest.is_empty() {
         let c = CollectionName::new(&args.collection)?;
@@ -160,6 +174,13 @@ pub async fn run(mut cfg: AppConfig, args: ServeArgs) -> anyhow::Result<ExitCode
     sweeper.abort();
     if tokio::time::timeout(grace, worker).await.is_err() {
         tracing::warn!("the ingestion batch did not finish in time; it resumes at the next start");
+    }
+    let _ = cluster_stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), cluster)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the replica's leases were not given up in time; they expire by themselves");
     }
     Ok(ExitCode::SUCCESS)
 }

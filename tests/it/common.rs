@@ -177,6 +177,7 @@ impl Node {
             generator: false,
             ask: Default::default(),
             backlog_limit: 1,
+            cluster: Default::default(),
         }
     }
 

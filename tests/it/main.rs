@@ -24,6 +24,7 @@ mod openai;
 mod quality;
 mod redaction;
 mod reembed;
+mod replicas;
 mod residency;
 mod scans;
 mod search;

@@ -86,7 +86,7 @@ impl Service {
             }
         }
         let col2 = col.clone();
-        let changes: Vec<DocId> = family;
+        let changes: Vec<DocId> = family.clone();
         let access2 = access.clone();
         blocking(move || {
             if let Some(mut index) = col2.index_mut() {
@@ -98,6 +98,9 @@ impl Service {
             Ok(())
         })
         .await?;
+        for d in &family {
+            self.mark_changed(col.name(), d).await?;
+        }
         Ok(Some(updated))
     }
 }

@@ -161,6 +161,12 @@ impl Collection {
         (!self.is_deleted()).then_some(index)
     }
 
+    /// The document was deleted (through another replica): work under way on it erases
+    /// what it writes.
+    pub(super) fn mark_erased(&self, doc: &DocId) {
+        lock(&self.erased).insert(*doc);
+    }
+
     /// A document of this id was submitted again: it is no longer deleted.
     pub(crate) fn revive(&self, doc: &DocId) {
         lock(&self.erased).remove(doc);
@@ -455,7 +461,7 @@ impl Service {
             lock(&col.pending).append(&mut pending);
         }
         drop(writing);
-        if r.is_ok() && (always || col.publish_state.lock().await.due()) {
+        if r.is_ok() && (always || col.publish_state.lock().await.due(self.cluster.is_some())) {
             self.publish(col).await;
         }
         r
@@ -527,6 +533,9 @@ impl Service {
         let col2 = col.clone();
         blocking(move || col2.index_mut().map_or(Ok(()), |mut i| i.commit())).await?;
         self.recount_usage(&col.name);
+        for d in std::iter::once(doc).chain(&family) {
+            self.mark_changed(&col.name, d).await?;
+        }
         Ok(existed)
     }
 
@@ -711,6 +720,29 @@ impl Service {
     pub async fn delete_collection(&self, c: &CollectionName) -> Result<bool> {
         let mut open = self.open.lock().await;
         let existed = self.store.exists(&keys::collection(c)).await?;
+        let col = self.retire(&mut open, c);
+        self.remove_stored(c).await?;
+        self.recount_usage(c);
+        self.remove_local(c, col).await?;
+        drop(open);
+        Ok(existed)
+    }
+
+    /// Forgets a collection deleted through another replica: its handle and its local index
+    /// (the store's objects are that replica's to remove).
+    pub(super) async fn drop_local(&self, c: &CollectionName) -> Result<()> {
+        let mut open = self.open.lock().await;
+        let col = self.retire(&mut open, c);
+        self.remove_local(c, col).await
+    }
+
+    /// Takes a collection's handle out of the open ones and marks it deleted: work still
+    /// holding it writes nothing more, and no collection of the name opens until it is gone.
+    fn retire(
+        &self,
+        open: &mut HashMap<CollectionName, Arc<Collection>>,
+        c: &CollectionName,
+    ) -> Option<Arc<Collection>> {
         let col = open.remove(c);
         if let Some(col) = &col {
             col.deleted.store(true, Ordering::SeqCst);
@@ -719,8 +751,11 @@ impl Service {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(c.clone(), Arc::downgrade(col));
         }
-        self.remove_stored(c).await?;
-        self.recount_usage(c);
+        col
+    }
+
+    /// Removes a retired collection's local index directories.
+    async fn remove_local(&self, c: &CollectionName, col: Option<Arc<Collection>>) -> Result<()> {
         // Those of other models first (an abandoned re-embedding); the one in use below.
         let dir = self.index_dir(c, col.as_ref().map_or(0, |col| col.model().vectors));
         for (other, _) in self.index_dirs(c) {
@@ -755,9 +790,7 @@ impl Service {
             Ok(())
         })
         .await
-        .map_err(|e| ServiceError::Internal(format!("index removal task: {e}")))??;
-        drop(open);
-        Ok(existed)
+        .map_err(|e| ServiceError::Internal(format!("index removal task: {e}")))?
     }
 
     /// Removes every object of a collection from the store: document records, original bytes,
@@ -770,6 +803,7 @@ impl Service {
             format!("raw/{c}/"),
             format!("chunks/{c}/"),
             keys::index_prefix(c),
+            keys::change_markers_prefix(c),
             super::conversation::prefix(c),
         ] {
             let keys = self.store.list(&prefix).await?;

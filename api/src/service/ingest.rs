@@ -50,6 +50,7 @@ impl Service {
         if let Submitted::Accepted(id) = &submitted {
             col.revive(id);
             self.count_upload(col.name(), size);
+            self.mark_changed(col.name(), id).await?;
         }
         Ok(submitted)
     }
@@ -83,6 +84,7 @@ impl Service {
         if let Submitted::Accepted(id) = &submitted.submitted {
             col.revive(id);
             self.count_upload(col.name(), size);
+            self.mark_changed(col.name(), id).await?;
         }
         Ok(submitted)
     }

@@ -17,6 +17,7 @@ mod adapters;
 mod answer;
 mod ask;
 mod cite;
+mod cluster;
 mod collection;
 mod conversation;
 mod eval;
@@ -51,6 +52,7 @@ pub use answer::{
     TextPiece,
 };
 pub use ask::{AskConfig, AskRequest, MAX_HISTORY, NOTHING_RELEVANT};
+pub use cluster::ClusterConfig;
 pub use collection::{Collection, CompactReport, SyncReport};
 pub use conversation::{Conversation, Turn, WITHHELD};
 pub use eval::{
@@ -84,6 +86,8 @@ pub struct ServiceParts {
     pub ask: AskConfig,
     /// Most documents that may wait for background ingestion ([`Service::enqueue`]).
     pub backlog_limit: usize,
+    /// Replicas over one store (`hearth serve`).
+    pub cluster: ClusterConfig,
 }
 
 /// Ingestion, embedding, indexing and search, ready to use. Share it behind an `Arc`.
@@ -115,6 +119,8 @@ pub struct Service {
     usage: std::sync::Mutex<HashMap<CollectionName, (u64, u64, std::time::Instant)>>,
     /// Conversation records are read, changed and written back one at a time.
     conversation_writes: tokio::sync::Mutex<()>,
+    /// This process's part as one of several replicas; `None` on a single node.
+    cluster: Option<cluster::Cluster>,
 }
 
 struct ModelTokens(Arc<Tokenizer>);
@@ -174,6 +180,7 @@ impl Service {
         parts.index.validate()?;
         parts.ask.validate()?;
         parts.engine.validate()?;
+        parts.cluster.validate()?;
         let store = parts.store.blob;
         let cache_sealer = match (parts.index.encrypt_cache, store.cache_sealer()) {
             (false, _) => None,
@@ -255,6 +262,7 @@ impl Service {
             open: tokio::sync::Mutex::new(HashMap::new()),
             dying: std::sync::Mutex::new(HashMap::new()),
             cache_sealer,
+            cluster: cluster::Cluster::new(&parts.cluster),
         })
     }
 

@@ -23,6 +23,10 @@ const COLLECT_EVERY: u64 = 8;
 /// and new tantivy and graph files, which an ingestion committing every second would churn.
 const PUBLISH_EVERY: Duration = Duration::from_secs(30);
 
+/// The same for a replica's indexer: the other replicas see a document only once it is
+/// published, and should within seconds.
+const REPLICA_PUBLISH_EVERY: Duration = Duration::from_secs(3);
+
 /// What a collection remembers of its published index.
 #[derive(Debug, Default)]
 pub(crate) struct PublishState {
@@ -36,6 +40,9 @@ pub(crate) struct PublishState {
     count: u64,
     /// When the last publish ended.
     last: Option<Instant>,
+    /// The store's generation the local index was last in line with (fetched, published or
+    /// loaded by a replica): a replica publishes only the generation after it.
+    aligned: Option<u64>,
 }
 
 impl PublishState {
@@ -43,6 +50,7 @@ impl PublishState {
     pub(crate) fn new(vectors: u32, uploaded: Uploaded) -> Self {
         Self {
             vectors,
+            aligned: uploaded.generation(),
             uploaded,
             published: None,
             count: 0,
@@ -50,14 +58,30 @@ impl PublishState {
         }
     }
 
-    /// Whether a publish is due for a commit that need not publish (`PUBLISH_EVERY`).
-    pub(crate) fn due(&self) -> bool {
-        self.last.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY)
+    /// The store's generation the local index was last in line with.
+    pub(crate) fn aligned(&self) -> Option<u64> {
+        self.aligned
+    }
+
+    /// The local index now holds the documents of the store's `generation`.
+    pub(crate) fn align(&mut self, generation: u64) {
+        self.aligned = Some(generation);
+    }
+
+    /// Whether a publish is due for a commit that need not publish (`PUBLISH_EVERY`, or
+    /// `REPLICA_PUBLISH_EVERY` for a replica).
+    pub(crate) fn due(&self, replica: bool) -> bool {
+        let every = if replica {
+            REPLICA_PUBLISH_EVERY
+        } else {
+            PUBLISH_EVERY
+        };
+        self.last.is_none_or(|t| t.elapsed() >= every)
     }
 }
 
 impl Service {
-    fn published_index(&self, c: &CollectionName, vectors: u32) -> PublishedIndex {
+    pub(super) fn published_index(&self, c: &CollectionName, vectors: u32) -> PublishedIndex {
         PublishedIndex::new(self.store.clone(), c, vectors)
             .with_grace(Duration::from_secs(self.index.publish_grace_s))
     }
@@ -102,8 +126,12 @@ impl Service {
     /// Publishes the collection's last commit, unless it was published already. Failures are
     /// logged: the commit stands, and the next one publishes again. Returns whether the store
     /// now holds that commit.
+    ///
+    /// A replica publishes only the collections whose lease it holds, and only on top of the
+    /// generation its index was last in line with; once published, the change markers the
+    /// generation reflects are deleted.
     pub(super) async fn publish(&self, col: &Arc<Collection>) -> bool {
-        if !self.index.publish || col.is_deleted() {
+        if !self.index.publish || col.is_deleted() || !self.leads(col.name()) {
             return false;
         }
         let mut state = col.publish_state.lock().await;
@@ -127,16 +155,27 @@ impl Service {
             *state = PublishState::new(vectors, Uploaded::default());
         }
         if state.published == Some(snap.generation()) {
+            self.settle(col.name(), &snap).await;
             return true;
         }
         let published = self.published_index(col.name(), vectors);
         let started = Instant::now();
-        let outcome = published.publish(&snap, &mut state.uploaded).await;
+        let outcome = match self.cluster {
+            Some(_) => {
+                let after = state.aligned.unwrap_or(0);
+                published
+                    .publish_after(&snap, &mut state.uploaded, after)
+                    .await
+            }
+            None => published.publish(&snap, &mut state.uploaded).await,
+        };
         state.last = Some(Instant::now());
         let done = match outcome {
             Ok(Some(p)) => {
                 state.published = Some(snap.generation());
+                state.aligned = Some(p.generation);
                 state.count += 1;
+                self.settle(col.name(), &snap).await;
                 tracing::debug!(collection = %col.name(), generation = p.generation, uploaded = p.uploaded, bytes = p.uploaded_bytes, seconds = started.elapsed().as_secs_f64(), "published the index");
                 if state.count.is_multiple_of(COLLECT_EVERY) {
                     collect(&published, col.name()).await;
@@ -167,6 +206,24 @@ impl Service {
         done
     }
 
+    /// Deletes the change markers the published snapshot reflects (replicas; logged).
+    async fn settle(&self, c: &CollectionName, snap: &hearth_index::Snapshot) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let settled = match super::cluster::snapshot_documents(snap.manifest()) {
+            Ok(docs) => self.settle_changes(c, &docs).await,
+            Err(e) => Err(e),
+        };
+        match settled {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(collection = %c, changes = n, "replica: changes published"),
+            Err(e) => {
+                tracing::warn!(collection = %c, error = %e, "could not settle the change markers; the next publish tries again")
+            }
+        }
+    }
+
     /// At compaction: publishes the compacted index and purges every older generation and
     /// every file it does not name, at once (the documents the compaction erased must not
     /// stay in the store in an older generation); when the compacted index could not be
@@ -177,6 +234,11 @@ impl Service {
         col: &Arc<Collection>,
     ) -> hearth_index::Result<()> {
         let m = col.model();
+        // A replica that does not index the collection leaves its published index alone: the
+        // holder's compaction purges it.
+        if !self.leads(col.name()) {
+            return Ok(());
+        }
         if self.publish(col).await {
             self.published_index(col.name(), m.vectors).purge().await?;
         } else {

@@ -84,6 +84,21 @@ impl Service {
         Ok(())
     }
 
+    /// Queues a document found unfinished (after a restart, or through a change marker),
+    /// past the backlog limit if need be: it was accepted already.
+    pub(super) fn queue_resumed(&self, c: &CollectionName, doc: DocId) {
+        self.backlog.lock().push_back((c.clone(), doc));
+        self.backlog.notify.notify_one();
+    }
+
+    /// Whether the document waits in the queue.
+    pub(super) fn is_queued(&self, c: &CollectionName, doc: &DocId) -> bool {
+        self.backlog
+            .lock()
+            .iter()
+            .any(|(qc, qd)| qd == doc && qc == c)
+    }
+
     /// Documents waiting for the worker or being processed by it.
     pub fn ingest_backlog(&self) -> usize {
         self.backlog.lock().len() + self.backlog.running.load(Ordering::Relaxed)
@@ -126,6 +141,11 @@ impl Service {
                 let Some((c, doc)) = self.backlog.lock().pop_front() else {
                     break;
                 };
+                if !self.leads(&c) {
+                    // A replica that does not index the collection: its indexer finds the
+                    // document through its change marker.
+                    continue;
+                }
                 self.backlog.running.fetch_add(1, Ordering::Relaxed);
                 // Not cached here: an idle worker holding a deleted collection's handle would
                 // keep a new collection of its name from being created.

@@ -1,0 +1,480 @@
+//! Several `hearth serve` replicas over one object store (`[cluster]`), coordinated by the
+//! store alone.
+//!
+//! Every replica accepts uploads, deletes and access changes: each is durable in the store
+//! before it is acknowledged, as on one node, and leaves a change marker
+//! (`changes/{c}/{doc}`). One replica per collection indexes it: the holder of the
+//! collection's lease (`index/{c}/lease`, [`hearth_index::Lease`]), renewed every poll and
+//! taken over by another replica once unrenewed for its whole term. The holder processes the
+//! documents the markers name, publishes its index after each commit, and deletes a marker
+//! once a published generation reflects the change. Every other replica polls the newest
+//! published generation and brings its own index in line with the documents it names: adds
+//! the new ones from their chunk files in the store (no embedding), removes the gone ones,
+//! applies changed access lists.
+//!
+//! The holder publishes generation N+1 only on top of the generation N its index was last in
+//! line with ([`hearth_index::PublishedIndex::publish_after`]): two replicas that both
+//! believe they hold the lease (one paused past its term) cannot both commit N+1, and the
+//! loser loads the winner's generation before it publishes again. Nothing is lost meanwhile:
+//! the markers of changes not yet published stay, and the next holder works through them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_index::{Access, CollectionName, DocId, Lease, LeaseStatus, keys};
+use hearth_ingest::DocState;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::Service;
+use super::collection::{Collection, blocking, indexed_doc, read};
+use crate::error::{Result, ServiceError};
+
+/// Settings of replicas (`[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Run as one of several replicas over one store (`hearth serve` only). Needs a store
+    /// whose conditional updates hold (`hearth store check --replicas`): S3 stores; not the
+    /// local directory.
+    pub enabled: bool,
+    /// Milliseconds between two looks at the store: lease renewals, new markers on the
+    /// holder, new published generations on the other replicas.
+    pub poll_ms: u64,
+    /// Seconds a lease holds without renewal; a replica takes a collection over once its
+    /// holder has not renewed for that long.
+    pub lease_s: u64,
+    /// This replica's name in leases and logs; by default the host name, process id and a
+    /// random suffix. Two processes must never share one.
+    pub name: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            poll_ms: 1000,
+            lease_s: 10,
+            name: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the ranges: a poll between 50 ms and a minute, a lease of at least three polls
+    /// and at most ten minutes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ServiceError::InvalidInput(m));
+        if !(50..=60_000).contains(&self.poll_ms) {
+            return bad(format!(
+                "cluster.poll_ms is {}; it must be between 50 and 60000",
+                self.poll_ms
+            ));
+        }
+        if self.lease_s * 1000 < 3 * self.poll_ms || self.lease_s > 600 {
+            return bad(format!(
+                "cluster.lease_s is {}; it must be at least three polls (cluster.poll_ms {}) and at most 600",
+                self.lease_s, self.poll_ms
+            ));
+        }
+        if let Some(n) = &self.name
+            && (n.is_empty() || n.len() > 128 || n.chars().any(char::is_control))
+        {
+            return bad("cluster.name must be 1 to 128 printable characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// A replica's part in the cluster.
+pub(crate) struct Cluster {
+    poll: Duration,
+    term: Duration,
+    name: String,
+    /// This replica's contender for each collection's lease.
+    leases: tokio::sync::Mutex<HashMap<CollectionName, Lease>>,
+    /// The collections whose lease this replica holds, and until when (its own clock).
+    held: std::sync::Mutex<HashMap<CollectionName, Instant>>,
+}
+
+impl Cluster {
+    pub(crate) fn new(config: &ClusterConfig) -> Option<Self> {
+        if !config.enabled {
+            return None;
+        }
+        let name = config.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "replica".into());
+            let mut suffix = [0u8; 4];
+            // A clock-derived suffix when the system has no randomness to give: names need
+            // only differ between processes.
+            if getrandom::fill(&mut suffix).is_err() {
+                suffix = (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos()))
+                .to_le_bytes();
+            }
+            format!("{host}-{}-{}", std::process::id(), hex::encode(suffix))
+        });
+        Some(Self {
+            poll: Duration::from_millis(config.poll_ms),
+            term: Duration::from_secs(config.lease_s),
+            name,
+            leases: tokio::sync::Mutex::new(HashMap::new()),
+            held: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Instant>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The documents a snapshot of an index holds, with their access lists.
+pub(super) fn snapshot_documents(manifest: &[u8]) -> Result<HashMap<DocId, Access>> {
+    #[derive(Deserialize)]
+    struct Doc {
+        doc_id: DocId,
+        #[serde(default)]
+        access: Access,
+    }
+    #[derive(Deserialize)]
+    struct Docs {
+        documents: Vec<Doc>,
+    }
+    let docs: Docs = serde_json::from_slice(manifest)
+        .map_err(|e| ServiceError::Internal(format!("reading a snapshot's documents: {e}")))?;
+    Ok(docs
+        .documents
+        .into_iter()
+        .map(|d| (d.doc_id, d.access))
+        .collect())
+}
+
+impl Service {
+    /// This replica's name, when it runs as one of several (`cluster.enabled`).
+    pub fn replica_name(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|c| c.name.as_str())
+    }
+
+    /// Whether this process may index and publish collection `c`: always on a single node;
+    /// as a replica, while it holds the collection's lease.
+    pub(super) fn leads(&self, c: &CollectionName) -> bool {
+        self.cluster.as_ref().is_none_or(|cl| {
+            cl.held()
+                .get(c)
+                .is_some_and(|until| *until > Instant::now())
+        })
+    }
+
+    /// Leaves a change marker for document `doc` of `c` (replicas only): the collection's
+    /// indexer, wherever it runs, brings the change into the published index.
+    pub(super) async fn mark_changed(&self, c: &CollectionName, doc: &DocId) -> Result<()> {
+        if self.cluster.is_some() {
+            self.store
+                .put(&keys::change_marker(c, doc), bytes::Bytes::new())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the replica's part until `stop` turns true, then gives up the leases it holds
+    /// (another replica takes over at its next poll rather than after the term). Returns at
+    /// once on a single node.
+    pub async fn run_cluster(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        tracing::info!(replica = %cluster.name, poll_ms = cluster.poll.as_millis() as u64, lease_s = cluster.term.as_secs(), "running as a replica");
+        while !*stop.borrow() {
+            if let Err(e) = self.cluster_tick().await {
+                tracing::warn!(error = %e, "replica: could not look at the store");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(cluster.poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        cluster.held().clear();
+        for (c, lease) in cluster.leases.lock().await.iter_mut() {
+            if let Err(e) = lease.release().await {
+                tracing::warn!(collection = %c, error = %e, "could not give up the lease");
+            }
+        }
+    }
+
+    /// One look at the store: every collection's lease, then its markers (held) or its newest
+    /// published generation (taken); collections deleted through another replica are dropped.
+    async fn cluster_tick(&self) -> Result<()> {
+        let names: HashSet<CollectionName> = self.collections().await?.into_iter().collect();
+        let open: Vec<CollectionName> = self.open.lock().await.keys().cloned().collect();
+        for c in open {
+            if !names.contains(&c) && !self.exists(&c).await? {
+                tracing::info!(collection = %c, "the collection was deleted through another replica");
+                self.drop_local(&c).await?;
+            }
+        }
+        for c in names {
+            if let Err(e) = self.tick_collection(&c).await {
+                tracing::warn!(collection = %c, error = %e, "replica: could not bring the collection up to date");
+            }
+        }
+        Ok(())
+    }
+
+    async fn tick_collection(&self, c: &CollectionName) -> Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let status = {
+            let mut leases = cluster.leases.lock().await;
+            let lease = leases.entry(c.clone()).or_insert_with(|| {
+                Lease::new(
+                    self.store.clone(),
+                    keys::index_lease(c),
+                    cluster.name.clone(),
+                    cluster.term,
+                )
+            });
+            lease.tick().await?
+        };
+        match status {
+            LeaseStatus::Held { until, epoch } => {
+                if cluster.held().insert(c.clone(), until).is_none() {
+                    tracing::info!(collection = %c, epoch, replica = %cluster.name, "indexing the collection");
+                }
+                let col = self.open_existing(c).await?;
+                self.follow(&col).await?;
+                self.take_changes(&col).await
+            }
+            LeaseStatus::Taken { holder, .. } => {
+                if cluster.held().remove(c).is_some() {
+                    tracing::info!(collection = %c, %holder, "another replica indexes the collection now");
+                }
+                let col = self.open.lock().await.get(c).cloned();
+                match col {
+                    Some(col) => self.follow(&col).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Brings the local index in line with the newest published generation, when it is
+    /// newer than the one the index was last in line with: documents it names and the index
+    /// lacks are added from their chunk files, documents the index holds and it does not
+    /// name are removed, access lists it changed are applied.
+    async fn follow(&self, col: &Arc<Collection>) -> Result<()> {
+        let vectors = col.model().vectors;
+        let published = self.published_index(col.name(), vectors);
+        let Some(latest) = published.latest_generation().await? else {
+            return Ok(());
+        };
+        let _writing = col.writing.read().await;
+        let mut state = col.publish_state.lock().await;
+        if state.aligned() == Some(latest) || col.model().vectors != vectors {
+            return Ok(());
+        }
+        let Some((generation, docs)) = published.latest_documents().await? else {
+            return Ok(());
+        };
+        let docs: HashMap<DocId, Access> = docs.into_iter().collect();
+        let local: HashMap<DocId, Option<Access>> = {
+            let index = read(&col.index);
+            index
+                .doc_ids()
+                .into_iter()
+                .map(|d| (d, index.access(&d).cloned()))
+                .collect()
+        };
+        let gone: Vec<DocId> = local
+            .keys()
+            .filter(|d| !docs.contains_key(d))
+            .copied()
+            .collect();
+        let regranted: Vec<(DocId, Access)> = docs
+            .iter()
+            .filter(|(d, a)| local.get(d).is_some_and(|l| l.as_ref() != Some(a)))
+            .map(|(d, a)| (*d, a.clone()))
+            .collect();
+        let mut added = 0usize;
+        for d in docs.keys().filter(|d| !local.contains_key(d)) {
+            // Gone from the store since (deleted): the next generation leaves it out too.
+            let Some(rec) = self.registry.get(col.name(), d).await? else {
+                continue;
+            };
+            match self.load_chunks(col, &rec).await? {
+                Ok(chunks) if chunks.iter().all(|c| c.embedding.is_some()) => {
+                    let mut rec = rec;
+                    rec.access = docs[d].clone();
+                    let doc = indexed_doc(&rec);
+                    col.note_source(&rec);
+                    let col2 = col.clone();
+                    blocking(move || col2.index_mut().map_or(Ok(()), |mut i| i.add(doc, &chunks)))
+                        .await?;
+                    added += 1;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(collection = %col.name(), doc = %d, "replica: the published document's chunk file cannot be read; left out");
+                }
+            }
+        }
+        for d in &gone {
+            col.forget(d);
+        }
+        let (removed, changed) = (gone.len(), regranted.len());
+        let col2 = col.clone();
+        blocking(move || {
+            if let Some(mut index) = col2.index_mut() {
+                for d in &gone {
+                    index.delete(d)?;
+                }
+                for (d, a) in regranted {
+                    index.set_access(&d, a);
+                }
+                index.commit()?;
+            }
+            Ok(())
+        })
+        .await?;
+        state.align(generation);
+        tracing::info!(collection = %col.name(), generation, added, removed, access_changed = changed, "replica: loaded a published generation");
+        Ok(())
+    }
+
+    /// The holder's look at the collection's change markers: documents to process are
+    /// queued, deleted ones leave the index, indexed ones the index lacks (processed by a
+    /// holder that stopped before publishing) are added from their chunk files, changed
+    /// access lists are applied. Then commits and publishes, which deletes the markers of
+    /// every change the published generation reflects.
+    async fn take_changes(&self, col: &Arc<Collection>) -> Result<()> {
+        let prefix = keys::change_markers_prefix(col.name());
+        let markers = self.store.list(&prefix).await?;
+        if markers.is_empty() {
+            return Ok(());
+        }
+        let mut changed = false;
+        let mut queued = 0usize;
+        for key in &markers {
+            let Some(doc) = key
+                .strip_prefix(&prefix)
+                .and_then(|d| d.parse::<DocId>().ok())
+            else {
+                continue;
+            };
+            if col.is_busy(&doc) || self.is_queued(col.name(), &doc) {
+                continue;
+            }
+            let rec = self.registry.get(col.name(), &doc).await?;
+            let (contains, access) = {
+                let index = read(&col.index);
+                (index.contains(&doc), index.access(&doc).cloned())
+            };
+            match rec {
+                None if contains => {
+                    self.forget_document(col, &doc).await?;
+                    changed = true;
+                }
+                None => {}
+                Some(r) if r.state.is_pending() || r.state == DocState::Chunked => {
+                    self.queue_resumed(col.name(), doc);
+                    queued += 1;
+                }
+                Some(r) if r.state == DocState::Embedded && !contains => {
+                    self.queue_resumed(col.name(), doc);
+                    queued += 1;
+                }
+                Some(r) if r.state == DocState::Indexed && !contains => {
+                    if let Ok(chunks) = self.load_chunks(col, &r).await?
+                        && chunks.iter().all(|c| c.embedding.is_some())
+                    {
+                        self.add_to_index(col, &r, chunks).await?;
+                        changed = true;
+                    } else {
+                        self.queue_resumed(col.name(), doc);
+                        queued += 1;
+                    }
+                }
+                Some(r) if r.state == DocState::Indexed && access.as_ref() != Some(&r.access) => {
+                    col.forget(&doc);
+                    col.note_source(&r);
+                    let col2 = col.clone();
+                    blocking(move || {
+                        if let Some(mut index) = col2.index_mut() {
+                            index.set_access(&doc, r.access);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    changed = true;
+                }
+                Some(_) => {}
+            }
+        }
+        if queued > 0 {
+            tracing::debug!(collection = %col.name(), documents = queued, "replica: queued documents uploaded through other replicas");
+        }
+        if changed {
+            self.commit(col).await
+        } else {
+            // Markers of changes a generation already reflects (a holder that stopped before
+            // deleting them): the publish finds the state published and deletes them.
+            self.publish(col).await;
+            Ok(())
+        }
+    }
+
+    /// Deletes the change markers of documents whose change the published snapshot `docs`
+    /// reflects: a deleted document it does not hold, an indexed one it holds with the
+    /// record's access list, a failed one.
+    pub(super) async fn settle_changes(
+        &self,
+        c: &CollectionName,
+        docs: &HashMap<DocId, Access>,
+    ) -> Result<usize> {
+        if self.cluster.is_none() {
+            return Ok(0);
+        }
+        let prefix = keys::change_markers_prefix(c);
+        let mut settled = 0;
+        for key in self.store.list(&prefix).await? {
+            let Some(doc) = key
+                .strip_prefix(&prefix)
+                .and_then(|d| d.parse::<DocId>().ok())
+            else {
+                continue;
+            };
+            let done = match self.registry.get(c, &doc).await? {
+                None => !docs.contains_key(&doc),
+                Some(r) if r.state == DocState::Indexed => docs.get(&doc) == Some(&r.access),
+                Some(r) => r.state == DocState::Failed,
+            };
+            if done {
+                self.store.delete(&key).await?;
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Takes a document out of the local index (deleted through another replica; its
+    /// objects are gone already, and go again in case work under way wrote them back).
+    async fn forget_document(&self, col: &Arc<Collection>, doc: &DocId) -> Result<()> {
+        col.mark_erased(doc);
+        self.erase_keys(col, doc).await?;
+        col.forget(doc);
+        let col2 = col.clone();
+        let doc = *doc;
+        blocking(move || {
+            col2.index_mut()
+                .map_or(Ok(()), |mut i| i.delete(&doc).map(|_| ()))
+        })
+        .await
+    }
+}

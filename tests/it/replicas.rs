@@ -1,0 +1,244 @@
+//! Several `hearth serve` replicas over one S3 store (a SeaweedFS cluster of separate
+//! processes on loopback: a master, two volume servers, a filer with the S3 gateway):
+//! whatever goes in through one replica is found (or gone) through every other within
+//! seconds, one of them indexes, and another takes over when it is killed.
+
+use std::time::{Duration, Instant};
+
+use hearth_index::S3Config;
+use hearth_index::fixtures::SeaweedFs;
+use serde_json::{Value, json};
+
+use crate::common::{Backend, Node, Server};
+
+/// How long a change may take to reach every replica.
+const REACH: Duration = Duration::from_secs(10);
+
+fn replica(cfg: &S3Config, name: &str) -> Node {
+    Node::new(Backend::S3(cfg.clone()))
+        .env("HEARTH__CLUSTER__ENABLED", "true")
+        .env("HEARTH__CLUSTER__POLL_MS", "200")
+        .env("HEARTH__CLUSTER__LEASE_S", "2")
+        .env("HEARTH__CLUSTER__NAME", name)
+}
+
+/// The sources of the top hits for `q` (full-text, so that a hit means the words are in).
+async fn found(s: &Server, c: &str, q: &str) -> Vec<String> {
+    let r = s
+        .post_json(
+            &format!("/v1/collections/{c}/search"),
+            &json!({"query": q, "top_k": 5, "mode": "bm25"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["source"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until every server finds `source` for `q` (or, `present` false, no longer does),
+/// at most `REACH`; returns how long the slowest took.
+async fn reaches(servers: &[&Server], c: &str, q: &str, source: &str, present: bool) -> Duration {
+    let start = Instant::now();
+    for s in servers {
+        loop {
+            let hits = found(s, c, q).await;
+            if hits.iter().any(|h| h == source) == present {
+                break;
+            }
+            assert!(
+                start.elapsed() < REACH,
+                "{source} still {} through {} after {REACH:?}: {hits:?}",
+                if present { "missing" } else { "found" },
+                s.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    start.elapsed()
+}
+
+async fn upload(s: &Server, c: &str, name: &str, text: &str) -> String {
+    let r = s.upload(c, name, text.as_bytes(), None).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// The replica named in the collection's lease.
+async fn holder(node: &Node, c: &str) -> String {
+    let lease = node
+        .store()
+        .get_opt(&format!("index/{c}/lease"))
+        .await
+        .unwrap()
+        .expect("no replica holds the lease");
+    let v: Value = serde_json::from_slice(&lease).unwrap();
+    v["holder"].as_str().unwrap().to_owned()
+}
+
+const TEXTS: [(&str, &str, &str); 4] = [
+    (
+        "aquarium.md",
+        "# Aquarium\n\nThe zebrafish tanks in room 4 are cleaned every Tuesday by the night shift.\n",
+        "zebrafish tanks",
+    ),
+    (
+        "bikes.md",
+        "# Bicycles\n\nThe cargo bicycles are charged in the basement garage overnight.\n",
+        "cargo bicycles basement",
+    ),
+    (
+        "choir.md",
+        "# Choir\n\nThe company choir rehearses madrigals in the atrium on Fridays.\n",
+        "choir madrigals atrium",
+    ),
+    (
+        "drones.md",
+        "# Drones\n\nSurvey drones may not fly over the quarry without a permit.\n",
+        "survey drones quarry",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_over_one_store() {
+    let weed = SeaweedFs::start_cluster().unwrap();
+    let cfg = weed.fresh_bucket();
+    let nodes: Vec<Node> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| replica(&cfg, n))
+        .collect();
+    let mut servers = Vec::new();
+    for n in &nodes {
+        servers.push(Some(n.serve(&["--open"]).await));
+    }
+    let all = |servers: &Vec<Option<Server>>| -> Vec<usize> {
+        (0..servers.len())
+            .filter(|i| servers[*i].is_some())
+            .collect()
+    };
+    let r = servers[1]
+        .as_ref()
+        .unwrap()
+        .post_json("/v1/collections", &json!({"name": "shared"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+
+    // An upload through each replica (at least two of them do not index) is searchable
+    // through every replica within seconds.
+    let mut slowest = Duration::ZERO;
+    for (i, (name, text, q)) in TEXTS.iter().take(3).enumerate() {
+        let s = servers[i].as_ref().unwrap();
+        upload(s, "shared", name, text).await;
+        let live: Vec<&Server> = servers.iter().flatten().collect();
+        slowest = slowest.max(reaches(&live, "shared", q, name, true).await);
+    }
+    eprintln!("uploads reached every replica within {slowest:?}");
+    let lead = holder(&nodes[0], "shared").await;
+    let lead_at = ["r1", "r2", "r3"].iter().position(|n| *n == lead).unwrap();
+
+    // A delete through a replica that does not index reaches every replica.
+    let follower = (lead_at + 1) % 3;
+    let (_, _, q0) = TEXTS[0];
+    let docs = servers[follower]
+        .as_ref()
+        .unwrap()
+        .get("/v1/collections/shared/documents")
+        .await
+        .json();
+    let aquarium = docs["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["source"] == "aquarium.md")
+        .expect("aquarium.md listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = servers[follower]
+        .as_ref()
+        .unwrap()
+        .delete(&format!("/v1/collections/shared/documents/{aquarium}"))
+        .await;
+    assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.body));
+    {
+        let live: Vec<&Server> = servers.iter().flatten().collect();
+        reaches(&live, "shared", q0, "aquarium.md", false).await;
+    }
+
+    // kill -9 of the indexer: another replica takes the lease over, and an upload through a
+    // survivor becomes searchable through both survivors.
+    let mut killed = servers[lead_at].take().unwrap();
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let survivor = all(&servers)[0];
+    let (name, text, q) = TEXTS[3];
+    upload(servers[survivor].as_ref().unwrap(), "shared", name, text).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the dead holder's term
+    {
+        let live: Vec<&Server> = servers.iter().flatten().collect();
+        reaches(&live, "shared", q, name, true).await;
+    }
+    let new_lead = holder(&nodes[0], "shared").await;
+    assert_ne!(new_lead, lead, "the lease was not taken over");
+
+    // A replica started against the store alone (empty data directory) serves the same.
+    let fresh = replica(&cfg, "r4");
+    let s4 = fresh.serve(&["--open"]).await;
+    for (name, _, q) in &TEXTS[1..] {
+        let want = found(servers[survivor].as_ref().unwrap(), "shared", q).await;
+        assert!(want.iter().any(|h| h == name), "{want:?}");
+        assert_eq!(found(&s4, "shared", q).await, want);
+    }
+    assert!(
+        !found(&s4, "shared", q0)
+            .await
+            .contains(&"aquarium.md".to_owned())
+    );
+
+    // Every change is published: no marker is left.
+    let store = nodes[0].store();
+    let deadline = Instant::now() + REACH;
+    while !store.list("changes/shared/").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "change markers left unsettled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A collection deleted through one replica is gone from the others.
+    let r = s4.delete("/v1/collections/shared").await;
+    assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.body));
+    let deadline = Instant::now() + REACH;
+    for s in servers.iter().flatten() {
+        loop {
+            let r = s
+                .post_json(
+                    "/v1/collections/shared/search",
+                    &json!({"query": "cargo bicycles", "mode": "bm25"}),
+                )
+                .await;
+            if r.status == 404 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the deleted collection still answers through {}",
+                s.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_refuse_the_local_backend() {
+    let node = Node::new(Backend::Local).env("HEARTH__CLUSTER__ENABLED", "true");
+    let out = node.run(&["serve", "--bind", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.enabled") && err.contains("update-"),
+        "{err}"
+    );
+}

@@ -50,7 +50,7 @@ use crate::crypto::{CacheSealer, random};
 use crate::error::{IndexError, Result};
 use crate::ids::{CollectionName, DocId};
 use crate::keys;
-use crate::retrieval::{Install, Snapshot};
+use crate::retrieval::{Install, Snapshot, rewritten_in_place};
 
 /// Version of the published manifest's layout.
 const FORMAT_VERSION: u32 = 1;
@@ -376,12 +376,18 @@ impl PublishedIndex {
         &self,
         snap: &Snapshot,
         known_files: &HashMap<String, StoredFile>,
-        candidates: HashMap<String, StoredFile>,
+        mut candidates: HashMap<String, StoredFile>,
     ) -> Result<Option<(Vec<StoredFile>, usize, u64)>> {
+        // A known file whose name is reused is named again only if its bytes are the same.
+        for (name, f) in known_files {
+            if rewritten_in_place(name) {
+                candidates.insert(name.clone(), f.clone());
+            }
+        }
         let todo: Vec<String> = snap
             .files()
             .iter()
-            .filter(|n| !known_files.contains_key(*n))
+            .filter(|n| !known_files.contains_key(*n) || rewritten_in_place(n))
             .cloned()
             .collect();
         let candidates = Arc::new(candidates);
@@ -429,7 +435,7 @@ impl PublishedIndex {
             .iter()
             .map(|n| {
                 got.get(n)
-                    .or_else(|| known_files.get(n))
+                    .or_else(|| known_files.get(n).filter(|_| !rewritten_in_place(n)))
                     .cloned()
                     .ok_or_else(|| {
                         IndexError::Internal(format!("{n} was neither uploaded nor known"))

@@ -47,8 +47,8 @@ mod store;
 
 use persist::AnnRef;
 pub(crate) use persist::SegmentRef;
-pub(crate) use publish::check_name as check_snapshot_name;
 pub use publish::{Install, InstallFile, Snapshot, cache_is_empty};
+pub(crate) use publish::{check_name as check_snapshot_name, rewritten_in_place};
 pub use scrub::Verification;
 
 /// Largest `top_k` a search accepts.

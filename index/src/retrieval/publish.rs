@@ -145,6 +145,14 @@ impl Snapshot {
     }
 }
 
+/// Whether a snapshot's file keeps its name while its content changes from commit to commit
+/// (tantivy's `meta.json` and managed list): a publish never takes it as already stored. Every
+/// other file is written once under a name no later file of the directory takes.
+pub(crate) fn rewritten_in_place(name: &str) -> bool {
+    name.strip_prefix(&format!("{TANTIVY}/"))
+        .is_some_and(|f| f == TANTIVY_META || f == TANTIVY_MANAGED)
+}
+
 /// A file name a snapshot may hold: `name` or `tantivy/name`, of letters, digits, `.`, `_`
 /// and `-`, not starting with a dot unless it is tantivy's managed list. Names come from the
 /// object store, so nothing else may reach a path.

@@ -123,6 +123,13 @@ async fn round_trip(store: BlobStore, part: Option<usize>) {
         .unwrap();
     assert_eq!(next.generation, 3);
     assert!(next.uploaded >= 1 && next.uploaded < next.files, "{next:?}");
+    // What that publish named is that commit's whole state: tantivy's meta.json keeps its
+    // name from commit to commit, and the store's copy is the new one (a stale one would make
+    // the fetching node rebuild BM25, with segments of other ids).
+    let d = dir.path().join("d");
+    published.fetch(&d, None).await.unwrap().unwrap();
+    drop(CollectionIndex::open(&d, params(DIM)).unwrap());
+    assert_eq!(tantivy_segments(&d), tantivy_segments(&b));
     // Restarted after that publish, the node finds its state in the store: nothing to do.
     let restarted = published
         .publish(&copy.snapshot().unwrap().unwrap(), &mut Uploaded::default())

@@ -394,3 +394,75 @@ async fn an_encrypted_store_holds_published_files_sealed_and_a_sealed_cache_fetc
     let copy = CollectionIndex::open_sealed(&b, params(DIM), Some(sealer)).unwrap();
     assert_same(&expected, &probe(&copy, 6));
 }
+
+/// Two writers that both believe they may publish on top of one generation (a replica paused
+/// past its lease and the one that took over): exactly one commits the next generation, the
+/// other commits nothing and is told, and publishes once it has loaded the winner's.
+async fn fenced_writers(store: BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = build(&dir.path().join("a"), 30, 1);
+    let (mut b, _) = build(&dir.path().join("b"), 30, 2);
+    let (doc, chunks) = make_doc(700, 2, &mut Rng::new(9), text);
+    b.add(doc, &chunks).unwrap();
+    b.commit().unwrap();
+    let published = PublishedIndex::new(store, &name(), 0);
+    let (sa, sb) = (
+        a.snapshot().unwrap().unwrap(),
+        b.snapshot().unwrap().unwrap(),
+    );
+    let (mut ka, mut kb) = (Uploaded::default(), Uploaded::default());
+    let first = published
+        .publish_after(&sa, &mut ka, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.generation, 1);
+    let err = published
+        .publish_after(&sb, &mut kb, 0)
+        .await
+        .expect_err("a second generation 1");
+    assert!(matches!(err, IndexError::Conflict(_)), "{err}");
+    let (g, docs) = published.latest_documents().await.unwrap().unwrap();
+    assert_eq!(g, 1);
+    let mut ids: Vec<_> = docs.into_iter().map(|(d, _)| d).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, a.doc_ids(), "the loser's state reached the store");
+    // Both on top of generation 1, at once: one wins.
+    let (ra, rb) = tokio::join!(
+        published.publish_after(&sa, &mut ka, 1),
+        published.publish_after(&sb, &mut kb, 1)
+    );
+    let won = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Ok(Some(_))))
+        .count();
+    let lost = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Err(IndexError::Conflict(_))))
+        .count();
+    assert_eq!((won, lost), (1, 1), "{ra:?} {rb:?}");
+    assert_eq!(published.latest_generation().await.unwrap(), Some(2));
+    // The loser, in line with generation 2 now, publishes 3.
+    let (loser, known) = if ra.is_ok() {
+        (&sb, &mut kb)
+    } else {
+        (&sa, &mut ka)
+    };
+    let third = published
+        .publish_after(loser, known, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.generation, 3);
+}
+
+#[tokio::test]
+async fn fenced_writers_on_a_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    fenced_writers(BlobStore::local(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn fenced_writers_on_seaweedfs() {
+    fenced_writers(BlobStore::s3(&SeaweedFs::shared().fresh_bucket()).unwrap()).await;
+}

@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::S3Config;
@@ -223,36 +223,77 @@ impl Drop for SeaweedFs {
 pub struct ConditionIgnoringProxy {
     /// The proxy's endpoint, `http://127.0.0.1:PORT`.
     pub endpoint: String,
+    hold: Arc<Hold>,
+}
+
+/// Writes a proxy holds back (see [`ConditionIgnoringProxy::holding`]).
+#[derive(Default)]
+struct Hold {
+    /// Requests whose line contains it are held while `on`.
+    fragment: String,
+    on: AtomicBool,
+    /// Requests held so far.
+    held: AtomicUsize,
 }
 
 impl ConditionIgnoringProxy {
     /// Starts a proxy on a free loopback port in front of `upstream` (`http://IP:PORT`).
     pub fn start(upstream: &str) -> Result<Self, String> {
-        Self::start_with(upstream, true, Duration::ZERO)
+        Self::start_with(upstream, true, Duration::ZERO, Hold::default())
+    }
+
+    /// A proxy that keeps the conditions and forwards everything until
+    /// [`ConditionIgnoringProxy::set_holding`] turns it on; from then, a `PUT` whose request
+    /// line contains `fragment` is never forwarded nor answered (its connection stays open for
+    /// two minutes): a writer cut off at that step, to be killed there.
+    pub fn holding(upstream: &str, fragment: &str) -> Result<Self, String> {
+        let hold = Hold {
+            fragment: fragment.to_owned(),
+            ..Hold::default()
+        };
+        Self::start_with(upstream, false, Duration::ZERO, hold)
+    }
+
+    /// Turns holding on or off (see [`ConditionIgnoringProxy::holding`]).
+    pub fn set_holding(&self, on: bool) {
+        self.hold.on.store(on, Ordering::SeqCst);
+    }
+
+    /// Requests held so far.
+    pub fn held(&self) -> usize {
+        self.hold.held.load(Ordering::SeqCst)
     }
 
     /// A proxy that keeps the conditions but holds every request for `delay` first: a store
     /// across a network (a round trip to a provider's region), for benchmarks.
     pub fn delaying(upstream: &str, delay: Duration) -> Result<Self, String> {
-        Self::start_with(upstream, false, delay)
+        Self::start_with(upstream, false, delay, Hold::default())
     }
 
-    fn start_with(upstream: &str, drop_conditions: bool, delay: Duration) -> Result<Self, String> {
+    fn start_with(
+        upstream: &str,
+        drop_conditions: bool,
+        delay: Duration,
+        hold: Hold,
+    ) -> Result<Self, String> {
+        let hold = Arc::new(hold);
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let endpoint = format!(
             "http://{}",
             listener.local_addr().map_err(|e| e.to_string())?
         );
+        let holds = hold.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let upstream = upstream.clone();
+                let hold = holds.clone();
                 std::thread::spawn(move || {
-                    let _ = forward(client, &upstream, drop_conditions, delay);
+                    let _ = forward(client, &upstream, drop_conditions, delay, &hold);
                 });
             }
         });
-        Ok(Self { endpoint })
+        Ok(Self { endpoint, hold })
     }
 
     /// An S3 configuration for `bucket` through this proxy.
@@ -271,12 +312,14 @@ fn forward(
     upstream: &str,
     drop_conditions: bool,
     delay: Duration,
+    hold: &Hold,
 ) -> std::io::Result<()> {
     use std::io::BufRead;
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = std::io::BufReader::new(client.try_clone()?);
     let mut head = String::new();
     let mut body_len = 0usize;
+    let mut first = true;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -284,6 +327,16 @@ fn forward(
         }
         if line == "\r\n" {
             break;
+        }
+        if std::mem::take(&mut first)
+            && hold.on.load(Ordering::SeqCst)
+            && line.starts_with("PUT ")
+            && !hold.fragment.is_empty()
+            && line.contains(&hold.fragment)
+        {
+            hold.held.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(120));
+            return Ok(());
         }
         let name = line
             .split(':')

@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use hearth_index::S3Config;
-use hearth_index::fixtures::SeaweedFs;
+use std::collections::BTreeSet;
+
+use hearth_index::fixtures::{ConditionIgnoringProxy, SeaweedFs};
+use hearth_index::{BlobStore, S3Config};
 use serde_json::{Value, json};
 
 use crate::common::{Backend, Node, Server};
@@ -229,6 +231,109 @@ async fn replicas_over_one_store() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The ids of the published files of collection `c` in the store, and those some manifest
+/// names.
+async fn published_files(store: &BlobStore, c: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let prefix = format!("index/{c}/v0/files/");
+    let stored = store
+        .list(&prefix)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k[prefix.len()..].split('/').next().unwrap().to_owned())
+        .collect();
+    let mut named = BTreeSet::new();
+    for key in store
+        .list(&format!("index/{c}/v0/manifests/"))
+        .await
+        .unwrap()
+    {
+        let Some(bytes) = store.get_opt(&key).await.unwrap() else {
+            continue;
+        };
+        let m: Value = serde_json::from_slice(&bytes).unwrap();
+        for f in m["files"].as_array().unwrap() {
+            named.insert(f["id"].as_str().unwrap().to_owned());
+        }
+    }
+    (stored, named)
+}
+
+/// The indexer killed after uploading its files and before its manifest is committed: nothing
+/// uploaded is lost (another replica takes over and indexes it), and the files it left, which
+/// no manifest names, are collected once older than the grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_indexer_killed_before_its_manifest_loses_nothing() {
+    let cfg = SeaweedFs::shared().fresh_bucket();
+    // The first replica reaches the store through a proxy that can hold back manifest writes.
+    let proxy = ConditionIgnoringProxy::holding(&cfg.endpoint, "/manifests/").unwrap();
+    let cut = S3Config {
+        endpoint: proxy.endpoint.clone(),
+        ..cfg.clone()
+    };
+    let r1 = replica(&cut, "r1").env("HEARTH__INDEX__PUBLISH_GRACE_S", "1");
+    let mut s1 = r1.serve(&["--open"]).await;
+    let r = s1
+        .post_json("/v1/collections", &json!({"name": "shared"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let (name, text, q) = TEXTS[1];
+    upload(&s1, "shared", name, text).await;
+    reaches(&[&s1], "shared", q, name, true).await;
+    assert_eq!(holder(&r1, "shared").await, "r1");
+    let r2 = replica(&cfg, "r2").env("HEARTH__INDEX__PUBLISH_GRACE_S", "1");
+    let s2 = r2.serve(&["--open"]).await;
+    reaches(&[&s2], "shared", q, name, true).await;
+
+    // An upload through r2; r1 indexes it, uploads its files and is stopped at the manifest.
+    proxy.set_holding(true);
+    let (name, text, q) = TEXTS[2];
+    upload(&s2, "shared", name, text).await;
+    let start = Instant::now();
+    while proxy.held() == 0 {
+        assert!(start.elapsed() < REACH, "r1 never wrote a manifest");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s1.child.kill().unwrap();
+    s1.child.wait().unwrap();
+    let store = r2.store();
+    let (stored, named) = published_files(&store, "shared").await;
+    let orphans: BTreeSet<String> = stored.difference(&named).cloned().collect();
+    assert!(
+        !orphans.is_empty(),
+        "r1 uploaded nothing before its manifest"
+    );
+
+    // r2 takes over and indexes the upload.
+    reaches(&[&s2], "shared", q, name, true).await;
+    assert_eq!(holder(&r2, "shared").await, "r2");
+
+    // The orphans go once older than the grace, at a later collection (every 8th publish).
+    for (i, word) in [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("extra{i}.md");
+        let text = format!(
+            "# Extra
+
+The codeword {word}quartz opens locker {i}.
+"
+        );
+        upload(&s2, "shared", &name, &text).await;
+        reaches(&[&s2], "shared", &format!("{word}quartz"), &name, true).await;
+    }
+    let (stored, _) = published_files(&store, "shared").await;
+    assert!(
+        stored.is_disjoint(&orphans),
+        "the dead indexer's files are still stored: {:?}",
+        stored.intersection(&orphans).collect::<Vec<_>>()
+    );
+    assert!(store.list("changes/shared/").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -96,6 +96,25 @@ pub(crate) struct Cluster {
     leases: tokio::sync::Mutex<HashMap<CollectionName, Lease>>,
     /// The collections whose lease this replica holds, and until when (its own clock).
     held: std::sync::Mutex<HashMap<CollectionName, Instant>>,
+    /// The collections being brought up to date now (one task each at a time).
+    busy: std::sync::Mutex<HashSet<CollectionName>>,
+}
+
+/// A collection being brought up to date; released when dropped.
+struct Busy {
+    service: Arc<Service>,
+    c: CollectionName,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(cl) = &self.service.cluster {
+            cl.busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&self.c);
+        }
+    }
 }
 
 impl Cluster {
@@ -126,6 +145,7 @@ impl Cluster {
             name,
             leases: tokio::sync::Mutex::new(HashMap::new()),
             held: std::sync::Mutex::new(HashMap::new()),
+            busy: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -209,9 +229,14 @@ impl Service {
         }
     }
 
-    /// One look at the store: every collection's lease, then its markers (held) or its newest
-    /// published generation (taken); collections deleted through another replica are dropped.
-    async fn cluster_tick(&self) -> Result<()> {
+    /// One look at the store: every collection's lease, then, in a task of its own that
+    /// no lease renewal waits for (a publish of a large index takes longer than a term), its
+    /// markers (held) or its newest published generation (taken); collections deleted
+    /// through another replica are dropped.
+    async fn cluster_tick(self: &Arc<Self>) -> Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
         let names: HashSet<CollectionName> = self.collections().await?.into_iter().collect();
         let open: Vec<CollectionName> = self.open.lock().await.keys().cloned().collect();
         for c in open {
@@ -220,17 +245,62 @@ impl Service {
                 self.drop_local(&c).await?;
             }
         }
+        cluster.leases.lock().await.retain(|c, _| names.contains(c));
         for c in names {
-            if let Err(e) = self.tick_collection(&c).await {
-                tracing::warn!(collection = %c, error = %e, "replica: could not bring the collection up to date");
+            let held = match self.tick_lease(&c).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(collection = %c, error = %e, "replica: could not renew or read the lease");
+                    continue;
+                }
+            };
+            let started = cluster
+                .busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(c.clone());
+            if !started {
+                continue;
             }
+            let busy = Busy {
+                service: self.clone(),
+                c: c.clone(),
+            };
+            tokio::spawn(async move {
+                let this = &busy.service;
+                let r = match held {
+                    true => this.lead(&busy.c).await,
+                    false => this.follow_open(&busy.c).await,
+                };
+                if let Err(e) = r {
+                    tracing::warn!(collection = %busy.c, error = %e, "replica: could not bring the collection up to date");
+                }
+            });
         }
         Ok(())
     }
 
-    async fn tick_collection(&self, c: &CollectionName) -> Result<()> {
+    /// The holder's round: in line with the newest generation, then the markers.
+    async fn lead(&self, c: &CollectionName) -> Result<()> {
+        let col = self.open_existing(c).await?;
+        self.follow(&col).await?;
+        self.take_changes(&col).await
+    }
+
+    /// Another replica's round: in line with the newest generation, if the collection is open
+    /// here (one opened later is brought in line by its open).
+    async fn follow_open(&self, c: &CollectionName) -> Result<()> {
+        let col = self.open.lock().await.get(c).cloned();
+        match col {
+            Some(col) => self.follow(&col).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes, renews or observes the collection's lease; whether this replica holds it.
+    async fn tick_lease(&self, c: &CollectionName) -> Result<bool> {
         let Some(cluster) = &self.cluster else {
-            return Ok(());
+            return Ok(true);
         };
         let status = {
             let mut leases = cluster.leases.lock().await;
@@ -244,26 +314,20 @@ impl Service {
             });
             lease.tick().await?
         };
-        match status {
+        Ok(match status {
             LeaseStatus::Held { until, epoch } => {
                 if cluster.held().insert(c.clone(), until).is_none() {
                     tracing::info!(collection = %c, epoch, replica = %cluster.name, "indexing the collection");
                 }
-                let col = self.open_existing(c).await?;
-                self.follow(&col).await?;
-                self.take_changes(&col).await
+                true
             }
             LeaseStatus::Taken { holder, .. } => {
                 if cluster.held().remove(c).is_some() {
                     tracing::info!(collection = %c, %holder, "another replica indexes the collection now");
                 }
-                let col = self.open.lock().await.get(c).cloned();
-                match col {
-                    Some(col) => self.follow(&col).await,
-                    None => Ok(()),
-                }
+                false
             }
-        }
+        })
     }
 
     /// Brings the local index in line with the newest published generation, when it is

@@ -244,8 +244,9 @@ impl ConditionIgnoringProxy {
 
     /// A proxy that keeps the conditions and forwards everything until
     /// [`ConditionIgnoringProxy::set_holding`] turns it on; from then, a `PUT` whose request
-    /// line contains `fragment` is never forwarded nor answered (its connection stays open for
-    /// two minutes): a writer cut off at that step, to be killed there.
+    /// line contains `fragment` is held back until holding is turned off again (then it goes
+    /// on, late), or for two minutes (then its connection is dropped unanswered): a writer cut
+    /// off at that step, to be killed there or overtaken by another.
     pub fn holding(upstream: &str, fragment: &str) -> Result<Self, String> {
         let hold = Hold {
             fragment: fragment.to_owned(),
@@ -335,8 +336,13 @@ fn forward(
             && line.contains(&hold.fragment)
         {
             hold.held.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_secs(120));
-            return Ok(());
+            let since = std::time::Instant::now();
+            while hold.on.load(Ordering::SeqCst) {
+                if since.elapsed() > Duration::from_secs(120) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         let name = line
             .split(':')

@@ -336,6 +336,85 @@ The codeword {word}quartz opens locker {i}.
     assert!(store.list("changes/shared/").await.unwrap().is_empty());
 }
 
+fn signal(s: &Server, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &s.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Two replicas that both believe they hold the lease: the indexer is paused in the middle of
+/// its publish (its files uploaded, its manifest on the way) past its term, the other takes
+/// over and publishes the same generation first; the paused one's manifest then arrives and
+/// is refused, the winner's stands, and nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_indexers_at_once_never_lose_a_manifest() {
+    let cfg = SeaweedFs::shared().fresh_bucket();
+    let proxy = ConditionIgnoringProxy::holding(&cfg.endpoint, "/manifests/").unwrap();
+    let cut = S3Config {
+        endpoint: proxy.endpoint.clone(),
+        ..cfg.clone()
+    };
+    let r1 = replica(&cut, "r1");
+    let s1 = r1.serve(&["--open"]).await;
+    let r = s1
+        .post_json("/v1/collections", &json!({"name": "shared"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let (name, text, q) = TEXTS[1];
+    upload(&s1, "shared", name, text).await;
+    reaches(&[&s1], "shared", q, name, true).await;
+    let r2 = replica(&cfg, "r2");
+    let s2 = r2.serve(&["--open"]).await;
+    reaches(&[&s2], "shared", q, name, true).await;
+    assert_eq!(holder(&r2, "shared").await, "r1");
+
+    proxy.set_holding(true);
+    let (name, text, q) = TEXTS[2];
+    upload(&s2, "shared", name, text).await;
+    let start = Instant::now();
+    while proxy.held() == 0 {
+        assert!(start.elapsed() < REACH, "r1 never wrote a manifest");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&s1, "-STOP");
+    // r2 takes over and publishes the generation r1 is trying to commit.
+    reaches(&[&s2], "shared", q, name, true).await;
+    assert_eq!(holder(&r2, "shared").await, "r2");
+    let store = r2.store();
+    let manifests = || async {
+        let mut out = Vec::new();
+        for key in store.list("index/shared/v0/manifests/").await.unwrap() {
+            out.push((key.clone(), store.get_opt(&key).await.unwrap()));
+        }
+        out
+    };
+    let before = manifests().await;
+    // r1's manifest goes on, late, and r1 runs again believing it holds the lease.
+    proxy.set_holding(false);
+    signal(&s1, "-CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = manifests().await;
+    for (key, bytes) in &before {
+        if let Some((_, now)) = after.iter().find(|(k, _)| k == key) {
+            assert_eq!(now, bytes, "{key} was overwritten");
+        }
+    }
+    assert_eq!(holder(&r2, "shared").await, "r2");
+    // Both serve everything; r1, now following, sees what goes in through it.
+    reaches(&[&s1, &s2], "shared", q, name, true).await;
+    let (name, text, q) = TEXTS[3];
+    upload(&s1, "shared", name, text).await;
+    reaches(&[&s1, &s2], "shared", q, name, true).await;
+    let start = Instant::now();
+    while !store.list("changes/shared/").await.unwrap().is_empty() {
+        assert!(start.elapsed() < REACH, "change markers left unsettled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_refuse_the_local_backend() {
     let node = Node::new(Backend::Local).env("HEARTH__CLUSTER__ENABLED", "true");

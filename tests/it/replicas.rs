@@ -81,6 +81,8 @@ async fn holder(node: &Node, c: &str) -> String {
     v["holder"].as_str().unwrap().to_owned()
 }
 
+const LEDGER: &str = "# Ledger\n\nThe saffron invoices are paid from the kitchen budget.\n";
+
 const TEXTS: [(&str, &str, &str); 4] = [
     (
         "aquarium.md",
@@ -127,6 +129,13 @@ async fn replicas_over_one_store() {
         .post_json("/v1/collections", &json!({"name": "shared"}))
         .await;
     assert_eq!(r.status, 201, "{}", r.json());
+    // A second collection, through another replica (its lease may go to another).
+    let s3 = servers[2].as_ref().unwrap();
+    let r = s3
+        .post_json("/v1/collections", &json!({"name": "other"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    upload(s3, "other", "ledger.md", LEDGER).await;
 
     // An upload through each replica (at least two of them do not index) is searchable
     // through every replica within seconds.
@@ -186,13 +195,48 @@ async fn replicas_over_one_store() {
     let new_lead = holder(&nodes[0], "shared").await;
     assert_ne!(new_lead, lead, "the lease was not taken over");
 
-    // A replica started against the store alone (empty data directory) serves the same.
+    // A replica started against the store alone (empty data directory) serves the same, in
+    // every collection.
     let fresh = replica(&cfg, "r4");
     let s4 = fresh.serve(&["--open"]).await;
+    let mut want = Vec::new();
     for (name, _, q) in &TEXTS[1..] {
-        let want = found(servers[survivor].as_ref().unwrap(), "shared", q).await;
-        assert!(want.iter().any(|h| h == name), "{want:?}");
-        assert_eq!(found(&s4, "shared", q).await, want);
+        let hits = found(servers[survivor].as_ref().unwrap(), "shared", q).await;
+        assert!(hits.iter().any(|h| h == name), "{hits:?}");
+        assert_eq!(found(&s4, "shared", q).await, hits);
+        want.push(hits);
+    }
+    assert_eq!(found(&s4, "other", "saffron invoices").await, ["ledger.md"]);
+
+    // Wiping a replica's cache changes no result.
+    let mut wiped = servers[survivor].take().unwrap();
+    wiped.child.kill().unwrap();
+    wiped.child.wait().unwrap();
+    std::fs::remove_dir_all(nodes[survivor].dir.path().join("data/index")).unwrap();
+    servers[survivor] = Some(nodes[survivor].serve(&["--open"]).await);
+    for ((_, _, q), hits) in TEXTS[1..].iter().zip(&want) {
+        assert_eq!(&found(servers[survivor].as_ref().unwrap(), "shared", q).await, hits);
+    }
+
+    // Requests through every replica at once append to one audit chain, which verifies on
+    // every node (each checks its own witness of the last entry it wrote).
+    let before = nodes[0].store().list("audit/").await.unwrap().len();
+    let live: Vec<&Server> = servers.iter().flatten().chain([&s4]).collect();
+    futures::future::join_all(
+        live.iter()
+            .flat_map(|s| (0..6).map(move |_| found(s, "shared", "cargo bicycles"))),
+    )
+    .await;
+    let after = nodes[0].store().list("audit/").await.unwrap().len();
+    assert!(after >= before + 18, "{before} -> {after} audit entries");
+    for n in nodes.iter().chain([&fresh]) {
+        let out = n.run(&["audit", "verify"]);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(
         !found(&s4, "shared", q0)

@@ -184,6 +184,21 @@ mod tests {
         assert_eq!(c.server, d.server);
         assert_eq!(c.ask, d.ask);
         assert_eq!(c.residency, d.residency);
+        assert_eq!(c.cluster, d.cluster);
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let c = load(None, &[("HEARTH__CLUSTER__ENABLED", "true")]).unwrap();
+        assert!(c.cluster.enabled);
+        for (k, v, needle) in [
+            ("HEARTH__CLUSTER__POLL_MS", "10", "cluster.poll_ms"),
+            ("HEARTH__CLUSTER__LEASE_S", "1", "cluster.lease_s"),
+            ("HEARTH__CLUSTER__NAME", "", "cluster.name"),
+        ] {
+            let e = load(None, &[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -140,6 +140,14 @@ fn the_manifests_agree_with_each_other_and_with_the_image() {
         &resource("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
         labels
     );
+    // Several pods share the store only as replicas.
+    let replicas = deployment["spec"]["replicas"].as_u64().unwrap();
+    assert!(replicas >= 2, "{replicas}");
+    assert_eq!(
+        config()["cluster"]["enabled"].as_bool(),
+        Some(true),
+        "several pods without [cluster] enabled"
+    );
     // Probes and the Service reach the container's named port, which the image exposes.
     let port = &container["ports"][0];
     assert_eq!(port["name"], "http");

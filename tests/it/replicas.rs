@@ -215,7 +215,10 @@ async fn replicas_over_one_store() {
     std::fs::remove_dir_all(nodes[survivor].dir.path().join("data/index")).unwrap();
     servers[survivor] = Some(nodes[survivor].serve(&["--open"]).await);
     for ((_, _, q), hits) in TEXTS[1..].iter().zip(&want) {
-        assert_eq!(&found(servers[survivor].as_ref().unwrap(), "shared", q).await, hits);
+        assert_eq!(
+            &found(servers[survivor].as_ref().unwrap(), "shared", q).await,
+            hits
+        );
     }
 
     // Requests through every replica at once append to one audit chain, which verifies on
@@ -243,6 +246,16 @@ async fn replicas_over_one_store() {
             .await
             .contains(&"aquarium.md".to_owned())
     );
+
+    // Re-embedding is refused on replicas (not coordinated between them yet), saying why.
+    let r = s4
+        .post_json(
+            "/v1/collections/shared/reembed",
+            &json!({"embedder": "multilingual-e5-small"}),
+        )
+        .await;
+    let msg = r.error(409, "conflict");
+    assert!(msg.contains("replicas"), "{msg}");
 
     // Every change is published: no marker is left.
     let store = nodes[0].store();

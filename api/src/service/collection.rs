@@ -827,6 +827,12 @@ impl Service {
     /// Reclaims space: rewrites the local index without deleted chunks, and removes objects
     /// from the store that no document record points at (left behind by an interrupted delete).
     pub async fn compact(&self, col: &Arc<Collection>) -> Result<CompactReport> {
+        if let Some(replica) = self.replica_name() {
+            // Only the indexer may publish and purge; a command-line run holds no lease.
+            return Err(ServiceError::Index(IndexError::Conflict(format!(
+                "compaction is not coordinated between replicas yet: stop the others and run it with cluster.enabled off (this is replica {replica})"
+            ))));
+        }
         let col2 = col.clone();
         let stats = blocking(move || match col2.index_mut() {
             Some(mut index) => index.compact().map(Some),

@@ -234,11 +234,6 @@ impl Service {
         col: &Arc<Collection>,
     ) -> hearth_index::Result<()> {
         let m = col.model();
-        // A replica that does not index the collection leaves its published index alone: the
-        // holder's compaction purges it.
-        if !self.leads(col.name()) {
-            return Ok(());
-        }
         if self.publish(col).await {
             self.published_index(col.name(), m.vectors).purge().await?;
         } else {

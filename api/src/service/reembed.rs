@@ -175,6 +175,14 @@ impl Service {
     /// conflict). [`Service::reembed`] checks the same before it claims the collection; the
     /// HTTP route asks first, so that it can answer before starting the work.
     pub fn check_reembed(&self, col: &Collection, embedder: &str) -> Result<()> {
+        if let Some(replica) = self.replica_name() {
+            // Another replica would go on indexing with the old model meanwhile.
+            return Err(ServiceError::Index(hearth_index::IndexError::Conflict(
+                format!(
+                    "re-embedding is not coordinated between replicas yet: stop the others and run it with cluster.enabled off (this is replica {replica})"
+                ),
+            )));
+        }
         self.embedder_named(embedder)?;
         if self.embedder_name(col) == embedder {
             return Err(ServiceError::InvalidInput(format!(

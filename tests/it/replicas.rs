@@ -472,6 +472,76 @@ async fn two_indexers_at_once_never_lose_a_manifest() {
     }
 }
 
+/// Read your writes: a document's status gives the generation that holds it once its change is
+/// published, and a search through a replica that has not loaded it yet (one that looks at
+/// the store only every 30 s) waits for it with `min_generation`.
+#[tokio::test(flavor = "multi_thread")]
+async fn min_generation_reads_your_writes_on_a_slow_replica() {
+    let cfg = SeaweedFs::shared().fresh_bucket();
+    let r1 = replica(&cfg, "r1");
+    let s1 = r1.serve(&["--open"]).await;
+    let r = s1
+        .post_json("/v1/collections", &json!({"name": "shared"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let (name, text, q) = TEXTS[0];
+    upload(&s1, "shared", name, text).await;
+    reaches(&[&s1], "shared", q, name, true).await;
+    let slow = replica(&cfg, "slow")
+        .env("HEARTH__CLUSTER__POLL_MS", "30000")
+        .env("HEARTH__CLUSTER__LEASE_S", "120")
+        .env("HEARTH__CLUSTER__READ_WAIT_MS", "5000");
+    let s2 = slow.serve(&["--open"]).await;
+    // The slow replica opens the collection now (and holds what is published so far).
+    assert_eq!(found(&s2, "shared", q).await, [name]);
+
+    let (name, text, q) = TEXTS[1];
+    let id = upload(&s2, "shared", name, text).await;
+    let start = Instant::now();
+    let generation = loop {
+        let v = s2
+            .get(&format!("/v1/collections/shared/documents/{id}"))
+            .await
+            .json();
+        if let Some(g) = v["generation"].as_u64() {
+            assert_eq!(v["status"], "indexed");
+            break g;
+        }
+        assert!(
+            start.elapsed() < REACH,
+            "no generation after {REACH:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Without it the slow replica does not have the document yet; with it, it does at once.
+    assert!(found(&s2, "shared", q).await.is_empty());
+    let search = |min: u64| {
+        let s2 = &s2;
+        async move {
+            s2.post_json(
+                "/v1/collections/shared/search",
+                &json!({"query": q, "mode": "bm25", "min_generation": min}),
+            )
+            .await
+        }
+    };
+    let r = search(generation).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let hits = r.json();
+    assert_eq!(hits["hits"][0]["source"], name, "{hits}");
+    let header: u64 = r.headers["hearth-generation"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(header >= generation, "{header} < {generation}");
+    // A generation nobody published: 503 once the wait is over.
+    let started = Instant::now();
+    let msg = search(generation + 1000).await.error(503, "unavailable");
+    assert!(msg.contains("not loaded"), "{msg}");
+    assert!(started.elapsed() >= Duration::from_secs(5));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_refuse_the_local_backend() {
     let node = Node::new(Backend::Local).env("HEARTH__CLUSTER__ENABLED", "true");

@@ -81,6 +81,10 @@ pub(super) struct DocOut<'a> {
     /// Who may read it: `group:NAME` and `user:NAME` entries, or `["*"]` (everyone who reads
     /// the collection).
     access: &'a [String],
+    /// Replicas: the newest generation of the collection's published index, once it holds
+    /// the document as it now is (`min_generation` of a search through another replica).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     /// Documents found inside this one (an e-mail's attachments, a mailbox's messages): their
     /// ids; each has metadata `parent` naming this one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -114,6 +118,7 @@ fn doc_out(r: &DocRecord) -> DocOut<'_> {
         original_discarded: r.original_discarded,
         metadata: &r.metadata,
         access: r.access.entries(),
+        generation: None,
         children: r.children.iter().map(DocId::to_hex).collect(),
         created_ms: r.created_ms,
         updated_ms: r.updated_ms,
@@ -633,8 +638,10 @@ pub(super) async fn get(
     caller: Caller,
     Path((c, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (_, rec) = record(&s, &caller, &c, &id, Role::Reader).await?;
-    Ok(json(StatusCode::OK, &doc_out(&rec)))
+    let (col, rec) = record(&s, &caller, &c, &id, Role::Reader).await?;
+    let mut out = doc_out(&rec);
+    out.generation = s.service.published_generation(&col, &rec).await?;
+    Ok(json(StatusCode::OK, &out))
 }
 
 /// Downloads a document's original bytes.

@@ -152,7 +152,16 @@ pub(super) struct SearchBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub(super) filter: FilterIn,
+    /// Read your writes across replicas: answer only from generation `min_generation` of the
+    /// collection's published index or a later one (a document's `generation` once its change
+    /// is published), waiting for this node to load it (at most `cluster.read_wait_ms`; 503
+    /// after). The generation answered from is in the `Hearth-Generation` header.
+    min_generation: Option<u64>,
 }
+
+/// The `Hearth-Generation` header: the generation of the collection's published index the
+/// answering node holds.
+pub(super) const GENERATION_HEADER: &str = "hearth-generation";
 
 /// Ranked chunks for a query: hybrid (default), dense or BM25, with metadata filters.
 #[utoipa::path(post, path = "/v1/collections/{c}/search", tag = "search", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
@@ -168,6 +177,10 @@ pub(super) async fn search(
     let c = caller.collection(&c, Role::Reader)?;
     let filter = body.filter.into_filter()?;
     let col = s.service.open_existing(&c).await?;
+    if let Some(min) = body.min_generation {
+        s.service.await_generation(&col, min).await?;
+    }
+    let generation = s.service.loaded_generation(&col).await;
     let r = s
         .service
         .search(
@@ -182,7 +195,13 @@ pub(super) async fn search(
             },
         )
         .await?;
-    Ok(json(StatusCode::OK, &r))
+    let mut response = json(StatusCode::OK, &r);
+    if let Some(g) = generation {
+        response
+            .headers_mut()
+            .insert(GENERATION_HEADER, header::HeaderValue::from(g));
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

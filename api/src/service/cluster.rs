@@ -48,6 +48,9 @@ pub struct ClusterConfig {
     /// This replica's name in leases and logs; by default the host name, process id and a
     /// random suffix. Two processes must never share one.
     pub name: Option<String>,
+    /// Milliseconds a search with `min_generation` waits, at most, for this replica to load
+    /// that generation before it is answered 503.
+    pub read_wait_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -57,6 +60,7 @@ impl Default for ClusterConfig {
             poll_ms: 1000,
             lease_s: 10,
             name: None,
+            read_wait_ms: 10_000,
         }
     }
 }
@@ -78,6 +82,12 @@ impl ClusterConfig {
                 self.lease_s, self.poll_ms
             ));
         }
+        if self.read_wait_ms > 60_000 {
+            return bad(format!(
+                "cluster.read_wait_ms is {}; it must be at most 60000",
+                self.read_wait_ms
+            ));
+        }
         if let Some(n) = &self.name
             && (n.is_empty() || n.len() > 128 || n.chars().any(char::is_control))
         {
@@ -90,6 +100,7 @@ impl ClusterConfig {
 /// A replica's part in the cluster.
 pub(crate) struct Cluster {
     poll: Duration,
+    read_wait: Duration,
     term: Duration,
     name: String,
     /// This replica's contender for each collection's lease.
@@ -141,6 +152,7 @@ impl Cluster {
         });
         Some(Self {
             poll: Duration::from_millis(config.poll_ms),
+            read_wait: Duration::from_millis(config.read_wait_ms),
             term: Duration::from_secs(config.lease_s),
             name,
             leases: tokio::sync::Mutex::new(HashMap::new()),
@@ -191,6 +203,67 @@ impl Service {
                 .get(c)
                 .is_some_and(|until| *until > Instant::now())
         })
+    }
+
+    /// The generation of the collection's published index that this replica's index holds
+    /// (fetched, published or loaded), if any.
+    pub async fn loaded_generation(&self, col: &Collection) -> Option<u64> {
+        col.publish_state.lock().await.aligned()
+    }
+
+    /// Read-your-writes: returns once this replica holds generation `min` (or a later one) of
+    /// the collection's published index, looking at the store meanwhile; unavailable after
+    /// `cluster.read_wait_ms` (on a single node, at once) when it does not.
+    pub async fn await_generation(&self, col: &Arc<Collection>, min: u64) -> Result<u64> {
+        let wait = self
+            .cluster
+            .as_ref()
+            .map_or(Duration::ZERO, |cl| cl.read_wait);
+        let started = Instant::now();
+        loop {
+            let loaded = self.loaded_generation(col).await;
+            if let Some(g) = loaded.filter(|g| *g >= min) {
+                return Ok(g);
+            }
+            if started.elapsed() >= wait {
+                return Err(ServiceError::Unavailable(format!(
+                    "generation {min} of collection {}'s index is not loaded here yet (this node holds {}); try again shortly",
+                    col.name(),
+                    loaded.map_or_else(|| "none".to_owned(), |g| g.to_string())
+                )));
+            }
+            if self.cluster.is_some()
+                && let Err(e) = self.follow(col).await
+            {
+                tracing::debug!(collection = %col.name(), error = %e, "replica: could not look for a newer generation");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The newest published generation that holds the document as it now is, for a
+    /// read-your-writes search elsewhere (`min_generation`): on a replica, once the document
+    /// is indexed and its change was published (its marker is gone). `None` otherwise, and on
+    /// a single node (which reads its own writes).
+    pub async fn published_generation(
+        &self,
+        col: &Collection,
+        rec: &hearth_ingest::DocRecord,
+    ) -> Result<Option<u64>> {
+        if self.cluster.is_none() || rec.state != DocState::Indexed {
+            return Ok(None);
+        }
+        if self
+            .store
+            .exists(&keys::change_marker(col.name(), &rec.doc_id))
+            .await?
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .published_index(col.name(), col.model().vectors)
+            .latest_generation()
+            .await?)
     }
 
     /// Leaves a change marker for document `doc` of `c` (replicas only): the collection's

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hearth_index::{Access, CollectionName, DocId, Lease, LeaseStatus, keys};
 use hearth_ingest::DocState;
 use serde::Deserialize;
@@ -441,15 +442,29 @@ impl Service {
             .map(|(d, a)| (*d, a.clone()))
             .collect();
         let mut added = 0usize;
-        for d in docs.keys().filter(|d| !local.contains_key(d)) {
-            // Gone from the store since (deleted): the next generation leaves it out too.
-            let Some(rec) = self.registry.get(col.name(), d).await? else {
+        // Records and chunk files read eight documents at a time; added one at a time.
+        let missing: Vec<DocId> = docs
+            .keys()
+            .filter(|d| !local.contains_key(d))
+            .copied()
+            .collect();
+        let mut loads = futures::stream::iter(missing)
+            .map(|d| async move {
+                // Gone from the store since (deleted): the next generation leaves it out too.
+                let Some(rec) = self.registry.get(col.name(), &d).await? else {
+                    return Ok::<_, ServiceError>(None);
+                };
+                let chunks = self.load_chunks(col, &rec).await?;
+                Ok(Some((rec, chunks)))
+            })
+            .buffer_unordered(8);
+        while let Some(loaded) = loads.next().await {
+            let Some((mut rec, chunks)) = loaded? else {
                 continue;
             };
-            match self.load_chunks(col, &rec).await? {
+            match chunks {
                 Ok(chunks) if chunks.iter().all(|c| c.embedding.is_some()) => {
-                    let mut rec = rec;
-                    rec.access = docs[d].clone();
+                    rec.access = docs[&rec.doc_id].clone();
                     let doc = indexed_doc(&rec);
                     col.note_source(&rec);
                     let col2 = col.clone();
@@ -458,10 +473,11 @@ impl Service {
                     added += 1;
                 }
                 Ok(_) | Err(_) => {
-                    tracing::warn!(collection = %col.name(), doc = %d, "replica: the published document's chunk file cannot be read; left out");
+                    tracing::warn!(collection = %col.name(), doc = %rec.doc_id, "replica: the published document's chunk file cannot be read; left out");
                 }
             }
         }
+        drop(loads);
         for d in &gone {
             col.forget(d);
         }
@@ -505,7 +521,7 @@ impl Service {
             else {
                 continue;
             };
-            if col.is_busy(&doc) || self.is_queued(col.name(), &doc) {
+            if col.is_busy(&doc) || col.is_settling(&doc) || self.is_queued(col.name(), &doc) {
                 continue;
             }
             let rec = self.registry.get(col.name(), &doc).await?;
@@ -519,13 +535,16 @@ impl Service {
                     changed = true;
                 }
                 None => {}
+                // The worker marks it settling when it is done with it.
                 Some(r) if r.state.is_pending() || r.state == DocState::Chunked => {
                     self.queue_resumed(col.name(), doc);
                     queued += 1;
+                    continue;
                 }
                 Some(r) if r.state == DocState::Embedded && !contains => {
                     self.queue_resumed(col.name(), doc);
                     queued += 1;
+                    continue;
                 }
                 Some(r) if r.state == DocState::Indexed && !contains => {
                     if let Ok(chunks) = self.load_chunks(col, &r).await?
@@ -536,6 +555,7 @@ impl Service {
                     } else {
                         self.queue_resumed(col.name(), doc);
                         queued += 1;
+                        continue;
                     }
                 }
                 Some(r) if r.state == DocState::Indexed && access.as_ref() != Some(&r.access) => {
@@ -553,6 +573,7 @@ impl Service {
                 }
                 Some(_) => {}
             }
+            col.settle_later(doc);
         }
         if queued > 0 {
             tracing::debug!(collection = %col.name(), documents = queued, "replica: queued documents uploaded through other replicas");
@@ -567,34 +588,36 @@ impl Service {
         }
     }
 
-    /// Deletes the change markers of documents whose change the published snapshot `docs`
-    /// reflects: a deleted document it does not hold, an indexed one it holds with the
-    /// record's access list, a failed one.
+    /// Deletes the change markers of the documents the holder dealt with (`Collection::settling`)
+    /// whose change the published snapshot `docs` reflects: a deleted document it does not
+    /// hold, an indexed one it holds with the record's access list, a failed one. The others
+    /// wait for a later publish. One record read per document dealt with, none for the
+    /// markers still waiting for the worker.
     pub(super) async fn settle_changes(
         &self,
-        c: &CollectionName,
+        col: &Collection,
         docs: &HashMap<DocId, Access>,
     ) -> Result<usize> {
         if self.cluster.is_none() {
             return Ok(0);
         }
-        let prefix = keys::change_markers_prefix(c);
+        let c = col.name();
         let mut settled = 0;
-        for key in self.store.list(&prefix).await? {
-            let Some(doc) = key
-                .strip_prefix(&prefix)
-                .and_then(|d| d.parse::<DocId>().ok())
-            else {
-                continue;
-            };
-            let done = match self.registry.get(c, &doc).await? {
+        for doc in col.settling() {
+            let rec = self.registry.get(c, &doc).await?;
+            let done = match &rec {
                 None => !docs.contains_key(&doc),
                 Some(r) if r.state == DocState::Indexed => docs.get(&doc) == Some(&r.access),
                 Some(r) => r.state == DocState::Failed,
             };
             if done {
-                self.store.delete(&key).await?;
+                self.store.delete(&keys::change_marker(c, &doc)).await?;
+                col.settled(&doc);
                 settled += 1;
+            } else if rec.is_none_or(|r| matches!(r.state, DocState::Indexed | DocState::Failed)) {
+                // Changed again since it was dealt with (its access, say), or committed after
+                // this snapshot: the next round looks at it afresh.
+                col.settled(&doc);
             }
         }
         Ok(settled)

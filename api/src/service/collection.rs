@@ -65,6 +65,9 @@ pub struct Collection {
     pub(super) reembedding: Mutex<Option<super::reembed::ReembedStatus>>,
     /// What was published of the index to the object store; held by a publish.
     pub(super) publish_state: tokio::sync::Mutex<super::published::PublishState>,
+    /// Replicas: documents whose change marker the indexer dealt with, to be deleted once a
+    /// published generation reflects the change.
+    settling: Mutex<HashSet<DocId>>,
 }
 
 /// A claim on processing one document; released when dropped.
@@ -165,6 +168,26 @@ impl Collection {
     /// what it writes.
     pub(super) fn mark_erased(&self, doc: &DocId) {
         lock(&self.erased).insert(*doc);
+    }
+
+    /// Replicas: the indexer dealt with the document's change marker (see `settling`).
+    pub(super) fn settle_later(&self, doc: DocId) {
+        lock(&self.settling).insert(doc);
+    }
+
+    /// Whether the document's marker waits for a publish.
+    pub(super) fn is_settling(&self, doc: &DocId) -> bool {
+        lock(&self.settling).contains(doc)
+    }
+
+    /// The documents whose markers wait for a publish.
+    pub(super) fn settling(&self) -> Vec<DocId> {
+        lock(&self.settling).iter().copied().collect()
+    }
+
+    /// The document's marker is gone.
+    pub(super) fn settled(&self, doc: &DocId) {
+        lock(&self.settling).remove(doc);
     }
 
     /// A document of this id was submitted again: it is no longer deleted.
@@ -307,6 +330,7 @@ impl Service {
                 model.vectors,
                 fetched.unwrap_or_default(),
             )),
+            settling: Mutex::new(HashSet::new()),
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {

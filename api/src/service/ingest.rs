@@ -47,10 +47,14 @@ impl Service {
             return Err(gone());
         }
         let submitted = submitted?;
-        if let Submitted::Accepted(id) = &submitted {
-            col.revive(id);
-            self.count_upload(col.name(), size);
-            self.mark_changed(col.name(), id).await?;
+        match &submitted {
+            Submitted::Accepted(id) => {
+                col.revive(id);
+                self.count_upload(col.name(), size);
+                self.mark_changed(col.name(), id).await?;
+            }
+            // Marked again: the upload that stored it may have failed before its marker.
+            Submitted::Duplicate(rec) => self.mark_changed(col.name(), &rec.doc_id).await?,
         }
         Ok(submitted)
     }

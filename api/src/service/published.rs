@@ -155,7 +155,7 @@ impl Service {
             *state = PublishState::new(vectors, Uploaded::default());
         }
         if state.published == Some(snap.generation()) {
-            self.settle(col.name(), &snap).await;
+            self.settle(col, &snap).await;
             return true;
         }
         let published = self.published_index(col.name(), vectors);
@@ -175,7 +175,7 @@ impl Service {
                 state.published = Some(snap.generation());
                 state.aligned = Some(p.generation);
                 state.count += 1;
-                self.settle(col.name(), &snap).await;
+                self.settle(col, &snap).await;
                 tracing::debug!(collection = %col.name(), generation = p.generation, uploaded = p.uploaded, bytes = p.uploaded_bytes, seconds = started.elapsed().as_secs_f64(), "published the index");
                 if state.count.is_multiple_of(COLLECT_EVERY) {
                     collect(&published, col.name()).await;
@@ -207,12 +207,13 @@ impl Service {
     }
 
     /// Deletes the change markers the published snapshot reflects (replicas; logged).
-    async fn settle(&self, c: &CollectionName, snap: &hearth_index::Snapshot) {
+    async fn settle(&self, col: &Collection, snap: &hearth_index::Snapshot) {
         if self.cluster.is_none() {
             return;
         }
+        let c = col.name();
         let settled = match super::cluster::snapshot_documents(snap.manifest()) {
-            Ok(docs) => self.settle_changes(c, &docs).await,
+            Ok(docs) => self.settle_changes(col, &docs).await,
             Err(e) => Err(e),
         };
         match settled {

@@ -190,6 +190,9 @@ impl Service {
                     match joined {
                         Ok((col, doc, r)) => {
                             log_outcome(&col, doc, &r);
+                            if self.replica_name().is_some() {
+                                col.settle_later(doc);
+                            }
                             touched.insert(col.name().clone(), col);
                         }
                         Err(e) => tracing::error!(error = %e, "an ingestion task panicked"),

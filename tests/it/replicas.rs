@@ -542,8 +542,10 @@ async fn min_generation_reads_your_writes_on_a_slow_replica() {
     assert!(started.elapsed() >= Duration::from_secs(5));
 }
 
+/// A replica refuses to start on a store without conditional updates (the local directory),
+/// and without publishing (the other replicas would never see its work), naming why.
 #[tokio::test(flavor = "multi_thread")]
-async fn replicas_refuse_the_local_backend() {
+async fn replicas_refuse_what_they_cannot_run_on() {
     let node = Node::new(Backend::Local).env("HEARTH__CLUSTER__ENABLED", "true");
     let out = node.run(&["serve", "--bind", "127.0.0.1:0"]);
     assert!(!out.status.success());
@@ -552,4 +554,10 @@ async fn replicas_refuse_the_local_backend() {
         err.contains("cluster.enabled") && err.contains("update-"),
         "{err}"
     );
+    let node =
+        replica(&SeaweedFs::shared().fresh_bucket(), "r1").env("HEARTH__INDEX__PUBLISH", "false");
+    let out = node.run(&["serve", "--bind", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("index.publish"), "{err}");
 }

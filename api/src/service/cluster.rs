@@ -238,7 +238,8 @@ impl Service {
             {
                 tracing::debug!(collection = %col.name(), error = %e, "replica: could not look for a newer generation");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A listing of the store per look: at most 50 for a request that waits 10 s.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -181,6 +181,12 @@ impl Service {
         parts.ask.validate()?;
         parts.engine.validate()?;
         parts.cluster.validate()?;
+        if parts.cluster.enabled && !parts.index.publish {
+            return Err(ServiceError::InvalidInput(
+                "cluster.enabled needs index.publish: replicas load what the indexer publishes"
+                    .into(),
+            ));
+        }
         let store = parts.store.blob;
         let cache_sealer = match (parts.index.encrypt_cache, store.cache_sealer()) {
             (false, _) => None,

@@ -497,6 +497,13 @@ async fn min_generation_reads_your_writes_on_a_slow_replica() {
 
     let (name, text, q) = TEXTS[1];
     let id = upload(&s2, "shared", name, text).await;
+    // Not deleted through a replica that does not index while the indexer processes it (the
+    // indexer's work under way would write it back).
+    let msg = s2
+        .delete(&format!("/v1/collections/shared/documents/{id}"))
+        .await
+        .error(409, "conflict");
+    assert!(msg.contains("still being processed"), "{msg}");
     let start = Instant::now();
     let generation = loop {
         let v = s2

@@ -550,6 +550,21 @@ impl Service {
         let _writing = col.writing.read().await;
         let existed = self.registry.get(&col.name, doc).await?.is_some();
         let family = self.descendants(col, doc).await?;
+        if self.replica_name().is_some() && !self.leads(&col.name) {
+            // The indexer is another process: what its work under way writes (the record, at
+            // each stage) would bring the document back after this delete.
+            for d in std::iter::once(doc).chain(&family) {
+                if let Some(r) = self.registry.get(&col.name, d).await?
+                    && !matches!(r.state, DocState::Indexed | DocState::Failed)
+                {
+                    return Err(ServiceError::Index(IndexError::Conflict(format!(
+                        "document {d} is still being processed ({}) by the replica that indexes {}; delete it once it is indexed",
+                        r.state.as_str(),
+                        col.name
+                    ))));
+                }
+            }
+        }
         for d in std::iter::once(doc).chain(&family) {
             lock(&col.erased).insert(*d);
             self.erase(col, d).await?;

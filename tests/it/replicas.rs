@@ -542,6 +542,21 @@ async fn min_generation_reads_your_writes_on_a_slow_replica() {
         .parse()
         .unwrap();
     assert!(header >= generation, "{header} < {generation}");
+    // Answers too: a quoted answer (no model) from the generation asked for.
+    let r = s2
+        .post_json(
+            "/v1/collections/shared/ask",
+            &json!({"question": "Where are the cargo bicycles charged?", "answer": "quote",
+                    "min_generation": generation}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let answer = r.json();
+    assert!(
+        answer["answer"].as_str().unwrap().contains("basement"),
+        "{answer}"
+    );
+    assert!(r.headers.contains_key("hearth-generation"));
     // A generation nobody published: 503 once the wait is over.
     let started = Instant::now();
     let msg = search(generation + 1000).await.error(503, "unavailable");

@@ -161,7 +161,7 @@ pub(super) struct SearchBody {
 
 /// The `Hearth-Generation` header: the generation of the collection's published index the
 /// answering node holds.
-pub(super) const GENERATION_HEADER: &str = "hearth-generation";
+const GENERATION_HEADER: &str = "hearth-generation";
 
 /// Ranked chunks for a query: hybrid (default), dense or BM25, with metadata filters.
 #[utoipa::path(post, path = "/v1/collections/{c}/search", tag = "search", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
@@ -195,13 +195,7 @@ pub(super) async fn search(
             },
         )
         .await?;
-    let mut response = json(StatusCode::OK, &r);
-    if let Some(g) = generation {
-        response
-            .headers_mut()
-            .insert(GENERATION_HEADER, header::HeaderValue::from(g));
-    }
-    Ok(response)
+    Ok(stamped(json(StatusCode::OK, &r), generation))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -248,6 +242,8 @@ pub(super) struct AskBody {
     /// Continue a conversation of this key's: its turns are the history (instead of
     /// `history`), and this turn is added to it.
     conversation_id: Option<String>,
+    /// Read your writes across replicas, as in search.
+    min_generation: Option<u64>,
 }
 
 /// A grounded answer with `[n]` citations mapped to the passages it was given.
@@ -270,6 +266,10 @@ pub(super) async fn ask(
         super::tenants::check_tokens(&s, &caller)?;
     }
     let col = s.service.open_existing(&c).await?;
+    if let Some(min) = body.min_generation {
+        s.service.await_generation(&col, min).await?;
+    }
+    let generation = s.service.loaded_generation(&col).await;
     let conversation = match (body.conversation, body.conversation_id) {
         (_, Some(_)) | (true, _) if !body.history.is_empty() => {
             return Err(ApiError::invalid(
@@ -319,11 +319,17 @@ pub(super) async fn ask(
         .on_completion(move |c| super::tenants::generated(&state, "ask", tenant.as_deref(), c));
     let Some(conv) = conversation else {
         if body.stream {
-            return Ok(Sse::new(ask_events(answer))
-                .keep_alive(KeepAlive::default())
-                .into_response());
+            return Ok(stamped(
+                Sse::new(ask_events(answer))
+                    .keep_alive(KeepAlive::default())
+                    .into_response(),
+                generation,
+            ));
         }
-        return Ok(json(StatusCode::OK, &answer.finish().await?));
+        return Ok(stamped(
+            json(StatusCode::OK, &answer.finish().await?),
+            generation,
+        ));
     };
     let answer = answer.in_conversation(conv.id.clone());
     if body.stream {
@@ -339,13 +345,26 @@ pub(super) async fn ask(
                 ev
             }
         });
-        return Ok(Sse::new(ask_events(events))
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        return Ok(stamped(
+            Sse::new(ask_events(events))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+            generation,
+        ));
     }
     let a = answer.finish().await?;
     s.service.add_turn(&col, &conv, &question, &a).await?;
-    Ok(json(StatusCode::OK, &a))
+    Ok(stamped(json(StatusCode::OK, &a), generation))
+}
+
+/// The response with the `Hearth-Generation` header, when the node holds a generation.
+fn stamped(mut response: Response, generation: Option<u64>) -> Response {
+    if let Some(g) = generation {
+        response
+            .headers_mut()
+            .insert(GENERATION_HEADER, header::HeaderValue::from(g));
+    }
+    response
 }
 
 /// A conversation of this key's: its turns, oldest first, with answers that drew on a document

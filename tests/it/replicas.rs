@@ -318,6 +318,27 @@ async fn published_files(store: &BlobStore, c: &str) -> (BTreeSet<String>, BTree
     (stored, named)
 }
 
+/// The files (name, id) of the newest published manifest of collection `c`.
+async fn newest_files(store: &BlobStore, c: &str) -> BTreeSet<(String, String)> {
+    let keys = store
+        .list(&format!("index/{c}/v0/manifests/"))
+        .await
+        .unwrap();
+    let newest = keys.iter().max().expect("a manifest");
+    let m: Value = serde_json::from_slice(&store.get_opt(newest).await.unwrap().unwrap()).unwrap();
+    m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The indexer killed after uploading its files and before its manifest is committed: nothing
 /// uploaded is lost (another replica takes over and indexes it), and the files it left, which
 /// no manifest names, are collected once older than the grace.
@@ -343,6 +364,10 @@ async fn an_indexer_killed_before_its_manifest_loses_nothing() {
     let r2 = replica(&cfg, "r2").env("HEARTH__INDEX__PUBLISH_GRACE_S", "1");
     let s2 = r2.serve(&["--open"]).await;
     reaches(&[&s2], "shared", q, name, true).await;
+    // One more published while r2 follows: r2 loads it into its own index (its own files).
+    let (name, text, q) = TEXTS[0];
+    upload(&s1, "shared", name, text).await;
+    reaches(&[&s1, &s2], "shared", q, name, true).await;
 
     // An upload through r2; r1 indexes it, uploads its files and is stopped at the manifest.
     proxy.set_holding(true);
@@ -356,6 +381,7 @@ async fn an_indexer_killed_before_its_manifest_loses_nothing() {
     s1.child.kill().unwrap();
     s1.child.wait().unwrap();
     let store = r2.store();
+    let before = newest_files(&store, "shared").await;
     let (stored, named) = published_files(&store, "shared").await;
     let orphans: BTreeSet<String> = stored.difference(&named).cloned().collect();
     assert!(
@@ -363,9 +389,22 @@ async fn an_indexer_killed_before_its_manifest_loses_nothing() {
         "r1 uploaded nothing before its manifest"
     );
 
-    // r2 takes over and indexes the upload.
+    // r2 takes over and indexes the upload, publishing on top of r1's files: it took them
+    // over (its own, built by loading generations, would all be uploaded anew).
     reaches(&[&s2], "shared", q, name, true).await;
     assert_eq!(holder(&r2, "shared").await, "r2");
+    let after = newest_files(&store, "shared").await;
+    // (BM25's segment files carry random ids: r2's own would have other names.)
+    let kept: Vec<_> = before
+        .iter()
+        .filter(|(n, _)| {
+            n.starts_with("tantivy/") && !n.ends_with("meta.json") && !n.ends_with(".managed.json")
+        })
+        .collect();
+    assert!(!kept.is_empty());
+    for f in kept {
+        assert!(after.contains(f), "{f:?} uploaded again: {after:?}");
+    }
 
     // The orphans go once older than the grace, at a later collection (every 8th publish).
     for (i, word) in [

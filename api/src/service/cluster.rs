@@ -322,7 +322,7 @@ impl Service {
         }
         cluster.leases.lock().await.retain(|c, _| names.contains(c));
         for c in names {
-            let held = match self.tick_lease(&c).await {
+            let (held, newly) = match self.tick_lease(&c).await {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(collection = %c, error = %e, "replica: could not renew or read the lease");
@@ -344,7 +344,7 @@ impl Service {
             tokio::spawn(async move {
                 let this = &busy.service;
                 let r = match held {
-                    true => this.lead(&busy.c).await,
+                    true => this.lead(&busy.c, newly).await,
                     false => this.follow_open(&busy.c).await,
                 };
                 if let Err(e) = r {
@@ -355,10 +355,14 @@ impl Service {
         Ok(())
     }
 
-    /// The holder's round: in line with the newest generation, then the markers.
-    async fn lead(&self, c: &CollectionName) -> Result<()> {
+    /// The holder's round: in line with the newest generation (the first round after taking
+    /// the lease: with its very files), then the markers.
+    async fn lead(&self, c: &CollectionName, newly: bool) -> Result<()> {
         let col = self.open_existing(c).await?;
         self.follow(&col).await?;
+        if newly && let Err(e) = self.install_published(&col).await {
+            tracing::warn!(collection = %c, error = %e, "replica: could not take the published index's files over; publishing its own");
+        }
         self.take_changes(&col).await
     }
 
@@ -372,10 +376,11 @@ impl Service {
         }
     }
 
-    /// Takes, renews or observes the collection's lease; whether this replica holds it.
-    async fn tick_lease(&self, c: &CollectionName) -> Result<bool> {
+    /// Takes, renews or observes the collection's lease; whether this replica holds it, and
+    /// whether it has just taken it.
+    async fn tick_lease(&self, c: &CollectionName) -> Result<(bool, bool)> {
         let Some(cluster) = &self.cluster else {
-            return Ok(true);
+            return Ok((true, false));
         };
         let status = {
             let mut leases = cluster.leases.lock().await;
@@ -391,16 +396,17 @@ impl Service {
         };
         Ok(match status {
             LeaseStatus::Held { until, epoch } => {
-                if cluster.held().insert(c.clone(), until).is_none() {
+                let newly = cluster.held().insert(c.clone(), until).is_none();
+                if newly {
                     tracing::info!(collection = %c, epoch, replica = %cluster.name, "indexing the collection");
                 }
-                true
+                (true, newly)
             }
             LeaseStatus::Taken { holder, .. } => {
                 if cluster.held().remove(c).is_some() {
                     tracing::info!(collection = %c, %holder, "another replica indexes the collection now");
                 }
-                false
+                (false, false)
             }
         })
     }

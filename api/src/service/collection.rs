@@ -631,6 +631,76 @@ impl Service {
         Ok(())
     }
 
+    /// Replaces the local index by the files of the store's newest published generation: a
+    /// replica that takes a collection over has built its index by loading generations (its
+    /// files are not the published ones, and its first publish would upload them all). Call
+    /// it once the index holds that generation's documents (its `sources` then are right).
+    /// Returns whether it replaced anything; on an error the old index stays.
+    pub(super) async fn install_published(&self, col: &Arc<Collection>) -> Result<bool> {
+        let _writing = col.writing.write().await;
+        let mut state = col.publish_state.lock().await;
+        let m = col.model();
+        let published = self.published_index(&col.name, m.vectors);
+        let Some(latest) = published.latest_generation().await? else {
+            return Ok(false);
+        };
+        if state.files_of() == Some(latest) || state.aligned() != Some(latest) {
+            // Its files are the store's already, or it does not hold that generation yet.
+            return Ok(false);
+        }
+        let root = self.data_dir.join("index");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Under the prefix a start removes: a process killed meanwhile leaves nothing behind.
+        let at = |what: &str| root.join(format!("{DELETED_PREFIX}{what}-{}-{stamp}", col.name));
+        let (fresh, empty, old) = (at("fetch"), at("empty"), at("replaced"));
+        let Some(fetched) = published.fetch(&fresh, self.cache_sealer.clone()).await? else {
+            return Ok(false);
+        };
+        let dir = self.index_dir(&col.name, m.vectors);
+        let params = self.index.params(self.embedders[m.embedder].dim);
+        let sealer = self.cache_sealer.clone();
+        let (col2, fetched_dir) = (col.clone(), fresh.clone());
+        let swapped = blocking(move || {
+            let fresh = fetched_dir;
+            let io = |what: &str, e: std::io::Error| {
+                IndexError::Internal(format!("replacing the index of {}: {what}: {e}", col2.name))
+            };
+            let Some(mut index) = col2.index_mut() else {
+                return Ok(false);
+            };
+            // The old index lets go of its directory (its lock, its mapped files) first.
+            let placeholder = CollectionIndex::open_sealed(&empty, params, sealer.clone())?;
+            drop(std::mem::replace(&mut *index, placeholder));
+            std::fs::rename(&dir, &old).map_err(|e| io("moving the old one aside", e))?;
+            std::fs::rename(&fresh, &dir).map_err(|e| io("moving the new one in", e))?;
+            match CollectionIndex::open_sealed(&dir, params, sealer.clone()) {
+                Ok(new) => *index = new,
+                Err(e) => {
+                    let _ = std::fs::rename(&dir, &fresh);
+                    let _ = std::fs::rename(&old, &dir);
+                    *index = CollectionIndex::open_sealed(&dir, params, sealer)?;
+                    return Err(e);
+                }
+            }
+            drop(index);
+            remove_trash(&old);
+            remove_trash(&empty);
+            Ok(true)
+        })
+        .await;
+        remove_trash(&fresh);
+        if !swapped? {
+            return Ok(false);
+        }
+        *state = super::published::PublishState::new(m.vectors, fetched.uploaded);
+        drop(state);
+        verify_when_checked(col);
+        tracing::info!(collection = %col.name, generation = fetched.generation, files = fetched.files, "replica: took the published index's files over");
+        Ok(true)
+    }
+
     /// Where the local index of collection `c` with model number `vectors` lives:
     /// `{data_dir}/index/{c}`, or `{c}.v{n}` after re-embeddings (no collection name holds a
     /// dot).

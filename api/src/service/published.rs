@@ -58,6 +58,11 @@ impl PublishState {
         }
     }
 
+    /// The generation whose files the local index's files are known to be.
+    pub(crate) fn files_of(&self) -> Option<u64> {
+        self.uploaded.generation()
+    }
+
     /// The store's generation the local index was last in line with.
     pub(crate) fn aligned(&self) -> Option<u64> {
         self.aligned

@@ -701,6 +701,7 @@ pub(super) async fn raw(
 #[utoipa::path(delete, path = "/v1/collections/{c}/documents/{id}", tag = "documents",
     params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}"), ("id" = String, Path, description = "document id: SHA-256 of its bytes, 64 hex digits")),
     responses((status = 204, description = "deleted"),
+        (status = 409, description = "replicas: the document is still being processed by the replica that indexes the collection", body = ErrorBody),
         (status = 404, description = "no such document", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn delete(
     s: State,

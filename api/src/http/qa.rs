@@ -167,6 +167,7 @@ const GENERATION_HEADER: &str = "hearth-generation";
 #[utoipa::path(post, path = "/v1/collections/{c}/search", tag = "search", params(("c" = String, Path, description = "collection name: [a-z0-9][a-z0-9_-]{0,63}")),
     request_body = SearchBody,
     responses((status = 200, description = "`{hits: [chunk + rank, score, dense, bm25], timings}`", body = crate::SearchResults),
+        (status = 503, description = "`min_generation`: not loaded within `cluster.read_wait_ms`", body = ErrorBody),
         (status = 404, description = "no such collection", body = ErrorBody), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or wrong API key", body = ErrorBody), (status = 403, description = "role or collection not allowed", body = ErrorBody)))]
 pub(super) async fn search(
     s: State,

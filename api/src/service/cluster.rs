@@ -110,6 +110,10 @@ pub(crate) struct Cluster {
     held: std::sync::Mutex<HashMap<CollectionName, Instant>>,
     /// The collections being brought up to date now (one task each at a time).
     busy: std::sync::Mutex<HashSet<CollectionName>>,
+    /// The collections whose lease this replica has taken and whose next holder round has
+    /// yet to take the published files over (a round still running when the lease was
+    /// taken would otherwise let it pass).
+    taken: std::sync::Mutex<HashSet<CollectionName>>,
 }
 
 /// A collection being brought up to date; released when dropped.
@@ -159,6 +163,7 @@ impl Cluster {
             leases: tokio::sync::Mutex::new(HashMap::new()),
             held: std::sync::Mutex::new(HashMap::new()),
             busy: std::sync::Mutex::new(HashSet::new()),
+            taken: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -322,7 +327,7 @@ impl Service {
         }
         cluster.leases.lock().await.retain(|c, _| names.contains(c));
         for c in names {
-            let (held, newly) = match self.tick_lease(&c).await {
+            let held = match self.tick_lease(&c).await {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(collection = %c, error = %e, "replica: could not renew or read the lease");
@@ -344,7 +349,7 @@ impl Service {
             tokio::spawn(async move {
                 let this = &busy.service;
                 let r = match held {
-                    true => this.lead(&busy.c, newly).await,
+                    true => this.lead(&busy.c).await,
                     false => this.follow_open(&busy.c).await,
                 };
                 if let Err(e) = r {
@@ -357,9 +362,15 @@ impl Service {
 
     /// The holder's round: in line with the newest generation (the first round after taking
     /// the lease: with its very files), then the markers.
-    async fn lead(&self, c: &CollectionName, newly: bool) -> Result<()> {
+    async fn lead(&self, c: &CollectionName) -> Result<()> {
         let col = self.open_existing(c).await?;
         self.follow(&col).await?;
+        let newly = self.cluster.as_ref().is_some_and(|cl| {
+            cl.taken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(c)
+        });
         if newly && let Err(e) = self.install_published(&col).await {
             tracing::warn!(collection = %c, error = %e, "replica: could not take the published index's files over; publishing its own");
         }
@@ -376,11 +387,10 @@ impl Service {
         }
     }
 
-    /// Takes, renews or observes the collection's lease; whether this replica holds it, and
-    /// whether it has just taken it.
-    async fn tick_lease(&self, c: &CollectionName) -> Result<(bool, bool)> {
+    /// Takes, renews or observes the collection's lease; whether this replica holds it.
+    async fn tick_lease(&self, c: &CollectionName) -> Result<bool> {
         let Some(cluster) = &self.cluster else {
-            return Ok((true, false));
+            return Ok(true);
         };
         let status = {
             let mut leases = cluster.leases.lock().await;
@@ -396,17 +406,26 @@ impl Service {
         };
         Ok(match status {
             LeaseStatus::Held { until, epoch } => {
-                let newly = cluster.held().insert(c.clone(), until).is_none();
-                if newly {
+                if cluster.held().insert(c.clone(), until).is_none() {
                     tracing::info!(collection = %c, epoch, replica = %cluster.name, "indexing the collection");
+                    cluster
+                        .taken
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(c.clone());
                 }
-                (true, newly)
+                true
             }
             LeaseStatus::Taken { holder, .. } => {
                 if cluster.held().remove(c).is_some() {
                     tracing::info!(collection = %c, %holder, "another replica indexes the collection now");
                 }
-                (false, false)
+                cluster
+                    .taken
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(c);
+                false
             }
         })
     }

@@ -50,7 +50,7 @@ use crate::crypto::{CacheSealer, random};
 use crate::error::{IndexError, Result};
 use crate::ids::{CollectionName, DocId};
 use crate::keys;
-use crate::retrieval::{Install, Snapshot, rewritten_in_place};
+use crate::retrieval::{Install, Snapshot, manifest_documents, rewritten_in_place};
 
 /// Version of the published manifest's layout.
 const FORMAT_VERSION: u32 = 1;
@@ -562,30 +562,14 @@ impl PublishedIndex {
     /// lists: what a replica brings its own index in line with. `None` when nothing is
     /// published.
     pub async fn latest_documents(&self) -> Result<Option<(u64, Vec<(DocId, Access)>)>> {
-        #[derive(Deserialize)]
-        struct Doc {
-            doc_id: DocId,
-            #[serde(default)]
-            access: Access,
-        }
-        #[derive(Deserialize)]
-        struct Docs {
-            documents: Vec<Doc>,
-        }
         let Some((generation, m)) = self.latest().await? else {
             return Ok(None);
         };
-        let docs: Docs = serde_json::from_value(m.index).map_err(|e| IndexError::Corrupt {
+        let docs = manifest_documents(m.index).map_err(|e| IndexError::Corrupt {
             key: format!("{}manifests/{generation:020}", self.prefix),
             detail: format!("its documents: {e}"),
         })?;
-        Ok(Some((
-            generation,
-            docs.documents
-                .into_iter()
-                .map(|d| (d.doc_id, d.access))
-                .collect(),
-        )))
+        Ok(Some((generation, docs)))
     }
 
     /// Fills the empty cache directory `dir` with the newest published generation; `None`

@@ -181,7 +181,7 @@ pub(super) async fn search(
     if let Some(min) = body.min_generation {
         s.service.await_generation(&col, min).await?;
     }
-    let generation = s.service.loaded_generation(&col).await;
+    let generation = s.service.loaded_generation(&col);
     let r = s
         .service
         .search(
@@ -270,7 +270,7 @@ pub(super) async fn ask(
     if let Some(min) = body.min_generation {
         s.service.await_generation(&col, min).await?;
     }
-    let generation = s.service.loaded_generation(&col).await;
+    let generation = s.service.loaded_generation(&col);
     let conversation = match (body.conversation, body.conversation_id) {
         (_, Some(_)) | (true, _) if !body.history.is_empty() => {
             return Err(ApiError::invalid(

@@ -174,27 +174,6 @@ impl Cluster {
     }
 }
 
-/// The documents a snapshot of an index holds, with their access lists.
-pub(super) fn snapshot_documents(manifest: &[u8]) -> Result<HashMap<DocId, Access>> {
-    #[derive(Deserialize)]
-    struct Doc {
-        doc_id: DocId,
-        #[serde(default)]
-        access: Access,
-    }
-    #[derive(Deserialize)]
-    struct Docs {
-        documents: Vec<Doc>,
-    }
-    let docs: Docs = serde_json::from_slice(manifest)
-        .map_err(|e| ServiceError::Internal(format!("reading a snapshot's documents: {e}")))?;
-    Ok(docs
-        .documents
-        .into_iter()
-        .map(|d| (d.doc_id, d.access))
-        .collect())
-}
-
 impl Service {
     /// This replica's name, when it runs as one of several (`cluster.enabled`).
     pub fn replica_name(&self) -> Option<&str> {
@@ -213,8 +192,8 @@ impl Service {
 
     /// The generation of the collection's published index that this replica's index holds
     /// (fetched, published or loaded), if any.
-    pub async fn loaded_generation(&self, col: &Collection) -> Option<u64> {
-        col.publish_state.lock().await.aligned()
+    pub fn loaded_generation(&self, col: &Collection) -> Option<u64> {
+        col.aligned()
     }
 
     /// Read-your-writes: returns once this replica holds generation `min` (or a later one) of
@@ -227,7 +206,7 @@ impl Service {
             .map_or(Duration::ZERO, |cl| cl.read_wait);
         let started = Instant::now();
         loop {
-            let loaded = self.loaded_generation(col).await;
+            let loaded = self.loaded_generation(col);
             if let Some(g) = loaded.filter(|g| *g >= min) {
                 return Ok(g);
             }
@@ -441,8 +420,9 @@ impl Service {
             return Ok(());
         };
         let _writing = col.writing.read().await;
-        let mut state = col.publish_state.lock().await;
-        if state.aligned() == Some(latest) || col.model().vectors != vectors {
+        // Held throughout: no publish runs while the index is brought in line.
+        let _publishing = col.publish_state.lock().await;
+        if col.aligned() == Some(latest) || col.model().vectors != vectors {
             return Ok(());
         }
         let Some((generation, docs)) = published.latest_documents().await? else {
@@ -522,7 +502,7 @@ impl Service {
             Ok(())
         })
         .await?;
-        state.align(generation);
+        col.set_aligned(Some(generation));
         tracing::info!(collection = %col.name(), generation, added, removed, access_changed = changed, "replica: loaded a published generation");
         Ok(())
     }

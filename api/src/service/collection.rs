@@ -68,6 +68,10 @@ pub struct Collection {
     /// Replicas: documents whose change marker the indexer dealt with, to be deleted once a
     /// published generation reflects the change.
     settling: Mutex<HashSet<DocId>>,
+    /// The store's generation of the published index that the local index was last in line
+    /// with (fetched, published, or loaded by a replica), 0 for none: a replica publishes
+    /// only the generation after it; searches read it without waiting for a publish.
+    aligned: std::sync::atomic::AtomicU64,
 }
 
 /// A claim on processing one document; released when dropped.
@@ -168,6 +172,17 @@ impl Collection {
     /// what it writes.
     pub(super) fn mark_erased(&self, doc: &DocId) {
         lock(&self.erased).insert(*doc);
+    }
+
+    /// The store's generation the local index was last in line with (see `aligned`).
+    pub(super) fn aligned(&self) -> Option<u64> {
+        Some(self.aligned.load(Ordering::SeqCst)).filter(|g| *g > 0)
+    }
+
+    /// The local index now holds the documents of the store's `generation` (or none).
+    pub(super) fn set_aligned(&self, generation: Option<u64>) {
+        self.aligned
+            .store(generation.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Replicas: the indexer dealt with the document's change marker (see `settling`).
@@ -311,6 +326,9 @@ impl Service {
         self.remove_stale_index_dirs(c, model);
         let dir = self.index_dir(c, model.vectors);
         let fetched = self.fetch_published(c, model.vectors, &dir).await;
+        let fetched_generation = fetched
+            .as_ref()
+            .and_then(hearth_index::Uploaded::generation);
         let params = self.index.params(self.embedders[model.embedder].dim);
         let sealer = self.cache_sealer.clone();
         let index = blocking(move || CollectionIndex::open_sealed(&dir, params, sealer)).await?;
@@ -331,6 +349,7 @@ impl Service {
                 fetched.unwrap_or_default(),
             )),
             settling: Mutex::new(HashSet::new()),
+            aligned: std::sync::atomic::AtomicU64::new(fetched_generation.unwrap_or(0)),
         });
         let report = self.sync(&col).await?;
         if report != SyncReport::default() {
@@ -644,7 +663,7 @@ impl Service {
         let Some(latest) = published.latest_generation().await? else {
             return Ok(false);
         };
-        if state.files_of() == Some(latest) || state.aligned() != Some(latest) {
+        if state.files_of() == Some(latest) || col.aligned() != Some(latest) {
             // Its files are the store's already, or it does not hold that generation yet.
             return Ok(false);
         }
@@ -695,6 +714,7 @@ impl Service {
             return Ok(false);
         }
         *state = super::published::PublishState::new(m.vectors, fetched.uploaded);
+        col.set_aligned(Some(fetched.generation));
         drop(state);
         verify_when_checked(col);
         tracing::info!(collection = %col.name, generation = fetched.generation, files = fetched.files, "replica: took the published index's files over");

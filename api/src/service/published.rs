@@ -40,9 +40,6 @@ pub(crate) struct PublishState {
     count: u64,
     /// When the last publish ended.
     last: Option<Instant>,
-    /// The store's generation the local index was last in line with (fetched, published or
-    /// loaded by a replica): a replica publishes only the generation after it.
-    aligned: Option<u64>,
 }
 
 impl PublishState {
@@ -50,7 +47,6 @@ impl PublishState {
     pub(crate) fn new(vectors: u32, uploaded: Uploaded) -> Self {
         Self {
             vectors,
-            aligned: uploaded.generation(),
             uploaded,
             published: None,
             count: 0,
@@ -61,16 +57,6 @@ impl PublishState {
     /// The generation whose files the local index's files are known to be.
     pub(crate) fn files_of(&self) -> Option<u64> {
         self.uploaded.generation()
-    }
-
-    /// The store's generation the local index was last in line with.
-    pub(crate) fn aligned(&self) -> Option<u64> {
-        self.aligned
-    }
-
-    /// The local index now holds the documents of the store's `generation`.
-    pub(crate) fn align(&mut self, generation: u64) {
-        self.aligned = Some(generation);
     }
 
     /// Whether a publish is due for a commit that need not publish (`PUBLISH_EVERY`, or
@@ -158,6 +144,7 @@ impl Service {
         };
         if state.vectors != vectors {
             *state = PublishState::new(vectors, Uploaded::default());
+            col.set_aligned(None);
         }
         if state.published == Some(snap.generation()) {
             self.settle(col, &snap).await;
@@ -167,7 +154,7 @@ impl Service {
         let started = Instant::now();
         let outcome = match self.cluster {
             Some(_) => {
-                let after = state.aligned.unwrap_or(0);
+                let after = col.aligned().unwrap_or(0);
                 published
                     .publish_after(&snap, &mut state.uploaded, after)
                     .await
@@ -178,7 +165,7 @@ impl Service {
         let done = match outcome {
             Ok(Some(p)) => {
                 state.published = Some(snap.generation());
-                state.aligned = Some(p.generation);
+                col.set_aligned(Some(p.generation));
                 state.count += 1;
                 self.settle(col, &snap).await;
                 tracing::debug!(collection = %col.name(), generation = p.generation, uploaded = p.uploaded, bytes = p.uploaded_bytes, seconds = started.elapsed().as_secs_f64(), "published the index");
@@ -217,9 +204,9 @@ impl Service {
             return;
         }
         let c = col.name();
-        let settled = match super::cluster::snapshot_documents(snap.manifest()) {
-            Ok(docs) => self.settle_changes(col, &docs).await,
-            Err(e) => Err(e),
+        let settled = match snap.documents() {
+            Ok(docs) => self.settle_changes(col, &docs.into_iter().collect()).await,
+            Err(e) => Err(e.into()),
         };
         match settled {
             Ok(0) => {}

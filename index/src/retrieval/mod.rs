@@ -48,7 +48,9 @@ mod store;
 use persist::AnnRef;
 pub(crate) use persist::SegmentRef;
 pub use publish::{Install, InstallFile, Snapshot, cache_is_empty};
-pub(crate) use publish::{check_name as check_snapshot_name, rewritten_in_place};
+pub(crate) use publish::{
+    check_name as check_snapshot_name, manifest_documents, rewritten_in_place,
+};
 pub use scrub::Verification;
 
 /// Largest `top_k` a search accepts.

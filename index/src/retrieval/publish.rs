@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use super::CollectionIndex;
 use super::open::{LOCK, TANTIVY, acquire_lock};
 use super::persist::{self, Manifest, io_err, read_file, remove_dir_if_any, write_durable};
+use crate::access::Access;
 use crate::crypto::CacheSealer;
 use crate::error::{IndexError, Result};
+use crate::ids::DocId;
 
 /// Tantivy's own files besides its segments' (the lock files are never taken).
 const TANTIVY_META: &str = "meta.json";
@@ -106,7 +108,43 @@ fn tantivy_files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The documents of an index manifest, with their access lists (the rest is skipped over).
+#[derive(serde::Deserialize)]
+struct Documents {
+    documents: Vec<DocumentAccess>,
+}
+
+#[derive(serde::Deserialize)]
+struct DocumentAccess {
+    doc_id: DocId,
+    #[serde(default)]
+    access: Access,
+}
+
+impl Documents {
+    fn list(self) -> Vec<(DocId, Access)> {
+        self.documents
+            .into_iter()
+            .map(|d| (d.doc_id, d.access))
+            .collect()
+    }
+}
+
+/// The documents an index manifest (as JSON) names, with their access lists.
+pub(crate) fn manifest_documents(
+    manifest: serde_json::Value,
+) -> serde_json::Result<Vec<(DocId, Access)>> {
+    serde_json::from_value::<Documents>(manifest).map(Documents::list)
+}
+
 impl Snapshot {
+    /// The documents of the commit it describes, with their access lists.
+    pub fn documents(&self) -> Result<Vec<(DocId, Access)>> {
+        serde_json::from_slice::<Documents>(&self.manifest)
+            .map(Documents::list)
+            .map_err(|e| IndexError::Internal(format!("reading a snapshot's documents: {e}")))
+    }
+
     /// The local generation of the commit it describes.
     pub fn generation(&self) -> u64 {
         self.generation

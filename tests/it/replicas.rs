@@ -11,7 +11,8 @@ use hearth_index::fixtures::{ConditionIgnoringProxy, SeaweedFs};
 use hearth_index::{BlobStore, S3Config};
 use serde_json::{Value, json};
 
-use crate::common::{Backend, Node, Server};
+use crate::access::put;
+use crate::common::{Backend, Node, Server, create_key};
 
 /// How long a change may take to reach every replica.
 const REACH: Duration = Duration::from_secs(10);
@@ -61,6 +62,60 @@ async fn reaches(servers: &[&Server], c: &str, q: &str, source: &str, present: b
         }
     }
     start.elapsed()
+}
+
+async fn create(s: &Server, c: &str) {
+    let r = s.post_json("/v1/collections", &json!({"name": c})).await;
+    assert_eq!(r.status, 201, "{}", r.json());
+}
+
+/// Waits until the proxy holds back a write (at most `REACH`).
+async fn until_held(proxy: &ConditionIgnoringProxy) {
+    let start = Instant::now();
+    while proxy.held() == 0 {
+        assert!(
+            start.elapsed() < REACH,
+            "the indexer never wrote a manifest"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until no change marker of collection `c` is left (at most `REACH`).
+async fn until_settled(store: &BlobStore, c: &str) {
+    let start = Instant::now();
+    while !store
+        .list(&format!("changes/{c}/"))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(start.elapsed() < REACH, "change markers left unsettled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A first replica, r1, that reaches the store through a proxy able to hold back its
+/// manifest writes, indexing collection "shared" with `TEXTS[1]` in it.
+async fn indexer_behind_a_proxy(
+    cfg: &S3Config,
+    env: &[(&str, &str)],
+) -> (ConditionIgnoringProxy, Node, Server) {
+    let proxy = ConditionIgnoringProxy::holding(&cfg.endpoint, "/manifests/").unwrap();
+    let cut = S3Config {
+        endpoint: proxy.endpoint.clone(),
+        ..cfg.clone()
+    };
+    let r1 = env
+        .iter()
+        .fold(replica(&cut, "r1"), |n, (k, v)| n.env(k, v));
+    let s1 = r1.serve(&["--open"]).await;
+    create(&s1, "shared").await;
+    let (name, text, q) = TEXTS[1];
+    upload(&s1, "shared", name, text).await;
+    reaches(&[&s1], "shared", q, name, true).await;
+    assert_eq!(holder(&r1, "shared").await, "r1");
+    (proxy, r1, s1)
 }
 
 async fn upload(s: &Server, c: &str, name: &str, text: &str) -> String {
@@ -123,18 +178,10 @@ async fn replicas_over_one_store() {
             .filter(|i| servers[*i].is_some())
             .collect()
     };
-    let r = servers[1]
-        .as_ref()
-        .unwrap()
-        .post_json("/v1/collections", &json!({"name": "shared"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.json());
+    create(servers[1].as_ref().unwrap(), "shared").await;
     // A second collection, through another replica (its lease may go to another).
     let s3 = servers[2].as_ref().unwrap();
-    let r = s3
-        .post_json("/v1/collections", &json!({"name": "other"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.json());
+    create(s3, "other").await;
     upload(s3, "other", "ledger.md", LEDGER).await;
 
     // An upload through each replica (at least two of them do not index) is searchable
@@ -258,12 +305,7 @@ async fn replicas_over_one_store() {
     assert!(msg.contains("replicas"), "{msg}");
 
     // Every change is published: no marker is left.
-    let store = nodes[0].store();
-    let deadline = Instant::now() + REACH;
-    while !store.list("changes/shared/").await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "change markers left unsettled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_settled(&nodes[0].store(), "shared").await;
 
     // A collection deleted through one replica is gone from the others.
     let r = s4.delete("/v1/collections/shared").await;
@@ -345,22 +387,9 @@ async fn newest_files(store: &BlobStore, c: &str) -> BTreeSet<(String, String)> 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_indexer_killed_before_its_manifest_loses_nothing() {
     let cfg = SeaweedFs::shared().fresh_bucket();
-    // The first replica reaches the store through a proxy that can hold back manifest writes.
-    let proxy = ConditionIgnoringProxy::holding(&cfg.endpoint, "/manifests/").unwrap();
-    let cut = S3Config {
-        endpoint: proxy.endpoint.clone(),
-        ..cfg.clone()
-    };
-    let r1 = replica(&cut, "r1").env("HEARTH__INDEX__PUBLISH_GRACE_S", "1");
-    let mut s1 = r1.serve(&["--open"]).await;
-    let r = s1
-        .post_json("/v1/collections", &json!({"name": "shared"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.json());
-    let (name, text, q) = TEXTS[1];
-    upload(&s1, "shared", name, text).await;
-    reaches(&[&s1], "shared", q, name, true).await;
-    assert_eq!(holder(&r1, "shared").await, "r1");
+    let grace = [("HEARTH__INDEX__PUBLISH_GRACE_S", "1")];
+    let (proxy, _r1, mut s1) = indexer_behind_a_proxy(&cfg, &grace).await;
+    let (name, _, q) = TEXTS[1];
     let r2 = replica(&cfg, "r2").env("HEARTH__INDEX__PUBLISH_GRACE_S", "1");
     let s2 = r2.serve(&["--open"]).await;
     reaches(&[&s2], "shared", q, name, true).await;
@@ -373,11 +402,7 @@ async fn an_indexer_killed_before_its_manifest_loses_nothing() {
     proxy.set_holding(true);
     let (name, text, q) = TEXTS[2];
     upload(&s2, "shared", name, text).await;
-    let start = Instant::now();
-    while proxy.held() == 0 {
-        assert!(start.elapsed() < REACH, "r1 never wrote a manifest");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_held(&proxy).await;
     s1.child.kill().unwrap();
     s1.child.wait().unwrap();
     let store = r2.store();
@@ -414,12 +439,7 @@ async fn an_indexer_killed_before_its_manifest_loses_nothing() {
     .enumerate()
     {
         let name = format!("extra{i}.md");
-        let text = format!(
-            "# Extra
-
-The codeword {word}quartz opens locker {i}.
-"
-        );
+        let text = format!("# Extra\n\nThe codeword {word}quartz opens locker {i}.\n");
         upload(&s2, "shared", &name, &text).await;
         reaches(&[&s2], "shared", &format!("{word}quartz"), &name, true).await;
     }
@@ -448,20 +468,8 @@ fn signal(s: &Server, sig: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_indexers_at_once_never_lose_a_manifest() {
     let cfg = SeaweedFs::shared().fresh_bucket();
-    let proxy = ConditionIgnoringProxy::holding(&cfg.endpoint, "/manifests/").unwrap();
-    let cut = S3Config {
-        endpoint: proxy.endpoint.clone(),
-        ..cfg.clone()
-    };
-    let r1 = replica(&cut, "r1");
-    let s1 = r1.serve(&["--open"]).await;
-    let r = s1
-        .post_json("/v1/collections", &json!({"name": "shared"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.json());
-    let (name, text, q) = TEXTS[1];
-    upload(&s1, "shared", name, text).await;
-    reaches(&[&s1], "shared", q, name, true).await;
+    let (proxy, _r1, s1) = indexer_behind_a_proxy(&cfg, &[]).await;
+    let (name, _, q) = TEXTS[1];
     let r2 = replica(&cfg, "r2");
     let s2 = r2.serve(&["--open"]).await;
     reaches(&[&s2], "shared", q, name, true).await;
@@ -470,11 +478,7 @@ async fn two_indexers_at_once_never_lose_a_manifest() {
     proxy.set_holding(true);
     let (name, text, q) = TEXTS[2];
     upload(&s2, "shared", name, text).await;
-    let start = Instant::now();
-    while proxy.held() == 0 {
-        assert!(start.elapsed() < REACH, "r1 never wrote a manifest");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_held(&proxy).await;
     signal(&s1, "-STOP");
     // r2 takes over and publishes the generation r1 is trying to commit.
     reaches(&[&s2], "shared", q, name, true).await;
@@ -504,11 +508,7 @@ async fn two_indexers_at_once_never_lose_a_manifest() {
     let (name, text, q) = TEXTS[3];
     upload(&s1, "shared", name, text).await;
     reaches(&[&s1, &s2], "shared", q, name, true).await;
-    let start = Instant::now();
-    while !store.list("changes/shared/").await.unwrap().is_empty() {
-        assert!(start.elapsed() < REACH, "change markers left unsettled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_settled(&store, "shared").await;
 }
 
 /// Read your writes: a document's status gives the generation that holds it once its change is
@@ -519,10 +519,7 @@ async fn min_generation_reads_your_writes_on_a_slow_replica() {
     let cfg = SeaweedFs::shared().fresh_bucket();
     let r1 = replica(&cfg, "r1");
     let s1 = r1.serve(&["--open"]).await;
-    let r = s1
-        .post_json("/v1/collections", &json!({"name": "shared"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.json());
+    create(&s1, "shared").await;
     let (name, text, q) = TEXTS[0];
     upload(&s1, "shared", name, text).await;
     reaches(&[&s1], "shared", q, name, true).await;
@@ -621,4 +618,121 @@ async fn replicas_refuse_what_they_cannot_run_on() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("index.publish"), "{err}");
+}
+
+/// The search hits' sources for `key`, through `s`, from generation `min` on.
+async fn found_as(s: &Server, key: &str, c: &str, q: &str, min: u64) -> Vec<String> {
+    let r = s
+        .call(
+            Some(key),
+            "POST",
+            &format!("/v1/collections/{c}/search"),
+            Some(json!({"query": q, "mode": "bm25", "min_generation": min})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["source"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Keys and access lists across replicas: a document's access list, and a change of it made
+/// through a replica that does not index, hold on every replica; a key scoped to one
+/// collection is refused another's search at once, before any wait for a generation; a
+/// reader who may not read a document learns nothing of it, its generation included.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_lists_and_scoped_keys_hold_across_replicas() {
+    let cfg = SeaweedFs::shared().fresh_bucket();
+    let r1 = replica(&cfg, "r1");
+    let admin = create_key(&r1, "ops", "admin", &[], &[]);
+    let writer = create_key(&r1, "ingest", "writer", &["corp"], &["--groups", "legal"]);
+    let lena = create_key(&r1, "lena", "reader", &["corp"], &["--groups", "legal"]);
+    let finn = create_key(&r1, "finn", "reader", &["corp"], &["--groups", "finance"]);
+    let s1 = r1.serve(&[]).await;
+    for c in ["corp", "other"] {
+        let r = s1
+            .call(
+                Some(&admin),
+                "POST",
+                "/v1/collections",
+                Some(json!({"name": c})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r2 = replica(&cfg, "r2");
+    let s2 = r2.serve(&[]).await;
+
+    // Uploaded through the replica that does not index, for the legal group only.
+    let (name, text, q) = TEXTS[2];
+    let r = put(&s2, &writer, name, text, Some("legal")).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/collections/corp/documents/{id}");
+    let start = Instant::now();
+    let generation = loop {
+        let v = s2.call(Some(&admin), "GET", &path, None).await.json();
+        if let Some(g) = v["generation"].as_u64() {
+            break g;
+        }
+        assert!(
+            start.elapsed() < REACH,
+            "no generation after {REACH:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for s in [&s1, &s2] {
+        assert_eq!(found_as(s, &lena, "corp", q, generation).await, [name]);
+        assert!(found_as(s, &finn, "corp", q, generation).await.is_empty());
+        // Not even its existence, nor its generation, for a reader who may not read it.
+        s.call(Some(&finn), "GET", &path, None)
+            .await
+            .error(404, "not_found");
+    }
+    // A key for "corp" cannot make a node wait on "other" (a generation nobody published).
+    let started = Instant::now();
+    s1.call(
+        Some(&lena),
+        "POST",
+        "/v1/collections/other/search",
+        Some(json!({"query": q, "min_generation": generation + 1000})),
+    )
+    .await
+    .error(403, "forbidden");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // An access list changed through the replica that does not index reaches the indexer
+    // (through its change marker); one changed through the indexer reaches the other (through
+    // the generation it publishes).
+    for (through, seen_on, group, reader, other) in [
+        (&s2, &s1, "finance", &finn, &lena),
+        (&s1, &s2, "legal", &lena, &finn),
+    ] {
+        let r = through
+            .call(
+                Some(&admin),
+                "PATCH",
+                &path,
+                Some(json!({"access": [group]})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let start = Instant::now();
+        loop {
+            let sees = found_as(seen_on, reader, "corp", q, 1).await;
+            let other_sees = found_as(seen_on, other, "corp", q, 1).await;
+            if sees == [name] && other_sees.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < REACH,
+                "access {group} not on {} after {REACH:?}: {sees:?}, {other_sees:?}",
+                seen_on.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

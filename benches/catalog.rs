@@ -1,13 +1,16 @@
-//! Listing a collection's documents at scale, before and after the catalog file, in the same
-//! run, on the local backend and on a real SeaweedFS S3 server (started on loopback):
+//! Listing a collection's documents at scale, before and after the catalog file and its change
+//! journal, in the same run, on the local backend and on a real SeaweedFS S3 server (started
+//! on loopback):
 //! - before: what `Registry::list` did until the catalog, one listing then a read of every
 //!   record object (16 at a time);
 //! - cold, no catalog file: the first listing of a collection (reads every record, writes the
 //!   file);
-//! - cold, catalog file: a fresh process (a new node, `hearth docs`, a replica): the file plus
-//!   one listing of the record objects' tags;
-//! - warm: the same registry again, nothing changed;
-//! - warm after 100 changes by another writer.
+//! - a fresh process right after the bulk write, every change still in the journal;
+//! - once the journal is compacted (the file covers it, its entries removed): a fresh process
+//!   (a new node, `hearth docs`, a replica): the file plus the journal's listing; the same
+//!   registry again (the journal alone); the same with the record objects listed (as before
+//!   the journal);
+//! - after 100 changes by another writer: warm, and a fresh process.
 //!
 //! Page views, `/metrics` counts, opening a collection and the resume of pending documents
 //! are all this listing. Writes `bench-catalog.json` in the cargo target directory.
@@ -23,7 +26,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use hearth_index::fixtures::{ConditionIgnoringProxy, SeaweedFs};
 use hearth_index::{BlobStore, CollectionName, keys};
-use hearth_ingest::{DocRecord, Registry};
+use hearth_ingest::{DocRecord, JournalTiming, Registry};
 
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -163,27 +166,57 @@ async fn run(backend: &str, store: BlobStore, docs: u32) -> serde_json::Value {
     assert_eq!(listed.len(), docs as usize);
     let first = Registry::new(store.clone());
     let (cold_no_file, n1, st1) = timed(first.clone()).await;
+    let (cold_journal_full, n0, st0) = timed(Registry::new(store.clone())).await;
+    // The journal compacted, as a node does a few minutes after a bulk write: entries settle
+    // and go at once here.
+    let compactor = Registry::with_timing(
+        store.clone(),
+        JournalTiming {
+            settle: std::time::Duration::ZERO,
+            gap: std::time::Duration::from_secs(60),
+            grace: std::time::Duration::ZERO,
+        },
+    );
+    let (_, stc) = compactor.list_counted(&c).await.expect("list");
+    assert!(
+        stc.catalog_written && stc.journal_removed >= docs as usize,
+        "{stc:?}"
+    );
     let (cold_file, n2, st2) = timed(Registry::new(store.clone())).await;
-    let (warm, n3, st3) = timed(first.clone()).await;
+    let warm_reg = Registry::new(store.clone());
+    timed(warm_reg.clone()).await;
+    let (warm, n3, st3) = timed(warm_reg.clone()).await;
+    // The same, listing the record objects every time (as before the journal).
+    let listing_reg = Registry::with_timing(
+        store.clone(),
+        JournalTiming {
+            gap: std::time::Duration::ZERO,
+            ..JournalTiming::default()
+        },
+    );
+    timed(listing_reg.clone()).await;
+    let (warm_listed, n6, st6) = timed(listing_reg.clone()).await;
     let other = Registry::new(store.clone());
     for i in 0..100 {
         let mut r = record(&c, i * (docs / 100).max(1));
         r.attempts = 2;
         other.put(&mut r).await.expect("put");
     }
-    let (warm_changed, n4, st4) = timed(first.clone()).await;
+    let (warm_changed, n4, st4) = timed(warm_reg.clone()).await;
     let (cold_changed, n5, st5) = timed(Registry::new(store.clone())).await;
-    for n in [n1, n2, n3, n4, n5] {
+    for n in [n0, n1, n2, n3, n4, n5, n6] {
         assert_eq!(n, docs as usize);
     }
-    assert_eq!((st2.read, st3.read, st4.read), (0, 0, 100));
+    assert_eq!((st2.read, st3.read, st4.read, st5.read), (0, 0, 100, 100));
+    assert!(!st2.records_listed && !st3.records_listed && !st4.records_listed);
+    assert!(st6.records_listed && st0.records_listed);
     let file_bytes = store
         .get(&keys::catalog(&c))
         .await
         .map(|b| b.len())
         .unwrap_or(0);
     println!(
-        "{backend}, {docs} records: before (read every record) {before:.3} s; catalog: first listing {cold_no_file:.3} s (read {}, file written: {}), fresh process {cold_file:.3} s ({:.1}x faster than before), warm {warm:.3} s ({:.0}x), warm after 100 changes {warm_changed:.3} s (read {}), fresh process after them {cold_changed:.3} s (read {}); catalog file {:.1} MB; the listing of keys and tags alone {listing:.3} s",
+        "{backend}, {docs} records: before (read every record) {before:.3} s; first listing {cold_no_file:.3} s (read {}, file written: {}); fresh process with the whole bulk write in the journal {cold_journal_full:.3} s; journal compacted: fresh process {cold_file:.3} s ({:.1}x faster than before), warm {warm:.3} s ({:.0}x), warm listing the records {warm_listed:.3} s, warm after 100 changes {warm_changed:.3} s (read {}), fresh process after them {cold_changed:.3} s (read {}); catalog file {:.1} MB; the listing of keys and tags alone {listing:.3} s",
         st1.read,
         st1.catalog_written,
         before / cold_file,
@@ -196,8 +229,10 @@ async fn run(backend: &str, store: BlobStore, docs: u32) -> serde_json::Value {
         "backend": backend, "records": docs,
         "before_s": before,
         "first_listing_s": cold_no_file,
+        "fresh_process_whole_write_in_journal_s": cold_journal_full,
         "fresh_process_s": cold_file,
         "warm_s": warm,
+        "warm_listing_records_s": warm_listed,
         "warm_after_100_changes_s": warm_changed,
         "fresh_process_after_100_changes_s": cold_changed,
         "read": {"first": st1.read, "fresh": st2.read, "warm": st3.read, "warm_changed": st4.read, "fresh_changed": st5.read},

@@ -1,10 +1,11 @@
 //! A collection's catalog file: the collection's document records as of one listing, each with
 //! the key and version tag (ETag) of the record object it was read from, in one Arrow IPC
-//! file. A reader lists the record objects (one request per thousand on S3), keeps every row
-//! whose tag still matches and reads only the records that changed, so listing, counting and
-//! opening a collection read O(changes) objects instead of one per document. The file is a
-//! cache: a row that is stale is caught by its tag, a damaged file (a CRC-32 of the Arrow
-//! bytes follows them) or a foreign one is refused and read again from the records.
+//! file, and the names of the change-journal entries whose changes those rows hold. A reader
+//! takes the rows and reads only the records that journal entries the file does not cover name
+//! (or, without a usable journal, lists the record objects and reads those whose tag changed),
+//! so listing, counting and opening a collection read O(changes) objects instead of one per
+//! document. The file is a cache: a damaged file (a CRC-32 of the Arrow bytes follows them) or
+//! a foreign one is refused and read again from the records.
 
 use std::sync::Arc;
 
@@ -18,9 +19,12 @@ use bytes::Bytes;
 
 use crate::error::{IndexError, Result};
 
-/// The schema version, in the schema's metadata under [`VERSION_KEY`].
-const VERSION: &str = "1";
+/// The schema version, in the schema's metadata under [`VERSION_KEY`]. Version 1 files (no
+/// journal coverage) are still read.
+const VERSION: &str = "2";
 const VERSION_KEY: &str = "hearth.catalog";
+/// The journal entries a file covers, one name a line, in the schema's metadata (version 2).
+const JOURNAL_KEY: &str = "hearth.catalog.journal";
 /// Follows the Arrow bytes, with their CRC-32 (little-endian).
 const TRAILER: &[u8; 4] = b"HCRC";
 
@@ -35,20 +39,36 @@ pub struct CatalogRow {
     pub record: Bytes,
 }
 
-fn schema() -> Schema {
+/// A decoded catalog file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Catalog {
+    /// Its rows, in the order written.
+    pub rows: Vec<CatalogRow>,
+    /// The names of the journal entries whose changes the rows hold; `None` in a file written
+    /// before the journal (version 1), which covers none and cannot stand in for a listing.
+    pub journal: Option<Vec<String>>,
+}
+
+fn schema(journal: &[String]) -> Schema {
     Schema::new(vec![
         Field::new("key", DataType::Utf8, false),
         Field::new("tag", DataType::Utf8, false),
         Field::new("record", DataType::Binary, false),
     ])
-    .with_metadata(std::collections::HashMap::from([(
-        VERSION_KEY.to_owned(),
-        VERSION.to_owned(),
-    )]))
+    .with_metadata(std::collections::HashMap::from([
+        (VERSION_KEY.to_owned(), VERSION.to_owned()),
+        (JOURNAL_KEY.to_owned(), journal.join("\n")),
+    ]))
 }
 
-/// Writes rows as a catalog file.
-pub fn encode_catalog(rows: &[CatalogRow]) -> Result<Bytes> {
+/// Writes rows as a catalog file that covers the journal entries named `journal` (names
+/// without a line break).
+pub fn encode_catalog(rows: &[CatalogRow], journal: &[String]) -> Result<Bytes> {
+    if let Some(bad) = journal.iter().find(|j| j.contains('\n')) {
+        return Err(IndexError::InvalidInput(format!(
+            "journal entry name {bad:?} holds a line break"
+        )));
+    }
     let n = rows.len();
     let mut key = StringBuilder::with_capacity(n, rows.iter().map(|r| r.key.len()).sum());
     let mut tag = StringBuilder::with_capacity(n, rows.iter().map(|r| r.tag.len()).sum());
@@ -59,7 +79,7 @@ pub fn encode_catalog(rows: &[CatalogRow]) -> Result<Bytes> {
         tag.append_value(&r.tag);
         record.append_value(&r.record);
     }
-    let schema = Arc::new(schema());
+    let schema = Arc::new(schema(journal));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(key.finish()),
         Arc::new(tag.finish()),
@@ -84,7 +104,7 @@ pub fn encode_catalog(rows: &[CatalogRow]) -> Result<Bytes> {
 
 /// Reads a catalog file written by [`encode_catalog`]; [`IndexError::Corrupt`] for anything
 /// else (damage, another version). `key` names the object in error messages.
-pub fn decode_catalog(key: &str, bytes: Bytes) -> Result<Vec<CatalogRow>> {
+pub fn decode_catalog(key: &str, bytes: Bytes) -> Result<Catalog> {
     let corrupt = |detail: String| IndexError::Corrupt {
         key: key.to_owned(),
         detail,
@@ -102,14 +122,25 @@ pub fn decode_catalog(key: &str, bytes: Bytes) -> Result<Vec<CatalogRow>> {
     let reader = FileReader::try_new(std::io::Cursor::new(bytes.slice(..body_len)), None)
         .map_err(|e| corrupt(format!("not a catalog file: {e}")))?;
     let schema = reader.schema();
-    if schema.metadata().get(VERSION_KEY).map(String::as_str) != Some(VERSION)
-        || schema.fields() != self::schema().fields()
-    {
+    let version = schema.metadata().get(VERSION_KEY).map(String::as_str);
+    if !matches!(version, Some("1" | VERSION)) || schema.fields() != self::schema(&[]).fields() {
         return Err(corrupt(format!(
-            "catalog schema {:?} is not version {VERSION}",
-            schema.metadata().get(VERSION_KEY)
+            "catalog schema {version:?} is not version 1 or {VERSION}"
         )));
     }
+    let journal = match version {
+        Some("1") => None,
+        _ => Some(
+            schema
+                .metadata()
+                .get(JOURNAL_KEY)
+                .ok_or_else(|| corrupt("version 2 without its journal coverage".into()))?
+                .split('\n')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+    };
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| corrupt(e.to_string()))?;
@@ -127,7 +158,7 @@ pub fn decode_catalog(key: &str, bytes: Bytes) -> Result<Vec<CatalogRow>> {
             });
         }
     }
-    Ok(rows)
+    Ok(Catalog { rows, journal })
 }
 
 #[cfg(test)]
@@ -143,13 +174,13 @@ mod tests {
                 record: Bytes::from(format!("{{\"n\":{i}}}")),
             })
             .collect();
-        let file = encode_catalog(&rows).unwrap();
-        assert_eq!(decode_catalog("k", file.clone()).unwrap(), rows);
-        assert!(
-            decode_catalog("k", encode_catalog(&[]).unwrap())
-                .unwrap()
-                .is_empty()
-        );
+        let journal = vec!["ab.1.2".to_owned(), "cd.1.3".to_owned()];
+        let file = encode_catalog(&rows, &journal).unwrap();
+        let back = decode_catalog("k", file.clone()).unwrap();
+        assert_eq!((back.rows, back.journal), (rows, Some(journal)));
+        let empty = decode_catalog("k", encode_catalog(&[], &[]).unwrap()).unwrap();
+        assert!(empty.rows.is_empty() && empty.journal == Some(vec![]));
+        assert!(encode_catalog(&[], &["a\nb".to_owned()]).is_err());
         for cut in [0, 8, file.len() / 2, file.len() - 1] {
             assert!(matches!(
                 decode_catalog("k", file.slice(..cut)),

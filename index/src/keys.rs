@@ -52,6 +52,23 @@ pub fn catalog_prefix(c: &CollectionName) -> String {
     format!("catalog/{c}/")
 }
 
+/// Prefix of a collection's change journal: one empty object per change of a document record,
+/// named by [`journal_entry`] (under the catalog prefix, so it goes with the catalog file).
+pub fn journal_prefix(c: &CollectionName) -> String {
+    format!("catalog/{c}/log/")
+}
+
+/// The journal entry name (below [`journal_prefix`]) of a writer's `seq`-th change, to the
+/// record of document `d`.
+pub fn journal_entry(d: &DocId, writer: &str, seq: u64) -> String {
+    format!("{d}.{writer}.{seq:x}")
+}
+
+/// The document a journal entry name (below [`journal_prefix`]) speaks of.
+pub fn journal_entry_doc(name: &str) -> Option<DocId> {
+    name.split_once('.')?.0.parse().ok()
+}
+
 /// The chunk file of one document, with the vectors of the collection's first model.
 pub fn chunks(c: &CollectionName, d: &DocId) -> String {
     chunks_of(c, 0, d)

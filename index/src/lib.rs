@@ -62,7 +62,7 @@ pub mod fixtures;
 
 pub use access::{Access, MAX_ACCESS_ENTRIES, Reader, check_name};
 pub use blob::{BlobStore, Outcome as WriteOutcome, WriteCheck, WriteChecks};
-pub use catalog::{CatalogRow, decode_catalog, encode_catalog};
+pub use catalog::{Catalog, CatalogRow, decode_catalog, encode_catalog};
 pub use chunks::{Chunk, decode_chunks, encode_chunks};
 pub use collection::{CollectionSettings, Redaction, RedactionPattern, ReembedTarget};
 pub use config::{FusionKind, IndexConfig, S3Config, StorageBackend, StorageConfig};

@@ -40,6 +40,6 @@ pub use pipeline::{
 };
 pub use redact::KINDS as REDACTION_KINDS;
 pub use registry::{
-    DocRecord, DocState, ListStats, MetaValue, Metadata, Registry, validate_metadata,
+    DocRecord, DocState, JournalTiming, ListStats, MetaValue, Metadata, Registry, validate_metadata,
 };
 pub use sniff::{DocKind, sniff};

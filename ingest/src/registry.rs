@@ -12,9 +12,10 @@
 //! Every transition is a whole-object put, so a crash leaves each record in its last
 //! acknowledged state; `queued` and `extracting` records are picked up again on restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
 use hearth_index::{
@@ -253,6 +254,20 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Reads and writes document records. Clones share one view of each collection's catalog.
+///
+/// Every change of a record is announced in the collection's change journal
+/// ([`keys::journal_prefix`]): an empty object named by the document, the writer and a sequence
+/// number, written *before* the record (a writer killed between the two leaves an entry whose
+/// record did not change, never a change without an entry). A registry that listed the
+/// collection a moment ago ([`JournalTiming::gap`]) lists only the journal and reads the
+/// records that entries it has not settled name; an entry is settled once its record was read
+/// at least [`JournalTiming::settle`] after the entry was first seen (a writer whose entry and
+/// record took longer writes a second entry after the record). The catalog file records the
+/// settled entries it covers, so a fresh process reads the file and the uncovered entries'
+/// records; covered entries are removed once seen [`JournalTiming::grace`] ago, longer than any
+/// registry may go between two journal listings, so none misses an entry it has not read.
+/// Nothing here compares clocks of different machines: every duration is measured by one
+/// process's monotonic clock.
 #[derive(Clone, Debug)]
 pub struct Registry {
     store: BlobStore,
@@ -261,6 +276,35 @@ pub struct Registry {
     /// overlapped one removes the catalog file it wrote, so that no file of a deleted
     /// collection's records outlives the deletion.
     deletions: Arc<Mutex<HashMap<CollectionName, u64>>>,
+    /// This registry's name in journal entries, and its next sequence number.
+    writer: Arc<str>,
+    seq: Arc<AtomicU64>,
+    timing: JournalTiming,
+}
+
+/// The durations of the change journal's protocol (see [`Registry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalTiming {
+    /// A writer whose entry and record puts took longer than this writes a second entry after
+    /// the record; a reader settles an entry by a read that began this long after it first
+    /// saw the entry. Default 10 s.
+    pub settle: Duration,
+    /// A listing lists the journal alone when the registry's previous listing began less than
+    /// this ago; otherwise it lists every record object. Default 60 s.
+    pub gap: Duration,
+    /// An entry the catalog file covers is removed once it was first seen this long ago. Must
+    /// exceed `gap` (with room for a slow listing). Default 180 s.
+    pub grace: Duration,
+}
+
+impl Default for JournalTiming {
+    fn default() -> Self {
+        Self {
+            settle: Duration::from_secs(10),
+            gap: Duration::from_secs(60),
+            grace: Duration::from_secs(180),
+        }
+    }
 }
 
 /// What one [`Registry::list_counted`] read.
@@ -274,14 +318,36 @@ pub struct ListStats {
     pub catalog_read: bool,
     /// Whether the catalog file was written afterwards.
     pub catalog_written: bool,
+    /// Whether the record objects were listed (otherwise the journal alone was).
+    pub records_listed: bool,
+    /// Journal entries listed.
+    pub journal: usize,
+    /// Journal entries removed (covered by the catalog file and old enough).
+    pub journal_removed: usize,
 }
 
-/// A collection's records as last listed, by record key, with the tag each was read at; and
-/// what the catalog file in the store holds (key -> tag).
+/// A collection's records as last listed, by record key, with the tag each was read at; what
+/// the catalog file in the store holds (key -> tag) and which journal entries it covers; the
+/// journal entries seen, and when the listing that saw them began.
 #[derive(Debug, Default)]
 struct View {
-    rows: BTreeMap<String, (String, DocRecord)>,
+    rows: Arc<BTreeMap<String, (String, DocRecord)>>,
     in_file: Arc<HashMap<String, String>>,
+    covered: Arc<HashSet<String>>,
+    journal: HashMap<String, Seen>,
+    /// When the journal listing of the listing that made this view began; `None` for a view
+    /// read from the catalog file alone.
+    listed_at: Option<Instant>,
+    /// Read from a catalog file that names the journal entries it covers (version 2).
+    file_covers: bool,
+}
+
+/// A journal entry as a registry saw it.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    first: Instant,
+    /// Its record was read (or listed) at least `settle` after `first`.
+    settled: bool,
 }
 
 /// The catalog file is written again once this many rows differ from it (or a record it holds
@@ -290,13 +356,29 @@ fn rewrite_threshold(records: usize) -> usize {
     (records / 50).max(256)
 }
 
+/// Covered journal entries are removed (and the file rewritten to say so) once this many may go.
+const REMOVE_AT_LEAST: usize = 64;
+
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: BlobStore) -> Self {
+        Self::with_timing(store, JournalTiming::default())
+    }
+
+    /// A registry over `store` with the journal's durations set (tests and benchmarks).
+    pub fn with_timing(store: BlobStore, timing: JournalTiming) -> Self {
+        // Unique enough: a clash of two writers' names costs at most a re-announced change.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let writer = format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id());
         Self {
             store,
             views: Arc::new(Mutex::new(HashMap::new())),
             deletions: Arc::new(Mutex::new(HashMap::new())),
+            writer: writer.into(),
+            seq: Arc::new(AtomicU64::new(0)),
+            timing,
         }
     }
 
@@ -315,7 +397,36 @@ impl Registry {
         // invariant: records hold only strings, numbers and enums.
         let json = serde_json::to_vec(rec).expect("record serialises");
         let key = keys::doc_record(&rec.collection, &rec.doc_id);
-        Ok(self.store.put(&key, json.into()).await?)
+        let started = self.announce(&rec.collection, &rec.doc_id).await?;
+        self.store.put(&key, json.into()).await?;
+        self.announce_again(&rec.collection, &rec.doc_id, started)
+            .await
+    }
+
+    /// Deletes a document's record (a missing one is not an error).
+    pub async fn delete(&self, c: &CollectionName, d: &DocId) -> Result<()> {
+        let started = self.announce(c, d).await?;
+        self.store.delete(&keys::doc_record(c, d)).await?;
+        self.announce_again(c, d, started).await
+    }
+
+    /// Writes a journal entry for a change of `d`'s record; returns when it began.
+    async fn announce(&self, c: &CollectionName, d: &DocId) -> Result<Instant> {
+        let started = Instant::now();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = keys::journal_entry(d, &self.writer, seq);
+        let key = format!("{}{name}", keys::journal_prefix(c));
+        self.store.put(&key, bytes::Bytes::new()).await?;
+        Ok(started)
+    }
+
+    /// After the record's put: a second entry when the two took longer than `settle` (a reader
+    /// may have settled the first before the record changed).
+    async fn announce_again(&self, c: &CollectionName, d: &DocId, started: Instant) -> Result<()> {
+        if started.elapsed() >= self.timing.settle {
+            self.announce(c, d).await?;
+        }
+        Ok(())
     }
 
     /// Every record of a collection, in doc-id order.
@@ -323,11 +434,13 @@ impl Registry {
         Ok(self.list_counted(c).await?.0)
     }
 
-    /// [`Registry::list`], with what it read. One listing of the record objects (their keys
-    /// and version tags; one request per thousand on S3); then only the records that are new
-    /// or changed since this registry's view (or, the first time, the collection's catalog
-    /// file) are read. The catalog file is written again when enough rows differ from it, or
-    /// when it holds a record that was deleted.
+    /// [`Registry::list`], with what it read: the journal and the records its new entries
+    /// name when this registry listed the collection a moment ago (or the catalog file covers
+    /// all but a few entries); otherwise one listing of the record objects (their keys and
+    /// version tags; one request per thousand on S3) and the records that are new or changed
+    /// since the view or the catalog file. The catalog file is written again when enough rows
+    /// differ from it, when it holds a record that was deleted, or when enough journal entries
+    /// may go.
     pub async fn list_counted(&self, c: &CollectionName) -> Result<(Vec<DocRecord>, ListStats)> {
         self.refresh(c, false).await
     }
@@ -350,76 +463,78 @@ impl Registry {
         force_write: bool,
     ) -> Result<(Vec<DocRecord>, ListStats)> {
         let deletions = self.deletions_of(c);
-        let listed = self.store.list_tagged(&keys::doc_records_prefix(c)).await?;
+        let known = self.view_lock().get(c).cloned();
+        let prefix = keys::journal_prefix(c);
+        let listed_at = Instant::now();
+        let entries: Vec<String> = self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        let seen_at = Instant::now();
         let mut stats = ListStats {
-            records: listed.len(),
+            journal: entries.len(),
             ..ListStats::default()
         };
-        let known = self.view_lock().get(c).cloned();
-        let known = match known {
+        let base = match known {
             Some(v) => v,
             None => {
                 stats.catalog_read = true;
-                Arc::new(self.read_catalog(c).await)
+                Arc::new(self.read_catalog(c, seen_at).await)
             }
         };
-        // Nothing changed since the view (the common case: a page view, a count): the view
-        // as it is, without rebuilding it.
-        if !force_write
-            && listed.len() == known.rows.len()
-            && listed
-                .iter()
-                .zip(&known.rows)
-                .all(|((k, t), (key, (tag, _)))| k == key && t == tag)
-        {
-            let records = known.rows.values().map(|(_, r)| r.clone()).collect();
-            self.view_lock().insert(c.clone(), known);
-            return Ok((records, stats));
+        let journal_only = !force_write
+            && match base.listed_at {
+                Some(t) => listed_at.duration_since(t) < self.timing.gap,
+                None => base.file_covers,
+            };
+        let mut view = None;
+        if journal_only {
+            view = self
+                .from_journal(c, &base, &entries, seen_at, &mut stats)
+                .await?;
         }
-        let changed: Vec<String> = listed
-            .iter()
-            .filter(|(k, t)| known.rows.get(k).is_none_or(|(tag, _)| tag != t))
-            .map(|(k, _)| k.clone())
-            .collect();
-        stats.read = changed.len();
-        let fresh: Vec<Option<(String, String, DocRecord)>> = futures::stream::iter(changed)
-            .map(|key| async move {
-                // Gone between the listing and the read: deleted meanwhile.
-                let Some((bytes, tag)) = self.store.get_tagged(&key).await? else {
-                    return Ok(None);
-                };
-                let rec = decode(&key, &bytes)?;
-                Ok::<_, IngestError>(Some((key, tag, rec)))
-            })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        let mut fresh: HashMap<String, (String, DocRecord)> = fresh
-            .into_iter()
-            .flatten()
-            .map(|(k, t, r)| (k, (t, r)))
-            .collect();
-        let mut rows = BTreeMap::new();
-        for (key, tag) in listed {
-            if let Some(row) = fresh.remove(&key) {
-                rows.insert(key, row);
-            } else if let Some((t, r)) = known.rows.get(&key)
-                && *t == tag
-            {
-                rows.insert(key, (t.clone(), r.clone()));
+        let mut view = match view {
+            Some(v) => v,
+            None => {
+                self.from_listing(c, &base, &entries, seen_at, &mut stats)
+                    .await?
             }
-        }
-        let differ = rows
+        };
+        view.listed_at = Some(listed_at);
+        stats.records = view.rows.len();
+
+        // The catalog file: rewritten when it holds an erased record, when enough rows differ
+        // from it, or when enough covered journal entries may go.
+        let differ = view
+            .rows
             .iter()
-            .filter(|(k, (t, _))| known.in_file.get(*k) != Some(t))
+            .filter(|(k, (t, _))| base.in_file.get(*k) != Some(t))
             .count();
-        let erased = known.in_file.keys().any(|k| !rows.contains_key(k));
-        let mut view = View {
-            rows,
-            in_file: Arc::default(),
-        };
-        if force_write || erased || differ >= rewrite_threshold(view.rows.len()) {
-            match self.write_catalog(c, &view).await {
+        let erased = base.in_file.keys().any(|k| !view.rows.contains_key(k));
+        let now = Instant::now();
+        let settled: Vec<&String> = entries
+            .iter()
+            .filter(|n| view.journal.get(*n).is_some_and(|s| s.settled))
+            .collect();
+        let removable: Vec<String> = settled
+            .iter()
+            .filter(|n| {
+                view.journal
+                    .get(**n)
+                    .is_some_and(|s| now.duration_since(s.first) >= self.timing.grace)
+            })
+            .map(|n| (*n).clone())
+            .collect();
+        if force_write
+            || erased
+            || differ >= rewrite_threshold(view.rows.len())
+            || removable.len() >= REMOVE_AT_LEAST
+        {
+            let covered: Vec<String> = settled.into_iter().cloned().collect();
+            match self.write_catalog(c, &view.rows, &covered).await {
                 Ok(()) => {
                     stats.catalog_written = true;
                     view.in_file = Arc::new(
@@ -428,16 +543,27 @@ impl Registry {
                             .map(|(k, (t, _))| (k.clone(), t.clone()))
                             .collect(),
                     );
+                    view.covered = Arc::new(covered.into_iter().collect());
+                    // Only after the file that covers them is in the store.
+                    let store = &self.store;
+                    let gone: Vec<String> =
+                        removable.iter().map(|n| format!("{prefix}{n}")).collect();
+                    futures::stream::iter(gone)
+                        .map(|key| async move { store.delete(&key).await })
+                        .buffer_unordered(16)
+                        .try_collect::<Vec<()>>()
+                        .await?;
+                    for n in &removable {
+                        view.journal.remove(n);
+                    }
+                    stats.journal_removed = removable.len();
                 }
                 Err(e) => {
                     // The catalog is a cache: a store that refuses the write (read-only
                     // credentials) costs reads, not answers.
                     tracing::warn!(collection = %c, error = %e, "writing the catalog file failed");
-                    view.in_file = known.in_file.clone();
                 }
             }
-        } else {
-            view.in_file = known.in_file.clone();
         }
         let records = view.rows.values().map(|(_, r)| r.clone()).collect();
         if self.deletions_of(c) != deletions {
@@ -450,6 +576,171 @@ impl Registry {
         }
         self.view_lock().insert(c.clone(), Arc::new(view));
         Ok((records, stats))
+    }
+
+    /// The view after reading the records that journal entries not yet settled name; `None`
+    /// when the records must be listed instead (a catalog file that leaves too many entries
+    /// uncovered).
+    async fn from_journal(
+        &self,
+        c: &CollectionName,
+        base: &View,
+        entries: &[String],
+        seen_at: Instant,
+        stats: &mut ListStats,
+    ) -> Result<Option<View>> {
+        let listed: HashSet<&String> = entries.iter().collect();
+        let mut docs: BTreeSet<DocId> = BTreeSet::new();
+        for n in entries {
+            if !base.journal.get(n).is_some_and(|s| s.settled) {
+                docs.extend(keys::journal_entry_doc(n));
+            }
+        }
+        // Unsettled entries that went meanwhile (covered and removed by another registry):
+        // their records are read once more.
+        for (n, s) in &base.journal {
+            if !s.settled && !listed.contains(n) {
+                docs.extend(keys::journal_entry_doc(n));
+            }
+        }
+        if base.listed_at.is_none() && docs.len() > base.rows.len() / 8 + 64 {
+            // A fresh process after much has changed: one listing is cheaper.
+            return Ok(None);
+        }
+        // The journal was listed before the catalog file was read: an entry another registry
+        // removed meanwhile is covered by the file read (or the file changed its record since),
+        // and one written after the listing began is the next listing's.
+        let read_at = Instant::now();
+        let fresh = self.read_records(c, docs.into_iter().collect()).await?;
+        stats.read = fresh.len();
+        let mut rows = base.rows.clone();
+        if !fresh.is_empty() {
+            let rows = Arc::make_mut(&mut rows);
+            for (key, row) in fresh {
+                match row {
+                    Some(row) => rows.insert(key, row),
+                    None => rows.remove(&key),
+                };
+            }
+        }
+        let journal = entries
+            .iter()
+            .map(|n| {
+                let seen = base.journal.get(n).copied().unwrap_or(Seen {
+                    first: seen_at,
+                    settled: false,
+                });
+                let settled =
+                    seen.settled || read_at.duration_since(seen.first) >= self.timing.settle;
+                (n.clone(), Seen { settled, ..seen })
+            })
+            .collect();
+        Ok(Some(View {
+            rows,
+            in_file: base.in_file.clone(),
+            covered: base.covered.clone(),
+            journal,
+            listed_at: None,
+            file_covers: false,
+        }))
+    }
+
+    /// The view after one listing of the record objects, reading those whose tag changed.
+    async fn from_listing(
+        &self,
+        c: &CollectionName,
+        base: &View,
+        entries: &[String],
+        seen_at: Instant,
+        stats: &mut ListStats,
+    ) -> Result<View> {
+        let listed_at = Instant::now();
+        let listed = self.store.list_tagged(&keys::doc_records_prefix(c)).await?;
+        stats.records_listed = true;
+        let journal = entries
+            .iter()
+            .map(|n| {
+                let seen = base.journal.get(n).copied().unwrap_or(Seen {
+                    first: seen_at,
+                    settled: false,
+                });
+                // The listing began `settle` after the entry was seen: its record had changed.
+                let settled =
+                    seen.settled || listed_at.duration_since(seen.first) >= self.timing.settle;
+                (n.clone(), Seen { settled, ..seen })
+            })
+            .collect();
+        let unchanged = listed.len() == base.rows.len()
+            && listed
+                .iter()
+                .zip(base.rows.iter())
+                .all(|((k, t), (key, (tag, _)))| k == key && t == tag);
+        let rows = if unchanged {
+            base.rows.clone()
+        } else {
+            let changed: Vec<String> = listed
+                .iter()
+                .filter(|(k, t)| base.rows.get(k).is_none_or(|(tag, _)| tag != t))
+                .map(|(k, _)| k.clone())
+                .collect();
+            stats.read = changed.len();
+            let fresh: Vec<Option<(String, String, DocRecord)>> = futures::stream::iter(changed)
+                .map(|key| async move {
+                    // Gone between the listing and the read: deleted meanwhile.
+                    let Some((bytes, tag)) = self.store.get_tagged(&key).await? else {
+                        return Ok(None);
+                    };
+                    let rec = decode(&key, &bytes)?;
+                    Ok::<_, IngestError>(Some((key, tag, rec)))
+                })
+                .buffered(16)
+                .try_collect()
+                .await?;
+            let mut fresh: HashMap<String, (String, DocRecord)> = fresh
+                .into_iter()
+                .flatten()
+                .map(|(k, t, r)| (k, (t, r)))
+                .collect();
+            let mut rows = BTreeMap::new();
+            for (key, tag) in listed {
+                if let Some(row) = fresh.remove(&key) {
+                    rows.insert(key, row);
+                } else if let Some((t, r)) = base.rows.get(&key)
+                    && *t == tag
+                {
+                    rows.insert(key, (t.clone(), r.clone()));
+                }
+            }
+            Arc::new(rows)
+        };
+        Ok(View {
+            rows,
+            in_file: base.in_file.clone(),
+            covered: base.covered.clone(),
+            journal,
+            listed_at: None,
+            file_covers: false,
+        })
+    }
+
+    /// The records of `docs` as they are now, by record key (`None`: deleted).
+    async fn read_records(
+        &self,
+        c: &CollectionName,
+        docs: Vec<DocId>,
+    ) -> Result<Vec<(String, Option<(String, DocRecord)>)>> {
+        let record_keys: Vec<String> = docs.iter().map(|d| keys::doc_record(c, d)).collect();
+        futures::stream::iter(record_keys)
+            .map(|key| async move {
+                let row = match self.store.get_tagged(&key).await? {
+                    Some((bytes, tag)) => Some((tag, decode(&key, &bytes)?)),
+                    None => None,
+                };
+                Ok::<_, IngestError>((key, row))
+            })
+            .buffered(16)
+            .try_collect()
+            .await
     }
 
     /// Forgets this registry's view of a collection being deleted. Call it when the deletion
@@ -474,40 +765,64 @@ impl Registry {
             .unwrap_or(0)
     }
 
-    async fn read_catalog(&self, c: &CollectionName) -> View {
+    /// The catalog file as a view (empty when there is none or it is unreadable); the journal
+    /// entries it covers count as settled, first seen at `seen_at`.
+    async fn read_catalog(&self, c: &CollectionName, seen_at: Instant) -> View {
         let key = keys::catalog(c);
-        let rows = match self.store.get_opt(&key).await {
+        let read = match self.store.get_opt(&key).await {
             Ok(Some(bytes)) => decode_catalog(&key, bytes),
             Ok(None) => return View::default(),
             Err(e) => Err(e),
         };
-        let rows = match rows {
-            Ok(rows) => rows,
+        let catalog = match read {
+            Ok(read) => read,
             Err(e) => {
                 tracing::warn!(collection = %c, error = %e, "the catalog file is unreadable; reading every record");
                 return View::default();
             }
         };
-        let mut view = View::default();
-        let mut in_file = HashMap::with_capacity(rows.len());
-        for row in rows {
+        let mut rows = BTreeMap::new();
+        let mut in_file = HashMap::with_capacity(catalog.rows.len());
+        for row in catalog.rows {
             // A row that does not decode is read again from its object.
             if let Ok(rec) = decode(&row.key, &row.record) {
                 in_file.insert(row.key.clone(), row.tag.clone());
-                view.rows.insert(row.key, (row.tag, rec));
+                rows.insert(row.key, (row.tag, rec));
             }
         }
-        view.in_file = Arc::new(in_file);
-        view
+        let covers = catalog.journal.is_some();
+        let covered: HashSet<String> = catalog.journal.unwrap_or_default().into_iter().collect();
+        let journal = covered
+            .iter()
+            .map(|n| {
+                let seen = Seen {
+                    first: seen_at,
+                    settled: true,
+                };
+                (n.clone(), seen)
+            })
+            .collect();
+        View {
+            rows: Arc::new(rows),
+            in_file: Arc::new(in_file),
+            covered: Arc::new(covered),
+            journal,
+            listed_at: None,
+            file_covers: covers,
+        }
     }
 
-    async fn write_catalog(&self, c: &CollectionName, view: &View) -> Result<()> {
-        if view.rows.is_empty() {
+    async fn write_catalog(
+        &self,
+        c: &CollectionName,
+        rows: &BTreeMap<String, (String, DocRecord)>,
+        covered: &[String],
+    ) -> Result<()> {
+        if rows.is_empty() && covered.is_empty() {
             // No records, no file (a collection emptied or being deleted).
             return Ok(self.store.delete(&keys::catalog(c)).await?);
         }
-        let rows: Vec<CatalogRow> = view
-            .rows
+        let rows: Vec<CatalogRow> = rows
             .iter()
             .map(|(k, (t, r))| CatalogRow {
                 key: k.clone(),
@@ -516,7 +831,7 @@ impl Registry {
                 record: serde_json::to_vec(r).expect("record serialises").into(),
             })
             .collect();
-        let bytes = encode_catalog(&rows)?;
+        let bytes = encode_catalog(&rows, covered)?;
         Ok(self.store.put(&keys::catalog(c), bytes).await?)
     }
 
@@ -583,52 +898,73 @@ mod tests {
         let bytes = store.get(&key).await.unwrap();
         decode_catalog(&key, bytes)
             .unwrap()
+            .rows
             .into_iter()
             .map(|r| r.key)
             .collect()
     }
 
+    /// Entries settle at once, listings a minute apart use the journal, nothing is removed.
+    fn settled_at_once() -> JournalTiming {
+        JournalTiming {
+            settle: Duration::ZERO,
+            gap: Duration::from_secs(60),
+            grace: Duration::from_secs(3600),
+        }
+    }
+
     async fn reads_only_what_changed(store: BlobStore) {
         let c = CollectionName::new("cat").unwrap();
-        let a = Registry::new(store.clone());
+        let registry = || Registry::with_timing(store.clone(), settled_at_once());
+        let a = registry();
         for i in 0..300 {
             a.put(&mut record(&c, i)).await.unwrap();
         }
         // The first listing reads every record and writes the catalog file.
         let (recs, st) = a.list_counted(&c).await.unwrap();
         assert_eq!(recs, every_record(&store, &c).await);
-        assert_eq!((st.records, st.read), (300, 300));
-        assert!(st.catalog_read && st.catalog_written, "{st:?}");
-        // Again: nothing read.
+        // Two entries a change: with `settle` zero every put announces again after its record.
+        assert_eq!((st.records, st.read, st.journal), (300, 300, 600));
+        assert!(
+            st.catalog_read && st.catalog_written && st.records_listed,
+            "{st:?}"
+        );
+        // Again: the journal alone, nothing read.
         let (again, st) = a.list_counted(&c).await.unwrap();
         assert_eq!(again, recs);
         assert_eq!(st.read, 0);
-        assert!(!st.catalog_read && !st.catalog_written, "{st:?}");
+        assert!(
+            !st.catalog_read && !st.catalog_written && !st.records_listed,
+            "{st:?}"
+        );
 
-        // Another process: the catalog file instead of 300 reads.
-        let b = Registry::new(store.clone());
+        // Another process: the catalog file (which covers the 300 entries) instead of 300
+        // reads, and no listing of the records.
+        let b = registry();
         let (theirs, st) = b.list_counted(&c).await.unwrap();
         assert_eq!(theirs, recs);
         assert_eq!(st.read, 0);
-        assert!(st.catalog_read && !st.catalog_written, "{st:?}");
+        assert!(
+            st.catalog_read && !st.catalog_written && !st.records_listed,
+            "{st:?}"
+        );
 
-        // It changes three records and deletes two, and adds one; the first registry reads
-        // exactly those four, and the deleted records leave the catalog file at once.
+        // It changes three records, deletes two and adds one; the first registry reads
+        // exactly those six (from their journal entries), and the deleted records leave the
+        // catalog file at once.
         for i in [5, 77, 299] {
             let mut r = record(&c, i);
             r.state = DocState::Indexed;
             b.put(&mut r).await.unwrap();
         }
         for i in [10, 11] {
-            store
-                .delete(&keys::doc_record(&c, &record(&c, i).doc_id))
-                .await
-                .unwrap();
+            b.delete(&c, &record(&c, i).doc_id).await.unwrap();
         }
         b.put(&mut record(&c, 1000)).await.unwrap();
         let (now, st) = a.list_counted(&c).await.unwrap();
         assert_eq!(now, every_record(&store, &c).await);
-        assert_eq!((st.records, st.read), (299, 4), "{st:?}");
+        assert_eq!((st.records, st.read), (299, 6), "{st:?}");
+        assert!(!st.records_listed, "{st:?}");
         assert!(
             st.catalog_written,
             "a deleted record stayed in the catalog file"
@@ -643,40 +979,159 @@ mod tests {
             assert!(!in_file.contains(&keys::doc_record(&c, &record(&c, i).doc_id)));
         }
         // A third process reads nothing.
-        let (third, st) = Registry::new(store.clone()).list_counted(&c).await.unwrap();
+        let (third, st) = registry().list_counted(&c).await.unwrap();
         assert_eq!(third, now);
         assert_eq!(st.read, 0);
+        assert!(!st.records_listed, "{st:?}");
 
         // A damaged catalog file: every record is read again, and the file rewritten.
         store
             .put(&keys::catalog(&c), Bytes::from_static(b"not a catalog"))
             .await
             .unwrap();
-        let (fixed, st) = Registry::new(store.clone()).list_counted(&c).await.unwrap();
+        let (fixed, st) = registry().list_counted(&c).await.unwrap();
         assert_eq!(fixed, now);
         assert_eq!(st.read, 299);
-        assert!(st.catalog_written);
+        assert!(st.catalog_written && st.records_listed, "{st:?}");
         assert_eq!(catalog_keys(&store, &c).await.len(), 299);
 
-        // A row whose record changed under the same key is caught by its tag even when the
-        // file is older than the change (a writer that did not rewrite the file).
+        // A change after the file was written: a fresh process reads that one record.
         let mut r = record(&c, 42);
         r.reason = Some("changed behind the file".into());
         b.put(&mut r).await.unwrap();
-        let (seen, st) = Registry::new(store.clone()).list_counted(&c).await.unwrap();
+        let (seen, st) = registry().list_counted(&c).await.unwrap();
         assert_eq!(st.read, 1);
         assert_eq!(seen, every_record(&store, &c).await);
 
         // save_catalog writes it now, whatever changed.
         assert_eq!(a.save_catalog(&c).await.unwrap(), 299);
-        let (_, st) = Registry::new(store.clone()).list_counted(&c).await.unwrap();
+        let (_, st) = registry().list_counted(&c).await.unwrap();
         assert_eq!(st.read, 0);
+    }
+
+    /// The journal's protocol with short durations: an entry whose record had not changed yet
+    /// when first read is read again until it settles; a registry idle longer than `gap`
+    /// lists the records (an entry it never saw may have been removed); covered entries go
+    /// after `grace`, and a fresh process then reads the file alone.
+    async fn journal_protocol(store: BlobStore) {
+        let timing = JournalTiming {
+            settle: Duration::from_millis(400),
+            gap: Duration::from_millis(1500),
+            grace: Duration::from_millis(2500),
+        };
+        let c = CollectionName::new("journal").unwrap();
+        let writer = Registry::with_timing(store.clone(), timing);
+        for i in 0..100 {
+            writer.put(&mut record(&c, i)).await.unwrap();
+        }
+        let reader = Registry::with_timing(store.clone(), timing);
+        let (recs, st) = reader.list_counted(&c).await.unwrap();
+        assert_eq!((recs.len(), st.journal), (100, 100));
+        assert!(st.records_listed, "{st:?}");
+        // Read again once `settle` has passed, the entries settle: nothing more is read.
+        tokio::time::sleep(timing.settle).await;
+        let (_, st) = reader.list_counted(&c).await.unwrap();
+        assert_eq!(st.read, 100, "{st:?}");
+        let (_, st) = reader.list_counted(&c).await.unwrap();
+        assert_eq!(st.read, 0, "{st:?}");
+
+        // A writer that announced a change and has not written the record yet (paused
+        // between the two): the reader reads the old record, and reads it again at every
+        // listing until the entry settles, so the late record is seen.
+        let mut late = record(&c, 7);
+        late.reason = Some("written late".into());
+        let entry = keys::journal_entry(&late.doc_id, "paused", 0);
+        store
+            .put(
+                &format!("{}{entry}", keys::journal_prefix(&c)),
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        let (_, st) = reader.list_counted(&c).await.unwrap();
+        assert_eq!(st.read, 1, "{st:?}");
+        let json = serde_json::to_vec(&late).unwrap();
+        store
+            .put(&keys::doc_record(&c, &late.doc_id), json.into())
+            .await
+            .unwrap();
+        let (recs, st) = reader.list_counted(&c).await.unwrap();
+        assert!(!st.records_listed, "{st:?}");
+        assert_eq!(
+            recs.iter()
+                .find(|r| r.doc_id == late.doc_id)
+                .unwrap()
+                .reason,
+            late.reason,
+            "the record written after its entry was first read was not read again"
+        );
+        tokio::time::sleep(timing.settle).await;
+        let (_, st) = reader.list_counted(&c).await.unwrap();
+        assert_eq!(st.read, 1, "read once more, after settle: {st:?}");
+        let (_, st) = reader.list_counted(&c).await.unwrap();
+        assert_eq!(st.read, 0, "settled: {st:?}");
+
+        // Past the grace, the next listing writes the file and removes the entries it covers.
+        tokio::time::sleep(timing.grace).await;
+        let idle = Registry::with_timing(store.clone(), timing);
+        idle.list_counted(&c).await.unwrap();
+        let (recs, st) = reader.list_counted(&c).await.unwrap();
+        assert!(st.catalog_written && st.journal_removed == 101, "{st:?}");
+        assert!(
+            store
+                .list(&keys::journal_prefix(&c))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(recs, every_record(&store, &c).await);
+        let (fresh, st) = Registry::with_timing(store.clone(), timing)
+            .list_counted(&c)
+            .await
+            .unwrap();
+        assert_eq!(fresh, recs);
+        assert_eq!((st.read, st.journal), (0, 0), "{st:?}");
+        assert!(!st.records_listed, "{st:?}");
+
+        // A registry that last listed before a change whose entry another removed: idle
+        // longer than `gap` (grace > gap), it lists the records and sees the change.
+        let mut changed = record(&c, 50);
+        changed.reason = Some("changed while idle".into());
+        writer.put(&mut changed).await.unwrap();
+        for i in 200..300 {
+            writer.put(&mut record(&c, i)).await.unwrap();
+        }
+        reader.list_counted(&c).await.unwrap();
+        tokio::time::sleep(timing.grace).await;
+        let (_, st) = reader.list_counted(&c).await.unwrap();
+        assert!(st.journal_removed > 100, "{st:?}");
+        let (recs, st) = idle.list_counted(&c).await.unwrap();
+        assert!(st.records_listed, "{st:?}");
+        assert_eq!(recs, every_record(&store, &c).await);
+        assert_eq!(
+            recs.iter()
+                .find(|r| r.doc_id == changed.doc_id)
+                .unwrap()
+                .reason,
+            changed.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn the_journal_settles_entries_and_removes_covered_ones_local() {
+        let dir = tempfile::tempdir().unwrap();
+        journal_protocol(BlobStore::local(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn the_journal_settles_entries_and_removes_covered_ones_seaweedfs() {
+        let cfg = hearth_index::fixtures::SeaweedFs::shared().fresh_bucket();
+        journal_protocol(BlobStore::s3(&cfg).unwrap()).await;
     }
 
     #[tokio::test]
     async fn no_catalog_file_outlives_a_deletion_that_overlaps_a_listing() {
         use hearth_index::fixtures::{ConditionIgnoringProxy, SeaweedFs};
-        use std::time::Duration;
         let weed = SeaweedFs::shared();
         let cfg = weed.fresh_bucket();
         let direct = BlobStore::s3(&cfg).unwrap();
@@ -693,10 +1148,7 @@ mod tests {
         }
         reg.save_catalog(&c).await.unwrap();
         // One document deleted: the next listing rewrites the file without it.
-        direct
-            .delete(&keys::doc_record(&c, &record(&c, 0).doc_id))
-            .await
-            .unwrap();
+        writer.delete(&c, &record(&c, 0).doc_id).await.unwrap();
         let listing = reg.list_counted(&c);
         let deleting = async {
             // After the listing's listing came back (1.5 s), while its put is held.

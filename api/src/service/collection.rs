@@ -641,7 +641,7 @@ impl Service {
     /// model in use and of a re-embedding under way).
     pub(super) async fn erase_keys(&self, col: &Collection, doc: &DocId) -> Result<()> {
         let c = &col.name;
-        self.store.delete(&keys::doc_record(c, doc)).await?;
+        self.registry.delete(c, doc).await?;
         self.store.delete(&keys::raw(c, doc)).await?;
         let m = col.model();
         for vectors in std::iter::once(m.vectors).chain(m.reembed) {

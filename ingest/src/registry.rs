@@ -266,8 +266,8 @@ pub(crate) fn now_ms() -> u64 {
 /// settled entries it covers, so a fresh process reads the file and the uncovered entries'
 /// records; covered entries are removed once seen [`JournalTiming::grace`] ago, longer than any
 /// registry may go between two journal listings, so none misses an entry it has not read.
-/// Nothing here compares clocks of different machines: every duration is measured by one
-/// process's monotonic clock.
+/// Durations are measured by one process's monotonic clock, except that an entry the store
+/// dates long before (see [`STORE_CLOCK_SLACK`]) may go at once.
 #[derive(Clone, Debug)]
 pub struct Registry {
     store: BlobStore,
@@ -348,7 +348,33 @@ struct Seen {
     first: Instant,
     /// Its record was read (or listed) at least `settle` after `first`.
     settled: bool,
+    /// Written long before this registry first saw it (by the store's clock): its record has
+    /// changed, and every other registry has had time to see it.
+    long_ago: bool,
 }
+
+/// One listing of the journal: when it came back, and the entries written long before.
+struct Sight {
+    at: Instant,
+    old: HashSet<String>,
+}
+
+impl Sight {
+    /// How an entry no view holds yet is seen.
+    fn first(&self, name: &str) -> Seen {
+        Seen {
+            first: self.at,
+            settled: false,
+            long_ago: self.old.contains(name),
+        }
+    }
+}
+
+/// How far the store's clock may be from ours, for entries that count as written long ago
+/// (their modification time older than `grace + settle` and this): S3 refuses requests
+/// signed 15 minutes off its clock, and a local directory shares ours. Without it, a journal
+/// that only short-lived processes (`hearth docs`, `hearth ingest`) list would never shrink.
+const STORE_CLOCK_SLACK: Duration = Duration::from_secs(15 * 60);
 
 /// The catalog file is written again once this many rows differ from it (or a record it holds
 /// was deleted: an erased document's record must not stay in the store).
@@ -466,14 +492,25 @@ impl Registry {
         let known = self.view_lock().get(c).cloned();
         let prefix = keys::journal_prefix(c);
         let listed_at = Instant::now();
-        let entries: Vec<String> = self
-            .store
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-            .collect();
+        let listed = self.store.list_modified(&prefix).await?;
         let seen_at = Instant::now();
+        let wall = SystemTime::now();
+        let long_ago = self.timing.grace + self.timing.settle + STORE_CLOCK_SLACK;
+        let mut old = HashSet::new();
+        let mut entries = Vec::with_capacity(listed.len());
+        for (key, modified) in listed {
+            let Some(name) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if wall
+                .duration_since(modified)
+                .is_ok_and(|age| age > long_ago)
+            {
+                old.insert(name.to_owned());
+            }
+            entries.push(name.to_owned());
+        }
+        let sight = Sight { at: seen_at, old };
         let mut stats = ListStats {
             journal: entries.len(),
             ..ListStats::default()
@@ -493,13 +530,13 @@ impl Registry {
         let mut view = None;
         if journal_only {
             view = self
-                .from_journal(c, &base, &entries, seen_at, &mut stats)
+                .from_journal(c, &base, &entries, &sight, &mut stats)
                 .await?;
         }
         let mut view = match view {
             Some(v) => v,
             None => {
-                self.from_listing(c, &base, &entries, seen_at, &mut stats)
+                self.from_listing(c, &base, &entries, &sight, &mut stats)
                     .await?
             }
         };
@@ -524,7 +561,7 @@ impl Registry {
             .filter(|n| {
                 view.journal
                     .get(**n)
-                    .is_some_and(|s| now.duration_since(s.first) >= self.timing.grace)
+                    .is_some_and(|s| s.long_ago || now.duration_since(s.first) >= self.timing.grace)
             })
             .map(|n| (*n).clone())
             .collect();
@@ -586,7 +623,7 @@ impl Registry {
         c: &CollectionName,
         base: &View,
         entries: &[String],
-        seen_at: Instant,
+        sight: &Sight,
         stats: &mut ListStats,
     ) -> Result<Option<View>> {
         let listed: HashSet<&String> = entries.iter().collect();
@@ -626,12 +663,10 @@ impl Registry {
         let journal = entries
             .iter()
             .map(|n| {
-                let seen = base.journal.get(n).copied().unwrap_or(Seen {
-                    first: seen_at,
-                    settled: false,
-                });
-                let settled =
-                    seen.settled || read_at.duration_since(seen.first) >= self.timing.settle;
+                let seen = base.journal.get(n).copied().unwrap_or(sight.first(n));
+                let settled = seen.settled
+                    || seen.long_ago
+                    || read_at.duration_since(seen.first) >= self.timing.settle;
                 (n.clone(), Seen { settled, ..seen })
             })
             .collect();
@@ -651,7 +686,7 @@ impl Registry {
         c: &CollectionName,
         base: &View,
         entries: &[String],
-        seen_at: Instant,
+        sight: &Sight,
         stats: &mut ListStats,
     ) -> Result<View> {
         let listed_at = Instant::now();
@@ -660,13 +695,11 @@ impl Registry {
         let journal = entries
             .iter()
             .map(|n| {
-                let seen = base.journal.get(n).copied().unwrap_or(Seen {
-                    first: seen_at,
-                    settled: false,
-                });
+                let seen = base.journal.get(n).copied().unwrap_or(sight.first(n));
                 // The listing began `settle` after the entry was seen: its record had changed.
-                let settled =
-                    seen.settled || listed_at.duration_since(seen.first) >= self.timing.settle;
+                let settled = seen.settled
+                    || seen.long_ago
+                    || listed_at.duration_since(seen.first) >= self.timing.settle;
                 (n.clone(), Seen { settled, ..seen })
             })
             .collect();
@@ -798,6 +831,7 @@ impl Registry {
                 let seen = Seen {
                     first: seen_at,
                     settled: true,
+                    long_ago: false,
                 };
                 (n.clone(), seen)
             })
@@ -1115,6 +1149,36 @@ mod tests {
                 .reason,
             changed.reason
         );
+    }
+
+    /// Entries written long ago by the store's clock (a bulk import by a process that has
+    /// ended): a fresh process covers and removes them at its first listing, so a journal
+    /// that only short-lived processes list still shrinks.
+    #[tokio::test]
+    async fn entries_written_long_ago_go_at_the_first_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        let c = CollectionName::new("old").unwrap();
+        let writer = Registry::new(store.clone());
+        for i in 0..100 {
+            writer.put(&mut record(&c, i)).await.unwrap();
+        }
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+        let log = dir.path().join(keys::journal_prefix(&c));
+        for e in std::fs::read_dir(&log).unwrap() {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(e.unwrap().path())
+                .unwrap();
+            f.set_modified(two_hours_ago).unwrap();
+        }
+        let (recs, st) = Registry::new(store.clone()).list_counted(&c).await.unwrap();
+        assert_eq!(recs, every_record(&store, &c).await);
+        assert!(st.catalog_written && st.journal_removed == 100, "{st:?}");
+        assert_eq!(std::fs::read_dir(&log).map_or(0, |d| d.count()), 0);
+        let (again, st) = Registry::new(store.clone()).list_counted(&c).await.unwrap();
+        assert_eq!(again, recs);
+        assert!(st.read == 0 && !st.records_listed, "{st:?}");
     }
 
     #[tokio::test]

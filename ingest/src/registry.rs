@@ -267,7 +267,7 @@ pub(crate) fn now_ms() -> u64 {
 /// records; covered entries are removed once seen [`JournalTiming::grace`] ago, longer than any
 /// registry may go between two journal listings, so none misses an entry it has not read.
 /// Durations are measured by one process's monotonic clock, except that an entry the store
-/// dates long before (see [`STORE_CLOCK_SLACK`]) may go at once.
+/// dates long before (`STORE_CLOCK_SLACK`) may go at once.
 #[derive(Clone, Debug)]
 pub struct Registry {
     store: BlobStore,

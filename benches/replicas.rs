@@ -145,10 +145,8 @@ fn command(hearth: &Path, data: &Path, s3: &S3Config) -> Command {
         .env_remove("HEARTH_LOG")
         .env("HEARTH_DATA_DIR", data)
         .env("HEARTH_MODELS", common::models_dir())
-        .env("HEARTH__STORAGE__BACKEND", "s3")
-        .env("HEARTH__STORAGE__S3__ENDPOINT", &s3.endpoint)
-        .env("HEARTH__STORAGE__S3__BUCKET", &s3.bucket)
         .stdin(Stdio::null());
+    // None of the caller's settings, then the store's.
     for (k, _) in std::env::vars() {
         if k.starts_with("HEARTH__") {
             cmd.env_remove(k);

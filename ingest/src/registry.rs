@@ -530,13 +530,13 @@ impl Registry {
         let mut view = None;
         if journal_only {
             view = self
-                .from_journal(c, &base, &entries, &sight, &mut stats)
+                .view_by_journal(c, &base, &entries, &sight, &mut stats)
                 .await?;
         }
         let mut view = match view {
             Some(v) => v,
             None => {
-                self.from_listing(c, &base, &entries, &sight, &mut stats)
+                self.view_by_listing(c, &base, &entries, &sight, &mut stats)
                     .await?
             }
         };
@@ -618,7 +618,7 @@ impl Registry {
     /// The view after reading the records that journal entries not yet settled name; `None`
     /// when the records must be listed instead (a catalog file that leaves too many entries
     /// uncovered).
-    async fn from_journal(
+    async fn view_by_journal(
         &self,
         c: &CollectionName,
         base: &View,
@@ -681,7 +681,7 @@ impl Registry {
     }
 
     /// The view after one listing of the record objects, reading those whose tag changed.
-    async fn from_listing(
+    async fn view_by_listing(
         &self,
         c: &CollectionName,
         base: &View,

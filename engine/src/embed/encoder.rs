@@ -15,6 +15,7 @@ use super::bert::{Bert, BertConfig, model_op};
 use super::e5s::is_e5s;
 use crate::config::FETCH_HINT;
 use crate::error::{EngineError, Result};
+use crate::generate::{GemmaEncoder, is_gemma_dir};
 use crate::tokenizer::Tokenizer;
 
 /// Padding waste (token slots) a sub-batch may always absorb; below this, merging sequences is
@@ -25,16 +26,41 @@ const PAD_SLACK_SHIFT: u32 = 3;
 /// Most token slots (sequences × padded length) in one forward pass; bounds the memory of the
 /// attention scores and keeps activations closer to cache.
 const MAX_GROUP_SLOTS: usize = 2048;
+/// Most tokens of a text EmbeddingGemma sees.
+const GEMMA_MAX_TOKENS: usize = 512;
 
 /// The tokenizer, the encoder and the device they run on. Not thread-affine: the batcher's
 /// worker calls it from inside its rayon pool.
 pub(crate) struct SentenceEncoder {
     tokenizer: Arc<Tokenizer>,
-    bert: Bert,
+    backbone: Backbone,
     device: Device,
     max_tokens: usize,
     /// The prefixes of a query and of a passage ([`Role`]).
-    prompts: [&'static str; 2],
+    prompts: [String; 2],
+}
+
+/// The network under the pooling.
+enum Backbone {
+    Bert(Bert),
+    /// EmbeddingGemma: its own pooling and dense modules, on the CPU.
+    Gemma(GemmaEncoder),
+}
+
+impl Backbone {
+    fn dim(&self) -> usize {
+        match self {
+            Self::Bert(b) => b.hidden_size(),
+            Self::Gemma(g) => g.dim(),
+        }
+    }
+
+    fn prefers_packed(&self) -> bool {
+        match self {
+            Self::Bert(b) => b.prefers_packed(),
+            Self::Gemma(_) => true,
+        }
+    }
 }
 
 impl SentenceEncoder {
@@ -42,6 +68,29 @@ impl SentenceEncoder {
     /// or the E5S1 model file `path` (`e5s.rs`); `int8`: the dense layers run in int8 on the
     /// CPU. `max_tokens` is capped by the model's positions.
     pub(crate) fn load(path: &Path, device: Device, max_tokens: usize, int8: bool) -> Result<Self> {
+        if path.is_dir() && is_gemma_dir(path) {
+            // EmbeddingGemma runs on the generator's CPU kernels.
+            let tokenizer_path = path.join("tokenizer.json");
+            if !tokenizer_path.is_file() {
+                return Err(EngineError::ModelMissing {
+                    path: tokenizer_path,
+                    hint: FETCH_HINT,
+                });
+            }
+            let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+            let gemma = GemmaEncoder::load(path, int8)?;
+            let prompts = gemma.prompts().clone();
+            // 512 tokens, as for multilingual-e5: chunks are far shorter, and attention grows
+            // with the square of the length.
+            let max_tokens = GEMMA_MAX_TOKENS.min(gemma.max_positions());
+            return Ok(Self {
+                tokenizer: Arc::new(tokenizer),
+                backbone: Backbone::Gemma(gemma),
+                device: Device::Cpu,
+                max_tokens,
+                prompts,
+            });
+        }
         let e5 = path.is_file() && is_e5s(path);
         let (tokenizer, bert) = if e5 {
             let (file, tokenizer) = super::e5s::load(path, &device)?;
@@ -65,14 +114,14 @@ impl SentenceEncoder {
         // multilingual-e5 was trained with these prefixes and 512 tokens (its model card and
         // sentence-transformers configuration); MiniLM-style models use neither.
         let (max_tokens, prompts) = if e5 {
-            (512, ["query: ", "passage: "])
+            (512, ["query: ".to_owned(), "passage: ".to_owned()])
         } else {
-            (max_tokens, ["", ""])
+            (max_tokens, [String::new(), String::new()])
         };
         let max_tokens = max_tokens.min(bert.max_positions());
         Ok(Self {
             tokenizer: Arc::new(tokenizer),
-            bert,
+            backbone: Backbone::Bert(bert),
             device,
             max_tokens,
             prompts,
@@ -85,8 +134,8 @@ impl SentenceEncoder {
     }
 
     /// The prefix a text in `role` gets before it is tokenized.
-    pub(crate) fn prompt(&self, role: Role) -> &'static str {
-        self.prompts[role as usize]
+    pub(crate) fn prompt(&self, role: Role) -> &str {
+        &self.prompts[role as usize]
     }
 
     /// Most tokens of a text the model sees, special tokens included.
@@ -102,13 +151,13 @@ impl SentenceEncoder {
     /// Embeds token sequences (each non-empty, at most `max_tokens` long); returns the rows,
     /// flat, in input order.
     fn embed_ids(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
-        let dim = self.bert.hidden_size();
+        let dim = self.backbone.dim();
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
         let lens: Vec<usize> = order.iter().map(|&i| seqs[i].len()).collect();
         let mut out = vec![0f32; seqs.len() * dim];
         let mut start = 0;
-        for end in plan_groups(&lens, self.bert.prefers_packed()) {
+        for end in plan_groups(&lens, self.backbone.prefers_packed()) {
             let group: Vec<&[u32]> = order[start..end]
                 .iter()
                 .map(|&i| seqs[i].as_slice())
@@ -124,7 +173,10 @@ impl SentenceEncoder {
 
     /// One forward pass over sequences of similar length.
     fn embed_group(&self, group: &[&[u32]]) -> Result<Vec<f32>> {
-        model_op(self.bert.embed(group, self.bert.prefers_packed()))
+        match &self.backbone {
+            Backbone::Bert(b) => model_op(b.embed(group, b.prefers_packed())),
+            Backbone::Gemma(g) => g.embed(group),
+        }
     }
 }
 
@@ -132,7 +184,7 @@ impl BatchModel for SentenceEncoder {
     type Prepared = Vec<u32>;
 
     fn dim(&self) -> usize {
-        self.bert.hidden_size()
+        self.backbone.dim()
     }
 
     /// Tokenizes `texts` in parallel (on the current rayon pool), truncating each.

@@ -138,7 +138,7 @@ struct Inner {
     device: String,
     precision: EmbedPrecision,
     /// The prefixes of a query and of a passage.
-    prompts: [&'static str; 2],
+    prompts: [String; 2],
     tokenizer: Arc<Tokenizer>,
 }
 
@@ -177,7 +177,10 @@ impl Embedder {
             .build()
             .map_err(|e| EngineError::Internal(format!("starting the embedder's threads: {e}")))?;
         let (dim, max_tokens) = (encoder.dim(), encoder.max_tokens());
-        let prompts = [encoder.prompt(Role::Query), encoder.prompt(Role::Passage)];
+        let prompts = [
+            encoder.prompt(Role::Query).to_owned(),
+            encoder.prompt(Role::Passage).to_owned(),
+        ];
         let tokenizer = encoder.tokenizer().clone();
         let device = device::label(encoder.device());
         let queue = Arc::new(Queue::new(BatchParams {
@@ -286,7 +289,7 @@ impl Embedder {
 
     /// `texts` with the model's prefix for `role`, if it has one.
     fn prompted(&self, mut texts: Vec<String>, role: Role) -> Vec<String> {
-        let prompt = self.inner.prompts[role as usize];
+        let prompt = &self.inner.prompts[role as usize];
         if !prompt.is_empty() {
             for t in &mut texts {
                 t.insert_str(0, prompt);

@@ -51,6 +51,7 @@ use adapters::Registry;
 use gguf::GgufFile;
 use kv::KvStore;
 use model::Model;
+pub(crate) use model::{GemmaEncoder, is_gemma_dir};
 use scheduler::{Counters, Request, Scheduler, SchedulerConfig};
 use template::ChatTemplate;
 use tokenizer::GenTokenizer;

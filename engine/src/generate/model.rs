@@ -6,6 +6,8 @@
 //! paged attention run in place on host buffers. Every row's arithmetic is independent of the
 //! other rows in the step, so a sequence gets the same logits alone or in a full batch.
 
+mod encoder;
+
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
@@ -20,6 +22,8 @@ use super::kv::KvStore;
 use super::lora::Module;
 use super::qmatmul::{MappedMatrix, QuantRows, matmul_many};
 use super::step::{StepSeq, add_adapter_deltas};
+
+pub(crate) use encoder::{GemmaEncoder, is_gemma_dir};
 
 /// A weight matrix: used in place from the mapped file by our own kernels on the CPU for the
 /// block types they cover, else through candle's `QMatMul`.

@@ -5,6 +5,7 @@
 
 mod e5;
 mod embed;
+mod gemma_embed;
 mod generate;
 mod lora;
 

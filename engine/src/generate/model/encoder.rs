@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::{
-    Embeddings, Layer, Linear, Rope, Scratch, add_in_place, gelu_tanh, project, rms_norm_in_place,
+    Embeddings, Layer, Linear, Rope, Scratch, add_in_place, project, rms_norm_in_place,
     rms_norm_rows,
 };
 use crate::error::{EngineError, Result};
@@ -284,13 +284,7 @@ impl GemmaEncoder {
                 &mut scratch,
                 [&mut g, &mut u],
             )?;
-            g.par_chunks_mut(1 << 14)
-                .zip(u.par_chunks(1 << 14))
-                .for_each(|(g, u)| {
-                    g.iter_mut()
-                        .zip(u)
-                        .for_each(|(g, u)| *g = gelu_tanh(*g) * u)
-                });
+            gelu_mul(&mut g, &u);
             project([&layer.down], &g, rows, dev, &mut scratch, [&mut d])?;
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(&mut d, w, spec.rms_eps);
@@ -473,8 +467,8 @@ impl Weights {
         Ok(self.view(name)?.shape().to_vec())
     }
 
-    /// Tensor `name` as f32 values, checked to hold `len` of them.
-    fn floats(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+    /// Tensor `name`'s bytes and how to read them, checked to hold `len` values.
+    fn raw(&self, name: &str, len: usize) -> Result<(&[u8], Decode)> {
         use safetensors::Dtype;
         let v = self.view(name)?;
         let n: usize = v.shape().iter().product();
@@ -484,27 +478,30 @@ impl Weights {
                 v.shape()
             )));
         }
-        let data = v.data();
         let dtype = v.dtype();
-        let out: Vec<f32> = if dtype == Dtype::F32 {
-            data.par_chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
+        let decode = if dtype == Dtype::F32 {
+            Decode::F32
         } else if dtype == Dtype::BF16 {
-            data.par_chunks_exact(2)
-                .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-                .collect()
+            Decode::Bf16
         } else if dtype == Dtype::F16 {
-            data.par_chunks_exact(2)
-                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect()
+            Decode::F16
         } else {
             return Err(self.corrupt(format!("tensor {name} is {dtype:?}")));
         };
-        if out.len() != len {
+        let data = v.data();
+        if data.len() != len * decode.width() {
             return Err(self.corrupt(format!("tensor {name} holds fewer bytes than its shape")));
         }
-        Ok(out)
+        Ok((data, decode))
+    }
+
+    /// Tensor `name` as f32 values, checked to hold `len` of them.
+    fn floats(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let (data, decode) = self.raw(name, len)?;
+        Ok(data
+            .par_chunks_exact(decode.width())
+            .map(|b| decode.value(b))
+            .collect())
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
@@ -519,12 +516,13 @@ impl Weights {
                 "tensor {name} has shape {shape:?}, expected [{out}, {inp}]"
             )));
         }
-        let w = self.floats(name, out * inp)?;
         if self.int8 {
-            let mut m = q8_matrix(&w, out, inp)?;
+            let (data, decode) = self.raw(name, out * inp)?;
+            let mut m = q8_matrix(data, decode, out, inp)?;
             m.repack();
             return Ok(Linear::Mapped(m));
         }
+        let w = self.floats(name, out * inp)?;
         let t = Tensor::from_vec(w, (out, inp), &Device::Cpu).map_err(op)?;
         Ok(Linear::Candle {
             w: QMatMul::Tensor(t),
@@ -540,32 +538,64 @@ impl Weights {
                 "tensor {name} has shape {shape:?}, expected [{vocab}, {hidden}]"
             )));
         }
-        let w = self.floats(name, vocab * hidden)?;
         if self.int8 {
-            return Ok(Embeddings::Mapped(q8_matrix(&w, vocab, hidden)?));
+            let (data, decode) = self.raw(name, vocab * hidden)?;
+            return Ok(Embeddings::Mapped(q8_matrix(data, decode, vocab, hidden)?));
         }
+        let w = self.floats(name, vocab * hidden)?;
         let t = Tensor::from_vec(w, (vocab, hidden), &Device::Cpu).map_err(op)?;
         let q = QTensor::quantize(&t, GgmlDType::F32).map_err(op)?;
         Ok(Embeddings::Candle(Arc::new(q)))
     }
 }
 
-/// `w` (`rows × cols`, `cols` a multiple of 32) as Q8_0 blocks (f16 scale `max|w|/127`, 32
-/// signed bytes rounded half away from zero, as ggml quantises) in an anonymous map.
-fn q8_matrix(w: &[f32], rows: usize, cols: usize) -> Result<MappedMatrix> {
+/// How a safetensors value is stored.
+#[derive(Clone, Copy)]
+enum Decode {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Decode {
+    fn width(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 | Self::F16 => 2,
+        }
+    }
+
+    #[inline(always)]
+    fn value(self, b: &[u8]) -> f32 {
+        match self {
+            Self::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            Self::Bf16 => f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
+            Self::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        }
+    }
+}
+
+/// The stored matrix `data` (`rows × cols` values, `cols` a multiple of 32) as Q8_0 blocks
+/// (f16 scale `max|w|/127`, 32 signed bytes rounded half away from zero, as ggml quantises) in
+/// an anonymous map, read block by block: the 805 MB token table is never held in f32.
+fn q8_matrix(data: &[u8], decode: Decode, rows: usize, cols: usize) -> Result<MappedMatrix> {
     let kind = BlockType::Q8_0;
     let blocks = rows * cols / QK;
     let len = blocks * kind.bytes();
     let mut map = memmap2::MmapMut::map_anon(len)
         .map_err(|e| EngineError::Internal(format!("mapping {len} bytes of weights: {e}")))?;
     map.par_chunks_exact_mut(kind.bytes())
-        .zip(w.par_chunks_exact(QK))
+        .zip(data.par_chunks_exact(QK * decode.width()))
         .for_each(|(dst, src)| {
-            let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let mut x = [0f32; QK];
+            for (v, b) in x.iter_mut().zip(src.chunks_exact(decode.width())) {
+                *v = decode.value(b);
+            }
+            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             dst[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
-            for (q, v) in dst[2..].iter_mut().zip(src) {
+            for (q, v) in dst[2..].iter_mut().zip(&x) {
                 *q = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
             }
         });
@@ -587,7 +617,9 @@ struct Shape {
 }
 
 /// `out[r] = softmax(q[r]·Kᵀ·scale) V` per head, each row over the keys of its own sequence
-/// (`bounds`, row ranges) within the window on both sides.
+/// (`bounds`, row ranges) within the window on both sides. Rows run in parallel, each compiled
+/// for AVX2 where the CPU has it (the dot products are reductions, which the baseline build
+/// leaves scalar).
 fn bidirectional_attention(
     shape: &Shape,
     bounds: &[(usize, usize)],
@@ -596,43 +628,113 @@ fn bidirectional_attention(
     v: &[f32],
     out: &mut [f32],
 ) {
-    let (hd, heads) = (shape.head_dim, shape.heads);
-    let (qw, kvw) = (heads * hd, shape.kv_heads * hd);
-    let group = heads / shape.kv_heads;
+    let qw = shape.heads * shape.head_dim;
     let seq_of: Vec<(usize, usize)> = bounds
         .iter()
         .flat_map(|&(a, b)| (a..b).map(move |_| (a, b)))
         .collect();
     out.par_chunks_exact_mut(qw)
         .enumerate()
-        .for_each(|(r, orow)| {
+        .for_each_init(Vec::new, |scores, (r, orow)| {
             let (a, b) = seq_of[r];
             let (lo, hi) = match shape.window {
                 Some(w) => (a.max((r + 1).saturating_sub(w)), b.min(r + w)),
                 None => (a, b),
             };
-            let mut scores = vec![0f32; hi - lo];
-            for hq in 0..heads {
-                let kvh = hq / group;
-                let qv = &q[r * qw + hq * hd..r * qw + (hq + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                for (s, j) in scores.iter_mut().zip(lo..hi) {
-                    let kv = &k[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                    *s = qv.iter().zip(kv).map(|(x, y)| x * y).sum::<f32>() * shape.scale;
-                    max = max.max(*s);
-                }
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                let o = &mut orow[hq * hd..(hq + 1) * hd];
-                o.fill(0.0);
-                for (s, j) in scores.iter().zip(lo..hi) {
-                    let p = s / total;
-                    let vv = &v[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                    o.iter_mut().zip(vv).for_each(|(o, x)| *o += p * x);
+            let row = Row { r, lo, hi, q, k, v };
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::avx2_fma() {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe {
+                    return attend_row_avx2(shape, &row, orow, scores);
                 }
             }
+            attend_row(shape, &row, orow, scores);
         });
+}
+
+/// One query row and the keys it sees, `lo..hi`.
+struct Row<'a> {
+    r: usize,
+    lo: usize,
+    hi: usize,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attend_row_avx2(shape: &Shape, row: &Row<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    attend_row(shape, row, out, scores);
+}
+
+#[inline(always)]
+fn attend_row(shape: &Shape, row: &Row<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    let (hd, heads) = (shape.head_dim, shape.heads);
+    let (qw, kvw) = (heads * hd, shape.kv_heads * hd);
+    let group = heads / shape.kv_heads;
+    let Row { r, lo, hi, q, k, v } = *row;
+    scores.clear();
+    scores.resize(hi - lo, 0.0);
+    for hq in 0..heads {
+        let kvh = hq / group;
+        let qv = &q[r * qw + hq * hd..r * qw + (hq + 1) * hd];
+        let mut max = f32::NEG_INFINITY;
+        for (s, j) in scores.iter_mut().zip(lo..hi) {
+            let kv = &k[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+            *s = crate::simd::dot(qv, kv) * shape.scale;
+            max = max.max(*s);
+        }
+        let mut total = 0f32;
+        for s in scores.iter_mut() {
+            *s = crate::simd::exp(*s - max);
+            total += *s;
+        }
+        let o = &mut out[hq * hd..(hq + 1) * hd];
+        o.fill(0.0);
+        for (s, j) in scores.iter().zip(lo..hi) {
+            let p = s / total;
+            let vv = &v[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+            o.iter_mut().zip(vv).for_each(|(o, x)| *o += p * x);
+        }
+    }
+}
+
+/// `g[i] ← gelu_tanh(g[i]) · u[i]`, in parallel over runs of 16,384, each compiled for AVX2
+/// where the CPU has it, with tanh from the polynomial `exp` (`tanh y = 1 − 2 / (e^{2y} + 1)`,
+/// saturating to ±1 at both ends) so the loop vectorises: libm's `tanhf` per value would cost
+/// about as much as the layer's matmuls.
+fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    g.par_chunks_mut(1 << 14)
+        .zip(u.par_chunks(1 << 14))
+        .for_each(|(g, u)| {
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::avx2_fma() {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe {
+                    return gelu_mul_avx2(g, u);
+                }
+            }
+            gelu_mul_run(g, u);
+        });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gelu_mul_avx2(g: &mut [f32], u: &[f32]) {
+    gelu_mul_run(g, u);
+}
+
+#[inline(always)]
+fn gelu_mul_run(g: &mut [f32], u: &[f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2/π)
+    g.iter_mut().zip(u).for_each(|(g, u)| {
+        let x = *g;
+        let y = C * (x + 0.044_715 * x * x * x);
+        let tanh = 1.0 - 2.0 / (crate::simd::exp(2.0 * y) + 1.0);
+        *g = 0.5 * x * (1.0 + tanh) * u;
+    });
 }

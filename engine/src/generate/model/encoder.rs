@@ -738,3 +738,95 @@ fn gelu_mul_run(g: &mut [f32], u: &[f32]) {
         *g = 0.5 * x * (1.0 + tanh) * u;
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(edit: impl FnOnce(&mut serde_json::Value)) -> Config {
+        let mut v = serde_json::json!({
+            "model_type": "gemma3_text", "hidden_size": 768, "intermediate_size": 1152,
+            "num_hidden_layers": 2, "num_attention_heads": 3, "num_key_value_heads": 1,
+            "head_dim": 256, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
+            "rope_local_base_freq": 10_000.0, "sliding_window": 512,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "query_pre_attn_scalar": 256, "use_bidirectional_attention": true,
+            "vocab_size": 262_144, "max_position_embeddings": 2048,
+            "hidden_activation": "gelu_pytorch_tanh"
+        });
+        edit(&mut v);
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_shape_follows_the_bidirectional_gemma3_config() {
+        let s = spec(&config(|_| {})).unwrap();
+        // A sliding layer sees positions less than 512 / 2 + 1 away, with the local base.
+        assert_eq!(s.window, vec![Some(257), None]);
+        assert_eq!(s.rope_base, vec![10_000.0, 1_000_000.0]);
+        assert_eq!(s.attn_scale, 1.0 / 16.0);
+        assert!((s.embed_scale - 768f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn configs_the_encoder_cannot_run_are_refused_by_name() {
+        for (edit, needle) in [
+            (
+                Box::new(|v: &mut serde_json::Value| {
+                    v["use_bidirectional_attention"] = false.into()
+                }) as Box<dyn FnOnce(&mut serde_json::Value)>,
+                "use_bidirectional_attention",
+            ),
+            (
+                Box::new(|v: &mut serde_json::Value| v["model_type"] = "gemma2".into()),
+                "gemma2",
+            ),
+            (
+                Box::new(|v: &mut serde_json::Value| v["hidden_activation"] = "silu".into()),
+                "silu",
+            ),
+            (
+                Box::new(|v: &mut serde_json::Value| {
+                    v["layer_types"] = serde_json::json!(["sliding_attention", "chunked"])
+                }),
+                "chunked",
+            ),
+            (
+                Box::new(|v: &mut serde_json::Value| v["num_key_value_heads"] = 2.into()),
+                "kv heads",
+            ),
+            (
+                Box::new(|v: &mut serde_json::Value| v["num_hidden_layers"] = 3.into()),
+                "layer types",
+            ),
+        ] {
+            let err = spec(&config(edit)).unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_directory_without_its_weights_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("hearth-gemma-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = serde_json::to_vec(&serde_json::json!({
+            "model_type": "gemma3_text", "hidden_size": 768, "intermediate_size": 1152,
+            "num_hidden_layers": 1, "num_attention_heads": 3, "num_key_value_heads": 1,
+            "head_dim": 256, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+            "rope_local_base_freq": 1e4, "sliding_window": 512,
+            "layer_types": ["full_attention"], "query_pre_attn_scalar": 256,
+            "use_bidirectional_attention": true, "vocab_size": 64,
+            "max_position_embeddings": 2048, "hidden_activation": "gelu_pytorch_tanh"
+        }))
+        .unwrap();
+        std::fs::write(dir.join("config.json"), cfg).unwrap();
+        assert!(is_gemma_dir(&dir));
+        let err = GemmaEncoder::load(&dir, true).err().unwrap().to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
+        // Weights that are not a safetensors file name the file.
+        std::fs::write(dir.join("model.safetensors"), b"not a safetensors file").unwrap();
+        let err = GemmaEncoder::load(&dir, true).err().unwrap().to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -95,8 +95,8 @@ impl GemmaEncoder {
         let cfg_path = dir.join("config.json");
         let cfg: Config = read_json(&cfg_path)?;
         let spec = spec(&cfg).map_err(|d| corrupt(&cfg_path, d))?;
-        let st_path = dir.join("sentence_bert_config.json");
-        let prompts = match std::fs::read(dir.join("config_sentence_transformers.json")) {
+        let st_path = dir.join("config_sentence_transformers.json");
+        let prompts = match std::fs::read(&st_path) {
             Ok(raw) => {
                 let sc: SentenceConfig =
                     serde_json::from_slice(&raw).map_err(|e| corrupt(&st_path, e.to_string()))?;
@@ -144,7 +144,7 @@ impl GemmaEncoder {
         let embeddings = weights.embeddings("embed_tokens.weight", spec.vocab, h)?;
         let final_norm = norm("norm.weight", h)?;
 
-        // The dense modules named by modules.json, in order (2_Dense, 3_Dense as published).
+        // The two dense modules, as the model is published (sentence-transformers' 2_Dense, 3_Dense).
         let mut dense = Vec::new();
         let mut width = h;
         for sub in ["2_Dense", "3_Dense"] {

@@ -83,7 +83,7 @@ fn main() {
     }
     let n = if common::quick() { 40 } else { 200 };
     let reps = if common::quick() { 1 } else { 3 };
-    let passages = passages(n);
+    let passages = common::e5_bench_passages(n);
     let models = common::models_dir();
     let machine = common::machine();
     println!(
@@ -375,22 +375,4 @@ fn embed(e: &Embedder, texts: &[String]) -> Vec<Vec<f32>> {
         out.extend(v.iter().map(<[f32]>::to_vec));
     }
     out
-}
-
-/// The passages of `benches/embed_e5.rs` (as `testdata/sources/e5/bench.sh` makes them):
-/// 54-word windows, 131 words apart, over the words of the reference passages (repeated once
-/// so that every window is whole).
-fn passages(n: usize) -> Vec<String> {
-    let path = common::root().join("testdata/sources/e5/texts.json");
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let items: Vec<Value> = serde_json::from_slice(&raw).unwrap();
-    let words: Vec<&str> = items
-        .iter()
-        .filter(|i| i["kind"] == "passage" && i.get("note").is_none())
-        .flat_map(|i| i["text"].as_str().unwrap_or("").split_whitespace())
-        .collect();
-    let twice: Vec<&str> = words.iter().chain(&words).copied().collect();
-    (0..n)
-        .map(|k| twice[k * 131 % words.len()..][..54].join(" "))
-        .collect()
 }

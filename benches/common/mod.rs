@@ -840,3 +840,21 @@ pub fn env_requests(unset_per_client: usize) -> (usize, Option<usize>) {
         Err(_) => (unset_per_client, None),
     }
 }
+
+/// The passages `testdata/sources/e5/bench.sh` makes, for the embedding benches: 54-word
+/// windows, 131 words apart, over the words of the reference passages of
+/// `testdata/sources/e5/texts.json` (repeated once so that every window is whole).
+pub fn e5_bench_passages(n: usize) -> Vec<String> {
+    let path = root().join("testdata/sources/e5/texts.json");
+    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&raw).unwrap();
+    let words: Vec<&str> = items
+        .iter()
+        .filter(|i| i["kind"] == "passage" && i.get("note").is_none())
+        .flat_map(|i| i["text"].as_str().unwrap_or("").split_whitespace())
+        .collect();
+    let twice: Vec<&str> = words.iter().chain(&words).copied().collect();
+    (0..n)
+        .map(|k| twice[k * 131 % words.len()..][..54].join(" "))
+        .collect()
+}

@@ -105,3 +105,18 @@ fn gemma_vectors_agree_with_sentence_transformers_in_f32_and_int8() {
     agreement(EmbedPrecision::F32, 0.999_999);
     agreement(EmbedPrecision::Int8, 0.999);
 }
+
+/// `auto` runs this model on its Q8_0 kernels on any CPU (AVX-512 VNNI or not), unlike the
+/// BERT models, whose int8 path needs VNNI to win.
+#[test]
+fn gemma_auto_precision_is_int8() {
+    let cfg = EngineConfig {
+        embedding_model: MODEL.into(),
+        embed_precision: EmbedPrecision::Auto,
+        ..config()
+    };
+    assert_eq!(
+        Embedder::load(&cfg).unwrap().precision(),
+        EmbedPrecision::Int8
+    );
+}

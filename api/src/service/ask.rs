@@ -62,6 +62,15 @@ pub struct AskConfig {
     pub judge: bool,
     /// The judge's least probability of "yes" for a quote to be given.
     pub judge_min: f32,
+    /// An embedding model of this node (`engine.embedders`) that re-scores the first
+    /// `rerank_depth` candidates of retrieval before they are quoted or shown to the generator
+    /// (see `service/rerank.rs`); none by default. Collections made with that model are not
+    /// reranked.
+    pub rerank: Option<String>,
+    /// Candidates of the first stage the reranker re-scores.
+    pub rerank_depth: usize,
+    /// Weight of the reranker's order against the first stage's (1: its order alone).
+    pub rerank_weight: f32,
 }
 
 /// Longest a conversation may be kept: a year.
@@ -80,6 +89,9 @@ impl Default for AskConfig {
             max_conversations: 100,
             judge: false,
             judge_min: 0.5,
+            rerank: None,
+            rerank_depth: 20,
+            rerank_weight: 1.0,
         }
     }
 }
@@ -120,6 +132,18 @@ impl AskConfig {
             return Err(ServiceError::InvalidInput(format!(
                 "ask.top_k must be between 1 and {MAX_ASK_TOP_K}, got {}",
                 self.top_k
+            )));
+        }
+        if !(1..=MAX_ASK_TOP_K).contains(&self.rerank_depth) {
+            return Err(ServiceError::InvalidInput(format!(
+                "ask.rerank_depth must be between 1 and {MAX_ASK_TOP_K}, got {}",
+                self.rerank_depth
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.rerank_weight) {
+            return Err(ServiceError::InvalidInput(format!(
+                "ask.rerank_weight must be between 0 and 1, got {}",
+                self.rerank_weight
             )));
         }
         if !(-1.0..=1.0).contains(&self.min_similarity) {
@@ -429,10 +453,40 @@ impl Service {
         history: &[ChatMessage],
         q: SearchQuery,
     ) -> Result<Retrieved> {
-        let Some(text) = follow_up_query(question, history) else {
-            return self.retrieve(col, q).await;
+        // With a reranker, the first stage returns its candidates and the reranker the
+        // `top_k`; its time counts as embedding time.
+        let top_k = q.top_k;
+        let q = SearchQuery {
+            top_k: self.rerank_depth(col, top_k),
+            ..q
         };
-        let with_context = SearchQuery { text, ..q.clone() };
+        let follow_up = follow_up_query(question, history);
+        let mut found = match &follow_up {
+            None => self.retrieve(col, q).await?,
+            Some(text) => self.retrieve_follow_up(col, text, q).await?,
+        };
+        // A follow-up is reranked by both of its texts, as it was searched.
+        let queries: Vec<&str> = std::iter::once(question)
+            .chain(follow_up.as_deref())
+            .collect();
+        let (hits, rerank_ms) = self.rerank(col, &queries, found.hits, top_k).await?;
+        found.hits = hits;
+        found.embed_ms += rerank_ms;
+        Ok(found)
+    }
+
+    /// A follow-up searched alone and after the previous user turn (`text`), the two rankings
+    /// fused by rank.
+    async fn retrieve_follow_up(
+        &self,
+        col: &Arc<Collection>,
+        text: &str,
+        q: SearchQuery,
+    ) -> Result<Retrieved> {
+        let with_context = SearchQuery {
+            text: text.to_owned(),
+            ..q.clone()
+        };
         let alone = self.retrieve(col, q).await?;
         let joined = self.retrieve(col, with_context).await?;
         let top_k = alone.hits.len().max(joined.hits.len());

@@ -27,6 +27,7 @@ mod language;
 mod published;
 mod quote;
 mod reembed;
+mod rerank;
 mod search;
 mod text;
 mod verify;
@@ -121,6 +122,8 @@ pub struct Service {
     conversation_writes: tokio::sync::Mutex<()>,
     /// This process's part as one of several replicas; `None` on a single node.
     cluster: Option<cluster::Cluster>,
+    /// The second stage of retrieval for answers (`ask.rerank`).
+    reranker: Option<rerank::Reranker>,
 }
 
 struct ModelTokens(Arc<Tokenizer>);
@@ -229,6 +232,16 @@ impl Service {
             extractor: parts.extractor,
             config: parts.ingest,
         })?;
+        let reranker = match &parts.ask.rerank {
+            None => None,
+            Some(name) => Some(rerank::Reranker::new(
+                pipeline
+                    .embedder_index(name)
+                    .map_err(|e| ServiceError::InvalidInput(format!("ask.rerank: {e}")))?,
+                parts.ask.rerank_depth,
+                parts.ask.rerank_weight,
+            )),
+        };
         // Uploads spooled by a process that was killed are gone with it.
         match std::fs::remove_dir_all(parts.data_dir.join("uploads")) {
             Ok(()) => {}
@@ -253,6 +266,7 @@ impl Service {
         };
         Ok(Self {
             generator,
+            reranker,
             ask: parts.ask,
             usage: std::sync::Mutex::new(HashMap::new()),
             conversation_writes: tokio::sync::Mutex::new(()),

@@ -873,6 +873,9 @@ impl Service {
         c: &CollectionName,
     ) -> Option<Arc<Collection>> {
         let col = open.remove(c);
+        // A collection made again under the name (by another tenant, say) must not find the
+        // reranker's cached vectors of this one: its latency would tell what this one held.
+        self.forget_reranked();
         if let Some(col) = &col {
             col.deleted.store(true, Ordering::SeqCst);
             self.dying

@@ -5,10 +5,12 @@
 //! embedder several times MiniLM's size (EmbeddingGemma-300M) reads the passage and the question
 //! well enough to reorder the first stage's top `rerank_depth` candidates.
 //!
-//! The reranker's vectors of the candidates are kept in a bounded cache keyed by the collection
-//! and the chunk's text: a collection's hot passages are embedded once. The key includes the
-//! collection so that a question's latency never tells whether another collection (another
-//! tenant's) holds the same text.
+//! The reranker's vectors of the candidates are kept in a bounded cache: a collection's hot
+//! passages are embedded once. The key is the collection, the document (whose id is the digest
+//! of its bytes), the chunk's place in it and its text, so that a question's latency tells
+//! nothing about another collection's passages (another tenant's), nor about a document of the
+//! same collection its asker may not read, short of uploading that very document's bytes. The
+//! cache is emptied when a collection is deleted, so one made again under the name starts cold.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -37,7 +39,7 @@ pub(crate) struct Reranker {
     depth: usize,
     /// Weight of its order against the first stage's in the fusion (1: its order alone).
     weight: f32,
-    /// Candidate vectors by SHA-256 of (collection, text).
+    /// Candidate vectors by SHA-256 of (collection, document, ordinal, text).
     cache: Mutex<LruCache<[u8; 32], Arc<[f32]>>>,
 }
 
@@ -54,6 +56,13 @@ impl Reranker {
 }
 
 impl Service {
+    /// Empties the reranker's cache (a collection was deleted).
+    pub(crate) fn forget_reranked(&self) {
+        if let Some(r) = &self.reranker {
+            r.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
     /// How many candidates the first stage must return for an answer that wants `top_k`.
     pub(crate) fn rerank_depth(&self, col: &Collection, top_k: usize) -> usize {
         match self.reranker_for(col) {
@@ -92,6 +101,8 @@ impl Service {
                 let mut k = Sha256::new();
                 k.update(col.name().as_str().as_bytes());
                 k.update([0]);
+                k.update(h.chunk.doc_id.as_bytes());
+                k.update(h.chunk.ordinal.to_le_bytes());
                 k.update(h.chunk.text.as_bytes());
                 k.finalize().into()
             })

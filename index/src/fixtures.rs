@@ -68,8 +68,22 @@ impl SeaweedFs {
 
     /// Starts a cluster of separate processes on loopback: a master, two volume servers and
     /// a filer with the S3 gateway (each file lands on one of the two volume servers), and
-    /// waits (at most 60 s) until the gateway answers. Stopped when dropped.
+    /// waits (at most 60 s) until the gateway answers. Stopped when dropped. Tried three times
+    /// on fresh ports: the ports are free when chosen, but SeaweedFS also binds each one plus
+    /// 10000 for gRPC, unchecked, and a test running beside may take one first (seen in CI:
+    /// a process exited at once and the gateway never came up).
     pub fn start_cluster() -> Result<Self, String> {
+        let mut failed = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start_cluster() {
+                Ok(me) => return Ok(me),
+                Err(e) => failed.push(e),
+            }
+        }
+        Err(failed.join("\n"))
+    }
+
+    fn try_start_cluster() -> Result<Self, String> {
         let ip = "127.0.0.1";
         let weed = shell_quote(&find_weed()?.display().to_string());
         let dir = weed_dir()?;

@@ -143,15 +143,15 @@ impl Service {
                 vectors[i] = Some(row);
             }
         }
+        // invariant: every candidate has its vector now, from the cache or just embedded.
         let cosines: Vec<f32> = vectors
-            .iter()
+            .into_iter()
+            .flatten()
             .map(|v| {
-                v.as_deref().map_or(f32::MIN, |v| {
-                    q.iter()
-                        .map(|q| v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
-                        .sum::<f32>()
-                        / q.len() as f32
-                })
+                q.iter()
+                    .map(|q| v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
+                    .sum::<f32>()
+                    / q.len() as f32
             })
             .collect();
         let order = fuse(&cosines, r.weight);

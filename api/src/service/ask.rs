@@ -373,7 +373,7 @@ impl Service {
         req: &AskRequest,
         hits: &[Hit],
     ) -> Result<Vec<super::quote::Quote>> {
-        let embedder = &self.embedder_of(col).embedder;
+        let embedder = self.quote_embedder(col);
         let units = passage_units(hits);
         if units.is_empty() {
             return Ok(Vec::new());

@@ -16,7 +16,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hearth_engine::{Priority, Role};
+use hearth_engine::{Embedder, Priority, Role};
 use hearth_index::Hit;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
@@ -68,6 +68,15 @@ impl Service {
         match self.reranker_for(col) {
             Some(r) => top_k.max(r.depth),
             None => top_k,
+        }
+    }
+
+    /// The model that scores quote candidates against the question: the reranker's when there
+    /// is one (the stronger reader of the two), else the collection's own.
+    pub(crate) fn quote_embedder(&self, col: &Collection) -> &Embedder {
+        match self.reranker_for(col) {
+            Some(r) => &self.embedders[r.model].embedder,
+            None => &self.embedder_of(col).embedder,
         }
     }
 

@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use hearth_index::fixtures::SeaweedFs;
 use hearth_index::{
-    AnnKind, BlobStore, CollectionIndex, CollectionName, Hit, IndexConfig, PublishedIndex, Reader,
-    SearchMode, SearchRequest, Uploaded,
+    AnnKind, BlobStore, CollectionIndex, CollectionName, Hit, PublishedIndex, Reader, SearchMode,
+    SearchRequest, Uploaded,
 };
 use serde_json::json;
 
@@ -175,7 +175,7 @@ fn search(index: &CollectionIndex, (v, text): &(Vec<f32>, String)) -> Vec<Hit> {
             top_k: 10,
             filter: None,
             reader: &Reader::Everything,
-            fusion: IndexConfig::default().fusion(),
+            fusion: hearth_index::Fusion::default(),
         })
         .unwrap()
 }

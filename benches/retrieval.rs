@@ -25,8 +25,7 @@ use std::time::Instant;
 
 use hearth_engine::{Embedder, EngineConfig, Priority, Role};
 use hearth_index::{
-    AnnKind, CollectionIndex, Condition, Filter, IndexConfig, MetaValue, Reader, SearchMode,
-    SearchRequest,
+    AnnKind, CollectionIndex, Condition, Filter, MetaValue, Reader, SearchMode, SearchRequest,
 };
 use serde_json::json;
 
@@ -200,7 +199,7 @@ fn main() {
             ),
         ),
     ];
-    let fusion = IndexConfig::default().fusion();
+    let fusion = hearth_index::Fusion::default();
     let mut rows = Vec::new();
     println!(
         "{:<8} {:<11} {:>9} {:>9} {:>11} {:>11} {:>7}",

@@ -164,8 +164,8 @@ mod tests {
     fn defaults_need_no_file() {
         let c = load(None, &[]).unwrap();
         assert_eq!(c.storage.data_dir, PathBuf::from("./hearth-data"));
-        assert_eq!(c.ingest.chunk_tokens, 256);
-        assert_eq!(c.ingest.chunk_overlap, 32);
+        assert_eq!(c.ingest.chunk_tokens, 384);
+        assert_eq!(c.ingest.chunk_overlap, 48);
     }
 
     #[test]

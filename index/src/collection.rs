@@ -104,8 +104,9 @@ pub struct RedactionPattern {
 
 impl CollectionSettings {
     /// Opens the collection with these settings, creating it if it does not exist yet, and
-    /// returns the settings it has. An existing collection keeps its redaction rules when
-    /// `self` asks for none; when `self` asks for some, they must be the stored ones.
+    /// returns the settings it has. An existing collection keeps its chunking whatever `self`
+    /// asks for, and its redaction rules when `self` asks for none; when `self` asks for some,
+    /// they must be the stored ones.
     ///
     /// Fails with [`IndexError::Conflict`] when the collection exists with different settings,
     /// naming each difference, and with [`IndexError::Corrupt`] when its settings cannot be read.
@@ -199,19 +200,9 @@ impl CollectionSettings {
                 self.format_version
             )));
         }
+        // The chunking is the collection's own: documents added later are cut as it says,
+        // whatever the configuration of the node that adds them (it applies to new ones).
         let mut diffs = Vec::new();
-        if self.chunk_tokens != wanted.chunk_tokens {
-            diffs.push(format!(
-                "chunk_tokens {} (config: {})",
-                self.chunk_tokens, wanted.chunk_tokens
-            ));
-        }
-        if self.chunk_overlap != wanted.chunk_overlap {
-            diffs.push(format!(
-                "chunk_overlap {} (config: {})",
-                self.chunk_overlap, wanted.chunk_overlap
-            ));
-        }
         if self.tokenizer_sha256 != wanted.tokenizer_sha256 {
             diffs.push(format!(
                 "tokenizer sha256 {} (config: {})",

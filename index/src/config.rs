@@ -1,5 +1,6 @@
 //! Storage and retrieval-index configuration.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -212,6 +213,13 @@ pub struct IndexConfig {
     /// Weight of the dense side, in [0, 1]: of its normalised score for `weighted`, of its
     /// reciprocal ranks for `rrf` (0.5 = classic RRF). Default: 0.6.
     pub dense_weight: f32,
+    /// Settings of the collections of one embedding model (`engine.embedders`), by its name,
+    /// over the ones above: a multilingual model's collections want BM25 in each chunk's
+    /// language and more weight on the dense side, which is what carries a question across
+    /// languages. Built in, under a setting left out here: `embeddinggemma-300m` has
+    /// `dense_weight = 0.8, analyzer = "auto"` (measured on the multilingual set,
+    /// BENCHMARKS.md "EmbeddingGemma-300M"). Default: none.
+    pub models: BTreeMap<String, ModelIndexConfig>,
     /// Seal the node's local index cache with the store's data keys (needs
     /// `storage.encryption`): no chunk text, title, source name or vector is written to the
     /// data directory in plaintext. BM25 and the HNSW graph then live in memory and are
@@ -226,6 +234,31 @@ pub struct IndexConfig {
     /// collected (a writer between its upload and its commit, or a fetch of a generation just
     /// superseded), at most a week. Default: 900.
     pub publish_grace_s: u64,
+}
+
+/// The index settings of one embedding model's collections (`[index.models.NAME]`); what is
+/// left out is the node's.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelIndexConfig {
+    /// Weight of the dense side, in [0, 1].
+    pub dense_weight: Option<f32>,
+    /// Text analyzer for BM25 (format-affecting, as `index.analyzer`).
+    pub analyzer: Option<Analyzer>,
+}
+
+impl ModelIndexConfig {
+    /// The built-in settings of the model named `model`, as `engine.embedders` names it in
+    /// `hearth.toml.example` and `scripts/fetch-models.sh`.
+    fn known(model: &str) -> Self {
+        match model {
+            "embeddinggemma-300m" => Self {
+                dense_weight: Some(0.8),
+                analyzer: Some(Analyzer::Auto),
+            },
+            _ => Self::default(),
+        }
+    }
 }
 
 /// The fusion methods, as named in configuration.
@@ -263,6 +296,7 @@ impl Default for IndexConfig {
             fusion,
             rrf_k,
             dense_weight,
+            models: BTreeMap::new(),
             encrypt_cache: false,
             publish: true,
             publish_grace_s: 900,
@@ -303,31 +337,51 @@ impl IndexConfig {
                 self.dense_weight
             )));
         }
+        for (name, m) in &self.models {
+            if let Some(w) = m.dense_weight
+                && !(0.0..=1.0).contains(&w)
+            {
+                return Err(IndexError::InvalidInput(format!(
+                    "index.models.{name}.dense_weight must be between 0 and 1, got {w}"
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// The index parameters for a collection whose embeddings have width `dim`.
-    pub fn params(&self, dim: usize) -> IndexParams {
+    /// The index parameters for a collection of the embedding model `model` (its name), whose
+    /// embeddings have width `dim`.
+    pub fn params(&self, dim: usize, model: &str) -> IndexParams {
         IndexParams {
             dim,
             hnsw_m: self.hnsw_m,
             ef_construction: self.ef_construction,
             ef_search: self.ef_search,
-            analyzer: self.analyzer,
+            analyzer: self.model(model, |m| m.analyzer).unwrap_or(self.analyzer),
             ann: self.ann,
         }
     }
 
-    /// The configured fusion with its parameter.
-    pub fn fusion(&self) -> Fusion {
+    /// One setting of the collections of `model`: configured, else built in, else `None`.
+    fn model<T>(&self, model: &str, field: impl Fn(&ModelIndexConfig) -> Option<T>) -> Option<T> {
+        self.models
+            .get(model)
+            .and_then(&field)
+            .or_else(|| field(&ModelIndexConfig::known(model)))
+    }
+
+    /// The configured fusion with its parameter, for a collection of the embedding model
+    /// `model` (its name).
+    pub fn fusion(&self, model: &str) -> Fusion {
+        let dense_weight = self
+            .model(model, |m| m.dense_weight)
+            .unwrap_or(self.dense_weight);
         match self.fusion {
             FusionKind::Rrf => Fusion::Rrf {
                 k: self.rrf_k,
-                dense_weight: self.dense_weight,
+                dense_weight,
             },
-            FusionKind::Weighted => Fusion::Weighted {
-                dense_weight: self.dense_weight,
-            },
+            FusionKind::Weighted => Fusion::Weighted { dense_weight },
         }
     }
 }
@@ -341,21 +395,29 @@ mod tests {
         let c: IndexConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(c, IndexConfig::default());
         c.validate().unwrap();
-        assert_eq!(c.fusion(), Fusion::Weighted { dense_weight: 0.6 });
-        assert_eq!(c.fusion(), Fusion::default());
+        assert_eq!(c.fusion("m"), Fusion::Weighted { dense_weight: 0.6 });
+        assert_eq!(c.fusion("m"), Fusion::default());
+        assert_eq!(
+            c.fusion("embeddinggemma-300m"),
+            Fusion::Weighted { dense_weight: 0.8 }
+        );
+        assert_eq!(
+            c.params(768, "embeddinggemma-300m").analyzer,
+            Analyzer::Auto
+        );
         assert_eq!((c.fusion, c.rrf_k), (FusionKind::default(), 60.0));
         let r = IndexConfig {
             fusion: FusionKind::Rrf,
             ..IndexConfig::default()
         };
         assert_eq!(
-            r.fusion(),
+            r.fusion("m"),
             Fusion::Rrf {
                 k: 60.0,
                 dense_weight: 0.6
             }
         );
-        let p = c.params(384);
+        let p = c.params(384, "m");
         assert_eq!(
             (p.dim, p.hnsw_m, p.analyzer),
             (384, 16, Analyzer::EnglishStem)
@@ -364,7 +426,7 @@ mod tests {
         let w: IndexConfig =
             serde_json::from_str(r#"{"fusion":"weighted","dense_weight":0.7,"analyzer":"simple"}"#)
                 .unwrap();
-        assert_eq!(w.fusion(), Fusion::Weighted { dense_weight: 0.7 });
+        assert_eq!(w.fusion("m"), Fusion::Weighted { dense_weight: 0.7 });
         assert_eq!(w.analyzer, Analyzer::Simple);
 
         assert!(serde_json::from_str::<IndexConfig>(r#"{"hnsw_mm":3}"#).is_err());
@@ -384,5 +446,35 @@ mod tests {
                 .to_string()
                 .contains("index.dense_weight")
         );
+        let own: IndexConfig = serde_json::from_str(
+            r#"{"models":{"x":{"dense_weight":0.3},"y":{"analyzer":"simple"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(own.fusion("x"), Fusion::Weighted { dense_weight: 0.3 });
+        assert_eq!(own.fusion("y"), Fusion::Weighted { dense_weight: 0.6 });
+        assert_eq!(own.params(8, "y").analyzer, Analyzer::Simple);
+        assert_eq!(own.params(8, "x").analyzer, Analyzer::EnglishStem);
+        // A built-in setting stays under a configured one of the same model.
+        let gemma: IndexConfig =
+            serde_json::from_str(r#"{"models":{"embeddinggemma-300m":{"dense_weight":0.7}}}"#)
+                .unwrap();
+        assert_eq!(
+            gemma.fusion("embeddinggemma-300m"),
+            Fusion::Weighted { dense_weight: 0.7 }
+        );
+        assert_eq!(
+            gemma.params(768, "embeddinggemma-300m").analyzer,
+            Analyzer::Auto
+        );
+        let mut bad = IndexConfig::default();
+        bad.models.insert(
+            "z".into(),
+            ModelIndexConfig {
+                dense_weight: Some(-1.0),
+                analyzer: None,
+            },
+        );
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("index.models.z.dense_weight"), "{err}");
     }
 }

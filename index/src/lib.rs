@@ -65,7 +65,9 @@ pub use blob::{BlobStore, Outcome as WriteOutcome, WriteCheck, WriteChecks};
 pub use catalog::{Catalog, CatalogRow, decode_catalog, encode_catalog};
 pub use chunks::{Chunk, decode_chunks, encode_chunks};
 pub use collection::{CollectionSettings, Redaction, RedactionPattern, ReembedTarget};
-pub use config::{FusionKind, IndexConfig, S3Config, StorageBackend, StorageConfig};
+pub use config::{
+    FusionKind, IndexConfig, ModelIndexConfig, S3Config, StorageBackend, StorageConfig,
+};
 pub use coord::{Generations, Lease, LeaseStatus};
 pub use crypto::{CIPHER, CacheSealer, EncryptionConfig, Kek};
 pub use egress::EgressClient;

@@ -10,10 +10,14 @@ use crate::error::{IngestError, Result};
 pub struct IngestConfig {
     /// Largest accepted document, in bytes. Default: 256 MiB.
     pub max_document_bytes: u64,
-    /// Maximum tokens per chunk, counted with the embedding model's tokenizer and including its
-    /// special tokens, so the embedder never truncates a chunk. Default: 256.
+    /// Maximum tokens per chunk of a new collection, counted with the embedding model's
+    /// tokenizer and including its special tokens, and shortened to what the model reads so
+    /// that the embedder never truncates a chunk (MiniLM's collections get 256, EmbeddingGemma's
+    /// and multilingual-e5-small's 384). A collection keeps the chunking it was made with.
+    /// Default: 384.
     pub chunk_tokens: u32,
-    /// Tokens repeated from the end of one chunk at the start of the next. Default: 32.
+    /// Tokens repeated from the end of one chunk at the start of the next, at `chunk_tokens`
+    /// (a chunk shortened for its model gets a proportional share: 32 of 256). Default: 48.
     pub chunk_overlap: u32,
     /// Documents processed at once (extraction processes and chunking threads).
     /// Default: 0, meaning the number of CPU cores.
@@ -34,8 +38,8 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_document_bytes: 256 * 1024 * 1024,
-            chunk_tokens: 256,
-            chunk_overlap: 32,
+            chunk_tokens: 384,
+            chunk_overlap: 48,
             workers: 0,
             extract_timeout_secs: 120,
             extract_memory_mib: 2048,

@@ -54,6 +54,9 @@ pub struct EmbedderSpec {
     pub model_sha256: Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>,
     /// Width of its vectors.
     pub dim: usize,
+    /// Most tokens of a text the model reads, special tokens included: a new collection's
+    /// chunks are no longer ([`IngestConfig::chunk_tokens`] at most).
+    pub max_tokens: usize,
 }
 
 impl std::fmt::Debug for EmbedderSpec {
@@ -239,7 +242,10 @@ impl Pipeline {
                 .map_err(IngestError::Internal)?;
             (spec.name.clone(), sha)
         };
+        let (chunk_tokens, chunk_overlap) = self.chunking(spec);
         let wanted = CollectionSettings {
+            chunk_tokens,
+            chunk_overlap,
             redaction: redaction.clone(),
             ocr_languages: ocr_languages.to_vec(),
             default_access: default_access.clone(),
@@ -255,6 +261,21 @@ impl Pipeline {
             vectors: s.vectors,
             reembed: s.reembed.map(|t| t.vectors),
         })
+    }
+
+    /// The chunk length and overlap of a new collection of the model `spec`: the configured
+    /// ones, shortened to what the model reads (MiniLM reads 256 tokens, multilingual-e5-small
+    /// and EmbeddingGemma 512), the overlap in proportion. A collection keeps the chunking it
+    /// was made with.
+    fn chunking(&self, spec: &EmbedderSpec) -> (u32, u32) {
+        let (tokens, overlap) = (self.settings.chunk_tokens, self.settings.chunk_overlap);
+        let read = u32::try_from(spec.max_tokens).unwrap_or(u32::MAX).max(16);
+        if tokens <= read {
+            return (tokens, overlap);
+        }
+        // Exact in u64; at most `read / 2` as the configured overlap is at most half.
+        let scaled = u64::from(overlap) * u64::from(read) / u64::from(tokens);
+        (read, scaled as u32)
     }
 
     /// Records that collection `c` is being re-embedded with the model `name` (a re-embedding
@@ -816,9 +837,14 @@ impl Pipeline {
         };
         let tokenizer = spec.tokenizer.clone();
         let dim = spec.dim;
+        // The collection's own chunking, whatever the configuration says now.
+        let (max_tokens, overlap) = match &settings {
+            Some(s) => (s.chunk_tokens, s.chunk_overlap),
+            None => self.chunking(spec),
+        };
         let params = ChunkParams {
-            max_tokens: self.settings.chunk_tokens as usize,
-            overlap: self.settings.chunk_overlap as usize,
+            max_tokens: max_tokens as usize,
+            overlap: overlap as usize,
         };
         let doc_id = rec.doc_id;
         let (n, bytes) = tokio::task::spawn_blocking(move || -> Result<_, Stopped> {

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use hearth_api::Service;
 use hearth_engine::EngineConfig;
-use hearth_index::{Analyzer, CollectionName, IndexConfig, SearchMode};
+use hearth_index::{Analyzer, CollectionName, IndexConfig, ModelIndexConfig, SearchMode};
 use serde::Deserialize;
 
 use crate::common::{Backend, Node, root, search_all};
@@ -61,8 +61,9 @@ async fn same_and_cross_language_questions_find_their_evidence() {
         .collect();
     assert!(questions.len() >= 120);
     // The node's default stays MiniLM; the collection is made with EmbeddingGemma, loaded
-    // beside it, with the settings README gives for multilingual collections: chunks of 384
-    // tokens (overlap 48) and hybrid search weighing the dense side 0.8. HEARTH_TEST_EMBEDDER
+    // beside it, with the settings its collections get by default: chunks of 384 tokens
+    // (overlap 48), BM25 in each chunk's language and hybrid search weighing the dense side
+    // 0.8 (set here all the same, for the other set-ups). HEARTH_TEST_EMBEDDER
     // (all-MiniLM-L6-v2, multilingual-e5-small), HEARTH_TEST_CHUNK_TOKENS and
     // HEARTH_TEST_DENSE_WEIGHT measure other set-ups (the floors below are EmbeddingGemma's).
     let embedder = std::env::var("HEARTH_TEST_EMBEDDER").unwrap_or_else(|_| GEMMA.into());
@@ -100,7 +101,14 @@ async fn same_and_cross_language_questions_find_their_evidence() {
             },
             IndexConfig {
                 analyzer: Analyzer::Auto,
-                dense_weight,
+                // The model's own entry: EmbeddingGemma's built-in weight is 0.8.
+                models: BTreeMap::from([(
+                    embedder.clone(),
+                    ModelIndexConfig {
+                        dense_weight: Some(dense_weight),
+                        analyzer: None,
+                    },
+                )]),
                 ..IndexConfig::default()
             },
         );
@@ -209,11 +217,20 @@ async fn a_collection_chooses_its_model_and_the_embeddings_endpoint_takes_either
     let r = create(serde_json::json!({"name": "de", "embedder": "multilingual-e5-small"})).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["embedder"], "multilingual-e5-small");
+    // Chunks as long as the configuration allows (384) where the model reads them whole (e5
+    // reads 512 tokens); MiniLM reads 256, and its collections get that, the overlap in
+    // proportion.
+    let chunking = |r: &crate::common::Reply| {
+        let v = r.json();
+        (v["chunk_tokens"].as_u64(), v["chunk_overlap"].as_u64())
+    };
+    assert_eq!(chunking(&r), (Some(384), Some(48)));
     let r = create(serde_json::json!({"name": "en"})).await;
     assert_eq!(
         (r.status, r.json()["embedder"].as_str()),
         (201, Some("all-MiniLM-L6-v2"))
     );
+    assert_eq!(chunking(&r), (Some(256), Some(32)));
     let r = create(serde_json::json!({"name": "x", "embedder": "labse"})).await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains("multilingual-e5-small"));

@@ -97,6 +97,11 @@ pub(super) struct CollectionOut {
     default_access: Vec<String>,
     /// The embedding model its passages and questions are embedded with.
     embedder: String,
+    /// Most tokens per chunk (the model's tokens), fixed when the collection was made: the
+    /// configured length, shortened to what its model reads.
+    chunk_tokens: u32,
+    /// Tokens neighbouring chunks share.
+    chunk_overlap: u32,
     /// A re-embedding into another model: running, failed or interrupted (present only
     /// then, and to admins of the collection).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +137,7 @@ impl CollectionOut {
         let redaction = Some(s.service.redaction(col).await?)
             .filter(|r| !r.is_off())
             .map(RedactionBody::from);
+        let (chunk_tokens, chunk_overlap) = s.service.chunking(col).await?;
         Ok(Self {
             name: col.name().to_string(),
             documents,
@@ -140,6 +146,8 @@ impl CollectionOut {
             ocr_languages: s.service.ocr_languages(col).await?,
             default_access: s.service.default_access(col).await?.into(),
             embedder: s.service.embedder_name(col).to_owned(),
+            chunk_tokens,
+            chunk_overlap,
             reembed,
         })
     }

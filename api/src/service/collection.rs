@@ -329,7 +329,8 @@ impl Service {
         let fetched_generation = fetched
             .as_ref()
             .and_then(hearth_index::Uploaded::generation);
-        let params = self.index.params(self.embedders[model.embedder].dim);
+        let e = &self.embedders[model.embedder];
+        let params = self.index.params(e.dim, &e.name);
         let sealer = self.cache_sealer.clone();
         let index = blocking(move || CollectionIndex::open_sealed(&dir, params, sealer)).await?;
         let col = Arc::new(Collection {
@@ -678,7 +679,8 @@ impl Service {
             return Ok(false);
         };
         let dir = self.index_dir(&col.name, m.vectors);
-        let params = self.index.params(self.embedders[m.embedder].dim);
+        let e = &self.embedders[m.embedder];
+        let params = self.index.params(e.dim, &e.name);
         let sealer = self.cache_sealer.clone();
         let (col2, fetched_dir) = (col.clone(), fresh.clone());
         let swapped = blocking(move || {
@@ -795,6 +797,15 @@ impl Service {
     /// The languages OCR reads a collection's scans in: its own, or the node's default.
     pub async fn ocr_languages(&self, col: &Collection) -> Result<Vec<String>> {
         Ok(self.pipeline.ocr_languages(col.name()).await?)
+    }
+
+    /// A collection's chunking, fixed when it was made: most tokens per chunk and the tokens
+    /// neighbouring chunks share.
+    pub async fn chunking(&self, col: &Collection) -> Result<(u32, u32)> {
+        CollectionSettings::read(&self.store, col.name())
+            .await?
+            .map(|s| (s.chunk_tokens, s.chunk_overlap))
+            .ok_or_else(|| ServiceError::NotFound(format!("collection {}", col.name())))
     }
 
     /// A collection's PII redaction rules (off when it has none).

@@ -227,6 +227,7 @@ impl Service {
                     tokenizer_sha256: e.tokenizer.sha256().to_owned(),
                     model_sha256: model_hash(e.path.clone()),
                     dim: e.dim,
+                    max_tokens: e.embedder.max_tokens(),
                 })
                 .collect(),
             extractor: parts.extractor,

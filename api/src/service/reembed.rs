@@ -242,7 +242,8 @@ impl Service {
         if !plan.resumed {
             self.trash_dir(&c, &dir);
         }
-        let params = self.index.params(self.embedders[plan.to.embedder].dim);
+        let e = &self.embedders[plan.to.embedder];
+        let params = self.index.params(e.dim, &e.name);
         let sealer = self.cache_sealer.clone();
         let new: Building = Arc::new(RwLock::new(
             blocking(move || CollectionIndex::open_sealed(&dir, params, sealer)).await?,

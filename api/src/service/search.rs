@@ -93,7 +93,6 @@ impl Service {
             )));
         }
         let text = embedding_text(&q.text);
-        let fusion = q.fusion.unwrap_or_else(|| self.index.fusion());
         // The query is embedded with the collection's model, then searched under the index's
         // read lock if the model is still the index's: a re-embedding switches both under the
         // write lock, and a search that met the switch embeds again with the new model.
@@ -101,6 +100,10 @@ impl Service {
         let (hits, embed_ms, search_ms) = loop {
             attempts += 1;
             let model = col.model().embedder;
+            // The model's own weight: a re-embedding to another model changes it.
+            let fusion = q
+                .fusion
+                .unwrap_or_else(|| self.index.fusion(&self.embedders[model].name));
             let started = Instant::now();
             let vector = if q.mode == SearchMode::Bm25 {
                 None

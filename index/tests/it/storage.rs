@@ -112,15 +112,16 @@ async fn contract(store: BlobStore) {
     };
     settings.open_or_create(&store, &c).await.unwrap();
     settings.open_or_create(&store, &c).await.unwrap();
+    // The chunking is the collection's: other chunk settings asked for later get the stored.
     let other = CollectionSettings {
         chunk_tokens: 512,
+        chunk_overlap: 64,
         ..settings.clone()
     };
-    let err = other.open_or_create(&store, &c).await.unwrap_err();
-    assert!(
-        matches!(err, IndexError::Conflict(ref m) if m.contains("chunk_tokens 256 (config: 512)")),
-        "{err}"
-    );
+    let kept = other.open_or_create(&store, &c).await.unwrap();
+    assert_eq!((kept.chunk_tokens, kept.chunk_overlap), (256, 32));
+    let read = CollectionSettings::read(&store, &c).await.unwrap().unwrap();
+    assert_eq!((read.chunk_tokens, read.chunk_overlap), (256, 32));
     // Another model, or the same name with other weights, is a conflict too.
     for (name, sha, says) in [
         (

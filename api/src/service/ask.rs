@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::answer::{AnswerMode, AnswerStream, Source};
 use super::ingest::embedding_text;
-use super::quote::{passage_units, score, select};
+use super::quote::{min_cosine, passage_units, score, select};
 use super::search::{Retrieved, SearchQuery};
 use super::{Collection, Service};
 use crate::error::{Result, ServiceError};
@@ -373,7 +373,8 @@ impl Service {
         req: &AskRequest,
         hits: &[Hit],
     ) -> Result<Vec<super::quote::Quote>> {
-        let embedder = self.quote_embedder(col);
+        let model = self.quote_embedder(col);
+        let embedder = &model.embedder;
         let units = passage_units(hits);
         if units.is_empty() {
             return Ok(Vec::new());
@@ -395,7 +396,8 @@ impl Service {
             .iter()
             .map(|p| p.iter().zip(q).map(|(a, b)| a * b).sum())
             .collect();
-        let quotes = select(&units, &score(&units, &cosines, &req.question, &context));
+        let scored = score(&units, &cosines, &req.question, &context);
+        let quotes = select(&units, &scored, min_cosine(&model.name));
         if quotes.is_empty() || !self.ask.judge {
             return Ok(quotes);
         }

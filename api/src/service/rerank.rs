@@ -16,13 +16,13 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hearth_engine::{Embedder, Priority, Role};
+use hearth_engine::{Priority, Role};
 use hearth_index::Hit;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use super::ingest::embedding_text;
-use super::{Collection, Service};
+use super::{Collection, NamedEmbedder, Service};
 use crate::error::Result;
 
 /// Rank offset of the reciprocal-rank fusion of the two orders (the usual 60).
@@ -73,10 +73,10 @@ impl Service {
 
     /// The model that scores quote candidates against the question: the reranker's when there
     /// is one (the stronger reader of the two), else the collection's own.
-    pub(crate) fn quote_embedder(&self, col: &Collection) -> &Embedder {
+    pub(crate) fn quote_embedder(&self, col: &Collection) -> &NamedEmbedder {
         match self.reranker_for(col) {
-            Some(r) => &self.embedders[r.model].embedder,
-            None => &self.embedder_of(col).embedder,
+            Some(r) => &self.embedders[r.model],
+            None => self.embedder_of(col),
         }
     }
 

@@ -397,13 +397,14 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.fusion("m"), Fusion::Weighted { dense_weight: 0.6 });
         assert_eq!(c.fusion("m"), Fusion::default());
+        // EmbeddingGemma's collections: its built-in weight and analyzer.
+        let gemma = |c: &IndexConfig| {
+            let g = "embeddinggemma-300m";
+            (c.fusion(g), c.params(768, g).analyzer)
+        };
         assert_eq!(
-            c.fusion("embeddinggemma-300m"),
-            Fusion::Weighted { dense_weight: 0.8 }
-        );
-        assert_eq!(
-            c.params(768, "embeddinggemma-300m").analyzer,
-            Analyzer::Auto
+            gemma(&c),
+            (Fusion::Weighted { dense_weight: 0.8 }, Analyzer::Auto)
         );
         assert_eq!((c.fusion, c.rrf_k), (FusionKind::default(), 60.0));
         let r = IndexConfig {
@@ -455,16 +456,12 @@ mod tests {
         assert_eq!(own.params(8, "y").analyzer, Analyzer::Simple);
         assert_eq!(own.params(8, "x").analyzer, Analyzer::EnglishStem);
         // A built-in setting stays under a configured one of the same model.
-        let gemma: IndexConfig =
+        let weighted: IndexConfig =
             serde_json::from_str(r#"{"models":{"embeddinggemma-300m":{"dense_weight":0.7}}}"#)
                 .unwrap();
         assert_eq!(
-            gemma.fusion("embeddinggemma-300m"),
-            Fusion::Weighted { dense_weight: 0.7 }
-        );
-        assert_eq!(
-            gemma.params(768, "embeddinggemma-300m").analyzer,
-            Analyzer::Auto
+            gemma(&weighted),
+            (Fusion::Weighted { dense_weight: 0.7 }, Analyzer::Auto)
         );
         let mut bad = IndexConfig::default();
         bad.models.insert(

@@ -393,10 +393,13 @@ async fn only_admins_of_the_collection_may_run_an_evaluation() {
     }
 }
 
-/// Lowest retrieval figures on the shipped set with EmbeddingGemma reranking MiniLM's first 20
-/// hybrid candidates (`ask.rerank`; measured: recall@5 0.970, MRR 0.960, nDCG@10 0.963 against
-/// 0.9525, 0.920 and 0.927 without it, BENCHMARKS.md "Reranking"). Above the figures without a
-/// reranker, so a reranker that changes nothing fails.
+/// Lowest retrieval figures on every other question of the shipped set (the first, third, ...;
+/// the reranker quotes with its own model too, which costs seconds a question in a debug
+/// build) with EmbeddingGemma reranking MiniLM's first 20 hybrid candidates (`ask.rerank`;
+/// measured on that half: recall@5 0.96, MRR 0.955, nDCG@10 0.959 against 0.94, 0.905 and 0.914
+/// without it; on the whole set 0.970, 0.960, 0.963 against 0.9525, 0.920, 0.927, BENCHMARKS.md
+/// "Reranking"). Above the figures without a reranker, so a reranker that changes nothing
+/// fails.
 const MIN_RERANKED_MRR: f64 = 0.945;
 const MIN_RERANKED_NDCG_AT_10: f64 = 0.945;
 
@@ -409,7 +412,19 @@ async fn a_reranker_lifts_retrieval_on_the_labelled_set() {
         "HEARTH__ENGINE__EMBEDDERS",
         "{ embeddinggemma-300m = \"embeddinggemma-300m\" }",
     );
-    let set = root().join("testdata/eval/questions.jsonl");
+    let all = std::fs::read_to_string(root().join("testdata/eval/questions.jsonl")).unwrap();
+    // A follow-up's standalone twin may be in the other half: the pairing is not measured here.
+    let half: String = all
+        .lines()
+        .step_by(2)
+        .map(|l| {
+            let mut q: Value = serde_json::from_str(l).unwrap();
+            q.as_object_mut().unwrap().remove("standalone");
+            format!("{q}\n")
+        })
+        .collect();
+    let set = node.dir.path().join("half.jsonl");
+    std::fs::write(&set, half).unwrap();
     let eval = |rerank: &str| {
         node.command()
             .env("HEARTH__ASK__RERANK", rerank)

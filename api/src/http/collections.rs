@@ -129,8 +129,13 @@ impl CollectionOut {
     /// The collection as `caller` sees it: the counts are of the documents it may read.
     async fn of(s: &State, col: &crate::Collection, caller: &Caller) -> Result<Self, ApiError> {
         let (documents, chunks) = col.readable_counts(&caller.reader());
+        // The model first: a re-embedding switches the model a moment before it clears its
+        // mark, and one already switched to is not said to be running.
+        let embedder = s.service.embedder_name(col).to_owned();
         let reembed = if caller.role() == Role::Admin {
-            reembed_state(s, col).await?
+            reembed_state(s, col)
+                .await?
+                .filter(|r| !(r.state == "running" && r.embedder == embedder))
         } else {
             None
         };
@@ -145,7 +150,7 @@ impl CollectionOut {
             redaction,
             ocr_languages: s.service.ocr_languages(col).await?,
             default_access: s.service.default_access(col).await?.into(),
-            embedder: s.service.embedder_name(col).to_owned(),
+            embedder,
             chunk_tokens,
             chunk_overlap,
             reembed,

@@ -262,6 +262,12 @@ async fn a_collection_chooses_its_model_and_the_embeddings_endpoint_takes_either
         .await;
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
     assert!(!String::from_utf8_lossy(&r.body).contains("multilingual"));
+    // Nor its chunking: the key scoped to "en" sees its own collection's, not "de"'s.
+    assert!(!String::from_utf8_lossy(&r.body).contains("chunk_"));
+    let own = s
+        .call(Some(&scoped), "GET", "/v1/collections/en", None)
+        .await;
+    assert_eq!(chunking(&own), (Some(256), Some(32)));
     let r = s.call(None, "GET", "/v1/models", None).await;
     assert_eq!(r.status, 401);
     // Asked again without a model, the collection keeps its own.

@@ -406,7 +406,8 @@ impl Pipeline {
         Ok(self.effective_ocr_languages(settings.as_ref()))
     }
 
-    fn effective_ocr_languages(&self, settings: Option<&CollectionSettings>) -> Vec<String> {
+    /// The languages OCR reads a collection's scans in: its own, or the node's default.
+    pub fn effective_ocr_languages(&self, settings: Option<&CollectionSettings>) -> Vec<String> {
         match settings {
             Some(s) if !s.ocr_languages.is_empty() => s.ocr_languages.clone(),
             _ => self.config.ocr_languages.clone(),

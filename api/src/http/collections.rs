@@ -139,20 +139,21 @@ impl CollectionOut {
         } else {
             None
         };
-        let redaction = Some(s.service.redaction(col).await?)
+        // One read of the stored settings for everything below.
+        let settings = s.service.settings(col).await?;
+        let redaction = Some(settings.redaction)
             .filter(|r| !r.is_off())
             .map(RedactionBody::from);
-        let (chunk_tokens, chunk_overlap) = s.service.chunking(col).await?;
         Ok(Self {
             name: col.name().to_string(),
             documents,
             chunks,
             redaction,
-            ocr_languages: s.service.ocr_languages(col).await?,
-            default_access: s.service.default_access(col).await?.into(),
+            ocr_languages: settings.ocr_languages,
+            default_access: settings.default_access.into(),
             embedder,
-            chunk_tokens,
-            chunk_overlap,
+            chunk_tokens: settings.chunk_tokens,
+            chunk_overlap: settings.chunk_overlap,
             reembed,
         })
     }

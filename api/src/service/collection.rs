@@ -799,13 +799,14 @@ impl Service {
         Ok(self.pipeline.ocr_languages(col.name()).await?)
     }
 
-    /// A collection's chunking, fixed when it was made: most tokens per chunk and the tokens
-    /// neighbouring chunks share.
-    pub async fn chunking(&self, col: &Collection) -> Result<(u32, u32)> {
-        CollectionSettings::read(&self.store, col.name())
+    /// A collection's settings as stored, read once (what describing it needs), with the OCR
+    /// languages made effective (its own, or the node's default).
+    pub async fn settings(&self, col: &Collection) -> Result<CollectionSettings> {
+        let mut s = CollectionSettings::read(&self.store, col.name())
             .await?
-            .map(|s| (s.chunk_tokens, s.chunk_overlap))
-            .ok_or_else(|| ServiceError::NotFound(format!("collection {}", col.name())))
+            .ok_or_else(|| ServiceError::NotFound(format!("collection {}", col.name())))?;
+        s.ocr_languages = self.pipeline.effective_ocr_languages(Some(&s));
+        Ok(s)
     }
 
     /// A collection's PII redaction rules (off when it has none).

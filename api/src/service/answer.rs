@@ -8,6 +8,7 @@
 //! [`Answer`] with its citations. [`AnswerStream::finish`] drains it for callers that want the
 //! whole answer at once.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -375,8 +376,9 @@ impl AnswerEvent {
 
 /// Where the answer's text comes from.
 pub(crate) enum Source {
-    /// Nothing relevant was retrieved: this fixed text, the model was not called.
-    Fixed(&'static str, AnswerMode),
+    /// Nothing relevant was retrieved, or the question names a term no passage has: this
+    /// fixed text, the model was not called.
+    Fixed(Cow<'static, str>, AnswerMode),
     /// The model's stream.
     Generated(Generation),
     /// Quoted from the passages (none: no passage answers the question), chosen in this many
@@ -474,7 +476,7 @@ impl AnswerStream {
     fn done(&mut self, c: Option<&Completion>) -> AnswerEvent {
         self.ended = true;
         let (text, strict) = match &self.source {
-            Source::Fixed(t, _) => (*t, false),
+            Source::Fixed(t, _) => (t.as_ref(), false),
             Source::Generated(_) => (self.text.as_str(), self.strict),
             Source::Quoted(q, ms) => {
                 let mut answer = quoted(
@@ -532,7 +534,7 @@ impl Stream for AnswerStream {
                 Source::Fixed(t, _) if !this.fixed_sent => {
                     this.fixed_sent = true;
                     AnswerEvent::Token(TextPiece {
-                        text: (*t).to_owned(),
+                        text: t.clone().into_owned(),
                     })
                 }
                 Source::Fixed(..) => this.done(None),

@@ -71,6 +71,11 @@ pub struct AskConfig {
     pub rerank_depth: usize,
     /// Weight of the reranker's order against the first stage's (1: its order alone).
     pub rerank_weight: f32,
+    /// Every exact term the question names (an option, a path, a function, an identifier, a
+    /// file name, a mixed-case or all-capitals name) must be in a passage: one that is not is
+    /// looked for alone by BM25, and one that no passage the reader may read has makes the
+    /// answer say that the documents do not mention it (see `service/named.rs`).
+    pub named_terms: bool,
 }
 
 /// Longest a conversation may be kept: a year.
@@ -92,6 +97,7 @@ impl Default for AskConfig {
             rerank: None,
             rerank_depth: 20,
             rerank_weight: 1.0,
+            named_terms: true,
         }
     }
 }
@@ -303,7 +309,23 @@ impl Service {
             return Ok(AnswerStream::new(
                 Vec::new(),
                 retrieval_ms,
-                Source::Fixed(super::language::nothing_relevant(asked_in), mode),
+                Source::Fixed(super::language::nothing_relevant(asked_in).into(), mode),
+                false,
+            )
+            .with_language(asked_in)
+            .with_search_query(follow_up_query(&req.question, &req.history)));
+        }
+        let (relevant, unnamed) = self.named_terms(col, &req, relevant).await?;
+        if !unnamed.is_empty() {
+            // The terms come from the question: they stay out of the log.
+            tracing::debug!(terms = unnamed.len(), "named terms in no passage");
+            return Ok(AnswerStream::new(
+                Vec::new(),
+                retrieval_ms,
+                Source::Fixed(
+                    super::language::not_mentioned(asked_in, &unnamed).into(),
+                    mode,
+                ),
                 false,
             )
             .with_language(asked_in)
@@ -364,7 +386,62 @@ impl Service {
     }
 }
 
+/// Hits of the BM25 search for a named term that no passage has, among which one that has it
+/// is looked for.
+const NAMED_TERM_DEPTH: usize = 10;
+
 impl Service {
+    /// The passages an answer is made from, and the terms the question names that none of
+    /// them has (see `service/named.rs`): a term missing from `hits` is searched for alone by
+    /// BM25, with the request's filter and reader, and the first passage that has it joins
+    /// them; a term that stays missing is returned.
+    async fn named_terms(
+        &self,
+        col: &Arc<Collection>,
+        req: &AskRequest,
+        mut hits: Vec<Hit>,
+    ) -> Result<(Vec<Hit>, Vec<String>)> {
+        if !self.ask.named_terms {
+            return Ok((hits, Vec::new()));
+        }
+        let named = super::named::terms(&req.question);
+        let hay = |hits: &[Hit]| {
+            super::named::Haystack::new(
+                hits.iter()
+                    .flat_map(|h| std::iter::once(h.chunk.text.as_str()).chain(h.title.as_deref())),
+            )
+        };
+        let missing: Vec<String> = super::named::missing(&named, &hay(&hits))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut unnamed = Vec::new();
+        for term in missing {
+            let found = self
+                .retrieve(
+                    col,
+                    SearchQuery {
+                        text: term.clone(),
+                        mode: SearchMode::Bm25,
+                        top_k: NAMED_TERM_DEPTH,
+                        filter: req.filter.clone(),
+                        fusion: None,
+                        reader: req.reader.clone(),
+                    },
+                )
+                .await?;
+            let has = found.hits.into_iter().find(|h| {
+                !hits.iter().any(|k| k.chunk.id() == h.chunk.id())
+                    && hay(std::slice::from_ref(h)).has(&term)
+            });
+            match has {
+                Some(h) => hits.push(h),
+                None => unnamed.push(term),
+            }
+        }
+        Ok((hits, unnamed))
+    }
+
     /// The units of the passages that answer the question (see [`super::quote`]); a follow-up's
     /// previous user turn counts too, at half weight for words.
     async fn quotes(

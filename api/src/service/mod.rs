@@ -24,6 +24,7 @@ mod eval;
 mod ingest;
 mod judge;
 mod language;
+mod named;
 mod published;
 mod quote;
 mod reembed;

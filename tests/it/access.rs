@@ -441,3 +441,76 @@ async fn two_users_get_answers_only_from_what_each_may_read() {
     let s = node.serve(&[]).await;
     check_readers(&s, &lena, &finn, &eve).await;
 }
+
+/// A term the question names that no passage found has is looked for alone among the asker's
+/// own documents: found in one the asker may read, that passage joins the answer's; found only
+/// in one the asker may not read, the answer declines naming the term, as it would were the
+/// document not there, and shows nothing of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_term_is_looked_for_only_among_what_the_asker_may_read() {
+    let node = Node::new(Backend::Local);
+    let admin = create_key(&node, "ops", "admin", &[], &[]);
+    let writer = create_key(&node, "ingest", "writer", &["corp"], &["--groups", "it"]);
+    let ida = create_key(&node, "ida", "reader", &["corp"], &["--groups", "it"]);
+    let eve = create_key(&node, "eve", "reader", &["corp"], &[]);
+    let s = node.serve(&[]).await;
+    let r = s
+        .call(
+            Some(&admin),
+            "POST",
+            "/v1/collections",
+            Some(json!({"name": "corp"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let printers =
+        "# Printers\n\nThe TunnelGate printer is on the third floor, beside the kitchen.\n";
+    let mut ids = Vec::new();
+    for (source, text, access) in [
+        ("handbook.md", HANDBOOK, None),
+        ("printers.md", printers, Some("it")),
+    ] {
+        let r = put(&s, &writer, source, text, access).await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        indexed(&s, &admin, id).await;
+    }
+    // One passage: the handbook's, about working from home on Fridays, comes first for both.
+    let q = json!({"question": "May staff work from home on Fridays, and where is the TunnelGate?", "top_k": 1});
+    let a = ask(&s, &ida, q.clone()).await;
+    assert!(
+        sources(&a, "passages", "source").contains("printers.md"),
+        "the passage that names it joins the answer's: {a}"
+    );
+    assert!(!text_of(&a).contains("do not say"), "{a}");
+    let e = ask(&s, &eve, q).await;
+    let said = text_of(&e);
+    assert_eq!(
+        said, "The documents do not say: no passage found mentions “TunnelGate”.",
+        "{e}"
+    );
+    let all = texts(&e);
+    assert!(
+        !all.contains("third floor") && !all.contains("printers.md"),
+        "{e}"
+    );
+    // A term that no document has at all is declined alike: eve cannot tell the two apart.
+    let none = ask(
+        &s,
+        &eve,
+        json!({"question": "May staff work from home on Fridays, and where is the CopperDesk?", "top_k": 1}),
+    )
+    .await;
+    assert_eq!(
+        text_of(&none).replace("CopperDesk", "TunnelGate"),
+        said,
+        "{none}"
+    );
+    assert_eq!(none["passages"], e["passages"], "{none}");
+}
+
+fn text_of(answer: &Value) -> String {
+    answer["answer"].as_str().unwrap_or_default().to_owned()
+}

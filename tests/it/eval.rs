@@ -3,8 +3,8 @@
 //! against floors at what hearth reaches today (BENCHMARKS.md, "Quoted answers"), so a
 //! regression fails. Of the targets of issue 15, recall@5 0.95 and citation precision 0.90 are
 //! met, and so is follow-ups within 0.05 of their standalone twins; correctness 0.80 (quoted:
-//! 0.70) and abstention 0.90 (quoted: 0.06; strict generated answers: 0.89, by declining almost
-//! everything) are not yet. Then generated strict answers on
+//! 0.70) and abstention 0.90 (quoted: 0.36 with named terms; strict generated answers: 0.89, by
+//! declining almost everything) are not yet. Then generated strict answers on
 //! the not-covered questions, and `POST /v1/collections/{c}/eval`: admins only, JSON Lines only,
 //! a broken line named, and the streamed report.
 
@@ -14,7 +14,7 @@ use crate::common::{Backend, Node, assert_ok, create_key, root};
 
 /// Lowest acceptable figures of the default settings on the shipped set (measured: recall@5
 /// 0.958, MRR 0.921, nDCG@10 0.929; quoted answers: correctness 0.70, follow-ups 0.737 against
-/// 0.763 for their standalone twins, citation precision 0.916, abstention 0.06: 2 of 33).
+/// 0.763 for their standalone twins, citation precision 0.916, abstention 0.36: 12 of 33).
 /// Recall leaves one question of margin for the CPU kinds CI may run on, the answer floors a
 /// few questions (a cosine near a threshold may fall the other way on another CPU).
 const MIN_RECALL_AT_5: f64 = 0.95;
@@ -25,7 +25,11 @@ const MIN_FOLLOW_UP_CORRECTNESS: f64 = 0.66;
 /// 0.026, one question of 38; this leaves one more).
 const MAX_FOLLOW_UP_GAP: f64 = 0.053;
 const MIN_CITATION_PRECISION: f64 = 0.88;
-const MIN_ABSTENTION: f64 = 0.03;
+/// Measured 0.36 (12 of 33: 2 by the quotes' cosine floor, 10 for a named term that no
+/// passage has, `ask.named_terms`); 0.06 without named terms.
+const MIN_ABSTENTION: f64 = 0.30;
+/// Not-covered questions declined for a named term (measured 10 of 33).
+const MIN_NAMED_DECLINES: usize = 9;
 /// Follow-ups' recall@5 (measured 0.947 on the 38 covered ones; 0.816 before they were
 /// searched with their history).
 const MIN_FOLLOW_UP_RECALL_AT_5: f64 = 0.90;
@@ -104,6 +108,52 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
     );
     let abstention = summary_figure(&report, "abstention_accuracy");
     assert!(abstention >= MIN_ABSTENTION, "abstention {abstention:.3}");
+    // Named terms (`ask.named_terms`): a question about an option, path, identifier or name
+    // that no passage has is declined naming it, in the question's language, and a covered
+    // question is not (the term is looked for alone when the passages lack it).
+    let named_declines: Vec<(&str, bool, &str)> = report["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["id"].as_str().unwrap(),
+                q["not_covered"] == true,
+                q["answer"].as_str().unwrap_or_default(),
+            )
+        })
+        .filter(|(_, _, a)| {
+            a.contains("no passage found mentions") || a.contains("keine gefundene Passage erwähnt")
+        })
+        .collect();
+    assert!(
+        named_declines
+            .iter()
+            .all(|(_, not_covered, _)| *not_covered),
+        "covered questions declined for a named term: {named_declines:?}"
+    );
+    assert!(
+        named_declines.len() >= MIN_NAMED_DECLINES,
+        "{named_declines:?}"
+    );
+    let answer_to = |id: &str| {
+        report["questions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["id"] == id)
+            .and_then(|q| q["answer"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        answer_to("e163"),
+        "The documents do not say: no passage found mentions “--defrag”."
+    );
+    assert_eq!(
+        answer_to("e188"),
+        "Die Dokumente sagen dazu nichts: keine gefundene Passage erwähnt “BahnCard”."
+    );
     // Follow-ups and their standalone twins are both scored.
     assert_eq!(
         s["correctness_follow_up"]["of"],
@@ -140,7 +190,9 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
     // The judge (`ask.judge`): the generator reads the chosen quote with the question and a
     // quote below `ask.judge_min` is declined. At 0 nothing changes; at 1 the answer follows
     // the probability the judge logged.
-    let question = "which group gives a user access to /dev/kvm on Debian?";
+    // (A question that names no exact term: one that does, such as /dev/kvm, is declined
+    // before any quote is chosen, see below.)
+    let question = "how do I make bzip2 use all my CPU cores when compressing?";
     let ask = |env: &[(&str, &str)]| {
         let mut cmd = node.command();
         cmd.args(["ask", question, "-c", "corpus", "--json"]);

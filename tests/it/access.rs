@@ -14,6 +14,20 @@ pub(crate) const CONTRACT: &str = "# Acme supply contract\n\nThe Acme supply con
 pub(crate) const BUDGET: &str = "# Budget 2027\n\nThe Acme supply contract costs 480,000 euros a year. The travel budget for 2027 is 1.2 million euros.\n";
 pub(crate) const HANDBOOK: &str = "# Staff handbook\n\nStaff may work from home on Fridays. The legal team looks after the Acme supply contract.\n";
 
+/// Creates the collection `corp` as `admin`; its JSON.
+pub(crate) async fn create_corp(s: &Server, admin: &str) -> Value {
+    let r = s
+        .call(
+            Some(admin),
+            "POST",
+            "/v1/collections",
+            Some(json!({"name": "corp"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
 /// Uploads `text` as `source` with an optional access list (query parameter).
 pub(crate) async fn put(
     s: &Server,
@@ -200,16 +214,8 @@ async fn two_users_get_answers_only_from_what_each_may_read() {
     assert!(listed.contains("user:finn@example.com,finance"), "{listed}");
 
     let s = node.serve(&[]).await;
-    let r = s
-        .call(
-            Some(&admin),
-            "POST",
-            "/v1/collections",
-            Some(json!({"name": "corp"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["default_access"], json!(["*"]));
+    let made = create_corp(&s, &admin).await;
+    assert_eq!(made["default_access"], json!(["*"]));
 
     // A writer may give a document only an access list it is among.
     let m = put(&s, &fin_writer, "contract.md", CONTRACT, Some("legal"))
@@ -454,15 +460,7 @@ async fn a_named_term_is_looked_for_only_among_what_the_asker_may_read() {
     let ida = create_key(&node, "ida", "reader", &["corp"], &["--groups", "it"]);
     let eve = create_key(&node, "eve", "reader", &["corp"], &[]);
     let s = node.serve(&[]).await;
-    let r = s
-        .call(
-            Some(&admin),
-            "POST",
-            "/v1/collections",
-            Some(json!({"name": "corp"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    create_corp(&s, &admin).await;
     let printers =
         "# Printers\n\nThe TunnelGate printer is on the third floor, beside the kitchen.\n";
     let mut ids = Vec::new();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::access::{BUDGET, CONTRACT, HANDBOOK, indexed, put};
+use crate::access::{BUDGET, CONTRACT, HANDBOOK, create_corp, indexed, put};
 use crate::common::{Backend, Node, Server, create_key};
 
 const ID_CHARS: &str = "0123456789abcdef";
@@ -57,15 +57,7 @@ async fn a_conversation_carries_follow_ups_and_stays_its_owners() {
     let finn = create_key(&node, "finn", "reader", &["corp"], &["--groups", "legal"]);
     let outsider = create_key(&node, "xavier", "reader", &["other"], &[]);
     let s = node.serve(&[]).await;
-    let r = s
-        .call(
-            Some(&admin),
-            "POST",
-            "/v1/collections",
-            Some(json!({"name": "corp"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    create_corp(&s, &admin).await;
     let [_contract, budget, _handbook] = upload_all(&s, &writer, &admin).await;
 
     // The first question starts the conversation.

@@ -73,7 +73,7 @@ pub struct AskConfig {
     pub rerank_weight: f32,
     /// Every exact term the question names (an option, a path, a function, an identifier, a
     /// file name, a mixed-case or all-capitals name) must be in a passage: one that is not is
-    /// looked for alone by BM25, and one that no passage the reader may read has makes the
+    /// looked for by BM25, and one that no passage the reader may read has makes the
     /// answer say that the documents do not mention it (see `service/named.rs`).
     pub named_terms: bool,
 }
@@ -386,15 +386,16 @@ impl Service {
     }
 }
 
-/// Hits of the BM25 search for a named term that no passage has, among which one that has it
-/// is looked for.
-const NAMED_TERM_DEPTH: usize = 10;
+/// Hits of each BM25 search for a named term that no passage has (the question's words, then
+/// the term alone), among which one that has it is looked for.
+const NAMED_TERM_DEPTH: usize = 20;
 
 impl Service {
     /// The passages an answer is made from, and the terms the question names that none of
-    /// them has (see `service/named.rs`): a term missing from `hits` is searched for alone by
-    /// BM25, with the request's filter and reader, and the first passage that has it joins
-    /// them; a term that stays missing is returned.
+    /// them has (see `service/named.rs`): for a term missing from `hits`, the first passage
+    /// that has it among BM25's hits for the question's words (a short option such as `-l`
+    /// is found beside the tool it belongs to), else for the term alone, with the request's
+    /// filter and reader, joins them; a term that stays missing is returned.
     async fn named_terms(
         &self,
         col: &Arc<Collection>,
@@ -415,25 +416,42 @@ impl Service {
             .into_iter()
             .map(str::to_owned)
             .collect();
+        if missing.is_empty() {
+            return Ok((hits, Vec::new()));
+        }
+        let bm25 = |text: &str| {
+            self.retrieve(
+                col,
+                SearchQuery {
+                    text: text.to_owned(),
+                    mode: SearchMode::Bm25,
+                    top_k: NAMED_TERM_DEPTH,
+                    filter: req.filter.clone(),
+                    fusion: None,
+                    reader: req.reader.clone(),
+                },
+            )
+        };
+        let by_question = bm25(&req.question).await?.hits;
         let mut unnamed = Vec::new();
         for term in missing {
-            let found = self
-                .retrieve(
-                    col,
-                    SearchQuery {
-                        text: term.clone(),
-                        mode: SearchMode::Bm25,
-                        top_k: NAMED_TERM_DEPTH,
-                        filter: req.filter.clone(),
-                        fusion: None,
-                        reader: req.reader.clone(),
-                    },
-                )
-                .await?;
-            let has = found.hits.into_iter().find(|h| {
-                !hits.iter().any(|k| k.chunk.id() == h.chunk.id())
-                    && hay(std::slice::from_ref(h)).has(&term)
-            });
+            // A passage joined for an earlier term may have this one too.
+            if hay(&hits).has(&term) {
+                continue;
+            }
+            let first_with = |found: &[Hit], hits: &[Hit]| {
+                found
+                    .iter()
+                    .find(|h| {
+                        !hits.iter().any(|k| k.chunk.id() == h.chunk.id())
+                            && hay(std::slice::from_ref(h)).has(&term)
+                    })
+                    .cloned()
+            };
+            let has = match first_with(&by_question, &hits) {
+                Some(h) => Some(h),
+                None => first_with(&bm25(&term).await?.hits, &hits),
+            };
             match has {
                 Some(h) => hits.push(h),
                 None => unnamed.push(term),

@@ -5,7 +5,7 @@
 //! however close their subject: the not-covered questions of the labelled set are such near
 //! misses (a tool's manual is there, the option is not), and no cosine tells them apart from
 //! covered ones (BENCHMARKS.md, "Named terms"). So before an answer is made, every term the
-//! question names must be in a passage; one that is not is looked for alone by BM25 (a passage
+//! question names must be in a passage; one that is not is looked for by BM25 (a passage
 //! that has it joins the others), and one that no passage the reader may read has makes the
 //! answer say so, naming it, without quoting or calling the model.
 //!

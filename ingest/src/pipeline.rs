@@ -400,12 +400,6 @@ impl Pipeline {
         })
     }
 
-    /// The languages OCR reads a collection's scans in: its own, or this node's default.
-    pub async fn ocr_languages(&self, c: &CollectionName) -> Result<Vec<String>> {
-        let settings = CollectionSettings::read(&self.store, c).await?;
-        Ok(self.effective_ocr_languages(settings.as_ref()))
-    }
-
     /// The languages OCR reads a collection's scans in: its own, or the node's default.
     pub fn effective_ocr_languages(&self, settings: Option<&CollectionSettings>) -> Vec<String> {
         match settings {

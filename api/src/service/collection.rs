@@ -794,11 +794,6 @@ impl Service {
         Ok(self.store.exists(&keys::collection(c)).await?)
     }
 
-    /// The languages OCR reads a collection's scans in: its own, or the node's default.
-    pub async fn ocr_languages(&self, col: &Collection) -> Result<Vec<String>> {
-        Ok(self.pipeline.ocr_languages(col.name()).await?)
-    }
-
     /// A collection's settings as stored, read once (what describing it needs), with the OCR
     /// languages made effective (its own, or the node's default).
     pub async fn settings(&self, col: &Collection) -> Result<CollectionSettings> {
@@ -807,14 +802,6 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("collection {}", col.name())))?;
         s.ocr_languages = self.pipeline.effective_ocr_languages(Some(&s));
         Ok(s)
-    }
-
-    /// A collection's PII redaction rules (off when it has none).
-    pub async fn redaction(&self, col: &Collection) -> Result<Redaction> {
-        Ok(CollectionSettings::read(&self.store, col.name())
-            .await?
-            .map(|s| s.redaction)
-            .unwrap_or_default())
     }
 
     /// Opens a collection that exists, or fails with `NotFound`; never creates one.

@@ -459,6 +459,7 @@ async fn a_named_term_is_looked_for_only_among_what_the_asker_may_read() {
     let writer = create_key(&node, "ingest", "writer", &["corp"], &["--groups", "it"]);
     let ida = create_key(&node, "ida", "reader", &["corp"], &["--groups", "it"]);
     let eve = create_key(&node, "eve", "reader", &["corp"], &[]);
+    let olaf = create_key(&node, "olaf", "reader", &["other"], &[]);
     let s = node.serve(&[]).await;
     create_corp(&s, &admin).await;
     let printers =
@@ -507,6 +508,19 @@ async fn a_named_term_is_looked_for_only_among_what_the_asker_may_read() {
         "{none}"
     );
     assert_eq!(none["passages"], e["passages"], "{none}");
+    // A key of another collection, and no key, are refused before anything is searched.
+    let body = json!({"question": "where is the TunnelGate?"});
+    for (key, status) in [(Some(olaf.as_str()), 403), (None, 401)] {
+        let r = s
+            .call(key, "POST", "/v1/collections/corp/ask", Some(body.clone()))
+            .await;
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        let said = String::from_utf8_lossy(&r.body);
+        assert!(
+            !said.contains("TunnelGate") && !said.contains("floor"),
+            "{said}"
+        );
+    }
 }
 
 fn text_of(answer: &Value) -> String {

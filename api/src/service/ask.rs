@@ -305,31 +305,22 @@ impl Service {
                 SearchMode::Dense | SearchMode::Hybrid => relevant(h, min_similarity),
             })
             .collect();
+        // hearth's own answer, in the question's language, without passages or the model.
+        let declined = |text: std::borrow::Cow<'static, str>| {
+            AnswerStream::new(Vec::new(), retrieval_ms, Source::Fixed(text, mode), false)
+                .with_language(asked_in)
+                .with_search_query(follow_up_query(&req.question, &req.history))
+        };
         if relevant.is_empty() {
-            return Ok(AnswerStream::new(
-                Vec::new(),
-                retrieval_ms,
-                Source::Fixed(super::language::nothing_relevant(asked_in).into(), mode),
-                false,
-            )
-            .with_language(asked_in)
-            .with_search_query(follow_up_query(&req.question, &req.history)));
+            return Ok(declined(super::language::nothing_relevant(asked_in).into()));
         }
         let (relevant, unnamed) = self.named_terms(col, &req, relevant).await?;
         if !unnamed.is_empty() {
             // The terms come from the question: they stay out of the log.
             tracing::debug!(terms = unnamed.len(), "named terms in no passage");
-            return Ok(AnswerStream::new(
-                Vec::new(),
-                retrieval_ms,
-                Source::Fixed(
-                    super::language::not_mentioned(asked_in, &unnamed).into(),
-                    mode,
-                ),
-                false,
-            )
-            .with_language(asked_in)
-            .with_search_query(follow_up_query(&req.question, &req.history)));
+            return Ok(declined(
+                super::language::not_mentioned(asked_in, &unnamed).into(),
+            ));
         }
         let Some(generator) = generator else {
             let started = Instant::now();
@@ -406,6 +397,10 @@ impl Service {
             return Ok((hits, Vec::new()));
         }
         let named = super::named::terms(&req.question);
+        if named.is_empty() {
+            // Most questions: no passage text is folded for nothing.
+            return Ok((hits, Vec::new()));
+        }
         let hay = |hits: &[Hit]| {
             super::named::Haystack::new(
                 hits.iter()

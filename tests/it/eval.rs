@@ -110,7 +110,7 @@ async fn the_labelled_set_scores_as_expected_from_the_cli_and_over_http() {
     assert!(abstention >= MIN_ABSTENTION, "abstention {abstention:.3}");
     // Named terms (`ask.named_terms`): a question about an option, path, identifier or name
     // that no passage has is declined naming it, in the question's language, and a covered
-    // question is not (the term is looked for alone when the passages lack it).
+    // question is not (a term the passages lack is looked for by BM25 before it is declined).
     let named_declines: Vec<(&str, bool, &str)> = report["questions"]
         .as_array()
         .unwrap()
